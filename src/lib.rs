@@ -1,0 +1,20 @@
+//! Stagehand: GitOps environment promotion.
+//!
+//! Data flows one way: `pipeline` says what exists, `git` supplies revisions, `render` and
+//! `secrets` turn a revision into objects, `cluster` and `reconcile` apply them, `promotion`
+//! moves revisions between environments, `store` remembers, and `api` only translates.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod pipeline;
+pub mod telemetry;
+
+/// Code generated from `proto/stagehand/v1/*.proto`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("stagehand.v1");
+
+    /// The encoded descriptors of every Stagehand service, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("stagehand_descriptor");
+}

@@ -1,0 +1,149 @@
+//! The pipeline file: which environments exist, in which order, where their manifests live,
+//! which cluster each runs on, and the policies that guard promotions into them.
+//!
+//! The file is parsed into raw serde types (`file`) and then validated into [`Pipeline`], whose
+//! invariants the rest of Stagehand relies on: unique environment names, every `promotesFrom`
+//! naming an environment listed earlier (so the graph has no cycles), and well-formed durations
+//! and freeze windows.
+
+mod file;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::{Error, ErrorKind};
+
+/// The `apiVersion` this build understands.
+pub const API_VERSION: &str = "stagehand.dev/v1alpha1";
+/// The `kind` of a pipeline document.
+pub const KIND: &str = "Pipeline";
+
+/// A validated pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pipeline {
+    pub name: String,
+    /// The Git repository that holds the manifests.
+    pub repository: Repository,
+    /// Environments in the order the file lists them; a promotion source always precedes its
+    /// targets.
+    pub environments: Vec<Environment>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Repository {
+    /// A URL (`file://`, `https://`, `ssh://`) or a path, relative paths being resolved against
+    /// the directory of the pipeline file.
+    pub url: String,
+    /// The branch overlay-model environments live on.
+    pub branch: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Environment {
+    pub name: String,
+    pub promotes_from: Option<String>,
+    pub source: Source,
+    pub cluster: Cluster,
+    pub sync: SyncPolicy,
+    pub approval: ApprovalPolicy,
+    pub freeze_windows: Vec<FreezeWindow>,
+}
+
+/// Where an environment's manifests live in Git.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A directory on the repository's main branch.
+    Overlay { path: String },
+    /// The environment's own branch, optionally with a directory inside it.
+    Branch { branch: String, path: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cluster {
+    /// The service account of the pod Stagehand runs in.
+    InCluster,
+    /// A kubeconfig file, optionally with a context other than its current one.
+    Kubeconfig {
+        path: PathBuf,
+        context: Option<String>,
+    },
+    /// The default kubeconfig (`KUBECONFIG` or `~/.kube/config`) with an optional context.
+    Default { context: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncPolicy {
+    pub interval: Duration,
+    pub prune: bool,
+    pub self_heal: bool,
+    pub suspend: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalPolicy {
+    /// Number of distinct approvers needed; zero means promotions into this environment need no
+    /// approval.
+    pub required: u32,
+    /// Approvers must belong to one of these groups; empty means any authenticated user.
+    pub groups: Vec<String>,
+    pub allow_self_approval: bool,
+}
+
+/// A weekly window during which promotions into an environment wait.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FreezeWindow {
+    pub start: WeeklyTime,
+    pub end: WeeklyTime,
+    /// An IANA time zone name such as `Europe/Berlin`; `UTC` when the file gives none.
+    pub timezone: String,
+}
+
+/// A point in the week, such as `Fri 16:00`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeeklyTime {
+    /// 0 = Monday … 6 = Sunday.
+    pub weekday: u8,
+    pub hour: u8,
+    pub minute: u8,
+}
+
+impl std::fmt::Display for WeeklyTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+        write!(
+            f,
+            "{} {:02}:{:02}",
+            DAYS[usize::from(self.weekday)],
+            self.hour,
+            self.minute
+        )
+    }
+}
+
+impl Pipeline {
+    /// Reads and validates a pipeline file.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error {
+            file: path.to_owned(),
+            kind: ErrorKind::Read(source),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates pipeline text; `file` is only used to name the file in errors.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, Error> {
+        validate::parse(file, text)
+    }
+
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|env| env.name == name)
+    }
+
+    /// The environments a revision can be promoted into from `name`.
+    pub fn promotion_targets<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Environment> {
+        self.environments
+            .iter()
+            .filter(move |env| env.promotes_from.as_deref() == Some(name))
+    }
+}

@@ -1,0 +1,457 @@
+//! Turns the raw file into a [`Pipeline`], naming the field of every problem.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::file;
+use super::{
+    API_VERSION, ApprovalPolicy, Cluster, Environment, FreezeWindow, KIND, Pipeline, Repository,
+    Source, SyncPolicy, WeeklyTime,
+};
+
+/// Environments sync every five minutes unless the file says otherwise, like Flux's
+/// common choice for Kustomizations.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
+const DEFAULT_BRANCH: &str = "main";
+
+/// A pipeline file that could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+#[error("pipeline file {}: {kind}", file.display())]
+pub struct Error {
+    pub file: PathBuf,
+    pub kind: ErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ErrorKind {
+    #[error("cannot read it")]
+    Read(#[source] std::io::Error),
+    #[error("not a valid pipeline document: {0}")]
+    Syntax(#[source] serde_yaml_ng::Error),
+    #[error("field {field}: {problem}")]
+    Field { field: String, problem: String },
+}
+
+fn field(field: impl Into<String>, problem: impl Into<String>) -> ErrorKind {
+    ErrorKind::Field {
+        field: field.into(),
+        problem: problem.into(),
+    }
+}
+
+pub(super) fn parse(path: &Path, text: &str) -> Result<Pipeline, Error> {
+    let wrap = |kind| Error {
+        file: path.to_owned(),
+        kind,
+    };
+    let raw: file::PipelineFile =
+        serde_yaml_ng::from_str(text).map_err(|e| wrap(ErrorKind::Syntax(e)))?;
+    validate(raw).map_err(wrap)
+}
+
+fn validate(raw: file::PipelineFile) -> Result<Pipeline, ErrorKind> {
+    if raw.api_version != API_VERSION {
+        return Err(field(
+            "apiVersion",
+            format!("is {:?}, expected {API_VERSION:?}", raw.api_version),
+        ));
+    }
+    if raw.kind != KIND {
+        return Err(field("kind", format!("is {:?}, expected {KIND:?}", raw.kind)));
+    }
+    check_name("metadata.name", &raw.metadata.name)?;
+
+    let repository = match raw.spec.repository {
+        Some(repo) => {
+            if repo.url.trim().is_empty() {
+                return Err(field("spec.repository.url", "must not be empty"));
+            }
+            Repository {
+                url: repo.url,
+                branch: repo.branch.unwrap_or_else(|| DEFAULT_BRANCH.to_owned()),
+            }
+        }
+        None => Repository {
+            url: ".".to_owned(),
+            branch: DEFAULT_BRANCH.to_owned(),
+        },
+    };
+
+    if raw.spec.environments.is_empty() {
+        return Err(field(
+            "spec.environments",
+            "must list at least one environment",
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut environments = Vec::with_capacity(raw.spec.environments.len());
+    for (index, env) in raw.spec.environments.into_iter().enumerate() {
+        let at = format!("spec.environments[{index}]");
+        check_name(&format!("{at}.name"), &env.name)?;
+        if let Some(from) = &env.promotes_from {
+            if from == &env.name {
+                return Err(field(
+                    format!("{at}.promotesFrom"),
+                    format!("environment {:?} cannot promote from itself", env.name),
+                ));
+            }
+            if !seen.contains(from.as_str()) {
+                return Err(field(
+                    format!("{at}.promotesFrom"),
+                    format!(
+                        "names {from:?}, which is not an environment listed before {:?}",
+                        env.name
+                    ),
+                ));
+            }
+        }
+        let environment = validate_environment(&at, env, &repository)?;
+        if !seen.insert(environment.name.clone()) {
+            return Err(field(
+                format!("{at}.name"),
+                format!("environment {:?} is listed twice", environment.name),
+            ));
+        }
+        environments.push(environment);
+    }
+
+    Ok(Pipeline {
+        name: raw.metadata.name,
+        repository,
+        environments,
+    })
+}
+
+fn validate_environment(
+    at: &str,
+    env: file::Environment,
+    repository: &Repository,
+) -> Result<Environment, ErrorKind> {
+    let source = match (env.source.overlay, env.source.branch, env.source.path) {
+        (Some(overlay), None, None) => Source::Overlay {
+            path: relative_path(&format!("{at}.source.overlay"), &overlay)?,
+        },
+        (None, Some(branch), path) => {
+            if branch.trim().is_empty() {
+                return Err(field(format!("{at}.source.branch"), "must not be empty"));
+            }
+            let path = match path {
+                Some(path) => relative_path(&format!("{at}.source.path"), &path)?,
+                None => String::new(),
+            };
+            Source::Branch { branch, path }
+        }
+        (Some(_), Some(_), _) => {
+            return Err(field(
+                format!("{at}.source"),
+                "give either overlay (a directory on the main branch) or branch, not both",
+            ));
+        }
+        (Some(_), None, Some(_)) => {
+            return Err(field(
+                format!("{at}.source.path"),
+                "path goes with branch; an overlay source is itself a path",
+            ));
+        }
+        (None, None, _) => {
+            return Err(field(
+                format!("{at}.source"),
+                format!(
+                    "needs overlay (a directory on branch {:?}) or branch",
+                    repository.branch
+                ),
+            ));
+        }
+    };
+
+    let cluster = match env.cluster {
+        None => Cluster::Default { context: None },
+        Some(file::Cluster {
+            in_cluster: true,
+            kubeconfig: None,
+            context: None,
+        }) => Cluster::InCluster,
+        Some(file::Cluster {
+            in_cluster: true, ..
+        }) => {
+            return Err(field(
+                format!("{at}.cluster.inCluster"),
+                "cannot be combined with kubeconfig or context",
+            ));
+        }
+        Some(file::Cluster {
+            kubeconfig: Some(path),
+            context,
+            ..
+        }) => Cluster::Kubeconfig {
+            path: PathBuf::from(path),
+            context,
+        },
+        Some(file::Cluster {
+            kubeconfig: None,
+            context,
+            ..
+        }) => Cluster::Default { context },
+    };
+
+    let sync = env.sync.unwrap_or(file::Sync {
+        interval: None,
+        prune: None,
+        self_heal: None,
+        suspend: false,
+    });
+    let interval = match sync.interval {
+        None => DEFAULT_INTERVAL,
+        Some(text) => {
+            let interval = humantime::parse_duration(&text).map_err(|e| {
+                field(
+                    format!("{at}.sync.interval"),
+                    format!("{text:?} is not a duration such as 30s or 5m: {e}"),
+                )
+            })?;
+            if interval.is_zero() {
+                return Err(field(format!("{at}.sync.interval"), "must be above zero"));
+            }
+            interval
+        }
+    };
+    let sync = SyncPolicy {
+        interval,
+        prune: sync.prune.unwrap_or(true),
+        self_heal: sync.self_heal.unwrap_or(true),
+        suspend: sync.suspend,
+    };
+
+    let approval = env.approval.map_or(
+        ApprovalPolicy {
+            required: 0,
+            groups: Vec::new(),
+            allow_self_approval: false,
+        },
+        |a| ApprovalPolicy {
+            required: a.required,
+            groups: a.groups,
+            allow_self_approval: a.allow_self_approval,
+        },
+    );
+    if approval.required > 0 && env.promotes_from.is_none() {
+        return Err(field(
+            format!("{at}.approval.required"),
+            "is set, but nothing is promoted into this environment (it has no promotesFrom)",
+        ));
+    }
+
+    let freeze_windows = env
+        .freeze_windows
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let wat = format!("{at}.freezeWindows[{i}]");
+            let timezone = w.timezone.unwrap_or_else(|| "UTC".to_owned());
+            if timezone.trim().is_empty() {
+                return Err(field(format!("{wat}.timezone"), "must not be empty"));
+            }
+            Ok(FreezeWindow {
+                start: weekly_time(&format!("{wat}.start"), &w.start)?,
+                end: weekly_time(&format!("{wat}.end"), &w.end)?,
+                timezone,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+
+    Ok(Environment {
+        name: env.name,
+        promotes_from: env.promotes_from,
+        source,
+        cluster,
+        sync,
+        approval,
+        freeze_windows,
+    })
+}
+
+/// Environment and pipeline names end up in labels, branch names and trailers, so they follow
+/// the Kubernetes DNS label rules.
+fn check_name(at: &str, name: &str) -> Result<(), ErrorKind> {
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(field(
+            at,
+            format!(
+                "{name:?} is not a valid name (lowercase letters, digits and '-', at most 63, \
+                 starting and ending with a letter or digit)"
+            ),
+        ))
+    }
+}
+
+/// Paths in the pipeline are relative to the repository root and may not leave it.
+fn relative_path(at: &str, path: &str) -> Result<String, ErrorKind> {
+    let trimmed = path.trim_matches('/');
+    if path.starts_with('/') {
+        return Err(field(
+            at,
+            format!("{path:?} must be relative to the repository root"),
+        ));
+    }
+    if trimmed.split('/').any(|part| part == "..") {
+        return Err(field(
+            at,
+            format!("{path:?} leaves the repository root"),
+        ));
+    }
+    if trimmed.is_empty() {
+        return Err(field(at, "must not be empty"));
+    }
+    Ok(trimmed.to_owned())
+}
+
+fn weekly_time(at: &str, text: &str) -> Result<WeeklyTime, ErrorKind> {
+    let bad = || {
+        field(
+            at,
+            format!("{text:?} is not a weekly time such as \"Fri 16:00\""),
+        )
+    };
+    let (day, time) = text.trim().split_once(' ').ok_or_else(bad)?;
+    let weekday = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+        .iter()
+        .position(|d| day.trim().get(..3).is_some_and(|p| p.eq_ignore_ascii_case(d)))
+        .ok_or_else(bad)?;
+    let (hour, minute) = time.trim().split_once(':').ok_or_else(bad)?;
+    let hour: u8 = hour.parse().map_err(|_| bad())?;
+    let minute: u8 = minute.parse().map_err(|_| bad())?;
+    if hour > 23 || minute > 59 {
+        return Err(bad());
+    }
+    Ok(WeeklyTime {
+        weekday: u8::try_from(weekday).expect("seven weekdays fit in u8"),
+        hour,
+        minute,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEMO: &str = r#"
+apiVersion: stagehand.dev/v1alpha1
+kind: Pipeline
+metadata: {name: shop}
+spec:
+  environments:
+    - name: dev
+      source: {overlay: environments/dev}
+      sync: {interval: 30s}
+    - name: staging
+      promotesFrom: dev
+      source: {overlay: environments/staging}
+      approval: {required: 1, groups: [qa]}
+    - name: prod
+      promotesFrom: staging
+      source: {branch: env/prod, path: environments/prod}
+      cluster: {kubeconfig: /etc/stagehand/prod.kubeconfig, context: prod}
+      approval: {required: 2, groups: [release-managers]}
+      freezeWindows: [{start: "Fri 16:00", end: "Mon 08:00", timezone: Europe/Berlin}]
+"#;
+
+    fn parse_err(text: &str) -> String {
+        parse(Path::new("pipeline.yaml"), text)
+            .expect_err("the text is invalid")
+            .to_string()
+    }
+
+    #[test]
+    fn the_design_example_parses_with_defaults_filled_in() {
+        let p = parse(Path::new("pipeline.yaml"), DEMO).expect("the example is valid");
+        assert_eq!(p.name, "shop");
+        assert_eq!(p.repository.url, ".");
+        let names: Vec<_> = p.environments.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["dev", "staging", "prod"]);
+        let dev = p.environment("dev").expect("dev exists");
+        assert_eq!(dev.sync.interval, Duration::from_secs(30));
+        assert!(dev.sync.prune && dev.sync.self_heal);
+        let prod = p.environment("prod").expect("prod exists");
+        assert_eq!(
+            prod.source,
+            Source::Branch {
+                branch: "env/prod".into(),
+                path: "environments/prod".into()
+            }
+        );
+        assert_eq!(prod.approval.required, 2);
+        assert_eq!(prod.freeze_windows[0].start.to_string(), "Fri 16:00");
+        assert_eq!(prod.freeze_windows[0].end.weekday, 0);
+        let targets: Vec<_> = p.promotion_targets("dev").map(|e| &e.name).collect();
+        assert_eq!(targets, ["staging"]);
+    }
+
+    #[test]
+    fn a_misspelt_field_is_rejected_by_name() {
+        let text = DEMO.replace("promotesFrom: dev", "promoteFrom: dev");
+        let err = parse_err(&text);
+        assert!(err.contains("pipeline.yaml"), "{err}");
+        assert!(err.contains("promoteFrom"), "{err}");
+    }
+
+    #[test]
+    fn promoting_from_a_later_or_unknown_environment_is_rejected() {
+        let err = parse_err(&DEMO.replace("promotesFrom: staging", "promotesFrom: qa"));
+        assert!(
+            err.contains("spec.environments[2].promotesFrom") && err.contains("\"qa\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn duplicate_environment_names_are_rejected() {
+        let err = parse_err(&DEMO.replace("name: prod", "name: staging"));
+        assert!(err.contains("spec.environments[2].name"), "{err}");
+        assert!(err.contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn a_source_with_overlay_and_branch_is_rejected() {
+        let err = parse_err(&DEMO.replace(
+            "source: {overlay: environments/dev}",
+            "source: {overlay: environments/dev, branch: dev}",
+        ));
+        assert!(err.contains("spec.environments[0].source"), "{err}");
+    }
+
+    #[test]
+    fn paths_that_leave_the_repository_are_rejected() {
+        let err = parse_err(&DEMO.replace("environments/dev", "../elsewhere"));
+        assert!(
+            err.contains("spec.environments[0].source.overlay") && err.contains("leaves"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_durations_and_freeze_windows_name_their_field() {
+        let err = parse_err(&DEMO.replace("interval: 30s", "interval: soon"));
+        assert!(err.contains("spec.environments[0].sync.interval"), "{err}");
+        let err = parse_err(&DEMO.replace("Fri 16:00", "Friday 25:00"));
+        assert!(
+            err.contains("spec.environments[2].freezeWindows[0].start"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_api_version_is_rejected() {
+        let err = parse_err(&DEMO.replace("v1alpha1", "v9"));
+        assert!(err.contains("apiVersion"), "{err}");
+    }
+}
