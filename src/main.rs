@@ -16,7 +16,13 @@ use stagehand::{api, proto};
 #[command(name = "stagehand", version, propagate_version = true)]
 struct Cli {
     /// Log line format.
-    #[arg(long, global = true, env = "STAGEHAND_LOG_FORMAT", value_enum, default_value = "human")]
+    #[arg(
+        long,
+        global = true,
+        env = "STAGEHAND_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
     log_format: LogFormat,
     /// Log filter in RUST_LOG syntax, e.g. `info` or `stagehand=debug`.
     #[arg(long, global = true, env = "STAGEHAND_LOG", default_value = "info")]
@@ -63,7 +69,11 @@ enum PipelineCommand {
 #[derive(Debug, Args)]
 struct ServerArgs {
     /// URL of a running `stagehand serve`.
-    #[arg(long, env = "STAGEHAND_SERVER", default_value = "http://127.0.0.1:7420")]
+    #[arg(
+        long,
+        env = "STAGEHAND_SERVER",
+        default_value = "http://127.0.0.1:7420"
+    )]
     server: String,
 }
 
@@ -118,7 +128,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let list = client
                 .list_environments(proto::ListEnvironmentsRequest {})
                 .await
-                .context("ListEnvironments")?
+                .map_err(|status| rpc_error("ListEnvironments", status))?
                 .into_inner();
             println!("pipeline {}", list.pipeline);
             for env in list.environments {
@@ -136,12 +146,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let env = client
                 .get_environment(proto::GetEnvironmentRequest { name })
                 .await
-                .context("GetEnvironment")?
+                .map_err(|status| rpc_error("GetEnvironment", status))?
                 .into_inner();
             println!("{env:#?}");
             Ok(())
         }
     }
+}
+
+/// The server's message is written for people; the code says which kind of failure it was.
+fn rpc_error(rpc: &str, status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{rpc}: {} ({:?})", status.message(), status.code())
 }
 
 async fn connect(

@@ -20,7 +20,9 @@ impl EnvironmentApi {
 
     fn find(&self, name: &str) -> Result<&pipeline::Environment, Status> {
         if name.is_empty() {
-            return Err(Status::invalid_argument("name: an environment name is required"));
+            return Err(Status::invalid_argument(
+                "name: an environment name is required",
+            ));
         }
         self.pipeline.environment(name).ok_or_else(|| {
             Status::not_found(format!(
@@ -34,7 +36,9 @@ impl EnvironmentApi {
 /// RPCs whose domain module does not exist yet answer UNIMPLEMENTED with the reason, rather than
 /// an empty or invented result.
 fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available in this version of stagehand"))
+    Status::unimplemented(format!(
+        "{what} is not available in this version of stagehand"
+    ))
 }
 
 type EnvironmentStream = Pin<Box<dyn Stream<Item = Result<proto::Environment, Status>> + Send>>;

@@ -63,17 +63,9 @@ pub async fn serve(
         .set_serving::<EnvironmentServiceServer<EnvironmentApi>>()
         .await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(Error::Reflection)?;
+    let reflection_v1 = reflection().build_v1().map_err(Error::Reflection)?;
     // Many deployed clients (older grpcurl, grpcio) still only speak v1alpha reflection.
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(Error::Reflection)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(Error::Reflection)?;
 
     let addr = listener.local_addr();
     tracing::info!(%addr, pipeline = %pipeline.name, "serving gRPC");
@@ -96,3 +88,22 @@ pub async fn serve(
         .await
         .map_err(Error::Serve)
 }
+
+/// Reflection lists only the services this server answers, although the descriptor set also
+/// describes services of later versions.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for service in SERVED {
+        builder = builder.with_service_name(service);
+    }
+    builder
+}
+
+const SERVED: [&str; 4] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "stagehand.v1.EnvironmentService",
+];

@@ -58,7 +58,10 @@ fn validate(raw: file::PipelineFile) -> Result<Pipeline, ErrorKind> {
         ));
     }
     if raw.kind != KIND {
-        return Err(field("kind", format!("is {:?}, expected {KIND:?}", raw.kind)));
+        return Err(field(
+            "kind",
+            format!("is {:?}, expected {KIND:?}", raw.kind),
+        ));
     }
     check_name("metadata.name", &raw.metadata.name)?;
 
@@ -304,10 +307,7 @@ fn relative_path(at: &str, path: &str) -> Result<String, ErrorKind> {
         ));
     }
     if trimmed.split('/').any(|part| part == "..") {
-        return Err(field(
-            at,
-            format!("{path:?} leaves the repository root"),
-        ));
+        return Err(field(at, format!("{path:?} leaves the repository root")));
     }
     if trimmed.is_empty() {
         return Err(field(at, "must not be empty"));
@@ -325,7 +325,11 @@ fn weekly_time(at: &str, text: &str) -> Result<WeeklyTime, ErrorKind> {
     let (day, time) = text.trim().split_once(' ').ok_or_else(bad)?;
     let weekday = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
         .iter()
-        .position(|d| day.trim().get(..3).is_some_and(|p| p.eq_ignore_ascii_case(d)))
+        .position(|d| {
+            day.trim()
+                .get(..3)
+                .is_some_and(|p| p.eq_ignore_ascii_case(d))
+        })
         .ok_or_else(bad)?;
     let (hour, minute) = time.trim().split_once(':').ok_or_else(bad)?;
     let hour: u8 = hour.parse().map_err(|_| bad())?;
@@ -415,7 +419,7 @@ spec:
 
     #[test]
     fn duplicate_environment_names_are_rejected() {
-        let err = parse_err(&DEMO.replace("name: prod", "name: staging"));
+        let err = parse_err(&DEMO.replace("- name: prod", "- name: dev"));
         assert!(err.contains("spec.environments[2].name"), "{err}");
         assert!(err.contains("listed twice"), "{err}");
     }

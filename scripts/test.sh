@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Sets up everything the tests need (scripts/setup.sh) and runs every check and test:
+# formatting, clippy, then the whole test suite against one shared local kube-apiserver.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh >/dev/null
+cache="${STAGEHAND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stagehand}"
+# shellcheck disable=SC1091
+. "$cache/env.sh"
+
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+# One apiserver for the whole run: nextest runs every test in its own process. The watchdog
+# stops it when this script ends, however it ends.
+cluster_dir=$(mktemp -d -t stagehand-test-cluster.XXXXXX)
+trap 'scripts/local-cluster.sh down "$cluster_dir"; rm -rf "$cluster_dir"' EXIT
+echo "== starting a local kube-apiserver"
+export STAGEHAND_TEST_KUBECONFIG
+STAGEHAND_TEST_KUBECONFIG=$(scripts/local-cluster.sh up "$cluster_dir" --watch $$)
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast "$@"
+else
+  cargo test --no-fail-fast "$@"
+fi

@@ -1,0 +1,7 @@
+//! Integration tests against real parts: git, sops, age, kubectl, a kube-apiserver. One binary,
+//! one module per feature, so the heavy dependencies are linked once.
+
+mod support;
+
+mod foundation;
+mod serve;

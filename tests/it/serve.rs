@@ -1,0 +1,191 @@
+//! `stagehand serve` as clients meet it: over TCP, through reflection and health checking,
+//! through our own CLI, and stopped by a signal.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{Tool, tool};
+
+const PIPELINE: &str = r#"
+apiVersion: stagehand.dev/v1alpha1
+kind: Pipeline
+metadata: {name: shop}
+spec:
+  environments:
+    - name: dev
+      source: {overlay: environments/dev}
+    - name: staging
+      promotesFrom: dev
+      source: {overlay: environments/staging}
+      approval: {required: 1}
+"#;
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(dir: &Path) -> Server {
+    let pipeline = dir.join("pipeline.yaml");
+    std::fs::write(&pipeline, PIPELINE).expect("write pipeline");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--pipeline")
+        .arg(&pipeline)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("stagehand starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("stagehand prints its address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    Server { child, addr }
+}
+
+fn probe(addr: &str, service: &str) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/grpc_probe.py");
+    let out = Command::new(tool(Tool::Python))
+        .arg(script)
+        .arg(addr)
+        .arg(service)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the probe prints JSON")
+}
+
+#[test]
+fn a_generic_grpc_client_lists_the_services_and_sees_serving() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start_server(dir.path());
+    assert!(
+        dir.path().join("state").is_dir(),
+        "the state directory is created"
+    );
+
+    let seen = probe(&server.addr, "");
+    let services: Vec<&str> = seen["services"]
+        .as_array()
+        .expect("a list of services")
+        .iter()
+        .filter_map(|s| s.as_str())
+        .collect();
+    for expected in [
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "stagehand.v1.EnvironmentService",
+    ] {
+        assert!(
+            services.contains(&expected),
+            "{expected} missing from {services:?}"
+        );
+    }
+    assert!(
+        !services.contains(&"stagehand.v1.PromotionService"),
+        "reflection lists only what is served: {services:?}"
+    );
+    assert_eq!(seen["health"], "SERVING");
+    let seen = probe(&server.addr, "stagehand.v1.EnvironmentService");
+    assert_eq!(seen["health"], "SERVING");
+}
+
+#[test]
+fn the_cli_lists_the_environments_of_a_running_server() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = start_server(dir.path());
+    let out = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(["env", "list", "--server"])
+        .arg(format!("http://{}", server.addr))
+        .output()
+        .expect("the CLI runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "pipeline shop\n  dev\n  staging (promoted from dev)\n"
+    );
+
+    let missing = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(["env", "get", "qa", "--server"])
+        .arg(format!("http://{}", server.addr))
+        .output()
+        .expect("the CLI runs");
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("environment \"qa\" is not in pipeline \"shop\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = start_server(dir.path());
+    assert_eq!(probe(&server.addr, "")["health"], "SERVING");
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("wait works") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "clean exit after SIGTERM, got {status}");
+}
+
+#[test]
+fn an_invalid_pipeline_stops_serve_with_the_field_named() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        PIPELINE.replace("promotesFrom: dev", "promotesFrom: qa"),
+    )
+    .expect("write pipeline");
+    let out = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--pipeline")
+        .arg(&pipeline)
+        .output()
+        .expect("stagehand runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pipeline.yaml") && err.contains("spec.environments[1].promotesFrom"),
+        "{err}"
+    );
+}

@@ -1,0 +1,8 @@
+//! Shared test support: real tools, real git repositories, a real kube-apiserver.
+#![allow(dead_code)] // each test module uses a different part of the support
+
+pub mod cluster;
+pub mod git;
+pub mod tools;
+
+pub use tools::{Tool, tool};
