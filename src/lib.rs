@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod pipeline;
+pub mod render;
 pub mod telemetry;
 
 /// Code generated from `proto/stagehand/v1/*.proto`.

@@ -1,0 +1,3 @@
+//! Kustomize rendering, in-process: a kustomization directory becomes a list of objects.
+
+pub mod fs;
