@@ -134,6 +134,22 @@ fn the_cli_lists_the_environments_of_a_running_server() {
         "pipeline shop\n  dev\n  staging (promoted from dev)\n"
     );
 
+    let staging = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(["env", "get", "staging", "--server"])
+        .arg(format!("http://{}", server.addr))
+        .output()
+        .expect("the CLI runs");
+    assert!(
+        staging.status.success(),
+        "{}",
+        String::from_utf8_lossy(&staging.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&staging.stdout),
+        "name: staging\npromotes from: dev\nsource: overlay environments/staging on branch main\n\
+         sync: every 300s, prune true, self-heal true\napproval: 1 approver(s)\n"
+    );
+
     let missing = Command::new(env!("CARGO_BIN_EXE_stagehand"))
         .args(["env", "get", "qa", "--server"])
         .arg(format!("http://{}", server.addr))
