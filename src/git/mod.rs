@@ -4,6 +4,8 @@
 //! API overview in progress.
 
 pub mod fetch;
+pub mod history;
+pub mod promote;
 pub mod push;
 mod remote;
 pub mod revision;

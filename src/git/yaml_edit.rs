@@ -516,6 +516,12 @@ impl Lines {
             return Ok(None);
         };
         let indent = self.indent(first);
+        if self.is_dash(first) {
+            return Err(Error::Unsupported {
+                field: key.to_owned(),
+                problem: "is looked up inside a list",
+            });
+        }
         for i in first..end {
             if !self.is_structural(i) {
                 continue;
@@ -524,13 +530,8 @@ impl Lines {
             if this < indent {
                 break;
             }
-            if this == indent {
-                if self.is_dash(i) {
-                    return Err(Error::Unsupported {
-                        field: key.to_owned(),
-                        problem: "is looked up inside a list",
-                    });
-                }
+            // A `- ` line at the keys' indent is an entry of the previous key's compact list.
+            if this == indent && !self.is_dash(i) {
                 if key_of(&self.0[i]).as_deref() == Some(key) {
                     return Ok(Some(i));
                 }
@@ -661,7 +662,7 @@ replicas:
     }
 
     #[test]
-    fn a_digest_replaces_a_tag_and_a_new_image_is_appended_in_the_same_layout() {
+    fn the_target_entry_mirrors_the_source_entry_and_a_new_image_is_appended_in_the_same_layout() {
         let edited = set_images(
             KUSTOMIZATION,
             &[
@@ -670,7 +671,7 @@ replicas:
             ],
         )
         .expect("edits");
-        assert!(edited.contains("  - name: shop/worker\n    newName: registry.example.test/shop/worker\n    digest: sha256:abc\n  - name: shop/cron\n    newTag: 0.1.0\n\nreplicas:"), "{edited}");
+        assert!(edited.contains("  - name: shop/worker\n    digest: sha256:abc\n  - name: shop/cron\n    newTag: 0.1.0\n\nreplicas:"), "{edited}");
         assert!(!edited.contains("2.0.1"));
     }
 
