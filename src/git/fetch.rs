@@ -25,6 +25,8 @@ pub enum Error {
     },
     #[error("{url}: the remote refused the credentials (or needs some and none are configured)")]
     Authentication { url: RemoteUrl },
+    #[error("{url}: credentials are only sent over https, not plain http")]
+    InsecureTransport { url: RemoteUrl },
     #[error("{url}: cannot fetch")]
     Fetch {
         url: RemoteUrl,
@@ -94,6 +96,9 @@ impl Repository {
             url: url.clone(),
             source: Box::new(source),
         };
+        if url.is_plain_http() && self.inner.credentials.http_account().is_some() {
+            return Err(Error::InsecureTransport { url: url.clone() });
+        }
         let repo = self.inner.repo.to_thread_local();
         let remote = repo
             .remote_at(url.as_str())

@@ -5,6 +5,7 @@
 
 pub mod fetch;
 pub mod history;
+pub mod poll;
 pub mod promote;
 pub mod push;
 mod remote;

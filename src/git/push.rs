@@ -18,6 +18,8 @@ pub enum Error {
     },
     #[error("{url}: the remote refused the credentials (or needs some and none are configured)")]
     Authentication { url: RemoteUrl },
+    #[error("{url}: credentials are only sent over https, not plain http")]
+    InsecureTransport { url: RemoteUrl },
     #[error("{url}: push of {branch:?} failed: {message}")]
     Failed {
         url: RemoteUrl,
@@ -47,6 +49,9 @@ pub fn push_with_lease(
     expected: Option<ObjectId>,
     new: ObjectId,
 ) -> Result<Outcome, Error> {
+    if url.is_plain_http() && credentials.http_account().is_some() {
+        return Err(Error::InsecureTransport { url: url.clone() });
+    }
     let refname = format!("refs/heads/{branch}");
     let lease = format!(
         "--force-with-lease={refname}:{}",

@@ -19,6 +19,10 @@ impl RemoteUrl {
         &self.0
     }
 
+    pub(crate) fn is_plain_http(&self) -> bool {
+        self.0.starts_with("http://")
+    }
+
     /// The URL with any `user:password@` removed, safe for errors and logs.
     pub fn redacted(&self) -> String {
         match self.0.split_once("://") {

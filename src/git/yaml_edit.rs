@@ -531,10 +531,8 @@ impl Lines {
                 break;
             }
             // A `- ` line at the keys' indent is an entry of the previous key's compact list.
-            if this == indent && !self.is_dash(i) {
-                if key_of(&self.0[i]).as_deref() == Some(key) {
-                    return Ok(Some(i));
-                }
+            if this == indent && !self.is_dash(i) && key_of(&self.0[i]).as_deref() == Some(key) {
+                return Ok(Some(i));
             }
         }
         Ok(None)
