@@ -1,5 +1,5 @@
-//! Side by side: fetching one new commit and reading one overlay's files, Stagehand (gix fetch
-//! + reading the tree from the object database) against the git CLI (`git fetch` +
+//! Side by side: fetching one new commit and reading one overlay's files. Stagehand (a gix
+//! fetch, then the tree read from the object database) against the git CLI (`git fetch`, then
 //! `git archive` of the overlay path), on a generated repository with 10,000 files and 5,000
 //! commits. Run with `cargo bench --bench git`; prints medians and their ratio.
 
