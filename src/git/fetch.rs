@@ -25,7 +25,7 @@ pub enum Error {
     },
     #[error("{url}: the remote refused the credentials (or needs some and none are configured)")]
     Authentication { url: RemoteUrl },
-    #[error("{url}: credentials are only sent over https, not plain http")]
+    #[error("{url}: credentials are only sent over https (or plain http to loopback)")]
     InsecureTransport { url: RemoteUrl },
     #[error("{url}: cannot fetch")]
     Fetch {
@@ -96,7 +96,7 @@ impl Repository {
             url: url.clone(),
             source: Box::new(source),
         };
-        if url.is_plain_http() && self.inner.credentials.http_account().is_some() {
+        if url.credentials_in_clear_text() && self.inner.credentials.http_account().is_some() {
             return Err(Error::InsecureTransport { url: url.clone() });
         }
         let repo = self.inner.repo.to_thread_local();

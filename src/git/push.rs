@@ -18,7 +18,7 @@ pub enum Error {
     },
     #[error("{url}: the remote refused the credentials (or needs some and none are configured)")]
     Authentication { url: RemoteUrl },
-    #[error("{url}: credentials are only sent over https, not plain http")]
+    #[error("{url}: credentials are only sent over https (or plain http to loopback)")]
     InsecureTransport { url: RemoteUrl },
     #[error("{url}: push of {branch:?} failed: {message}")]
     Failed {
@@ -49,7 +49,7 @@ pub fn push_with_lease(
     expected: Option<ObjectId>,
     new: ObjectId,
 ) -> Result<Outcome, Error> {
-    if url.is_plain_http() && credentials.http_account().is_some() {
+    if url.credentials_in_clear_text() && credentials.http_account().is_some() {
         return Err(Error::InsecureTransport { url: url.clone() });
     }
     let refname = format!("refs/heads/{branch}");

@@ -19,8 +19,24 @@ impl RemoteUrl {
         &self.0
     }
 
-    pub(crate) fn is_plain_http(&self) -> bool {
-        self.0.starts_with("http://")
+    /// Whether credentials would travel in clear text to another machine: plain `http://` to
+    /// anything but a loopback address.
+    pub(crate) fn credentials_in_clear_text(&self) -> bool {
+        let Some(rest) = self.0.strip_prefix("http://") else {
+            return false;
+        };
+        let authority = rest.split('/').next().unwrap_or("");
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = if host_port.starts_with('[') {
+            host_port.split(']').next().map_or("", |h| &h[1..])
+        } else {
+            host_port.split(':').next().unwrap_or("")
+        };
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        !loopback
     }
 
     /// The URL with any `user:password@` removed, safe for errors and logs.
@@ -134,6 +150,17 @@ mod tests {
         assert_eq!(url.to_string(), "https://git.example.test/shop.git");
         assert!(!format!("{url:?}").contains("hunter2"));
         assert_eq!(RemoteUrl::new("/srv/git/shop").to_string(), "/srv/git/shop");
+    }
+
+    #[test]
+    fn only_plain_http_to_another_machine_counts_as_clear_text() {
+        let clear = |url: &str| RemoteUrl::new(url).credentials_in_clear_text();
+        assert!(clear("http://git.example.test/shop.git"));
+        assert!(clear("http://user@10.0.0.1:8080/shop.git"));
+        assert!(!clear("http://127.0.0.1:8080/shop.git"));
+        assert!(!clear("http://localhost/shop.git"));
+        assert!(!clear("http://[::1]:9000/shop.git"));
+        assert!(!clear("https://git.example.test/shop.git"));
     }
 
     #[test]

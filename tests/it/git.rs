@@ -418,10 +418,13 @@ fn repeating_a_promotion_that_already_landed_reports_the_existing_commit() {
 }
 
 #[test]
-fn promotion_over_http_fetches_and_pushes_through_git_http_backend() {
+fn promotion_over_http_with_a_token_fetches_and_pushes_through_git_http_backend() {
     install_crypto_provider();
     let fx = Fixture::new();
-    let server = GitHttpServer::start(fx.remote.parent().expect("remote has a parent"), None);
+    let server = GitHttpServer::start(
+        fx.remote.parent().expect("remote has a parent"),
+        Some(("x-access-token", "tok-good")),
+    );
     let url = server.url("shop.git");
     let dev_commit = fx.push_change(
         &[(
@@ -430,7 +433,13 @@ fn promotion_over_http_fetches_and_pushes_through_git_http_backend() {
         )],
         "dev: web 1.3.0",
     );
-    let repo = fx.open("a", &url, Credentials::None);
+    let repo = fx.open(
+        "a",
+        &url,
+        Credentials::Token {
+            token: Secret::new("tok-good"),
+        },
+    );
     let outcome = repo
         .promote(
             &pipeline(&url, false),
@@ -451,7 +460,7 @@ fn promotion_over_http_fetches_and_pushes_through_git_http_backend() {
 }
 
 #[test]
-fn a_remote_that_wants_credentials_we_lack_is_an_authentication_error() {
+fn refused_or_missing_credentials_are_an_authentication_error_that_leaves_nothing_behind() {
     install_crypto_provider();
     let fx = Fixture::new();
     let server = GitHttpServer::start(
@@ -459,30 +468,49 @@ fn a_remote_that_wants_credentials_we_lack_is_an_authentication_error() {
         Some(("deployer", "right")),
     );
     let url = server.url("shop.git");
-    let repo = fx.open("a", &url, Credentials::None);
-    let err = repo.fetch().expect_err("credentials are required");
+    let wrong = fx.open(
+        "a",
+        &url,
+        Credentials::Basic {
+            username: "deployer".into(),
+            password: Secret::new("wrong-password-123"),
+        },
+    );
+    let err = wrong.fetch().expect_err("the server refuses");
     assert!(
         matches!(err, fetch::Error::Authentication { .. }),
         "{err:?}"
     );
-    assert!(err.to_string().contains(&server.addr.to_string()), "{err}");
-    assert_eq!(git(repo.path(), &["for-each-ref"]), "");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains(&server.addr.to_string()), "{text}");
+    assert!(!text.contains("wrong-password-123"), "{text}");
+    assert_eq!(git(wrong.path(), &["for-each-ref"]), "");
 
-    // Credentials are never sent in clear text, even when configured.
-    let with_password = fx.open(
-        "b",
-        &url,
-        Credentials::Basic {
-            username: "deployer".into(),
-            password: Secret::new("right"),
+    let none = fx.open("b", &url, Credentials::None);
+    let err = none.fetch().expect_err("credentials are required");
+    assert!(
+        matches!(err, fetch::Error::Authentication { .. }),
+        "{err:?}"
+    );
+    assert_eq!(git(none.path(), &["for-each-ref"]), "");
+}
+
+#[test]
+fn credentials_are_not_sent_in_clear_text_to_another_machine() {
+    let fx = Fixture::new();
+    let repo = fx.open(
+        "a",
+        "http://git.example.test/shop.git",
+        Credentials::Token {
+            token: Secret::new("tok-secret"),
         },
     );
-    let err = with_password.fetch().expect_err("plain http");
+    let err = repo.fetch().expect_err("refused before connecting");
     assert!(
         matches!(err, fetch::Error::InsecureTransport { .. }),
         "{err:?}"
     );
-    assert_eq!(git(with_password.path(), &["for-each-ref"]), "");
+    assert!(!format!("{err} {err:?}").contains("tok-secret"));
 }
 
 #[test]
@@ -497,26 +525,28 @@ fn pushing_with_refused_credentials_fails_clearly_without_moving_anything() {
         )],
         "dev: web 1.4.0",
     );
-    // Fetch with an open server, then push to one that wants credentials we do not have.
+    // Fetch from an open server, then push to one that refuses our token.
     let open_server = GitHttpServer::start(&root, None);
     let repo = fx.open("a", &open_server.url("shop.git"), Credentials::None);
     repo.fetch().expect("open fetch");
     let tip = fx.remote_git(&["rev-parse", "main"]);
-    let locked = GitHttpServer::start(&root, Some(("deployer", "right")));
-    let commit = oid(&dev_commit);
+    let locked = GitHttpServer::start(&root, Some(("x-access-token", "right")));
     let err = stagehand::git::push::push_with_lease(
         repo.path(),
         &RemoteUrl::new(locked.url("shop.git")),
-        &Credentials::None,
+        &Credentials::Token {
+            token: Secret::new("not-the-token"),
+        },
         "main",
         Some(oid(&tip)),
-        commit,
+        oid(&dev_commit),
     )
     .expect_err("the push is refused");
     assert!(
         matches!(err, stagehand::git::push::Error::Authentication { .. }),
         "{err:?}"
     );
+    assert!(!format!("{err} {err:?}").contains("not-the-token"));
     assert_eq!(fx.remote_git(&["rev-parse", "main"]), tip);
     assert_cache_matches_remote(&repo, &fx.remote);
 }
