@@ -110,6 +110,13 @@ pub enum Error {
         commit: ObjectId,
         path: String,
     },
+    #[error("{path} at {commit}: cannot read it")]
+    Read {
+        path: String,
+        commit: ObjectId,
+        #[source]
+        source: crate::render::fs::Error,
+    },
     #[error("{path} at {commit}")]
     Edit {
         path: String,
@@ -359,18 +366,32 @@ impl Repository {
                 format!("{dir}/{file}")
             }
         };
+        let read_bytes =
+            |fs: &TreeFs, commit: ObjectId, path: &str| -> Result<Option<Vec<u8>>, Error> {
+                match fs.read_file(path) {
+                    Ok(bytes) => Ok(Some(bytes)),
+                    Err(crate::render::fs::Error::NotFound { .. }) => Ok(None),
+                    Err(source) => Err(Error::Read {
+                        path: path.to_owned(),
+                        commit,
+                        source,
+                    }),
+                }
+            };
+        // YAML that is not UTF-8 is not YAML; refuse it rather than edit a lossy copy.
+        let text = |bytes: Vec<u8>, commit: ObjectId, path: &str| {
+            String::from_utf8(bytes).map_err(|e| Error::Edit {
+                path: path.to_owned(),
+                commit,
+                source: yaml_edit::Error::Syntax {
+                    message: e.to_string(),
+                },
+            })
+        };
         let read = |fs: &TreeFs, commit: ObjectId, path: &str| -> Result<Option<String>, Error> {
-            match fs.read_file(path) {
-                Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
-                Err(crate::render::fs::Error::NotFound { .. }) => Ok(None),
-                Err(e) => Err(Error::Edit {
-                    path: path.to_owned(),
-                    commit,
-                    source: yaml_edit::Error::Syntax {
-                        message: e.to_string(),
-                    },
-                }),
-            }
+            read_bytes(fs, commit, path)?
+                .map(|bytes| text(bytes, commit, path))
+                .transpose()
         };
         let edit_error = |path: &str, commit: ObjectId| {
             let path = path.to_owned();
@@ -385,7 +406,7 @@ impl Repository {
         let current =
             |changes: &[(String, Vec<u8>)], path: &str| -> Result<Option<String>, Error> {
                 match changes.iter().rev().find(|(p, _)| p == path) {
-                    Some((_, bytes)) => Ok(Some(String::from_utf8_lossy(bytes).into_owned())),
+                    Some((_, bytes)) => text(bytes.clone(), tip, path).map(Some),
                     None => read(&target, tip, path),
                 }
             };
@@ -425,9 +446,8 @@ impl Repository {
         }
         for file in &policy.files {
             let source_path = join(&from.path, file);
-            let bytes = source
-                .read_file(&source_path)
-                .map_err(|_| Error::MissingFile {
+            let bytes =
+                read_bytes(&source, promoted, &source_path)?.ok_or_else(|| Error::MissingFile {
                     environment: target_env.to_owned(),
                     commit: promoted,
                     path: source_path.clone(),

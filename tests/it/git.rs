@@ -47,7 +47,12 @@ const STAGING_VERSION: &str =
     "# what the status page shows\ndata:\n  VERSION: \"2026.10\" # release train\n  OWNER: qa\n";
 
 fn pipeline(url: &str, allow_merge: bool) -> Pipeline {
-    let text = format!(
+    Pipeline::parse(Path::new("pipeline.yaml"), &pipeline_text(url, allow_merge))
+        .expect("the test pipeline is valid")
+}
+
+fn pipeline_text(url: &str, allow_merge: bool) -> String {
+    format!(
         "apiVersion: stagehand.dev/v1alpha1
 kind: Pipeline
 metadata: {{name: shop}}
@@ -59,14 +64,13 @@ spec:
     - name: staging
       promotesFrom: dev
       source: {{overlay: environments/staging}}
-      promote: {{fields: [{{file: version.yaml, path: data.VERSION}}]}}
+      promote: {{files: [CHANGELOG.txt], fields: [{{file: version.yaml, path: data.VERSION}}]}}
     - name: prod
       promotesFrom: staging
       source: {{branch: env/prod, path: environments/staging}}
       promote: {{allowMerge: {allow_merge}}}
 "
-    );
-    Pipeline::parse(Path::new("pipeline.yaml"), &text).expect("the test pipeline is valid")
+    )
 }
 
 /// A work tree with the example overlays, pushed to a bare remote.
@@ -96,6 +100,8 @@ impl Fixture {
             ("environments/dev/version.yaml", DEV_VERSION),
             ("environments/staging/kustomization.yaml", STAGING),
             ("environments/staging/version.yaml", STAGING_VERSION),
+            ("environments/dev/CHANGELOG.txt", "1.1.0: first\n"),
+            ("environments/staging/CHANGELOG.txt", "1.1.0: first\n"),
         ]);
         work.commit("initial overlays");
         work.git(&[
@@ -274,6 +280,10 @@ fn promoting_into_an_overlay_edits_only_the_promoted_lines_and_records_trailers(
                 "environments/dev/version.yaml",
                 &DEV_VERSION.replace("2026.11", "2026.12"),
             ),
+            (
+                "environments/dev/CHANGELOG.txt",
+                "1.1.0: first\n1.2.0: faster\n",
+            ),
         ],
         "dev: web 1.2.0",
     );
@@ -311,6 +321,7 @@ fn promoting_into_an_overlay_edits_only_the_promoted_lines_and_records_trailers(
     assert_eq!(
         changed,
         [
+            "+1.2.0: faster",
             "-    newTag: \"1.0.0\"   # set by promotion",
             "+    newTag: \"1.2.0\"   # set by promotion",
             "-    newTag: 1.9.0",
@@ -328,7 +339,8 @@ fn promoting_into_an_overlay_edits_only_the_promoted_lines_and_records_trailers(
     ]);
     assert_eq!(
         files,
-        "environments/staging/kustomization.yaml\nenvironments/staging/version.yaml"
+        "environments/staging/CHANGELOG.txt\nenvironments/staging/kustomization.yaml\n\
+         environments/staging/version.yaml"
     );
 
     let body = fx.remote_git(&["log", "-1", "--format=%B", &commit.to_string()]);
@@ -634,6 +646,32 @@ fn a_missing_branch_or_path_is_named_in_the_error() {
         )
         .expect_err("the target branch is missing");
     assert!(err.to_string().contains("env/prod"), "{err}");
+
+    let listing_missing = Pipeline::parse(
+        Path::new("pipeline.yaml"),
+        &pipeline_text(&fx.url(), false).replace("CHANGELOG.txt", "MISSING.txt"),
+    )
+    .expect("valid");
+    let err = repo
+        .promote(
+            &listing_missing,
+            &promotion(
+                "p-miss",
+                "staging",
+                "dev",
+                &fx.work.git(&["rev-parse", "HEAD"]),
+            ),
+            &options(),
+        )
+        .expect_err("the listed file is missing in dev");
+    assert!(
+        matches!(&err, promote::Error::MissingFile { path, .. } if path == "environments/dev/MISSING.txt"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("environments/dev/MISSING.txt"),
+        "{err}"
+    );
     assert_cache_matches_remote(&repo, &fx.remote);
 }
 
