@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod git;
 pub mod pipeline;
 pub mod render;
 pub mod telemetry;

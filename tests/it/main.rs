@@ -4,5 +4,6 @@
 mod support;
 
 mod foundation;
+mod git;
 mod harness;
 mod serve;
