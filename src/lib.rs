@@ -6,7 +6,9 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cluster;
 pub mod pipeline;
+pub mod reconcile;
 pub mod render;
 pub mod telemetry;
 
