@@ -94,6 +94,9 @@ enum EnvCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    // kube's rustls and other crates' rustls share one process-wide crypto provider; without one
+    // installed the first TLS connection panics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     if let Err(e) = telemetry::init(cli.log_format, &cli.log_level) {
         eprintln!("error: --log-level {:?}: {e}", cli.log_level);

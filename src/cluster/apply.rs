@@ -5,7 +5,9 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy,
+};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
@@ -61,16 +63,24 @@ impl Options {
 pub enum Change {
     Created,
     /// Changed by a new manifest from Git; `fields` are the paths that changed.
-    Configured { fields: Vec<String> },
+    Configured {
+        fields: Vec<String>,
+    },
     Unchanged,
     /// Someone changed these fields in the cluster; left alone (no self-heal or dry run).
-    Drifted { fields: Vec<String> },
+    Drifted {
+        fields: Vec<String>,
+    },
     /// Someone changed these fields in the cluster; put back.
-    Healed { fields: Vec<String> },
+    Healed {
+        fields: Vec<String>,
+    },
     /// Deleted and created again because an immutable field changed.
     Recreated,
     /// Not applied. For Secrets the error names fields only.
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 impl fmt::Display for Change {
@@ -155,7 +165,10 @@ impl ChangeSet {
         self.entries.iter().any(|e| {
             matches!(
                 e.change,
-                Change::Created | Change::Configured { .. } | Change::Healed { .. } | Change::Recreated
+                Change::Created
+                    | Change::Configured { .. }
+                    | Change::Healed { .. }
+                    | Change::Recreated
             )
         })
     }
@@ -266,7 +279,10 @@ async fn apply_stage(
         for p in failed {
             let error = failures[&list_key(&p)].clone();
             let reference = p.object.reference().clone();
-            done.push((p.index, Entry::new(reference, Change::Failed { error }, None)));
+            done.push((
+                p.index,
+                Entry::new(reference, Change::Failed { error }, None),
+            ));
         }
     }
     let work = prepared.into_iter().map(|p| {
@@ -422,10 +438,7 @@ pub(crate) fn to_value(object: DynamicObject, resolved: &Resolved) -> Value {
             "apiVersion".into(),
             Value::String(resolved.resource.api_version.clone()),
         );
-        map.insert(
-            "kind".into(),
-            Value::String(resolved.resource.kind.clone()),
-        );
+        map.insert("kind".into(), Value::String(resolved.resource.kind.clone()));
     }
     value
 }
@@ -568,9 +581,16 @@ async fn recreate(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    patch(api, &p.resolved, &reference.name, p.object.manifest(), true, false)
-        .await
-        .map_err(|e| secret_free("apply after delete", e))
+    patch(
+        api,
+        &p.resolved,
+        &reference.name,
+        p.object.manifest(),
+        true,
+        false,
+    )
+    .await
+    .map_err(|e| secret_free("apply after delete", e))
 }
 
 async fn wait_established(

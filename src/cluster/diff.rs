@@ -102,7 +102,10 @@ mod tests {
     #[test]
     fn a_changed_value_a_missing_field_or_another_list_length_is_not_contained() {
         let desired = json!({"spec": {"replicas": 2, "args": ["a"]}});
-        assert!(!contains(&json!({"spec": {"replicas": 3, "args": ["a"]}}), &desired));
+        assert!(!contains(
+            &json!({"spec": {"replicas": 3, "args": ["a"]}}),
+            &desired
+        ));
         assert!(!contains(&json!({"spec": {"args": ["a"]}}), &desired));
         assert!(!contains(
             &json!({"spec": {"replicas": 2, "args": ["a", "b"]}}),

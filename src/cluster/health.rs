@@ -87,21 +87,20 @@ pub fn assess(live: &Value) -> Health {
         int(live, "/status/observedGeneration"),
     ) && observed < generation
     {
-        return Health::progressing(format!(
-            "observed generation {observed} of {generation}"
-        ));
+        return Health::progressing(format!("observed generation {observed} of {generation}"));
     }
     match (group, kind) {
         ("apps", "Deployment") => deployment(live),
         ("apps", "StatefulSet") => stateful_set(live),
         ("apps", "DaemonSet") => daemon_set(live),
         ("batch", "Job") => job(live),
-        ("", "PersistentVolumeClaim") => match live.pointer("/status/phase").and_then(Value::as_str)
-        {
-            Some("Bound") => Health::healthy("bound"),
-            Some("Lost") => Health::failed("claim lost its volume"),
-            phase => Health::progressing(format!("phase {}", phase.unwrap_or("unknown"))),
-        },
+        ("", "PersistentVolumeClaim") => {
+            match live.pointer("/status/phase").and_then(Value::as_str) {
+                Some("Bound") => Health::healthy("bound"),
+                Some("Lost") => Health::failed("claim lost its volume"),
+                phase => Health::progressing(format!("phase {}", phase.unwrap_or("unknown"))),
+            }
+        }
         ("", "Service") => service(live),
         _ => match condition(live, "Ready") {
             Some(("True", _, _)) => Health::healthy("Ready"),
@@ -135,7 +134,10 @@ fn deployment(live: &Value) -> Health {
         return Health::progressing(format!("{updated} of {want} replicas updated"));
     }
     if total > updated {
-        return Health::progressing(format!("{} old replicas pending termination", total - updated));
+        return Health::progressing(format!(
+            "{} old replicas pending termination",
+            total - updated
+        ));
     }
     if available < want {
         return Health::progressing(format!("{available} of {want} replicas available"));
@@ -227,15 +229,19 @@ mod tests {
 
     #[test]
     fn a_deployment_whose_controller_lags_a_generation_is_progressing() {
-        let d = deploy(json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
-                              "availableReplicas": 2}));
+        let d = deploy(
+            json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2,
+                              "availableReplicas": 2}),
+        );
         assert_eq!(assess(&d).status, HealthStatus::Progressing);
     }
 
     #[test]
     fn a_rolled_out_deployment_is_healthy() {
-        let d = deploy(json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
-                              "availableReplicas": 2, "readyReplicas": 2}));
+        let d = deploy(
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2,
+                              "availableReplicas": 2, "readyReplicas": 2}),
+        );
         assert_eq!(assess(&d).status, HealthStatus::Healthy);
     }
 
@@ -254,7 +260,10 @@ mod tests {
             HealthStatus::Healthy
         );
         assert_eq!(
-            assess(&job(json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]))).status,
+            assess(&job(
+                json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}])
+            ))
+            .status,
             HealthStatus::Failed
         );
         assert_eq!(assess(&job(json!([]))).status, HealthStatus::Progressing);
@@ -262,14 +271,20 @@ mod tests {
 
     #[test]
     fn a_load_balancer_service_waits_for_an_ingress_address() {
-        let svc = |status: Value| json!({"apiVersion": "v1", "kind": "Service",
-            "spec": {"type": "LoadBalancer"}, "status": status});
+        let svc = |status: Value| {
+            json!({"apiVersion": "v1", "kind": "Service",
+            "spec": {"type": "LoadBalancer"}, "status": status})
+        };
         assert_eq!(assess(&svc(json!({}))).status, HealthStatus::Progressing);
         assert_eq!(
-            assess(&svc(json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}]}}))).status,
+            assess(&svc(
+                json!({"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}]}})
+            ))
+            .status,
             HealthStatus::Healthy
         );
-        let cluster_ip = json!({"apiVersion": "v1", "kind": "Service", "spec": {"type": "ClusterIP"}});
+        let cluster_ip =
+            json!({"apiVersion": "v1", "kind": "Service", "spec": {"type": "ClusterIP"}});
         assert_eq!(assess(&cluster_ip).status, HealthStatus::Healthy);
     }
 
@@ -290,11 +305,17 @@ mod tests {
     fn custom_objects_follow_a_ready_condition_and_are_otherwise_current() {
         let cr = |status: Value| json!({"apiVersion": "example.com/v1", "kind": "Widget", "status": status});
         assert_eq!(
-            assess(&cr(json!({"conditions": [{"type": "Ready", "status": "False"}]}))).status,
+            assess(&cr(
+                json!({"conditions": [{"type": "Ready", "status": "False"}]})
+            ))
+            .status,
             HealthStatus::Progressing
         );
         assert_eq!(
-            assess(&cr(json!({"conditions": [{"type": "Ready", "status": "True"}]}))).status,
+            assess(&cr(
+                json!({"conditions": [{"type": "Ready", "status": "True"}]})
+            ))
+            .status,
             HealthStatus::Healthy
         );
         assert_eq!(assess(&cr(json!({}))).status, HealthStatus::Healthy);

@@ -28,7 +28,8 @@ impl Inventory {
     /// keep their order); a reference listed twice is kept once.
     pub fn new(refs: impl IntoIterator<Item = ObjectRef>) -> Self {
         let mut seen = HashSet::new();
-        let mut entries: Vec<ObjectRef> = refs.into_iter().filter(|r| seen.insert(r.key())).collect();
+        let mut entries: Vec<ObjectRef> =
+            refs.into_iter().filter(|r| seen.insert(r.key())).collect();
         entries.sort_by_key(ObjectRef::stage);
         Self { entries }
     }
@@ -121,7 +122,11 @@ pub async fn load(client: &kube::Client, at: &Location) -> Result<Inventory, Err
 }
 
 /// Stores `inventory`, creating the namespace if it does not exist yet.
-pub async fn save(client: &kube::Client, at: &Location, inventory: &Inventory) -> Result<(), Error> {
+pub async fn save(
+    client: &kube::Client,
+    at: &Location,
+    inventory: &Inventory,
+) -> Result<(), Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         &at.namespace,
@@ -146,7 +151,14 @@ pub async fn save(client: &kube::Client, at: &Location, inventory: &Inventory) -
             namespaces
                 .patch(&at.namespace, &params, &Patch::Apply(&ns))
                 .await
-                .map_err(|e| api_error("create inventory namespace", format!("Namespace {}", at.namespace), e, None))?;
+                .map_err(|e| {
+                    api_error(
+                        "create inventory namespace",
+                        format!("Namespace {}", at.namespace),
+                        e,
+                        None,
+                    )
+                })?;
             api.patch(&at.name, &params, &Patch::Apply(&cm))
                 .await
                 .map(drop)
@@ -200,7 +212,11 @@ mod tests {
 
     #[test]
     fn diff_lists_what_left_in_reverse_apply_order() {
-        let old = Inventory::new([r("Namespace", "shop"), r("ConfigMap", "a"), r("ConfigMap", "b")]);
+        let old = Inventory::new([
+            r("Namespace", "shop"),
+            r("ConfigMap", "a"),
+            r("ConfigMap", "b"),
+        ]);
         let new = Inventory::new([r("ConfigMap", "b")]);
         let stale: Vec<String> = old.diff(&new).iter().map(|e| e.name.clone()).collect();
         assert_eq!(stale, ["a", "shop"]);

@@ -120,7 +120,10 @@ pub(crate) fn api_error(
                         .map(|c| format!("{} ({})", c.field, c.reason))
                         .collect();
                     let summary = if fields.is_empty() {
-                        format!("{} (message withheld: it may quote Secret data)", status.reason)
+                        format!(
+                            "{} (message withheld: it may quote Secret data)",
+                            status.reason
+                        )
                     } else {
                         format!("{}: {}", status.reason, fields.join(", "))
                     };
@@ -207,15 +210,15 @@ impl Connection {
     /// finds out whether the apiserver answers.
     pub async fn connect(cluster: &pipeline::Cluster) -> Result<Self, ConnectError> {
         let mut config = match cluster {
-            pipeline::Cluster::InCluster => kube::Config::incluster()
-                .map_err(|source| ConnectError::InCluster { source })?,
+            pipeline::Cluster::InCluster => {
+                kube::Config::incluster().map_err(|source| ConnectError::InCluster { source })?
+            }
             pipeline::Cluster::Kubeconfig { path, context } => {
-                let kubeconfig = Kubeconfig::read_from(path).map_err(|source| {
-                    ConnectError::ReadKubeconfig {
+                let kubeconfig =
+                    Kubeconfig::read_from(path).map_err(|source| ConnectError::ReadKubeconfig {
                         path: path.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 let options = KubeConfigOptions {
                     context: context.clone(),
                     ..KubeConfigOptions::default()

@@ -97,7 +97,11 @@ mod tests {
     fn container_ports_of_every_workload_kind_get_tcp() {
         for (api, kind, path) in [
             ("apps/v1", "Deployment", "/spec/template/spec"),
-            ("batch/v1", "CronJob", "/spec/jobTemplate/spec/template/spec"),
+            (
+                "batch/v1",
+                "CronJob",
+                "/spec/jobTemplate/spec/template/spec",
+            ),
             ("v1", "Pod", "/spec"),
         ] {
             let mut spec = json!({"containers": [{"name": "a", "ports": [{"containerPort": 8080}]}],
@@ -106,14 +110,24 @@ mod tests {
             let mut cursor = &mut obj;
             let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
             for (i, part) in parts.iter().enumerate() {
-                let value = if i + 1 == parts.len() { spec.take() } else { json!({}) };
+                let value = if i + 1 == parts.len() {
+                    spec.take()
+                } else {
+                    json!({})
+                };
                 cursor[*part] = value;
                 cursor = &mut cursor[*part];
             }
             normalize(&mut obj);
             let spec = obj.pointer(path).expect("path exists");
-            assert_eq!(spec["containers"][0]["ports"][0]["protocol"], "TCP", "{kind}");
-            assert_eq!(spec["initContainers"][0]["ports"][0]["protocol"], "TCP", "{kind}");
+            assert_eq!(
+                spec["containers"][0]["ports"][0]["protocol"], "TCP",
+                "{kind}"
+            );
+            assert_eq!(
+                spec["initContainers"][0]["ports"][0]["protocol"], "TCP",
+                "{kind}"
+            );
         }
     }
 

@@ -108,7 +108,10 @@ pub enum ObjectError {
     #[error("object #{index}: apiVersion {api_version:?} is not GROUP/VERSION or VERSION")]
     ApiVersion { index: usize, api_version: String },
     #[error("object #{index} ({reference}): listed twice")]
-    Duplicate { index: usize, reference: ObjectRef },
+    Duplicate {
+        index: usize,
+        reference: Box<ObjectRef>,
+    },
 }
 
 impl Object {
@@ -157,7 +160,7 @@ impl Object {
                 if !seen.insert(object.reference.key()) {
                     return Err(ObjectError::Duplicate {
                         index,
-                        reference: object.reference,
+                        reference: Box::new(object.reference),
                     });
                 }
                 Ok(object)
@@ -180,7 +183,11 @@ impl Object {
     /// Sets the namespace of a namespaced object that came without one.
     pub(crate) fn set_namespace(&mut self, namespace: &str) {
         self.reference.namespace = Some(namespace.to_owned());
-        if let Some(meta) = self.manifest.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(meta) = self
+            .manifest
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+        {
             meta.insert("namespace".into(), Value::String(namespace.to_owned()));
         }
     }
@@ -188,7 +195,11 @@ impl Object {
     /// Drops the namespace of a cluster-scoped object, which the apiserver would reject.
     pub(crate) fn clear_namespace(&mut self) {
         self.reference.namespace = None;
-        if let Some(meta) = self.manifest.get_mut("metadata").and_then(Value::as_object_mut) {
+        if let Some(meta) = self
+            .manifest
+            .get_mut("metadata")
+            .and_then(Value::as_object_mut)
+        {
             meta.remove("namespace");
         }
     }

@@ -20,7 +20,9 @@ pub enum Outcome {
     NotOwned,
     /// Annotated [`PRUNE_ANNOTATION`]`: disabled`.
     Kept,
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
 }
 
 impl fmt::Display for Outcome {
@@ -43,7 +45,12 @@ pub struct Pruned {
 }
 
 /// Deletes each of `stale` owned by `owner`, in order. With `dry_run`, says what it would do.
-pub async fn prune(conn: &Connection, stale: &[ObjectRef], owner: &str, dry_run: bool) -> Vec<Pruned> {
+pub async fn prune(
+    conn: &Connection,
+    stale: &[ObjectRef],
+    owner: &str,
+    dry_run: bool,
+) -> Vec<Pruned> {
     let mut out = Vec::with_capacity(stale.len());
     for reference in stale {
         let outcome = match prune_one(conn, reference, owner, dry_run).await {

@@ -112,8 +112,14 @@ mod tests {
     #[test]
     fn a_redacted_secret_keeps_its_key_names_and_loses_its_values() {
         let text = object(&secret()).to_string();
-        assert!(!text.contains("hunter2") && !text.contains("c2VjcmV0LXRva2Vu"), "{text}");
-        assert!(text.contains("password") && text.contains("token"), "{text}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("c2VjcmV0LXRva2Vu"),
+            "{text}"
+        );
+        assert!(
+            text.contains("password") && text.contains("token"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -127,7 +133,12 @@ mod tests {
         let redactor = Redactor::from_manifests([&secret()]);
         let message = "bad value hunter2 and aHVudGVyMg== and c2VjcmV0LXRva2Vu and secret-token";
         let scrubbed = redactor.scrub(message);
-        for leaked in ["hunter2", "aHVudGVyMg==", "c2VjcmV0LXRva2Vu", "secret-token"] {
+        for leaked in [
+            "hunter2",
+            "aHVudGVyMg==",
+            "c2VjcmV0LXRva2Vu",
+            "secret-token",
+        ] {
             assert!(!scrubbed.contains(leaked), "{leaked} in {scrubbed}");
         }
         assert!(scrubbed.starts_with("bad value <redacted>"), "{scrubbed}");
