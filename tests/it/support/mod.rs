@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod git;
+pub mod reconcile;
 pub mod tools;
 
 pub use tools::{Tool, tool};
