@@ -421,8 +421,10 @@ async fn an_object_removed_from_git_is_pruned_but_kept_and_foreign_objects_stay(
 
 async fn edit_by_hand(s: &Setup, name: &str, key: &str, value: &str) {
     // As `kubectl edit` would: an update under another field manager.
-    let mut params = PatchParams::default();
-    params.field_manager = Some("kubectl-edit".into());
+    let params = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..PatchParams::default()
+    };
     s.config_maps()
         .patch(name, &params, &Patch::Merge(json!({"data": {key: value}})))
         .await
@@ -827,8 +829,10 @@ async fn logs_status_and_events_of_syncs_with_secrets_hold_no_secret_value() {
     let mut rec = s.reconciler(s.env("dev"));
     rec.reconcile().await.expect("first pass");
     // A hand edit of the Secret, then a changed value from Git, then an invalid one.
-    let mut params = PatchParams::default();
-    params.field_manager = Some("kubectl-edit".into());
+    let params = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..PatchParams::default()
+    };
     Api::<Secret>::namespaced(s.client.clone(), &s.ns)
         .patch(
             "db",
