@@ -1,6 +1,6 @@
 //! Staged server-side apply that returns what happened to each object.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use super::health::{self, Health};
+use super::inventory::Inventory;
 use super::redact::Redactor;
 use super::{
     Connection, Error, FIELD_MANAGER, HASH_ANNOTATION, INVENTORY_LABEL, Object, ObjectKey,
@@ -178,15 +179,27 @@ impl ChangeSet {
     }
 }
 
+/// The drift "field" of an object someone deleted from the cluster.
+pub const DELETED: &str = "(object deleted)";
+
 /// Applies `objects`: Namespaces and CRDs first (CRDs waited on until Established), then the
 /// rest, each stage concurrently up to `options.concurrency`. Per-object failures are entries
-/// of the change set, not errors; the sync goes on with the other objects.
+/// of the change set, not errors; the sync goes on with the other objects. `previous` (the
+/// last sync's inventory) tells an object someone deleted, which is drift, from a new one.
 pub async fn apply(
     conn: &Connection,
     objects: Vec<Object>,
     options: &Options,
     redactor: &Redactor,
+    previous: &Inventory,
 ) -> ChangeSet {
+    let previous: HashSet<ObjectKey> = previous.entries().iter().map(ObjectRef::key).collect();
+    let ctx = Context {
+        conn,
+        options,
+        redactor,
+        previous: &previous,
+    };
     let defined: Vec<(String, String)> = objects
         .iter()
         .filter(|o| o.reference().is_crd())
@@ -203,7 +216,7 @@ pub async fn apply(
         .partition(|o| o.reference().stage() == Stage::Definitions);
 
     let mut set = ChangeSet {
-        entries: apply_stage(conn, definitions, options, redactor, &[]).await,
+        entries: apply_stage(&ctx, definitions, &[]).await,
     };
     if !options.dry_run {
         for entry in &mut set.entries {
@@ -216,8 +229,16 @@ pub async fn apply(
         }
     }
     set.entries
-        .extend(apply_stage(conn, workloads, options, redactor, &defined).await);
+        .extend(apply_stage(&ctx, workloads, &defined).await);
     set
+}
+
+/// What every object of one apply needs.
+struct Context<'a> {
+    conn: &'a Connection,
+    options: &'a Options,
+    redactor: &'a Redactor,
+    previous: &'a HashSet<ObjectKey>,
 }
 
 struct Prepared {
@@ -228,12 +249,11 @@ struct Prepared {
 }
 
 async fn apply_stage(
-    conn: &Connection,
+    ctx: &Context<'_>,
     objects: Vec<Object>,
-    options: &Options,
-    redactor: &Redactor,
     defined: &[(String, String)],
 ) -> Vec<Entry> {
+    let (conn, options) = (ctx.conn, ctx.options);
     let mut done: Vec<(usize, Entry)> = Vec::new();
     let mut prepared = Vec::with_capacity(objects.len());
     for (index, mut object) in objects.into_iter().enumerate() {
@@ -289,7 +309,7 @@ async fn apply_stage(
         let current = live.remove(&p.object.reference().key());
         async move {
             let index = p.index;
-            (index, apply_one(conn, p, current, options, redactor).await)
+            (index, apply_one(ctx, p, current).await)
         }
     });
     let mut applied: Vec<(usize, Entry)> = futures::stream::iter(work)
@@ -388,7 +408,7 @@ async fn list_live(
         let selector = &selector;
         async move {
             let api = conn.api(resolved, key.2.as_deref());
-            let result = api.list(&ListParams::default().labels(selector)).await;
+            let result = list(&api, selector).await;
             (key, resolved, result)
         }
     });
@@ -397,9 +417,9 @@ async fn list_live(
     let mut failures = HashMap::new();
     for (key, resolved, result) in results {
         match result {
-            Ok(list) => {
-                for item in list.items {
-                    let value = to_value(item, resolved);
+            Ok(items) => {
+                for mut value in items {
+                    with_type(&mut value, resolved);
                     if let Some(reference) = live_ref(&value, resolved) {
                         live.insert(reference.key(), value);
                     }
@@ -417,6 +437,25 @@ async fn list_live(
     (live, failures)
 }
 
+/// Lists objects carrying `selector` as plain JSON, page by page.
+async fn list(api: &Api<DynamicObject>, selector: &str) -> Result<Vec<Value>, kube::Error> {
+    let mut items = Vec::new();
+    let mut params = ListParams::default().labels(selector).limit(500);
+    loop {
+        let request = kube::core::Request::new(api.resource_url())
+            .list(&params)
+            .map_err(kube::Error::BuildRequest)?;
+        let mut page: Value = api.clone().into_client().request(request).await?;
+        if let Some(Value::Array(page_items)) = page.get_mut("items").map(Value::take) {
+            items.extend(page_items);
+        }
+        match page.pointer("/metadata/continue").and_then(Value::as_str) {
+            Some(token) if !token.is_empty() => params = params.continue_token(token),
+            _ => return Ok(items),
+        }
+    }
+}
+
 fn live_ref(value: &Value, resolved: &Resolved) -> Option<ObjectRef> {
     Some(ObjectRef {
         group: resolved.resource.group.clone(),
@@ -430,9 +469,15 @@ fn live_ref(value: &Value, resolved: &Resolved) -> Option<ObjectRef> {
     })
 }
 
-/// A listed item as JSON, with the apiVersion and kind that list items leave out.
+/// An object from the apiserver as JSON, with the apiVersion and kind that list items leave
+/// out.
 pub(crate) fn to_value(object: DynamicObject, resolved: &Resolved) -> Value {
     let mut value = serde_json::to_value(object).expect("an object from the apiserver serialises");
+    with_type(&mut value, resolved);
+    value
+}
+
+fn with_type(value: &mut Value, resolved: &Resolved) {
     if let Some(map) = value.as_object_mut() {
         map.insert(
             "apiVersion".into(),
@@ -440,7 +485,6 @@ pub(crate) fn to_value(object: DynamicObject, resolved: &Resolved) -> Value {
         );
         map.insert("kind".into(), Value::String(resolved.resource.kind.clone()));
     }
-    value
 }
 
 fn hash_of(live: &Value) -> Option<&str> {
@@ -449,6 +493,8 @@ fn hash_of(live: &Value) -> Option<&str> {
         .as_str()
 }
 
+/// Server-side apply of `desired`, answered as plain JSON: going through `DynamicObject` costs
+/// a second conversion per object, which shows with a thousand of them.
 async fn patch(
     api: &Api<DynamicObject>,
     resolved: &Resolved,
@@ -460,8 +506,12 @@ async fn patch(
     let mut params = PatchParams::apply(FIELD_MANAGER);
     params.force = force;
     params.dry_run = dry_run;
-    let object = api.patch(name, &params, &Patch::Apply(desired)).await?;
-    Ok(to_value(object, resolved))
+    let request = kube::core::Request::new(api.resource_url())
+        .patch(name, &params, &Patch::Apply(desired))
+        .map_err(kube::Error::BuildRequest)?;
+    let mut applied: Value = api.clone().into_client().request(request).await?;
+    with_type(&mut applied, resolved);
+    Ok(applied)
 }
 
 fn is_immutable(error: &kube::Error) -> bool {
@@ -479,13 +529,8 @@ fn is_immutable(error: &kube::Error) -> bool {
     }
 }
 
-async fn apply_one(
-    conn: &Connection,
-    p: Prepared,
-    live: Option<Value>,
-    options: &Options,
-    redactor: &Redactor,
-) -> Entry {
+async fn apply_one(ctx: &Context<'_>, p: Prepared, live: Option<Value>) -> Entry {
+    let (conn, options, redactor) = (ctx.conn, ctx.options, ctx.redactor);
     let reference = p.object.reference().clone();
     let api = conn.api(&p.resolved, reference.namespace.as_deref());
     let secret = reference.is_secret().then_some(redactor);
@@ -498,7 +543,17 @@ async fn apply_one(
     let force = options.force || options.self_heal;
 
     let Some(live) = live else {
+        // Applied by an earlier sync and gone now: someone deleted it.
+        let deleted = ctx.previous.contains(&reference.key());
+        if deleted && (!options.self_heal || options.dry_run) {
+            let fields = vec![DELETED.to_owned()];
+            return Entry::new(reference.clone(), Change::Drifted { fields }, None);
+        }
         return match patch(&api, &p.resolved, name, desired, force, options.dry_run).await {
+            Ok(applied) if deleted => {
+                let fields = vec![DELETED.to_owned()];
+                Entry::new(reference.clone(), Change::Healed { fields }, Some(applied))
+            }
             Ok(applied) => Entry::new(reference.clone(), Change::Created, Some(applied)),
             Err(e) => fail("apply", e),
         };

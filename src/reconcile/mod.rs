@@ -372,7 +372,7 @@ impl<S: DesiredState> Reconciler<S> {
         options.recreate = self.env.sync.recreate;
         options.concurrency = self.options.concurrency;
         let total = objects.len();
-        let changes = apply::apply(conn, objects, &options, &redactor).await;
+        let changes = apply::apply(conn, objects, &options, &redactor, &previous).await;
 
         self.status.drift.clear();
         for entry in changes.drifted() {

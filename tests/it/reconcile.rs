@@ -475,6 +475,7 @@ async fn without_self_heal_a_hand_edit_is_reported_and_left_alone() {
         vec![
             config_map(&s.ns, "settings", json!({"greeting": "hello"})),
             config_map(&s.ns, "other", json!({"x": "1"})),
+            config_map(&s.ns, "deleted", json!({"x": "1"})),
         ],
     );
     let mut env = s.env("dev");
@@ -484,6 +485,10 @@ async fn without_self_heal_a_hand_edit_is_reported_and_left_alone() {
     edit_by_hand(&s, "settings", "greeting", "hacked").await;
     // A field nobody declared in Git is not drift.
     edit_by_hand(&s, "other", "added-by-hand", "yes").await;
+    s.config_maps()
+        .delete("deleted", &Default::default())
+        .await
+        .expect("deleted by hand");
 
     rec.reconcile().await.expect("drift alone is no failure");
     assert_eq!(
@@ -497,8 +502,21 @@ async fn without_self_heal_a_hand_edit_is_reported_and_left_alone() {
         s.config_map_data("settings", "greeting").await.as_deref(),
         Some("hacked")
     );
-    assert_eq!(rec.status().drift.len(), 1);
-    assert!(!rec.status().drift[0].healed);
+    assert_eq!(
+        change_of(&rec, "ConfigMap", "deleted"),
+        Change::Drifted {
+            fields: vec!["(object deleted)".into()]
+        }
+    );
+    assert!(
+        s.config_maps()
+            .get_opt("deleted")
+            .await
+            .expect("answers")
+            .is_none()
+    );
+    assert_eq!(rec.status().drift.len(), 2);
+    assert!(rec.status().drift.iter().all(|d| !d.healed));
 }
 
 #[tokio::test]
