@@ -139,18 +139,13 @@ enum EnvCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    // kube's and reqwest's (gix's HTTP transport) rustls share one process-wide crypto
+    // provider; without one installed the first TLS connection panics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     if let Err(e) = telemetry::init(cli.log_format, &cli.log_level) {
         eprintln!("error: --log-level {:?}: {e}", cli.log_level);
         return std::process::ExitCode::from(2);
-    }
-    // kube's and reqwest's (gix's HTTP transport) rustls share one process-wide provider.
-    if rustls::crypto::ring::default_provider()
-        .install_default()
-        .is_err()
-    {
-        eprintln!("error: a rustls crypto provider was already installed");
-        return std::process::ExitCode::FAILURE;
     }
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime can be built at start-up");
     match runtime.block_on(run(cli.command)) {

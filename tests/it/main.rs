@@ -6,4 +6,5 @@ mod support;
 mod foundation;
 mod git;
 mod harness;
+mod reconcile;
 mod serve;
