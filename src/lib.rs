@@ -8,6 +8,7 @@
 pub mod api;
 pub mod pipeline;
 pub mod render;
+pub mod secrets;
 pub mod telemetry;
 
 /// Code generated from `proto/stagehand/v1/*.proto`.
