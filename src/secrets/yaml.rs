@@ -516,6 +516,15 @@ const YAML11_BOOLS: &[&str] = &[
     "OFF",
 ];
 
+/// Characters written as they are; anything else is escaped inside double quotes.
+fn printable(c: char) -> bool {
+    !c.is_control()
+        && !matches!(
+            c,
+            '\u{feff}' | '\u{fffe}' | '\u{ffff}' | '\u{2028}' | '\u{2029}'
+        )
+}
+
 fn plain_ok(s: &str) -> bool {
     if s.is_empty() || YAML11_BOOLS.contains(&s) || s == "<<" {
         return false;
@@ -556,7 +565,7 @@ fn plain_ok(s: &str) -> bool {
     if s.contains(": ") || s.contains(" #") || s.contains(":\t") || s.contains("\t#") {
         return false;
     }
-    s.chars().all(|c| !c.is_control() && c != '\u{feff}')
+    s.chars().all(printable)
 }
 
 fn double_quoted(s: &str) -> String {
@@ -570,7 +579,7 @@ fn double_quoted(s: &str) -> String {
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
             '\0' => out.push_str("\\0"),
-            c if c.is_control() || c == '\u{feff}' => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c if !printable(c) => out.push_str(&format!("\\u{:04X}", c as u32)),
             c => out.push(c),
         }
     }
@@ -581,31 +590,47 @@ fn double_quoted(s: &str) -> String {
 fn literal_ok(s: &str) -> bool {
     s.contains('\n')
         && !s.starts_with([' ', '\t', '\n'])
-        && s.chars()
-            .all(|c| c == '\n' || (!c.is_control() && c != '\u{feff}'))
+        && s.chars().all(|c| c == '\n' || printable(c))
         && s.split('\n').all(|l| !l.ends_with([' ', '\t']))
 }
 
+/// go-yaml's choice of style: double quotes for text that would read back as another type,
+/// a literal block for several lines, plain when the text allows, else single quotes.
 fn write_string(out: &mut String, s: &str, indent: usize) {
-    if plain_ok(s) {
-        out.push_str(s);
-    } else if literal_ok(s) {
-        let body = s.trim_end_matches('\n');
-        let trailing = s.len() - body.len();
-        out.push_str(match trailing {
-            0 => "|-",
-            1 => "|",
-            _ => "|+",
-        });
-        for line in s[..s.len() - trailing.min(1)].split('\n') {
-            out.push('\n');
-            if !line.is_empty() {
-                out.push_str(&" ".repeat(indent));
-                out.push_str(line);
-            }
+    let reads_as_other = !matches!(resolve_plain(s), Value::Str(_)) || YAML11_BOOLS.contains(&s);
+    if reads_as_other {
+        out.push_str(&double_quoted(s));
+    } else if s.contains('\n') {
+        if literal_ok(s) {
+            write_literal(out, s, indent);
+        } else {
+            out.push_str(&double_quoted(s));
         }
+    } else if plain_ok(s) {
+        out.push_str(s);
+    } else if s.chars().all(printable) {
+        out.push('\'');
+        out.push_str(&s.replace('\'', "''"));
+        out.push('\'');
     } else {
         out.push_str(&double_quoted(s));
+    }
+}
+
+fn write_literal(out: &mut String, s: &str, indent: usize) {
+    let body = s.trim_end_matches('\n');
+    let trailing = s.len() - body.len();
+    out.push_str(match trailing {
+        0 => "|-",
+        1 => "|",
+        _ => "|+",
+    });
+    for line in s[..s.len() - trailing.min(1)].split('\n') {
+        out.push('\n');
+        if !line.is_empty() {
+            out.push_str(&" ".repeat(indent));
+            out.push_str(line);
+        }
     }
 }
 
@@ -642,73 +667,95 @@ fn write_comment_line(out: &mut String, indent: usize, c: &Comment) {
     out.push('\n');
 }
 
-/// Writes a value that follows `key:` or `- ` on the current line.
-fn write_after_indicator(out: &mut String, v: &Value, indent: usize) {
+/// go-yaml's indentation of a mapping's child: the next multiple of the indent width.
+fn child_indent(indent: usize) -> usize {
+    INDENT * ((indent + INDENT) / INDENT)
+}
+
+/// Writes a value after `key:` or `- `. `child` is the column of its content on later lines;
+/// `prefixed` means the value starts on the current line (compact form inside a sequence).
+fn write_value(out: &mut String, v: &Value, child: usize, prefixed: bool) {
+    let empty = is_empty_container(v);
     match v {
-        Value::Map(items) if !is_empty_container(v) => {
-            out.push('\n');
-            write_map(out, items, indent + INDENT);
+        Value::Map(items) if !empty => {
+            if !prefixed {
+                out.push('\n');
+            }
+            write_map(out, items, child, prefixed);
         }
-        Value::Seq(values) if !is_empty_container(v) => {
-            out.push('\n');
-            write_seq(out, values, indent + INDENT);
+        Value::Seq(values) if !empty => {
+            if !prefixed {
+                out.push('\n');
+            }
+            write_seq(out, values, child, prefixed);
         }
         Value::Map(items) => {
-            out.push_str(" {}");
-            out.push('\n');
+            out.push_str(if prefixed { "{}\n" } else { " {}\n" });
             for item in items {
                 if let Item::Comment(c) = item {
-                    write_comment_line(out, indent, c);
+                    write_comment_line(out, child, c);
                 }
             }
         }
         Value::Seq(values) => {
-            out.push_str(" []");
-            out.push('\n');
+            out.push_str(if prefixed { "[]\n" } else { " []\n" });
             for v in values {
                 if let Value::Comment(c) = v {
-                    write_comment_line(out, indent, c);
+                    write_comment_line(out, child, c);
                 }
             }
         }
         scalar => {
-            out.push(' ');
-            write_scalar(out, scalar, indent + INDENT);
+            if !prefixed {
+                out.push(' ');
+            }
+            write_scalar(out, scalar, child);
             out.push('\n');
         }
     }
 }
 
-fn write_map(out: &mut String, items: &[Item], indent: usize) {
+fn write_map(out: &mut String, items: &[Item], indent: usize, mut prefixed: bool) {
     for item in items {
+        if !prefixed {
+            out.push_str(&" ".repeat(indent));
+        }
         match item {
-            Item::Comment(c) => write_comment_line(out, indent, c),
+            Item::Comment(c) => {
+                out.push('#');
+                out.push_str(&c.text);
+                out.push('\n');
+                // A comment cannot share the line of "- "; later lines are indented normally.
+                if prefixed {
+                    out.push_str(&" ".repeat(indent));
+                }
+                continue;
+            }
             Item::Entry(k, v) => {
-                out.push_str(&" ".repeat(indent));
-                write_string(out, k, indent + INDENT);
+                prefixed = false;
+                write_string(out, k, child_indent(indent));
                 out.push(':');
-                write_after_indicator(out, v, indent);
+                write_value(out, v, child_indent(indent), false);
             }
         }
     }
 }
 
-fn write_seq(out: &mut String, values: &[Value], indent: usize) {
+fn write_seq(out: &mut String, values: &[Value], indent: usize, mut prefixed: bool) {
     for v in values {
+        if !prefixed {
+            out.push_str(&" ".repeat(indent));
+        }
+        prefixed = false;
         match v {
-            Value::Comment(c) => write_comment_line(out, indent, c),
-            Value::Map(items) if !is_empty_container(v) => {
-                // The first entry shares the line of the dash.
-                let mut inner = String::new();
-                write_map(&mut inner, items, indent + 2);
-                out.push_str(&" ".repeat(indent));
-                out.push_str("- ");
-                out.push_str(inner.trim_start_matches(' '));
+            Value::Comment(c) => {
+                out.push('#');
+                out.push_str(&c.text);
+                out.push('\n');
             }
             other => {
-                out.push_str(&" ".repeat(indent));
-                out.push('-');
-                write_after_indicator(out, other, indent);
+                out.push_str("- ");
+                write_value(out, other, indent + 2, true);
             }
         }
     }
@@ -729,7 +776,7 @@ pub fn emit(tree: &Tree) -> String {
             }
             out.push_str("{}\n");
         } else {
-            write_map(&mut out, branch, 0);
+            write_map(&mut out, branch, 0, false);
         }
     }
     out
