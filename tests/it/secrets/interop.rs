@@ -327,3 +327,76 @@ fn a_sops_yaml_creation_rule_picks_recipients_and_selection_rules() {
     assert_eq!(other.recipients, vec![keys.recipients[0].clone()]);
     assert_eq!(other.rules, RuleText::default());
 }
+
+#[test]
+fn identities_from_a_kubernetes_secret_use_only_its_agekey_entries() {
+    let keys = Keys::new();
+    let plain = keys.write("s.yaml", b"password: hunter2\n");
+    let encrypted = sops_encrypt(&keys, &plain, &[]);
+    let mut data = std::collections::BTreeMap::new();
+    data.insert("README".to_owned(), b"not a key".to_vec());
+    data.insert(
+        "prod.agekey".to_owned(),
+        std::fs::read(keys.key_file(1)).expect("key file readable"),
+    );
+    let ids = stagehand::secrets::Identities::from_secret_data("flux-system/sops-age", &data)
+        .expect("the agekey entry parses and the README is ignored");
+    assert_eq!(ids.len(), 1);
+    let plain = secrets::decrypt(&encrypted, Format::Yaml, &ids, "s.enc.yaml").expect("decrypts");
+    assert_eq!(plain.expose(), b"password: hunter2\n");
+    data.insert(
+        "broken.agekey".to_owned(),
+        b"AGE-SECRET-KEY-1NOTAKEY".to_vec(),
+    );
+    let e = match stagehand::secrets::Identities::from_secret_data("flux-system/sops-age", &data) {
+        Ok(_) => panic!("a broken agekey entry must be refused"),
+        Err(e) => e,
+    };
+    assert!(
+        e.to_string().contains("flux-system/sops-age/broken.agekey"),
+        "{e}"
+    );
+    assert!(!format!("{e:?}").contains("NOTAKEY"), "{e:?}");
+}
+
+#[test]
+fn an_ssh_ed25519_key_decrypts_a_file_sops_encrypted_to_it() {
+    let keys = Keys::new();
+    let key_path = keys.path("id_ed25519");
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key_path)
+        .output();
+    let Ok(out) = out else {
+        panic!("ssh-keygen is needed for this test (Debian package openssh-client)");
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public =
+        std::fs::read_to_string(key_path.with_extension("pub")).expect("public key written");
+    let public = public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let plain = keys.write("s.yaml", b"password: hunter2\n");
+    let out = super::sops(
+        &keys,
+        None,
+        &["-e", "--age", &public, plain.to_str().expect("UTF-8 path")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut ids = stagehand::secrets::Identities::new();
+    ids.add_ssh_key("id_ed25519", &std::fs::read(&key_path).expect("readable"))
+        .expect("an unencrypted ed25519 key loads");
+    let decrypted =
+        secrets::decrypt(&out.stdout, Format::Yaml, &ids, "s.enc.yaml").expect("decrypts");
+    assert_eq!(decrypted.expose(), b"password: hunter2\n");
+}
