@@ -153,7 +153,6 @@ impl Metadata {
             version: String::new(),
             other: Vec::new(),
         };
-        let mut shamir_threshold = 0;
         let mut groups = 0;
         for (key, value) in entries(v) {
             let text = text_of(value);
@@ -194,14 +193,11 @@ impl Metadata {
                     }
                     md.other.push((key.to_owned(), value.clone()));
                 }
-                "shamir_threshold" => {
-                    shamir_threshold = text.and_then(|t| t.parse().ok()).unwrap_or(0);
-                    md.other.push((key.to_owned(), value.clone()));
-                }
                 _ => md.other.push((key.to_owned(), value.clone())),
             }
         }
-        if groups > 1 && shamir_threshold != 1 {
+        // Several key groups always mean the data key was split with Shamir's scheme.
+        if groups > 1 {
             return Err(Error::Metadata {
                 file: file.to_owned(),
                 field: "key_groups",

@@ -237,3 +237,59 @@ fn a_plain_file_is_not_taken_for_a_sops_file() {
     assert!(matches!(e, Error::NotEncrypted { .. }), "{e:?}");
     assert_safe(&e, None);
 }
+
+#[test]
+fn metadata_of_older_sops_and_other_key_services_is_tolerated() {
+    let f = fixture();
+    let start = f.encrypted.find("    age:").expect("an age section");
+    let end = f
+        .encrypted
+        .find("    lastmodified:")
+        .expect("lastmodified follows age");
+    let age_section = &f.encrypted[start..end];
+    let others = "    kms:\n        - arn: arn:aws:kms:eu-west-1:1:key/x\n          enc: AQID\n          created_at: \"2020-01-01T00:00:00Z\"\n          aws_profile: \"\"\n    gcp_kms: []\n    azure_kv: []\n    hc_vault: []\n    pgp:\n        - created_at: \"2020-01-01T00:00:00Z\"\n          enc: |\n            -----BEGIN PGP MESSAGE-----\n            AAAA\n            -----END PGP MESSAGE-----\n          fp: 0123456789ABCDEF\n";
+    let with_others = format!("{}{others}{}", &f.encrypted[..start], &f.encrypted[start..]);
+    let plain = secrets::decrypt(
+        with_others.as_bytes(),
+        Format::Yaml,
+        &f.keys.identities(1),
+        &f.path,
+    )
+    .expect("other key services are ignored");
+    assert!(String::from_utf8_lossy(plain.expose()).contains(SENTINEL));
+    // sops before 3.x-flattening wrote a single key group; the age stanzas inside it count.
+    let grouped_age = age_section.replace("\n    ", "\n          ").replacen(
+        "    age:",
+        "    key_groups:\n        - age:",
+        1,
+    );
+    let grouped = format!(
+        "{}{grouped_age}    shamir_threshold: 1\n{}",
+        &f.encrypted[..start],
+        &f.encrypted[end..]
+    );
+    secrets::decrypt(
+        grouped.as_bytes(),
+        Format::Yaml,
+        &f.keys.identities(0),
+        &f.path,
+    )
+    .expect("a single key group is read");
+    let two_groups = grouped.replacen(
+        "    key_groups:\n",
+        "    key_groups:\n        - pgp: []\n",
+        1,
+    );
+    let e = f.decrypt(&two_groups, &f.keys.identities(0));
+    assert!(
+        matches!(
+            e,
+            Error::Metadata {
+                field: "key_groups",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_safe(&e, None);
+}
