@@ -525,6 +525,34 @@ fn printable(c: char) -> bool {
         )
 }
 
+/// YAML 1.1 sexagesimal numbers such as `12:30`, which go-yaml quotes for older readers:
+/// `^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$`.
+fn is_base60_float(s: &str) -> bool {
+    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+    let (s, _) = match s.split_once('.') {
+        Some((head, frac)) if frac.chars().all(|c| c.is_ascii_digit() || c == '_') => (head, frac),
+        Some(_) => return false,
+        None => (s, ""),
+    };
+    let mut parts = s.split(':');
+    let first = parts.next().unwrap_or_default();
+    if !first.starts_with(|c: char| c.is_ascii_digit())
+        || !first.chars().all(|c| c.is_ascii_digit() || c == '_')
+    {
+        return false;
+    }
+    let rest: Vec<&str> = parts.collect();
+    !rest.is_empty()
+        && rest.iter().all(|p| {
+            let b = p.as_bytes();
+            match b.len() {
+                1 => b[0].is_ascii_digit(),
+                2 => (b'0'..=b'5').contains(&b[0]) && b[1].is_ascii_digit(),
+                _ => false,
+            }
+        })
+}
+
 fn plain_ok(s: &str) -> bool {
     if s.is_empty() || YAML11_BOOLS.contains(&s) || s == "<<" {
         return false;
@@ -597,7 +625,10 @@ fn literal_ok(s: &str) -> bool {
 /// go-yaml's choice of style: double quotes for text that would read back as another type,
 /// a literal block for several lines, plain when the text allows, else single quotes.
 fn write_string(out: &mut String, s: &str, indent: usize) {
-    let reads_as_other = !matches!(resolve_plain(s), Value::Str(_)) || YAML11_BOOLS.contains(&s);
+    let reads_as_other = !matches!(resolve_plain(s), Value::Str(_))
+        || YAML11_BOOLS.contains(&s)
+        || s == "<<"
+        || is_base60_float(s);
     if reads_as_other {
         out.push_str(&double_quoted(s));
     } else if s.contains('\n') {
@@ -733,7 +764,12 @@ fn write_map(out: &mut String, items: &[Item], indent: usize, mut prefixed: bool
             }
             Item::Entry(k, v) => {
                 prefixed = false;
-                write_string(out, k, child_indent(indent));
+                if k == "<<" {
+                    // go-yaml tags a merge key so that YAML 1.1 readers still merge.
+                    out.push_str("!!merge <<");
+                } else {
+                    write_string(out, k, child_indent(indent));
+                }
                 out.push(':');
                 write_value(out, v, child_indent(indent), false);
             }
@@ -806,6 +842,10 @@ mod tests {
         );
         assert!(matches!(resolve_plain("2024-01-02"), Value::Time(_)));
         assert_eq!(resolve_plain("1.2.3"), Value::str("1.2.3"));
+        assert!(is_base60_float("12:30"));
+        assert!(is_base60_float("-1:20:30.5"));
+        assert!(!is_base60_float("12:60"));
+        assert!(!is_base60_float("a:1"));
     }
 
     #[test]

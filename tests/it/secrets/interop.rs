@@ -59,6 +59,12 @@ flow: {a: 1, b: [x, y]}
 anchor: &shared
     host: db.example
 alias: *shared
+merged:
+    <<: *shared
+    port: 5432
+clock: "12:30"
+version: "1.10"
+octal_like: "0755"
 user_unencrypted: plain-text
 # a foot comment
 "#;
