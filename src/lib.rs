@@ -11,6 +11,7 @@ pub mod git;
 pub mod pipeline;
 pub mod reconcile;
 pub mod render;
+pub mod secrets;
 pub mod telemetry;
 
 /// Code generated from `proto/stagehand/v1/*.proto`.

@@ -7,4 +7,5 @@ mod foundation;
 mod git;
 mod harness;
 mod reconcile;
+mod secrets;
 mod serve;

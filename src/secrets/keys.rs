@@ -1,0 +1,266 @@
+//! age identities, loaded the way sops loads them or handed over by a service (a key file per
+//! environment, or the `*.agekey` entries of a Kubernetes Secret, as Flux does).
+//!
+//! Identities have no `Debug` and no `Display`: nothing can print a private key by accident.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr as _;
+
+use zeroize::Zeroizing;
+
+use super::error::Error;
+
+enum Key {
+    X25519(age::x25519::Identity),
+    Ssh(age::ssh::Identity),
+}
+
+impl Key {
+    fn as_dyn(&self) -> &dyn age::Identity {
+        match self {
+            Key::X25519(k) => k,
+            Key::Ssh(k) => k,
+        }
+    }
+}
+
+/// A set of age identities; decryption tries each in turn.
+#[derive(Default)]
+pub struct Identities {
+    keys: Vec<Key>,
+}
+
+/// Where sops looks, in its order, for identities.
+const SOPS_AGE_KEY: &str = "SOPS_AGE_KEY";
+const SOPS_AGE_KEY_FILE: &str = "SOPS_AGE_KEY_FILE";
+const SOPS_AGE_KEY_CMD: &str = "SOPS_AGE_KEY_CMD";
+const SOPS_AGE_SSH_PRIVATE_KEY_FILE: &str = "SOPS_AGE_SSH_PRIVATE_KEY_FILE";
+
+impl Identities {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Adds every identity of an age identity file's text: one `AGE-SECRET-KEY-1…` per line,
+    /// blank lines and `#` comments skipped. With `several_per_line`, each whitespace-separated
+    /// word is an identity (sops reads `SOPS_AGE_KEY` that way).
+    pub fn add_text(
+        &mut self,
+        source: &str,
+        text: &str,
+        several_per_line: bool,
+    ) -> Result<(), Error> {
+        for (n, line) in text.lines().enumerate() {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let words: Vec<&str> = if several_per_line {
+                line.split_whitespace().collect()
+            } else {
+                vec![line.trim_end_matches('\r')]
+            };
+            for word in words {
+                let key = age::x25519::Identity::from_str(word).map_err(|_| Error::Identity {
+                    source_name: source.to_owned(),
+                    line: n + 1,
+                })?;
+                self.keys.push(Key::X25519(key));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the identities of a key file (what `age-keygen` writes).
+    pub fn add_file(&mut self, path: &Path) -> Result<(), Error> {
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| Error::Read {
+            file: path.to_owned(),
+            source,
+        })?);
+        self.add_text(&path.display().to_string(), &text, false)
+    }
+
+    /// Adds an OpenSSH ed25519 or RSA private key (unencrypted).
+    pub fn add_ssh_key(&mut self, source: &str, pem: &[u8]) -> Result<(), Error> {
+        let key = age::ssh::Identity::from_buffer(pem, Some(source.to_owned())).map_err(|_| {
+            Error::KeySource {
+                source_name: source.to_owned(),
+                problem: "not an OpenSSH private key".into(),
+            }
+        })?;
+        match key {
+            age::ssh::Identity::Unencrypted(_) => {
+                self.keys.push(Key::Ssh(key));
+                Ok(())
+            }
+            _ => Err(Error::KeySource {
+                source_name: source.to_owned(),
+                problem: "passphrase-protected or unsupported SSH keys cannot be used".into(),
+            }),
+        }
+    }
+
+    /// Flux's convention: every entry of a Kubernetes Secret's `data` whose name ends in
+    /// `.agekey` holds age identities. Other entries are ignored.
+    pub fn from_secret_data(secret: &str, data: &BTreeMap<String, Vec<u8>>) -> Result<Self, Error> {
+        let mut ids = Self::new();
+        for (name, bytes) in data {
+            if !name.ends_with(".agekey") {
+                continue;
+            }
+            let source = format!("{secret}/{name}");
+            let text = std::str::from_utf8(bytes).map_err(|_| Error::KeySource {
+                source_name: source.clone(),
+                problem: "not UTF-8 text".into(),
+            })?;
+            ids.add_text(&source, text, false)?;
+        }
+        Ok(ids)
+    }
+
+    /// What sops would load from its environment: `SOPS_AGE_SSH_PRIVATE_KEY_FILE`,
+    /// `SOPS_AGE_KEY`, `SOPS_AGE_KEY_FILE`, `SOPS_AGE_KEY_CMD` and `sops/age/keys.txt` under
+    /// the user's config directory (`$XDG_CONFIG_HOME`, else `~/.config`).
+    pub fn from_sops_environment() -> Result<Self, Error> {
+        Self::from_env_lookup(|name| std::env::var_os(name))
+    }
+
+    /// As [`Identities::from_sops_environment`], with the variables supplied by the caller.
+    pub fn from_env_lookup(
+        var: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Self, Error> {
+        let mut ids = Self::new();
+        if let Some(path) = var(SOPS_AGE_SSH_PRIVATE_KEY_FILE) {
+            let path = PathBuf::from(path);
+            let pem = Zeroizing::new(std::fs::read(&path).map_err(|source| Error::Read {
+                file: path.clone(),
+                source,
+            })?);
+            ids.add_ssh_key(&path.display().to_string(), &pem)?;
+        }
+        if let Some(text) = var(SOPS_AGE_KEY) {
+            let text = Zeroizing::new(text.to_string_lossy().into_owned());
+            ids.add_text(SOPS_AGE_KEY, &text, true)?;
+        }
+        if let Some(path) = var(SOPS_AGE_KEY_FILE) {
+            ids.add_file(Path::new(&path))?;
+        }
+        if let Some(cmd) = var(SOPS_AGE_KEY_CMD) {
+            let cmd = cmd.to_string_lossy().into_owned();
+            let out = run_key_command(&cmd)?;
+            ids.add_text(SOPS_AGE_KEY_CMD, &out, false)?;
+        }
+        let config = var("XDG_CONFIG_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".config")));
+        if let Some(dir) = config {
+            let path = dir.join("sops/age/keys.txt");
+            if path.is_file() {
+                ids.add_file(&path)?;
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Opens an armored age file holding a sops data key. `Ok(None)` when no identity matches.
+    pub(crate) fn unwrap_data_key(
+        &self,
+        armored: &str,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, UnwrapError> {
+        use std::io::Read as _;
+        let reader = age::armor::ArmoredReader::new(armored.as_bytes());
+        let decryptor = age::Decryptor::new(reader).map_err(|_| UnwrapError::Damaged)?;
+        match decryptor.decrypt(self.keys.iter().map(Key::as_dyn)) {
+            Ok(mut stream) => {
+                let mut out = Zeroizing::new(Vec::new());
+                stream
+                    .read_to_end(&mut out)
+                    .map_err(|_| UnwrapError::Damaged)?;
+                Ok(Some(out))
+            }
+            Err(age::DecryptError::NoMatchingKeys) => Ok(None),
+            Err(_) => Err(UnwrapError::Damaged),
+        }
+    }
+
+    /// The recipients of the loaded x25519 identities, e.g. to encrypt to oneself.
+    pub fn recipients(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .filter_map(|k| match k {
+                Key::X25519(k) => Some(k.to_public().to_string()),
+                Key::Ssh(_) => None,
+            })
+            .collect()
+    }
+}
+
+pub(crate) enum UnwrapError {
+    Damaged,
+}
+
+fn run_key_command(cmd: &str) -> Result<Zeroizing<String>, Error> {
+    let source = || SOPS_AGE_KEY_CMD.to_owned();
+    let words: Vec<&str> = cmd.split_whitespace().collect();
+    let (program, args) = words.split_first().ok_or_else(|| Error::KeySource {
+        source_name: source(),
+        problem: "the command is empty".into(),
+    })?;
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| Error::KeySource {
+            source_name: source(),
+            problem: format!("cannot run {program}: {e}"),
+        })?;
+    if !out.status.success() {
+        return Err(Error::KeySource {
+            source_name: source(),
+            problem: format!("{program} exited with {}", out.status),
+        });
+    }
+    let text = String::from_utf8(out.stdout).map_err(|_| Error::KeySource {
+        source_name: source(),
+        problem: "the command's output is not UTF-8".into(),
+    })?;
+    Ok(Zeroizing::new(text))
+}
+
+/// Encrypts a data key to age recipients, armored as sops stores it.
+pub(crate) fn wrap_data_key(key: &[u8], recipient: &str) -> Result<String, ()> {
+    use std::io::Write as _;
+    let parsed: Box<dyn age::Recipient> = if recipient.starts_with("ssh-") {
+        Box::new(age::ssh::Recipient::from_str(recipient).map_err(|_| ())?)
+    } else {
+        Box::new(age::x25519::Recipient::from_str(recipient).map_err(|_| ())?)
+    };
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(parsed.as_ref())).map_err(|_| ())?;
+    let mut armored = Vec::new();
+    let writer =
+        age::armor::ArmoredWriter::wrap_output(&mut armored, age::armor::Format::AsciiArmor)
+            .map_err(|_| ())?;
+    let mut w = encryptor.wrap_output(writer).map_err(|_| ())?;
+    w.write_all(key).map_err(|_| ())?;
+    w.finish().and_then(|a| a.finish()).map_err(|_| ())?;
+    String::from_utf8(armored).map_err(|_| ())
+}
+
+/// Whether `recipient` parses as an age x25519 or ssh recipient.
+pub fn valid_recipient(recipient: &str) -> bool {
+    if recipient.starts_with("ssh-") {
+        age::ssh::Recipient::from_str(recipient).is_ok()
+    } else {
+        age::x25519::Recipient::from_str(recipient).is_ok()
+    }
+}
