@@ -199,6 +199,7 @@ pub async fn apply(
         options,
         redactor,
         previous: &previous,
+        new_namespaces: &HashSet::new(),
     };
     let defined: Vec<(String, String)> = objects
         .iter()
@@ -217,6 +218,18 @@ pub async fn apply(
 
     let mut set = ChangeSet {
         entries: apply_stage(&ctx, definitions, &[]).await,
+    };
+    // A dry run cannot apply into a namespace that does not exist yet; objects there would be
+    // created along with it.
+    let new_namespaces: HashSet<String> = set
+        .entries
+        .iter()
+        .filter(|e| options.dry_run && e.reference.is_namespace() && e.change == Change::Created)
+        .map(|e| e.reference.name.clone())
+        .collect();
+    let ctx = Context {
+        new_namespaces: &new_namespaces,
+        ..ctx
     };
     if !options.dry_run {
         for entry in &mut set.entries {
@@ -239,6 +252,8 @@ struct Context<'a> {
     options: &'a Options,
     redactor: &'a Redactor,
     previous: &'a HashSet<ObjectKey>,
+    /// Namespaces a dry run would create.
+    new_namespaces: &'a HashSet<String>,
 }
 
 struct Prepared {
@@ -542,6 +557,13 @@ async fn apply_one(ctx: &Context<'_>, p: Prepared, live: Option<Value>) -> Entry
     };
     let force = options.force || options.self_heal;
 
+    if reference
+        .namespace
+        .as_ref()
+        .is_some_and(|ns| ctx.new_namespaces.contains(ns))
+    {
+        return Entry::new(reference.clone(), Change::Created, None);
+    }
     let Some(live) = live else {
         // Applied by an earlier sync and gone now: someone deleted it.
         let deleted = ctx.previous.contains(&reference.key());

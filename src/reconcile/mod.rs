@@ -7,7 +7,9 @@
 //! - [`Reconciler`]: one environment. [`Reconciler::reconcile`] runs one pass (source →
 //!   connect → inventory → apply → prune → health → status) and returns the next [`Action`];
 //!   [`error_policy`] turns a failed pass into a backoff. [`Reconciler::status`] is the
-//!   environment's [`EnvironmentStatus`].
+//!   environment's [`EnvironmentStatus`]. [`Reconciler::plan`] asks the apiserver what a pass
+//!   would change (server-side dry-run) without changing anything: a [`Plan`], the base of
+//!   `stagehand diff`.
 //! - [`Controller`]: one task per environment, all in parallel, so a failure in one never
 //!   stalls another. [`Controller::trigger`] runs a pass now (a new revision, an API call),
 //!   [`Controller::suspend`] / [`Controller::resume`], [`Controller::status`] /
@@ -226,6 +228,27 @@ pub fn error_policy(error: &Error, failures: u32, options: &Options, interval: D
     )
 }
 
+/// What [`Reconciler::load`] hands a pass or a plan.
+struct Loaded {
+    revision: String,
+    objects: Vec<Object>,
+    redactor: Redactor,
+    owner: String,
+    location: Location,
+    previous: Inventory,
+    options: apply::Options,
+}
+
+/// What a sync would change (from [`Reconciler::plan`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Plan {
+    pub revision: String,
+    /// Per object: created, configured (with the fields), unchanged, drifted or failed.
+    pub objects: Vec<ObjectStatus>,
+    /// What pruning would do to the objects that left Git.
+    pub prune: Vec<prune::Pruned>,
+}
+
 /// One environment's reconciler.
 pub struct Reconciler<S> {
     env: Environment,
@@ -309,7 +332,9 @@ impl<S: DesiredState> Reconciler<S> {
         result
     }
 
-    async fn pass(&mut self) -> Result<Action, Error> {
+    /// The first stages of a pass and of a plan: the desired objects, a connection, and the
+    /// inventory of the last sync.
+    async fn load(&mut self) -> Result<Loaded, Error> {
         let env = self.env.name.clone();
         let desired = self
             .source
@@ -365,12 +390,77 @@ impl<S: DesiredState> Reconciler<S> {
                 applied: previous.len(),
             });
         }
-
         let mut options = apply::Options::new(owner.clone());
         options.force = self.env.sync.force;
         options.self_heal = self.env.sync.self_heal;
         options.recreate = self.env.sync.recreate;
         options.concurrency = self.options.concurrency;
+        Ok(Loaded {
+            revision,
+            objects,
+            redactor,
+            owner,
+            location,
+            previous,
+            options,
+        })
+    }
+
+    /// What a pass would do now, asked of the apiserver with server-side dry-run; changes
+    /// nothing (`stagehand diff`). Secret values appear nowhere in the plan: changes are
+    /// field paths, so key names show and values do not.
+    pub async fn plan(&mut self) -> Result<Plan, Error> {
+        let Loaded {
+            revision,
+            objects,
+            redactor,
+            owner,
+            previous,
+            mut options,
+            ..
+        } = self.load().await?;
+        let conn = self
+            .connection
+            .as_ref()
+            .expect("load leaves a connection on success");
+        options.dry_run = true;
+        let changes = apply::apply(conn, objects, &options, &redactor, &previous).await;
+        let next = Inventory::new(changes.references().cloned());
+        let prune = if self.env.sync.prune {
+            prune::prune(conn, &previous.diff(&next), &owner, true).await
+        } else {
+            Vec::new()
+        };
+        Ok(Plan {
+            revision,
+            objects: changes
+                .entries
+                .iter()
+                .map(|e| ObjectStatus {
+                    reference: e.reference.clone(),
+                    change: e.change.clone(),
+                    health: None,
+                })
+                .collect(),
+            prune,
+        })
+    }
+
+    async fn pass(&mut self) -> Result<Action, Error> {
+        let env = self.env.name.clone();
+        let Loaded {
+            revision,
+            objects,
+            redactor,
+            owner,
+            location,
+            previous,
+            options,
+        } = self.load().await?;
+        let conn = self
+            .connection
+            .as_ref()
+            .expect("load leaves a connection on success");
         let total = objects.len();
         let changes = apply::apply(conn, objects, &options, &redactor, &previous).await;
 
