@@ -33,7 +33,7 @@ use crate::cluster::health::HealthStatus;
 use crate::cluster::inventory::{self, Inventory, Location};
 use crate::cluster::prune::{self, Outcome};
 use crate::cluster::redact::Redactor;
-use crate::cluster::{self, Connection, Object, ObjectError};
+use crate::cluster::{self, Connection, Object, ObjectError, ObjectRef, events};
 use crate::pipeline::Environment;
 
 pub use controller::{Controller, UnknownEnvironment};
@@ -297,19 +297,34 @@ impl<S: DesiredState> Reconciler<S> {
         format!("{}{}", self.options.owner_prefix, self.env.name)
     }
 
-    fn emit(&self, kind: EventKind) {
-        let event = Event {
-            environment: self.env.name.clone(),
-            kind,
+    /// Sends an event to subscribers and the log, and, when it is about an object, records a
+    /// Kubernetes Event on it.
+    async fn emit(&self, about: Option<(&Connection, &ObjectRef)>, kind: EventKind) {
+        let message = kind.to_string();
+        let (event_type, reason) = match &kind {
+            EventKind::Drifted { .. } => (events::Type::Warning, "Drifted"),
+            EventKind::Healed { .. } => (events::Type::Normal, "Healed"),
+            EventKind::Pruned { .. } => (events::Type::Normal, "Pruned"),
+            EventKind::Failed { .. } => (events::Type::Warning, "ReconcileFailed"),
         };
-        match &event.kind {
-            EventKind::Failed { .. } | EventKind::Drifted { .. } => {
-                tracing::warn!(environment = %event.environment, "{}", event.kind)
+        match event_type {
+            events::Type::Warning => {
+                tracing::warn!(environment = %self.env.name, "{message}")
             }
-            _ => tracing::info!(environment = %event.environment, "{}", event.kind),
+            events::Type::Normal => tracing::info!(environment = %self.env.name, "{message}"),
         }
         // Nobody listening is fine: events are also logged.
-        let _ = self.events.send(event);
+        let _ = self.events.send(Event {
+            environment: self.env.name.clone(),
+            kind,
+        });
+        if let Some((conn, object)) = about
+            && let Err(e) =
+                events::record(conn.client(), object, event_type, reason, &message).await
+        {
+            // An event is a courtesy; failing to record one must not fail the sync.
+            tracing::debug!(environment = %self.env.name, "{e}");
+        }
     }
 
     /// One pass. On error the status holds the stage's reason and message; the caller picks
@@ -323,10 +338,14 @@ impl<S: DesiredState> Reconciler<S> {
                 self.status.reason = e.reason();
                 self.status.message = e.to_string();
                 self.status.last_error = Some(e.to_string());
-                self.emit(EventKind::Failed {
-                    reason: e.reason(),
-                    message: e.to_string(),
-                });
+                self.emit(
+                    None,
+                    EventKind::Failed {
+                        reason: e.reason(),
+                        message: e.to_string(),
+                    },
+                )
+                .await;
             }
         }
         result
@@ -476,17 +495,13 @@ impl<S: DesiredState> Reconciler<S> {
                 fields: fields.clone(),
                 healed,
             });
-            self.emit(if healed {
-                EventKind::Healed {
-                    object: entry.reference.to_string(),
-                    fields,
-                }
+            let object = entry.reference.to_string();
+            let kind = if healed {
+                EventKind::Healed { object, fields }
             } else {
-                EventKind::Drifted {
-                    object: entry.reference.to_string(),
-                    fields,
-                }
-            });
+                EventKind::Drifted { object, fields }
+            };
+            self.emit(Some((conn, &entry.reference)), kind).await;
         }
         for entry in &changes.entries {
             match &entry.change {
@@ -555,9 +570,14 @@ impl<S: DesiredState> Reconciler<S> {
             for pruned in prune::prune(conn, &stale, &owner, false).await {
                 match &pruned.outcome {
                     Outcome::Failed { .. } => retained.push(pruned.reference.clone()),
-                    Outcome::Deleted => self.emit(EventKind::Pruned {
-                        object: pruned.reference.to_string(),
-                    }),
+                    Outcome::Deleted => {
+                        let object = pruned.reference.to_string();
+                        self.emit(
+                            Some((conn, &pruned.reference)),
+                            EventKind::Pruned { object },
+                        )
+                        .await
+                    }
                     _ => {}
                 }
                 self.status.pruned.push(pruned);

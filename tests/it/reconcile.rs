@@ -464,6 +464,22 @@ async fn a_hand_edit_is_detected_as_drift_and_healed() {
         healed |= matches!(event.kind, EventKind::Healed { fields: ref f, .. } if *f == fields);
     }
     assert!(healed, "a Healed event was sent");
+    let recorded = Api::<k8s_openapi::api::core::v1::Event>::namespaced(s.client.clone(), &s.ns)
+        .list(&kube::api::ListParams::default().fields("involvedObject.name=settings"))
+        .await
+        .expect("events listed");
+    let healed_event = recorded
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Healed"))
+        .expect("a Kubernetes Event records the healing");
+    assert!(
+        healed_event
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(".data.greeting")),
+        "{healed_event:?}"
+    );
 }
 
 #[tokio::test]
