@@ -376,6 +376,9 @@ fn stamp(object: &mut Object, owner: &str) -> String {
     }
     if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
         annotations.remove(HASH_ANNOTATION);
+        if annotations.is_empty() {
+            meta.remove("annotations");
+        }
     }
     let bytes = serde_json::to_vec(&*manifest).expect("a JSON value always serialises");
     let hash: String = Sha256::digest(&bytes)
@@ -703,5 +706,43 @@ async fn wait_established(
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stamped(manifest: Value) -> (Value, String) {
+        let mut object = Object::from_manifest(0, manifest).expect("valid");
+        let hash = stamp(&mut object, "shop.dev");
+        (object.manifest().clone(), hash)
+    }
+
+    fn cm(data: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "x"}, "data": data})
+    }
+
+    #[test]
+    fn stamping_adds_the_owner_label_and_the_hash_annotation() {
+        let (manifest, hash) = stamped(cm(json!({"k": "v"})));
+        assert_eq!(manifest["metadata"]["labels"][INVENTORY_LABEL], "shop.dev");
+        assert_eq!(
+            manifest["metadata"]["annotations"][HASH_ANNOTATION],
+            hash.as_str()
+        );
+        assert_eq!(hash.len(), 32);
+    }
+
+    #[test]
+    fn the_hash_follows_the_manifest_and_ignores_a_hash_it_already_carried() {
+        let (first, hash) = stamped(cm(json!({"k": "v"})));
+        let (_, again) = stamped(cm(json!({"k": "v"})));
+        let (_, other) = stamped(cm(json!({"k": "w"})));
+        assert_eq!(hash, again);
+        assert_ne!(hash, other);
+        let (_, restamped) = stamped(first);
+        assert_eq!(hash, restamped);
     }
 }

@@ -155,6 +155,8 @@ pub enum Error {
         failed: usize,
         first: String,
     },
+    #[error("environment {env}: the pass did not finish within {after:?}")]
+    Timeout { env: String, after: Duration },
     #[error(
         "environment {env}: revision {revision}: {failed} objects unhealthy (timeout {timeout:?}); first: {first}"
     )]
@@ -180,6 +182,7 @@ impl Error {
             Self::Apply { .. } => Reason::ApplyFailed,
             Self::Prune { .. } => Reason::PruneFailed,
             Self::Health { .. } => Reason::HealthCheckFailed,
+            Self::Timeout { .. } => Reason::TimedOut,
         }
     }
 }
@@ -200,6 +203,9 @@ pub struct Options {
     pub backoff_max: Duration,
     /// How soon to look again while objects are Progressing.
     pub progress_poll: Duration,
+    /// A pass that takes longer is abandoned and counts as failed (an apiserver that accepts
+    /// connections but never answers must not hold an environment forever).
+    pub pass_timeout: Duration,
 }
 
 impl Default for Options {
@@ -211,6 +217,7 @@ impl Default for Options {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             progress_poll: Duration::from_secs(5),
+            pass_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -331,7 +338,14 @@ impl<S: DesiredState> Reconciler<S> {
     /// the backoff with [`error_policy`].
     pub async fn reconcile(&mut self) -> Result<Action, Error> {
         self.status.last_attempt = Some(SystemTime::now());
-        let result = self.pass().await;
+        let limit = self.options.pass_timeout;
+        let result = match tokio::time::timeout(limit, self.pass()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                env: self.env.name.clone(),
+                after: limit,
+            }),
+        };
         match &result {
             Ok(_) => self.status.last_error = None,
             Err(e) => {
