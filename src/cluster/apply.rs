@@ -258,6 +258,8 @@ struct Context<'a> {
 
 struct Prepared {
     index: usize,
+    /// Which list request finds the live object; set once every object is prepared.
+    list_key: ListKey,
     object: Object,
     resolved: Resolved,
     hash: String,
@@ -297,12 +299,14 @@ async fn apply_stage(
         let hash = stamp(&mut object, &options.owner);
         prepared.push(Prepared {
             index,
+            list_key: (String::new(), String::new(), None),
             object,
             resolved,
             hash,
         });
     }
 
+    assign_list_keys(&mut prepared);
     let (mut live, failures) = list_live(conn, &prepared, &options.owner).await;
     if !failures.is_empty() {
         // Without the live objects nothing can be compared: objects of a kind that could not
@@ -402,12 +406,34 @@ fn stamp(object: &mut Object, owner: &str) -> String {
 type ListKey = (String, String, Option<String>);
 
 fn list_key(p: &Prepared) -> ListKey {
-    let r = p.object.reference();
-    (
-        r.api_version(),
-        r.kind.clone(),
-        r.namespace.clone().filter(|_| p.resolved.namespaced),
-    )
+    p.list_key.clone()
+}
+
+/// More namespaces than this for one kind, and the kind is listed across all namespaces in one
+/// request instead of one per namespace.
+const NAMESPACES_PER_LIST: usize = 4;
+
+/// Lists per kind and namespace, or per kind across namespaces when a kind spans many (which
+/// needs cluster-wide list permission, as a multi-namespace environment has anyway).
+fn assign_list_keys(prepared: &mut [Prepared]) {
+    let mut namespaces: HashMap<(String, String), HashSet<Option<String>>> = HashMap::new();
+    for p in prepared.iter() {
+        let r = p.object.reference();
+        namespaces
+            .entry((r.api_version(), r.kind.clone()))
+            .or_default()
+            .insert(r.namespace.clone());
+    }
+    for p in prepared.iter_mut() {
+        let r = p.object.reference();
+        let kind = (r.api_version(), r.kind.clone());
+        let wide = namespaces[&kind].len() > NAMESPACES_PER_LIST;
+        let namespace = r
+            .namespace
+            .clone()
+            .filter(|_| p.resolved.namespaced && !wide);
+        p.list_key = (kind.0, kind.1, namespace);
+    }
 }
 
 /// Lists our live objects with one request per kind and namespace; also returns the error

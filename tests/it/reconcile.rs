@@ -985,3 +985,24 @@ async fn a_plan_names_what_a_sync_would_change_and_changes_nothing() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn objects_of_one_kind_in_many_namespaces_are_found_unchanged_on_the_next_pass() {
+    let s = setup("rc-wide").await;
+    let mut objects = Vec::new();
+    for i in 0..6 {
+        let ns = format!("{}-{i}", s.ns);
+        objects.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+        objects.push(config_map(&ns, "settings", json!({"index": i.to_string()})));
+    }
+    s.source.set("dev", "rev1", objects);
+    let mut rec = s.reconciler(s.env("dev"));
+    rec.reconcile().await.expect("first pass");
+    rec.reconcile().await.expect("second pass");
+    let changes: Vec<&Change> = rec.status().objects.iter().map(|o| &o.change).collect();
+    assert_eq!(changes.len(), 12);
+    assert!(
+        changes.iter().all(|c| **c == Change::Unchanged),
+        "{changes:?}"
+    );
+}
