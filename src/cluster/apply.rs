@@ -201,14 +201,19 @@ pub async fn apply(
         previous: &previous,
         new_namespaces: &HashSet::new(),
     };
-    let defined: Vec<(String, String)> = objects
+    // The kinds CRDs of this apply define, by CRD name: instances of them may wait for
+    // discovery to catch up.
+    let defined: HashMap<String, (String, String)> = objects
         .iter()
         .filter(|o| o.reference().is_crd())
         .filter_map(|o| {
             let m = o.manifest();
             Some((
-                m.pointer("/spec/group")?.as_str()?.to_owned(),
-                m.pointer("/spec/names/kind")?.as_str()?.to_owned(),
+                o.reference().name.clone(),
+                (
+                    m.pointer("/spec/group")?.as_str()?.to_owned(),
+                    m.pointer("/spec/names/kind")?.as_str()?.to_owned(),
+                ),
             ))
         })
         .collect();
@@ -241,6 +246,13 @@ pub async fn apply(
             }
         }
     }
+    // Instances of a CRD that failed fail at once instead of waiting for their kind.
+    let defined: Vec<(String, String)> = set
+        .entries
+        .iter()
+        .filter(|e| e.reference.is_crd() && !matches!(e.change, Change::Failed { .. }))
+        .filter_map(|e| defined.get(&e.reference.name).cloned())
+        .collect();
     set.entries
         .extend(apply_stage(&ctx, workloads, &defined).await);
     set
