@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use stagehand::pipeline::{ApprovalPolicy, Cluster, Environment, Source, SyncPolicy};
+use stagehand::pipeline::{
+    ApprovalPolicy, Cluster, Environment, PromotePolicy, Source, SyncPolicy,
+};
 use stagehand::reconcile::{Desired, DesiredState, Options, Reconciler, SourceError};
 
 const OBJECTS: usize = 1000;
@@ -77,6 +79,7 @@ fn environment(name: &str, kubeconfig: &Path) -> Environment {
             allow_self_approval: false,
         },
         freeze_windows: Vec::new(),
+        promote: PromotePolicy::default(),
     }
 }
 

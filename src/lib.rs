@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod git;
 pub mod pipeline;
 pub mod reconcile;
 pub mod render;

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use stagehand::pipeline::Pipeline;
 use stagehand::proto::environment_service_client::EnvironmentServiceClient;
 use stagehand::telemetry::{self, LogFormat};
-use stagehand::{api, proto};
+use stagehand::{api, git, proto};
 
 /// GitOps environment promotion: render, decrypt, reconcile and promote dev → staging → prod.
 #[derive(Debug, Parser)]
@@ -41,6 +41,51 @@ enum Command {
     /// Ask a running server about environments.
     #[command(subcommand, name = "env")]
     Env(EnvCommand),
+    /// Work with the pipeline's Git repository directly, without a server.
+    #[command(subcommand)]
+    Git(GitCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum GitCommand {
+    /// Fetch the repository into the state directory and print each environment's revision.
+    Revisions {
+        /// The pipeline file.
+        #[arg(long, env = "STAGEHAND_PIPELINE", default_value = "pipeline.yaml")]
+        pipeline: PathBuf,
+        /// Directory for durable state; the repository cache lives under `git/` in it.
+        #[arg(long, env = "STAGEHAND_STATE_DIR", default_value = ".stagehand")]
+        state_dir: PathBuf,
+        #[command(flatten)]
+        credentials: GitCredentialArgs,
+    },
+}
+
+/// How to authenticate to the Git remote; secrets are read from files, never from flags.
+#[derive(Debug, Args)]
+struct GitCredentialArgs {
+    /// A file holding an access token (HTTPS).
+    #[arg(long, env = "STAGEHAND_GIT_TOKEN_FILE", conflicts_with = "git_ssh_key")]
+    git_token_file: Option<PathBuf>,
+    /// A private key file (ssh:// and scp-like URLs).
+    #[arg(long, env = "STAGEHAND_GIT_SSH_KEY")]
+    git_ssh_key: Option<PathBuf>,
+}
+
+impl GitCredentialArgs {
+    fn load(&self) -> anyhow::Result<git::Credentials> {
+        if let Some(file) = &self.git_token_file {
+            let token = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the token file {}", file.display()))?;
+            return Ok(git::Credentials::Token {
+                token: git::Secret::new(token.trim()),
+            });
+        }
+        Ok(match &self.git_ssh_key {
+            Some(path) => git::Credentials::SshKey { path: path.clone() },
+            None => git::Credentials::None,
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -84,7 +129,7 @@ enum EnvCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Show one environment as JSON.
+    /// Show one environment: source, sync policy, approval policy, freeze windows.
     Get {
         /// The environment's name.
         name: String,
@@ -94,8 +139,8 @@ enum EnvCommand {
 }
 
 fn main() -> std::process::ExitCode {
-    // kube's rustls and other crates' rustls share one process-wide crypto provider; without one
-    // installed the first TLS connection panics.
+    // kube's and reqwest's (gix's HTTP transport) rustls share one process-wide crypto
+    // provider; without one installed the first TLS connection panics.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     if let Err(e) = telemetry::init(cli.log_format, &cli.log_level) {
@@ -126,6 +171,41 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Git(GitCommand::Revisions {
+            pipeline: file,
+            state_dir,
+            credentials,
+        }) => {
+            let pipeline = Pipeline::load(&file)?;
+            let url = repository_url(&file, &pipeline.repository.url);
+            let credentials = credentials.load()?;
+            let revisions = tokio::task::spawn_blocking(move || {
+                let repo = git::Repository::open(&state_dir, url, credentials)?;
+                repo.fetch()?;
+                pipeline
+                    .environments
+                    .iter()
+                    .map(|env| {
+                        repo.revision(&pipeline, &env.name)
+                            .map_err(anyhow::Error::from)
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
+            })
+            .await
+            .context("the git task panicked")??;
+            for r in revisions {
+                let path = if r.location.path.is_empty() {
+                    "/".to_owned()
+                } else {
+                    r.location.path.clone()
+                };
+                println!(
+                    "{} {} {}:{path} tree {}",
+                    r.environment, r.commit, r.location.branch, r.tree
+                );
+            }
+            Ok(())
+        }
         Command::Env(EnvCommand::List { server }) => {
             let mut client = connect(&server).await?;
             let list = client
@@ -151,10 +231,71 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .map_err(|status| rpc_error("GetEnvironment", status))?
                 .into_inner();
-            println!("{env:#?}");
+            print_environment(&env);
             Ok(())
         }
     }
+}
+
+fn print_environment(env: &proto::Environment) {
+    println!("name: {}", env.name);
+    if !env.promotes_from.is_empty() {
+        println!("promotes from: {}", env.promotes_from);
+    }
+    match env.source.as_ref().and_then(|s| s.model.as_ref()) {
+        Some(proto::source::Model::Overlay(o)) => {
+            println!("source: overlay {} on branch {}", o.path, o.branch)
+        }
+        Some(proto::source::Model::Branch(b)) if b.path.is_empty() => {
+            println!("source: branch {}", b.branch)
+        }
+        Some(proto::source::Model::Branch(b)) => {
+            println!("source: branch {}, path {}", b.branch, b.path)
+        }
+        None => {}
+    }
+    if let Some(sync) = &env.sync {
+        println!(
+            "sync: every {}s, prune {}, self-heal {}{}",
+            sync.interval_seconds,
+            sync.prune,
+            sync.self_heal,
+            if sync.suspended { ", suspended" } else { "" }
+        );
+    }
+    if let Some(approval) = env.approval.as_ref().filter(|a| a.required > 0) {
+        println!(
+            "approval: {} approver(s){}{}",
+            approval.required,
+            if approval.groups.is_empty() {
+                String::new()
+            } else {
+                format!(" from {}", approval.groups.join(", "))
+            },
+            if approval.allow_self_approval {
+                ", self-approval allowed"
+            } else {
+                ""
+            }
+        );
+    }
+    for w in &env.freeze_windows {
+        println!("freeze: {} to {} ({})", w.start, w.end, w.timezone);
+    }
+}
+
+/// The pipeline's repository: URLs as given, relative paths against the pipeline file's
+/// directory.
+fn repository_url(pipeline_file: &std::path::Path, url: &str) -> git::RemoteUrl {
+    let is_url = url.contains("://")
+        || url
+            .split_once(':')
+            .is_some_and(|(host, _)| !host.contains('/'));
+    if is_url || std::path::Path::new(url).is_absolute() {
+        return git::RemoteUrl::new(url);
+    }
+    let base = pipeline_file.parent().unwrap_or(std::path::Path::new("."));
+    git::RemoteUrl::new(base.join(url).display().to_string())
 }
 
 /// The server's message is written for people; the code says which kind of failure it was.

@@ -49,6 +49,28 @@ pub struct Environment {
     pub approval: Option<Approval>,
     #[serde(default)]
     pub freeze_windows: Vec<FreezeWindow>,
+    #[serde(default)]
+    pub promote: Option<Promote>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Promote {
+    #[serde(default)]
+    pub images: Option<Vec<String>>,
+    #[serde(default)]
+    pub files: Vec<String>,
+    #[serde(default)]
+    pub fields: Vec<PromotedField>,
+    #[serde(default)]
+    pub allow_merge: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PromotedField {
+    pub file: String,
+    pub path: String,
 }
 
 #[derive(Debug, Deserialize)]

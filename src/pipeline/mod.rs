@@ -48,6 +48,60 @@ pub struct Environment {
     pub sync: SyncPolicy,
     pub approval: ApprovalPolicy,
     pub freeze_windows: Vec<FreezeWindow>,
+    /// What a promotion into this environment carries over from its source.
+    pub promote: PromotePolicy,
+}
+
+/// What a promotion copies from the source environment into this one (`promote:` in the file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromotePolicy {
+    /// Overlay model: which `images:` entries of the source kustomization are copied.
+    pub images: ImageSelection,
+    /// Overlay model: files, relative to the overlay directory, copied whole.
+    pub files: Vec<String>,
+    /// Overlay model: single values inside YAML files of the overlay.
+    pub fields: Vec<PromotedField>,
+    /// Branch model: whether a target branch with commits its source lacks may be merged
+    /// rather than the promotion refused.
+    pub allow_merge: bool,
+}
+
+impl Default for PromotePolicy {
+    /// Without a `promote:` section, promotions carry the image versions and nothing else.
+    fn default() -> Self {
+        Self {
+            images: ImageSelection::All,
+            files: Vec::new(),
+            fields: Vec::new(),
+            allow_merge: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageSelection {
+    /// Every entry (`images: ["*"]`, the default).
+    All,
+    /// Only the entries with these names; empty for none.
+    Named(Vec<String>),
+}
+
+impl ImageSelection {
+    pub fn includes(&self, name: &str) -> bool {
+        match self {
+            ImageSelection::All => true,
+            ImageSelection::Named(names) => names.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// One value in a YAML file of the overlay, such as `file: version.yaml, path: data.VERSION`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromotedField {
+    /// Relative to the overlay directory.
+    pub file: String,
+    /// Mapping keys from the document root.
+    pub path: Vec<String>,
 }
 
 /// Where an environment's manifests live in Git.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::file;
 use super::{
-    API_VERSION, ApprovalPolicy, Cluster, Environment, FreezeWindow, KIND, Pipeline, Repository,
-    Source, SyncPolicy, WeeklyTime,
+    API_VERSION, ApprovalPolicy, Cluster, Environment, FreezeWindow, ImageSelection, KIND,
+    Pipeline, PromotePolicy, PromotedField, Repository, Source, SyncPolicy, WeeklyTime,
 };
 
 /// Environments sync every five minutes unless the file says otherwise, like Flux's
@@ -281,6 +281,17 @@ fn validate_environment(
         })
         .collect::<Result<_, _>>()?;
 
+    let promote = match env.promote {
+        None => PromotePolicy::default(),
+        Some(_) if env.promotes_from.is_none() => {
+            return Err(field(
+                format!("{at}.promote"),
+                "is set, but nothing is promoted into this environment (it has no promotesFrom)",
+            ));
+        }
+        Some(promote) => validate_promote(&format!("{at}.promote"), promote)?,
+    };
+
     Ok(Environment {
         name: env.name,
         promotes_from: env.promotes_from,
@@ -289,6 +300,56 @@ fn validate_environment(
         sync,
         approval,
         freeze_windows,
+        promote,
+    })
+}
+
+fn validate_promote(at: &str, promote: file::Promote) -> Result<PromotePolicy, ErrorKind> {
+    let images = match promote.images {
+        None => ImageSelection::All,
+        Some(names) if names.iter().any(|n| n == "*") => {
+            if names.len() > 1 {
+                return Err(field(
+                    format!("{at}.images"),
+                    "\"*\" (every image) cannot be combined with names",
+                ));
+            }
+            ImageSelection::All
+        }
+        Some(names) => {
+            if let Some(i) = names.iter().position(|n| n.trim().is_empty()) {
+                return Err(field(format!("{at}.images[{i}]"), "must not be empty"));
+            }
+            ImageSelection::Named(names)
+        }
+    };
+    let files = promote
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| relative_path(&format!("{at}.files[{i}]"), f))
+        .collect::<Result<_, _>>()?;
+    let fields = promote
+        .fields
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let file = relative_path(&format!("{at}.fields[{i}].file"), &f.file)?;
+            let path: Vec<String> = f.path.split('.').map(str::to_owned).collect();
+            if path.iter().any(|p| p.trim().is_empty()) {
+                return Err(field(
+                    format!("{at}.fields[{i}].path"),
+                    format!("{:?} is not a dotted key path such as data.VERSION", f.path),
+                ));
+            }
+            Ok(PromotedField { file, path })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(PromotePolicy {
+        images,
+        files,
+        fields,
+        allow_merge: promote.allow_merge,
     })
 }
 
@@ -473,6 +534,42 @@ spec:
             err.contains("spec.environments[2].freezeWindows[0].start"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_promote_section_is_validated_with_field_names() {
+        let text = DEMO.replace(
+            "approval: {required: 1, groups: [qa]}",
+            "approval: {required: 1, groups: [qa]}\n      promote: {images: [shop/web], files: [version.env], fields: [{file: app.yaml, path: data.VERSION}]}",
+        );
+        let p = parse(Path::new("pipeline.yaml"), &text).expect("valid");
+        let staging = p.environment("staging").expect("staging exists");
+        assert!(staging.promote.images.includes("shop/web"));
+        assert!(!staging.promote.images.includes("shop/worker"));
+        assert_eq!(staging.promote.fields[0].path, ["data", "VERSION"]);
+        assert!(
+            p.environment("prod")
+                .expect("prod")
+                .promote
+                .images
+                .includes("any")
+        );
+
+        let err = parse_err(&text.replace("path: data.VERSION", "path: data..VERSION"));
+        assert!(
+            err.contains("spec.environments[1].promote.fields[0].path"),
+            "{err}"
+        );
+        let err = parse_err(&text.replace("files: [version.env]", "files: [../x]"));
+        assert!(
+            err.contains("spec.environments[1].promote.files[0]"),
+            "{err}"
+        );
+        let err = parse_err(&DEMO.replace(
+            "sync: {interval: 30s}",
+            "sync: {interval: 30s}\n      promote: {allowMerge: true}",
+        ));
+        assert!(err.contains("spec.environments[0].promote"), "{err}");
     }
 
     #[test]

@@ -5,5 +5,7 @@ mod support;
 
 mod cluster;
 mod foundation;
+mod git;
+mod harness;
 mod reconcile;
 mod serve;

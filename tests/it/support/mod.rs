@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod git;
+pub mod git_http;
 pub mod reconcile;
 pub mod tools;
 

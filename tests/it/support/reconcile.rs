@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use stagehand::pipeline::{ApprovalPolicy, Cluster, Environment, Source, SyncPolicy};
+use stagehand::pipeline::{
+    ApprovalPolicy, Cluster, Environment, PromotePolicy, Source, SyncPolicy,
+};
 use stagehand::reconcile::{Desired, DesiredState, SourceError, SourceStage};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -41,6 +43,7 @@ pub fn environment(name: &str, kubeconfig: &Path) -> Environment {
             allow_self_approval: false,
         },
         freeze_windows: Vec::new(),
+        promote: PromotePolicy::default(),
     }
 }
 

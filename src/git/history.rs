@@ -1,0 +1,113 @@
+//! An environment's past revisions, with the promotion trailers of each: for audit and to pick a
+//! rollback target.
+
+use gix::ObjectId;
+
+use super::Repository;
+use super::revision::{Error, Location};
+use crate::pipeline::Pipeline;
+
+pub const PROMOTION: &str = "Stagehand-Promotion";
+pub const PROMOTED_FROM: &str = "Promoted-From";
+pub const ROLLED_BACK_TO: &str = "Rolled-Back-To";
+pub const REQUESTED_BY: &str = "Requested-By";
+pub const APPROVED_BY: &str = "Approved-By";
+
+/// The Stagehand trailers of one commit; all empty for a commit made by hand.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trailers {
+    pub promotion: Option<String>,
+    /// `<environment>@<commit>`.
+    pub promoted_from: Option<String>,
+    /// `<environment>@<commit>`.
+    pub rolled_back_to: Option<String>,
+    pub requested_by: Option<String>,
+    pub approved_by: Vec<String>,
+}
+
+impl Trailers {
+    pub(crate) fn of(message: &[u8]) -> Self {
+        let mut trailers = Trailers::default();
+        let message = gix::objs::commit::MessageRef::from_bytes(message);
+        let Some(body) = message.body() else {
+            return trailers;
+        };
+        for trailer in body.trailers() {
+            let value = trailer.value.to_string();
+            match trailer.token.to_string().as_str() {
+                PROMOTION => trailers.promotion = Some(value),
+                PROMOTED_FROM => trailers.promoted_from = Some(value),
+                ROLLED_BACK_TO => trailers.rolled_back_to = Some(value),
+                REQUESTED_BY => trailers.requested_by = Some(value),
+                APPROVED_BY => trailers.approved_by.push(value),
+                _ => {}
+            }
+        }
+        trailers
+    }
+}
+
+/// One revision of an environment: a commit that changed its directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub commit: ObjectId,
+    /// The tree of the environment's directory after this commit.
+    pub tree: ObjectId,
+    pub summary: String,
+    /// Committer time, seconds since the Unix epoch.
+    pub time: i64,
+    pub trailers: Trailers,
+}
+
+impl Repository {
+    /// Up to `limit` revisions of `environment`, newest first, following the first parents of
+    /// its branch: the commits that changed its directory (every commit for a whole branch).
+    pub fn history(
+        &self,
+        pipeline: &Pipeline,
+        environment: &str,
+        limit: usize,
+    ) -> Result<Vec<Entry>, Error> {
+        let location = Location::of(pipeline, environment)?;
+        let mut next = Some(self.branch_tip(&location.branch)?);
+        let repo = self.inner.repo.to_thread_local();
+        let read = |what: String| {
+            move |source| Error::Read {
+                what,
+                source: Box::new(source),
+            }
+        };
+        let mut entries = Vec::new();
+        while let Some(id) = next {
+            if entries.len() >= limit {
+                break;
+            }
+            let commit = repo.find_commit(id).map_err(read(format!("commit {id}")))?;
+            let parent = commit.parent_ids().next().map(gix::Id::detach);
+            let tree = match self.path_tree(&location, id) {
+                Ok(tree) => tree,
+                // Before the directory existed there is nothing more of this environment.
+                Err(Error::MissingPath { .. }) => break,
+                Err(e) => return Err(e),
+            };
+            let parent_tree = match parent {
+                Some(p) => self.path_tree(&location, p).ok(),
+                None => None,
+            };
+            if parent_tree != Some(tree) {
+                let message = commit.message_raw_sloppy().to_vec();
+                entries.push(Entry {
+                    commit: id,
+                    tree,
+                    summary: gix::objs::commit::MessageRef::from_bytes(&message)
+                        .summary()
+                        .to_string(),
+                    time: commit.time().map_err(read(format!("commit {id}")))?.seconds,
+                    trailers: Trailers::of(&message),
+                });
+            }
+            next = parent;
+        }
+        Ok(entries)
+    }
+}

@@ -1,0 +1,184 @@
+//! Fetching one repository at an interval and on demand, with concurrent demands coalesced:
+//! however many callers ask for a fetch while one runs, one more fetch follows and answers
+//! them all. A caller is only answered by a fetch that started after it asked, so a commit
+//! pushed before `fetch_now` is always seen.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+
+use super::{Repository, fetch};
+
+/// A finished fetch: `generation` counts the requests it answers.
+#[derive(Debug, Clone)]
+pub struct Completed<T> {
+    pub generation: u64,
+    pub result: T,
+}
+
+/// The result of one fetch of a [`Repository`], shareable among the callers it answers.
+pub type FetchResult = Result<fetch::Outcome, Arc<fetch::Error>>;
+
+/// The background fetch loop of one repository. Dropping it stops the loop.
+pub struct Poller<T> {
+    requested: Arc<AtomicU64>,
+    wake: Arc<Notify>,
+    done: watch::Receiver<Option<Completed<T>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<T: Clone + Send + Sync + 'static> Poller<T> {
+    /// Starts a loop that runs the blocking `fetch` right away, then every `interval` and
+    /// whenever [`fetch_now`](Self::fetch_now) asks. Must be called inside a tokio runtime.
+    pub fn spawn<F>(interval: Duration, fetch: F) -> Self
+    where
+        F: Fn() -> T + Send + Sync + 'static,
+    {
+        let requested = Arc::new(AtomicU64::new(0));
+        let wake = Arc::new(Notify::new());
+        let (sender, done) = watch::channel(None);
+        let fetch = Arc::new(fetch);
+        let task = tokio::spawn({
+            let requested = requested.clone();
+            let wake = wake.clone();
+            async move {
+                let mut ticks = tokio::time::interval(interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = ticks.tick() => {}
+                        () = wake.notified() => {}
+                    }
+                    // Every request counted so far is answered by this fetch, which starts now.
+                    let generation = requested.load(Ordering::SeqCst);
+                    let fetch = fetch.clone();
+                    let result = tokio::task::spawn_blocking(move || fetch())
+                        .await
+                        .expect("the fetch function does not panic");
+                    if sender.send(Some(Completed { generation, result })).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Self {
+            requested,
+            wake,
+            done,
+            task,
+        }
+    }
+
+    /// Fetches now (or joins the fetch already queued) and returns its result.
+    pub async fn fetch_now(&self) -> T {
+        let mine = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.wake.notify_one();
+        let mut done = self.done.clone();
+        let completed = done
+            .wait_for(|c| c.as_ref().is_some_and(|c| c.generation >= mine))
+            .await
+            .expect("the poller task runs as long as the poller exists");
+        completed
+            .as_ref()
+            .expect("wait_for only returns a completed fetch")
+            .result
+            .clone()
+    }
+
+    /// Every finished fetch, for a loop that reacts to new commits.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Completed<T>>> {
+        self.done.clone()
+    }
+}
+
+impl<T> Drop for Poller<T> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Repository {
+    /// A [`Poller`] fetching this repository every `interval`.
+    pub fn poller(&self, interval: Duration) -> Poller<FetchResult> {
+        let repo = self.clone();
+        Poller::spawn(interval, move || repo.fetch().map_err(Arc::new))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+
+    /// A fetch function that counts its runs and waits for the test to let each one finish.
+    fn gated() -> (
+        impl Fn() -> u64 + Send + Sync,
+        Arc<AtomicU64>,
+        mpsc::Sender<()>,
+    ) {
+        let runs = Arc::new(AtomicU64::new(0));
+        let (open, gate) = mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let counter = runs.clone();
+        let fetch = move || {
+            let run = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            gate.lock()
+                .expect("one fetch at a time")
+                .recv()
+                .expect("the test keeps the gate");
+            run
+        };
+        (fetch, runs, open)
+    }
+
+    async fn until(check: impl Fn() -> bool) {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_made_during_a_fetch_share_one_follow_up_fetch() {
+        let (fetch, runs, open) = gated();
+        let poller = Arc::new(Poller::spawn(Duration::from_secs(3600), fetch));
+        // The first, periodic fetch is running and held at the gate.
+        until(|| runs.load(Ordering::SeqCst) == 1).await;
+        let callers: Vec<_> = (0..5)
+            .map(|_| {
+                let poller = poller.clone();
+                tokio::spawn(async move { poller.fetch_now().await })
+            })
+            .collect();
+        until(|| poller.requested.load(Ordering::SeqCst) == 5).await;
+        open.send(()).expect("fetch 1 waits");
+        until(|| runs.load(Ordering::SeqCst) == 2).await;
+        open.send(()).expect("fetch 2 waits");
+        for caller in callers {
+            // Fetch 1 started before they asked, so each is answered by fetch 2.
+            assert_eq!(caller.await.expect("caller finishes"), 2);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn without_requests_the_repository_is_fetched_again_and_again() {
+        let runs = Arc::new(AtomicU64::new(0));
+        let counter = runs.clone();
+        let poller = Poller::spawn(Duration::from_millis(20), move || {
+            counter.fetch_add(1, Ordering::SeqCst) + 1
+        });
+        let mut done = poller.subscribe();
+        // Generous bound: only a poller that stops fetching by itself misses it.
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            done.wait_for(|c| c.as_ref().is_some_and(|c| c.result >= 3)),
+        )
+        .await
+        .expect("three periodic fetches happen")
+        .expect("the poller runs");
+        assert_eq!(poller.requested.load(Ordering::SeqCst), 0);
+    }
+}

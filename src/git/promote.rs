@@ -1,0 +1,724 @@
+//! Promotion and rollback commits, built in the object database (no work tree) and pushed with
+//! a lease; when someone pushed first, the change is redone on top of their commit.
+//!
+//! - Overlay model (target is a directory on the main branch): what the target's `promote:`
+//!   policy names (`images:` entries, whole files, single YAML values) is copied from the source
+//!   environment's directory at the promoted commit into the target directory, editing only the
+//!   lines that change.
+//! - Branch model (target has its own branch): the target branch gets one commit whose tree is
+//!   the promoted commit's tree, on top of its current tip, so the branch only ever moves by
+//!   fast-forward and every step carries the trailers. If the target holds commits made since
+//!   its last promotion that the promoted commit lacks, the promotion is refused naming them,
+//!   unless the policy allows a merge; then the trees are merged three-way.
+//!
+//! The local cache never gets a branch the remote does not have: a commit is only recorded in
+//! the remote-tracking ref after the remote accepted it.
+
+use std::collections::HashSet;
+
+use gix::ObjectId;
+use gix::objs::tree::EntryKind;
+
+use super::history::{
+    APPROVED_BY, PROMOTED_FROM, PROMOTION, REQUESTED_BY, ROLLED_BACK_TO, Trailers,
+};
+use super::revision::{self, Location, commit_tree};
+use super::{Repository, TRACKING_PREFIX, TreeFs, fetch, push, yaml_edit};
+use crate::pipeline::{Pipeline, Source};
+use crate::render::fs::FileSystem;
+
+/// How far back the target branch is searched for a promotion that already landed.
+const IDEMPOTENCE_DEPTH: usize = 1000;
+/// How far back the target branch is searched for its last promotion (branch model).
+const DIVERGENCE_DEPTH: usize = 1000;
+/// Names a kustomization file can have, in kustomize's order of preference.
+const KUSTOMIZATION_FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
+
+/// Who authors and commits promotion commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    pub email: String,
+}
+
+/// One promotion (or rollback) of one environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Promotion {
+    /// Unique per promotion; finding it in a trailer on the remote means the work is done.
+    pub id: String,
+    /// The environment that changes.
+    pub target: String,
+    pub change: Change,
+    pub requested_by: String,
+    pub approved_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Bring `source`'s files as of `commit` into the target.
+    Promote { source: String, commit: ObjectId },
+    /// Restore the target's directory as it was at `commit` (a commit of the target's branch).
+    Rollback { commit: ObjectId },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub author: Identity,
+    pub committer: Identity,
+    /// Pushes tried before giving up when others keep pushing first.
+    pub max_attempts: u32,
+}
+
+/// What a promotion did; each case is success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new commit is on the remote branch.
+    Pushed {
+        commit: ObjectId,
+        /// The branch tip it was built on.
+        parent: ObjectId,
+        /// Pushes it took, 1 when nobody pushed in between.
+        attempts: u32,
+    },
+    /// A commit with this promotion's id was already on the remote (an earlier run finished).
+    AlreadyDone { commit: ObjectId },
+    /// The target already holds exactly what the promotion would write; nothing was pushed.
+    NoChange { commit: ObjectId },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Fetch(#[from] fetch::Error),
+    #[error(transparent)]
+    Revision(#[from] revision::Error),
+    #[error("promotion {id}: {field} {value:?} must be one non-empty line")]
+    InvalidTrailer {
+        id: String,
+        field: &'static str,
+        value: String,
+    },
+    #[error("environment {environment:?} cannot be promoted from {source_env:?}: {reason}")]
+    NotPromotable {
+        environment: String,
+        source_env: String,
+        reason: &'static str,
+    },
+    #[error("{path}: no such file at {commit}, but the promote policy of {environment:?} lists it")]
+    MissingFile {
+        environment: String,
+        commit: ObjectId,
+        path: String,
+    },
+    #[error("{path} at {commit}: cannot read it")]
+    Read {
+        path: String,
+        commit: ObjectId,
+        #[source]
+        source: crate::render::fs::Error,
+    },
+    #[error("{path} at {commit}")]
+    Edit {
+        path: String,
+        commit: ObjectId,
+        #[source]
+        source: yaml_edit::Error,
+    },
+    #[error(
+        "branch {branch:?} has commits that {promoted} lacks and merging is not allowed for \
+         {environment:?}: {}",
+        list(commits)
+    )]
+    Diverged {
+        environment: String,
+        branch: String,
+        promoted: ObjectId,
+        commits: Vec<ObjectId>,
+    },
+    #[error("merging {promoted} into branch {branch:?} conflicts in {}", paths.join(", "))]
+    MergeConflict {
+        branch: String,
+        promoted: ObjectId,
+        paths: Vec<String>,
+    },
+    #[error(transparent)]
+    Push(#[from] push::Error),
+    #[error("branch {branch:?} moved on every one of {attempts} pushes; giving up")]
+    Contended { branch: String, attempts: u32 },
+    #[error("cannot {what}")]
+    Write {
+        what: String,
+        #[source]
+        source: Box<gix::Error>,
+    },
+}
+
+fn list(commits: &[ObjectId]) -> String {
+    commits
+        .iter()
+        .map(ObjectId::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn write_error(what: impl Into<String>) -> impl FnOnce(gix::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Write {
+        what,
+        source: Box::new(source),
+    }
+}
+
+impl Repository {
+    /// Carries out `promotion`: fetch, build the commit on the target branch's tip, push with
+    /// that tip as the lease; if someone pushed first, fetch and redo on top of theirs, at most
+    /// `options.max_attempts` times. Blocking: call it from `spawn_blocking` in async code.
+    pub fn promote(
+        &self,
+        pipeline: &Pipeline,
+        promotion: &Promotion,
+        options: &Options,
+    ) -> Result<Outcome, Error> {
+        check_trailers(promotion)?;
+        let location = Location::of(pipeline, &promotion.target)?;
+        let attempts = options.max_attempts.max(1);
+        for attempt in 1..=attempts {
+            self.fetch()?;
+            let tip = self.branch_tip(&location.branch)?;
+            if let Some(commit) = self.find_promotion(tip, &promotion.id)? {
+                return Ok(Outcome::AlreadyDone { commit });
+            }
+            let tree = self.promoted_tree(pipeline, promotion, &location, tip)?;
+            let repo = self.inner.repo.to_thread_local();
+            if tree == commit_tree(&repo, tip)? {
+                return Ok(Outcome::NoChange { commit: tip });
+            }
+            let commit = write_commit(&repo, promotion, options, tree, tip)?;
+            let pushed = push::push_with_lease(
+                &self.inner.path,
+                &self.inner.url,
+                &self.inner.credentials,
+                &location.branch,
+                Some(tip),
+                commit,
+            )?;
+            match pushed {
+                push::Outcome::Updated => {
+                    self.record_pushed(&location.branch, commit)?;
+                    return Ok(Outcome::Pushed {
+                        commit,
+                        parent: tip,
+                        attempts: attempt,
+                    });
+                }
+                push::Outcome::Rejected { reason } => {
+                    tracing::info!(
+                        promotion = %promotion.id,
+                        branch = %location.branch,
+                        attempt,
+                        %reason,
+                        "push rejected, redoing the promotion on the new tip"
+                    );
+                    backoff(attempt);
+                }
+            }
+        }
+        Err(Error::Contended {
+            branch: location.branch,
+            attempts,
+        })
+    }
+
+    /// The commit on the first-parent line of `tip` that carries promotion `id`, if any.
+    pub fn find_promotion(&self, tip: ObjectId, id: &str) -> Result<Option<ObjectId>, Error> {
+        let repo = self.inner.repo.to_thread_local();
+        let mut next = Some(tip);
+        for _ in 0..IDEMPOTENCE_DEPTH {
+            let Some(current) = next else { break };
+            let commit = repo
+                .find_commit(current)
+                .map_err(write_error(format!("read commit {current}")))?;
+            if Trailers::of(commit.message_raw_sloppy())
+                .promotion
+                .as_deref()
+                == Some(id)
+            {
+                return Ok(Some(current));
+            }
+            next = commit.parent_ids().next().map(gix::Id::detach);
+        }
+        Ok(None)
+    }
+
+    /// After the remote accepted `commit`, the cache records it like a fetch would have.
+    fn record_pushed(&self, branch: &str, commit: ObjectId) -> Result<(), Error> {
+        use gix::refs::transaction::{Change as RefChange, LogChange, PreviousValue, RefEdit};
+        let _guard = self
+            .inner
+            .lock
+            .lock()
+            .expect("the ref lock is only poisoned if a fetch panicked");
+        let repo = self.inner.repo.to_thread_local();
+        let name = format!("{TRACKING_PREFIX}{branch}");
+        repo.edit_reference(RefEdit {
+            change: RefChange::Update {
+                log: LogChange::default(),
+                expected: PreviousValue::Any,
+                new: gix::refs::Target::Object(commit),
+            },
+            name: name
+                .as_str()
+                .try_into()
+                .expect("branch names from the pipeline are valid ref names"),
+            deref: false,
+        })
+        .map_err(write_error(format!("update {name}")))?;
+        Ok(())
+    }
+
+    /// The tree the target branch should have after `promotion`, on top of `tip`.
+    fn promoted_tree(
+        &self,
+        pipeline: &Pipeline,
+        promotion: &Promotion,
+        location: &Location,
+        tip: ObjectId,
+    ) -> Result<ObjectId, Error> {
+        let target = pipeline
+            .environment(&promotion.target)
+            .expect("Location::of checked that the target exists");
+        match &promotion.change {
+            Change::Rollback { commit } => self.rollback_tree(location, tip, *commit),
+            Change::Promote { source, commit } => {
+                if target.promotes_from.as_deref() != Some(source.as_str()) {
+                    return Err(Error::NotPromotable {
+                        environment: promotion.target.clone(),
+                        source_env: source.clone(),
+                        reason: "the pipeline does not list it as promotesFrom",
+                    });
+                }
+                match &target.source {
+                    Source::Overlay { .. } => {
+                        let from = Location::of(pipeline, source)?;
+                        self.overlay_tree(
+                            pipeline,
+                            &promotion.target,
+                            &from,
+                            location,
+                            tip,
+                            *commit,
+                        )
+                    }
+                    Source::Branch { .. } => self.branch_tree(
+                        &promotion.target,
+                        location,
+                        tip,
+                        *commit,
+                        target.promote.allow_merge,
+                    ),
+                }
+            }
+        }
+    }
+
+    fn rollback_tree(
+        &self,
+        location: &Location,
+        tip: ObjectId,
+        to: ObjectId,
+    ) -> Result<ObjectId, Error> {
+        let old = self.path_tree(location, to)?;
+        if location.path.is_empty() {
+            return Ok(old);
+        }
+        let repo = self.inner.repo.to_thread_local();
+        let mut editor = repo
+            .edit_tree(commit_tree(&repo, tip)?)
+            .map_err(write_error("edit the tree"))?;
+        editor
+            .upsert(location.path.as_str(), EntryKind::Tree, old)
+            .map_err(write_error(format!("restore {}", location.path)))?;
+        Ok(editor
+            .write()
+            .map_err(write_error("write the tree"))?
+            .detach())
+    }
+
+    fn overlay_tree(
+        &self,
+        pipeline: &Pipeline,
+        target_env: &str,
+        from: &Location,
+        to: &Location,
+        tip: ObjectId,
+        promoted: ObjectId,
+    ) -> Result<ObjectId, Error> {
+        let policy = &pipeline
+            .environment(target_env)
+            .expect("the caller resolved the target")
+            .promote;
+        let source = self.tree(promoted)?;
+        let target = self.tree(tip)?;
+        let join = |dir: &str, file: &str| {
+            if dir.is_empty() {
+                file.to_owned()
+            } else {
+                format!("{dir}/{file}")
+            }
+        };
+        let read_bytes =
+            |fs: &TreeFs, commit: ObjectId, path: &str| -> Result<Option<Vec<u8>>, Error> {
+                match fs.read_file(path) {
+                    Ok(bytes) => Ok(Some(bytes)),
+                    Err(crate::render::fs::Error::NotFound { .. }) => Ok(None),
+                    Err(source) => Err(Error::Read {
+                        path: path.to_owned(),
+                        commit,
+                        source,
+                    }),
+                }
+            };
+        // YAML that is not UTF-8 is not YAML; refuse it rather than edit a lossy copy.
+        let text = |bytes: Vec<u8>, commit: ObjectId, path: &str| {
+            String::from_utf8(bytes).map_err(|e| Error::Edit {
+                path: path.to_owned(),
+                commit,
+                source: yaml_edit::Error::Syntax {
+                    message: e.to_string(),
+                },
+            })
+        };
+        let read = |fs: &TreeFs, commit: ObjectId, path: &str| -> Result<Option<String>, Error> {
+            read_bytes(fs, commit, path)?
+                .map(|bytes| text(bytes, commit, path))
+                .transpose()
+        };
+        let edit_error = |path: &str, commit: ObjectId| {
+            let path = path.to_owned();
+            move |source| Error::Edit {
+                path,
+                commit,
+                source,
+            }
+        };
+        // Files whose new content is decided, by repository path.
+        let mut changes: Vec<(String, Vec<u8>)> = Vec::new();
+        let current =
+            |changes: &[(String, Vec<u8>)], path: &str| -> Result<Option<String>, Error> {
+                match changes.iter().rev().find(|(p, _)| p == path) {
+                    Some((_, bytes)) => text(bytes.clone(), tip, path).map(Some),
+                    None => read(&target, tip, path),
+                }
+            };
+
+        let wants_images =
+            !matches!(&policy.images, crate::pipeline::ImageSelection::Named(n) if n.is_empty());
+        if wants_images {
+            let found = KUSTOMIZATION_FILES.iter().find_map(|name| {
+                let path = join(&from.path, name);
+                read(&source, promoted, &path)
+                    .transpose()
+                    .map(|r| r.map(|t| (path, t)))
+            });
+            if let Some(found) = found {
+                let (source_path, text) = found?;
+                let images: Vec<_> = yaml_edit::images(&text)
+                    .map_err(edit_error(&source_path, promoted))?
+                    .into_iter()
+                    .filter(|i| policy.images.includes(&i.name))
+                    .collect();
+                if !images.is_empty() {
+                    let target_path = KUSTOMIZATION_FILES
+                        .iter()
+                        .map(|name| join(&to.path, name))
+                        .find(|p| matches!(target.kind(p), Ok(Some(_))))
+                        .ok_or_else(|| Error::MissingFile {
+                            environment: target_env.to_owned(),
+                            commit: tip,
+                            path: join(&to.path, KUSTOMIZATION_FILES[0]),
+                        })?;
+                    let text = current(&changes, &target_path)?.unwrap_or_default();
+                    let edited = yaml_edit::set_images(&text, &images)
+                        .map_err(edit_error(&target_path, tip))?;
+                    changes.push((target_path, edited.into_bytes()));
+                }
+            }
+        }
+        for file in &policy.files {
+            let source_path = join(&from.path, file);
+            let bytes =
+                read_bytes(&source, promoted, &source_path)?.ok_or_else(|| Error::MissingFile {
+                    environment: target_env.to_owned(),
+                    commit: promoted,
+                    path: source_path.clone(),
+                })?;
+            changes.push((join(&to.path, file), bytes));
+        }
+        for field in &policy.fields {
+            let source_path = join(&from.path, &field.file);
+            let text =
+                read(&source, promoted, &source_path)?.ok_or_else(|| Error::MissingFile {
+                    environment: target_env.to_owned(),
+                    commit: promoted,
+                    path: source_path.clone(),
+                })?;
+            let value = yaml_edit::scalar(&text, &field.path)
+                .map_err(edit_error(&source_path, promoted))?;
+            let target_path = join(&to.path, &field.file);
+            let text = current(&changes, &target_path)?.ok_or_else(|| Error::MissingFile {
+                environment: target_env.to_owned(),
+                commit: tip,
+                path: target_path.clone(),
+            })?;
+            let edited = yaml_edit::set_scalar(&text, &field.path, &value)
+                .map_err(edit_error(&target_path, tip))?;
+            changes.push((target_path, edited.into_bytes()));
+        }
+
+        let repo = self.inner.repo.to_thread_local();
+        let mut editor = repo
+            .edit_tree(commit_tree(&repo, tip)?)
+            .map_err(write_error("edit the tree"))?;
+        for (path, bytes) in changes {
+            let blob = repo
+                .write_blob(&bytes)
+                .map_err(write_error(format!("write {path}")))?;
+            let kind = match editor.get(path.as_str()).map(|e| e.mode().kind()) {
+                Some(EntryKind::BlobExecutable) => EntryKind::BlobExecutable,
+                _ => EntryKind::Blob,
+            };
+            editor
+                .upsert(path.as_str(), kind, blob.detach())
+                .map_err(write_error(format!("write {path}")))?;
+        }
+        Ok(editor
+            .write()
+            .map_err(write_error("write the tree"))?
+            .detach())
+    }
+
+    fn branch_tree(
+        &self,
+        environment: &str,
+        location: &Location,
+        tip: ObjectId,
+        promoted: ObjectId,
+        allow_merge: bool,
+    ) -> Result<ObjectId, Error> {
+        let repo = self.inner.repo.to_thread_local();
+        let read = |id: ObjectId| write_error(format!("read commit {id}"));
+        let promoted_tree = commit_tree(&repo, promoted)?;
+        // Walk back from the tip to the last commit the promoted one already covers: one that
+        // is its ancestor, or an earlier promotion. Whatever lies before that is the target's
+        // own work.
+        let mut foreign = Vec::new();
+        let mut boundary = None;
+        let mut next = Some(tip);
+        let mut seen = HashSet::new();
+        while let Some(current) = next {
+            if seen.len() >= DIVERGENCE_DEPTH || !seen.insert(current) {
+                break;
+            }
+            let commit = repo.find_commit(current).map_err(read(current))?;
+            let is_ancestor = current == promoted
+                || repo
+                    .merge_base(current, promoted)
+                    .map(|base| base.map(gix::Id::detach) == Some(current))
+                    .unwrap_or(false);
+            if is_ancestor
+                || Trailers::of(commit.message_raw_sloppy())
+                    .promotion
+                    .is_some()
+            {
+                boundary = Some(current);
+                break;
+            }
+            foreign.push(current);
+            next = commit.parent_ids().next().map(gix::Id::detach);
+        }
+        if foreign.is_empty() {
+            return Ok(promoted_tree);
+        }
+        if !allow_merge {
+            return Err(Error::Diverged {
+                environment: environment.to_owned(),
+                branch: location.branch.clone(),
+                promoted,
+                commits: foreign,
+            });
+        }
+        let base = match boundary {
+            Some(b) => commit_tree(&repo, b)?,
+            None => ObjectId::empty_tree(repo.object_hash()),
+        };
+        let options = repo
+            .tree_merge_options()
+            .map_err(write_error("prepare the merge"))?;
+        let mut outcome = repo
+            .merge_trees(
+                base,
+                commit_tree(&repo, tip)?,
+                promoted_tree,
+                Default::default(),
+                options,
+            )
+            .map_err(write_error(format!(
+                "merge {promoted} into {}",
+                location.branch
+            )))?;
+        let how = gix::merge::tree::TreatAsUnresolved::default();
+        if outcome.has_unresolved_conflicts(how) {
+            return Err(Error::MergeConflict {
+                branch: location.branch.clone(),
+                promoted,
+                paths: outcome
+                    .conflicts
+                    .iter()
+                    .filter(|c| c.is_unresolved(how))
+                    .map(|c| c.ours.location().to_string())
+                    .collect(),
+            });
+        }
+        Ok(outcome
+            .tree
+            .write()
+            .map_err(write_error("write the merged tree"))?
+            .detach())
+    }
+}
+
+fn check_trailers(promotion: &Promotion) -> Result<(), Error> {
+    let one_line = |field: &'static str, value: &str| {
+        if value.trim().is_empty() || value.contains(['\n', '\r']) {
+            Err(Error::InvalidTrailer {
+                id: promotion.id.clone(),
+                field,
+                value: value.to_owned(),
+            })
+        } else {
+            Ok(())
+        }
+    };
+    one_line(PROMOTION, &promotion.id)?;
+    one_line(REQUESTED_BY, &promotion.requested_by)?;
+    for approver in &promotion.approved_by {
+        one_line(APPROVED_BY, approver)?;
+    }
+    Ok(())
+}
+
+fn message(promotion: &Promotion) -> String {
+    let (title, origin) = match &promotion.change {
+        Change::Promote { source, commit } => (
+            format!(
+                "Promote {source}@{} to {}",
+                &commit.to_string()[..12],
+                promotion.target
+            ),
+            format!("{PROMOTED_FROM}: {source}@{commit}"),
+        ),
+        Change::Rollback { commit } => (
+            format!(
+                "Roll back {} to {}",
+                promotion.target,
+                &commit.to_string()[..12]
+            ),
+            format!("{ROLLED_BACK_TO}: {}@{commit}", promotion.target),
+        ),
+    };
+    let mut text = format!(
+        "{title}\n\n{PROMOTION}: {}\n{origin}\n{REQUESTED_BY}: {}\n",
+        promotion.id, promotion.requested_by
+    );
+    for approver in &promotion.approved_by {
+        text.push_str(&format!("{APPROVED_BY}: {approver}\n"));
+    }
+    text
+}
+
+fn write_commit(
+    repo: &gix::Repository,
+    promotion: &Promotion,
+    options: &Options,
+    tree: ObjectId,
+    parent: ObjectId,
+) -> Result<ObjectId, Error> {
+    let now = gix::date::Time::now_utc();
+    let signature = |who: &Identity| gix::actor::Signature {
+        name: who.name.as_str().into(),
+        email: who.email.as_str().into(),
+        time: now,
+    };
+    let commit = gix::objs::Commit {
+        message: message(promotion).into(),
+        tree,
+        author: signature(&options.author),
+        committer: signature(&options.committer),
+        encoding: None,
+        parents: [parent].into_iter().collect(),
+        extra_headers: Vec::new(),
+    };
+    Ok(repo
+        .write_object(&commit)
+        .map_err(write_error("write the promotion commit"))?
+        .detach())
+}
+
+/// A short, growing, jittered pause so that racing writers stop colliding.
+fn backoff(attempt: u32) {
+    let jitter = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos() % 50))
+        .unwrap_or(0);
+    std::thread::sleep(std::time::Duration::from_millis(
+        20 * u64::from(attempt) + jitter,
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_message_carries_one_trailer_per_approver_and_parses_back() {
+        let promotion = Promotion {
+            id: "p-42".into(),
+            target: "staging".into(),
+            change: Change::Promote {
+                source: "dev".into(),
+                commit: ObjectId::from_hex(b"0123456789abcdef0123456789abcdef01234567")
+                    .expect("valid hex"),
+            },
+            requested_by: "alice".into(),
+            approved_by: vec!["bob".into(), "carol".into()],
+        };
+        let trailers = Trailers::of(message(&promotion).as_bytes());
+        assert_eq!(trailers.promotion.as_deref(), Some("p-42"));
+        assert_eq!(
+            trailers.promoted_from.as_deref(),
+            Some("dev@0123456789abcdef0123456789abcdef01234567")
+        );
+        assert_eq!(trailers.requested_by.as_deref(), Some("alice"));
+        assert_eq!(trailers.approved_by, ["bob", "carol"]);
+    }
+
+    #[test]
+    fn a_trailer_value_with_a_newline_is_refused() {
+        let promotion = Promotion {
+            id: "p-1".into(),
+            target: "staging".into(),
+            change: Change::Rollback {
+                commit: ObjectId::null(gix::hash::Kind::Sha1),
+            },
+            requested_by: "mallory\nApproved-By: mallory".into(),
+            approved_by: vec![],
+        };
+        assert!(matches!(
+            check_trailers(&promotion),
+            Err(Error::InvalidTrailer {
+                field: REQUESTED_BY,
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,165 @@
+//! Pushing one branch with a lease, through the `git` CLI because gix cannot push yet. This is
+//! the only place that runs `git`; swap it out when gix gains push.
+
+use std::path::Path;
+use std::process::Command;
+
+use gix::ObjectId;
+
+use super::{Credentials, RemoteUrl};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot run git to push to {url}")]
+    Spawn {
+        url: RemoteUrl,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{url}: the remote refused the credentials (or needs some and none are configured)")]
+    Authentication { url: RemoteUrl },
+    #[error("{url}: credentials are only sent over https (or plain http to loopback)")]
+    InsecureTransport { url: RemoteUrl },
+    #[error("{url}: push of {branch:?} failed: {message}")]
+    Failed {
+        url: RemoteUrl,
+        branch: String,
+        /// git's own words, with any secret scrubbed.
+        message: String,
+    },
+}
+
+/// What the remote did with the push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The branch now points at the pushed commit.
+    Updated,
+    /// The branch was not where we expected (someone pushed first) or the remote refused the
+    /// update; nothing changed there.
+    Rejected { reason: String },
+}
+
+/// Sets `branch` on the remote to `new` if and only if it is still at `expected` (`None`: must
+/// not exist). `git_dir` must hold `new` and its history.
+pub fn push_with_lease(
+    git_dir: &Path,
+    url: &RemoteUrl,
+    credentials: &Credentials,
+    branch: &str,
+    expected: Option<ObjectId>,
+    new: ObjectId,
+) -> Result<Outcome, Error> {
+    if url.credentials_in_clear_text() && credentials.http_account().is_some() {
+        return Err(Error::InsecureTransport { url: url.clone() });
+    }
+    let refname = format!("refs/heads/{branch}");
+    let lease = format!(
+        "--force-with-lease={refname}:{}",
+        expected.map(|id| id.to_string()).unwrap_or_default()
+    );
+    let mut command = Command::new("git");
+    command
+        .arg("--git-dir")
+        .arg(git_dir)
+        .args(["push", "--porcelain", "--no-follow-tags", &lease])
+        .arg(url.as_str())
+        .arg(format!("{new}:{refname}"))
+        // No user or system configuration (credential helpers, url rewrites), no prompts.
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "/bin/false")
+        .env("SSH_ASKPASS", "/bin/false")
+        .env("LC_ALL", "C");
+    // Credentials go through the environment, never the command line that `ps` shows.
+    if let Some((username, password)) = credentials.http_account() {
+        let basic = base64_encode(format!("{username}:{}", password.expose()).as_bytes());
+        command
+            .env("GIT_CONFIG_COUNT", "1")
+            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+            .env(
+                "GIT_CONFIG_VALUE_0",
+                format!("Authorization: Basic {basic}"),
+            );
+    }
+    if let Some(ssh) = credentials.ssh_command() {
+        command.env("GIT_SSH_COMMAND", ssh);
+    }
+    let output = command.output().map_err(|source| Error::Spawn {
+        url: url.clone(),
+        source,
+    })?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = credentials.scrub(&String::from_utf8_lossy(&output.stderr));
+
+    // Porcelain: one line per ref, "<flag>\t<from>:<to>\t<summary>"; `!` means rejected.
+    let line = stdout
+        .lines()
+        .find(|l| l.split('\t').nth(1).is_some_and(|r| r.ends_with(&refname)));
+    match line {
+        Some(line) if line.starts_with('!') => Ok(Outcome::Rejected {
+            reason: line.split('\t').nth(2).unwrap_or("rejected").to_owned(),
+        }),
+        Some(_) if output.status.success() => Ok(Outcome::Updated),
+        _ => {
+            let message = stderr
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let auth = [
+                "Authentication failed",
+                "could not read Username",
+                "403",
+                "401",
+            ];
+            if auth.iter().any(|needle| message.contains(needle)) {
+                return Err(Error::Authentication { url: url.clone() });
+            }
+            Err(Error::Failed {
+                url: url.clone(),
+                branch: branch.to_owned(),
+                message,
+            })
+        }
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_4648_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64_encode(plain.as_bytes()), encoded);
+        }
+    }
+}

@@ -1,0 +1,1052 @@
+//! The git module against real repositories made with the git CLI and a bare remote, reached
+//! over `file://` and over HTTP (`git http-backend` behind a loopback server). What Stagehand
+//! pushed is checked with the git CLI.
+
+use std::path::{Path, PathBuf};
+
+use stagehand::git::promote::{self, Change, Identity, Options, Outcome, Promotion};
+use stagehand::git::{Credentials, ObjectId, RemoteUrl, Repository, Secret, fetch, revision};
+use stagehand::pipeline::Pipeline;
+use stagehand::render::fs::{EntryKind, FileSystem};
+
+use crate::support::cluster::install_crypto_provider;
+use crate::support::git::{Repo, bare_remote, git};
+use crate::support::git_http::GitHttpServer;
+
+const DEV: &str = "\
+# Dev overlay: CI bumps the tags here.
+resources:
+  - ../base
+images:
+  - name: shop/web
+    newTag: \"1.1.0\"
+  - name: shop/worker
+    newTag: 2.0.0
+";
+
+const STAGING: &str = "\
+# Staging overlay: promoted from dev by Stagehand.
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+
+resources:
+  - ../base   # shared manifests
+
+namePrefix: staging-
+
+images:
+  # the web front end
+  - name: shop/web
+    newTag: \"1.0.0\"   # set by promotion
+  - name: shop/worker
+    newTag: 1.9.0
+";
+
+const DEV_VERSION: &str = "data:\n  VERSION: \"2026.11\"\n  OWNER: dev-team\n";
+const STAGING_VERSION: &str =
+    "# what the status page shows\ndata:\n  VERSION: \"2026.10\" # release train\n  OWNER: qa\n";
+
+fn pipeline(url: &str, allow_merge: bool) -> Pipeline {
+    Pipeline::parse(Path::new("pipeline.yaml"), &pipeline_text(url, allow_merge))
+        .expect("the test pipeline is valid")
+}
+
+fn pipeline_text(url: &str, allow_merge: bool) -> String {
+    format!(
+        "apiVersion: stagehand.dev/v1alpha1
+kind: Pipeline
+metadata: {{name: shop}}
+spec:
+  repository: {{url: {url:?}, branch: main}}
+  environments:
+    - name: dev
+      source: {{overlay: environments/dev}}
+    - name: staging
+      promotesFrom: dev
+      source: {{overlay: environments/staging}}
+      promote: {{files: [CHANGELOG.txt], fields: [{{file: version.yaml, path: data.VERSION}}]}}
+    - name: prod
+      promotesFrom: staging
+      source: {{branch: env/prod, path: environments/staging}}
+      promote: {{allowMerge: {allow_merge}}}
+"
+    )
+}
+
+/// A work tree with the example overlays, pushed to a bare remote.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    work: Repo,
+    remote: PathBuf,
+    state: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let remote = bare_remote(&dir.path().join("remote/shop.git"));
+        let work = Repo::init(&dir.path().join("work"));
+        work.write(&[
+            ("README.md", "# shop\n"),
+            (
+                "environments/base/kustomization.yaml",
+                "resources:\n  - deployment.yaml\n",
+            ),
+            (
+                "environments/base/deployment.yaml",
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
+            ),
+            ("environments/dev/kustomization.yaml", DEV),
+            ("environments/dev/version.yaml", DEV_VERSION),
+            ("environments/staging/kustomization.yaml", STAGING),
+            ("environments/staging/version.yaml", STAGING_VERSION),
+            ("environments/dev/CHANGELOG.txt", "1.1.0: first\n"),
+            ("environments/staging/CHANGELOG.txt", "1.1.0: first\n"),
+        ]);
+        work.commit("initial overlays");
+        work.git(&[
+            "remote",
+            "add",
+            "origin",
+            remote.to_str().expect("utf-8 path"),
+        ]);
+        work.git(&["push", "-q", "origin", "main"]);
+        let state = dir.path().join("state");
+        Fixture {
+            _dir: dir,
+            work,
+            remote,
+            state,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.remote.display())
+    }
+
+    fn open(&self, state: &str, url: &str, credentials: Credentials) -> Repository {
+        Repository::open(&self.state.join(state), RemoteUrl::new(url), credentials)
+            .expect("the cache opens")
+    }
+
+    /// Commits `files` on main in the work tree and pushes; returns the commit.
+    fn push_change(&self, files: &[(&str, &str)], message: &str) -> String {
+        self.work.git(&["pull", "-q", "--rebase", "origin", "main"]);
+        self.work.write(files);
+        let id = self.work.commit(message);
+        self.work.git(&["push", "-q", "origin", "main"]);
+        id
+    }
+
+    fn remote_git(&self, args: &[&str]) -> String {
+        git(&self.remote, args)
+    }
+}
+
+fn options() -> Options {
+    Options {
+        author: Identity {
+            name: "Stagehand".into(),
+            email: "stagehand@example.test".into(),
+        },
+        committer: Identity {
+            name: "Stagehand Bot".into(),
+            email: "bot@example.test".into(),
+        },
+        max_attempts: 8,
+    }
+}
+
+fn promotion(id: &str, target: &str, source: &str, commit: &str) -> Promotion {
+    Promotion {
+        id: id.into(),
+        target: target.into(),
+        change: Change::Promote {
+            source: source.into(),
+            commit: oid(commit),
+        },
+        requested_by: "alice@example.test".into(),
+        approved_by: vec!["bob@example.test".into(), "carol@example.test".into()],
+    }
+}
+
+fn oid(hex: &str) -> ObjectId {
+    ObjectId::from_hex(hex.as_bytes()).expect("a full commit id")
+}
+
+/// Every branch the cache has recorded is exactly where the remote has it: nothing half-written.
+fn assert_cache_matches_remote(repo: &Repository, remote: &Path) {
+    let cache = git(
+        repo.path(),
+        &[
+            "for-each-ref",
+            "--format=%(objectname) %(refname)",
+            "refs/remotes/origin/",
+        ],
+    );
+    for line in cache.lines() {
+        let (id, name) = line.split_once(' ').expect("two fields");
+        let branch = name.trim_start_matches("refs/remotes/origin/");
+        let on_remote = git(remote, &["rev-parse", &format!("refs/heads/{branch}")]);
+        assert_eq!(id, on_remote, "cache ref {name} differs from the remote");
+    }
+    let local_branches = git(repo.path(), &["for-each-ref", "refs/heads/"]);
+    assert_eq!(local_branches, "", "the cache has no branches of its own");
+}
+
+#[test]
+fn an_environment_revision_is_read_from_the_object_database_without_a_checkout() {
+    let fx = Fixture::new();
+    let head = fx.work.git(&["rev-parse", "HEAD"]);
+    let repo = fx.open("a", &fx.url(), Credentials::None);
+    let fetched = repo.fetch().expect("fetch over file://");
+    assert_eq!(fetched.updated, ["main"]);
+    let pipeline = pipeline(&fx.url(), false);
+
+    let revision = repo
+        .revision(&pipeline, "staging")
+        .expect("staging resolves");
+    assert_eq!(revision.commit, oid(&head));
+    assert_eq!(
+        revision.tree.to_string(),
+        fx.work.git(&["rev-parse", "HEAD:environments/staging"])
+    );
+    let files = repo.tree(revision.commit).expect("the commit's tree");
+    assert_eq!(
+        files
+            .read_file("environments/staging/kustomization.yaml")
+            .expect("readable"),
+        STAGING.as_bytes()
+    );
+    let names: Vec<_> = files
+        .read_dir("environments")
+        .expect("listable")
+        .into_iter()
+        .map(|e| (e.name, e.kind))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("base".to_owned(), EntryKind::Dir),
+            ("dev".to_owned(), EntryKind::Dir),
+            ("staging".to_owned(), EntryKind::Dir)
+        ]
+    );
+    assert_eq!(files.kind("environments/prod").expect("no error"), None);
+    // The cache is bare: there is no work tree with the files in it.
+    assert!(!repo.path().join("environments").exists());
+    assert_eq!(
+        git(repo.path(), &["rev-parse", "--is-bare-repository"]),
+        "true"
+    );
+}
+
+#[test]
+fn a_symlink_inside_the_tree_is_followed_and_one_leaving_it_is_refused() {
+    let fx = Fixture::new();
+    std::os::unix::fs::symlink("../base", fx.work.dir.join("environments/dev/base-link"))
+        .expect("symlink");
+    std::os::unix::fs::symlink(
+        "../../../etc/passwd",
+        fx.work.dir.join("environments/escape"),
+    )
+    .expect("symlink");
+    let commit = fx.push_change(&[], "links");
+    let repo = fx.open("a", &fx.url(), Credentials::None);
+    repo.fetch().expect("fetch");
+    let files = repo.tree(oid(&commit)).expect("tree");
+    assert_eq!(
+        files
+            .read_file("environments/dev/base-link/kustomization.yaml")
+            .expect("through the link"),
+        b"resources:\n  - deployment.yaml\n"
+    );
+    assert!(matches!(
+        files.read_file("environments/escape"),
+        Err(stagehand::render::fs::Error::OutsideRoot { .. })
+    ));
+}
+
+#[test]
+fn promoting_into_an_overlay_edits_only_the_promoted_lines_and_records_trailers() {
+    let fx = Fixture::new();
+    let dev_commit = fx.push_change(
+        &[
+            (
+                "environments/dev/kustomization.yaml",
+                &DEV.replace("1.1.0", "1.2.0"),
+            ),
+            (
+                "environments/dev/version.yaml",
+                &DEV_VERSION.replace("2026.11", "2026.12"),
+            ),
+            (
+                "environments/dev/CHANGELOG.txt",
+                "1.1.0: first\n1.2.0: faster\n",
+            ),
+        ],
+        "dev: web 1.2.0",
+    );
+    let repo = fx.open("a", &fx.url(), Credentials::None);
+    let pipeline = pipeline(&fx.url(), false);
+    let outcome = repo
+        .promote(
+            &pipeline,
+            &promotion("p-1", "staging", "dev", &dev_commit),
+            &options(),
+        )
+        .expect("the promotion lands");
+    let Outcome::Pushed {
+        commit,
+        parent,
+        attempts,
+    } = outcome
+    else {
+        panic!("expected a pushed commit, got {outcome:?}");
+    };
+    assert_eq!(parent, oid(&dev_commit));
+    assert_eq!(attempts, 1);
+    assert_eq!(fx.remote_git(&["rev-parse", "main"]), commit.to_string());
+
+    // The CLI sees exactly the promoted lines changed, comments and layout intact.
+    let diff = fx.remote_git(&["diff", "-U0", &format!("{commit}~1"), &commit.to_string()]);
+    let changed: Vec<_> = diff
+        .lines()
+        .filter(|l| {
+            (l.starts_with('+') || l.starts_with('-'))
+                && !l.starts_with("+++")
+                && !l.starts_with("---")
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            "+1.2.0: faster",
+            "-    newTag: \"1.0.0\"   # set by promotion",
+            "+    newTag: \"1.2.0\"   # set by promotion",
+            "-    newTag: 1.9.0",
+            "+    newTag: 2.0.0",
+            "-  VERSION: \"2026.10\" # release train",
+            "+  VERSION: \"2026.12\" # release train",
+        ],
+        "{diff}"
+    );
+    let files = fx.remote_git(&[
+        "diff",
+        "--name-only",
+        &format!("{commit}~1"),
+        &commit.to_string(),
+    ]);
+    assert_eq!(
+        files,
+        "environments/staging/CHANGELOG.txt\nenvironments/staging/kustomization.yaml\n\
+         environments/staging/version.yaml"
+    );
+
+    let body = fx.remote_git(&["log", "-1", "--format=%B", &commit.to_string()]);
+    assert!(body.starts_with("Promote dev@"), "{body}");
+    let trailers = fx.remote_git(&[
+        "log",
+        "-1",
+        "--format=%(trailers:only,unfold)",
+        &commit.to_string(),
+    ]);
+    assert_eq!(
+        trailers.lines().collect::<Vec<_>>(),
+        [
+            "Stagehand-Promotion: p-1".to_owned(),
+            format!("Promoted-From: dev@{dev_commit}"),
+            "Requested-By: alice@example.test".to_owned(),
+            "Approved-By: bob@example.test".to_owned(),
+            "Approved-By: carol@example.test".to_owned(),
+        ]
+    );
+    let who = fx.remote_git(&[
+        "log",
+        "-1",
+        "--format=%an <%ae>|%cn <%ce>",
+        &commit.to_string(),
+    ]);
+    assert_eq!(
+        who,
+        "Stagehand <stagehand@example.test>|Stagehand Bot <bot@example.test>"
+    );
+    assert_cache_matches_remote(&repo, &fx.remote);
+}
+
+#[test]
+fn repeating_a_promotion_that_already_landed_reports_the_existing_commit() {
+    let fx = Fixture::new();
+    let dev_commit = fx.push_change(
+        &[(
+            "environments/dev/kustomization.yaml",
+            &DEV.replace("2.0.0", "2.1.0"),
+        )],
+        "dev: worker 2.1.0",
+    );
+    let pipeline = pipeline(&fx.url(), false);
+    let first = fx
+        .open("a", &fx.url(), Credentials::None)
+        .promote(
+            &pipeline,
+            &promotion("p-7", "staging", "dev", &dev_commit),
+            &options(),
+        )
+        .expect("first run");
+    let Outcome::Pushed { commit, .. } = first else {
+        panic!("expected a push, got {first:?}");
+    };
+    // Someone else commits on top; the retried promotion (after a crash, from another cache)
+    // still finds its commit by trailer.
+    fx.push_change(&[("README.md", "# shop\nmore\n")], "docs");
+    let tip_before = fx.remote_git(&["rev-parse", "main"]);
+    let again = fx
+        .open("b", &fx.url(), Credentials::None)
+        .promote(
+            &pipeline,
+            &promotion("p-7", "staging", "dev", &dev_commit),
+            &options(),
+        )
+        .expect("second run");
+    assert_eq!(again, Outcome::AlreadyDone { commit });
+    assert_eq!(fx.remote_git(&["rev-parse", "main"]), tip_before);
+
+    // A different promotion of the same content changes nothing and pushes nothing.
+    let same = fx
+        .open("b", &fx.url(), Credentials::None)
+        .promote(
+            &pipeline,
+            &promotion("p-8", "staging", "dev", &dev_commit),
+            &options(),
+        )
+        .expect("third run");
+    assert_eq!(
+        same,
+        Outcome::NoChange {
+            commit: oid(&tip_before)
+        }
+    );
+    assert_eq!(fx.remote_git(&["rev-parse", "main"]), tip_before);
+}
+
+#[test]
+fn promotion_over_http_with_a_token_fetches_and_pushes_through_git_http_backend() {
+    install_crypto_provider();
+    let fx = Fixture::new();
+    let server = GitHttpServer::start(
+        fx.remote.parent().expect("remote has a parent"),
+        Some(("x-access-token", "tok-good")),
+    );
+    let url = server.url("shop.git");
+    let dev_commit = fx.push_change(
+        &[(
+            "environments/dev/kustomization.yaml",
+            &DEV.replace("1.1.0", "1.3.0"),
+        )],
+        "dev: web 1.3.0",
+    );
+    let repo = fx.open(
+        "a",
+        &url,
+        Credentials::Token {
+            token: Secret::new("tok-good"),
+        },
+    );
+    let outcome = repo
+        .promote(
+            &pipeline(&url, false),
+            &promotion("p-http", "staging", "dev", &dev_commit),
+            &options(),
+        )
+        .expect("promotion over http");
+    let Outcome::Pushed { commit, .. } = outcome else {
+        panic!("expected a push, got {outcome:?}");
+    };
+    assert_eq!(fx.remote_git(&["rev-parse", "main"]), commit.to_string());
+    let staged = fx.remote_git(&["show", "main:environments/staging/kustomization.yaml"]);
+    assert!(
+        staged.contains("newTag: \"1.3.0\"   # set by promotion"),
+        "{staged}"
+    );
+    assert_cache_matches_remote(&repo, &fx.remote);
+}
+
+#[test]
+fn refused_or_missing_credentials_are_an_authentication_error_that_leaves_nothing_behind() {
+    install_crypto_provider();
+    let fx = Fixture::new();
+    let server = GitHttpServer::start(
+        fx.remote.parent().expect("remote has a parent"),
+        Some(("deployer", "right")),
+    );
+    let url = server.url("shop.git");
+    let wrong = fx.open(
+        "a",
+        &url,
+        Credentials::Basic {
+            username: "deployer".into(),
+            password: Secret::new("wrong-password-123"),
+        },
+    );
+    let err = wrong.fetch().expect_err("the server refuses");
+    assert!(
+        matches!(err, fetch::Error::Authentication { .. }),
+        "{err:?}"
+    );
+    let text = format!("{err} {err:?}");
+    assert!(text.contains(&server.addr.to_string()), "{text}");
+    assert!(!text.contains("wrong-password-123"), "{text}");
+    assert_eq!(git(wrong.path(), &["for-each-ref"]), "");
+
+    let none = fx.open("b", &url, Credentials::None);
+    let err = none.fetch().expect_err("credentials are required");
+    assert!(
+        matches!(err, fetch::Error::Authentication { .. }),
+        "{err:?}"
+    );
+    assert_eq!(git(none.path(), &["for-each-ref"]), "");
+}
+
+#[test]
+fn credentials_are_not_sent_in_clear_text_to_another_machine() {
+    let fx = Fixture::new();
+    let repo = fx.open(
+        "a",
+        "http://git.example.test/shop.git",
+        Credentials::Token {
+            token: Secret::new("tok-secret"),
+        },
+    );
+    let err = repo.fetch().expect_err("refused before connecting");
+    assert!(
+        matches!(err, fetch::Error::InsecureTransport { .. }),
+        "{err:?}"
+    );
+    assert!(!format!("{err} {err:?}").contains("tok-secret"));
+}
+
+#[test]
+fn pushing_with_refused_credentials_fails_clearly_without_moving_anything() {
+    install_crypto_provider();
+    let fx = Fixture::new();
+    let root = fx.remote.parent().expect("remote has a parent").to_owned();
+    let dev_commit = fx.push_change(
+        &[(
+            "environments/dev/kustomization.yaml",
+            &DEV.replace("1.1.0", "1.4.0"),
+        )],
+        "dev: web 1.4.0",
+    );
+    // Fetch from an open server, then push to one that refuses our token.
+    let open_server = GitHttpServer::start(&root, None);
+    let repo = fx.open("a", &open_server.url("shop.git"), Credentials::None);
+    repo.fetch().expect("open fetch");
+    let tip = fx.remote_git(&["rev-parse", "main"]);
+    let locked = GitHttpServer::start(&root, Some(("x-access-token", "right")));
+    let err = stagehand::git::push::push_with_lease(
+        repo.path(),
+        &RemoteUrl::new(locked.url("shop.git")),
+        &Credentials::Token {
+            token: Secret::new("not-the-token"),
+        },
+        "main",
+        Some(oid(&tip)),
+        oid(&dev_commit),
+    )
+    .expect_err("the push is refused");
+    assert!(
+        matches!(err, stagehand::git::push::Error::Authentication { .. }),
+        "{err:?}"
+    );
+    assert!(!format!("{err} {err:?}").contains("not-the-token"));
+    assert_eq!(fx.remote_git(&["rev-parse", "main"]), tip);
+    assert_cache_matches_remote(&repo, &fx.remote);
+}
+
+#[test]
+fn an_unreachable_remote_is_a_clear_error() {
+    install_crypto_provider();
+    let fx = Fixture::new();
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let url = format!("http://127.0.0.1:{port}/shop.git");
+    let repo = fx.open("a", &url, Credentials::None);
+    let err = repo.fetch().expect_err("nobody listens");
+    assert!(matches!(err, fetch::Error::Fetch { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+
+    let missing = fx.open("b", "/nonexistent/stagehand/repo.git", Credentials::None);
+    let err = missing.fetch().expect_err("no such repository");
+    assert!(
+        err.to_string().contains("/nonexistent/stagehand/repo.git"),
+        "{err}"
+    );
+
+    let pipeline = pipeline(&url, false);
+    let err = repo
+        .promote(
+            &pipeline,
+            &promotion("p-x", "staging", "dev", &"0".repeat(40)),
+            &options(),
+        )
+        .expect_err("cannot promote without the remote");
+    assert!(matches!(err, promote::Error::Fetch(_)), "{err:?}");
+    assert_eq!(git(repo.path(), &["for-each-ref"]), "");
+}
+
+#[test]
+fn a_missing_branch_or_path_is_named_in_the_error() {
+    let fx = Fixture::new();
+    let repo = fx.open("a", &fx.url(), Credentials::None);
+    repo.fetch().expect("fetch");
+    let pipeline = pipeline(&fx.url(), false);
+    let err = repo
+        .revision(&pipeline, "prod")
+        .expect_err("no env/prod yet");
+    assert!(
+        matches!(&err, revision::Error::MissingBranch { branch, .. } if branch == "env/prod"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("env/prod"), "{err}");
+
+    let moved = Pipeline::parse(
+        Path::new("pipeline.yaml"),
+        &format!(
+            "apiVersion: stagehand.dev/v1alpha1\nkind: Pipeline\nmetadata: {{name: shop}}\n\
+             spec:\n  repository: {{url: {:?}}}\n  environments:\n\
+             \x20   - name: qa\n      source: {{overlay: environments/qa}}\n",
+            fx.url()
+        ),
+    )
+    .expect("valid");
+    let err = repo.revision(&moved, "qa").expect_err("no such directory");
+    assert!(
+        matches!(&err, revision::Error::MissingPath { path, .. } if path == "environments/qa"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("environments/qa"), "{err}");
+
+    let err = repo
+        .promote(
+            &pipeline,
+            &promotion(
+                "p-prod",
+                "prod",
+                "staging",
+                &fx.work.git(&["rev-parse", "HEAD"]),
+            ),
+            &options(),
+        )
+        .expect_err("the target branch is missing");
+    assert!(err.to_string().contains("env/prod"), "{err}");
+
+    let listing_missing = Pipeline::parse(
+        Path::new("pipeline.yaml"),
+        &pipeline_text(&fx.url(), false).replace("CHANGELOG.txt", "MISSING.txt"),
+    )
+    .expect("valid");
+    let err = repo
+        .promote(
+            &listing_missing,
+            &promotion(
+                "p-miss",
+                "staging",
+                "dev",
+                &fx.work.git(&["rev-parse", "HEAD"]),
+            ),
+            &options(),
+        )
+        .expect_err("the listed file is missing in dev");
+    assert!(
+        matches!(&err, promote::Error::MissingFile { path, .. } if path == "environments/dev/MISSING.txt"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("environments/dev/MISSING.txt"),
+        "{err}"
+    );
+    assert_cache_matches_remote(&repo, &fx.remote);
+}
+
+#[test]
+fn the_branch_model_moves_forward_and_refuses_foreign_commits_unless_merging_is_allowed() {
+    let fx = Fixture::new();
+    fx.work.git(&["push", "-q", "origin", "main:env/prod"]);
+    let staging_commit = fx.push_change(
+        &[(
+            "environments/staging/version.yaml",
+            "data:\n  VERSION: \"2026.12\"\n",
+        )],
+        "staging: 2026.12",
+    );
+    let repo = fx.open("a", &fx.url(), Credentials::None);
+    let strict = pipeline(&fx.url(), false);
+    let outcome = repo
+        .promote(
+            &strict,
+            &promotion("p-prod-1", "prod", "staging", &staging_commit),
+            &options(),
+        )
+        .expect("fast-forward promotion");
+    let Outcome::Pushed { commit: first, .. } = outcome else {
+        panic!("expected a push, got {outcome:?}");
+    };
+    // env/prod now has the promoted tree, in one commit on top of its old tip.
+    assert_eq!(
+        fx.remote_git(&["rev-parse", "env/prod^{tree}"]),
+        fx.remote_git(&["rev-parse", &format!("{staging_commit}^{{tree}}")])
+    );
+    assert_eq!(fx.remote_git(&["rev-list", "--merges", "env/prod"]), "");
+    let trailers = fx.remote_git(&[
+        "log",
+        "-1",
+        "--format=%(trailers:key=Promoted-From,valueonly)",
+        "env/prod",
+    ]);
+    assert_eq!(trailers, format!("staging@{staging_commit}"));
+
+    // A hotfix straight on env/prod, then a new staging commit.
+    let hotfix_dir = fx._dir.path().join("hotfix");
+    git(
+        fx._dir.path(),
+        &[
+            "clone",
+            "-q",
+            "-b",
+            "env/prod",
+            fx.remote.to_str().expect("utf-8"),
+            hotfix_dir.to_str().expect("utf-8"),
+        ],
+    );
+    let hot = Repo { dir: hotfix_dir };
+    hot.write(&[("HOTFIX.md", "patched in prod\n")]);
+    let hotfix = hot.commit("hotfix in prod");
+    hot.git(&["push", "-q", "origin", "env/prod"]);
+    let staging_next = fx.push_change(
+        &[(
+            "environments/staging/version.yaml",
+            "data:\n  VERSION: \"2027.01\"\n",
+        )],
+        "staging: 2027.01",
+    );
+
+    let err = repo
+        .promote(
+            &strict,
+            &promotion("p-prod-2", "prod", "staging", &staging_next),
+            &options(),
+        )
+        .expect_err("diverged without merge permission");
+    match &err {
+        promote::Error::Diverged {
+            commits, branch, ..
+        } => {
+            assert_eq!(branch, "env/prod");
+            assert_eq!(commits, &[oid(&hotfix)]);
+        }
+        other => panic!("expected Diverged, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&hotfix), "{err}");
+    assert_eq!(fx.remote_git(&["rev-parse", "env/prod"]), hotfix);
+    assert_cache_matches_remote(&repo, &fx.remote);
+
+    let lenient = pipeline(&fx.url(), true);
+    let outcome = repo
+        .promote(
+            &lenient,
+            &promotion("p-prod-2", "prod", "staging", &staging_next),
+            &options(),
+        )
+        .expect("merge allowed");
+    let Outcome::Pushed {
+        commit: merged,
+        parent,
+        ..
+    } = outcome
+    else {
+        panic!("expected a push, got {outcome:?}");
+    };
+    assert_eq!(parent, oid(&hotfix));
+    assert_eq!(
+        fx.remote_git(&["show", "env/prod:HOTFIX.md"]),
+        "patched in prod"
+    );
+    assert_eq!(
+        fx.remote_git(&["show", "env/prod:environments/staging/version.yaml"]),
+        "data:\n  VERSION: \"2027.01\""
+    );
+    assert_eq!(fx.remote_git(&["rev-list", "--merges", "env/prod"]), "");
+    assert_eq!(
+        fx.remote_git(&["rev-list", "--first-parent", &format!("{first}..{merged}")]),
+        format!("{merged}\n{hotfix}")
+    );
+}
+
+#[test]
+fn history_lists_promotions_and_a_rollback_restores_one_environment() {
+    let fx = Fixture::new();
+    let repo = fx.open("a", &fx.url(), Credentials::None);
+    let pipeline = pipeline(&fx.url(), false);
+    let mut promoted = Vec::new();
+    for (i, tag) in ["1.5.0", "1.6.0"].iter().enumerate() {
+        let dev = fx.push_change(
+            &[(
+                "environments/dev/kustomization.yaml",
+                &DEV.replace("1.1.0", tag),
+            )],
+            &format!("dev: web {tag}"),
+        );
+        let outcome = repo
+            .promote(
+                &pipeline,
+                &promotion(&format!("p-h{i}"), "staging", "dev", &dev),
+                &options(),
+            )
+            .expect("promotion");
+        let Outcome::Pushed { commit, .. } = outcome else {
+            panic!("expected a push, got {outcome:?}");
+        };
+        promoted.push(commit);
+    }
+    fx.push_change(&[("README.md", "# shop\nunrelated\n")], "docs only");
+    repo.fetch().expect("fetch");
+
+    let history = repo.history(&pipeline, "staging", 10).expect("history");
+    let commits: Vec<_> = history.iter().map(|e| e.commit).collect();
+    assert_eq!(
+        commits[..2],
+        [promoted[1], promoted[0]],
+        "newest first, docs commit skipped"
+    );
+    assert_eq!(history[0].trailers.promotion.as_deref(), Some("p-h1"));
+    assert_eq!(
+        history[0].trailers.approved_by,
+        ["bob@example.test", "carol@example.test"]
+    );
+    assert_eq!(
+        history.last().map(|e| e.trailers.promotion.clone()),
+        Some(None)
+    );
+
+    let dev_before = fx.remote_git(&["rev-parse", "main:environments/dev"]);
+    let rollback = Promotion {
+        id: "r-1".into(),
+        target: "staging".into(),
+        change: Change::Rollback {
+            commit: promoted[0],
+        },
+        requested_by: "alice@example.test".into(),
+        approved_by: vec![],
+    };
+    let outcome = repo
+        .promote(&pipeline, &rollback, &options())
+        .expect("rollback");
+    let Outcome::Pushed { commit, .. } = outcome else {
+        panic!("expected a push, got {outcome:?}");
+    };
+    assert_eq!(
+        fx.remote_git(&["rev-parse", "main:environments/staging"]),
+        fx.remote_git(&[
+            "rev-parse",
+            &format!("{}:environments/staging", promoted[0])
+        ])
+    );
+    assert_eq!(
+        fx.remote_git(&["rev-parse", "main:environments/dev"]),
+        dev_before
+    );
+    assert_eq!(
+        fx.remote_git(&["show", "main:README.md"]),
+        "# shop\nunrelated"
+    );
+    let trailer = fx.remote_git(&[
+        "log",
+        "-1",
+        "--format=%(trailers:key=Rolled-Back-To,valueonly)",
+        &commit.to_string(),
+    ]);
+    assert_eq!(trailer, format!("staging@{}", promoted[0]));
+}
+
+#[test]
+fn two_racing_promotions_and_a_foreign_commit_all_land_on_a_linear_history() {
+    let fx = Fixture::new();
+    // The remote holds the first push that reaches it until the test has pushed a foreign
+    // commit: a push between that promotion's fetch and its ref update, made on demand.
+    let gate = fx._dir.path().join("gate");
+    std::fs::create_dir_all(&gate).expect("gate dir");
+    let hook = fx.remote.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nG='{}'\nif [ -e \"$G/armed\" ] && mkdir \"$G/claimed\" 2>/dev/null; then\n  \
+             touch \"$G/entered\"\n  while [ ! -e \"$G/open\" ]; do sleep 0.05; done\nfi\n\
+             cat >/dev/null\nexit 0\n",
+            gate.display()
+        ),
+    )
+    .expect("hook written");
+    let mut permissions = std::fs::metadata(&hook).expect("hook").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&hook, permissions).expect("hook executable");
+
+    let web = fx.push_change(
+        &[(
+            "environments/dev/kustomization.yaml",
+            &DEV.replace("1.1.0", "1.7.0"),
+        )],
+        "dev: web 1.7.0",
+    );
+    let both = fx.push_change(
+        &[(
+            "environments/dev/kustomization.yaml",
+            &DEV.replace("1.1.0", "1.7.0").replace("2.0.0", "2.7.0"),
+        )],
+        "dev: worker 2.7.0",
+    );
+    let before = fx.remote_git(&["rev-parse", "main"]);
+    std::fs::write(gate.join("armed"), "").expect("arm");
+
+    let url = fx.url();
+    let racers: Vec<_> = [
+        ("p-race-a", web.clone(), "a"),
+        ("p-race-b", both.clone(), "b"),
+    ]
+    .into_iter()
+    .map(|(id, commit, state)| {
+        // Two replicas: separate caches, racing only through the remote.
+        let repo = fx.open(state, &url, Credentials::None);
+        let pipeline = pipeline(&url, false);
+        std::thread::spawn(move || {
+            repo.promote(
+                &pipeline,
+                &promotion(id, "staging", "dev", &commit),
+                &options(),
+            )
+        })
+    })
+    .collect();
+
+    let entered = gate.join("entered");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !entered.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no push reached the remote"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    fx.work.write(&[("README.md", "# shop\nforeign change\n")]);
+    let mut foreign = fx.work.commit("foreign: docs");
+    // The other promotion may land first; a person would rebase and push again.
+    for _ in 0..10 {
+        let pushed = std::process::Command::new("git")
+            .args(["push", "-q", "origin", "main"])
+            .current_dir(&fx.work.dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .status()
+            .expect("git runs");
+        if pushed.success() {
+            break;
+        }
+        fx.work.git(&["pull", "-q", "--rebase", "origin", "main"]);
+        foreign = fx.work.git(&["rev-parse", "HEAD"]);
+    }
+    std::fs::write(gate.join("open"), "").expect("open the gate");
+
+    let outcomes: Vec<_> = racers
+        .into_iter()
+        .map(|t| t.join().expect("no panic").expect("each promotion lands"))
+        .collect();
+    let mut landed = Vec::new();
+    for outcome in &outcomes {
+        match outcome {
+            Outcome::Pushed { commit, .. } => landed.push(*commit),
+            other => panic!("expected both to push, got {other:?}"),
+        }
+    }
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Pushed { attempts, .. } if *attempts > 1)),
+        "at least one promotion was redone after a rejection: {outcomes:?}"
+    );
+
+    // All three commits are on main, one after another, with no merge.
+    let line = fx.remote_git(&["rev-list", "--first-parent", &format!("{before}..main")]);
+    let line: Vec<_> = line.lines().collect();
+    assert_eq!(line.len(), 3, "{line:?}");
+    assert!(line.contains(&foreign.as_str()));
+    for commit in &landed {
+        assert!(line.contains(&commit.to_string().as_str()));
+    }
+    assert_eq!(
+        fx.remote_git(&["rev-list", "--merges", &format!("{before}..main")]),
+        ""
+    );
+    assert_eq!(
+        fx.remote_git(&["show", "main:README.md"]),
+        "# shop\nforeign change"
+    );
+
+    // Each promotion touched only promoted lines of staging, and the last one decides them.
+    for commit in &landed {
+        let diff = fx.remote_git(&[
+            "diff",
+            "-U0",
+            &format!("{commit}~1"),
+            &commit.to_string(),
+            "--",
+        ]);
+        for line in diff.lines() {
+            if line.starts_with("+++") || line.starts_with("---") {
+                assert!(line.contains("environments/staging/"), "{line}");
+            } else if line.starts_with('+') || line.starts_with('-') {
+                assert!(
+                    line.contains("newTag:") || line.contains("VERSION:"),
+                    "unexpected change in {commit}: {line}"
+                );
+            }
+        }
+    }
+    let last = line
+        .iter()
+        .find(|c| **c != foreign)
+        .expect("a promotion is newest or second newest");
+    let last_source = if landed[0] == oid(last) { &web } else { &both };
+    let staged = fx.remote_git(&["show", "main:environments/staging/kustomization.yaml"]);
+    let dev_then = fx.remote_git(&[
+        "show",
+        &format!("{last_source}:environments/dev/kustomization.yaml"),
+    ]);
+    let tag = |text: &str, image: &str| {
+        let mut lines = text.lines().skip_while(|l| !l.ends_with(image));
+        lines
+            .nth(1)
+            .map(|l| l.split('#').next().unwrap_or("").trim().to_owned())
+    };
+    assert_eq!(tag(&staged, "shop/web"), tag(&dev_then, "shop/web"));
+    assert_eq!(tag(&staged, "shop/worker"), tag(&dev_then, "shop/worker"));
+    assert!(
+        staged.contains("resources:\n  - ../base   # shared manifests\n\nnamePrefix: staging-\n")
+    );
+}
+
+#[tokio::test]
+async fn fetch_now_sees_a_commit_pushed_just_before_it() {
+    let fx = Fixture::new();
+    let repo = fx.open("a", &fx.url(), Credentials::None);
+    let poller = repo.poller(std::time::Duration::from_secs(3600));
+    poller.fetch_now().await.expect("first fetch");
+    let pushed = fx.push_change(&[("README.md", "# shop\nnew\n")], "new commit");
+    let outcome = poller.fetch_now().await.expect("second fetch");
+    assert_eq!(outcome.updated, ["main"]);
+    assert_eq!(repo.branch_tip("main").expect("main"), oid(&pushed));
+}
