@@ -199,15 +199,21 @@ pub async fn apply(
         options,
         redactor,
         previous: &previous,
+        new_namespaces: &HashSet::new(),
     };
-    let defined: Vec<(String, String)> = objects
+    // The kinds CRDs of this apply define, by CRD name: instances of them may wait for
+    // discovery to catch up.
+    let defined: HashMap<String, (String, String)> = objects
         .iter()
         .filter(|o| o.reference().is_crd())
         .filter_map(|o| {
             let m = o.manifest();
             Some((
-                m.pointer("/spec/group")?.as_str()?.to_owned(),
-                m.pointer("/spec/names/kind")?.as_str()?.to_owned(),
+                o.reference().name.clone(),
+                (
+                    m.pointer("/spec/group")?.as_str()?.to_owned(),
+                    m.pointer("/spec/names/kind")?.as_str()?.to_owned(),
+                ),
             ))
         })
         .collect();
@@ -217,6 +223,18 @@ pub async fn apply(
 
     let mut set = ChangeSet {
         entries: apply_stage(&ctx, definitions, &[]).await,
+    };
+    // A dry run cannot apply into a namespace that does not exist yet; objects there would be
+    // created along with it.
+    let new_namespaces: HashSet<String> = set
+        .entries
+        .iter()
+        .filter(|e| options.dry_run && e.reference.is_namespace() && e.change == Change::Created)
+        .map(|e| e.reference.name.clone())
+        .collect();
+    let ctx = Context {
+        new_namespaces: &new_namespaces,
+        ..ctx
     };
     if !options.dry_run {
         for entry in &mut set.entries {
@@ -228,6 +246,13 @@ pub async fn apply(
             }
         }
     }
+    // Instances of a CRD that failed fail at once instead of waiting for their kind.
+    let defined: Vec<(String, String)> = set
+        .entries
+        .iter()
+        .filter(|e| e.reference.is_crd() && !matches!(e.change, Change::Failed { .. }))
+        .filter_map(|e| defined.get(&e.reference.name).cloned())
+        .collect();
     set.entries
         .extend(apply_stage(&ctx, workloads, &defined).await);
     set
@@ -239,10 +264,14 @@ struct Context<'a> {
     options: &'a Options,
     redactor: &'a Redactor,
     previous: &'a HashSet<ObjectKey>,
+    /// Namespaces a dry run would create.
+    new_namespaces: &'a HashSet<String>,
 }
 
 struct Prepared {
     index: usize,
+    /// Which list request finds the live object; set once every object is prepared.
+    list_key: ListKey,
     object: Object,
     resolved: Resolved,
     hash: String,
@@ -282,12 +311,14 @@ async fn apply_stage(
         let hash = stamp(&mut object, &options.owner);
         prepared.push(Prepared {
             index,
+            list_key: (String::new(), String::new(), None),
             object,
             resolved,
             hash,
         });
     }
 
+    assign_list_keys(&mut prepared);
     let (mut live, failures) = list_live(conn, &prepared, &options.owner).await;
     if !failures.is_empty() {
         // Without the live objects nothing can be compared: objects of a kind that could not
@@ -361,6 +392,9 @@ fn stamp(object: &mut Object, owner: &str) -> String {
     }
     if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
         annotations.remove(HASH_ANNOTATION);
+        if annotations.is_empty() {
+            meta.remove("annotations");
+        }
     }
     let bytes = serde_json::to_vec(&*manifest).expect("a JSON value always serialises");
     let hash: String = Sha256::digest(&bytes)
@@ -384,12 +418,34 @@ fn stamp(object: &mut Object, owner: &str) -> String {
 type ListKey = (String, String, Option<String>);
 
 fn list_key(p: &Prepared) -> ListKey {
-    let r = p.object.reference();
-    (
-        r.api_version(),
-        r.kind.clone(),
-        r.namespace.clone().filter(|_| p.resolved.namespaced),
-    )
+    p.list_key.clone()
+}
+
+/// More namespaces than this for one kind, and the kind is listed across all namespaces in one
+/// request instead of one per namespace.
+const NAMESPACES_PER_LIST: usize = 4;
+
+/// Lists per kind and namespace, or per kind across namespaces when a kind spans many (which
+/// needs cluster-wide list permission, as a multi-namespace environment has anyway).
+fn assign_list_keys(prepared: &mut [Prepared]) {
+    let mut namespaces: HashMap<(String, String), HashSet<Option<String>>> = HashMap::new();
+    for p in prepared.iter() {
+        let r = p.object.reference();
+        namespaces
+            .entry((r.api_version(), r.kind.clone()))
+            .or_default()
+            .insert(r.namespace.clone());
+    }
+    for p in prepared.iter_mut() {
+        let r = p.object.reference();
+        let kind = (r.api_version(), r.kind.clone());
+        let wide = namespaces[&kind].len() > NAMESPACES_PER_LIST;
+        let namespace = r
+            .namespace
+            .clone()
+            .filter(|_| p.resolved.namespaced && !wide);
+        p.list_key = (kind.0, kind.1, namespace);
+    }
 }
 
 /// Lists our live objects with one request per kind and namespace; also returns the error
@@ -542,6 +598,13 @@ async fn apply_one(ctx: &Context<'_>, p: Prepared, live: Option<Value>) -> Entry
     };
     let force = options.force || options.self_heal;
 
+    if reference
+        .namespace
+        .as_ref()
+        .is_some_and(|ns| ctx.new_namespaces.contains(ns))
+    {
+        return Entry::new(reference.clone(), Change::Created, None);
+    }
     let Some(live) = live else {
         // Applied by an earlier sync and gone now: someone deleted it.
         let deleted = ctx.previous.contains(&reference.key());
@@ -681,5 +744,43 @@ async fn wait_established(
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn stamped(manifest: Value) -> (Value, String) {
+        let mut object = Object::from_manifest(0, manifest).expect("valid");
+        let hash = stamp(&mut object, "shop.dev");
+        (object.manifest().clone(), hash)
+    }
+
+    fn cm(data: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "namespace": "x"}, "data": data})
+    }
+
+    #[test]
+    fn stamping_adds_the_owner_label_and_the_hash_annotation() {
+        let (manifest, hash) = stamped(cm(json!({"k": "v"})));
+        assert_eq!(manifest["metadata"]["labels"][INVENTORY_LABEL], "shop.dev");
+        assert_eq!(
+            manifest["metadata"]["annotations"][HASH_ANNOTATION],
+            hash.as_str()
+        );
+        assert_eq!(hash.len(), 32);
+    }
+
+    #[test]
+    fn the_hash_follows_the_manifest_and_ignores_a_hash_it_already_carried() {
+        let (first, hash) = stamped(cm(json!({"k": "v"})));
+        let (_, again) = stamped(cm(json!({"k": "v"})));
+        let (_, other) = stamped(cm(json!({"k": "w"})));
+        assert_eq!(hash, again);
+        assert_ne!(hash, other);
+        let (_, restamped) = stamped(first);
+        assert_eq!(hash, restamped);
     }
 }

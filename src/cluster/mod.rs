@@ -21,9 +21,11 @@
 //! - [`normalize::normalize`]: defaults older apiservers need under server-side apply.
 //! - [`diff`]: field containment and changed field paths (no values).
 //! - [`redact`]: Secret-safe copies of manifests and scrubbing of free text.
+//! - [`events::record`]: a Kubernetes Event on an object (drift, heal, prune).
 
 pub mod apply;
 pub mod diff;
+pub mod events;
 pub mod health;
 pub mod inventory;
 pub mod normalize;

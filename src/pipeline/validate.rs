@@ -464,6 +464,8 @@ spec:
         let dev = p.environment("dev").expect("dev exists");
         assert_eq!(dev.sync.interval, Duration::from_secs(30));
         assert!(dev.sync.prune && dev.sync.self_heal);
+        assert_eq!(dev.sync.timeout, Duration::from_secs(300));
+        assert!(!dev.sync.force && !dev.sync.recreate);
         let prod = p.environment("prod").expect("prod exists");
         assert_eq!(
             prod.source,
@@ -525,6 +527,8 @@ spec:
     fn bad_durations_and_freeze_windows_name_their_field() {
         let err = parse_err(&DEMO.replace("interval: 30s", "interval: soon"));
         assert!(err.contains("spec.environments[0].sync.interval"), "{err}");
+        let err = parse_err(&DEMO.replace("interval: 30s", "interval: 30s, timeout: later"));
+        assert!(err.contains("spec.environments[0].sync.timeout"), "{err}");
         let err = parse_err(&DEMO.replace("Fri 16:00", "Friday 25:00"));
         assert!(
             err.contains("spec.environments[2].freezeWindows[0].start"),

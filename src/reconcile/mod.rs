@@ -7,7 +7,9 @@
 //! - [`Reconciler`]: one environment. [`Reconciler::reconcile`] runs one pass (source →
 //!   connect → inventory → apply → prune → health → status) and returns the next [`Action`];
 //!   [`error_policy`] turns a failed pass into a backoff. [`Reconciler::status`] is the
-//!   environment's [`EnvironmentStatus`].
+//!   environment's [`EnvironmentStatus`]. [`Reconciler::plan`] asks the apiserver what a pass
+//!   would change (server-side dry-run) without changing anything: a [`Plan`], the base of
+//!   `stagehand diff`.
 //! - [`Controller`]: one task per environment, all in parallel, so a failure in one never
 //!   stalls another. [`Controller::trigger`] runs a pass now (a new revision, an API call),
 //!   [`Controller::suspend`] / [`Controller::resume`], [`Controller::status`] /
@@ -31,7 +33,7 @@ use crate::cluster::health::HealthStatus;
 use crate::cluster::inventory::{self, Inventory, Location};
 use crate::cluster::prune::{self, Outcome};
 use crate::cluster::redact::Redactor;
-use crate::cluster::{self, Connection, Object, ObjectError};
+use crate::cluster::{self, Connection, Object, ObjectError, ObjectRef, events};
 use crate::pipeline::Environment;
 
 pub use controller::{Controller, UnknownEnvironment};
@@ -153,6 +155,8 @@ pub enum Error {
         failed: usize,
         first: String,
     },
+    #[error("environment {env}: the pass did not finish within {after:?}")]
+    Timeout { env: String, after: Duration },
     #[error(
         "environment {env}: revision {revision}: {failed} objects unhealthy (timeout {timeout:?}); first: {first}"
     )]
@@ -178,6 +182,7 @@ impl Error {
             Self::Apply { .. } => Reason::ApplyFailed,
             Self::Prune { .. } => Reason::PruneFailed,
             Self::Health { .. } => Reason::HealthCheckFailed,
+            Self::Timeout { .. } => Reason::TimedOut,
         }
     }
 }
@@ -198,6 +203,9 @@ pub struct Options {
     pub backoff_max: Duration,
     /// How soon to look again while objects are Progressing.
     pub progress_poll: Duration,
+    /// A pass that takes longer is abandoned and counts as failed (an apiserver that accepts
+    /// connections but never answers must not hold an environment forever).
+    pub pass_timeout: Duration,
 }
 
 impl Default for Options {
@@ -209,6 +217,7 @@ impl Default for Options {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             progress_poll: Duration::from_secs(5),
+            pass_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -224,6 +233,27 @@ pub fn error_policy(error: &Error, failures: u32, options: &Options, interval: D
             .min(options.backoff_max)
             .min(interval.max(options.backoff_base)),
     )
+}
+
+/// What [`Reconciler::load`] hands a pass or a plan.
+struct Loaded {
+    revision: String,
+    objects: Vec<Object>,
+    redactor: Redactor,
+    owner: String,
+    location: Location,
+    previous: Inventory,
+    options: apply::Options,
+}
+
+/// What a sync would change (from [`Reconciler::plan`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Plan {
+    pub revision: String,
+    /// Per object: created, configured (with the fields), unchanged, drifted or failed.
+    pub objects: Vec<ObjectStatus>,
+    /// What pruning would do to the objects that left Git.
+    pub prune: Vec<prune::Pruned>,
 }
 
 /// One environment's reconciler.
@@ -274,42 +304,70 @@ impl<S: DesiredState> Reconciler<S> {
         format!("{}{}", self.options.owner_prefix, self.env.name)
     }
 
-    fn emit(&self, kind: EventKind) {
-        let event = Event {
-            environment: self.env.name.clone(),
-            kind,
+    /// Sends an event to subscribers and the log, and, when it is about an object, records a
+    /// Kubernetes Event on it.
+    async fn emit(&self, about: Option<(&Connection, &ObjectRef)>, kind: EventKind) {
+        let message = kind.to_string();
+        let (event_type, reason) = match &kind {
+            EventKind::Drifted { .. } => (events::Type::Warning, "Drifted"),
+            EventKind::Healed { .. } => (events::Type::Normal, "Healed"),
+            EventKind::Pruned { .. } => (events::Type::Normal, "Pruned"),
+            EventKind::Failed { .. } => (events::Type::Warning, "ReconcileFailed"),
         };
-        match &event.kind {
-            EventKind::Failed { .. } | EventKind::Drifted { .. } => {
-                tracing::warn!(environment = %event.environment, "{}", event.kind)
+        match event_type {
+            events::Type::Warning => {
+                tracing::warn!(environment = %self.env.name, "{message}")
             }
-            _ => tracing::info!(environment = %event.environment, "{}", event.kind),
+            events::Type::Normal => tracing::info!(environment = %self.env.name, "{message}"),
         }
         // Nobody listening is fine: events are also logged.
-        let _ = self.events.send(event);
+        let _ = self.events.send(Event {
+            environment: self.env.name.clone(),
+            kind,
+        });
+        if let Some((conn, object)) = about
+            && let Err(e) =
+                events::record(conn.client(), object, event_type, reason, &message).await
+        {
+            // An event is a courtesy; failing to record one must not fail the sync.
+            tracing::debug!(environment = %self.env.name, "{e}");
+        }
     }
 
     /// One pass. On error the status holds the stage's reason and message; the caller picks
     /// the backoff with [`error_policy`].
     pub async fn reconcile(&mut self) -> Result<Action, Error> {
         self.status.last_attempt = Some(SystemTime::now());
-        let result = self.pass().await;
+        let limit = self.options.pass_timeout;
+        let result = match tokio::time::timeout(limit, self.pass()).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                env: self.env.name.clone(),
+                after: limit,
+            }),
+        };
         match &result {
             Ok(_) => self.status.last_error = None,
             Err(e) => {
                 self.status.reason = e.reason();
                 self.status.message = e.to_string();
                 self.status.last_error = Some(e.to_string());
-                self.emit(EventKind::Failed {
-                    reason: e.reason(),
-                    message: e.to_string(),
-                });
+                self.emit(
+                    None,
+                    EventKind::Failed {
+                        reason: e.reason(),
+                        message: e.to_string(),
+                    },
+                )
+                .await;
             }
         }
         result
     }
 
-    async fn pass(&mut self) -> Result<Action, Error> {
+    /// The first stages of a pass and of a plan: the desired objects, a connection, and the
+    /// inventory of the last sync.
+    async fn load(&mut self) -> Result<Loaded, Error> {
         let env = self.env.name.clone();
         let desired = self
             .source
@@ -365,12 +423,77 @@ impl<S: DesiredState> Reconciler<S> {
                 applied: previous.len(),
             });
         }
-
         let mut options = apply::Options::new(owner.clone());
         options.force = self.env.sync.force;
         options.self_heal = self.env.sync.self_heal;
         options.recreate = self.env.sync.recreate;
         options.concurrency = self.options.concurrency;
+        Ok(Loaded {
+            revision,
+            objects,
+            redactor,
+            owner,
+            location,
+            previous,
+            options,
+        })
+    }
+
+    /// What a pass would do now, asked of the apiserver with server-side dry-run; changes
+    /// nothing (`stagehand diff`). Secret values appear nowhere in the plan: changes are
+    /// field paths, so key names show and values do not.
+    pub async fn plan(&mut self) -> Result<Plan, Error> {
+        let Loaded {
+            revision,
+            objects,
+            redactor,
+            owner,
+            previous,
+            mut options,
+            ..
+        } = self.load().await?;
+        let conn = self
+            .connection
+            .as_ref()
+            .expect("load leaves a connection on success");
+        options.dry_run = true;
+        let changes = apply::apply(conn, objects, &options, &redactor, &previous).await;
+        let next = Inventory::new(changes.references().cloned());
+        let prune = if self.env.sync.prune {
+            prune::prune(conn, &previous.diff(&next), &owner, true).await
+        } else {
+            Vec::new()
+        };
+        Ok(Plan {
+            revision,
+            objects: changes
+                .entries
+                .iter()
+                .map(|e| ObjectStatus {
+                    reference: e.reference.clone(),
+                    change: e.change.clone(),
+                    health: None,
+                })
+                .collect(),
+            prune,
+        })
+    }
+
+    async fn pass(&mut self) -> Result<Action, Error> {
+        let env = self.env.name.clone();
+        let Loaded {
+            revision,
+            objects,
+            redactor,
+            owner,
+            location,
+            previous,
+            options,
+        } = self.load().await?;
+        let conn = self
+            .connection
+            .as_ref()
+            .expect("load leaves a connection on success");
         let total = objects.len();
         let changes = apply::apply(conn, objects, &options, &redactor, &previous).await;
 
@@ -386,17 +509,13 @@ impl<S: DesiredState> Reconciler<S> {
                 fields: fields.clone(),
                 healed,
             });
-            self.emit(if healed {
-                EventKind::Healed {
-                    object: entry.reference.to_string(),
-                    fields,
-                }
+            let object = entry.reference.to_string();
+            let kind = if healed {
+                EventKind::Healed { object, fields }
             } else {
-                EventKind::Drifted {
-                    object: entry.reference.to_string(),
-                    fields,
-                }
-            });
+                EventKind::Drifted { object, fields }
+            };
+            self.emit(Some((conn, &entry.reference)), kind).await;
         }
         for entry in &changes.entries {
             match &entry.change {
@@ -465,9 +584,14 @@ impl<S: DesiredState> Reconciler<S> {
             for pruned in prune::prune(conn, &stale, &owner, false).await {
                 match &pruned.outcome {
                     Outcome::Failed { .. } => retained.push(pruned.reference.clone()),
-                    Outcome::Deleted => self.emit(EventKind::Pruned {
-                        object: pruned.reference.to_string(),
-                    }),
+                    Outcome::Deleted => {
+                        let object = pruned.reference.to_string();
+                        self.emit(
+                            Some((conn, &pruned.reference)),
+                            EventKind::Pruned { object },
+                        )
+                        .await
+                    }
                     _ => {}
                 }
                 self.status.pruned.push(pruned);

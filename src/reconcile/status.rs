@@ -29,6 +29,8 @@ pub enum Reason {
     ApplyFailed,
     PruneFailed,
     HealthCheckFailed,
+    /// The pass took longer than the controller allows.
+    TimedOut,
 }
 
 impl Reason {
@@ -48,6 +50,7 @@ impl Reason {
             Self::ApplyFailed => "apply_failed",
             Self::PruneFailed => "prune_failed",
             Self::HealthCheckFailed => "health_check_failed",
+            Self::TimedOut => "timed_out",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod cluster;
 mod foundation;
 mod git;
 mod harness;

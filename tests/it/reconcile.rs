@@ -464,6 +464,22 @@ async fn a_hand_edit_is_detected_as_drift_and_healed() {
         healed |= matches!(event.kind, EventKind::Healed { fields: ref f, .. } if *f == fields);
     }
     assert!(healed, "a Healed event was sent");
+    let recorded = Api::<k8s_openapi::api::core::v1::Event>::namespaced(s.client.clone(), &s.ns)
+        .list(&kube::api::ListParams::default().fields("involvedObject.name=settings"))
+        .await
+        .expect("events listed");
+    let healed_event = recorded
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Healed"))
+        .expect("a Kubernetes Event records the healing");
+    assert!(
+        healed_event
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains(".data.greeting")),
+        "{healed_event:?}"
+    );
 }
 
 #[tokio::test]
@@ -891,4 +907,102 @@ async fn logs_status_and_events_of_syncs_with_secrets_hold_no_secret_value() {
             assert!(!seen.contains(&form), "{form} leaked");
         }
     }
+}
+
+#[tokio::test]
+async fn a_plan_names_what_a_sync_would_change_and_changes_nothing() {
+    let s = setup("rc-plan").await;
+    s.source.set(
+        "dev",
+        "rev1",
+        vec![
+            config_map(&s.ns, "changes", json!({"k": "old"})),
+            config_map(&s.ns, "leaves", json!({"k": "v"})),
+            config_map(&s.ns, "same", json!({"k": "v"})),
+        ],
+    );
+    let mut rec = s.reconciler(s.env("dev"));
+    rec.reconcile().await.expect("first pass");
+
+    let new_ns = format!("{}-new", s.ns);
+    let value = "plan-secret-value-5d6e";
+    s.source.set(
+        "dev",
+        "rev2",
+        vec![
+            config_map(&s.ns, "changes", json!({"k": "new"})),
+            config_map(&s.ns, "same", json!({"k": "v"})),
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": new_ns}}),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db", "namespace": new_ns},
+                   "stringData": {"password": value}}),
+        ],
+    );
+    let plan = rec.plan().await.expect("planning works");
+    let change = |kind: &str, name: &str| {
+        plan.objects
+            .iter()
+            .find(|o| o.reference.kind == kind && o.reference.name == name)
+            .map(|o| o.change.clone())
+            .unwrap_or_else(|| panic!("{kind} {name} planned"))
+    };
+    assert_eq!(plan.revision, "rev2");
+    assert_eq!(
+        change("ConfigMap", "changes"),
+        Change::Configured {
+            fields: vec![".data.k".into()]
+        }
+    );
+    assert_eq!(change("ConfigMap", "same"), Change::Unchanged);
+    assert_eq!(change("Namespace", &new_ns), Change::Created);
+    assert_eq!(change("Secret", "db"), Change::Created);
+    assert_eq!(plan.prune.len(), 1);
+    assert_eq!(plan.prune[0].reference.name, "leaves");
+    assert_eq!(plan.prune[0].outcome, Outcome::Deleted);
+    let shown = format!(
+        "{plan:?}{}",
+        serde_json::to_string(&plan).expect("serialises")
+    );
+    assert!(!shown.contains(value) && !shown.contains(&b64(value)));
+
+    // Nothing changed in the cluster.
+    assert_eq!(
+        s.config_map_data("changes", "k").await.as_deref(),
+        Some("old")
+    );
+    assert!(
+        s.config_maps()
+            .get_opt("leaves")
+            .await
+            .expect("answers")
+            .is_some()
+    );
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(s.client.clone());
+    assert!(
+        namespaces
+            .get_opt(&new_ns)
+            .await
+            .expect("answers")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn objects_of_one_kind_in_many_namespaces_are_found_unchanged_on_the_next_pass() {
+    let s = setup("rc-wide").await;
+    let mut objects = Vec::new();
+    for i in 0..6 {
+        let ns = format!("{}-{i}", s.ns);
+        objects.push(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+        objects.push(config_map(&ns, "settings", json!({"index": i.to_string()})));
+    }
+    s.source.set("dev", "rev1", objects);
+    let mut rec = s.reconciler(s.env("dev"));
+    rec.reconcile().await.expect("first pass");
+    rec.reconcile().await.expect("second pass");
+    let changes: Vec<&Change> = rec.status().objects.iter().map(|o| &o.change).collect();
+    assert_eq!(changes.len(), 12);
+    assert!(
+        changes.iter().all(|c| **c == Change::Unchanged),
+        "{changes:?}"
+    );
 }
