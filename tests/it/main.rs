@@ -4,4 +4,5 @@
 mod support;
 
 mod foundation;
+mod render_conformance;
 mod serve;
