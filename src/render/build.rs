@@ -80,11 +80,21 @@ struct Ctx<'a> {
 }
 
 /// Resources with the transformer configuration and vars gathered so far.
-#[derive(Default)]
 pub(super) struct Acc {
     pub res: Vec<Resource>,
     pub config: TransformerConfig,
     pub vars: Vec<kz::Var>,
+}
+
+impl Default for Acc {
+    /// The configuration starts as kustomize's built-in one; `configurations:` extend it.
+    fn default() -> Self {
+        Self {
+            res: Vec::new(),
+            config: TransformerConfig::builtin().clone(),
+            vars: Vec::new(),
+        }
+    }
 }
 
 pub(super) struct Target {

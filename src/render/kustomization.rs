@@ -95,10 +95,12 @@ pub struct Replica {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default)]
 pub struct Var {
     pub name: String,
+    #[serde(rename = "objref")]
     pub obj_ref: VarTarget,
+    #[serde(rename = "fieldref")]
     pub field_ref: FieldRef,
 }
 
@@ -114,8 +116,9 @@ pub struct VarTarget {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
+#[serde(default)]
 pub struct FieldRef {
+    #[serde(rename = "fieldpath")]
     pub field_path: String,
 }
 

@@ -16,13 +16,9 @@ pub struct ParseError {
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, ParseError> {
     let mut out = Vec::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| ParseError {
+        let Loose(value) = Loose::deserialize(doc).map_err(|e| ParseError {
             index: i + 1,
             message: e.to_string(),
-        })?;
-        let value = to_json(value).map_err(|message| ParseError {
-            index: i + 1,
-            message,
         })?;
         if !value.is_null() {
             out.push(value);
@@ -31,53 +27,86 @@ pub fn parse_documents(text: &str) -> Result<Vec<Value>, ParseError> {
     Ok(out)
 }
 
-/// YAML values with non-string keys keep their keys as text, as kustomize's JSON round trip does.
-fn to_json(v: serde_yaml_ng::Value) -> Result<Value, String> {
-    use serde_yaml_ng::Value as Y;
-    Ok(match v {
-        Y::Null => Value::Null,
-        Y::Bool(b) => Value::Bool(b),
-        Y::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Value::from(i)
-            } else if let Some(u) = n.as_u64() {
-                Value::from(u)
-            } else {
-                let f = n.as_f64().unwrap_or(f64::NAN);
-                serde_json::Number::from_f64(f)
-                    .map(Value::Number)
-                    .unwrap_or_else(|| Value::String(n.to_string()))
-            }
+/// A YAML node read as JSON: a repeated map key keeps its last value (as kustomize's JSON
+/// round trip does), non-string keys become their text, and custom tags are dropped.
+struct Loose(Value);
+
+impl<'de> Deserialize<'de> for Loose {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LooseVisitor).map(Loose)
+    }
+}
+
+/// A map key of any scalar type, as text.
+struct Key(String);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Loose(v) = Loose::deserialize(d)?;
+        Ok(Key(match v {
+            Value::String(s) => s,
+            Value::Null => "null".to_owned(),
+            other => other.to_string(),
+        }))
+    }
+}
+
+struct LooseVisitor;
+
+impl<'de> serde::de::Visitor<'de> for LooseVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .unwrap_or_else(|| Value::String(v.to_string())))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        Loose::deserialize(d).map(|l| l.0)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Loose(v)) = seq.next_element()? {
+            out.push(v);
         }
-        Y::String(s) => Value::String(s),
-        Y::Sequence(items) => {
-            Value::Array(items.into_iter().map(to_json).collect::<Result<_, _>>()?)
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some((Key(k), Loose(v))) = map.next_entry()? {
+            out.insert(k, v);
         }
-        Y::Mapping(m) => {
-            let mut out = Map::new();
-            for (k, v) in m {
-                let key = match k {
-                    Y::String(s) => s,
-                    Y::Number(n) => n.to_string(),
-                    Y::Bool(b) => b.to_string(),
-                    Y::Null => "null".to_owned(),
-                    other => return Err(format!("unsupported map key {other:?}")),
-                };
-                if key == "<<" {
-                    // YAML merge keys: the merged map's entries, without overriding explicit ones.
-                    if let Value::Object(merged) = to_json(v)? {
-                        for (mk, mv) in merged {
-                            out.entry(mk).or_insert(mv);
-                        }
-                    }
-                    continue;
-                }
-                out.insert(key, to_json(v)?);
-            }
-            Value::Object(out)
-        }
-        Y::Tagged(t) => to_json(t.value)?,
-    })
+        Ok(Value::Object(out))
+    }
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
+        use serde::de::VariantAccess;
+        let (_tag, variant): (Key, _) = data.variant()?;
+        variant.newtype_variant::<Loose>().map(|l| l.0)
+    }
 }
 
 /// One document as kustomize prints it (without the `---` separator).
