@@ -456,6 +456,22 @@ fn collect_objects(
     if kind.is_empty() {
         return Err(t.err(field, format!("{path}: missing kind in object")));
     }
+    // Label and annotation values are strings to kustomize, whatever YAML made of them.
+    if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
+        for field in ["labels", "annotations"] {
+            if let Some(Value::Object(m)) = meta.get_mut(field) {
+                for v in m.values_mut() {
+                    if !v.is_string() {
+                        let text = match &*v {
+                            Value::Null => String::new(),
+                            other => other.to_string(),
+                        };
+                        *v = Value::String(text);
+                    }
+                }
+            }
+        }
+    }
     let r = Resource::new(obj);
     if r.name().is_empty() && !r.obj.contains_key("metadata") {
         return Err(t.err(field, format!("{path}: missing metadata.name in object")));
@@ -744,8 +760,15 @@ fn run_generators(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         obj.remove("apiVersion");
         obj.remove("kind");
         obj.remove("metadata");
-        let args: kz::GeneratorArgs = serde_json::from_value(Value::Object(obj))
+        let mut args: kz::GeneratorArgs = serde_json::from_value(Value::Object(obj))
             .map_err(|e| t.err("generators", format!("{from}: {e}")))?;
+        // The plugin's own metadata names the object when its arguments do not.
+        if args.name.is_empty() {
+            args.name = cfg.name().to_owned();
+        }
+        if args.namespace.is_empty() {
+            args.namespace = cfg.namespace().to_owned();
+        }
         let origin = t.origin.as_ref().map(|o| {
             Value::String(format!(
                 "configuredIn: {}\nconfiguredBy:\n  apiVersion: {api}\n  kind: {kind}\n  name: {}\n",

@@ -610,6 +610,7 @@ pub fn visit(
     let name = match first {
         Seg::Field(n) | Seg::Each(n) | Seg::Match(n, _, _) => n,
     };
+    let mut created = false;
     if !obj.contains_key(name.as_str()) {
         if !create || matches!(first, Seg::Match(..)) {
             return Ok(());
@@ -622,10 +623,31 @@ pub fn visit(
             Value::Object(Map::new())
         };
         obj.insert(name.clone(), fresh);
+        created = true;
     }
     let node = obj
         .get_mut(name.as_str())
         .expect("inserted above if missing");
+    let result = visit_here(first, rest, node, create, f);
+    // A map made on the way to a field that never came to be is not kept.
+    let unused = match obj.get(name.as_str()) {
+        Some(Value::Object(m)) => m.is_empty() && !rest.is_empty(),
+        Some(Value::Null) => true,
+        _ => false,
+    };
+    if created && unused {
+        obj.remove(name.as_str());
+    }
+    result
+}
+
+fn visit_here(
+    first: &Seg,
+    rest: &[Seg],
+    node: &mut Value,
+    create: bool,
+    f: &mut dyn FnMut(&mut Value) -> VisitResult,
+) -> VisitResult {
     match first {
         Seg::Field(_) if rest.is_empty() => f(node),
         Seg::Match(_, k, v) => {

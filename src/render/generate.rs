@@ -265,7 +265,8 @@ pub fn absorb(list: &mut Vec<Resource>, mut new: Resource) -> Result<(), String>
             new.prev = old.prev.clone();
             new.prefixes = old.prefixes.clone();
             new.suffixes = old.suffixes.clone();
-            new.needs_hash = new.needs_hash || old.needs_hash;
+            // Whether the name gets a hash stays as the existing object had it.
+            new.needs_hash = old.needs_hash;
             if new.origin.is_none() {
                 new.origin = old.origin.clone();
             }

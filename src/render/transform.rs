@@ -404,23 +404,25 @@ pub fn legacy_sort(list: &mut Vec<Resource>, first: &[String], last: &[String]) 
     *list = keyed.into_iter().map(|k| k.4).collect();
 }
 
-/// Name references declared by CRD OpenAPI schemas through `x-kubernetes-object-ref-*`
-/// (kustomize's legacy `crds:` field).
+/// Name references declared by CRD OpenAPI definitions through `x-kubernetes-object-ref-kind`
+/// (kustomize's legacy `crds:` field): a map of definition name to `{Schema: ...}`.
 pub fn config_from_crds(bytes: &[u8]) -> Result<TransformerConfig, String> {
     let text = String::from_utf8_lossy(bytes);
     let docs = super::yaml::parse_documents(&text).map_err(|e| e.to_string())?;
     let mut tc = TransformerConfig::default();
     for d in docs {
-        let defs = d
-            .get("definitions")
-            .or_else(|| d.get("spec").and_then(|s| s.get("validation")))
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        for (def_name, def) in &defs {
+        let Some(defs) = d.as_object() else { continue };
+        let schema_of =
+            |name: &str| -> Option<&Value> { defs.get(name).map(|d| d.get("Schema").unwrap_or(d)) };
+        for (def_name, def) in defs {
             let kind = def_name.rsplit('.').next().unwrap_or(def_name);
-            let mut walk = vec![(String::new(), def.clone())];
-            while let Some((path, node)) = walk.pop() {
+            let root = def.get("Schema").unwrap_or(def);
+            // (path so far, schema, depth) — depth bounds recursive definitions.
+            let mut walk = vec![(String::new(), root, 0)];
+            while let Some((path, node, depth)) = walk.pop() {
+                if depth > 16 {
+                    continue;
+                }
                 let Some(props) = node.get("properties").and_then(Value::as_object) else {
                     continue;
                 };
@@ -430,25 +432,33 @@ pub fn config_from_crds(bytes: &[u8]) -> Result<TransformerConfig, String> {
                     } else {
                         format!("{path}/{field}")
                     };
-                    if let (Some(rk), Some(rn)) = (
-                        schema
-                            .get("x-kubernetes-object-ref-kind")
-                            .and_then(Value::as_str),
-                        schema
+                    if let Some(rk) = schema
+                        .get("x-kubernetes-object-ref-kind")
+                        .and_then(Value::as_str)
+                    {
+                        let key = schema
                             .get("x-kubernetes-object-ref-name-key")
-                            .and_then(Value::as_str),
-                    ) {
+                            .and_then(Value::as_str)
+                            .unwrap_or("name");
                         tc.name_reference.push(NameBackRef {
                             kind: rk.to_owned(),
                             referrers: vec![FieldSpec {
                                 kind: kind.to_owned(),
-                                path: format!("{p}/{rn}"),
+                                path: format!("{p}/{key}"),
                                 ..Default::default()
                             }],
                             ..Default::default()
                         });
+                        continue;
                     }
-                    walk.push((p, schema.clone()));
+                    if let Some(target) = schema
+                        .get("$ref")
+                        .and_then(Value::as_str)
+                        .and_then(schema_of)
+                    {
+                        walk.push((p.clone(), target, depth + 1));
+                    }
+                    walk.push((p, schema, depth + 1));
                 }
             }
         }
