@@ -138,6 +138,15 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
     nameref::fix(&mut acc.res, &acc.config.name_reference).map_err(field_err("resources"))?;
     replace::resolve_vars(&mut acc.res, &acc.vars, &acc.config.var_reference)
         .map_err(field_err("vars"))?;
+    // Objects marked as local configuration are inputs to the build, not part of its output.
+    acc.res.retain(|r| {
+        r.obj
+            .get("metadata")
+            .and_then(|m| m.get("annotations"))
+            .and_then(|a| a.get("config.kubernetes.io/local-config"))
+            .and_then(Value::as_str)
+            != Some("true")
+    });
     let order = match &top.k.sort_options {
         Some(so) => match so.order.as_deref() {
             Some("fifo") => Order::Fifo,

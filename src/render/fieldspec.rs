@@ -44,12 +44,16 @@ fn split_kind(s: &str) -> (String, String, String) {
         None => (s.to_owned(), String::new(), String::new()),
         Some((k, gv)) => match gv.split_once('/') {
             Some((g, v)) => (k.to_owned(), g.to_owned(), v.to_owned()),
-            None if gv.contains('.') || gv.is_empty() => {
-                (k.to_owned(), gv.to_owned(), String::new())
-            }
-            None => (k.to_owned(), String::new(), gv.to_owned()),
+            None if is_version(gv) => (k.to_owned(), String::new(), gv.to_owned()),
+            None => (k.to_owned(), gv.to_owned(), String::new()),
         },
     }
+}
+
+/// `v1`, `v2beta1`: a version rather than a group.
+fn is_version(s: &str) -> bool {
+    s.strip_prefix('v')
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
 }
 
 /// A kind that is referred to by name, and the fields that refer to it.

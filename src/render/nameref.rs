@@ -131,6 +131,9 @@ pub fn fix(list: &mut [Resource], backrefs: &[NameBackRef]) -> Result<(), String
                             let same_end = |a: &[String], b: &[String]| {
                                 let (short, long) =
                                     if a.len() <= b.len() { (a, b) } else { (b, a) };
+                                if short.is_empty() {
+                                    return long.is_empty();
+                                }
                                 long[long.len() - short.len()..] == *short
                             };
                             if allow_empty {

@@ -318,7 +318,7 @@ pub fn resolve_vars(
     if vars.is_empty() {
         return Ok(());
     }
-    let mut values: Vec<(String, String)> = Vec::new();
+    let mut values: Vec<(String, Value)> = Vec::new();
     for v in vars {
         let want = Gvk {
             group: if v.obj_ref.group.is_empty() {
@@ -372,7 +372,7 @@ pub fn resolve_vars(
                 v.name
             )
         })?;
-        values.push((format!("$({})", v.name), scalar_string(val)));
+        values.push((format!("$({})", v.name), val.clone()));
     }
     for r in list.iter_mut() {
         let gvk = r.gvk();
@@ -384,14 +384,20 @@ pub fn resolve_vars(
     Ok(())
 }
 
-fn substitute(v: &mut Value, values: &[(String, String)]) {
+fn substitute(v: &mut Value, values: &[(String, Value)]) {
     match v {
         Value::String(s) => {
-            if s.contains("$(") {
-                for (k, val) in values {
-                    if s.contains(k.as_str()) {
-                        *s = s.replace(k.as_str(), val);
-                    }
+            if !s.contains("$(") {
+                return;
+            }
+            // A field that is exactly one reference takes the value with its type.
+            if let Some((_, val)) = values.iter().find(|(k, _)| k == s) {
+                *v = val.clone();
+                return;
+            }
+            for (k, val) in values {
+                if s.contains(k.as_str()) {
+                    *s = s.replace(k.as_str(), &scalar_string(val));
                 }
             }
         }

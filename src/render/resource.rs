@@ -301,22 +301,4 @@ impl Resource {
     pub fn annotations(&self) -> Map<String, Value> {
         self.string_map("annotations")
     }
-
-    /// Whether the prefix/suffix history of `self` ends like the one of `other`.
-    pub fn prefixes_suffixes_equal(&self, other: &Resource, allow_empty: bool) -> bool {
-        let same_end = |a: &[String], b: &[String]| {
-            let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-            long[long.len() - short.len()..] == *short
-        };
-        if allow_empty {
-            (self.prefixes.is_empty()
-                || other.prefixes.is_empty()
-                || same_end(&self.prefixes, &other.prefixes))
-                && (self.suffixes.is_empty()
-                    || other.suffixes.is_empty()
-                    || same_end(&self.suffixes, &other.suffixes))
-        } else {
-            same_end(&self.prefixes, &other.prefixes) && same_end(&self.suffixes, &other.suffixes)
-        }
-    }
 }
