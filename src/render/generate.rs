@@ -56,6 +56,22 @@ fn parse_env(text: &str, from: &str) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// Base64 as kustomize writes generated data: lines of 70 characters, each ending in a newline
+/// once there is more than one line. The hash is taken over this text.
+fn encode_base64(bytes: &[u8]) -> String {
+    const LINE: usize = 70;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+    if encoded.len() < LINE {
+        return encoded;
+    }
+    let mut out = String::with_capacity(encoded.len() + encoded.len() / LINE + 1);
+    for chunk in encoded.as_bytes().chunks(LINE) {
+        out.push_str(std::str::from_utf8(chunk).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out
+}
+
 fn unquote(v: &str) -> &str {
     if v.len() >= 2
         && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
@@ -118,22 +134,14 @@ pub fn generate(
         }
         match kind {
             Kind::Secret => {
-                data.insert(
-                    k,
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(&bytes)),
-                );
+                data.insert(k, Value::String(encode_base64(&bytes)));
             }
             Kind::ConfigMap => match String::from_utf8(bytes) {
                 Ok(s) => {
                     data.insert(k, Value::String(s));
                 }
                 Err(e) => {
-                    binary.insert(
-                        k,
-                        Value::String(
-                            base64::engine::general_purpose::STANDARD.encode(e.as_bytes()),
-                        ),
-                    );
+                    binary.insert(k, Value::String(encode_base64(e.as_bytes())));
                 }
             },
         }
@@ -265,8 +273,8 @@ pub fn absorb(list: &mut Vec<Resource>, mut new: Resource) -> Result<(), String>
             new.prev = old.prev.clone();
             new.prefixes = old.prefixes.clone();
             new.suffixes = old.suffixes.clone();
-            // Whether the name gets a hash stays as the existing object had it.
-            new.needs_hash = old.needs_hash;
+            // A hash is added only when both the existing object and the merged one ask for it.
+            new.needs_hash = old.needs_hash && new.needs_hash;
             if new.origin.is_none() {
                 new.origin = old.origin.clone();
             }

@@ -95,7 +95,7 @@ pub fn to_yaml(objects: &[Object]) -> String {
         if i > 0 {
             out.push_str("---\n");
         }
-        out.push_str(&yaml::to_yaml(&Value::Object(o.clone())));
+        yaml::write_object(&mut out, o);
     }
     out
 }

@@ -16,7 +16,27 @@ struct Info {
     cluster_scoped: bool,
 }
 
+/// kustomize refuses a RoleBinding subject whose namespace is present but blank.
+fn check_subjects(list: &[Resource]) -> Result<(), String> {
+    for r in list.iter().filter(|r| r.kind() == "RoleBinding") {
+        if let Some(Value::Array(items)) = r.obj.get("subjects") {
+            let blank = items.iter().any(|s| {
+                s.get("namespace")
+                    .is_some_and(|n| n.as_str().is_none_or(|n| n.trim().is_empty()))
+            });
+            if blank {
+                return Err(format!(
+                    "Invalid Input: namespace is blank for resource {}",
+                    r.cur_id()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn fix(list: &mut [Resource], backrefs: &[NameBackRef]) -> Result<(), String> {
+    check_subjects(list)?;
     let infos: Vec<Info> = list
         .iter()
         .map(|r| {

@@ -112,6 +112,48 @@ impl Compiled {
         })
     }
 
+    fn has_id_fields(&self) -> bool {
+        self.group.is_some()
+            || self.version.is_some()
+            || self.kind.is_some()
+            || self.name.is_some()
+            || self.namespace.is_some()
+    }
+
+    fn id_matches(&self, id: &ResId) -> bool {
+        let is = |re: &Option<Regex>, s: &str| re.as_ref().is_none_or(|re| re.is_match(s));
+        is(&self.group, &id.gvk.group)
+            && is(&self.version, &id.gvk.version)
+            && is(&self.kind, &id.gvk.kind)
+            && is(&self.name, &id.name)
+            && (is(&self.namespace, &id.namespace) || is(&self.namespace, id.effective_namespace()))
+    }
+
+    fn meta_matches(&self, r: &Resource) -> bool {
+        matches_requirements(&self.labels, &r.labels())
+            && matches_requirements(&self.annotations, &r.annotations())
+    }
+
+    /// Replacements select by any identity the resource had: its current one or an earlier.
+    pub fn matches_any_id(&self, r: &Resource) -> bool {
+        self.meta_matches(r)
+            && std::iter::once(r.cur_id())
+                .chain(r.prev_ids())
+                .any(|id| self.id_matches(&id))
+    }
+
+    /// A replacement's reject: by identity when it names one, else by labels and annotations.
+    pub fn rejects(&self, r: &Resource) -> bool {
+        if self.has_id_fields() {
+            std::iter::once(r.cur_id())
+                .chain(r.prev_ids())
+                .any(|id| self.id_matches(&id))
+                && self.meta_matches(r)
+        } else {
+            (!self.labels.is_empty() || !self.annotations.is_empty()) && self.meta_matches(r)
+        }
+    }
+
     pub fn matches(&self, r: &Resource) -> bool {
         let is = |re: &Option<Regex>, s: &str| re.as_ref().is_none_or(|re| re.is_match(s));
         let cur = r.cur_id();
@@ -146,8 +188,9 @@ pub fn apply_patch(
     options: &BTreeMap<String, bool>,
 ) -> Result<(), String> {
     let docs = super::yaml::parse_documents(text).map_err(|e| format!("patch: {e}"))?;
+    // An empty patch file (or one of only comments) changes nothing.
     if docs.is_empty() {
-        return Err("patch appears to be empty".into());
+        return Ok(());
     }
     let allow_name = options.get("allowNameChange").copied().unwrap_or(false);
     let allow_kind = options.get("allowKindChange").copied().unwrap_or(false);

@@ -200,7 +200,7 @@ pub fn replacements(list: &mut [Resource], replacements: &[Value]) -> Result<(),
         } else {
             let src = rep.get("source").ok_or("replacement has no source")?;
             let sel = Compiled::new(&selector_of(src)?)?;
-            let hits: Vec<&Resource> = list.iter().filter(|r| sel.matches(r)).collect();
+            let hits: Vec<&Resource> = list.iter().filter(|r| sel.matches_any_id(r)).collect();
             let r = match hits.as_slice() {
                 [r] => *r,
                 [] => return Err(format!("nothing selected by {src}")),
@@ -263,7 +263,7 @@ pub fn replacements(list: &mut [Resource], replacements: &[Value]) -> Result<(),
                 _ => vec!["metadata.name".to_owned()],
             };
             for r in list.iter_mut() {
-                if !sel.matches(r) || rejects.iter().any(|x| x.matches(r)) {
+                if !sel.matches_any_id(r) || rejects.iter().any(|x| x.rejects(r)) {
                     continue;
                 }
                 let mut obj = Value::Object(std::mem::take(&mut r.obj));

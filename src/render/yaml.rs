@@ -112,28 +112,33 @@ impl<'de> serde::de::Visitor<'de> for LooseVisitor {
 /// One document as kustomize prints it (without the `---` separator).
 pub fn to_yaml(value: &Value) -> String {
     let mut out = String::new();
-    match value {
-        Value::Object(m) if !m.is_empty() => write_map(&mut out, m, 0),
-        Value::Array(a) if !a.is_empty() => write_seq(&mut out, a, 0),
-        other => {
-            write_scalar(&mut out, other, 0);
-            out.push('\n');
-        }
-    }
+    write_document(&mut out, value);
     out
 }
 
-/// A multi-document stream, documents separated by `---`, as `kubectl kustomize` prints it.
-pub fn to_yaml_stream<'a>(docs: impl IntoIterator<Item = &'a Value>) -> String {
-    let mut out = String::new();
-    for (i, d) in docs.into_iter().enumerate() {
-        if i > 0 {
-            out.push_str("---\n");
+/// Appends one document to `out`.
+pub fn write_document(out: &mut String, value: &Value) {
+    match value {
+        Value::Object(m) if !m.is_empty() => write_map(out, m, 0),
+        Value::Array(a) if !a.is_empty() => write_seq(out, a, 0),
+        other => {
+            write_scalar(out, other, 0, 0);
+            out.push('\n');
         }
-        out.push_str(&to_yaml(d));
     }
-    out
 }
+
+/// Appends one object as a document to `out`.
+pub fn write_object(out: &mut String, m: &Map<String, Value>) {
+    if m.is_empty() {
+        out.push_str("{}\n");
+    } else {
+        write_map(out, m, 0);
+    }
+}
+
+/// The column after which the YAML emitter kustomize uses folds long scalars.
+const BEST_WIDTH: usize = 80;
 
 fn indent(out: &mut String, n: usize) {
     for _ in 0..n {
@@ -141,24 +146,21 @@ fn indent(out: &mut String, n: usize) {
     }
 }
 
-fn sorted(m: &Map<String, Value>) -> Vec<(&String, &Value)> {
-    let mut v: Vec<_> = m.iter().collect();
-    v.sort_by(|a, b| a.0.cmp(b.0));
-    v
-}
-
 fn write_map(out: &mut String, m: &Map<String, Value>, ind: usize) {
-    for (i, (k, v)) in sorted(m).into_iter().enumerate() {
+    let mut entries: Vec<_> = m.iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    for (i, (k, v)) in entries.into_iter().enumerate() {
         if i > 0 {
             indent(out, ind);
         }
-        write_key(out, k);
+        let key_width = write_string(out, k, ind, ind + 2, true);
         out.push(':');
-        write_value_after_key(out, v, ind);
+        write_value_after_key(out, v, ind, key_width + 1);
     }
 }
 
-fn write_value_after_key(out: &mut String, v: &Value, ind: usize) {
+/// `col` is the column right after the colon.
+fn write_value_after_key(out: &mut String, v: &Value, ind: usize, col: usize) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             out.push('\n');
@@ -172,7 +174,7 @@ fn write_value_after_key(out: &mut String, v: &Value, ind: usize) {
         }
         other => {
             out.push(' ');
-            write_scalar(out, other, ind + 2);
+            write_scalar(out, other, col + 1, ind + 2);
             out.push('\n');
         }
     }
@@ -188,123 +190,248 @@ fn write_seq(out: &mut String, a: &[Value], ind: usize) {
             Value::Object(m) if !m.is_empty() => write_map(out, m, ind + 2),
             Value::Array(inner) if !inner.is_empty() => write_seq(out, inner, ind + 2),
             other => {
-                write_scalar(out, other, ind + 2);
+                write_scalar(out, other, ind + 2, ind + 2);
                 out.push('\n');
             }
         }
     }
 }
 
-fn write_key(out: &mut String, k: &str) {
-    if needs_quotes(k) {
-        write_double_quoted(out, k);
-    } else {
-        out.push_str(k);
-    }
-}
-
-fn write_scalar(out: &mut String, v: &Value, ind: usize) {
+/// Writes a scalar starting at column `col`; folded lines continue at `ind`.
+fn write_scalar(out: &mut String, v: &Value, col: usize, ind: usize) {
     match v {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Number(n) => out.push_str(&n.to_string()),
-        Value::String(s) => write_string(out, s, ind),
+        Value::String(s) => {
+            write_string(out, s, col, ind, false);
+        }
         Value::Object(_) => out.push_str("{}"),
         Value::Array(_) => out.push_str("[]"),
     }
 }
 
-fn write_string(out: &mut String, s: &str, ind: usize) {
-    if s.contains('\n') && literal_ok(s) {
-        out.push('|');
-        let body = s.strip_suffix('\n');
-        match body {
-            Some(b) if b.ends_with('\n') => out.push('+'),
-            Some(_) => {}
-            None => out.push('-'),
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Style {
+    Plain,
+    Single,
+    Double,
+    Literal,
+}
+
+fn style_of(s: &str, key: bool) -> Style {
+    if s.is_empty() || resolves_to_non_string(s) {
+        return Style::Double;
+    }
+    let special = s
+        .chars()
+        .any(|c| (c.is_control() && c != '\n') || c == '\u{feff}' || c == '\u{85}');
+    let has_break = s.contains('\n');
+    let space_break = s.contains(" \n");
+    if has_break && !key && !special && !space_break && !s.ends_with(' ') {
+        return Style::Literal;
+    }
+    if special || has_break {
+        return Style::Double;
+    }
+    if plain_ok(s) {
+        Style::Plain
+    } else {
+        Style::Single
+    }
+}
+
+/// Writes a string starting at column `col` and returns the column after it.
+fn write_string(out: &mut String, s: &str, col: usize, ind: usize, key: bool) -> usize {
+    match style_of(s, key) {
+        Style::Literal => {
+            write_literal(out, s, ind);
+            0
         }
-        if s.starts_with(' ') {
-            out.push('2');
+        Style::Plain => write_folded(out, s, col, ind, Style::Plain, key),
+        Style::Single => write_folded(out, s, col, ind, Style::Single, key),
+        Style::Double => write_folded(out, s, col, ind, Style::Double, key),
+    }
+}
+
+fn write_literal(out: &mut String, s: &str, ind: usize) {
+    out.push('|');
+    let body = s.strip_suffix('\n');
+    match body {
+        Some(b) if b.ends_with('\n') || b.is_empty() => out.push('+'),
+        Some(_) => {}
+        None => out.push('-'),
+    }
+    if s.starts_with(' ') || s.starts_with('\n') {
+        out.push('2');
+    }
+    out.push('\n');
+    let content = body.unwrap_or(s);
+    for line in content.split('\n') {
+        if !line.is_empty() {
+            indent(out, ind);
+            out.push_str(line);
         }
         out.push('\n');
-        let content = body.unwrap_or(s);
-        for line in content.split('\n') {
-            if !line.is_empty() {
+    }
+    // The final line break of the block is the caller's.
+    out.pop();
+}
+
+/// Plain, single- and double-quoted scalars, folded at spaces past the best width as the
+/// emitter does. Returns the column after the scalar.
+fn write_folded(
+    out: &mut String,
+    s: &str,
+    mut col: usize,
+    ind: usize,
+    style: Style,
+    key: bool,
+) -> usize {
+    let chars: Vec<char> = s.chars().collect();
+    let quote = match style {
+        Style::Single => Some('\''),
+        Style::Double => Some('"'),
+        _ => None,
+    };
+    if let Some(q) = quote {
+        out.push(q);
+        col += 1;
+    }
+    let mut spaces = false;
+    let n = chars.len();
+    let mut i = 0;
+    while i < n {
+        let c = chars[i];
+        let next_space = chars.get(i + 1) == Some(&' ');
+        if c == ' ' {
+            let may_break = !key
+                && !spaces
+                && col > BEST_WIDTH
+                && match style {
+                    Style::Plain => !next_space,
+                    Style::Single => i != 0 && i != n - 1 && !next_space,
+                    _ => i != 0 && i != n - 1,
+                };
+            if may_break {
+                out.push('\n');
                 indent(out, ind);
-                out.push_str(line);
+                col = ind;
+                if style == Style::Double && next_space {
+                    out.push('\\');
+                    col += 1;
+                }
+            } else {
+                out.push(' ');
+                col += 1;
             }
-            out.push('\n');
+            spaces = true;
+            i += 1;
+            continue;
         }
-        // The final line break of the block is ours, not part of the scalar.
-        out.pop();
-        return;
-    }
-    if needs_quotes(s) {
-        if s.contains(['\\', '"']) || s.chars().any(|c| c.is_control()) {
-            write_double_quoted(out, s);
-        } else {
-            out.push('"');
-            out.push_str(s);
-            out.push('"');
+        spaces = false;
+        match style {
+            Style::Double => {
+                let esc = match c {
+                    '"' => Some("\\\"".to_owned()),
+                    '\\' => Some("\\\\".to_owned()),
+                    '\n' => Some("\\n".to_owned()),
+                    '\t' => Some("\\t".to_owned()),
+                    '\r' => Some("\\r".to_owned()),
+                    '\0' => Some("\\0".to_owned()),
+                    '\u{7}' => Some("\\a".to_owned()),
+                    '\u{8}' => Some("\\b".to_owned()),
+                    '\u{b}' => Some("\\v".to_owned()),
+                    '\u{c}' => Some("\\f".to_owned()),
+                    '\u{1b}' => Some("\\e".to_owned()),
+                    '\u{85}' => Some("\\N".to_owned()),
+                    '\u{a0}' => Some("\\_".to_owned()),
+                    '\u{2028}' => Some("\\L".to_owned()),
+                    '\u{2029}' => Some("\\P".to_owned()),
+                    '\u{feff}' => Some("\\uFEFF".to_owned()),
+                    c if c.is_control() => Some(format!("\\x{:02X}", c as u32)),
+                    _ => None,
+                };
+                match esc {
+                    Some(e) => {
+                        col += e.len();
+                        out.push_str(&e);
+                    }
+                    None => {
+                        out.push(c);
+                        col += 1;
+                    }
+                }
+            }
+            Style::Single if c == '\'' => {
+                out.push_str("''");
+                col += 2;
+            }
+            _ => {
+                out.push(c);
+                col += 1;
+            }
         }
-    } else {
-        out.push_str(s);
+        i += 1;
     }
+    if let Some(q) = quote {
+        out.push(q);
+        col += 1;
+    }
+    col
 }
 
-fn literal_ok(s: &str) -> bool {
-    !s.chars()
-        .any(|c| (c.is_control() && c != '\n') || c == '\u{feff}')
-        && !s.lines().any(|l| l.ends_with(' '))
+/// Whether a plain scalar would read back as something other than a string.
+fn resolves_to_non_string(s: &str) -> bool {
+    matches!(
+        s,
+        "~" | "null"
+            | "Null"
+            | "NULL"
+            | "true"
+            | "True"
+            | "TRUE"
+            | "false"
+            | "False"
+            | "FALSE"
+            | "y"
+            | "Y"
+            | "yes"
+            | "Yes"
+            | "YES"
+            | "n"
+            | "N"
+            | "no"
+            | "No"
+            | "NO"
+            | "on"
+            | "On"
+            | "ON"
+            | "off"
+            | "Off"
+            | "OFF"
+    ) || looks_numeric(s)
 }
 
-fn write_double_quoted(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            '\r' => out.push_str("\\r"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// Whether a plain scalar would read back as something other than this string.
-fn needs_quotes(s: &str) -> bool {
-    if s.is_empty() {
-        return true;
-    }
-    let lower = s.to_ascii_lowercase();
-    if matches!(
-        lower.as_str(),
-        "true" | "false" | "null" | "~" | "yes" | "no" | "on" | "off" | "y" | "n"
-    ) {
-        return true;
-    }
-    if looks_numeric(s) {
-        return true;
-    }
+/// Whether the string may be written without quotes.
+fn plain_ok(s: &str) -> bool {
     let first = s.chars().next().unwrap_or(' ');
-    if "-?:,[]{}#&*!|>'\"%@`".contains(first) {
-        // A leading `-`, `?` or `:` is plain only when followed by a non-space.
-        let plain_indicator =
-            matches!(first, '-' | '?' | ':') && s.chars().nth(1).is_some_and(|c| c != ' ');
-        if !plain_indicator || s == "-" {
-            return true;
+    if s.starts_with(' ') || s.ends_with(' ') {
+        return false;
+    }
+    if "#,[]{}&*!|>'\"%@`".contains(first) {
+        return false;
+    }
+    if matches!(first, '-' | '?' | ':') {
+        let second = s.chars().nth(1);
+        if second.is_none_or(|c| c == ' ') {
+            return false;
         }
     }
-    if s.starts_with(' ') || s.ends_with(' ') || s.contains(": ") || s.contains(" #") {
-        return true;
+    if s.starts_with("---") || s.starts_with("...") {
+        return false;
     }
-    if s.ends_with(':') {
-        return true;
-    }
-    s.chars().any(|c| c.is_control() || c == '\u{feff}')
+    !(s.contains(": ") || s.contains(" #") || s.ends_with(':'))
 }
 
 fn looks_numeric(s: &str) -> bool {
@@ -312,28 +439,35 @@ fn looks_numeric(s: &str) -> bool {
     if t.is_empty() {
         return false;
     }
-    if matches!(t.to_ascii_lowercase().as_str(), ".inf" | ".nan") {
+    if matches!(t, ".inf" | ".Inf" | ".INF" | ".nan" | ".NaN" | ".NAN") {
         return true;
     }
-    if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0o")) {
+    if let Some(h) = t.strip_prefix("0x") {
         return !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit() || c == '_');
     }
+    if let Some(o) = t.strip_prefix("0o") {
+        return !o.is_empty() && o.chars().all(|c| c.is_digit(8) || c == '_');
+    }
+    if let Some(b) = t.strip_prefix("0b") {
+        return !b.is_empty() && b.chars().all(|c| c == '0' || c == '1' || c == '_');
+    }
+    // Integers, floats, and YAML 1.1 sexagesimal numbers like 1:20.
     let mut digits = 0;
-    let mut ok = true;
     for c in t.chars() {
         match c {
             '0'..='9' => digits += 1,
             '.' | 'e' | 'E' | '+' | '-' | '_' | ':' => {}
-            _ => {
-                ok = false;
-                break;
-            }
+            _ => return false,
         }
     }
-    ok && digits > 0
+    digits > 0
         && t.chars()
             .next()
             .is_some_and(|c| c.is_ascii_digit() || c == '.')
+        && (t.parse::<f64>().is_ok()
+            || t.replace('_', "").parse::<f64>().is_ok()
+            || t.split(':')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit() || c == '.')))
 }
 
 #[cfg(test)]
