@@ -47,6 +47,8 @@ enum Command {
     /// Decrypt, encrypt and rotate SOPS files encrypted to age, as sops 3.11 does.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Build a kustomization in-process and print it as `kubectl kustomize DIR` does.
+    Render(RenderArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,6 +146,28 @@ enum SecretsCommand {
 }
 
 #[derive(Debug, Args)]
+struct RenderArgs {
+    /// The kustomization directory.
+    dir: PathBuf,
+    /// Output order; a kustomization's own `sortOptions` wins. Default: legacy.
+    #[arg(long, value_enum)]
+    order: Option<RenderOrder>,
+    /// Nothing outside this directory is read. Default: the Git work tree holding DIR, else the
+    /// current directory.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Let kustomizations read files outside their own directory (still inside the root).
+    #[arg(long)]
+    no_load_restrictor: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RenderOrder {
+    Legacy,
+    Fifo,
+}
+
+#[derive(Debug, Args)]
 struct ServeArgs {
     /// Address the gRPC API listens on; port 0 picks a free port (logged at start-up).
     #[arg(long, env = "STAGEHAND_LISTEN", default_value = "127.0.0.1:7420")]
@@ -218,6 +242,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Render(args) => render(args),
         Command::Serve(args) => serve(args).await,
         Command::Pipeline(PipelineCommand::Validate { pipeline }) => {
             let pipeline = Pipeline::load(&pipeline)?;
@@ -435,6 +460,52 @@ fn secrets_command(command: SecretsCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {}", file.display()))?;
         }
     }
+    Ok(())
+}
+
+fn render(args: RenderArgs) -> anyhow::Result<()> {
+    use stagehand::render::{self, LoadRestrictor, Options, Order, fs::DiskFs};
+    let dir = args.dir.canonicalize().with_context(|| {
+        format!(
+            "{}: cannot open the kustomization directory",
+            args.dir.display()
+        )
+    })?;
+    let root = match args.root {
+        Some(r) => r
+            .canonicalize()
+            .with_context(|| format!("--root {}: cannot open it", r.display()))?,
+        None => match dir.ancestors().find(|a| a.join(".git").exists()) {
+            Some(work_tree) => work_tree.to_path_buf(),
+            None => std::env::current_dir()?.canonicalize()?,
+        },
+    };
+    let rel = dir.strip_prefix(&root).with_context(|| {
+        format!(
+            "{} is outside the root {} (see --root)",
+            dir.display(),
+            root.display()
+        )
+    })?;
+    let fs = DiskFs::new(&root)?;
+    let options = Options {
+        order: args.order.map(|o| match o {
+            RenderOrder::Legacy => Order::Legacy,
+            RenderOrder::Fifo => Order::Fifo,
+        }),
+        load_restrictor: if args.no_load_restrictor {
+            LoadRestrictor::None
+        } else {
+            LoadRestrictor::RootOnly
+        },
+        decrypt: None,
+    };
+    let rel = rel.to_str().context("the directory path is not UTF-8")?;
+    let objects = render::render(&fs, rel, &options)?;
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(render::to_yaml(&objects).as_bytes())?;
+    out.flush()?;
     Ok(())
 }
 

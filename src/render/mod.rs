@@ -1,3 +1,101 @@
-//! Kustomize rendering, in-process: a kustomization directory becomes a list of objects.
+//! Kustomize rendering, in-process: a kustomization directory becomes a list of objects, the
+//! same objects, names, hash suffixes and order as `kubectl kustomize` (kustomize v5.8).
+//!
+//! ```no_run
+//! use stagehand::render::{self, fs::DiskFs, Options};
+//! let fs = DiskFs::new(std::path::Path::new("/repo")).expect("repo exists");
+//! let objects = render::render(&fs, "environments/dev", &Options::default()).expect("renders");
+//! print!("{}", render::to_yaml(&objects));
+//! ```
+//!
+//! - [`render`] reads through a [`fs::FileSystem`] (a directory on disk or a Git tree); every path
+//!   is relative to that source's root, and nothing outside it can be named. Within it, kustomize's
+//!   load restrictor applies: a kustomization reads files only in or below its own directory
+//!   (other kustomization directories may be anywhere in the source).
+//! - [`Options::order`] forces fifo or legacy order; a kustomization's own `sortOptions` wins,
+//!   as with `kubectl kustomize --reorder`.
+//! - [`Options::decrypt`] is the hook for SOPS: it sees every resource file and generator source
+//!   as read, and may hand back its plaintext.
+//! - Remote bases, Helm charts, plugins and KRM functions are refused with an error naming the
+//!   kustomization file and field.
+//! - [`to_yaml`] prints the objects as the multi-document stream `kubectl kustomize` prints.
 
+mod build;
+pub mod fieldspec;
 pub mod fs;
+mod generate;
+pub mod kustomization;
+mod nameref;
+mod patch;
+mod replace;
+pub mod resource;
+mod transform;
+pub mod yaml;
+
+use serde_json::{Map, Value};
+
+pub use build::Error;
+
+/// An object of the rendered output.
+pub type Object = Map<String, Value>;
+
+/// The output order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Kustomize's default: by kind (Namespaces first, webhooks last), then by id.
+    Legacy,
+    /// As declared, resources before generated objects.
+    Fifo,
+}
+
+/// Whether a kustomization may read files outside its own directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoadRestrictor {
+    /// kustomize's default: files in or below the kustomization's directory only.
+    #[default]
+    RootOnly,
+    /// Any file inside the source root.
+    None,
+}
+
+/// Turns SOPS-encrypted content into plaintext while it is read. Returns `Ok(None)` for content
+/// it leaves as is (not encrypted, or no identity for it).
+pub trait Decrypt: Send + Sync {
+    /// `path` is the source-relative path the bytes were read from.
+    fn decrypt(&self, path: &str, content: &[u8]) -> Result<Option<Vec<u8>>, String>;
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct Options<'a> {
+    /// `None`: the kustomization's `sortOptions`, else legacy (what `kubectl kustomize` does).
+    pub order: Option<Order>,
+    pub load_restrictor: LoadRestrictor,
+    pub decrypt: Option<&'a dyn Decrypt>,
+}
+
+impl std::fmt::Debug for Options<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("order", &self.order)
+            .field("load_restrictor", &self.load_restrictor)
+            .field("decrypt", &self.decrypt.is_some())
+            .finish()
+    }
+}
+
+/// Renders the kustomization in `dir` (relative to the root of `fs`; `""` is the root).
+pub fn render(fs: &dyn fs::FileSystem, dir: &str, options: &Options) -> Result<Vec<Object>, Error> {
+    build::run(fs, dir, options)
+}
+
+/// The objects as one multi-document YAML stream, as `kubectl kustomize` prints them.
+pub fn to_yaml(objects: &[Object]) -> String {
+    let mut out = String::with_capacity(objects.len() * 512);
+    for (i, o) in objects.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        yaml::write_object(&mut out, o);
+    }
+    out
+}

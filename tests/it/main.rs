@@ -8,5 +8,6 @@ mod foundation;
 mod git;
 mod harness;
 mod reconcile;
+mod render_conformance;
 mod secrets;
 mod serve;

@@ -1,0 +1,1139 @@
+//! Building one kustomization: load it, accumulate its resources, bases and components, run its
+//! generators and transformers, then (at the top only) add hash suffixes, fix name references,
+//! resolve vars and sort.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde_json::{Map, Value};
+
+use super::fieldspec::{FieldSpec, TransformerConfig};
+use super::fs::{self, EntryKind, FileSystem};
+use super::kustomization::{self as kz, Kustomization};
+use super::resource::Resource;
+use super::{
+    LoadRestrictor, Object, Options, Order, generate, nameref, patch, replace, transform, yaml,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{dir}: no kustomization.yaml, kustomization.yml or Kustomization in it")]
+    MissingKustomization { dir: String },
+    #[error("{dir}: Found multiple kustomization files")]
+    MultipleKustomizations { dir: String },
+    #[error("{file}: invalid kustomization: {message}")]
+    InvalidKustomization { file: String, message: String },
+    #[error("{file}: {field}: {entry}: the path leaves the source root")]
+    OutsideRoot {
+        file: String,
+        field: &'static str,
+        entry: String,
+    },
+    #[error("{file}: {field}: security; file '{path}' is not in or below '{dir}'")]
+    Restricted {
+        file: String,
+        field: &'static str,
+        path: String,
+        dir: String,
+    },
+    #[error("{file}: {field}: {entry}: {what} are not supported")]
+    Refused {
+        file: String,
+        field: &'static str,
+        entry: String,
+        what: &'static str,
+    },
+    #[error("{file}: {field}: {entry}: {source}")]
+    Read {
+        file: String,
+        field: &'static str,
+        entry: String,
+        #[source]
+        source: fs::Error,
+    },
+    #[error("{file}: {field}: {path}: {source}")]
+    Parse {
+        file: String,
+        field: &'static str,
+        path: String,
+        #[source]
+        source: yaml::ParseError,
+    },
+    #[error("{file}: {field}: {message}")]
+    Field {
+        file: String,
+        field: &'static str,
+        message: String,
+    },
+    #[error("{file}: {field}: {entry}: cycle, the kustomization includes itself")]
+    Cycle {
+        file: String,
+        field: &'static str,
+        entry: String,
+    },
+}
+
+struct Ctx<'a> {
+    fs: &'a dyn FileSystem,
+    opts: &'a Options<'a>,
+    /// Kustomization directories being built, to refuse cycles.
+    stack: std::cell::RefCell<Vec<String>>,
+}
+
+/// Resources with the transformer configuration and vars gathered so far.
+pub(super) struct Acc {
+    pub res: Vec<Resource>,
+    pub config: TransformerConfig,
+    pub vars: Vec<kz::Var>,
+}
+
+impl Default for Acc {
+    /// The configuration starts as kustomize's built-in one; `configurations:` extend it.
+    fn default() -> Self {
+        Self {
+            res: Vec::new(),
+            config: TransformerConfig::builtin().clone(),
+            vars: Vec::new(),
+        }
+    }
+}
+
+pub(super) struct Target {
+    pub dir: String,
+    /// The kustomization file, relative to the source root.
+    pub file: String,
+    pub file_name: &'static str,
+    pub k: Kustomization,
+    /// Path of this kustomization relative to the top one, when origins are tracked.
+    pub origin: Option<String>,
+    pub build_metadata: Vec<String>,
+}
+
+pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<Object>, Error> {
+    let dir = normalize("", dir).ok_or_else(|| Error::OutsideRoot {
+        file: dir.to_owned(),
+        field: "dir",
+        entry: dir.to_owned(),
+    })?;
+    let ctx = Ctx {
+        fs,
+        opts,
+        stack: Default::default(),
+    };
+    let mut top = load_target(&ctx, &dir)?;
+    let origins = !top.k.build_metadata.is_empty();
+    if origins {
+        top.origin = Some(String::new());
+    }
+    top.build_metadata = top.k.build_metadata.clone();
+    let mut acc = accumulate_target(&ctx, &top, Acc::default())?;
+    let field_err = |field: &'static str| {
+        let file = top.file.clone();
+        move |message: String| Error::Field {
+            file,
+            field,
+            message,
+        }
+    };
+    generate::add_hashes(&mut acc.res).map_err(field_err("configMapGenerator"))?;
+    nameref::fix(&mut acc.res, &acc.config.name_reference).map_err(field_err("resources"))?;
+    replace::resolve_vars(&mut acc.res, &acc.vars, &acc.config.var_reference)
+        .map_err(field_err("vars"))?;
+    // Objects marked as local configuration are inputs to the build, not part of its output.
+    acc.res.retain(|r| {
+        r.obj
+            .get("metadata")
+            .and_then(|m| m.get("annotations"))
+            .and_then(|a| a.get("config.kubernetes.io/local-config"))
+            .and_then(Value::as_str)
+            != Some("true")
+    });
+    let order = match &top.k.sort_options {
+        Some(so) => match so.order.as_deref() {
+            Some("fifo") => Order::Fifo,
+            _ => Order::Legacy,
+        },
+        None => opts.order.unwrap_or(Order::Legacy),
+    };
+    if order == Order::Legacy {
+        let (first, last) = match top
+            .k
+            .sort_options
+            .as_ref()
+            .and_then(|s| s.legacy_sort_options.as_ref())
+        {
+            Some(l) => (l.order_first.clone(), l.order_last.clone()),
+            None => (Vec::new(), Vec::new()),
+        };
+        transform::legacy_sort(&mut acc.res, &first, &last);
+    }
+    let keep_origin = top
+        .k
+        .build_metadata
+        .iter()
+        .any(|b| b == "originAnnotations");
+    let managed_by = top.k.build_metadata.iter().any(|b| b == "managedByLabel");
+    Ok(acc
+        .res
+        .into_iter()
+        .map(|mut r| {
+            if managed_by {
+                let labels = r
+                    .metadata_mut()
+                    .entry("labels")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(m) = labels {
+                    m.insert(
+                        "app.kubernetes.io/managed-by".into(),
+                        Value::String("kustomize-v5.8.1".into()),
+                    );
+                }
+            }
+            if keep_origin && let Some(o) = r.origin.take() {
+                let annotations = r
+                    .metadata_mut()
+                    .entry("annotations")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(m) = annotations {
+                    m.insert("config.kubernetes.io/origin".into(), o);
+                }
+            }
+            r.obj
+        })
+        .collect())
+}
+
+/// Joins `rel` onto `dir` and resolves `.` and `..`; `None` when the result leaves the root.
+pub(super) fn normalize(dir: &str, rel: &str) -> Option<String> {
+    if rel.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    for p in rel.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+fn is_remote(entry: &str) -> bool {
+    let e = entry.to_ascii_lowercase();
+    e.starts_with("http://")
+        || e.starts_with("https://")
+        || e.starts_with("git::")
+        || e.starts_with("git@")
+        || e.starts_with("ssh://")
+        || e.starts_with("github.com/")
+        || e.starts_with("gitlab.com/")
+        || e.starts_with("bitbucket.org/")
+        || e.contains("?ref=")
+        || e.contains(".git//")
+}
+
+/// Joins a path onto a directory for display: `a/b` + `c` is `a/b/c`.
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+fn load_target(ctx: &Ctx, dir: &str) -> Result<Target, Error> {
+    let mut found = Vec::new();
+    for name in kz::FILE_NAMES {
+        let path = join(dir, name);
+        if let Ok(Some(EntryKind::File)) = ctx.fs.kind(&path) {
+            found.push((name, path));
+        }
+    }
+    let (file_name, file) = match found.len() {
+        0 => {
+            return Err(Error::MissingKustomization {
+                dir: dir.to_owned(),
+            });
+        }
+        1 => found.remove(0),
+        _ => {
+            return Err(Error::MultipleKustomizations {
+                dir: dir.to_owned(),
+            });
+        }
+    };
+    let bytes = ctx.fs.read_file(&file).map_err(|source| Error::Read {
+        file: file.clone(),
+        field: "kustomization",
+        entry: file.clone(),
+        source,
+    })?;
+    let text = String::from_utf8_lossy(&bytes);
+    let invalid = |message: String| Error::InvalidKustomization {
+        file: file.clone(),
+        message,
+    };
+    let docs = yaml::parse_documents(&text).map_err(|e| invalid(e.to_string()))?;
+    let value = docs.into_iter().next().unwrap_or(Value::Object(Map::new()));
+    let mut k: Kustomization = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+    k.fix_legacy();
+    match k.kind.as_str() {
+        "" | "Kustomization" => {
+            if !k.api_version.is_empty() && k.api_version != "kustomize.config.k8s.io/v1beta1" {
+                return Err(invalid(format!(
+                    "apiVersion for Kustomization should be kustomize.config.k8s.io/v1beta1, not {}",
+                    k.api_version
+                )));
+            }
+        }
+        "Component" => {
+            if k.api_version != "kustomize.config.k8s.io/v1alpha1" {
+                return Err(invalid(
+                    "apiVersion for Component should be kustomize.config.k8s.io/v1alpha1".into(),
+                ));
+            }
+        }
+        other => return Err(invalid(format!("unknown kind {other:?}"))),
+    }
+    if let Some(so) = &k.sort_options {
+        match so.order.as_deref() {
+            Some("fifo") if so.legacy_sort_options.is_some() => {
+                return Err(invalid(
+                    "the field 'sortOptions.legacySortOptions' is set but the selected sort order is 'fifo', not 'legacy'".into(),
+                ));
+            }
+            Some("fifo") | Some("legacy") => {}
+            _ => {
+                return Err(invalid(
+                    "the field 'sortOptions.order' must be one of [fifo, legacy]".into(),
+                ));
+            }
+        }
+    }
+    let refuse = |field: &'static str, what: &'static str| Error::Refused {
+        file: file.clone(),
+        field,
+        entry: String::new(),
+        what,
+    };
+    if !k.helm_charts.is_empty() || k.helm_globals.is_some() {
+        return Err(refuse("helmCharts", "Helm charts"));
+    }
+    if !k.helm_chart_inflation_generator.is_empty() {
+        return Err(refuse("helmChartInflationGenerator", "Helm charts"));
+    }
+    if !k.validators.is_empty() {
+        return Err(refuse("validators", "validator plugins"));
+    }
+    Ok(Target {
+        dir: dir.to_owned(),
+        file,
+        file_name,
+        k,
+        origin: None,
+        build_metadata: Vec::new(),
+    })
+}
+
+impl Target {
+    /// Resolves `entry` of `field` against this kustomization's directory.
+    pub(super) fn resolve(&self, field: &'static str, entry: &str) -> Result<String, Error> {
+        normalize(&self.dir, entry).ok_or_else(|| Error::OutsideRoot {
+            file: self.file.clone(),
+            field,
+            entry: entry.to_owned(),
+        })
+    }
+
+    fn restricted(&self, ctx: &Ctx, field: &'static str, path: &str) -> Result<(), Error> {
+        if ctx.opts.load_restrictor == LoadRestrictor::None {
+            return Ok(());
+        }
+        let inside =
+            self.dir.is_empty() || path == self.dir || path.starts_with(&format!("{}/", self.dir));
+        if inside {
+            Ok(())
+        } else {
+            Err(Error::Restricted {
+                file: self.file.clone(),
+                field,
+                path: format!("/{path}"),
+                dir: format!("/{}", self.dir),
+            })
+        }
+    }
+
+    /// Reads a file this kustomization names, under the load restrictor and through the
+    /// decryption hook.
+    fn read(&self, ctx: &Ctx, field: &'static str, entry: &str) -> Result<Vec<u8>, Error> {
+        let path = self.resolve(field, entry)?;
+        self.restricted(ctx, field, &path)?;
+        let bytes = ctx.fs.read_file(&path).map_err(|source| Error::Read {
+            file: self.file.clone(),
+            field,
+            entry: entry.to_owned(),
+            source,
+        })?;
+        match ctx.opts.decrypt {
+            Some(d) => match d.decrypt(&path, &bytes) {
+                Ok(Some(plain)) => Ok(plain),
+                Ok(None) => Ok(bytes),
+                Err(message) => Err(self.err(field, format!("{entry}: cannot decrypt: {message}"))),
+            },
+            None => Ok(bytes),
+        }
+    }
+
+    pub(super) fn err(&self, field: &'static str, message: String) -> Error {
+        Error::Field {
+            file: self.file.clone(),
+            field,
+            message,
+        }
+    }
+
+    fn origin_of(&self, entry: &str) -> Option<String> {
+        self.origin.as_ref().map(|o| clean_join(o, entry))
+    }
+
+    fn generator_origin(&self, kind: &str) -> Option<Value> {
+        self.origin.as_ref().map(|o| {
+            Value::String(format!(
+                "configuredIn: {}\nconfiguredBy:\n  apiVersion: builtin\n  kind: {kind}\n",
+                clean_join(o, self.file_name)
+            ))
+        })
+    }
+}
+
+/// `filepath.Join` and `Clean` on relative paths: `../a` + `b/../c` is `../a/c`.
+fn clean_join(base: &str, rel: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in base.split('/').chain(rel.split('/')) {
+        match p {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|l| *l != "..") => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+fn parse_resources(
+    t: &Target,
+    field: &'static str,
+    path: &str,
+    bytes: &[u8],
+) -> Result<Vec<Resource>, Error> {
+    let text = String::from_utf8_lossy(bytes);
+    let docs = yaml::parse_documents(&text).map_err(|source| Error::Parse {
+        file: t.file.clone(),
+        field,
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for d in docs {
+        collect_objects(t, field, path, d, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn collect_objects(
+    t: &Target,
+    field: &'static str,
+    path: &str,
+    doc: Value,
+    out: &mut Vec<Resource>,
+) -> Result<(), Error> {
+    let Value::Object(mut obj) = doc else {
+        return Err(t.err(field, format!("{path}: a document is not a map")));
+    };
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    if kind.ends_with("List") && obj.get("items").is_some_and(Value::is_array) {
+        if let Some(Value::Array(items)) = obj.remove("items") {
+            for item in items {
+                collect_objects(t, field, path, item, out)?;
+            }
+        }
+        return Ok(());
+    }
+    if kind.is_empty() {
+        return Err(t.err(field, format!("{path}: missing kind in object")));
+    }
+    // Label and annotation values are strings to kustomize, whatever YAML made of them.
+    if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
+        for field in ["labels", "annotations"] {
+            if let Some(Value::Object(m)) = meta.get_mut(field) {
+                for v in m.values_mut() {
+                    if !v.is_string() {
+                        let text = match &*v {
+                            Value::Null => String::new(),
+                            other => other.to_string(),
+                        };
+                        *v = Value::String(text);
+                    }
+                }
+            }
+        }
+    }
+    let r = Resource::new(obj);
+    if r.name().is_empty() && !r.obj.contains_key("metadata") {
+        return Err(t.err(field, format!("{path}: missing metadata.name in object")));
+    }
+    if let Some(Value::String(ns)) = r.obj.get("metadata").and_then(|m| m.get("namespace"))
+        && ns.trim().is_empty()
+    {
+        return Err(t.err(
+            field,
+            format!(
+                "Invalid Input: namespace is blank for resource {}",
+                r.cur_id()
+            ),
+        ));
+    }
+    out.push(r);
+    Ok(())
+}
+
+/// Adds resources, refusing an id that is already there.
+pub(super) fn append_all(
+    t: &Target,
+    field: &'static str,
+    acc: &mut Acc,
+    new: Vec<Resource>,
+) -> Result<(), Error> {
+    let mut seen: HashSet<_> = acc.res.iter().map(|r| r.cur_id().key()).collect();
+    for r in new {
+        let id = r.cur_id();
+        if !seen.insert(id.key()) {
+            return Err(t.err(
+                field,
+                format!("may not add resource with an already registered id: {id}"),
+            ));
+        }
+        acc.res.push(r);
+    }
+    Ok(())
+}
+
+fn accumulate_target(ctx: &Ctx, t: &Target, mut acc: Acc) -> Result<Acc, Error> {
+    {
+        let mut stack = ctx.stack.borrow_mut();
+        if stack.contains(&t.dir) {
+            return Err(Error::Cycle {
+                file: t.file.clone(),
+                field: "resources",
+                entry: t.dir.clone(),
+            });
+        }
+        stack.push(t.dir.clone());
+    }
+    let result = accumulate_inner(ctx, t, &mut acc);
+    ctx.stack.borrow_mut().pop();
+    result.map(|()| acc)
+}
+
+fn accumulate_inner(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
+    accumulate_resources(ctx, t, acc, &t.k.resources, "resources")?;
+    for entry in &t.k.configurations {
+        let bytes = t.read(ctx, "configurations", entry)?;
+        let text = String::from_utf8_lossy(&bytes);
+        let docs = yaml::parse_documents(&text).map_err(|source| Error::Parse {
+            file: t.file.clone(),
+            field: "configurations",
+            path: entry.clone(),
+            source,
+        })?;
+        for d in docs {
+            let tc: TransformerConfig = serde_json::from_value(d)
+                .map_err(|e| t.err("configurations", format!("{entry}: {e}")))?;
+            acc.config.merge(&tc);
+        }
+    }
+    for entry in &t.k.crds {
+        let bytes = t.read(ctx, "crds", entry)?;
+        let tc = transform::config_from_crds(&bytes)
+            .map_err(|m| t.err("crds", format!("{entry}: {m}")))?;
+        acc.config.merge(&tc);
+    }
+    run_generators(ctx, t, acc)?;
+    for entry in &t.k.components {
+        let path = t.resolve("components", entry)?;
+        match ctx.fs.kind(&path) {
+            Ok(Some(EntryKind::Dir)) => {}
+            Ok(Some(EntryKind::File)) => {
+                return Err(t.err(
+                    "components",
+                    format!("must build at directory: '/{path}': file is not directory"),
+                ));
+            }
+            _ if is_remote(entry) => {
+                return Err(Error::Refused {
+                    file: t.file.clone(),
+                    field: "components",
+                    entry: entry.clone(),
+                    what: "remote components",
+                });
+            }
+            _ => {
+                return Err(t.err("components", format!("{entry}: no such directory")));
+            }
+        }
+        let mut sub = load_target(ctx, &path)?;
+        if sub.k.kind != "Component" {
+            return Err(t.err(
+                "components",
+                format!(
+                    "expected kind 'Component' for path '/{path}' but got '{}'",
+                    sub.k.kind
+                ),
+            ));
+        }
+        sub.origin = t.origin_of(entry);
+        sub.build_metadata = t.build_metadata.clone();
+        let taken = std::mem::take(acc);
+        *acc = accumulate_target(ctx, &sub, taken)?;
+    }
+    run_transformers(ctx, t, acc)?;
+    for v in &t.k.vars {
+        if acc.vars.iter().any(|x| x.name == v.name) {
+            return Err(t.err("vars", format!("var '{}' already encountered", v.name)));
+        }
+        acc.vars.push(v.clone());
+    }
+    Ok(())
+}
+
+fn accumulate_resources(
+    ctx: &Ctx,
+    t: &Target,
+    acc: &mut Acc,
+    entries: &[String],
+    field: &'static str,
+) -> Result<(), Error> {
+    for entry in entries {
+        let path = t.resolve(field, entry)?;
+        match ctx.fs.kind(&path) {
+            Ok(Some(EntryKind::File)) => {
+                let bytes = t.read(ctx, field, entry)?;
+                let mut new = parse_resources(t, field, entry, &bytes)?;
+                if let Some(o) = t.origin_of(entry) {
+                    for r in &mut new {
+                        r.origin = Some(Value::String(format!("path: {o}\n")));
+                    }
+                }
+                append_all(t, field, acc, new)?;
+            }
+            Ok(Some(EntryKind::Dir)) => {
+                let mut sub = load_target(ctx, &path).map_err(|e| match e {
+                    Error::MissingKustomization { .. } => {
+                        t.err(field, format!("accumulating resources: '{entry}': {e}"))
+                    }
+                    other => other,
+                })?;
+                if sub.k.kind == "Component" {
+                    return Err(t.err(
+                        field,
+                        format!("expected kind != 'Component' for path '/{path}'"),
+                    ));
+                }
+                sub.origin = t.origin_of(entry);
+                sub.build_metadata = t.build_metadata.clone();
+                let sub_acc = accumulate_target(ctx, &sub, Acc::default())?;
+                append_all(t, field, acc, sub_acc.res)?;
+                acc.config.merge(&sub_acc.config);
+                for v in sub_acc.vars {
+                    if acc.vars.iter().any(|x| x.name == v.name) {
+                        return Err(t.err("vars", format!("var '{}' already encountered", v.name)));
+                    }
+                    acc.vars.push(v);
+                }
+            }
+            Err(fs::Error::OutsideRoot { .. }) => {
+                return Err(Error::OutsideRoot {
+                    file: t.file.clone(),
+                    field,
+                    entry: entry.clone(),
+                });
+            }
+            _ if is_remote(entry) => {
+                return Err(Error::Refused {
+                    file: t.file.clone(),
+                    field,
+                    entry: entry.clone(),
+                    what: "remote resources",
+                });
+            }
+            _ => {
+                return Err(t.err(
+                    field,
+                    format!("accumulating resources: '{entry}': no such file or directory"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A generator or transformer named in `generators:`/`transformers:`: inline YAML or a file.
+fn plugin_configs(
+    ctx: &Ctx,
+    t: &Target,
+    field: &'static str,
+    entries: &[String],
+) -> Result<Vec<(Resource, String)>, Error> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let inline = entry.contains('\n') || entry.trim_start().starts_with("apiVersion");
+        if inline {
+            for r in parse_resources(t, field, "(inline)", entry.as_bytes())? {
+                out.push((r, t.file_name.to_owned()));
+            }
+            continue;
+        }
+        let path = t.resolve(field, entry)?;
+        match ctx.fs.kind(&path) {
+            Ok(Some(EntryKind::File)) => {
+                let bytes = t.read(ctx, field, entry)?;
+                for r in parse_resources(t, field, entry, &bytes)? {
+                    out.push((r, entry.clone()));
+                }
+            }
+            Ok(Some(EntryKind::Dir)) => {
+                let mut sub = load_target(ctx, &path)?;
+                sub.origin = t.origin_of(entry);
+                let sub_acc = accumulate_target(ctx, &sub, Acc::default())?;
+                for r in sub_acc.res {
+                    out.push((r, entry.clone()));
+                }
+            }
+            _ => {
+                return Err(Error::Refused {
+                    file: t.file.clone(),
+                    field,
+                    entry: entry.clone(),
+                    what: "plugins that are not files in the source",
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn run_generators(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
+    let global = t.k.generator_options.as_ref();
+    let mut jobs: Vec<(
+        generate::Kind,
+        kz::GeneratorArgs,
+        Option<Value>,
+        &'static str,
+    )> = Vec::new();
+    for a in &t.k.config_map_generator {
+        jobs.push((
+            generate::Kind::ConfigMap,
+            a.clone(),
+            t.generator_origin("ConfigMapGenerator"),
+            "configMapGenerator",
+        ));
+    }
+    for a in &t.k.secret_generator {
+        jobs.push((
+            generate::Kind::Secret,
+            a.clone(),
+            t.generator_origin("SecretGenerator"),
+            "secretGenerator",
+        ));
+    }
+    let mut local_options = vec![true; jobs.len()];
+    for (cfg, from) in plugin_configs(ctx, t, "generators", &t.k.generators)? {
+        let api = cfg.api_version().to_owned();
+        let kind = cfg.kind().to_owned();
+        let gk = match (api.as_str(), kind.as_str()) {
+            ("builtin", "ConfigMapGenerator") => generate::Kind::ConfigMap,
+            ("builtin", "SecretGenerator") => generate::Kind::Secret,
+            _ => {
+                return Err(Error::Refused {
+                    file: t.file.clone(),
+                    field: "generators",
+                    entry: format!("{}", cfg.cur_id()),
+                    what: "generator plugins",
+                });
+            }
+        };
+        let mut obj = cfg.obj.clone();
+        obj.remove("apiVersion");
+        obj.remove("kind");
+        obj.remove("metadata");
+        let mut args: kz::GeneratorArgs = serde_json::from_value(Value::Object(obj))
+            .map_err(|e| t.err("generators", format!("{from}: {e}")))?;
+        // The plugin's own metadata names the object when its arguments do not.
+        if args.name.is_empty() {
+            args.name = cfg.name().to_owned();
+        }
+        if args.namespace.is_empty() {
+            args.namespace = cfg.namespace().to_owned();
+        }
+        let origin = t.origin.as_ref().map(|o| {
+            Value::String(format!(
+                "configuredIn: {}\nconfiguredBy:\n  apiVersion: {api}\n  kind: {kind}\n  name: {}\n",
+                clean_join(o, &from),
+                cfg.name()
+            ))
+        });
+        jobs.push((gk, args, origin, "generators"));
+        local_options.push(false);
+    }
+    for ((kind, args, origin, field), use_global) in jobs.into_iter().zip(local_options) {
+        let options = kz::GeneratorOptions::merged(
+            args.options.as_ref(),
+            if use_global { global } else { None },
+        );
+        let mut read = |entry: &str| t.read(ctx, field, entry);
+        let mut r = generate::generate(kind, &args, &options, &mut read).map_err(|e| match e {
+            generate::GenError::Read(err) => err,
+            generate::GenError::Invalid(m) => t.err(field, m),
+        })?;
+        r.origin = origin;
+        generate::absorb(&mut acc.res, r).map_err(|m| t.err(field, m))?;
+    }
+    Ok(())
+}
+
+fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
+    let k = &t.k;
+    let tc = acc.config.clone();
+    let tcd = TransformerConfig::builtin();
+    let specs = |own: &[FieldSpec], default: &[FieldSpec]| -> Vec<FieldSpec> {
+        let mut v = default.to_vec();
+        for fs in own {
+            if !v.contains(fs) {
+                v.push(fs.clone());
+            }
+        }
+        v
+    };
+    if !k.patches_strategic_merge.is_empty() {
+        let mut patches = Vec::new();
+        for entry in &k.patches_strategic_merge {
+            let looks_inline = entry.contains('\n') || entry.contains(": ");
+            let (text, src) = if looks_inline {
+                (entry.clone(), "(inline)".to_owned())
+            } else {
+                let bytes = t.read(ctx, "patchesStrategicMerge", entry)?;
+                (String::from_utf8_lossy(&bytes).into_owned(), entry.clone())
+            };
+            let docs = yaml::parse_documents(&text).map_err(|source| Error::Parse {
+                file: t.file.clone(),
+                field: "patchesStrategicMerge",
+                path: src.clone(),
+                source,
+            })?;
+            if docs.is_empty() {
+                return Err(t.err(
+                    "patchesStrategicMerge",
+                    format!("patch appears to be empty; {src}"),
+                ));
+            }
+            patches.extend(docs);
+        }
+        patch::strategic_merge_all(&mut acc.res, &patches)
+            .map_err(|m| t.err("patchesStrategicMerge", m))?;
+    }
+    for p in &k.patches {
+        let text = patch_text(ctx, t, "patches", p)?;
+        patch::apply_patch(&mut acc.res, &text, p.target.as_ref(), &p.options)
+            .map_err(|m| t.err("patches", m))?;
+    }
+    if !k.namespace.is_empty() {
+        transform::namespace(
+            &mut acc.res,
+            &k.namespace,
+            &specs(&tc.name_space, &tcd.name_space),
+            false,
+            "defaultOnly",
+        )
+        .map_err(|m| t.err("namespace", m))?;
+    }
+    if !k.name_prefix.is_empty() {
+        transform::prefix_suffix(
+            &mut acc.res,
+            &k.name_prefix,
+            "",
+            &specs(&tc.name_prefix, &tcd.name_prefix),
+        )
+        .map_err(|m| t.err("namePrefix", m))?;
+    }
+    if !k.name_suffix.is_empty() {
+        transform::prefix_suffix(
+            &mut acc.res,
+            "",
+            &k.name_suffix,
+            &specs(&tc.name_suffix, &tcd.name_suffix),
+        )
+        .map_err(|m| t.err("nameSuffix", m))?;
+    }
+    for l in &k.labels {
+        let mut fss = l.fields.clone();
+        let mut add = |from: &[FieldSpec]| {
+            for f in from {
+                if !fss.contains(f) {
+                    fss.push(f.clone());
+                }
+            }
+        };
+        add(&tc.labels);
+        if l.include_selectors {
+            add(&specs(&tc.common_labels, &tcd.common_labels));
+        } else {
+            if l.include_templates {
+                add(&specs(&tc.template_labels, &tcd.template_labels));
+            }
+            add(&[FieldSpec {
+                path: "metadata/labels".into(),
+                create: true,
+                ..Default::default()
+            }]);
+        }
+        transform::set_map_entries(&mut acc.res, &l.pairs, &fss).map_err(|m| t.err("labels", m))?;
+    }
+    if !k.common_labels.is_empty() {
+        transform::set_map_entries(
+            &mut acc.res,
+            &k.common_labels,
+            &specs(&tc.common_labels, &tcd.common_labels),
+        )
+        .map_err(|m| t.err("commonLabels", m))?;
+    }
+    if !k.common_annotations.is_empty() {
+        transform::set_map_entries(
+            &mut acc.res,
+            &k.common_annotations,
+            &specs(&tc.common_annotations, &tcd.common_annotations),
+        )
+        .map_err(|m| t.err("commonAnnotations", m))?;
+    }
+    for p in &k.patches_json6902 {
+        let text = patch_text(ctx, t, "patchesJson6902", p)?;
+        let Some(target) = &p.target else {
+            return Err(t.err("patchesJson6902", "a JSON patch needs a target".into()));
+        };
+        patch::apply_json6902_text(&mut acc.res, &text, target)
+            .map_err(|m| t.err("patchesJson6902", m))?;
+    }
+    let replica_specs = specs(&tc.replicas, &tcd.replicas);
+    for r in &k.replicas {
+        transform::replicas(&mut acc.res, r, &replica_specs).map_err(|m| t.err("replicas", m))?;
+    }
+    let image_specs = specs(&tc.images, &tcd.images);
+    for img in &k.images {
+        transform::image(&mut acc.res, img, &image_specs).map_err(|m| t.err("images", m))?;
+    }
+    if !k.replacements.is_empty() {
+        let list = replacement_list(ctx, t, "replacements", &k.replacements)?;
+        replace::replacements(&mut acc.res, &list).map_err(|m| t.err("replacements", m))?;
+    }
+    for (cfg, from) in plugin_configs(ctx, t, "transformers", &k.transformers)? {
+        run_builtin_transformer(ctx, t, acc, &cfg, &from)?;
+    }
+    Ok(())
+}
+
+fn patch_text(ctx: &Ctx, t: &Target, field: &'static str, p: &kz::Patch) -> Result<String, Error> {
+    match (p.patch.trim().is_empty(), p.path.is_empty()) {
+        (true, true) => Err(t.err(field, "must specify one of patch and path".into())),
+        (false, false) => Err(t.err(field, "patch and path can't be set at the same time".into())),
+        (false, true) => Ok(p.patch.clone()),
+        (true, false) => {
+            let bytes = t.read(ctx, field, &p.path)?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }
+    }
+}
+
+fn replacement_list(
+    ctx: &Ctx,
+    t: &Target,
+    field: &'static str,
+    list: &[Value],
+) -> Result<Vec<Value>, Error> {
+    let mut out = Vec::new();
+    for item in list {
+        if let Some(path) = item.get("path").and_then(Value::as_str) {
+            let bytes = t.read(ctx, field, path)?;
+            let docs =
+                yaml::parse_documents(&String::from_utf8_lossy(&bytes)).map_err(|source| {
+                    Error::Parse {
+                        file: t.file.clone(),
+                        field,
+                        path: path.to_owned(),
+                        source,
+                    }
+                })?;
+            for d in docs {
+                match d {
+                    Value::Array(items) => out.extend(items),
+                    other => out.push(other),
+                }
+            }
+        } else {
+            out.push(item.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn field_specs(cfg: &Map<String, Value>, key: &str) -> Result<Vec<FieldSpec>, String> {
+    match cfg.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("{key}: {e}")),
+    }
+}
+
+fn string_map(cfg: &Map<String, Value>, key: &str) -> BTreeMap<String, String> {
+    cfg.get(key)
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let s = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), s)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn run_builtin_transformer(
+    ctx: &Ctx,
+    t: &Target,
+    acc: &mut Acc,
+    cfg: &Resource,
+    from: &str,
+) -> Result<(), Error> {
+    const F: &str = "transformers";
+    let e = |m: String| t.err(F, format!("{from}: {m}"));
+    if cfg.api_version() != "builtin" {
+        return Err(Error::Refused {
+            file: t.file.clone(),
+            field: F,
+            entry: format!("{}", cfg.cur_id()),
+            what: "transformer plugins",
+        });
+    }
+    let c = &cfg.obj;
+    let str_of = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    match cfg.kind() {
+        "PrefixSuffixTransformer" | "PrefixTransformer" | "SuffixTransformer" => {
+            let fss = field_specs(c, "fieldSpecs").map_err(e)?;
+            transform::prefix_suffix(&mut acc.res, &str_of("prefix"), &str_of("suffix"), &fss)
+                .map_err(e)
+        }
+        "LabelTransformer" => {
+            let fss = field_specs(c, "fieldSpecs").map_err(e)?;
+            transform::set_map_entries(&mut acc.res, &string_map(c, "labels"), &fss).map_err(e)
+        }
+        "AnnotationsTransformer" => {
+            let fss = field_specs(c, "fieldSpecs").map_err(e)?;
+            transform::set_map_entries(&mut acc.res, &string_map(c, "annotations"), &fss).map_err(e)
+        }
+        "NamespaceTransformer" => {
+            let fss = field_specs(c, "fieldSpecs").map_err(e)?;
+            let ns = c
+                .get("metadata")
+                .and_then(|m| m.get("namespace"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned();
+            let unset_only = c.get("unsetOnly").and_then(Value::as_bool).unwrap_or(false);
+            let mode = c
+                .get("setRoleBindingSubjects")
+                .and_then(Value::as_str)
+                .unwrap_or("defaultOnly")
+                .to_owned();
+            if ns.is_empty() {
+                return Ok(());
+            }
+            transform::namespace(&mut acc.res, &ns, &fss, unset_only, &mode).map_err(e)
+        }
+        "PatchTransformer" => {
+            let p: kz::Patch = serde_json::from_value(Value::Object(strip_meta(c)))
+                .map_err(|x| e(x.to_string()))?;
+            let text = patch_text(ctx, t, F, &p)?;
+            patch::apply_patch(&mut acc.res, &text, p.target.as_ref(), &p.options).map_err(e)
+        }
+        "PatchJson6902Transformer" => {
+            let target: kz::Selector = c
+                .get("target")
+                .map(|v| serde_json::from_value(v.clone()))
+                .transpose()
+                .map_err(|x| e(x.to_string()))?
+                .unwrap_or_default();
+            let text = if c.contains_key("path") {
+                let bytes = t.read(ctx, F, &str_of("path"))?;
+                String::from_utf8_lossy(&bytes).into_owned()
+            } else {
+                str_of("jsonOp")
+            };
+            patch::apply_json6902_text(&mut acc.res, &text, &target).map_err(e)
+        }
+        "PatchStrategicMergeTransformer" => {
+            let mut patches = Vec::new();
+            if let Some(Value::Array(paths)) = c.get("paths") {
+                for p in paths.iter().filter_map(Value::as_str) {
+                    let bytes = t.read(ctx, F, p)?;
+                    patches.extend(
+                        yaml::parse_documents(&String::from_utf8_lossy(&bytes))
+                            .map_err(|x| e(x.to_string()))?,
+                    );
+                }
+            }
+            if let Some(Value::String(inline)) = c.get("patches") {
+                patches.extend(yaml::parse_documents(inline).map_err(|x| e(x.to_string()))?);
+            }
+            patch::strategic_merge_all(&mut acc.res, &patches).map_err(e)
+        }
+        "ImageTagTransformer" => {
+            let fss = field_specs(c, "fieldSpecs").map_err(e)?;
+            let img: kz::Image =
+                serde_json::from_value(c.get("imageTag").cloned().unwrap_or_default())
+                    .map_err(|x| e(x.to_string()))?;
+            transform::image(&mut acc.res, &img, &fss).map_err(e)
+        }
+        "ReplicaCountTransformer" => {
+            let fss = field_specs(c, "fieldSpecs").map_err(e)?;
+            let r: kz::Replica =
+                serde_json::from_value(c.get("replica").cloned().unwrap_or_default())
+                    .map_err(|x| e(x.to_string()))?;
+            transform::replicas(&mut acc.res, &r, &fss).map_err(e)
+        }
+        "ReplacementTransformer" => {
+            let list = match c.get("replacements") {
+                Some(Value::Array(items)) => items.clone(),
+                _ => Vec::new(),
+            };
+            let list = replacement_list(ctx, t, F, &list)?;
+            replace::replacements(&mut acc.res, &list).map_err(e)
+        }
+        "HashTransformer" => Ok(()),
+        other => Err(e(format!(
+            "unable to load builtin {}",
+            super::resource::Gvk::from_api_version("builtin", other)
+        ))),
+    }
+}
+
+fn strip_meta(c: &Map<String, Value>) -> Map<String, Value> {
+    let mut m = c.clone();
+    m.remove("apiVersion");
+    m.remove("kind");
+    m.remove("metadata");
+    m
+}

@@ -1,0 +1,408 @@
+//! `replacements` (copy a field of one resource into fields of others) and the older `vars`
+//! (`$(NAME)` placeholders filled in at the end of the build).
+
+use serde_json::{Map, Value};
+
+use super::fieldspec::{self, FieldSpec};
+use super::kustomization::{Selector, Var};
+use super::patch::Compiled;
+use super::resource::{Gvk, Resource};
+
+/// A dotted field path: `spec.containers.[name=app].image`, `metadata.labels.[a.b/c]`, `ports.0`.
+fn split_path(p: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut depth = 0;
+    for c in p.chars() {
+        match c {
+            '[' => {
+                depth += 1;
+                cur.push(c);
+            }
+            ']' => {
+                depth -= 1;
+                cur.push(c);
+            }
+            '.' if depth == 0 => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    // `containers[name=x]` is the same as `containers.[name=x]`.
+    let mut segs = Vec::new();
+    for s in out.into_iter().filter(|s| !s.is_empty()) {
+        if !s.starts_with('[')
+            && let Some(i) = s.find('[')
+        {
+            segs.push(s[..i].to_owned());
+            segs.push(s[i..].to_owned());
+        } else {
+            segs.push(s);
+        }
+    }
+    segs
+}
+
+enum Step<'a> {
+    Key(&'a str),
+    Match(&'a str, &'a str),
+    Index(usize),
+    All,
+}
+
+fn step(seg: &str) -> Step<'_> {
+    if seg == "*" || seg == "[]" {
+        return Step::All;
+    }
+    if let Some(inner) = seg.strip_prefix('[').and_then(|s| s.strip_suffix(']')) {
+        return match inner.split_once('=') {
+            Some((k, v)) => Step::Match(k, v),
+            None => match inner.parse() {
+                Ok(i) => Step::Index(i),
+                Err(_) => Step::Key(inner),
+            },
+        };
+    }
+    Step::Key(seg)
+}
+
+fn lookup<'a>(v: &'a Value, segs: &[String]) -> Option<&'a Value> {
+    let Some((first, rest)) = segs.split_first() else {
+        return Some(v);
+    };
+    let next = match (step(first), v) {
+        (Step::Key(k), Value::Object(m)) => m.get(k),
+        (Step::Key(k), Value::Array(a)) => k.parse::<usize>().ok().and_then(|i| a.get(i)),
+        (Step::Index(i), Value::Array(a)) => a.get(i),
+        (Step::Match(k, val), Value::Array(a)) => a
+            .iter()
+            .find(|e| e.get(k).map(scalar_string).as_deref() == Some(val)),
+        _ => None,
+    }?;
+    lookup(next, rest)
+}
+
+fn scalar_string(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// Calls `f` on every node at `segs`; with `create`, missing maps and the last field are made.
+fn visit_mut(
+    v: &mut Value,
+    segs: &[String],
+    create: bool,
+    f: &mut dyn FnMut(&mut Value) -> Result<(), String>,
+) -> Result<bool, String> {
+    let Some((first, rest)) = segs.split_first() else {
+        f(v)?;
+        return Ok(true);
+    };
+    match (step(first), v) {
+        (Step::Key(k), Value::Object(m)) => {
+            if !m.contains_key(k) {
+                if !create {
+                    return Ok(false);
+                }
+                let fresh = match rest.first().map(|s| step(s)) {
+                    Some(Step::Index(_)) | Some(Step::Match(..)) | Some(Step::All) => {
+                        Value::Array(Vec::new())
+                    }
+                    Some(_) => Value::Object(Map::new()),
+                    None => Value::Null,
+                };
+                m.insert(k.to_owned(), fresh);
+            }
+            visit_mut(m.get_mut(k).expect("inserted if missing"), rest, create, f)
+        }
+        (Step::Key(k), Value::Array(a)) => match k.parse::<usize>().ok().and_then(|i| a.get_mut(i))
+        {
+            Some(e) => visit_mut(e, rest, create, f),
+            None => Ok(false),
+        },
+        (Step::Index(i), Value::Array(a)) => match a.get_mut(i) {
+            Some(e) => visit_mut(e, rest, create, f),
+            None => Ok(false),
+        },
+        (Step::Match(k, val), Value::Array(a)) => {
+            let mut any = false;
+            for e in a.iter_mut() {
+                if e.get(k).map(scalar_string).as_deref() == Some(val) {
+                    any |= visit_mut(e, rest, create, f)?;
+                }
+            }
+            if !any && create {
+                let mut m = Map::new();
+                m.insert(k.to_owned(), Value::String(val.to_owned()));
+                a.push(Value::Object(m));
+                let last = a.last_mut().expect("just pushed");
+                return visit_mut(last, rest, create, f);
+            }
+            Ok(any)
+        }
+        (Step::All, Value::Array(a)) => {
+            let mut any = false;
+            for e in a.iter_mut() {
+                any |= visit_mut(e, rest, create, f)?;
+            }
+            Ok(any)
+        }
+        (Step::All, Value::Object(m)) => {
+            let mut any = false;
+            for (_, e) in m.iter_mut() {
+                any |= visit_mut(e, rest, create, f)?;
+            }
+            Ok(any)
+        }
+        (_, Value::Null) if create => Ok(false),
+        _ => Ok(false),
+    }
+}
+
+fn selector_of(v: &Value) -> Result<Selector, String> {
+    let mut sel: Selector = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    // A selector may give apiVersion instead of group and version.
+    if let Some(av) = v.get("apiVersion").and_then(Value::as_str) {
+        let g = Gvk::from_api_version(av, "");
+        sel.group = g.group;
+        sel.version = g.version;
+    }
+    Ok(sel)
+}
+
+#[derive(Default)]
+struct Opts {
+    delimiter: String,
+    index: i64,
+    create: bool,
+}
+
+fn opts_of(v: Option<&Value>) -> Opts {
+    let Some(v) = v else { return Opts::default() };
+    Opts {
+        delimiter: v
+            .get("delimiter")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        index: v.get("index").and_then(Value::as_i64).unwrap_or(0),
+        create: v.get("create").and_then(Value::as_bool).unwrap_or(false),
+    }
+}
+
+pub fn replacements(list: &mut [Resource], replacements: &[Value]) -> Result<(), String> {
+    for rep in replacements {
+        let value = if let Some(v) = rep.get("sourceValue") {
+            v.clone()
+        } else {
+            let src = rep.get("source").ok_or("replacement has no source")?;
+            let sel = Compiled::new(&selector_of(src)?)?;
+            let hits: Vec<&Resource> = list.iter().filter(|r| sel.matches_any_id(r)).collect();
+            let r = match hits.as_slice() {
+                [r] => *r,
+                [] => return Err(format!("nothing selected by {src}")),
+                _ => {
+                    return Err(format!(
+                        "multiple matches for selector {src}; found {} resources",
+                        hits.len()
+                    ));
+                }
+            };
+            let path = src
+                .get("fieldPath")
+                .and_then(Value::as_str)
+                .unwrap_or("metadata.name");
+            let obj = Value::Object(r.obj.clone());
+            let v = lookup(&obj, &split_path(path))
+                .ok_or_else(|| {
+                    format!(
+                        "fieldPath `{path}` is missing for replacement source {}",
+                        r.cur_id()
+                    )
+                })?
+                .clone();
+            let o = opts_of(src.get("options"));
+            if o.delimiter.is_empty() {
+                v
+            } else {
+                let s = scalar_string(&v);
+                let parts: Vec<&str> = s.split(o.delimiter.as_str()).collect();
+                let i = usize::try_from(o.index)
+                    .ok()
+                    .filter(|i| *i < parts.len())
+                    .ok_or_else(|| {
+                        format!("options.index {} is out of bounds for value {s}", o.index)
+                    })?;
+                Value::String(parts[i].to_owned())
+            }
+        };
+        let targets = match rep.get("targets") {
+            Some(Value::Array(t)) => t.clone(),
+            _ => Vec::new(),
+        };
+        for t in &targets {
+            let select = t.get("select").ok_or("replacement target has no select")?;
+            let sel = Compiled::new(&selector_of(select)?)?;
+            let rejects: Vec<Compiled> = match t.get("reject") {
+                Some(Value::Array(rs)) => rs
+                    .iter()
+                    .map(|r| selector_of(r).and_then(|s| Compiled::new(&s)))
+                    .collect::<Result<_, _>>()?,
+                _ => Vec::new(),
+            };
+            let o = opts_of(t.get("options"));
+            let paths: Vec<String> = match t.get("fieldPaths") {
+                Some(Value::Array(ps)) => ps
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+                _ => vec!["metadata.name".to_owned()],
+            };
+            for r in list.iter_mut() {
+                if !sel.matches_any_id(r) || rejects.iter().any(|x| x.rejects(r)) {
+                    continue;
+                }
+                let mut obj = Value::Object(std::mem::take(&mut r.obj));
+                let mut result = Ok(());
+                for p in &paths {
+                    let mut set = |node: &mut Value| -> Result<(), String> {
+                        if o.delimiter.is_empty() {
+                            *node = value.clone();
+                            return Ok(());
+                        }
+                        let cur = scalar_string(node);
+                        let mut parts: Vec<String> =
+                            cur.split(o.delimiter.as_str()).map(str::to_owned).collect();
+                        let new = scalar_string(&value);
+                        if o.index < 0 {
+                            parts.insert(0, new);
+                        } else if (o.index as usize) >= parts.len() {
+                            parts.push(new);
+                        } else {
+                            parts[o.index as usize] = new;
+                        }
+                        *node = Value::String(parts.join(&o.delimiter));
+                        Ok(())
+                    };
+                    match visit_mut(&mut obj, &split_path(p), o.create, &mut set) {
+                        Ok(true) => {}
+                        Ok(false) if !o.create && p.contains('[') && !p.contains('=') => {}
+                        Ok(false) => {}
+                        Err(e) => {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                }
+                r.obj = match obj {
+                    Value::Object(m) => m,
+                    _ => Map::new(),
+                };
+                result?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Replaces `$(NAME)` in every var-reference field with the value each var points at.
+pub fn resolve_vars(
+    list: &mut [Resource],
+    vars: &[Var],
+    specs: &[FieldSpec],
+) -> Result<(), String> {
+    if vars.is_empty() {
+        return Ok(());
+    }
+    let mut values: Vec<(String, Value)> = Vec::new();
+    for v in vars {
+        let want = Gvk {
+            group: if v.obj_ref.group.is_empty() {
+                Gvk::from_api_version(&v.obj_ref.api_version, "").group
+            } else {
+                v.obj_ref.group.clone()
+            },
+            version: if v.obj_ref.version.is_empty() {
+                Gvk::from_api_version(&v.obj_ref.api_version, "").version
+            } else {
+                v.obj_ref.version.clone()
+            },
+            kind: v.obj_ref.kind.clone(),
+        };
+        let hits: Vec<&Resource> = list
+            .iter()
+            .filter(|r| {
+                let ids = std::iter::once(r.cur_id()).chain(r.prev_ids());
+                ids.into_iter().any(|id| {
+                    id.gvk.is_selected_by(&want)
+                        && id.name == v.obj_ref.name
+                        && (v.obj_ref.namespace.is_empty() || id.namespace == v.obj_ref.namespace)
+                })
+            })
+            .collect();
+        let r = match hits.as_slice() {
+            [r] => *r,
+            [] => {
+                return Err(format!(
+                    "var '{}' cannot be mapped to a field in the set of known resources",
+                    v.name
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "unable to disambiguate var '{}': {} resources match",
+                    v.name,
+                    hits.len()
+                ));
+            }
+        };
+        let path = if v.field_ref.field_path.is_empty() {
+            "metadata.name"
+        } else {
+            &v.field_ref.field_path
+        };
+        let obj = Value::Object(r.obj.clone());
+        let val = lookup(&obj, &split_path(path)).ok_or_else(|| {
+            format!(
+                "field specified in var '{}' not found in corresponding resource",
+                v.name
+            )
+        })?;
+        values.push((format!("$({})", v.name), val.clone()));
+    }
+    for r in list.iter_mut() {
+        let gvk = r.gvk();
+        fieldspec::apply_specs(&mut r.obj, &gvk, specs, &mut |v| {
+            substitute(v, &values);
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+fn substitute(v: &mut Value, values: &[(String, Value)]) {
+    match v {
+        Value::String(s) => {
+            if !s.contains("$(") {
+                return;
+            }
+            // A field that is exactly one reference takes the value with its type.
+            if let Some((_, val)) = values.iter().find(|(k, _)| k == s) {
+                *v = val.clone();
+                return;
+            }
+            for (k, val) in values {
+                if s.contains(k.as_str()) {
+                    *s = s.replace(k.as_str(), &scalar_string(val));
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| substitute(i, values)),
+        Value::Object(m) => m.values_mut().for_each(|i| substitute(i, values)),
+        _ => {}
+    }
+}

@@ -1,0 +1,304 @@
+//! One object being rendered, with the bookkeeping kustomize keeps beside it: the names and
+//! namespaces it had before transformers renamed it (name references are resolved against those),
+//! the prefixes and suffixes applied, and generator flags.
+
+use serde_json::{Map, Value};
+
+/// Group, version and kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Gvk {
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+}
+
+impl Gvk {
+    pub fn from_api_version(api_version: &str, kind: &str) -> Self {
+        let (group, version) = match api_version.split_once('/') {
+            Some((g, v)) => (g.to_owned(), v.to_owned()),
+            None => (String::new(), api_version.to_owned()),
+        };
+        Self {
+            group,
+            version,
+            kind: kind.to_owned(),
+        }
+    }
+
+    /// Whether every non-empty part of `sel` equals ours.
+    pub fn is_selected_by(&self, sel: &Gvk) -> bool {
+        (sel.group.is_empty() || sel.group == self.group)
+            && (sel.version.is_empty() || sel.version == self.version)
+            && (sel.kind.is_empty() || sel.kind == self.kind)
+    }
+
+    pub fn is_cluster_scoped(&self) -> bool {
+        is_cluster_scoped_kind(&self.kind)
+    }
+}
+
+impl std::fmt::Display for Gvk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let or = |s: &str, d: &'static str| {
+            if s.is_empty() {
+                d.to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        write!(
+            f,
+            "{}.{}.{}",
+            or(&self.kind, "[noKind]"),
+            or(&self.version, "[noVer]"),
+            or(&self.group, "[noGrp]")
+        )
+    }
+}
+
+/// Kinds of the Kubernetes API that live outside namespaces.
+pub fn is_cluster_scoped_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "Namespace"
+            | "ClusterRole"
+            | "ClusterRoleBinding"
+            | "CustomResourceDefinition"
+            | "PersistentVolume"
+            | "StorageClass"
+            | "PriorityClass"
+            | "APIService"
+            | "MutatingWebhookConfiguration"
+            | "ValidatingWebhookConfiguration"
+            | "ValidatingAdmissionPolicy"
+            | "ValidatingAdmissionPolicyBinding"
+            | "MutatingAdmissionPolicy"
+            | "MutatingAdmissionPolicyBinding"
+            | "Node"
+            | "CSIDriver"
+            | "CSINode"
+            | "VolumeAttachment"
+            | "IngressClass"
+            | "RuntimeClass"
+            | "PodSecurityPolicy"
+            | "ComponentStatus"
+            | "CertificateSigningRequest"
+            | "TokenReview"
+            | "SelfSubjectAccessReview"
+            | "SelfSubjectRulesReview"
+            | "SubjectAccessReview"
+            | "FlowSchema"
+            | "PriorityLevelConfiguration"
+            | "StorageVersion"
+            | "ClusterTrustBundle"
+            | "IPAddress"
+            | "ServiceCIDR"
+            | "DeviceClass"
+            | "VolumeAttributesClass"
+            | "StorageVersionMigration"
+    )
+}
+
+/// Identity of a resource: gvk, name and namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResId {
+    pub gvk: Gvk,
+    pub name: String,
+    pub namespace: String,
+}
+
+impl ResId {
+    /// The namespace as the API server would see it: `default` for an unset namespace of a
+    /// namespaced kind, nothing for a cluster-scoped one.
+    pub fn effective_namespace(&self) -> &str {
+        if self.gvk.is_cluster_scoped() {
+            "_non_namespaceable_"
+        } else if self.namespace.is_empty() {
+            "default"
+        } else {
+            &self.namespace
+        }
+    }
+
+    /// Kustomize's identity key: same effective namespace counts as same.
+    pub fn key(&self) -> (Gvk, String, String) {
+        (
+            self.gvk.clone(),
+            self.name.clone(),
+            self.effective_namespace().to_owned(),
+        )
+    }
+}
+
+impl std::fmt::Display for ResId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ns = if self.namespace.is_empty() {
+            "[noNs]"
+        } else {
+            &self.namespace
+        };
+        let gvk = self.gvk.to_string();
+        // kustomize prints the group part with a slash before the name.
+        write!(f, "{gvk}/{}.{ns}", self.name)
+    }
+}
+
+/// A previous identity: kind, name and effective namespace before a rename.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrevId {
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Behavior {
+    #[default]
+    Create,
+    Merge,
+    Replace,
+}
+
+#[derive(Debug, Clone)]
+pub struct Resource {
+    pub obj: Map<String, Value>,
+    pub prev: Vec<PrevId>,
+    pub prefixes: Vec<String>,
+    pub suffixes: Vec<String>,
+    pub behavior: Option<Behavior>,
+    pub needs_hash: bool,
+    /// `config.kubernetes.io/origin`, when buildMetadata asks for it.
+    pub origin: Option<Value>,
+    /// Var names that resolved against this resource.
+    pub ref_vars: Vec<String>,
+}
+
+impl Resource {
+    pub fn new(obj: Map<String, Value>) -> Self {
+        Self {
+            obj,
+            prev: Vec::new(),
+            prefixes: Vec::new(),
+            suffixes: Vec::new(),
+            behavior: None,
+            needs_hash: false,
+            origin: None,
+            ref_vars: Vec::new(),
+        }
+    }
+
+    fn str_at(&self, path: &[&str]) -> &str {
+        let mut cur = &self.obj;
+        for (i, p) in path.iter().enumerate() {
+            match cur.get(*p) {
+                Some(Value::Object(m)) if i + 1 < path.len() => cur = m,
+                Some(Value::String(s)) if i + 1 == path.len() => return s,
+                _ => return "",
+            }
+        }
+        ""
+    }
+
+    pub fn api_version(&self) -> &str {
+        self.str_at(&["apiVersion"])
+    }
+    pub fn kind(&self) -> &str {
+        self.str_at(&["kind"])
+    }
+    pub fn name(&self) -> &str {
+        self.str_at(&["metadata", "name"])
+    }
+    pub fn namespace(&self) -> &str {
+        self.str_at(&["metadata", "namespace"])
+    }
+    pub fn gvk(&self) -> Gvk {
+        Gvk::from_api_version(self.api_version(), self.kind())
+    }
+    pub fn cur_id(&self) -> ResId {
+        ResId {
+            gvk: self.gvk(),
+            name: self.name().to_owned(),
+            namespace: self.namespace().to_owned(),
+        }
+    }
+
+    /// The identity the resource was declared with, before any rename.
+    pub fn org_id(&self) -> ResId {
+        match self.prev.first() {
+            Some(p) => ResId {
+                gvk: Gvk {
+                    kind: p.kind.clone(),
+                    ..self.gvk()
+                },
+                name: p.name.clone(),
+                namespace: p.namespace.clone(),
+            },
+            None => self.cur_id(),
+        }
+    }
+
+    pub fn prev_ids(&self) -> Vec<ResId> {
+        let gvk = self.gvk();
+        self.prev
+            .iter()
+            .map(|p| ResId {
+                gvk: Gvk {
+                    kind: p.kind.clone(),
+                    ..gvk.clone()
+                },
+                name: p.name.clone(),
+                namespace: p.namespace.clone(),
+            })
+            .collect()
+    }
+
+    pub fn store_previous_id(&mut self) {
+        let id = self.cur_id();
+        self.prev.push(PrevId {
+            kind: id.gvk.kind.clone(),
+            name: id.name.clone(),
+            namespace: id.effective_namespace().to_owned(),
+        });
+    }
+
+    pub fn metadata_mut(&mut self) -> &mut Map<String, Value> {
+        let m = self
+            .obj
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !m.is_object() {
+            *m = Value::Object(Map::new());
+        }
+        m.as_object_mut().expect("metadata was just made an object")
+    }
+
+    pub fn set_name(&mut self, name: &str) {
+        self.metadata_mut()
+            .insert("name".into(), Value::String(name.to_owned()));
+    }
+
+    pub fn set_namespace(&mut self, ns: &str) {
+        if ns.is_empty() {
+            self.metadata_mut().remove("namespace");
+        } else {
+            self.metadata_mut()
+                .insert("namespace".into(), Value::String(ns.to_owned()));
+        }
+    }
+
+    pub fn string_map(&self, field: &str) -> Map<String, Value> {
+        self.obj
+            .get("metadata")
+            .and_then(|m| m.get(field))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn labels(&self) -> Map<String, Value> {
+        self.string_map("labels")
+    }
+    pub fn annotations(&self) -> Map<String, Value> {
+        self.string_map("annotations")
+    }
+}

@@ -1,0 +1,467 @@
+//! The field-spec driven transformers: namespace, name prefix/suffix, labels and annotations,
+//! images, replicas; and the legacy output order.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde_json::{Map, Value};
+
+use super::fieldspec::{self, FieldSpec, NameBackRef, TransformerConfig, apply_specs};
+use super::kustomization::{Image, Replica};
+use super::resource::{Gvk, Resource};
+
+pub fn namespace(
+    list: &mut [Resource],
+    ns: &str,
+    specs: &[FieldSpec],
+    unset_only: bool,
+    subjects: &str,
+) -> Result<(), String> {
+    let set = |v: &mut Value| {
+        let empty = match v {
+            Value::Null => true,
+            Value::String(s) => s.is_empty(),
+            _ => false,
+        };
+        if !unset_only || empty {
+            *v = Value::String(ns.to_owned());
+        }
+    };
+    for r in list.iter_mut() {
+        r.store_previous_id();
+        let gvk = r.gvk();
+        if !gvk.is_cluster_scoped() {
+            let meta = r.metadata_mut();
+            let mut cur = meta.remove("namespace").unwrap_or(Value::Null);
+            set(&mut cur);
+            meta.insert("namespace".into(), cur);
+        }
+        let is_binding = gvk.kind == "RoleBinding" || gvk.kind == "ClusterRoleBinding";
+        if is_binding
+            && subjects != "none"
+            && let Some(Value::Array(items)) = r.obj.get_mut("subjects")
+        {
+            for s in items.iter_mut().filter_map(Value::as_object_mut) {
+                let hit = match subjects {
+                    "allServiceAccounts" => {
+                        s.get("kind").and_then(Value::as_str) == Some("ServiceAccount")
+                    }
+                    _ => s.get("name").and_then(Value::as_str) == Some("default"),
+                };
+                if hit {
+                    let mut cur = s.remove("namespace").unwrap_or(Value::Null);
+                    set(&mut cur);
+                    s.insert("namespace".into(), cur);
+                }
+            }
+        }
+        let own: Vec<FieldSpec> = specs
+            .iter()
+            .filter(|fs| fs.path != "metadata/namespace")
+            .filter(|fs| fs.path != "metadata/name" || r.api_version() == "v1")
+            .filter(|fs| !(is_binding && fs.path == "subjects/namespace"))
+            .cloned()
+            .collect();
+        apply_specs(&mut r.obj, &gvk, &own, &mut |v| {
+            if !matches!(v, Value::Null | Value::String(_)) {
+                return Err("namespace field specs must target scalar nodes".into());
+            }
+            set(v);
+            Ok(())
+        })?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for r in list.iter() {
+        if !seen.insert(r.cur_id().key()) {
+            return Err(format!(
+                "namespace transformation produces ID conflict: {}",
+                r.cur_id()
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn prefix_suffix(
+    list: &mut [Resource],
+    prefix: &str,
+    suffix: &str,
+    specs: &[FieldSpec],
+) -> Result<(), String> {
+    for r in list.iter_mut() {
+        let org = r.org_id();
+        // kustomize never renames CRDs, Namespaces and APIServices with a prefix or suffix.
+        let skipped = org.gvk.kind == "CustomResourceDefinition"
+            || org.gvk.kind == "Namespace"
+            || (org.gvk.kind == "APIService" && org.gvk.group == "apiregistration.k8s.io");
+        if skipped {
+            continue;
+        }
+        for fs in specs {
+            if !org.gvk.is_selected_by(&fs.gvk()) {
+                continue;
+            }
+            if fs.path == "metadata/name" {
+                if !prefix.is_empty() {
+                    r.prefixes.push(prefix.to_owned());
+                }
+                if !suffix.is_empty() {
+                    r.suffixes.push(suffix.to_owned());
+                }
+                r.store_previous_id();
+            }
+            fieldspec::visit(
+                &mut r.obj,
+                &fieldspec::parse_path(&fs.path),
+                fs.create,
+                &mut |v| match v {
+                    Value::String(s) => {
+                        *s = format!("{prefix}{s}{suffix}");
+                        Ok(())
+                    }
+                    Value::Null => Ok(()),
+                    _ => Err(format!("{}: expected a string", fs.path)),
+                },
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets the entries of `pairs` in the maps at `specs` (labels, annotations, selectors).
+pub fn set_map_entries(
+    list: &mut [Resource],
+    pairs: &BTreeMap<String, String>,
+    specs: &[FieldSpec],
+) -> Result<(), String> {
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    for r in list.iter_mut() {
+        let gvk = r.gvk();
+        apply_specs(&mut r.obj, &gvk, specs, &mut |v| {
+            if v.is_null() {
+                *v = Value::Object(Map::new());
+            }
+            match v {
+                Value::Object(m) => {
+                    for (k, val) in pairs {
+                        m.insert(k.clone(), Value::String(val.clone()));
+                    }
+                    Ok(())
+                }
+                _ => Err("a label or annotation field spec must target a map".into()),
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Splits an image reference into name, tag and digest.
+fn split_image(s: &str) -> (&str, Option<&str>, Option<&str>) {
+    let (rest, digest) = match s.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (s, None),
+    };
+    let slash = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match rest[slash..].find(':') {
+        Some(c) => (&rest[..slash + c], Some(&rest[slash + c + 1..]), digest),
+        None => (rest, None, digest),
+    }
+}
+
+fn update_image(value: &mut Value, img: &Image) {
+    let Value::String(s) = value else { return };
+    let (name, tag, digest) = split_image(s);
+    if name != img.name {
+        return;
+    }
+    let mut name = name.to_owned();
+    let mut tag = tag.map(str::to_owned);
+    let mut digest = digest.map(str::to_owned);
+    if !img.new_name.is_empty() {
+        name = img.new_name.clone();
+    }
+    if !img.new_tag.is_empty() && !img.digest.is_empty() {
+        tag = Some(img.new_tag.clone());
+        digest = Some(img.digest.clone());
+    } else if !img.new_tag.is_empty() {
+        tag = Some(img.new_tag.clone());
+        digest = None;
+    } else if !img.digest.is_empty() {
+        digest = Some(img.digest.clone());
+        tag = None;
+    }
+    if !img.tag_suffix.is_empty() {
+        tag = Some(format!("{}{}", tag.unwrap_or_default(), img.tag_suffix));
+    }
+    let mut out = name;
+    if let Some(t) = tag {
+        out.push(':');
+        out.push_str(&t);
+    }
+    if let Some(d) = digest {
+        out.push('@');
+        out.push_str(&d);
+    }
+    *s = out;
+}
+
+/// Every `containers`/`initContainers` image anywhere in the object, as kustomize's legacy
+/// image filter finds them.
+fn update_container_images(v: &mut Value, img: &Image) {
+    match v {
+        Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                if (k == "containers" || k == "initContainers")
+                    && let Value::Array(items) = child
+                {
+                    for c in items.iter_mut() {
+                        if let Some(image) = c.get_mut("image") {
+                            update_image(image, img);
+                        }
+                    }
+                    continue;
+                }
+                update_container_images(child, img);
+            }
+        }
+        Value::Array(items) => {
+            for i in items {
+                update_container_images(i, img);
+            }
+        }
+        _ => {}
+    }
+}
+
+pub fn image(list: &mut [Resource], img: &Image, specs: &[FieldSpec]) -> Result<(), String> {
+    for r in list.iter_mut() {
+        let gvk = r.gvk();
+        for (k, child) in r.obj.iter_mut() {
+            if k != "apiVersion" && k != "kind" {
+                update_container_images(child, img);
+            }
+        }
+        apply_specs(&mut r.obj, &gvk, specs, &mut |v| {
+            if v.is_string() {
+                update_image(v, img);
+            }
+            Ok(())
+        })?;
+        // A created-but-unset image field is not kustomize's doing: drop the placeholder.
+        strip_nulls_at(&mut r.obj, specs, &gvk);
+    }
+    Ok(())
+}
+
+fn strip_nulls_at(obj: &mut Map<String, Value>, specs: &[FieldSpec], gvk: &Gvk) {
+    for fs in specs {
+        if !gvk.is_selected_by(&fs.gvk()) {
+            continue;
+        }
+        let segs = fieldspec::parse_path(&fs.path);
+        strip_null(obj, &segs);
+    }
+}
+
+fn strip_null(obj: &mut Map<String, Value>, segs: &[fieldspec::Seg]) {
+    use fieldspec::Seg;
+    let Some((first, rest)) = segs.split_first() else {
+        return;
+    };
+    let name = match first {
+        Seg::Field(n) | Seg::Each(n) | Seg::Match(n, _, _) => n,
+    };
+    if rest.is_empty() {
+        if obj.get(name).is_some_and(Value::is_null) {
+            obj.remove(name);
+        }
+        return;
+    }
+    match obj.get_mut(name) {
+        Some(Value::Object(m)) => strip_null(m, rest),
+        Some(Value::Array(items)) => {
+            for i in items.iter_mut().filter_map(Value::as_object_mut) {
+                strip_null(i, rest);
+            }
+        }
+        _ => {}
+    }
+}
+
+pub fn replicas(list: &mut [Resource], rep: &Replica, specs: &[FieldSpec]) -> Result<(), String> {
+    for r in list.iter_mut() {
+        if r.name() != rep.name && r.org_id().name != rep.name {
+            continue;
+        }
+        let gvk = r.gvk();
+        apply_specs(&mut r.obj, &gvk, specs, &mut |v| {
+            *v = Value::from(rep.count);
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+const ORDER_FIRST: &[&str] = &[
+    "Namespace",
+    "ResourceQuota",
+    "StorageClass",
+    "CustomResourceDefinition",
+    "ServiceAccount",
+    "PodSecurityPolicy",
+    "Role",
+    "ClusterRole",
+    "RoleBinding",
+    "ClusterRoleBinding",
+    "ConfigMap",
+    "Secret",
+    "Endpoints",
+    "Service",
+    "LimitRange",
+    "PriorityClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "Deployment",
+    "StatefulSet",
+    "CronJob",
+    "PodDisruptionBudget",
+];
+const ORDER_LAST: &[&str] = &[
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+];
+
+fn gvk_sort_string(g: &Gvk) -> String {
+    let or = |s: &str, d: &str| {
+        if s.is_empty() {
+            d.to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    format!(
+        "{}_{}_{}",
+        or(&g.group, "~G"),
+        or(&g.version, "~V"),
+        or(&g.kind, "~K")
+    )
+}
+
+/// kustomize's default order: by kind rank, then group/version/kind, then namespace and name.
+pub fn legacy_sort(list: &mut Vec<Resource>, first: &[String], last: &[String]) {
+    let mut rank: HashMap<&str, i64> = HashMap::new();
+    let (first, last): (Vec<&str>, Vec<&str>) = if first.is_empty() && last.is_empty() {
+        (ORDER_FIRST.to_vec(), ORDER_LAST.to_vec())
+    } else {
+        (
+            first.iter().map(String::as_str).collect(),
+            last.iter().map(String::as_str).collect(),
+        )
+    };
+    let n = first.len() as i64;
+    for (i, k) in first.iter().enumerate() {
+        rank.insert(k, i as i64 - n);
+    }
+    for (i, k) in last.iter().enumerate() {
+        rank.insert(k, 1 + i as i64);
+    }
+    let mut keyed: Vec<(i64, String, bool, String, Resource)> = std::mem::take(list)
+        .into_iter()
+        .map(|r| {
+            let id = r.cur_id();
+            let gvk_s = gvk_sort_string(&id.gvk);
+            let ns = if id.namespace.is_empty() {
+                "~X"
+            } else {
+                &id.namespace
+            };
+            let name = if id.name.is_empty() { "~N" } else { &id.name };
+            let id_s = format!("{}|{ns}|{name}", id.gvk);
+            let is_ns = id.gvk.kind == "Namespace";
+            (
+                rank.get(id.gvk.kind.as_str()).copied().unwrap_or(0),
+                gvk_s,
+                is_ns && id.gvk.group.is_empty(),
+                id_s,
+                r,
+            )
+        })
+        .collect();
+    keyed.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| {
+                if a.1 == b.1 {
+                    std::cmp::Ordering::Equal
+                } else if a.4.kind() == "Namespace" && b.4.kind() == "Namespace" && (a.2 || b.2) {
+                    b.1.cmp(&a.1)
+                } else {
+                    a.1.cmp(&b.1)
+                }
+            })
+            .then_with(|| a.3.cmp(&b.3))
+    });
+    *list = keyed.into_iter().map(|k| k.4).collect();
+}
+
+/// Name references declared by CRD OpenAPI definitions through `x-kubernetes-object-ref-kind`
+/// (kustomize's legacy `crds:` field): a map of definition name to `{Schema: ...}`.
+pub fn config_from_crds(bytes: &[u8]) -> Result<TransformerConfig, String> {
+    let text = String::from_utf8_lossy(bytes);
+    let docs = super::yaml::parse_documents(&text).map_err(|e| e.to_string())?;
+    let mut tc = TransformerConfig::default();
+    for d in docs {
+        let Some(defs) = d.as_object() else { continue };
+        let schema_of =
+            |name: &str| -> Option<&Value> { defs.get(name).map(|d| d.get("Schema").unwrap_or(d)) };
+        for (def_name, def) in defs {
+            let kind = def_name.rsplit('.').next().unwrap_or(def_name);
+            let root = def.get("Schema").unwrap_or(def);
+            // (path so far, schema, depth) — depth bounds recursive definitions.
+            let mut walk = vec![(String::new(), root, 0)];
+            while let Some((path, node, depth)) = walk.pop() {
+                if depth > 16 {
+                    continue;
+                }
+                let Some(props) = node.get("properties").and_then(Value::as_object) else {
+                    continue;
+                };
+                for (field, schema) in props {
+                    let p = if path.is_empty() {
+                        field.clone()
+                    } else {
+                        format!("{path}/{field}")
+                    };
+                    if let Some(rk) = schema
+                        .get("x-kubernetes-object-ref-kind")
+                        .and_then(Value::as_str)
+                    {
+                        let key = schema
+                            .get("x-kubernetes-object-ref-name-key")
+                            .and_then(Value::as_str)
+                            .unwrap_or("name");
+                        tc.name_reference.push(NameBackRef {
+                            kind: rk.to_owned(),
+                            referrers: vec![FieldSpec {
+                                kind: kind.to_owned(),
+                                path: format!("{p}/{key}"),
+                                ..Default::default()
+                            }],
+                            ..Default::default()
+                        });
+                        continue;
+                    }
+                    if let Some(target) = schema
+                        .get("$ref")
+                        .and_then(Value::as_str)
+                        .and_then(schema_of)
+                    {
+                        walk.push((p.clone(), target, depth + 1));
+                    }
+                    walk.push((p, schema, depth + 1));
+                }
+            }
+        }
+    }
+    Ok(tc)
+}
