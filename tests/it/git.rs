@@ -605,11 +605,17 @@ fn an_unreachable_remote_is_a_clear_error() {
 fn a_missing_branch_or_path_is_named_in_the_error() {
     let fx = Fixture::new();
     let repo = fx.open("a", &fx.url(), Credentials::None);
-    repo.fetch().expect("fetch");
     let pipeline = pipeline(&fx.url(), false);
+    // A branch deleted on the remote is forgotten by the next fetch, not served stale.
+    fx.work.git(&["push", "-q", "origin", "main:env/prod"]);
+    repo.fetch().expect("fetch");
+    repo.revision(&pipeline, "prod").expect("env/prod exists");
+    fx.work.git(&["push", "-q", "origin", ":env/prod"]);
+    let fetched = repo.fetch().expect("fetch");
+    assert_eq!(fetched.pruned, ["env/prod"]);
     let err = repo
         .revision(&pipeline, "prod")
-        .expect_err("no env/prod yet");
+        .expect_err("no env/prod any more");
     assert!(
         matches!(&err, revision::Error::MissingBranch { branch, .. } if branch == "env/prod"),
         "{err:?}"
