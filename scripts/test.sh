@@ -28,3 +28,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --no-fail-fast "$@"
 fi
+
+echo "== the README's main command, in check mode"
+scripts/demo.sh --check

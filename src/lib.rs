@@ -6,8 +6,10 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cluster;
 pub mod git;
 pub mod pipeline;
+pub mod reconcile;
 pub mod render;
 pub mod telemetry;
 

@@ -135,7 +135,7 @@ enum EnvCommand {
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Show one environment as JSON.
+    /// Show one environment: source, sync policy, approval policy, freeze windows.
     Get {
         /// The environment's name.
         name: String,
@@ -145,18 +145,13 @@ enum EnvCommand {
 }
 
 fn main() -> std::process::ExitCode {
+    // kube's and reqwest's (gix's HTTP transport) rustls share one process-wide crypto
+    // provider; without one installed the first TLS connection panics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     if let Err(e) = telemetry::init(cli.log_format, &cli.log_level) {
         eprintln!("error: --log-level {:?}: {e}", cli.log_level);
         return std::process::ExitCode::from(2);
-    }
-    // kube's and reqwest's (gix's HTTP transport) rustls share one process-wide provider.
-    if rustls::crypto::ring::default_provider()
-        .install_default()
-        .is_err()
-    {
-        eprintln!("error: a rustls crypto provider was already installed");
-        return std::process::ExitCode::FAILURE;
     }
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime can be built at start-up");
     match runtime.block_on(run(cli.command)) {
@@ -242,9 +237,56 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .map_err(|status| rpc_error("GetEnvironment", status))?
                 .into_inner();
-            println!("{env:#?}");
+            print_environment(&env);
             Ok(())
         }
+    }
+}
+
+fn print_environment(env: &proto::Environment) {
+    println!("name: {}", env.name);
+    if !env.promotes_from.is_empty() {
+        println!("promotes from: {}", env.promotes_from);
+    }
+    match env.source.as_ref().and_then(|s| s.model.as_ref()) {
+        Some(proto::source::Model::Overlay(o)) => {
+            println!("source: overlay {} on branch {}", o.path, o.branch)
+        }
+        Some(proto::source::Model::Branch(b)) if b.path.is_empty() => {
+            println!("source: branch {}", b.branch)
+        }
+        Some(proto::source::Model::Branch(b)) => {
+            println!("source: branch {}, path {}", b.branch, b.path)
+        }
+        None => {}
+    }
+    if let Some(sync) = &env.sync {
+        println!(
+            "sync: every {}s, prune {}, self-heal {}{}",
+            sync.interval_seconds,
+            sync.prune,
+            sync.self_heal,
+            if sync.suspended { ", suspended" } else { "" }
+        );
+    }
+    if let Some(approval) = env.approval.as_ref().filter(|a| a.required > 0) {
+        println!(
+            "approval: {} approver(s){}{}",
+            approval.required,
+            if approval.groups.is_empty() {
+                String::new()
+            } else {
+                format!(" from {}", approval.groups.join(", "))
+            },
+            if approval.allow_self_approval {
+                ", self-approval allowed"
+            } else {
+                ""
+            }
+        );
+    }
+    for w in &env.freeze_windows {
+        println!("freeze: {} to {} ({})", w.start, w.end, w.timezone);
     }
 }
 

@@ -106,6 +106,12 @@ pub struct Sync {
     pub self_heal: Option<bool>,
     #[serde(default)]
     pub suspend: bool,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub recreate: bool,
 }
 
 #[derive(Debug, Deserialize)]

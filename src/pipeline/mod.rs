@@ -132,6 +132,12 @@ pub struct SyncPolicy {
     pub prune: bool,
     pub self_heal: bool,
     pub suspend: bool,
+    /// How long applied objects may stay Progressing before they count as Failed.
+    pub timeout: Duration,
+    /// Take ownership of fields another field manager holds (server-side apply `force`).
+    pub force: bool,
+    /// Delete and create again an object whose change touches an immutable field.
+    pub recreate: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -14,6 +14,9 @@ use super::{
 /// common choice for Kustomizations.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
 const DEFAULT_BRANCH: &str = "main";
+/// How long applied objects may stay Progressing before health reports them Failed; Flux's
+/// kustomize-controller waits as long by default.
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A pipeline file that could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +206,9 @@ fn validate_environment(
         prune: None,
         self_heal: None,
         suspend: false,
+        timeout: None,
+        force: false,
+        recreate: false,
     });
     let interval = match sync.interval {
         None => DEFAULT_INTERVAL,
@@ -219,11 +225,23 @@ fn validate_environment(
             interval
         }
     };
+    let timeout = match sync.timeout {
+        None => DEFAULT_HEALTH_TIMEOUT,
+        Some(text) => humantime::parse_duration(&text).map_err(|e| {
+            field(
+                format!("{at}.sync.timeout"),
+                format!("{text:?} is not a duration such as 30s or 5m: {e}"),
+            )
+        })?,
+    };
     let sync = SyncPolicy {
         interval,
         prune: sync.prune.unwrap_or(true),
         self_heal: sync.self_heal.unwrap_or(true),
         suspend: sync.suspend,
+        timeout,
+        force: sync.force,
+        recreate: sync.recreate,
     };
 
     let approval = env.approval.map_or(

@@ -5,4 +5,6 @@ mod support;
 
 mod foundation;
 mod git;
+mod harness;
+mod reconcile;
 mod serve;

@@ -35,6 +35,10 @@ impl Drop for Server {
 }
 
 fn start_server(dir: &Path) -> Server {
+    start_server_logging_to(dir, Stdio::null())
+}
+
+fn start_server_logging_to(dir: &Path, stderr: Stdio) -> Server {
     let pipeline = dir.join("pipeline.yaml");
     std::fs::write(&pipeline, PIPELINE).expect("write pipeline");
     let mut child = Command::new(env!("CARGO_BIN_EXE_stagehand"))
@@ -44,7 +48,7 @@ fn start_server(dir: &Path) -> Server {
         .arg("--state-dir")
         .arg(dir.join("state"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("stagehand starts");
     let stdout = child.stdout.take().expect("stdout is piped");
@@ -130,6 +134,22 @@ fn the_cli_lists_the_environments_of_a_running_server() {
         "pipeline shop\n  dev\n  staging (promoted from dev)\n"
     );
 
+    let staging = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(["env", "get", "staging", "--server"])
+        .arg(format!("http://{}", server.addr))
+        .output()
+        .expect("the CLI runs");
+    assert!(
+        staging.status.success(),
+        "{}",
+        String::from_utf8_lossy(&staging.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&staging.stdout),
+        "name: staging\npromotes from: dev\nsource: overlay environments/staging on branch main\n\
+         sync: every 300s, prune true, self-heal true\napproval: 1 approver(s)\n"
+    );
+
     let missing = Command::new(env!("CARGO_BIN_EXE_stagehand"))
         .args(["env", "get", "qa", "--server"])
         .arg(format!("http://{}", server.addr))
@@ -144,9 +164,11 @@ fn the_cli_lists_the_environments_of_a_running_server() {
 }
 
 #[test]
-fn sigterm_stops_the_server_cleanly() {
+fn sigterm_stops_the_server_cleanly_and_logs_json_lines() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut server = start_server(dir.path());
+    let log = dir.path().join("serve.log");
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let mut server = start_server_logging_to(dir.path(), Stdio::from(log_file));
     assert_eq!(probe(&server.addr, "")["health"], "SERVING");
     let killed = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
@@ -165,6 +187,22 @@ fn sigterm_stops_the_server_cleanly() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "clean exit after SIGTERM, got {status}");
+
+    let log = std::fs::read_to_string(&log).expect("log readable");
+    let messages: Vec<String> = log
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("log line {line:?} is not JSON: {e}"));
+            event["message"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    for expected in ["serving gRPC", "received SIGTERM", "stopped"] {
+        assert!(
+            messages.iter().any(|m| m.starts_with(expected)),
+            "{expected:?} not among {messages:?}"
+        );
+    }
 }
 
 #[test]

@@ -1,0 +1,685 @@
+//! Staged server-side apply that returns what happened to each object.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy,
+};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
+
+use super::health::{self, Health};
+use super::inventory::Inventory;
+use super::redact::Redactor;
+use super::{
+    Connection, Error, FIELD_MANAGER, HASH_ANNOTATION, INVENTORY_LABEL, Object, ObjectKey,
+    ObjectRef, Resolved, Stage, api_error, diff, normalize,
+};
+
+/// How a sync applies.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The environment the objects belong to; the value of [`INVENTORY_LABEL`].
+    pub owner: String,
+    /// Take fields other managers hold (server-side apply `force`).
+    pub force: bool,
+    /// Put back fields someone changed in the cluster. Healing takes the fields back, so it
+    /// applies with `force`; a Git change is applied with `force` too, because with self-heal
+    /// Git wins.
+    pub self_heal: bool,
+    /// Delete and create again an object whose change touches an immutable field.
+    pub recreate: bool,
+    /// How many objects of one stage are applied at once.
+    pub concurrency: usize,
+    /// Ask the apiserver what would happen (server-side dry-run), change nothing.
+    pub dry_run: bool,
+    /// How long to wait for a CRD to be Established, and for a recreated object to go.
+    pub wait_timeout: Duration,
+    /// The namespace of namespaced objects that name none.
+    pub default_namespace: String,
+}
+
+impl Options {
+    pub fn new(owner: impl Into<String>) -> Self {
+        Self {
+            owner: owner.into(),
+            force: false,
+            self_heal: true,
+            recreate: false,
+            concurrency: 16,
+            dry_run: false,
+            wait_timeout: Duration::from_secs(30),
+            default_namespace: "default".into(),
+        }
+    }
+}
+
+/// What applying did to one object (fluxcd/pkg ssa's change set, plus drift).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "change", rename_all = "camelCase")]
+pub enum Change {
+    Created,
+    /// Changed by a new manifest from Git; `fields` are the paths that changed.
+    Configured {
+        fields: Vec<String>,
+    },
+    Unchanged,
+    /// Someone changed these fields in the cluster; left alone (no self-heal or dry run).
+    Drifted {
+        fields: Vec<String>,
+    },
+    /// Someone changed these fields in the cluster; put back.
+    Healed {
+        fields: Vec<String>,
+    },
+    /// Deleted and created again because an immutable field changed.
+    Recreated,
+    /// Not applied. For Secrets the error names fields only.
+    Failed {
+        error: String,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Created => f.write_str("created"),
+            Self::Configured { fields } => write!(f, "configured ({})", fields.join(", ")),
+            Self::Unchanged => f.write_str("unchanged"),
+            Self::Drifted { fields } => write!(f, "drifted ({})", fields.join(", ")),
+            Self::Healed { fields } => write!(f, "healed ({})", fields.join(", ")),
+            Self::Recreated => f.write_str("recreated"),
+            Self::Failed { error } => write!(f, "failed: {error}"),
+        }
+    }
+}
+
+/// One object's outcome. The live object it keeps (for health) may be a Secret, so `Debug`
+/// leaves it out.
+#[derive(Clone)]
+pub struct Entry {
+    pub reference: ObjectRef,
+    pub change: Change,
+    live: Option<Value>,
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("reference", &self.reference)
+            .field("change", &self.change)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Entry {
+    fn new(reference: ObjectRef, change: Change, live: Option<Value>) -> Self {
+        Self {
+            reference,
+            change,
+            live,
+        }
+    }
+
+    fn failed(reference: ObjectRef, error: &Error) -> Self {
+        Self::new(
+            reference,
+            Change::Failed {
+                error: error.to_string(),
+            },
+            None,
+        )
+    }
+
+    /// Health of the object as last seen (after the apply, or as listed when unchanged); none
+    /// for a failed apply or a dry run of a new object.
+    pub fn health(&self) -> Option<Health> {
+        self.live.as_ref().map(health::assess)
+    }
+}
+
+/// The outcome of one apply, in apply order.
+#[derive(Debug, Clone, Default)]
+pub struct ChangeSet {
+    pub entries: Vec<Entry>,
+}
+
+impl ChangeSet {
+    pub fn failed(&self) -> impl Iterator<Item = &Entry> {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.change, Change::Failed { .. }))
+    }
+
+    pub fn drifted(&self) -> impl Iterator<Item = &Entry> {
+        self.entries
+            .iter()
+            .filter(|e| matches!(e.change, Change::Drifted { .. } | Change::Healed { .. }))
+    }
+
+    /// Whether anything was written to the cluster.
+    pub fn wrote(&self) -> bool {
+        self.entries.iter().any(|e| {
+            matches!(
+                e.change,
+                Change::Created
+                    | Change::Configured { .. }
+                    | Change::Healed { .. }
+                    | Change::Recreated
+            )
+        })
+    }
+
+    pub fn references(&self) -> impl Iterator<Item = &ObjectRef> {
+        self.entries.iter().map(|e| &e.reference)
+    }
+}
+
+/// The drift "field" of an object someone deleted from the cluster.
+pub const DELETED: &str = "(object deleted)";
+
+/// Applies `objects`: Namespaces and CRDs first (CRDs waited on until Established), then the
+/// rest, each stage concurrently up to `options.concurrency`. Per-object failures are entries
+/// of the change set, not errors; the sync goes on with the other objects. `previous` (the
+/// last sync's inventory) tells an object someone deleted, which is drift, from a new one.
+pub async fn apply(
+    conn: &Connection,
+    objects: Vec<Object>,
+    options: &Options,
+    redactor: &Redactor,
+    previous: &Inventory,
+) -> ChangeSet {
+    let previous: HashSet<ObjectKey> = previous.entries().iter().map(ObjectRef::key).collect();
+    let ctx = Context {
+        conn,
+        options,
+        redactor,
+        previous: &previous,
+    };
+    let defined: Vec<(String, String)> = objects
+        .iter()
+        .filter(|o| o.reference().is_crd())
+        .filter_map(|o| {
+            let m = o.manifest();
+            Some((
+                m.pointer("/spec/group")?.as_str()?.to_owned(),
+                m.pointer("/spec/names/kind")?.as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let (definitions, workloads): (Vec<Object>, Vec<Object>) = objects
+        .into_iter()
+        .partition(|o| o.reference().stage() == Stage::Definitions);
+
+    let mut set = ChangeSet {
+        entries: apply_stage(&ctx, definitions, &[]).await,
+    };
+    if !options.dry_run {
+        for entry in &mut set.entries {
+            if entry.reference.is_crd() && !matches!(entry.change, Change::Failed { .. }) {
+                match wait_established(conn, &entry.reference, options.wait_timeout).await {
+                    Ok(live) => entry.live = Some(live),
+                    Err(e) => *entry = Entry::failed(entry.reference.clone(), &e),
+                }
+            }
+        }
+    }
+    set.entries
+        .extend(apply_stage(&ctx, workloads, &defined).await);
+    set
+}
+
+/// What every object of one apply needs.
+struct Context<'a> {
+    conn: &'a Connection,
+    options: &'a Options,
+    redactor: &'a Redactor,
+    previous: &'a HashSet<ObjectKey>,
+}
+
+struct Prepared {
+    index: usize,
+    object: Object,
+    resolved: Resolved,
+    hash: String,
+}
+
+async fn apply_stage(
+    ctx: &Context<'_>,
+    objects: Vec<Object>,
+    defined: &[(String, String)],
+) -> Vec<Entry> {
+    let (conn, options) = (ctx.conn, ctx.options);
+    let mut done: Vec<(usize, Entry)> = Vec::new();
+    let mut prepared = Vec::with_capacity(objects.len());
+    for (index, mut object) in objects.into_iter().enumerate() {
+        let reference = object.reference().clone();
+        let is_defined = defined
+            .iter()
+            .any(|(g, k)| *g == reference.group && *k == reference.kind);
+        let resolved = match resolve(conn, &reference, is_defined, options).await {
+            Ok(Some(resolved)) => resolved,
+            // A dry run cannot apply an instance of a CRD that is not there yet.
+            Ok(None) => {
+                done.push((index, Entry::new(reference, Change::Created, None)));
+                continue;
+            }
+            Err(e) => {
+                done.push((index, Entry::failed(reference, &e)));
+                continue;
+            }
+        };
+        match (&reference.namespace, resolved.namespaced) {
+            (None, true) => object.set_namespace(&options.default_namespace),
+            (Some(_), false) => object.clear_namespace(),
+            _ => {}
+        }
+        normalize::normalize(object.manifest_mut());
+        let hash = stamp(&mut object, &options.owner);
+        prepared.push(Prepared {
+            index,
+            object,
+            resolved,
+            hash,
+        });
+    }
+
+    let (mut live, failures) = list_live(conn, &prepared, &options.owner).await;
+    if !failures.is_empty() {
+        // Without the live objects nothing can be compared: objects of a kind that could not
+        // be listed fail, the others go on.
+        let (failed, ok): (Vec<Prepared>, Vec<Prepared>) = prepared
+            .into_iter()
+            .partition(|p| failures.contains_key(&list_key(p)));
+        prepared = ok;
+        for p in failed {
+            let error = failures[&list_key(&p)].clone();
+            let reference = p.object.reference().clone();
+            done.push((
+                p.index,
+                Entry::new(reference, Change::Failed { error }, None),
+            ));
+        }
+    }
+    let work = prepared.into_iter().map(|p| {
+        let current = live.remove(&p.object.reference().key());
+        async move {
+            let index = p.index;
+            (index, apply_one(ctx, p, current).await)
+        }
+    });
+    let mut applied: Vec<(usize, Entry)> = futures::stream::iter(work)
+        .buffer_unordered(options.concurrency.max(1))
+        .collect()
+        .await;
+    done.append(&mut applied);
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, e)| e).collect()
+}
+
+async fn resolve(
+    conn: &Connection,
+    reference: &ObjectRef,
+    defined_here: bool,
+    options: &Options,
+) -> Result<Option<Resolved>, Error> {
+    let deadline = Instant::now() + options.wait_timeout;
+    loop {
+        match conn.resolve(reference).await {
+            Ok(found) => return Ok(Some(found)),
+            Err(Error::UnknownKind { .. }) if defined_here && options.dry_run => return Ok(None),
+            // Discovery can lag a moment behind the CRD's Established condition.
+            Err(Error::UnknownKind { .. }) if defined_here && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Adds our label, then the hash of the manifest so labelled as an annotation; returns the
+/// hash. A hash the manifest already carried (copied from a live object) is replaced.
+fn stamp(object: &mut Object, owner: &str) -> String {
+    let manifest = object.manifest_mut();
+    let meta = manifest
+        .as_object_mut()
+        .expect("a parsed object is a JSON object because it has apiVersion and kind")
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let meta = meta
+        .as_object_mut()
+        .expect("metadata is an object because metadata.name was parsed from it");
+    let labels = meta
+        .entry("labels")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(labels) = labels.as_object_mut() {
+        labels.insert(INVENTORY_LABEL.into(), Value::String(owner.into()));
+    }
+    if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+        annotations.remove(HASH_ANNOTATION);
+    }
+    let bytes = serde_json::to_vec(&*manifest).expect("a JSON value always serialises");
+    let hash: String = Sha256::digest(&bytes)
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let meta = manifest
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .expect("metadata was made an object above");
+    let annotations = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(annotations) = annotations.as_object_mut() {
+        annotations.insert(HASH_ANNOTATION.into(), Value::String(hash.clone()));
+    }
+    hash
+}
+
+type ListKey = (String, String, Option<String>);
+
+fn list_key(p: &Prepared) -> ListKey {
+    let r = p.object.reference();
+    (
+        r.api_version(),
+        r.kind.clone(),
+        r.namespace.clone().filter(|_| p.resolved.namespaced),
+    )
+}
+
+/// Lists our live objects with one request per kind and namespace; also returns the error
+/// message for each kind and namespace that could not be listed.
+async fn list_live(
+    conn: &Connection,
+    prepared: &[Prepared],
+    owner: &str,
+) -> (HashMap<ObjectKey, Value>, HashMap<ListKey, String>) {
+    let mut groups: HashMap<ListKey, &Resolved> = HashMap::new();
+    for p in prepared {
+        groups.entry(list_key(p)).or_insert(&p.resolved);
+    }
+    let selector = format!("{INVENTORY_LABEL}={owner}");
+    let lists = groups.into_iter().map(|(key, resolved)| {
+        let selector = &selector;
+        async move {
+            let api = conn.api(resolved, key.2.as_deref());
+            let result = list(&api, selector).await;
+            (key, resolved, result)
+        }
+    });
+    let results = futures::future::join_all(lists).await;
+    let mut live = HashMap::new();
+    let mut failures = HashMap::new();
+    for (key, resolved, result) in results {
+        match result {
+            Ok(items) => {
+                for mut value in items {
+                    with_type(&mut value, resolved);
+                    if let Some(reference) = live_ref(&value, resolved) {
+                        live.insert(reference.key(), value);
+                    }
+                }
+            }
+            Err(e) => {
+                let target = match &key.2 {
+                    Some(ns) => format!("{} {} in {ns}", key.0, key.1),
+                    None => format!("{} {}", key.0, key.1),
+                };
+                failures.insert(key, api_error("list", target, e, None).to_string());
+            }
+        }
+    }
+    (live, failures)
+}
+
+/// Lists objects carrying `selector` as plain JSON, page by page.
+async fn list(api: &Api<DynamicObject>, selector: &str) -> Result<Vec<Value>, kube::Error> {
+    let mut items = Vec::new();
+    let mut params = ListParams::default().labels(selector).limit(500);
+    loop {
+        let request = kube::core::Request::new(api.resource_url())
+            .list(&params)
+            .map_err(kube::Error::BuildRequest)?;
+        let mut page: Value = api.clone().into_client().request(request).await?;
+        if let Some(Value::Array(page_items)) = page.get_mut("items").map(Value::take) {
+            items.extend(page_items);
+        }
+        match page.pointer("/metadata/continue").and_then(Value::as_str) {
+            Some(token) if !token.is_empty() => params = params.continue_token(token),
+            _ => return Ok(items),
+        }
+    }
+}
+
+fn live_ref(value: &Value, resolved: &Resolved) -> Option<ObjectRef> {
+    Some(ObjectRef {
+        group: resolved.resource.group.clone(),
+        version: resolved.resource.version.clone(),
+        kind: resolved.resource.kind.clone(),
+        namespace: value
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        name: value.pointer("/metadata/name")?.as_str()?.to_owned(),
+    })
+}
+
+/// An object from the apiserver as JSON, with the apiVersion and kind that list items leave
+/// out.
+pub(crate) fn to_value(object: DynamicObject, resolved: &Resolved) -> Value {
+    let mut value = serde_json::to_value(object).expect("an object from the apiserver serialises");
+    with_type(&mut value, resolved);
+    value
+}
+
+fn with_type(value: &mut Value, resolved: &Resolved) {
+    if let Some(map) = value.as_object_mut() {
+        map.insert(
+            "apiVersion".into(),
+            Value::String(resolved.resource.api_version.clone()),
+        );
+        map.insert("kind".into(), Value::String(resolved.resource.kind.clone()));
+    }
+}
+
+fn hash_of(live: &Value) -> Option<&str> {
+    live.pointer("/metadata/annotations")?
+        .get(HASH_ANNOTATION)?
+        .as_str()
+}
+
+/// Server-side apply of `desired`, answered as plain JSON: going through `DynamicObject` costs
+/// a second conversion per object, which shows with a thousand of them.
+async fn patch(
+    api: &Api<DynamicObject>,
+    resolved: &Resolved,
+    name: &str,
+    desired: &Value,
+    force: bool,
+    dry_run: bool,
+) -> Result<Value, kube::Error> {
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    params.force = force;
+    params.dry_run = dry_run;
+    let request = kube::core::Request::new(api.resource_url())
+        .patch(name, &params, &Patch::Apply(desired))
+        .map_err(kube::Error::BuildRequest)?;
+    let mut applied: Value = api.clone().into_client().request(request).await?;
+    with_type(&mut applied, resolved);
+    Ok(applied)
+}
+
+fn is_immutable(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => {
+            status.code == 422
+                && (status.message.contains("field is immutable")
+                    || status
+                        .details
+                        .iter()
+                        .flat_map(|d| &d.causes)
+                        .any(|c| c.message.contains("field is immutable")))
+        }
+        _ => false,
+    }
+}
+
+async fn apply_one(ctx: &Context<'_>, p: Prepared, live: Option<Value>) -> Entry {
+    let (conn, options, redactor) = (ctx.conn, ctx.options, ctx.redactor);
+    let reference = p.object.reference().clone();
+    let api = conn.api(&p.resolved, reference.namespace.as_deref());
+    let secret = reference.is_secret().then_some(redactor);
+    let desired = p.object.manifest();
+    let name = reference.name.as_str();
+    let fail = |operation: &'static str, e: kube::Error| {
+        let error = api_error(operation, reference.to_string(), e, secret);
+        Entry::failed(reference.clone(), &error)
+    };
+    let force = options.force || options.self_heal;
+
+    let Some(live) = live else {
+        // Applied by an earlier sync and gone now: someone deleted it.
+        let deleted = ctx.previous.contains(&reference.key());
+        if deleted && (!options.self_heal || options.dry_run) {
+            let fields = vec![DELETED.to_owned()];
+            return Entry::new(reference.clone(), Change::Drifted { fields }, None);
+        }
+        return match patch(&api, &p.resolved, name, desired, force, options.dry_run).await {
+            Ok(applied) if deleted => {
+                let fields = vec![DELETED.to_owned()];
+                Entry::new(reference.clone(), Change::Healed { fields }, Some(applied))
+            }
+            Ok(applied) => Entry::new(reference.clone(), Change::Created, Some(applied)),
+            Err(e) => fail("apply", e),
+        };
+    };
+
+    if hash_of(&live) == Some(p.hash.as_str()) {
+        // Git has not changed this object since we applied it.
+        if diff::contains(&live, desired) {
+            return Entry::new(reference.clone(), Change::Unchanged, Some(live));
+        }
+        let preview = match patch(&api, &p.resolved, name, desired, true, true).await {
+            Ok(preview) => preview,
+            Err(e) => return fail("dry-run apply", e),
+        };
+        let fields = diff::changed_paths(&live, &preview);
+        if fields.is_empty() {
+            return Entry::new(reference.clone(), Change::Unchanged, Some(live));
+        }
+        if !options.self_heal || options.dry_run {
+            return Entry::new(reference.clone(), Change::Drifted { fields }, Some(live));
+        }
+        return match patch(&api, &p.resolved, name, desired, true, false).await {
+            Ok(applied) => Entry::new(reference.clone(), Change::Healed { fields }, Some(applied)),
+            Err(e) => fail("apply", e),
+        };
+    }
+
+    match patch(&api, &p.resolved, name, desired, force, options.dry_run).await {
+        Ok(applied) => {
+            let fields: Vec<String> = diff::changed_paths(&live, &applied)
+                .into_iter()
+                .filter(|f| !f.ends_with(&format!("[{HASH_ANNOTATION:?}]")))
+                .collect();
+            let change = if fields.is_empty() {
+                Change::Unchanged
+            } else {
+                Change::Configured { fields }
+            };
+            Entry::new(reference.clone(), change, Some(applied))
+        }
+        Err(e) if is_immutable(&e) && options.recreate && !options.dry_run => {
+            match recreate(&api, &p, options).await {
+                Ok(applied) => Entry::new(reference.clone(), Change::Recreated, Some(applied)),
+                Err(error) => Entry::failed(reference.clone(), &error),
+            }
+        }
+        Err(e) => fail("apply", e),
+    }
+}
+
+async fn recreate(
+    api: &Api<DynamicObject>,
+    p: &Prepared,
+    options: &Options,
+) -> Result<Value, Error> {
+    let reference = p.object.reference();
+    let secret_free = |op, e| api_error(op, reference.to_string(), e, None);
+    let params = DeleteParams {
+        propagation_policy: Some(PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    api.delete(&reference.name, &params)
+        .await
+        .map_err(|e| secret_free("delete for recreate", e))?;
+    let deadline = Instant::now() + options.wait_timeout;
+    while api
+        .get_opt(&reference.name)
+        .await
+        .map_err(|e| secret_free("wait for deletion", e))?
+        .is_some()
+    {
+        if Instant::now() > deadline {
+            return Err(Error::Api {
+                operation: "recreate",
+                target: reference.to_string(),
+                code: None,
+                reason: "Timeout".into(),
+                message: format!("still there {:?} after deleting it", options.wait_timeout),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    patch(
+        api,
+        &p.resolved,
+        &reference.name,
+        p.object.manifest(),
+        true,
+        false,
+    )
+    .await
+    .map_err(|e| secret_free("apply after delete", e))
+}
+
+async fn wait_established(
+    conn: &Connection,
+    crd: &ObjectRef,
+    timeout: Duration,
+) -> Result<Value, Error> {
+    let resolved = conn.resolve(crd).await?;
+    let api = conn.api(&resolved, None);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let live = api
+            .get(&crd.name)
+            .await
+            .map_err(|e| api_error("wait for", crd.to_string(), e, None))?;
+        let live = to_value(live, &resolved);
+        let established = live
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.get("type").and_then(Value::as_str) == Some("Established")
+                        && c.get("status").and_then(Value::as_str) == Some("True")
+                })
+            });
+        if established {
+            return Ok(live);
+        }
+        if Instant::now() > deadline {
+            return Err(Error::NotEstablished {
+                name: crd.name.clone(),
+                timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

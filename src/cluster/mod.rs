@@ -1,0 +1,322 @@
+//! Talking to an environment's cluster: connect, discover kinds, apply, prune, assess.
+//!
+//! # Public API
+//! - [`Connection::connect`] opens a client for a [`crate::pipeline::Cluster`] (kubeconfig
+//!   file and context, the default kubeconfig, or in-cluster); [`Connection::from_client`] wraps
+//!   an existing client. Kinds are discovered per group-version on first use and cached; a kind
+//!   the cache does not know (a CRD applied a moment ago) triggers a fresh look-up.
+//! - [`Object`] / [`ObjectRef`]: a desired manifest and the reference parsed from it.
+//! - [`apply::apply`] applies desired objects with server-side apply (field manager
+//!   [`FIELD_MANAGER`]) in stages (Namespaces and CRDs first, CRDs waited on until
+//!   Established, then the rest concurrently) and returns a [`apply::ChangeSet`]: per object
+//!   created, configured, unchanged, drifted (with the fields), healed, recreated or failed.
+//!   Unchanged objects cost no request: each kind is listed once and compared by the hash
+//!   annotation [`HASH_ANNOTATION`] and field containment; only suspected drift is checked
+//!   with a server-side dry-run apply.
+//! - [`inventory`]: [`inventory::Inventory`] with pure `new`/`diff`/`merge`, stored in a
+//!   ConfigMap ([`inventory::load`], [`inventory::save`]).
+//! - [`prune::prune`] deletes objects that left Git, in reverse apply order, skipping objects
+//!   without our [`INVENTORY_LABEL`] and objects annotated [`PRUNE_ANNOTATION`]`: disabled`.
+//! - [`health::assess`]: kstatus-style health of a live object.
+//! - [`normalize::normalize`]: defaults older apiservers need under server-side apply.
+//! - [`diff`]: field containment and changed field paths (no values).
+//! - [`redact`]: Secret-safe copies of manifests and scrubbing of free text.
+
+pub mod apply;
+pub mod diff;
+pub mod health;
+pub mod inventory;
+pub mod normalize;
+mod object;
+pub mod prune;
+pub mod redact;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::{ApiCapabilities, Scope};
+
+pub use object::{Object, ObjectError, ObjectKey, ObjectRef, Stage};
+
+use crate::pipeline;
+
+/// The one field manager Stagehand applies as.
+pub const FIELD_MANAGER: &str = "stagehand";
+/// Label on every applied object: the environment (owner) whose inventory holds it.
+pub const INVENTORY_LABEL: &str = "stagehand.dev/inventory";
+/// Annotation on every applied object: a hash of the manifest as applied.
+pub const HASH_ANNOTATION: &str = "stagehand.dev/hash";
+/// Annotation a user sets to `disabled` to keep an object when it leaves Git.
+pub const PRUNE_ANNOTATION: &str = "stagehand.dev/prune";
+
+/// A cluster operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// A request the apiserver refused (`code` set) or that never got an answer (`code` none).
+    /// For Secrets, `message` holds field names only.
+    #[error("{operation} {target}: {message}")]
+    Api {
+        operation: &'static str,
+        target: String,
+        code: Option<u16>,
+        reason: String,
+        message: String,
+    },
+    #[error("{object}: the apiserver serves no kind {kind} in {api_version}")]
+    UnknownKind {
+        object: String,
+        api_version: String,
+        kind: String,
+    },
+    #[error("{target}: field {key} is not a valid inventory: {source}")]
+    InventoryCorrupt {
+        target: String,
+        key: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("CustomResourceDefinition {name}: not Established after {timeout:?}")]
+    NotEstablished { name: String, timeout: Duration },
+}
+
+impl Error {
+    /// The apiserver could not be reached at all (as opposed to refusing a request).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Api { code: None, .. })
+    }
+
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            Self::Api { code, .. } => *code,
+            _ => None,
+        }
+    }
+}
+
+/// Turns a kube error into [`Error::Api`]. With `secret`, the apiserver's message is reduced to
+/// the fields its causes name and scrubbed of known Secret values, because messages about an
+/// invalid object can quote it (kustomize-controller leaked Secret data this way).
+pub(crate) fn api_error(
+    operation: &'static str,
+    target: String,
+    error: kube::Error,
+    secret: Option<&redact::Redactor>,
+) -> Error {
+    match error {
+        kube::Error::Api(status) => {
+            let message = match secret {
+                None => status.message.clone(),
+                Some(redactor) => {
+                    let fields: Vec<String> = status
+                        .details
+                        .iter()
+                        .flat_map(|d| &d.causes)
+                        .map(|c| format!("{} ({})", c.field, c.reason))
+                        .collect();
+                    let summary = if fields.is_empty() {
+                        format!(
+                            "{} (message withheld: it may quote Secret data)",
+                            status.reason
+                        )
+                    } else {
+                        format!("{}: {}", status.reason, fields.join(", "))
+                    };
+                    redactor.scrub(&summary)
+                }
+            };
+            Error::Api {
+                operation,
+                target,
+                code: Some(status.code),
+                reason: status.reason.clone(),
+                message,
+            }
+        }
+        other => Error::Api {
+            operation,
+            target,
+            code: None,
+            reason: "Unreachable".into(),
+            message: other.to_string(),
+        },
+    }
+}
+
+/// A cluster connection that could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("kubeconfig {}: {source}", path.display())]
+    ReadKubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("kubeconfig {} context {}: {source}", path.as_ref().map_or("(default)".into(), |p| p.display().to_string()), context.as_deref().unwrap_or("(current)"))]
+    Kubeconfig {
+        path: Option<PathBuf>,
+        context: Option<String>,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("in-cluster configuration: {source}")]
+    InCluster {
+        #[source]
+        source: kube::config::InClusterError,
+    },
+    #[error("cluster {server}: cannot build a client: {source}")]
+    Client {
+        server: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// What a kind resolves to.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub resource: ApiResource,
+    pub namespaced: bool,
+}
+
+type GroupVersionKinds = Arc<Vec<(ApiResource, ApiCapabilities)>>;
+
+/// A client for one environment's cluster plus its cache of discovered kinds.
+pub struct Connection {
+    client: kube::Client,
+    server: String,
+    kinds: tokio::sync::RwLock<HashMap<String, GroupVersionKinds>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a request may wait for a TCP connection; an unreachable cluster should fail a sync
+/// quickly so that backoff, not a hung request, decides when to try again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Connection {
+    /// Connects as `cluster` says. Only the configuration is read here; the first request
+    /// finds out whether the apiserver answers.
+    pub async fn connect(cluster: &pipeline::Cluster) -> Result<Self, ConnectError> {
+        let mut config = match cluster {
+            pipeline::Cluster::InCluster => {
+                kube::Config::incluster().map_err(|source| ConnectError::InCluster { source })?
+            }
+            pipeline::Cluster::Kubeconfig { path, context } => {
+                let kubeconfig =
+                    Kubeconfig::read_from(path).map_err(|source| ConnectError::ReadKubeconfig {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let options = KubeConfigOptions {
+                    context: context.clone(),
+                    ..KubeConfigOptions::default()
+                };
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                    .await
+                    .map_err(|source| ConnectError::Kubeconfig {
+                        path: Some(path.clone()),
+                        context: context.clone(),
+                        source,
+                    })?
+            }
+            pipeline::Cluster::Default { context } => {
+                let options = KubeConfigOptions {
+                    context: context.clone(),
+                    ..KubeConfigOptions::default()
+                };
+                kube::Config::from_kubeconfig(&options)
+                    .await
+                    .map_err(|source| ConnectError::Kubeconfig {
+                        path: None,
+                        context: context.clone(),
+                        source,
+                    })?
+            }
+        };
+        config.connect_timeout = Some(CONNECT_TIMEOUT);
+        let server = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config).map_err(|source| ConnectError::Client {
+            server: server.clone(),
+            source,
+        })?;
+        Ok(Self::with_server(client, server))
+    }
+
+    /// Wraps a client built elsewhere.
+    pub fn from_client(client: kube::Client) -> Self {
+        Self::with_server(client, String::from("(client)"))
+    }
+
+    fn with_server(client: kube::Client, server: String) -> Self {
+        Self {
+            client,
+            server,
+            kinds: tokio::sync::RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// The apiserver URL, for messages.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Resolves the kind of `object`, asking the apiserver again when the cached group-version
+    /// does not know it (a CRD may have been established since).
+    pub async fn resolve(&self, object: &ObjectRef) -> Result<Resolved, Error> {
+        let api_version = object.api_version();
+        if let Some(found) = self.cached(&api_version, &object.kind).await {
+            return Ok(found);
+        }
+        let gv = kube::core::GroupVersion::gv(&object.group, &object.version);
+        match kube::discovery::pinned_group(&self.client, &gv).await {
+            Ok(group) => {
+                let kinds = Arc::new(group.versioned_resources(&object.version));
+                self.kinds.write().await.insert(api_version.clone(), kinds);
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(api_error("discover", api_version, e, None)),
+        }
+        self.cached(&api_version, &object.kind)
+            .await
+            .ok_or_else(|| Error::UnknownKind {
+                object: object.to_string(),
+                api_version,
+                kind: object.kind.clone(),
+            })
+    }
+
+    async fn cached(&self, api_version: &str, kind: &str) -> Option<Resolved> {
+        let kinds = self.kinds.read().await;
+        kinds.get(api_version)?.iter().find_map(|(ar, caps)| {
+            (ar.kind == kind).then(|| Resolved {
+                resource: ar.clone(),
+                namespaced: caps.scope == Scope::Namespaced,
+            })
+        })
+    }
+
+    pub(crate) fn api(&self, resolved: &Resolved, namespace: Option<&str>) -> Api<DynamicObject> {
+        match namespace {
+            Some(ns) if resolved.namespaced => {
+                Api::namespaced_with(self.client.clone(), ns, &resolved.resource)
+            }
+            _ => Api::all_with(self.client.clone(), &resolved.resource),
+        }
+    }
+}

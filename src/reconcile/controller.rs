@@ -1,0 +1,186 @@
+//! One loop per environment, run in parallel.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, broadcast, watch};
+use tokio::task::JoinHandle;
+
+use super::{
+    Action, DesiredState, EnvironmentStatus, Event, Options, Reason, Reconciler, error_policy,
+};
+use crate::pipeline::Environment;
+
+/// An environment name the controller does not run.
+#[derive(Debug, thiserror::Error)]
+#[error("no environment {0:?} in this pipeline")]
+pub struct UnknownEnvironment(pub String);
+
+struct Handle {
+    trigger: Arc<Notify>,
+    suspended: watch::Sender<bool>,
+    status: watch::Receiver<EnvironmentStatus>,
+}
+
+/// Runs every environment's loop and lets callers steer them.
+pub struct Controller {
+    environments: HashMap<String, Handle>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Controller {
+    /// Starts one task per environment; each runs a pass at once unless suspended.
+    pub fn start<S: DesiredState>(
+        environments: Vec<Environment>,
+        source: Arc<S>,
+        options: Options,
+    ) -> Self {
+        let options = Arc::new(options);
+        let (shutdown, _) = watch::channel(false);
+        let (events, _) = broadcast::channel(1024);
+        let mut handles = HashMap::new();
+        let mut tasks = Vec::new();
+        for env in environments {
+            let name = env.name.clone();
+            let reconciler = Reconciler::new(env, source.clone(), options.clone(), events.clone());
+            let suspended_at_start = reconciler.environment().sync.suspend;
+            let (status_tx, status_rx) = watch::channel(reconciler.status().clone());
+            let (suspended, suspended_rx) = watch::channel(suspended_at_start);
+            let trigger = Arc::new(Notify::new());
+            tasks.push(tokio::spawn(run(
+                reconciler,
+                trigger.clone(),
+                suspended_rx,
+                status_tx,
+                shutdown.subscribe(),
+                options.clone(),
+            )));
+            handles.insert(
+                name,
+                Handle {
+                    trigger,
+                    suspended,
+                    status: status_rx,
+                },
+            );
+        }
+        Self {
+            environments: handles,
+            shutdown,
+            tasks,
+            events,
+        }
+    }
+
+    fn handle(&self, env: &str) -> Result<&Handle, UnknownEnvironment> {
+        self.environments
+            .get(env)
+            .ok_or_else(|| UnknownEnvironment(env.to_owned()))
+    }
+
+    /// Runs a pass of `env` now (or right after the running one).
+    pub fn trigger(&self, env: &str) -> Result<(), UnknownEnvironment> {
+        self.handle(env)?.trigger.notify_one();
+        Ok(())
+    }
+
+    /// Stops passes of `env` until [`Controller::resume`]; a running pass finishes first.
+    pub fn suspend(&self, env: &str) -> Result<(), UnknownEnvironment> {
+        self.handle(env)?.suspended.send_replace(true);
+        Ok(())
+    }
+
+    /// Resumes `env` with a pass at once.
+    pub fn resume(&self, env: &str) -> Result<(), UnknownEnvironment> {
+        self.handle(env)?.suspended.send_replace(false);
+        Ok(())
+    }
+
+    pub fn status(&self, env: &str) -> Result<EnvironmentStatus, UnknownEnvironment> {
+        Ok(self.handle(env)?.status.borrow().clone())
+    }
+
+    /// A receiver that sees each new status of `env`.
+    pub fn watch(
+        &self,
+        env: &str,
+    ) -> Result<watch::Receiver<EnvironmentStatus>, UnknownEnvironment> {
+        Ok(self.handle(env)?.status.clone())
+    }
+
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Stops every loop (a running pass is abandoned) and waits for them.
+    pub async fn shutdown(self) {
+        self.shutdown.send_replace(true);
+        for task in self.tasks {
+            // A loop that panicked has nothing left to stop.
+            let _ = task.await;
+        }
+    }
+}
+
+async fn run<S: DesiredState>(
+    mut reconciler: Reconciler<S>,
+    trigger: Arc<Notify>,
+    mut suspended: watch::Receiver<bool>,
+    status: watch::Sender<EnvironmentStatus>,
+    mut shutdown: watch::Receiver<bool>,
+    options: Arc<Options>,
+) {
+    let mut failures = 0u32;
+    loop {
+        if *suspended.borrow_and_update() {
+            let s = reconciler.status_mut();
+            s.suspended = true;
+            s.reason = Reason::Suspended;
+            s.next_attempt_in = None;
+            status.send_replace(s.clone());
+            tokio::select! {
+                _ = suspended.changed() => continue,
+                _ = shutdown.changed() => return,
+            }
+        }
+        reconciler.status_mut().suspended = false;
+        let result = tokio::select! {
+            result = reconciler.reconcile() => result,
+            _ = shutdown.changed() => return,
+        };
+        let interval = reconciler.environment().sync.interval;
+        let action = match result {
+            Ok(action) => {
+                failures = 0;
+                action
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                error_policy(&error, failures, &options, interval)
+            }
+        };
+        let wait = match action {
+            Action::Requeue(after) => Some(after),
+            Action::AwaitChange => None,
+        };
+        let s = reconciler.status_mut();
+        s.failures = failures;
+        s.passes += 1;
+        s.next_attempt_in = wait;
+        status.send_replace(s.clone());
+        let sleep = async {
+            match wait {
+                Some(after) => tokio::time::sleep(after).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = sleep => {}
+            _ = trigger.notified() => {}
+            _ = suspended.changed() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}

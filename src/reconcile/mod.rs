@@ -1,0 +1,622 @@
+//! Keeping each environment's cluster equal to what Git says.
+//!
+//! # Public API
+//! - [`DesiredState`]: where a pass gets the desired objects of an environment (the git,
+//!   render and secrets modules behind one call); [`Desired`] is a revision and its objects,
+//!   [`SourceError`] says which stage failed.
+//! - [`Reconciler`]: one environment. [`Reconciler::reconcile`] runs one pass (source →
+//!   connect → inventory → apply → prune → health → status) and returns the next [`Action`];
+//!   [`error_policy`] turns a failed pass into a backoff. [`Reconciler::status`] is the
+//!   environment's [`EnvironmentStatus`].
+//! - [`Controller`]: one task per environment, all in parallel, so a failure in one never
+//!   stalls another. [`Controller::trigger`] runs a pass now (a new revision, an API call),
+//!   [`Controller::suspend`] / [`Controller::resume`], [`Controller::status`] /
+//!   [`Controller::watch`], and [`Controller::events`] for drift, heal, prune and failure
+//!   events.
+//!
+//! Decrypted Secret data reaches the apiserver and nowhere else: statuses, events, errors and
+//! logs carry object references, change kinds and field paths, and apiserver messages about
+//! Secrets are reduced to field names (see [`crate::cluster::redact`]).
+
+mod controller;
+mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+
+use crate::cluster::apply::{self, Change};
+use crate::cluster::health::HealthStatus;
+use crate::cluster::inventory::{self, Inventory, Location};
+use crate::cluster::prune::{self, Outcome};
+use crate::cluster::redact::Redactor;
+use crate::cluster::{self, Connection, Object, ObjectError};
+use crate::pipeline::Environment;
+
+pub use controller::{Controller, UnknownEnvironment};
+pub use status::{Drift, EnvironmentStatus, Event, EventKind, ObjectStatus, Reason};
+
+/// What Git says an environment should run: a revision and its objects (Secrets decrypted).
+#[derive(Clone)]
+pub struct Desired {
+    pub revision: String,
+    pub objects: Vec<Value>,
+}
+
+impl std::fmt::Debug for Desired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Desired")
+            .field("revision", &self.revision)
+            .field("objects", &self.objects.len())
+            .finish()
+    }
+}
+
+/// The stage of getting desired objects that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum SourceStage {
+    Fetch,
+    Render,
+    Decrypt,
+}
+
+impl std::fmt::Display for SourceStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fetch => "fetch",
+            Self::Render => "render",
+            Self::Decrypt => "decrypt",
+        })
+    }
+}
+
+/// The desired objects could not be produced. The source must not put Secret values in it.
+#[derive(Debug, thiserror::Error)]
+#[error("{stage} failed{}: {source}", revision.as_ref().map(|r| format!(" at revision {r}")).unwrap_or_default())]
+pub struct SourceError {
+    pub stage: SourceStage,
+    pub revision: Option<String>,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Where desired objects come from.
+pub trait DesiredState: Send + Sync + 'static {
+    /// The desired objects of `env` at its current revision.
+    fn desired(
+        &self,
+        env: &Environment,
+    ) -> impl std::future::Future<Output = Result<Desired, SourceError>> + Send;
+}
+
+/// What happens after a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Run again after this long (or sooner when triggered).
+    Requeue(Duration),
+    /// Run again only when triggered.
+    AwaitChange,
+}
+
+/// A pass that failed, by stage.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("environment {env}: {source}")]
+    Source {
+        env: String,
+        #[source]
+        source: SourceError,
+    },
+    #[error("environment {env}: revision {revision}: {source}")]
+    InvalidObjects {
+        env: String,
+        revision: String,
+        #[source]
+        source: ObjectError,
+    },
+    #[error(
+        "environment {env}: revision {revision} has no objects but {applied} are applied; refusing to prune them all (an empty source is taken for a mistake)"
+    )]
+    EmptySource {
+        env: String,
+        revision: String,
+        applied: usize,
+    },
+    #[error("environment {env}: owner {owner:?} is not a valid label value")]
+    Owner { env: String, owner: String },
+    #[error("environment {env}: {source}")]
+    Connect {
+        env: String,
+        #[source]
+        source: cluster::ConnectError,
+    },
+    #[error("environment {env}: {source}")]
+    Inventory {
+        env: String,
+        #[source]
+        source: cluster::Error,
+    },
+    #[error(
+        "environment {env}: revision {revision}: {failed} of {total} objects not applied; first: {first}"
+    )]
+    Apply {
+        env: String,
+        revision: String,
+        failed: usize,
+        total: usize,
+        first: String,
+    },
+    #[error("environment {env}: {failed} objects not pruned; first: {first}")]
+    Prune {
+        env: String,
+        failed: usize,
+        first: String,
+    },
+    #[error(
+        "environment {env}: revision {revision}: {failed} objects unhealthy (timeout {timeout:?}); first: {first}"
+    )]
+    Health {
+        env: String,
+        revision: String,
+        failed: usize,
+        timeout: Duration,
+        first: String,
+    },
+}
+
+impl Error {
+    /// The status reason, also fit as a metric label.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Source { .. } => Reason::SourceFailed,
+            Self::InvalidObjects { .. } => Reason::InvalidObjects,
+            Self::EmptySource { .. } => Reason::EmptySource,
+            Self::Owner { .. } | Self::Connect { .. } => Reason::ConnectFailed,
+            Self::Inventory { source, .. } if source.is_unreachable() => Reason::ClusterUnreachable,
+            Self::Inventory { .. } => Reason::InventoryFailed,
+            Self::Apply { .. } => Reason::ApplyFailed,
+            Self::Prune { .. } => Reason::PruneFailed,
+            Self::Health { .. } => Reason::HealthCheckFailed,
+        }
+    }
+}
+
+/// Settings shared by every environment of a controller.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Environment `dev` is owner `<owner_prefix>dev`: the inventory label value. Must leave a
+    /// valid label value (63 characters, alphanumerics and `-_.`).
+    pub owner_prefix: String,
+    /// Namespace of the inventory ConfigMaps (created when missing).
+    pub inventory_namespace: String,
+    /// Objects applied at once per stage.
+    pub concurrency: usize,
+    /// First retry delay after a failure; doubles per consecutive failure.
+    pub backoff_base: Duration,
+    /// Longest retry delay; the environment's interval when that is shorter.
+    pub backoff_max: Duration,
+    /// How soon to look again while objects are Progressing.
+    pub progress_poll: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            owner_prefix: String::new(),
+            inventory_namespace: "stagehand-system".into(),
+            concurrency: 16,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            progress_poll: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The delay after `failures` consecutive failed passes: exponential from
+/// `options.backoff_base`, capped by `options.backoff_max` and the environment's interval.
+pub fn error_policy(error: &Error, failures: u32, options: &Options, interval: Duration) -> Action {
+    let _ = error; // Every stage backs off alike; the reason only labels the status.
+    let exponent = failures.saturating_sub(1).min(20);
+    let delay = options.backoff_base.saturating_mul(1 << exponent);
+    Action::Requeue(
+        delay
+            .min(options.backoff_max)
+            .min(interval.max(options.backoff_base)),
+    )
+}
+
+/// One environment's reconciler.
+pub struct Reconciler<S> {
+    env: Environment,
+    source: Arc<S>,
+    options: Arc<Options>,
+    connection: Option<Connection>,
+    /// When the last pass that changed something in the cluster ran: the health timeout runs
+    /// from there.
+    last_change: Option<Instant>,
+    status: EnvironmentStatus,
+    events: tokio::sync::broadcast::Sender<Event>,
+}
+
+impl<S: DesiredState> Reconciler<S> {
+    pub fn new(
+        env: Environment,
+        source: Arc<S>,
+        options: Arc<Options>,
+        events: tokio::sync::broadcast::Sender<Event>,
+    ) -> Self {
+        let status = EnvironmentStatus::new(&env.name, env.sync.suspend);
+        Self {
+            env,
+            source,
+            options,
+            connection: None,
+            last_change: None,
+            status,
+            events,
+        }
+    }
+
+    pub fn environment(&self) -> &Environment {
+        &self.env
+    }
+
+    pub fn status(&self) -> &EnvironmentStatus {
+        &self.status
+    }
+
+    pub(crate) fn status_mut(&mut self) -> &mut EnvironmentStatus {
+        &mut self.status
+    }
+
+    fn owner(&self) -> String {
+        format!("{}{}", self.options.owner_prefix, self.env.name)
+    }
+
+    fn emit(&self, kind: EventKind) {
+        let event = Event {
+            environment: self.env.name.clone(),
+            kind,
+        };
+        match &event.kind {
+            EventKind::Failed { .. } | EventKind::Drifted { .. } => {
+                tracing::warn!(environment = %event.environment, "{}", event.kind)
+            }
+            _ => tracing::info!(environment = %event.environment, "{}", event.kind),
+        }
+        // Nobody listening is fine: events are also logged.
+        let _ = self.events.send(event);
+    }
+
+    /// One pass. On error the status holds the stage's reason and message; the caller picks
+    /// the backoff with [`error_policy`].
+    pub async fn reconcile(&mut self) -> Result<Action, Error> {
+        self.status.last_attempt = Some(SystemTime::now());
+        let result = self.pass().await;
+        match &result {
+            Ok(_) => self.status.last_error = None,
+            Err(e) => {
+                self.status.reason = e.reason();
+                self.status.message = e.to_string();
+                self.status.last_error = Some(e.to_string());
+                self.emit(EventKind::Failed {
+                    reason: e.reason(),
+                    message: e.to_string(),
+                });
+            }
+        }
+        result
+    }
+
+    async fn pass(&mut self) -> Result<Action, Error> {
+        let env = self.env.name.clone();
+        let desired = self
+            .source
+            .desired(&self.env)
+            .await
+            .map_err(|source| Error::Source {
+                env: env.clone(),
+                source,
+            })?;
+        let revision = desired.revision.clone();
+        self.status.attempted_revision = Some(revision.clone());
+        let redactor = Redactor::from_manifests(&desired.objects);
+        let objects =
+            Object::from_manifests(desired.objects).map_err(|source| Error::InvalidObjects {
+                env: env.clone(),
+                revision: revision.clone(),
+                source,
+            })?;
+
+        let owner = self.owner();
+        if !inventory::valid_owner(&owner) {
+            return Err(Error::Owner { env, owner });
+        }
+        if self.connection.is_none() {
+            let conn = Connection::connect(&self.env.cluster)
+                .await
+                .map_err(|source| Error::Connect {
+                    env: env.clone(),
+                    source,
+                })?;
+            self.connection = Some(conn);
+        }
+        let conn = self
+            .connection
+            .as_ref()
+            .expect("the connection was set just above");
+
+        let location = Location::for_owner(&self.options.inventory_namespace, &owner);
+        let previous = match inventory::load(conn.client(), &location).await {
+            Ok(previous) => previous,
+            Err(source) => {
+                // Read the kubeconfig again next time: it may have been fixed or rotated.
+                if source.is_unreachable() {
+                    self.connection = None;
+                }
+                return Err(Error::Inventory { env, source });
+            }
+        };
+        if objects.is_empty() && !previous.is_empty() {
+            return Err(Error::EmptySource {
+                env,
+                revision,
+                applied: previous.len(),
+            });
+        }
+
+        let mut options = apply::Options::new(owner.clone());
+        options.force = self.env.sync.force;
+        options.self_heal = self.env.sync.self_heal;
+        options.recreate = self.env.sync.recreate;
+        options.concurrency = self.options.concurrency;
+        let total = objects.len();
+        let changes = apply::apply(conn, objects, &options, &redactor, &previous).await;
+
+        self.status.drift.clear();
+        for entry in changes.drifted() {
+            let (fields, healed) = match &entry.change {
+                Change::Healed { fields } => (fields.clone(), true),
+                Change::Drifted { fields } => (fields.clone(), false),
+                _ => continue,
+            };
+            self.status.drift.push(Drift {
+                reference: entry.reference.clone(),
+                fields: fields.clone(),
+                healed,
+            });
+            self.emit(if healed {
+                EventKind::Healed {
+                    object: entry.reference.to_string(),
+                    fields,
+                }
+            } else {
+                EventKind::Drifted {
+                    object: entry.reference.to_string(),
+                    fields,
+                }
+            });
+        }
+        for entry in &changes.entries {
+            match &entry.change {
+                Change::Unchanged | Change::Drifted { .. } | Change::Healed { .. } => {}
+                change => tracing::info!(environment = %env, object = %entry.reference, "{change}"),
+            }
+        }
+        if changes.wrote() {
+            self.last_change = Some(Instant::now());
+        }
+        let now = Instant::now();
+        let timed_out = self
+            .last_change
+            .is_some_and(|t| now.duration_since(t) > self.env.sync.timeout);
+        self.status.objects = changes
+            .entries
+            .iter()
+            .map(|e| {
+                let mut health = e.health();
+                if let Some(h) = health.as_mut()
+                    && h.status == HealthStatus::Progressing
+                    && timed_out
+                {
+                    h.status = HealthStatus::Failed;
+                    h.message = format!(
+                        "still progressing after {:?}: {}",
+                        self.env.sync.timeout, h.message
+                    );
+                }
+                ObjectStatus {
+                    reference: e.reference.clone(),
+                    change: e.change.clone(),
+                    health,
+                }
+            })
+            .collect();
+
+        let applied_ok: Vec<_> = changes
+            .entries
+            .iter()
+            .filter(|e| !matches!(e.change, Change::Failed { .. }))
+            .map(|e| e.reference.clone())
+            .collect();
+        let failed: Vec<_> = changes.failed().collect();
+        if let Some(first) = failed.first() {
+            // Track what was created so that a later sync can prune it, but prune nothing.
+            let tracked = Inventory::new(applied_ok).merge(previous.entries());
+            self.save_inventory(conn, &location, &previous, &tracked)
+                .await?;
+            return Err(Error::Apply {
+                env,
+                revision,
+                failed: failed.len(),
+                total,
+                first: format!("{}: {}", first.reference, first.change),
+            });
+        }
+        self.status.applied_revision = Some(revision.clone());
+        self.status.last_applied = Some(SystemTime::now());
+
+        let next = Inventory::new(applied_ok);
+        let stale = previous.diff(&next);
+        self.status.pruned.clear();
+        let mut retained = Vec::new();
+        if self.env.sync.prune && !stale.is_empty() {
+            for pruned in prune::prune(conn, &stale, &owner, false).await {
+                match &pruned.outcome {
+                    Outcome::Failed { .. } => retained.push(pruned.reference.clone()),
+                    Outcome::Deleted => self.emit(EventKind::Pruned {
+                        object: pruned.reference.to_string(),
+                    }),
+                    _ => {}
+                }
+                self.status.pruned.push(pruned);
+            }
+        }
+        let stored = next.merge(&retained);
+        self.save_inventory(conn, &location, &previous, &stored)
+            .await?;
+        if !retained.is_empty() {
+            let first = self
+                .status
+                .pruned
+                .iter()
+                .find(|p| matches!(p.outcome, Outcome::Failed { .. }))
+                .map(|p| format!("{}: {}", p.reference, p.outcome))
+                .unwrap_or_default();
+            return Err(Error::Prune {
+                env,
+                failed: retained.len(),
+                first,
+            });
+        }
+
+        let worst = self
+            .status
+            .objects
+            .iter()
+            .filter_map(|o| o.health.as_ref().map(|h| h.status))
+            .max()
+            .unwrap_or(HealthStatus::Healthy);
+        self.status.health = Some(worst);
+        match worst {
+            HealthStatus::Failed => {
+                let failed: Vec<&ObjectStatus> = self
+                    .status
+                    .objects
+                    .iter()
+                    .filter(|o| {
+                        o.health
+                            .as_ref()
+                            .is_some_and(|h| h.status == HealthStatus::Failed)
+                    })
+                    .collect();
+                let first = failed
+                    .first()
+                    .and_then(|o| {
+                        o.health
+                            .as_ref()
+                            .map(|h| format!("{}: {}", o.reference, h.message))
+                    })
+                    .unwrap_or_default();
+                Err(Error::Health {
+                    env,
+                    revision,
+                    failed: failed.len(),
+                    timeout: self.env.sync.timeout,
+                    first,
+                })
+            }
+            HealthStatus::Progressing => {
+                self.status.reason = Reason::Progressing;
+                self.status.message =
+                    format!("revision {revision} applied; waiting for objects to become healthy");
+                Ok(Action::Requeue(
+                    self.options.progress_poll.min(self.env.sync.interval),
+                ))
+            }
+            HealthStatus::Healthy => {
+                self.status.reason = Reason::Succeeded;
+                self.status.message =
+                    format!("revision {revision} applied and healthy ({total} objects)");
+                Ok(Action::Requeue(self.env.sync.interval))
+            }
+        }
+    }
+
+    async fn save_inventory(
+        &self,
+        conn: &Connection,
+        location: &Location,
+        previous: &Inventory,
+        next: &Inventory,
+    ) -> Result<(), Error> {
+        if next == previous {
+            return Ok(());
+        }
+        inventory::save(conn.client(), location, next)
+            .await
+            .map_err(|source| Error::Inventory {
+                env: self.env.name.clone(),
+                source,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn some_error() -> Error {
+        Error::EmptySource {
+            env: "dev".into(),
+            revision: "abc".into(),
+            applied: 3,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_per_failure_up_to_the_cap() {
+        let options = Options {
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(10),
+            ..Options::default()
+        };
+        let hour = Duration::from_secs(3600);
+        let delays: Vec<Action> = (1..=6)
+            .map(|n| error_policy(&some_error(), n, &options, hour))
+            .collect();
+        let secs = |s| Action::Requeue(Duration::from_secs(s));
+        assert_eq!(
+            delays,
+            [secs(1), secs(2), secs(4), secs(8), secs(10), secs(10)]
+        );
+    }
+
+    #[test]
+    fn backoff_never_waits_longer_than_the_interval() {
+        let options = Options::default();
+        assert_eq!(
+            error_policy(&some_error(), 12, &options, Duration::from_secs(30)),
+            Action::Requeue(Duration::from_secs(30))
+        );
+    }
+
+    #[test]
+    fn each_failed_stage_has_its_own_reason() {
+        assert_eq!(some_error().reason(), Reason::EmptySource);
+        let source = Error::Source {
+            env: "dev".into(),
+            source: SourceError {
+                stage: SourceStage::Render,
+                revision: Some("abc".into()),
+                source: "kustomization.yaml: resources[0]: not found".into(),
+            },
+        };
+        assert_eq!(source.reason(), Reason::SourceFailed);
+        assert_eq!(
+            source.to_string(),
+            "environment dev: render failed at revision abc: kustomization.yaml: resources[0]: not found"
+        );
+    }
+}
