@@ -1107,7 +1107,10 @@ fn promotion_over_ssh_uses_the_configured_key_and_pinned_host_key() {
         },
     );
     let err = refused.fetch().expect_err("unknown key");
-    assert!(matches!(err, fetch::Error::Authentication { .. }), "{err:?}");
+    assert!(
+        matches!(err, fetch::Error::Authentication { .. }),
+        "{err:?}"
+    );
     assert!(
         err.to_string()
             .contains(&format!("127.0.0.1:{}", sshd.port)),
