@@ -11,7 +11,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_apt=()
 for pair in age:age etcd:etcd-server rsync:rsync jq:jq openssl:openssl git:git \
-            python3:python3 gcc:gcc; do
+            python3:python3 gcc:gcc sshd:openssh-server; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done

@@ -75,6 +75,9 @@ struct GitCredentialArgs {
     /// A private key file (ssh:// and scp-like URLs).
     #[arg(long, env = "STAGEHAND_GIT_SSH_KEY")]
     git_ssh_key: Option<PathBuf>,
+    /// A known-hosts file pinning the SSH server's host key.
+    #[arg(long, env = "STAGEHAND_GIT_SSH_KNOWN_HOSTS", requires = "git_ssh_key")]
+    git_ssh_known_hosts: Option<PathBuf>,
 }
 
 impl GitCredentialArgs {
@@ -87,7 +90,10 @@ impl GitCredentialArgs {
             });
         }
         Ok(match &self.git_ssh_key {
-            Some(path) => git::Credentials::SshKey { path: path.clone() },
+            Some(path) => git::Credentials::SshKey {
+                path: path.clone(),
+                known_hosts: self.git_ssh_known_hosts.clone(),
+            },
             None => git::Credentials::None,
         })
     }

@@ -40,6 +40,8 @@ pub enum Error {
 pub struct Outcome {
     /// Remote branches whose tip changed (or appeared), by short name.
     pub updated: Vec<String>,
+    /// Branches the remote no longer has, forgotten by the cache too.
+    pub pruned: Vec<String>,
 }
 
 impl Repository {
@@ -141,8 +143,48 @@ impl Repository {
                     .to_owned()
             })
             .collect();
-        Ok(Outcome { updated })
+        let pruned = prune(&repo, &outcome.ref_map).map_err(wrap)?;
+        Ok(Outcome { updated, pruned })
     }
+}
+
+/// Deletes the tracking refs of branches the remote stopped advertising, so that a deleted
+/// environment branch is reported missing instead of served stale.
+fn prune(repo: &gix::Repository, map: &gix::remote::fetch::RefMap) -> gix::Result<Vec<String>> {
+    use gix::refs::transaction::{Change, PreviousValue, RefEdit, RefLog};
+    let keep: std::collections::HashSet<String> = map
+        .mappings
+        .iter()
+        .filter_map(|m| m.local.as_ref().map(ToString::to_string))
+        .collect();
+    let mut stale = Vec::new();
+    for reference in repo.references()?.prefixed(TRACKING_PREFIX)? {
+        let reference = reference?;
+        let name = reference.name().as_bstr().to_string();
+        if !keep.contains(&name) {
+            stale.push(reference.name().to_owned());
+        }
+    }
+    let pruned = stale
+        .iter()
+        .map(|name| {
+            let name = name.as_bstr().to_string();
+            name.strip_prefix(TRACKING_PREFIX)
+                .unwrap_or(&name)
+                .to_owned()
+        })
+        .collect();
+    if !stale.is_empty() {
+        repo.edit_references(stale.into_iter().map(|name| RefEdit {
+            change: Change::Delete {
+                expected: PreviousValue::Any,
+                log: RefLog::AndReference,
+            },
+            name,
+            deref: false,
+        }))?;
+    }
+    Ok(pruned)
 }
 
 /// Answers gix's credential requests from the configured credentials and records whether the

@@ -97,8 +97,12 @@ pub enum Credentials {
     /// An access token, sent as the basic-auth password; most hosts accept any user name with a
     /// token, GitHub documents `x-access-token`.
     Token { token: Secret },
-    /// A private key file for `ssh://` and scp-like URLs.
-    SshKey { path: PathBuf },
+    /// A private key file for `ssh://` and scp-like URLs, and optionally the known-hosts file
+    /// that pins the server's host key (otherwise ssh's own known-hosts files decide).
+    SshKey {
+        path: PathBuf,
+        known_hosts: Option<PathBuf>,
+    },
 }
 
 impl Credentials {
@@ -114,10 +118,21 @@ impl Credentials {
     /// The ssh command that uses the configured key and never prompts.
     pub(crate) fn ssh_command(&self) -> Option<String> {
         match self {
-            Credentials::SshKey { path } => Some(format!(
-                "ssh -i '{}' -o IdentitiesOnly=yes -o BatchMode=yes",
-                path.display().to_string().replace('\'', "'\\''")
-            )),
+            Credentials::SshKey { path, known_hosts } => {
+                let quote =
+                    |p: &PathBuf| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
+                let mut command = format!(
+                    "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes",
+                    quote(path)
+                );
+                if let Some(file) = known_hosts {
+                    command.push_str(&format!(
+                        " -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes",
+                        quote(file)
+                    ));
+                }
+                Some(command)
+            }
             _ => None,
         }
     }

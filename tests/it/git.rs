@@ -605,11 +605,17 @@ fn an_unreachable_remote_is_a_clear_error() {
 fn a_missing_branch_or_path_is_named_in_the_error() {
     let fx = Fixture::new();
     let repo = fx.open("a", &fx.url(), Credentials::None);
-    repo.fetch().expect("fetch");
     let pipeline = pipeline(&fx.url(), false);
+    // A branch deleted on the remote is forgotten by the next fetch, not served stale.
+    fx.work.git(&["push", "-q", "origin", "main:env/prod"]);
+    repo.fetch().expect("fetch");
+    repo.revision(&pipeline, "prod").expect("env/prod exists");
+    fx.work.git(&["push", "-q", "origin", ":env/prod"]);
+    let fetched = repo.fetch().expect("fetch");
+    assert_eq!(fetched.pruned, ["env/prod"]);
     let err = repo
         .revision(&pipeline, "prod")
-        .expect_err("no env/prod yet");
+        .expect_err("no env/prod any more");
     assert!(
         matches!(&err, revision::Error::MissingBranch { branch, .. } if branch == "env/prod"),
         "{err:?}"
@@ -1049,4 +1055,66 @@ async fn fetch_now_sees_a_commit_pushed_just_before_it() {
     let outcome = poller.fetch_now().await.expect("second fetch");
     assert_eq!(outcome.updated, ["main"]);
     assert_eq!(repo.branch_tip("main").expect("main"), oid(&pushed));
+}
+
+#[test]
+fn promotion_over_ssh_uses_the_configured_key_and_pinned_host_key() {
+    let fx = Fixture::new();
+    let sshd = crate::support::sshd::Sshd::start(&fx._dir.path().join("sshd"));
+    let url = sshd.url(&fx.remote);
+    let dev_commit = fx.push_change(
+        &[(
+            "environments/dev/kustomization.yaml",
+            &DEV.replace("1.1.0", "1.8.0"),
+        )],
+        "dev: web 1.8.0",
+    );
+    let repo = fx.open(
+        "a",
+        &url,
+        Credentials::SshKey {
+            path: sshd.client_key.clone(),
+            known_hosts: Some(sshd.known_hosts.clone()),
+        },
+    );
+    let outcome = repo
+        .promote(
+            &pipeline(&url, false),
+            &promotion("p-ssh", "staging", "dev", &dev_commit),
+            &options(),
+        )
+        .expect("promotion over ssh");
+    let Outcome::Pushed { commit, .. } = outcome else {
+        panic!("expected a push, got {outcome:?}");
+    };
+    assert_eq!(fx.remote_git(&["rev-parse", "main"]), commit.to_string());
+    assert_cache_matches_remote(&repo, &fx.remote);
+
+    // A key the server does not know gets nowhere and leaves nothing behind.
+    let stranger = fx._dir.path().join("stranger");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .status()
+        .expect("ssh-keygen runs");
+    assert!(status.success());
+    let refused = fx.open(
+        "b",
+        &url,
+        Credentials::SshKey {
+            path: stranger,
+            known_hosts: Some(sshd.known_hosts.clone()),
+        },
+    );
+    let err = refused.fetch().expect_err("unknown key");
+    assert!(
+        matches!(err, fetch::Error::Authentication { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&format!("127.0.0.1:{}", sshd.port)),
+        "{err}"
+    );
+    assert_eq!(git(refused.path(), &["for-each-ref"]), "");
 }

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod git;
 pub mod git_http;
 pub mod reconcile;
+pub mod sshd;
 pub mod tools;
 
 pub use tools::{Tool, tool};
