@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use stagehand::pipeline::Pipeline;
 use stagehand::proto::environment_service_client::EnvironmentServiceClient;
 use stagehand::telemetry::{self, LogFormat};
-use stagehand::{api, git, proto, secrets};
+use stagehand::{api, git, proto, reconcile, secrets};
 
 /// GitOps environment promotion: render, decrypt, reconcile and promote dev → staging → prod.
 #[derive(Debug, Parser)]
@@ -44,6 +44,12 @@ enum Command {
     /// Work with the pipeline's Git repository directly, without a server.
     #[command(subcommand)]
     Git(GitCommand),
+    /// Show what a sync of one environment would change in its cluster, without changing it
+    /// (JSON; Secret values never appear, changed Secret keys do).
+    Diff(OneEnvArgs),
+    /// Reconcile one environment once: render its revision, decrypt, apply, prune, check health
+    /// (JSON status; exit 1 when the pass fails).
+    Sync(OneEnvArgs),
     /// Decrypt, encrypt and rotate SOPS files encrypted to age, as sops 3.11 does.
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -64,6 +70,24 @@ enum GitCommand {
         #[command(flatten)]
         credentials: GitCredentialArgs,
     },
+}
+
+/// One environment of a pipeline, read from the repository at its current revision. SOPS files
+/// are decrypted with the identities sops itself would use (SOPS_AGE_KEY, SOPS_AGE_KEY_FILE,
+/// SOPS_AGE_KEY_CMD, the default keys.txt).
+#[derive(Debug, Args)]
+struct OneEnvArgs {
+    /// The pipeline file.
+    #[arg(long, env = "STAGEHAND_PIPELINE", default_value = "pipeline.yaml")]
+    pipeline: PathBuf,
+    /// The environment's name.
+    #[arg(long)]
+    env: String,
+    /// Directory for durable state; the repository cache lives under `git/` in it.
+    #[arg(long, env = "STAGEHAND_STATE_DIR", default_value = ".stagehand")]
+    state_dir: PathBuf,
+    #[command(flatten)]
+    credentials: GitCredentialArgs,
 }
 
 /// How to authenticate to the Git remote; secrets are read from files, never from flags.
@@ -236,7 +260,7 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             match e.downcast_ref::<stagehand::secrets::Error>() {
                 Some(e) if e.is_mac_mismatch() => std::process::ExitCode::from(51),
                 Some(e) if e.is_no_matching_key() => std::process::ExitCode::from(128),
@@ -294,6 +318,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     r.environment, r.commit, r.location.branch, r.tree
                 );
             }
+            Ok(())
+        }
+        Command::Diff(args) => {
+            let mut reconciler = one_environment(args)?;
+            let plan = reconciler.plan().await?;
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+            Ok(())
+        }
+        Command::Sync(args) => {
+            let mut reconciler = one_environment(args)?;
+            let outcome = reconciler.reconcile().await;
+            println!("{}", serde_json::to_string_pretty(reconciler.status())?);
+            outcome?;
             Ok(())
         }
         Command::Env(EnvCommand::List { server }) => {
@@ -373,6 +410,58 @@ fn print_environment(env: &proto::Environment) {
     for w in &env.freeze_windows {
         println!("freeze: {} to {} ({})", w.start, w.end, w.timezone);
     }
+}
+
+/// The error and its causes, skipping a cause whose text its parent already printed (several
+/// module errors embed their source's message).
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+/// A reconciler for one environment, reading Git through the state directory's cache.
+fn one_environment(
+    args: OneEnvArgs,
+) -> anyhow::Result<reconcile::Reconciler<reconcile::source::GitSource>> {
+    let pipeline = Pipeline::load(&args.pipeline)?;
+    let env = pipeline
+        .environment(&args.env)
+        .with_context(|| {
+            format!(
+                "--env {:?}: pipeline {:?} has no such environment",
+                args.env, pipeline.name
+            )
+        })?
+        .clone();
+    let url = repository_url(&args.pipeline, &pipeline.repository.url);
+    let repository = git::Repository::open(&args.state_dir, url, args.credentials.load()?)?;
+    let identities = secrets::Identities::from_sops_environment()?;
+    let options = reconcile::Options {
+        owner_prefix: format!("{}.", pipeline.name),
+        ..reconcile::Options::default()
+    };
+    let source = reconcile::source::GitSource::new(
+        Arc::new(pipeline),
+        repository,
+        Arc::new(identities),
+        true,
+    );
+    let (events, _) = tokio::sync::broadcast::channel(16);
+    Ok(reconcile::Reconciler::new(
+        env,
+        Arc::new(source),
+        Arc::new(options),
+        events,
+    ))
 }
 
 /// The pipeline's repository: URLs as given, relative paths against the pipeline file's

@@ -21,6 +21,7 @@
 //! Secrets are reduced to field names (see [`crate::cluster::redact`]).
 
 mod controller;
+pub mod source;
 mod status;
 
 use std::sync::Arc;

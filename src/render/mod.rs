@@ -29,6 +29,7 @@ mod nameref;
 mod patch;
 mod replace;
 pub mod resource;
+pub mod sops;
 mod transform;
 pub mod yaml;
 
