@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a local default: sets up what is missing, builds stagehand, turns the demo
-# pipeline in environments/ into a Git repository of its own, and runs the service on it.
+# pipeline in environments/ into a Git repository of its own, reconciles its dev environment
+# into a local kube-apiserver, and runs the service on it.
 #
 #   scripts/demo.sh           run until Ctrl-C
 #   scripts/demo.sh --check   run the demo's checks, then stop (used by the tests)
@@ -23,6 +24,7 @@ work=$(mktemp -d -t stagehand-demo.XXXXXX)
 server_pid=
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  [ -d "$work/cluster" ] && scripts/local-cluster.sh down "$work/cluster"
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -34,6 +36,35 @@ git -C "$work/gitops" add -A
 git -C "$work/gitops" -c user.name=demo -c user.email=demo@example.test commit -q -m "Demo pipeline"
 
 "$stagehand" pipeline validate --pipeline "$work/gitops/pipeline.yaml"
+
+echo "== a local kube-apiserver for the demo's clusters"
+export KUBECONFIG
+KUBECONFIG=$(scripts/local-cluster.sh up "$work/cluster" --watch $$)
+
+echo "== stagehand sync --env dev: render from Git, decrypt the SOPS Secret, apply, prune"
+SOPS_AGE_KEY_FILE="$work/gitops/keys/dev.agekey" "$stagehand" sync --log-level error \
+  --pipeline "$work/gitops/pipeline.yaml" --env dev --state-dir "$work/state" > "$work/sync.json"
+"$STAGEHAND_PYTHON" - "$work/sync.json" <<'PY'
+import json, sys
+status = json.load(open(sys.argv[1]))
+print(f"dev: {status['reason']}: {status['message']}")
+for o in status["objects"]:
+    ref = o["reference"]
+    print(f"  {o['change']['change']:<10} {ref['k']} {ref.get('ns', '')}/{ref['n']}")
+PY
+"$STAGEHAND_KUBECTL" get secret shop-db -n shop-dev -o jsonpath='{.data}' | "$STAGEHAND_PYTHON" -c \
+  'import json,sys; print("  Secret shop-db in the cluster has keys:", sorted(json.load(sys.stdin)))'
+echo "== stagehand diff --env dev after the sync (nothing to change)"
+SOPS_AGE_KEY_FILE="$work/gitops/keys/dev.agekey" "$stagehand" diff --log-level error \
+  --pipeline "$work/gitops/pipeline.yaml" --env dev --state-dir "$work/state" > "$work/diff.json"
+"$STAGEHAND_PYTHON" - "$work/diff.json" <<'PY'
+import json, sys
+plan = json.load(open(sys.argv[1]))
+changes = [o["change"]["change"] for o in plan["objects"]]
+print(f"  {len(changes)} objects: {', '.join(sorted(set(changes)))}")
+if set(changes) != {"unchanged"}:
+    sys.exit("the environment is not in sync after stagehand sync")
+PY
 
 echo "== starting stagehand serve"
 "$stagehand" serve --listen 127.0.0.1:0 --pipeline "$work/gitops/pipeline.yaml" \
