@@ -189,6 +189,11 @@ struct RenderArgs {
     /// Let kustomizations read files outside their own directory (still inside the root).
     #[arg(long)]
     no_load_restrictor: bool,
+    /// Decrypt SOPS-encrypted resources and generator sources with the age identities sops would
+    /// use (SOPS_AGE_KEY, SOPS_AGE_KEY_FILE, SOPS_AGE_KEY_CMD, the default keys.txt). Without it,
+    /// encrypted content passes through unchanged.
+    #[arg(long)]
+    decrypt: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -583,6 +588,12 @@ fn render(args: RenderArgs) -> anyhow::Result<()> {
         )
     })?;
     let fs = DiskFs::new(&root)?;
+    let identities = if args.decrypt {
+        Some(secrets::Identities::from_sops_environment()?)
+    } else {
+        None
+    };
+    let sops = identities.as_ref().map(render::sops::SopsDecrypt::new);
     let options = Options {
         order: args.order.map(|o| match o {
             RenderOrder::Legacy => Order::Legacy,
@@ -593,7 +604,7 @@ fn render(args: RenderArgs) -> anyhow::Result<()> {
         } else {
             LoadRestrictor::RootOnly
         },
-        decrypt: None,
+        decrypt: sops.as_ref().map(|d| d as &dyn render::Decrypt),
     };
     let rel = rel.to_str().context("the directory path is not UTF-8")?;
     let objects = render::render(&fs, rel, &options)?;

@@ -10,5 +10,6 @@ mod git;
 mod harness;
 mod reconcile;
 mod render_conformance;
+mod render_sops;
 mod secrets;
 mod serve;

@@ -1,0 +1,145 @@
+//! SOPS inside a render: encrypted resources and generator sources in a base, an overlay and a
+//! component are decrypted on the way, and the result equals what `kubectl kustomize` renders
+//! from the same tree in plaintext.
+
+use std::path::Path;
+use std::process::Command;
+
+use stagehand::render::{self, Options, fs::DiskFs, sops::SopsDecrypt};
+use stagehand::secrets::Identities;
+
+use crate::support::{Tool, tool};
+
+const FILES: &[(&str, &str)] = &[
+    (
+        "base/kustomization.yaml",
+        "resources: [db.sops.yaml]\nsecretGenerator:\n  - name: api\n    envs: [api.sops.env]\n",
+    ),
+    (
+        "base/db.sops.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: base-sentinel-3141\n",
+    ),
+    ("base/api.sops.env", "TOKEN=env-sentinel-2718\n"),
+    (
+        "component/kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\nresources: [extra.sops.yaml]\n",
+    ),
+    (
+        "component/extra.sops.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: extra\nstringData:\n  key: component-sentinel-1618\n",
+    ),
+    (
+        "overlay/kustomization.yaml",
+        "namespace: team\nnamePrefix: dev-\nresources: [../base]\ncomponents: [../component]\n",
+    ),
+];
+
+fn write_tree(root: &Path) {
+    for (path, content) in FILES {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
+        std::fs::write(path, content).expect("write");
+    }
+}
+
+fn kubectl_kustomize(dir: &Path) -> Vec<serde_yaml_ng::Value> {
+    let out = Command::new(tool(Tool::Kubectl))
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    documents(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn documents(text: &str) -> Vec<serde_yaml_ng::Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
+        .collect()
+}
+
+#[test]
+fn encrypted_resources_generator_sources_and_components_render_as_their_plaintext() {
+    let plain = tempfile::tempdir().expect("temp dir");
+    write_tree(plain.path());
+    let expected = kubectl_kustomize(&plain.path().join("overlay"));
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_tree(dir.path());
+    let key = dir.path().join("keys.txt");
+    let out = Command::new(tool(Tool::AgeKeygen))
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .expect("age-keygen runs");
+    assert!(out.status.success());
+    let keys = std::fs::read_to_string(&key).expect("key file");
+    let recipient = keys
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("public key comment");
+    for file in [
+        "base/db.sops.yaml",
+        "base/api.sops.env",
+        "component/extra.sops.yaml",
+    ] {
+        let out = Command::new(tool(Tool::Sops))
+            .args(["--encrypt", "--in-place", "--age", recipient])
+            .arg(dir.path().join(file))
+            .output()
+            .expect("sops runs");
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(dir.path().join(file)).expect("encrypted file");
+        assert!(!text.contains("sentinel"), "{file} is encrypted");
+    }
+
+    let fs = DiskFs::new(dir.path()).expect("root");
+    let mut identities = Identities::new();
+    identities.add_file(&key).expect("the key loads");
+    let decrypt = SopsDecrypt::new(&identities);
+    let options = Options {
+        decrypt: Some(&decrypt),
+        ..Options::default()
+    };
+    let objects = render::render(&fs, "overlay", &options).expect("renders");
+    assert_eq!(documents(&render::to_yaml(&objects)), expected);
+
+    // Without identities the encrypted content passes through; with the wrong ones it fails,
+    // naming the file and never a value.
+    let raw = render::render(&fs, "overlay", &Options::default()).expect("renders");
+    let raw = render::to_yaml(&raw);
+    assert!(raw.contains("ENC[AES256_GCM,") && !raw.contains("sentinel"));
+    let wrong_key = dir.path().join("other.txt");
+    assert!(
+        Command::new(tool(Tool::AgeKeygen))
+            .arg("-o")
+            .arg(&wrong_key)
+            .output()
+            .expect("runs")
+            .status
+            .success()
+    );
+    let mut wrong = Identities::new();
+    wrong.add_file(&wrong_key).expect("the key loads");
+    let wrong = SopsDecrypt::new(&wrong);
+    let err = render::render(
+        &fs,
+        "overlay",
+        &Options {
+            decrypt: Some(&wrong),
+            ..Options::default()
+        },
+    )
+    .expect_err("no matching identity");
+    let text = format!("{err} {err:?}");
+    assert!(text.contains(".sops."), "{text}");
+    assert!(!text.contains("sentinel"), "{text}");
+}
