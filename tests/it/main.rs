@@ -10,6 +10,7 @@ mod git;
 mod harness;
 mod reconcile;
 mod render_conformance;
+mod render_differential;
 mod render_sops;
 mod secrets;
 mod serve;
