@@ -46,8 +46,12 @@ fn as_floats(v: serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// Any text except the YAML 1.1 line breaks NEL, LS and PS: the generator's serialiser (libyaml)
+/// writes them raw as line breaks, which our YAML 1.2 reader keeps as characters (a known gap,
+/// recorded in the issue note), so they would test the serialiser, not the round trip.
 fn yaml_doc() -> impl Strategy<Value = Vec<(String, String)>> {
-    prop::collection::vec(("[a-zA-Z][a-zA-Z0-9_.-]{0,10}", any::<String>()), 1..8)
+    let text = any::<String>().prop_map(|s| s.replace(['\u{85}', '\u{2028}', '\u{2029}'], ""));
+    prop::collection::vec(("[a-zA-Z][a-zA-Z0-9_.-]{0,10}", text), 1..8)
 }
 
 proptest! {
