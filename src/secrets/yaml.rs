@@ -224,11 +224,9 @@ impl Reader<'_> {
                 branch.extend(comments.into_iter().map(Item::Comment));
             }
             Some(Value::Map(items)) => {
-                // Comments above the root mapping come first, those after it last.
-                let (head, foot): (Vec<_>, Vec<_>) = comments.into_iter().partition(|_| true);
-                branch.extend(head.into_iter().map(Item::Comment));
+                // Comments around the root mapping went into it; only stray ones are left.
                 branch.extend(items);
-                branch.extend(foot.into_iter().map(Item::Comment));
+                branch.extend(comments.into_iter().map(Item::Comment));
             }
             Some(Value::Seq(_)) => {
                 return Err(Error::Structure {
