@@ -176,6 +176,12 @@ pub struct EncryptOptions {
 }
 
 /// Encrypts a plaintext document to age recipients; `sops -d` opens the result.
+/// Whether a top-level key holds sops metadata: the `sops` tree, or in dotenv files, where
+/// metadata is flattened, any `sops_*` key (mixing old and new metadata would break the MAC).
+fn is_metadata_key(key: &str, format: Format) -> bool {
+    key == "sops" || (format == Format::Dotenv && key.starts_with("sops_"))
+}
+
 pub fn encrypt(
     plaintext: &[u8],
     format: Format,
@@ -202,7 +208,7 @@ pub fn encrypt(
     let mut tree = load_plain(plaintext, format, file)?;
     if tree.branches.first().is_some_and(|b| {
         b.iter()
-            .any(|i| matches!(i, Item::Entry(k, _) if k == "sops"))
+            .any(|i| matches!(i, Item::Entry(k, _) if is_metadata_key(k, format)))
     }) {
         return Err(Error::AlreadyEncrypted {
             file: file.to_owned(),

@@ -293,3 +293,29 @@ fn metadata_of_older_sops_and_other_key_services_is_tolerated() {
     );
     assert_safe(&e, None);
 }
+
+/// Found by the fuzz target: a dotenv sops file keeps its metadata in `sops_*` keys, and
+/// encrypting it again used to mix two sets of metadata into a file that failed its own MAC.
+#[test]
+fn encrypting_a_file_that_is_already_encrypted_is_refused_in_every_store() {
+    let keys = Keys::new();
+    let options = secrets::EncryptOptions {
+        recipients: vec![keys.recipients[0].clone()],
+        ..secrets::EncryptOptions::default()
+    };
+    for (format, plain) in [
+        (Format::Dotenv, "TOKEN=abc\n"),
+        (Format::Yaml, "token: abc\n"),
+        (Format::Json, "{\"token\": \"abc\"}"),
+        (Format::Ini, "[app]\ntoken = abc\n"),
+    ] {
+        let once = secrets::encrypt(plain.as_bytes(), format, &options, "twice")
+            .unwrap_or_else(|e| panic!("{format:?}: {e}"));
+        let err = secrets::encrypt(&once, format, &options, "twice")
+            .expect_err("a sops file is not encrypted twice");
+        assert!(
+            err.to_string().contains("already a sops file"),
+            "{format:?}: {err}"
+        );
+    }
+}
