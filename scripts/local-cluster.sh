@@ -103,7 +103,7 @@ KC
       return 0
     fi
     for pid in $(cat "$dir/pids"); do
-      kill -0 "$pid" 2>/dev/null || { echo "local cluster died; see $dir/etcd.log and $dir/apiserver.log" >&2; tail -n 20 "$dir/apiserver.log" >&2; down "$dir"; exit 1; }
+      kill -0 "$pid" 2>/dev/null || { echo "local cluster died; see $dir/etcd.log and $dir/apiserver.log" >&2; tail -n 5 "$dir/apiserver.log" "$dir/etcd.log" >&2; down "$dir"; return 1; }
     done
     sleep 0.1
   done
@@ -115,7 +115,14 @@ KC
 case "${1:-}" in
   up)
     [ -n "${2:-}" ] || { echo "usage: $0 up DIR [--watch PID]" >&2; exit 2; }
-    if [ "${3:-}" = "--watch" ]; then up "$2" "${4:?--watch needs a PID}"; else up "$2"; fi ;;
+    [ "${3:-}" = "--watch" ] && : "${4:?--watch needs a PID}"
+    # A free port can be taken by another process between the probe and etcd's bind; such a
+    # start dies at once, and a fresh set of ports fixes it.
+    for attempt in 1 2 3; do
+      up "$2" "${4:-}" && exit 0
+      echo "local cluster start $attempt failed; retrying with new ports" >&2
+    done
+    exit 1 ;;
   down)
     [ -n "${2:-}" ] || { echo "usage: $0 down DIR" >&2; exit 2; }
     down "$2" ;;

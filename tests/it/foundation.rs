@@ -50,21 +50,8 @@ async fn server_side_apply_of_a_config_map_records_our_field_manager() {
 fn sops_encrypts_and_decrypts_with_a_key_made_by_age_keygen() {
     let dir = tempfile::tempdir().expect("temp dir");
     let key_file = dir.path().join("keys.txt");
-    let out = Command::new(tool(Tool::AgeKeygen))
-        .arg("-o")
-        .arg(&key_file)
-        .output()
-        .expect("age-keygen runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let keys = std::fs::read_to_string(&key_file).expect("key file written");
-    let recipient = keys
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .expect("age-keygen writes the public key as a comment");
+    let recipient = crate::support::tools::age_keygen(&key_file);
+    let recipient = recipient.as_str();
 
     let plain = dir.path().join("secret.yaml");
     std::fs::write(&plain, "password: hunter2\nport: 5432\n").expect("write plaintext");

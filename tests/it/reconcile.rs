@@ -92,17 +92,8 @@ fn change_of(reconciler: &Reconciler<FedSource>, kind: &str, name: &str) -> Chan
 fn sops_decrypted_secret(ns: &str, name: &str, password: &str) -> Value {
     let dir = tempfile::tempdir().expect("temp dir");
     let key_file = dir.path().join("keys.txt");
-    let out = Command::new(tool(Tool::AgeKeygen))
-        .arg("-o")
-        .arg(&key_file)
-        .output()
-        .expect("age-keygen runs");
-    assert!(out.status.success());
-    let keys = std::fs::read_to_string(&key_file).expect("key file");
-    let recipient = keys
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .expect("public key comment");
+    let recipient = crate::support::tools::age_keygen(&key_file);
+    let recipient = recipient.as_str();
     let plain = dir.path().join("secret.yaml");
     std::fs::write(
         &plain,

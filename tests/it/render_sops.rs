@@ -71,17 +71,8 @@ fn encrypted_resources_generator_sources_and_components_render_as_their_plaintex
     let dir = tempfile::tempdir().expect("temp dir");
     write_tree(dir.path());
     let key = dir.path().join("keys.txt");
-    let out = Command::new(tool(Tool::AgeKeygen))
-        .arg("-o")
-        .arg(&key)
-        .output()
-        .expect("age-keygen runs");
-    assert!(out.status.success());
-    let keys = std::fs::read_to_string(&key).expect("key file");
-    let recipient = keys
-        .lines()
-        .find_map(|l| l.strip_prefix("# public key: "))
-        .expect("public key comment");
+    let recipient = crate::support::tools::age_keygen(&key);
+    let recipient = recipient.as_str();
     for file in [
         "base/db.sops.yaml",
         "base/api.sops.env",

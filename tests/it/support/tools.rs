@@ -69,3 +69,22 @@ pub fn tool(tool: Tool) -> PathBuf {
         _ => panic!("{tool:?} is not installed: run scripts/setup.sh (or set {var})"),
     }
 }
+
+/// Makes an age identity with the real `age-keygen` at `key_file` and returns its recipient.
+pub fn age_keygen(key_file: &std::path::Path) -> String {
+    let out = std::process::Command::new(tool(Tool::AgeKeygen))
+        .arg("-o")
+        .arg(key_file)
+        .output()
+        .expect("age-keygen runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let keys = std::fs::read_to_string(key_file).expect("age-keygen wrote the key file");
+    keys.lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .expect("age-keygen writes the public key as a comment")
+        .to_owned()
+}
