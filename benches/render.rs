@@ -1,0 +1,264 @@
+//! Side by side: `stagehand render`, the in-process `render::render` call and
+//! `kubectl kustomize` on the same generated overlays, at 500, 2,000 and 8,000 resources.
+//!
+//! Run with `cargo bench --bench render`. `STAGEHAND_KUBECTL` (or the recorded tool path in
+//! `~/.cache/stagehand/env.sh`) names kubectl; `BENCH_KUBECTL_MAX` (default 2000) is the largest
+//! base kubectl is timed on, because it grows faster than linearly.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use stagehand::render::{self, Options, fs::DiskFs};
+
+fn kubectl() -> PathBuf {
+    if let Ok(p) = std::env::var("STAGEHAND_KUBECTL") {
+        return p.into();
+    }
+    let env = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".cache/stagehand/env.sh"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    env.lines()
+        .filter_map(|l| l.strip_prefix("export STAGEHAND_KUBECTL="))
+        .map(|v| PathBuf::from(v.trim_matches('"')))
+        .next()
+        .expect("kubectl: set STAGEHAND_KUBECTL or run scripts/setup.sh")
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write");
+}
+
+/// A base of `n` resources (a quarter each of Deployments, Services, ConfigMaps and
+/// ServiceAccounts), a component, and three overlays.
+fn generate(root: &Path, n: usize) {
+    let per = n / 4;
+    let mut base = String::new();
+    for i in 0..per {
+        base.push_str(&format!(
+            "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: app-{i}
+  labels:
+    app: app-{i}
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: app-{i}
+  template:
+    metadata:
+      labels:
+        app: app-{i}
+    spec:
+      serviceAccountName: sa-{i}
+      containers:
+      - name: main
+        image: registry.example.com/team/image-{img}:1.0.{i}
+        envFrom:
+        - configMapRef:
+            name: config-{i}
+        ports:
+        - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: app-{i}
+spec:
+  selector:
+    app: app-{i}
+  ports:
+  - port: 80
+    targetPort: 8080
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: config-{i}
+data:
+  LOG_LEVEL: info
+  INDEX: \"{i}\"
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: sa-{i}
+---
+",
+            img = i % 100
+        ));
+    }
+    write(&root.join("base/resources.yaml"), &base);
+    write(
+        &root.join("base/kustomization.yaml"),
+        "resources:\n- resources.yaml\n",
+    );
+    write(
+        &root.join("components/monitoring/kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1alpha1
+kind: Component
+commonAnnotations:
+  monitoring.example.com/scrape: \"true\"
+configMapGenerator:
+- name: monitoring
+  literals:
+  - interval=30s
+",
+    );
+    let mut images = String::from("images:\n");
+    for i in 0..100 {
+        images.push_str(&format!(
+            "- name: registry.example.com/team/image-{i}\n  newName: mirror.example.com/team/image-{i}\n  newTag: v2.{i}\n"
+        ));
+    }
+    for env in ["dev", "staging", "prod"] {
+        write(
+            &root.join(format!("overlays/{env}/kustomization.yaml")),
+            &format!(
+                "resources:
+- ../../base
+components:
+- ../../components/monitoring
+namespace: shop-{env}
+namePrefix: {env}-
+labels:
+- pairs:
+    environment: {env}
+  includeSelectors: true
+patches:
+- target:
+    kind: Deployment
+  patch: |-
+    - op: replace
+      path: /spec/replicas
+      value: 3
+    - op: add
+      path: /spec/template/metadata/annotations
+      value:
+        rollout: \"{env}\"
+configMapGenerator:
+- name: settings
+  literals:
+  - ENVIRONMENT={env}
+  - FEATURE_X=on
+{images}"
+            ),
+        );
+    }
+}
+
+fn time_command(cmd: &mut Command) -> (Duration, Vec<u8>) {
+    let start = Instant::now();
+    let out = cmd.output().expect("the command runs");
+    let took = start.elapsed();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (took, out.stdout)
+}
+
+fn best<T>(runs: usize, mut f: impl FnMut() -> (Duration, T)) -> (Duration, T) {
+    let mut best = f();
+    for _ in 1..runs {
+        let next = f();
+        if next.0 < best.0 {
+            best = next;
+        }
+    }
+    best
+}
+
+/// Peak resident set size of a command, in KiB, measured by GNU time.
+fn peak_rss_kib(program: &Path, args: &[&str], dir: &Path) -> Option<u64> {
+    let out = Command::new("/usr/bin/time")
+        .arg("-f")
+        .arg("%M")
+        .arg(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let stagehand = PathBuf::from(env!("CARGO_BIN_EXE_stagehand"));
+    let kubectl = kubectl();
+    let kubectl_max: usize = std::env::var("BENCH_KUBECTL_MAX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    println!(
+        "{:>6} {:>12} {:>12} {:>12} {:>10} {:>10} {:>8}",
+        "n", "kubectl ms", "cli ms", "lib ms", "cli ratio", "lib ratio", "out KiB"
+    );
+    for n in [500usize, 2000, 8000] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        generate(dir.path(), n);
+        let overlay = "overlays/prod";
+        let (cli, ours) = best(3, || {
+            time_command(
+                Command::new(&stagehand)
+                    .args(["render", overlay, "--root", "."])
+                    .current_dir(dir.path()),
+            )
+        });
+        let fs = DiskFs::new(dir.path()).expect("root");
+        let (lib, _) = best(5, || {
+            let start = Instant::now();
+            let objects = render::render(&fs, overlay, &Options::default()).expect("renders");
+            let text = render::to_yaml(&objects);
+            (start.elapsed(), text.len())
+        });
+        let kube = (n <= kubectl_max).then(|| {
+            let (took, theirs) = time_command(
+                Command::new(&kubectl)
+                    .args(["kustomize", overlay])
+                    .current_dir(dir.path()),
+            );
+            assert!(
+                theirs == ours,
+                "stagehand and kubectl kustomize disagree on the {n}-resource overlay"
+            );
+            took
+        });
+        let ratio = |d: Duration| {
+            kube.map(|k| format!("{:.0}x", k.as_secs_f64() / d.as_secs_f64()))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "{:>6} {:>12} {:>12.1} {:>12.1} {:>10} {:>10} {:>8}",
+            n,
+            kube.map(|k| format!("{:.0}", ms(k))).unwrap_or_else(|| "skipped".into()),
+            ms(cli),
+            ms(lib),
+            ratio(cli),
+            ratio(lib),
+            ours.len() / 1024
+        );
+        if n == 2000 {
+            let ours_rss = peak_rss_kib(&stagehand, &["render", overlay, "--root", "."], dir.path());
+            let theirs_rss = peak_rss_kib(&kubectl, &["kustomize", overlay], dir.path());
+            println!(
+                "       peak RSS at 2000: stagehand render {} KiB, kubectl kustomize {} KiB",
+                ours_rss.map_or("?".into(), |v| v.to_string()),
+                theirs_rss.map_or("?".into(), |v| v.to_string())
+            );
+        }
+    }
+}
