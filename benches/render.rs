@@ -244,7 +244,8 @@ fn main() {
         println!(
             "{:>6} {:>12} {:>12.1} {:>12.1} {:>10} {:>10} {:>8}",
             n,
-            kube.map(|k| format!("{:.0}", ms(k))).unwrap_or_else(|| "skipped".into()),
+            kube.map(|k| format!("{:.0}", ms(k)))
+                .unwrap_or_else(|| "skipped".into()),
             ms(cli),
             ms(lib),
             ratio(cli),
@@ -252,7 +253,8 @@ fn main() {
             ours.len() / 1024
         );
         if n == 2000 {
-            let ours_rss = peak_rss_kib(&stagehand, &["render", overlay, "--root", "."], dir.path());
+            let ours_rss =
+                peak_rss_kib(&stagehand, &["render", overlay, "--root", "."], dir.path());
             let theirs_rss = peak_rss_kib(&kubectl, &["kustomize", overlay], dir.path());
             println!(
                 "       peak RSS at 2000: stagehand render {} KiB, kubectl kustomize {} KiB",

@@ -893,11 +893,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             if l.include_templates {
                 add(&specs(&tc.template_labels, &tcd.template_labels));
             }
-            add(&[FieldSpec {
-                path: "metadata/labels".into(),
-                create: true,
-                ..Default::default()
-            }]);
+            add(&[FieldSpec::new("", "metadata/labels", true)]);
         }
         transform::set_map_entries(&mut acc.res, &l.pairs, &fss).map_err(|m| t.err("labels", m))?;
     }
@@ -930,9 +926,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         transform::replicas(&mut acc.res, r, &replica_specs).map_err(|m| t.err("replicas", m))?;
     }
     let image_specs = specs(&tc.images, &tcd.images);
-    for img in &k.images {
-        transform::image(&mut acc.res, img, &image_specs).map_err(|m| t.err("images", m))?;
-    }
+    transform::images(&mut acc.res, &k.images, &image_specs).map_err(|m| t.err("images", m))?;
     if !k.replacements.is_empty() {
         let list = replacement_list(ctx, t, "replacements", &k.replacements)?;
         replace::replacements(&mut acc.res, &list).map_err(|m| t.err("replacements", m))?;
@@ -1105,7 +1099,7 @@ fn run_builtin_transformer(
             let img: kz::Image =
                 serde_json::from_value(c.get("imageTag").cloned().unwrap_or_default())
                     .map_err(|x| e(x.to_string()))?;
-            transform::image(&mut acc.res, &img, &fss).map_err(e)
+            transform::images(&mut acc.res, &[img], &fss).map_err(e)
         }
         "ReplicaCountTransformer" => {
             let fss = field_specs(c, "fieldSpecs").map_err(e)?;

@@ -15,9 +15,24 @@ pub struct FieldSpec {
     pub path: String,
     #[serde(rename = "create")]
     pub create: bool,
+    /// `path` split into segments once: transformers walk the same spec over every object.
+    #[serde(skip)]
+    segs: std::sync::OnceLock<Vec<Seg>>,
 }
 
 impl FieldSpec {
+    /// Whether this spec applies to objects of `gvk`: every non-empty part of it must match.
+    pub fn selects(&self, gvk: &Gvk) -> bool {
+        (self.group.is_empty() || self.group == gvk.group)
+            && (self.version.is_empty() || self.version == gvk.version)
+            && (self.kind.is_empty() || self.kind == gvk.kind)
+    }
+
+    /// The segments of `path`.
+    pub fn segs(&self) -> &[Seg] {
+        self.segs.get_or_init(|| parse_path(&self.path))
+    }
+
     pub fn gvk(&self) -> Gvk {
         Gvk {
             group: self.group.clone(),
@@ -26,7 +41,8 @@ impl FieldSpec {
         }
     }
 
-    fn new(kind: &str, path: &str, create: bool) -> Self {
+    /// `kind` as `Kind`, `Kind@group/version`, `Kind@version` or `Kind@group`.
+    pub(crate) fn new(kind: &str, path: &str, create: bool) -> Self {
         let (kind, group, version) = split_kind(kind);
         Self {
             group,
@@ -34,6 +50,7 @@ impl FieldSpec {
             kind,
             path: path.to_owned(),
             create,
+            segs: Default::default(),
         }
     }
 }
@@ -709,10 +726,10 @@ pub fn apply_specs(
     f: &mut dyn FnMut(&mut Value) -> VisitResult,
 ) -> VisitResult {
     for fs in specs {
-        if !gvk.is_selected_by(&fs.gvk()) {
+        if !fs.selects(gvk) {
             continue;
         }
-        visit(obj, &parse_path(&fs.path), fs.create, f)?;
+        visit(obj, fs.segs(), fs.create, f)?;
     }
     Ok(())
 }

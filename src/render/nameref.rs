@@ -110,7 +110,7 @@ pub fn fix(list: &mut [Resource], backrefs: &[NameBackRef]) -> Result<(), String
         for br in backrefs {
             let target = br.gvk();
             for fs in &br.referrers {
-                if !org_gvk.is_selected_by(&fs.gvk()) {
+                if !fs.selects(&org_gvk) {
                     continue;
                 }
                 let role_ref = fs.path.ends_with("roleRef/name");
@@ -246,12 +246,7 @@ pub fn fix(list: &mut [Resource], backrefs: &[NameBackRef]) -> Result<(), String
                         _ => Ok(()),
                     }
                 };
-                fieldspec::visit(
-                    &mut r.obj,
-                    &fieldspec::parse_path(&fs.path),
-                    false,
-                    &mut fix_node,
-                )?;
+                fieldspec::visit(&mut r.obj, fs.segs(), false, &mut fix_node)?;
             }
         }
     }

@@ -97,7 +97,7 @@ pub fn prefix_suffix(
             continue;
         }
         for fs in specs {
-            if !org.gvk.is_selected_by(&fs.gvk()) {
+            if !fs.selects(&org.gvk) {
                 continue;
             }
             if fs.path == "metadata/name" {
@@ -109,19 +109,14 @@ pub fn prefix_suffix(
                 }
                 r.store_previous_id();
             }
-            fieldspec::visit(
-                &mut r.obj,
-                &fieldspec::parse_path(&fs.path),
-                fs.create,
-                &mut |v| match v {
-                    Value::String(s) => {
-                        *s = format!("{prefix}{s}{suffix}");
-                        Ok(())
-                    }
-                    Value::Null => Ok(()),
-                    _ => Err(format!("{}: expected a string", fs.path)),
-                },
-            )?;
+            fieldspec::visit(&mut r.obj, fs.segs(), fs.create, &mut |v| match v {
+                Value::String(s) => {
+                    *s = format!("{prefix}{s}{suffix}");
+                    Ok(())
+                }
+                Value::Null => Ok(()),
+                _ => Err(format!("{}: expected a string", fs.path)),
+            })?;
         }
     }
     Ok(())
@@ -206,9 +201,9 @@ fn update_image(value: &mut Value, img: &Image) {
     *s = out;
 }
 
-/// Every `containers`/`initContainers` image anywhere in the object, as kustomize's legacy
-/// image filter finds them.
-fn update_container_images(v: &mut Value, img: &Image) {
+/// Calls `f` on every `containers`/`initContainers` image anywhere in the object, as kustomize's
+/// legacy image filter finds them.
+fn each_container_image(v: &mut Value, f: &mut dyn FnMut(&mut Value)) {
     match v {
         Value::Object(m) => {
             for (k, child) in m.iter_mut() {
@@ -217,50 +212,83 @@ fn update_container_images(v: &mut Value, img: &Image) {
                 {
                     for c in items.iter_mut() {
                         if let Some(image) = c.get_mut("image") {
-                            update_image(image, img);
+                            f(image);
                         }
                     }
                     continue;
                 }
-                update_container_images(child, img);
+                each_container_image(child, f);
             }
         }
         Value::Array(items) => {
             for i in items {
-                update_container_images(i, img);
+                each_container_image(i, f);
             }
         }
         _ => {}
     }
 }
 
-pub fn image(list: &mut [Resource], img: &Image, specs: &[FieldSpec]) -> Result<(), String> {
+/// The names of the images the object holds where the image transformer looks.
+fn image_names(obj: &mut Map<String, Value>, gvk: &Gvk, specs: &[FieldSpec]) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut note = |v: &mut Value| {
+        if let Value::String(s) = v {
+            names.push(split_image(s).0.to_owned());
+        }
+    };
+    for (k, child) in obj.iter_mut() {
+        if k != "apiVersion" && k != "kind" {
+            each_container_image(child, &mut note);
+        }
+    }
+    for fs in specs.iter().filter(|fs| fs.selects(gvk)) {
+        let _ = fieldspec::visit(obj, fs.segs(), false, &mut |v| {
+            note(v);
+            Ok(())
+        });
+    }
+    names
+}
+
+/// The `images` entries in order, each as one image transformer, as kustomize runs them. An
+/// entry is applied only to objects holding its image name, which keeps a long `images` list
+/// from walking every object once per entry.
+pub fn images(list: &mut [Resource], imgs: &[Image], specs: &[FieldSpec]) -> Result<(), String> {
+    if imgs.is_empty() {
+        return Ok(());
+    }
     for r in list.iter_mut() {
         let gvk = r.gvk();
-        for (k, child) in r.obj.iter_mut() {
-            if k != "apiVersion" && k != "kind" {
-                update_container_images(child, img);
+        let mut names = image_names(&mut r.obj, &gvk, specs);
+        for img in imgs {
+            if !names.contains(&img.name) {
+                continue;
             }
+            for (k, child) in r.obj.iter_mut() {
+                if k != "apiVersion" && k != "kind" {
+                    each_container_image(child, &mut |v| update_image(v, img));
+                }
+            }
+            apply_specs(&mut r.obj, &gvk, specs, &mut |v| {
+                if v.is_string() {
+                    update_image(v, img);
+                }
+                Ok(())
+            })?;
+            // A created-but-unset image field is not kustomize's doing: drop the placeholder.
+            strip_nulls_at(&mut r.obj, specs, &gvk);
+            names = image_names(&mut r.obj, &gvk, specs);
         }
-        apply_specs(&mut r.obj, &gvk, specs, &mut |v| {
-            if v.is_string() {
-                update_image(v, img);
-            }
-            Ok(())
-        })?;
-        // A created-but-unset image field is not kustomize's doing: drop the placeholder.
-        strip_nulls_at(&mut r.obj, specs, &gvk);
     }
     Ok(())
 }
 
 fn strip_nulls_at(obj: &mut Map<String, Value>, specs: &[FieldSpec], gvk: &Gvk) {
     for fs in specs {
-        if !gvk.is_selected_by(&fs.gvk()) {
-            continue;
+        if fs.selects(gvk) {
+            strip_null(obj, fs.segs());
         }
-        let segs = fieldspec::parse_path(&fs.path);
-        strip_null(obj, &segs);
     }
 }
 
@@ -442,11 +470,7 @@ pub fn config_from_crds(bytes: &[u8]) -> Result<TransformerConfig, String> {
                             .unwrap_or("name");
                         tc.name_reference.push(NameBackRef {
                             kind: rk.to_owned(),
-                            referrers: vec![FieldSpec {
-                                kind: kind.to_owned(),
-                                path: format!("{p}/{key}"),
-                                ..Default::default()
-                            }],
+                            referrers: vec![FieldSpec::new(kind, &format!("{p}/{key}"), false)],
                             ..Default::default()
                         });
                         continue;
