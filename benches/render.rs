@@ -1,9 +1,12 @@
 //! Side by side: `stagehand render`, the in-process `render::render` call and
-//! `kubectl kustomize` on the same generated overlays, at 500, 2,000 and 8,000 resources.
+//! `kubectl kustomize` on the same generated input, at 500, 2,000 and 8,000 resources: the bare
+//! base, the base with only `namespace` set, and a full overlay (namespace, namePrefix, labels
+//! with selectors, a JSON6902 patch on every Deployment, 100 `images` entries, a
+//! configMapGenerator, a component). Every kubectl output is compared with ours byte for byte.
 //!
 //! Run with `cargo bench --bench render`. `STAGEHAND_KUBECTL` (or the recorded tool path in
 //! `~/.cache/stagehand/env.sh`) names kubectl; `BENCH_KUBECTL_MAX` (default 2000) is the largest
-//! base kubectl is timed on, because it grows faster than linearly.
+//! base kubectl is timed on, because it grows faster than linearly (minutes at 8,000).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -115,6 +118,10 @@ configMapGenerator:
             "- name: registry.example.com/team/image-{i}\n  newName: mirror.example.com/team/image-{i}\n  newTag: v2.{i}\n"
         ));
     }
+    write(
+        &root.join("overlays/namespace-only/kustomization.yaml"),
+        "resources:\n- ../../base\nnamespace: shop\n",
+    );
     for env in ["dev", "staging", "prod"] {
         write(
             &root.join(format!("overlays/{env}/kustomization.yaml")),
@@ -204,63 +211,69 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
     println!(
-        "{:>6} {:>12} {:>12} {:>12} {:>10} {:>10} {:>8}",
-        "n", "kubectl ms", "cli ms", "lib ms", "cli ratio", "lib ratio", "out KiB"
+        "{:>6} {:<16} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "n", "input", "kubectl ms", "cli ms", "lib ms", "cli x", "lib x", "out KiB"
     );
     for n in [500usize, 2000, 8000] {
         let dir = tempfile::tempdir().expect("temp dir");
         generate(dir.path(), n);
-        let overlay = "overlays/prod";
-        let (cli, ours) = best(3, || {
-            time_command(
-                Command::new(&stagehand)
-                    .args(["render", overlay, "--root", "."])
-                    .current_dir(dir.path()),
-            )
-        });
-        let fs = DiskFs::new(dir.path()).expect("root");
-        let (lib, _) = best(5, || {
-            let start = Instant::now();
-            let objects = render::render(&fs, overlay, &Options::default()).expect("renders");
-            let text = render::to_yaml(&objects);
-            (start.elapsed(), text.len())
-        });
-        let kube = (n <= kubectl_max).then(|| {
-            let (took, theirs) = time_command(
-                Command::new(&kubectl)
-                    .args(["kustomize", overlay])
-                    .current_dir(dir.path()),
-            );
-            assert!(
-                theirs == ours,
-                "stagehand and kubectl kustomize disagree on the {n}-resource overlay"
-            );
-            took
-        });
-        let ratio = |d: Duration| {
-            kube.map(|k| format!("{:.0}x", k.as_secs_f64() / d.as_secs_f64()))
-                .unwrap_or_else(|| "-".into())
-        };
-        println!(
-            "{:>6} {:>12} {:>12.1} {:>12.1} {:>10} {:>10} {:>8}",
-            n,
-            kube.map(|k| format!("{:.0}", ms(k)))
-                .unwrap_or_else(|| "skipped".into()),
-            ms(cli),
-            ms(lib),
-            ratio(cli),
-            ratio(lib),
-            ours.len() / 1024
-        );
-        if n == 2000 {
-            let ours_rss =
-                peak_rss_kib(&stagehand, &["render", overlay, "--root", "."], dir.path());
-            let theirs_rss = peak_rss_kib(&kubectl, &["kustomize", overlay], dir.path());
+        for (label, input) in [
+            ("base", "base"),
+            ("base+namespace", "overlays/namespace-only"),
+            ("full overlay", "overlays/prod"),
+        ] {
+            let (cli, ours) = best(3, || {
+                time_command(
+                    Command::new(&stagehand)
+                        .args(["render", input, "--root", "."])
+                        .current_dir(dir.path()),
+                )
+            });
+            let fs = DiskFs::new(dir.path()).expect("root");
+            let (lib, _) = best(5, || {
+                let start = Instant::now();
+                let objects = render::render(&fs, input, &Options::default()).expect("renders");
+                let text = render::to_yaml(&objects);
+                (start.elapsed(), text.len())
+            });
+            let kube = (n <= kubectl_max).then(|| {
+                let (took, theirs) = time_command(
+                    Command::new(&kubectl)
+                        .args(["kustomize", input])
+                        .current_dir(dir.path()),
+                );
+                assert!(
+                    theirs == ours,
+                    "stagehand and kubectl kustomize disagree on {input} at {n} resources"
+                );
+                took
+            });
+            let ratio = |d: Duration| {
+                kube.map(|k| format!("{:.0}x", k.as_secs_f64() / d.as_secs_f64()))
+                    .unwrap_or_else(|| "-".into())
+            };
             println!(
-                "       peak RSS at 2000: stagehand render {} KiB, kubectl kustomize {} KiB",
-                ours_rss.map_or("?".into(), |v| v.to_string()),
-                theirs_rss.map_or("?".into(), |v| v.to_string())
+                "{:>6} {:<16} {:>11} {:>9.1} {:>9.1} {:>9} {:>9} {:>8}",
+                n,
+                label,
+                kube.map(|k| format!("{:.0}", ms(k)))
+                    .unwrap_or_else(|| "skipped".into()),
+                ms(cli),
+                ms(lib),
+                ratio(cli),
+                ratio(lib),
+                ours.len() / 1024
             );
         }
+        let overlay = "overlays/prod";
+        let ours_rss = peak_rss_kib(&stagehand, &["render", overlay, "--root", "."], dir.path());
+        let theirs_rss = (n <= kubectl_max)
+            .then(|| peak_rss_kib(&kubectl, &["kustomize", overlay], dir.path()))
+            .flatten();
+        println!(
+            "       peak RSS, full overlay at {n}: stagehand render {} KiB, kubectl kustomize {} KiB",
+            ours_rss.map_or("?".into(), |v| v.to_string()),
+            theirs_rss.map_or("-".into(), |v| v.to_string())
+        );
     }
 }
