@@ -35,7 +35,7 @@ pub enum Error {
         path: String,
         dir: String,
     },
-    #[error("{file}: {field}: {entry}: {what} are not supported")]
+    #[error("{file}: {field}: {}{what} are not supported", prefixed(entry))]
     Refused {
         file: String,
         field: &'static str,
@@ -64,12 +64,22 @@ pub enum Error {
         field: &'static str,
         message: String,
     },
-    #[error("{file}: {field}: {entry}: cycle, the kustomization includes itself")]
+    #[error("{file}: {field}: cycle, the kustomization includes itself: {chain}")]
     Cycle {
         file: String,
         field: &'static str,
-        entry: String,
+        /// The directories from the first inclusion to the repeated one, `a -> b -> a`.
+        chain: String,
     },
+}
+
+/// `entry: `, or nothing when there is no entry to name.
+fn prefixed(entry: &str) -> String {
+    if entry.is_empty() {
+        String::new()
+    } else {
+        format!("{entry}: ")
+    }
 }
 
 struct Ctx<'a> {
@@ -318,8 +328,17 @@ fn load_target(ctx: &Ctx, dir: &str) -> Result<Target, Error> {
         entry: String::new(),
         what,
     };
-    if !k.helm_charts.is_empty() || k.helm_globals.is_some() {
-        return Err(refuse("helmCharts", "Helm charts"));
+    if let Some(chart) = k.helm_charts.first() {
+        let name = chart.get("name").and_then(Value::as_str).unwrap_or("");
+        return Err(Error::Refused {
+            file: file.clone(),
+            field: "helmCharts",
+            entry: name.to_owned(),
+            what: "Helm charts",
+        });
+    }
+    if k.helm_globals.is_some() {
+        return Err(refuse("helmGlobals", "Helm charts"));
     }
     if !k.helm_chart_inflation_generator.is_empty() {
         return Err(refuse("helmChartInflationGenerator", "Helm charts"));
@@ -524,11 +543,13 @@ pub(super) fn append_all(
 fn accumulate_target(ctx: &Ctx, t: &Target, mut acc: Acc) -> Result<Acc, Error> {
     {
         let mut stack = ctx.stack.borrow_mut();
-        if stack.contains(&t.dir) {
+        if let Some(start) = stack.iter().position(|d| *d == t.dir) {
+            let mut chain = stack[start..].to_vec();
+            chain.push(t.dir.clone());
             return Err(Error::Cycle {
                 file: t.file.clone(),
                 field: "resources",
-                entry: t.dir.clone(),
+                chain: chain.join(" -> "),
             });
         }
         stack.push(t.dir.clone());
@@ -844,10 +865,15 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         patch::strategic_merge_all(&mut acc.res, &patches)
             .map_err(|m| t.err("patchesStrategicMerge", m))?;
     }
-    for p in &k.patches {
+    for (i, p) in k.patches.iter().enumerate() {
         let text = patch_text(ctx, t, "patches", p)?;
+        // Name the patch that failed: its file, or its place in the list when inline.
+        let which = || match p.path.as_str() {
+            "" => format!("patches[{i}]"),
+            path => path.to_owned(),
+        };
         patch::apply_patch(&mut acc.res, &text, p.target.as_ref(), &p.options)
-            .map_err(|m| t.err("patches", m))?;
+            .map_err(|m| t.err("patches", format!("{}: {m}", which())))?;
     }
     if !k.namespace.is_empty() {
         transform::namespace(

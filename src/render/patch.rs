@@ -601,12 +601,18 @@ fn merge_list(
     }
 }
 
-/// A JSON 6902 patch given as YAML or JSON text.
+/// A JSON 6902 patch given as YAML or JSON text. Text that opens with `[` is JSON, strictly, as
+/// kustomize reads it: YAML flow style there is an error, not a second chance.
 pub fn apply_json6902_text(
     list: &mut [Resource],
     text: &str,
     target: &Selector,
 ) -> Result<(), String> {
+    if text.starts_with('[') {
+        let ops: Vec<Value> =
+            serde_json::from_str(text).map_err(|e| format!("JSON patch is not JSON: {e}"))?;
+        return apply_json6902(list, &ops, target);
+    }
     let docs = super::yaml::parse_documents(text).map_err(|e| format!("JSON patch: {e}"))?;
     let ops = match docs.as_slice() {
         [Value::Array(ops)] => ops.clone(),

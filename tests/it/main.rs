@@ -11,6 +11,7 @@ mod harness;
 mod reconcile;
 mod render_conformance;
 mod render_differential;
+mod render_errors;
 mod render_sops;
 mod secrets;
 mod serve;

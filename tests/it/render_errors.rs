@@ -1,0 +1,268 @@
+//! Bad input to a render: each case is refused by `kubectl kustomize` too (the oracle), and our
+//! error names the kustomization file, the field and the entry at fault. A render either returns
+//! every object or an error: there is no partial output, and the CLI prints nothing on stdout.
+
+use std::path::Path;
+use std::process::Command;
+
+use stagehand::render::{self, Options, fs::DiskFs};
+
+use crate::support::{Tool, tool};
+
+fn write(root: &Path, files: &[(&str, &str)]) {
+    for (path, text) in files {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().expect("files live in a directory")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+}
+
+const CONFIG_MAP: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  a: b\n";
+
+/// Renders `overlay` under a fresh tree made of `files` with Stagehand and with kubectl; both must
+/// fail, and our message must hold every one of `names`.
+fn assert_refused(files: &[(&str, &str)], names: &[&str]) {
+    let root = tempfile::tempdir().expect("temp dir");
+    write(root.path(), files);
+    let kubectl = Command::new(tool(Tool::Kubectl))
+        .args(["kustomize", "app/overlay"])
+        .current_dir(root.path())
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        !kubectl.status.success(),
+        "the oracle accepts this input, so refusing it would be our bug"
+    );
+    let fs = DiskFs::new(root.path()).expect("root exists");
+    let err = render::render(&fs, "app/overlay", &Options::default())
+        .expect_err("Stagehand must refuse what kubectl refuses");
+    let message = err.to_string();
+    for name in names {
+        assert!(message.contains(name), "{message:?} does not name {name:?}");
+    }
+}
+
+#[test]
+fn a_resource_outside_the_kustomization_directory_is_refused_by_name() {
+    assert_refused(
+        &[
+            (
+                "app/overlay/kustomization.yaml",
+                "resources:\n- ../secret.yaml\n",
+            ),
+            ("app/secret.yaml", CONFIG_MAP),
+        ],
+        &[
+            "app/overlay/kustomization.yaml",
+            "resources",
+            "app/secret.yaml",
+            "not in or below",
+        ],
+    );
+}
+
+#[test]
+fn a_missing_resource_file_is_named() {
+    assert_refused(
+        &[(
+            "app/overlay/kustomization.yaml",
+            "resources:\n- gone.yaml\n",
+        )],
+        &["app/overlay/kustomization.yaml", "resources", "gone.yaml"],
+    );
+}
+
+#[test]
+fn a_kustomization_that_is_not_yaml_is_refused_with_its_position() {
+    assert_refused(
+        &[(
+            "app/overlay/kustomization.yaml",
+            "resources:\n  - a.yaml\n bad: [\n",
+        )],
+        &["app/overlay/kustomization.yaml", "line 3"],
+    );
+}
+
+#[test]
+fn an_unknown_kustomization_field_is_named() {
+    assert_refused(
+        &[("app/overlay/kustomization.yaml", "resourcez:\n- a.yaml\n")],
+        &["app/overlay/kustomization.yaml", "resourcez"],
+    );
+}
+
+#[test]
+fn a_remote_base_is_refused_not_skipped() {
+    assert_refused(
+        &[(
+            "app/overlay/kustomization.yaml",
+            "resources:\n- https://example.invalid/org/repo//base?ref=v1\n",
+        )],
+        &[
+            "app/overlay/kustomization.yaml",
+            "resources",
+            "https://example.invalid/org/repo//base?ref=v1",
+            "remote",
+        ],
+    );
+}
+
+#[test]
+fn a_helm_chart_is_refused_by_name() {
+    assert_refused(
+        &[(
+            "app/overlay/kustomization.yaml",
+            "helmCharts:\n- name: redis\n  repo: https://example.invalid/charts\n  version: 1.0.0\n",
+        )],
+        &[
+            "app/overlay/kustomization.yaml",
+            "helmCharts",
+            "redis",
+            "Helm",
+        ],
+    );
+}
+
+#[test]
+fn a_generator_plugin_is_refused_by_name() {
+    assert_refused(
+        &[
+            (
+                "app/overlay/kustomization.yaml",
+                "generators:\n- gen.yaml\n",
+            ),
+            (
+                "app/overlay/gen.yaml",
+                "apiVersion: example.com/v1\nkind: SecretsFromVault\nmetadata:\n  name: vault\n",
+            ),
+        ],
+        &[
+            "app/overlay/kustomization.yaml",
+            "generators",
+            "SecretsFromVault",
+            "plugins",
+        ],
+    );
+}
+
+#[test]
+fn a_patch_whose_target_is_missing_names_the_patch_file() {
+    assert_refused(
+        &[
+            (
+                "app/overlay/kustomization.yaml",
+                "resources:\n- cm.yaml\npatches:\n- path: retune.yaml\n",
+            ),
+            ("app/overlay/cm.yaml", CONFIG_MAP),
+            (
+                "app/overlay/retune.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\ndata:\n  a: c\n",
+            ),
+        ],
+        &[
+            "app/overlay/kustomization.yaml",
+            "patches",
+            "retune.yaml",
+            "ConfigMap.v1.[noGrp]/other",
+        ],
+    );
+}
+
+#[test]
+fn a_json_patch_on_a_missing_path_names_the_inline_patch() {
+    assert_refused(
+        &[
+            (
+                "app/overlay/kustomization.yaml",
+                "resources:\n- cm.yaml\npatches:\n- target:\n    kind: ConfigMap\n  patch: |-\n    - op: replace\n      path: /data/a/b\n      value: x\n",
+            ),
+            ("app/overlay/cm.yaml", CONFIG_MAP),
+        ],
+        &["app/overlay/kustomization.yaml", "patches[0]", "/data/a/b"],
+    );
+}
+
+#[test]
+fn a_json_patch_in_yaml_flow_style_after_a_bracket_is_not_json() {
+    assert_refused(
+        &[
+            (
+                "app/overlay/kustomization.yaml",
+                "resources:\n- cm.yaml\npatchesJson6902:\n- target: {version: v1, kind: ConfigMap, name: settings}\n  patch: \"[{op: add, path: /data/x, value: y}]\"\n",
+            ),
+            ("app/overlay/cm.yaml", CONFIG_MAP),
+        ],
+        &[
+            "app/overlay/kustomization.yaml",
+            "patchesJson6902",
+            "not JSON",
+        ],
+    );
+}
+
+#[test]
+fn the_same_resource_twice_is_refused_with_its_id() {
+    assert_refused(
+        &[
+            (
+                "app/overlay/kustomization.yaml",
+                "resources:\n- cm.yaml\n- again.yaml\n",
+            ),
+            ("app/overlay/cm.yaml", CONFIG_MAP),
+            ("app/overlay/again.yaml", CONFIG_MAP),
+        ],
+        &[
+            "app/overlay/kustomization.yaml",
+            "resources",
+            "ConfigMap.v1.[noGrp]/settings",
+        ],
+    );
+}
+
+#[test]
+fn a_kustomization_that_includes_itself_is_a_cycle() {
+    assert_refused(
+        &[
+            ("app/overlay/kustomization.yaml", "resources:\n- ../base\n"),
+            ("app/base/kustomization.yaml", "resources:\n- ../overlay\n"),
+        ],
+        &[
+            "app/overlay/kustomization.yaml",
+            "resources",
+            "cycle",
+            "app/overlay -> app/base -> app/overlay",
+        ],
+    );
+}
+
+#[test]
+fn the_cli_prints_no_objects_when_the_render_fails() {
+    let root = tempfile::tempdir().expect("temp dir");
+    write(
+        root.path(),
+        &[
+            (
+                "app/overlay/kustomization.yaml",
+                "resources:\n- cm.yaml\n- gone.yaml\n",
+            ),
+            ("app/overlay/cm.yaml", CONFIG_MAP),
+        ],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(["render", "app/overlay", "--root", "."])
+        .current_dir(root.path())
+        .output()
+        .expect("stagehand runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "half a render reached stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("app/overlay/kustomization.yaml") && stderr.contains("gone.yaml"),
+        "{stderr}"
+    );
+}
