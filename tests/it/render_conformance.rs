@@ -72,7 +72,25 @@ fn run_case(dir: &Path) -> (Outcome, Vec<String>) {
     };
     if case["expect_error"].as_bool() == Some(true) {
         return match render_with(order) {
-            Err(_) => (Outcome::Pass, features),
+            Err(e) => {
+                // The substrings kustomize's own test requires of its error message.
+                let message = e.to_string();
+                let missing: Vec<&str> = case["error_checks"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.get(1).and_then(Value::as_str))
+                    .filter(|want| !message.contains(want))
+                    .collect();
+                if missing.is_empty() {
+                    (Outcome::Pass, features)
+                } else {
+                    (
+                        Outcome::Fail(format!("error {message:?} lacks {missing:?}")),
+                        features,
+                    )
+                }
+            }
             Ok(_) => (
                 Outcome::Fail("rendered, expected an error".into()),
                 features,
