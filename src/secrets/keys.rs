@@ -138,25 +138,34 @@ impl Identities {
         var: impl Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Result<Self, Error> {
         let mut ids = Self::new();
+        // As sops does, a source that fails to load is skipped while another one yields keys;
+        // its error is reported only when no source does.
+        let mut first_error = None;
+        let mut keep = |result: Result<(), Error>| {
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        };
         if let Some(path) = var(SOPS_AGE_SSH_PRIVATE_KEY_FILE) {
             let path = PathBuf::from(path);
-            let pem = Zeroizing::new(std::fs::read(&path).map_err(|source| Error::Read {
-                file: path.clone(),
-                source,
-            })?);
-            ids.add_ssh_key(&path.display().to_string(), &pem)?;
+            keep(match std::fs::read(&path) {
+                Ok(pem) => ids.add_ssh_key(&path.display().to_string(), &Zeroizing::new(pem)),
+                Err(source) => Err(Error::Read {
+                    file: path.clone(),
+                    source,
+                }),
+            });
         }
         if let Some(text) = var(SOPS_AGE_KEY) {
             let text = Zeroizing::new(text.to_string_lossy().into_owned());
-            ids.add_text(SOPS_AGE_KEY, &text, true)?;
+            keep(ids.add_text(SOPS_AGE_KEY, &text, true));
         }
         if let Some(path) = var(SOPS_AGE_KEY_FILE) {
-            ids.add_file(Path::new(&path))?;
+            keep(ids.add_file(Path::new(&path)));
         }
         if let Some(cmd) = var(SOPS_AGE_KEY_CMD) {
             let cmd = cmd.to_string_lossy().into_owned();
-            let out = run_key_command(&cmd)?;
-            ids.add_text(SOPS_AGE_KEY_CMD, &out, false)?;
+            keep(run_key_command(&cmd).and_then(|out| ids.add_text(SOPS_AGE_KEY_CMD, &out, false)));
         }
         let config = var("XDG_CONFIG_HOME")
             .filter(|v| !v.is_empty())
@@ -165,10 +174,13 @@ impl Identities {
         if let Some(dir) = config {
             let path = dir.join("sops/age/keys.txt");
             if path.is_file() {
-                ids.add_file(&path)?;
+                keep(ids.add_file(&path));
             }
         }
-        Ok(ids)
+        match first_error {
+            Some(e) if ids.keys.is_empty() => Err(e),
+            _ => Ok(ids),
+        }
     }
 
     /// Opens an armored age file holding a sops data key. `Ok(None)` when no identity matches.

@@ -182,6 +182,58 @@ fn keys_are_read_from_sops_age_key_and_the_default_keys_txt() {
 }
 
 #[test]
+fn a_missing_key_file_is_skipped_while_another_source_has_the_key_as_in_sops() {
+    let keys = Keys::new();
+    let plain = keys.write("s.yaml", b"a: secret\n");
+    let enc = keys.write("enc.yaml", &sops_encrypt(&keys, &plain, &[]));
+    let key_text = std::fs::read_to_string(keys.key_file(1)).expect("key file readable");
+    let secret_line = key_text
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .expect("a key line");
+    let missing = keys.dir.path().join("no-such-keys.txt");
+    let run = |program: &std::path::Path, args: &[&str], with_key: bool| {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .arg(&enc)
+            .env_clear()
+            .env("HOME", keys.dir.path())
+            .env("SOPS_AGE_KEY_FILE", &missing);
+        if with_key {
+            cmd.env("SOPS_AGE_KEY", secret_line);
+        }
+        cmd.output().expect("runs")
+    };
+    let ours = std::path::Path::new(env!("CARGO_BIN_EXE_stagehand"));
+    let sops = crate::support::tool(crate::support::Tool::Sops);
+    let (theirs, mine) = (
+        run(&sops, &["-d"], true),
+        run(ours, &["secrets", "decrypt"], true),
+    );
+    assert!(
+        theirs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&theirs.stderr)
+    );
+    assert!(
+        mine.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mine.stderr)
+    );
+    assert_eq!(mine.stdout, theirs.stdout);
+    // With no other source, both fail, and ours names the file it could not read.
+    let (theirs, mine) = (
+        run(&sops, &["-d"], false),
+        run(ours, &["secrets", "decrypt"], false),
+    );
+    assert!(!theirs.status.success());
+    assert!(!mine.status.success());
+    assert!(mine.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&mine.stderr);
+    assert!(stderr.contains("no-such-keys.txt"), "{stderr}");
+}
+
+#[test]
 fn encrypt_in_place_and_rotate_write_files_sops_opens() {
     let keys = Keys::new();
     let plain = keys.write("s.yaml", b"password: secret\nlist:\n    - 1\n");
