@@ -222,7 +222,12 @@ pub(crate) enum UnwrapError {
 
 fn run_key_command(cmd: &str) -> Result<Zeroizing<String>, Error> {
     let source = || SOPS_AGE_KEY_CMD.to_owned();
-    let words: Vec<&str> = cmd.split_whitespace().collect();
+    // sops splits the command into words as a POSIX shell would (quotes, backslashes), but runs
+    // no shell: pipes and variables are not expanded.
+    let words = shlex::split(cmd).ok_or_else(|| Error::KeySource {
+        source_name: source(),
+        problem: "unbalanced quotes in the command".into(),
+    })?;
     let (program, args) = words.split_first().ok_or_else(|| Error::KeySource {
         source_name: source(),
         problem: "the command is empty".into(),

@@ -164,21 +164,31 @@ fn keys_are_read_from_sops_age_key_and_the_default_keys_txt() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.stdout, b"a: secret\n");
-    let out = Command::new(env!("CARGO_BIN_EXE_stagehand"))
-        .args(["secrets", "decrypt", enc.to_str().expect("UTF-8 path")])
-        .env_clear()
-        .env("HOME", keys.dir.path())
-        .env(
-            "SOPS_AGE_KEY_CMD",
-            format!("cat {}", keys.key_file(1).display()),
-        )
-        .output()
-        .expect("stagehand runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The command is split into words as sops splits it: quotes keep a path with a space whole.
+    let spaced = keys.dir.path().join("key dir");
+    std::fs::create_dir_all(&spaced).expect("writable");
+    std::fs::copy(keys.key_file(1), spaced.join("key.txt")).expect("copyable");
+    let command = format!("cat '{}'", spaced.join("key.txt").display());
+    let sops = crate::support::tool(crate::support::Tool::Sops);
+    let ours = std::path::PathBuf::from(env!("CARGO_BIN_EXE_stagehand"));
+    for (program, args) in [(&sops, &["-d"][..]), (&ours, &["secrets", "decrypt"][..])] {
+        let out = Command::new(program)
+            .args(args)
+            .arg(&enc)
+            .env_clear()
+            .env("HOME", keys.dir.path())
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("SOPS_AGE_KEY_CMD", &command)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, b"a: secret\n");
+    }
 }
 
 #[test]
