@@ -64,6 +64,14 @@ pub enum Error {
         field: &'static str,
         message: String,
     },
+    #[error(
+        "{object}: {path}: holds U+{character:04X}, a control character kustomize refuses to print"
+    )]
+    Unprintable {
+        object: String,
+        path: String,
+        character: u32,
+    },
     #[error("{file}: {field}: cycle, the kustomization includes itself: {chain}")]
     Cycle {
         file: String,

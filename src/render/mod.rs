@@ -86,7 +86,28 @@ impl std::fmt::Debug for Options<'_> {
 
 /// Renders the kustomization in `dir` (relative to the root of `fs`; `""` is the root).
 pub fn render(fs: &dyn fs::FileSystem, dir: &str, options: &Options) -> Result<Vec<Object>, Error> {
-    build::run(fs, dir, options)
+    let objects = build::run(fs, dir, options)?;
+    for o in &objects {
+        if let Some((path, c)) = yaml::unprintable(o) {
+            let field = |f: &str| {
+                o.get("metadata")
+                    .and_then(|m| m.get(f))
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            let kind = o.get("kind").and_then(Value::as_str).unwrap_or("");
+            return Err(Error::Unprintable {
+                object: match field("namespace").as_str() {
+                    "" => format!("{kind} {}", field("name")),
+                    ns => format!("{kind} {ns}/{}", field("name")),
+                },
+                path,
+                character: c as u32,
+            });
+        }
+    }
+    Ok(objects)
 }
 
 /// The objects as one multi-document YAML stream, as `kubectl kustomize` prints them.

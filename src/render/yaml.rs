@@ -1,6 +1,8 @@
 //! Reading YAML streams into JSON-shaped values and printing them back the way kustomize does
 //! (map keys sorted, sequences flush with their parent key, literal blocks for multi-line text).
 
+use std::fmt::Write as _;
+
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -147,9 +149,7 @@ fn indent(out: &mut String, n: usize) {
 }
 
 fn write_map(out: &mut String, m: &Map<String, Value>, ind: usize) {
-    let mut entries: Vec<_> = m.iter().collect();
-    entries.sort_by(|a, b| a.0.cmp(b.0));
-    for (i, (k, v)) in entries.into_iter().enumerate() {
+    for (i, (k, v)) in sorted_entries(m).into_iter().enumerate() {
         if i > 0 {
             indent(out, ind);
         }
@@ -219,26 +219,119 @@ enum Style {
     Literal,
 }
 
+// kustomize prints through sigs.k8s.io/yaml, a JSON round trip into go-yaml v2's emitter. What
+// follows mirrors that emitter's choices: which style a string gets, how map keys are ordered,
+// where long lines fold and how characters are escaped. Each rule was checked against
+// `kubectl kustomize` output.
+
+/// What go-yaml's emitter learns of a scalar before it picks a style.
+struct Analysis {
+    multiline: bool,
+    block_plain_allowed: bool,
+    single_quoted_allowed: bool,
+    block_allowed: bool,
+}
+
+/// Characters the emitter prints as they are; anything else forces double quotes and an escape.
+fn printable(c: char) -> bool {
+    matches!(c, '\n' | '\u{20}'..='\u{7e}' | '\u{a0}'..='\u{d7ff}')
+        || (('\u{e000}'..='\u{fffd}').contains(&c) && c != '\u{feff}')
+}
+
+fn is_break(c: char) -> bool {
+    matches!(c, '\r' | '\n' | '\u{85}' | '\u{2028}' | '\u{2029}')
+}
+
+fn is_blank(c: char) -> bool {
+    c == ' ' || c == '\t'
+}
+
+fn analyze(s: &str) -> Analysis {
+    if s.is_empty() {
+        return Analysis {
+            multiline: false,
+            block_plain_allowed: true,
+            single_quoted_allowed: true,
+            block_allowed: false,
+        };
+    }
+    let chars: Vec<char> = s.chars().collect();
+    let n = chars.len();
+    let mut block_indicators = s.starts_with("---") || s.starts_with("...");
+    let (mut line_breaks, mut special) = (false, false);
+    let (mut break_space, mut space_break) = (false, false);
+    let (mut previous_space, mut previous_break) = (false, false);
+    let mut preceded_by_whitespace = true;
+    for (i, &c) in chars.iter().enumerate() {
+        let followed_by_whitespace = chars.get(i + 1).is_none_or(|&next| is_blank(next));
+        if i == 0 {
+            block_indicators |= match c {
+                '#' | ',' | '[' | ']' | '{' | '}' | '&' | '*' | '!' | '|' | '>' | '\'' | '"'
+                | '%' | '@' | '`' => true,
+                '?' | ':' | '-' => followed_by_whitespace,
+                _ => false,
+            };
+        } else {
+            block_indicators |= match c {
+                ':' => followed_by_whitespace,
+                '#' => preceded_by_whitespace,
+                _ => false,
+            };
+        }
+        special |= !printable(c);
+        if c == ' ' {
+            break_space |= previous_break;
+            previous_space = true;
+            previous_break = false;
+        } else if is_break(c) {
+            line_breaks = true;
+            space_break |= previous_space;
+            previous_space = false;
+            previous_break = true;
+        } else {
+            previous_space = false;
+            previous_break = false;
+        }
+        preceded_by_whitespace = is_blank(c) || is_break(c);
+    }
+    let edge = |c: char| c == ' ' || is_break(c);
+    let leading_or_trailing = edge(chars[0]) || edge(chars[n - 1]);
+    let trailing_space = chars[n - 1] == ' ';
+    Analysis {
+        multiline: line_breaks,
+        block_plain_allowed: !(leading_or_trailing
+            || break_space
+            || space_break
+            || special
+            || line_breaks
+            || block_indicators),
+        single_quoted_allowed: !(break_space || space_break || special),
+        block_allowed: !(trailing_space || space_break || special),
+    }
+}
+
 fn style_of(s: &str, key: bool) -> Style {
-    if s.is_empty() || resolves_to_non_string(s) {
-        return Style::Double;
-    }
-    let special = s
-        .chars()
-        .any(|c| (c.is_control() && c != '\n') || c == '\u{feff}' || c == '\u{85}');
-    let has_break = s.contains('\n');
-    let space_break = s.contains(" \n");
-    if has_break && !key && !special && !space_break && !s.ends_with(' ') {
-        return Style::Literal;
-    }
-    if special || has_break {
-        return Style::Double;
-    }
-    if plain_ok(s) {
+    let a = analyze(s);
+    let mut style = if s.contains('\n') {
+        Style::Literal
+    } else if reads_back_as_string(s) {
         Style::Plain
     } else {
-        Style::Single
+        Style::Double
+    };
+    if key && a.multiline {
+        style = Style::Double;
     }
+    if style == Style::Plain && !a.block_plain_allowed {
+        style = Style::Single;
+    }
+    if style == Style::Single && !a.single_quoted_allowed {
+        style = Style::Double;
+    }
+    if style == Style::Literal && (!a.block_allowed || key) {
+        style = Style::Double;
+    }
+    style
 }
 
 /// Writes a string starting at column `col` and returns the column after it.
@@ -256,14 +349,14 @@ fn write_string(out: &mut String, s: &str, col: usize, ind: usize, key: bool) ->
 
 fn write_literal(out: &mut String, s: &str, ind: usize) {
     out.push('|');
+    if s.starts_with(' ') || s.starts_with('\n') {
+        out.push('2');
+    }
     let body = s.strip_suffix('\n');
     match body {
         Some(b) if b.ends_with('\n') || b.is_empty() => out.push('+'),
         Some(_) => {}
         None => out.push('-'),
-    }
-    if s.starts_with(' ') || s.starts_with('\n') {
-        out.push('2');
     }
     out.push('\n');
     let content = body.unwrap_or(s);
@@ -276,6 +369,45 @@ fn write_literal(out: &mut String, s: &str, ind: usize) {
     }
     // The final line break of the block is the caller's.
     out.pop();
+}
+
+/// The escape go-yaml writes for `c` inside double quotes.
+fn push_escape(out: &mut String, c: char) -> usize {
+    let short = match c {
+        '\0' => Some('0'),
+        '\u{7}' => Some('a'),
+        '\u{8}' => Some('b'),
+        '\t' => Some('t'),
+        '\n' => Some('n'),
+        '\u{b}' => Some('v'),
+        '\u{c}' => Some('f'),
+        '\r' => Some('r'),
+        '\u{1b}' => Some('e'),
+        '"' => Some('"'),
+        '\\' => Some('\\'),
+        '\u{85}' => Some('N'),
+        '\u{a0}' => Some('_'),
+        '\u{2028}' => Some('L'),
+        '\u{2029}' => Some('P'),
+        _ => None,
+    };
+    let before = out.len();
+    match (short, c as u32) {
+        (Some(e), _) => {
+            out.push('\\');
+            out.push(e);
+        }
+        (None, v) if v <= 0xff => {
+            let _ = write!(out, "\\x{v:02X}");
+        }
+        (None, v) if v <= 0xffff => {
+            let _ = write!(out, "\\u{v:04X}");
+        }
+        (None, v) => {
+            let _ = write!(out, "\\U{v:08X}");
+        }
+    }
+    out.len() - before
 }
 
 /// Plain, single- and double-quoted scalars, folded at spaces past the best width as the
@@ -298,11 +430,23 @@ fn write_folded(
         out.push(q);
         col += 1;
     }
+    // go-yaml tests for a byte order mark at the start of the value while it looks at every
+    // character, so such a value has all of its characters escaped.
+    let escape_all = s.starts_with('\u{feff}');
     let mut spaces = false;
+    let mut breaks = false;
     let n = chars.len();
     let mut i = 0;
     while i < n {
         let c = chars[i];
+        if style == Style::Double
+            && (escape_all || !printable(c) || is_break(c) || c == '"' || c == '\\')
+        {
+            col += push_escape(out, c);
+            spaces = false;
+            i += 1;
+            continue;
+        }
         let next_space = chars.get(i + 1) == Some(&' ');
         if c == ' ' {
             let may_break = !key
@@ -329,48 +473,31 @@ fn write_folded(
             i += 1;
             continue;
         }
+        if style == Style::Single && is_break(c) {
+            // Only line and paragraph separators reach here; the emitter writes them as they are
+            // and starts a fresh, indented line.
+            out.push(c);
+            col = 0;
+            breaks = true;
+            i += 1;
+            continue;
+        }
+        if breaks {
+            if col > ind {
+                out.push('\n');
+                col = 0;
+            }
+            indent(out, ind - col);
+            col = ind;
+            breaks = false;
+        }
         spaces = false;
-        match style {
-            Style::Double => {
-                let esc = match c {
-                    '"' => Some("\\\"".to_owned()),
-                    '\\' => Some("\\\\".to_owned()),
-                    '\n' => Some("\\n".to_owned()),
-                    '\t' => Some("\\t".to_owned()),
-                    '\r' => Some("\\r".to_owned()),
-                    '\0' => Some("\\0".to_owned()),
-                    '\u{7}' => Some("\\a".to_owned()),
-                    '\u{8}' => Some("\\b".to_owned()),
-                    '\u{b}' => Some("\\v".to_owned()),
-                    '\u{c}' => Some("\\f".to_owned()),
-                    '\u{1b}' => Some("\\e".to_owned()),
-                    '\u{85}' => Some("\\N".to_owned()),
-                    '\u{a0}' => Some("\\_".to_owned()),
-                    '\u{2028}' => Some("\\L".to_owned()),
-                    '\u{2029}' => Some("\\P".to_owned()),
-                    '\u{feff}' => Some("\\uFEFF".to_owned()),
-                    c if c.is_control() => Some(format!("\\x{:02X}", c as u32)),
-                    _ => None,
-                };
-                match esc {
-                    Some(e) => {
-                        col += e.len();
-                        out.push_str(&e);
-                    }
-                    None => {
-                        out.push(c);
-                        col += 1;
-                    }
-                }
-            }
-            Style::Single if c == '\'' => {
-                out.push_str("''");
-                col += 2;
-            }
-            _ => {
-                out.push(c);
-                col += 1;
-            }
+        if style == Style::Single && c == '\'' {
+            out.push_str("''");
+            col += 2;
+        } else {
+            out.push(c);
+            col += 1;
         }
         i += 1;
     }
@@ -381,93 +508,329 @@ fn write_folded(
     col
 }
 
-/// Whether a plain scalar would read back as something other than a string.
-fn resolves_to_non_string(s: &str) -> bool {
+/// Whether go-yaml v2 reads the text back as a string when it is written plain (YAML 1.1
+/// resolution, as that library implements it).
+fn reads_back_as_string(s: &str) -> bool {
+    let Some(first) = s.bytes().next() else {
+        // The empty plain scalar is null.
+        return false;
+    };
+    match first {
+        b'y' | b'Y' | b'n' | b'N' | b't' | b'T' | b'f' | b'F' | b'o' | b'O' | b'~' => {
+            !is_keyword(s)
+        }
+        b'.' => !is_keyword(s) && !is_dot_float(s),
+        b'+' | b'-' | b'0'..=b'9' => {
+            !is_keyword(s) && !is_timestamp(s) && !is_number(&s.replace('_', "")) && !is_base60(s)
+        }
+        _ => true,
+    }
+}
+
+fn is_keyword(s: &str) -> bool {
     matches!(
         s,
-        "~" | "null"
-            | "Null"
-            | "NULL"
-            | "true"
-            | "True"
-            | "TRUE"
-            | "false"
-            | "False"
-            | "FALSE"
-            | "y"
-            | "Y"
+        "y" | "Y"
             | "yes"
             | "Yes"
             | "YES"
+            | "true"
+            | "True"
+            | "TRUE"
+            | "on"
+            | "On"
+            | "ON"
             | "n"
             | "N"
             | "no"
             | "No"
             | "NO"
-            | "on"
-            | "On"
-            | "ON"
+            | "false"
+            | "False"
+            | "FALSE"
             | "off"
             | "Off"
             | "OFF"
-    ) || looks_numeric(s)
+            | "~"
+            | "null"
+            | "Null"
+            | "NULL"
+            | ".nan"
+            | ".NaN"
+            | ".NAN"
+            | ".inf"
+            | ".Inf"
+            | ".INF"
+            | "+.inf"
+            | "+.Inf"
+            | "+.INF"
+            | "-.inf"
+            | "-.Inf"
+            | "-.INF"
+    )
 }
 
-/// Whether the string may be written without quotes.
-fn plain_ok(s: &str) -> bool {
-    let first = s.chars().next().unwrap_or(' ');
-    if s.starts_with(' ') || s.ends_with(' ') {
+/// `.5`, `.5e3`: what Go's float parser takes from text that starts with a dot. Out of range
+/// values are parse errors there, so they stay strings.
+fn is_dot_float(s: &str) -> bool {
+    static DOT_FLOAT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^\.[0-9]+([eE][-+]?[0-9]+)?$").expect("the pattern is valid")
+    });
+    DOT_FLOAT.is_match(s) && s.parse::<f64>().is_ok_and(f64::is_finite)
+}
+
+/// Integers as Go's `ParseInt(s, 0, 64)` or `ParseUint(s, 0, 64)` take them (with `0b`, `0o`,
+/// `0x` and leading-zero octal), and YAML-style floats; `plain` has its underscores removed.
+fn is_number(plain: &str) -> bool {
+    static FLOAT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
+            .expect("the pattern is valid")
+    });
+    go_int(plain) || (FLOAT.is_match(plain) && plain.parse::<f64>().is_ok_and(f64::is_finite))
+}
+
+/// Go's `ParseInt(s, 0, 64)` or, unsigned, `ParseUint(s, 0, 64)` succeeds.
+fn go_int(s: &str) -> bool {
+    let (sign, body) = match s.as_bytes().first() {
+        Some(b'+') => (Some(false), &s[1..]),
+        Some(b'-') => (Some(true), &s[1..]),
+        _ => (None, s),
+    };
+    if body.is_empty() {
         return false;
     }
-    if "#,[]{}&*!|>'\"%@`".contains(first) {
+    let lower = body.to_ascii_lowercase();
+    let (radix, digits) = if body.len() >= 3 && lower.starts_with("0b") {
+        (2, &body[2..])
+    } else if body.len() >= 3 && lower.starts_with("0o") {
+        (8, &body[2..])
+    } else if body.len() >= 3 && lower.starts_with("0x") {
+        (16, &body[2..])
+    } else if let Some(rest) = body.strip_prefix('0') {
+        (8, rest)
+    } else {
+        (10, body)
+    };
+    if !digits.chars().all(|c| c.is_digit(radix)) {
         return false;
     }
-    if matches!(first, '-' | '?' | ':') {
-        let second = s.chars().nth(1);
-        if second.is_none_or(|c| c == ' ') {
-            return false;
+    let significant = digits.trim_start_matches('0');
+    if significant.len() > 64 {
+        return false;
+    }
+    let Ok(value) = u128::from_str_radix(
+        if significant.is_empty() {
+            "0"
+        } else {
+            significant
+        },
+        radix,
+    ) else {
+        return false;
+    };
+    match sign {
+        None => value <= u128::from(u64::MAX),
+        Some(false) => value <= i64::MAX as u128,
+        Some(true) => value <= i64::MAX as u128 + 1,
+    }
+}
+
+/// YAML 1.1 sexagesimal numbers such as `1:20`, which go-yaml quotes on the way out.
+fn is_base60(s: &str) -> bool {
+    static BASE60: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
+            .expect("the pattern is valid")
+    });
+    s.contains(':') && BASE60.is_match(s)
+}
+
+/// The timestamps go-yaml v2 resolves: `2006-1-2`, `2006-1-2 15:4:5[.frac]`, and
+/// `2006-1-2T15:4:5[.frac]` (or `t`) with `Z` or a `±hh:mm` zone, as Go's time.Parse reads
+/// those layouts: one- or two-digit fields, real calendar dates.
+fn is_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    let mut at = 0;
+    // Up to two digits, as Go reads a non-padded layout field.
+    let field = |at: &mut usize| -> Option<u32> {
+        let start = *at;
+        while *at < b.len() && *at - start < 2 && b[*at].is_ascii_digit() {
+            *at += 1;
         }
-    }
-    if s.starts_with("---") || s.starts_with("...") {
+        (*at > start).then(|| s[start..*at].parse().expect("digits"))
+    };
+    let expect =
+        |at: &mut usize, c: u8| -> Option<()> { (b.get(*at) == Some(&c)).then(|| *at += 1) };
+    let date = (|| {
+        if b.len() < 5 || !b[..4].iter().all(u8::is_ascii_digit) || b[4] != b'-' {
+            return None;
+        }
+        let year: u32 = s[..4].parse().expect("digits");
+        at = 5;
+        let month = field(&mut at)?;
+        expect(&mut at, b'-')?;
+        let day = field(&mut at)?;
+        let leap =
+            year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
+        let days = match month {
+            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+            4 | 6 | 9 | 11 => 30,
+            2 if leap => 29,
+            2 => 28,
+            _ => return None,
+        };
+        (1..=days).contains(&day).then_some(())
+    })();
+    if date.is_none() {
         return false;
     }
-    !(s.contains(": ") || s.contains(" #") || s.ends_with(':'))
-}
-
-fn looks_numeric(s: &str) -> bool {
-    let t = s.strip_prefix(['+', '-']).unwrap_or(s);
-    if t.is_empty() {
-        return false;
-    }
-    if matches!(t, ".inf" | ".Inf" | ".INF" | ".nan" | ".NaN" | ".NAN") {
+    if at == b.len() {
         return true;
     }
-    if let Some(h) = t.strip_prefix("0x") {
-        return !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit() || c == '_');
+    let zoned = match b[at] {
+        b'T' | b't' => true,
+        b' ' => false,
+        _ => return false,
+    };
+    at += 1;
+    let time = (|| {
+        let hour = field(&mut at)?;
+        expect(&mut at, b':')?;
+        let minute = field(&mut at)?;
+        expect(&mut at, b':')?;
+        let second = field(&mut at)?;
+        if hour > 23 || minute > 59 || second > 59 {
+            return None;
+        }
+        if matches!(b.get(at), Some(b'.' | b',')) && b.get(at + 1).is_some_and(u8::is_ascii_digit) {
+            at += 1;
+            while b.get(at).is_some_and(u8::is_ascii_digit) {
+                at += 1;
+            }
+        }
+        Some(())
+    })();
+    if time.is_none() {
+        return false;
     }
-    if let Some(o) = t.strip_prefix("0o") {
-        return !o.is_empty() && o.chars().all(|c| c.is_digit(8) || c == '_');
+    if !zoned {
+        return at == b.len();
     }
-    if let Some(b) = t.strip_prefix("0b") {
-        return !b.is_empty() && b.chars().all(|c| c == '0' || c == '1' || c == '_');
+    match &b[at..] {
+        [b'Z'] => true,
+        [sign, h1, h2, b':', m1, m2]
+            if matches!(sign, b'+' | b'-')
+                && [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()) =>
+        {
+            let hours = u32::from(h1 - b'0') * 10 + u32::from(h2 - b'0');
+            let minutes = u32::from(m1 - b'0') * 10 + u32::from(m2 - b'0');
+            hours <= 24 && minutes <= 60
+        }
+        _ => false,
     }
-    // Integers, floats, and YAML 1.1 sexagesimal numbers like 1:20.
-    let mut digits = 0;
-    for c in t.chars() {
-        match c {
-            '0'..='9' => digits += 1,
-            '.' | 'e' | 'E' | '+' | '-' | '_' | ':' => {}
-            _ => return false,
+}
+
+/// The first string (key or value) holding a character kustomize's YAML reader rejects (DEL,
+/// C1 controls but NEL, U+FFFE, U+FFFF; the C0 controls arrive escaped), with its field path.
+pub fn unprintable(m: &Map<String, Value>) -> Option<(String, char)> {
+    fn bad(s: &str) -> Option<char> {
+        s.chars().find(
+            |&c| matches!(c, '\u{7f}'..='\u{84}' | '\u{86}'..='\u{9f}' | '\u{fffe}' | '\u{ffff}'),
+        )
+    }
+    fn walk(v: &Value, path: &mut String) -> Option<char> {
+        match v {
+            Value::String(s) => bad(s),
+            Value::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+                let len = path.len();
+                let _ = write!(path, "[{i}]");
+                let found = walk(item, path);
+                if found.is_none() {
+                    path.truncate(len);
+                }
+                found
+            }),
+            Value::Object(m) => m.iter().find_map(|(k, item)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                let found = bad(k).or_else(|| walk(item, path));
+                if found.is_none() {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => None,
         }
     }
-    digits > 0
-        && t.chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_digit() || c == '.')
-        && (t.parse::<f64>().is_ok()
-            || t.replace('_', "").parse::<f64>().is_ok()
-            || t.split(':')
-                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit() || c == '.')))
+    let mut path = String::new();
+    for (k, v) in m {
+        path.clear();
+        path.push_str(k);
+        if let Some(c) = bad(k).or_else(|| walk(v, &mut path)) {
+            return Some((path, c));
+        }
+    }
+    None
+}
+
+/// go-yaml v2's map key order: letters after other characters, runs of digits by their value.
+fn key_less(a: &str, b: &str) -> bool {
+    let (ar, br): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    for i in 0..ar.len().min(br.len()) {
+        if ar[i] == br[i] {
+            continue;
+        }
+        let (al, bl) = (ar[i].is_alphabetic(), br[i].is_alphabetic());
+        if al && bl {
+            return ar[i] < br[i];
+        }
+        if al || bl {
+            return bl;
+        }
+        let (mut an, mut bn) = (0u128, 0u128);
+        if ar[i] == '0' || br[i] == '0' {
+            let nonzero_before = ar[..i]
+                .iter()
+                .rev()
+                .take_while(|c| c.is_ascii_digit())
+                .any(|&c| c != '0');
+            if nonzero_before {
+                (an, bn) = (1, 1);
+            }
+        }
+        let number = |chars: &[char], n: &mut u128| -> usize {
+            let mut end = i;
+            while end < chars.len() && chars[end].is_ascii_digit() {
+                *n = n
+                    .saturating_mul(10)
+                    .saturating_add(u128::from(chars[end] as u8 - b'0'));
+                end += 1;
+            }
+            end
+        };
+        let (ai, bi) = (number(&ar, &mut an), number(&br, &mut bn));
+        if an != bn {
+            return an < bn;
+        }
+        if ai != bi {
+            return ai < bi;
+        }
+        return ar[i] < br[i];
+    }
+    ar.len() < br.len()
+}
+
+/// The entries of `m` in go-yaml's key order. Binary insertion keeps the order exactly as the
+/// comparison says, without the total-order demands of the standard sort.
+fn sorted_entries(m: &Map<String, Value>) -> Vec<(&String, &Value)> {
+    let mut sorted: Vec<(&String, &Value)> = Vec::with_capacity(m.len());
+    for (k, v) in m {
+        let at = sorted.partition_point(|(s, _)| !key_less(k, s));
+        sorted.insert(at, (k, v));
+    }
+    sorted
 }
 
 #[cfg(test)]

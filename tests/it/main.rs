@@ -12,6 +12,7 @@ mod reconcile;
 mod render_conformance;
 mod render_differential;
 mod render_errors;
+mod render_random;
 mod render_sops;
 mod secrets;
 mod serve;

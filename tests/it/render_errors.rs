@@ -237,6 +237,20 @@ fn a_kustomization_that_includes_itself_is_a_cycle() {
 }
 
 #[test]
+fn a_value_kustomize_cannot_print_is_refused_with_its_object_and_field() {
+    assert_refused(
+        &[
+            ("app/overlay/kustomization.yaml", "resources:\n- cm.yaml\n"),
+            (
+                "app/overlay/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  bell: \"rub\\x7fout\"\n",
+            ),
+        ],
+        &["ConfigMap settings", "data.bell", "U+007F"],
+    );
+}
+
+#[test]
 fn the_cli_prints_no_objects_when_the_render_fails() {
     let root = tempfile::tempdir().expect("temp dir");
     write(
