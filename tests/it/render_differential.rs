@@ -107,3 +107,109 @@ fn generated_overlays_render_as_kubectl_kustomize_renders_them() {
         assert_same_as_kubectl(dir.path(), overlay);
     }
 }
+
+/// Strings whose quoting, escaping and folding, and map keys whose order, go-yaml v2 (which
+/// prints kustomize's output) decides by rules of its own; compared byte for byte.
+#[test]
+fn scalars_and_keys_print_byte_for_byte_as_kubectl_prints_them() {
+    let values = [
+        "2024-01-01",
+        "2024-1-1",
+        "2024-01-01T10:00:00Z",
+        "2024-13-01",
+        "2024-02-30",
+        "2024-01-01 10:00:00",
+        "2024-01-01 1:02:03,5",
+        "2024-1-1T1:2:3.5+01:00",
+        "2024-01-01T10:00:00",
+        "2024-01-01t10:00:00z",
+        "20240101",
+        "<<",
+        "0b101",
+        "0B11",
+        "-0b11",
+        "1_000",
+        "0o17",
+        "0777",
+        "08",
+        ".5",
+        "._5",
+        "-.5",
+        "+.5",
+        "1e3",
+        "1e400",
+        "1e-400",
+        "1e",
+        "+.inf",
+        ".NaN",
+        "0x_1F",
+        "1:20",
+        "1:20.5",
+        "-1:20",
+        "1.2.3",
+        "+12",
+        "9223372036854775808",
+        "-9223372036854775809",
+        "18446744073709551616",
+        "=",
+        "y",
+        "Off",
+        "~",
+        "",
+        " x\\ny",
+        "\\nfoo\\n\\n",
+        "x\\u2028y",
+        "\\ufeffab c",
+        "tab\\there",
+        "caf\\u00e9 \\u2603 \\U0001F600",
+        "\\u00a0nbsp",
+        "a: b",
+        "#x",
+        "x #y",
+        "- x",
+        "-x",
+        "? x",
+        ":x",
+        "x:",
+        "---x",
+        "...",
+        "a very long value that goes on and on past the eighty column mark where a printer may fold it",
+        "a  double  spaced  value  that  is  long  enough  to  be  folded  past  eighty  columns  ok",
+    ];
+    let keys = [
+        "a10", "a2", "a_b", "aB", "ab", "A", "a.b", "a-b", "b1.10", "b1.9", "1", "10", "9", "x01",
+        "x1", "x001", "\\u00e9", "z", "_z", "Z", "n", "on",
+    ];
+    let mut doc =
+        String::from("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: scalars\ndata:\n");
+    for (i, v) in values.iter().enumerate() {
+        doc.push_str(&format!("  v{i}: \"{v}\"\n"));
+    }
+    for k in keys {
+        doc.push_str(&format!("  \"{k}\": x\n"));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("cm.yaml"), doc).expect("write");
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        "resources:\n- cm.yaml\n",
+    )
+    .expect("write");
+    let out = Command::new(tool(Tool::Kubectl))
+        .arg("kustomize")
+        .arg(dir.path())
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fs = DiskFs::new(dir.path()).expect("root exists");
+    let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
+    let theirs = String::from_utf8_lossy(&out.stdout);
+    for (i, (a, b)) in ours.lines().zip(theirs.lines()).enumerate() {
+        assert_eq!(a, b, "line {} differs", i + 1);
+    }
+    assert_eq!(ours, theirs);
+}
