@@ -385,7 +385,55 @@ fn draw_tree(seed: u64, root: &Path) -> Vec<&'static str> {
             &overlay(&mut rng, env, with_component),
         );
     }
-    vec!["base", "dev", "prod"]
+    write("canary/kustomization.yaml", &canary(&mut rng));
+    write(
+        "canary/app.env",
+        "# comment\nLEVEL=debug\nEMPTY=\nQUOTED=\"a b\"\n",
+    );
+    write("canary/banner.txt", "Welcome\n  to the canary\n");
+    write(
+        "canary/drop-sidecar.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: app0\nspec:\n  template:\n    spec:\n      containers:\n      - name: sidecar\n        $patch: delete\n",
+    );
+    vec!["base", "dev", "prod", "canary"]
+}
+
+/// An overlay over `prod`: stacked prefixes and namespaces, generators from files, strategic
+/// merge deletes, replacements and RoleBinding subjects in other namespaces.
+fn canary(rng: &mut Rng) -> String {
+    let mut k = String::from("resources:\n- ../prod\n");
+    if rng.chance(60) {
+        k.push_str("namePrefix: canary-\n");
+    }
+    if rng.chance(50) {
+        k.push_str("namespace: canary\n");
+    }
+    if rng.chance(50) {
+        k.push_str("nameSuffix: -c\n");
+    }
+    k.push_str(
+        "configMapGenerator:\n- name: canary-files\n  files:\n  - banner.txt\n  - motd=banner.txt\n  envs:\n  - app.env\n",
+    );
+    if rng.chance(50) {
+        k.push_str("secretGenerator:\n- name: canary-tls\n  type: kubernetes.io/tls\n  literals:\n  - tls.crt=cert\n  - tls.key=key\n");
+    }
+    if rng.chance(50) {
+        k.push_str("patchesStrategicMerge:\n- drop-sidecar.yaml\n");
+    }
+    if rng.chance(60) {
+        k.push_str(
+            "replacements:\n- source:\n    kind: ConfigMap\n    name: canary-files\n    fieldPath: data.LEVEL\n  targets:\n  - select:\n      kind: Deployment\n    fieldPaths:\n    - spec.template.metadata.annotations.level\n    options:\n      create: true\n",
+        );
+    }
+    if rng.chance(50) {
+        k.push_str(
+            "patches:\n- target:\n    kind: RoleBinding\n  patch: |-\n    - op: add\n      path: /subjects/-\n      value:\n        kind: ServiceAccount\n        name: sa0\n        namespace: elsewhere\n",
+        );
+    }
+    if rng.chance(30) {
+        k.push_str("commonAnnotations:\n  track: canary\n");
+    }
+    k
 }
 
 /// How a directory came out: both rendered the same, both refused it, or they disagree.
