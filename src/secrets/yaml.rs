@@ -406,6 +406,22 @@ fn scalar_value(
 
 /// Reads every document of a YAML stream into a tree, comments included.
 pub fn parse(file: &Path, text: &str) -> Result<Tree, Error> {
+    // sops's YAML reader refuses these before parsing; accepting them would write files sops
+    // cannot open.
+    let allowed = |c: char| {
+        matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{7e}' | '\u{85}' | '\u{a0}'..='\u{d7ff}')
+            || ('\u{e000}'..='\u{fffd}').contains(&c)
+            || c >= '\u{10000}'
+    };
+    if let Some(at) = text.find(|c: char| !allowed(c)) {
+        let c = text[at..].chars().next().expect("found at this index");
+        let line = text[..at].matches('\n').count() + 1;
+        return Err(syntax(
+            file,
+            line,
+            format!("control characters are not allowed (U+{:04X})", c as u32),
+        ));
+    }
     let mut r = Reader {
         file,
         chars: text.chars().collect(),

@@ -319,3 +319,34 @@ fn encrypting_a_file_that_is_already_encrypted_is_refused_in_every_store() {
         );
     }
 }
+
+/// Found by the fuzz target: YAML holding control characters was accepted, and the file written
+/// for it could not be read back. sops refuses such input; so do we, naming the line.
+#[test]
+fn yaml_with_control_characters_is_refused_as_sops_refuses_it() {
+    let keys = Keys::new();
+    let plain = keys.write("ctl.yaml", b"ok: fine\nsp\x16an: value\n");
+    let out = super::sops(
+        &keys,
+        None,
+        &[
+            "-e",
+            "--age",
+            &keys.recipients[0],
+            plain.to_str().expect("UTF-8 path"),
+        ],
+    );
+    assert!(!out.status.success(), "sops accepted control characters");
+    let options = secrets::EncryptOptions {
+        recipients: vec![keys.recipients[0].clone()],
+        ..secrets::EncryptOptions::default()
+    };
+    let input = std::fs::read(&plain).expect("readable");
+    let err = secrets::encrypt(&input, Format::Yaml, &options, "ctl.yaml")
+        .expect_err("control characters are refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("ctl.yaml") && message.contains("line 2") && message.contains("U+0016"),
+        "{message}"
+    );
+}
