@@ -781,6 +781,15 @@ fn write_map(out: &mut String, items: &[Item], indent: usize, mut prefixed: bool
                 if k == "<<" {
                     // go-yaml tags a merge key so that YAML 1.1 readers still merge.
                     out.push_str("!!merge <<");
+                } else if k.len() > 128
+                    || k.contains(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}'])
+                {
+                    // As go-yaml does, a key that cannot be a simple key (several lines, or
+                    // longer than 128 bytes) is written in the explicit `? key` / `: value` form.
+                    out.push_str("? ");
+                    write_string(out, k, child_indent(indent));
+                    out.push('\n');
+                    out.push_str(&" ".repeat(indent));
                 } else {
                     write_string(out, k, child_indent(indent));
                 }

@@ -107,6 +107,18 @@ const CASES: &[Case] = &[
         content: b"[database]\npassword = hunter2-sentinel\n; the user\nuser = app\n\n[cache]\nhost=localhost\nport = 6379\n",
         flags: &[],
     },
+    // Keys that cannot be simple keys (several lines, more than 128 bytes): the explicit
+    // `? key` form (found by the fuzz target: the writer used to emit a block key sops rejects).
+    Case {
+        name: "odd-keys.json",
+        content: br#"{"line one\nline two\n": "v1", "a-key-of-more-than-128-bytes-a-key-of-more-than-128-bytes-a-key-of-more-than-128-bytes-a-key-of-more-than-128-bytes-end": {"nested\nkey": ["x"]}}"#,
+        flags: &[],
+    },
+    Case {
+        name: "odd-keys.yaml",
+        content: b"? |\n    line one\n    line two\n: v1\nlist:\n    - ? \"multi\\nline\"\n      : v2\n",
+        flags: &[],
+    },
     Case { name: "blob.bin", content: b"\x00\x01\x02 binary \xff\xfe hunter2-sentinel\n", flags: &[] },
     Case { name: "text.txt", content: b"plain text file\nsecond line\n", flags: &[] },
 ];
