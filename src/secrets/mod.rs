@@ -175,13 +175,13 @@ pub struct EncryptOptions {
     pub rules: RuleText,
 }
 
-/// Encrypts a plaintext document to age recipients; `sops -d` opens the result.
 /// Whether a top-level key holds sops metadata: the `sops` tree, or in dotenv files, where
 /// metadata is flattened, any `sops_*` key (mixing old and new metadata would break the MAC).
 fn is_metadata_key(key: &str, format: Format) -> bool {
     key == "sops" || (format == Format::Dotenv && key.starts_with("sops_"))
 }
 
+/// Encrypts a plaintext document to age recipients; `sops -d` opens the result.
 pub fn encrypt(
     plaintext: &[u8],
     format: Format,
@@ -206,7 +206,9 @@ pub fn encrypt(
         rules_text.unencrypted_suffix = Some("_unencrypted".into());
     }
     let mut tree = load_plain(plaintext, format, file)?;
-    if tree.branches.first().is_some_and(|b| {
+    // Any document, not only the first: sops checks the first alone and then writes a file it
+    // cannot open again when a later YAML document has a `sops` key.
+    if tree.branches.iter().any(|b| {
         b.iter()
             .any(|i| matches!(i, Item::Entry(k, _) if is_metadata_key(k, format)))
     }) {

@@ -350,3 +350,17 @@ fn yaml_with_control_characters_is_refused_as_sops_refuses_it() {
         "{message}"
     );
 }
+
+/// Found by the fuzz target: a `sops` key in a later YAML document. sops encrypts such a file
+/// and then panics reading it back; we refuse it.
+#[test]
+fn a_sops_key_in_any_yaml_document_is_refused() {
+    let keys = Keys::new();
+    let options = secrets::EncryptOptions {
+        recipients: vec![keys.recipients[0].clone()],
+        ..secrets::EncryptOptions::default()
+    };
+    let err = secrets::encrypt(b"a: 1\n---\nsops: 7\n", Format::Yaml, &options, "docs.yaml")
+        .expect_err("a document with a sops key is refused");
+    assert!(err.to_string().contains("docs.yaml"), "{err}");
+}
