@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{Map, Value};
 
-use super::fieldspec::{FieldSpec, TransformerConfig};
+use super::fieldspec::{self, FieldSpec, TransformerConfig};
 use super::fs::{self, EntryKind, FileSystem};
 use super::kustomization::{self as kz, Kustomization};
 use super::resource::Resource;
@@ -844,6 +844,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
                 v.push(fs.clone());
             }
         }
+        fieldspec::drop_shadowed(&mut v);
         v
     };
     if !k.patches_strategic_merge.is_empty() {

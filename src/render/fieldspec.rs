@@ -119,6 +119,25 @@ fn push_unique(into: &mut Vec<FieldSpec>, from: &[FieldSpec]) {
     }
 }
 
+/// kustomize narrows a field to the kinds a `configurations:` file names for it: a spec for
+/// every kind is dropped once a more specific spec for the same path is present (observed with
+/// kubectl kustomize 1.37: `namePrefix: [{path: metadata/name, kind: Deployment}]` prefixes
+/// only Deployments, in whichever order the two specs come).
+pub(crate) fn drop_shadowed(specs: &mut Vec<FieldSpec>) {
+    let shadowed: Vec<bool> = specs
+        .iter()
+        .map(|general| {
+            specs.iter().any(|specific| {
+                specific.path == general.path
+                    && specific.gvk() != general.gvk()
+                    && general.selects(&specific.gvk())
+            })
+        })
+        .collect();
+    let mut flags = shadowed.into_iter();
+    specs.retain(|_| !flags.next().unwrap_or(false));
+}
+
 impl TransformerConfig {
     /// Adds the specs of `other` that are not there yet; back references of the same kind merge.
     pub fn merge(&mut self, other: &TransformerConfig) {
