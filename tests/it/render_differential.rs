@@ -213,3 +213,31 @@ fn scalars_and_keys_print_byte_for_byte_as_kubectl_prints_them() {
     }
     assert_eq!(ours, theirs);
 }
+
+/// A `configurations:` field spec for one kind narrows the field to that kind, whichever
+/// order its specs come in; a spec on another path leaves the defaults alone.
+#[test]
+fn configurations_narrow_a_field_to_the_kinds_they_name_as_kubectl_does() {
+    let configs = [
+        "commonLabels:\n- path: metadata/labels\n  kind: Deployment\n  create: true\n",
+        "namePrefix:\n- path: metadata/name\n  kind: Deployment\n- path: metadata/name\n",
+        "namePrefix:\n- path: metadata/name\n- path: metadata/name\n  kind: Deployment\n",
+        "namePrefix:\n- path: spec/foo\n",
+    ];
+    for config in configs {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).expect("write");
+        };
+        write(
+            "r.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\n",
+        );
+        write(
+            "kustomization.yaml",
+            "resources:\n- r.yaml\nnamePrefix: p-\ncommonLabels:\n  x: \"y\"\nconfigurations:\n- c.yaml\n",
+        );
+        write("c.yaml", config);
+        assert_same_as_kubectl(dir.path(), "");
+    }
+}
