@@ -725,26 +725,25 @@ fn plugin_configs(
     Ok(out)
 }
 
+/// One generator run: a ConfigMap or Secret to build, or objects a builtin generator made.
+enum GenJob {
+    Build(generate::Kind, kz::GeneratorArgs),
+    Made(Resource),
+}
+
 fn run_generators(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
     let global = t.k.generator_options.as_ref();
-    let mut jobs: Vec<(
-        generate::Kind,
-        kz::GeneratorArgs,
-        Option<Value>,
-        &'static str,
-    )> = Vec::new();
+    let mut jobs: Vec<(GenJob, Option<Value>, &'static str)> = Vec::new();
     for a in &t.k.config_map_generator {
         jobs.push((
-            generate::Kind::ConfigMap,
-            a.clone(),
+            GenJob::Build(generate::Kind::ConfigMap, a.clone()),
             t.generator_origin("ConfigMapGenerator"),
             "configMapGenerator",
         ));
     }
     for a in &t.k.secret_generator {
         jobs.push((
-            generate::Kind::Secret,
-            a.clone(),
+            GenJob::Build(generate::Kind::Secret, a.clone()),
             t.generator_origin("SecretGenerator"),
             "secretGenerator",
         ));
@@ -753,9 +752,23 @@ fn run_generators(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
     for (cfg, from) in plugin_configs(ctx, t, "generators", &t.k.generators)? {
         let api = cfg.api_version().to_owned();
         let kind = cfg.kind().to_owned();
+        let origin = t.origin.as_ref().map(|o| {
+            Value::String(format!(
+                "configuredIn: {}\nconfiguredBy:\n  apiVersion: {api}\n  kind: {kind}\n  name: {}\n",
+                clean_join(o, &from),
+                cfg.name()
+            ))
+        });
         let gk = match (api.as_str(), kind.as_str()) {
             ("builtin", "ConfigMapGenerator") => generate::Kind::ConfigMap,
             ("builtin", "SecretGenerator") => generate::Kind::Secret,
+            ("builtin", "IAMPolicyGenerator") => {
+                let sa = iam_policy_service_account(&cfg.obj)
+                    .map_err(|m| t.err("generators", format!("{from}: {m}")))?;
+                jobs.push((GenJob::Made(sa), origin, "generators"));
+                local_options.push(false);
+                continue;
+            }
             _ => {
                 return Err(Error::Refused {
                     file: t.file.clone(),
@@ -778,30 +791,68 @@ fn run_generators(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         if args.namespace.is_empty() {
             args.namespace = cfg.namespace().to_owned();
         }
-        let origin = t.origin.as_ref().map(|o| {
-            Value::String(format!(
-                "configuredIn: {}\nconfiguredBy:\n  apiVersion: {api}\n  kind: {kind}\n  name: {}\n",
-                clean_join(o, &from),
-                cfg.name()
-            ))
-        });
-        jobs.push((gk, args, origin, "generators"));
+        jobs.push((GenJob::Build(gk, args), origin, "generators"));
         local_options.push(false);
     }
-    for ((kind, args, origin, field), use_global) in jobs.into_iter().zip(local_options) {
-        let options = kz::GeneratorOptions::merged(
-            args.options.as_ref(),
-            if use_global { global } else { None },
-        );
-        let mut read = |entry: &str| t.read(ctx, field, entry);
-        let mut r = generate::generate(kind, &args, &options, &mut read).map_err(|e| match e {
-            generate::GenError::Read(err) => err,
-            generate::GenError::Invalid(m) => t.err(field, m),
-        })?;
+    for ((job, origin, field), use_global) in jobs.into_iter().zip(local_options) {
+        let mut r = match job {
+            GenJob::Made(r) => r,
+            GenJob::Build(kind, args) => {
+                let options = kz::GeneratorOptions::merged(
+                    args.options.as_ref(),
+                    if use_global { global } else { None },
+                );
+                let mut read = |entry: &str| t.read(ctx, field, entry);
+                generate::generate(kind, &args, &options, &mut read).map_err(|e| match e {
+                    generate::GenError::Read(err) => err,
+                    generate::GenError::Invalid(m) => t.err(field, m),
+                })?
+            }
+        };
         r.origin = origin;
         generate::absorb(&mut acc.res, r).map_err(|m| t.err(field, m))?;
     }
     Ok(())
+}
+
+/// The builtin IAMPolicyGenerator: for `cloud: gke`, a ServiceAccount bound to a Google service
+/// account through the Workload Identity annotation.
+fn iam_policy_service_account(cfg: &Map<String, Value>) -> Result<Resource, String> {
+    let text = |path: &[&str]| {
+        let mut v = Some(&Value::Object(cfg.clone()));
+        for p in path {
+            v = v.and_then(|x| x.get(*p));
+        }
+        v.and_then(Value::as_str).unwrap_or("").to_owned()
+    };
+    let cloud = text(&["cloud"]);
+    if cloud != "gke" {
+        return Err(format!("cloud provider {cloud} not supported yet"));
+    }
+    let mut metadata = Map::new();
+    let mut annotations = Map::new();
+    annotations.insert(
+        "iam.gke.io/gcp-service-account".into(),
+        Value::String(format!(
+            "{}@{}.iam.gserviceaccount.com",
+            text(&["serviceAccount", "name"]),
+            text(&["serviceAccount", "projectId"])
+        )),
+    );
+    metadata.insert("annotations".into(), Value::Object(annotations));
+    metadata.insert(
+        "name".into(),
+        Value::String(text(&["kubernetesService", "name"])),
+    );
+    let namespace = text(&["kubernetesService", "namespace"]);
+    if !namespace.is_empty() {
+        metadata.insert("namespace".into(), Value::String(namespace));
+    }
+    let mut obj = Map::new();
+    obj.insert("apiVersion".into(), Value::String("v1".into()));
+    obj.insert("kind".into(), Value::String("ServiceAccount".into()));
+    obj.insert("metadata".into(), Value::Object(metadata));
+    Ok(Resource::new(obj))
 }
 
 fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
