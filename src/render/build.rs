@@ -915,7 +915,8 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             &mut acc.res,
             &k.name_prefix,
             "",
-            &specs(&tc.name_prefix, &tcd.name_prefix),
+            // The accumulated configuration already holds the defaults, narrowed by `configurations:`.
+            &tc.name_prefix,
         )
         .map_err(|m| t.err("namePrefix", m))?;
     }
@@ -924,7 +925,8 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             &mut acc.res,
             "",
             &k.name_suffix,
-            &specs(&tc.name_suffix, &tcd.name_suffix),
+            // The accumulated configuration already holds the defaults, narrowed by `configurations:`.
+            &tc.name_suffix,
         )
         .map_err(|m| t.err("nameSuffix", m))?;
     }

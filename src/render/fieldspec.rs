@@ -102,11 +102,32 @@ fn push_unique(into: &mut Vec<FieldSpec>, from: &[FieldSpec]) {
     }
 }
 
+/// Like `push_unique`, but a spec for one kind replaces a kind-less spec on the same path: a
+/// configured `metadata/name` spec for some kinds narrows the prefix or suffix to those kinds, as
+/// kubectl kustomize does.
+fn push_narrowing(into: &mut Vec<FieldSpec>, from: &[FieldSpec]) {
+    for fs in from {
+        if into.contains(fs) {
+            continue;
+        }
+        let general = into.iter().position(|e| {
+            e.path == fs.path
+                && e.create == fs.create
+                && e.gvk() == Gvk::default()
+                && fs.gvk() != e.gvk()
+        });
+        match general {
+            Some(i) => into[i] = fs.clone(),
+            None => into.push(fs.clone()),
+        }
+    }
+}
+
 impl TransformerConfig {
     /// Adds the specs of `other` that are not there yet; back references of the same kind merge.
     pub fn merge(&mut self, other: &TransformerConfig) {
-        push_unique(&mut self.name_prefix, &other.name_prefix);
-        push_unique(&mut self.name_suffix, &other.name_suffix);
+        push_narrowing(&mut self.name_prefix, &other.name_prefix);
+        push_narrowing(&mut self.name_suffix, &other.name_suffix);
         push_unique(&mut self.name_space, &other.name_space);
         push_unique(&mut self.common_labels, &other.common_labels);
         push_unique(&mut self.template_labels, &other.template_labels);
