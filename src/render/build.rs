@@ -540,6 +540,27 @@ fn accumulate_target(ctx: &Ctx, t: &Target, mut acc: Acc) -> Result<Acc, Error> 
 
 fn accumulate_inner(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
     accumulate_resources(ctx, t, acc, &t.k.resources, "resources")?;
+    if let Some(openapi) = &t.k.openapi {
+        let path = openapi.get("path").and_then(Value::as_str);
+        if path.is_some() && openapi.get("version").is_some() {
+            return Err(t.err(
+                "openapi",
+                "builtin version and custom schema provided, cannot use both".into(),
+            ));
+        }
+        // A custom schema must at least exist and be JSON or YAML, as kustomize loads it.
+        if let Some(path) = path {
+            let bytes = t.read(ctx, "openapi", path)?;
+            yaml::parse_documents(&String::from_utf8_lossy(&bytes)).map_err(|source| {
+                Error::Parse {
+                    file: t.file.clone(),
+                    field: "openapi",
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+        }
+    }
     for entry in &t.k.configurations {
         let bytes = t.read(ctx, "configurations", entry)?;
         let text = String::from_utf8_lossy(&bytes);
