@@ -625,6 +625,7 @@ fn accumulate_inner(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         if acc.vars.iter().any(|x| x.name == v.name) {
             return Err(t.err("vars", format!("var '{}' already encountered", v.name)));
         }
+        replace::bind_var(&mut acc.res, v).map_err(|m| t.err("vars", m))?;
         acc.vars.push(v.clone());
     }
     Ok(())
