@@ -172,6 +172,11 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
         .iter()
         .any(|b| b == "originAnnotations");
     let managed_by = top.k.build_metadata.iter().any(|b| b == "managedByLabel");
+    let keep_transformations = top
+        .k
+        .build_metadata
+        .iter()
+        .any(|b| b == "transformerAnnotations");
     Ok(acc
         .res
         .into_iter()
@@ -185,6 +190,31 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
                     m.insert(
                         "app.kubernetes.io/managed-by".into(),
                         Value::String("kustomize-v5.8.1".into()),
+                    );
+                }
+            }
+            if keep_transformations && !r.transformations.is_empty() {
+                let list: String = r
+                    .transformations
+                    .iter()
+                    .map(|by| {
+                        let mut item = String::new();
+                        for (i, line) in by.lines().enumerate() {
+                            item.push_str(if i == 0 { "- " } else { "  " });
+                            item.push_str(line);
+                            item.push('\n');
+                        }
+                        item
+                    })
+                    .collect();
+                let annotations = r
+                    .metadata_mut()
+                    .entry("annotations")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(m) = annotations {
+                    m.insert(
+                        "alpha.config.kubernetes.io/transformations".into(),
+                        Value::String(list),
                     );
                 }
             }
@@ -398,6 +428,18 @@ impl Target {
         self.origin.as_ref().map(|o| clean_join(o, entry))
     }
 
+    /// Records that the builtin transformer `kind`, configured by this kustomization's fields, ran
+    /// over every accumulated resource.
+    fn note_transformer(&self, acc: &mut Acc, kind: &str) {
+        if let Some(o) = &self.origin {
+            let by = format!(
+                "configuredIn: {}\nconfiguredBy:\n  apiVersion: builtin\n  kind: {kind}\n",
+                clean_join(o, self.file_name)
+            );
+            note_transformation(acc, by);
+        }
+    }
+
     fn generator_origin(&self, kind: &str) -> Option<Value> {
         self.origin.as_ref().map(|o| {
             Value::String(format!(
@@ -405,6 +447,18 @@ impl Target {
                 clean_join(o, self.file_name)
             ))
         })
+    }
+}
+
+/// kustomize notes a transformer on every resource after it runs: as the origin of those without
+/// one (it made them), else as one more transformation.
+fn note_transformation(acc: &mut Acc, by: String) {
+    for r in &mut acc.res {
+        if r.origin.is_none() {
+            r.origin = Some(Value::String(by.clone()));
+        } else {
+            r.transformations.push(by.clone());
+        }
     }
 }
 
@@ -916,11 +970,13 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         }
         patch::strategic_merge_all(&mut acc.res, &patches)
             .map_err(|m| t.err("patchesStrategicMerge", m))?;
+        t.note_transformer(acc, "PatchStrategicMergeTransformer");
     }
     for p in &k.patches {
         let text = patch_text(ctx, t, "patches", p)?;
         patch::apply_patch(&mut acc.res, &text, p.target.as_ref(), &p.options)
             .map_err(|m| t.err("patches", m))?;
+        t.note_transformer(acc, "PatchTransformer");
     }
     if !k.namespace.is_empty() {
         transform::namespace(
@@ -931,6 +987,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             "defaultOnly",
         )
         .map_err(|m| t.err("namespace", m))?;
+        t.note_transformer(acc, "NamespaceTransformer");
     }
     if !k.name_prefix.is_empty() {
         transform::prefix_suffix(
@@ -941,6 +998,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             &tc.name_prefix,
         )
         .map_err(|m| t.err("namePrefix", m))?;
+        t.note_transformer(acc, "PrefixTransformer");
     }
     if !k.name_suffix.is_empty() {
         transform::prefix_suffix(
@@ -951,6 +1009,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             &tc.name_suffix,
         )
         .map_err(|m| t.err("nameSuffix", m))?;
+        t.note_transformer(acc, "SuffixTransformer");
     }
     for l in &k.labels {
         let mut fss = l.fields.clone();
@@ -975,6 +1034,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             }]);
         }
         transform::set_map_entries(&mut acc.res, &l.pairs, &fss).map_err(|m| t.err("labels", m))?;
+        t.note_transformer(acc, "LabelTransformer");
     }
     if !k.common_labels.is_empty() {
         transform::set_map_entries(
@@ -983,6 +1043,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             &specs(&tc.common_labels, &tcd.common_labels),
         )
         .map_err(|m| t.err("commonLabels", m))?;
+        t.note_transformer(acc, "LabelTransformer");
     }
     if !k.common_annotations.is_empty() {
         transform::set_map_entries(
@@ -991,6 +1052,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             &specs(&tc.common_annotations, &tcd.common_annotations),
         )
         .map_err(|m| t.err("commonAnnotations", m))?;
+        t.note_transformer(acc, "AnnotationsTransformer");
     }
     for p in &k.patches_json6902 {
         let text = patch_text(ctx, t, "patchesJson6902", p)?;
@@ -999,21 +1061,38 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         };
         patch::apply_json6902_text(&mut acc.res, &text, target)
             .map_err(|m| t.err("patchesJson6902", m))?;
+        t.note_transformer(acc, "PatchJson6902Transformer");
     }
     let replica_specs = specs(&tc.replicas, &tcd.replicas);
     for r in &k.replicas {
         transform::replicas(&mut acc.res, r, &replica_specs).map_err(|m| t.err("replicas", m))?;
+        t.note_transformer(acc, "ReplicaCountTransformer");
     }
     let image_specs = specs(&tc.images, &tcd.images);
     for img in &k.images {
         transform::image(&mut acc.res, img, &image_specs).map_err(|m| t.err("images", m))?;
+        t.note_transformer(acc, "ImageTagTransformer");
     }
     if !k.replacements.is_empty() {
         let list = replacement_list(ctx, t, "replacements", &k.replacements)?;
         replace::replacements(&mut acc.res, &list).map_err(|m| t.err("replacements", m))?;
+        t.note_transformer(acc, "ReplacementTransformer");
     }
     for (cfg, from) in plugin_configs(ctx, t, "transformers", &k.transformers)? {
         run_builtin_transformer(ctx, t, acc, &cfg, &from)?;
+        if let Some(o) = &t.origin {
+            let mut by = format!(
+                "configuredIn: {}\nconfiguredBy:\n  apiVersion: {}\n  kind: {}\n  name: {}\n",
+                clean_join(o, &from),
+                cfg.api_version(),
+                cfg.kind(),
+                cfg.name()
+            );
+            if !cfg.namespace().is_empty() {
+                by.push_str(&format!("  namespace: {}\n", cfg.namespace()));
+            }
+            note_transformation(acc, by);
+        }
     }
     Ok(())
 }
