@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use super::fieldspec::{FieldSpec, TransformerConfig};
 use super::fs::{self, EntryKind, FileSystem};
 use super::kustomization::{self as kz, Kustomization};
+use super::openapi::Schema;
 use super::resource::Resource;
 use super::{
     LoadRestrictor, Object, Options, Order, generate, nameref, patch, replace, transform, yaml,
@@ -77,6 +78,11 @@ struct Ctx<'a> {
     opts: &'a Options<'a>,
     /// Kustomization directories being built, to refuse cycles.
     stack: std::cell::RefCell<Vec<String>>,
+    /// The custom OpenAPI schema of the build: like kustomize, one named by any kustomization
+    /// (base, overlay or component) serves every strategic merge patch that follows.
+    schema: std::cell::RefCell<Option<std::rc::Rc<Schema>>>,
+    /// Whether a kustomization already chose the schema (a custom one or a builtin version).
+    schema_chosen: std::cell::Cell<bool>,
 }
 
 /// Resources with the transformer configuration and vars gathered so far.
@@ -118,6 +124,8 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
         fs,
         opts,
         stack: Default::default(),
+        schema: Default::default(),
+        schema_chosen: Default::default(),
     };
     let mut top = load_target(&ctx, &dir)?;
     let origins = !top.k.build_metadata.is_empty();
@@ -593,7 +601,6 @@ fn accumulate_target(ctx: &Ctx, t: &Target, mut acc: Acc) -> Result<Acc, Error> 
 }
 
 fn accumulate_inner(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
-    accumulate_resources(ctx, t, acc, &t.k.resources, "resources")?;
     if let Some(openapi) = &t.k.openapi {
         let path = openapi.get("path").and_then(Value::as_str);
         if path.is_some() && openapi.get("version").is_some() {
@@ -605,16 +612,25 @@ fn accumulate_inner(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         // A custom schema must at least exist and be JSON or YAML, as kustomize loads it.
         if let Some(path) = path {
             let bytes = t.read(ctx, "openapi", path)?;
-            yaml::parse_documents(&String::from_utf8_lossy(&bytes)).map_err(|source| {
-                Error::Parse {
-                    file: t.file.clone(),
-                    field: "openapi",
-                    path: path.to_owned(),
-                    source,
-                }
-            })?;
+            let docs =
+                yaml::parse_documents(&String::from_utf8_lossy(&bytes)).map_err(|source| {
+                    Error::Parse {
+                        file: t.file.clone(),
+                        field: "openapi",
+                        path: path.to_owned(),
+                        source,
+                    }
+                })?;
+            let schema = Schema::parse(docs.first().unwrap_or(&Value::Null))
+                .map_err(|m| t.err("openapi", format!("{path}: {m}")))?;
+            // The kustomization loaded first (an overlay before its bases) takes precedence.
+            if !ctx.schema_chosen.get() {
+                *ctx.schema.borrow_mut() = Some(std::rc::Rc::new(schema));
+            }
         }
+        ctx.schema_chosen.set(true);
     }
+    accumulate_resources(ctx, t, acc, &t.k.resources, "resources")?;
     for entry in &t.k.configurations {
         let bytes = t.read(ctx, "configurations", entry)?;
         let text = String::from_utf8_lossy(&bytes);
@@ -968,14 +984,20 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             }
             patches.extend(docs);
         }
-        patch::strategic_merge_all(&mut acc.res, &patches)
+        patch::strategic_merge_all(&mut acc.res, &patches, ctx.schema.borrow().as_deref())
             .map_err(|m| t.err("patchesStrategicMerge", m))?;
         t.note_transformer(acc, "PatchStrategicMergeTransformer");
     }
     for p in &k.patches {
         let text = patch_text(ctx, t, "patches", p)?;
-        patch::apply_patch(&mut acc.res, &text, p.target.as_ref(), &p.options)
-            .map_err(|m| t.err("patches", m))?;
+        patch::apply_patch(
+            &mut acc.res,
+            &text,
+            p.target.as_ref(),
+            &p.options,
+            ctx.schema.borrow().as_deref(),
+        )
+        .map_err(|m| t.err("patches", m))?;
         t.note_transformer(acc, "PatchTransformer");
     }
     if !k.namespace.is_empty() {
@@ -1221,7 +1243,15 @@ fn run_builtin_transformer(
             let p: kz::Patch = serde_json::from_value(Value::Object(strip_meta(c)))
                 .map_err(|x| e(x.to_string()))?;
             let text = patch_text(ctx, t, F, &p)?;
-            patch::apply_patch(&mut acc.res, &text, p.target.as_ref(), &p.options).map_err(e)
+            let schema = ctx.schema.borrow();
+            patch::apply_patch(
+                &mut acc.res,
+                &text,
+                p.target.as_ref(),
+                &p.options,
+                schema.as_deref(),
+            )
+            .map_err(e)
         }
         "PatchJson6902Transformer" => {
             let target: kz::Selector = c
@@ -1252,7 +1282,8 @@ fn run_builtin_transformer(
             if let Some(Value::String(inline)) = c.get("patches") {
                 patches.extend(yaml::parse_documents(inline).map_err(|x| e(x.to_string()))?);
             }
-            patch::strategic_merge_all(&mut acc.res, &patches).map_err(e)
+            patch::strategic_merge_all(&mut acc.res, &patches, ctx.schema.borrow().as_deref())
+                .map_err(e)
         }
         "ImageTagTransformer" => {
             let fss = field_specs(c, "fieldSpecs").map_err(e)?;

@@ -1,0 +1,90 @@
+//! A custom OpenAPI schema named by a kustomization's `openapi: {path: ...}`: it tells strategic
+//! merge patches how the lists of kinds kustomize does not know merge
+//! (`x-kubernetes-patch-merge-key`, `x-kubernetes-patch-strategy`).
+
+use serde_json::{Map, Value};
+
+use super::resource::Gvk;
+
+/// The `definitions` of a Swagger 2 / OpenAPI v2 document.
+#[derive(Debug)]
+pub struct Schema {
+    definitions: Map<String, Value>,
+}
+
+/// How the list at some field path merges, as the schema declares it.
+pub enum ListRule<'a> {
+    /// Elements with equal values of this field merge.
+    MergeKey(&'a str),
+    /// Elements (scalars) are a set: the patch's join the existing ones.
+    MergeSet,
+    /// The patch's list replaces the existing one.
+    Replace,
+}
+
+impl Schema {
+    pub fn parse(doc: &Value) -> Result<Self, String> {
+        match doc.get("definitions") {
+            Some(Value::Object(d)) => Ok(Self {
+                definitions: d.clone(),
+            }),
+            _ => Err("the schema has no definitions".into()),
+        }
+    }
+
+    /// The definition whose `x-kubernetes-group-version-kind` names `gvk`.
+    pub fn definition(&self, gvk: &Gvk) -> Option<&Value> {
+        self.definitions.values().find(|d| {
+            d.get("x-kubernetes-group-version-kind")
+                .and_then(Value::as_array)
+                .is_some_and(|ids| {
+                    ids.iter().any(|id| {
+                        let s = |k: &str| id.get(k).and_then(Value::as_str).unwrap_or("");
+                        s("group") == gvk.group
+                            && s("version") == gvk.version
+                            && s("kind") == gvk.kind
+                    })
+                })
+        })
+    }
+
+    /// Follows a `$ref` to the definition it names.
+    fn resolve<'a>(&'a self, v: &'a Value) -> Option<&'a Value> {
+        match v.get("$ref").and_then(Value::as_str) {
+            Some(r) => self
+                .definitions
+                .get(r.strip_prefix("#/definitions/")?)
+                .and_then(|d| self.resolve(d)),
+            None => Some(v),
+        }
+    }
+
+    /// The rule for the list at `path` (field names from the object root) in `def`; `None` when
+    /// the schema does not describe that field.
+    pub fn list_rule<'a>(&'a self, def: &'a Value, path: &[String]) -> Option<ListRule<'a>> {
+        let mut cur = self.resolve(def)?;
+        for (i, seg) in path.iter().enumerate() {
+            let field = cur.get("properties")?.get(seg.as_str())?;
+            if i + 1 == path.len() {
+                let strategy = field
+                    .get("x-kubernetes-patch-strategy")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let key = field
+                    .get("x-kubernetes-patch-merge-key")
+                    .and_then(Value::as_str);
+                return Some(match (strategy.split(',').any(|s| s == "merge"), key) {
+                    (true, Some(k)) => ListRule::MergeKey(k),
+                    (true, None) => ListRule::MergeSet,
+                    (false, _) => ListRule::Replace,
+                });
+            }
+            let resolved = self.resolve(field)?;
+            cur = match resolved.get("items") {
+                Some(items) => self.resolve(items)?,
+                None => resolved,
+            };
+        }
+        None
+    }
+}
