@@ -20,6 +20,9 @@ pub enum ListRule<'a> {
     MergeSet,
     /// The patch's list replaces the existing one.
     Replace,
+    /// The path leads into a Kubernetes type the schema refers to without defining: kustomize
+    /// completes custom schemas with its builtin one, so the builtin rules apply.
+    Builtin,
 }
 
 impl Schema {
@@ -79,12 +82,25 @@ impl Schema {
                     (false, _) => ListRule::Replace,
                 });
             }
-            let resolved = self.resolve(field)?;
+            let Some(resolved) = self.resolve(field) else {
+                return self.builtin_ref(field);
+            };
             cur = match resolved.get("items") {
-                Some(items) => self.resolve(items)?,
+                Some(items) => match self.resolve(items) {
+                    Some(d) => d,
+                    None => return self.builtin_ref(items),
+                },
                 None => resolved,
             };
         }
         None
+    }
+
+    /// `Builtin` when `v` refers to a Kubernetes API type this schema leaves undefined.
+    fn builtin_ref<'a>(&self, v: &Value) -> Option<ListRule<'a>> {
+        v.get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("#/definitions/io.k8s."))
+            .map(|_| ListRule::Builtin)
     }
 }

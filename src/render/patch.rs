@@ -588,6 +588,7 @@ fn merge_list(
         Known::Custom(schema, def) => match schema.list_rule(def, path) {
             Some(ListRule::MergeKey(k)) => ListKind::Keyed(k),
             Some(ListRule::MergeSet) => ListKind::Set,
+            Some(ListRule::Builtin) => list_kind(path, true),
             Some(ListRule::Replace) | None => ListKind::Replace,
         },
         Known::Builtin => list_kind(path, true),
