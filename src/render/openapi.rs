@@ -104,3 +104,79 @@ impl Schema {
             .map(|_| ListRule::Builtin)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Schema {
+        Schema::parse(&serde_json::json!({"definitions": {
+            "v1.Widget": {
+                "properties": {"spec": {"properties": {
+                    "parts": {
+                        "type": "array",
+                        "items": {"$ref": "#/definitions/v1.Part"},
+                        "x-kubernetes-patch-merge-key": "id",
+                        "x-kubernetes-patch-strategy": "merge"
+                    },
+                    "tags": {"type": "array", "x-kubernetes-patch-strategy": "merge"},
+                    "notes": {"type": "array"},
+                    "template": {"$ref": "#/definitions/io.k8s.api.core.v1.PodTemplateSpec"}
+                }}},
+                "x-kubernetes-group-version-kind": [
+                    {"group": "example.com", "version": "v1", "kind": "Widget"}
+                ]
+            },
+            "v1.Part": {"properties": {"pins": {
+                "type": "array",
+                "x-kubernetes-patch-merge-key": "n",
+                "x-kubernetes-patch-strategy": "merge,retainKeys"
+            }}}
+        }}))
+        .expect("the schema has definitions")
+    }
+
+    fn rule(s: &Schema, path: &[&str]) -> Option<String> {
+        let gvk = Gvk::from_api_version("example.com/v1", "Widget");
+        let def = s.definition(&gvk).expect("Widget is defined");
+        let path: Vec<String> = path.iter().map(|p| p.to_string()).collect();
+        s.list_rule(def, &path).map(|r| match r {
+            ListRule::MergeKey(k) => format!("key {k}"),
+            ListRule::MergeSet => "set".into(),
+            ListRule::Replace => "replace".into(),
+            ListRule::Builtin => "builtin".into(),
+        })
+    }
+
+    #[test]
+    fn list_rules_follow_refs_and_array_items_to_the_merge_key() {
+        let s = schema();
+        assert_eq!(rule(&s, &["spec", "parts"]).as_deref(), Some("key id"));
+        assert_eq!(
+            rule(&s, &["spec", "parts", "pins"]).as_deref(),
+            Some("key n")
+        );
+        assert_eq!(rule(&s, &["spec", "tags"]).as_deref(), Some("set"));
+        assert_eq!(rule(&s, &["spec", "notes"]).as_deref(), Some("replace"));
+        assert_eq!(rule(&s, &["spec", "missing"]), None);
+    }
+
+    #[test]
+    fn undefined_kubernetes_types_defer_to_the_builtin_rules() {
+        let s = schema();
+        assert_eq!(
+            rule(&s, &["spec", "template", "spec", "containers"]).as_deref(),
+            Some("builtin")
+        );
+    }
+
+    #[test]
+    fn kinds_the_schema_does_not_name_have_no_definition() {
+        let s = schema();
+        assert!(
+            s.definition(&Gvk::from_api_version("v1", "Widget"))
+                .is_none()
+        );
+        assert!(Schema::parse(&serde_json::json!({"swagger": "2.0"})).is_err());
+    }
+}

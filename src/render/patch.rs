@@ -359,8 +359,12 @@ fn apply_smp(
         r.store_previous_id();
     }
     let gvk = r.gvk();
-    let known = match schema.and_then(|s| s.definition(&gvk).map(|d| (s, d))) {
-        Some((s, d)) => Known::Custom(s, d),
+    // With a custom schema, kubectl kustomize knows the lists of the kinds it defines only.
+    let known = match schema {
+        Some(s) => match s.definition(&gvk) {
+            Some(d) => Known::Custom(s, d),
+            None => Known::Nothing,
+        },
         None if is_builtin(&gvk) => Known::Builtin,
         None => Known::Nothing,
     };
