@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use super::fieldspec::{self, FieldSpec, TransformerConfig};
 use super::fs::{self, EntryKind, FileSystem};
 use super::kustomization::{self as kz, Kustomization};
+use super::openapi::Schema;
 use super::resource::Resource;
 use super::{
     LoadRestrictor, Object, Options, Order, generate, nameref, patch, replace, transform, yaml,
@@ -95,6 +96,11 @@ struct Ctx<'a> {
     opts: &'a Options<'a>,
     /// Kustomization directories being built, to refuse cycles.
     stack: std::cell::RefCell<Vec<String>>,
+    /// The custom OpenAPI schema of the build: like kustomize, one named by any kustomization
+    /// (base, overlay or component) serves every strategic merge patch that follows.
+    schema: std::cell::RefCell<Option<std::rc::Rc<Schema>>>,
+    /// Whether a kustomization already chose the schema (a custom one or a builtin version).
+    schema_chosen: std::cell::Cell<bool>,
 }
 
 /// Resources with the transformer configuration and vars gathered so far.
@@ -136,6 +142,8 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
         fs,
         opts,
         stack: Default::default(),
+        schema: Default::default(),
+        schema_chosen: Default::default(),
     };
     let mut top = load_target(&ctx, &dir)?;
     let origins = !top.k.build_metadata.is_empty();
@@ -190,6 +198,11 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
         .iter()
         .any(|b| b == "originAnnotations");
     let managed_by = top.k.build_metadata.iter().any(|b| b == "managedByLabel");
+    let keep_transformations = top
+        .k
+        .build_metadata
+        .iter()
+        .any(|b| b == "transformerAnnotations");
     Ok(acc
         .res
         .into_iter()
@@ -203,6 +216,31 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
                     m.insert(
                         "app.kubernetes.io/managed-by".into(),
                         Value::String("kustomize-v5.8.1".into()),
+                    );
+                }
+            }
+            if keep_transformations && !r.transformations.is_empty() {
+                let list: String = r
+                    .transformations
+                    .iter()
+                    .map(|by| {
+                        let mut item = String::new();
+                        for (i, line) in by.lines().enumerate() {
+                            item.push_str(if i == 0 { "- " } else { "  " });
+                            item.push_str(line);
+                            item.push('\n');
+                        }
+                        item
+                    })
+                    .collect();
+                let annotations = r
+                    .metadata_mut()
+                    .entry("annotations")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let Value::Object(m) = annotations {
+                    m.insert(
+                        "alpha.config.kubernetes.io/transformations".into(),
+                        Value::String(list),
                     );
                 }
             }
@@ -425,6 +463,18 @@ impl Target {
         self.origin.as_ref().map(|o| clean_join(o, entry))
     }
 
+    /// Records that the builtin transformer `kind`, configured by this kustomization's fields, ran
+    /// over every accumulated resource.
+    fn note_transformer(&self, acc: &mut Acc, kind: &str) {
+        if let Some(o) = &self.origin {
+            let by = format!(
+                "configuredIn: {}\nconfiguredBy:\n  apiVersion: builtin\n  kind: {kind}\n",
+                clean_join(o, self.file_name)
+            );
+            note_transformation(acc, by);
+        }
+    }
+
     fn generator_origin(&self, kind: &str) -> Option<Value> {
         self.origin.as_ref().map(|o| {
             Value::String(format!(
@@ -432,6 +482,18 @@ impl Target {
                 clean_join(o, self.file_name)
             ))
         })
+    }
+}
+
+/// kustomize notes a transformer on every resource after it runs: as the origin of those without
+/// one (it made them), else as one more transformation.
+fn note_transformation(acc: &mut Acc, by: String) {
+    for r in &mut acc.res {
+        if r.origin.is_none() {
+            r.origin = Some(Value::String(by.clone()));
+        } else {
+            r.transformations.push(by.clone());
+        }
     }
 }
 
@@ -568,6 +630,35 @@ fn accumulate_target(ctx: &Ctx, t: &Target, mut acc: Acc) -> Result<Acc, Error> 
 }
 
 fn accumulate_inner(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
+    if let Some(openapi) = &t.k.openapi {
+        let path = openapi.get("path").and_then(Value::as_str);
+        if path.is_some() && openapi.get("version").is_some() {
+            return Err(t.err(
+                "openapi",
+                "builtin version and custom schema provided, cannot use both".into(),
+            ));
+        }
+        // A custom schema must at least exist and be JSON or YAML, as kustomize loads it.
+        if let Some(path) = path {
+            let bytes = t.read(ctx, "openapi", path)?;
+            let docs =
+                yaml::parse_documents(&String::from_utf8_lossy(&bytes)).map_err(|source| {
+                    Error::Parse {
+                        file: t.file.clone(),
+                        field: "openapi",
+                        path: path.to_owned(),
+                        source,
+                    }
+                })?;
+            let schema = Schema::parse(docs.first().unwrap_or(&Value::Null))
+                .map_err(|m| t.err("openapi", format!("{path}: {m}")))?;
+            // The kustomization loaded first (an overlay before its bases) takes precedence.
+            if !ctx.schema_chosen.get() {
+                *ctx.schema.borrow_mut() = Some(std::rc::Rc::new(schema));
+            }
+        }
+        ctx.schema_chosen.set(true);
+    }
     accumulate_resources(ctx, t, acc, &t.k.resources, "resources")?;
     for entry in &t.k.configurations {
         let bytes = t.read(ctx, "configurations", entry)?;
@@ -633,6 +724,7 @@ fn accumulate_inner(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         if acc.vars.iter().any(|x| x.name == v.name) {
             return Err(t.err("vars", format!("var '{}' already encountered", v.name)));
         }
+        replace::bind_var(&mut acc.res, v).map_err(|m| t.err("vars", m))?;
         acc.vars.push(v.clone());
     }
     Ok(())
@@ -754,26 +846,25 @@ fn plugin_configs(
     Ok(out)
 }
 
+/// One generator run: a ConfigMap or Secret to build, or objects a builtin generator made.
+enum GenJob {
+    Build(generate::Kind, kz::GeneratorArgs),
+    Made(Resource),
+}
+
 fn run_generators(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
     let global = t.k.generator_options.as_ref();
-    let mut jobs: Vec<(
-        generate::Kind,
-        kz::GeneratorArgs,
-        Option<Value>,
-        &'static str,
-    )> = Vec::new();
+    let mut jobs: Vec<(GenJob, Option<Value>, &'static str)> = Vec::new();
     for a in &t.k.config_map_generator {
         jobs.push((
-            generate::Kind::ConfigMap,
-            a.clone(),
+            GenJob::Build(generate::Kind::ConfigMap, a.clone()),
             t.generator_origin("ConfigMapGenerator"),
             "configMapGenerator",
         ));
     }
     for a in &t.k.secret_generator {
         jobs.push((
-            generate::Kind::Secret,
-            a.clone(),
+            GenJob::Build(generate::Kind::Secret, a.clone()),
             t.generator_origin("SecretGenerator"),
             "secretGenerator",
         ));
@@ -782,9 +873,23 @@ fn run_generators(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
     for (cfg, from) in plugin_configs(ctx, t, "generators", &t.k.generators)? {
         let api = cfg.api_version().to_owned();
         let kind = cfg.kind().to_owned();
+        let origin = t.origin.as_ref().map(|o| {
+            Value::String(format!(
+                "configuredIn: {}\nconfiguredBy:\n  apiVersion: {api}\n  kind: {kind}\n  name: {}\n",
+                clean_join(o, &from),
+                cfg.name()
+            ))
+        });
         let gk = match (api.as_str(), kind.as_str()) {
             ("builtin", "ConfigMapGenerator") => generate::Kind::ConfigMap,
             ("builtin", "SecretGenerator") => generate::Kind::Secret,
+            ("builtin", "IAMPolicyGenerator") => {
+                let sa = iam_policy_service_account(&cfg.obj)
+                    .map_err(|m| t.err("generators", format!("{from}: {m}")))?;
+                jobs.push((GenJob::Made(sa), origin, "generators"));
+                local_options.push(false);
+                continue;
+            }
             _ => {
                 return Err(Error::Refused {
                     file: t.file.clone(),
@@ -807,30 +912,68 @@ fn run_generators(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         if args.namespace.is_empty() {
             args.namespace = cfg.namespace().to_owned();
         }
-        let origin = t.origin.as_ref().map(|o| {
-            Value::String(format!(
-                "configuredIn: {}\nconfiguredBy:\n  apiVersion: {api}\n  kind: {kind}\n  name: {}\n",
-                clean_join(o, &from),
-                cfg.name()
-            ))
-        });
-        jobs.push((gk, args, origin, "generators"));
+        jobs.push((GenJob::Build(gk, args), origin, "generators"));
         local_options.push(false);
     }
-    for ((kind, args, origin, field), use_global) in jobs.into_iter().zip(local_options) {
-        let options = kz::GeneratorOptions::merged(
-            args.options.as_ref(),
-            if use_global { global } else { None },
-        );
-        let mut read = |entry: &str| t.read(ctx, field, entry);
-        let mut r = generate::generate(kind, &args, &options, &mut read).map_err(|e| match e {
-            generate::GenError::Read(err) => err,
-            generate::GenError::Invalid(m) => t.err(field, m),
-        })?;
+    for ((job, origin, field), use_global) in jobs.into_iter().zip(local_options) {
+        let mut r = match job {
+            GenJob::Made(r) => r,
+            GenJob::Build(kind, args) => {
+                let options = kz::GeneratorOptions::merged(
+                    args.options.as_ref(),
+                    if use_global { global } else { None },
+                );
+                let mut read = |entry: &str| t.read(ctx, field, entry);
+                generate::generate(kind, &args, &options, &mut read).map_err(|e| match e {
+                    generate::GenError::Read(err) => err,
+                    generate::GenError::Invalid(m) => t.err(field, m),
+                })?
+            }
+        };
         r.origin = origin;
         generate::absorb(&mut acc.res, r).map_err(|m| t.err(field, m))?;
     }
     Ok(())
+}
+
+/// The builtin IAMPolicyGenerator: for `cloud: gke`, a ServiceAccount bound to a Google service
+/// account through the Workload Identity annotation.
+fn iam_policy_service_account(cfg: &Map<String, Value>) -> Result<Resource, String> {
+    let text = |path: &[&str]| {
+        let mut v = Some(&Value::Object(cfg.clone()));
+        for p in path {
+            v = v.and_then(|x| x.get(*p));
+        }
+        v.and_then(Value::as_str).unwrap_or("").to_owned()
+    };
+    let cloud = text(&["cloud"]);
+    if cloud != "gke" {
+        return Err(format!("cloud provider {cloud} not supported yet"));
+    }
+    let mut metadata = Map::new();
+    let mut annotations = Map::new();
+    annotations.insert(
+        "iam.gke.io/gcp-service-account".into(),
+        Value::String(format!(
+            "{}@{}.iam.gserviceaccount.com",
+            text(&["serviceAccount", "name"]),
+            text(&["serviceAccount", "projectId"])
+        )),
+    );
+    metadata.insert("annotations".into(), Value::Object(annotations));
+    metadata.insert(
+        "name".into(),
+        Value::String(text(&["kubernetesService", "name"])),
+    );
+    let namespace = text(&["kubernetesService", "namespace"]);
+    if !namespace.is_empty() {
+        metadata.insert("namespace".into(), Value::String(namespace));
+    }
+    let mut obj = Map::new();
+    obj.insert("apiVersion".into(), Value::String("v1".into()));
+    obj.insert("kind".into(), Value::String("ServiceAccount".into()));
+    obj.insert("metadata".into(), Value::Object(metadata));
+    Ok(Resource::new(obj))
 }
 
 fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
@@ -871,8 +1014,9 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             }
             patches.extend(docs);
         }
-        patch::strategic_merge_all(&mut acc.res, &patches)
+        patch::strategic_merge_all(&mut acc.res, &patches, ctx.schema.borrow().as_deref())
             .map_err(|m| t.err("patchesStrategicMerge", m))?;
+        t.note_transformer(acc, "PatchStrategicMergeTransformer");
     }
     for (i, p) in k.patches.iter().enumerate() {
         let text = patch_text(ctx, t, "patches", p)?;
@@ -881,8 +1025,15 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             "" => format!("patches[{i}]"),
             path => path.to_owned(),
         };
-        patch::apply_patch(&mut acc.res, &text, p.target.as_ref(), &p.options)
-            .map_err(|m| t.err("patches", format!("{}: {m}", which())))?;
+        patch::apply_patch(
+            &mut acc.res,
+            &text,
+            p.target.as_ref(),
+            &p.options,
+            ctx.schema.borrow().as_deref(),
+        )
+        .map_err(|m| t.err("patches", format!("{}: {m}", which())))?;
+        t.note_transformer(acc, "PatchTransformer");
     }
     if !k.namespace.is_empty() {
         transform::namespace(
@@ -893,6 +1044,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             "defaultOnly",
         )
         .map_err(|m| t.err("namespace", m))?;
+        t.note_transformer(acc, "NamespaceTransformer");
     }
     if !k.name_prefix.is_empty() {
         transform::prefix_suffix(
@@ -902,6 +1054,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             &specs(&tc.name_prefix, &tcd.name_prefix),
         )
         .map_err(|m| t.err("namePrefix", m))?;
+        t.note_transformer(acc, "PrefixTransformer");
     }
     if !k.name_suffix.is_empty() {
         transform::prefix_suffix(
@@ -911,6 +1064,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             &specs(&tc.name_suffix, &tcd.name_suffix),
         )
         .map_err(|m| t.err("nameSuffix", m))?;
+        t.note_transformer(acc, "SuffixTransformer");
     }
     for l in &k.labels {
         let mut fss = l.fields.clone();
@@ -931,6 +1085,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             add(&[FieldSpec::new("", "metadata/labels", true)]);
         }
         transform::set_map_entries(&mut acc.res, &l.pairs, &fss).map_err(|m| t.err("labels", m))?;
+        t.note_transformer(acc, "LabelTransformer");
     }
     if !k.common_labels.is_empty() {
         transform::set_map_entries(
@@ -939,6 +1094,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             &specs(&tc.common_labels, &tcd.common_labels),
         )
         .map_err(|m| t.err("commonLabels", m))?;
+        t.note_transformer(acc, "LabelTransformer");
     }
     if !k.common_annotations.is_empty() {
         transform::set_map_entries(
@@ -947,6 +1103,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             &specs(&tc.common_annotations, &tcd.common_annotations),
         )
         .map_err(|m| t.err("commonAnnotations", m))?;
+        t.note_transformer(acc, "AnnotationsTransformer");
     }
     for p in &k.patches_json6902 {
         let text = patch_text(ctx, t, "patchesJson6902", p)?;
@@ -955,19 +1112,39 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         };
         patch::apply_json6902_text(&mut acc.res, &text, target)
             .map_err(|m| t.err("patchesJson6902", m))?;
+        t.note_transformer(acc, "PatchJson6902Transformer");
     }
     let replica_specs = specs(&tc.replicas, &tcd.replicas);
     for r in &k.replicas {
         transform::replicas(&mut acc.res, r, &replica_specs).map_err(|m| t.err("replicas", m))?;
+        t.note_transformer(acc, "ReplicaCountTransformer");
     }
     let image_specs = specs(&tc.images, &tcd.images);
     transform::images(&mut acc.res, &k.images, &image_specs).map_err(|m| t.err("images", m))?;
+    // kustomize runs one ImageTagTransformer per entry; each is noted.
+    for _ in &k.images {
+        t.note_transformer(acc, "ImageTagTransformer");
+    }
     if !k.replacements.is_empty() {
         let list = replacement_list(ctx, t, "replacements", &k.replacements)?;
         replace::replacements(&mut acc.res, &list).map_err(|m| t.err("replacements", m))?;
+        t.note_transformer(acc, "ReplacementTransformer");
     }
     for (cfg, from) in plugin_configs(ctx, t, "transformers", &k.transformers)? {
         run_builtin_transformer(ctx, t, acc, &cfg, &from)?;
+        if let Some(o) = &t.origin {
+            let mut by = format!(
+                "configuredIn: {}\nconfiguredBy:\n  apiVersion: {}\n  kind: {}\n  name: {}\n",
+                clean_join(o, &from),
+                cfg.api_version(),
+                cfg.kind(),
+                cfg.name()
+            );
+            if !cfg.namespace().is_empty() {
+                by.push_str(&format!("  namespace: {}\n", cfg.namespace()));
+            }
+            note_transformation(acc, by);
+        }
     }
     Ok(())
 }
@@ -1096,7 +1273,15 @@ fn run_builtin_transformer(
             let p: kz::Patch = serde_json::from_value(Value::Object(strip_meta(c)))
                 .map_err(|x| e(x.to_string()))?;
             let text = patch_text(ctx, t, F, &p)?;
-            patch::apply_patch(&mut acc.res, &text, p.target.as_ref(), &p.options).map_err(e)
+            let schema = ctx.schema.borrow();
+            patch::apply_patch(
+                &mut acc.res,
+                &text,
+                p.target.as_ref(),
+                &p.options,
+                schema.as_deref(),
+            )
+            .map_err(e)
         }
         "PatchJson6902Transformer" => {
             let target: kz::Selector = c
@@ -1127,7 +1312,8 @@ fn run_builtin_transformer(
             if let Some(Value::String(inline)) = c.get("patches") {
                 patches.extend(yaml::parse_documents(inline).map_err(|x| e(x.to_string()))?);
             }
-            patch::strategic_merge_all(&mut acc.res, &patches).map_err(e)
+            patch::strategic_merge_all(&mut acc.res, &patches, ctx.schema.borrow().as_deref())
+                .map_err(e)
         }
         "ImageTagTransformer" => {
             let fss = field_specs(c, "fieldSpecs").map_err(e)?;

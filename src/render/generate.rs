@@ -275,9 +275,11 @@ pub fn absorb(list: &mut Vec<Resource>, mut new: Resource) -> Result<(), String>
             new.suffixes = old.suffixes.clone();
             // A hash is added only when both the existing object and the merged one ask for it.
             new.needs_hash = old.needs_hash && new.needs_hash;
-            if new.origin.is_none() {
+            // A merge keeps where the object came from; a replace takes the new generator's.
+            if new.origin.is_none() || (behavior == Behavior::Merge && old.origin.is_some()) {
                 new.origin = old.origin.clone();
             }
+            new.transformations = old.transformations.clone();
             list[*i] = new;
             Ok(())
         }

@@ -26,6 +26,7 @@ pub mod fs;
 mod generate;
 pub mod kustomization;
 mod nameref;
+mod openapi;
 mod patch;
 mod replace;
 pub mod resource;

@@ -7,6 +7,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use super::kustomization::Selector;
+use super::openapi::{ListRule, Schema};
 use super::resource::{Gvk, ResId, Resource};
 
 fn anchored(p: &str) -> Result<Option<Regex>, String> {
@@ -186,6 +187,7 @@ pub fn apply_patch(
     text: &str,
     target: Option<&Selector>,
     options: &BTreeMap<String, bool>,
+    schema: Option<&Schema>,
 ) -> Result<(), String> {
     let docs = super::yaml::parse_documents(text).map_err(|e| format!("patch: {e}"))?;
     // An empty patch file (or one of only comments) changes nothing.
@@ -224,7 +226,7 @@ pub fn apply_patch(
                         m.remove("name");
                         m.remove("namespace");
                     }
-                    if !apply_smp(&mut r, &p, allow_name, allow_kind)? {
+                    if !apply_smp(&mut r, &p, allow_name, allow_kind, schema)? {
                         continue;
                     }
                 }
@@ -238,7 +240,7 @@ pub fn apply_patch(
                 let p = d
                     .as_object()
                     .ok_or("a strategic merge patch must be a map")?;
-                patch_by_own_id(list, p, allow_name, allow_kind)?;
+                patch_by_own_id(list, p, allow_name, allow_kind, schema)?;
             }
             Ok(())
         }
@@ -268,6 +270,7 @@ fn patch_by_own_id(
     p: &Map<String, Value>,
     allow_name: bool,
     allow_kind: bool,
+    schema: Option<&Schema>,
 ) -> Result<(), String> {
     let id = patch_id(p);
     let key = id.key();
@@ -279,12 +282,23 @@ fn patch_by_own_id(
                 .iter()
                 .any(|p| p.name == key.1 && p.effective_namespace() == key.2 && gvk_ok(&p.gvk))
     };
-    let hits: Vec<usize> = list
+    let mut hits: Vec<usize> = list
         .iter()
         .enumerate()
         .filter(|(_, r)| selected(r))
         .map(|(i, _)| i)
         .collect();
+    // A patch without a group matches any group, unless one object has exactly its apiVersion.
+    if hits.len() > 1 {
+        let exact: Vec<usize> = hits
+            .iter()
+            .copied()
+            .filter(|&i| list[i].gvk() == id.gvk)
+            .collect();
+        if exact.len() == 1 {
+            hits = exact;
+        }
+    }
     let i = match hits.as_slice() {
         [i] => *i,
         [] => return Err(format!("failed to find unique target for patch {id}")),
@@ -295,7 +309,7 @@ fn patch_by_own_id(
         }
     };
     let mut r = list[i].clone();
-    if apply_smp(&mut r, p, allow_name, allow_kind)? {
+    if apply_smp(&mut r, p, allow_name, allow_kind, schema)? {
         list[i] = r;
     } else {
         list.remove(i);
@@ -311,7 +325,11 @@ fn cur_gvk_matches(g: &Gvk, want: &Gvk) -> bool {
 }
 
 /// Every patch of `patchesStrategicMerge`, each to the resource it names.
-pub fn strategic_merge_all(list: &mut Vec<Resource>, patches: &[Value]) -> Result<(), String> {
+pub fn strategic_merge_all(
+    list: &mut Vec<Resource>,
+    patches: &[Value],
+    schema: Option<&Schema>,
+) -> Result<(), String> {
     for p in patches {
         let p = p
             .as_object()
@@ -319,7 +337,7 @@ pub fn strategic_merge_all(list: &mut Vec<Resource>, patches: &[Value]) -> Resul
         if p.is_empty() {
             return Err("patch appears to be empty".into());
         }
-        patch_by_own_id(list, p, false, false)?;
+        patch_by_own_id(list, p, false, false, schema)?;
     }
     Ok(())
 }
@@ -330,6 +348,7 @@ fn apply_smp(
     patch: &Map<String, Value>,
     allow_name: bool,
     allow_kind: bool,
+    schema: Option<&Schema>,
 ) -> Result<bool, String> {
     let (name, ns, kind) = (
         r.name().to_owned(),
@@ -339,7 +358,16 @@ fn apply_smp(
     if allow_name || allow_kind {
         r.store_previous_id();
     }
-    let known = is_builtin(&r.gvk());
+    let gvk = r.gvk();
+    // With a custom schema, kubectl kustomize knows the lists of the kinds it defines only.
+    let known = match schema {
+        Some(s) => match s.definition(&gvk) {
+            Some(d) => Known::Custom(s, d),
+            None => Known::Nothing,
+        },
+        None if is_builtin(&gvk) => Known::Builtin,
+        None => Known::Nothing,
+    };
     let mut obj = Value::Object(std::mem::take(&mut r.obj));
     let deleted = directive(patch) == Some("delete");
     if deleted {
@@ -392,14 +420,24 @@ fn is_builtin(g: &Gvk) -> bool {
     ) && !g.kind.is_empty()
 }
 
-enum ListKind {
+enum ListKind<'a> {
     Replace,
-    Keyed(&'static str),
+    Keyed(&'a str),
     Set,
 }
 
+/// What the merge knows of an object's lists.
+#[derive(Clone, Copy)]
+enum Known<'a> {
+    /// A kind kustomize has no schema for: lists are replaced.
+    Nothing,
+    Builtin,
+    /// A kind defined by the custom schema, with its definition.
+    Custom(&'a Schema, &'a Value),
+}
+
 /// The merge strategy of the list at `path` (field names from the object root).
-fn list_kind(path: &[String], known: bool) -> ListKind {
+fn list_kind(path: &[String], known: bool) -> ListKind<'static> {
     if !known {
         return ListKind::Replace;
     }
@@ -475,7 +513,7 @@ fn clean(v: &Value) -> Option<Value> {
     }
 }
 
-fn merge_map(dest: &mut Value, patch: &Map<String, Value>, known: bool, path: &mut Vec<String>) {
+fn merge_map(dest: &mut Value, patch: &Map<String, Value>, known: Known, path: &mut Vec<String>) {
     if directive(patch) == Some("replace") {
         *dest = clean(&Value::Object(patch.clone())).unwrap_or(Value::Null);
         return;
@@ -536,7 +574,7 @@ fn merge_map(dest: &mut Value, patch: &Map<String, Value>, known: bool, path: &m
 fn merge_list(
     dest: Vec<Value>,
     patch: &[Value],
-    known: bool,
+    known: Known,
     path: &mut Vec<String>,
 ) -> Option<Value> {
     let list_directive = patch.iter().find_map(|i| {
@@ -550,7 +588,17 @@ fn merge_list(
         Some("delete") => return None,
         _ => {}
     }
-    match list_kind(path, known) {
+    let kind = match known {
+        Known::Custom(schema, def) => match schema.list_rule(def, path) {
+            Some(ListRule::MergeKey(k)) => ListKind::Keyed(k),
+            Some(ListRule::MergeSet) => ListKind::Set,
+            Some(ListRule::Builtin) => list_kind(path, true),
+            Some(ListRule::Replace) | None => ListKind::Replace,
+        },
+        Known::Builtin => list_kind(path, true),
+        Known::Nothing => list_kind(path, false),
+    };
+    match kind {
         ListKind::Replace => clean(&Value::Array(patch.to_vec())),
         ListKind::Set => {
             let mut out: Vec<Value> = Vec::new();

@@ -320,30 +320,16 @@ pub fn resolve_vars(
     }
     let mut values: Vec<(String, Value)> = Vec::new();
     for v in vars {
-        let want = Gvk {
-            group: if v.obj_ref.group.is_empty() {
-                Gvk::from_api_version(&v.obj_ref.api_version, "").group
-            } else {
-                v.obj_ref.group.clone()
-            },
-            version: if v.obj_ref.version.is_empty() {
-                Gvk::from_api_version(&v.obj_ref.api_version, "").version
-            } else {
-                v.obj_ref.version.clone()
-            },
-            kind: v.obj_ref.kind.clone(),
-        };
-        let hits: Vec<&Resource> = list
+        // A var bound where it was declared resolves against that resource alone.
+        let bound: Vec<&Resource> = list
             .iter()
-            .filter(|r| {
-                let ids = std::iter::once(r.cur_id()).chain(r.prev_ids());
-                ids.into_iter().any(|id| {
-                    id.gvk.is_selected_by(&want)
-                        && id.name == v.obj_ref.name
-                        && (v.obj_ref.namespace.is_empty() || id.namespace == v.obj_ref.namespace)
-                })
-            })
+            .filter(|r| r.ref_vars.contains(&v.name))
             .collect();
+        let hits: Vec<&Resource> = if bound.is_empty() {
+            list.iter().filter(|r| var_selects(v, r)).collect()
+        } else {
+            bound
+        };
         let r = match hits.as_slice() {
             [r] => *r,
             [] => {
@@ -382,6 +368,51 @@ pub fn resolve_vars(
         })?;
     }
     Ok(())
+}
+
+/// Whether `r`, under its current or any earlier id, is the object `v` refers to.
+fn var_selects(v: &Var, r: &Resource) -> bool {
+    let api = Gvk::from_api_version(&v.obj_ref.api_version, "");
+    let want = Gvk {
+        group: if v.obj_ref.group.is_empty() {
+            api.group
+        } else {
+            v.obj_ref.group.clone()
+        },
+        version: if v.obj_ref.version.is_empty() {
+            api.version
+        } else {
+            v.obj_ref.version.clone()
+        },
+        kind: v.obj_ref.kind.clone(),
+    };
+    let ids = std::iter::once(r.cur_id()).chain(r.prev_ids());
+    ids.into_iter().any(|id| {
+        id.gvk.is_selected_by(&want)
+            && id.name == v.obj_ref.name
+            && (v.obj_ref.namespace.is_empty() || id.namespace == v.obj_ref.namespace)
+    })
+}
+
+/// Binds a var to the one resource it names among those accumulated where it is declared, so a
+/// copy of that resource arriving later through another base (a diamond) does not make it
+/// ambiguous.
+pub fn bind_var(list: &mut [Resource], v: &Var) -> Result<(), String> {
+    let hits: Vec<usize> = (0..list.len())
+        .filter(|&i| var_selects(v, &list[i]))
+        .collect();
+    match hits.as_slice() {
+        [i] => {
+            list[*i].ref_vars.push(v.name.clone());
+            Ok(())
+        }
+        [] => Ok(()),
+        _ => Err(format!(
+            "found {} resId matches for var '{}' (unable to disambiguate)",
+            hits.len(),
+            v.name
+        )),
+    }
 }
 
 fn substitute(v: &mut Value, values: &[(String, Value)]) {

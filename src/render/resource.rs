@@ -171,6 +171,8 @@ pub struct Resource {
     pub origin: Option<Value>,
     /// Var names that resolved against this resource.
     pub ref_vars: Vec<String>,
+    /// Transformers that ran over this resource (origin texts), when buildMetadata asks for them.
+    pub transformations: Vec<String>,
 }
 
 impl Resource {
@@ -184,6 +186,7 @@ impl Resource {
             needs_hash: false,
             origin: None,
             ref_vars: Vec::new(),
+            transformations: Vec::new(),
         }
     }
 
