@@ -51,15 +51,16 @@ impl Schema {
         })
     }
 
-    /// Follows a `$ref` to the definition it names.
-    fn resolve<'a>(&'a self, v: &'a Value) -> Option<&'a Value> {
-        match v.get("$ref").and_then(Value::as_str) {
-            Some(r) => self
-                .definitions
-                .get(r.strip_prefix("#/definitions/")?)
-                .and_then(|d| self.resolve(d)),
-            None => Some(v),
+    /// Follows `$ref`s to the definition they name; a chain longer than the definitions can
+    /// only be a loop, which resolves to nothing rather than recursing forever.
+    fn resolve<'a>(&'a self, mut v: &'a Value) -> Option<&'a Value> {
+        for _ in 0..=self.definitions.len() {
+            match v.get("$ref").and_then(Value::as_str) {
+                Some(r) => v = self.definitions.get(r.strip_prefix("#/definitions/")?)?,
+                None => return Some(v),
+            }
         }
+        None
     }
 
     /// The rule for the list at `path` (field names from the object root) in `def`; `None` when
@@ -108,6 +109,19 @@ impl Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ref_loop_resolves_to_nothing() {
+        let s = Schema::parse(&serde_json::json!({"definitions": {
+            "a": {"$ref": "#/definitions/b"},
+            "b": {"$ref": "#/definitions/a"},
+        }}))
+        .unwrap();
+        assert!(
+            s.resolve(&serde_json::json!({"$ref": "#/definitions/a"}))
+                .is_none()
+        );
+    }
 
     fn schema() -> Schema {
         Schema::parse(&serde_json::json!({"definitions": {
