@@ -2,34 +2,17 @@
 //! oracle) give the same documents in the same order.
 
 use std::path::Path;
-use std::process::Command;
 
 use stagehand::render::{self, Options, fs::DiskFs};
 
-use crate::support::{Tool, tool};
-
-fn documents(text: &str) -> Vec<serde_yaml_ng::Value> {
-    serde_yaml_ng::Deserializer::from_str(text)
-        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
-        .collect()
-}
+use crate::support::{kubectl_kustomize, yaml_documents};
 
 fn assert_same_as_kubectl(root: &Path, dir: &str) {
-    let out = Command::new(tool(Tool::Kubectl))
-        .arg("kustomize")
-        .arg(root.join(dir))
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let expected = documents(&String::from_utf8_lossy(&out.stdout));
+    let expected = yaml_documents(&kubectl_kustomize(&root.join(dir)));
     let fs = DiskFs::new(root).expect("root exists");
     let objects =
         render::render(&fs, dir, &Options::default()).unwrap_or_else(|e| panic!("{dir}: {e}"));
-    let ours = documents(&render::to_yaml(&objects));
+    let ours = yaml_documents(&render::to_yaml(&objects));
     assert_eq!(ours.len(), expected.len(), "{dir}: number of documents");
     for (i, (a, b)) in ours.iter().zip(&expected).enumerate() {
         assert_eq!(a, b, "{dir}: document {i} differs");
@@ -195,19 +178,9 @@ fn scalars_and_keys_print_byte_for_byte_as_kubectl_prints_them() {
         "resources:\n- cm.yaml\n",
     )
     .expect("write");
-    let out = Command::new(tool(Tool::Kubectl))
-        .arg("kustomize")
-        .arg(dir.path())
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let theirs = kubectl_kustomize(dir.path());
     let fs = DiskFs::new(dir.path()).expect("root exists");
     let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
-    let theirs = String::from_utf8_lossy(&out.stdout);
     for (i, (a, b)) in ours.lines().zip(theirs.lines()).enumerate() {
         assert_eq!(a, b, "line {} differs", i + 1);
     }

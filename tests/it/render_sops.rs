@@ -8,7 +8,7 @@ use std::process::Command;
 use stagehand::render::{self, Options, fs::DiskFs, sops::SopsDecrypt};
 use stagehand::secrets::Identities;
 
-use crate::support::{Tool, tool};
+use crate::support::{Tool, kubectl_kustomize, tool, yaml_documents};
 
 const FILES: &[(&str, &str)] = &[
     (
@@ -42,31 +42,11 @@ fn write_tree(root: &Path) {
     }
 }
 
-fn kubectl_kustomize(dir: &Path) -> Vec<serde_yaml_ng::Value> {
-    let out = Command::new(tool(Tool::Kubectl))
-        .arg("kustomize")
-        .arg(dir)
-        .output()
-        .expect("kubectl runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    documents(&String::from_utf8_lossy(&out.stdout))
-}
-
-fn documents(text: &str) -> Vec<serde_yaml_ng::Value> {
-    serde_yaml_ng::Deserializer::from_str(text)
-        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
-        .collect()
-}
-
 #[test]
 fn encrypted_resources_generator_sources_and_components_render_as_their_plaintext() {
     let plain = tempfile::tempdir().expect("temp dir");
     write_tree(plain.path());
-    let expected = kubectl_kustomize(&plain.path().join("overlay"));
+    let expected = yaml_documents(&kubectl_kustomize(&plain.path().join("overlay")));
 
     let dir = tempfile::tempdir().expect("temp dir");
     write_tree(dir.path());
@@ -101,7 +81,7 @@ fn encrypted_resources_generator_sources_and_components_render_as_their_plaintex
         ..Options::default()
     };
     let objects = render::render(&fs, "overlay", &options).expect("renders");
-    assert_eq!(documents(&render::to_yaml(&objects)), expected);
+    assert_eq!(yaml_documents(&render::to_yaml(&objects)), expected);
 
     // Without identities the encrypted content passes through; with the wrong ones it fails,
     // naming the file and never a value.

@@ -8,4 +8,4 @@ pub mod reconcile;
 pub mod sshd;
 pub mod tools;
 
-pub use tools::{Tool, tool};
+pub use tools::{Tool, kubectl_kustomize, tool, yaml_documents};

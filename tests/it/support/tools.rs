@@ -88,3 +88,25 @@ pub fn age_keygen(key_file: &std::path::Path) -> String {
         .expect("age-keygen writes the public key as a comment")
         .to_owned()
 }
+
+/// What `kubectl kustomize DIR` prints. Panics with kubectl's message when it refuses the tree.
+pub fn kubectl_kustomize(dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(tool(Tool::Kubectl))
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("kubectl prints UTF-8")
+}
+
+/// The YAML documents of a multi-document text, parsed.
+pub fn yaml_documents(text: &str) -> Vec<serde_yaml_ng::Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
+        .collect()
+}
