@@ -111,11 +111,12 @@ pub(super) struct Acc {
 }
 
 impl Default for Acc {
-    /// The configuration starts as kustomize's built-in one; `configurations:` extend it.
+    /// The configuration starts empty, as kustomize's does: each kustomization merges in the
+    /// built-in one, with its `configurations:`, after those of its resources.
     fn default() -> Self {
         Self {
             res: Vec::new(),
-            config: TransformerConfig::builtin().clone(),
+            config: TransformerConfig::default(),
             vars: Vec::new(),
         }
     }
@@ -660,27 +661,7 @@ fn accumulate_inner(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         ctx.schema_chosen.set(true);
     }
     accumulate_resources(ctx, t, acc, &t.k.resources, "resources")?;
-    for entry in &t.k.configurations {
-        let bytes = t.read(ctx, "configurations", entry)?;
-        let text = String::from_utf8_lossy(&bytes);
-        let docs = yaml::parse_documents(&text).map_err(|source| Error::Parse {
-            file: t.file.clone(),
-            field: "configurations",
-            path: entry.clone(),
-            source,
-        })?;
-        for d in docs {
-            let tc: TransformerConfig = serde_json::from_value(d)
-                .map_err(|e| t.err("configurations", format!("{entry}: {e}")))?;
-            acc.config.merge(&tc);
-        }
-    }
-    for entry in &t.k.crds {
-        let bytes = t.read(ctx, "crds", entry)?;
-        let tc = transform::config_from_crds(&bytes)
-            .map_err(|m| t.err("crds", format!("{entry}: {m}")))?;
-        acc.config.merge(&tc);
-    }
+    merge_configurations(ctx, t, acc)?;
     run_generators(ctx, t, acc)?;
     for entry in &t.k.components {
         let path = t.resolve("components", entry)?;
@@ -730,6 +711,45 @@ fn accumulate_inner(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
     Ok(())
 }
 
+/// Merges the built-in configuration, this kustomization's `configurations:` files and the field
+/// specs of its `crds:` into `acc`, in kustomize's order: the files together into the built-in
+/// one, that into what the resources brought, then the CRDs.
+fn merge_configurations(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
+    let mut from_files = TransformerConfig::default();
+    for entry in &t.k.configurations {
+        let bytes = t.read(ctx, "configurations", entry)?;
+        let text = String::from_utf8_lossy(&bytes);
+        let docs = yaml::parse_documents(&text).map_err(|source| Error::Parse {
+            file: t.file.clone(),
+            field: "configurations",
+            path: entry.clone(),
+            source,
+        })?;
+        for d in docs {
+            let tc: TransformerConfig = serde_json::from_value(d)
+                .map_err(|e| t.err("configurations", format!("{entry}: {e}")))?;
+            from_files
+                .merge(&tc)
+                .map_err(|m| t.err("configurations", format!("{entry}: {m}")))?;
+        }
+    }
+    let mut local = TransformerConfig::builtin().clone();
+    local
+        .merge(&from_files)
+        .and_then(|()| acc.config.merge(&local))
+        .map_err(|m| t.err("configurations", m))?;
+    let mut from_crds = TransformerConfig::default();
+    for entry in &t.k.crds {
+        let bytes = t.read(ctx, "crds", entry)?;
+        let tc = transform::config_from_crds(&bytes)
+            .map_err(|m| t.err("crds", format!("{entry}: {m}")))?;
+        from_crds
+            .merge(&tc)
+            .map_err(|m| t.err("crds", format!("{entry}: {m}")))?;
+    }
+    acc.config.merge(&from_crds).map_err(|m| t.err("crds", m))
+}
+
 fn accumulate_resources(
     ctx: &Ctx,
     t: &Target,
@@ -767,7 +787,9 @@ fn accumulate_resources(
                 sub.build_metadata = t.build_metadata.clone();
                 let sub_acc = accumulate_target(ctx, &sub, Acc::default())?;
                 append_all(t, field, acc, sub_acc.res)?;
-                acc.config.merge(&sub_acc.config);
+                acc.config
+                    .merge(&sub_acc.config)
+                    .map_err(|m| t.err(field, format!("'{entry}': {m}")))?;
                 for v in sub_acc.vars {
                     if acc.vars.iter().any(|x| x.name == v.name) {
                         return Err(t.err("vars", format!("var '{}' already encountered", v.name)));
@@ -979,17 +1001,6 @@ fn iam_policy_service_account(cfg: &Map<String, Value>) -> Result<Resource, Stri
 fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
     let k = &t.k;
     let tc = acc.config.clone();
-    let tcd = TransformerConfig::builtin();
-    let specs = |own: &[FieldSpec], default: &[FieldSpec]| -> Vec<FieldSpec> {
-        let mut v = default.to_vec();
-        for fs in own {
-            if !v.contains(fs) {
-                v.push(fs.clone());
-            }
-        }
-        fieldspec::drop_shadowed(&mut v);
-        v
-    };
     if !k.patches_strategic_merge.is_empty() {
         let mut patches = Vec::new();
         for entry in &k.patches_strategic_merge {
@@ -1039,7 +1050,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         transform::namespace(
             &mut acc.res,
             &k.namespace,
-            &specs(&tc.name_space, &tcd.name_space),
+            &tc.name_space,
             false,
             "defaultOnly",
         )
@@ -1047,62 +1058,41 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         t.note_transformer(acc, "NamespaceTransformer");
     }
     if !k.name_prefix.is_empty() {
-        transform::prefix_suffix(
-            &mut acc.res,
-            &k.name_prefix,
-            "",
-            &specs(&tc.name_prefix, &tcd.name_prefix),
-        )
-        .map_err(|m| t.err("namePrefix", m))?;
+        transform::prefix_suffix(&mut acc.res, &k.name_prefix, "", &tc.name_prefix)
+            .map_err(|m| t.err("namePrefix", m))?;
         t.note_transformer(acc, "PrefixTransformer");
     }
     if !k.name_suffix.is_empty() {
-        transform::prefix_suffix(
-            &mut acc.res,
-            "",
-            &k.name_suffix,
-            &specs(&tc.name_suffix, &tcd.name_suffix),
-        )
-        .map_err(|m| t.err("nameSuffix", m))?;
+        transform::prefix_suffix(&mut acc.res, "", &k.name_suffix, &tc.name_suffix)
+            .map_err(|m| t.err("nameSuffix", m))?;
         t.note_transformer(acc, "SuffixTransformer");
     }
     for l in &k.labels {
+        // The specs merge as kustomize's label transformer merges them; a conflict is an error.
         let mut fss = l.fields.clone();
-        let mut add = |from: &[FieldSpec]| {
-            for f in from {
-                if !fss.contains(f) {
-                    fss.push(f.clone());
+        let mut add = |from: &[FieldSpec]| fieldspec::merge_all(&mut fss, from);
+        let merged = add(&tc.labels).and_then(|()| {
+            if l.include_selectors {
+                add(&tc.common_labels)
+            } else {
+                if l.include_templates {
+                    add(&tc.template_labels)?;
                 }
+                add(&[FieldSpec::new("", "metadata/labels", true)])
             }
-        };
-        add(&tc.labels);
-        if l.include_selectors {
-            add(&specs(&tc.common_labels, &tcd.common_labels));
-        } else {
-            if l.include_templates {
-                add(&specs(&tc.template_labels, &tcd.template_labels));
-            }
-            add(&[FieldSpec::new("", "metadata/labels", true)]);
-        }
+        });
+        merged.map_err(|m| t.err("labels", m))?;
         transform::set_map_entries(&mut acc.res, &l.pairs, &fss).map_err(|m| t.err("labels", m))?;
         t.note_transformer(acc, "LabelTransformer");
     }
     if !k.common_labels.is_empty() {
-        transform::set_map_entries(
-            &mut acc.res,
-            &k.common_labels,
-            &specs(&tc.common_labels, &tcd.common_labels),
-        )
-        .map_err(|m| t.err("commonLabels", m))?;
+        transform::set_map_entries(&mut acc.res, &k.common_labels, &tc.common_labels)
+            .map_err(|m| t.err("commonLabels", m))?;
         t.note_transformer(acc, "LabelTransformer");
     }
     if !k.common_annotations.is_empty() {
-        transform::set_map_entries(
-            &mut acc.res,
-            &k.common_annotations,
-            &specs(&tc.common_annotations, &tcd.common_annotations),
-        )
-        .map_err(|m| t.err("commonAnnotations", m))?;
+        transform::set_map_entries(&mut acc.res, &k.common_annotations, &tc.common_annotations)
+            .map_err(|m| t.err("commonAnnotations", m))?;
         t.note_transformer(acc, "AnnotationsTransformer");
     }
     for p in &k.patches_json6902 {
@@ -1114,13 +1104,11 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
             .map_err(|m| t.err("patchesJson6902", m))?;
         t.note_transformer(acc, "PatchJson6902Transformer");
     }
-    let replica_specs = specs(&tc.replicas, &tcd.replicas);
     for r in &k.replicas {
-        transform::replicas(&mut acc.res, r, &replica_specs).map_err(|m| t.err("replicas", m))?;
+        transform::replicas(&mut acc.res, r, &tc.replicas).map_err(|m| t.err("replicas", m))?;
         t.note_transformer(acc, "ReplicaCountTransformer");
     }
-    let image_specs = specs(&tc.images, &tcd.images);
-    transform::images(&mut acc.res, &k.images, &image_specs).map_err(|m| t.err("images", m))?;
+    transform::images(&mut acc.res, &k.images, &tc.images).map_err(|m| t.err("images", m))?;
     // kustomize runs one ImageTagTransformer per entry; each is noted.
     for _ in &k.images {
         t.note_transformer(acc, "ImageTagTransformer");

@@ -111,58 +111,129 @@ pub struct TransformerConfig {
     pub replicas: Vec<FieldSpec>,
 }
 
-fn push_unique(into: &mut Vec<FieldSpec>, from: &[FieldSpec]) {
-    for fs in from {
-        if !into.contains(fs) {
-            into.push(fs.clone());
+/// kustomize's `FsSlice.MergeOne`, for each of `incoming`: a spec is left out when one already
+/// there on the same path is of a kind it selects (a spec for all kinds after specific ones adds
+/// nothing), and it is an error when those two disagree on `create`. Together with the sorting
+/// below, this is how a `configurations:` spec for one kind narrows the default for all kinds.
+pub(crate) fn merge_all(into: &mut Vec<FieldSpec>, incoming: &[FieldSpec]) -> Result<(), String> {
+    for x in incoming {
+        match into
+            .iter()
+            .find(|s| s.path == x.path && x.selects(&s.gvk()))
+        {
+            Some(s) if s.create != x.create => {
+                return Err(format!(
+                    "conflicting fieldspecs: path '{}' for {} has create: {}, for {} create: {}",
+                    x.path,
+                    describe(&s.gvk()),
+                    s.create,
+                    describe(&x.gvk()),
+                    x.create
+                ));
+            }
+            Some(_) => {}
+            None => into.push(x.clone()),
         }
+    }
+    Ok(())
+}
+
+fn describe(gvk: &Gvk) -> String {
+    let gv = [gvk.group.as_str(), gvk.version.as_str()]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("/");
+    match (gvk.kind.as_str(), gv.as_str()) {
+        ("", "") => "every kind".into(),
+        ("", gv) => format!("every kind of {gv}"),
+        (kind, "") => format!("kind {kind}"),
+        (kind, gv) => format!("kind {kind} of {gv}"),
     }
 }
 
-/// kustomize narrows a field to the kinds a `configurations:` file names for it: a spec for
-/// every kind is dropped once a more specific spec for the same path is present (observed with
-/// kubectl kustomize 1.37: `namePrefix: [{path: metadata/name, kind: Deployment}]` prefixes
-/// only Deployments, in whichever order the two specs come).
-pub(crate) fn drop_shadowed(specs: &mut Vec<FieldSpec>) {
-    let shadowed: Vec<bool> = specs
-        .iter()
-        .map(|general| {
-            specs.iter().any(|specific| {
-                specific.path == general.path
-                    && specific.gvk() != general.gvk()
-                    && general.selects(&specific.gvk())
-            })
-        })
-        .collect();
-    let mut flags = shadowed.into_iter();
-    specs.retain(|_| !flags.next().unwrap_or(false));
+/// kustomize keeps every list of a configuration sorted by Gvk (stable here; Go's sort only
+/// reorders specs of the same Gvk, which does not change what they select).
+fn sort_specs(specs: &mut [FieldSpec]) {
+    specs.sort_by_cached_key(|fs| fs.gvk().order_key());
 }
 
 impl TransformerConfig {
-    /// Adds the specs of `other` that are not there yet; back references of the same kind merge.
-    pub fn merge(&mut self, other: &TransformerConfig) {
-        push_unique(&mut self.name_prefix, &other.name_prefix);
-        push_unique(&mut self.name_suffix, &other.name_suffix);
-        push_unique(&mut self.name_space, &other.name_space);
-        push_unique(&mut self.common_labels, &other.common_labels);
-        push_unique(&mut self.template_labels, &other.template_labels);
-        push_unique(&mut self.labels, &other.labels);
-        push_unique(&mut self.common_annotations, &other.common_annotations);
-        push_unique(&mut self.var_reference, &other.var_reference);
-        push_unique(&mut self.images, &other.images);
-        push_unique(&mut self.replicas, &other.replicas);
+    /// kustomize's `TransformerConfig.Merge`: `other`'s specs merge in field by field, back
+    /// references of the same kind merge their referrers, and every list ends sorted. The error
+    /// names the field whose specs conflict.
+    pub fn merge(&mut self, other: &TransformerConfig) -> Result<(), String> {
+        let mut other = other.clone();
+        other.sort();
+        let fields: [(&str, &mut Vec<FieldSpec>, &[FieldSpec]); 10] = [
+            ("namePrefix", &mut self.name_prefix, &other.name_prefix),
+            ("nameSuffix", &mut self.name_suffix, &other.name_suffix),
+            ("namespace", &mut self.name_space, &other.name_space),
+            (
+                "commonLabels",
+                &mut self.common_labels,
+                &other.common_labels,
+            ),
+            (
+                "templateLabels",
+                &mut self.template_labels,
+                &other.template_labels,
+            ),
+            ("labels", &mut self.labels, &other.labels),
+            (
+                "commonAnnotations",
+                &mut self.common_annotations,
+                &other.common_annotations,
+            ),
+            (
+                "varReference",
+                &mut self.var_reference,
+                &other.var_reference,
+            ),
+            ("images", &mut self.images, &other.images),
+            ("replicas", &mut self.replicas, &other.replicas),
+        ];
+        for (name, into, from) in fields {
+            merge_all(into, from).map_err(|e| format!("{name}: {e}"))?;
+        }
         for br in &other.name_reference {
             match self.name_reference.iter_mut().find(|b| b.gvk() == br.gvk()) {
-                Some(existing) => push_unique(&mut existing.referrers, &br.referrers),
+                Some(existing) => merge_all(&mut existing.referrers, &br.referrers)
+                    .map_err(|e| format!("nameReference: {e}"))?,
                 None => self.name_reference.push(br.clone()),
             }
         }
+        self.sort();
+        Ok(())
+    }
+
+    fn sort(&mut self) {
+        for list in [
+            &mut self.name_prefix,
+            &mut self.name_suffix,
+            &mut self.name_space,
+            &mut self.common_labels,
+            &mut self.template_labels,
+            &mut self.labels,
+            &mut self.common_annotations,
+            &mut self.var_reference,
+            &mut self.images,
+            &mut self.replicas,
+        ] {
+            sort_specs(list);
+        }
+        self.name_reference
+            .sort_by_cached_key(|br| br.gvk().order_key());
     }
 
     /// kustomize's built-in defaults.
     pub fn builtin() -> &'static TransformerConfig {
-        static CONFIG: std::sync::LazyLock<TransformerConfig> =
-            std::sync::LazyLock::new(build_defaults);
+        static CONFIG: std::sync::LazyLock<TransformerConfig> = std::sync::LazyLock::new(|| {
+            // Sorted, as kustomize sorts every configuration it reads.
+            let mut tc = build_defaults();
+            tc.sort();
+            tc
+        });
         &CONFIG
     }
 }

@@ -35,7 +35,68 @@ impl Gvk {
     pub fn is_cluster_scoped(&self) -> bool {
         is_cluster_scoped_kind(&self.kind)
     }
+
+    /// `group_version_kind` with kustomize's placeholders for empty parts, which sort after
+    /// every name.
+    pub fn sort_string(&self) -> String {
+        let or = |s: &str, d: &str| {
+            if s.is_empty() {
+                d.to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        format!(
+            "{}_{}_{}",
+            or(&self.group, "~G"),
+            or(&self.version, "~V"),
+            or(&self.kind, "~K")
+        )
+    }
+
+    /// kustomize's order of Gvks: the kind's rank (`ORDER_FIRST` before the rest, `ORDER_LAST`
+    /// after), then `sort_string`.
+    pub fn order_key(&self) -> (i64, String) {
+        let rank = match ORDER_FIRST.iter().position(|k| *k == self.kind) {
+            Some(i) => i as i64 - ORDER_FIRST.len() as i64,
+            None => ORDER_LAST
+                .iter()
+                .position(|k| *k == self.kind)
+                .map_or(0, |i| 1 + i as i64),
+        };
+        (rank, self.sort_string())
+    }
 }
+
+/// Kinds kustomize puts first, in this order, and last (`resid.Gvk.IsLessThan`, legacy sort).
+pub(crate) const ORDER_FIRST: &[&str] = &[
+    "Namespace",
+    "ResourceQuota",
+    "StorageClass",
+    "CustomResourceDefinition",
+    "ServiceAccount",
+    "PodSecurityPolicy",
+    "Role",
+    "ClusterRole",
+    "RoleBinding",
+    "ClusterRoleBinding",
+    "ConfigMap",
+    "Secret",
+    "Endpoints",
+    "Service",
+    "LimitRange",
+    "PriorityClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "Deployment",
+    "StatefulSet",
+    "CronJob",
+    "PodDisruptionBudget",
+];
+pub(crate) const ORDER_LAST: &[&str] = &[
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+];
 
 impl std::fmt::Display for Gvk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use super::fieldspec::{self, FieldSpec, NameBackRef, TransformerConfig, apply_specs};
 use super::kustomization::{Image, Replica};
-use super::resource::{Gvk, Resource};
+use super::resource::{Gvk, ORDER_FIRST, ORDER_LAST, Resource};
 
 pub fn namespace(
     list: &mut [Resource],
@@ -331,51 +331,6 @@ pub fn replicas(list: &mut [Resource], rep: &Replica, specs: &[FieldSpec]) -> Re
     Ok(())
 }
 
-const ORDER_FIRST: &[&str] = &[
-    "Namespace",
-    "ResourceQuota",
-    "StorageClass",
-    "CustomResourceDefinition",
-    "ServiceAccount",
-    "PodSecurityPolicy",
-    "Role",
-    "ClusterRole",
-    "RoleBinding",
-    "ClusterRoleBinding",
-    "ConfigMap",
-    "Secret",
-    "Endpoints",
-    "Service",
-    "LimitRange",
-    "PriorityClass",
-    "PersistentVolume",
-    "PersistentVolumeClaim",
-    "Deployment",
-    "StatefulSet",
-    "CronJob",
-    "PodDisruptionBudget",
-];
-const ORDER_LAST: &[&str] = &[
-    "MutatingWebhookConfiguration",
-    "ValidatingWebhookConfiguration",
-];
-
-fn gvk_sort_string(g: &Gvk) -> String {
-    let or = |s: &str, d: &str| {
-        if s.is_empty() {
-            d.to_owned()
-        } else {
-            s.to_owned()
-        }
-    };
-    format!(
-        "{}_{}_{}",
-        or(&g.group, "~G"),
-        or(&g.version, "~V"),
-        or(&g.kind, "~K")
-    )
-}
-
 /// kustomize's default order: by kind rank, then group/version/kind, then namespace and name.
 pub fn legacy_sort(list: &mut Vec<Resource>, first: &[String], last: &[String]) {
     let mut rank: HashMap<&str, i64> = HashMap::new();
@@ -398,7 +353,7 @@ pub fn legacy_sort(list: &mut Vec<Resource>, first: &[String], last: &[String]) 
         .into_iter()
         .map(|r| {
             let id = r.cur_id();
-            let gvk_s = gvk_sort_string(&id.gvk);
+            let gvk_s = id.gvk.sort_string();
             let ns = if id.namespace.is_empty() {
                 "~X"
             } else {

@@ -196,6 +196,11 @@ fn configurations_narrow_a_field_to_the_kinds_they_name_as_kubectl_does() {
         "namePrefix:\n- path: metadata/name\n  kind: Deployment\n- path: metadata/name\n",
         "namePrefix:\n- path: metadata/name\n- path: metadata/name\n  kind: Deployment\n",
         "namePrefix:\n- path: spec/foo\n",
+        // Webhook kinds sort after the spec for every kind, so that one stays: kubectl prefixes
+        // the webhook twice.
+        "namePrefix:\n- path: metadata/name\n  kind: ValidatingWebhookConfiguration\n",
+        // A spec for every kind on a path the defaults hold for Services adds nothing.
+        "commonLabels:\n- path: spec/selector\n  create: true\n",
     ];
     for config in configs {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -204,7 +209,7 @@ fn configurations_narrow_a_field_to_the_kinds_they_name_as_kubectl_does() {
         };
         write(
             "r.yaml",
-            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\n",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  selector:\n    app: s\n---\napiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\nspec:\n  selector:\n    a: b\n---\napiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingWebhookConfiguration\nmetadata:\n  name: hook\nwebhooks: []\n",
         );
         write(
             "kustomization.yaml",
@@ -213,4 +218,35 @@ fn configurations_narrow_a_field_to_the_kinds_they_name_as_kubectl_does() {
         write("c.yaml", config);
         assert_same_as_kubectl(dir.path(), "");
     }
+}
+
+#[test]
+fn a_base_narrowing_a_field_narrows_it_for_the_overlays_above_it_as_kubectl_does() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    };
+    write(
+        "base/r.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d\n",
+    );
+    write(
+        "base/kustomization.yaml",
+        "resources:\n- r.yaml\nconfigurations:\n- c.yaml\n",
+    );
+    write(
+        "base/c.yaml",
+        "namePrefix:\n- path: metadata/name\n  kind: Deployment\n",
+    );
+    write(
+        "overlay/kustomization.yaml",
+        "resources:\n- ../base\nnamePrefix: o-\nnameSuffix: -s\nconfigurations:\n- c.yaml\n",
+    );
+    write(
+        "overlay/c.yaml",
+        "nameSuffix:\n- path: metadata/name\n  kind: ConfigMap\n",
+    );
+    assert_same_as_kubectl(dir.path(), "overlay");
 }

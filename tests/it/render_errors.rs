@@ -280,3 +280,29 @@ fn the_cli_prints_no_objects_when_the_render_fails() {
         "{stderr}"
     );
 }
+
+#[test]
+fn configurations_that_disagree_on_create_for_one_field_are_refused() {
+    // The default commonLabels spec for every kind creates metadata/labels; this one does not.
+    assert_refused(
+        &[
+            (
+                "app/overlay/kustomization.yaml",
+                "resources:\n- cm.yaml\ncommonLabels:\n  team: x\nconfigurations:\n- labels.yaml\n",
+            ),
+            ("app/overlay/cm.yaml", CONFIG_MAP),
+            (
+                "app/overlay/labels.yaml",
+                "commonLabels:\n- path: metadata/labels\n  kind: ConfigMap\n  create: false\n",
+            ),
+        ],
+        &[
+            "app/overlay/kustomization.yaml",
+            "configurations",
+            "commonLabels",
+            "conflicting fieldspecs",
+            "metadata/labels",
+            "kind ConfigMap",
+        ],
+    );
+}
