@@ -1,7 +1,7 @@
 //! Side by side: `stagehand render`, the in-process `render::render` call and
-//! `kubectl kustomize` on the same generated input, at 500, 2,000 and 8,000 resources: the bare
-//! base, the base with only `namespace` set, and a full overlay (namespace, namePrefix, labels
-//! with selectors, a JSON6902 patch on every Deployment, 100 `images` entries, a
+//! `kubectl kustomize` on the same generated input, at 500, 2,000, 8,000 and 32,000 resources:
+//! the bare base, the base with only `namespace` set, and a full overlay (namespace, namePrefix,
+//! labels with selectors, a JSON6902 patch on every Deployment, 100 `images` entries, a
 //! configMapGenerator, a component). Every kubectl output is compared with ours byte for byte.
 //!
 //! Run with `cargo bench --bench render`. `STAGEHAND_KUBECTL` (or the recorded tool path in
@@ -214,7 +214,8 @@ fn main() {
         "{:>6} {:<16} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8}",
         "n", "input", "kubectl ms", "cli ms", "lib ms", "cli x", "lib x", "out KiB"
     );
-    for n in [500usize, 2000, 8000] {
+    let mut overlay_lib_ms = Vec::new();
+    for n in [500usize, 2000, 8000, 32000] {
         let dir = tempfile::tempdir().expect("temp dir");
         generate(dir.path(), n);
         for (label, input) in [
@@ -248,6 +249,9 @@ fn main() {
                 );
                 took
             });
+            if input == "overlays/prod" {
+                overlay_lib_ms.push(ms(lib));
+            }
             let ratio = |d: Duration| {
                 kube.map(|k| format!("{:.0}x", k.as_secs_f64() / d.as_secs_f64()))
                     .unwrap_or_else(|| "-".into())
@@ -276,4 +280,12 @@ fn main() {
             theirs_rss.map_or("-".into(), |v| v.to_string())
         );
     }
+    let growth: Vec<String> = overlay_lib_ms
+        .windows(2)
+        .map(|w| format!("x{:.1}", w[1] / w[0]))
+        .collect();
+    println!(
+        "in-process full overlay, growth per 4x resources (500 -> 32,000): {}",
+        growth.join(", ")
+    );
 }
