@@ -11,6 +11,7 @@ use super::fs::{self, EntryKind, FileSystem};
 use super::kustomization::{self as kz, Kustomization};
 use super::openapi::Schema;
 use super::resource::Resource;
+use super::yaml::Repeats;
 use super::{
     LoadRestrictor, Object, Options, Order, generate, nameref, patch, replace, transform, yaml,
 };
@@ -520,7 +521,7 @@ fn parse_resources(
     bytes: &[u8],
 ) -> Result<Vec<Resource>, Error> {
     let text = String::from_utf8_lossy(bytes);
-    let docs = yaml::parse_documents(&text).map_err(|source| Error::Parse {
+    let docs = yaml::documents(&text, Repeats::Refuse).map_err(|source| Error::Parse {
         file: t.file.clone(),
         field,
         path: path.to_owned(),
@@ -1011,12 +1012,13 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
                 let bytes = t.read(ctx, "patchesStrategicMerge", entry)?;
                 (String::from_utf8_lossy(&bytes).into_owned(), entry.clone())
             };
-            let docs = yaml::parse_documents(&text).map_err(|source| Error::Parse {
-                file: t.file.clone(),
-                field: "patchesStrategicMerge",
-                path: src.clone(),
-                source,
-            })?;
+            let docs =
+                yaml::documents(&text, Repeats::KeepFirst).map_err(|source| Error::Parse {
+                    file: t.file.clone(),
+                    field: "patchesStrategicMerge",
+                    path: src.clone(),
+                    source,
+                })?;
             if docs.is_empty() {
                 return Err(t.err(
                     "patchesStrategicMerge",
@@ -1292,13 +1294,15 @@ fn run_builtin_transformer(
                 for p in paths.iter().filter_map(Value::as_str) {
                     let bytes = t.read(ctx, F, p)?;
                     patches.extend(
-                        yaml::parse_documents(&String::from_utf8_lossy(&bytes))
+                        yaml::documents(&String::from_utf8_lossy(&bytes), Repeats::KeepFirst)
                             .map_err(|x| e(x.to_string()))?,
                     );
                 }
             }
             if let Some(Value::String(inline)) = c.get("patches") {
-                patches.extend(yaml::parse_documents(inline).map_err(|x| e(x.to_string()))?);
+                patches.extend(
+                    yaml::documents(inline, Repeats::KeepFirst).map_err(|x| e(x.to_string()))?,
+                );
             }
             patch::strategic_merge_all(&mut acc.res, &patches, ctx.schema.borrow().as_deref())
                 .map_err(e)

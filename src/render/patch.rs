@@ -189,7 +189,8 @@ pub fn apply_patch(
     options: &BTreeMap<String, bool>,
     schema: Option<&Schema>,
 ) -> Result<(), String> {
-    let docs = super::yaml::parse_documents(text).map_err(|e| format!("patch: {e}"))?;
+    let docs = super::yaml::documents(text, super::yaml::Repeats::KeepFirst)
+        .map_err(|e| format!("patch: {e}"))?;
     // An empty patch file (or one of only comments) changes nothing.
     if docs.is_empty() {
         return Ok(());

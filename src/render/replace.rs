@@ -90,15 +90,16 @@ fn scalar_string(v: &Value) -> String {
     }
 }
 
-/// Calls `f` on every node at `segs`; with `create`, missing maps and the last field are made.
+/// Calls `f` on every node at `segs`, telling it whether the node was just made; with `create`,
+/// missing maps and the last field are made.
 fn visit_mut(
     v: &mut Value,
     segs: &[String],
     create: bool,
-    f: &mut dyn FnMut(&mut Value) -> Result<(), String>,
+    f: &mut dyn FnMut(&mut Value, bool) -> Result<(), String>,
 ) -> Result<bool, String> {
     let Some((first, rest)) = segs.split_first() else {
-        f(v)?;
+        f(v, false)?;
         return Ok(true);
     };
     match (step(first), v) {
@@ -112,7 +113,10 @@ fn visit_mut(
                         Value::Array(Vec::new())
                     }
                     Some(_) => Value::Object(Map::new()),
-                    None => Value::Null,
+                    None => {
+                        f(m.entry(k.to_owned()).or_insert(Value::Null), true)?;
+                        return Ok(true);
+                    }
                 };
                 m.insert(k.to_owned(), fresh);
             }
@@ -268,24 +272,35 @@ pub fn replacements(list: &mut [Resource], replacements: &[Value]) -> Result<(),
                 }
                 let mut obj = Value::Object(std::mem::take(&mut r.obj));
                 let mut result = Ok(());
+                let id = r.cur_id();
                 for p in &paths {
-                    let mut set = |node: &mut Value| -> Result<(), String> {
-                        if o.delimiter.is_empty() {
-                            *node = value.clone();
-                            return Ok(());
-                        }
-                        let cur = scalar_string(node);
-                        let mut parts: Vec<String> =
-                            cur.split(o.delimiter.as_str()).map(str::to_owned).collect();
-                        let new = scalar_string(&value);
-                        if o.index < 0 {
-                            parts.insert(0, new);
-                        } else if (o.index as usize) >= parts.len() {
-                            parts.push(new);
+                    let mut set = |node: &mut Value, created: bool| -> Result<(), String> {
+                        let text = if o.delimiter.is_empty() {
+                            if !is_scalar(&value) || !(created || is_scalar(node)) {
+                                *node = value.clone();
+                                return Ok(());
+                            }
+                            scalar_string(&value)
                         } else {
-                            parts[o.index as usize] = new;
-                        }
-                        *node = Value::String(parts.join(&o.delimiter));
+                            let cur = if created {
+                                String::new()
+                            } else {
+                                scalar_string(node)
+                            };
+                            let mut parts: Vec<String> =
+                                cur.split(o.delimiter.as_str()).map(str::to_owned).collect();
+                            let new = scalar_string(&value);
+                            if o.index < 0 {
+                                parts.insert(0, new);
+                            } else if (o.index as usize) >= parts.len() {
+                                parts.push(new);
+                            } else {
+                                parts[o.index as usize] = new;
+                            }
+                            parts.join(&o.delimiter)
+                        };
+                        *node = typed_as(&text, (!created).then_some(&*node))
+                            .map_err(|m| format!("{p} of {id}: {m}"))?;
                         Ok(())
                     };
                     match visit_mut(&mut obj, &split_path(p), o.create, &mut set) {
@@ -307,6 +322,35 @@ pub fn replacements(list: &mut [Resource], replacements: &[Value]) -> Result<(),
         }
     }
     Ok(())
+}
+
+fn is_scalar(v: &Value) -> bool {
+    !matches!(v, Value::Object(_) | Value::Array(_))
+}
+
+/// The value a scalar field holds once `text` is copied into it. kustomize copies only the text
+/// into a scalar node, which keeps its type: a string field stays a string, a number field must
+/// get a number, a field just made has no type yet and reads `text` as a plain scalar.
+fn typed_as(text: &str, field: Option<&Value>) -> Result<Value, String> {
+    let read = || super::yaml::plain(text);
+    let (ok, kind) = match field {
+        None => return read(),
+        Some(Value::String(_)) => return Ok(Value::String(text.to_owned())),
+        Some(Value::Number(n)) if n.is_f64() => (read()?.is_number(), "number"),
+        Some(Value::Number(_)) => {
+            let v = read()?;
+            (v.is_i64() || v.is_u64(), "integer")
+        }
+        Some(Value::Bool(_)) => (read()?.is_boolean(), "boolean"),
+        Some(_) => (read()?.is_null(), "null"),
+    };
+    if ok {
+        read()
+    } else {
+        Err(format!(
+            "the field is a {kind} and `{text}` is not (kustomize keeps the type of a field it replaces into)"
+        ))
+    }
 }
 
 /// Replaces `$(NAME)` in every var-reference field with the value each var points at.

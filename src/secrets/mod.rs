@@ -38,7 +38,7 @@ mod metadata;
 mod time;
 mod value;
 mod walk;
-mod yaml;
+pub(crate) mod yaml;
 
 use std::fmt;
 use std::path::Path;

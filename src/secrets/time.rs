@@ -83,7 +83,8 @@ fn parse(s: &str, strict: bool) -> Option<Parts> {
         return rest.is_empty().then_some(parts);
     }
     parts.offset = Some(match rest {
-        "Z" | "z" if !strict || rest == "Z" => 0,
+        // Go's time.Parse takes only an upper-case Z for UTC.
+        "Z" => 0,
         _ => {
             let sign = match rest.as_bytes().first()? {
                 b'+' => 1,

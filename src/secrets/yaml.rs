@@ -249,54 +249,71 @@ impl Reader<'_> {
     }
 }
 
+/// What go-yaml v3 makes of a plain scalar (render prints resources through the same reading).
+pub(crate) enum Plain {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// Fits only an unsigned 64-bit integer.
+    Uint(u64),
+    Float(f64),
+    /// A timestamp, as Go's `time.Time.MarshalText` writes it.
+    Time(String),
+    Str,
+}
+
 /// go-yaml v3's resolution of a plain scalar.
-pub fn resolve_plain(s: &str) -> Value {
+pub(crate) fn resolve(s: &str) -> Plain {
     match s {
-        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
-        "true" | "True" | "TRUE" => return Value::Bool(true),
-        "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+        "" | "~" | "null" | "Null" | "NULL" => return Plain::Null,
+        "true" | "True" | "TRUE" => return Plain::Bool(true),
+        "false" | "False" | "FALSE" => return Plain::Bool(false),
+        ".nan" | ".NaN" | ".NAN" => return Plain::Float(f64::NAN),
         ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
-            return Value::Float(f64::INFINITY);
+            return Plain::Float(f64::INFINITY);
         }
-        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return Plain::Float(f64::NEG_INFINITY),
         _ => {}
     }
+    // Go's ParseFloat refuses what overflows (go-yaml then keeps the text); Rust's gives infinity.
+    let finite = |f: f64| f.is_finite().then_some(Plain::Float(f));
     let first = s.as_bytes()[0];
     if first == b'.' {
-        return s
-            .parse::<f64>()
-            .map_or_else(|_| Value::str(s), Value::Float);
+        return s.parse::<f64>().ok().and_then(finite).unwrap_or(Plain::Str);
     }
     if !(first.is_ascii_digit() || first == b'+' || first == b'-') {
-        return Value::str(s);
+        return Plain::Str;
     }
     if let Some(t) = time::from_yaml(s) {
-        return Value::Time(zeroize::Zeroizing::new(t));
+        return Plain::Time(t);
     }
     let plain = s.replace('_', "");
     if let Some(i) = parse_go_int_base0(&plain) {
-        return match i {
-            GoInt::Signed(i) => Value::Int(i),
-            GoInt::Unsigned => Value::str(s),
-        };
+        return i;
     }
     if is_yaml_style_float(&plain)
-        && let Ok(f) = plain.parse::<f64>()
+        && let Some(f) = plain.parse::<f64>().ok().and_then(finite)
     {
-        return Value::Float(f);
+        return f;
     }
-    Value::str(s)
+    Plain::Str
 }
 
-enum GoInt {
-    Signed(i64),
-    /// Fits only an unsigned 64-bit integer; go-yaml yields `uint64`, which sops cannot walk.
-    Unsigned,
+/// go-yaml v3's resolution of a plain scalar, as sops reads it: sops cannot walk a `uint64`, so
+/// such a number stays text.
+pub fn resolve_plain(s: &str) -> Value {
+    match resolve(s) {
+        Plain::Null => Value::Null,
+        Plain::Bool(b) => Value::Bool(b),
+        Plain::Int(i) => Value::Int(i),
+        Plain::Float(f) => Value::Float(f),
+        Plain::Time(t) => Value::Time(zeroize::Zeroizing::new(t)),
+        Plain::Uint(_) | Plain::Str => Value::str(s),
+    }
 }
 
 /// `strconv.ParseInt(s, 0, 64)`, falling back to `ParseUint`.
-fn parse_go_int_base0(s: &str) -> Option<GoInt> {
+fn parse_go_int_base0(s: &str) -> Option<Plain> {
     let (neg, body) = match s.as_bytes().first()? {
         b'-' => (true, &s[1..]),
         b'+' => (false, &s[1..]),
@@ -320,14 +337,14 @@ fn parse_go_int_base0(s: &str) -> Option<GoInt> {
     let magnitude = u128::from_str_radix(digits, radix).ok()?;
     if neg {
         if magnitude <= 1u128 << 63 {
-            return Some(GoInt::Signed((magnitude as i128).wrapping_neg() as i64));
+            return Some(Plain::Int((magnitude as i128).wrapping_neg() as i64));
         }
         return None;
     }
     if magnitude <= i64::MAX as u128 {
-        Some(GoInt::Signed(magnitude as i64))
+        Some(Plain::Int(magnitude as i64))
     } else if magnitude <= u64::MAX as u128 {
-        Some(GoInt::Unsigned)
+        Some(Plain::Uint(magnitude as u64))
     } else {
         None
     }
@@ -864,6 +881,13 @@ mod tests {
             Value::Float(1.2345678901234568e29)
         );
         assert!(matches!(resolve_plain("2024-01-02"), Value::Time(_)));
+        // Go's time.Parse wants an upper-case Z; its ParseFloat refuses an overflow.
+        assert_eq!(
+            resolve_plain("2024-01-01t10:00:00z"),
+            Value::str("2024-01-01t10:00:00z")
+        );
+        assert_eq!(resolve_plain("1e400"), Value::str("1e400"));
+        assert_eq!(resolve_plain(".5e400"), Value::str(".5e400"));
         assert_eq!(resolve_plain("1.2.3"), Value::str("1.2.3"));
         assert!(is_base60_float("12:30"));
         assert!(is_base60_float("-1:20:30.5"));

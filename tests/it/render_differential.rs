@@ -5,7 +5,7 @@ use std::path::Path;
 
 use stagehand::render::{self, Options, fs::DiskFs};
 
-use crate::support::{kubectl_kustomize, yaml_documents};
+use crate::support::{Tool, kubectl_kustomize, tool, yaml_documents};
 
 fn assert_same_as_kubectl(root: &Path, dir: &str) {
     let expected = yaml_documents(&kubectl_kustomize(&root.join(dir)));
@@ -249,4 +249,183 @@ fn a_base_narrowing_a_field_narrows_it_for_the_overlays_above_it_as_kubectl_does
         "nameSuffix:\n- path: metadata/name\n  kind: ConfigMap\n",
     );
     assert_same_as_kubectl(dir.path(), "overlay");
+}
+
+/// Plain scalars are read as kustomize's YAML library reads them (`1.0` and `1_000` numbers,
+/// `0777` octal, dates as RFC 3339 text, `1e400` text) and numbers printed as it prints them;
+/// merge keys merge, anchors repeat, tags decide. Compared byte for byte.
+#[test]
+fn plain_scalars_merge_keys_and_tags_read_as_kubectl_reads_them() {
+    let values = [
+        "2024-01-01",
+        "2024-1-1",
+        "2024-01-01T10:00:00Z",
+        "2024-13-01",
+        "2024-02-30",
+        "2024-01-01 10:00:00",
+        "2024-1-1T1:2:3.5+01:00",
+        "2024-01-01T10:00:00",
+        "2024-01-01t10:00:00z",
+        "20240101",
+        "0b101",
+        "0B11",
+        "-0b11",
+        "1_000",
+        "0o17",
+        "0777",
+        "08",
+        "09.5",
+        ".5",
+        "._5",
+        "-.5",
+        "+.5",
+        "1e3",
+        "1e400",
+        "1e-400",
+        ".5e400",
+        "1e",
+        "0x_1F",
+        "1:20",
+        "1:20.5",
+        "-1:20",
+        "1.2.3",
+        "+12",
+        "9223372036854775807",
+        "9223372036854775808",
+        "-9223372036854775808",
+        "-9223372036854775809",
+        "18446744073709551615",
+        "18446744073709551616",
+        "=",
+        "y",
+        "Off",
+        "~",
+        "null",
+        "NULL",
+        "True",
+        "FALSE",
+        "yes",
+        "-x",
+        ":x",
+        "---x",
+        "1.0",
+        "1000.0",
+        "1234567.5",
+        "123456.5",
+        "0.00001",
+        "0.0001",
+        "1e20",
+        "1e21",
+        "-0.0",
+        "6.02e23",
+        "0x1p-2",
+        "0X1F",
+        "-0x1F",
+        "+0o7",
+        "0b",
+        "0x",
+        "1__0",
+        "_1",
+        "12345678901234567890.0",
+        "9.3e18",
+        "2.5e-5",
+    ];
+    let mut doc = String::from(
+        "apiVersion: example.com/v1\nkind: Values\nmetadata:\n  name: v\nbase: &b\n  a: 1\n  b: 2\nother: &o\n  b: 20\n  c: 30\nspec:\n  m1:\n    <<: *b\n    a: 10\n  m2:\n    a: 10\n    <<: [*b, *o]\n  t1: !!str 123\n  t2: !custom 123\n  t3: !!float 3\n  t4: !!int \"7\"\n  t5: !custom [1, 2]\n  quoted: \"<<\"\n",
+    );
+    for (i, v) in values.iter().enumerate() {
+        doc.push_str(&format!("  v{i}: {v}\n"));
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("r.yaml"), doc).expect("write");
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        "resources:\n- r.yaml\n",
+    )
+    .expect("write");
+    let theirs = kubectl_kustomize(dir.path());
+    let fs = DiskFs::new(dir.path()).expect("root exists");
+    let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
+    for (i, (a, b)) in ours.lines().zip(theirs.lines()).enumerate() {
+        assert_eq!(a, b, "line {} differs", i + 1);
+    }
+    assert_eq!(ours, theirs);
+}
+
+/// A replacement copies the text of a scalar into a scalar field, which keeps its type, as
+/// kubectl does: every source against every kind of field either renders the same or is refused
+/// by both; a field the replacement creates reads the text as a plain scalar.
+#[test]
+fn replacements_keep_the_type_of_the_field_they_fill_as_kubectl_does() {
+    let sources = [
+        "\"9090\"", "abc", "\"true\"", "\"1.5\"", "\"\"", "\"null\"", "80",
+    ];
+    let fields = [
+        "plain: old",
+        "quoted: \"old\"",
+        "int: 80",
+        "bool: true",
+        "nothing: null",
+        "empty:",
+        "float: 1.5",
+    ];
+    let oracle = tool(Tool::Kubectl);
+    let mut compared = 0;
+    for (si, source) in sources.iter().enumerate() {
+        for field in fields {
+            let name = field.split(':').next().expect("a key");
+            let dir = tempfile::tempdir().expect("temp dir");
+            let resources = format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: src\ndata:\n  value: {source}\n---\napiVersion: example.com/v1\nkind: T\nmetadata:\n  name: t\nspec:\n  {field}\n"
+            );
+            let kustomization = format!(
+                "resources:\n- r.yaml\nreplacements:\n- source:\n    kind: ConfigMap\n    fieldPath: data.value\n  targets:\n  - select:\n      kind: T\n    fieldPaths:\n    - spec.{name}\n    - spec.made.s{si}\n    options:\n      create: true\n"
+            );
+            std::fs::write(dir.path().join("r.yaml"), resources).expect("write");
+            std::fs::write(dir.path().join("kustomization.yaml"), kustomization).expect("write");
+            let out = std::process::Command::new(&oracle)
+                .arg("kustomize")
+                .arg(dir.path())
+                .output()
+                .expect("kubectl runs");
+            let fs = DiskFs::new(dir.path()).expect("root exists");
+            let ours = render::render(&fs, "", &Options::default()).map(|o| render::to_yaml(&o));
+            match (out.status.success(), ours) {
+                (true, Ok(ours)) => {
+                    assert_eq!(
+                        ours,
+                        String::from_utf8_lossy(&out.stdout),
+                        "{source} into {field}"
+                    );
+                    compared += 1;
+                }
+                (false, Err(_)) => {}
+                (theirs, ours) => {
+                    panic!("{source} into {field}: kubectl succeeded: {theirs}, we: {ours:?}")
+                }
+            }
+        }
+    }
+    assert!(
+        compared >= 15,
+        "too few cases rendered to compare: {compared}"
+    );
+}
+
+/// Repeated keys mean what kustomize makes of them in each kind of file: the last one counts
+/// in a kustomization, the first one in a strategic merge patch.
+#[test]
+fn repeated_keys_in_a_kustomization_and_a_patch_count_as_kubectl_counts_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  a: \"1\"\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        "resources:\n- r.yaml\nnamePrefix: first-\nnamePrefix: last-\npatches:\n- patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata:\n      name: x\n    data:\n      b: first\n      b: last\n",
+    )
+    .expect("write");
+    assert_same_as_kubectl(dir.path(), "");
 }

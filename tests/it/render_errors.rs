@@ -306,3 +306,42 @@ fn configurations_that_disagree_on_create_for_one_field_are_refused() {
         ],
     );
 }
+
+#[test]
+fn a_resource_with_a_repeated_key_is_refused_with_both_lines() {
+    assert_refused(
+        &[
+            ("app/overlay/kustomization.yaml", "resources:\n- cm.yaml\n"),
+            (
+                "app/overlay/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  a: \"1\"\n  a: \"2\"\n",
+            ),
+        ],
+        &[
+            "app/overlay/kustomization.yaml",
+            "resources",
+            "cm.yaml",
+            "line 7",
+            "\"a\" already defined at line 6",
+        ],
+    );
+}
+
+#[test]
+fn a_map_key_that_is_not_text_is_refused() {
+    assert_refused(
+        &[
+            ("app/overlay/kustomization.yaml", "resources:\n- cm.yaml\n"),
+            (
+                "app/overlay/cm.yaml",
+                "apiVersion: example.com/v1\nkind: T\nmetadata:\n  name: x\nspec:\n  8080: http\n",
+            ),
+        ],
+        &[
+            "app/overlay/kustomization.yaml",
+            "cm.yaml",
+            "line 6",
+            "8080",
+        ],
+    );
+}

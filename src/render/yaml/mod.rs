@@ -1,10 +1,13 @@
-//! Reading YAML streams into JSON-shaped values and printing them back the way kustomize does
-//! (map keys sorted, sequences flush with their parent key, literal blocks for multi-line text).
+//! YAML as kustomize reads it (`read`) and prints it: map keys sorted, sequences flush with their
+//! parent key, literal blocks for multi-line text.
+
+mod read;
 
 use std::fmt::Write as _;
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
+
+pub use read::{Repeats, documents, plain};
 
 #[derive(Debug, thiserror::Error)]
 #[error("document {index}: {message}")]
@@ -14,101 +17,9 @@ pub struct ParseError {
     pub message: String,
 }
 
-/// Every non-empty document of a YAML stream, in order.
+/// Every non-empty document of a YAML stream, in order; a repeated key keeps its last value.
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, ParseError> {
-    let mut out = Vec::new();
-    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-        let Loose(value) = Loose::deserialize(doc).map_err(|e| ParseError {
-            index: i + 1,
-            message: e.to_string(),
-        })?;
-        if !value.is_null() {
-            out.push(value);
-        }
-    }
-    Ok(out)
-}
-
-/// A YAML node read as JSON: a repeated map key keeps its last value (as kustomize's JSON
-/// round trip does), non-string keys become their text, and custom tags are dropped.
-struct Loose(Value);
-
-impl<'de> Deserialize<'de> for Loose {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(LooseVisitor).map(Loose)
-    }
-}
-
-/// A map key of any scalar type, as text.
-struct Key(String);
-
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let Loose(v) = Loose::deserialize(d)?;
-        Ok(Key(match v {
-            Value::String(s) => s,
-            Value::Null => "null".to_owned(),
-            other => other.to_string(),
-        }))
-    }
-}
-
-struct LooseVisitor;
-
-impl<'de> serde::de::Visitor<'de> for LooseVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any YAML value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v)
-            .map(Value::Number)
-            .unwrap_or_else(|| Value::String(v.to_string())))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        Loose::deserialize(d).map(|l| l.0)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(Loose(v)) = seq.next_element()? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = Map::new();
-        while let Some((Key(k), Loose(v))) = map.next_entry()? {
-            out.insert(k, v);
-        }
-        Ok(Value::Object(out))
-    }
-    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Value, A::Error> {
-        use serde::de::VariantAccess;
-        let (_tag, variant): (Key, _) = data.variant()?;
-        variant.newtype_variant::<Loose>().map(|l| l.0)
-    }
+    read::documents(text, Repeats::KeepLast)
 }
 
 /// One document as kustomize prints it (without the `---` separator).
@@ -202,13 +113,50 @@ fn write_scalar(out: &mut String, v: &Value, col: usize, ind: usize) {
     match v {
         Value::Null => out.push_str("null"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::Number(n) => out.push_str(&number_text(n)),
         Value::String(s) => {
             write_string(out, s, col, ind, false);
         }
         Value::Object(_) => out.push_str("{}"),
         Value::Array(_) => out.push_str("[]"),
     }
+}
+
+/// A number as kustomize prints it: Go's JSON encoder writes a float, go-yaml v2 reads that text
+/// back (an integral float becomes an integer when it fits 64 bits) and prints floats with
+/// `strconv.FormatFloat(f, 'g', -1, 64)`.
+fn number_text(n: &serde_json::Number) -> String {
+    let Some(f) = n.as_f64().filter(|_| n.is_f64()) else {
+        return n.to_string();
+    };
+    if f.fract() == 0.0 && f.abs() < 1e21 {
+        // Display prints the shortest digits without an exponent, as Go's JSON encoder does here.
+        let text = format!("{f}");
+        if let Ok(i) = text.parse::<i64>() {
+            return i.to_string();
+        }
+        if let Ok(u) = text.parse::<u64>() {
+            return u.to_string();
+        }
+    }
+    go_format_g(f)
+}
+
+/// `strconv.FormatFloat(f, 'g', -1, 64)`: the shortest digits; in exponent form (two digits at
+/// least) when the decimal exponent is below -4 or 6 and above, the limits Go uses for the
+/// shortest precision.
+fn go_format_g(f: f64) -> String {
+    let sci = format!("{f:e}");
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} writes an exponent");
+    let exp: i32 = exp.parse().expect("{:e} writes a decimal exponent");
+    if !(-4..6).contains(&exp) {
+        return format!(
+            "{mantissa}e{}{:02}",
+            if exp < 0 { '-' } else { '+' },
+            exp.abs()
+        );
+    }
+    format!("{f}")
 }
 
 #[derive(PartialEq, Eq, Clone, Copy)]

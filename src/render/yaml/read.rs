@@ -1,0 +1,286 @@
+//! Reading YAML streams into JSON-shaped values as kustomize reads them: go-yaml v3 decides what
+//! a plain scalar is (`1.0` a number, `0777` octal, `2024-01-02` a timestamp printed as RFC 3339,
+//! `1_000` a thousand), merge keys (`<<`) merge, a custom tag leaves its scalar text, and a map
+//! key must be text. Repeated keys are handled as the kustomize reader of each kind of file does
+//! ([`Repeats`]).
+
+use std::collections::HashMap;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span, Tag};
+use serde_json::{Map, Number, Value};
+
+use crate::secrets::yaml::{Plain, resolve};
+
+use super::ParseError;
+
+/// What a repeated key in one mapping means.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Repeats {
+    /// An error, as kustomize's resource reader reports it.
+    Refuse,
+    /// The last one counts: files kustomize reads through a JSON conversion (kustomizations,
+    /// configurations, replacements, JSON patches).
+    KeepLast,
+    /// The first one counts: strategic merge patches, whose fields kustomize looks up by name.
+    KeepFirst,
+}
+
+/// A scalar as written, for map keys and for the type checks of explicit tags.
+#[derive(Clone)]
+struct Node {
+    value: Value,
+    /// The text of a scalar; `None` for a mapping or a sequence.
+    text: Option<String>,
+    /// A plain, untagged `<<`: go-yaml's merge key.
+    merge: bool,
+}
+
+/// A map key waiting for its value.
+struct Key {
+    text: String,
+    line: usize,
+    merge: bool,
+}
+
+enum Frame {
+    Map {
+        map: Map<String, Value>,
+        /// Line of each key, to name the first when a key repeats.
+        lines: HashMap<String, usize>,
+        key: Option<Key>,
+        /// Values of `<<` keys, merged in when the mapping ends.
+        merges: Vec<Value>,
+        anchor: usize,
+    },
+    Seq {
+        items: Vec<Value>,
+        anchor: usize,
+    },
+}
+
+struct Reader {
+    repeats: Repeats,
+    frames: Vec<Frame>,
+    anchors: HashMap<usize, Node>,
+    doc: Option<Value>,
+    index: usize,
+}
+
+impl Reader {
+    fn err(&self, line: usize, message: impl Into<String>) -> ParseError {
+        ParseError {
+            index: self.index,
+            message: format!("line {line}: {}", message.into()),
+        }
+    }
+
+    /// Places a finished node into the enclosing mapping or sequence, or makes it the document.
+    fn add(&mut self, node: Node, anchor: usize, line: usize) -> Result<(), ParseError> {
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        let repeats = self.repeats;
+        match self.frames.last_mut() {
+            None => self.doc = Some(node.value),
+            Some(Frame::Seq { items, .. }) => items.push(node.value),
+            Some(Frame::Map {
+                map,
+                lines,
+                key,
+                merges,
+                ..
+            }) => match key.take() {
+                None => {
+                    let Some(text) = node.text else {
+                        return Err(self.err(line, "a mapping or sequence cannot be a map key"));
+                    };
+                    if !node.merge && !matches!(node.value, Value::String(_)) {
+                        return Err(self.err(
+                            line,
+                            format!("map key {text:?} is not a string (kustomize cannot print it)"),
+                        ));
+                    }
+                    *key = Some(Key {
+                        text,
+                        line,
+                        merge: node.merge,
+                    });
+                }
+                Some(Key { merge: true, .. }) => merges.push(node.value),
+                Some(Key { text, line: at, .. }) => match lines.get(&text) {
+                    Some(first) if repeats == Repeats::Refuse => {
+                        let first = *first;
+                        return Err(self.err(
+                            at,
+                            format!("mapping key {text:?} already defined at line {first}"),
+                        ));
+                    }
+                    Some(_) if repeats == Repeats::KeepFirst => {}
+                    _ => {
+                        lines.insert(text.clone(), at);
+                        map.insert(text, node.value);
+                    }
+                },
+            },
+        }
+        Ok(())
+    }
+}
+
+/// Merges the `<<` sources into `map`: keys written in the mapping win, then earlier sources.
+fn apply_merges(map: &mut Map<String, Value>, merges: Vec<Value>) -> Result<(), String> {
+    let mut sources = Vec::new();
+    for m in merges {
+        match m {
+            Value::Object(o) => sources.push(o),
+            Value::Array(items) => {
+                for item in items {
+                    match item {
+                        Value::Object(o) => sources.push(o),
+                        _ => return Err("a merge key (<<) needs mappings in its sequence".into()),
+                    }
+                }
+            }
+            _ => return Err("a merge key (<<) needs a mapping or a sequence of mappings".into()),
+        }
+    }
+    for source in sources {
+        for (k, v) in source {
+            map.entry(k).or_insert(v);
+        }
+    }
+    Ok(())
+}
+
+/// A scalar's value: explicit standard tags decide, a custom tag keeps the text, else go-yaml's
+/// plain-scalar resolution.
+fn scalar(text: &str, style: ScalarStyle, tag: Option<&Tag>) -> Result<Value, String> {
+    if let Some(t) = tag {
+        let standard = matches!(t.handle.as_str(), "tag:yaml.org,2002:" | "!!");
+        if !standard {
+            return Ok(Value::String(text.to_owned()));
+        }
+        let resolved = plain(text)?;
+        let ok = match t.suffix.as_str() {
+            "str" | "binary" => return Ok(Value::String(text.to_owned())),
+            "int" => resolved.is_i64() || resolved.is_u64(),
+            "float" => resolved.is_number(),
+            "bool" => resolved.is_boolean(),
+            "null" => resolved.is_null(),
+            _ => true,
+        };
+        return if ok {
+            Ok(resolved)
+        } else {
+            Err(format!("cannot decode `{text}` as a !!{}", t.suffix))
+        };
+    }
+    match style {
+        ScalarStyle::Plain => plain(text),
+        _ => Ok(Value::String(text.to_owned())),
+    }
+}
+
+/// go-yaml v3's reading of a plain scalar, as JSON.
+pub fn plain(text: &str) -> Result<Value, String> {
+    Ok(match resolve(text) {
+        Plain::Null => Value::Null,
+        Plain::Bool(b) => Value::Bool(b),
+        Plain::Int(i) => Value::from(i),
+        Plain::Uint(u) => Value::from(u),
+        Plain::Float(f) => Number::from_f64(f)
+            .map(Value::Number)
+            .ok_or_else(|| format!("{text} is not a number JSON can hold"))?,
+        Plain::Time(t) => Value::String(t),
+        Plain::Str => Value::String(text.to_owned()),
+    })
+}
+
+/// Every non-empty document of a YAML stream, in order.
+pub fn documents(text: &str, repeats: Repeats) -> Result<Vec<Value>, ParseError> {
+    let mut r = Reader {
+        repeats,
+        frames: Vec::new(),
+        anchors: HashMap::new(),
+        doc: None,
+        index: 0,
+    };
+    let mut out = Vec::new();
+    let mut parser = Parser::new_from_str(text).keep_tags(true);
+    while let Some(next) = parser.next_event() {
+        let (event, span): (Event<'_>, Span) = next.map_err(|e| ParseError {
+            index: r.index.max(1),
+            message: format!(
+                "line {} column {}: {}",
+                e.marker().line(),
+                e.marker().col() + 1,
+                e.info()
+            ),
+        })?;
+        let line = span.start.line();
+        match event {
+            Event::Nothing | Event::StreamStart | Event::StreamEnd => {}
+            Event::DocumentStart(_) => {
+                r.index += 1;
+                r.anchors.clear();
+            }
+            Event::DocumentEnd => {
+                if let Some(doc) = r.doc.take().filter(|d| !d.is_null()) {
+                    out.push(doc);
+                }
+            }
+            Event::Alias(id) => {
+                let node = r
+                    .anchors
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| r.err(line, "alias to an unknown anchor"))?;
+                r.add(node, 0, line)?;
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                let value = scalar(&text, style, tag.as_deref()).map_err(|m| r.err(line, m))?;
+                let node = Node {
+                    value,
+                    merge: style == ScalarStyle::Plain && tag.is_none() && text == "<<",
+                    text: Some(text.into_owned()),
+                };
+                r.add(node, anchor, line)?;
+            }
+            Event::MappingStart(anchor, _) => r.frames.push(Frame::Map {
+                map: Map::new(),
+                lines: HashMap::new(),
+                key: None,
+                merges: Vec::new(),
+                anchor,
+            }),
+            Event::SequenceStart(anchor, _) => r.frames.push(Frame::Seq {
+                items: Vec::new(),
+                anchor,
+            }),
+            Event::MappingEnd | Event::SequenceEnd => {
+                let (value, anchor) = match r.frames.pop().expect("the parser balances events") {
+                    Frame::Map {
+                        mut map,
+                        merges,
+                        anchor,
+                        ..
+                    } => {
+                        apply_merges(&mut map, merges).map_err(|m| r.err(line, m))?;
+                        (Value::Object(map), anchor)
+                    }
+                    Frame::Seq { items, anchor } => (Value::Array(items), anchor),
+                };
+                r.add(
+                    Node {
+                        value,
+                        text: None,
+                        merge: false,
+                    },
+                    anchor,
+                    line,
+                )?;
+            }
+        }
+    }
+    Ok(out)
+}
