@@ -205,8 +205,7 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
         .build_metadata
         .iter()
         .any(|b| b == "transformerAnnotations");
-    Ok(acc
-        .res
+    acc.res
         .into_iter()
         .map(|mut r| {
             if managed_by {
@@ -255,9 +254,40 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
                     m.insert("config.kubernetes.io/origin".into(), o);
                 }
             }
-            r.obj
+            tidy_annotations(&mut r).map_err(field_err("resources"))?;
+            Ok(r.obj)
         })
-        .collect())
+        .collect()
+}
+
+/// kustomize rewrites every object's annotations on its way out (it adds and removes internal
+/// ones): values become text, and an annotations field that is empty or not a map disappears.
+fn tidy_annotations(r: &mut Resource) -> Result<(), String> {
+    let id = r.cur_id();
+    let Some(Value::Object(meta)) = r.obj.get_mut("metadata") else {
+        return Ok(());
+    };
+    match meta.get_mut("annotations") {
+        None => {}
+        Some(Value::Object(m)) if !m.is_empty() => {
+            for v in m.values_mut() {
+                match v {
+                    Value::String(_) => {}
+                    Value::Object(_) | Value::Array(_) => *v = Value::String(String::new()),
+                    other => *other = Value::String(other.to_string()),
+                }
+            }
+        }
+        Some(Value::Array(_)) => {
+            return Err(format!(
+                "metadata.annotations of {id} is a list; annotations are a map"
+            ));
+        }
+        Some(_) => {
+            meta.remove("annotations");
+        }
+    }
+    Ok(())
 }
 
 /// Joins `rel` onto `dir` and resolves `.` and `..`; `None` when the result leaves the root.
@@ -555,22 +585,6 @@ fn collect_objects(
     }
     if kind.is_empty() {
         return Err(t.err(field, format!("{path}: missing kind in object")));
-    }
-    // Label and annotation values are strings to kustomize, whatever YAML made of them.
-    if let Some(Value::Object(meta)) = obj.get_mut("metadata") {
-        for field in ["labels", "annotations"] {
-            if let Some(Value::Object(m)) = meta.get_mut(field) {
-                for v in m.values_mut() {
-                    if !v.is_string() {
-                        let text = match &*v {
-                            Value::Null => String::new(),
-                            other => other.to_string(),
-                        };
-                        *v = Value::String(text);
-                    }
-                }
-            }
-        }
     }
     let r = Resource::new(obj);
     if r.name().is_empty() && !r.obj.contains_key("metadata") {

@@ -631,7 +631,12 @@ fn merge_list(
                     (_, Some(p)) if p.get("$patch").and_then(Value::as_str) == Some("delete") => {}
                     (Some(d), Some(p)) => {
                         let mut m = d.clone();
-                        merge_map(&mut m, p.as_object().expect("checked objects"), known, path);
+                        let mut p = p.as_object().expect("checked objects").clone();
+                        // kustomize merges a list element even when it says `$patch: replace`.
+                        if directive(&p) == Some("replace") {
+                            p.remove("$patch");
+                        }
+                        merge_map(&mut m, &p, known, path);
                         out.push(m);
                     }
                     (Some(d), None) => out.push(d.clone()),

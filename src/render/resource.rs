@@ -350,13 +350,21 @@ impl Resource {
         }
     }
 
+    /// `metadata.<field>` with scalar values as text, as kustomize's selectors see them.
     pub fn string_map(&self, field: &str) -> Map<String, Value> {
-        self.obj
+        let mut m = self
+            .obj
             .get("metadata")
             .and_then(|m| m.get(field))
             .and_then(Value::as_object)
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for v in m.values_mut() {
+            if let Value::Number(_) | Value::Bool(_) = v {
+                *v = Value::String(v.to_string());
+            }
+        }
+        m
     }
 
     pub fn labels(&self) -> Map<String, Value> {

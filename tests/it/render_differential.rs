@@ -429,3 +429,44 @@ fn repeated_keys_in_a_kustomization_and_a_patch_count_as_kubectl_counts_them() {
     .expect("write");
     assert_same_as_kubectl(dir.path(), "");
 }
+
+/// kustomize rewrites annotations on the way out (values as the text written, an empty or
+/// non-map field dropped) and leaves label values as YAML read them; with and without
+/// transformers touching them.
+#[test]
+fn annotations_and_labels_of_every_shape_print_as_kubectl_prints_them() {
+    let shapes = [
+        "annotations: {}",
+        "annotations: null",
+        "annotations:",
+        "annotations: text",
+        "annotations: {a: 1, b: true, c: null, d: 0777, e: 1.0, f: ~, g: 2024-01-01}",
+        "annotations: {a: {x: 1}, b: [1]}",
+        "labels: {}",
+        "labels: text",
+        "labels: {a: 1, b: true, c: 1.0, d: null}",
+    ];
+    // A transformer writing into a field that is text fails or not depending on the internal
+    // annotations kustomize wrote before it; such input is left to the run without transformers.
+    for transformers in ["", "namePrefix: p-\ncommonAnnotations:\n  x: z\n"] {
+        let mut resources = String::new();
+        for (i, shape) in shapes.iter().enumerate() {
+            if transformers.is_empty() || !shape.ends_with("text") {
+                resources.push_str(&format!(
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: m{i}\n  {shape}\n---\n"
+                ));
+            }
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("r.yaml"), &resources).expect("write");
+        std::fs::write(
+            dir.path().join("kustomization.yaml"),
+            format!("resources:\n- r.yaml\n{transformers}"),
+        )
+        .expect("write");
+        let theirs = kubectl_kustomize(dir.path());
+        let fs = DiskFs::new(dir.path()).expect("root exists");
+        let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
+        assert_eq!(ours, theirs, "with {transformers:?}");
+    }
+}

@@ -345,3 +345,17 @@ fn a_map_key_that_is_not_text_is_refused() {
         ],
     );
 }
+
+#[test]
+fn annotations_that_are_a_list_are_refused() {
+    assert_refused(
+        &[
+            ("app/overlay/kustomization.yaml", "resources:\n- cm.yaml\n"),
+            (
+                "app/overlay/cm.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  annotations: [a]\n",
+            ),
+        ],
+        &["app/overlay/kustomization.yaml", "annotations", "ConfigMap"],
+    );
+}

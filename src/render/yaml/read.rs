@@ -67,6 +67,20 @@ struct Reader {
 }
 
 impl Reader {
+    /// Whether the node being read is a value of the document's `metadata.annotations`: kustomize
+    /// rewrites those as text, the text of a scalar as written and nothing for anything else.
+    fn at_annotation_value(&self) -> bool {
+        let key_is = |f: &Frame, name: &str| matches!(f, Frame::Map { key: Some(k), .. } if k.text == name && !k.merge);
+        match self.frames.as_slice() {
+            [root, meta, annotations] => {
+                key_is(root, "metadata")
+                    && key_is(meta, "annotations")
+                    && matches!(annotations, Frame::Map { key: Some(_), .. })
+            }
+            _ => false,
+        }
+    }
+
     fn err(&self, line: usize, message: impl Into<String>) -> ParseError {
         ParseError {
             index: self.index,
@@ -238,7 +252,11 @@ pub fn documents(text: &str, repeats: Repeats) -> Result<Vec<Value>, ParseError>
                 r.add(node, 0, line)?;
             }
             Event::Scalar(text, style, anchor, tag) => {
-                let value = scalar(&text, style, tag.as_deref()).map_err(|m| r.err(line, m))?;
+                let value = if r.at_annotation_value() {
+                    Value::String(text.to_string())
+                } else {
+                    scalar(&text, style, tag.as_deref()).map_err(|m| r.err(line, m))?
+                };
                 let node = Node {
                     value,
                     merge: style == ScalarStyle::Plain && tag.is_none() && text == "<<",
@@ -269,6 +287,11 @@ pub fn documents(text: &str, repeats: Repeats) -> Result<Vec<Value>, ParseError>
                         (Value::Object(map), anchor)
                     }
                     Frame::Seq { items, anchor } => (Value::Array(items), anchor),
+                };
+                let value = if r.at_annotation_value() {
+                    Value::String(String::new())
+                } else {
+                    value
                 };
                 r.add(
                     Node {
