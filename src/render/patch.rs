@@ -629,14 +629,15 @@ fn merge_list(
                 let p = patch.iter().find(|v| key_of(v).as_ref() == Some(k));
                 match (d, p) {
                     (_, Some(p)) if p.get("$patch").and_then(Value::as_str) == Some("delete") => {}
+                    // kustomize leaves an element alone when its patch says `$patch: replace`.
+                    (Some(d), Some(p))
+                        if p.get("$patch").and_then(Value::as_str) == Some("replace") =>
+                    {
+                        out.push(d.clone());
+                    }
                     (Some(d), Some(p)) => {
                         let mut m = d.clone();
-                        let mut p = p.as_object().expect("checked objects").clone();
-                        // kustomize merges a list element even when it says `$patch: replace`.
-                        if directive(&p) == Some("replace") {
-                            p.remove("$patch");
-                        }
-                        merge_map(&mut m, &p, known, path);
+                        merge_map(&mut m, p.as_object().expect("checked objects"), known, path);
                         out.push(m);
                     }
                     (Some(d), None) => out.push(d.clone()),

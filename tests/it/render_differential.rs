@@ -470,3 +470,21 @@ fn annotations_and_labels_of_every_shape_print_as_kubectl_prints_them() {
         assert_eq!(ours, theirs, "with {transformers:?}");
     }
 }
+
+/// Strategic merge directives inside keyed lists, a merged primitive list, and JSON patch copy
+/// and move, as kubectl applies them.
+#[test]
+fn list_directives_and_json_patch_moves_apply_as_kubectl_applies_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  finalizers: [a, b]\nspec:\n  template:\n    spec:\n      containers:\n      - name: main\n        image: nginx\n        env:\n        - {name: A, value: \"1\"}\n        - {name: B, value: \"2\"}\n        ports:\n        - {containerPort: 80, protocol: TCP}\n      - name: side\n        image: busybox\n      volumes:\n      - name: v1\n        emptyDir: {}\n      - name: v2\n        configMap: {name: cm}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        "resources:\n- r.yaml\npatches:\n- patch: |-\n    apiVersion: apps/v1\n    kind: Deployment\n    metadata:\n      name: web\n      finalizers: [c]\n    spec:\n      template:\n        spec:\n          containers:\n          - name: main\n            env:\n            - {name: B, $patch: delete}\n            - {name: C, value: \"3\"}\n            ports:\n            - {containerPort: 8080, protocol: TCP}\n          - name: side\n            $patch: delete\n          volumes:\n          - name: v2\n            $patch: replace\n            secret: {secretName: s}\n          - name: v3\n            emptyDir: {}\n- target: {kind: Deployment}\n  patch: |-\n    - op: copy\n      from: /spec/template/spec/containers/0/image\n      path: /metadata/labels\n    - op: move\n      from: /metadata/finalizers/0\n      path: /spec/paused\n",
+    )
+    .expect("write");
+    assert_same_as_kubectl(dir.path(), "");
+}
