@@ -24,36 +24,19 @@ fn base_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// `KEY=value` lines of an env file; blank lines and `#` comments are skipped.
-fn parse_env(text: &str, from: &str) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
+/// `KEY=value` lines of an env file, as kustomize v5 reads them: blank lines and `#` comments are
+/// skipped, the key is whatever precedes the first `=` (kustomize does not check it), and a line
+/// without `=` is a key with an empty value.
+fn parse_env(text: &str) -> Vec<(String, String)> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    for (n, line) in text.lines().enumerate() {
-        let trimmed = line.trim_start();
-        if trimmed.is_empty() || trimmed.starts_with('#') {
-            continue;
-        }
-        match trimmed.split_once('=') {
-            Some((k, v)) => {
-                if k.contains(char::is_whitespace) {
-                    return Err(format!(
-                        "{from}: line {}: invalid key {k:?}: keys may not contain whitespace",
-                        n + 1
-                    ));
-                }
-                out.push((k.to_owned(), v.to_owned()));
-            }
-            // A bare name takes its value from the environment in kustomize; a render must not
-            // depend on the caller's environment, so it is an error here.
-            None => {
-                return Err(format!(
-                    "{from}: line {}: {trimmed:?} has no value (values from the environment are not supported)",
-                    n + 1
-                ));
-            }
-        }
-    }
-    Ok(out)
+    text.lines()
+        .map(str::trim_start)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (l.to_owned(), String::new()),
+        })
+        .collect()
 }
 
 /// Base64 as kustomize writes generated data: lines of 70 characters, each ending in a newline
@@ -101,7 +84,15 @@ pub fn generate(
     }
     for env in &envs {
         let bytes = read(env).map_err(GenError::Read)?;
-        for (k, v) in parse_env(&String::from_utf8_lossy(&bytes), env).map_err(inv)? {
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1;
+            inv(format!("{env}: line {line} is not valid UTF-8"))
+        })?;
+        for (k, v) in parse_env(text) {
             entries.push((k, v.into_bytes()));
         }
     }

@@ -359,3 +359,34 @@ fn annotations_that_are_a_list_are_refused() {
         &["app/overlay/kustomization.yaml", "annotations", "ConfigMap"],
     );
 }
+
+#[test]
+fn an_env_file_that_is_not_utf8_is_refused_with_its_line() {
+    let root = tempfile::tempdir().expect("temp dir");
+    write(
+        root.path(),
+        &[(
+            "app/overlay/kustomization.yaml",
+            "configMapGenerator:\n- name: env\n  envs: [app.env]\n",
+        )],
+    );
+    std::fs::write(root.path().join("app/overlay/app.env"), b"A=1\nB=\xff\n").expect("write");
+    let kubectl = Command::new(tool(Tool::Kubectl))
+        .args(["kustomize", "app/overlay"])
+        .current_dir(root.path())
+        .output()
+        .expect("kubectl runs");
+    assert!(!kubectl.status.success(), "the oracle refuses it too");
+    let fs = DiskFs::new(root.path()).expect("root exists");
+    let message = render::render(&fs, "app/overlay", &Options::default())
+        .expect_err("refused")
+        .to_string();
+    for name in [
+        "app/overlay/kustomization.yaml",
+        "configMapGenerator",
+        "app.env",
+        "line 2",
+    ] {
+        assert!(message.contains(name), "{message:?} does not name {name:?}");
+    }
+}
