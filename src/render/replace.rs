@@ -461,23 +461,59 @@ pub fn bind_var(list: &mut [Resource], v: &Var) -> Result<(), String> {
 
 fn substitute(v: &mut Value, values: &[(String, Value)]) {
     match v {
-        Value::String(s) => {
-            if !s.contains("$(") {
-                return;
-            }
-            // A field that is exactly one reference takes the value with its type.
-            if let Some((_, val)) = values.iter().find(|(k, _)| k == s) {
-                *v = val.clone();
-                return;
-            }
-            for (k, val) in values {
-                if s.contains(k.as_str()) {
-                    *s = s.replace(k.as_str(), &scalar_string(val));
-                }
-            }
-        }
+        Value::String(s) if s.contains('$') => *v = expand(s, values),
         Value::Array(items) => items.iter_mut().for_each(|i| substitute(i, values)),
         Value::Object(m) => m.values_mut().for_each(|i| substitute(i, values)),
         _ => {}
     }
+}
+
+/// Kubernetes' `$(VAR)` expansion, as kustomize runs it: `$$` is a literal `$`, an unknown or
+/// unclosed reference stays as written, and a field that is exactly one reference takes the
+/// value with its type.
+fn expand(input: &str, values: &[(String, Value)]) -> Value {
+    let lookup = |name: &str| {
+        values
+            .iter()
+            .find(|(k, _)| k.strip_prefix("$(").and_then(|k| k.strip_suffix(')')) == Some(name))
+            .map(|(_, v)| v)
+    };
+    let mut out = String::new();
+    let mut rest = input;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        match after.chars().next() {
+            None => {
+                out.push('$');
+                rest = after;
+            }
+            Some('$') => {
+                out.push('$');
+                rest = &after[1..];
+            }
+            Some('(') => match after.find(')') {
+                Some(close) => {
+                    let name = &after[1..close];
+                    match lookup(name) {
+                        Some(value) if input.len() == name.len() + 3 => return value.clone(),
+                        Some(value) => out.push_str(&scalar_string(value)),
+                        None => out.push_str(&rest[at..at + close + 2]),
+                    }
+                    rest = &after[close + 1..];
+                }
+                None => {
+                    out.push_str("$(");
+                    rest = &after[1..];
+                }
+            },
+            Some(c) => {
+                out.push('$');
+                out.push(c);
+                rest = &after[c.len_utf8()..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Value::String(out)
 }

@@ -513,3 +513,94 @@ fn generators_from_every_kind_of_source_render_as_kubectl_renders_them() {
     );
     assert_same_as_kubectl(dir.path(), "");
 }
+
+/// Images by tag and digest, replicas, vars with Kubernetes' `$(VAR)` expansion (escapes,
+/// unknown and unclosed references, typed whole-field values) and a custom legacy order.
+#[test]
+fn images_replicas_vars_and_a_custom_order_render_as_kubectl_renders_them() {
+    const RESOURCES: &str = r#"apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: db
+spec:
+  replicas: 1
+  serviceName: db
+  template:
+    spec:
+      containers:
+      - name: db
+        image: postgres:13@sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+        command: ["run", "--svc=$(SVC)", "--escaped=$$(SVC)", "--port=$(PORT)", "$(SVC", "$(UNKNOWN)", "$x", "$", "a$$$(SVC)", "$(SVC)$(SVC)", "$()", "$(PORT)", "$$", "x$", "$(SVC)$"]
+        env:
+        - name: X
+          value: "$(SVC).$(NS)"
+      - name: side
+        image: registry:5000/side
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: db-svc
+  namespace: data
+spec:
+  ports: [{port: 5432}]
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: job
+spec:
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          containers:
+          - name: j
+            image: postgres
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: data
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: zcm
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: asecret
+"#;
+    const KUSTOMIZATION: &str = r#"resources: [r.yaml]
+images:
+- name: postgres
+  newTag: "14"
+- name: registry:5000/side
+  newName: other/side
+  digest: sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb
+replicas:
+- name: db
+  count: 3
+vars:
+- name: SVC
+  objref: {kind: Service, name: db-svc, apiVersion: v1}
+- name: NS
+  objref: {kind: Service, name: db-svc, apiVersion: v1}
+  fieldref: {fieldpath: metadata.namespace}
+- name: PORT
+  objref: {kind: Service, name: db-svc, apiVersion: v1}
+  fieldref:
+    fieldpath: spec.ports[0].port
+sortOptions:
+  order: legacy
+  legacySortOptions:
+    orderFirst: [Secret, Namespace]
+    orderLast: [StatefulSet]
+"#;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("r.yaml"), RESOURCES).expect("write");
+    std::fs::write(dir.path().join("kustomization.yaml"), KUSTOMIZATION).expect("write");
+    assert_same_as_kubectl(dir.path(), "");
+}
