@@ -11,7 +11,7 @@ use super::fs::{self, EntryKind, FileSystem};
 use super::kustomization::{self as kz, Kustomization};
 use super::openapi::Schema;
 use super::resource::Resource;
-use super::yaml::Repeats;
+use super::yaml::Reading;
 use super::{
     LoadRestrictor, Object, Options, Order, generate, nameref, patch, replace, transform, yaml,
 };
@@ -365,7 +365,13 @@ fn load_target(ctx: &Ctx, dir: &str) -> Result<Target, Error> {
     };
     let docs = yaml::parse_documents(&text).map_err(|e| invalid(e.to_string()))?;
     let value = docs.into_iter().next().unwrap_or(Value::Object(Map::new()));
-    let mut k: Kustomization = serde_json::from_value(value).map_err(|e| invalid(e.to_string()))?;
+    // The path names the field at fault: `commonLabels.team: invalid type: boolean ...`.
+    let mut k: Kustomization = serde_path_to_error::deserialize(value).map_err(|e| {
+        invalid(match e.path().to_string().as_str() {
+            "." => e.inner().to_string(),
+            path => format!("{path}: {}", e.inner()),
+        })
+    })?;
     k.fix_legacy();
     match k.kind.as_str() {
         "" | "Kustomization" => {
@@ -551,7 +557,7 @@ fn parse_resources(
     bytes: &[u8],
 ) -> Result<Vec<Resource>, Error> {
     let text = String::from_utf8_lossy(bytes);
-    let docs = yaml::documents(&text, Repeats::Refuse).map_err(|source| Error::Parse {
+    let docs = yaml::documents(&text, Reading::Resources).map_err(|source| Error::Parse {
         file: t.file.clone(),
         field,
         path: path.to_owned(),
@@ -1026,13 +1032,12 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
                 let bytes = t.read(ctx, "patchesStrategicMerge", entry)?;
                 (String::from_utf8_lossy(&bytes).into_owned(), entry.clone())
             };
-            let docs =
-                yaml::documents(&text, Repeats::KeepFirst).map_err(|source| Error::Parse {
-                    file: t.file.clone(),
-                    field: "patchesStrategicMerge",
-                    path: src.clone(),
-                    source,
-                })?;
+            let docs = yaml::documents(&text, Reading::Patches).map_err(|source| Error::Parse {
+                file: t.file.clone(),
+                field: "patchesStrategicMerge",
+                path: src.clone(),
+                source,
+            })?;
             if docs.is_empty() {
                 return Err(t.err(
                     "patchesStrategicMerge",
@@ -1308,14 +1313,14 @@ fn run_builtin_transformer(
                 for p in paths.iter().filter_map(Value::as_str) {
                     let bytes = t.read(ctx, F, p)?;
                     patches.extend(
-                        yaml::documents(&String::from_utf8_lossy(&bytes), Repeats::KeepFirst)
+                        yaml::documents(&String::from_utf8_lossy(&bytes), Reading::Patches)
                             .map_err(|x| e(x.to_string()))?,
                     );
                 }
             }
             if let Some(Value::String(inline)) = c.get("patches") {
                 patches.extend(
-                    yaml::documents(inline, Repeats::KeepFirst).map_err(|x| e(x.to_string()))?,
+                    yaml::documents(inline, Reading::Patches).map_err(|x| e(x.to_string()))?,
                 );
             }
             patch::strategic_merge_all(&mut acc.res, &patches, ctx.schema.borrow().as_deref())

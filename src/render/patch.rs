@@ -189,7 +189,7 @@ pub fn apply_patch(
     options: &BTreeMap<String, bool>,
     schema: Option<&Schema>,
 ) -> Result<(), String> {
-    let docs = super::yaml::documents(text, super::yaml::Repeats::KeepFirst)
+    let docs = super::yaml::documents(text, super::yaml::Reading::Patches)
         .map_err(|e| format!("patch: {e}"))?;
     // An empty patch file (or one of only comments) changes nothing.
     if docs.is_empty() {
@@ -201,7 +201,9 @@ pub fn apply_patch(
         let Some(target) = target else {
             return Err("must specify a target for JSON patch".into());
         };
-        let Value::Array(ops) = &docs[0] else {
+        // kustomize converts a JSON patch to JSON through go-yaml v2, which reads values its way.
+        let docs = super::yaml::parse_documents(text).map_err(|e| format!("JSON patch: {e}"))?;
+        let Some(Value::Array(ops)) = docs.first() else {
             unreachable!("is_json_patch checked the shape")
         };
         return apply_json6902(list, ops, target);

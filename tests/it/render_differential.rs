@@ -604,3 +604,24 @@ sortOptions:
     std::fs::write(dir.path().join("kustomization.yaml"), KUSTOMIZATION).expect("write");
     assert_same_as_kubectl(dir.path(), "");
 }
+
+/// Kustomization files and JSON patches go through go-yaml v2 in kustomize: a date stays text,
+/// `yes` and `on` are booleans in a JSON patch value, `1.0` a number.
+#[test]
+fn kustomization_files_and_json_patches_read_values_as_kubectl_reads_them() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        "resources: [r.yaml]\ncommonLabels: {since: 2024-01-01}\ncommonAnnotations: {version: \"yes\"}\npatches:\n- target: {kind: ConfigMap}\n  patch: |-\n    - op: add\n      path: /data\n      value: {a: yes, b: 2024-01-01, c: on, d: 1.0, e: \"no\"}\n",
+    )
+    .expect("write");
+    let theirs = kubectl_kustomize(dir.path());
+    let fs = DiskFs::new(dir.path()).expect("root exists");
+    let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
+    assert_eq!(ours, theirs);
+}

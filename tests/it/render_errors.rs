@@ -390,3 +390,22 @@ fn an_env_file_that_is_not_utf8_is_refused_with_its_line() {
         assert!(message.contains(name), "{message:?} does not name {name:?}");
     }
 }
+
+#[test]
+fn a_yaml_1_1_boolean_where_a_kustomization_wants_text_is_refused_naming_the_field() {
+    // kustomize reads kustomization files with go-yaml v2: `yes` is a boolean there.
+    assert_refused(
+        &[
+            (
+                "app/overlay/kustomization.yaml",
+                "resources:\n- cm.yaml\ncommonLabels:\n  enabled: yes\n",
+            ),
+            ("app/overlay/cm.yaml", CONFIG_MAP),
+        ],
+        &[
+            "app/overlay/kustomization.yaml",
+            "commonLabels.enabled",
+            "boolean",
+        ],
+    );
+}

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
-pub use read::{Repeats, documents, plain};
+pub use read::{Reading, documents, plain};
 
 #[derive(Debug, thiserror::Error)]
 #[error("document {index}: {message}")]
@@ -17,9 +17,9 @@ pub struct ParseError {
     pub message: String,
 }
 
-/// Every non-empty document of a YAML stream, in order; a repeated key keeps its last value.
+/// Every non-empty document of a file kustomize reads through a JSON conversion.
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, ParseError> {
-    read::documents(text, Repeats::KeepLast)
+    read::documents(text, Reading::JsonConverted)
 }
 
 /// One document as kustomize prints it (without the `---` separator).
@@ -788,9 +788,12 @@ mod tests {
     #[test]
     fn printed_documents_read_back_as_the_same_values() {
         let text = "b: \"1\"\na:\n  list:\n  - x: \"true\"\n    y: 2\n  - plain\n  text: |\n    two\n    lines\n  empty: \"\"\n";
-        let docs = parse_documents(text).expect("valid yaml");
+        let docs = documents(text, Reading::Resources).expect("valid yaml");
         let printed = to_yaml(&docs[0]);
         assert!(printed.starts_with("a:\n  empty: \"\"\n  list:\n  - x: \"true\"\n"));
-        assert_eq!(parse_documents(&printed).expect("reparse"), docs);
+        assert_eq!(
+            documents(&printed, Reading::Resources).expect("reparse"),
+            docs
+        );
     }
 }

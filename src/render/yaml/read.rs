@@ -1,8 +1,7 @@
 //! Reading YAML streams into JSON-shaped values as kustomize reads them: go-yaml v3 decides what
 //! a plain scalar is (`1.0` a number, `0777` octal, `2024-01-02` a timestamp printed as RFC 3339,
 //! `1_000` a thousand), merge keys (`<<`) merge, a custom tag leaves its scalar text, and a map
-//! key must be text. Repeated keys are handled as the kustomize reader of each kind of file does
-//! ([`Repeats`]).
+//! key must be text. Each kind of file is read as kustomize's reader for it reads it ([`Reading`]).
 
 use std::collections::HashMap;
 
@@ -11,18 +10,40 @@ use serde_json::{Map, Number, Value};
 
 use crate::secrets::yaml::{Plain, resolve};
 
+const YAML11_BOOLS: &[(&str, bool)] = &[
+    ("y", true),
+    ("Y", true),
+    ("yes", true),
+    ("Yes", true),
+    ("YES", true),
+    ("on", true),
+    ("On", true),
+    ("ON", true),
+    ("n", false),
+    ("N", false),
+    ("no", false),
+    ("No", false),
+    ("NO", false),
+    ("off", false),
+    ("Off", false),
+    ("OFF", false),
+];
+
 use super::ParseError;
 
-/// What a repeated key in one mapping means.
+/// Which of kustomize's readers a file goes through; they differ on plain scalars and repeated
+/// keys.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Repeats {
-    /// An error, as kustomize's resource reader reports it.
-    Refuse,
-    /// The last one counts: files kustomize reads through a JSON conversion (kustomizations,
-    /// configurations, replacements, JSON patches).
-    KeepLast,
-    /// The first one counts: strategic merge patches, whose fields kustomize looks up by name.
-    KeepFirst,
+pub enum Reading {
+    /// A resource, read by kyaml (go-yaml v3): a repeated key is an error.
+    Resources,
+    /// A strategic merge patch, read by kyaml: the first of repeated keys counts, as kustomize
+    /// looks fields up by name.
+    Patches,
+    /// A file kustomize converts to JSON through go-yaml v2 (kustomizations, configurations,
+    /// replacements, CRDs, JSON patches): YAML 1.1 booleans (`yes`, `on`, `n`...), timestamps stay
+    /// text, the last of repeated keys counts.
+    JsonConverted,
 }
 
 /// A scalar as written, for map keys and for the type checks of explicit tags.
@@ -59,7 +80,7 @@ enum Frame {
 }
 
 struct Reader {
-    repeats: Repeats,
+    reading: Reading,
     frames: Vec<Frame>,
     anchors: HashMap<usize, Node>,
     doc: Option<Value>,
@@ -93,7 +114,7 @@ impl Reader {
         if anchor != 0 {
             self.anchors.insert(anchor, node.clone());
         }
-        let repeats = self.repeats;
+        let reading = self.reading;
         match self.frames.last_mut() {
             None => self.doc = Some(node.value),
             Some(Frame::Seq { items, .. }) => items.push(node.value),
@@ -105,10 +126,17 @@ impl Reader {
                 ..
             }) => match key.take() {
                 None => {
-                    let Some(text) = node.text else {
+                    let Some(mut text) = node.text else {
                         return Err(self.err(line, "a mapping or sequence cannot be a map key"));
                     };
-                    if !node.merge && !matches!(node.value, Value::String(_)) {
+                    // The JSON conversion writes any scalar key as text: `yes:` becomes "true".
+                    if reading == Reading::JsonConverted && !node.merge {
+                        text = match node.value {
+                            Value::String(s) => s,
+                            Value::Null => "null".into(),
+                            other => other.to_string(),
+                        };
+                    } else if !node.merge && !matches!(node.value, Value::String(_)) {
                         return Err(self.err(
                             line,
                             format!("map key {text:?} is not a string (kustomize cannot print it)"),
@@ -122,14 +150,14 @@ impl Reader {
                 }
                 Some(Key { merge: true, .. }) => merges.push(node.value),
                 Some(Key { text, line: at, .. }) => match lines.get(&text) {
-                    Some(first) if repeats == Repeats::Refuse => {
+                    Some(first) if reading == Reading::Resources => {
                         let first = *first;
                         return Err(self.err(
                             at,
                             format!("mapping key {text:?} already defined at line {first}"),
                         ));
                     }
-                    Some(_) if repeats == Repeats::KeepFirst => {}
+                    Some(_) if reading == Reading::Patches => {}
                     _ => {
                         lines.insert(text.clone(), at);
                         map.insert(text, node.value);
@@ -168,13 +196,18 @@ fn apply_merges(map: &mut Map<String, Value>, merges: Vec<Value>) -> Result<(), 
 
 /// A scalar's value: explicit standard tags decide, a custom tag keeps the text, else go-yaml's
 /// plain-scalar resolution.
-fn scalar(text: &str, style: ScalarStyle, tag: Option<&Tag>) -> Result<Value, String> {
+fn scalar(
+    text: &str,
+    style: ScalarStyle,
+    tag: Option<&Tag>,
+    reading: Reading,
+) -> Result<Value, String> {
     if let Some(t) = tag {
         let standard = matches!(t.handle.as_str(), "tag:yaml.org,2002:" | "!!");
         if !standard {
             return Ok(Value::String(text.to_owned()));
         }
-        let resolved = plain(text)?;
+        let resolved = read_plain(text, reading)?;
         let ok = match t.suffix.as_str() {
             "str" | "binary" => return Ok(Value::String(text.to_owned())),
             "int" => resolved.is_i64() || resolved.is_u64(),
@@ -190,8 +223,21 @@ fn scalar(text: &str, style: ScalarStyle, tag: Option<&Tag>) -> Result<Value, St
         };
     }
     match style {
-        ScalarStyle::Plain => plain(text),
+        ScalarStyle::Plain => read_plain(text, reading),
         _ => Ok(Value::String(text.to_owned())),
+    }
+}
+
+fn read_plain(text: &str, reading: Reading) -> Result<Value, String> {
+    if reading != Reading::JsonConverted {
+        return plain(text);
+    }
+    if let Some((_, b)) = YAML11_BOOLS.iter().find(|(word, _)| *word == text) {
+        return Ok(Value::Bool(*b));
+    }
+    match resolve(text) {
+        Plain::Time(_) => Ok(Value::String(text.to_owned())),
+        _ => plain(text),
     }
 }
 
@@ -211,9 +257,9 @@ pub fn plain(text: &str) -> Result<Value, String> {
 }
 
 /// Every non-empty document of a YAML stream, in order.
-pub fn documents(text: &str, repeats: Repeats) -> Result<Vec<Value>, ParseError> {
+pub fn documents(text: &str, reading: Reading) -> Result<Vec<Value>, ParseError> {
     let mut r = Reader {
-        repeats,
+        reading,
         frames: Vec::new(),
         anchors: HashMap::new(),
         doc: None,
@@ -255,7 +301,7 @@ pub fn documents(text: &str, repeats: Repeats) -> Result<Vec<Value>, ParseError>
                 let value = if r.at_annotation_value() {
                     Value::String(text.to_string())
                 } else {
-                    scalar(&text, style, tag.as_deref()).map_err(|m| r.err(line, m))?
+                    scalar(&text, style, tag.as_deref(), r.reading).map_err(|m| r.err(line, m))?
                 };
                 let node = Node {
                     value,
