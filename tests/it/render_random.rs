@@ -50,6 +50,19 @@ const IMAGES: &[&str] = &[
 
 /// Values that test how strings are quoted, folded and escaped when printed (as YAML source).
 const TRICKY: &[&str] = &[
+    // Plain scalars kustomize's YAML reader types: numbers, octal, dates, overflow, booleans.
+    "1.0",
+    "0777",
+    "1_000",
+    "2024-01-01",
+    "2024-1-1T1:2:3.5+01:00",
+    "1234567.5",
+    "0.00001",
+    "1e400",
+    "-0.0",
+    "yes",
+    "~",
+    "12345678901234567890",
     "\"yes\"",
     "\"on\"",
     "\"1.0\"",
