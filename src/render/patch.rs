@@ -486,7 +486,8 @@ fn clean(v: &Value) -> Option<Value> {
             }
             let mut out = Map::new();
             for (k, x) in m {
-                if k.starts_with('$') {
+                // `$patch` is the only directive kustomize's merge knows; other `$` keys are data.
+                if k == "$patch" {
                     continue;
                 }
                 if let Some(c) = clean(x) {
@@ -526,12 +527,7 @@ fn merge_map(dest: &mut Value, patch: &Map<String, Value>, known: Known, path: &
     }
     let d = dest.as_object_mut().expect("made an object above");
     for (k, pv) in patch {
-        if k.starts_with('$') {
-            if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/")
-                && let (Some(Value::Array(cur)), Value::Array(del)) = (d.get_mut(field), pv)
-            {
-                cur.retain(|x| !del.contains(x));
-            }
+        if k == "$patch" {
             continue;
         }
         match pv {

@@ -625,3 +625,97 @@ fn kustomization_files_and_json_patches_read_values_as_kubectl_reads_them() {
     let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
     assert_eq!(ours, theirs);
 }
+
+/// kustomize's strategic merge knows only the `$patch` directive: `$retainKeys`,
+/// `$setElementOrder/...`, `$deleteFromPrimitiveList/...` and other `$` keys stay in the object
+/// as data, and lists of kinds it has no schema for are replaced.
+#[test]
+fn directives_other_than_patch_stay_as_data_as_kubectl_leaves_them() {
+    let cases = [
+        (
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {maxSurge: 1}
+  template:
+    spec:
+      containers:
+      - {name: a, image: a}
+      - {name: b, image: b}
+      - {name: c, image: c}
+      tolerations:
+      - {key: k1, operator: Exists}
+---
+apiVersion: x.io/v1
+kind: Widget
+metadata:
+  name: w
+spec:
+  items: [{name: a, v: 1}, {name: b, v: 2}]
+  map: {a: 1, b: 2}
+"#,
+            r#"resources: [r.yaml]
+patches:
+- patch: |-
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata:
+      name: web
+    spec:
+      strategy:
+        $retainKeys: [type]
+        type: Recreate
+      template:
+        spec:
+          $setElementOrder/containers: [{name: c}, {name: a}, {name: b}]
+          containers:
+          - {name: a, image: a2}
+          tolerations:
+          - {key: k2, operator: Exists}
+- patch: |-
+    apiVersion: x.io/v1
+    kind: Widget
+    metadata:
+      name: w
+    spec:
+      items: [{name: b, v: 3}]
+      map: {b: null, c: 3}
+"#,
+        ),
+        (
+            r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: c
+  finalizers: [a, b, c]
+data: {x: "1"}
+"#,
+            r#"resources: [r.yaml]
+patches:
+- patch: |-
+    apiVersion: v1
+    kind: ConfigMap
+    metadata:
+      name: c
+      $deleteFromPrimitiveList/finalizers: [b]
+      $other: x
+    data:
+      $patch: merge
+      y: "2"
+"#,
+        ),
+    ];
+    for (resources, kustomization) in cases {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("r.yaml"), resources).expect("write");
+        std::fs::write(dir.path().join("kustomization.yaml"), kustomization).expect("write");
+        let theirs = kubectl_kustomize(dir.path());
+        let fs = DiskFs::new(dir.path()).expect("root exists");
+        let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
+        assert_eq!(ours, theirs);
+    }
+}
