@@ -426,6 +426,9 @@ fn is_builtin(g: &Gvk) -> bool {
 enum ListKind<'a> {
     Replace,
     Keyed(&'a str),
+    /// A list keyed by several fields (`x-kubernetes-list-map-keys`), such as ports by number
+    /// and protocol.
+    MultiKeyed(&'static [&'static str]),
     Set,
 }
 
@@ -462,12 +465,14 @@ fn list_kind(path: &[String], known: bool) -> ListKind<'static> {
             ListKind::Keyed("name")
         }
         "hostAliases" => ListKind::Keyed("ip"),
-        "topologySpreadConstraints" => ListKind::Keyed("topologyKey"),
+        "topologySpreadConstraints" => ListKind::MultiKeyed(&["topologyKey", "whenUnsatisfiable"]),
         "env" if in_container => ListKind::Keyed("name"),
         "volumeMounts" if in_container => ListKind::Keyed("mountPath"),
         "volumeDevices" if in_container => ListKind::Keyed("devicePath"),
-        "ports" if in_container => ListKind::Keyed("containerPort"),
-        "ports" if parent == "spec" && path.len() == 2 => ListKind::Keyed("port"),
+        "ports" if in_container => ListKind::MultiKeyed(&["containerPort", "protocol"]),
+        "ports" if parent == "spec" && path.len() == 2 => {
+            ListKind::MultiKeyed(&["port", "protocol"])
+        }
         "finalizers" if parent == "metadata" => ListKind::Set,
         "ownerReferences" if parent == "metadata" => ListKind::Keyed("uid"),
         "conditions" if parent == "status" => ListKind::Keyed("type"),
@@ -570,6 +575,165 @@ fn merge_map(dest: &mut Value, patch: &Map<String, Value>, known: Known, path: &
     }
 }
 
+/// A key field's text in a list element; a missing field is empty.
+fn key_text(e: &Value, key: &str) -> String {
+    match e.get(key) {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Whether `e` has `values` at `keys`, pairwise (fewer values than keys compare fewer fields);
+/// a missing field matches only when `loose`.
+fn has_key_values(e: &Value, keys: &[&str], values: &[String], loose: bool) -> bool {
+    keys.iter()
+        .zip(values)
+        .all(|(k, v)| (loose || e.get(*k).is_some_and(|f| !f.is_null())) && key_text(e, k) == *v)
+}
+
+/// kyaml's `match`: two key tuples are one element when they share a value and differ only
+/// where one of them is empty; the result fills the empty places.
+fn merged_tuple(a: &[String], b: &[String]) -> Option<Vec<String>> {
+    let mut common = false;
+    let mut out = Vec::with_capacity(a.len());
+    for (x, y) in a.iter().zip(b) {
+        if x == y {
+            common = true;
+            out.push(x.clone());
+        } else if !x.is_empty() && !y.is_empty() {
+            return None;
+        } else {
+            out.push(if x.is_empty() { y.clone() } else { x.clone() });
+        }
+    }
+    common.then_some(out)
+}
+
+/// A list keyed by several fields, merged as kustomize's kyaml merges it, quirks included: key
+/// tuples that differ only by a missing field are unified first, so a patch element that lacks
+/// `protocol` (or adds one the original lacks) matches nothing and is dropped, while the
+/// original element stays; elements new to the list come first.
+fn merge_multi_keyed(
+    mut dest: Vec<Value>,
+    patch: &[Value],
+    keys: &[&str],
+    known: Known,
+    path: &mut Vec<String>,
+) -> Option<Value> {
+    if dest.iter().chain(patch).any(|v| !v.is_object()) {
+        return clean(&Value::Array(patch.to_vec()));
+    }
+    let mut tuples: Vec<Vec<String>> = Vec::new();
+    for e in patch.iter().chain(dest.iter()) {
+        let t: Vec<String> = keys.iter().map(|k| key_text(e, k)).collect();
+        if !tuples.contains(&t) {
+            tuples.push(t);
+        }
+    }
+    for i in 0..tuples.len() {
+        for j in 0..tuples.len() {
+            if let Some(m) = merged_tuple(&tuples[i], &tuples[j]) {
+                tuples[i] = m.clone();
+                tuples[j] = m;
+            }
+        }
+    }
+    // Keys no element gives a value are left out, unless none has any.
+    let mut valid: Vec<usize> = (0..keys.len())
+        .filter(|&i| tuples.iter().any(|t| !t[i].is_empty()))
+        .collect();
+    if valid.is_empty() {
+        valid = (0..keys.len()).collect();
+    }
+    let vkeys: Vec<&str> = valid.iter().map(|&i| keys[i]).collect();
+    let mut items: Vec<Value> = Vec::new();
+    for t in &tuples {
+        let values: Vec<String> = valid.iter().map(|&i| t[i].clone()).collect();
+        // The elements merged are looked up by the keys this tuple has a value for.
+        let (wkeys, wvalues): (Vec<&str>, Vec<String>) = vkeys
+            .iter()
+            .zip(&values)
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (*k, v.clone()))
+            .unzip();
+        let (wkeys, wvalues) = if wkeys.is_empty() {
+            (vkeys.clone(), values.clone())
+        } else {
+            (wkeys, wvalues)
+        };
+        let at = dest
+            .iter()
+            .position(|e| has_key_values(e, &wkeys, &wvalues, true));
+        let p = patch
+            .iter()
+            .find(|e| has_key_values(e, &wkeys, &wvalues, true));
+        let deleted = p.is_some_and(|p| p.get("$patch").and_then(Value::as_str) == Some("delete"));
+        let val = match (at, p) {
+            _ if deleted => None,
+            (Some(i), Some(p)) => {
+                // The original element is merged in place, as kyaml does.
+                merge_map(
+                    &mut dest[i],
+                    p.as_object().expect("checked objects"),
+                    known,
+                    path,
+                );
+                Some(dest[i].clone())
+            }
+            (Some(i), None) => Some(dest[i].clone()),
+            (None, Some(p)) => clean(p),
+            (None, None) => None,
+        };
+        let Some(mut val) = val else {
+            dest.retain(|e| !has_key_values(e, &vkeys, &values, false));
+            continue;
+        };
+        for (k, v) in vkeys.iter().zip(&values) {
+            if !v.is_empty()
+                && val.get(*k).is_none()
+                && let Value::Object(m) = &mut val
+            {
+                m.insert((*k).to_owned(), Value::String(v.clone()));
+                if let Some(Value::Object(d)) = at.map(|i| &mut dest[i]) {
+                    d.insert((*k).to_owned(), Value::String(v.clone()));
+                }
+            }
+        }
+        set_element(&mut items, val, &vkeys, &values);
+    }
+    // The original elements, merged, go after the new ones: each replaces what it matches.
+    for e in dest {
+        let mut values = Vec::new();
+        for k in &vkeys {
+            if e.get(*k).is_none_or(Value::is_null) {
+                items.push(e.clone());
+            } else {
+                values.push(key_text(&e, k));
+            }
+        }
+        if vkeys.len() > 1 {
+            items.retain(|x| !has_key_values(x, &vkeys, &values, false));
+        }
+        set_element(&mut items, e, &vkeys, &values);
+    }
+    Some(Value::Array(items))
+}
+
+/// kyaml's `ElementSetter`: `e` replaces every element with `values` at `keys`, or is appended.
+fn set_element(items: &mut Vec<Value>, e: Value, keys: &[&str], values: &[String]) {
+    let mut found = false;
+    for x in items.iter_mut() {
+        if has_key_values(x, keys, values, false) {
+            *x = e.clone();
+            found = true;
+        }
+    }
+    if !found {
+        items.push(e);
+    }
+}
+
 fn merge_list(
     dest: Vec<Value>,
     patch: &[Value],
@@ -608,6 +772,7 @@ fn merge_list(
             }
             Some(Value::Array(out))
         }
+        ListKind::MultiKeyed(keys) => merge_multi_keyed(dest, patch, keys, known, path),
         ListKind::Keyed(key) => {
             let key_of = |v: &Value| v.get(key).filter(|k| !k.is_null()).cloned();
             if dest.iter().chain(patch).any(|v| !v.is_object()) {

@@ -719,3 +719,161 @@ patches:
         assert_eq!(ours, theirs);
     }
 }
+
+/// Lists keyed by several fields (ports by number and protocol, spread constraints by key and
+/// policy) merge as kustomize's kyaml merges them, including its losses: a patch element that
+/// lacks a protocol the original has, or adds one it lacks, is dropped.
+#[test]
+fn ports_and_spread_constraints_merge_by_all_their_keys_as_kubectl_merges_them() {
+    let mut cases: Vec<(String, String)> = [
+        (
+            r#"apiVersion: v1
+kind: Service
+metadata:
+  name: dns
+spec:
+  ports:
+  - {name: dns, port: 53, protocol: UDP}
+  - {name: dns-tcp, port: 53, protocol: TCP}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: d
+spec:
+  template:
+    spec:
+      containers:
+      - name: c
+        image: x
+        ports:
+        - {containerPort: 53, protocol: UDP, name: u}
+        - {containerPort: 53, protocol: TCP, name: t}
+        volumeMounts:
+        - {name: v, mountPath: /a}
+        resources:
+          limits: {cpu: 1.0, memory: 1Gi}
+      initContainers:
+      - {name: i, image: y}
+      imagePullSecrets: [{name: s1}]
+"#,
+            r#"resources: [r.yaml]
+patches:
+- patch: |-
+    apiVersion: v1
+    kind: Service
+    metadata:
+      name: dns
+    spec:
+      ports:
+      - {port: 53, protocol: TCP, targetPort: 5353}
+- patch: |-
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata:
+      name: d
+    spec:
+      template:
+        spec:
+          containers:
+          - name: c
+            ports:
+            - {containerPort: 53, protocol: TCP, hostPort: 53}
+            volumeMounts:
+            - {name: v2, mountPath: /a}
+            resources:
+              limits: {cpu: 2}
+          initContainers:
+          - {name: i2, image: z}
+          imagePullSecrets: [{name: s2}]
+"#,
+        ),
+        (
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: d
+spec:
+  template:
+    spec:
+      containers:
+      - name: c
+        image: x
+        ports:
+        - containerPort: 8080
+        - containerPort: 9090
+          protocol: TCP
+"#,
+            r#"resources: [r.yaml]
+patches:
+- patch: |-
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata:
+      name: d
+    spec:
+      template:
+        spec:
+          containers:
+          - name: c
+            ports:
+            - {containerPort: 8080, protocol: TCP, name: http}
+            - {containerPort: 9090, name: metrics}
+            - {containerPort: 7070}
+"#,
+        ),
+        (
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: d
+spec:
+  template:
+    spec:
+      containers: [{name: c, image: x}]
+      topologySpreadConstraints:
+      - {topologyKey: zone, whenUnsatisfiable: DoNotSchedule, maxSkew: 1}
+      - {topologyKey: zone, whenUnsatisfiable: ScheduleAnyway, maxSkew: 2}
+"#,
+            r#"resources: [r.yaml]
+patches:
+- patch: |-
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata:
+      name: d
+    spec:
+      template:
+        spec:
+          topologySpreadConstraints:
+          - {topologyKey: zone, whenUnsatisfiable: ScheduleAnyway, maxSkew: 5}
+"#,
+        ),
+    ]
+    .iter()
+    .map(|(r, k)| (r.to_string(), k.to_string()))
+    .collect();
+    let service = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports:\n  - {name: u, port: 53, protocol: UDP}\n  - {name: t, port: 53, protocol: TCP}\n  - {name: h, port: 80}\n";
+    for element in [
+        "{port: 53, targetPort: 1}",
+        "{port: 80, targetPort: 3}",
+        "{port: 80, protocol: TCP, targetPort: 2}",
+        "{port: 99, targetPort: 4}",
+        "{port: 53, protocol: UDP, $patch: delete}",
+        "{port: 80, $patch: delete}",
+    ] {
+        cases.push((
+            service.to_owned(),
+            format!("resources: [r.yaml]\npatches:\n- patch: |-\n    apiVersion: v1\n    kind: Service\n    metadata:\n      name: s\n    spec:\n      ports:\n      - {element}\n"),
+        ));
+    }
+    for (resources, kustomization) in cases {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("r.yaml"), &resources).expect("write");
+        std::fs::write(dir.path().join("kustomization.yaml"), &kustomization).expect("write");
+        let theirs = kubectl_kustomize(dir.path());
+        let fs = DiskFs::new(dir.path()).expect("root exists");
+        let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
+        assert_eq!(ours, theirs, "{kustomization}");
+    }
+}
