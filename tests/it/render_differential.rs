@@ -19,6 +19,22 @@ fn assert_same_as_kubectl(root: &Path, dir: &str) {
     }
 }
 
+/// Writes `files` into a fresh directory and asserts that our render of it prints, byte for
+/// byte, what `kubectl kustomize` prints.
+fn assert_prints_as_kubectl(files: &[(&str, &str)]) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
+    let theirs = kubectl_kustomize(dir.path());
+    let fs = DiskFs::new(dir.path()).expect("root exists");
+    let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
+    for (i, (a, b)) in ours.lines().zip(theirs.lines()).enumerate() {
+        assert_eq!(a, b, "line {} differs", i + 1);
+    }
+    assert_eq!(ours, theirs);
+}
+
 #[test]
 fn the_demo_environments_render_as_kubectl_kustomize_renders_them() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("environments");
@@ -171,20 +187,10 @@ fn scalars_and_keys_print_byte_for_byte_as_kubectl_prints_them() {
     for k in keys {
         doc.push_str(&format!("  \"{k}\": x\n"));
     }
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("cm.yaml"), doc).expect("write");
-    std::fs::write(
-        dir.path().join("kustomization.yaml"),
-        "resources:\n- cm.yaml\n",
-    )
-    .expect("write");
-    let theirs = kubectl_kustomize(dir.path());
-    let fs = DiskFs::new(dir.path()).expect("root exists");
-    let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
-    for (i, (a, b)) in ours.lines().zip(theirs.lines()).enumerate() {
-        assert_eq!(a, b, "line {} differs", i + 1);
-    }
-    assert_eq!(ours, theirs);
+    assert_prints_as_kubectl(&[
+        ("cm.yaml", &doc),
+        ("kustomization.yaml", "resources:\n- cm.yaml\n"),
+    ]);
 }
 
 /// A `configurations:` field spec for one kind narrows the field to that kind, whichever
@@ -336,20 +342,10 @@ fn plain_scalars_merge_keys_and_tags_read_as_kubectl_reads_them() {
     for (i, v) in values.iter().enumerate() {
         doc.push_str(&format!("  v{i}: {v}\n"));
     }
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("r.yaml"), doc).expect("write");
-    std::fs::write(
-        dir.path().join("kustomization.yaml"),
-        "resources:\n- r.yaml\n",
-    )
-    .expect("write");
-    let theirs = kubectl_kustomize(dir.path());
-    let fs = DiskFs::new(dir.path()).expect("root exists");
-    let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
-    for (i, (a, b)) in ours.lines().zip(theirs.lines()).enumerate() {
-        assert_eq!(a, b, "line {} differs", i + 1);
-    }
-    assert_eq!(ours, theirs);
+    assert_prints_as_kubectl(&[
+        ("r.yaml", &doc),
+        ("kustomization.yaml", "resources:\n- r.yaml\n"),
+    ]);
 }
 
 /// A replacement copies the text of a scalar into a scalar field, which keeps its type, as
@@ -416,18 +412,16 @@ fn replacements_keep_the_type_of_the_field_they_fill_as_kubectl_does() {
 /// in a kustomization, the first one in a strategic merge patch.
 #[test]
 fn repeated_keys_in_a_kustomization_and_a_patch_count_as_kubectl_counts_them() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("r.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  a: \"1\"\n",
-    )
-    .expect("write");
-    std::fs::write(
-        dir.path().join("kustomization.yaml"),
-        "resources:\n- r.yaml\nnamePrefix: first-\nnamePrefix: last-\npatches:\n- patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata:\n      name: x\n    data:\n      b: first\n      b: last\n",
-    )
-    .expect("write");
-    assert_same_as_kubectl(dir.path(), "");
+    assert_prints_as_kubectl(&[
+        (
+            "r.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata:\n  a: \"1\"\n",
+        ),
+        (
+            "kustomization.yaml",
+            "resources:\n- r.yaml\nnamePrefix: first-\nnamePrefix: last-\npatches:\n- patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata:\n      name: x\n    data:\n      b: first\n      b: last\n",
+        ),
+    ]);
 }
 
 /// kustomize rewrites annotations on the way out (values as the text written, an empty or
@@ -457,17 +451,13 @@ fn annotations_and_labels_of_every_shape_print_as_kubectl_prints_them() {
                 ));
             }
         }
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("r.yaml"), &resources).expect("write");
-        std::fs::write(
-            dir.path().join("kustomization.yaml"),
-            format!("resources:\n- r.yaml\n{transformers}"),
-        )
-        .expect("write");
-        let theirs = kubectl_kustomize(dir.path());
-        let fs = DiskFs::new(dir.path()).expect("root exists");
-        let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
-        assert_eq!(ours, theirs, "with {transformers:?}");
+        assert_prints_as_kubectl(&[
+            ("r.yaml", &resources),
+            (
+                "kustomization.yaml",
+                &format!("resources:\n- r.yaml\n{transformers}"),
+            ),
+        ]);
     }
 }
 
@@ -475,18 +465,16 @@ fn annotations_and_labels_of_every_shape_print_as_kubectl_prints_them() {
 /// and move, as kubectl applies them.
 #[test]
 fn list_directives_and_json_patch_moves_apply_as_kubectl_applies_them() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("r.yaml"),
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  finalizers: [a, b]\nspec:\n  template:\n    spec:\n      containers:\n      - name: main\n        image: nginx\n        env:\n        - {name: A, value: \"1\"}\n        - {name: B, value: \"2\"}\n        ports:\n        - {containerPort: 80, protocol: TCP}\n      - name: side\n        image: busybox\n      volumes:\n      - name: v1\n        emptyDir: {}\n      - name: v2\n        configMap: {name: cm}\n",
-    )
-    .expect("write");
-    std::fs::write(
-        dir.path().join("kustomization.yaml"),
-        "resources:\n- r.yaml\npatches:\n- patch: |-\n    apiVersion: apps/v1\n    kind: Deployment\n    metadata:\n      name: web\n      finalizers: [c]\n    spec:\n      template:\n        spec:\n          containers:\n          - name: main\n            env:\n            - {name: B, $patch: delete}\n            - {name: C, value: \"3\"}\n            ports:\n            - {containerPort: 8080, protocol: TCP}\n          - name: side\n            $patch: delete\n          volumes:\n          - name: v2\n            $patch: replace\n            secret: {secretName: s}\n          - name: v3\n            emptyDir: {}\n- target: {kind: Deployment}\n  patch: |-\n    - op: copy\n      from: /spec/template/spec/containers/0/image\n      path: /metadata/labels\n    - op: move\n      from: /metadata/finalizers/0\n      path: /spec/paused\n",
-    )
-    .expect("write");
-    assert_same_as_kubectl(dir.path(), "");
+    assert_prints_as_kubectl(&[
+        (
+            "r.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n  finalizers: [a, b]\nspec:\n  template:\n    spec:\n      containers:\n      - name: main\n        image: nginx\n        env:\n        - {name: A, value: \"1\"}\n        - {name: B, value: \"2\"}\n        ports:\n        - {containerPort: 80, protocol: TCP}\n      - name: side\n        image: busybox\n      volumes:\n      - name: v1\n        emptyDir: {}\n      - name: v2\n        configMap: {name: cm}\n",
+        ),
+        (
+            "kustomization.yaml",
+            "resources:\n- r.yaml\npatches:\n- patch: |-\n    apiVersion: apps/v1\n    kind: Deployment\n    metadata:\n      name: web\n      finalizers: [c]\n    spec:\n      template:\n        spec:\n          containers:\n          - name: main\n            env:\n            - {name: B, $patch: delete}\n            - {name: C, value: \"3\"}\n            ports:\n            - {containerPort: 8080, protocol: TCP}\n          - name: side\n            $patch: delete\n          volumes:\n          - name: v2\n            $patch: replace\n            secret: {secretName: s}\n          - name: v3\n            emptyDir: {}\n- target: {kind: Deployment}\n  patch: |-\n    - op: copy\n      from: /spec/template/spec/containers/0/image\n      path: /metadata/labels\n    - op: move\n      from: /metadata/finalizers/0\n      path: /spec/paused\n",
+        ),
+    ]);
 }
 
 /// Generators from env files kustomize v5 reads loosely (comments, `export` in a key, quotes kept,
@@ -599,31 +587,23 @@ sortOptions:
     orderFirst: [Secret, Namespace]
     orderLast: [StatefulSet]
 "#;
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("r.yaml"), RESOURCES).expect("write");
-    std::fs::write(dir.path().join("kustomization.yaml"), KUSTOMIZATION).expect("write");
-    assert_same_as_kubectl(dir.path(), "");
+    assert_prints_as_kubectl(&[("r.yaml", RESOURCES), ("kustomization.yaml", KUSTOMIZATION)]);
 }
 
 /// Kustomization files and JSON patches go through go-yaml v2 in kustomize: a date stays text,
 /// `yes` and `on` are booleans in a JSON patch value, `1.0` a number.
 #[test]
 fn kustomization_files_and_json_patches_read_values_as_kubectl_reads_them() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("r.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n",
-    )
-    .expect("write");
-    std::fs::write(
-        dir.path().join("kustomization.yaml"),
-        "resources: [r.yaml]\ncommonLabels: {since: 2024-01-01}\ncommonAnnotations: {version: \"yes\"}\npatches:\n- target: {kind: ConfigMap}\n  patch: |-\n    - op: add\n      path: /data\n      value: {a: yes, b: 2024-01-01, c: on, d: 1.0, e: \"no\"}\n",
-    )
-    .expect("write");
-    let theirs = kubectl_kustomize(dir.path());
-    let fs = DiskFs::new(dir.path()).expect("root exists");
-    let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
-    assert_eq!(ours, theirs);
+    assert_prints_as_kubectl(&[
+        (
+            "r.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n",
+        ),
+        (
+            "kustomization.yaml",
+            "resources: [r.yaml]\ncommonLabels: {since: 2024-01-01}\ncommonAnnotations: {version: \"yes\"}\npatches:\n- target: {kind: ConfigMap}\n  patch: |-\n    - op: add\n      path: /data\n      value: {a: yes, b: 2024-01-01, c: on, d: 1.0, e: \"no\"}\n",
+        ),
+    ]);
 }
 
 /// kustomize's strategic merge knows only the `$patch` directive: `$retainKeys`,
@@ -710,13 +690,7 @@ patches:
         ),
     ];
     for (resources, kustomization) in cases {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("r.yaml"), resources).expect("write");
-        std::fs::write(dir.path().join("kustomization.yaml"), kustomization).expect("write");
-        let theirs = kubectl_kustomize(dir.path());
-        let fs = DiskFs::new(dir.path()).expect("root exists");
-        let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
-        assert_eq!(ours, theirs);
+        assert_prints_as_kubectl(&[("r.yaml", resources), ("kustomization.yaml", kustomization)]);
     }
 }
 
@@ -867,13 +841,7 @@ patches:
             format!("resources: [r.yaml]\npatches:\n- patch: |-\n    apiVersion: v1\n    kind: Service\n    metadata:\n      name: s\n    spec:\n      ports:\n      - {element}\n"),
         ));
     }
-    for (resources, kustomization) in cases {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("r.yaml"), &resources).expect("write");
-        std::fs::write(dir.path().join("kustomization.yaml"), &kustomization).expect("write");
-        let theirs = kubectl_kustomize(dir.path());
-        let fs = DiskFs::new(dir.path()).expect("root exists");
-        let ours = render::to_yaml(&render::render(&fs, "", &Options::default()).expect("renders"));
-        assert_eq!(ours, theirs, "{kustomization}");
+    for (resources, kustomization) in &cases {
+        assert_prints_as_kubectl(&[("r.yaml", resources), ("kustomization.yaml", kustomization)]);
     }
 }
