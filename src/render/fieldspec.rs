@@ -789,8 +789,10 @@ fn visit_node(
         Value::Object(m) => visit(m, rest, create, f),
         Value::Array(items) => {
             for item in items.iter_mut() {
-                if let Value::Object(m) = item {
-                    visit(m, rest, create, f)?;
+                match item {
+                    Value::Object(m) => visit(m, rest, create, f)?,
+                    Value::Null => {}
+                    other => return Err(not_a_container(other)),
                 }
             }
             Ok(())
@@ -804,8 +806,30 @@ fn visit_node(
                 f,
             )
         }
-        _ => Ok(()),
+        Value::Null => Ok(()),
+        // kustomize refuses a field path that runs into a scalar before its end.
+        other => Err(not_a_container(other)),
     }
+}
+
+fn not_a_container(v: &Value) -> String {
+    let what = match v {
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        _ => "a scalar",
+    };
+    format!("expected a map or a list on the way, found {what}")
+}
+
+/// Names the field spec and the object in an error met while visiting it, as kustomize does.
+pub fn in_context(fs: &FieldSpec, obj: &Map<String, Value>, gvk: &Gvk, e: String) -> String {
+    let name = obj
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    format!("field '{}' of {} '{name}': {e}", fs.path, gvk.kind)
 }
 
 /// Applies `f` along every spec in `specs` that selects `gvk`.
@@ -819,7 +843,7 @@ pub fn apply_specs(
         if !fs.selects(gvk) {
             continue;
         }
-        visit(obj, fs.segs(), fs.create, f)?;
+        visit(obj, fs.segs(), fs.create, f).map_err(|e| in_context(fs, obj, gvk, e))?;
     }
     Ok(())
 }

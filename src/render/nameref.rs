@@ -246,7 +246,9 @@ pub fn fix(list: &mut [Resource], backrefs: &[NameBackRef]) -> Result<(), String
                         _ => Ok(()),
                     }
                 };
-                fieldspec::visit(&mut r.obj, fs.segs(), false, &mut fix_node)?;
+                let gvk = r.gvk();
+                fieldspec::visit(&mut r.obj, fs.segs(), false, &mut fix_node)
+                    .map_err(|e| fieldspec::in_context(fs, &r.obj, &gvk, e))?;
             }
         }
     }

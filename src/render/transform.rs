@@ -115,8 +115,9 @@ pub fn prefix_suffix(
                     Ok(())
                 }
                 Value::Null => Ok(()),
-                _ => Err(format!("{}: expected a string", fs.path)),
-            })?;
+                _ => Err("expected a string".into()),
+            })
+            .map_err(|e| fieldspec::in_context(fs, &r.obj, &org.gvk, e))?;
         }
     }
     Ok(())

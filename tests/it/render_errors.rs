@@ -409,3 +409,41 @@ fn a_yaml_1_1_boolean_where_a_kustomization_wants_text_is_refused_naming_the_fie
         ],
     );
 }
+
+#[test]
+fn a_field_path_that_runs_into_a_scalar_is_refused_naming_field_and_object() {
+    for (spec, field, path) in [
+        (
+            "spec:\n  selector: x\n",
+            "commonLabels",
+            "spec/selector/matchLabels",
+        ),
+        (
+            "spec:\n  template:\n    spec:\n      volumes:\n      - name: v\n        configMap: settings\n",
+            "resources",
+            "spec/template/spec/volumes/configMap/name",
+        ),
+    ] {
+        assert_refused(
+            &[
+                (
+                    "app/overlay/kustomization.yaml",
+                    "resources:\n- d.yaml\n- cm.yaml\ncommonLabels:\n  team: a\nnamePrefix: p-\n",
+                ),
+                (
+                    "app/overlay/d.yaml",
+                    &format!(
+                        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n{spec}"
+                    ),
+                ),
+                ("app/overlay/cm.yaml", CONFIG_MAP),
+            ],
+            &[
+                "app/overlay/kustomization.yaml",
+                field,
+                path,
+                "Deployment 'p-web'",
+            ],
+        );
+    }
+}
