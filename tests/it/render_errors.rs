@@ -447,3 +447,23 @@ fn a_field_path_that_runs_into_a_scalar_is_refused_naming_field_and_object() {
         );
     }
 }
+
+#[test]
+fn a_resource_file_with_a_yaml_directive_is_refused_with_its_line() {
+    // kustomize splits resources at `---` before parsing, which strands the directive.
+    assert_refused(
+        &[
+            ("app/overlay/kustomization.yaml", "resources:\n- cm.yaml\n"),
+            (
+                "app/overlay/cm.yaml",
+                "%YAML 1.1\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n",
+            ),
+        ],
+        &[
+            "app/overlay/kustomization.yaml",
+            "cm.yaml",
+            "line 1",
+            "directive",
+        ],
+    );
+}

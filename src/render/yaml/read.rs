@@ -209,7 +209,16 @@ fn scalar(
         }
         let resolved = read_plain(text, reading)?;
         let ok = match t.suffix.as_str() {
-            "str" | "binary" => return Ok(Value::String(text.to_owned())),
+            "str" => return Ok(Value::String(text.to_owned())),
+            // go-yaml decodes a binary scalar into the text of its bytes.
+            "binary" => {
+                use base64::Engine as _;
+                let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(compact)
+                    .map_err(|_| format!("!!binary value `{text}` is not base64"))?;
+                return Ok(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+            }
             "int" => resolved.is_i64() || resolved.is_u64(),
             "float" => resolved.is_number(),
             "bool" => resolved.is_boolean(),
@@ -265,6 +274,22 @@ pub fn documents(text: &str, reading: Reading) -> Result<Vec<Value>, ParseError>
         doc: None,
         index: 0,
     };
+    // kustomize splits resources at `---` before parsing, which leaves a directive without its
+    // document: kubectl refuses any. go-yaml's parser knows only YAML 1.1.
+    let refused = |line: &str| match reading {
+        Reading::JsonConverted => line
+            .strip_prefix("%YAML")
+            .is_some_and(|v| v.starts_with([' ', '\t']) && v.trim() != "1.1"),
+        Reading::Resources | Reading::Patches => {
+            line.starts_with("%YAML ") || line.starts_with("%TAG ")
+        }
+    };
+    if let Some((n, _)) = text.lines().enumerate().find(|(_, l)| refused(l)) {
+        return Err(ParseError {
+            index: 1,
+            message: format!("line {}: YAML directives are not supported here", n + 1),
+        });
+    }
     let mut out = Vec::new();
     let mut parser = Parser::new_from_str(text).keep_tags(true);
     while let Some(next) = parser.next_event() {
