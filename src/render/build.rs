@@ -592,9 +592,13 @@ fn collect_objects(
     if kind.is_empty() {
         return Err(t.err(field, format!("{path}: missing kind in object")));
     }
+    let kind = kind.to_owned();
     let r = Resource::new(obj);
-    if r.name().is_empty() && !r.obj.contains_key("metadata") {
-        return Err(t.err(field, format!("{path}: missing metadata.name in object")));
+    if r.name().is_empty() {
+        return Err(t.err(
+            field,
+            format!("{path}: missing metadata.name in a {kind} object"),
+        ));
     }
     if let Some(Value::String(ns)) = r.obj.get("metadata").and_then(|m| m.get("namespace"))
         && ns.trim().is_empty()

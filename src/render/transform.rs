@@ -3,6 +3,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use regex::{Regex, RegexSet};
+
 use serde_json::{Map, Value};
 
 use super::fieldspec::{self, FieldSpec, NameBackRef, TransformerConfig, apply_specs};
@@ -152,31 +154,42 @@ pub fn set_map_entries(
     Ok(())
 }
 
-/// Splits an image reference into name, tag and digest.
+/// Splits an image reference into name, tag and digest as kustomize does: past the first `/` (a
+/// registry may have a port), the first `@` starts the digest and the first `:` the tag.
 fn split_image(s: &str) -> (&str, Option<&str>, Option<&str>) {
-    let (rest, digest) = match s.split_once('@') {
-        Some((r, d)) => (r, Some(d)),
-        None => (s, None),
-    };
-    let slash = rest.rfind('/').map(|i| i + 1).unwrap_or(0);
-    match rest[slash..].find(':') {
-        Some(c) => (&rest[..slash + c], Some(&rest[slash + c + 1..]), digest),
-        None => (rest, None, digest),
+    let from = s.find('/').unwrap_or(0);
+    let rest = &s[from..];
+    let at = rest.find('@').map(|i| i + from);
+    let colon = rest.find(':').map(|i| i + from);
+    match (colon, at) {
+        (None, None) => (s, None, None),
+        (c, Some(d)) if c.is_none_or(|c| d < c) => (&s[..d], None, Some(&s[d + 1..])),
+        (Some(c), Some(d)) => (&s[..c], Some(&s[c + 1..d]), Some(&s[d + 1..])),
+        (Some(c), None) => (&s[..c], Some(&s[c + 1..]), None),
+        (None, Some(_)) => unreachable!("handled by the digest-only arm"),
     }
 }
 
-fn update_image(value: &mut Value, img: &Image) {
+/// kustomize v5.8's image match: the entry's name is a regular expression for the image
+/// without its tag and sha256 digest. A name that is not a valid expression matches nothing
+/// (kubectl 1.37 crashes on it).
+fn image_pattern(name: &str) -> String {
+    format!("^{name}(:[a-zA-Z0-9_.{{}}-]*)?(@sha256:[a-zA-Z0-9_.{{}}-]*)?$")
+}
+
+fn update_image(value: &mut Value, img: &Image, pattern: &Regex) {
     let Value::String(s) = value else { return };
-    let (name, tag, digest) = split_image(s);
-    if name != img.name {
+    if !pattern.is_match(s) {
         return;
     }
+    let (name, tag, digest) = split_image(s);
     let mut name = name.to_owned();
     let mut tag = tag.map(str::to_owned);
     let mut digest = digest.map(str::to_owned);
     if !img.new_name.is_empty() {
         name = img.new_name.clone();
     }
+    // A new tag or digest replaces both; a tag suffix applies only without them.
     if !img.new_tag.is_empty() && !img.digest.is_empty() {
         tag = Some(img.new_tag.clone());
         digest = Some(img.digest.clone());
@@ -186,16 +199,16 @@ fn update_image(value: &mut Value, img: &Image) {
     } else if !img.digest.is_empty() {
         digest = Some(img.digest.clone());
         tag = None;
-    }
-    if !img.tag_suffix.is_empty() {
+    } else if !img.tag_suffix.is_empty() {
         tag = Some(format!("{}{}", tag.unwrap_or_default(), img.tag_suffix));
+        digest = None;
     }
     let mut out = name;
-    if let Some(t) = tag {
+    if let Some(t) = tag.filter(|t| !t.is_empty()) {
         out.push(':');
         out.push_str(&t);
     }
-    if let Some(d) = digest {
+    if let Some(d) = digest.filter(|d| !d.is_empty()) {
         out.push('@');
         out.push_str(&d);
     }
@@ -230,12 +243,12 @@ fn each_container_image(v: &mut Value, f: &mut dyn FnMut(&mut Value)) {
     }
 }
 
-/// The names of the images the object holds where the image transformer looks.
-fn image_names(obj: &mut Map<String, Value>, gvk: &Gvk, specs: &[FieldSpec]) -> Vec<String> {
-    let mut names = Vec::new();
+/// The image references the object holds where the image transformer looks.
+fn image_refs(obj: &mut Map<String, Value>, gvk: &Gvk, specs: &[FieldSpec]) -> Vec<String> {
+    let mut refs = Vec::new();
     let mut note = |v: &mut Value| {
         if let Value::String(s) = v {
-            names.push(split_image(s).0.to_owned());
+            refs.push(s.clone());
         }
     };
     for (k, child) in obj.iter_mut() {
@@ -249,7 +262,7 @@ fn image_names(obj: &mut Map<String, Value>, gvk: &Gvk, specs: &[FieldSpec]) -> 
             Ok(())
         });
     }
-    names
+    refs
 }
 
 /// The `images` entries in order, each as one image transformer, as kustomize runs them. An
@@ -259,27 +272,46 @@ pub fn images(list: &mut [Resource], imgs: &[Image], specs: &[FieldSpec]) -> Res
     if imgs.is_empty() {
         return Ok(());
     }
+    // One pattern per entry; a set finds, per image reference, the entries that match it.
+    let patterns: Vec<Option<Regex>> = imgs
+        .iter()
+        .map(|i| Regex::new(&image_pattern(&i.name)).ok())
+        .collect();
+    let set = RegexSet::new(imgs.iter().zip(&patterns).map(|(i, p)| match p {
+        Some(_) => image_pattern(&i.name),
+        None => "[^\\s\\S]".to_owned(),
+    }))
+    .map_err(|e| format!("images: {e}"))?;
+    let matching = |refs: &[String]| -> Vec<bool> {
+        let mut hit = vec![false; imgs.len()];
+        for r in refs {
+            for i in set.matches(r).iter() {
+                hit[i] = true;
+            }
+        }
+        hit
+    };
     for r in list.iter_mut() {
         let gvk = r.gvk();
-        let mut names = image_names(&mut r.obj, &gvk, specs);
-        for img in imgs {
-            if !names.contains(&img.name) {
+        let mut hit = matching(&image_refs(&mut r.obj, &gvk, specs));
+        for (i, img) in imgs.iter().enumerate() {
+            let (true, Some(pattern)) = (hit[i], &patterns[i]) else {
                 continue;
-            }
+            };
             for (k, child) in r.obj.iter_mut() {
                 if k != "apiVersion" && k != "kind" {
-                    each_container_image(child, &mut |v| update_image(v, img));
+                    each_container_image(child, &mut |v| update_image(v, img, pattern));
                 }
             }
             apply_specs(&mut r.obj, &gvk, specs, &mut |v| {
                 if v.is_string() {
-                    update_image(v, img);
+                    update_image(v, img, pattern);
                 }
                 Ok(())
             })?;
             // A created-but-unset image field is not kustomize's doing: drop the placeholder.
             strip_nulls_at(&mut r.obj, specs, &gvk);
-            names = image_names(&mut r.obj, &gvk, specs);
+            hit = matching(&image_refs(&mut r.obj, &gvk, specs));
         }
     }
     Ok(())
@@ -319,15 +351,26 @@ fn strip_null(obj: &mut Map<String, Value>, segs: &[fieldspec::Seg]) {
 }
 
 pub fn replicas(list: &mut [Resource], rep: &Replica, specs: &[FieldSpec]) -> Result<(), String> {
+    let mut found = false;
     for r in list.iter_mut() {
         if r.name() != rep.name && r.org_id().name != rep.name {
             continue;
         }
         let gvk = r.gvk();
+        found |= specs.iter().any(|fs| fs.selects(&gvk));
         apply_specs(&mut r.obj, &gvk, specs, &mut |v| {
             *v = Value::from(rep.count);
             Ok(())
         })?;
+    }
+    if !found {
+        // kustomize refuses a replica count that applies to nothing.
+        let kinds: Vec<&str> = specs.iter().map(|fs| fs.kind.as_str()).collect();
+        return Err(format!(
+            "no resource named '{}' is of a kind replicas apply to ({})",
+            rep.name,
+            kinds.join(", ")
+        ));
     }
     Ok(())
 }

@@ -845,3 +845,75 @@ patches:
         assert_prints_as_kubectl(&[("r.yaml", resources), ("kustomization.yaml", kustomization)]);
     }
 }
+
+/// An `images` entry's name is a regular expression in kustomize (`ngin.*`, a name with its tag);
+/// tag suffixes, registries with ports and digests as kubectl applies them.
+#[test]
+fn image_entries_match_as_kubectl_matches_them() {
+    for (resources, kustomization) in [
+        (
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: p
+spec:
+  containers:
+  - {name: a, image: "nginx"}
+  - {name: b, image: "nginxx:1"}
+  - {name: c, image: "registry:5000/app:1.0@sha256:abc"}
+  - {name: d, image: "dockerXio/nginx"}
+  - {name: e, image: "app:v1"}
+  - {name: f, image: "app@sha512:zz"}
+  - {name: g, image: "ngin:1"}
+"#,
+            r#"resources: [r.yaml]
+images:
+- name: ngin.*
+  newTag: wild
+- name: registry:5000/app
+  tagSuffix: -x
+- name: docker.io/nginx
+  newName: m/n
+- name: app
+  tagSuffix: -rc
+"#,
+        ),
+        (
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: d
+spec:
+  replicas: 1
+  template:
+    spec:
+      containers:
+      - {name: a, image: "nginx:1.0"}
+      - {name: b, image: "docker.io/nginx"}
+      - {name: c, image: "nginx@sha256:abc"}
+---
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: job
+spec:
+  template:
+    spec:
+      containers: [{name: j, image: nginx}]
+"#,
+            r#"resources: [r.yaml]
+namePrefix: p-
+replicas:
+- name: d
+  count: 2
+images:
+- name: nginx:1.0
+  newTag: "2.0"
+- name: docker.io/nginx
+  newName: mirror/nginx
+"#,
+        ),
+    ] {
+        assert_prints_as_kubectl(&[("r.yaml", resources), ("kustomization.yaml", kustomization)]);
+    }
+}

@@ -467,3 +467,33 @@ fn a_resource_file_with_a_yaml_directive_is_refused_with_its_line() {
         ],
     );
 }
+
+#[test]
+fn a_replica_count_for_nothing_and_an_object_without_a_name_are_refused() {
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n";
+    assert_refused(
+        &[
+            (
+                "app/overlay/kustomization.yaml",
+                "resources:\n- d.yaml\nreplicas:\n- name: missing\n  count: 2\n",
+            ),
+            ("app/overlay/d.yaml", deployment),
+        ],
+        &["app/overlay/kustomization.yaml", "replicas", "'missing'"],
+    );
+    assert_refused(
+        &[
+            ("app/overlay/kustomization.yaml", "resources:\n- j.yaml\n"),
+            (
+                "app/overlay/j.yaml",
+                "apiVersion: batch/v1\nkind: Job\nmetadata:\n  generateName: job-\n",
+            ),
+        ],
+        &[
+            "app/overlay/kustomization.yaml",
+            "j.yaml",
+            "metadata.name",
+            "Job",
+        ],
+    );
+}
