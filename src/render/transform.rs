@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use regex::{Regex, RegexSet};
+use regex::Regex;
 
 use serde_json::{Map, Value};
 
@@ -171,15 +171,67 @@ fn split_image(s: &str) -> (&str, Option<&str>, Option<&str>) {
 }
 
 /// kustomize v5.8's image match: the entry's name is a regular expression for the image
-/// without its tag and sha256 digest. A name that is not a valid expression matches nothing
-/// (kubectl 1.37 crashes on it).
-fn image_pattern(name: &str) -> String {
-    format!("^{name}(:[a-zA-Z0-9_.{{}}-]*)?(@sha256:[a-zA-Z0-9_.{{}}-]*)?$")
+/// without its tag and sha256 digest (`^NAME(:TAG)?(@sha256:DIGEST)?$`).
+enum ImageMatcher {
+    /// A name whose only metacharacter is `.` matches a fixed number of characters: compared
+    /// directly, as most names are, which spares a long `images` list a regex each.
+    Plain(Vec<char>),
+    Pattern(Regex),
+    /// Not a valid expression (kubectl 1.37 crashes on it): matches nothing.
+    Nothing,
 }
 
-fn update_image(value: &mut Value, img: &Image, pattern: &Regex) {
+impl ImageMatcher {
+    fn new(name: &str) -> Self {
+        if !name.contains([
+            '\\', '^', '$', '*', '+', '?', '(', ')', '[', ']', '{', '}', '|',
+        ]) {
+            return Self::Plain(name.chars().collect());
+        }
+        match Regex::new(&format!(
+            "^{name}(:[a-zA-Z0-9_.{{}}-]*)?(@sha256:[a-zA-Z0-9_.{{}}-]*)?$"
+        )) {
+            Ok(re) => Self::Pattern(re),
+            Err(_) => Self::Nothing,
+        }
+    }
+
+    fn matches(&self, image: &str) -> bool {
+        match self {
+            Self::Plain(name) => {
+                let mut chars = image.char_indices();
+                for want in name {
+                    match chars.next() {
+                        Some((_, c)) if *want == '.' && c != '\n' || c == *want => {}
+                        _ => return false,
+                    }
+                }
+                let rest = chars.next().map_or("", |(i, _)| &image[i..]);
+                tag_and_digest(rest)
+            }
+            Self::Pattern(re) => re.is_match(image),
+            Self::Nothing => false,
+        }
+    }
+}
+
+/// `(:[a-zA-Z0-9_.{}-]*)?(@sha256:[a-zA-Z0-9_.{}-]*)?$`
+fn tag_and_digest(rest: &str) -> bool {
+    let tag_char = |c: char| c.is_ascii_alphanumeric() || "_.{}-".contains(c);
+    let skip = |s: &str| -> usize { s.find(|c: char| !tag_char(c)).unwrap_or(s.len()) };
+    let mut r = rest;
+    if let Some(t) = r.strip_prefix(':') {
+        r = &t[skip(t)..];
+    }
+    if let Some(d) = r.strip_prefix("@sha256:") {
+        r = &d[skip(d)..];
+    }
+    r.is_empty()
+}
+
+fn update_image(value: &mut Value, img: &Image, matcher: &ImageMatcher) {
     let Value::String(s) = value else { return };
-    if !pattern.is_match(s) {
+    if !matcher.matches(s) {
         return;
     }
     let (name, tag, digest) = split_image(s);
@@ -272,32 +324,21 @@ pub fn images(list: &mut [Resource], imgs: &[Image], specs: &[FieldSpec]) -> Res
     if imgs.is_empty() {
         return Ok(());
     }
-    // One pattern per entry; a set finds, per image reference, the entries that match it.
-    let patterns: Vec<Option<Regex>> = imgs
-        .iter()
-        .map(|i| Regex::new(&image_pattern(&i.name)).ok())
-        .collect();
-    let set = RegexSet::new(imgs.iter().zip(&patterns).map(|(i, p)| match p {
-        Some(_) => image_pattern(&i.name),
-        None => "[^\\s\\S]".to_owned(),
-    }))
-    .map_err(|e| format!("images: {e}"))?;
+    let matchers: Vec<ImageMatcher> = imgs.iter().map(|i| ImageMatcher::new(&i.name)).collect();
     let matching = |refs: &[String]| -> Vec<bool> {
-        let mut hit = vec![false; imgs.len()];
-        for r in refs {
-            for i in set.matches(r).iter() {
-                hit[i] = true;
-            }
-        }
-        hit
+        matchers
+            .iter()
+            .map(|m| refs.iter().any(|r| m.matches(r)))
+            .collect()
     };
     for r in list.iter_mut() {
         let gvk = r.gvk();
         let mut hit = matching(&image_refs(&mut r.obj, &gvk, specs));
         for (i, img) in imgs.iter().enumerate() {
-            let (true, Some(pattern)) = (hit[i], &patterns[i]) else {
+            if !hit[i] {
                 continue;
-            };
+            }
+            let pattern = &matchers[i];
             for (k, child) in r.obj.iter_mut() {
                 if k != "apiVersion" && k != "kind" {
                     each_container_image(child, &mut |v| update_image(v, img, pattern));
@@ -487,4 +528,55 @@ pub fn config_from_crds(bytes: &[u8]) -> Result<TransformerConfig, String> {
         }
     }
     Ok(tc)
+}
+
+#[cfg(test)]
+mod image_tests {
+    use super::*;
+
+    /// The direct comparison agrees with the regular expression kustomize builds.
+    #[test]
+    fn plain_image_names_match_as_the_regular_expression_does() {
+        let names = [
+            "nginx",
+            "ngin.",
+            "docker.io/nginx",
+            "registry:5000/app",
+            "nginx:1.0",
+        ];
+        let images = [
+            "nginx",
+            "nginx:1",
+            "nginx:",
+            "nginx@sha256:abc",
+            "nginx:1@sha256:a",
+            "nginx@sha512:a",
+            "nginxx",
+            "ngin",
+            "dockerXio/nginx",
+            "docker.io/nginx:v",
+            "registry:5000/app:1.0",
+            "nginx:1.0",
+            "nginx:1x0",
+            "nginx:1.0:2",
+            "nginx:a/b",
+            "nginx\n",
+        ];
+        for name in names {
+            let ImageMatcher::Plain(_) = ImageMatcher::new(name) else {
+                panic!("{name} is a plain name");
+            };
+            let re = Regex::new(&format!(
+                "^{name}(:[a-zA-Z0-9_.{{}}-]*)?(@sha256:[a-zA-Z0-9_.{{}}-]*)?$"
+            ))
+            .expect("valid");
+            for image in images {
+                assert_eq!(
+                    ImageMatcher::new(name).matches(image),
+                    re.is_match(image),
+                    "{name} against {image:?}"
+                );
+            }
+        }
+    }
 }
