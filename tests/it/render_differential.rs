@@ -337,7 +337,7 @@ fn plain_scalars_merge_keys_and_tags_read_as_kubectl_reads_them() {
         "2.5e-5",
     ];
     let mut doc = String::from(
-        "apiVersion: example.com/v1\nkind: Values\nmetadata:\n  name: v\nbase: &b\n  a: 1\n  b: 2\nother: &o\n  b: 20\n  c: 30\nspec:\n  m1:\n    <<: *b\n    a: 10\n  m2:\n    a: 10\n    <<: [*b, *o]\n  t1: !!str 123\n  t2: !custom 123\n  t3: !!float 3\n  t4: !!int \"7\"\n  t5: !custom [1, 2]\n  t6: !!binary aGVsbG8=\n  t7: !!timestamp 2024-01-01\n  quoted: \"<<\"\n",
+        "apiVersion: example.com/v1\nkind: Values\nmetadata:\n  name: v\nbase: &b\n  a: 1\n  b: 2\nother: &o\n  b: 20\n  c: 30\nspec:\n  m1:\n    <<: *b\n    a: 10\n  m2:\n    a: 10\n    <<: [*b, *o]\n  t1: !!str 123\n  t2: !custom 123\n  t3: !!float 3\n  t4: !!int \"7\"\n  t5: !custom [1, 2]\n  t6: !!binary aGVsbG8=\n  t7: !!timestamp 2024-01-01\n  t8: !!str .inf\n  quoted: \"<<\"\n",
     );
     for (i, v) in values.iter().enumerate() {
         doc.push_str(&format!("  v{i}: {v}\n"));

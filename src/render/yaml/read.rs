@@ -10,6 +10,9 @@ use serde_json::{Map, Number, Value};
 
 use crate::secrets::yaml::{Plain, resolve};
 
+use super::ParseError;
+
+/// The words go-yaml v2 reads as booleans (YAML 1.1).
 const YAML11_BOOLS: &[(&str, bool)] = &[
     ("y", true),
     ("Y", true),
@@ -28,8 +31,6 @@ const YAML11_BOOLS: &[(&str, bool)] = &[
     ("Off", false),
     ("OFF", false),
 ];
-
-use super::ParseError;
 
 /// Which of kustomize's readers a file goes through; they differ on plain scalars and repeated
 /// keys.
@@ -91,7 +92,10 @@ impl Reader {
     /// Whether the node being read is a value of the document's `metadata.annotations`: kustomize
     /// rewrites those as text, the text of a scalar as written and nothing for anything else.
     fn at_annotation_value(&self) -> bool {
-        let key_is = |f: &Frame, name: &str| matches!(f, Frame::Map { key: Some(k), .. } if k.text == name && !k.merge);
+        let key_is = |f: &Frame, name: &str| match f {
+            Frame::Map { key: Some(k), .. } => k.text == name && !k.merge,
+            _ => false,
+        };
         match self.frames.as_slice() {
             [root, meta, annotations] => {
                 key_is(root, "metadata")
@@ -207,8 +211,7 @@ fn scalar(
         if !standard {
             return Ok(Value::String(text.to_owned()));
         }
-        let resolved = read_plain(text, reading)?;
-        let ok = match t.suffix.as_str() {
+        match t.suffix.as_str() {
             "str" => return Ok(Value::String(text.to_owned())),
             // go-yaml decodes a binary scalar into the text of its bytes.
             "binary" => {
@@ -219,6 +222,10 @@ fn scalar(
                     .map_err(|_| format!("!!binary value `{text}` is not base64"))?;
                 return Ok(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
             }
+            _ => {}
+        }
+        let resolved = read_plain(text, reading)?;
+        let ok = match t.suffix.as_str() {
             "int" => resolved.is_i64() || resolved.is_u64(),
             "float" => resolved.is_number(),
             "bool" => resolved.is_boolean(),
