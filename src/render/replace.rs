@@ -332,20 +332,19 @@ fn is_scalar(v: &Value) -> bool {
 /// into a scalar node, which keeps its type: a string field stays a string, a number field must
 /// get a number, a field just made has no type yet and reads `text` as a plain scalar.
 fn typed_as(text: &str, field: Option<&Value>) -> Result<Value, String> {
-    let read = || super::yaml::plain(text);
+    if let Some(Value::String(_)) = field {
+        return Ok(Value::String(text.to_owned()));
+    }
+    let read = super::yaml::plain(text)?;
     let (ok, kind) = match field {
-        None => return read(),
-        Some(Value::String(_)) => return Ok(Value::String(text.to_owned())),
-        Some(Value::Number(n)) if n.is_f64() => (read()?.is_number(), "number"),
-        Some(Value::Number(_)) => {
-            let v = read()?;
-            (v.is_i64() || v.is_u64(), "integer")
-        }
-        Some(Value::Bool(_)) => (read()?.is_boolean(), "boolean"),
-        Some(_) => (read()?.is_null(), "null"),
+        None => return Ok(read),
+        Some(Value::Number(n)) if n.is_f64() => (read.is_number(), "number"),
+        Some(Value::Number(_)) => (read.is_i64() || read.is_u64(), "integer"),
+        Some(Value::Bool(_)) => (read.is_boolean(), "boolean"),
+        Some(_) => (read.is_null(), "null"),
     };
     if ok {
-        read()
+        Ok(read)
     } else {
         Err(format!(
             "the field is a {kind} and `{text}` is not (kustomize keeps the type of a field it replaces into)"
