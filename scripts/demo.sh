@@ -12,9 +12,9 @@ check_only=false
 [ "${1:-}" = "--check" ] && check_only=true
 
 scripts/setup.sh >/dev/null
-cache="${STAGEHAND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stagehand}"
-# shellcheck disable=SC1091
-. "$cache/env.sh"
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+load_tools
 
 echo "== building stagehand"
 cargo build --quiet --bin stagehand

@@ -9,16 +9,13 @@
 # (STAGEHAND_ETCD, STAGEHAND_KUBE_APISERVER), overridable by the same variables.
 set -euo pipefail
 
-cache="${STAGEHAND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stagehand}"
 here=$(cd "$(dirname "$0")" && pwd)
 self="$here/$(basename "$0")"
+# shellcheck source=scripts/lib.sh
+. "$here/lib.sh"
 
-load_tools() {
-  local etcd=${STAGEHAND_ETCD:-} apiserver=${STAGEHAND_KUBE_APISERVER:-}
-  # shellcheck disable=SC1091
-  [ -f "$cache/env.sh" ] && . "$cache/env.sh"
-  STAGEHAND_ETCD=${etcd:-${STAGEHAND_ETCD:-}}
-  STAGEHAND_KUBE_APISERVER=${apiserver:-${STAGEHAND_KUBE_APISERVER:-}}
+require_tools() {
+  load_tools
   [ -x "${STAGEHAND_ETCD:-}" ] || { echo "etcd not found: run scripts/setup.sh" >&2; exit 1; }
   [ -x "${STAGEHAND_KUBE_APISERVER:-}" ] || { echo "kube-apiserver not found: run scripts/setup.sh" >&2; exit 1; }
 }
@@ -44,7 +41,7 @@ down() {
 
 up() {
   local dir=$1 watch=${2:-}
-  load_tools
+  require_tools
   mkdir -p "$dir/certs"
   dir=$(cd "$dir" && pwd)
   [ -f "$dir/pids" ] && down "$dir"

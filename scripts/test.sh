@@ -5,9 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh >/dev/null
-cache="${STAGEHAND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stagehand}"
-# shellcheck disable=SC1091
-. "$cache/env.sh"
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+load_tools
 
 echo "== cargo fmt --check"
 cargo fmt --check
