@@ -5,9 +5,39 @@
 # Prints the tool locations as shell assignments on the last lines (see scripts/env.sh).
 set -euo pipefail
 
-cache="${STAGEHAND_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stagehand}"
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+cache=$stagehand_cache
 mkdir -p "$cache"
 log() { printf '[setup] %s\n' "$*" >&2; }
+
+# The Debian mirror this machine's own apt sources name (deb822 files, then one-line lists),
+# skipping security and third-party archives; the public one if none is named.
+debian_mirror() {
+  local uri
+  uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '
+    /^[[:space:]]*$/ { if (deb && uri != "" && suites !~ /-security/) { print uri; exit } deb=0; uri=""; suites=""; next }
+    /^Types:/ && / deb( |$)/ { deb=1 }
+    /^URIs:/ && $2 ~ /\/debian\/?$/ { uri=$2 }
+    /^Suites:/ { suites=$0 }
+    END { if (deb && uri != "" && suites !~ /-security/) print uri }' | head -n1)
+  [ -n "$uri" ] || uri=$(awk '$1 == "deb" && $2 ~ /\/debian\/?$/ && $3 !~ /-security/ { print $2; exit }' \
+    /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n1)
+  printf '%s\n' "${uri:-http://deb.debian.org/debian}"
+}
+
+# Downloads bookworm's kubernetes source package (the 1.20 the build below patches) into DIR
+# through a private sources list and package lists, so /etc/apt is left as it is.
+fetch_kubernetes_source() {
+  local dir=$1 apt="$1/apt"
+  mkdir -p "$apt/lists/partial" "$apt/sources.list.d"
+  printf 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s bookworm main\n' \
+    "$(debian_mirror)" > "$apt/sources.list"
+  local private=(-o "Dir::Etc::SourceList=$apt/sources.list" -o "Dir::Etc::SourceParts=$apt/sources.list.d"
+                 -o "Dir::State::Lists=$apt/lists")
+  apt-get "${private[@]}" update -qq
+  (cd "$dir" && apt-get "${private[@]}" source --download-only kubernetes >/dev/null 2>&1)
+}
 
 need_apt=()
 for pair in age:age etcd:etcd-server rsync:rsync jq:jq openssl:openssl git:git \
@@ -56,20 +86,9 @@ fi
 
 if ! have_apiserver; then
   log "building kube-apiserver $apiserver_version from Debian's source package (about 8 minutes, once)"
-  if ! ls /etc/apt/sources.list.d/*.sources 2>/dev/null | xargs -r grep -l '^Types:.*deb-src' >/dev/null 2>&1 \
-     && ! grep -rqs '^deb-src' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    cat > /etc/apt/sources.list.d/stagehand-debian-src.sources <<'SRC'
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-    apt-get update -qq
-  fi
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
-  (cd "$work" && apt-get source --download-only kubernetes >/dev/null 2>&1)
+  fetch_kubernetes_source "$work"
   tar -C "$work" -xzf "$work"/kubernetes_*.orig.tar.gz
   src=$(find "$work" -maxdepth 1 -type d -name 'kubernetes-1.20*' | head -n1)
   # Kubernetes 1.20 vendors reflect2 1.0.1, whose map handling crashes under Go >= 1.18 (the
