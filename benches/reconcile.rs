@@ -72,6 +72,7 @@ fn environment(name: &str, kubeconfig: &Path) -> Environment {
             timeout: Duration::from_secs(3600),
             force: false,
             recreate: false,
+            auto: true,
         },
         approval: ApprovalPolicy {
             required: 0,

@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod reconcile;
 pub mod render;
 pub mod secrets;
+pub mod service;
 pub mod telemetry;
 
 /// Code generated from `proto/stagehand/v1/*.proto`.

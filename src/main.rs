@@ -213,6 +213,16 @@ struct ServeArgs {
     /// Directory for durable state (created if missing).
     #[arg(long, env = "STAGEHAND_STATE_DIR", default_value = ".stagehand")]
     state_dir: PathBuf,
+    /// Address of the HTTP listener for Git hosts' push webhooks (`POST /api/webhook`);
+    /// none without it.
+    #[arg(long, env = "STAGEHAND_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// A file holding the secret webhooks are signed with (GitHub, Gitea/Forgejo, generic
+    /// HMAC-SHA256) or carry (GitLab's X-Gitlab-Token). Without it every webhook is refused.
+    #[arg(long, env = "STAGEHAND_WEBHOOK_SECRET_FILE")]
+    webhook_secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    credentials: GitCredentialArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -632,10 +642,60 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let pipeline = Arc::new(Pipeline::load(&args.pipeline)?);
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
+    let secret = match &args.webhook_secret_file {
+        None => None,
+        Some(file) => {
+            let bytes = std::fs::read(file)
+                .with_context(|| format!("cannot read the webhook secret file {}", file.display()))?;
+            Some(
+                stagehand::service::webhook::WebhookSecret::from_file_contents(bytes)
+                    .with_context(|| format!("the webhook secret file {} is empty", file.display()))?,
+            )
+        }
+    };
+    let url = repository_url(&args.pipeline, &pipeline.repository.url);
+    let repository = git::Repository::open(&args.state_dir, url, args.credentials.load()?)?;
+    let identities = secrets::Identities::from_sops_environment()?;
+    let service = stagehand::service::Service::start(stagehand::service::Config {
+        reconcile: reconcile::Options {
+            owner_prefix: format!("{}.", pipeline.name),
+            ..reconcile::Options::default()
+        },
+        pipeline,
+        repository,
+        identities: Arc::new(identities),
+    });
     let listener = api::Listener::bind(args.listen).await?;
-    // Scripts and tests that pass port 0 read the chosen address from this line on stdout.
+    // Scripts and tests that pass port 0 read the chosen addresses from these lines on stdout.
     println!("listening on {}", listener.local_addr());
-    api::serve(listener, pipeline, shutdown_signal()).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let http = match args.http_listen {
+        None => None,
+        Some(addr) => {
+            let listener = api::Listener::bind(addr).await?;
+            println!("http listening on {}", listener.local_addr());
+            let mut stopped = stopped.clone();
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            Some(tokio::spawn(api::http::serve(
+                listener,
+                service.clone(),
+                secret,
+                shutdown,
+            )))
+        }
+    };
+    let grpc = api::serve(listener, service.clone(), async move {
+        shutdown_signal().await;
+        stop.send_replace(true);
+    })
+    .await;
+    if let Some(http) = http {
+        http.await.context("the HTTP task panicked")??;
+    }
+    grpc?;
+    service.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,44 +1,58 @@
 //! `stagehand.v1.EnvironmentService`: the environments of the pipeline as clients see them.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::pipeline::{self, Pipeline};
+use crate::cluster::ObjectRef;
+use crate::cluster::apply::Change;
+use crate::cluster::health::HealthStatus;
+use crate::pipeline;
 use crate::proto;
+use crate::reconcile::{EnvironmentStatus, Plan};
+use crate::service::{self, EnvironmentView, Service};
 
+/// The handlers of `stagehand.v1.EnvironmentService`: parse, call the service, convert.
 pub struct EnvironmentApi {
-    pipeline: Arc<Pipeline>,
+    service: Arc<Service>,
 }
 
 impl EnvironmentApi {
-    pub fn new(pipeline: Arc<Pipeline>) -> Self {
-        Self { pipeline }
-    }
-
-    fn find(&self, name: &str) -> Result<&pipeline::Environment, Status> {
-        if name.is_empty() {
-            return Err(Status::invalid_argument(
-                "name: an environment name is required",
-            ));
-        }
-        self.pipeline.environment(name).ok_or_else(|| {
-            Status::not_found(format!(
-                "environment {name:?} is not in pipeline {:?}",
-                self.pipeline.name
-            ))
-        })
+    pub fn new(service: Arc<Service>) -> Self {
+        Self { service }
     }
 }
 
-/// RPCs whose domain module does not exist yet answer UNIMPLEMENTED with the reason, rather than
-/// an empty or invented result.
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not available in this version of stagehand"
-    ))
+fn required(name: &str) -> Result<&str, Status> {
+    if name.is_empty() {
+        Err(Status::invalid_argument(
+            "name: an environment name is required",
+        ))
+    } else {
+        Ok(name)
+    }
+}
+
+/// The one mapping from service errors to status codes. Internal detail is logged; the client
+/// gets a message it can act on.
+fn status_of(error: service::Error) -> Status {
+    match error {
+        service::Error::Unknown(e) => Status::not_found(e.to_string()),
+        service::Error::Suspended { .. } => Status::failed_precondition(error.to_string()),
+        service::Error::Stopping => Status::unavailable(error.to_string()),
+        service::Error::Fetch(_) | service::Error::History { .. } | service::Error::Plan { .. } => {
+            tracing::warn!(error = %crate::service::describe(&error), "request failed");
+            Status::unavailable(format!("{error}; see the server log for the cause"))
+        }
+    }
+}
+
+fn unknown(error: service::UnknownEnvironment) -> Status {
+    Status::not_found(error.to_string())
 }
 
 type EnvironmentStream = Pin<Box<dyn Stream<Item = Result<proto::Environment, Status>> + Send>>;
@@ -49,13 +63,14 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         &self,
         _request: Request<proto::ListEnvironmentsRequest>,
     ) -> Result<Response<proto::ListEnvironmentsResponse>, Status> {
+        let pipeline = self.service.pipeline();
         Ok(Response::new(proto::ListEnvironmentsResponse {
-            pipeline: self.pipeline.name.clone(),
+            pipeline: pipeline.name.clone(),
             environments: self
-                .pipeline
-                .environments
+                .service
+                .environments()
                 .iter()
-                .map(|env| to_proto(env, &self.pipeline.repository.branch))
+                .map(|view| view_to_proto(view, &pipeline.repository.branch))
                 .collect(),
         }))
     }
@@ -64,51 +79,74 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         &self,
         request: Request<proto::GetEnvironmentRequest>,
     ) -> Result<Response<proto::Environment>, Status> {
-        let env = self.find(&request.get_ref().name)?;
-        Ok(Response::new(to_proto(
-            env,
-            &self.pipeline.repository.branch,
-        )))
+        let name = required(&request.get_ref().name)?;
+        let view = self.service.environment(name).map_err(unknown)?;
+        Ok(Response::new(self.to_proto(&view)))
     }
 
     async fn sync_environment(
         &self,
         request: Request<proto::SyncEnvironmentRequest>,
     ) -> Result<Response<proto::SyncEnvironmentResponse>, Status> {
-        self.find(&request.get_ref().name)?;
-        Err(not_yet("sync"))
+        let request = request.into_inner();
+        let name = required(&request.name)?;
+        let view = self
+            .service
+            .sync(name, request.fetch, request.wait)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(proto::SyncEnvironmentResponse {
+            status: Some(status_to_proto(&view)),
+        }))
     }
 
     async fn diff_environment(
         &self,
         request: Request<proto::DiffEnvironmentRequest>,
     ) -> Result<Response<proto::DiffEnvironmentResponse>, Status> {
-        self.find(&request.get_ref().name)?;
-        Err(not_yet("diff"))
+        let request = request.into_inner();
+        let name = required(&request.name)?;
+        if !request.revision.is_empty() {
+            return Err(Status::invalid_argument(
+                "revision: only the desired revision can be compared with the cluster for now; leave it empty",
+            ));
+        }
+        let plan = self.service.diff(name).await.map_err(status_of)?;
+        Ok(Response::new(plan_to_proto(&plan)))
     }
 
     async fn suspend_environment(
         &self,
         request: Request<proto::SuspendEnvironmentRequest>,
     ) -> Result<Response<proto::Environment>, Status> {
-        self.find(&request.get_ref().name)?;
-        Err(not_yet("suspend"))
+        let name = required(&request.get_ref().name)?;
+        let view = self.service.suspend(name).map_err(unknown)?;
+        Ok(Response::new(self.to_proto(&view)))
     }
 
     async fn resume_environment(
         &self,
         request: Request<proto::ResumeEnvironmentRequest>,
     ) -> Result<Response<proto::Environment>, Status> {
-        self.find(&request.get_ref().name)?;
-        Err(not_yet("resume"))
+        let name = required(&request.get_ref().name)?;
+        let view = self.service.resume(name).map_err(unknown)?;
+        Ok(Response::new(self.to_proto(&view)))
     }
 
     async fn list_revisions(
         &self,
         request: Request<proto::ListRevisionsRequest>,
     ) -> Result<Response<proto::ListRevisionsResponse>, Status> {
-        self.find(&request.get_ref().name)?;
-        Err(not_yet("revision history"))
+        let request = request.into_inner();
+        let name = required(&request.name)?;
+        let limit = match request.limit {
+            0 => 50,
+            n => n.min(1000) as usize,
+        };
+        let entries = self.service.history(name, limit).await.map_err(status_of)?;
+        Ok(Response::new(proto::ListRevisionsResponse {
+            revisions: entries.iter().map(revision_to_proto).collect(),
+        }))
     }
 
     type WatchEnvironmentsStream = EnvironmentStream;
@@ -117,10 +155,214 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         &self,
         request: Request<proto::WatchEnvironmentsRequest>,
     ) -> Result<Response<Self::WatchEnvironmentsStream>, Status> {
-        for name in &request.get_ref().names {
-            self.find(name)?;
+        let names = &request.get_ref().names;
+        for name in names {
+            self.service.environment(name).map_err(unknown)?;
         }
-        Err(not_yet("watching environments"))
+        let wanted: HashSet<String> = names.iter().cloned().collect();
+        let wants = move |name: &str| wanted.is_empty() || wanted.contains(name);
+        // A snapshot of every watched environment first, then each change as it happens.
+        let snapshot: Vec<_> = self
+            .service
+            .environments()
+            .into_iter()
+            .filter(|view| wants(&view.environment.name))
+            .map(|view| Ok(self.to_proto(&view)))
+            .collect();
+        let service = self.service.clone();
+        let branch = service.pipeline().repository.branch.clone();
+        let changes = tokio_stream::wrappers::UnboundedReceiverStream::new(service.changes());
+        let updates = tokio_stream::StreamExt::filter_map(changes, move |name| {
+            if !wants(&name) {
+                return None;
+            }
+            let view = service.environment(&name).ok()?;
+            Some(Ok(view_to_proto(&view, &branch)))
+        });
+        let stream = tokio_stream::StreamExt::chain(tokio_stream::iter(snapshot), updates);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+impl EnvironmentApi {
+    fn to_proto(&self, view: &EnvironmentView) -> proto::Environment {
+        view_to_proto(view, &self.service.pipeline().repository.branch)
+    }
+}
+
+fn view_to_proto(view: &EnvironmentView, main_branch: &str) -> proto::Environment {
+    proto::Environment {
+        status: Some(status_to_proto(view)),
+        ..to_proto(&view.environment, main_branch)
+    }
+}
+
+fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(time)
+}
+
+fn reference(object: &ObjectRef) -> proto::ObjectRef {
+    proto::ObjectRef {
+        api_version: object.api_version(),
+        kind: object.kind.clone(),
+        namespace: object.namespace.clone().unwrap_or_default(),
+        name: object.name.clone(),
+    }
+}
+
+fn health(status: Option<HealthStatus>) -> i32 {
+    match status {
+        None => proto::Health::Unspecified,
+        Some(HealthStatus::Healthy) => proto::Health::Healthy,
+        Some(HealthStatus::Progressing) => proto::Health::Progressing,
+        Some(HealthStatus::Failed) => proto::Health::Failed,
+    }
+    .into()
+}
+
+/// The action word and the field paths of one object's change.
+fn action(change: &Change) -> (&'static str, &[String]) {
+    match change {
+        Change::Created => ("created", &[]),
+        Change::Configured { fields } => ("configured", fields),
+        Change::Unchanged => ("unchanged", &[]),
+        Change::Drifted { fields } => ("drifted", fields),
+        Change::Healed { fields } => ("healed", fields),
+        Change::Recreated => ("recreated", &[]),
+        Change::Failed { .. } => ("failed", &[]),
+    }
+}
+
+fn status_to_proto(view: &EnvironmentView) -> proto::EnvironmentStatus {
+    let status: &EnvironmentStatus = &view.status;
+    let mut objects: Vec<proto::ObjectStatus> = status
+        .objects
+        .iter()
+        .map(|object| {
+            let (word, fields) = action(&object.change);
+            let message = match (&object.change, &object.health) {
+                (Change::Failed { error }, _) => error.clone(),
+                (_, Some(health)) => health.message.clone(),
+                _ => String::new(),
+            };
+            let drifted = status
+                .drift
+                .iter()
+                .find(|d| d.reference == object.reference)
+                .map(|d| d.fields.clone())
+                .unwrap_or_else(|| match object.change {
+                    Change::Drifted { .. } | Change::Healed { .. } => fields.to_vec(),
+                    _ => Vec::new(),
+                });
+            proto::ObjectStatus {
+                object: Some(reference(&object.reference)),
+                action: word.to_owned(),
+                health: health(object.health.as_ref().map(|h| h.status)),
+                message,
+                drifted_fields: drifted,
+            }
+        })
+        .collect();
+    objects.extend(status.pruned.iter().map(|pruned| proto::ObjectStatus {
+        object: Some(reference(&pruned.reference)),
+        action: "pruned".to_owned(),
+        health: health(None),
+        message: pruned.outcome.to_string(),
+        drifted_fields: Vec::new(),
+    }));
+    let next_sync_time = status
+        .next_attempt_in
+        .and_then(|after| status.last_attempt.map(|_| SystemTime::now() + after))
+        .map(timestamp);
+    proto::EnvironmentStatus {
+        desired_revision: view
+            .desired
+            .as_ref()
+            .map(|d| d.commit.clone())
+            .unwrap_or_default(),
+        applied_revision: status.applied_revision.clone().unwrap_or_default(),
+        attempted_revision: status.attempted_revision.clone().unwrap_or_default(),
+        last_sync_time: status.last_attempt.map(timestamp),
+        health: health(status.health),
+        last_error: status
+            .last_error
+            .clone()
+            .or_else(|| view.source_error.clone())
+            .unwrap_or_default(),
+        objects,
+        reason: status.reason.as_str().to_owned(),
+        message: status.message.clone(),
+        suspended: status.suspended,
+        out_of_sync: view.out_of_sync(),
+        next_sync_time,
+        last_applied_time: status.last_applied.map(timestamp),
+        failures: status.failures,
+        passes: status.passes,
+        fetched_time: view.desired.as_ref().map(|d| timestamp(d.fetched)),
+    }
+}
+
+fn plan_to_proto(plan: &Plan) -> proto::DiffEnvironmentResponse {
+    let mut objects: Vec<proto::ObjectDiff> = plan
+        .objects
+        .iter()
+        .filter_map(|object| {
+            let (change, fields) = match &object.change {
+                Change::Created => ("create", Vec::new()),
+                Change::Configured { fields }
+                | Change::Drifted { fields }
+                | Change::Healed { fields } => ("update", fields.clone()),
+                Change::Recreated => ("recreate", Vec::new()),
+                Change::Failed { error } => ("failed", vec![error.clone()]),
+                Change::Unchanged => return None,
+            };
+            let secret = object.reference.kind == "Secret" && object.reference.group.is_empty();
+            Some(proto::ObjectDiff {
+                object: Some(reference(&object.reference)),
+                change: change.to_owned(),
+                // Field paths only: values, and so Secret data, never leave the service.
+                diff: fields.join("\n"),
+                changed_secret_keys: if secret {
+                    fields
+                        .iter()
+                        .filter_map(|f| {
+                            f.strip_prefix("data.")
+                                .or_else(|| f.strip_prefix("stringData."))
+                        })
+                        .map(str::to_owned)
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+            })
+        })
+        .collect();
+    objects.extend(plan.prune.iter().map(|pruned| proto::ObjectDiff {
+        object: Some(reference(&pruned.reference)),
+        change: "prune".to_owned(),
+        diff: pruned.outcome.to_string(),
+        changed_secret_keys: Vec::new(),
+    }));
+    proto::DiffEnvironmentResponse {
+        revision: plan.revision.clone(),
+        objects,
+    }
+}
+
+fn revision_to_proto(entry: &service::HistoryEntry) -> proto::Revision {
+    let git = &entry.entry;
+    proto::Revision {
+        commit: git.commit.to_string(),
+        summary: git.summary.clone(),
+        time: Some(prost_types::Timestamp {
+            seconds: git.time,
+            nanos: 0,
+        }),
+        promotion_id: git.trailers.promotion.clone().unwrap_or_default(),
+        promoted_from: git.trailers.promoted_from.clone().unwrap_or_default(),
+        requested_by: git.trailers.requested_by.clone().unwrap_or_default(),
+        approved_by: git.trailers.approved_by.clone(),
+        applied: entry.applied,
     }
 }
 
@@ -163,6 +405,7 @@ pub fn to_proto(env: &pipeline::Environment, main_branch: &str) -> proto::Enviro
             prune: env.sync.prune,
             self_heal: env.sync.self_heal,
             suspended: env.sync.suspend,
+            auto: env.sync.auto,
         }),
         status: None,
     }

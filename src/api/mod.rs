@@ -2,6 +2,7 @@
 //! answer comes from the domain modules.
 
 mod environments;
+pub mod http;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,8 +12,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
-use crate::pipeline::Pipeline;
 use crate::proto::environment_service_server::EnvironmentServiceServer;
+use crate::service::Service;
 
 pub use environments::EnvironmentApi;
 
@@ -26,6 +27,8 @@ pub enum Error {
     },
     #[error("gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
+    #[error("HTTP server failed")]
+    Http(#[source] std::io::Error),
     #[error("cannot build the reflection service")]
     Reflection(#[source] tonic_reflection::server::Error),
 }
@@ -55,7 +58,7 @@ impl Listener {
 /// reports NOT_SERVING and drains in-flight calls.
 pub async fn serve(
     listener: Listener,
-    pipeline: Arc<Pipeline>,
+    service: Arc<Service>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -68,7 +71,7 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha().map_err(Error::Reflection)?;
 
     let addr = listener.local_addr();
-    tracing::info!(%addr, pipeline = %pipeline.name, "serving gRPC");
+    tracing::info!(%addr, pipeline = %service.pipeline().name, "serving gRPC");
     let draining = async {
         shutdown.await;
         tracing::info!("shutting down: reporting NOT_SERVING and draining calls");
@@ -83,7 +86,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(EnvironmentServiceServer::new(EnvironmentApi::new(pipeline)))
+        .add_service(EnvironmentServiceServer::new(EnvironmentApi::new(service)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener.inner), draining)
         .await
         .map_err(Error::Serve)

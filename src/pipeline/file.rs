@@ -112,6 +112,8 @@ pub struct Sync {
     pub force: bool,
     #[serde(default)]
     pub recreate: bool,
+    #[serde(default)]
+    pub auto: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

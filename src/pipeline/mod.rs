@@ -138,6 +138,9 @@ pub struct SyncPolicy {
     pub force: bool,
     /// Delete and create again an object whose change touches an immutable field.
     pub recreate: bool,
+    /// Apply new revisions as soon as they are fetched (`sync: {auto: false}` waits for an
+    /// explicit sync; the environment then shows as out of sync).
+    pub auto: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -209,6 +209,7 @@ fn validate_environment(
         timeout: None,
         force: false,
         recreate: false,
+        auto: None,
     });
     let interval = match sync.interval {
         None => DEFAULT_INTERVAL,
@@ -242,6 +243,7 @@ fn validate_environment(
         timeout,
         force: sync.force,
         recreate: sync.recreate,
+        auto: sync.auto.unwrap_or(true),
     };
 
     let approval = env.approval.map_or(

@@ -22,6 +22,15 @@ struct Handle {
     status: watch::Receiver<EnvironmentStatus>,
 }
 
+/// When each loop runs its first pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstPass {
+    /// At once (a one-shot caller that has the desired state at hand).
+    Immediately,
+    /// On the first [`Controller::trigger`] (the service, once its first fetch is in).
+    OnTrigger,
+}
+
 /// Runs every environment's loop and lets callers steer them.
 pub struct Controller {
     environments: HashMap<String, Handle>,
@@ -36,6 +45,18 @@ impl Controller {
         environments: Vec<Environment>,
         source: Arc<S>,
         options: Options,
+    ) -> Self {
+        Self::start_with(environments, source, options, FirstPass::Immediately)
+    }
+
+    /// Starts one task per environment, each running its first pass as `first` says. An
+    /// environment in manual sync mode (`sync.auto` false) only ever runs a pass when
+    /// triggered.
+    pub fn start_with<S: DesiredState>(
+        environments: Vec<Environment>,
+        source: Arc<S>,
+        options: Options,
+        first: FirstPass,
     ) -> Self {
         let options = Arc::new(options);
         let (shutdown, _) = watch::channel(false);
@@ -56,6 +77,7 @@ impl Controller {
                 status_tx,
                 shutdown.subscribe(),
                 options.clone(),
+                first,
             )));
             handles.insert(
                 name,
@@ -131,8 +153,13 @@ async fn run<S: DesiredState>(
     status: watch::Sender<EnvironmentStatus>,
     mut shutdown: watch::Receiver<bool>,
     options: Arc<Options>,
+    first: FirstPass,
 ) {
     let mut failures = 0u32;
+    // A manual environment must not pick up a new revision by itself, and every pass reads
+    // the branch tip: it only runs a pass when triggered.
+    let manual = !reconciler.environment().sync.auto;
+    let mut await_trigger = first == FirstPass::OnTrigger || manual;
     loop {
         if *suspended.borrow_and_update() {
             let s = reconciler.status_mut();
@@ -145,7 +172,20 @@ async fn run<S: DesiredState>(
                 _ = shutdown.changed() => return,
             }
         }
-        reconciler.status_mut().suspended = false;
+        if reconciler.status().suspended {
+            let s = reconciler.status_mut();
+            s.suspended = false;
+            s.reason = Reason::Pending;
+            status.send_replace(s.clone());
+        }
+        if await_trigger {
+            tokio::select! {
+                _ = trigger.notified() => {}
+                _ = suspended.changed() => continue,
+                _ = shutdown.changed() => return,
+            }
+        }
+        await_trigger = manual;
         let result = tokio::select! {
             result = reconciler.reconcile() => result,
             _ = shutdown.changed() => return,
@@ -162,6 +202,7 @@ async fn run<S: DesiredState>(
             }
         };
         let wait = match action {
+            _ if manual => None,
             Action::Requeue(after) => Some(after),
             Action::AwaitChange => None,
         };
@@ -170,6 +211,9 @@ async fn run<S: DesiredState>(
         s.passes += 1;
         s.next_attempt_in = wait;
         status.send_replace(s.clone());
+        if manual {
+            continue;
+        }
         let sleep = async {
             match wait {
                 Some(after) => tokio::time::sleep(after).await,

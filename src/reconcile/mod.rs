@@ -37,7 +37,7 @@ use crate::cluster::redact::Redactor;
 use crate::cluster::{self, Connection, Object, ObjectError, ObjectRef, events};
 use crate::pipeline::Environment;
 
-pub use controller::{Controller, UnknownEnvironment};
+pub use controller::{Controller, FirstPass, UnknownEnvironment};
 pub use status::{Drift, EnvironmentStatus, Event, EventKind, ObjectStatus, Reason};
 
 /// What Git says an environment should run: a revision and its objects (Secrets decrypted).

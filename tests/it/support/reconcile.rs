@@ -36,6 +36,7 @@ pub fn environment(name: &str, kubeconfig: &Path) -> Environment {
             timeout: Duration::from_secs(300),
             force: false,
             recreate: false,
+            auto: true,
         },
         approval: ApprovalPolicy {
             required: 0,

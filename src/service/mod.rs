@@ -1,0 +1,472 @@
+//! The running service: the one place that builds, from a pipeline, the graph `serve` runs.
+//!
+//! ```text
+//!  git poller (one per repository) ──(an environment's tree moved)──► reconcile controller
+//!  webhook receiver ───────────────(fetch now, coalesced)──────────►      │ status per environment
+//!  api handlers ──► Service (status, sync, suspend, resume, diff, history, watch) ◄──┘
+//! ```
+//!
+//! The reconcile loops read the repository cache without fetching: the poller keeps it fresh,
+//! and after every fetch the service compares each environment's directory tree with the last
+//! one it saw, waking only the environments whose own files changed. An environment in manual
+//! sync mode (`sync: {auto: false}`) is shown out of sync instead and waits for
+//! [`Service::sync`]. Handlers receive an `Arc<Service>` and only translate.
+
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::git::{self, poll::Poller};
+use crate::pipeline::{Environment, Pipeline};
+use crate::reconcile::{self, Controller, EnvironmentStatus, FirstPass, Plan, Reconciler, source::GitSource};
+use crate::secrets::Identities;
+
+/// What the service needs to start.
+pub struct Config {
+    pub pipeline: Arc<Pipeline>,
+    /// The cache of the pipeline's repository (not fetched yet is fine).
+    pub repository: git::Repository,
+    /// The age identities SOPS files are decrypted with.
+    pub identities: Arc<Identities>,
+    pub reconcile: reconcile::Options,
+}
+
+/// An environment name the pipeline does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("environment {environment:?} is not in pipeline {pipeline:?}")]
+pub struct UnknownEnvironment {
+    pub environment: String,
+    pub pipeline: String,
+}
+
+/// Why a call into the service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Unknown(#[from] UnknownEnvironment),
+    /// The environment is suspended, so a sync would not run.
+    #[error("environment {environment:?} is suspended; resume it first")]
+    Suspended { environment: String },
+    #[error("cannot fetch the repository")]
+    Fetch(#[source] Arc<git::fetch::Error>),
+    #[error("cannot read the history of environment {environment:?}")]
+    History {
+        environment: String,
+        #[source]
+        source: git::revision::Error,
+    },
+    #[error("cannot plan a sync of environment {environment:?}")]
+    Plan {
+        environment: String,
+        #[source]
+        source: reconcile::Error,
+    },
+    /// The service is shutting down.
+    #[error("the service is stopping")]
+    Stopping,
+}
+
+/// What Git says an environment should run, as of the last fetch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredRevision {
+    pub commit: String,
+    /// The tree of the environment's directory: when only this moves, only its files changed.
+    pub tree: String,
+    pub fetched: SystemTime,
+}
+
+/// How an environment's revisions reach its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// New revisions are applied as soon as they are fetched.
+    Auto,
+    /// New revisions wait for an explicit sync.
+    Manual,
+}
+
+/// One environment as the service sees it: the pipeline's definition, what Git says it should
+/// run, and what its reconcile loop last did. Holds no Secret values.
+#[derive(Debug, Clone)]
+pub struct EnvironmentView {
+    pub environment: Environment,
+    pub mode: SyncMode,
+    pub desired: Option<DesiredRevision>,
+    /// Why the desired revision could not be read at the last fetch.
+    pub source_error: Option<String>,
+    pub status: EnvironmentStatus,
+}
+
+impl EnvironmentView {
+    /// Whether Git holds a revision the cluster does not run yet.
+    pub fn out_of_sync(&self) -> bool {
+        match &self.desired {
+            Some(desired) => self.status.applied_revision.as_deref() != Some(&desired.commit),
+            None => false,
+        }
+    }
+}
+
+/// One revision of an environment's history, with what the service did with it.
+#[derive(Debug, Clone)]
+pub struct HistoryEntry {
+    pub entry: git::history::Entry,
+    /// Whether this is the revision the environment runs now.
+    pub applied: bool,
+}
+
+/// What Git says per environment, shared between the fetch loop and readers.
+type DesiredTable = HashMap<String, Result<DesiredRevision, String>>;
+
+/// The running pipeline.
+pub struct Service {
+    pipeline: Arc<Pipeline>,
+    repository: git::Repository,
+    controller: Controller,
+    source: Arc<GitSource>,
+    options: reconcile::Options,
+    poller: Arc<Poller<git::poll::FetchResult>>,
+    desired: watch::Sender<Arc<DesiredTable>>,
+    last_fetch_error: Mutex<Option<String>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Service {
+    /// Starts the fetch loop and every environment's reconcile loop. Must run inside a tokio
+    /// runtime.
+    pub fn start(config: Config) -> Arc<Self> {
+        let Config {
+            pipeline,
+            repository,
+            identities,
+            reconcile: options,
+        } = config;
+        let source = Arc::new(GitSource::new(
+            pipeline.clone(),
+            repository.clone(),
+            identities,
+            false,
+        ));
+        let controller = Controller::start_with(
+            pipeline.environments.clone(),
+            source.clone(),
+            options.clone(),
+            FirstPass::OnTrigger,
+        );
+        let poller = Arc::new(repository.poller(fetch_interval(&pipeline)));
+        let (desired, _) = watch::channel(Arc::new(DesiredTable::new()));
+        Arc::new_cyclic(|service: &std::sync::Weak<Service>| {
+            let follower = tokio::spawn(follow_fetches(service.clone(), poller.subscribe()));
+            Self {
+                pipeline,
+                repository,
+                controller,
+                source,
+                options,
+                poller,
+                desired,
+                last_fetch_error: Mutex::new(None),
+                tasks: vec![follower],
+            }
+        })
+    }
+
+    pub fn pipeline(&self) -> &Arc<Pipeline> {
+        &self.pipeline
+    }
+
+    fn environment_of(&self, name: &str) -> Result<&Environment, UnknownEnvironment> {
+        self.pipeline
+            .environment(name)
+            .ok_or_else(|| UnknownEnvironment {
+                environment: name.to_owned(),
+                pipeline: self.pipeline.name.clone(),
+            })
+    }
+
+    /// Every environment, in pipeline order.
+    pub fn environments(&self) -> Vec<EnvironmentView> {
+        self.pipeline
+            .environments
+            .iter()
+            .map(|env| self.view(env))
+            .collect()
+    }
+
+    /// One environment.
+    pub fn environment(&self, name: &str) -> Result<EnvironmentView, UnknownEnvironment> {
+        Ok(self.view(self.environment_of(name)?))
+    }
+
+    fn view(&self, env: &Environment) -> EnvironmentView {
+        let status = self
+            .controller
+            .status(&env.name)
+            .expect("the controller runs every environment of the pipeline");
+        let table = self.desired.borrow().clone();
+        let (desired, source_error) = match table.get(&env.name) {
+            Some(Ok(desired)) => (Some(desired.clone()), None),
+            Some(Err(error)) => (None, Some(error.clone())),
+            None => (None, self.last_fetch_error.lock().ok().and_then(|e| e.clone())),
+        };
+        EnvironmentView {
+            environment: env.clone(),
+            mode: if env.sync.auto {
+                SyncMode::Auto
+            } else {
+                SyncMode::Manual
+            },
+            desired,
+            source_error,
+            status,
+        }
+    }
+
+    /// Fetches the repository now (or joins the fetch already queued); the environments whose
+    /// files moved are woken by the fetch loop.
+    pub async fn fetch_now(&self) -> Result<(), Error> {
+        self.poller
+            .fetch_now()
+            .await
+            .map(|_| ())
+            .map_err(Error::Fetch)
+    }
+
+    /// Runs a pass of `name` now. With `fetch`, the repository is fetched first; with `wait`,
+    /// returns once that pass has finished, with its status.
+    pub async fn sync(
+        &self,
+        name: &str,
+        fetch: bool,
+        wait: bool,
+    ) -> Result<EnvironmentView, Error> {
+        let env = self.environment_of(name)?.clone();
+        let mut status = self
+            .controller
+            .watch(name)
+            .expect("the controller runs every environment of the pipeline");
+        if status.borrow().suspended {
+            return Err(Error::Suspended {
+                environment: name.to_owned(),
+            });
+        }
+        if fetch {
+            self.fetch_now().await?;
+        }
+        let passes = status.borrow_and_update().passes;
+        self.controller
+            .trigger(name)
+            .expect("the controller runs every environment of the pipeline");
+        if wait {
+            status
+                .wait_for(|s| s.passes > passes || s.suspended)
+                .await
+                .map_err(|_| Error::Stopping)?;
+        }
+        Ok(self.view(&env))
+    }
+
+    /// Stops the passes of `name` until [`Service::resume`].
+    pub fn suspend(&self, name: &str) -> Result<EnvironmentView, UnknownEnvironment> {
+        let env = self.environment_of(name)?;
+        self.controller
+            .suspend(name)
+            .expect("the controller runs every environment of the pipeline");
+        Ok(self.view(env))
+    }
+
+    /// Resumes `name` with a pass at once.
+    pub fn resume(&self, name: &str) -> Result<EnvironmentView, UnknownEnvironment> {
+        let env = self.environment_of(name)?;
+        self.controller
+            .resume(name)
+            .expect("the controller runs every environment of the pipeline");
+        Ok(self.view(env))
+    }
+
+    /// What a sync of `name` would change, asked of the apiserver by a server-side dry run.
+    pub async fn diff(&self, name: &str) -> Result<Plan, Error> {
+        let env = self.environment_of(name)?.clone();
+        let (events, _) = tokio::sync::broadcast::channel(16);
+        let mut planner = Reconciler::new(
+            env,
+            self.source.clone(),
+            Arc::new(self.options.clone()),
+            events,
+        );
+        planner.plan().await.map_err(|source| Error::Plan {
+            environment: name.to_owned(),
+            source,
+        })
+    }
+
+    /// Up to `limit` revisions of `name`, newest first, marking the one it runs now.
+    pub async fn history(&self, name: &str, limit: usize) -> Result<Vec<HistoryEntry>, Error> {
+        self.environment_of(name)?;
+        let applied = self
+            .controller
+            .status(name)
+            .expect("the controller runs every environment of the pipeline")
+            .applied_revision;
+        let repository = self.repository.clone();
+        let pipeline = self.pipeline.clone();
+        let environment = name.to_owned();
+        let entries = tokio::task::spawn_blocking(move || {
+            repository.history(&pipeline, &environment, limit)
+        })
+        .await
+        .expect("reading history returns errors rather than panicking")
+        .map_err(|source| Error::History {
+            environment: name.to_owned(),
+            source,
+        })?;
+        Ok(entries
+            .into_iter()
+            .map(|entry| HistoryEntry {
+                applied: applied.as_deref() == Some(entry.commit.to_string().as_str()),
+                entry,
+            })
+            .collect())
+    }
+
+    /// A receiver that sees every change of any environment (its status or its desired
+    /// revision): the name of the environment that changed. Callers read
+    /// [`Service::environment`] for the new state, so a slow reader skips to the latest.
+    pub fn changes(&self) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for env in &self.pipeline.environments {
+            let mut status = self
+                .controller
+                .watch(&env.name)
+                .expect("the controller runs every environment of the pipeline");
+            let mut desired = self.desired.subscribe();
+            let tx = tx.clone();
+            let name = env.name.clone();
+            tokio::spawn(async move {
+                let mut last_desired = desired.borrow_and_update().get(&name).cloned();
+                loop {
+                    tokio::select! {
+                        changed = status.changed() => if changed.is_err() { return },
+                        changed = desired.changed() => {
+                            if changed.is_err() { return }
+                            let now = desired.borrow_and_update().get(&name).cloned();
+                            if now == last_desired { continue }
+                            last_desired = now;
+                        }
+                        () = tx.closed() => return,
+                    }
+                    if tx.send(name.clone()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        rx
+    }
+
+    /// Stops the fetch loop and every reconcile loop.
+    pub async fn shutdown(self: Arc<Self>) {
+        let Ok(service) = Arc::try_unwrap(self) else {
+            tracing::warn!("the service is still referenced at shutdown; its loops stop with the process");
+            return;
+        };
+        for task in &service.tasks {
+            task.abort();
+        }
+        service.controller.shutdown().await;
+    }
+}
+
+/// The shortest sync interval of the pipeline: how often the repository is fetched.
+fn fetch_interval(pipeline: &Pipeline) -> Duration {
+    pipeline
+        .environments
+        .iter()
+        .map(|env| env.sync.interval)
+        .min()
+        .unwrap_or(Duration::from_secs(60))
+        .max(Duration::from_secs(1))
+}
+
+/// After each fetch: reads every environment's revision, records it, and wakes the
+/// environments in automatic mode whose directory tree moved.
+async fn follow_fetches(
+    service: std::sync::Weak<Service>,
+    mut fetches: watch::Receiver<Option<git::poll::Completed<git::poll::FetchResult>>>,
+) {
+    let mut seen: HashMap<String, String> = HashMap::new();
+    while fetches.changed().await.is_ok() {
+        let Some(completed) = fetches.borrow_and_update().clone() else {
+            continue;
+        };
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        if let Err(error) = &completed.result {
+            let message = describe(error.as_ref());
+            tracing::warn!(error = %message, "fetch failed");
+            if let Ok(mut last) = service.last_fetch_error.lock() {
+                *last = Some(message);
+            }
+            continue;
+        }
+        if let Ok(mut last) = service.last_fetch_error.lock() {
+            *last = None;
+        }
+        let repository = service.repository.clone();
+        let pipeline = service.pipeline.clone();
+        let table = tokio::task::spawn_blocking(move || read_revisions(&repository, &pipeline))
+            .await
+            .expect("reading revisions returns errors rather than panicking");
+        for env in &service.pipeline.environments {
+            let Some(Ok(desired)) = table.get(&env.name) else {
+                continue;
+            };
+            let moved = seen.get(&env.name) != Some(&desired.tree);
+            seen.insert(env.name.clone(), desired.tree.clone());
+            if moved && env.sync.auto {
+                tracing::info!(environment = %env.name, revision = %desired.commit, "new revision");
+                service
+                    .controller
+                    .trigger(&env.name)
+                    .expect("the controller runs every environment of the pipeline");
+            }
+        }
+        service.desired.send_replace(Arc::new(table));
+    }
+}
+
+fn read_revisions(repository: &git::Repository, pipeline: &Pipeline) -> DesiredTable {
+    let fetched = SystemTime::now();
+    pipeline
+        .environments
+        .iter()
+        .map(|env| {
+            let revision = repository
+                .revision(pipeline, &env.name)
+                .map(|r| DesiredRevision {
+                    commit: r.commit.to_string(),
+                    tree: r.tree.to_string(),
+                    fetched,
+                })
+                .map_err(|e| describe(&e));
+            (env.name.clone(), revision)
+        })
+        .collect()
+}
+
+/// An error and its sources on one line, for status fields and logs.
+pub(crate) fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
