@@ -645,11 +645,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let secret = match &args.webhook_secret_file {
         None => None,
         Some(file) => {
-            let bytes = std::fs::read(file)
-                .with_context(|| format!("cannot read the webhook secret file {}", file.display()))?;
+            let bytes = std::fs::read(file).with_context(|| {
+                format!("cannot read the webhook secret file {}", file.display())
+            })?;
             Some(
                 stagehand::service::webhook::WebhookSecret::from_file_contents(bytes)
-                    .with_context(|| format!("the webhook secret file {} is empty", file.display()))?,
+                    .with_context(|| {
+                        format!("the webhook secret file {} is empty", file.display())
+                    })?,
             )
         }
     };

@@ -120,6 +120,11 @@ impl Controller {
         Ok(())
     }
 
+    /// Whether `env` is suspended (or being suspended: its running pass may still finish).
+    pub fn is_suspended(&self, env: &str) -> Result<bool, UnknownEnvironment> {
+        Ok(*self.handle(env)?.suspended.borrow())
+    }
+
     pub fn status(&self, env: &str) -> Result<EnvironmentStatus, UnknownEnvironment> {
         Ok(self.handle(env)?.status.borrow().clone())
     }

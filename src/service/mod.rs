@@ -23,7 +23,9 @@ use tokio::task::JoinHandle;
 
 use crate::git::{self, poll::Poller};
 use crate::pipeline::{Environment, Pipeline};
-use crate::reconcile::{self, Controller, EnvironmentStatus, FirstPass, Plan, Reconciler, source::GitSource};
+use crate::reconcile::{
+    self, Controller, EnvironmentStatus, FirstPass, Plan, Reconciler, source::GitSource,
+};
 use crate::secrets::Identities;
 
 /// What the service needs to start.
@@ -211,7 +213,10 @@ impl Service {
         let (desired, source_error) = match table.get(&env.name) {
             Some(Ok(desired)) => (Some(desired.clone()), None),
             Some(Err(error)) => (None, Some(error.clone())),
-            None => (None, self.last_fetch_error.lock().ok().and_then(|e| e.clone())),
+            None => (
+                None,
+                self.last_fetch_error.lock().ok().and_then(|e| e.clone()),
+            ),
         };
         EnvironmentView {
             environment: env.clone(),
@@ -249,7 +254,11 @@ impl Service {
             .controller
             .watch(name)
             .expect("the controller runs every environment of the pipeline");
-        if status.borrow().suspended {
+        if self
+            .controller
+            .is_suspended(name)
+            .expect("the controller runs every environment of the pipeline")
+        {
             return Err(Error::Suspended {
                 environment: name.to_owned(),
             });
@@ -315,15 +324,14 @@ impl Service {
         let repository = self.repository.clone();
         let pipeline = self.pipeline.clone();
         let environment = name.to_owned();
-        let entries = tokio::task::spawn_blocking(move || {
-            repository.history(&pipeline, &environment, limit)
-        })
-        .await
-        .expect("reading history returns errors rather than panicking")
-        .map_err(|source| Error::History {
-            environment: name.to_owned(),
-            source,
-        })?;
+        let entries =
+            tokio::task::spawn_blocking(move || repository.history(&pipeline, &environment, limit))
+                .await
+                .expect("reading history returns errors rather than panicking")
+                .map_err(|source| Error::History {
+                    environment: name.to_owned(),
+                    source,
+                })?;
         Ok(entries
             .into_iter()
             .map(|entry| HistoryEntry {
@@ -371,7 +379,9 @@ impl Service {
     /// Stops the fetch loop and every reconcile loop.
     pub async fn shutdown(self: Arc<Self>) {
         let Ok(service) = Arc::try_unwrap(self) else {
-            tracing::warn!("the service is still referenced at shutdown; its loops stop with the process");
+            tracing::warn!(
+                "the service is still referenced at shutdown; its loops stop with the process"
+            );
             return;
         };
         for task in &service.tasks {

@@ -16,3 +16,4 @@ mod render_random;
 mod render_sops;
 mod secrets;
 mod serve;
+mod service;

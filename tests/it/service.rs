@@ -1,0 +1,488 @@
+//! `stagehand serve` running a pipeline end to end: a real Git remote served over HTTP by
+//! `git http-backend`, the real kube-apiserver, the service as its own process driven over gRPC
+//! and its webhook listener.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams};
+use sha2::Sha256;
+use stagehand::proto;
+use stagehand::proto::environment_service_client::EnvironmentServiceClient;
+use tokio_stream::StreamExt;
+
+use crate::support::cluster::cluster;
+use crate::support::git::{Repo, bare_remote};
+use crate::support::git_http::GitHttpServer;
+use crate::support::reconcile::apiserver_addr;
+
+const SECRET: &str = "webhook-secret";
+
+struct Server {
+    child: Child,
+    grpc: String,
+    http: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(pipeline: &Path, state: &Path, secret_file: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--pipeline")
+        .arg(pipeline)
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--webhook-secret-file")
+        .arg(secret_file)
+        .args(["--log-level", "stagehand=debug"])
+        .env("KUBECONFIG", &cluster().kubeconfig)
+        .env_remove("SOPS_AGE_KEY")
+        .env_remove("SOPS_AGE_KEY_FILE")
+        .env_remove("SOPS_AGE_KEY_CMD")
+        .env("XDG_CONFIG_HOME", state.join("no-config"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(state.join("server.log")).expect("log file"))
+        .spawn()
+        .expect("stagehand serve starts");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut grpc = None;
+    let mut http = None;
+    while grpc.is_none() || http.is_none() {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stdout, &mut line).expect("stdout readable");
+        assert!(
+            read > 0,
+            "serve exited before listening: see {}",
+            state.join("server.log").display()
+        );
+        if let Some(addr) = line.trim().strip_prefix("http listening on ") {
+            http = Some(addr.parse().expect("an address"));
+        } else if let Some(addr) = line.trim().strip_prefix("listening on ") {
+            grpc = Some(format!("http://{addr}"));
+        }
+    }
+    Server {
+        child,
+        grpc: grpc.expect("read above"),
+        http: http.expect("read above"),
+    }
+}
+
+/// Posts a webhook body with the given headers; returns the HTTP status code.
+fn post_webhook(addr: SocketAddr, headers: &[(&str, String)], body: &[u8]) -> u16 {
+    let mut stream = TcpStream::connect(addr).expect("webhook listener reachable");
+    let mut request = format!(
+        "POST /api/webhook HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).expect("request sent");
+    stream.write_all(body).expect("body sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response read");
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}
+
+fn github_signature(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
+
+fn overlay(namespace: &str) -> String {
+    format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {namespace}\nresources: [app.yaml]\n"
+    )
+}
+
+fn app(value: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  value: {value:?}\n")
+}
+
+async fn value_in(client: &kube::Client, namespace: &str) -> Option<String> {
+    Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt("app")
+        .await
+        .expect("the apiserver answers")
+        .and_then(|cm| cm.data)
+        .and_then(|d| d.get("value").cloned())
+}
+
+/// Polls `check` until it holds; the bound only catches a service that never gets there.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !check().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A TCP port that accepts connections and never answers: an apiserver that hangs.
+fn black_hole() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("bound");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    work: Repo,
+    pipeline: PathBuf,
+    state: PathBuf,
+    secret: PathBuf,
+    namespaces: [String; 3],
+    _http: GitHttpServer,
+}
+
+impl Fixture {
+    async fn new(client: &kube::Client) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut namespaces = Vec::new();
+        for env in ["dev", "staging", "prod"] {
+            namespaces.push(cluster().namespace(client, &format!("svc-{env}")).await);
+        }
+        let namespaces: [String; 3] = namespaces.try_into().expect("three");
+        let remotes = dir.path().join("remotes");
+        bare_remote(&remotes.join("shop.git"));
+        let http = GitHttpServer::start(&remotes, None);
+
+        let work = Repo::init(&dir.path().join("work"));
+        work.write(&[
+            (
+                "environments/dev/kustomization.yaml",
+                &overlay(&namespaces[0]),
+            ),
+            ("environments/dev/app.yaml", &app("dev-1")),
+            (
+                "environments/staging/kustomization.yaml",
+                &overlay(&namespaces[1]),
+            ),
+            ("environments/staging/app.yaml", &app("staging-1")),
+            (
+                "environments/broken/kustomization.yaml",
+                &overlay(&namespaces[0]),
+            ),
+            ("environments/broken/app.yaml", &app("never")),
+        ]);
+        work.commit("dev and staging");
+        work.git(&["remote", "add", "origin", &http.url("shop.git")]);
+        work.git(&["push", "-q", "origin", "main"]);
+        // The branch model: prod's own branch.
+        work.git(&["checkout", "-q", "-b", "env/prod"]);
+        work.write(&[
+            (
+                "environments/prod/kustomization.yaml",
+                &overlay(&namespaces[2]),
+            ),
+            ("environments/prod/app.yaml", &app("prod-1")),
+        ]);
+        work.commit("prod");
+        work.git(&["push", "-q", "origin", "env/prod"]);
+        work.git(&["checkout", "-q", "main"]);
+
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).expect("state dir");
+        let secret = dir.path().join("webhook-secret");
+        std::fs::write(&secret, format!("{SECRET}\n")).expect("secret file");
+        // An environment whose apiserver accepts connections and never answers.
+        let kubeconfig = std::fs::read_to_string(&cluster().kubeconfig).expect("kubeconfig");
+        let hung = kubeconfig.replace(
+            &apiserver_addr(&cluster().kubeconfig).to_string(),
+            &black_hole().to_string(),
+        );
+        let hung_kubeconfig = dir.path().join("hung-kubeconfig");
+        std::fs::write(&hung_kubeconfig, hung).expect("kubeconfig");
+        let pipeline = dir.path().join("pipeline.yaml");
+        let name = format!("svc{}", &namespaces[0][namespaces[0].len() - 6..]);
+        std::fs::write(
+            &pipeline,
+            format!(
+                "apiVersion: stagehand.dev/v1alpha1
+kind: Pipeline
+metadata: {{name: {name}}}
+spec:
+  repository: {{url: {url}, branch: main}}
+  environments:
+    - name: broken
+      source: {{overlay: environments/broken}}
+      cluster: {{kubeconfig: {hung}}}
+      sync: {{interval: 1h}}
+    - name: dev
+      source: {{overlay: environments/dev}}
+      sync: {{interval: 1h}}
+    - name: staging
+      promotesFrom: dev
+      source: {{overlay: environments/staging}}
+      sync: {{interval: 1h, auto: false}}
+    - name: prod
+      promotesFrom: staging
+      source: {{branch: env/prod, path: environments/prod}}
+      sync: {{interval: 1h}}
+",
+                url = http.url("shop.git"),
+                hung = hung_kubeconfig.display(),
+            ),
+        )
+        .expect("pipeline file");
+        Self {
+            _dir: dir,
+            work,
+            pipeline,
+            state,
+            secret,
+            namespaces,
+            _http: http,
+        }
+    }
+
+    fn push_dev(&self, value: &str) -> String {
+        self.work
+            .write(&[("environments/dev/app.yaml", &app(value))]);
+        let commit = self.work.commit(&format!("dev: {value}"));
+        self.work.git(&["push", "-q", "origin", "main"]);
+        commit
+    }
+}
+
+async fn environment(
+    client: &mut EnvironmentServiceClient<tonic::transport::Channel>,
+    name: &str,
+) -> proto::Environment {
+    client
+        .get_environment(proto::GetEnvironmentRequest { name: name.into() })
+        .await
+        .expect("GetEnvironment answers")
+        .into_inner()
+}
+
+fn status(env: &proto::Environment) -> proto::EnvironmentStatus {
+    env.status.clone().expect("the service reports a status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_applies_pushes_on_signed_webhooks_reports_drift_and_honours_manual_and_suspended_environments()
+ {
+    let kube = cluster().client().await;
+    let fx = Fixture::new(&kube).await;
+    let [dev_ns, staging_ns, prod_ns] = fx.namespaces.clone();
+    let server = start_server(&fx.pipeline, &fx.state, &fx.secret);
+    let mut api = EnvironmentServiceClient::connect(server.grpc.clone())
+        .await
+        .expect("gRPC reachable");
+
+    // The first fetch applies both automatic environments, whatever the hung one does.
+    eventually("dev and prod applied at start", || async {
+        value_in(&kube, &dev_ns).await.as_deref() == Some("dev-1")
+            && value_in(&kube, &prod_ns).await.as_deref() == Some("prod-1")
+    })
+    .await;
+    // Manual mode: staging is out of sync and nothing of it is applied until asked.
+    let staging = status(&environment(&mut api, "staging").await);
+    assert!(staging.out_of_sync, "{staging:?}");
+    assert!(!staging.desired_revision.is_empty());
+    assert_eq!(value_in(&kube, &staging_ns).await, None);
+    let synced = api
+        .sync_environment(proto::SyncEnvironmentRequest {
+            name: "staging".into(),
+            fetch: false,
+            wait: true,
+        })
+        .await
+        .expect("SyncEnvironment answers")
+        .into_inner()
+        .status
+        .expect("a status");
+    assert_eq!(synced.reason, "succeeded", "{synced:?}");
+    assert!(!synced.out_of_sync);
+    assert_eq!(
+        value_in(&kube, &staging_ns).await.as_deref(),
+        Some("staging-1")
+    );
+
+    // A push with a badly signed webhook: refused, and nothing is fetched (the poll interval
+    // is an hour).
+    let before = status(&environment(&mut api, "dev").await);
+    let pushed = fx.push_dev("dev-2");
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let forged = [("X-Hub-Signature-256", github_signature(b"another body"))];
+    assert_eq!(post_webhook(server.http, &forged, body), 401);
+    assert_eq!(post_webhook(server.http, &[], body), 401);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = status(&environment(&mut api, "dev").await);
+    assert_eq!(
+        after.fetched_time, before.fetched_time,
+        "a refused webhook fetched"
+    );
+    assert_eq!(value_in(&kube, &dev_ns).await.as_deref(), Some("dev-1"));
+
+    // The signed webhook gets it applied.
+    let signed = [("X-Hub-Signature-256", github_signature(body))];
+    assert_eq!(post_webhook(server.http, &signed, body), 202);
+    eventually("dev applies the pushed commit", || async {
+        value_in(&kube, &dev_ns).await.as_deref() == Some("dev-2")
+    })
+    .await;
+    eventually("dev reports the pushed commit as applied", || {
+        let mut api = api.clone();
+        let pushed = pushed.clone();
+        async move { status(&environment(&mut api, "dev").await).applied_revision == pushed }
+    })
+    .await;
+    // Staging is manual: the same fetch leaves it alone (its files did not change either).
+    assert_eq!(
+        value_in(&kube, &staging_ns).await.as_deref(),
+        Some("staging-1")
+    );
+
+    // A hand edit shows up as drift in the watch stream (and self-heal puts it back).
+    let mut watch = api
+        .watch_environments(proto::WatchEnvironmentsRequest {
+            names: vec!["dev".into()],
+        })
+        .await
+        .expect("WatchEnvironments answers")
+        .into_inner();
+    let first = watch.next().await.expect("a snapshot").expect("no error");
+    assert_eq!(first.name, "dev");
+    Api::<ConfigMap>::namespaced(kube.clone(), &dev_ns)
+        .patch(
+            "app",
+            &PatchParams::apply("a-person").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "app"}, "data": {"value": "by hand"}
+            })),
+        )
+        .await
+        .expect("hand edit");
+    api.sync_environment(proto::SyncEnvironmentRequest {
+        name: "dev".into(),
+        fetch: false,
+        wait: false,
+    })
+    .await
+    .expect("SyncEnvironment answers");
+    let drifted = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(update) = watch.next().await {
+            let update = update.expect("no stream error");
+            let drift: Vec<_> = status(&update)
+                .objects
+                .into_iter()
+                .filter(|o| !o.drifted_fields.is_empty())
+                .collect();
+            if !drift.is_empty() {
+                return drift;
+            }
+        }
+        panic!("the watch stream ended");
+    })
+    .await
+    .expect("drift reaches the watch stream");
+    assert_eq!(drifted[0].object.as_ref().expect("object").name, "app");
+    assert!(
+        drifted[0]
+            .drifted_fields
+            .iter()
+            .any(|f| f.contains("value")),
+        "{drifted:?}"
+    );
+
+    // A suspended environment ignores new commits, and applies them when resumed.
+    let suspended = api
+        .suspend_environment(proto::SuspendEnvironmentRequest {
+            name: "dev".into(),
+            reason: "release freeze".into(),
+        })
+        .await
+        .expect("SuspendEnvironment answers")
+        .into_inner();
+    eventually("dev reports suspended", || {
+        let mut api = api.clone();
+        async move { status(&environment(&mut api, "dev").await).suspended }
+    })
+    .await;
+    let refused = api
+        .sync_environment(proto::SyncEnvironmentRequest {
+            name: "dev".into(),
+            fetch: false,
+            wait: true,
+        })
+        .await
+        .expect_err("a suspended environment does not sync");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert_eq!(suspended.name, "dev");
+    let third = fx.push_dev("dev-3");
+    assert_eq!(post_webhook(server.http, &signed, body), 202);
+    eventually("the suspended environment sees the new revision", || {
+        let mut api = api.clone();
+        let third = third.clone();
+        async move { status(&environment(&mut api, "dev").await).desired_revision == third }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Self-heal put the hand edit back before the suspension; the new commit waits.
+    assert_eq!(value_in(&kube, &dev_ns).await.as_deref(), Some("dev-2"));
+    api.resume_environment(proto::ResumeEnvironmentRequest { name: "dev".into() })
+        .await
+        .expect("ResumeEnvironment answers");
+    eventually("dev applies the commit made while suspended", || async {
+        value_in(&kube, &dev_ns).await.as_deref() == Some("dev-3")
+    })
+    .await;
+
+    // All along, the environment whose apiserver hangs has not finished a pass.
+    let broken = status(&environment(&mut api, "broken").await);
+    assert_eq!(broken.passes, 0, "{broken:?}");
+
+    // Unknown environments are named.
+    let missing = api
+        .get_environment(proto::GetEnvironmentRequest { name: "qa".into() })
+        .await
+        .expect_err("no such environment");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert!(missing.message().contains("\"qa\""), "{missing:?}");
+}
