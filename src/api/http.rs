@@ -1,5 +1,5 @@
-//! The HTTP listener beside gRPC: Git hosts' push webhooks and a liveness probe. It only
-//! translates: a verified webhook becomes [`Service::fetch_now`].
+//! The HTTP listener beside gRPC: Git hosts' push webhooks, `/metrics` and a liveness probe. It
+//! only translates: a verified webhook becomes [`Service::fetch_now`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ struct Hooks {
     secret: Option<WebhookSecret>,
 }
 
-/// Serves `/api/webhook` and `/healthz` until `shutdown` completes. Without a secret every
+/// Serves `/api/webhook`, `/metrics` and `/healthz` until `shutdown` completes. Without a secret every
 /// webhook is refused: an unauthenticated fetch trigger would let anyone make the service
 /// fetch in a loop.
 pub async fn serve(
@@ -36,6 +36,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/api/webhook", post(webhook))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
         .with_state(Arc::new(Hooks { service, secret }));
     let addr = listener.local_addr();
@@ -53,12 +54,17 @@ async fn webhook(
 ) -> (StatusCode, &'static str) {
     let Some(secret) = &hooks.secret else {
         tracing::warn!("webhook refused: the service has no webhook secret file");
+        hooks.service.metrics().webhook(None, false);
         return (StatusCode::UNAUTHORIZED, "webhooks are not enabled\n");
     };
     let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
     match secret.verify(header, &body) {
         Ok(provider) => {
             tracing::info!(provider = provider.as_str(), "webhook: fetching now");
+            hooks
+                .service
+                .metrics()
+                .webhook(Some(provider.as_str()), true);
             let service = hooks.service.clone();
             // The sender is answered at once; the fetch coalesces with any already queued.
             tokio::spawn(async move {
@@ -70,7 +76,18 @@ async fn webhook(
         }
         Err(rejection) => {
             tracing::warn!(reason = %rejection, "webhook refused");
+            hooks.service.metrics().webhook(None, false);
             (StatusCode::UNAUTHORIZED, "signature missing or invalid\n")
         }
     }
+}
+
+async fn metrics(State(hooks): State<Arc<Hooks>>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        hooks.service.metrics().encode(),
+    )
 }

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::metrics::Metrics;
 use crate::proto::environment_service_server::EnvironmentServiceServer;
 use crate::service::Service;
 
@@ -83,6 +84,7 @@ pub async fn serve(
             .await;
     };
     Server::builder()
+        .layer(RpcMetricsLayer(service.metrics().clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -90,6 +92,67 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener.inner), draining)
         .await
         .map_err(Error::Serve)
+}
+
+/// Times every RPC until its response headers and counts it by method and status code (from
+/// the headers: tonic answers a handler's error there, as a trailers-only response).
+#[derive(Clone)]
+struct RpcMetricsLayer(Arc<Metrics>);
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics {
+            inner,
+            metrics: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct RpcMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, R> tower::Service<axum::http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        let started = std::time::Instant::now();
+        let metrics = self.metrics.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            if let Ok(response) = &response {
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from);
+                metrics.rpc(&method, &format!("{code:?}"), started.elapsed());
+            }
+            response
+        })
+    }
 }
 
 /// Reflection lists only the services this server answers, although the descriptor set also

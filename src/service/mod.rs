@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::git::{self, poll::Poller};
+use crate::metrics::Metrics;
 use crate::pipeline::{Environment, Pipeline};
 use crate::reconcile::{
     self, Controller, EnvironmentStatus, FirstPass, Plan, Reconciler, source::GitSource,
@@ -36,6 +37,7 @@ pub struct Config {
     /// The age identities SOPS files are decrypted with.
     pub identities: Arc<Identities>,
     pub reconcile: reconcile::Options,
+    pub metrics: Arc<Metrics>,
 }
 
 /// An environment name the pipeline does not have.
@@ -134,6 +136,7 @@ pub struct Service {
     poller: Arc<Poller<git::poll::FetchResult>>,
     desired: watch::Sender<Arc<DesiredTable>>,
     last_fetch_error: Mutex<Option<String>>,
+    metrics: Arc<Metrics>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -146,6 +149,7 @@ impl Service {
             repository,
             identities,
             reconcile: options,
+            metrics,
         } = config;
         let source = Arc::new(GitSource::new(
             pipeline.clone(),
@@ -159,10 +163,29 @@ impl Service {
             options.clone(),
             FirstPass::OnTrigger,
         );
-        let poller = Arc::new(repository.poller(fetch_interval(&pipeline)));
+        let poller = Arc::new(Poller::spawn(fetch_interval(&pipeline), {
+            let repository = repository.clone();
+            let metrics = metrics.clone();
+            move || {
+                let started = std::time::Instant::now();
+                let result = repository.fetch().map_err(Arc::new);
+                metrics.fetch(result.is_ok(), started.elapsed());
+                result
+            }
+        }));
+        let mut tasks = Vec::new();
+        for env in &pipeline.environments {
+            let status = controller
+                .watch(&env.name)
+                .expect("the controller runs every environment of the pipeline");
+            tasks.push(tokio::spawn(count_passes(status, metrics.clone())));
+        }
         let (desired, _) = watch::channel(Arc::new(DesiredTable::new()));
         Arc::new_cyclic(|service: &std::sync::Weak<Service>| {
-            let follower = tokio::spawn(follow_fetches(service.clone(), poller.subscribe()));
+            tasks.push(tokio::spawn(follow_fetches(
+                service.clone(),
+                poller.subscribe(),
+            )));
             Self {
                 pipeline,
                 repository,
@@ -172,13 +195,18 @@ impl Service {
                 poller,
                 desired,
                 last_fetch_error: Mutex::new(None),
-                tasks: vec![follower],
+                metrics,
+                tasks,
             }
         })
     }
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
         &self.pipeline
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     fn environment_of(&self, name: &str) -> Result<&Environment, UnknownEnvironment> {
@@ -388,6 +416,30 @@ impl Service {
             task.abort();
         }
         service.controller.shutdown().await;
+    }
+}
+
+/// Counts each finished pass of one environment: its duration, the reason it ended with, and
+/// the objects found drifted.
+async fn count_passes(mut status: watch::Receiver<EnvironmentStatus>, metrics: Arc<Metrics>) {
+    let mut passes = status.borrow_and_update().passes;
+    while status.changed().await.is_ok() {
+        let s = status.borrow_and_update().clone();
+        if s.passes == passes {
+            continue;
+        }
+        passes = s.passes;
+        let took = s
+            .last_attempt
+            .and_then(|started| started.elapsed().ok())
+            .unwrap_or_default();
+        metrics.pass(&s.environment, s.reason.as_str(), took);
+        metrics
+            .drifted_objects
+            .get_or_create(&crate::metrics::EnvironmentLabels {
+                environment: s.environment.clone(),
+            })
+            .set(i64::try_from(s.drift.len()).unwrap_or(i64::MAX));
     }
 }
 

@@ -20,8 +20,25 @@ use crate::support::cluster::cluster;
 use crate::support::git::{Repo, bare_remote};
 use crate::support::git_http::GitHttpServer;
 use crate::support::reconcile::apiserver_addr;
+use crate::support::{Tool, tool};
 
 const SECRET: &str = "webhook-secret";
+
+/// Runs tests/it/support/generic_client.py and returns what it prints.
+fn generic_client(args: &[&str]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/generic_client.py");
+    let out = Command::new(tool(Tool::Python))
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the client prints JSON")
+}
 
 struct Server {
     child: Child,
@@ -477,6 +494,98 @@ async fn the_service_applies_pushes_on_signed_webhooks_reports_drift_and_honours
     // All along, the environment whose apiserver hangs has not finished a pass.
     let broken = status(&environment(&mut api, "broken").await);
     assert_eq!(broken.passes, 0, "{broken:?}");
+
+    // A client with no code generated from our protos: reflection only.
+    let grpc_target = server.grpc.trim_start_matches("http://").to_owned();
+    let got = generic_client(&[
+        &grpc_target,
+        "call",
+        "stagehand.v1.EnvironmentService/GetEnvironment",
+        r#"{"name": "dev"}"#,
+    ]);
+    assert_eq!(
+        got["status"]["appliedRevision"],
+        serde_json::json!(third),
+        "{got}"
+    );
+    let watched = generic_client(&[
+        &grpc_target,
+        "stream",
+        "stagehand.v1.EnvironmentService/WatchEnvironments",
+        r#"{"names": ["dev", "prod"]}"#,
+        "2",
+    ]);
+    let names: Vec<_> = watched
+        .as_array()
+        .expect("a list of messages")
+        .iter()
+        .map(|e| e["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(names, ["dev", "prod"], "{watched}");
+
+    // /metrics, read by the Prometheus client library's own parser.
+    let metrics = generic_client(&[&format!("http://{}/metrics", server.http), "metrics"]);
+    let sample = |family: &str, labels: serde_json::Value, suffix: &str| -> f64 {
+        metrics[family]
+            .as_array()
+            .unwrap_or_else(|| panic!("no family {family} in {metrics}"))
+            .iter()
+            .filter(|s| s["name"].as_str().is_some_and(|n| n.ends_with(suffix)))
+            .filter(|s| {
+                labels
+                    .as_object()
+                    .expect("labels")
+                    .iter()
+                    .all(|(k, v)| &s["labels"][k] == v)
+            })
+            .map(|s| s["value"].as_f64().expect("a number"))
+            .sum()
+    };
+    assert_eq!(
+        sample(
+            "stagehand_webhook_deliveries",
+            serde_json::json!({"provider": "github", "result": "accepted"}),
+            "_total"
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            "stagehand_webhook_deliveries",
+            serde_json::json!({"result": "refused"}),
+            "_total"
+        ),
+        2.0
+    );
+    assert!(
+        sample(
+            "stagehand_reconcile_duration_seconds",
+            serde_json::json!({"environment": "dev", "reason": "succeeded"}),
+            "_count"
+        ) >= 3.0
+    );
+    assert!(
+        sample(
+            "stagehand_git_fetch_duration_seconds",
+            serde_json::json!({"result": "ok"}),
+            "_count"
+        ) >= 3.0
+    );
+    assert!(
+        sample(
+            "stagehand_grpc_request_duration_seconds",
+            serde_json::json!({"method": "/stagehand.v1.EnvironmentService/GetEnvironment", "code": "Ok"}),
+            "_count"
+        ) >= 1.0
+    );
+    assert_eq!(
+        sample(
+            "stagehand_grpc_request_duration_seconds",
+            serde_json::json!({"method": "/stagehand.v1.EnvironmentService/SyncEnvironment", "code": "FailedPrecondition"}),
+            "_count"
+        ),
+        1.0
+    );
 
     // Unknown environments are named.
     let missing = api

@@ -1,0 +1,161 @@
+//! What the service counts, served on `/metrics` in the OpenMetrics text format (which
+//! Prometheus scrapes). One registry per service; the parts that count hold an `Arc<Metrics>`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PassLabels {
+    pub environment: String,
+    /// The status reason the pass ended with (`succeeded`, `apply_failed`, ...).
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EnvironmentLabels {
+    pub environment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FetchLabels {
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// `github`, `gitea`, `gitlab`, `generic`, or `none` when refused.
+    pub provider: String,
+    /// `accepted` or `refused`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// `/stagehand.v1.EnvironmentService/GetEnvironment`.
+    pub method: String,
+    /// The gRPC status code name (`OK`, `NOT_FOUND`, ...).
+    pub code: String,
+}
+
+/// Every metric of the service.
+pub struct Metrics {
+    registry: Registry,
+    pub reconcile_duration: Family<PassLabels, Histogram>,
+    pub reconcile_passes: Family<PassLabels, Counter>,
+    pub drifted_objects: Family<EnvironmentLabels, Gauge>,
+    pub fetch_duration: Family<FetchLabels, Histogram>,
+    pub webhooks: Family<WebhookLabels, Counter>,
+    pub rpc_duration: Family<RpcLabels, Histogram>,
+}
+
+fn seconds_histogram() -> Histogram {
+    // 5 ms to about 80 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("stagehand");
+        let reconcile_duration =
+            Family::<PassLabels, Histogram>::new_with_constructor(seconds_histogram as fn() -> _);
+        registry.register(
+            "reconcile_duration_seconds",
+            "How long a reconcile pass took, per environment and the reason it ended with",
+            reconcile_duration.clone(),
+        );
+        let reconcile_passes = Family::<PassLabels, Counter>::default();
+        registry.register(
+            "reconcile_passes",
+            "Reconcile passes per environment and the reason they ended with",
+            reconcile_passes.clone(),
+        );
+        let drifted_objects = Family::<EnvironmentLabels, Gauge>::default();
+        registry.register(
+            "drifted_objects",
+            "Objects whose cluster state differed from Git at the last pass",
+            drifted_objects.clone(),
+        );
+        let fetch_duration =
+            Family::<FetchLabels, Histogram>::new_with_constructor(seconds_histogram as fn() -> _);
+        registry.register(
+            "git_fetch_duration_seconds",
+            "How long a fetch of the repository took",
+            fetch_duration.clone(),
+        );
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook requests per provider and whether they were accepted",
+            webhooks.clone(),
+        );
+        let rpc_duration =
+            Family::<RpcLabels, Histogram>::new_with_constructor(seconds_histogram as fn() -> _);
+        registry.register(
+            "grpc_request_duration_seconds",
+            "gRPC requests per method and status code, until the response headers",
+            rpc_duration.clone(),
+        );
+        Self {
+            registry,
+            reconcile_duration,
+            reconcile_passes,
+            drifted_objects,
+            fetch_duration,
+            webhooks,
+            rpc_duration,
+        }
+    }
+}
+
+impl Metrics {
+    /// The registry in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+
+    pub fn pass(&self, environment: &str, reason: &str, took: Duration) {
+        let labels = PassLabels {
+            environment: environment.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.reconcile_passes.get_or_create(&labels).inc();
+        self.reconcile_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn fetch(&self, ok: bool, took: Duration) {
+        let result = if ok { "ok" } else { "error" }.to_owned();
+        self.fetch_duration
+            .get_or_create(&FetchLabels { result })
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn webhook(&self, provider: Option<&str>, accepted: bool) {
+        self.webhooks
+            .get_or_create(&WebhookLabels {
+                provider: provider.unwrap_or("none").to_owned(),
+                result: if accepted { "accepted" } else { "refused" }.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn rpc(&self, method: &str, code: &str, took: Duration) {
+        self.rpc_duration
+            .get_or_create(&RpcLabels {
+                method: method.to_owned(),
+                code: code.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+}
