@@ -659,6 +659,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let url = repository_url(&args.pipeline, &pipeline.repository.url);
     let repository = git::Repository::open(&args.state_dir, url, args.credentials.load()?)?;
     let identities = secrets::Identities::from_sops_environment()?;
+    let notifier = stagehand::service::notify::Notifier::start(&pipeline)?;
     let service = stagehand::service::Service::start(stagehand::service::Config {
         reconcile: reconcile::Options {
             owner_prefix: format!("{}.", pipeline.name),
@@ -668,6 +669,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         repository,
         identities: Arc::new(identities),
         metrics: Arc::default(),
+        notifier,
     });
     let listener = api::Listener::bind(args.listen).await?;
     // Scripts and tests that pass port 0 read the chosen addresses from these lines on stdout.

@@ -299,6 +299,7 @@ fn status_to_proto(view: &EnvironmentView) -> proto::EnvironmentStatus {
         failures: status.failures,
         passes: status.passes,
         fetched_time: view.desired.as_ref().map(|d| timestamp(d.fetched)),
+        alerts: view.alerts.clone(),
     }
 }
 

@@ -24,6 +24,30 @@ pub struct Spec {
     #[serde(default)]
     pub repository: Option<Repository>,
     pub environments: Vec<Environment>,
+    #[serde(default)]
+    pub notifications: Vec<Notification>,
+    #[serde(default)]
+    pub alerts: Option<Alerts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Notification {
+    pub name: String,
+    pub url_file: String,
+    #[serde(default)]
+    pub secret_file: Option<String>,
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Alerts {
+    #[serde(default)]
+    pub drift_after: Option<String>,
+    #[serde(default)]
+    pub failures_in_a_row: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -28,6 +28,56 @@ pub struct Pipeline {
     /// Environments in the order the file lists them; a promotion source always precedes its
     /// targets.
     pub environments: Vec<Environment>,
+    /// Where events are sent (`notifications:`).
+    pub notifications: Vec<Notification>,
+    /// When a condition becomes an alert (`alerts:`).
+    pub alerts: Alerts,
+}
+
+/// A JSON webhook that receives events, signed with HMAC-SHA256 when it has a secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notification {
+    pub name: String,
+    /// A file holding the URL (it often carries a token, so it is never in the pipeline).
+    pub url_file: PathBuf,
+    /// A file holding the HMAC key of the `X-Stagehand-Signature` header.
+    pub secret_file: Option<PathBuf>,
+    /// The events sent; empty for all of [`NOTIFICATION_EVENTS`].
+    pub events: Vec<String>,
+}
+
+/// The event names a notification can subscribe to.
+pub const NOTIFICATION_EVENTS: [&str; 6] = [
+    "drifted",
+    "healed",
+    "pruned",
+    "failed",
+    "alert",
+    "recovered",
+];
+
+impl Notification {
+    pub fn wants(&self, event: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == event)
+    }
+}
+
+/// Thresholds past which a condition of an environment is raised as an alert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alerts {
+    /// Drift still there after this long.
+    pub drift_after: Duration,
+    /// This many failed passes in a row.
+    pub failures_in_a_row: u32,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Self {
+            drift_after: Duration::from_secs(600),
+            failures_in_a_row: 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use super::file;
 use super::{
-    API_VERSION, ApprovalPolicy, Cluster, Environment, FreezeWindow, ImageSelection, KIND,
-    Pipeline, PromotePolicy, PromotedField, Repository, Source, SyncPolicy, WeeklyTime,
+    API_VERSION, Alerts, ApprovalPolicy, Cluster, Environment, FreezeWindow, ImageSelection, KIND,
+    NOTIFICATION_EVENTS, Notification, Pipeline, PromotePolicy, PromotedField, Repository, Source,
+    SyncPolicy, WeeklyTime,
 };
 
 /// Environments sync every five minutes unless the file says otherwise, like Flux's
@@ -122,10 +123,64 @@ fn validate(raw: file::PipelineFile) -> Result<Pipeline, ErrorKind> {
         environments.push(environment);
     }
 
+    let mut notifications = Vec::new();
+    for (i, n) in raw.spec.notifications.into_iter().enumerate() {
+        let at = format!("spec.notifications[{i}]");
+        check_name(&format!("{at}.name"), &n.name)?;
+        if notifications
+            .iter()
+            .any(|o: &Notification| o.name == n.name)
+        {
+            return Err(field(
+                format!("{at}.name"),
+                format!("{:?} is listed twice", n.name),
+            ));
+        }
+        if n.url_file.trim().is_empty() {
+            return Err(field(
+                format!("{at}.urlFile"),
+                "must name a file holding the URL",
+            ));
+        }
+        for event in &n.events {
+            if !NOTIFICATION_EVENTS.contains(&event.as_str()) {
+                return Err(field(
+                    format!("{at}.events"),
+                    format!("{event:?} is not one of {}", NOTIFICATION_EVENTS.join(", ")),
+                ));
+            }
+        }
+        notifications.push(Notification {
+            name: n.name,
+            url_file: n.url_file.into(),
+            secret_file: n.secret_file.map(Into::into),
+            events: n.events,
+        });
+    }
+    let mut alerts = Alerts::default();
+    if let Some(raw) = raw.spec.alerts {
+        if let Some(text) = raw.drift_after {
+            alerts.drift_after = humantime::parse_duration(&text).map_err(|e| {
+                field(
+                    "spec.alerts.driftAfter",
+                    format!("{text:?} is not a duration such as 30s or 5m: {e}"),
+                )
+            })?;
+        }
+        if let Some(n) = raw.failures_in_a_row {
+            if n == 0 {
+                return Err(field("spec.alerts.failuresInARow", "must be at least 1"));
+            }
+            alerts.failures_in_a_row = n;
+        }
+    }
+
     Ok(Pipeline {
         name: raw.metadata.name,
         repository,
         environments,
+        notifications,
+        alerts,
     })
 }
 

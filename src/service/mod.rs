@@ -12,6 +12,7 @@
 //! sync mode (`sync: {auto: false}`) is shown out of sync instead and waits for
 //! [`Service::sync`]. Handlers receive an `Arc<Service>` and only translate.
 
+pub mod notify;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use crate::reconcile::{
     self, Controller, EnvironmentStatus, FirstPass, Plan, Reconciler, source::GitSource,
 };
 use crate::secrets::Identities;
+use notify::{Message, Notifier};
 
 /// What the service needs to start.
 pub struct Config {
@@ -38,6 +40,8 @@ pub struct Config {
     pub identities: Arc<Identities>,
     pub reconcile: reconcile::Options,
     pub metrics: Arc<Metrics>,
+    /// Where events and alerts are sent.
+    pub notifier: Notifier,
 }
 
 /// An environment name the pipeline does not have.
@@ -103,6 +107,8 @@ pub struct EnvironmentView {
     /// Why the desired revision could not be read at the last fetch.
     pub source_error: Option<String>,
     pub status: EnvironmentStatus,
+    /// Conditions past the pipeline's alert thresholds, for people.
+    pub alerts: Vec<String>,
 }
 
 impl EnvironmentView {
@@ -137,6 +143,8 @@ pub struct Service {
     desired: watch::Sender<Arc<DesiredTable>>,
     last_fetch_error: Mutex<Option<String>>,
     metrics: Arc<Metrics>,
+    /// Raised alerts per environment.
+    alerts: Arc<Mutex<HashMap<String, Vec<String>>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -150,7 +158,9 @@ impl Service {
             identities,
             reconcile: options,
             metrics,
+            notifier,
         } = config;
+        let notifier = Arc::new(notifier);
         let source = Arc::new(GitSource::new(
             pipeline.clone(),
             repository.clone(),
@@ -173,13 +183,26 @@ impl Service {
                 result
             }
         }));
+        let alerts = Arc::new(Mutex::new(HashMap::new()));
         let mut tasks = Vec::new();
         for env in &pipeline.environments {
             let status = controller
                 .watch(&env.name)
                 .expect("the controller runs every environment of the pipeline");
-            tasks.push(tokio::spawn(count_passes(status, metrics.clone())));
+            tasks.push(tokio::spawn(count_passes(status.clone(), metrics.clone())));
+            tasks.push(tokio::spawn(watch_alerts(
+                pipeline.clone(),
+                env.name.clone(),
+                status,
+                alerts.clone(),
+                notifier.clone(),
+            )));
         }
+        tasks.push(tokio::spawn(forward_events(
+            pipeline.name.clone(),
+            controller.events(),
+            notifier,
+        )));
         let (desired, _) = watch::channel(Arc::new(DesiredTable::new()));
         Arc::new_cyclic(|service: &std::sync::Weak<Service>| {
             tasks.push(tokio::spawn(follow_fetches(
@@ -196,6 +219,7 @@ impl Service {
                 desired,
                 last_fetch_error: Mutex::new(None),
                 metrics,
+                alerts,
                 tasks,
             }
         })
@@ -256,6 +280,12 @@ impl Service {
             desired,
             source_error,
             status,
+            alerts: self
+                .alerts
+                .lock()
+                .ok()
+                .and_then(|a| a.get(&env.name).cloned())
+                .unwrap_or_default(),
         }
     }
 
@@ -419,6 +449,120 @@ impl Service {
     }
 }
 
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Sends every reconcile event as a notification.
+async fn forward_events(
+    pipeline: String,
+    mut events: tokio::sync::broadcast::Receiver<reconcile::Event>,
+    notifier: Arc<Notifier>,
+) {
+    use reconcile::EventKind;
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "notifications fell behind the events");
+                continue;
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let name = match event.kind {
+            EventKind::Drifted { .. } => "drifted",
+            EventKind::Healed { .. } => "healed",
+            EventKind::Pruned { .. } => "pruned",
+            EventKind::Failed { .. } => "failed",
+        };
+        notifier.send(&Message {
+            pipeline: pipeline.clone(),
+            environment: event.environment.clone(),
+            event: name.to_owned(),
+            message: event.kind.to_string(),
+            time: now_rfc3339(),
+        });
+    }
+}
+
+/// Raises an alert when an environment fails the pipeline's number of passes in a row, or keeps
+/// drift past its threshold: in the environment's status, as a warning log line and as an
+/// `alert` notification; and sends `recovered` when it clears.
+async fn watch_alerts(
+    pipeline: Arc<Pipeline>,
+    environment: String,
+    mut status: watch::Receiver<EnvironmentStatus>,
+    alerts: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    notifier: Arc<Notifier>,
+) {
+    let thresholds = pipeline.alerts.clone();
+    let mut drift_since: Option<std::time::Instant> = None;
+    let mut raised: Vec<String> = Vec::new();
+    loop {
+        let (failures, drifted) = {
+            let s = status.borrow_and_update();
+            (s.failures, s.drift.iter().filter(|d| !d.healed).count())
+        };
+        if drifted == 0 {
+            drift_since = None;
+        } else {
+            drift_since.get_or_insert_with(std::time::Instant::now);
+        }
+        let mut now_raised = Vec::new();
+        if failures >= thresholds.failures_in_a_row {
+            now_raised.push(format!("{failures} passes failed in a row"));
+        }
+        let drift_deadline = drift_since.map(|since| since + thresholds.drift_after);
+        if drift_deadline.is_some_and(|d| d <= std::time::Instant::now()) {
+            now_raised.push(format!(
+                "{drifted} objects drifted from Git for more than {}",
+                humantime::format_duration(thresholds.drift_after)
+            ));
+        }
+        let was_raised = !raised.is_empty();
+        for alert in now_raised.iter().filter(|a| {
+            // A changing count is the same alert, not a new one.
+            let kind = |t: &str| t.split_once(' ').map(|(_, rest)| rest.to_owned());
+            !raised.iter().any(|r| kind(r) == kind(a))
+        }) {
+            tracing::warn!(environment = %environment, "alert: {alert}");
+            notifier.send(&Message {
+                pipeline: pipeline.name.clone(),
+                environment: environment.clone(),
+                event: "alert".to_owned(),
+                message: alert.clone(),
+                time: now_rfc3339(),
+            });
+        }
+        if was_raised && now_raised.is_empty() {
+            tracing::info!(environment = %environment, "alerts cleared");
+            notifier.send(&Message {
+                pipeline: pipeline.name.clone(),
+                environment: environment.clone(),
+                event: "recovered".to_owned(),
+                message: "every alert cleared".to_owned(),
+                time: now_rfc3339(),
+            });
+        }
+        raised = now_raised;
+        if let Ok(mut table) = alerts.lock() {
+            table.insert(environment.clone(), raised.clone());
+        }
+        let wake = async {
+            match drift_deadline {
+                Some(deadline) if raised.len() < 2 && deadline > std::time::Instant::now() => {
+                    tokio::time::sleep_until(deadline.into()).await
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            () = wake => {}
+        }
+    }
+}
+
 /// Counts each finished pass of one environment: its duration, the reason it ended with, and
 /// the objects found drifted.
 async fn count_passes(mut status: watch::Receiver<EnvironmentStatus>, metrics: Arc<Metrics>) {
@@ -485,13 +629,17 @@ async fn follow_fetches(
             .await
             .expect("reading revisions returns errors rather than panicking");
         for env in &service.pipeline.environments {
-            let Some(Ok(desired)) = table.get(&env.name) else {
-                continue;
+            // An environment whose revision cannot be read runs a pass too, so that the
+            // failure shows in its status and counts towards its alerts.
+            let (key, commit) = match table.get(&env.name) {
+                Some(Ok(desired)) => (desired.tree.clone(), desired.commit.as_str()),
+                Some(Err(error)) => (format!("error: {error}"), ""),
+                None => continue,
             };
-            let moved = seen.get(&env.name) != Some(&desired.tree);
-            seen.insert(env.name.clone(), desired.tree.clone());
+            let moved = seen.get(&env.name) != Some(&key);
+            seen.insert(env.name.clone(), key);
             if moved && env.sync.auto {
-                tracing::info!(environment = %env.name, revision = %desired.commit, "new revision");
+                tracing::info!(environment = %env.name, revision = %commit, "new revision");
                 service
                     .controller
                     .trigger(&env.name)

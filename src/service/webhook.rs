@@ -63,6 +63,20 @@ impl WebhookSecret {
         (!bytes.is_empty()).then(|| Self(Zeroizing::new(bytes)))
     }
 
+    /// The `sha256=<hex>` signature of `body`, as [`WebhookSecret::verify`] checks it.
+    pub fn sign(&self, body: &[u8]) -> String {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts a key of any length");
+        mac.update(body);
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("sha256={hex}")
+    }
+
     /// Checks a request's headers (looked up case-insensitively by `header`) against its body.
     pub fn verify<'h>(
         &self,
@@ -135,13 +149,11 @@ mod tests {
     }
 
     fn sign(body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").expect("any key length");
-        mac.update(body);
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        let signed = secret().sign(body);
+        signed
+            .strip_prefix("sha256=")
+            .expect("signatures carry their algorithm")
+            .to_owned()
     }
 
     fn headers<'a>(pairs: &'a [(&'a str, String)]) -> impl Fn(&str) -> Option<&'a [u8]> {

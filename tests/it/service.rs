@@ -168,6 +168,58 @@ where
     }
 }
 
+/// One request a [`Receiver`] got: its headers (lower-case names) and body.
+type Received = (Vec<(String, String)>, Vec<u8>);
+
+/// An HTTP server on loopback that answers 200 to every request and keeps them.
+struct Receiver {
+    addr: SocketAddr,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(stream);
+                let mut headers = Vec::new();
+                let mut line = String::new();
+                let mut length = 0;
+                while std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) > 0 {
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.trim().split_once(':') {
+                        let name = name.trim().to_ascii_lowercase();
+                        if name == "content-length" {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                        headers.push((name, value.trim().to_owned()));
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let _ = reader.get_mut().write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                kept.lock().expect("not poisoned").push((headers, body));
+            }
+        });
+        Self { addr, requests }
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.requests.lock().expect("not poisoned").clone()
+    }
+}
+
 /// A TCP port that accepts connections and never answers: an apiserver that hangs.
 fn black_hole() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -189,6 +241,7 @@ struct Fixture {
     secret: PathBuf,
     namespaces: [String; 3],
     _http: GitHttpServer,
+    notifications: Receiver,
 }
 
 impl Fixture {
@@ -249,6 +302,10 @@ impl Fixture {
         );
         let hung_kubeconfig = dir.path().join("hung-kubeconfig");
         std::fs::write(&hung_kubeconfig, hung).expect("kubeconfig");
+        let notifications = Receiver::start();
+        let notify_url = dir.path().join("notify-url");
+        std::fs::write(&notify_url, format!("http://{}/hook\n", notifications.addr))
+            .expect("url file");
         let pipeline = dir.path().join("pipeline.yaml");
         let name = format!("svc{}", &namespaces[0][namespaces[0].len() - 6..]);
         std::fs::write(
@@ -259,7 +316,13 @@ kind: Pipeline
 metadata: {{name: {name}}}
 spec:
   repository: {{url: {url}, branch: main}}
+  notifications:
+    - {{name: chat, urlFile: {notify_url}, secretFile: {secret}, events: [healed, alert]}}
+  alerts: {{failuresInARow: 2}}
   environments:
+    - name: failing
+      source: {{overlay: environments/missing}}
+      sync: {{interval: 1h}}
     - name: broken
       source: {{overlay: environments/broken}}
       cluster: {{kubeconfig: {hung}}}
@@ -278,6 +341,8 @@ spec:
 ",
                 url = http.url("shop.git"),
                 hung = hung_kubeconfig.display(),
+                notify_url = notify_url.display(),
+                secret = secret.display(),
             ),
         )
         .expect("pipeline file");
@@ -289,6 +354,7 @@ spec:
             secret,
             namespaces,
             _http: http,
+            notifications,
         }
     }
 
@@ -494,6 +560,50 @@ async fn the_service_applies_pushes_on_signed_webhooks_reports_drift_and_honours
     // All along, the environment whose apiserver hangs has not finished a pass.
     let broken = status(&environment(&mut api, "broken").await);
     assert_eq!(broken.passes, 0, "{broken:?}");
+
+    // Notifications: the heal, and the alert of the environment that fails every pass, each
+    // signed with the secret.
+    let failing = status(&environment(&mut api, "failing").await);
+    eventually("the failing environment raises an alert", || {
+        let mut api = api.clone();
+        async move {
+            !status(&environment(&mut api, "failing").await)
+                .alerts
+                .is_empty()
+        }
+    })
+    .await;
+    assert_eq!(failing.reason, "source_failed", "{failing:?}");
+    eventually("the heal and the alert are notified", || async {
+        let events: Vec<String> = fx
+            .notifications
+            .received()
+            .iter()
+            .map(|(_, body)| {
+                let doc: serde_json::Value = serde_json::from_slice(body).expect("JSON");
+                format!(
+                    "{}/{}",
+                    doc["environment"].as_str().unwrap_or(""),
+                    doc["event"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        events.contains(&"dev/healed".to_owned()) && events.contains(&"failing/alert".to_owned())
+    })
+    .await;
+    for (headers, body) in fx.notifications.received() {
+        let signature = headers
+            .iter()
+            .find(|(name, _)| name == "x-stagehand-signature")
+            .map(|(_, value)| value.clone())
+            .expect("every notification is signed");
+        assert_eq!(signature, github_signature(&body));
+        let doc: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert!(
+            humantime::parse_rfc3339(doc["time"].as_str().expect("a time")).is_ok(),
+            "{doc}"
+        );
+    }
 
     // A client with no code generated from our protos: reflection only.
     let grpc_target = server.grpc.trim_start_matches("http://").to_owned();
