@@ -656,21 +656,35 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             )
         }
     };
-    let url = repository_url(&args.pipeline, &pipeline.repository.url);
-    let repository = git::Repository::open(&args.state_dir, url, args.credentials.load()?)?;
-    let identities = secrets::Identities::from_sops_environment()?;
-    let notifier = stagehand::service::notify::Notifier::start(&pipeline)?;
-    let service = stagehand::service::Service::start(stagehand::service::Config {
-        reconcile: reconcile::Options {
-            owner_prefix: format!("{}.", pipeline.name),
-            ..reconcile::Options::default()
-        },
-        pipeline,
-        repository,
-        identities: Arc::new(identities),
-        metrics: Arc::default(),
-        notifier,
+    let identities = Arc::new(secrets::Identities::from_sops_environment()?);
+    let metrics: Arc<stagehand::metrics::Metrics> = Arc::default();
+    let credentials = args.credentials.load()?;
+    let (file, state_dir) = (args.pipeline.clone(), args.state_dir.clone());
+    let build: stagehand::service::reload::Builder = Box::new(move |pipeline: Arc<Pipeline>| {
+        let url = repository_url(&file, &pipeline.repository.url);
+        Ok(stagehand::service::Config {
+            repository: git::Repository::open(&state_dir, url, credentials.clone())?,
+            notifier: stagehand::service::notify::Notifier::start(&pipeline)?,
+            reconcile: reconcile::Options {
+                owner_prefix: format!("{}.", pipeline.name),
+                ..reconcile::Options::default()
+            },
+            pipeline,
+            identities: identities.clone(),
+            metrics: metrics.clone(),
+        })
     });
+    let text = std::fs::read(&args.pipeline)
+        .with_context(|| format!("cannot read {}", args.pipeline.display()))?;
+    let first =
+        stagehand::service::Service::start(build(pipeline).map_err(|e| anyhow::anyhow!(e))?);
+    let service = stagehand::service::reload::Supervisor::start(
+        args.pipeline.clone(),
+        text,
+        first,
+        build,
+        std::time::Duration::from_secs(2),
+    );
     let listener = api::Listener::bind(args.listen).await?;
     // Scripts and tests that pass port 0 read the chosen addresses from these lines on stdout.
     println!("listening on {}", listener.local_addr());
@@ -701,7 +715,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         http.await.context("the HTTP task panicked")??;
     }
     grpc?;
-    service.shutdown().await;
+    service.stop();
     tracing::info!("stopped");
     Ok(())
 }

@@ -14,16 +14,18 @@ use crate::cluster::health::HealthStatus;
 use crate::pipeline;
 use crate::proto;
 use crate::reconcile::{EnvironmentStatus, Plan};
-use crate::service::{self, EnvironmentView, Service};
+use crate::service::reload::Supervisor;
+use crate::service::{self, EnvironmentView};
 
 /// The handlers of `stagehand.v1.EnvironmentService`: parse, call the service, convert.
+/// Each call goes to the service of the pipeline file as it is now (see [`Supervisor`]).
 pub struct EnvironmentApi {
-    service: Arc<Service>,
+    supervisor: Arc<Supervisor>,
 }
 
 impl EnvironmentApi {
-    pub fn new(service: Arc<Service>) -> Self {
-        Self { service }
+    pub fn new(supervisor: Arc<Supervisor>) -> Self {
+        Self { supervisor }
     }
 }
 
@@ -63,11 +65,12 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         &self,
         _request: Request<proto::ListEnvironmentsRequest>,
     ) -> Result<Response<proto::ListEnvironmentsResponse>, Status> {
-        let pipeline = self.service.pipeline();
+        let service = self.supervisor.service();
+        let pipeline = service.pipeline();
         Ok(Response::new(proto::ListEnvironmentsResponse {
             pipeline: pipeline.name.clone(),
-            environments: self
-                .service
+            rejected_pipeline: self.supervisor.rejected().unwrap_or_default(),
+            environments: service
                 .environments()
                 .iter()
                 .map(|view| view_to_proto(view, &pipeline.repository.branch))
@@ -80,7 +83,11 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         request: Request<proto::GetEnvironmentRequest>,
     ) -> Result<Response<proto::Environment>, Status> {
         let name = required(&request.get_ref().name)?;
-        let view = self.service.environment(name).map_err(unknown)?;
+        let view = self
+            .supervisor
+            .service()
+            .environment(name)
+            .map_err(unknown)?;
         Ok(Response::new(self.to_proto(&view)))
     }
 
@@ -91,7 +98,8 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         let request = request.into_inner();
         let name = required(&request.name)?;
         let view = self
-            .service
+            .supervisor
+            .service()
             .sync(name, request.fetch, request.wait)
             .await
             .map_err(status_of)?;
@@ -111,7 +119,12 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
                 "revision: only the desired revision can be compared with the cluster for now; leave it empty",
             ));
         }
-        let plan = self.service.diff(name).await.map_err(status_of)?;
+        let plan = self
+            .supervisor
+            .service()
+            .diff(name)
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(plan_to_proto(&plan)))
     }
 
@@ -120,7 +133,7 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         request: Request<proto::SuspendEnvironmentRequest>,
     ) -> Result<Response<proto::Environment>, Status> {
         let name = required(&request.get_ref().name)?;
-        let view = self.service.suspend(name).map_err(unknown)?;
+        let view = self.supervisor.service().suspend(name).map_err(unknown)?;
         Ok(Response::new(self.to_proto(&view)))
     }
 
@@ -129,7 +142,7 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         request: Request<proto::ResumeEnvironmentRequest>,
     ) -> Result<Response<proto::Environment>, Status> {
         let name = required(&request.get_ref().name)?;
-        let view = self.service.resume(name).map_err(unknown)?;
+        let view = self.supervisor.service().resume(name).map_err(unknown)?;
         Ok(Response::new(self.to_proto(&view)))
     }
 
@@ -143,7 +156,12 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
             0 => 50,
             n => n.min(1000) as usize,
         };
-        let entries = self.service.history(name, limit).await.map_err(status_of)?;
+        let entries = self
+            .supervisor
+            .service()
+            .history(name, limit)
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(proto::ListRevisionsResponse {
             revisions: entries.iter().map(revision_to_proto).collect(),
         }))
@@ -157,19 +175,23 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
     ) -> Result<Response<Self::WatchEnvironmentsStream>, Status> {
         let names = &request.get_ref().names;
         for name in names {
-            self.service.environment(name).map_err(unknown)?;
+            self.supervisor
+                .service()
+                .environment(name)
+                .map_err(unknown)?;
         }
         let wanted: HashSet<String> = names.iter().cloned().collect();
         let wants = move |name: &str| wanted.is_empty() || wanted.contains(name);
         // A snapshot of every watched environment first, then each change as it happens.
         let snapshot: Vec<_> = self
-            .service
+            .supervisor
+            .service()
             .environments()
             .into_iter()
             .filter(|view| wants(&view.environment.name))
             .map(|view| Ok(self.to_proto(&view)))
             .collect();
-        let service = self.service.clone();
+        let service = self.supervisor.service().clone();
         let branch = service.pipeline().repository.branch.clone();
         let changes = tokio_stream::wrappers::UnboundedReceiverStream::new(service.changes());
         let updates = tokio_stream::StreamExt::filter_map(changes, move |name| {
@@ -186,7 +208,10 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
 
 impl EnvironmentApi {
     fn to_proto(&self, view: &EnvironmentView) -> proto::Environment {
-        view_to_proto(view, &self.service.pipeline().repository.branch)
+        view_to_proto(
+            view,
+            &self.supervisor.service().pipeline().repository.branch,
+        )
     }
 }
 

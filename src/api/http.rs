@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 
 use super::{Error, Listener};
-use crate::service::Service;
+use crate::service::reload::Supervisor;
 use crate::service::webhook::WebhookSecret;
 
 /// Webhook bodies above this are refused (413) before they are read whole. GitHub caps its
@@ -20,7 +20,7 @@ use crate::service::webhook::WebhookSecret;
 pub const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
 
 struct Hooks {
-    service: Arc<Service>,
+    service: Arc<Supervisor>,
     secret: Option<WebhookSecret>,
 }
 
@@ -29,7 +29,7 @@ struct Hooks {
 /// fetch in a loop.
 pub async fn serve(
     listener: Listener,
-    service: Arc<Service>,
+    service: Arc<Supervisor>,
     secret: Option<WebhookSecret>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
@@ -54,7 +54,7 @@ async fn webhook(
 ) -> (StatusCode, &'static str) {
     let Some(secret) = &hooks.secret else {
         tracing::warn!("webhook refused: the service has no webhook secret file");
-        hooks.service.metrics().webhook(None, false);
+        hooks.service.service().metrics().webhook(None, false);
         return (StatusCode::UNAUTHORIZED, "webhooks are not enabled\n");
     };
     let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
@@ -63,9 +63,10 @@ async fn webhook(
             tracing::info!(provider = provider.as_str(), "webhook: fetching now");
             hooks
                 .service
+                .service()
                 .metrics()
                 .webhook(Some(provider.as_str()), true);
-            let service = hooks.service.clone();
+            let service = hooks.service.service();
             // The sender is answered at once; the fetch coalesces with any already queued.
             tokio::spawn(async move {
                 if let Err(error) = service.fetch_now().await {
@@ -76,7 +77,7 @@ async fn webhook(
         }
         Err(rejection) => {
             tracing::warn!(reason = %rejection, "webhook refused");
-            hooks.service.metrics().webhook(None, false);
+            hooks.service.service().metrics().webhook(None, false);
             (StatusCode::UNAUTHORIZED, "signature missing or invalid\n")
         }
     }
@@ -88,6 +89,6 @@ async fn metrics(State(hooks): State<Arc<Hooks>>) -> impl axum::response::IntoRe
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        hooks.service.metrics().encode(),
+        hooks.service.service().metrics().encode(),
     )
 }

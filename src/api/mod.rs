@@ -14,7 +14,7 @@ use tonic::transport::Server;
 
 use crate::metrics::Metrics;
 use crate::proto::environment_service_server::EnvironmentServiceServer;
-use crate::service::Service;
+use crate::service::reload::Supervisor;
 
 pub use environments::EnvironmentApi;
 
@@ -59,7 +59,7 @@ impl Listener {
 /// reports NOT_SERVING and drains in-flight calls.
 pub async fn serve(
     listener: Listener,
-    service: Arc<Service>,
+    service: Arc<Supervisor>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -72,7 +72,7 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha().map_err(Error::Reflection)?;
 
     let addr = listener.local_addr();
-    tracing::info!(%addr, pipeline = %service.pipeline().name, "serving gRPC");
+    tracing::info!(%addr, pipeline = %service.service().pipeline().name, "serving gRPC");
     let draining = async {
         shutdown.await;
         tracing::info!("shutting down: reporting NOT_SERVING and draining calls");
@@ -84,7 +84,7 @@ pub async fn serve(
             .await;
     };
     Server::builder()
-        .layer(RpcMetricsLayer(service.metrics().clone()))
+        .layer(RpcMetricsLayer(service.service().metrics().clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

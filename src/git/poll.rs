@@ -87,6 +87,12 @@ impl<T: Clone + Send + Sync + 'static> Poller<T> {
             .clone()
     }
 
+    /// Stops the loop now, as dropping the poller does; callers waiting in `fetch_now` keep
+    /// waiting, so stop only what nobody asks any more.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
     /// Every finished fetch, for a loop that reacts to new commits.
     pub fn subscribe(&self) -> watch::Receiver<Option<Completed<T>>> {
         self.done.clone()

@@ -141,6 +141,11 @@ impl Controller {
         self.events.subscribe()
     }
 
+    /// Tells every loop to stop (a running pass is abandoned) without waiting for them.
+    pub fn stop(&self) {
+        self.shutdown.send_replace(true);
+    }
+
     /// Stops every loop (a running pass is abandoned) and waits for them.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);

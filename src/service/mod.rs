@@ -13,6 +13,7 @@
 //! [`Service::sync`]. Handlers receive an `Arc<Service>` and only translate.
 
 pub mod notify;
+pub mod reload;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -434,18 +435,13 @@ impl Service {
         rx
     }
 
-    /// Stops the fetch loop and every reconcile loop.
-    pub async fn shutdown(self: Arc<Self>) {
-        let Ok(service) = Arc::try_unwrap(self) else {
-            tracing::warn!(
-                "the service is still referenced at shutdown; its loops stop with the process"
-            );
-            return;
-        };
-        for task in &service.tasks {
+    /// Stops the fetch loop and every reconcile loop; a pass in flight is abandoned.
+    pub fn stop(&self) {
+        self.poller.stop();
+        for task in &self.tasks {
             task.abort();
         }
-        service.controller.shutdown().await;
+        self.controller.stop();
     }
 }
 

@@ -697,6 +697,52 @@ async fn the_service_applies_pushes_on_signed_webhooks_reports_drift_and_honours
         1.0
     );
 
+    // The pipeline file is read again when it changes: an invalid version is refused with its
+    // error and the last valid one keeps running; a valid one replaces it.
+    let valid = std::fs::read_to_string(&fx.pipeline).expect("pipeline file");
+    std::fs::write(
+        &fx.pipeline,
+        valid.replace("kind: Pipeline", "kind: Pipelin"),
+    )
+    .expect("write");
+    eventually("the invalid pipeline file is refused", || {
+        let mut api = api.clone();
+        async move {
+            let list = api
+                .list_environments(proto::ListEnvironmentsRequest {})
+                .await
+                .expect("ListEnvironments answers")
+                .into_inner();
+            list.rejected_pipeline.contains("kind") && list.environments.len() == 5
+        }
+    })
+    .await;
+    let without_failing = valid.replace(
+        "    - name: failing\n      source: {overlay: environments/missing}\n      sync: {interval: 1h}\n",
+        "",
+    );
+    assert_ne!(without_failing, valid);
+    std::fs::write(&fx.pipeline, without_failing).expect("write");
+    eventually("the new pipeline file runs", || {
+        let mut api = api.clone();
+        async move {
+            let list = api
+                .list_environments(proto::ListEnvironmentsRequest {})
+                .await
+                .expect("ListEnvironments answers")
+                .into_inner();
+            list.rejected_pipeline.is_empty()
+                && list.environments.iter().all(|e| e.name != "failing")
+        }
+    })
+    .await;
+    eventually("dev runs again under the new pipeline file", || {
+        let mut api = api.clone();
+        let third = third.clone();
+        async move { status(&environment(&mut api, "dev").await).applied_revision == third }
+    })
+    .await;
+
     // Unknown environments are named.
     let missing = api
         .get_environment(proto::GetEnvironmentRequest { name: "qa".into() })
