@@ -17,3 +17,4 @@ mod render_sops;
 mod secrets;
 mod serve;
 mod service;
+mod store;
