@@ -3,6 +3,7 @@
 
 mod support;
 
+mod auth;
 mod cli_sync;
 mod cluster;
 mod foundation;
