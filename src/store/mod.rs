@@ -534,7 +534,7 @@ pub struct AuditEvent {
 /// Which promotions to list. Empty fields match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PromotionFilter {
-    /// Matches the source or the target environment.
+    /// The target environment: promotions into it (rollbacks included).
     pub environment: Option<String>,
     pub states: Vec<PromotionState>,
     /// Created at or after.

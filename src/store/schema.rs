@@ -80,11 +80,12 @@ CREATE TABLE promotion (
     updated_at          INTEGER NOT NULL,
     version             INTEGER NOT NULL
 ) STRICT;
--- The queue of a target environment: its unfinished promotions in request order.
-CREATE INDEX promotion_by_target ON promotion (target_environment, state, seq);
-CREATE INDEX promotion_by_source ON promotion (source_environment, seq);
+-- Listing newest first by target, and the queue of a target (its unfinished promotions in
+-- request order); then listing by state, and the promotions that leave an environment.
+CREATE INDEX promotion_by_target ON promotion (target_environment, seq);
+CREATE INDEX promotion_by_target_state ON promotion (target_environment, state, seq);
 CREATE INDEX promotion_by_state ON promotion (state, seq);
-CREATE INDEX promotion_by_created ON promotion (created_at, seq);
+CREATE INDEX promotion_by_source ON promotion (source_environment, seq);
 
 CREATE TABLE promotion_transition (
     promotion_seq       INTEGER NOT NULL REFERENCES promotion (seq),

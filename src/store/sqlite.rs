@@ -774,8 +774,7 @@ impl Store for SqliteStore {
                 args.push(Value::Integer(after));
             }
             if let Some(env) = filter.environment {
-                query.push_str(" AND (target_environment = ? OR source_environment = ?)");
-                args.push(Value::Text(env.clone()));
+                query.push_str(" AND target_environment = ?");
                 args.push(Value::Text(env));
             }
             push_in(
