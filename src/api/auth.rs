@@ -35,6 +35,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
@@ -621,6 +622,27 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
             .expect("two ASCII hex digits form a byte");
     }
     Some(out)
+}
+
+/// A server without a tokens file would let anyone who reaches it act on every environment.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to listen on {addr} without a tokens file: every caller who can reach it could sync, \
+     suspend and promote every environment; give a tokens file, listen on loopback, or pass \
+     --insecure to accept this"
+)]
+pub struct Unprotected {
+    pub addr: SocketAddr,
+}
+
+/// Whether a server on `listen` may run without tokens: on loopback it may (the embedded demo;
+/// the caller warns), elsewhere only when the operator said `insecure`.
+pub fn allow_anonymous(listen: SocketAddr, insecure: bool) -> Result<(), Unprotected> {
+    if listen.ip().is_loopback() || insecure {
+        Ok(())
+    } else {
+        Err(Unprotected { addr: listen })
+    }
 }
 
 /// The gRPC interceptor that authenticates every call of the services it wraps.

@@ -159,6 +159,27 @@ fn access_rules_that_make_no_sense_are_refused_naming_the_field() {
 }
 
 #[test]
+fn only_a_loopback_server_runs_without_tokens_unless_told_it_is_insecure() {
+    let cases = [
+        ("127.0.0.1:7420", false, true),
+        ("127.0.0.2:0", false, true),
+        ("[::1]:7420", false, true),
+        ("0.0.0.0:7420", false, false),
+        ("[::]:7420", false, false),
+        ("10.1.2.3:7420", false, false),
+        ("0.0.0.0:7420", true, true),
+    ];
+    for (addr, insecure, allowed) in cases {
+        let result = auth::allow_anonymous(addr.parse().expect("an address"), insecure);
+        assert_eq!(result.is_ok(), allowed, "{addr} insecure={insecure}");
+        if let Err(error) = result {
+            assert!(error.to_string().contains(addr), "{error}");
+            assert!(error.to_string().contains("--insecure"), "{error}");
+        }
+    }
+}
+
+#[test]
 fn a_token_hash_is_the_sha256_that_sha256sum_prints() {
     // `printf %s test | sha256sum`
     assert_eq!(
