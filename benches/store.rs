@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use stagehand::store::{
     self, Approval, NewPromotion, PromotionFilter, PromotionKind, PromotionState, SqliteStore,
-    Store, Transition,
+    Store, SyncCounts, SyncRun, Transition,
 };
 
 const CLIENTS: usize = 100;
@@ -119,6 +119,32 @@ async fn main() {
         ms(percentile(&transitions, 0.5)),
         ms(percentile(&transitions, 0.99)),
         size as f64 / (1024.0 * 1024.0),
+    );
+
+    let mut syncs = Vec::new();
+    for i in 0..2_000u32 {
+        let start = Instant::now();
+        store
+            .record_sync(SyncRun {
+                environment: format!("env-{}", i % 20),
+                revision: format!("{i:040x}"),
+                started_at: SystemTime::now(),
+                finished_at: SystemTime::now(),
+                result: "succeeded".to_owned(),
+                message: String::new(),
+                trigger: "poll".to_owned(),
+                applied: true,
+                counts: SyncCounts::default(),
+            })
+            .await
+            .expect("record a sync");
+        syncs.push(start.elapsed());
+    }
+    syncs.sort();
+    println!(
+        "record_sync (not synced to disk at once): p50 {:.2} ms, p99 {:.2} ms",
+        ms(percentile(&syncs, 0.5)),
+        ms(percentile(&syncs, 0.99)),
     );
 
     let deadline = Instant::now() + READ_FOR;

@@ -112,6 +112,11 @@ pub trait Store: Send + Sync {
 
     /// Replaces an environment's last reported status (JSON, no Secret values), so that after a
     /// restart the service answers it at once.
+    ///
+    /// This, [`Store::record_sync`] and [`Store::append_event`] survive a crash of the process
+    /// at once, and a crash of the machine once a later promotion, approval, audit or
+    /// suspension write syncs them: the next reconcile pass writes them again anyway, and a
+    /// disk sync per environment per pass would be the service's largest cost.
     async fn save_status(&self, environment: &str, status: serde_json::Value) -> Result<()>;
 
     /// Records a finished sync pass; when it applied its revision, that becomes the environment's

@@ -29,7 +29,35 @@ use super::{
 /// The database's name inside the state directory.
 pub const DATABASE_FILE: &str = "stagehand.db";
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+type Job = Box<dyn FnOnce(&mut Session) + Send>;
+
+/// How far a write must have reached before its call returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// Synced to disk (`synchronous=FULL`): promotions, approvals, audit events, suspensions,
+    /// decisions someone was told about, which must survive a power loss.
+    Full,
+    /// In the WAL file without a sync (`synchronous=NORMAL`): survives a crash of the process
+    /// but not of the machine, until the next full write or checkpoint syncs it. For sync
+    /// history, events and statuses, which the next reconcile pass writes again, and which
+    /// would otherwise cost a disk sync per environment per pass.
+    Relaxed,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Relaxed => "NORMAL",
+        }
+    }
+}
+
+/// What the store's thread owns.
+struct Session {
+    conn: Connection,
+    durability: Durability,
+}
 
 /// The embedded SQLite store.
 pub struct SqliteStore {
@@ -54,10 +82,13 @@ impl SqliteStore {
         let worker = thread::Builder::new()
             .name("stagehand-store".to_owned())
             .spawn(move || {
-                let mut conn = match open_connection(&worker_path) {
+                let mut session = match open_connection(&worker_path) {
                     Ok(conn) => {
                         let _ = ready_tx.send(Ok(()));
-                        conn
+                        Session {
+                            conn,
+                            durability: Durability::Full,
+                        }
                     }
                     Err(error) => {
                         let _ = ready_tx.send(Err(error));
@@ -66,7 +97,7 @@ impl SqliteStore {
                 };
                 // Ends when every sender is gone; dropping the connection checkpoints the WAL.
                 for job in queue {
-                    job(&mut conn);
+                    job(&mut session);
                 }
             })
             .map_err(|source| Error::Thread {
@@ -99,22 +130,45 @@ impl SqliteStore {
             .ok_or(Error::Closed { path })
     }
 
-    /// Runs `f` on the store's thread and waits for its answer.
+    /// Runs `f` on the store's thread and waits for its answer; writes are synced to disk.
     async fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&mut Connection, &Path) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.call_with(Durability::Full, f).await
+    }
+
+    async fn call_with<R, F>(&self, durability: Durability, f: F) -> Result<R>
     where
         F: FnOnce(&mut Connection, &Path) -> Result<R> + Send + 'static,
         R: Send + 'static,
     {
         let (answer_tx, answer_rx) = oneshot::channel();
         let path = self.path.clone();
-        let job: Job = Box::new(move |conn| {
-            let _ = answer_tx.send(f(conn, &path));
+        let job: Job = Box::new(move |session| {
+            let answer = session
+                .set_durability(durability, &path)
+                .and_then(|()| f(&mut session.conn, &path));
+            let _ = answer_tx.send(answer);
         });
         let closed = || Error::Closed {
             path: self.path.clone(),
         };
         self.jobs.send(job).map_err(|_| closed())?;
         answer_rx.await.map_err(|_| closed())?
+    }
+}
+
+impl Session {
+    fn set_durability(&mut self, durability: Durability, path: &Path) -> Result<()> {
+        if durability != self.durability {
+            self.conn
+                .pragma_update(None, "synchronous", durability.pragma())
+                .map_err(sql(path, "setting durability"))?;
+            self.durability = durability;
+        }
+        Ok(())
     }
 }
 
@@ -134,8 +188,8 @@ fn open_connection(path: &Path) -> Result<Connection> {
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(database = %path.display(), %mode, "SQLite refused WAL mode");
     }
-    // FULL: a transition is on disk before the caller acts on it, even across a power loss.
-    conn.pragma_update(None, "synchronous", "FULL")
+    // A transition is on disk before the caller acts on it, even across a power loss.
+    conn.pragma_update(None, "synchronous", Durability::Full.pragma())
         .map_err(setup)?;
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(setup)?;
@@ -491,7 +545,7 @@ impl Store for SqliteStore {
     async fn save_status(&self, environment: &str, status: serde_json::Value) -> Result<()> {
         let environment = environment.to_owned();
         let status = status.to_string();
-        self.call(move |conn, path| {
+        self.call_with(Durability::Relaxed, move |conn, path| {
             conn.prepare_cached(
                 "INSERT INTO environment (name, status) VALUES (?1, ?2)
                  ON CONFLICT (name) DO UPDATE SET status = excluded.status",
@@ -504,7 +558,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_sync(&self, run: SyncRun) -> Result<SyncRecord> {
-        self.call(move |conn, path| {
+        self.call_with(Durability::Relaxed, move |conn, path| {
             let what = "recording a sync";
             let tx = immediate(conn).map_err(sql(path, what))?;
             tx.prepare_cached(
@@ -571,7 +625,7 @@ impl Store for SqliteStore {
     }
 
     async fn append_event(&self, event: NewEvent) -> Result<EventRecord> {
-        self.call(move |conn, path| {
+        self.call_with(Durability::Relaxed, move |conn, path| {
             conn.prepare_cached(
                 "INSERT INTO event (environment, at, severity, kind, message, revision)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

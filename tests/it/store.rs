@@ -267,6 +267,47 @@ async fn state_survives_closing_and_opening_the_store_again() -> TestResult {
     Ok(())
 }
 
+/// Set in the child process of [`nothing_acknowledged_is_lost_when_the_process_is_killed`].
+const CRASH_DIR: &str = "STAGEHAND_TEST_STORE_CRASH_DIR";
+
+/// The child writes everything, says so, and waits to be killed with SIGKILL (no close, no
+/// checkpoint); the parent then opens the same directory.
+#[tokio::test]
+async fn nothing_acknowledged_is_lost_when_the_process_is_killed() -> TestResult {
+    if let Some(dir) = std::env::var_os(CRASH_DIR) {
+        let store = SqliteStore::open(Path::new(&dir)).await?;
+        let id = write_everything(&store).await?;
+        println!("written {id}");
+        std::io::Write::flush(&mut std::io::stdout())?;
+        std::thread::sleep(Duration::from_secs(600));
+        return Err("the child was not killed".into());
+    }
+    let dir = tempfile::tempdir()?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "store::nothing_acknowledged_is_lost_when_the_process_is_killed",
+            "--nocapture",
+        ])
+        .env(CRASH_DIR, dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let id = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .find_map(|line| line.strip_prefix("written ").map(str::to_owned))
+        .ok_or("the child never wrote")?;
+    child.kill()?;
+    child.wait()?;
+    assert!(
+        dir.path().join(format!("{DATABASE_FILE}-wal")).exists(),
+        "the killed process left its write-ahead log behind"
+    );
+
+    let reopened = SqliteStore::open(dir.path()).await?;
+    assert_everything(&reopened, &id).await
+}
+
 #[tokio::test]
 async fn a_missing_state_directory_is_created_with_a_database_at_the_current_schema() -> TestResult
 {
