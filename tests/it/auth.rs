@@ -180,6 +180,26 @@ fn only_a_loopback_server_runs_without_tokens_unless_told_it_is_insecure() {
 }
 
 #[test]
+fn a_request_that_never_passed_the_authenticator_is_unauthenticated() {
+    use tonic::service::Interceptor;
+    let status = auth::identity(&Request::new(())).expect_err("no identity was attached");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    // Without a tokens file every caller is anonymous, with or without a token.
+    let mut anonymous = Authenticator::anonymous();
+    let mut request = Request::new(());
+    request
+        .metadata_mut()
+        .insert("authorization", "Bearer whatever".parse().expect("ASCII"));
+    let request = anonymous.call(request).expect("admitted");
+    assert_eq!(
+        *auth::identity(&request).expect("an identity"),
+        Identity::anonymous()
+    );
+    assert!(request.metadata().get("authorization").is_none());
+}
+
+#[test]
 fn a_token_hash_is_the_sha256_that_sha256sum_prints() {
     // `printf %s test | sha256sum`
     assert_eq!(
