@@ -120,12 +120,16 @@ pub trait Store: Send + Sync {
     async fn save_status(&self, environment: &str, status: serde_json::Value) -> Result<()>;
 
     /// Records a finished sync pass; when it applied its revision, that becomes the environment's
-    /// applied revision in the same transaction.
+    /// applied revision in the same transaction. A pass that changed nothing and ended like the
+    /// environment's previous record (same revision, result and message, which changed nothing
+    /// either) is folded into that record, so that history grows with what happens rather than
+    /// with the poll interval. At most [`HISTORY_PER_ENVIRONMENT`] records are kept.
     async fn record_sync(&self, run: SyncRun) -> Result<SyncRecord>;
 
     /// The newest sync passes of an environment first.
     async fn sync_history(&self, environment: &str, limit: u32) -> Result<Vec<SyncRecord>>;
 
+    /// Records an event; at most [`HISTORY_PER_ENVIRONMENT`] are kept per environment.
     async fn append_event(&self, event: NewEvent) -> Result<EventRecord>;
 
     /// The newest events first; `environment: None` means every environment.
@@ -170,6 +174,8 @@ pub struct Hold {
 pub struct EnvironmentRecord {
     pub name: String,
     pub applied_revision: Option<String>,
+    /// When the applied revision was first applied; later passes at the same revision keep it,
+    /// so soak time counts from here.
     pub applied_at: Option<SystemTime>,
     pub suspended: Option<Hold>,
     pub auto_promotion_hold: Option<Hold>,
@@ -208,8 +214,15 @@ pub struct SyncRun {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncRecord {
     pub id: i64,
+    /// The passes this record stands for: more than one when quiet passes were folded into it;
+    /// then `run.started_at` is the first one's start and `run.finished_at` the last one's end.
+    pub passes: u32,
     pub run: SyncRun,
 }
+
+/// How many sync records and events the store keeps per environment (give or take 63);
+/// older ones are dropped.
+pub const HISTORY_PER_ENVIRONMENT: u32 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {

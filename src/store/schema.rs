@@ -41,6 +41,8 @@ CREATE TABLE sync_run (
     message             TEXT NOT NULL,
     trigger             TEXT NOT NULL,
     applied             INTEGER NOT NULL,
+    -- Quiet passes folded into this row (same revision and result, nothing changed).
+    passes              INTEGER NOT NULL,
     created             INTEGER NOT NULL,
     changed             INTEGER NOT NULL,
     pruned              INTEGER NOT NULL,

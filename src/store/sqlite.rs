@@ -20,10 +20,10 @@ use tokio::sync::oneshot;
 use super::schema::{self, classify};
 use super::{
     Approval, ApprovalOutcome, AuditAction, AuditEvent, AuditFilter, DEFAULT_PAGE_SIZE,
-    EnvironmentRecord, Error, EventRecord, Hold, MAX_PAGE_SIZE, NewAuditEvent, NewEvent,
-    NewPromotion, Page, PromotionDetail, PromotionFilter, PromotionKind, PromotionRecord, Result,
-    Severity, Store, SyncCounts, SyncRecord, SyncRun, Transition, TransitionOutcome,
-    TransitionRecord,
+    EnvironmentRecord, Error, EventRecord, HISTORY_PER_ENVIRONMENT, Hold, MAX_PAGE_SIZE,
+    NewAuditEvent, NewEvent, NewPromotion, Page, PromotionDetail, PromotionFilter, PromotionKind,
+    PromotionRecord, Result, Severity, Store, SyncCounts, SyncRecord, SyncRun, Transition,
+    TransitionOutcome, TransitionRecord,
 };
 
 /// The database's name inside the state directory.
@@ -245,6 +245,22 @@ fn hold_columns(row: &Row<'_>, first: usize) -> rusqlite::Result<Option<Hold>> {
     .transpose()
 }
 
+/// Trimming walks the environment's newest records, so it runs on every 64th insert rather
+/// than on each; an environment holds at most 63 records over the limit.
+const TRIM_EVERY: i64 = 64;
+
+/// A pass that changed nothing and ended as the previous record did, which changed nothing
+/// either, adds nothing to the history but its time.
+fn folds_into(previous: &SyncRun, run: &SyncRun) -> bool {
+    let quiet = SyncCounts::default();
+    previous.counts == quiet
+        && run.counts == quiet
+        && previous.revision == run.revision
+        && previous.result == run.result
+        && previous.message == run.message
+        && previous.applied == run.applied
+}
+
 fn page_size(limit: u32) -> u32 {
     match limit {
         0 => DEFAULT_PAGE_SIZE,
@@ -280,11 +296,12 @@ fn environment_row(row: &Row<'_>) -> rusqlite::Result<EnvironmentRecord> {
 }
 
 const SYNC_COLUMNS: &str = "id, environment, revision, started_at, finished_at, result, message, \
-     trigger, applied, created, changed, pruned, drifted, adopted";
+     trigger, applied, created, changed, pruned, drifted, adopted, passes";
 
 fn sync_row(row: &Row<'_>) -> rusqlite::Result<SyncRecord> {
     Ok(SyncRecord {
         id: row.get(0)?,
+        passes: row.get(14)?,
         run: SyncRun {
             environment: row.get(1)?,
             revision: row.get(2)?,
@@ -561,36 +578,73 @@ impl Store for SqliteStore {
         self.call_with(Durability::Relaxed, move |conn, path| {
             let what = "recording a sync";
             let tx = immediate(conn).map_err(sql(path, what))?;
-            tx.prepare_cached(
-                "INSERT INTO sync_run (environment, revision, started_at, finished_at, result,
-                     message, trigger, applied, created, changed, pruned, drifted, adopted)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    run.environment,
-                    run.revision,
-                    to_millis(run.started_at),
-                    to_millis(run.finished_at),
-                    run.result,
-                    run.message,
-                    run.trigger,
-                    run.applied,
-                    run.counts.created,
-                    run.counts.changed,
-                    run.counts.pruned,
-                    run.counts.drifted,
-                    run.counts.adopted,
-                ])
-            })
-            .map_err(sql(path, what))?;
-            let id = tx.last_insert_rowid();
+            let previous = tx
+                .prepare_cached(&format!(
+                    "SELECT {SYNC_COLUMNS} FROM sync_run WHERE environment = ?1
+                     ORDER BY id DESC LIMIT 1"
+                ))
+                .and_then(|mut stmt| stmt.query_row([&run.environment], sync_row).optional())
+                .map_err(sql(path, what))?;
+            let id = match previous {
+                Some(previous) if folds_into(&previous.run, &run) => {
+                    tx.prepare_cached(
+                        "UPDATE sync_run SET finished_at = ?1, passes = passes + 1 WHERE id = ?2",
+                    )
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![to_millis(run.finished_at), previous.id])
+                    })
+                    .map_err(sql(path, what))?;
+                    previous.id
+                }
+                _ => {
+                    tx.prepare_cached(
+                        "INSERT INTO sync_run (environment, revision, started_at, finished_at,
+                             result, message, trigger, applied, passes, created, changed, pruned,
+                             drifted, adopted)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9, ?10, ?11, ?12, ?13)",
+                    )
+                    .and_then(|mut stmt| {
+                        stmt.execute(params![
+                            run.environment,
+                            run.revision,
+                            to_millis(run.started_at),
+                            to_millis(run.finished_at),
+                            run.result,
+                            run.message,
+                            run.trigger,
+                            run.applied,
+                            run.counts.created,
+                            run.counts.changed,
+                            run.counts.pruned,
+                            run.counts.drifted,
+                            run.counts.adopted,
+                        ])
+                    })
+                    .map_err(sql(path, what))?;
+                    let id = tx.last_insert_rowid();
+                    if id % TRIM_EVERY == 0 {
+                        tx.prepare_cached(
+                            "DELETE FROM sync_run WHERE environment = ?1 AND id < (
+                                 SELECT id FROM sync_run WHERE environment = ?1
+                                 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                        )
+                        .and_then(|mut stmt| {
+                            stmt.execute(params![run.environment, HISTORY_PER_ENVIRONMENT - 1])
+                        })
+                        .map_err(sql(path, what))?;
+                    }
+                    id
+                }
+            };
             if run.applied {
+                // applied_at moves only with the revision: it is when this revision arrived.
                 tx.prepare_cached(
                     "INSERT INTO environment (name, applied_revision, applied_at)
                      VALUES (?1, ?2, ?3)
-                     ON CONFLICT (name) DO UPDATE SET applied_revision = excluded.applied_revision,
-                         applied_at = excluded.applied_at",
+                     ON CONFLICT (name) DO UPDATE SET
+                         applied_at = CASE WHEN applied_revision IS excluded.applied_revision
+                             THEN applied_at ELSE excluded.applied_at END,
+                         applied_revision = excluded.applied_revision",
                 )
                 .and_then(|mut stmt| {
                     stmt.execute(params![
@@ -601,8 +655,14 @@ impl Store for SqliteStore {
                 })
                 .map_err(sql(path, what))?;
             }
+            let record = tx
+                .prepare_cached(&format!(
+                    "SELECT {SYNC_COLUMNS} FROM sync_run WHERE id = ?1"
+                ))
+                .and_then(|mut stmt| stmt.query_row([id], sync_row))
+                .map_err(sql(path, what))?;
             tx.commit().map_err(sql(path, what))?;
-            Ok(SyncRecord { id, run })
+            Ok(record)
         })
         .await
     }
@@ -626,7 +686,9 @@ impl Store for SqliteStore {
 
     async fn append_event(&self, event: NewEvent) -> Result<EventRecord> {
         self.call_with(Durability::Relaxed, move |conn, path| {
-            conn.prepare_cached(
+            let what = "recording an event";
+            let tx = immediate(conn).map_err(sql(path, what))?;
+            tx.prepare_cached(
                 "INSERT INTO event (environment, at, severity, kind, message, revision)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
@@ -640,11 +702,21 @@ impl Store for SqliteStore {
                     event.revision,
                 ])
             })
-            .map_err(sql(path, "recording an event"))?;
-            Ok(EventRecord {
-                id: conn.last_insert_rowid(),
-                event,
-            })
+            .map_err(sql(path, what))?;
+            let id = tx.last_insert_rowid();
+            if id % TRIM_EVERY == 0 {
+                tx.prepare_cached(
+                    "DELETE FROM event WHERE environment IS ?1 AND id < (
+                         SELECT id FROM event WHERE environment IS ?1
+                         ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![event.environment, HISTORY_PER_ENVIRONMENT - 1])
+                })
+                .map_err(sql(path, what))?;
+            }
+            tx.commit().map_err(sql(path, what))?;
+            Ok(EventRecord { id, event })
         })
         .await
     }

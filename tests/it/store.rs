@@ -5,9 +5,10 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use stagehand::store::{
-    self, Approval, ApprovalOutcome, AuditAction, AuditFilter, DATABASE_FILE, Hold, NewAuditEvent,
-    NewEvent, NewPromotion, PromotionFilter, PromotionKind, PromotionState, Severity, SqliteStore,
-    Store, SyncCounts, SyncRun, Transition, TransitionOutcome,
+    self, Approval, ApprovalOutcome, AuditAction, AuditFilter, DATABASE_FILE,
+    HISTORY_PER_ENVIRONMENT, Hold, NewAuditEvent, NewEvent, NewPromotion, PromotionFilter,
+    PromotionKind, PromotionState, Severity, SqliteStore, Store, SyncCounts, SyncRun, Transition,
+    TransitionOutcome,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -427,6 +428,101 @@ async fn another_applications_database_is_refused() -> TestResult {
         matches!(error, store::Error::ForeignDatabase { .. }),
         "refused as foreign: {error:?}"
     );
+    Ok(())
+}
+
+fn quiet(mut run: SyncRun) -> SyncRun {
+    run.counts = SyncCounts::default();
+    run
+}
+
+#[tokio::test]
+async fn quiet_passes_fold_into_one_history_record_and_applied_at_keeps_the_first() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = SqliteStore::open(dir.path()).await?;
+    let first = store
+        .record_sync(sync_run("dev", "aaa111", true, 0))
+        .await?;
+    assert_eq!(first.passes, 1);
+    let quiet_start = store
+        .record_sync(quiet(sync_run("dev", "aaa111", true, 10)))
+        .await?;
+    assert_ne!(quiet_start.id, first.id, "the pass before changed objects");
+    for started in [20, 30] {
+        let folded = store
+            .record_sync(quiet(sync_run("dev", "aaa111", true, started)))
+            .await?;
+        assert_eq!(folded.id, quiet_start.id);
+    }
+    store
+        .record_sync(quiet(sync_run("dev", "aaa111", false, 40)))
+        .await?;
+    store
+        .record_sync(quiet(sync_run("dev", "bbb222", true, 50)))
+        .await?;
+
+    let history = store.sync_history("dev", 0).await?;
+    let summary: Vec<_> = history
+        .iter()
+        .map(|r| (r.run.revision.as_str(), r.run.result.as_str(), r.passes))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("bbb222", "succeeded", 1),
+            ("aaa111", "apply_failed", 1),
+            ("aaa111", "succeeded", 3),
+            ("aaa111", "succeeded", 1),
+        ]
+    );
+    assert_eq!(history[2].run.started_at, at(10));
+    assert_eq!(history[2].run.finished_at, at(32));
+
+    // Soak time counts from the pass that first applied a revision.
+    let dev = store.environment("dev").await?.expect("stored");
+    assert_eq!(dev.applied_revision.as_deref(), Some("bbb222"));
+    assert_eq!(dev.applied_at, Some(at(52)));
+    store
+        .record_sync(quiet(sync_run("dev", "bbb222", true, 60)))
+        .await?;
+    let dev = store.environment("dev").await?.expect("stored");
+    assert_eq!(dev.applied_at, Some(at(52)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn history_keeps_the_newest_records_of_each_environment() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = SqliteStore::open(dir.path()).await?;
+    store.record_sync(sync_run("prod", "p0", true, 0)).await?;
+    let total = HISTORY_PER_ENVIRONMENT + 200;
+    for i in 0..total {
+        store
+            .record_sync(sync_run("dev", &format!("d{i}"), true, u64::from(i)))
+            .await?;
+    }
+    store.close().await?;
+
+    let conn = rusqlite::Connection::open(dir.path().join(DATABASE_FILE))?;
+    let count = |env: &str| -> rusqlite::Result<u32> {
+        conn.query_row(
+            "SELECT count(*) FROM sync_run WHERE environment = ?1",
+            [env],
+            |row| row.get(0),
+        )
+    };
+    let dev = count("dev")?;
+    assert!(
+        (HISTORY_PER_ENVIRONMENT..HISTORY_PER_ENVIRONMENT + 64).contains(&dev),
+        "dev keeps about {HISTORY_PER_ENVIRONMENT} records, not {dev}"
+    );
+    assert_eq!(count("prod")?, 1, "other environments keep theirs");
+    let newest: String = conn.query_row(
+        "SELECT revision FROM sync_run WHERE environment = 'dev' ORDER BY id DESC LIMIT 1",
+        [],
+        |row| row.get(0),
+    )?;
+    assert_eq!(newest, format!("d{}", total - 1));
     Ok(())
 }
 
