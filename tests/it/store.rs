@@ -80,8 +80,9 @@ fn transition(id: &str, from: PromotionState, to: PromotionState) -> Transition 
     }
 }
 
-/// Writes one of everything the store holds; returns the promotion's id.
-async fn write_everything(store: &SqliteStore) -> Result<String, store::Error> {
+/// Writes one of everything the store holds, through the trait object the service will hold;
+/// returns the promotion's id.
+async fn write_everything(store: &dyn Store) -> Result<String, store::Error> {
     store
         .set_suspension(
             "prod",
@@ -148,7 +149,7 @@ async fn write_everything(store: &SqliteStore) -> Result<String, store::Error> {
 }
 
 /// Reads back what [`write_everything`] wrote, field by field.
-async fn assert_everything(store: &SqliteStore, id: &str) -> TestResult {
+async fn assert_everything(store: &dyn Store, id: &str) -> TestResult {
     let prod = store.environment("prod").await?.expect("prod was stored");
     assert_eq!(
         prod.suspended,
