@@ -14,6 +14,7 @@ pub mod reconcile;
 pub mod render;
 pub mod secrets;
 pub mod service;
+pub mod store;
 pub mod telemetry;
 
 /// Code generated from `proto/stagehand/v1/*.proto`.

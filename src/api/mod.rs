@@ -1,6 +1,7 @@
 //! The gRPC API. Handlers only translate between protobuf messages and domain types; what they
 //! answer comes from the domain modules.
 
+pub mod auth;
 mod environments;
 pub mod http;
 

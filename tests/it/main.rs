@@ -3,6 +3,7 @@
 
 mod support;
 
+mod auth;
 mod cli_sync;
 mod cluster;
 mod foundation;
@@ -17,3 +18,4 @@ mod render_sops;
 mod secrets;
 mod serve;
 mod service;
+mod store;

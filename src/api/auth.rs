@@ -1,0 +1,779 @@
+//! Who is calling, and what they may do.
+//!
+//! **Authentication** happens once, at the edge: [`Authenticator`] is a tonic interceptor that
+//! reads the `authorization: Bearer <token>` metadata, looks the token's SHA-256 hash up in the
+//! [`Tokens`] file, removes the token from the request and hands the handler an [`Identity`].
+//! Tokens are never stored in clear (the file holds hashes), never logged, and never part of an
+//! error.
+//!
+//! **Authorisation** is a pure function, [`authorize`], of an identity, an environment and a
+//! [`Permission`], decided by the [`AccessPolicy`] built from the pipeline's `access:` rules.
+//! The serde types of that section live here rather than in `pipeline`: authorisation is their
+//! only reader, the rules and the function are tested together without a pipeline, and the
+//! pipeline only has to embed [`AccessRule`]s and pass its environment names for validation.
+//!
+//! The tokens file:
+//!
+//! ```yaml
+//! apiVersion: stagehand.dev/v1alpha1
+//! kind: Tokens
+//! identities:
+//!   - name: alice
+//!     email: alice@example.com
+//!     groups: [release-managers]
+//!     tokenSha256: [9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08]
+//! ```
+//!
+//! and the `access:` rules (every permission implies `view` on the same environments):
+//!
+//! ```yaml
+//! access:
+//!   - {groups: [developers], environments: ["*"], permissions: [view]}
+//!   - {groups: [developers], environments: [dev], permissions: [sync, suspend, request]}
+//!   - {groups: [release-managers], environments: [prod], permissions: ["*"]}
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::service::Interceptor;
+use tonic::{Request, Status};
+use zeroize::Zeroizing;
+
+/// The `apiVersion` of a tokens file.
+pub const TOKENS_API_VERSION: &str = "stagehand.dev/v1alpha1";
+/// The `kind` of a tokens file.
+pub const TOKENS_KIND: &str = "Tokens";
+
+/// Who a caller is, as the tokens file names them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: String,
+    /// Matched against Git author e-mails (an author may not approve their own change).
+    pub email: String,
+    pub groups: Vec<String>,
+}
+
+impl Identity {
+    /// The caller of a server that runs without a tokens file.
+    pub fn anonymous() -> Self {
+        Self {
+            name: "anonymous".to_owned(),
+            email: String::new(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// What a caller may do in an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Permission {
+    /// Read its status, history, diffs and promotions.
+    View,
+    /// Reconcile it now.
+    Sync,
+    /// Suspend and resume its reconciliation.
+    Suspend,
+    /// Request a promotion into it.
+    Request,
+    /// Approve or reject a promotion into it.
+    Approve,
+    /// Roll it back to an earlier revision.
+    Rollback,
+    /// Let a promotion through a freeze window.
+    Override,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 7] = [
+        Self::View,
+        Self::Sync,
+        Self::Suspend,
+        Self::Request,
+        Self::Approve,
+        Self::Rollback,
+        Self::Override,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::View => "view",
+            Self::Sync => "sync",
+            Self::Suspend => "suspend",
+            Self::Request => "request",
+            Self::Approve => "approve",
+            Self::Rollback => "rollback",
+            Self::Override => "override",
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Permission {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<_> = Self::ALL.iter().map(|p| p.as_str()).collect();
+                format!(
+                    "unknown permission {s:?} (one of {}, or \"*\")",
+                    known.join(", ")
+                )
+            })
+    }
+}
+
+/// One rule of the `access:` section: these groups hold these permissions in these
+/// environments. `"*"` stands for every environment or every permission.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    pub groups: Vec<String>,
+    pub environments: Vec<String>,
+    pub permissions: Vec<String>,
+}
+
+/// A rule of the `access:` section that does not make sense. Names the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("pipeline file {}: field {field}: {problem}", file.display())]
+pub struct AccessError {
+    pub file: PathBuf,
+    /// Such as `access[1].permissions[0]`.
+    pub field: String,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Grant {
+    groups: HashSet<String>,
+    /// `None`: every environment.
+    environments: Option<HashSet<String>>,
+    permissions: HashSet<Permission>,
+}
+
+/// The validated `access:` rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessPolicy {
+    grants: Vec<Grant>,
+    allow_all: bool,
+}
+
+impl AccessPolicy {
+    /// Validates `rules` from the pipeline `file` against its `environments`. Without rules
+    /// nobody may do anything: access is granted, never assumed.
+    pub fn new(
+        file: &Path,
+        rules: &[AccessRule],
+        environments: &[&str],
+    ) -> Result<Self, AccessError> {
+        let error = |field: String, problem: String| AccessError {
+            file: file.to_owned(),
+            field,
+            problem,
+        };
+        let mut grants = Vec::with_capacity(rules.len());
+        for (i, rule) in rules.iter().enumerate() {
+            let at = |field: &str| format!("access[{i}].{field}");
+            for (field, list) in [
+                ("groups", &rule.groups),
+                ("environments", &rule.environments),
+                ("permissions", &rule.permissions),
+            ] {
+                if list.is_empty() {
+                    return Err(error(at(field), "must list at least one entry".to_owned()));
+                }
+            }
+            for (j, group) in rule.groups.iter().enumerate() {
+                if group.trim().is_empty() || group == "*" {
+                    return Err(error(
+                        at(&format!("groups[{j}]")),
+                        "must name a group (there is no wildcard for groups)".to_owned(),
+                    ));
+                }
+            }
+            let mut named = HashSet::new();
+            let mut every_environment = false;
+            for (j, env) in rule.environments.iter().enumerate() {
+                if env == "*" {
+                    every_environment = true;
+                } else if environments.contains(&env.as_str()) {
+                    named.insert(env.clone());
+                } else {
+                    return Err(error(
+                        at(&format!("environments[{j}]")),
+                        format!("names {env:?}, which is not an environment of the pipeline"),
+                    ));
+                }
+            }
+            let mut permissions = HashSet::new();
+            for (j, permission) in rule.permissions.iter().enumerate() {
+                if permission == "*" {
+                    permissions.extend(Permission::ALL);
+                } else {
+                    let parsed = permission
+                        .parse()
+                        .map_err(|problem| error(at(&format!("permissions[{j}]")), problem))?;
+                    permissions.insert(parsed);
+                }
+            }
+            // Whoever may act on an environment may see it.
+            permissions.insert(Permission::View);
+            grants.push(Grant {
+                groups: rule.groups.iter().cloned().collect(),
+                environments: (!every_environment).then_some(named),
+                permissions,
+            });
+        }
+        Ok(Self {
+            grants,
+            allow_all: false,
+        })
+    }
+
+    /// Everyone may do everything: only for a server without tokens on loopback (the demo).
+    pub fn allow_all() -> Self {
+        Self {
+            grants: Vec::new(),
+            allow_all: true,
+        }
+    }
+
+    fn grants_for<'a>(
+        &'a self,
+        environment: &'a str,
+        permission: Permission,
+    ) -> impl Iterator<Item = &'a Grant> + 'a {
+        self.grants.iter().filter(move |grant| {
+            grant.permissions.contains(&permission)
+                && grant
+                    .environments
+                    .as_ref()
+                    .is_none_or(|envs| envs.contains(environment))
+        })
+    }
+
+    /// The groups that hold `permission` in `environment`, sorted; what a person needs to know
+    /// to ask the right people.
+    pub fn groups_with(&self, environment: &str, permission: Permission) -> Vec<String> {
+        let mut groups: Vec<String> = self
+            .grants_for(environment, permission)
+            .flat_map(|grant| grant.groups.iter().cloned())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        groups.sort();
+        groups
+    }
+}
+
+/// Whether `identity` holds `permission` in `environment`.
+pub fn authorize(
+    policy: &AccessPolicy,
+    identity: &Identity,
+    environment: &str,
+    permission: Permission,
+) -> Result<(), Denied> {
+    let allowed = policy.allow_all
+        || policy.grants_for(environment, permission).any(|grant| {
+            identity
+                .groups
+                .iter()
+                .any(|group| grant.groups.contains(group))
+        });
+    if allowed {
+        return Ok(());
+    }
+    Err(Denied {
+        identity: identity.name.clone(),
+        identity_groups: identity.groups.clone(),
+        environment: environment.to_owned(),
+        permission,
+        granted_to: policy.groups_with(environment, permission),
+    })
+}
+
+/// A refused permission, with what a person needs to act on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Denied {
+    pub identity: String,
+    pub identity_groups: Vec<String>,
+    pub environment: String,
+    pub permission: Permission,
+    /// The groups that do hold the permission there.
+    pub granted_to: Vec<String>,
+}
+
+impl fmt::Display for Denied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "permission {:?} on environment {:?} is not granted to {:?} (groups: {})",
+            self.permission.as_str(),
+            self.environment,
+            self.identity,
+            list_or_none(&self.identity_groups),
+        )?;
+        match self.granted_to.as_slice() {
+            [] => write!(f, "; no group holds it"),
+            groups => write!(f, "; groups that hold it: {}", groups.join(", ")),
+        }
+    }
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+impl From<Denied> for Status {
+    fn from(denied: Denied) -> Self {
+        Status::permission_denied(denied.to_string())
+    }
+}
+
+/// For handlers: the caller's identity, if it holds `permission` in `environment`; otherwise
+/// PERMISSION_DENIED naming the permission and the environment.
+pub fn require<T>(
+    request: &Request<T>,
+    policy: &AccessPolicy,
+    environment: &str,
+    permission: Permission,
+) -> Result<Arc<Identity>, Status> {
+    let identity = identity(request)?;
+    authorize(policy, &identity, environment, permission)?;
+    Ok(identity)
+}
+
+/// The identity [`Authenticator`] attached to a request. A request that never passed it fails
+/// closed, as UNAUTHENTICATED.
+pub fn identity<T>(request: &Request<T>) -> Result<Arc<Identity>, Status> {
+    request
+        .extensions()
+        .get::<Authenticated>()
+        .map(|authenticated| authenticated.0.clone())
+        .ok_or_else(|| Status::unauthenticated("this call was not authenticated"))
+}
+
+/// Private, so that only [`Authenticator`] can mark a request as authenticated.
+#[derive(Clone)]
+struct Authenticated(Arc<Identity>);
+
+/// The SHA-256 of a token, as the tokens file lists it (64 lowercase hex digits).
+pub fn hash_token(token: &str) -> String {
+    hex(&Sha256::digest(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct TokensFile {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    identities: Vec<IdentityEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct IdentityEntry {
+    name: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    token_sha256: Vec<String>,
+}
+
+/// A tokens file that cannot be used. Never carries a token or a hash.
+#[derive(Debug, thiserror::Error)]
+#[error("tokens file {}: {kind}", file.display())]
+pub struct TokensError {
+    pub file: PathBuf,
+    pub kind: TokensErrorKind,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokensErrorKind {
+    #[error("cannot read it")]
+    Read(#[source] std::io::Error),
+    /// The parser's own message is withheld: it can quote values, and a mistaken file may hold
+    /// tokens in clear.
+    #[error("not a valid tokens file at {field}{}", location.map(|(l, c)| format!(" (line {l}, column {c})")).unwrap_or_default())]
+    Syntax {
+        field: String,
+        location: Option<(usize, usize)>,
+    },
+    #[error("field {field}: {problem}")]
+    Invalid { field: String, problem: String },
+}
+
+struct Loaded {
+    /// Of the file's bytes, to tell a real change from a rewrite with the same content.
+    digest: [u8; 32],
+    by_hash: HashMap<[u8; 32], Arc<Identity>>,
+    identities: usize,
+}
+
+/// The identities of the tokens file, reloaded when the file changes.
+pub struct Tokens {
+    file: PathBuf,
+    current: RwLock<Loaded>,
+}
+
+impl Tokens {
+    /// Reads and validates the tokens file.
+    pub fn load(file: &Path) -> Result<Self, TokensError> {
+        let loaded = read_tokens(file)?;
+        Ok(Self {
+            file: file.to_owned(),
+            current: RwLock::new(loaded),
+        })
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// How many identities the current file lists.
+    pub fn identities(&self) -> usize {
+        self.read().identities
+    }
+
+    /// The identity a presented token belongs to. The lookup is by the token's hash, so the
+    /// time it takes tells nothing about which stored hashes resemble the token.
+    pub fn authenticate(&self, token: &str) -> Option<Arc<Identity>> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.read().by_hash.get(&hash).cloned()
+    }
+
+    /// Reads the file again and, when its content changed and is valid, takes it. On an error
+    /// the previous identities stay in force. Blocking file I/O.
+    pub fn reload_if_changed(&self) -> Result<bool, TokensError> {
+        let bytes = std::fs::read(&self.file).map_err(|e| self.error(TokensErrorKind::Read(e)))?;
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if digest == self.read().digest {
+            return Ok(false);
+        }
+        let loaded = parse_tokens(&self.file, &bytes, digest)?;
+        let identities = loaded.identities;
+        *self
+            .current
+            .write()
+            .expect("the tokens lock is never held across a panic") = loaded;
+        tracing::info!(file = %self.file.display(), identities, "reloaded the tokens file");
+        Ok(true)
+    }
+
+    /// Checks the file every `every` on a background task and takes changes; an invalid
+    /// version is logged and the previous identities stay in force.
+    pub fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let tokens = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let check = Arc::clone(&tokens);
+                match tokio::task::spawn_blocking(move || check.reload_if_changed()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::warn!(
+                        error = %error,
+                        "keeping the previous tokens: the changed tokens file is not valid"
+                    ),
+                    Err(join) => {
+                        tracing::error!(error = %join, "checking the tokens file panicked")
+                    }
+                }
+            }
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Loaded> {
+        self.current
+            .read()
+            .expect("the tokens lock is never held across a panic")
+    }
+
+    fn error(&self, kind: TokensErrorKind) -> TokensError {
+        TokensError {
+            file: self.file.clone(),
+            kind,
+        }
+    }
+}
+
+fn read_tokens(file: &Path) -> Result<Loaded, TokensError> {
+    let bytes = std::fs::read(file).map_err(|e| TokensError {
+        file: file.to_owned(),
+        kind: TokensErrorKind::Read(e),
+    })?;
+    let digest = Sha256::digest(&bytes).into();
+    parse_tokens(file, &bytes, digest)
+}
+
+fn parse_tokens(file: &Path, bytes: &[u8], digest: [u8; 32]) -> Result<Loaded, TokensError> {
+    let error = |kind| TokensError {
+        file: file.to_owned(),
+        kind,
+    };
+    let invalid =
+        |field: String, problem: String| error(TokensErrorKind::Invalid { field, problem });
+    let parsed: TokensFile = serde_path_to_error::deserialize(
+        serde_yaml_ng::Deserializer::from_slice(bytes),
+    )
+    .map_err(|e| {
+        error(TokensErrorKind::Syntax {
+            field: match e.path().to_string().as_str() {
+                "." => "the top level".to_owned(),
+                path => path.to_owned(),
+            },
+            location: e.inner().location().map(|l| (l.line(), l.column())),
+        })
+    })?;
+    if parsed.api_version != TOKENS_API_VERSION {
+        return Err(invalid(
+            "apiVersion".to_owned(),
+            format!(
+                "is {:?}, expected {TOKENS_API_VERSION:?}",
+                parsed.api_version
+            ),
+        ));
+    }
+    if parsed.kind != TOKENS_KIND {
+        return Err(invalid(
+            "kind".to_owned(),
+            format!("is {:?}, expected {TOKENS_KIND:?}", parsed.kind),
+        ));
+    }
+    let mut by_hash: HashMap<[u8; 32], Arc<Identity>> = HashMap::new();
+    let mut names = HashSet::new();
+    for (i, entry) in parsed.identities.iter().enumerate() {
+        if entry.name.trim().is_empty() {
+            return Err(invalid(
+                format!("identities[{i}].name"),
+                "must not be empty".to_owned(),
+            ));
+        }
+        if !names.insert(entry.name.as_str()) {
+            return Err(invalid(
+                format!("identities[{i}].name"),
+                format!("{:?} is listed twice", entry.name),
+            ));
+        }
+        let identity = Arc::new(Identity {
+            name: entry.name.clone(),
+            email: entry.email.clone(),
+            groups: entry.groups.clone(),
+        });
+        for (j, hash) in entry.token_sha256.iter().enumerate() {
+            let field = format!("identities[{i}].tokenSha256[{j}]");
+            let Some(bytes) = parse_sha256(hash) else {
+                return Err(invalid(
+                    field,
+                    "is not a SHA-256 hash (64 hex digits): list the token's hash \
+                     (`printf %s TOKEN | sha256sum`), never the token"
+                        .to_owned(),
+                ));
+            };
+            if let Some(other) = by_hash.insert(bytes, Arc::clone(&identity)) {
+                return Err(invalid(
+                    field,
+                    format!("the same hash is listed for {:?} already", other.name),
+                ));
+            }
+        }
+    }
+    Ok(Loaded {
+        digest,
+        by_hash,
+        identities: parsed.identities.len(),
+    })
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .expect("two ASCII hex digits form a byte");
+    }
+    Some(out)
+}
+
+/// A server without a tokens file would let anyone who reaches it act on every environment.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to listen on {addr} without a tokens file: every caller who can reach it could sync, \
+     suspend and promote every environment; give a tokens file, listen on loopback, or pass \
+     --insecure to accept this"
+)]
+pub struct Unprotected {
+    pub addr: SocketAddr,
+}
+
+/// Whether a server on `listen` may run without tokens: on loopback it may (the embedded demo;
+/// the caller warns), elsewhere only when the operator said `insecure`.
+pub fn allow_anonymous(listen: SocketAddr, insecure: bool) -> Result<(), Unprotected> {
+    if listen.ip().is_loopback() || insecure {
+        Ok(())
+    } else {
+        Err(Unprotected { addr: listen })
+    }
+}
+
+/// The gRPC interceptor that authenticates every call of the services it wraps.
+#[derive(Clone)]
+pub struct Authenticator {
+    /// `None`: no tokens file, every caller is [`Identity::anonymous`].
+    tokens: Option<Arc<Tokens>>,
+}
+
+impl Authenticator {
+    pub fn new(tokens: Arc<Tokens>) -> Self {
+        Self {
+            tokens: Some(tokens),
+        }
+    }
+
+    /// Every caller is `anonymous`. Only for a server listening on loopback, paired with
+    /// [`AccessPolicy::allow_all`].
+    pub fn anonymous() -> Self {
+        Self { tokens: None }
+    }
+
+    /// The identity the request's bearer token belongs to, or UNAUTHENTICATED.
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Arc<Identity>, Status> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(Arc::new(Identity::anonymous()));
+        };
+        let value = metadata.get("authorization").ok_or_else(|| {
+            Status::unauthenticated(
+                "missing bearer token: send the metadata `authorization: Bearer <token>`",
+            )
+        })?;
+        let token = value.to_str().ok().and_then(bearer_token).ok_or_else(|| {
+            Status::unauthenticated(
+                "the authorization metadata is not of the form `Bearer <token>`",
+            )
+        })?;
+        tokens
+            .authenticate(token)
+            .ok_or_else(|| Status::unauthenticated("unknown bearer token"))
+    }
+}
+
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 9110).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+impl Interceptor for Authenticator {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let result = self.authenticate(request.metadata());
+        // Nothing after the edge needs the token, so nothing after it can leak it.
+        request.metadata_mut().remove("authorization");
+        match result {
+            Ok(identity) => {
+                tracing::debug!(identity = %identity.name, "authenticated a call");
+                request.extensions_mut().insert(Authenticated(identity));
+                Ok(request)
+            }
+            Err(status) => {
+                tracing::info!(
+                    peer = ?request.remote_addr(),
+                    reason = status.message(),
+                    "refused an unauthenticated call"
+                );
+                Err(status)
+            }
+        }
+    }
+}
+
+/// A client's bearer token, attached to every call as sensitive metadata (HTTP/2 never indexes
+/// it, and it does not print).
+#[derive(Clone)]
+pub struct BearerToken {
+    value: AsciiMetadataValue,
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
+}
+
+/// A token file that cannot be used. Never carries the token.
+#[derive(Debug, thiserror::Error)]
+pub enum BearerTokenError {
+    #[error("cannot read the token file {}", file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the token file {} is empty or holds characters a token cannot have", file.display())]
+    Invalid { file: PathBuf },
+}
+
+impl BearerToken {
+    /// Reads a token from a file (surrounding whitespace ignored), as credentials come from
+    /// files, never from flags.
+    pub fn from_file(file: &Path) -> Result<Self, BearerTokenError> {
+        let text = Zeroizing::new(std::fs::read_to_string(file).map_err(|source| {
+            BearerTokenError::Read {
+                file: file.to_owned(),
+                source,
+            }
+        })?);
+        Self::new(text.trim()).ok_or_else(|| BearerTokenError::Invalid {
+            file: file.to_owned(),
+        })
+    }
+
+    /// `None` for an empty token or one that is not visible ASCII.
+    pub fn new(token: &str) -> Option<Self> {
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return None;
+        }
+        let header = Zeroizing::new(format!("Bearer {token}"));
+        let mut value = AsciiMetadataValue::try_from(header.as_str()).ok()?;
+        value.set_sensitive(true);
+        Some(Self { value })
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.value.clone());
+        Ok(request)
+    }
+}

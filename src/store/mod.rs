@@ -1,0 +1,601 @@
+//! Durable state: what Stagehand must still know after a restart.
+//!
+//! Per environment: the last applied revision, whether it is suspended (and by whom, when, why),
+//! its last reported status, its sync history and its events. For promotions: each promotion with
+//! its state, every transition (who, when, why) written *before* it takes effect, approvals, and
+//! the audit trail that `ListAuditEvents` answers.
+//!
+//! [`Store`] is the interface the service uses, so that a shared engine can back it when several
+//! replicas run; [`SqliteStore`] is the embedded implementation, one SQLite file in the state
+//! directory. The store holds no Secret values: statuses and events are written by modules that
+//! already redact them.
+
+mod schema;
+mod sqlite;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::SystemTime;
+
+pub use sqlite::{DATABASE_FILE, SqliteStore};
+
+/// Why a store call failed. Every variant names the database file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create the state directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file is damaged or not an SQLite database at all. It is left as it is: an operator
+    /// decides whether to restore it from a backup or move it away.
+    #[error(
+        "database {path} is corrupt ({detail}); restore it from a backup or move it away to start empty"
+    )]
+    Corrupt { path: PathBuf, detail: String },
+    #[error("{path} is an SQLite database of another application (application_id {found:#x})")]
+    ForeignDatabase { path: PathBuf, found: i64 },
+    /// Written by a newer Stagehand; opening it with this one could lose what it added.
+    #[error(
+        "database {path} has schema version {found}, newer than version {supported} that this stagehand supports; run a newer stagehand"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("cannot migrate database {path} to schema version {version}")]
+    Migrate {
+        path: PathBuf,
+        version: i64,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: {what} failed")]
+    Query {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database {path}: page token {token:?} is not one this store handed out")]
+    PageToken { path: PathBuf, token: String },
+    #[error("database {path}: cannot start the store's thread")]
+    Thread {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("database {path}: the store has been closed")]
+    Closed { path: PathBuf },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The durable state of the service.
+///
+/// Methods are async because a shared engine answers over the network; the embedded SQLite
+/// store runs its blocking calls on a thread of its own.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// One environment's record; `None` when nothing was ever stored for it.
+    async fn environment(&self, name: &str) -> Result<Option<EnvironmentRecord>>;
+
+    /// Every environment with a record, by name.
+    async fn environments(&self) -> Result<Vec<EnvironmentRecord>>;
+
+    /// Suspends an environment (`Some`) or resumes it (`None`), with an audit event written in the
+    /// same transaction.
+    async fn set_suspension(
+        &self,
+        environment: &str,
+        suspension: Option<Hold>,
+        audit: NewAuditEvent,
+    ) -> Result<()>;
+
+    /// Holds or releases automatic promotion into an environment (after a manual rollback), with
+    /// an audit event written in the same transaction.
+    async fn set_auto_promotion_hold(
+        &self,
+        environment: &str,
+        hold: Option<Hold>,
+        audit: NewAuditEvent,
+    ) -> Result<()>;
+
+    /// Replaces an environment's last reported status (JSON, no Secret values), so that after a
+    /// restart the service answers it at once.
+    ///
+    /// This, [`Store::record_sync`] and [`Store::append_event`] survive a crash of the process
+    /// at once, and a crash of the machine once a later promotion, approval, audit or
+    /// suspension write syncs them: the next reconcile pass writes them again anyway, and a
+    /// disk sync per environment per pass would be the service's largest cost.
+    async fn save_status(&self, environment: &str, status: serde_json::Value) -> Result<()>;
+
+    /// Records a finished sync pass; when it applied its revision, that becomes the environment's
+    /// applied revision in the same transaction. A pass that changed nothing and ended like the
+    /// environment's previous record (same revision, result and message, which changed nothing
+    /// either) is folded into that record, so that history grows with what happens rather than
+    /// with the poll interval. At most [`HISTORY_PER_ENVIRONMENT`] records are kept.
+    async fn record_sync(&self, run: SyncRun) -> Result<SyncRecord>;
+
+    /// The newest sync passes of an environment first.
+    async fn sync_history(&self, environment: &str, limit: u32) -> Result<Vec<SyncRecord>>;
+
+    /// Records an event; at most [`HISTORY_PER_ENVIRONMENT`] are kept per environment.
+    async fn append_event(&self, event: NewEvent) -> Result<EventRecord>;
+
+    /// The newest events first; `environment: None` means every environment.
+    async fn events(&self, environment: Option<&str>, limit: u32) -> Result<Vec<EventRecord>>;
+
+    /// Stores a new promotion in its first state, with that first transition and a `Requested`
+    /// (or `RolledBack`) audit event, in one transaction.
+    async fn create_promotion(&self, promotion: NewPromotion) -> Result<PromotionRecord>;
+
+    /// A promotion with its approvals and transitions.
+    async fn promotion(&self, id: &str) -> Result<Option<PromotionDetail>>;
+
+    /// Promotions, newest first, one page at a time.
+    async fn promotions(&self, filter: &PromotionFilter) -> Result<Page<PromotionRecord>>;
+
+    /// Moves a promotion from `transition.from` to `transition.to`, compare-and-swap: nothing is
+    /// written unless the promotion is still in `from`. Callers act on the new state only after
+    /// this returns [`TransitionOutcome::Applied`].
+    async fn transition(&self, transition: Transition) -> Result<TransitionOutcome>;
+
+    /// Records an approval with its audit event; the same approver twice counts once.
+    async fn add_approval(&self, promotion_id: &str, approval: Approval)
+    -> Result<ApprovalOutcome>;
+
+    async fn append_audit(&self, event: NewAuditEvent) -> Result<AuditEvent>;
+
+    /// Audit events, newest first, one page at a time.
+    async fn audit_events(&self, filter: &AuditFilter) -> Result<Page<AuditEvent>>;
+}
+
+/// A deliberate state set by someone: a suspension, or a hold on automatic promotion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub reason: String,
+    /// The identity that set it.
+    pub by: String,
+    pub at: SystemTime,
+}
+
+/// What the store remembers of an environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvironmentRecord {
+    pub name: String,
+    pub applied_revision: Option<String>,
+    /// When the applied revision was first applied; later passes at the same revision keep it,
+    /// so soak time counts from here.
+    pub applied_at: Option<SystemTime>,
+    pub suspended: Option<Hold>,
+    pub auto_promotion_hold: Option<Hold>,
+    /// The last status reconcile reported, as it serialised it.
+    pub status: Option<serde_json::Value>,
+}
+
+/// Objects a sync pass touched, by what happened to them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncCounts {
+    pub created: u32,
+    pub changed: u32,
+    pub pruned: u32,
+    pub drifted: u32,
+    /// Objects that existed without our inventory label and were taken over.
+    pub adopted: u32,
+}
+
+/// A finished sync pass.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncRun {
+    pub environment: String,
+    pub revision: String,
+    pub started_at: SystemTime,
+    pub finished_at: SystemTime,
+    /// A `reconcile::Reason` label such as `succeeded` or `apply_failed`.
+    pub result: String,
+    pub message: String,
+    /// What started the pass: `poll`, `webhook`, `manual`, `promotion`, `drift`, …
+    pub trigger: String,
+    /// Whether every object of the revision was applied, making it the applied revision.
+    pub applied: bool,
+    pub counts: SyncCounts,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncRecord {
+    pub id: i64,
+    /// The passes this record stands for: more than one when quiet passes were folded into it;
+    /// then `run.started_at` is the first one's start and `run.finished_at` the last one's end.
+    pub passes: u32,
+    pub run: SyncRun,
+}
+
+/// How many sync records and events the store keeps per environment (give or take 63);
+/// older ones are dropped.
+pub const HISTORY_PER_ENVIRONMENT: u32 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Normal,
+    Warning,
+}
+
+/// Something worth telling about an environment, or the pipeline when `environment` is `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    pub environment: Option<String>,
+    pub at: SystemTime,
+    pub severity: Severity,
+    /// A short machine-readable kind, such as `DriftDetected`.
+    pub kind: String,
+    pub message: String,
+    pub revision: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub id: i64,
+    pub event: NewEvent,
+}
+
+/// Where a promotion is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PromotionState {
+    Pending,
+    AwaitingApproval,
+    Approved,
+    Promoting,
+    Syncing,
+    Verifying,
+    Succeeded,
+    Rejected,
+    Failed,
+    Aborted,
+}
+
+impl PromotionState {
+    pub const ALL: [PromotionState; 10] = [
+        Self::Pending,
+        Self::AwaitingApproval,
+        Self::Approved,
+        Self::Promoting,
+        Self::Syncing,
+        Self::Verifying,
+        Self::Succeeded,
+        Self::Rejected,
+        Self::Failed,
+        Self::Aborted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::AwaitingApproval => "AwaitingApproval",
+            Self::Approved => "Approved",
+            Self::Promoting => "Promoting",
+            Self::Syncing => "Syncing",
+            Self::Verifying => "Verifying",
+            Self::Succeeded => "Succeeded",
+            Self::Rejected => "Rejected",
+            Self::Failed => "Failed",
+            Self::Aborted => "Aborted",
+        }
+    }
+
+    /// Whether the promotion has ended; it never changes state again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Rejected | Self::Failed | Self::Aborted
+        )
+    }
+}
+
+impl fmt::Display for PromotionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for PromotionState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown promotion state {s:?}"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromotionKind {
+    /// A revision of the source environment moves into the target.
+    Promotion,
+    /// The target goes back to an earlier revision of its own.
+    Rollback,
+}
+
+impl PromotionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Promotion => "promotion",
+            Self::Rollback => "rollback",
+        }
+    }
+}
+
+impl FromStr for PromotionKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "promotion" => Ok(Self::Promotion),
+            "rollback" => Ok(Self::Rollback),
+            other => Err(format!("unknown promotion kind {other:?}")),
+        }
+    }
+}
+
+/// A promotion as it is requested.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPromotion {
+    /// Unique across stores and restarts, because the Git commit's trailer carries it and
+    /// resuming after a crash looks it up there; see [`new_promotion_id`].
+    pub id: String,
+    pub kind: PromotionKind,
+    /// `None` for a rollback, which moves the target back along its own history.
+    pub source_environment: Option<String>,
+    pub target_environment: String,
+    /// The revision being promoted (or rolled back to).
+    pub revision: String,
+    /// Promoting the revision the target already runs, on purpose.
+    pub rerun: bool,
+    pub requested_by: String,
+    pub reason: String,
+    pub state: PromotionState,
+    pub at: SystemTime,
+    /// Data of the first state, for the promotion engine.
+    pub detail: Option<serde_json::Value>,
+}
+
+/// A promotion as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromotionRecord {
+    pub id: String,
+    pub kind: PromotionKind,
+    pub source_environment: Option<String>,
+    pub target_environment: String,
+    pub revision: String,
+    pub rerun: bool,
+    pub requested_by: String,
+    pub reason: String,
+    pub state: PromotionState,
+    /// Why it is in its state: the reason of its last transition.
+    pub message: String,
+    /// The commit that carries the promotion in Git, once made.
+    pub commit: Option<String>,
+    /// Data of the current state (what it waits for, a freeze override, …) for the engine.
+    pub detail: Option<serde_json::Value>,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    /// Incremented by every transition.
+    pub version: i64,
+}
+
+/// A promotion with everything that happened to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromotionDetail {
+    pub promotion: PromotionRecord,
+    /// In the order they were given.
+    pub approvals: Vec<Approval>,
+    /// Oldest first; the first one is the creation.
+    pub transitions: Vec<TransitionRecord>,
+}
+
+/// A request to move a promotion from one state to the next.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub promotion_id: String,
+    /// The state the caller saw; the transition is refused if the promotion is no longer in it.
+    pub from: PromotionState,
+    pub to: PromotionState,
+    pub actor: String,
+    pub reason: String,
+    pub at: SystemTime,
+    /// Sets the promotion commit (Promoting → Syncing); `None` keeps it.
+    pub commit: Option<String>,
+    /// Replaces the promotion's state data.
+    pub detail: Option<serde_json::Value>,
+    /// An audit event written in the same transaction (rejected, aborted, overrode, …).
+    pub audit: Option<AuditAction>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionRecord {
+    /// 1 for the creation, then one more per transition.
+    pub seq: i64,
+    /// `None` for the creation.
+    pub from: Option<PromotionState>,
+    pub to: PromotionState,
+    pub actor: String,
+    pub reason: String,
+    pub at: SystemTime,
+    pub detail: Option<serde_json::Value>,
+}
+
+/// What became of a transition; a refused one wrote nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TransitionOutcome {
+    Applied(Box<PromotionRecord>),
+    /// The promotion was no longer in the expected state (another replica or call moved it).
+    Conflict {
+        current: PromotionState,
+    },
+    NotFound,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    pub approver: String,
+    pub email: String,
+    pub groups: Vec<String>,
+    pub at: SystemTime,
+    pub comment: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApprovalOutcome {
+    Recorded,
+    /// This approver had already approved; nothing was written.
+    AlreadyApproved,
+    NotFound,
+}
+
+/// What someone did, as the audit log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditAction {
+    Requested,
+    Approved,
+    Rejected,
+    Aborted,
+    Superseded,
+    /// A permitted group bypassed a freeze window.
+    Overrode,
+    RolledBack,
+    Synced,
+    Suspended,
+    Resumed,
+    AutoPromotionHeld,
+    AutoPromotionResumed,
+}
+
+impl AuditAction {
+    pub const ALL: [AuditAction; 12] = [
+        Self::Requested,
+        Self::Approved,
+        Self::Rejected,
+        Self::Aborted,
+        Self::Superseded,
+        Self::Overrode,
+        Self::RolledBack,
+        Self::Synced,
+        Self::Suspended,
+        Self::Resumed,
+        Self::AutoPromotionHeld,
+        Self::AutoPromotionResumed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+            Self::Aborted => "aborted",
+            Self::Superseded => "superseded",
+            Self::Overrode => "overrode",
+            Self::RolledBack => "rolled_back",
+            Self::Synced => "synced",
+            Self::Suspended => "suspended",
+            Self::Resumed => "resumed",
+            Self::AutoPromotionHeld => "auto_promotion_held",
+            Self::AutoPromotionResumed => "auto_promotion_resumed",
+        }
+    }
+}
+
+impl fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AuditAction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|action| action.as_str() == s)
+            .ok_or_else(|| format!("unknown audit action {s:?}"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAuditEvent {
+    pub at: SystemTime,
+    /// The identity that acted, or `stagehand` for the service itself.
+    pub actor: String,
+    pub action: AuditAction,
+    pub environment: Option<String>,
+    pub promotion_id: Option<String>,
+    pub revision: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub event: NewAuditEvent,
+}
+
+/// Which promotions to list. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PromotionFilter {
+    /// The target environment: promotions into it (rollbacks included).
+    pub environment: Option<String>,
+    pub states: Vec<PromotionState>,
+    /// Created at or after.
+    pub since: Option<SystemTime>,
+    /// Created before.
+    pub until: Option<SystemTime>,
+    /// Page size; 0 means [`DEFAULT_PAGE_SIZE`].
+    pub limit: u32,
+    /// From a previous page's `next_page_token`.
+    pub page_token: Option<String>,
+}
+
+/// Which audit events to list. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditFilter {
+    pub environment: Option<String>,
+    pub promotion_id: Option<String>,
+    pub actions: Vec<AuditAction>,
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    pub limit: u32,
+    pub page_token: Option<String>,
+}
+
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// One page of a listing; `next_page_token` is `None` on the last page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_page_token: Option<String>,
+}
+
+/// A fresh promotion id: 48 bits of milliseconds (so ids sort by creation) and 48 random bits
+/// (so two stores, or a store restored from an old backup, never hand out the same id).
+pub fn new_promotion_id() -> String {
+    let mut random = [0u8; 6];
+    getrandom::fill(&mut random).expect("the operating system provides random bytes");
+    let millis = sqlite::to_millis(SystemTime::now()) & 0xffff_ffff_ffff;
+    let mut id = format!("{millis:012x}");
+    for byte in random {
+        id.push_str(&format!("{byte:02x}"));
+    }
+    id
+}
