@@ -234,6 +234,24 @@ impl std::fmt::Display for WeeklyTime {
     }
 }
 
+impl Repository {
+    /// The repository's URL as given, or its path resolved against the directory of the pipeline
+    /// file it was read from.
+    pub fn resolved_url(&self, pipeline_file: &Path) -> String {
+        let url = &self.url;
+        // `host:path` (scp-like) is a URL; `dir/repo:x` and `C:` style paths are not.
+        let is_url = url.contains("://")
+            || url
+                .split_once(':')
+                .is_some_and(|(host, _)| !host.contains('/'));
+        if is_url || Path::new(url).is_absolute() {
+            return url.clone();
+        }
+        let base = pipeline_file.parent().unwrap_or(Path::new("."));
+        base.join(url).display().to_string()
+    }
+}
+
 impl Pipeline {
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self, Error> {

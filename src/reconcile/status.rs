@@ -3,12 +3,12 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::cluster::ObjectRef;
 use crate::cluster::apply::Change;
 use crate::cluster::health::{Health, HealthStatus};
-use crate::cluster::prune::Pruned;
+use crate::cluster::prune::{Outcome, Pruned};
 
 /// Why an environment is in the state it is in; one reason per failing stage, as Flux has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
@@ -21,6 +21,8 @@ pub enum Reason {
     Progressing,
     Suspended,
     SourceFailed,
+    /// A SOPS file of the revision could not be decrypted (no matching key, MAC mismatch).
+    DecryptionFailed,
     InvalidObjects,
     EmptySource,
     ConnectFailed,
@@ -42,6 +44,7 @@ impl Reason {
             Self::Progressing => "progressing",
             Self::Suspended => "suspended",
             Self::SourceFailed => "source_failed",
+            Self::DecryptionFailed => "decryption_failed",
             Self::InvalidObjects => "invalid_objects",
             Self::EmptySource => "empty_source",
             Self::ConnectFailed => "connect_failed",
@@ -61,8 +64,9 @@ impl fmt::Display for Reason {
     }
 }
 
-/// One object of the last pass.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One object of the last pass. Serialised as the gRPC `ObjectStatus`: `object` (full name),
+/// `action`, `health` and its `message`, `driftedFields`, plus `changedFields` and `error`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ObjectStatus {
     pub reference: ObjectRef,
     pub change: Change,
@@ -71,15 +75,20 @@ pub struct ObjectStatus {
 
 /// Fields someone changed in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Drift {
+    #[serde(rename = "object", serialize_with = "full_name")]
     pub reference: ObjectRef,
     pub fields: Vec<String>,
     /// Put back by self-heal in the same pass.
     pub healed: bool,
 }
 
-/// An environment's reconciliation status. Holds no Secret values.
+/// An environment's reconciliation status. Holds no Secret values. Serialised for people and
+/// programs (`stagehand sync -o json`) in camelCase with full object names and RFC 3339 times,
+/// field names as in the gRPC `EnvironmentStatus`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EnvironmentStatus {
     pub environment: String,
     pub reason: Reason,
@@ -90,7 +99,10 @@ pub struct EnvironmentStatus {
     pub attempted_revision: Option<String>,
     /// The revision whose every object was applied last.
     pub applied_revision: Option<String>,
+    #[serde(rename = "lastAttemptTime", serialize_with = "rfc3339")]
     pub last_attempt: Option<SystemTime>,
+    /// When a pass last applied every object (the gRPC `last_sync_time`).
+    #[serde(rename = "lastSyncTime", serialize_with = "rfc3339")]
     pub last_applied: Option<SystemTime>,
     pub last_error: Option<String>,
     /// Consecutive failed passes.
@@ -98,11 +110,107 @@ pub struct EnvironmentStatus {
     /// Passes run so far.
     pub passes: u64,
     /// When the loop runs next unless triggered; `None` while suspended or waiting for a change.
+    #[serde(serialize_with = "duration")]
     pub next_attempt_in: Option<Duration>,
     pub objects: Vec<ObjectStatus>,
+    #[serde(serialize_with = "pruned_list")]
     pub pruned: Vec<Pruned>,
     pub drift: Vec<Drift>,
     pub health: Option<HealthStatus>,
+}
+
+/// An object's full Kubernetes name, as people and the gRPC `ObjectRef` spell it; the inventory
+/// keeps the compact `g`/`v`/`k`/`ns`/`n` form of [`ObjectRef`] itself.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FullName<'a> {
+    api_version: String,
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    name: &'a str,
+}
+
+impl<'a> From<&'a ObjectRef> for FullName<'a> {
+    fn from(r: &'a ObjectRef) -> Self {
+        Self {
+            api_version: r.api_version(),
+            kind: &r.kind,
+            namespace: r.namespace.as_deref(),
+            name: &r.name,
+        }
+    }
+}
+
+fn full_name<S: Serializer>(r: &ObjectRef, s: S) -> Result<S::Ok, S::Error> {
+    FullName::from(r).serialize(s)
+}
+
+/// `2026-11-28T14:05:09.123Z`.
+fn rfc3339<S: Serializer>(time: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+/// `30s`, `5m`: as durations are written in the pipeline file.
+fn duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+/// One pruned object: `object`, `outcome` (`deleted`, `gone`, `notOwned`, `kept`, `failed`) and
+/// for a failure its `error`.
+#[derive(Serialize)]
+struct PrunedView<'a> {
+    object: FullName<'a>,
+    #[serde(flatten)]
+    outcome: &'a Outcome,
+}
+
+pub(super) fn pruned_list<S: Serializer>(list: &[Pruned], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(list.iter().map(|p| PrunedView {
+        object: FullName::from(&p.reference),
+        outcome: &p.outcome,
+    }))
+}
+
+impl Serialize for ObjectStatus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("object", &FullName::from(&self.reference))?;
+        let action = match &self.change {
+            Change::Created => "created",
+            Change::Configured { fields } => {
+                map.serialize_entry("changedFields", fields)?;
+                "configured"
+            }
+            Change::Unchanged => "unchanged",
+            Change::Drifted { fields } => {
+                map.serialize_entry("driftedFields", fields)?;
+                "drifted"
+            }
+            Change::Healed { fields } => {
+                map.serialize_entry("driftedFields", fields)?;
+                "healed"
+            }
+            Change::Recreated => "recreated",
+            Change::Failed { error } => {
+                map.serialize_entry("error", error)?;
+                "failed"
+            }
+        };
+        map.serialize_entry("action", action)?;
+        if let Some(health) = &self.health {
+            map.serialize_entry("health", &health.status)?;
+            map.serialize_entry("message", &health.message)?;
+        }
+        map.end()
+    }
 }
 
 impl EnvironmentStatus {
@@ -170,5 +278,76 @@ impl fmt::Display for EventKind {
             Self::Pruned { object } => write!(f, "{object} left Git and was deleted"),
             Self::Failed { reason, message } => write!(f, "{reason}: {message}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn reference(kind: &str, namespace: Option<&str>, name: &str) -> ObjectRef {
+        ObjectRef {
+            group: if kind == "Deployment" { "apps" } else { "" }.into(),
+            version: "v1".into(),
+            kind: kind.into(),
+            namespace: namespace.map(str::to_owned),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_status_serialises_in_camel_case_with_full_names_and_rfc3339_times() {
+        let mut status = EnvironmentStatus::new("dev", false);
+        status.reason = Reason::Progressing;
+        status.last_attempt =
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_338_709_123));
+        status.next_attempt_in = Some(Duration::from_secs(90));
+        status.objects = vec![
+            ObjectStatus {
+                reference: reference("Deployment", Some("shop"), "web"),
+                change: Change::Configured {
+                    fields: vec![".spec.replicas".into()],
+                },
+                health: Some(Health {
+                    status: HealthStatus::Progressing,
+                    message: "1 of 3 replicas updated".into(),
+                }),
+            },
+            ObjectStatus {
+                reference: reference("Namespace", None, "shop"),
+                change: Change::Drifted {
+                    fields: vec![".metadata.labels".into()],
+                },
+                health: None,
+            },
+        ];
+        status.pruned = vec![Pruned {
+            reference: reference("ConfigMap", Some("shop"), "old"),
+            outcome: Outcome::Failed {
+                error: "forbidden".into(),
+            },
+        }];
+        let value = serde_json::to_value(&status).expect("a status serialises");
+        assert_eq!(value["reason"], "Progressing");
+        assert_eq!(value["lastAttemptTime"], "2025-11-28T14:05:09.123Z");
+        assert_eq!(value["lastSyncTime"], Value::Null);
+        assert_eq!(value["nextAttemptIn"], "1m 30s");
+        assert_eq!(
+            value["objects"],
+            json!([
+                {"object": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "shop",
+                            "name": "web"},
+                 "changedFields": [".spec.replicas"], "action": "configured",
+                 "health": "Progressing", "message": "1 of 3 replicas updated"},
+                {"object": {"apiVersion": "v1", "kind": "Namespace", "name": "shop"},
+                 "driftedFields": [".metadata.labels"], "action": "drifted"}
+            ])
+        );
+        assert_eq!(
+            value["pruned"],
+            json!([{"object": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": "shop",
+                               "name": "old"}, "outcome": "failed", "error": "forbidden"}])
+        );
     }
 }
