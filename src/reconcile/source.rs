@@ -104,11 +104,20 @@ impl DesiredState for GitSource {
 /// Why [`one_environment`] could not set up a reconciler.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    /// The pipeline lists no environment of that name.
     #[error("pipeline {pipeline:?} has no environment {env:?}")]
-    UnknownEnvironment { pipeline: String, env: String },
+    UnknownEnvironment {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The name asked for.
+        env: String,
+    },
+    /// The repository cache in the state directory could not be opened or created.
     #[error("environment {env}: the repository cache")]
     Repository {
+        /// The environment's name.
         env: String,
+        /// Why.
         #[source]
         source: git::fetch::Error,
     },

@@ -16,20 +16,31 @@ pub enum Reason {
     /// No pass has finished yet.
     #[default]
     Pending,
+    /// Applied, and every object is healthy.
     Succeeded,
     /// Applied; some objects are not healthy yet.
     Progressing,
+    /// The loop is stopped; nothing is applied.
     Suspended,
+    /// The revision could not be fetched or rendered.
     SourceFailed,
     /// A SOPS file of the revision could not be decrypted (no matching key, MAC mismatch).
     DecryptionFailed,
+    /// A rendered object is not a valid Kubernetes object (no kind, no name, listed twice).
     InvalidObjects,
+    /// The revision has no objects while some are applied; nothing is pruned.
     EmptySource,
+    /// The cluster's kubeconfig or client could not be set up.
     ConnectFailed,
+    /// The apiserver did not answer.
     ClusterUnreachable,
+    /// The inventory could not be read or written.
     InventoryFailed,
+    /// Some objects were not applied.
     ApplyFailed,
+    /// Some objects that left Git could not be deleted.
     PruneFailed,
+    /// Some objects failed their health check or its timeout.
     HealthCheckFailed,
     /// The pass took longer than the controller allows.
     TimedOut,
@@ -68,8 +79,11 @@ impl fmt::Display for Reason {
 /// `action`, `health` and its `message`, `driftedFields`, plus `changedFields` and `error`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectStatus {
+    /// The object.
     pub reference: ObjectRef,
+    /// What applying did to it.
     pub change: Change,
+    /// Its health after the apply; `None` in a plan.
     pub health: Option<Health>,
 }
 
@@ -77,8 +91,10 @@ pub struct ObjectStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Drift {
+    /// The object.
     #[serde(rename = "object", serialize_with = "full_name")]
     pub reference: ObjectRef,
+    /// The changed field paths.
     pub fields: Vec<String>,
     /// Put back by self-heal in the same pass.
     pub healed: bool,
@@ -90,20 +106,25 @@ pub struct Drift {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvironmentStatus {
+    /// The environment's name.
     pub environment: String,
+    /// Why it is in this state: the outcome of the last pass or the stage that failed.
     pub reason: Reason,
     /// For people: what the last pass did or why it failed.
     pub message: String,
+    /// Whether the loop is stopped.
     pub suspended: bool,
     /// The revision the last pass tried.
     pub attempted_revision: Option<String>,
     /// The revision whose every object was applied last.
     pub applied_revision: Option<String>,
+    /// When the last pass started.
     #[serde(rename = "lastAttemptTime", serialize_with = "rfc3339")]
     pub last_attempt: Option<SystemTime>,
     /// When a pass last applied every object (the gRPC `last_sync_time`).
     #[serde(rename = "lastSyncTime", serialize_with = "rfc3339")]
     pub last_applied: Option<SystemTime>,
+    /// The error of the last pass with its causes; `None` after a pass that succeeded.
     pub last_error: Option<String>,
     /// Consecutive failed passes.
     pub failures: u32,
@@ -112,10 +133,14 @@ pub struct EnvironmentStatus {
     /// When the loop runs next unless triggered; `None` while suspended or waiting for a change.
     #[serde(serialize_with = "duration")]
     pub next_attempt_in: Option<Duration>,
+    /// Every object of the last pass, in apply order.
     pub objects: Vec<ObjectStatus>,
+    /// What the last pass did to objects that left Git.
     #[serde(serialize_with = "pruned_list")]
     pub pruned: Vec<Pruned>,
+    /// Objects someone changed in the cluster, found by the last pass.
     pub drift: Vec<Drift>,
+    /// The worst health of the last pass's objects.
     pub health: Option<HealthStatus>,
 }
 
@@ -214,6 +239,7 @@ impl Serialize for ObjectStatus {
 }
 
 impl EnvironmentStatus {
+    /// The status before the first pass.
     pub fn new(environment: &str, suspended: bool) -> Self {
         Self {
             environment: environment.to_owned(),
@@ -250,15 +276,23 @@ impl EnvironmentStatus {
 /// Something worth telling about an environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
+    /// The environment it happened in.
     pub environment: String,
+    /// What happened.
     pub kind: EventKind,
 }
 
+/// What happened; `object` is the object's reference as people read it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[allow(missing_docs)] // the variant documentation names the fields
 pub enum EventKind {
+    /// Someone changed `fields` of `object` in the cluster; left alone.
     Drifted { object: String, fields: Vec<String> },
+    /// Someone changed `fields` of `object` in the cluster; put back.
     Healed { object: String, fields: Vec<String> },
+    /// `object` left Git and was deleted.
     Pruned { object: String },
+    /// A pass failed at the stage `reason` names.
     Failed { reason: Reason, message: String },
 }
 

@@ -64,9 +64,13 @@ pub enum Error {
     /// this type small), says why: MAC mismatch, no key, ...
     #[error("{file}: {field}: {entry}: cannot decrypt")]
     Decrypt {
+        /// The kustomization file naming the SOPS file.
         file: String,
+        /// Its field (`resources`, `secretGenerator`, ...).
         field: &'static str,
+        /// The entry, as written.
         entry: String,
+        /// The secrets error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
