@@ -278,3 +278,37 @@ impl Pipeline {
             .filter(move |env| env.promotes_from.as_deref() == Some(name))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repository(url: &str) -> Repository {
+        Repository {
+            url: url.into(),
+            branch: "main".into(),
+        }
+    }
+
+    #[test]
+    fn a_relative_repository_path_is_resolved_against_the_pipeline_file_and_urls_are_kept() {
+        let file = Path::new("/srv/gitops/pipeline.yaml");
+        assert_eq!(repository(".").resolved_url(file), "/srv/gitops/.");
+        assert_eq!(
+            repository("../repo").resolved_url(file),
+            "/srv/gitops/../repo"
+        );
+        for url in [
+            "/abs/repo",
+            "file:///abs/repo",
+            "https://git.example.com/shop.git",
+            "git@git.example.com:shop.git",
+        ] {
+            assert_eq!(repository(url).resolved_url(file), url);
+        }
+        assert_eq!(
+            repository("repo").resolved_url(Path::new("pipeline.yaml")),
+            "repo"
+        );
+    }
+}
