@@ -56,4 +56,49 @@ mod tests {
         );
         assert_eq!(ErrorChain(&e).causes().count(), 2);
     }
+
+    /// The `#[error(...)]` attributes of the crate's sources, each with the item text that
+    /// follows it up to the next attribute or the end of the enum.
+    fn error_attributes() -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        let mut dirs = vec![std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("the source tree is readable") {
+                let path = entry.expect("a directory entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).expect("a source file");
+                    for part in text.split("#[error(").skip(1) {
+                        let end = part.find(")]").expect("an error attribute ends");
+                        let (message, rest) = part.split_at(end);
+                        let item = rest.split("\n}").next().unwrap_or(rest);
+                        out.push((path.display().to_string(), message.into(), item.into()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn no_error_message_of_the_crate_repeats_its_own_source() {
+        let attributes = error_attributes();
+        assert!(attributes.len() > 50, "the scan finds the crate's errors");
+        for (file, message, item) in attributes {
+            if message.trim() == "transparent" {
+                continue;
+            }
+            let named_source = item.contains("source:") || item.contains("#[source]");
+            let tuple_source = item.contains("(#[source]") || item.contains("(#[from]");
+            assert!(
+                !(named_source && message.contains("{source")),
+                "{file}: {message} repeats its source"
+            );
+            assert!(
+                !(tuple_source && message.contains("{0")),
+                "{file}: {message} repeats its source"
+            );
+        }
+    }
 }
