@@ -54,10 +54,23 @@ pub fn print(
         .context("cannot write to stdout")
 }
 
-/// `stagehand diff`: the revision, then one row per object and per object to prune.
+/// `stagehand diff`: the revision, then one row per object a sync would change.
 pub fn plan_table(plan: &Value) -> String {
     let mut out = format!("revision: {}\n\n", text(&plan["revision"]));
-    out.push_str(&objects_table(&plan["objects"], &plan["prune"]));
+    let rows: Vec<Vec<String>> = plan["objects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|o| row(o, text(&o["change"]), text(&o["diff"]).replace('\n', ", ")))
+        .collect();
+    if rows.is_empty() {
+        out.push_str("no changes\n");
+    } else {
+        out.push_str(&table(
+            &["APIVERSION", "KIND", "NAMESPACE", "NAME", "CHANGE", "DIFF"],
+            &rows,
+        ));
+    }
     out
 }
 
@@ -69,8 +82,8 @@ pub fn status_table(status: &Value) -> String {
         ("message", "message"),
         ("attempted revision", "attemptedRevision"),
         ("applied revision", "appliedRevision"),
-        ("last attempt", "lastAttemptTime"),
         ("last sync", "lastSyncTime"),
+        ("last applied", "lastAppliedTime"),
         ("next attempt in", "nextAttemptIn"),
         ("health", "health"),
     ];
@@ -93,15 +106,12 @@ fn objects_table(objects: &Value, pruned: &Value) -> String {
             .iter()
             .filter_map(|k| o[*k].as_array())
             .map(|fields| fields.iter().map(text).collect::<Vec<_>>().join(", "))
-            .chain(["error", "message"].iter().map(|k| text(&o[*k])))
+            .chain([text(&o["message"])])
             .filter(|d| !d.is_empty())
             .collect();
-        rows.push(row(
-            o,
-            text(&o["action"]),
-            text(&o["health"]),
-            details.join("; "),
-        ));
+        let mut cells = row(o, text(&o["action"]), details.join("; "));
+        cells.insert(5, text(&o["health"]));
+        rows.push(cells);
     }
     for p in pruned.as_array().into_iter().flatten() {
         let action = match p["outcome"].as_str().unwrap_or("") {
@@ -111,7 +121,9 @@ fn objects_table(objects: &Value, pruned: &Value) -> String {
             "kept" => "kept (prune disabled)".to_owned(),
             other => format!("prune {other}"),
         };
-        rows.push(row(p, action, String::new(), text(&p["error"])));
+        let mut cells = row(p, action, text(&p["error"]));
+        cells.insert(5, String::new());
+        rows.push(cells);
     }
     if rows.is_empty() {
         return "no objects\n".to_owned();
@@ -128,7 +140,8 @@ fn objects_table(objects: &Value, pruned: &Value) -> String {
     table(&header, &rows)
 }
 
-fn row(entry: &Value, action: String, health: String, details: String) -> Vec<String> {
+/// The object's four names, then `action` and `details`.
+fn row(entry: &Value, action: String, details: String) -> Vec<String> {
     let object = &entry["object"];
     vec![
         text(&object["apiVersion"]),
@@ -136,7 +149,6 @@ fn row(entry: &Value, action: String, health: String, details: String) -> Vec<St
         text(&object["namespace"]),
         text(&object["name"]),
         action,
-        health,
         details,
     ]
 }
@@ -187,20 +199,41 @@ mod tests {
             "objects": [
                 {"object": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "shop",
                             "name": "web"},
-                 "action": "configured", "changedFields": [".spec.replicas"]},
+                 "change": "update", "diff": ".spec.replicas\n.spec.template"},
                 {"object": {"apiVersion": "v1", "kind": "Namespace", "name": "shop"},
-                 "action": "unchanged"}
-            ],
-            "prune": [{"object": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": "shop",
-                                  "name": "old"}, "outcome": "deleted"}]
+                 "change": "create", "diff": ""},
+                {"object": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": "shop",
+                            "name": "old"}, "change": "prune", "diff": "deleted"}
+            ]
         });
         assert_eq!(
             plan_table(&plan),
             "revision: abc\n\n\
-             APIVERSION  KIND        NAMESPACE  NAME  ACTION      HEALTH  DETAILS\n\
-             apps/v1     Deployment  shop       web   configured          .spec.replicas\n\
-             v1          Namespace              shop  unchanged\n\
-             v1          ConfigMap   shop       old   pruned\n"
+             APIVERSION  KIND        NAMESPACE  NAME  CHANGE  DIFF\n\
+             apps/v1     Deployment  shop       web   update  .spec.replicas, .spec.template\n\
+             v1          Namespace              shop  create\n\
+             v1          ConfigMap   shop       old   prune   deleted\n"
+        );
+    }
+
+    #[test]
+    fn a_status_table_lists_the_state_then_objects_with_health_and_pruned_ones() {
+        let status = json!({
+            "environment": "dev", "reason": "failed", "lastSyncTime": "2026-11-28T14:05:09.123Z",
+            "objects": [{"object": {"apiVersion": "v1", "kind": "Secret", "namespace": "shop",
+                                    "name": "db"},
+                         "action": "failed", "message": "forbidden: .data (Forbidden)"}],
+            "pruned": [{"object": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": "shop",
+                                   "name": "old"}, "outcome": "notOwned"}]
+        });
+        assert_eq!(
+            status_table(&status),
+            "environment:        dev\n\
+             reason:             failed\n\
+             last sync:          2026-11-28T14:05:09.123Z\n\n\
+             APIVERSION  KIND       NAMESPACE  NAME  ACTION           HEALTH  DETAILS\n\
+             v1          Secret     shop       db    failed                   forbidden: .data (Forbidden)\n\
+             v1          ConfigMap  shop       old   not owned, kept\n"
         );
     }
 }

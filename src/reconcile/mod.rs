@@ -39,7 +39,7 @@ use crate::error_chain::ErrorChain;
 use crate::pipeline::Environment;
 
 pub use controller::{Controller, FirstPass, UnknownEnvironment};
-pub use status::{Drift, EnvironmentStatus, Event, EventKind, ObjectStatus, Reason};
+pub use status::{Drift, EnvironmentStatus, Event, EventKind, ObjectDiff, ObjectStatus, Reason};
 
 /// What Git says an environment should run: a revision and its objects (Secrets decrypted).
 #[derive(Clone)]
@@ -252,15 +252,14 @@ struct Loaded {
 }
 
 /// What a sync would change (from [`Reconciler::plan`]). Serialised as `stagehand diff -o json`
-/// prints it: the revision, its objects as in [`EnvironmentStatus`], and the prune plan.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+/// prints it and as the gRPC `DiffEnvironmentResponse` is: the revision and
+/// [`Plan::diffs`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub revision: String,
     /// Per object: created, configured (with the fields), unchanged, drifted or failed.
     pub objects: Vec<ObjectStatus>,
     /// What pruning would do to the objects that left Git.
-    #[serde(serialize_with = "status::pruned_list")]
     pub prune: Vec<prune::Pruned>,
 }
 

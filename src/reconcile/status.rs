@@ -12,6 +12,7 @@ use crate::cluster::prune::{Outcome, Pruned};
 
 /// Why an environment is in the state it is in; one reason per failing stage, as Flux has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// No pass has finished yet.
     #[default]
@@ -76,7 +77,8 @@ impl fmt::Display for Reason {
 }
 
 /// One object of the last pass. Serialised as the gRPC `ObjectStatus`: `object` (full name),
-/// `action`, `health` and its `message`, `driftedFields`, plus `changedFields` and `error`.
+/// `action`, `health`, `message` (the error of a failed apply, else the health message) and
+/// `driftedFields`, plus `changedFields`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectStatus {
     /// The object.
@@ -118,11 +120,11 @@ pub struct EnvironmentStatus {
     pub attempted_revision: Option<String>,
     /// The revision whose every object was applied last.
     pub applied_revision: Option<String>,
-    /// When the last pass started.
-    #[serde(rename = "lastAttemptTime", serialize_with = "rfc3339")]
-    pub last_attempt: Option<SystemTime>,
-    /// When a pass last applied every object (the gRPC `last_sync_time`).
+    /// When the last pass started (the gRPC `last_sync_time`).
     #[serde(rename = "lastSyncTime", serialize_with = "rfc3339")]
+    pub last_attempt: Option<SystemTime>,
+    /// When a pass last applied every object (the gRPC `last_applied_time`).
+    #[serde(rename = "lastAppliedTime", serialize_with = "rfc3339")]
     pub last_applied: Option<SystemTime>,
     /// The error of the last pass with its causes; `None` after a pass that succeeded.
     pub last_error: Option<String>,
@@ -196,7 +198,7 @@ struct PrunedView<'a> {
     outcome: &'a Outcome,
 }
 
-pub(super) fn pruned_list<S: Serializer>(list: &[Pruned], s: S) -> Result<S::Ok, S::Error> {
+fn pruned_list<S: Serializer>(list: &[Pruned], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(list.iter().map(|p| PrunedView {
         object: FullName::from(&p.reference),
         outcome: &p.outcome,
@@ -224,17 +226,96 @@ impl Serialize for ObjectStatus {
                 "healed"
             }
             Change::Recreated => "recreated",
-            Change::Failed { error } => {
-                map.serialize_entry("error", error)?;
-                "failed"
-            }
+            Change::Failed { .. } => "failed",
         };
         map.serialize_entry("action", action)?;
         if let Some(health) = &self.health {
             map.serialize_entry("health", &health.status)?;
-            map.serialize_entry("message", &health.message)?;
+        }
+        match (&self.change, &self.health) {
+            (Change::Failed { error }, _) => map.serialize_entry("message", error)?,
+            (_, Some(health)) => map.serialize_entry("message", &health.message)?,
+            _ => {}
         }
         map.end()
+    }
+}
+
+/// One object a sync would change, as `stagehand diff` and the gRPC `ObjectDiff` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectDiff {
+    /// The object.
+    #[serde(rename = "object", serialize_with = "full_name")]
+    pub reference: ObjectRef,
+    /// `create`, `update`, `recreate`, `failed`, `prune`, or `skip` for an object that left Git
+    /// but is not pruned (not ours, or annotated to be kept).
+    pub change: &'static str,
+    /// The changed field paths, one a line; a failure's error; what pruning would do.
+    pub diff: String,
+    /// For a Secret: the keys under `data` or `stringData` whose value changes (never a value).
+    pub changed_secret_keys: Vec<String>,
+}
+
+/// The data key a field path of a Secret names: `.data.password`, `.stringData["tls.crt"]`.
+fn secret_key(path: &str) -> Option<String> {
+    let rest = path
+        .strip_prefix(".data")
+        .or_else(|| path.strip_prefix(".stringData"))?;
+    if let Some(key) = rest.strip_prefix('.') {
+        return Some(key.to_owned());
+    }
+    let quoted = rest.strip_prefix('[')?.strip_suffix(']')?;
+    serde_json::from_str(quoted).ok()
+}
+
+impl super::Plan {
+    /// What would change, object by object: the objects a sync would write (unchanged ones
+    /// left out), then those that left Git.
+    pub fn diffs(&self) -> Vec<ObjectDiff> {
+        let applied = self.objects.iter().filter_map(|o| {
+            let (change, diff) = match &o.change {
+                Change::Unchanged => return None,
+                Change::Created => ("create", Vec::new()),
+                Change::Configured { fields }
+                | Change::Drifted { fields }
+                | Change::Healed { fields } => ("update", fields.clone()),
+                Change::Recreated => ("recreate", Vec::new()),
+                Change::Failed { error } => ("failed", vec![error.clone()]),
+            };
+            let changed_secret_keys = if o.reference.is_secret() && change == "update" {
+                diff.iter().filter_map(|f| secret_key(f)).collect()
+            } else {
+                Vec::new()
+            };
+            Some(ObjectDiff {
+                reference: o.reference.clone(),
+                change,
+                diff: diff.join("\n"),
+                changed_secret_keys,
+            })
+        });
+        let pruned = self.prune.iter().map(|p| ObjectDiff {
+            reference: p.reference.clone(),
+            change: match p.outcome {
+                Outcome::Deleted => "prune",
+                Outcome::Failed { .. } => "failed",
+                Outcome::Gone | Outcome::NotOwned | Outcome::Kept => "skip",
+            },
+            diff: p.outcome.to_string(),
+            changed_secret_keys: Vec::new(),
+        });
+        applied.chain(pruned).collect()
+    }
+}
+
+impl Serialize for super::Plan {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut plan = s.serialize_struct("Plan", 2)?;
+        plan.serialize_field("revision", &self.revision)?;
+        plan.serialize_field("objects", &self.diffs())?;
+        plan.end()
     }
 }
 
@@ -363,9 +444,9 @@ mod tests {
             },
         }];
         let value = serde_json::to_value(&status).expect("a status serialises");
-        assert_eq!(value["reason"], "Progressing");
-        assert_eq!(value["lastAttemptTime"], "2025-11-28T14:05:09.123Z");
-        assert_eq!(value["lastSyncTime"], Value::Null);
+        assert_eq!(value["reason"], "progressing");
+        assert_eq!(value["lastSyncTime"], "2025-11-28T14:05:09.123Z");
+        assert_eq!(value["lastAppliedTime"], Value::Null);
         assert_eq!(value["nextAttemptIn"], "1m 30s");
         assert_eq!(
             value["objects"],
@@ -382,6 +463,67 @@ mod tests {
             value["pruned"],
             json!([{"object": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": "shop",
                                "name": "old"}, "outcome": "failed", "error": "forbidden"}])
+        );
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use crate::reconcile::Plan;
+    use serde_json::json;
+
+    fn secret(name: &str) -> ObjectRef {
+        ObjectRef {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "Secret".into(),
+            namespace: Some("shop".into()),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_plan_serialises_as_object_diffs_naming_changed_secret_keys_and_never_unchanged_objects() {
+        let plan = Plan {
+            revision: "abc".into(),
+            objects: vec![
+                ObjectStatus {
+                    reference: secret("db"),
+                    change: Change::Configured {
+                        fields: vec![".data.password".into(), ".data[\"tls.crt\"]".into()],
+                    },
+                    health: None,
+                },
+                ObjectStatus {
+                    reference: secret("same"),
+                    change: Change::Unchanged,
+                    health: None,
+                },
+            ],
+            prune: vec![
+                Pruned {
+                    reference: secret("old"),
+                    outcome: Outcome::Deleted,
+                },
+                Pruned {
+                    reference: secret("kept"),
+                    outcome: Outcome::Kept,
+                },
+            ],
+        };
+        let object = |name: &str| json!({"apiVersion": "v1", "kind": "Secret", "namespace": "shop", "name": name});
+        assert_eq!(
+            serde_json::to_value(&plan).expect("a plan serialises"),
+            json!({"revision": "abc", "objects": [
+                {"object": object("db"), "change": "update",
+                 "diff": ".data.password\n.data[\"tls.crt\"]",
+                 "changedSecretKeys": ["password", "tls.crt"]},
+                {"object": object("old"), "change": "prune", "diff": "deleted",
+                 "changedSecretKeys": []},
+                {"object": object("kept"), "change": "skip",
+                 "diff": "kept: stagehand.dev/prune is disabled", "changedSecretKeys": []}
+            ]})
         );
     }
 }

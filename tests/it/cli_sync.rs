@@ -75,7 +75,7 @@ fn changes(doc: &serde_json::Value) -> Vec<(String, String)> {
                     o["object"]["kind"].as_str().unwrap_or(""),
                     o["object"]["name"].as_str().unwrap_or("")
                 ),
-                o["action"].as_str().unwrap_or("").to_owned(),
+                o["change"].as_str().unwrap_or("").to_owned(),
             )
         })
         .collect()
@@ -159,7 +159,7 @@ async fn sync_applies_the_demo_environment_with_its_secret_decrypted_and_prunes_
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("dev/db.sops.yaml"), "{err}");
     let status = json(&refused);
-    assert_eq!(status["reason"], "DecryptionFailed", "{status}");
+    assert_eq!(status["reason"], "decryption_failed", "{status}");
     assert!(
         status["lastError"]
             .as_str()
@@ -185,7 +185,7 @@ async fn sync_applies_the_demo_environment_with_its_secret_decrypted_and_prunes_
     let plan = json(&diff);
     let planned = changes(&plan);
     assert!(
-        planned.contains(&("Secret/shop-db".into(), "created".into())),
+        planned.contains(&("Secret/shop-db".into(), "create".into())),
         "{planned:?}"
     );
     // Full names, as the gRPC ObjectRef spells them.
@@ -209,9 +209,10 @@ async fn sync_applies_the_demo_environment_with_its_secret_decrypted_and_prunes_
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
         table.contains("APIVERSION  KIND")
+            && table.contains("CHANGE")
             && table.lines().any(|l| l
                 .split_whitespace()
-                .eq(["v1", "Secret", &namespace, "shop-db", "created"])),
+                .eq(["v1", "Secret", &namespace, "shop-db", "create"])),
         "{table}"
     );
     let on_terminal = on_a_terminal(&repo, &state, &key);
@@ -249,9 +250,9 @@ async fn sync_applies_the_demo_environment_with_its_secret_decrypted_and_prunes_
     );
     let status = json(&sync);
     // No kubelet runs the Deployments, so they stay Progressing.
-    assert_eq!(status["reason"], "Progressing", "{status}");
+    assert_eq!(status["reason"], "progressing", "{status}");
     assert_eq!(status["attemptedRevision"], status["appliedRevision"]);
-    for field in ["lastAttemptTime", "lastSyncTime"] {
+    for field in ["lastSyncTime", "lastAppliedTime"] {
         let time = status[field].as_str().expect("a time");
         let secs = date_seconds(time);
         assert!(
