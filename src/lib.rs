@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod error_chain;
 pub mod git;
 pub mod metrics;
 pub mod pipeline;

@@ -329,49 +329,19 @@ fn status_to_proto(view: &EnvironmentView) -> proto::EnvironmentStatus {
 }
 
 fn plan_to_proto(plan: &Plan) -> proto::DiffEnvironmentResponse {
-    let mut objects: Vec<proto::ObjectDiff> = plan
-        .objects
-        .iter()
-        .filter_map(|object| {
-            let (change, fields) = match &object.change {
-                Change::Created => ("create", Vec::new()),
-                Change::Configured { fields }
-                | Change::Drifted { fields }
-                | Change::Healed { fields } => ("update", fields.clone()),
-                Change::Recreated => ("recreate", Vec::new()),
-                Change::Failed { error } => ("failed", vec![error.clone()]),
-                Change::Unchanged => return None,
-            };
-            let secret = object.reference.kind == "Secret" && object.reference.group.is_empty();
-            Some(proto::ObjectDiff {
-                object: Some(reference(&object.reference)),
-                change: change.to_owned(),
-                // Field paths only: values, and so Secret data, never leave the service.
-                diff: fields.join("\n"),
-                changed_secret_keys: if secret {
-                    fields
-                        .iter()
-                        .filter_map(|f| {
-                            f.strip_prefix("data.")
-                                .or_else(|| f.strip_prefix("stringData."))
-                        })
-                        .map(str::to_owned)
-                        .collect()
-                } else {
-                    Vec::new()
-                },
-            })
-        })
-        .collect();
-    objects.extend(plan.prune.iter().map(|pruned| proto::ObjectDiff {
-        object: Some(reference(&pruned.reference)),
-        change: "prune".to_owned(),
-        diff: pruned.outcome.to_string(),
-        changed_secret_keys: Vec::new(),
-    }));
     proto::DiffEnvironmentResponse {
         revision: plan.revision.clone(),
-        objects,
+        // Field paths only: values, and so Secret data, never leave the service.
+        objects: plan
+            .diffs()
+            .into_iter()
+            .map(|d| proto::ObjectDiff {
+                object: Some(reference(&d.reference)),
+                change: d.change.to_owned(),
+                diff: d.diff,
+                changed_secret_keys: d.changed_secret_keys,
+            })
+            .collect(),
     }
 }
 

@@ -76,7 +76,7 @@ pub enum Error {
         api_version: String,
         kind: String,
     },
-    #[error("{target}: field {key} is not a valid inventory: {source}")]
+    #[error("{target}: field {key} is not a valid inventory")]
     InventoryCorrupt {
         target: String,
         key: &'static str,
@@ -153,25 +153,25 @@ pub(crate) fn api_error(
 /// A cluster connection that could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("kubeconfig {}: {source}", path.display())]
+    #[error("kubeconfig {}", path.display())]
     ReadKubeconfig {
         path: PathBuf,
         #[source]
         source: kube::config::KubeconfigError,
     },
-    #[error("kubeconfig {} context {}: {source}", path.as_ref().map_or("(default)".into(), |p| p.display().to_string()), context.as_deref().unwrap_or("(current)"))]
+    #[error("kubeconfig {} context {}", path.as_ref().map_or("(default)".into(), |p| p.display().to_string()), context.as_deref().unwrap_or("(current)"))]
     Kubeconfig {
         path: Option<PathBuf>,
         context: Option<String>,
         #[source]
         source: kube::config::KubeconfigError,
     },
-    #[error("in-cluster configuration: {source}")]
+    #[error("in-cluster configuration")]
     InCluster {
         #[source]
         source: kube::config::InClusterError,
     },
-    #[error("cluster {server}: cannot build a client: {source}")]
+    #[error("cluster {server}: cannot build a client")]
     Client {
         server: String,
         #[source]

@@ -234,6 +234,24 @@ impl std::fmt::Display for WeeklyTime {
     }
 }
 
+impl Repository {
+    /// The repository's URL as given, or its path resolved against the directory of the pipeline
+    /// file it was read from.
+    pub fn resolved_url(&self, pipeline_file: &Path) -> String {
+        let url = &self.url;
+        // `host:path` (scp-like) is a URL; `dir/repo:x` and `C:` style paths are not.
+        let is_url = url.contains("://")
+            || url
+                .split_once(':')
+                .is_some_and(|(host, _)| !host.contains('/'));
+        if is_url || Path::new(url).is_absolute() {
+            return url.clone();
+        }
+        let base = pipeline_file.parent().unwrap_or(Path::new("."));
+        base.join(url).display().to_string()
+    }
+}
+
 impl Pipeline {
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self, Error> {
@@ -258,5 +276,39 @@ impl Pipeline {
         self.environments
             .iter()
             .filter(move |env| env.promotes_from.as_deref() == Some(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repository(url: &str) -> Repository {
+        Repository {
+            url: url.into(),
+            branch: "main".into(),
+        }
+    }
+
+    #[test]
+    fn a_relative_repository_path_is_resolved_against_the_pipeline_file_and_urls_are_kept() {
+        let file = Path::new("/srv/gitops/pipeline.yaml");
+        assert_eq!(repository(".").resolved_url(file), "/srv/gitops/.");
+        assert_eq!(
+            repository("../repo").resolved_url(file),
+            "/srv/gitops/../repo"
+        );
+        for url in [
+            "/abs/repo",
+            "file:///abs/repo",
+            "https://git.example.com/shop.git",
+            "git@git.example.com:shop.git",
+        ] {
+            assert_eq!(repository(url).resolved_url(file), url);
+        }
+        assert_eq!(
+            repository("repo").resolved_url(Path::new("pipeline.yaml")),
+            "repo"
+        );
     }
 }

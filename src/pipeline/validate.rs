@@ -19,19 +19,31 @@ const DEFAULT_BRANCH: &str = "main";
 /// kustomize-controller waits as long by default.
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// A pipeline file that could not be read or is not valid.
-#[derive(Debug, thiserror::Error)]
-#[error("pipeline file {}: {kind}", file.display())]
+/// A pipeline file that could not be read or is not valid. The message names the file and what
+/// is wrong; the kind's own cause (an I/O or YAML error) is the source.
+#[derive(Debug)]
 pub struct Error {
     pub file: PathBuf,
     pub kind: ErrorKind,
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pipeline file {}: {}", self.file.display(), self.kind)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.kind)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ErrorKind {
     #[error("cannot read it")]
     Read(#[source] std::io::Error),
-    #[error("not a valid pipeline document: {0}")]
+    #[error("not a valid pipeline document")]
     Syntax(#[source] serde_yaml_ng::Error),
     #[error("field {field}: {problem}")]
     Field { field: String, problem: String },
@@ -506,9 +518,8 @@ spec:
 "#;
 
     fn parse_err(text: &str) -> String {
-        parse(Path::new("pipeline.yaml"), text)
-            .expect_err("the text is invalid")
-            .to_string()
+        let err = parse(Path::new("pipeline.yaml"), text).expect_err("the text is invalid");
+        crate::error_chain::ErrorChain(&err).to_string()
     }
 
     #[test]

@@ -35,10 +35,11 @@ use crate::cluster::inventory::{self, Inventory, Location};
 use crate::cluster::prune::{self, Outcome};
 use crate::cluster::redact::Redactor;
 use crate::cluster::{self, Connection, Object, ObjectError, ObjectRef, events};
+use crate::error_chain::ErrorChain;
 use crate::pipeline::Environment;
 
 pub use controller::{Controller, FirstPass, UnknownEnvironment};
-pub use status::{Drift, EnvironmentStatus, Event, EventKind, ObjectStatus, Reason};
+pub use status::{Drift, EnvironmentStatus, Event, EventKind, ObjectDiff, ObjectStatus, Reason};
 
 /// What Git says an environment should run: a revision and its objects (Secrets decrypted).
 #[derive(Clone)]
@@ -76,7 +77,7 @@ impl std::fmt::Display for SourceStage {
 
 /// The desired objects could not be produced. The source must not put Secret values in it.
 #[derive(Debug, thiserror::Error)]
-#[error("{stage} failed{}: {source}", revision.as_ref().map(|r| format!(" at revision {r}")).unwrap_or_default())]
+#[error("{stage} failed{}", revision.as_ref().map(|r| format!(" at revision {r}")).unwrap_or_default())]
 pub struct SourceError {
     pub stage: SourceStage,
     pub revision: Option<String>,
@@ -105,13 +106,13 @@ pub enum Action {
 /// A pass that failed, by stage.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("environment {env}: {source}")]
+    #[error("environment {env}")]
     Source {
         env: String,
         #[source]
         source: SourceError,
     },
-    #[error("environment {env}: revision {revision}: {source}")]
+    #[error("environment {env}: revision {revision}")]
     InvalidObjects {
         env: String,
         revision: String,
@@ -128,13 +129,13 @@ pub enum Error {
     },
     #[error("environment {env}: owner {owner:?} is not a valid label value")]
     Owner { env: String, owner: String },
-    #[error("environment {env}: {source}")]
+    #[error("environment {env}")]
     Connect {
         env: String,
         #[source]
         source: cluster::ConnectError,
     },
-    #[error("environment {env}: {source}")]
+    #[error("environment {env}")]
     Inventory {
         env: String,
         #[source]
@@ -174,6 +175,9 @@ impl Error {
     /// The status reason, also fit as a metric label.
     pub fn reason(&self) -> Reason {
         match self {
+            Self::Source { source, .. } if source.stage == SourceStage::Decrypt => {
+                Reason::DecryptionFailed
+            }
             Self::Source { .. } => Reason::SourceFailed,
             Self::InvalidObjects { .. } => Reason::InvalidObjects,
             Self::EmptySource { .. } => Reason::EmptySource,
@@ -247,8 +251,10 @@ struct Loaded {
     options: apply::Options,
 }
 
-/// What a sync would change (from [`Reconciler::plan`]).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// What a sync would change (from [`Reconciler::plan`]). Serialised as `stagehand diff -o json`
+/// prints it and as the gRPC `DiffEnvironmentResponse` is: the revision and
+/// [`Plan::diffs`].
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub revision: String,
     /// Per object: created, configured (with the fields), unchanged, drifted or failed.
@@ -350,14 +356,16 @@ impl<S: DesiredState> Reconciler<S> {
         match &result {
             Ok(_) => self.status.last_error = None,
             Err(e) => {
+                // Each error's message leaves its cause to `source()`: people read the chain.
+                let message = ErrorChain(e).to_string();
                 self.status.reason = e.reason();
-                self.status.message = e.to_string();
-                self.status.last_error = Some(e.to_string());
+                self.status.message = message.clone();
+                self.status.last_error = Some(message.clone());
                 self.emit(
                     None,
                     EventKind::Failed {
                         reason: e.reason(),
-                        message: e.to_string(),
+                        message,
                     },
                 )
                 .await;
@@ -740,8 +748,18 @@ mod tests {
         };
         assert_eq!(source.reason(), Reason::SourceFailed);
         assert_eq!(
-            source.to_string(),
+            ErrorChain(&source).to_string(),
             "environment dev: render failed at revision abc: kustomization.yaml: resources[0]: not found"
         );
+        let decrypt = Error::Source {
+            env: "dev".into(),
+            source: SourceError {
+                stage: SourceStage::Decrypt,
+                revision: Some("abc".into()),
+                source: "dev/db.sops.yaml: MAC mismatch".into(),
+            },
+        };
+        assert_eq!(decrypt.reason(), Reason::DecryptionFailed);
+        assert_eq!(decrypt.reason().as_str(), "decryption_failed");
     }
 }

@@ -12,21 +12,30 @@ use crate::pipeline::{Environment, Pipeline};
 use crate::render::{self, sops::SopsDecrypt};
 use crate::secrets::Identities;
 
+/// Whether a [`GitSource`] fetches the repository before reading an environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// Fetch before every read (a one-off `stagehand sync`).
+    BeforeEachRead,
+    /// Read the cache as it is: a poller already keeps it fresh.
+    Never,
+}
+
 /// Reads environments from one Git repository.
 pub struct GitSource {
     pipeline: Arc<Pipeline>,
     repository: git::Repository,
     identities: Arc<Identities>,
-    /// Fetch before every read; off when a poller already keeps the cache fresh.
-    fetch: bool,
+    fetch: Fetch,
 }
 
 impl GitSource {
+    /// Environments of `pipeline`, read from `repository` and decrypted with `identities`.
     pub fn new(
         pipeline: Arc<Pipeline>,
         repository: git::Repository,
         identities: Arc<Identities>,
-        fetch: bool,
+        fetch: Fetch,
     ) -> Self {
         Self {
             pipeline,
@@ -57,7 +66,7 @@ impl DesiredState for GitSource {
         let fetch = self.fetch;
         let name = env.name.clone();
         tokio::task::spawn_blocking(move || {
-            if fetch {
+            if fetch == Fetch::BeforeEachRead {
                 repository
                     .fetch()
                     .map_err(|e| failed(SourceStage::Fetch, None, e))?;
@@ -74,8 +83,14 @@ impl DesiredState for GitSource {
                 decrypt: Some(&decrypt),
                 ..render::Options::default()
             };
-            let objects = render::render(&tree, &revision.location.path, &options)
-                .map_err(|e| failed(SourceStage::Render, Some(commit.clone()), e))?;
+            let objects =
+                render::render(&tree, &revision.location.path, &options).map_err(|e| {
+                    let stage = match e.decryption() {
+                        Some(_) => SourceStage::Decrypt,
+                        None => SourceStage::Render,
+                    };
+                    failed(stage, Some(commit.clone()), e)
+                })?;
             Ok(Desired {
                 revision: commit,
                 objects: objects.into_iter().map(Value::Object).collect(),
@@ -84,4 +99,71 @@ impl DesiredState for GitSource {
         .await
         .expect("the render task does not panic: render and git return errors instead")
     }
+}
+
+/// Why [`one_environment`] could not set up a reconciler.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The pipeline lists no environment of that name.
+    #[error("pipeline {pipeline:?} has no environment {env:?}")]
+    UnknownEnvironment {
+        /// The pipeline's name.
+        pipeline: String,
+        /// The name asked for.
+        env: String,
+    },
+    /// The repository cache in the state directory could not be opened or created.
+    #[error("environment {env}: the repository cache")]
+    Repository {
+        /// The environment's name.
+        env: String,
+        /// Why.
+        #[source]
+        source: git::fetch::Error,
+    },
+}
+
+/// A reconciler for one environment of `pipeline` (loaded from `pipeline_file`), reading Git
+/// through the repository cache in `state_dir` and fetching before each pass: what `stagehand
+/// diff` and `stagehand sync` run.
+pub fn one_environment(
+    pipeline: Pipeline,
+    pipeline_file: &std::path::Path,
+    env: &str,
+    state_dir: &std::path::Path,
+    credentials: git::Credentials,
+    identities: Identities,
+) -> Result<super::Reconciler<GitSource>, SetupError> {
+    let environment = pipeline
+        .environment(env)
+        .ok_or_else(|| SetupError::UnknownEnvironment {
+            pipeline: pipeline.name.clone(),
+            env: env.to_owned(),
+        })?
+        .clone();
+    let url = git::RemoteUrl::new(pipeline.repository.resolved_url(pipeline_file));
+    let repository = git::Repository::open(state_dir, url, credentials).map_err(|source| {
+        SetupError::Repository {
+            env: env.to_owned(),
+            source,
+        }
+    })?;
+    let options = super::Options {
+        owner_prefix: format!("{}.", pipeline.name),
+        ..super::Options::default()
+    };
+    let source = GitSource::new(
+        Arc::new(pipeline),
+        repository,
+        Arc::new(identities),
+        Fetch::BeforeEachRead,
+    );
+    // Nobody subscribes to a one-off reconciler's events; they are logged as well.
+    let (events, _) = tokio::sync::broadcast::channel(16);
+    Ok(super::Reconciler::new(
+        environment,
+        Arc::new(source),
+        Arc::new(options),
+        events,
+    ))
 }

@@ -3,31 +3,45 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
 use crate::cluster::ObjectRef;
 use crate::cluster::apply::Change;
 use crate::cluster::health::{Health, HealthStatus};
-use crate::cluster::prune::Pruned;
+use crate::cluster::prune::{Outcome, Pruned};
 
 /// Why an environment is in the state it is in; one reason per failing stage, as Flux has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// No pass has finished yet.
     #[default]
     Pending,
+    /// Applied, and every object is healthy.
     Succeeded,
     /// Applied; some objects are not healthy yet.
     Progressing,
+    /// The loop is stopped; nothing is applied.
     Suspended,
+    /// The revision could not be fetched or rendered.
     SourceFailed,
+    /// A SOPS file of the revision could not be decrypted (no matching key, MAC mismatch).
+    DecryptionFailed,
+    /// A rendered object is not a valid Kubernetes object (no kind, no name, listed twice).
     InvalidObjects,
+    /// The revision has no objects while some are applied; nothing is pruned.
     EmptySource,
+    /// The cluster's kubeconfig or client could not be set up.
     ConnectFailed,
+    /// The apiserver did not answer.
     ClusterUnreachable,
+    /// The inventory could not be read or written.
     InventoryFailed,
+    /// Some objects were not applied.
     ApplyFailed,
+    /// Some objects that left Git could not be deleted.
     PruneFailed,
+    /// Some objects failed their health check or its timeout.
     HealthCheckFailed,
     /// The pass took longer than the controller allows.
     TimedOut,
@@ -42,6 +56,7 @@ impl Reason {
             Self::Progressing => "progressing",
             Self::Suspended => "suspended",
             Self::SourceFailed => "source_failed",
+            Self::DecryptionFailed => "decryption_failed",
             Self::InvalidObjects => "invalid_objects",
             Self::EmptySource => "empty_source",
             Self::ConnectFailed => "connect_failed",
@@ -61,51 +76,251 @@ impl fmt::Display for Reason {
     }
 }
 
-/// One object of the last pass.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One object of the last pass. Serialised as the gRPC `ObjectStatus`: `object` (full name),
+/// `action`, `health`, `message` (the error of a failed apply, else the health message) and
+/// `driftedFields`, plus `changedFields`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ObjectStatus {
+    /// The object.
     pub reference: ObjectRef,
+    /// What applying did to it.
     pub change: Change,
+    /// Its health after the apply; `None` in a plan.
     pub health: Option<Health>,
 }
 
 /// Fields someone changed in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Drift {
+    /// The object.
+    #[serde(rename = "object", serialize_with = "full_name")]
     pub reference: ObjectRef,
+    /// The changed field paths.
     pub fields: Vec<String>,
     /// Put back by self-heal in the same pass.
     pub healed: bool,
 }
 
-/// An environment's reconciliation status. Holds no Secret values.
+/// An environment's reconciliation status. Holds no Secret values. Serialised for people and
+/// programs (`stagehand sync -o json`) in camelCase with full object names and RFC 3339 times,
+/// field names as in the gRPC `EnvironmentStatus`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EnvironmentStatus {
+    /// The environment's name.
     pub environment: String,
+    /// Why it is in this state: the outcome of the last pass or the stage that failed.
     pub reason: Reason,
     /// For people: what the last pass did or why it failed.
     pub message: String,
+    /// Whether the loop is stopped.
     pub suspended: bool,
     /// The revision the last pass tried.
     pub attempted_revision: Option<String>,
     /// The revision whose every object was applied last.
     pub applied_revision: Option<String>,
+    /// When the last pass started (the gRPC `last_sync_time`).
+    #[serde(rename = "lastSyncTime", serialize_with = "rfc3339")]
     pub last_attempt: Option<SystemTime>,
+    /// When a pass last applied every object (the gRPC `last_applied_time`).
+    #[serde(rename = "lastAppliedTime", serialize_with = "rfc3339")]
     pub last_applied: Option<SystemTime>,
+    /// The error of the last pass with its causes; `None` after a pass that succeeded.
     pub last_error: Option<String>,
     /// Consecutive failed passes.
     pub failures: u32,
     /// Passes run so far.
     pub passes: u64,
     /// When the loop runs next unless triggered; `None` while suspended or waiting for a change.
+    #[serde(serialize_with = "duration")]
     pub next_attempt_in: Option<Duration>,
+    /// Every object of the last pass, in apply order.
     pub objects: Vec<ObjectStatus>,
+    /// What the last pass did to objects that left Git.
+    #[serde(serialize_with = "pruned_list")]
     pub pruned: Vec<Pruned>,
+    /// Objects someone changed in the cluster, found by the last pass.
     pub drift: Vec<Drift>,
+    /// The worst health of the last pass's objects.
     pub health: Option<HealthStatus>,
 }
 
+/// An object's full Kubernetes name, as people and the gRPC `ObjectRef` spell it; the inventory
+/// keeps the compact `g`/`v`/`k`/`ns`/`n` form of [`ObjectRef`] itself.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FullName<'a> {
+    api_version: String,
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    namespace: Option<&'a str>,
+    name: &'a str,
+}
+
+impl<'a> From<&'a ObjectRef> for FullName<'a> {
+    fn from(r: &'a ObjectRef) -> Self {
+        Self {
+            api_version: r.api_version(),
+            kind: &r.kind,
+            namespace: r.namespace.as_deref(),
+            name: &r.name,
+        }
+    }
+}
+
+fn full_name<S: Serializer>(r: &ObjectRef, s: S) -> Result<S::Ok, S::Error> {
+    FullName::from(r).serialize(s)
+}
+
+/// `2026-11-28T14:05:09.123Z`.
+fn rfc3339<S: Serializer>(time: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(t) => s.serialize_str(&humantime::format_rfc3339_millis(*t).to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+/// `30s`, `5m`: as durations are written in the pipeline file.
+fn duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+        None => s.serialize_none(),
+    }
+}
+
+/// One pruned object: `object`, `outcome` (`deleted`, `gone`, `notOwned`, `kept`, `failed`) and
+/// for a failure its `error`.
+#[derive(Serialize)]
+struct PrunedView<'a> {
+    object: FullName<'a>,
+    #[serde(flatten)]
+    outcome: &'a Outcome,
+}
+
+fn pruned_list<S: Serializer>(list: &[Pruned], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(list.iter().map(|p| PrunedView {
+        object: FullName::from(&p.reference),
+        outcome: &p.outcome,
+    }))
+}
+
+impl Serialize for ObjectStatus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("object", &FullName::from(&self.reference))?;
+        let action = match &self.change {
+            Change::Created => "created",
+            Change::Configured { fields } => {
+                map.serialize_entry("changedFields", fields)?;
+                "configured"
+            }
+            Change::Unchanged => "unchanged",
+            Change::Drifted { fields } => {
+                map.serialize_entry("driftedFields", fields)?;
+                "drifted"
+            }
+            Change::Healed { fields } => {
+                map.serialize_entry("driftedFields", fields)?;
+                "healed"
+            }
+            Change::Recreated => "recreated",
+            Change::Failed { .. } => "failed",
+        };
+        map.serialize_entry("action", action)?;
+        if let Some(health) = &self.health {
+            map.serialize_entry("health", &health.status)?;
+        }
+        match (&self.change, &self.health) {
+            (Change::Failed { error }, _) => map.serialize_entry("message", error)?,
+            (_, Some(health)) => map.serialize_entry("message", &health.message)?,
+            _ => {}
+        }
+        map.end()
+    }
+}
+
+/// One object a sync would change, as `stagehand diff` and the gRPC `ObjectDiff` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectDiff {
+    /// The object.
+    #[serde(rename = "object", serialize_with = "full_name")]
+    pub reference: ObjectRef,
+    /// `create`, `update`, `recreate`, `failed`, `prune`, or `skip` for an object that left Git
+    /// but is not pruned (not ours, or annotated to be kept).
+    pub change: &'static str,
+    /// The changed field paths, one a line; a failure's error; what pruning would do.
+    pub diff: String,
+    /// For a Secret: the keys under `data` or `stringData` whose value changes (never a value).
+    pub changed_secret_keys: Vec<String>,
+}
+
+/// The data key a field path of a Secret names: `.data.password`, `.stringData["tls.crt"]`.
+fn secret_key(path: &str) -> Option<String> {
+    let rest = path
+        .strip_prefix(".data")
+        .or_else(|| path.strip_prefix(".stringData"))?;
+    if let Some(key) = rest.strip_prefix('.') {
+        return Some(key.to_owned());
+    }
+    let quoted = rest.strip_prefix('[')?.strip_suffix(']')?;
+    serde_json::from_str(quoted).ok()
+}
+
+impl super::Plan {
+    /// What would change, object by object: the objects a sync would write (unchanged ones
+    /// left out), then those that left Git.
+    pub fn diffs(&self) -> Vec<ObjectDiff> {
+        let applied = self.objects.iter().filter_map(|o| {
+            let (change, diff) = match &o.change {
+                Change::Unchanged => return None,
+                Change::Created => ("create", Vec::new()),
+                Change::Configured { fields }
+                | Change::Drifted { fields }
+                | Change::Healed { fields } => ("update", fields.clone()),
+                Change::Recreated => ("recreate", Vec::new()),
+                Change::Failed { error } => ("failed", vec![error.clone()]),
+            };
+            let changed_secret_keys = if o.reference.is_secret() && change == "update" {
+                diff.iter().filter_map(|f| secret_key(f)).collect()
+            } else {
+                Vec::new()
+            };
+            Some(ObjectDiff {
+                reference: o.reference.clone(),
+                change,
+                diff: diff.join("\n"),
+                changed_secret_keys,
+            })
+        });
+        let pruned = self.prune.iter().map(|p| ObjectDiff {
+            reference: p.reference.clone(),
+            change: match p.outcome {
+                Outcome::Deleted => "prune",
+                Outcome::Failed { .. } => "failed",
+                Outcome::Gone | Outcome::NotOwned | Outcome::Kept => "skip",
+            },
+            diff: p.outcome.to_string(),
+            changed_secret_keys: Vec::new(),
+        });
+        applied.chain(pruned).collect()
+    }
+}
+
+impl Serialize for super::Plan {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct as _;
+        let mut plan = s.serialize_struct("Plan", 2)?;
+        plan.serialize_field("revision", &self.revision)?;
+        plan.serialize_field("objects", &self.diffs())?;
+        plan.end()
+    }
+}
+
 impl EnvironmentStatus {
+    /// The status before the first pass.
     pub fn new(environment: &str, suspended: bool) -> Self {
         Self {
             environment: environment.to_owned(),
@@ -142,15 +357,23 @@ impl EnvironmentStatus {
 /// Something worth telling about an environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Event {
+    /// The environment it happened in.
     pub environment: String,
+    /// What happened.
     pub kind: EventKind,
 }
 
+/// What happened; `object` is the object's reference as people read it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[allow(missing_docs)] // the variant documentation names the fields
 pub enum EventKind {
+    /// Someone changed `fields` of `object` in the cluster; left alone.
     Drifted { object: String, fields: Vec<String> },
+    /// Someone changed `fields` of `object` in the cluster; put back.
     Healed { object: String, fields: Vec<String> },
+    /// `object` left Git and was deleted.
     Pruned { object: String },
+    /// A pass failed at the stage `reason` names.
     Failed { reason: Reason, message: String },
 }
 
@@ -170,5 +393,137 @@ impl fmt::Display for EventKind {
             Self::Pruned { object } => write!(f, "{object} left Git and was deleted"),
             Self::Failed { reason, message } => write!(f, "{reason}: {message}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn reference(kind: &str, namespace: Option<&str>, name: &str) -> ObjectRef {
+        ObjectRef {
+            group: if kind == "Deployment" { "apps" } else { "" }.into(),
+            version: "v1".into(),
+            kind: kind.into(),
+            namespace: namespace.map(str::to_owned),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_status_serialises_in_camel_case_with_full_names_and_rfc3339_times() {
+        let mut status = EnvironmentStatus::new("dev", false);
+        status.reason = Reason::Progressing;
+        status.last_attempt =
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_338_709_123));
+        status.next_attempt_in = Some(Duration::from_secs(90));
+        status.objects = vec![
+            ObjectStatus {
+                reference: reference("Deployment", Some("shop"), "web"),
+                change: Change::Configured {
+                    fields: vec![".spec.replicas".into()],
+                },
+                health: Some(Health {
+                    status: HealthStatus::Progressing,
+                    message: "1 of 3 replicas updated".into(),
+                }),
+            },
+            ObjectStatus {
+                reference: reference("Namespace", None, "shop"),
+                change: Change::Drifted {
+                    fields: vec![".metadata.labels".into()],
+                },
+                health: None,
+            },
+        ];
+        status.pruned = vec![Pruned {
+            reference: reference("ConfigMap", Some("shop"), "old"),
+            outcome: Outcome::Failed {
+                error: "forbidden".into(),
+            },
+        }];
+        let value = serde_json::to_value(&status).expect("a status serialises");
+        assert_eq!(value["reason"], "progressing");
+        assert_eq!(value["lastSyncTime"], "2025-11-28T14:05:09.123Z");
+        assert_eq!(value["lastAppliedTime"], Value::Null);
+        assert_eq!(value["nextAttemptIn"], "1m 30s");
+        assert_eq!(
+            value["objects"],
+            json!([
+                {"object": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "shop",
+                            "name": "web"},
+                 "changedFields": [".spec.replicas"], "action": "configured",
+                 "health": "Progressing", "message": "1 of 3 replicas updated"},
+                {"object": {"apiVersion": "v1", "kind": "Namespace", "name": "shop"},
+                 "driftedFields": [".metadata.labels"], "action": "drifted"}
+            ])
+        );
+        assert_eq!(
+            value["pruned"],
+            json!([{"object": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": "shop",
+                               "name": "old"}, "outcome": "failed", "error": "forbidden"}])
+        );
+    }
+}
+
+#[cfg(test)]
+mod plan_tests {
+    use super::*;
+    use crate::reconcile::Plan;
+    use serde_json::json;
+
+    fn secret(name: &str) -> ObjectRef {
+        ObjectRef {
+            group: String::new(),
+            version: "v1".into(),
+            kind: "Secret".into(),
+            namespace: Some("shop".into()),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_plan_serialises_as_object_diffs_naming_changed_secret_keys_and_never_unchanged_objects() {
+        let plan = Plan {
+            revision: "abc".into(),
+            objects: vec![
+                ObjectStatus {
+                    reference: secret("db"),
+                    change: Change::Configured {
+                        fields: vec![".data.password".into(), ".data[\"tls.crt\"]".into()],
+                    },
+                    health: None,
+                },
+                ObjectStatus {
+                    reference: secret("same"),
+                    change: Change::Unchanged,
+                    health: None,
+                },
+            ],
+            prune: vec![
+                Pruned {
+                    reference: secret("old"),
+                    outcome: Outcome::Deleted,
+                },
+                Pruned {
+                    reference: secret("kept"),
+                    outcome: Outcome::Kept,
+                },
+            ],
+        };
+        let object = |name: &str| json!({"apiVersion": "v1", "kind": "Secret", "namespace": "shop", "name": name});
+        assert_eq!(
+            serde_json::to_value(&plan).expect("a plan serialises"),
+            json!({"revision": "abc", "objects": [
+                {"object": object("db"), "change": "update",
+                 "diff": ".data.password\n.data[\"tls.crt\"]",
+                 "changedSecretKeys": ["password", "tls.crt"]},
+                {"object": object("old"), "change": "prune", "diff": "deleted",
+                 "changedSecretKeys": []},
+                {"object": object("kept"), "change": "skip",
+                 "diff": "kept: stagehand.dev/prune is disabled", "changedSecretKeys": []}
+            ]})
+        );
     }
 }

@@ -44,7 +44,7 @@ pub enum Error {
         entry: String,
         what: &'static str,
     },
-    #[error("{file}: {field}: {entry}: {source}")]
+    #[error("{file}: {field}: {entry}")]
     Read {
         file: String,
         field: &'static str,
@@ -52,13 +52,27 @@ pub enum Error {
         #[source]
         source: fs::Error,
     },
-    #[error("{file}: {field}: {path}: {source}")]
+    #[error("{file}: {field}: {path}")]
     Parse {
         file: String,
         field: &'static str,
         path: String,
         #[source]
         source: yaml::ParseError,
+    },
+    /// A SOPS file could not be decrypted; the source, a [`crate::secrets::Error`] (boxed to keep
+    /// this type small), says why: MAC mismatch, no key, ...
+    #[error("{file}: {field}: {entry}: cannot decrypt")]
+    Decrypt {
+        /// The kustomization file naming the SOPS file.
+        file: String,
+        /// Its field (`resources`, `secretGenerator`, ...).
+        field: &'static str,
+        /// The entry, as written.
+        entry: String,
+        /// The secrets error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("{file}: {field}: {message}")]
     Field {
@@ -483,7 +497,12 @@ impl Target {
             Some(d) => match d.decrypt(&path, &bytes) {
                 Ok(Some(plain)) => Ok(plain),
                 Ok(None) => Ok(bytes),
-                Err(message) => Err(self.err(field, format!("{entry}: cannot decrypt: {message}"))),
+                Err(source) => Err(Error::Decrypt {
+                    file: self.file.clone(),
+                    field,
+                    entry: entry.to_owned(),
+                    source: Box::new(source),
+                }),
             },
             None => Ok(bytes),
         }

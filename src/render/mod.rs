@@ -61,10 +61,13 @@ pub enum LoadRestrictor {
 }
 
 /// Turns SOPS-encrypted content into plaintext while it is read. Returns `Ok(None)` for content
-/// it leaves as is (not encrypted, or no identity for it).
+/// it leaves as is (not encrypted). A failure is the secrets module's own error, so that the
+/// render's [`Error::Decrypt`] keeps it whole as its source: callers tell a MAC mismatch from a
+/// missing key by it (`stagehand render --decrypt` exits as `stagehand secrets decrypt` does).
 pub trait Decrypt: Send + Sync {
     /// `path` is the source-relative path the bytes were read from.
-    fn decrypt(&self, path: &str, content: &[u8]) -> Result<Option<Vec<u8>>, String>;
+    fn decrypt(&self, path: &str, content: &[u8])
+    -> Result<Option<Vec<u8>>, crate::secrets::Error>;
 }
 
 #[derive(Clone, Copy, Default)]

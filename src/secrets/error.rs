@@ -9,12 +9,12 @@ pub type KeyPath = String;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{file}: cannot read: {source}")]
+    #[error("{file}: cannot read")]
     Read {
         file: PathBuf,
         source: std::io::Error,
     },
-    #[error("{file}: cannot write: {source}")]
+    #[error("{file}: cannot write")]
     Write {
         file: PathBuf,
         source: std::io::Error,

@@ -27,7 +27,8 @@ use crate::git::{self, poll::Poller};
 use crate::metrics::Metrics;
 use crate::pipeline::{Environment, Pipeline};
 use crate::reconcile::{
-    self, Controller, EnvironmentStatus, FirstPass, Plan, Reconciler, source::GitSource,
+    self, Controller, EnvironmentStatus, FirstPass, Plan, Reconciler,
+    source::{Fetch, GitSource},
 };
 use crate::secrets::Identities;
 use notify::{Message, Notifier};
@@ -166,7 +167,7 @@ impl Service {
             pipeline.clone(),
             repository.clone(),
             identities,
-            false,
+            Fetch::Never,
         ));
         let controller = Controller::start_with(
             pipeline.environments.clone(),

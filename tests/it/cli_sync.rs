@@ -72,13 +72,60 @@ fn changes(doc: &serde_json::Value) -> Vec<(String, String)> {
             (
                 format!(
                     "{}/{}",
-                    o["reference"]["k"].as_str().unwrap_or(""),
-                    o["reference"]["n"].as_str().unwrap_or("")
+                    o["object"]["kind"].as_str().unwrap_or(""),
+                    o["object"]["name"].as_str().unwrap_or("")
                 ),
-                o["change"]["change"].as_str().unwrap_or("").to_owned(),
+                o["change"].as_str().unwrap_or("").to_owned(),
             )
         })
         .collect()
+}
+
+/// `stagehand diff` with its stdout on a pseudo-terminal (util-linux `script`), no `-o`.
+fn on_a_terminal(repo: &Repo, state: &Path, key: &Path) -> String {
+    let mut line = vec![env!("CARGO_BIN_EXE_stagehand").to_owned()];
+    line.extend(["diff", "--env", "dev", "--log-level", "error", "--pipeline"].map(String::from));
+    line.push(repo.dir.join("pipeline.yaml").display().to_string());
+    line.push("--state-dir".into());
+    line.push(state.display().to_string());
+    let line: Vec<String> = line
+        .iter()
+        .map(|a| {
+            shlex::try_quote(a)
+                .expect("no NUL in arguments")
+                .into_owned()
+        })
+        .collect();
+    let out = Command::new("script")
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .env("KUBECONFIG", &cluster().kubeconfig)
+        .env("SOPS_AGE_KEY_FILE", key)
+        .env("XDG_CONFIG_HOME", state.join("no-config"))
+        .output()
+        .expect("script runs");
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs()
+}
+
+/// Seconds since the epoch of an RFC 3339 time, as GNU date reads it.
+fn date_seconds(time: &str) -> u64 {
+    let out = Command::new("date")
+        .args(["--utc", "+%s", "--date", time])
+        .output()
+        .expect("date runs");
+    assert!(out.status.success(), "date cannot read {time:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("date prints seconds")
 }
 
 #[tokio::test]
@@ -105,11 +152,20 @@ async fn sync_applies_the_demo_environment_with_its_secret_decrypted_and_prunes_
     );
     let password = String::from_utf8(plain.stdout).expect("utf-8");
 
-    // Without the key nothing is applied and the error names the file.
+    // Without the key nothing is applied, the error names the file, the status says the
+    // decrypt stage failed, and the exit code is sops's for "no matching key".
     let refused = stagehand(&repo, &state, &["sync"], None);
-    assert!(!refused.status.success());
+    assert_eq!(refused.status.code(), Some(128));
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("dev/db.sops.yaml"), "{err}");
+    let status = json(&refused);
+    assert_eq!(status["reason"], "decryption_failed", "{status}");
+    assert!(
+        status["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("decrypt failed")),
+        "{status}"
+    );
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     assert!(
         secrets
@@ -126,10 +182,49 @@ async fn sync_applies_the_demo_environment_with_its_secret_decrypted_and_prunes_
         "{}",
         String::from_utf8_lossy(&diff.stderr)
     );
-    let planned = changes(&json(&diff));
+    let plan = json(&diff);
+    let planned = changes(&plan);
     assert!(
-        planned.contains(&("Secret/shop-db".into(), "created".into())),
+        planned.contains(&("Secret/shop-db".into(), "create".into())),
         "{planned:?}"
+    );
+    // Full names, as the gRPC ObjectRef spells them.
+    let secret = plan["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["object"]["kind"] == "Secret")
+        .expect("the Secret is planned");
+    assert_eq!(
+        secret["object"],
+        serde_json::json!({"apiVersion": "v1", "kind": "Secret", "namespace": namespace,
+                           "name": "shop-db"})
+    );
+    assert!(
+        plan["revision"].as_str().is_some_and(|r| r.len() == 40),
+        "{plan}"
+    );
+    // The same plan as a table, asked for or on a terminal, and as YAML.
+    let table = stagehand(&repo, &state, &["diff", "-o", "table"], Some(&key));
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("APIVERSION  KIND")
+            && table.contains("CHANGE")
+            && table.lines().any(|l| l
+                .split_whitespace()
+                .eq(["v1", "Secret", &namespace, "shop-db", "create"])),
+        "{table}"
+    );
+    let on_terminal = on_a_terminal(&repo, &state, &key);
+    assert!(
+        on_terminal.contains("APIVERSION") && on_terminal.contains("shop-db"),
+        "{on_terminal}"
+    );
+    let yaml = stagehand(&repo, &state, &["diff", "--output", "yaml"], Some(&key));
+    let yaml = String::from_utf8_lossy(&yaml.stdout);
+    assert!(
+        yaml.starts_with("revision: ") && yaml.contains("apiVersion: v1"),
+        "{yaml}"
     );
     assert!(
         secrets
@@ -140,7 +235,9 @@ async fn sync_applies_the_demo_environment_with_its_secret_decrypted_and_prunes_
         "diff changes nothing"
     );
 
+    let before = unix_now();
     let sync = stagehand(&repo, &state, &["sync"], Some(&key));
+    let after = unix_now();
     assert!(
         sync.status.success(),
         "{}",
@@ -150,6 +247,26 @@ async fn sync_applies_the_demo_environment_with_its_secret_decrypted_and_prunes_
     assert!(
         !stdout.contains(password.trim()),
         "the status never holds a Secret value"
+    );
+    let status = json(&sync);
+    // No kubelet runs the Deployments, so they stay Progressing.
+    assert_eq!(status["reason"], "progressing", "{status}");
+    assert_eq!(status["attemptedRevision"], status["appliedRevision"]);
+    for field in ["lastSyncTime", "lastAppliedTime"] {
+        let time = status[field].as_str().expect("a time");
+        let secs = date_seconds(time);
+        assert!(
+            before <= secs && secs <= after,
+            "{field} {time} is not this sync"
+        );
+    }
+    let applied = status["objects"].as_array().expect("objects");
+    assert!(
+        applied.iter().any(|o| o["object"]["apiVersion"] == "v1"
+            && o["object"]["kind"] == "Secret"
+            && o["action"] == "created"
+            && o["health"] == "Healthy"),
+        "{status}"
     );
     let live = secrets.get("shop-db").await.expect("the Secret is applied");
     let data = live.data.expect("Secret data");

@@ -74,7 +74,7 @@ fn run_case(dir: &Path) -> (Outcome, Vec<String>) {
         return match render_with(order) {
             Err(e) => {
                 // The substrings kustomize's own test requires of its error message.
-                let message = e.to_string();
+                let message = stagehand::error_chain::ErrorChain(&e).to_string();
                 let missing: Vec<&str> = case["error_checks"]
                     .as_array()
                     .into_iter()

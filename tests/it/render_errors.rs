@@ -37,7 +37,7 @@ fn assert_refused(files: &[(&str, &str)], names: &[&str]) {
     let fs = DiskFs::new(root.path()).expect("root exists");
     let err = render::render(&fs, "app/overlay", &Options::default())
         .expect_err("Stagehand must refuse what kubectl refuses");
-    let message = err.to_string();
+    let message = stagehand::error_chain::ErrorChain(&err).to_string();
     for name in names {
         assert!(message.contains(name), "{message:?} does not name {name:?}");
     }

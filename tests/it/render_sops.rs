@@ -114,3 +114,94 @@ fn encrypted_resources_generator_sources_and_components_render_as_their_plaintex
     assert!(text.contains(".sops."), "{text}");
     assert!(!text.contains("sentinel"), "{text}");
 }
+
+/// Runs `program args` in `dir` with only `key` (if any) as an age identity; returns the exit
+/// code and stderr.
+fn exit_code(program: &Path, args: &[&str], dir: &Path, key: Option<&Path>) -> (i32, String) {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("HOME", dir)
+        .env("XDG_CONFIG_HOME", dir.join("no-config"));
+    if let Some(key) = key {
+        command.env("SOPS_AGE_KEY_FILE", key);
+    }
+    let out = command.output().expect("the program runs");
+    (
+        out.status.code().expect("the program exits, not killed"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn render_decrypt_exits_as_secrets_decrypt_and_sops_do_for_a_tampered_file_and_a_missing_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    std::fs::write(
+        root.join("kustomization.yaml"),
+        "resources: [db.sops.yaml]\n",
+    )
+    .expect("write");
+    let plain = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: tamper-sentinel-577\n  note_unencrypted: open\n";
+    std::fs::write(root.join("db.sops.yaml"), plain).expect("write");
+    let key = root.join("keys.txt");
+    let recipient = crate::support::tools::age_keygen(&key);
+    let other_key = root.join("other.txt");
+    crate::support::tools::age_keygen(&other_key);
+    let sops = tool(Tool::Sops);
+    let out = Command::new(&sops)
+        .args([
+            "--encrypt",
+            "--in-place",
+            "--age",
+            &recipient,
+            "db.sops.yaml",
+        ])
+        .current_dir(root)
+        .output()
+        .expect("sops runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ours = Path::new(env!("CARGO_BIN_EXE_stagehand"));
+    let render = ["render", "--decrypt", "--root", ".", "."];
+    let decrypt = ["secrets", "decrypt", "db.sops.yaml"];
+    let (code, stderr) = exit_code(ours, &render, root, Some(&key));
+    assert_eq!(code, 0, "{stderr}");
+
+    // Another key than the file's: 128 from all three.
+    let (render_code, stderr) = exit_code(ours, &render, root, Some(&other_key));
+    assert_eq!(render_code, 128, "{stderr}");
+    assert!(
+        stderr.contains("db.sops.yaml") && stderr.contains("cannot decrypt"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("sentinel"), "{stderr}");
+    assert_eq!(exit_code(ours, &decrypt, root, Some(&other_key)).0, 128);
+    assert_eq!(
+        exit_code(&sops, &["-d", "db.sops.yaml"], root, Some(&other_key)).0,
+        128
+    );
+
+    // A value changed after sops wrote the file: the MAC no longer matches, 51 from all three.
+    let encrypted = std::fs::read_to_string(root.join("db.sops.yaml")).expect("read");
+    assert!(encrypted.contains("note_unencrypted: open"), "{encrypted}");
+    std::fs::write(
+        root.join("db.sops.yaml"),
+        encrypted.replace("note_unencrypted: open", "note_unencrypted: shut"),
+    )
+    .expect("write");
+    let (render_code, stderr) = exit_code(ours, &render, root, Some(&key));
+    assert_eq!(render_code, 51, "{stderr}");
+    assert!(stderr.contains("MAC mismatch"), "{stderr}");
+    assert_eq!(exit_code(ours, &decrypt, root, Some(&key)).0, 51);
+    assert_eq!(
+        exit_code(&sops, &["-d", "db.sops.yaml"], root, Some(&key)).0,
+        51
+    );
+}

@@ -1,0 +1,118 @@
+//! The `stagehand` command line: one module per command group, each with its argument types
+//! beside the code that runs it; [`output`] prints results as a table, JSON or YAML.
+
+mod env;
+mod git;
+mod output;
+mod pipeline;
+mod render;
+mod secrets;
+mod serve;
+mod sync;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use stagehand::error_chain::ErrorChain;
+use stagehand::telemetry::{self, LogFormat};
+
+/// GitOps environment promotion: render, decrypt, reconcile and promote dev → staging → prod.
+#[derive(Debug, Parser)]
+#[command(name = "stagehand", version, propagate_version = true)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        env = "STAGEHAND_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
+    log_format: LogFormat,
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `stagehand=debug`.
+    #[arg(long, global = true, env = "STAGEHAND_LOG", default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Exit codes shared by every command that decrypts SOPS files, the same as sops's own.
+const EXIT_CODES: &str = "Exit codes: 0 success, 51 MAC mismatch (a SOPS file was altered), \
+128 no loaded age identity matches a recipient of a SOPS file, 1 any other failure.";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service: the gRPC API with health checking and server reflection.
+    Serve(serve::ServeArgs),
+    /// Work with a pipeline file locally, without a server.
+    #[command(subcommand)]
+    Pipeline(pipeline::PipelineCommand),
+    /// Ask a running server about environments.
+    #[command(subcommand, name = "env")]
+    Env(env::EnvCommand),
+    /// Work with the pipeline's Git repository directly, without a server.
+    #[command(subcommand)]
+    Git(git::GitCommand),
+    /// Show what a sync of one environment would change in its cluster, without changing it
+    /// (Secret values never appear, changed Secret keys do).
+    #[command(after_help = EXIT_CODES)]
+    Diff(sync::OneEnvArgs),
+    /// Reconcile one environment once: render its revision, decrypt, apply, prune, check health,
+    /// and print its status (exit 1 when the pass fails).
+    #[command(after_help = EXIT_CODES)]
+    Sync(sync::OneEnvArgs),
+    /// Decrypt, encrypt and rotate SOPS files encrypted to age, as sops 3.11 does.
+    #[command(subcommand)]
+    Secrets(secrets::SecretsCommand),
+    /// Build a kustomization in-process and print it as `kubectl kustomize DIR` does.
+    #[command(after_help = EXIT_CODES)]
+    Render(render::RenderArgs),
+}
+
+impl Cli {
+    /// Runs the command and says how the process ends.
+    pub fn run(self) -> ExitCode {
+        if let Err(e) = telemetry::init(self.log_format, &self.log_level) {
+            eprintln!("error: --log-level {:?}: {e}", self.log_level);
+            return ExitCode::from(2);
+        }
+        let runtime =
+            tokio::runtime::Runtime::new().expect("a tokio runtime can be built at start-up");
+        match runtime.block_on(self.command.run()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                let error: &(dyn std::error::Error + 'static) = e.as_ref();
+                eprintln!("error: {}", ErrorChain(error));
+                exit_code(error)
+            }
+        }
+    }
+}
+
+impl Command {
+    async fn run(self) -> anyhow::Result<()> {
+        match self {
+            Self::Serve(args) => serve::run(args).await,
+            Self::Pipeline(command) => pipeline::run(command),
+            Self::Env(command) => env::run(command).await,
+            Self::Git(command) => git::run(command).await,
+            Self::Diff(args) => sync::diff(args).await,
+            Self::Sync(args) => sync::sync(args).await,
+            Self::Secrets(command) => secrets::run(command),
+            Self::Render(args) => render::run(args),
+        }
+    }
+}
+
+/// sops's exit codes when a secrets error is anywhere in the chain (a render or a sync fails
+/// because of it just as `secrets decrypt` does), else 1.
+fn exit_code(error: &(dyn std::error::Error + 'static)) -> ExitCode {
+    let secrets_error = ErrorChain(error)
+        .causes()
+        .find_map(|cause| cause.downcast_ref::<stagehand::secrets::Error>());
+    match secrets_error {
+        Some(e) if e.is_mac_mismatch() => ExitCode::from(51),
+        Some(e) if e.is_no_matching_key() => ExitCode::from(128),
+        _ => ExitCode::FAILURE,
+    }
+}

@@ -1,0 +1,125 @@
+//! `stagehand serve`: the service.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use stagehand::pipeline::Pipeline;
+use stagehand::{api, git, reconcile, secrets, service};
+
+use super::git::GitCredentialArgs;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address the gRPC API listens on; port 0 picks a free port (logged at start-up).
+    #[arg(long, env = "STAGEHAND_LISTEN", default_value = "127.0.0.1:7420")]
+    listen: SocketAddr,
+    /// The pipeline file the service runs.
+    #[arg(long, env = "STAGEHAND_PIPELINE", default_value = "pipeline.yaml")]
+    pipeline: PathBuf,
+    /// Directory for durable state (created if missing).
+    #[arg(long, env = "STAGEHAND_STATE_DIR", default_value = ".stagehand")]
+    state_dir: PathBuf,
+    /// Address of the HTTP listener for Git hosts' push webhooks (`POST /api/webhook`);
+    /// none without it.
+    #[arg(long, env = "STAGEHAND_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// A file holding the secret webhooks are signed with (GitHub, Gitea/Forgejo, generic
+    /// HMAC-SHA256) or carry (GitLab's X-Gitlab-Token). Without it every webhook is refused.
+    #[arg(long, env = "STAGEHAND_WEBHOOK_SECRET_FILE")]
+    webhook_secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    credentials: GitCredentialArgs,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let pipeline = Arc::new(Pipeline::load(&args.pipeline)?);
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
+    let secret = match &args.webhook_secret_file {
+        None => None,
+        Some(file) => {
+            let bytes = std::fs::read(file).with_context(|| {
+                format!("cannot read the webhook secret file {}", file.display())
+            })?;
+            Some(
+                service::webhook::WebhookSecret::from_file_contents(bytes).with_context(|| {
+                    format!("the webhook secret file {} is empty", file.display())
+                })?,
+            )
+        }
+    };
+    let identities = Arc::new(secrets::Identities::from_sops_environment()?);
+    let metrics: Arc<stagehand::metrics::Metrics> = Arc::default();
+    let credentials = args.credentials.load()?;
+    let (file, state_dir) = (args.pipeline.clone(), args.state_dir.clone());
+    let build: service::reload::Builder = Box::new(move |pipeline: Arc<Pipeline>| {
+        let url = git::RemoteUrl::new(pipeline.repository.resolved_url(&file));
+        Ok(service::Config {
+            repository: git::Repository::open(&state_dir, url, credentials.clone())?,
+            notifier: service::notify::Notifier::start(&pipeline)?,
+            reconcile: reconcile::Options {
+                owner_prefix: format!("{}.", pipeline.name),
+                ..reconcile::Options::default()
+            },
+            pipeline,
+            identities: identities.clone(),
+            metrics: metrics.clone(),
+        })
+    });
+    let text = std::fs::read(&args.pipeline)
+        .with_context(|| format!("cannot read {}", args.pipeline.display()))?;
+    let first = service::Service::start(build(pipeline).map_err(|e| anyhow::anyhow!(e))?);
+    let service = service::reload::Supervisor::start(
+        args.pipeline.clone(),
+        text,
+        first,
+        build,
+        std::time::Duration::from_secs(2),
+    );
+    let listener = api::Listener::bind(args.listen).await?;
+    // Scripts and tests that pass port 0 read the chosen addresses from these lines on stdout.
+    println!("listening on {}", listener.local_addr());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let http = match args.http_listen {
+        None => None,
+        Some(addr) => {
+            let listener = api::Listener::bind(addr).await?;
+            println!("http listening on {}", listener.local_addr());
+            let mut stopped = stopped.clone();
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            Some(tokio::spawn(api::http::serve(
+                listener,
+                service.clone(),
+                secret,
+                shutdown,
+            )))
+        }
+    };
+    let grpc = api::serve(listener, service.clone(), async move {
+        shutdown_signal().await;
+        stop.send_replace(true);
+    })
+    .await;
+    if let Some(http) = http {
+        http.await.context("the HTTP task panicked")??;
+    }
+    grpc?;
+    service.stop();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM, whichever comes first.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler only fails outside a tokio runtime");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+    }
+}
