@@ -11,10 +11,8 @@ use super::fs::{self, EntryKind, FileSystem};
 use super::kustomization::{self as kz, Kustomization};
 use super::openapi::Schema;
 use super::resource::Resource;
-use super::yaml::Reading;
-use super::{
-    LoadRestrictor, Object, Options, Order, generate, nameref, patch, replace, transform, yaml,
-};
+use super::{LoadRestrictor, Object, Options, Order, generate, nameref, patch, replace, transform};
+use crate::yaml::{self, Reading};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -32,9 +32,10 @@ mod replace;
 pub mod resource;
 pub mod sops;
 mod transform;
-pub mod yaml;
 
 use serde_json::{Map, Value};
+
+use crate::yaml;
 
 pub use build::Error;
 
