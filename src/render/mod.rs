@@ -25,6 +25,7 @@ pub mod fieldspec;
 pub mod fs;
 mod generate;
 pub mod kustomization;
+pub mod limits;
 mod nameref;
 mod openapi;
 mod patch;
