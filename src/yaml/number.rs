@@ -101,6 +101,9 @@ pub fn parse_float(s: &str) -> Option<f64> {
 /// for older readers: `^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$`.
 pub fn is_base60(s: &str) -> bool {
     let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+    if !s.starts_with(|c: char| c.is_ascii_digit()) || !s.contains(':') {
+        return false;
+    }
     let head = match s.split_once('.') {
         Some((head, frac)) if frac.chars().all(|c| c.is_ascii_digit() || c == '_') => head,
         Some(_) => return false,

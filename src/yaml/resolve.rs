@@ -53,6 +53,9 @@ const YAML11_BOOLS: &[(&str, bool)] = &[
 
 /// The YAML 1.1 boolean `s` spells, if it is one of the words only YAML 1.1 knows.
 pub fn yaml11_bool(s: &str) -> Option<bool> {
+    if s.len() > 3 {
+        return None;
+    }
     YAML11_BOOLS.iter().find(|(w, _)| *w == s).map(|(_, b)| *b)
 }
 
