@@ -2,7 +2,9 @@
 //!
 //! Data flows one way: `pipeline` says what exists, `git` supplies revisions, `render` and
 //! `secrets` turn a revision into objects, `cluster` and `reconcile` apply them, `promotion`
-//! moves revisions between environments, `store` remembers, and `api` only translates.
+//! moves revisions between environments, `store` remembers, and `api` only translates. `yaml` is
+//! the one YAML core (reading, go-yaml's rules, printing) that `render`, `secrets` and `git` share;
+//! it depends on none of them.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -17,6 +19,7 @@ pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod yaml;
 
 /// Code generated from `proto/stagehand/v1/*.proto`.
 pub mod proto {

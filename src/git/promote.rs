@@ -26,13 +26,12 @@ use super::revision::{self, Location, commit_tree};
 use super::{Repository, TRACKING_PREFIX, TreeFs, fetch, push, yaml_edit};
 use crate::pipeline::{Pipeline, Source};
 use crate::render::fs::FileSystem;
+use crate::render::kustomization::FILE_NAMES as KUSTOMIZATION_FILES;
 
 /// How far back the target branch is searched for a promotion that already landed.
 const IDEMPOTENCE_DEPTH: usize = 1000;
 /// How far back the target branch is searched for its last promotion (branch model).
 const DIVERGENCE_DEPTH: usize = 1000;
-/// Names a kustomization file can have, in kustomize's order of preference.
-const KUSTOMIZATION_FILES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "Kustomization"];
 
 /// Who authors and commits promotion commits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -425,7 +424,7 @@ impl Repository {
                 let images: Vec<_> = yaml_edit::images(&text)
                     .map_err(edit_error(&source_path, promoted))?
                     .into_iter()
-                    .filter(|i| policy.images.includes(&i.name))
+                    .filter(|i| policy.images.includes(yaml_edit::image_name(i)))
                     .collect();
                 if !images.is_empty() {
                     let target_path = KUSTOMIZATION_FILES

@@ -6,7 +6,12 @@
 //! checked afterwards by parsing the result and comparing it with the intended document, so an
 //! edit this line-level approach gets wrong is an error, never a silently different file.
 
-use serde_yaml_ng::Value;
+use saphyr_parser::ScalarStyle;
+use serde_json::Value;
+
+use crate::render::kustomization;
+use crate::yaml::written::{self, Node, Scalar};
+use crate::yaml::{self as core, Reading};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -25,93 +30,97 @@ pub enum Error {
     Unverified { field: String },
 }
 
-/// One `images:` entry of a kustomization; absent fields are `None`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Image {
-    pub name: String,
-    pub new_name: Option<String>,
-    pub new_tag: Option<String>,
-    pub digest: Option<String>,
-}
+/// One `images:` entry of a kustomization as written; absent fields are `None`, and `name` is
+/// always there.
+pub type Image = kustomization::Image<Option<Scalar>>;
 
-const IMAGE_FIELDS: [&str; 3] = ["newName", "newTag", "digest"];
+/// How a kustomization is read: its scalars are compared by what kustomize makes of them.
+const READING: Reading = Reading::JsonConverted;
 
-impl Image {
-    fn field(&self, key: &str) -> Option<&String> {
-        match key {
-            "newName" => self.new_name.as_ref(),
-            "newTag" => self.new_tag.as_ref(),
-            "digest" => self.digest.as_ref(),
-            _ => None,
-        }
-    }
-}
-
-fn parse(text: &str) -> Result<Value, Error> {
-    if text.trim().is_empty() {
-        return Ok(Value::Null);
-    }
-    serde_yaml_ng::from_str(text).map_err(|e| Error::Syntax {
+/// The one document of `text`, as written; `None` when the text has no document.
+fn parse(text: &str) -> Result<Option<Node>, Error> {
+    let mut docs = written::documents(text).map_err(|e| Error::Syntax {
         message: e.to_string(),
-    })
+    })?;
+    match docs.len() {
+        0 => Ok(None),
+        1 => Ok(docs.pop()),
+        _ => Err(Error::Unsupported {
+            field: "(top level)".into(),
+            problem: "the file holds several YAML documents",
+        }),
+    }
 }
 
 /// The `images:` entries of a kustomization's text.
 pub fn images(text: &str) -> Result<Vec<Image>, Error> {
-    let doc = parse(text)?;
-    let Some(list) = doc.get("images") else {
+    let Some(list) = parse(text)?.and_then(|doc| doc.get("images").cloned()) else {
         return Ok(Vec::new());
     };
-    let Value::Sequence(items) = list else {
-        return Err(Error::Unsupported {
-            field: "images".into(),
-            problem: "is not a list",
-        });
+    let items = match list {
+        Node::Seq(items) => items,
+        Node::Scalar(s) if is_null(&s) => return Ok(Vec::new()),
+        _ => {
+            return Err(Error::Unsupported {
+                field: "images".into(),
+                problem: "is not a list",
+            });
+        }
     };
     items
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let text = |key: &str| -> Result<Option<String>, Error> {
+            let field = |key: &str| -> Result<Option<Scalar>, Error> {
                 match item.get(key) {
-                    None | Some(Value::Null) => Ok(None),
-                    Some(Value::String(s)) => Ok(Some(s.clone())),
-                    Some(Value::Number(n)) => Ok(Some(n.to_string())),
+                    None => Ok(None),
+                    Some(Node::Scalar(s)) if is_null(s) => Ok(None),
+                    Some(Node::Scalar(s)) => Ok(Some(s.clone())),
                     Some(_) => Err(Error::NotScalar {
                         field: format!("images[{i}].{key}"),
                     }),
                 }
             };
+            let name = field("name")?.ok_or_else(|| Error::MissingField {
+                field: format!("images[{i}].name"),
+            })?;
             Ok(Image {
-                name: text("name")?.ok_or_else(|| Error::MissingField {
-                    field: format!("images[{i}].name"),
-                })?,
-                new_name: text("newName")?,
-                new_tag: text("newTag")?,
-                digest: text("digest")?,
+                name: Some(name),
+                new_name: field("newName")?,
+                new_tag: field("newTag")?,
+                tag_suffix: field("tagSuffix")?,
+                digest: field("digest")?,
             })
         })
         .collect()
 }
 
-/// The scalar at `path` (keys of nested mappings).
-pub fn scalar(text: &str, path: &[String]) -> Result<Value, Error> {
-    let doc = parse(text)?;
+fn is_null(s: &Scalar) -> bool {
+    s.value(READING).is_ok_and(|v| v.is_null())
+}
+
+/// The name of an image entry (its text; empty only for an entry [`images`] did not read).
+pub fn image_name(image: &Image) -> &str {
+    image.name.as_ref().map_or("", |s| s.text.as_str())
+}
+
+/// The scalar at `path` (keys of nested mappings), as written.
+pub fn scalar(text: &str, path: &[String]) -> Result<Scalar, Error> {
     let field = path.join(".");
-    let value = path
+    let doc = parse(text)?.ok_or_else(|| Error::MissingField {
+        field: field.clone(),
+    })?;
+    let node = path
         .iter()
-        .try_fold(&doc, |v, key| v.get(key.as_str()))
+        .try_fold(&doc, |node, key| node.get(key))
         .ok_or_else(|| Error::MissingField {
             field: field.clone(),
         })?;
-    match value {
-        Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null => Ok(value.clone()),
-        _ => Err(Error::NotScalar { field }),
-    }
+    node.as_scalar().cloned().ok_or(Error::NotScalar { field })
 }
 
-/// `text` with the scalar at `path` set to `value`.
-pub fn set_scalar(text: &str, path: &[String], value: &Value) -> Result<String, Error> {
+/// `text` with the scalar at `path` set to `value`, copied as written.
+pub fn set_scalar(text: &str, path: &[String], value: &Scalar) -> Result<String, Error> {
     let field = path.join(".");
     let lines = Lines::new(text);
     let mut region = (0, lines.len());
@@ -132,20 +141,45 @@ pub fn set_scalar(text: &str, path: &[String], value: &Value) -> Result<String, 
     out[line] = replace_value(&lines.0[line], &field, value)?;
     let edited = out.concat();
 
-    let mut expected = parse(text)?;
+    let mut expected = parse(text)?.ok_or_else(|| Error::MissingField {
+        field: field.clone(),
+    })?;
     let slot = path
         .iter()
-        .try_fold(&mut expected, |v, key| v.get_mut(key.as_str()))
+        .try_fold(&mut expected, |node, key| get_mut(node, key))
         .ok_or_else(|| Error::MissingField {
             field: field.clone(),
         })?;
-    *slot = value.clone();
-    verify(&edited, &expected, &field)?;
+    *slot = Node::Scalar(value.clone());
+    verify(&edited, Some(&expected), &field)?;
     Ok(edited)
 }
 
+fn get_mut<'a>(node: &'a mut Node, key: &str) -> Option<&'a mut Node> {
+    match node {
+        Node::Map(entries) => entries
+            .iter_mut()
+            .find(|(k, _)| k.text == key)
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+/// A plain scalar standing for `text`, as the edits write keys and names.
+fn plain_key(text: &str) -> Scalar {
+    Scalar {
+        text: text.to_owned(),
+        style: ScalarStyle::Plain,
+        tag: None,
+        anchored: false,
+        source: text.to_owned(),
+        line: 0,
+    }
+}
+
 /// `text` (a kustomization) with each of `promoted` set in its `images:` list: matching entries
-/// get the promoted `newName`/`newTag`/`digest`, missing entries are appended.
+/// get the promoted `newName`/`newTag`/`tagSuffix`/`digest` as written in the source, missing
+/// entries are appended.
 pub fn set_images(text: &str, promoted: &[Image]) -> Result<String, Error> {
     let mut edited = text.to_owned();
     for image in promoted {
@@ -154,60 +188,72 @@ pub fn set_images(text: &str, promoted: &[Image]) -> Result<String, Error> {
 
     let mut expected = parse(text)?;
     if !promoted.is_empty() {
-        if expected.is_null() {
-            expected = Value::Mapping(Default::default());
-        }
-        let map = expected
-            .as_mapping_mut()
-            .ok_or_else(|| Error::Unsupported {
+        let doc = expected.get_or_insert_with(|| Node::Map(Vec::new()));
+        let Node::Map(entries) = doc else {
+            return Err(Error::Unsupported {
                 field: "images".into(),
                 problem: "the document is not a mapping",
-            })?;
-        let list = map
-            .entry(Value::from("images"))
-            .or_insert_with(|| Value::Sequence(Vec::new()));
-        let items = list.as_sequence_mut().ok_or_else(|| Error::Unsupported {
-            field: "images".into(),
-            problem: "is not a list",
-        })?;
+            });
+        };
+        let at = match entries.iter().position(|(k, _)| k.text == "images") {
+            Some(at) => at,
+            None => {
+                entries.push((plain_key("images"), Node::Seq(Vec::new())));
+                entries.len() - 1
+            }
+        };
+        let Node::Seq(items) = &mut entries[at].1 else {
+            return Err(Error::Unsupported {
+                field: "images".into(),
+                problem: "is not a list",
+            });
+        };
         for image in promoted {
-            let position = items
-                .iter()
-                .position(|i| i.get("name").and_then(Value::as_str) == Some(&image.name));
+            let name = image_name(image);
+            let position = items.iter().position(|i| {
+                i.get("name")
+                    .and_then(Node::as_scalar)
+                    .is_some_and(|n| n.text == name)
+            });
             let index = match position {
                 Some(index) => index,
                 None => {
-                    let mut entry = serde_yaml_ng::Mapping::new();
-                    entry.insert("name".into(), image.name.clone().into());
-                    items.push(Value::Mapping(entry));
+                    let name = image.name.clone().unwrap_or_else(|| plain_key(name));
+                    items.push(Node::Map(vec![(plain_key("name"), Node::Scalar(name))]));
                     items.len() - 1
                 }
             };
-            let entry = items[index]
-                .as_mapping_mut()
-                .ok_or_else(|| Error::Unsupported {
+            let Node::Map(entry) = &mut items[index] else {
+                return Err(Error::Unsupported {
                     field: format!("images[{index}]"),
                     problem: "is not a mapping",
-                })?;
-            for key in IMAGE_FIELDS {
-                match image.field(key) {
-                    Some(v) => {
-                        entry.insert(key.into(), v.clone().into());
+                });
+            };
+            for (key, value) in image.changes() {
+                let slot = entry.iter().position(|(k, _)| k.text == key);
+                match (value, slot) {
+                    (Some(v), Some(at)) => entry[at].1 = Node::Scalar(v.clone()),
+                    (Some(v), None) => entry.push((plain_key(key), Node::Scalar(v.clone()))),
+                    (None, Some(at)) => {
+                        entry.remove(at);
                     }
-                    None => {
-                        entry.remove(key);
-                    }
+                    (None, None) => {}
                 }
             }
         }
     }
-    verify(&edited, &expected, "images")?;
+    verify(&edited, expected.as_ref(), "images")?;
     Ok(edited)
 }
 
 fn set_image(text: &str, image: &Image) -> Result<String, Error> {
     let lines = Lines::new(text);
     let mut out = lines.clone_lines();
+    let name = image_name(image);
+    let name_text = image
+        .name
+        .as_ref()
+        .map_or_else(|| plain_key(name), Clone::clone);
     let Some(images_line) = lines.find_key((0, lines.len()), "images")? else {
         // No list yet: append one at the end, in the usual kustomization layout.
         let mut tail = String::new();
@@ -215,10 +261,10 @@ fn set_image(text: &str, image: &Image) -> Result<String, Error> {
             tail.push('\n');
         }
         tail.push_str("images:\n");
-        tail.push_str(&format!("- name: {}\n", render_new(&image.name)));
-        for key in IMAGE_FIELDS {
-            if let Some(v) = image.field(key) {
-                tail.push_str(&format!("  {key}: {}\n", render_new(v)));
+        tail.push_str(&format!("- name: {}\n", render_scalar(&name_text, None)));
+        for (key, value) in image.changes() {
+            if let Some(v) = value {
+                tail.push_str(&format!("  {key}: {}\n", render_scalar(v, None)));
             }
         }
         return Ok(format!("{text}{tail}"));
@@ -237,28 +283,30 @@ fn set_image(text: &str, image: &Image) -> Result<String, Error> {
         let keys = lines.item_keys(item);
         let name_line = keys.iter().find(|(k, _)| k == "name").map(|(_, l)| *l);
         let Some(name_line) = name_line else { continue };
-        let name = parse(&format!("v: {}", lines.value_text(name_line).unwrap_or("")))?
-            .get("v")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        if name.as_deref() != Some(image.name.as_str()) {
+        let written =
+            core::parse_documents(&format!("v: {}", lines.value_text(name_line).unwrap_or("")))
+                .map_err(|e| Error::Syntax {
+                    message: e.to_string(),
+                })?;
+        let found = written
+            .first()
+            .and_then(|doc| doc.get("v"))
+            .and_then(Value::as_str);
+        if found != Some(name) {
             continue;
         }
         let mut inserts = Vec::new();
-        for key in IMAGE_FIELDS {
+        for (key, value) in image.changes() {
             let line = keys.iter().find(|(k, _)| k == key).map(|(_, l)| *l);
-            match (image.field(key), line) {
+            match (value, line) {
                 (Some(v), Some(line)) => {
-                    out[line] = replace_value(
-                        &lines.0[line],
-                        &format!("{}.{key}", field(index)),
-                        &Value::from(v.clone()),
-                    )?;
+                    out[line] =
+                        replace_value(&lines.0[line], &format!("{}.{key}", field(index)), v)?;
                 }
                 (Some(v), None) => inserts.push(format!(
                     "{}{key}: {}{}",
                     " ".repeat(item.key_indent),
-                    render_new(v),
+                    render_scalar(v, None),
                     lines.newline()
                 )),
                 (None, Some(line)) => out[line].clear(),
@@ -284,14 +332,14 @@ fn set_image(text: &str, image: &Image) -> Result<String, Error> {
     let mut entry = format!(
         "{}- name: {}{nl}",
         " ".repeat(dash_indent),
-        render_new(&image.name)
+        render_scalar(&name_text, None)
     );
-    for key in IMAGE_FIELDS {
-        if let Some(v) = image.field(key) {
+    for (key, value) in image.changes() {
+        if let Some(v) = value {
             entry.push_str(&format!(
                 "{}{key}: {}{nl}",
                 " ".repeat(key_indent),
-                render_new(v)
+                render_scalar(v, None)
             ));
         }
     }
@@ -302,17 +350,36 @@ fn set_image(text: &str, image: &Image) -> Result<String, Error> {
     Ok(out.concat())
 }
 
-fn verify(edited: &str, expected: &Value, field: &str) -> Result<(), Error> {
-    let actual = parse(edited).map_err(|_| Error::Unverified {
-        field: field.to_owned(),
-    })?;
-    if &actual == expected {
-        Ok(())
-    } else {
-        Err(Error::Unverified {
-            field: field.to_owned(),
-        })
+/// Whether two documents say the same: the same keys in the same order and scalars that
+/// kustomize reads as the same values, however they are quoted.
+fn same(a: &Node, b: &Node) -> bool {
+    let scalar = |s: &Scalar| s.value(READING).ok();
+    match (a, b) {
+        (Node::Scalar(x), Node::Scalar(y)) => scalar(x).is_some() && scalar(x) == scalar(y),
+        (Node::Seq(x), Node::Seq(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(p, q))
+        }
+        (Node::Map(x), Node::Map(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((k1, v1), (k2, v2))| k1.text == k2.text && same(v1, v2))
+        }
+        _ => false,
     }
+}
+
+fn verify(edited: &str, expected: Option<&Node>, field: &str) -> Result<(), Error> {
+    let unverified = || Error::Unverified {
+        field: field.to_owned(),
+    };
+    let actual = parse(edited).map_err(|_| unverified())?;
+    let matches = match (&actual, expected) {
+        (Some(a), Some(e)) => same(a, e),
+        (None, None) => true,
+        _ => false,
+    };
+    if matches { Ok(()) } else { Err(unverified()) }
 }
 
 /// A string as a plain scalar when that reads back as the same string, else double-quoted.
@@ -322,9 +389,9 @@ fn render_new(value: &str) -> String {
         && !value.contains(": ")
         && !value.contains(" #")
         && !value.starts_with(|c: char| "-?:,[]{}#&*!|>'\"%@`".contains(c))
-        && serde_yaml_ng::from_str::<Value>(&format!("v: {value}"))
+        && core::parse_documents(&format!("v: {value}"))
             .ok()
-            .and_then(|v| v.get("v").cloned())
+            .and_then(|docs| docs.first().and_then(|d| d.get("v")).cloned())
             == Some(Value::String(value.to_owned()));
     if plain_safe {
         value.to_owned()
@@ -333,22 +400,33 @@ fn render_new(value: &str) -> String {
     }
 }
 
-fn render_value(value: &Value, old_style: Option<char>) -> Result<String, ()> {
-    match value {
-        Value::String(s) => Ok(match old_style {
-            Some('"') => serde_json::to_string(s).expect("a string always serialises to JSON"),
-            Some('\'') => format!("'{}'", s.replace('\'', "''")),
-            _ => render_new(s),
-        }),
-        Value::Number(n) => Ok(n.to_string()),
-        Value::Bool(b) => Ok(b.to_string()),
-        Value::Null => Ok("null".to_owned()),
-        _ => Err(()),
+/// The text that puts `value` on a `key: value` line whose old value was quoted with
+/// `old_quote` (if at all): the source's own text where it fits one line, so that `1.10` stays
+/// `1.10`; a string keeps the target's quotes when it had them; else the value written anew.
+fn render_scalar(value: &Scalar, old_quote: Option<char>) -> String {
+    let read = value.value(READING).ok();
+    match (&read, old_quote) {
+        (Some(Value::String(s)), Some('"')) => {
+            return serde_json::to_string(s).expect("a string always serialises to JSON");
+        }
+        (Some(Value::String(s)), Some('\'')) if !s.contains(['\n', '\r']) => {
+            return format!("'{}'", s.replace('\'', "''"));
+        }
+        _ => {}
+    }
+    if value.source_fits_one_line() {
+        return value.source.clone();
+    }
+    match read {
+        Some(Value::String(s)) => render_new(&s),
+        Some(other) => other.to_string(),
+        // Verification refuses whatever this writes for a value kustomize cannot read.
+        None => value.source.clone(),
     }
 }
 
 /// `line` (`key: value  # comment`) with the value replaced, everything else kept.
-fn replace_value(line: &str, field: &str, value: &Value) -> Result<String, Error> {
+fn replace_value(line: &str, field: &str, value: &Scalar) -> Result<String, Error> {
     let (start, end) = value_span(line).ok_or(Error::Unsupported {
         field: field.to_owned(),
         problem: "has no value on its own line (a nested block)",
@@ -366,13 +444,10 @@ fn replace_value(line: &str, field: &str, value: &Value) -> Result<String, Error
             problem: "is in flow style or carries an anchor, alias or tag",
         });
     }
-    let rendered = render_value(
+    let rendered = render_scalar(
         value,
         old.chars().next().filter(|c| *c == '"' || *c == '\''),
-    )
-    .map_err(|()| Error::NotScalar {
-        field: field.to_owned(),
-    })?;
+    );
     Ok(format!("{}{rendered}{}", &line[..start], &line[end..]))
 }
 
@@ -631,13 +706,24 @@ replicas:
     count: 3
 ";
 
+    /// A scalar written as `source`.
+    fn written(source: &str) -> Scalar {
+        scalar(&format!("v: {source}\n"), &["v".into()]).expect("a scalar")
+    }
+
+    /// An image entry whose fields are written as given.
     fn image(name: &str, tag: Option<&str>, digest: Option<&str>) -> Image {
         Image {
-            name: name.into(),
+            name: Some(written(name)),
             new_name: None,
-            new_tag: tag.map(Into::into),
-            digest: digest.map(Into::into),
+            new_tag: tag.map(written),
+            tag_suffix: None,
+            digest: digest.map(written),
         }
+    }
+
+    fn text_of(field: &Option<Scalar>) -> Option<&str> {
+        field.as_ref().map(|s| s.text.as_str())
     }
 
     #[test]
@@ -676,13 +762,13 @@ replicas:
     #[test]
     fn a_kustomization_without_images_gets_a_list_at_the_end() {
         let text = "resources:\n- ../../base\n";
-        let edited = set_images(text, &[image("app", Some("1.0"), None)]).expect("edits");
+        let edited = set_images(text, &[image("app", Some("\"1.0\""), None)]).expect("edits");
         assert_eq!(
             edited,
             "resources:\n- ../../base\nimages:\n- name: app\n  newTag: \"1.0\"\n"
         );
         assert_eq!(
-            images(&edited).expect("parses")[0].new_tag.as_deref(),
+            text_of(&images(&edited).expect("parses")[0].new_tag),
             Some("1.0")
         );
     }
@@ -691,7 +777,7 @@ replicas:
     fn a_nested_scalar_is_set_and_numbers_stay_numbers() {
         let text = "spec:\n  # how many\n  replicas: 2 # keep low\n  template: {}\n";
         let edited =
-            set_scalar(text, &["spec".into(), "replicas".into()], &Value::from(5)).expect("edits");
+            set_scalar(text, &["spec".into(), "replicas".into()], &written("5")).expect("edits");
         assert_eq!(
             edited,
             "spec:\n  # how many\n  replicas: 5 # keep low\n  template: {}\n"
@@ -700,7 +786,7 @@ replicas:
 
     #[test]
     fn a_missing_field_and_a_flow_style_list_are_refused_by_name() {
-        let err = set_scalar("a: 1\n", &["b".into()], &Value::from(1)).expect_err("missing");
+        let err = set_scalar("a: 1\n", &["b".into()], &written("1")).expect_err("missing");
         assert_eq!(err, Error::MissingField { field: "b".into() });
         let err = set_images(
             "images: [{name: a, newTag: x}]\n",
@@ -717,9 +803,16 @@ replicas:
     fn images_are_read_with_their_fields() {
         let list = images(KUSTOMIZATION).expect("parses");
         assert_eq!(list.len(), 2);
-        assert_eq!(list[0], image("shop/web", Some("1.4.0"), None));
         assert_eq!(
-            list[1].new_name.as_deref(),
+            (
+                text_of(&list[0].name),
+                text_of(&list[0].new_tag),
+                text_of(&list[0].digest)
+            ),
+            (Some("shop/web"), Some("1.4.0"), None)
+        );
+        assert_eq!(
+            text_of(&list[1].new_name),
             Some("registry.example.test/shop/worker")
         );
     }

@@ -9,12 +9,11 @@ use serde_json::{Map, Value};
 use super::fieldspec::{self, FieldSpec, TransformerConfig};
 use super::fs::{self, EntryKind, FileSystem};
 use super::kustomization::{self as kz, Kustomization};
+use super::limits;
 use super::openapi::Schema;
 use super::resource::Resource;
-use super::yaml::Reading;
-use super::{
-    LoadRestrictor, Object, Options, Order, generate, nameref, patch, replace, transform, yaml,
-};
+use super::{LoadRestrictor, Object, Options, Order, generate, nameref, patch, replace, transform};
+use crate::yaml::{self, Reading};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -88,6 +87,13 @@ pub enum Error {
         path: String,
         character: u32,
     },
+    #[error("{file}: {field}: {entry}: the render reads more than {max} objects")]
+    TooManyObjects {
+        file: String,
+        field: &'static str,
+        entry: String,
+        max: usize,
+    },
     #[error("{file}: {field}: cycle, the kustomization includes itself: {chain}")]
     Cycle {
         file: String,
@@ -116,6 +122,8 @@ struct Ctx<'a> {
     schema: std::cell::RefCell<Option<std::rc::Rc<Schema>>>,
     /// Whether a kustomization already chose the schema (a custom one or a builtin version).
     schema_chosen: std::cell::Cell<bool>,
+    /// Objects read from resource files so far, against [`limits::MAX_OBJECTS`].
+    objects: std::cell::Cell<usize>,
 }
 
 /// Resources with the transformer configuration and vars gathered so far.
@@ -154,9 +162,11 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
         field: "dir",
         entry: dir.to_owned(),
     })?;
+    let limited = super::limits::Limited::new(fs);
     let ctx = Ctx {
-        fs,
+        fs: &limited,
         opts,
+        objects: Default::default(),
         stack: Default::default(),
         schema: Default::default(),
         schema_chosen: Default::default(),
@@ -807,6 +817,15 @@ fn accumulate_resources(
             Ok(Some(EntryKind::File)) => {
                 let bytes = t.read(ctx, field, entry)?;
                 let mut new = parse_resources(t, field, entry, &bytes)?;
+                ctx.objects.set(ctx.objects.get() + new.len());
+                if ctx.objects.get() > limits::MAX_OBJECTS {
+                    return Err(Error::TooManyObjects {
+                        file: t.file.clone(),
+                        field,
+                        entry: entry.clone(),
+                        max: limits::MAX_OBJECTS,
+                    });
+                }
                 if let Some(o) = t.origin_of(entry) {
                     for r in &mut new {
                         r.origin = Some(Value::String(format!("path: {o}\n")));

@@ -39,12 +39,24 @@ pub enum Error {
     },
     #[error("{path}: cannot read it from the source: {message}")]
     Source { path: String, message: String },
+    #[error("{path}: larger than {max} bytes, the most {what}")]
+    TooLarge {
+        path: String,
+        max: u64,
+        /// Which cap: one file's or a whole render's.
+        what: &'static str,
+    },
 }
 
 /// Read access to one source tree.
 pub trait FileSystem: Send + Sync {
     /// The whole content of the file at `path`.
     fn read_file(&self, path: &str) -> Result<Vec<u8>, Error>;
+    /// The content of the file at `path`, or at least `max + 1` bytes of it when it is longer:
+    /// a source that can stop early (a file on disk) does not read past that.
+    fn read_file_at_most(&self, path: &str, _max: u64) -> Result<Vec<u8>, Error> {
+        self.read_file(path)
+    }
     /// The entries of the directory at `path`, sorted by name.
     fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, Error>;
     /// What is at `path`, or `None` when nothing is.
@@ -94,6 +106,11 @@ impl DiskFs {
 
 impl FileSystem for DiskFs {
     fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
+        self.read_file_at_most(path, u64::MAX)
+    }
+
+    fn read_file_at_most(&self, path: &str, max: u64) -> Result<Vec<u8>, Error> {
+        use std::io::Read as _;
         let real = self.resolve(path)?.ok_or_else(|| Error::NotFound {
             path: path.to_owned(),
         })?;
@@ -102,10 +119,17 @@ impl FileSystem for DiskFs {
                 path: path.to_owned(),
             });
         }
-        std::fs::read(&real).map_err(|source| Error::Io {
+        let io = |source| Error::Io {
             path: path.to_owned(),
             source,
-        })
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(&real)
+            .map_err(io)?
+            .take(max.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        Ok(bytes)
     }
 
     fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, Error> {

@@ -77,14 +77,34 @@ pub struct Selector {
     pub annotation_selector: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, rename_all = "camelCase")]
-pub struct Image {
-    pub name: String,
-    pub new_name: String,
-    pub new_tag: String,
-    pub tag_suffix: String,
-    pub digest: String,
+/// One `images:` entry. `T` is how a field is held: render reads its text (empty when absent,
+/// as kustomize's Go struct has it); a promotion reads each field as written
+/// (`Option<yaml::written::Scalar>`), so that it copies the text exactly.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(
+    default,
+    rename_all = "camelCase",
+    bound(deserialize = "T: Deserialize<'de> + Default")
+)]
+pub struct Image<T = String> {
+    pub name: T,
+    pub new_name: T,
+    pub new_tag: T,
+    pub tag_suffix: T,
+    pub digest: T,
+}
+
+impl<T> Image<T> {
+    /// The fields that say what an image becomes, by their names in a kustomization, in the
+    /// order kustomize documents them.
+    pub fn changes(&self) -> [(&'static str, &T); 4] {
+        [
+            ("newName", &self.new_name),
+            ("newTag", &self.new_tag),
+            ("tagSuffix", &self.tag_suffix),
+            ("digest", &self.digest),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

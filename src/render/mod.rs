@@ -25,6 +25,7 @@ pub mod fieldspec;
 pub mod fs;
 mod generate;
 pub mod kustomization;
+pub mod limits;
 mod nameref;
 mod openapi;
 mod patch;
@@ -32,9 +33,10 @@ mod replace;
 pub mod resource;
 pub mod sops;
 mod transform;
-pub mod yaml;
 
 use serde_json::{Map, Value};
+
+use crate::yaml;
 
 pub use build::Error;
 

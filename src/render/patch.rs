@@ -189,7 +189,7 @@ pub fn apply_patch(
     options: &BTreeMap<String, bool>,
     schema: Option<&Schema>,
 ) -> Result<(), String> {
-    let docs = super::yaml::documents(text, super::yaml::Reading::Patches)
+    let docs = crate::yaml::documents(text, crate::yaml::Reading::Patches)
         .map_err(|e| format!("patch: {e}"))?;
     // An empty patch file (or one of only comments) changes nothing.
     if docs.is_empty() {
@@ -202,7 +202,7 @@ pub fn apply_patch(
             return Err("must specify a target for JSON patch".into());
         };
         // kustomize converts a JSON patch to JSON through go-yaml v2, which reads values its way.
-        let docs = super::yaml::parse_documents(text).map_err(|e| format!("JSON patch: {e}"))?;
+        let docs = crate::yaml::parse_documents(text).map_err(|e| format!("JSON patch: {e}"))?;
         let Some(Value::Array(ops)) = docs.first() else {
             unreachable!("is_json_patch checked the shape")
         };
@@ -831,7 +831,7 @@ pub fn apply_json6902_text(
             serde_json::from_str(text).map_err(|e| format!("JSON patch is not JSON: {e}"))?;
         return apply_json6902(list, &ops, target);
     }
-    let docs = super::yaml::parse_documents(text).map_err(|e| format!("JSON patch: {e}"))?;
+    let docs = crate::yaml::parse_documents(text).map_err(|e| format!("JSON patch: {e}"))?;
     let ops = match docs.as_slice() {
         [Value::Array(ops)] => ops.clone(),
         [] => Vec::new(),

@@ -335,7 +335,7 @@ fn typed_as(text: &str, field: Option<&Value>) -> Result<Value, String> {
     if let Some(Value::String(_)) = field {
         return Ok(Value::String(text.to_owned()));
     }
-    let read = super::yaml::plain(text)?;
+    let read = crate::yaml::plain(text)?;
     let (ok, kind) = match field {
         None => return Ok(read),
         Some(Value::Number(n)) if n.is_f64() => (read.is_number(), "number"),

@@ -476,7 +476,7 @@ pub fn legacy_sort(list: &mut Vec<Resource>, first: &[String], last: &[String]) 
 /// (kustomize's legacy `crds:` field): a map of definition name to `{Schema: ...}`.
 pub fn config_from_crds(bytes: &[u8]) -> Result<TransformerConfig, String> {
     let text = String::from_utf8_lossy(bytes);
-    let docs = super::yaml::parse_documents(&text).map_err(|e| e.to_string())?;
+    let docs = crate::yaml::parse_documents(&text).map_err(|e| e.to_string())?;
     let mut tc = TransformerConfig::default();
     for d in docs {
         let Some(defs) = d.as_object() else { continue };

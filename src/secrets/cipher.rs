@@ -13,7 +13,8 @@ use base64::engine::general_purpose::STANDARD;
 use regex::Regex;
 use zeroize::Zeroizing;
 
-use super::value::{Comment, Value, go_float_fixed};
+use super::value::{Comment, Value};
+use crate::yaml::number::format_fixed;
 
 /// The 32-byte key every value of one file is encrypted with.
 pub struct DataKey(pub(crate) Zeroizing<[u8; 32]>);
@@ -125,7 +126,7 @@ pub fn open(key: &DataKey, s: &str, aad: &str) -> Result<Value, OpenError> {
         "float" => Value::Float(parse_go_float(text()?).ok_or(OpenError::BadPlaintext("float"))?),
         "bool" => Value::Bool(parse_go_bool(text()?).ok_or(OpenError::BadPlaintext("bool"))?),
         "time" => Value::Time(Zeroizing::new(
-            super::time::normalize_rfc3339(text()?).ok_or(OpenError::BadPlaintext("time"))?,
+            crate::yaml::time::normalize_rfc3339(text()?).ok_or(OpenError::BadPlaintext("time"))?,
         )),
         "comment" => Value::Comment(Comment::new(text()?)),
         other => unreachable!("type {other} was checked above"),
@@ -167,7 +168,7 @@ pub fn plain_bytes(v: &Value) -> Option<Zeroizing<Vec<u8>>> {
         Value::Str(s) | Value::Time(s) => s.as_bytes().to_vec(),
         Value::Bytes(b) => b.to_vec(),
         Value::Int(i) => i.to_string().into_bytes(),
-        Value::Float(f) => go_float_fixed(*f).into_bytes(),
+        Value::Float(f) => format_fixed(*f).into_bytes(),
         Value::Bool(true) => b"True".to_vec(),
         Value::Bool(false) => b"False".to_vec(),
         Value::Comment(c) => c.text.as_bytes().to_vec(),

@@ -39,7 +39,7 @@ pub fn scalar_text(v: &Value) -> String {
         Value::Str(s) | Value::Time(s) => s.to_string(),
         Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
         Value::Int(i) => i.to_string(),
-        Value::Float(f) => super::value::go_float_fixed(*f),
+        Value::Float(f) => crate::yaml::number::format_fixed(*f),
         Value::Bool(b) => b.to_string(),
         Value::Null => String::new(),
         Value::Comment(c) => c.text.to_string(),

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use super::error::Error;
-use super::value::{Item, Tree, Value, go_float_json};
+use super::value::{Item, Tree, Value};
+use crate::yaml::number::format_json;
 
 struct Reader<'a> {
     file: &'a Path,
@@ -265,7 +266,7 @@ fn write(out: &mut String, v: &Value, depth: usize) {
         Value::Str(s) | Value::Time(s) => quote(out, s),
         Value::Bytes(b) => quote(out, &String::from_utf8_lossy(b)),
         Value::Int(i) => out.push_str(&i.to_string()),
-        Value::Float(f) => out.push_str(&go_float_json(*f)),
+        Value::Float(f) => out.push_str(&format_json(*f)),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Comment(_) => out.push_str("null"),
         Value::Map(items) => {

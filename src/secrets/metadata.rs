@@ -88,7 +88,7 @@ fn text_of(v: &Value) -> Option<String> {
     match v {
         Value::Str(s) | Value::Time(s) => Some(s.to_string()),
         Value::Int(i) => Some(i.to_string()),
-        Value::Float(f) => Some(super::value::go_float_fixed(*f)),
+        Value::Float(f) => Some(crate::yaml::number::format_fixed(*f)),
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }

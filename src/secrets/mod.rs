@@ -35,10 +35,9 @@ mod ini;
 mod json;
 mod keys;
 mod metadata;
-mod time;
 mod value;
 mod walk;
-pub(crate) mod yaml;
+mod yaml;
 
 use std::fmt;
 use std::path::Path;
@@ -49,6 +48,7 @@ pub use error::{Error, KeyPath};
 pub use keys::{Identities, valid_recipient};
 pub use metadata::RuleText;
 
+use crate::yaml::time;
 use cipher::DataKey;
 use metadata::{AgeStanza, Metadata};
 use value::{Item, Tree, Value};

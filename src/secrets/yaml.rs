@@ -9,11 +9,14 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use base64::Engine as _;
-use saphyr_parser::{Event, Parser, ScalarStyle, Span};
+use saphyr_parser::{Event, ScalarStyle, Span};
 
 use super::error::Error;
-use super::time;
-use super::value::{Comment, Item, Tree, Value, go_float_yaml};
+use super::value::{Comment, Item, Tree, Value};
+use crate::yaml::events::Events;
+use crate::yaml::number;
+use crate::yaml::resolve::{Plain, Schema, plain_reads_back, resolve};
+use crate::yaml::time;
 
 struct PendingComment {
     text: String,
@@ -249,145 +252,20 @@ impl Reader<'_> {
     }
 }
 
-/// What go-yaml v3 makes of a plain scalar (render prints resources through the same reading).
-pub(crate) enum Plain {
-    Null,
-    Bool(bool),
-    Int(i64),
-    /// Fits only an unsigned 64-bit integer.
-    Uint(u64),
-    Float(f64),
-    /// A timestamp, as Go's `time.Time.MarshalText` writes it.
-    Time(String),
-    Str,
-}
-
-/// go-yaml v3's resolution of a plain scalar.
-pub(crate) fn resolve(s: &str) -> Plain {
-    match s {
-        "" | "~" | "null" | "Null" | "NULL" => return Plain::Null,
-        "true" | "True" | "TRUE" => return Plain::Bool(true),
-        "false" | "False" | "FALSE" => return Plain::Bool(false),
-        ".nan" | ".NaN" | ".NAN" => return Plain::Float(f64::NAN),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
-            return Plain::Float(f64::INFINITY);
-        }
-        "-.inf" | "-.Inf" | "-.INF" => return Plain::Float(f64::NEG_INFINITY),
-        _ => {}
-    }
-    // Go's ParseFloat refuses what overflows (go-yaml then keeps the text); Rust's gives infinity.
-    let finite = |f: f64| f.is_finite().then_some(Plain::Float(f));
-    let first = s.as_bytes()[0];
-    if first == b'.' {
-        return s.parse::<f64>().ok().and_then(finite).unwrap_or(Plain::Str);
-    }
-    if !(first.is_ascii_digit() || first == b'+' || first == b'-') {
-        return Plain::Str;
-    }
-    if let Some(t) = time::from_yaml(s) {
-        return Plain::Time(t);
-    }
-    let plain = s.replace('_', "");
-    if let Some(i) = parse_go_int_base0(&plain) {
-        return i;
-    }
-    if is_yaml_style_float(&plain)
-        && let Some(f) = plain.parse::<f64>().ok().and_then(finite)
-    {
-        return f;
-    }
-    Plain::Str
-}
-
 /// go-yaml v3's resolution of a plain scalar, as sops reads it: sops cannot walk a `uint64`, so
 /// such a number stays text.
 pub fn resolve_plain(s: &str) -> Value {
-    match resolve(s) {
+    match resolve(s, Schema::V3) {
         Plain::Null => Value::Null,
         Plain::Bool(b) => Value::Bool(b),
         Plain::Int(i) => Value::Int(i),
         Plain::Float(f) => Value::Float(f),
-        Plain::Time(t) => Value::Time(zeroize::Zeroizing::new(t)),
-        Plain::Uint(_) | Plain::Str => Value::str(s),
+        Plain::Time => match time::from_yaml(s) {
+            Some(t) => Value::Time(zeroize::Zeroizing::new(t)),
+            None => Value::str(s),
+        },
+        Plain::Uint(_) | Plain::Merge | Plain::Str => Value::str(s),
     }
-}
-
-/// `strconv.ParseInt(s, 0, 64)`, falling back to `ParseUint`.
-fn parse_go_int_base0(s: &str) -> Option<Plain> {
-    let (neg, body) = match s.as_bytes().first()? {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let (radix, digits) =
-        if let Some(d) = body.strip_prefix("0x").or_else(|| body.strip_prefix("0X")) {
-            (16, d)
-        } else if let Some(d) = body.strip_prefix("0o").or_else(|| body.strip_prefix("0O")) {
-            (8, d)
-        } else if let Some(d) = body.strip_prefix("0b").or_else(|| body.strip_prefix("0B")) {
-            (2, d)
-        } else if body.len() > 1 && body.starts_with('0') {
-            (8, &body[1..])
-        } else {
-            (10, body)
-        };
-    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
-        return None;
-    }
-    let magnitude = u128::from_str_radix(digits, radix).ok()?;
-    if neg {
-        if magnitude <= 1u128 << 63 {
-            return Some(Plain::Int((magnitude as i128).wrapping_neg() as i64));
-        }
-        return None;
-    }
-    if magnitude <= i64::MAX as u128 {
-        Some(Plain::Int(magnitude as i64))
-    } else if magnitude <= u64::MAX as u128 {
-        Some(Plain::Uint(magnitude as u64))
-    } else {
-        None
-    }
-}
-
-/// `^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$`
-fn is_yaml_style_float(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = 0;
-    if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
-        i += 1;
-    }
-    let digits = |i: &mut usize| {
-        let start = *i;
-        while *i < b.len() && b[*i].is_ascii_digit() {
-            *i += 1;
-        }
-        *i - start
-    };
-    if i < b.len() && b[i] == b'.' {
-        i += 1;
-        if digits(&mut i) == 0 {
-            return false;
-        }
-    } else {
-        if digits(&mut i) == 0 {
-            return false;
-        }
-        if i < b.len() && b[i] == b'.' {
-            i += 1;
-            digits(&mut i);
-        }
-    }
-    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
-        i += 1;
-        if i < b.len() && (b[i] == b'+' || b[i] == b'-') {
-            i += 1;
-        }
-        if digits(&mut i) == 0 {
-            return false;
-        }
-    }
-    i == b.len()
 }
 
 fn scalar_value(
@@ -450,11 +328,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Tree, Error> {
         branches: Vec::new(),
     };
     let mut prev_end = 0usize;
-    let mut parser = Parser::new_from_str(text).keep_tags(true);
     let mut in_document = false;
-    while let Some(next) = parser.next_event() {
-        let (event, span): (Event<'_>, Span) =
-            next.map_err(|e| syntax(file, e.marker().line(), e.info().to_owned()))?;
+    for next in Events::new(text) {
+        let (event, span): (Event<'_>, Span) = next.map_err(|e| {
+            let (line, problem) = e.line_and_problem();
+            syntax(file, line, problem)
+        })?;
         let start = span.start.index();
         if start > prev_end {
             r.scan_gap(prev_end, start);
@@ -542,11 +421,6 @@ pub fn parse(file: &Path, text: &str) -> Result<Tree, Error> {
 // Writing
 
 const INDENT: usize = 4;
-const YAML11_BOOLS: &[&str] = &[
-    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
-    "OFF",
-];
-
 /// Characters written as they are; anything else is escaped inside double quotes.
 fn printable(c: char) -> bool {
     !c.is_control()
@@ -556,42 +430,11 @@ fn printable(c: char) -> bool {
         )
 }
 
-/// YAML 1.1 sexagesimal numbers such as `12:30`, which go-yaml quotes for older readers:
-/// `^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$`.
-fn is_base60_float(s: &str) -> bool {
-    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
-    let (s, _) = match s.split_once('.') {
-        Some((head, frac)) if frac.chars().all(|c| c.is_ascii_digit() || c == '_') => (head, frac),
-        Some(_) => return false,
-        None => (s, ""),
-    };
-    let mut parts = s.split(':');
-    let first = parts.next().unwrap_or_default();
-    if !first.starts_with(|c: char| c.is_ascii_digit())
-        || !first.chars().all(|c| c.is_ascii_digit() || c == '_')
-    {
-        return false;
-    }
-    let rest: Vec<&str> = parts.collect();
-    !rest.is_empty()
-        && rest.iter().all(|p| {
-            let b = p.as_bytes();
-            match b.len() {
-                1 => b[0].is_ascii_digit(),
-                2 => (b'0'..=b'5').contains(&b[0]) && b[1].is_ascii_digit(),
-                _ => false,
-            }
-        })
-}
-
+/// Whether `s`, which reads back as itself, can also be written without quotes.
 fn plain_ok(s: &str) -> bool {
-    if s.is_empty() || YAML11_BOOLS.contains(&s) || s == "<<" {
+    let Some(first) = s.chars().next() else {
         return false;
-    }
-    if !matches!(resolve_plain(s), Value::Str(_)) {
-        return false;
-    }
-    let first = s.chars().next().expect("checked non-empty above");
+    };
     let second = s.chars().nth(1);
     if matches!(
         first,
@@ -656,11 +499,7 @@ fn literal_ok(s: &str) -> bool {
 /// go-yaml's choice of style: double quotes for text that would read back as another type,
 /// a literal block for several lines, plain when the text allows, else single quotes.
 fn write_string(out: &mut String, s: &str, indent: usize) {
-    let reads_as_other = !matches!(resolve_plain(s), Value::Str(_))
-        || YAML11_BOOLS.contains(&s)
-        || s == "<<"
-        || is_base60_float(s);
-    if reads_as_other {
+    if !plain_reads_back(s, Schema::V3) {
         out.push_str(&double_quoted(s));
     } else if s.contains('\n') {
         if literal_ok(s) {
@@ -705,7 +544,7 @@ fn write_scalar(out: &mut String, v: &Value, indent: usize) {
             out.push_str(&base64::engine::general_purpose::STANDARD.encode(&b[..]));
         }
         Value::Int(i) => out.push_str(&i.to_string()),
-        Value::Float(f) => out.push_str(&go_float_yaml(*f)),
+        Value::Float(f) => out.push_str(&number::format_yaml(*f)),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
         Value::Time(t) => out.push_str(t),
         Value::Comment(_) | Value::Map(_) | Value::Seq(_) => {
@@ -889,10 +728,10 @@ mod tests {
         assert_eq!(resolve_plain("1e400"), Value::str("1e400"));
         assert_eq!(resolve_plain(".5e400"), Value::str(".5e400"));
         assert_eq!(resolve_plain("1.2.3"), Value::str("1.2.3"));
-        assert!(is_base60_float("12:30"));
-        assert!(is_base60_float("-1:20:30.5"));
-        assert!(!is_base60_float("12:60"));
-        assert!(!is_base60_float("a:1"));
+        assert_eq!(
+            resolve_plain("18446744073709551615"),
+            Value::str("18446744073709551615")
+        );
     }
 
     #[test]

@@ -375,6 +375,80 @@ fn promoting_into_an_overlay_edits_only_the_promoted_lines_and_records_trailers(
 }
 
 #[test]
+fn a_promotion_copies_every_image_field_and_value_with_the_text_the_source_writes() {
+    // Unquoted `1.10` is a number to a YAML reader (1.1); a promotion must still copy the text.
+    let digest = format!("sha256:{}", "0123456789abcdef".repeat(4));
+    let dev = format!(
+        "\
+resources:
+  - ../base
+images:
+  - name: shop/web
+    newTag: 1.10
+  - name: shop/worker
+    newTag: \"1.10\"
+  - name: shop/cron
+    newTag: 1.0
+  - name: shop/batch
+    newTag: 010
+  - name: shop/api
+    newTag: 2.0.0
+    tagSuffix: -alpine
+  - name: shop/db
+    newName: registry.example.test/db
+    digest: {digest}
+"
+    );
+    let fx = Fixture::new();
+    let dev_commit = fx.push_change(
+        &[
+            ("environments/dev/kustomization.yaml", &dev),
+            (
+                "environments/dev/version.yaml",
+                "data:\n  VERSION: 1.10\n  OWNER: dev-team\n",
+            ),
+        ],
+        "dev: versions that look like numbers",
+    );
+    let repo = fx.open("a", &fx.url(), Credentials::None);
+    let outcome = repo
+        .promote(
+            &pipeline(&fx.url(), false),
+            &promotion("p-text", "staging", "dev", &dev_commit),
+            &options(),
+        )
+        .expect("the promotion lands");
+    let Outcome::Pushed { commit, .. } = outcome else {
+        panic!("expected a pushed commit, got {outcome:?}");
+    };
+    let show = |path: &str| fx.remote_git(&["show", &format!("{commit}:{path}")]);
+    let expected = STAGING
+        .replace(
+            "newTag: \"1.0.0\"   # set by promotion",
+            "newTag: 1.10   # set by promotion",
+        )
+        .replace("newTag: 1.9.0", "newTag: \"1.10\"")
+        + &[
+            "  - name: shop/cron",
+            "    newTag: 1.0",
+            "  - name: shop/batch",
+            "    newTag: 010",
+            "  - name: shop/api",
+            "    newTag: 2.0.0",
+            "    tagSuffix: -alpine",
+            "  - name: shop/db",
+            "    newName: registry.example.test/db",
+            &format!("    digest: {digest}"),
+        ]
+        .join("\n");
+    assert_eq!(show("environments/staging/kustomization.yaml"), expected);
+    assert_eq!(
+        show("environments/staging/version.yaml"),
+        "# what the status page shows\ndata:\n  VERSION: 1.10 # release train\n  OWNER: qa"
+    );
+}
+
+#[test]
 fn repeating_a_promotion_that_already_landed_reports_the_existing_commit() {
     let fx = Fixture::new();
     let dev_commit = fx.push_change(

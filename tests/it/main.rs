@@ -13,6 +13,7 @@ mod reconcile;
 mod render_conformance;
 mod render_differential;
 mod render_errors;
+mod render_limits;
 mod render_random;
 mod render_sops;
 mod secrets;

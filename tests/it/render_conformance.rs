@@ -22,7 +22,7 @@ fn corpus() -> PathBuf {
 }
 
 fn parse_stream(text: &str) -> Vec<Value> {
-    render::yaml::parse_documents(text).expect("expected output is valid YAML")
+    stagehand::yaml::parse_documents(text).expect("expected output is valid YAML")
 }
 
 #[derive(Debug)]
@@ -110,7 +110,7 @@ fn run_case(dir: &Path) -> (Outcome, Vec<String>) {
                 .zip(&want)
                 .position(|(g, w)| g != w)
                 .unwrap_or(got.len().min(want.len()));
-            let show = |v: Option<&Value>| v.map(render::yaml::to_yaml).unwrap_or_default();
+            let show = |v: Option<&Value>| v.map(stagehand::yaml::to_yaml).unwrap_or_default();
             return (
                 Outcome::Fail(format!(
                     "{file}: {} documents, want {}; first difference at document {first}:\n--- got\n{}--- want\n{}",

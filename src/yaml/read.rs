@@ -5,32 +5,21 @@
 
 use std::collections::HashMap;
 
-use saphyr_parser::{Event, Parser, ScalarStyle, Span, Tag};
+use saphyr_parser::{Event, ScalarStyle, Tag};
 use serde_json::{Map, Number, Value};
 
-use crate::secrets::yaml::{Plain, resolve};
+use super::events::{self, Events};
+use super::resolve::{Plain, Schema, resolve};
+use super::time;
 
-use super::ParseError;
-
-/// The words go-yaml v2 reads as booleans (YAML 1.1).
-const YAML11_BOOLS: &[(&str, bool)] = &[
-    ("y", true),
-    ("Y", true),
-    ("yes", true),
-    ("Yes", true),
-    ("YES", true),
-    ("on", true),
-    ("On", true),
-    ("ON", true),
-    ("n", false),
-    ("N", false),
-    ("no", false),
-    ("No", false),
-    ("NO", false),
-    ("off", false),
-    ("Off", false),
-    ("OFF", false),
-];
+/// Why a stream cannot be read into values.
+#[derive(Debug, thiserror::Error)]
+#[error("document {index}: {message}")]
+pub struct ParseError {
+    /// 1-based position of the failing document in its stream.
+    pub index: usize,
+    pub message: String,
+}
 
 /// Which of kustomize's readers a file goes through; they differ on plain scalars and repeated
 /// keys.
@@ -200,7 +189,7 @@ fn apply_merges(map: &mut Map<String, Value>, merges: Vec<Value>) -> Result<(), 
 
 /// A scalar's value: explicit standard tags decide, a custom tag keeps the text, else go-yaml's
 /// plain-scalar resolution.
-fn scalar(
+pub(super) fn scalar(
     text: &str,
     style: ScalarStyle,
     tag: Option<&Tag>,
@@ -245,21 +234,23 @@ fn scalar(
 }
 
 fn read_plain(text: &str, reading: Reading) -> Result<Value, String> {
-    if reading != Reading::JsonConverted {
-        return plain(text);
+    if reading == Reading::JsonConverted {
+        // go-yaml v2 hands a timestamp to the JSON conversion as the text it was.
+        return match resolve(text, Schema::V2) {
+            Plain::Time => Ok(Value::String(text.to_owned())),
+            resolved => from_plain(text, resolved),
+        };
     }
-    if let Some((_, b)) = YAML11_BOOLS.iter().find(|(word, _)| *word == text) {
-        return Ok(Value::Bool(*b));
-    }
-    match resolve(text) {
-        Plain::Time(_) => Ok(Value::String(text.to_owned())),
-        _ => plain(text),
-    }
+    plain(text)
 }
 
 /// go-yaml v3's reading of a plain scalar, as JSON.
 pub fn plain(text: &str) -> Result<Value, String> {
-    Ok(match resolve(text) {
+    from_plain(text, resolve(text, Schema::V3))
+}
+
+fn from_plain(text: &str, resolved: Plain) -> Result<Value, String> {
+    Ok(match resolved {
         Plain::Null => Value::Null,
         Plain::Bool(b) => Value::Bool(b),
         Plain::Int(i) => Value::from(i),
@@ -267,8 +258,8 @@ pub fn plain(text: &str) -> Result<Value, String> {
         Plain::Float(f) => Number::from_f64(f)
             .map(Value::Number)
             .ok_or_else(|| format!("{text} is not a number JSON can hold"))?,
-        Plain::Time(t) => Value::String(t),
-        Plain::Str => Value::String(text.to_owned()),
+        Plain::Time => Value::String(time::from_yaml(text).unwrap_or_else(|| text.to_owned())),
+        Plain::Merge | Plain::Str => Value::String(text.to_owned()),
     })
 }
 
@@ -298,16 +289,10 @@ pub fn documents(text: &str, reading: Reading) -> Result<Vec<Value>, ParseError>
         });
     }
     let mut out = Vec::new();
-    let mut parser = Parser::new_from_str(text).keep_tags(true);
-    while let Some(next) = parser.next_event() {
-        let (event, span): (Event<'_>, Span) = next.map_err(|e| ParseError {
+    for next in Events::new(text) {
+        let (event, span) = next.map_err(|e: events::Error| ParseError {
             index: r.index.max(1),
-            message: format!(
-                "line {} column {}: {}",
-                e.marker().line(),
-                e.marker().col() + 1,
-                e.info()
-            ),
+            message: e.to_string(),
         })?;
         let line = span.start.line();
         match event {

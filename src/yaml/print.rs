@@ -1,26 +1,12 @@
-//! YAML as kustomize reads it (`read`) and prints it: map keys sorted, sequences flush with their
-//! parent key, literal blocks for multi-line text.
-
-mod read;
+//! YAML as kustomize prints it: map keys sorted, sequences flush with their parent key, literal
+//! blocks for multi-line text.
 
 use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
 
-pub use read::{Reading, documents, plain};
-
-#[derive(Debug, thiserror::Error)]
-#[error("document {index}: {message}")]
-pub struct ParseError {
-    /// 1-based position of the failing document in its stream.
-    pub index: usize,
-    pub message: String,
-}
-
-/// Every non-empty document of a file kustomize reads through a JSON conversion.
-pub fn parse_documents(text: &str) -> Result<Vec<Value>, ParseError> {
-    read::documents(text, Reading::JsonConverted)
-}
+use super::number;
+use super::resolve::{Schema, plain_reads_back};
 
 /// One document as kustomize prints it (without the `---` separator).
 pub fn to_yaml(value: &Value) -> String {
@@ -139,24 +125,7 @@ fn number_text(n: &serde_json::Number) -> String {
             return u.to_string();
         }
     }
-    go_format_g(f)
-}
-
-/// `strconv.FormatFloat(f, 'g', -1, 64)`: the shortest digits; in exponent form (two digits at
-/// least) when the decimal exponent is below -4 or 6 and above, the limits Go uses for the
-/// shortest precision.
-fn go_format_g(f: f64) -> String {
-    let sci = format!("{f:e}");
-    let (mantissa, exp) = sci.split_once('e').expect("{:e} writes an exponent");
-    let exp: i32 = exp.parse().expect("{:e} writes a decimal exponent");
-    if !(-4..6).contains(&exp) {
-        return format!(
-            "{mantissa}e{}{:02}",
-            if exp < 0 { '-' } else { '+' },
-            exp.abs()
-        );
-    }
-    format!("{f}")
+    number::format_yaml(f)
 }
 
 #[derive(PartialEq, Eq, Clone, Copy)]
@@ -262,7 +231,7 @@ fn style_of(s: &str, key: bool) -> Style {
     let a = analyze(s);
     let mut style = if s.contains('\n') {
         Style::Literal
-    } else if reads_back_as_string(s) {
+    } else if plain_reads_back(s, Schema::V2) {
         Style::Plain
     } else {
         Style::Double
@@ -456,227 +425,6 @@ fn write_folded(
     col
 }
 
-/// Whether go-yaml v2 reads the text back as a string when it is written plain (YAML 1.1
-/// resolution, as that library implements it).
-fn reads_back_as_string(s: &str) -> bool {
-    let Some(first) = s.bytes().next() else {
-        // The empty plain scalar is null.
-        return false;
-    };
-    match first {
-        b'y' | b'Y' | b'n' | b'N' | b't' | b'T' | b'f' | b'F' | b'o' | b'O' | b'~' => {
-            !is_keyword(s)
-        }
-        b'.' => !is_keyword(s) && !is_dot_float(s),
-        b'+' | b'-' | b'0'..=b'9' => {
-            !is_keyword(s) && !is_timestamp(s) && !is_number(&s.replace('_', "")) && !is_base60(s)
-        }
-        _ => true,
-    }
-}
-
-fn is_keyword(s: &str) -> bool {
-    matches!(
-        s,
-        "y" | "Y"
-            | "yes"
-            | "Yes"
-            | "YES"
-            | "true"
-            | "True"
-            | "TRUE"
-            | "on"
-            | "On"
-            | "ON"
-            | "n"
-            | "N"
-            | "no"
-            | "No"
-            | "NO"
-            | "false"
-            | "False"
-            | "FALSE"
-            | "off"
-            | "Off"
-            | "OFF"
-            | "~"
-            | "null"
-            | "Null"
-            | "NULL"
-            | ".nan"
-            | ".NaN"
-            | ".NAN"
-            | ".inf"
-            | ".Inf"
-            | ".INF"
-            | "+.inf"
-            | "+.Inf"
-            | "+.INF"
-            | "-.inf"
-            | "-.Inf"
-            | "-.INF"
-    )
-}
-
-/// `.5`, `.5e3`: what Go's float parser takes from text that starts with a dot. Out of range
-/// values are parse errors there, so they stay strings.
-fn is_dot_float(s: &str) -> bool {
-    static DOT_FLOAT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"^\.[0-9]+([eE][-+]?[0-9]+)?$").expect("the pattern is valid")
-    });
-    DOT_FLOAT.is_match(s) && s.parse::<f64>().is_ok_and(f64::is_finite)
-}
-
-/// Integers as Go's `ParseInt(s, 0, 64)` or `ParseUint(s, 0, 64)` take them (with `0b`, `0o`,
-/// `0x` and leading-zero octal), and YAML-style floats; `plain` has its underscores removed.
-fn is_number(plain: &str) -> bool {
-    static FLOAT: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$")
-            .expect("the pattern is valid")
-    });
-    go_int(plain) || (FLOAT.is_match(plain) && plain.parse::<f64>().is_ok_and(f64::is_finite))
-}
-
-/// Go's `ParseInt(s, 0, 64)` or, unsigned, `ParseUint(s, 0, 64)` succeeds.
-fn go_int(s: &str) -> bool {
-    let (sign, body) = match s.as_bytes().first() {
-        Some(b'+') => (Some(false), &s[1..]),
-        Some(b'-') => (Some(true), &s[1..]),
-        _ => (None, s),
-    };
-    if body.is_empty() {
-        return false;
-    }
-    let lower = body.to_ascii_lowercase();
-    let (radix, digits) = if body.len() >= 3 && lower.starts_with("0b") {
-        (2, &body[2..])
-    } else if body.len() >= 3 && lower.starts_with("0o") {
-        (8, &body[2..])
-    } else if body.len() >= 3 && lower.starts_with("0x") {
-        (16, &body[2..])
-    } else if let Some(rest) = body.strip_prefix('0') {
-        (8, rest)
-    } else {
-        (10, body)
-    };
-    if !digits.chars().all(|c| c.is_digit(radix)) {
-        return false;
-    }
-    let significant = digits.trim_start_matches('0');
-    if significant.len() > 64 {
-        return false;
-    }
-    let Ok(value) = u128::from_str_radix(
-        if significant.is_empty() {
-            "0"
-        } else {
-            significant
-        },
-        radix,
-    ) else {
-        return false;
-    };
-    match sign {
-        None => value <= u128::from(u64::MAX),
-        Some(false) => value <= i64::MAX as u128,
-        Some(true) => value <= i64::MAX as u128 + 1,
-    }
-}
-
-/// YAML 1.1 sexagesimal numbers such as `1:20`, which go-yaml quotes on the way out.
-fn is_base60(s: &str) -> bool {
-    static BASE60: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
-            .expect("the pattern is valid")
-    });
-    s.contains(':') && BASE60.is_match(s)
-}
-
-/// The timestamps go-yaml v2 resolves: `2006-1-2`, `2006-1-2 15:4:5[.frac]`, and
-/// `2006-1-2T15:4:5[.frac]` (or `t`) with `Z` or a `±hh:mm` zone, as Go's time.Parse reads
-/// those layouts: one- or two-digit fields, real calendar dates.
-fn is_timestamp(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut at = 0;
-    // Up to two digits, as Go reads a non-padded layout field.
-    let field = |at: &mut usize| -> Option<u32> {
-        let start = *at;
-        while *at < b.len() && *at - start < 2 && b[*at].is_ascii_digit() {
-            *at += 1;
-        }
-        (*at > start).then(|| s[start..*at].parse().expect("digits"))
-    };
-    let expect =
-        |at: &mut usize, c: u8| -> Option<()> { (b.get(*at) == Some(&c)).then(|| *at += 1) };
-    let date = (|| {
-        if b.len() < 5 || !b[..4].iter().all(u8::is_ascii_digit) || b[4] != b'-' {
-            return None;
-        }
-        let year: u32 = s[..4].parse().expect("digits");
-        at = 5;
-        let month = field(&mut at)?;
-        expect(&mut at, b'-')?;
-        let day = field(&mut at)?;
-        let leap =
-            year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
-        let days = match month {
-            1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-            4 | 6 | 9 | 11 => 30,
-            2 if leap => 29,
-            2 => 28,
-            _ => return None,
-        };
-        (1..=days).contains(&day).then_some(())
-    })();
-    if date.is_none() {
-        return false;
-    }
-    if at == b.len() {
-        return true;
-    }
-    let zoned = match b[at] {
-        b'T' | b't' => true,
-        b' ' => false,
-        _ => return false,
-    };
-    at += 1;
-    let time = (|| {
-        let hour = field(&mut at)?;
-        expect(&mut at, b':')?;
-        let minute = field(&mut at)?;
-        expect(&mut at, b':')?;
-        let second = field(&mut at)?;
-        if hour > 23 || minute > 59 || second > 59 {
-            return None;
-        }
-        if matches!(b.get(at), Some(b'.' | b',')) && b.get(at + 1).is_some_and(u8::is_ascii_digit) {
-            at += 1;
-            while b.get(at).is_some_and(u8::is_ascii_digit) {
-                at += 1;
-            }
-        }
-        Some(())
-    })();
-    if time.is_none() {
-        return false;
-    }
-    if !zoned {
-        return at == b.len();
-    }
-    match &b[at..] {
-        [b'Z'] => true,
-        [sign, h1, h2, b':', m1, m2]
-            if matches!(sign, b'+' | b'-')
-                && [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()) =>
-        {
-            let hours = u32::from(h1 - b'0') * 10 + u32::from(h2 - b'0');
-            let minutes = u32::from(m1 - b'0') * 10 + u32::from(m2 - b'0');
-            hours <= 24 && minutes <= 60
-        }
-        _ => false,
-    }
-}
-
 /// The first string (key or value) holding a character kustomize's YAML reader rejects (DEL,
 /// C1 controls but NEL, U+FFFE, U+FFFF; the C0 controls arrive escaped), with its field path.
 pub fn unprintable(m: &Map<String, Value>) -> Option<(String, char)> {
@@ -788,11 +536,12 @@ mod tests {
     #[test]
     fn printed_documents_read_back_as_the_same_values() {
         let text = "b: \"1\"\na:\n  list:\n  - x: \"true\"\n    y: 2\n  - plain\n  text: |\n    two\n    lines\n  empty: \"\"\n";
-        let docs = documents(text, Reading::Resources).expect("valid yaml");
+        let docs =
+            super::super::documents(text, super::super::Reading::Resources).expect("valid yaml");
         let printed = to_yaml(&docs[0]);
         assert!(printed.starts_with("a:\n  empty: \"\"\n  list:\n  - x: \"true\"\n"));
         assert_eq!(
-            documents(&printed, Reading::Resources).expect("reparse"),
+            super::super::documents(&printed, super::super::Reading::Resources).expect("reparse"),
             docs
         );
     }

@@ -1,5 +1,6 @@
-//! Timestamps as go-yaml reads them and as Go's `time.Time.MarshalText` writes them, because
-//! sops hashes and encrypts that text.
+//! Timestamps as go-yaml reads them (Go's `time.Parse` with go-yaml's layouts) and as Go's
+//! `time.Time.MarshalText` writes them: render prints resources with that text, and sops hashes
+//! and encrypts it.
 
 struct Parts {
     year: u32,
@@ -8,7 +9,7 @@ struct Parts {
     hour: u32,
     minute: u32,
     second: u32,
-    /// Fraction digits as written (at most nine).
+    /// Fraction digits as Go keeps them: the first nine written.
     fraction: String,
     /// Offset from UTC in minutes; `None` when the text had none (Go then means UTC).
     offset: Option<i32>,
@@ -71,12 +72,16 @@ fn parse(s: &str, strict: bool) -> Option<Parts> {
         return None;
     }
     (parts.hour, parts.minute, parts.second) = (hour, minute, second);
-    if let Some(frac) = rest.strip_prefix('.') {
+    // Go reads a fraction after a comma too, and drops digits past nanoseconds.
+    let fraction = rest
+        .strip_prefix('.')
+        .or_else(|| rest.strip_prefix(',').filter(|_| !strict));
+    if let Some(frac) = fraction {
         let len = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if len == 0 || len > 9 {
+        if len == 0 || (strict && len > 9) {
             return None;
         }
-        parts.fraction = frac[..len].to_owned();
+        parts.fraction = frac[..len.min(9)].to_owned();
         rest = &frac[len..];
     }
     if spaced {
@@ -93,7 +98,10 @@ fn parse(s: &str, strict: bool) -> Option<Parts> {
             };
             let (h, r) = number(&rest[1..], 2, 2)?;
             let (m, r) = number(r.strip_prefix(':')?, 2, 2)?;
-            if !r.is_empty() || h > 23 || m > 59 {
+            // Go's time.Parse takes offsets up to 24:60 ("as some people do write them");
+            // sops's metadata is written by MarshalText, which stays below 24:00.
+            let (max_h, max_m) = if strict { (23, 59) } else { (24, 60) };
+            if !r.is_empty() || h > max_h || m > max_m {
                 return None;
             }
             sign * (h * 60 + m) as i32
@@ -124,9 +132,17 @@ fn render(p: &Parts) -> String {
     out
 }
 
-/// A plain YAML scalar that go-yaml resolves to a timestamp, rendered as Go's `MarshalText`.
+/// Whether go-yaml resolves a plain scalar to a timestamp.
+pub fn is_timestamp(s: &str) -> bool {
+    parse(s, false).is_some()
+}
+
+/// A plain YAML scalar that go-yaml resolves to a timestamp, rendered as Go's `MarshalText`;
+/// `None` also for an offset past 23:59, which `MarshalText` refuses to write.
 pub fn from_yaml(s: &str) -> Option<String> {
-    parse(s, false).map(|p| render(&p))
+    parse(s, false)
+        .filter(|p| p.offset.is_none_or(|m| m.abs() < 24 * 60))
+        .map(|p| render(&p))
 }
 
 /// RFC 3339 text (what sops encrypts for a `time` value), re-rendered as `MarshalText`.
@@ -186,6 +202,12 @@ mod tests {
             Some("2024-01-02T03:04:05+01:30")
         );
         assert_eq!(from_yaml("2024-02-30"), None);
+        assert!(is_timestamp("2024-01-02T03:04:05+24:00"));
+        assert_eq!(from_yaml("2024-01-02T03:04:05+24:00"), None);
+        assert_eq!(
+            from_yaml("2024-01-02 03:04:05,1234567891").as_deref(),
+            Some("2024-01-02T03:04:05.123456789Z")
+        );
         assert_eq!(from_yaml("20240102"), None);
         assert_eq!(
             normalize_rfc3339("2024-01-02T03:04:05.100Z").as_deref(),
