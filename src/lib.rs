@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod git;
 pub mod metrics;
 pub mod pipeline;
+mod process;
 pub mod reconcile;
 pub mod render;
 pub mod secrets;
