@@ -53,10 +53,10 @@ mod tree;
 pub mod yaml_edit;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 pub use gix::ObjectId;
-pub use remote::{Credentials, RemoteUrl, Secret};
+pub use remote::{Credentials, RemoteUrl, Secret, Timeouts};
 pub use revision::{Location, Revision};
 pub use tree::TreeFs;
 
@@ -74,7 +74,9 @@ struct Inner {
     path: PathBuf,
     url: RemoteUrl,
     credentials: Credentials,
-    repo: gix::ThreadSafeRepository,
+    timeouts: Timeouts,
+    /// Replaced when a damaged cache is created again.
+    repo: RwLock<gix::ThreadSafeRepository>,
     /// Held while refs of the cache change (fetch, or recording a push), since gix fails rather
     /// than waits on a ref lock.
     lock: Mutex<()>,
@@ -97,5 +99,29 @@ impl Repository {
     /// The bare repository of the cache.
     pub fn path(&self) -> &std::path::Path {
         &self.inner.path
+    }
+
+    /// A handle on the cache for this thread.
+    fn repo(&self) -> gix::Repository {
+        self.thread_safe().to_thread_local()
+    }
+
+    fn thread_safe(&self) -> gix::ThreadSafeRepository {
+        // The handle inside is replaced whole, so a panic elsewhere cannot leave it half-set.
+        self.inner
+            .repo
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Serialises ref changes. The lock guards no data, only the order of writers, and gix
+    /// removes its ref lock files when a panicking writer unwinds; so a lock poisoned by a
+    /// panicked fetch is taken over rather than failing every later fetch of the environment.
+    fn lock_refs(&self) -> MutexGuard<'_, ()> {
+        self.inner
+            .lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
