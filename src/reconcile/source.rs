@@ -82,6 +82,15 @@ impl DesiredState for GitSource {
             })
         })
         .await
-        .expect("the render task does not panic: render and git return errors instead")
+        .unwrap_or_else(|panicked| {
+            let message = crate::git::poll::panic_message(panicked);
+            Err(failed(SourceStage::Fetch, None, Panicked(message)))
+        })
     }
 }
+
+/// The blocking task reading Git panicked; the environment reports it and tries again later
+/// instead of losing its loop.
+#[derive(Debug, thiserror::Error)]
+#[error("the task reading the repository stopped unexpectedly: {0}")]
+struct Panicked(String);
