@@ -471,6 +471,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_ref_lock_poisoned_by_a_panicked_fetch_does_not_stop_later_fetches() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let remote = dir.path().join("remote.git");
+        gix::init_bare(&remote).expect("an empty remote");
+        let repo = Repository::open(
+            &dir.path().join("state"),
+            RemoteUrl::new(remote.display().to_string()),
+            Credentials::None,
+        )
+        .expect("the cache opens");
+        std::thread::scope(|scope| {
+            let panicked = scope.spawn(|| {
+                let _guard = repo.lock_refs();
+                panic!("a fetch panicked while holding the ref lock");
+            });
+            assert!(panicked.join().is_err());
+        });
+        assert!(repo.inner.lock.is_poisoned());
+        repo.fetch().expect("the next fetch runs");
+    }
+
+    #[test]
     fn cache_names_are_readable_and_distinct_per_url() {
         let a = cache_name(&RemoteUrl::new("https://example.test/team/shop.git"));
         let b = cache_name(&RemoteUrl::new("https://example.test/other/shop.git"));
