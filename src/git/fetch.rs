@@ -72,9 +72,10 @@ impl Repository {
     /// most [`Timeouts::default`]; see [`Repository::with_timeouts`].
     pub fn open(state_dir: &Path, url: RemoteUrl, credentials: Credentials) -> Result<Self, Error> {
         let path = state_dir.join("git").join(cache_name(&url));
-        let repo = match path.join("HEAD").exists() {
-            true => open_cache(&path).or_else(|_| recreate_cache(&path))?,
-            false => recreate_cache(&path)?,
+        let repo = if path.join("HEAD").exists() {
+            open_cache(&path).or_else(|_| recreate_cache(&path))?
+        } else {
+            recreate_cache(&path)?
         };
         Ok(Self {
             inner: Arc::new(super::Inner {
@@ -213,7 +214,7 @@ impl Repository {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
         open().map_err(|source| Error::Open {
             path: path.clone(),
-            source: Box::new(source.into()),
+            source: Box::new(source),
         })
     }
 }
@@ -243,7 +244,7 @@ fn open_cache(path: &Path) -> Result<gix::ThreadSafeRepository, Error> {
         .map(gix::Repository::into_sync)
         .map_err(|source| Error::Open {
             path: path.to_owned(),
-            source: Box::new(source.into()),
+            source: Box::new(source),
         })
 }
 
@@ -260,7 +261,7 @@ fn recreate_cache(path: &Path) -> Result<gix::ThreadSafeRepository, Error> {
     std::fs::create_dir_all(path).map_err(create)?;
     gix::init_bare(path).map_err(|source| Error::Open {
         path: path.to_owned(),
-        source: Box::new(source.into()),
+        source: Box::new(source),
     })?;
     open_cache(path)
 }

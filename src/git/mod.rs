@@ -9,9 +9,13 @@
 //!
 //! - [`Repository::open`]`(state_dir, `[`RemoteUrl`]`, `[`Credentials`]`)`: URLs `file://`,
 //!   plain paths, `http(s)://`, `ssh://`, scp-like, `git://`. Credentials: a token or basic auth
-//!   (sent only over https), or an SSH key file. Secrets never appear in `Debug`, errors or logs.
+//!   (sent only over https), or an SSH key file with the known_hosts file that pins the host key
+//!   (ssh URLs are refused without one). Secrets never appear in `Debug`, errors, logs or a
+//!   command line. [`Repository::with_timeouts`] sets the connect and idle [`Timeouts`].
 //! - [`Repository::fetch`] → [`fetch::Outcome`] | [`fetch::Error`] (`Authentication`,
-//!   `InsecureTransport`, `Fetch` naming the URL, ...). Fetches of one cache run one at a time.
+//!   `InsecureTransport`, `UnpinnedHostKey`, `Timeout`, `Fetch` naming the URL, ...). Fetches of
+//!   one cache run one at a time; a cache whose branches point at missing or unreadable objects,
+//!   or that cannot be opened, is deleted and fetched again from scratch.
 //! - [`Repository::poller`]`(interval)` → [`poll::Poller`]: fetches now, every `interval` and on
 //!   [`poll::Poller::fetch_now`] (for the API and webhooks); concurrent requests coalesce into
 //!   one fetch that started after they asked. [`poll::Poller::subscribe`] sees every fetch.
@@ -36,7 +40,9 @@
 //! - [`Repository::history`]`(pipeline, env, limit)` → [`history::Entry`] `{ commit, tree,
 //!   summary, time, trailers: `[`history::Trailers`]` }`, newest first: the commits that changed
 //!   the environment's directory on its branch's first-parent line.
-//! - [`push::push_with_lease`]: the one place that runs the `git` CLI (gix cannot push yet).
+//! - [`push::push_with_lease`]: the one place that runs the `git` CLI (gix cannot push yet),
+//!   with a clean environment, the token in the child's environment only and `--` before the
+//!   remote and refs.
 //! - [`yaml_edit`]: the comment-keeping line edits promotions use.
 //!
 //! Nothing half-written: the cache's refs only ever hold what the remote holds (fetched, or
