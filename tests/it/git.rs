@@ -1095,6 +1095,7 @@ fn promotion_over_ssh_uses_the_configured_key_and_pinned_host_key() {
 
     // A key the server does not know gets nowhere and leaves nothing behind.
     let stranger = fx._dir.path().join("stranger");
+    let stranger_pub = fx._dir.path().join("stranger.pub");
     let status = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(&stranger)
@@ -1120,6 +1121,30 @@ fn promotion_over_ssh_uses_the_configured_key_and_pinned_host_key() {
         "{err}"
     );
     assert_eq!(git(refused.path(), &["for-each-ref"]), "");
+
+    // A pin that names another host key: ssh refuses the server, whatever else it trusts.
+    let impostor_pin = fx._dir.path().join("impostor_known_hosts");
+    let other_key = std::fs::read_to_string(stranger_pub).expect("a public key");
+    std::fs::write(
+        &impostor_pin,
+        format!("[127.0.0.1]:{} {other_key}", sshd.port),
+    )
+    .expect("writable");
+    let mispinned = fx.open(
+        "c",
+        &url,
+        Credentials::SshKey {
+            path: sshd.client_key.clone(),
+            known_hosts: Some(impostor_pin),
+        },
+    );
+    let err = mispinned.fetch().expect_err("the host key is not the pinned one");
+    assert!(
+        err.to_string()
+            .contains(&format!("127.0.0.1:{}", sshd.port)),
+        "{err}"
+    );
+    assert_eq!(git(mispinned.path(), &["for-each-ref"]), "");
 }
 
 /// Runs `work` on a thread and gives up after `bound`: a test of a timeout must not hang itself.
