@@ -334,7 +334,8 @@ fn validate_environment(
             if timezone.trim().is_empty() {
                 return Err(field(format!("{wat}.timezone"), "must not be empty"));
             }
-            if jiff::tz::TimeZone::get(&timezone).is_err() {
+            // UTC needs no database, so a machine without tzdata still takes the default.
+            if timezone != "UTC" && jiff::tz::TimeZone::get(&timezone).is_err() {
                 return Err(field(
                     format!("{wat}.timezone"),
                     format!(
