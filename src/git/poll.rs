@@ -130,17 +130,22 @@ impl Repository {
     /// A [`Poller`] fetching this repository every `interval`.
     pub fn poller(&self, interval: Duration) -> Poller<FetchResult> {
         let repo = self.clone();
-        let url = self.url().clone();
         Poller::spawn(
             interval,
             move || repo.fetch().map_err(Arc::new),
-            move |message| {
-                Err(Arc::new(fetch::Error::Panicked {
-                    url: url.clone(),
-                    message,
-                }))
-            },
+            self.panicked_fetch(),
         )
+    }
+
+    /// The answer of a [`Poller`] whose fetch of this repository panicked.
+    pub fn panicked_fetch(&self) -> impl Fn(String) -> FetchResult + Send + 'static {
+        let url = self.url().clone();
+        move |message| {
+            Err(Arc::new(fetch::Error::Panicked {
+                url: url.clone(),
+                message,
+            }))
+        }
     }
 }
 

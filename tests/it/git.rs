@@ -1138,7 +1138,9 @@ fn promotion_over_ssh_uses_the_configured_key_and_pinned_host_key() {
             known_hosts: Some(impostor_pin),
         },
     );
-    let err = mispinned.fetch().expect_err("the host key is not the pinned one");
+    let err = mispinned
+        .fetch()
+        .expect_err("the host key is not the pinned one");
     assert!(
         err.to_string()
             .contains(&format!("127.0.0.1:{}", sshd.port)),
