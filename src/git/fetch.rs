@@ -38,7 +38,7 @@ pub enum Error {
          (--git-ssh-key, --git-ssh-known-hosts); ssh's own configuration is not used"
     )]
     UnpinnedHostKey { url: RemoteUrl },
-    #[error("{url}: no answer within {}s (connect {}s, idle {}s)", (timeouts.connect + timeouts.idle).as_secs(), timeouts.connect.as_secs(), timeouts.idle.as_secs())]
+    #[error("{url}: timed out (connect timeout {}s, idle timeout {}s)", timeouts.connect.as_secs(), timeouts.idle.as_secs())]
     Timeout { url: RemoteUrl, timeouts: Timeouts },
     #[error("{url}: cannot connect")]
     Connect {
@@ -183,36 +183,35 @@ impl Repository {
     }
 }
 
-/// The cache opened for this fetch, with the ssh command of these credentials and timeouts;
-/// a cache that cannot be opened, or whose branches point at missing or unreadable objects,
-/// is replaced by an empty one first (the fetch then brings everything again).
 impl Repository {
+    /// The cache opened for this fetch, with the ssh command of these credentials and
+    /// timeouts. A cache that cannot be opened, or whose branches point at missing or
+    /// unreadable objects, is replaced by an empty one first (the fetch then brings everything
+    /// again).
     fn sound_cache(&self) -> Result<gix::Repository, Error> {
         let path = &self.inner.path;
-        let ssh = self.inner.credentials.ssh_command(&self.inner.timeouts);
-        let overrides: Vec<String> = ssh
+        let sound = open_cache(path).is_ok_and(|repo| cache_is_sound(&repo.to_thread_local()));
+        if !sound {
+            tracing::warn!(cache = %path.display(), url = %self.inner.url, "the repository cache is damaged; fetching it again from scratch");
+            let fresh = recreate_cache(path)?;
+            *self
+                .inner
+                .repo
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+        }
+        let overrides: Vec<String> = self
+            .inner
+            .credentials
+            .ssh_command(&self.inner.timeouts)
             .into_iter()
             .map(|command| format!("core.sshCommand={command}"))
             .collect();
-        let open = || {
-            gix::open_opts(
-                path,
-                gix::open::Options::isolated().config_overrides(overrides.clone()),
-            )
-        };
-        if let Ok(repo) = open()
-            && cache_is_sound(&repo)
-        {
-            return Ok(repo);
-        }
-        tracing::warn!(cache = %path.display(), url = %self.inner.url, "the repository cache is damaged; fetching it again from scratch");
-        let fresh = recreate_cache(path)?;
-        *self
-            .inner
-            .repo
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
-        open().map_err(|source| Error::Open {
+        gix::open_opts(
+            path,
+            gix::open::Options::isolated().config_overrides(overrides),
+        )
+        .map_err(|source| Error::Open {
             path: path.clone(),
             source: Box::new(source),
         })

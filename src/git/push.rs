@@ -31,7 +31,7 @@ pub enum Error {
          (--git-ssh-key, --git-ssh-known-hosts); ssh's own configuration is not used"
     )]
     UnpinnedHostKey { url: RemoteUrl },
-    #[error("{url}: push of {branch:?} got no answer in time (connect {}s, idle {}s)", timeouts.connect.as_secs(), timeouts.idle.as_secs())]
+    #[error("{url}: push of {branch:?} timed out (connect timeout {}s, idle timeout {}s)", timeouts.connect.as_secs(), timeouts.idle.as_secs())]
     Timeout {
         url: RemoteUrl,
         branch: String,
