@@ -13,6 +13,7 @@ pub mod error_chain;
 pub mod git;
 pub mod metrics;
 pub mod pipeline;
+mod process;
 pub mod reconcile;
 pub mod render;
 pub mod secrets;

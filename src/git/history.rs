@@ -70,7 +70,7 @@ impl Repository {
     ) -> Result<Vec<Entry>, Error> {
         let location = Location::of(pipeline, environment)?;
         let mut next = Some(self.branch_tip(&location.branch)?);
-        let repo = self.inner.repo.to_thread_local();
+        let repo = self.repo();
         let read = |what: String| {
             move |source| Error::Read {
                 what,

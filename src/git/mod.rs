@@ -9,9 +9,13 @@
 //!
 //! - [`Repository::open`]`(state_dir, `[`RemoteUrl`]`, `[`Credentials`]`)`: URLs `file://`,
 //!   plain paths, `http(s)://`, `ssh://`, scp-like, `git://`. Credentials: a token or basic auth
-//!   (sent only over https), or an SSH key file. Secrets never appear in `Debug`, errors or logs.
+//!   (sent only over https), or an SSH key file with the known_hosts file that pins the host key
+//!   (ssh URLs are refused without one). Secrets never appear in `Debug`, errors, logs or a
+//!   command line. [`Repository::with_timeouts`] sets the connect and idle [`Timeouts`].
 //! - [`Repository::fetch`] → [`fetch::Outcome`] | [`fetch::Error`] (`Authentication`,
-//!   `InsecureTransport`, `Fetch` naming the URL, ...). Fetches of one cache run one at a time.
+//!   `InsecureTransport`, `UnpinnedHostKey`, `Timeout`, `Fetch` naming the URL, ...). Fetches of
+//!   one cache run one at a time; a cache whose branches point at missing or unreadable objects,
+//!   or that cannot be opened, is deleted and fetched again from scratch.
 //! - [`Repository::poller`]`(interval)` → [`poll::Poller`]: fetches now, every `interval` and on
 //!   [`poll::Poller::fetch_now`] (for the API and webhooks); concurrent requests coalesce into
 //!   one fetch that started after they asked. [`poll::Poller::subscribe`] sees every fetch.
@@ -36,7 +40,9 @@
 //! - [`Repository::history`]`(pipeline, env, limit)` → [`history::Entry`] `{ commit, tree,
 //!   summary, time, trailers: `[`history::Trailers`]` }`, newest first: the commits that changed
 //!   the environment's directory on its branch's first-parent line.
-//! - [`push::push_with_lease`]: the one place that runs the `git` CLI (gix cannot push yet).
+//! - [`push::push_with_lease`]: the one place that runs the `git` CLI (gix cannot push yet),
+//!   with a clean environment, the token in the child's environment only and `--` before the
+//!   remote and refs.
 //! - [`yaml_edit`]: the comment-keeping line edits promotions use.
 //!
 //! Nothing half-written: the cache's refs only ever hold what the remote holds (fetched, or
@@ -53,10 +59,10 @@ mod tree;
 pub mod yaml_edit;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 pub use gix::ObjectId;
-pub use remote::{Credentials, RemoteUrl, Secret};
+pub use remote::{Credentials, RemoteUrl, Secret, Timeouts};
 pub use revision::{Location, Revision};
 pub use tree::TreeFs;
 
@@ -74,7 +80,9 @@ struct Inner {
     path: PathBuf,
     url: RemoteUrl,
     credentials: Credentials,
-    repo: gix::ThreadSafeRepository,
+    timeouts: Timeouts,
+    /// Replaced when a damaged cache is created again.
+    repo: RwLock<gix::ThreadSafeRepository>,
     /// Held while refs of the cache change (fetch, or recording a push), since gix fails rather
     /// than waits on a ref lock.
     lock: Mutex<()>,
@@ -97,5 +105,29 @@ impl Repository {
     /// The bare repository of the cache.
     pub fn path(&self) -> &std::path::Path {
         &self.inner.path
+    }
+
+    /// A handle on the cache for this thread.
+    fn repo(&self) -> gix::Repository {
+        self.thread_safe().to_thread_local()
+    }
+
+    fn thread_safe(&self) -> gix::ThreadSafeRepository {
+        // The handle inside is replaced whole, so a panic elsewhere cannot leave it half-set.
+        self.inner
+            .repo
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Serialises ref changes. The lock guards no data, only the order of writers, and gix
+    /// removes its ref lock files when a panicking writer unwinds; so a lock poisoned by a
+    /// panicked fetch is taken over rather than failing every later fetch of the environment.
+    fn lock_refs(&self) -> MutexGuard<'_, ()> {
+        self.inner
+            .lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }

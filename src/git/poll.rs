@@ -1,7 +1,8 @@
 //! Fetching one repository at an interval and on demand, with concurrent demands coalesced:
 //! however many callers ask for a fetch while one runs, one more fetch follows and answers
 //! them all. A caller is only answered by a fetch that started after it asked, so a commit
-//! pushed before `fetch_now` is always seen.
+//! pushed before `fetch_now` is always seen. A fetch that panics is answered like a failed
+//! one, and the loop goes on: it never dies silently, leaving callers waiting.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,10 +32,12 @@ pub struct Poller<T> {
 
 impl<T: Clone + Send + Sync + 'static> Poller<T> {
     /// Starts a loop that runs the blocking `fetch` right away, then every `interval` and
-    /// whenever [`fetch_now`](Self::fetch_now) asks. Must be called inside a tokio runtime.
-    pub fn spawn<F>(interval: Duration, fetch: F) -> Self
+    /// whenever [`fetch_now`](Self::fetch_now) asks; a fetch that panics is answered with
+    /// `recover(panic message)`. Must be called inside a tokio runtime.
+    pub fn spawn<F, R>(interval: Duration, fetch: F, recover: R) -> Self
     where
         F: Fn() -> T + Send + Sync + 'static,
+        R: Fn(String) -> T + Send + 'static,
     {
         let requested = Arc::new(AtomicU64::new(0));
         let wake = Arc::new(Notify::new());
@@ -54,9 +57,14 @@ impl<T: Clone + Send + Sync + 'static> Poller<T> {
                     // Every request counted so far is answered by this fetch, which starts now.
                     let generation = requested.load(Ordering::SeqCst);
                     let fetch = fetch.clone();
-                    let result = tokio::task::spawn_blocking(move || fetch())
-                        .await
-                        .expect("the fetch function does not panic");
+                    let result = match tokio::task::spawn_blocking(move || fetch()).await {
+                        Ok(result) => result,
+                        Err(failed) => {
+                            let message = panic_message(failed);
+                            tracing::error!(%message, "a fetch panicked");
+                            recover(message)
+                        }
+                    };
                     if sender.send(Some(Completed { generation, result })).is_err() {
                         break;
                     }
@@ -99,6 +107,19 @@ impl<T: Clone + Send + Sync + 'static> Poller<T> {
     }
 }
 
+/// What a task that did not finish said: its panic message, when it has one.
+pub(crate) fn panic_message(failed: tokio::task::JoinError) -> String {
+    if !failed.is_panic() {
+        return "the task was cancelled".to_owned();
+    }
+    let payload = failed.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
 impl<T> Drop for Poller<T> {
     fn drop(&mut self) {
         self.task.abort();
@@ -109,7 +130,22 @@ impl Repository {
     /// A [`Poller`] fetching this repository every `interval`.
     pub fn poller(&self, interval: Duration) -> Poller<FetchResult> {
         let repo = self.clone();
-        Poller::spawn(interval, move || repo.fetch().map_err(Arc::new))
+        Poller::spawn(
+            interval,
+            move || repo.fetch().map_err(Arc::new),
+            self.panicked_fetch(),
+        )
+    }
+
+    /// The answer of a [`Poller`] whose fetch of this repository panicked.
+    pub fn panicked_fetch(&self) -> impl Fn(String) -> FetchResult + Send + 'static {
+        let url = self.url().clone();
+        move |message| {
+            Err(Arc::new(fetch::Error::Panicked {
+                url: url.clone(),
+                message,
+            }))
+        }
     }
 }
 
@@ -149,7 +185,7 @@ mod tests {
     #[tokio::test]
     async fn requests_made_during_a_fetch_share_one_follow_up_fetch() {
         let (fetch, runs, open) = gated();
-        let poller = Arc::new(Poller::spawn(Duration::from_secs(3600), fetch));
+        let poller = Arc::new(Poller::spawn(Duration::from_secs(3600), fetch, |_| 0));
         // The first, periodic fetch is running and held at the gate.
         until(|| runs.load(Ordering::SeqCst) == 1).await;
         let callers: Vec<_> = (0..5)
@@ -173,9 +209,11 @@ mod tests {
     async fn without_requests_the_repository_is_fetched_again_and_again() {
         let runs = Arc::new(AtomicU64::new(0));
         let counter = runs.clone();
-        let poller = Poller::spawn(Duration::from_millis(20), move || {
-            counter.fetch_add(1, Ordering::SeqCst) + 1
-        });
+        let poller = Poller::spawn(
+            Duration::from_millis(20),
+            move || counter.fetch_add(1, Ordering::SeqCst) + 1,
+            |_| 0,
+        );
         let mut done = poller.subscribe();
         // Generous bound: only a poller that stops fetching by itself misses it.
         tokio::time::timeout(
@@ -186,5 +224,39 @@ mod tests {
         .expect("three periodic fetches happen")
         .expect("the poller runs");
         assert_eq!(poller.requested.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_fetch_that_panics_is_answered_as_an_error_and_the_loop_goes_on() {
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trap = armed.clone();
+        let poller = Poller::spawn(
+            Duration::from_secs(3600),
+            move || -> Result<(), String> {
+                assert!(
+                    !trap.swap(false, Ordering::SeqCst),
+                    "found a corrupt object"
+                );
+                Ok(())
+            },
+            Err,
+        );
+        poller.fetch_now().await.expect("a first fetch");
+        // A fetch already queued may take the trap; arm it again until a request meets it.
+        let mut failed = None;
+        for _ in 0..10 {
+            armed.store(true, Ordering::SeqCst);
+            if let Err(message) = poller.fetch_now().await {
+                failed = Some(message);
+                break;
+            }
+        }
+        let failed = failed.expect("a fetch that panicked is answered with an error");
+        assert!(failed.contains("found a corrupt object"), "{failed}");
+        armed.store(false, Ordering::SeqCst);
+        poller
+            .fetch_now()
+            .await
+            .expect("the loop still fetches after a panic");
     }
 }

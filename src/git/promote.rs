@@ -188,7 +188,7 @@ impl Repository {
                 return Ok(Outcome::AlreadyDone { commit });
             }
             let tree = self.promoted_tree(pipeline, promotion, &location, tip)?;
-            let repo = self.inner.repo.to_thread_local();
+            let repo = self.repo();
             if tree == commit_tree(&repo, tip)? {
                 return Ok(Outcome::NoChange { commit: tip });
             }
@@ -197,6 +197,7 @@ impl Repository {
                 &self.inner.path,
                 &self.inner.url,
                 &self.inner.credentials,
+                &self.inner.timeouts,
                 &location.branch,
                 Some(tip),
                 commit,
@@ -230,7 +231,7 @@ impl Repository {
 
     /// The commit on the first-parent line of `tip` that carries promotion `id`, if any.
     pub fn find_promotion(&self, tip: ObjectId, id: &str) -> Result<Option<ObjectId>, Error> {
-        let repo = self.inner.repo.to_thread_local();
+        let repo = self.repo();
         let mut next = Some(tip);
         for _ in 0..IDEMPOTENCE_DEPTH {
             let Some(current) = next else { break };
@@ -252,12 +253,8 @@ impl Repository {
     /// After the remote accepted `commit`, the cache records it like a fetch would have.
     fn record_pushed(&self, branch: &str, commit: ObjectId) -> Result<(), Error> {
         use gix::refs::transaction::{Change as RefChange, LogChange, PreviousValue, RefEdit};
-        let _guard = self
-            .inner
-            .lock
-            .lock()
-            .expect("the ref lock is only poisoned if a fetch panicked");
-        let repo = self.inner.repo.to_thread_local();
+        let _guard = self.lock_refs();
+        let repo = self.repo();
         let name = format!("{TRACKING_PREFIX}{branch}");
         repo.edit_reference(RefEdit {
             change: RefChange::Update {
@@ -330,7 +327,7 @@ impl Repository {
         if location.path.is_empty() {
             return Ok(old);
         }
-        let repo = self.inner.repo.to_thread_local();
+        let repo = self.repo();
         let mut editor = repo
             .edit_tree(commit_tree(&repo, tip)?)
             .map_err(write_error("edit the tree"))?;
@@ -474,7 +471,7 @@ impl Repository {
             changes.push((target_path, edited.into_bytes()));
         }
 
-        let repo = self.inner.repo.to_thread_local();
+        let repo = self.repo();
         let mut editor = repo
             .edit_tree(commit_tree(&repo, tip)?)
             .map_err(write_error("edit the tree"))?;
@@ -504,7 +501,7 @@ impl Repository {
         promoted: ObjectId,
         allow_merge: bool,
     ) -> Result<ObjectId, Error> {
-        let repo = self.inner.repo.to_thread_local();
+        let repo = self.repo();
         let read = |id: ObjectId| write_error(format!("read commit {id}"));
         let promoted_tree = commit_tree(&repo, promoted)?;
         // Walk back from the tip to the last commit the promoted one already covers: one that

@@ -1,12 +1,16 @@
 //! Pushing one branch with a lease, through the `git` CLI because gix cannot push yet. This is
 //! the only place that runs `git`; swap it out when gix gains push.
+//!
+//! `git` runs with a clean environment (no secret of the service reaches it or its ssh), no
+//! user or system configuration, and nothing secret on its command line, which every local
+//! user can read in `/proc`: the token travels as an `http.extraHeader` in `GIT_CONFIG_*`
+//! variables of the child alone, and URLs that embed credentials are refused.
 
 use std::path::Path;
-use std::process::Command;
 
 use gix::ObjectId;
 
-use super::{Credentials, RemoteUrl};
+use super::{Credentials, RemoteUrl, Timeouts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -20,6 +24,19 @@ pub enum Error {
     Authentication { url: RemoteUrl },
     #[error("{url}: credentials are only sent over https (or plain http to loopback)")]
     InsecureTransport { url: RemoteUrl },
+    #[error("{url}: the URL carries credentials, which git would show on its command line")]
+    CredentialsInUrl { url: RemoteUrl },
+    #[error(
+        "{url}: ssh needs a key and a known_hosts file pinning the server's host key \
+         (--git-ssh-key, --git-ssh-known-hosts); ssh's own configuration is not used"
+    )]
+    UnpinnedHostKey { url: RemoteUrl },
+    #[error("{url}: push of {branch:?} timed out (connect timeout {}s, idle timeout {}s)", timeouts.connect.as_secs(), timeouts.idle.as_secs())]
+    Timeout {
+        url: RemoteUrl,
+        branch: String,
+        timeouts: Timeouts,
+    },
     #[error("{url}: push of {branch:?} failed: {message}")]
     Failed {
         url: RemoteUrl,
@@ -45,23 +62,30 @@ pub fn push_with_lease(
     git_dir: &Path,
     url: &RemoteUrl,
     credentials: &Credentials,
+    timeouts: &Timeouts,
     branch: &str,
     expected: Option<ObjectId>,
     new: ObjectId,
 ) -> Result<Outcome, Error> {
+    if url.has_embedded_credentials() {
+        return Err(Error::CredentialsInUrl { url: url.clone() });
+    }
     if url.credentials_in_clear_text() && credentials.http_account().is_some() {
         return Err(Error::InsecureTransport { url: url.clone() });
+    }
+    if url.is_ssh() && credentials.known_hosts().is_none() {
+        return Err(Error::UnpinnedHostKey { url: url.clone() });
     }
     let refname = format!("refs/heads/{branch}");
     let lease = format!(
         "--force-with-lease={refname}:{}",
         expected.map(|id| id.to_string()).unwrap_or_default()
     );
-    let mut command = Command::new("git");
+    let mut command = crate::process::clean_command("git");
     command
         .arg("--git-dir")
         .arg(git_dir)
-        .args(["push", "--porcelain", "--no-follow-tags", &lease])
+        .args(["push", "--porcelain", "--no-follow-tags", &lease, "--"])
         .arg(url.as_str())
         .arg(format!("{new}:{refname}"))
         // No user or system configuration (credential helpers, url rewrites), no prompts.
@@ -71,18 +95,30 @@ pub fn push_with_lease(
         .env("GIT_ASKPASS", "/bin/false")
         .env("SSH_ASKPASS", "/bin/false")
         .env("LC_ALL", "C");
-    // Credentials go through the environment, never the command line that `ps` shows.
+    // git has no connect timeout for http; the idle one (curl's low-speed limit) also ends a
+    // connection that was accepted and then left silent.
+    let mut config = vec![
+        ("http.lowSpeedLimit".to_owned(), "1".to_owned()),
+        (
+            "http.lowSpeedTime".to_owned(),
+            Timeouts::seconds(timeouts.idle).to_string(),
+        ),
+    ];
+    // Credentials go through the child's environment, never the command line that `ps` shows.
     if let Some((username, password)) = credentials.http_account() {
         let basic = base64_encode(format!("{username}:{}", password.expose()).as_bytes());
-        command
-            .env("GIT_CONFIG_COUNT", "1")
-            .env("GIT_CONFIG_KEY_0", "http.extraHeader")
-            .env(
-                "GIT_CONFIG_VALUE_0",
-                format!("Authorization: Basic {basic}"),
-            );
+        config.push((
+            "http.extraHeader".to_owned(),
+            format!("Authorization: Basic {basic}"),
+        ));
     }
-    if let Some(ssh) = credentials.ssh_command() {
+    command.env("GIT_CONFIG_COUNT", config.len().to_string());
+    for (i, (key, value)) in config.into_iter().enumerate() {
+        command
+            .env(format!("GIT_CONFIG_KEY_{i}"), key)
+            .env(format!("GIT_CONFIG_VALUE_{i}"), value);
+    }
+    if let Some(ssh) = credentials.ssh_command(timeouts) {
         command.env("GIT_SSH_COMMAND", ssh);
     }
     let output = command.output().map_err(|source| Error::Spawn {
@@ -115,6 +151,20 @@ pub fn push_with_lease(
             ];
             if auth.iter().any(|needle| message.contains(needle)) {
                 return Err(Error::Authentication { url: url.clone() });
+            }
+            // curl's "Operation too slow" (error 28) and ssh's connect or keep-alive timeouts.
+            let timeout = [
+                "curl 28",
+                "Operation too slow",
+                "timed out",
+                "Timeout, server",
+            ];
+            if timeout.iter().any(|needle| message.contains(needle)) {
+                return Err(Error::Timeout {
+                    url: url.clone(),
+                    branch: branch.to_owned(),
+                    timeouts: *timeouts,
+                });
             }
             Err(Error::Failed {
                 url: url.clone(),

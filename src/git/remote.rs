@@ -2,7 +2,8 @@
 //! `Display`, error values or logs: URLs are shown with their user info removed.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// A repository location as users write it: `file://`, `https://`, `http://`, `ssh://`,
 /// scp-like `user@host:path`, `git://`, or a plain path.
@@ -37,6 +38,33 @@ impl RemoteUrl {
                 .parse::<std::net::IpAddr>()
                 .is_ok_and(|ip| ip.is_loopback());
         !loopback
+    }
+
+    /// Whether the transport is ssh: `ssh://` (and git's `git+ssh://` spellings) or scp-like
+    /// `host:path`, which git tells from a local path by a `:` before any `/`.
+    pub(crate) fn is_ssh(&self) -> bool {
+        match self.0.split_once("://") {
+            Some((scheme, _)) => ["ssh", "git+ssh", "ssh+git"]
+                .iter()
+                .any(|s| scheme.eq_ignore_ascii_case(s)),
+            None => self
+                .0
+                .split_once(':')
+                .is_some_and(|(host, _)| host.len() > 1 && !host.contains('/')),
+        }
+    }
+
+    /// Whether the URL itself carries a password or token (`user:password@`, or any user info
+    /// over http), which would reach the command line of `git` and its helpers.
+    pub(crate) fn has_embedded_credentials(&self) -> bool {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return false;
+        };
+        let authority = rest.split('/').next().unwrap_or("");
+        let Some((user_info, _)) = authority.rsplit_once('@') else {
+            return false;
+        };
+        scheme.to_ascii_lowercase().starts_with("http") || user_info.contains(':')
     }
 
     /// The URL with any `user:password@` removed, safe for errors and logs.
@@ -86,6 +114,34 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// How long the network may keep a fetch or push waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing the connection (TCP, and for ssh the greeting).
+    pub connect: Duration,
+    /// The longest wait for the next byte once connected; a server that accepts and then says
+    /// nothing fails after this long.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    /// git's own transports wait minutes or forever; a service that polls should notice a dead
+    /// remote on its next interval instead.
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Whole seconds, at least one, as ssh and git's configuration take them.
+    pub(crate) fn seconds(duration: Duration) -> u64 {
+        duration.as_secs().max(1)
+    }
+}
+
 /// How to authenticate to the remote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Credentials {
@@ -97,8 +153,8 @@ pub enum Credentials {
     /// An access token, sent as the basic-auth password; most hosts accept any user name with a
     /// token, GitHub documents `x-access-token`.
     Token { token: Secret },
-    /// A private key file for `ssh://` and scp-like URLs, and optionally the known-hosts file
-    /// that pins the server's host key (otherwise ssh's own known-hosts files decide).
+    /// A private key file for `ssh://` and scp-like URLs, and the known-hosts file that pins the
+    /// server's host key; fetch and push refuse an ssh URL without one.
     SshKey {
         path: PathBuf,
         known_hosts: Option<PathBuf>,
@@ -115,26 +171,63 @@ impl Credentials {
         }
     }
 
-    /// The ssh command that uses the configured key and never prompts.
-    pub(crate) fn ssh_command(&self) -> Option<String> {
+    /// The pinned known-hosts file ssh must check the server against, if any.
+    pub(crate) fn known_hosts(&self) -> Option<&Path> {
         match self {
-            Credentials::SshKey { path, known_hosts } => {
-                let quote =
-                    |p: &PathBuf| format!("'{}'", p.display().to_string().replace('\'', "'\\''"));
-                let mut command = format!(
-                    "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes",
-                    quote(path)
-                );
-                if let Some(file) = known_hosts {
-                    command.push_str(&format!(
-                        " -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes",
-                        quote(file)
-                    ));
-                }
-                Some(command)
-            }
+            Credentials::SshKey {
+                known_hosts: Some(file),
+                ..
+            } => Some(file),
             _ => None,
         }
+    }
+
+    /// The ssh command line for git and gix: a clean environment (`env -i` with the allowed
+    /// variables, since gix starts ssh with the service's own), no user or system ssh
+    /// configuration, only the configured key, only the pinned host key, never a prompt, and
+    /// the connect and keep-alive timeouts. `None` unless these are ssh credentials with a
+    /// pinned known-hosts file.
+    pub(crate) fn ssh_command(&self, timeouts: &Timeouts) -> Option<String> {
+        let Credentials::SshKey {
+            path,
+            known_hosts: Some(known_hosts),
+        } = self
+        else {
+            return None;
+        };
+        let quote = |text: &str| format!("'{}'", text.replace('\'', "'\\''"));
+        let mut command = String::from("env -i");
+        for (name, value) in crate::process::allowed_vars(std::env::vars_os()) {
+            command.push_str(&format!(
+                " {}={}",
+                name.to_string_lossy(),
+                quote(&value.to_string_lossy())
+            ));
+        }
+        // gix and git hand the protocol version to ssh in this variable, so it must survive.
+        command.push_str(" GIT_PROTOCOL=\"$GIT_PROTOCOL\" ssh -F /dev/null");
+        let connect = Timeouts::seconds(timeouts.connect);
+        // ssh notices a silent server after ServerAliveCountMax unanswered probes.
+        let alive = Timeouts::seconds(timeouts.idle / 3);
+        for option in [
+            format!(
+                "UserKnownHostsFile={}",
+                quote(&known_hosts.display().to_string())
+            ),
+            "GlobalKnownHostsFile=/dev/null".to_owned(),
+            "StrictHostKeyChecking=yes".to_owned(),
+            "UpdateHostKeys=no".to_owned(),
+            "IdentitiesOnly=yes".to_owned(),
+            "IdentityAgent=none".to_owned(),
+            "BatchMode=yes".to_owned(),
+            format!("ConnectTimeout={connect}"),
+            format!("ServerAliveInterval={alive}"),
+            "ServerAliveCountMax=3".to_owned(),
+        ] {
+            command.push_str(&format!(" -o {option}"));
+        }
+        command.push_str(&format!(" -i {}", quote(&path.display().to_string())));
+        Some(command)
     }
 
     /// Every secret value, so that text from a subprocess can be scrubbed before it is kept.
@@ -176,6 +269,59 @@ mod tests {
         assert!(!clear("http://localhost/shop.git"));
         assert!(!clear("http://[::1]:9000/shop.git"));
         assert!(!clear("https://git.example.test/shop.git"));
+    }
+
+    #[test]
+    fn ssh_and_embedded_credentials_are_recognised() {
+        for url in [
+            "ssh://git@git.example.test/shop.git",
+            "git+ssh://git.example.test/shop.git",
+            "git@git.example.test:team/shop.git",
+            "git.example.test:shop.git",
+        ] {
+            assert!(RemoteUrl::new(url).is_ssh(), "{url}");
+        }
+        for url in [
+            "/srv/git/shop",
+            "./a:b",
+            "C:/repo",
+            "file:///srv/git/shop",
+            "https://h/s",
+        ] {
+            assert!(!RemoteUrl::new(url).is_ssh(), "{url}");
+        }
+        assert!(RemoteUrl::new("https://tok@h/s.git").has_embedded_credentials());
+        assert!(RemoteUrl::new("ssh://git:pw@h/s.git").has_embedded_credentials());
+        assert!(!RemoteUrl::new("ssh://git@h/s.git").has_embedded_credentials());
+        assert!(!RemoteUrl::new("git@h:s.git").has_embedded_credentials());
+    }
+
+    #[test]
+    fn the_ssh_command_is_isolated_and_needs_a_pinned_host_key() {
+        let unpinned = Credentials::SshKey {
+            path: "/keys/id".into(),
+            known_hosts: None,
+        };
+        assert_eq!(unpinned.ssh_command(&Timeouts::default()), None);
+        let pinned = Credentials::SshKey {
+            path: "/keys/it's".into(),
+            known_hosts: Some("/keys/known_hosts".into()),
+        };
+        let command = pinned
+            .ssh_command(&Timeouts::default())
+            .expect("pinned credentials have a command");
+        assert!(command.starts_with("env -i "), "{command}");
+        for part in [
+            " ssh -F /dev/null ",
+            "-o UserKnownHostsFile='/keys/known_hosts'",
+            "-o StrictHostKeyChecking=yes",
+            "-o IdentitiesOnly=yes",
+            "-o BatchMode=yes",
+            "-o ConnectTimeout=30",
+            "-i '/keys/it'\\''s'",
+        ] {
+            assert!(command.contains(part), "{part} missing: {command}");
+        }
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub struct Revision {
 impl Repository {
     /// The tip of `branch` on the remote as of the last fetch, or `None` if it has no such branch.
     pub fn try_branch_tip(&self, branch: &str) -> Result<Option<ObjectId>, Error> {
-        let repo = self.inner.repo.to_thread_local();
+        let repo = self.repo();
         let name = format!("{TRACKING_PREFIX}{branch}");
         let reference = repo
             .try_find_reference(name.as_str())
@@ -125,7 +125,7 @@ impl Repository {
         location: &Location,
         commit: ObjectId,
     ) -> Result<ObjectId, Error> {
-        let repo = self.inner.repo.to_thread_local();
+        let repo = self.repo();
         let root = commit_tree(&repo, commit)?;
         if location.path.is_empty() {
             return Ok(root);
@@ -152,9 +152,9 @@ impl Repository {
 
     /// The files of `commit` (its whole tree), read from the object database on demand.
     pub fn tree(&self, commit: ObjectId) -> Result<TreeFs, Error> {
-        let repo = self.inner.repo.to_thread_local();
+        let repo = self.repo();
         let root = commit_tree(&repo, commit)?;
-        Ok(TreeFs::new(self.inner.repo.clone(), root))
+        Ok(TreeFs::new(self.thread_safe(), root))
     }
 }
 

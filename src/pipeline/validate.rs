@@ -86,9 +86,12 @@ fn validate(raw: file::PipelineFile) -> Result<Pipeline, ErrorKind> {
             if repo.url.trim().is_empty() {
                 return Err(field("spec.repository.url", "must not be empty"));
             }
+            check_no_credentials("spec.repository.url", &repo.url)?;
+            let branch = repo.branch.unwrap_or_else(|| DEFAULT_BRANCH.to_owned());
+            check_branch("spec.repository.branch", &branch)?;
             Repository {
                 url: repo.url,
-                branch: repo.branch.unwrap_or_else(|| DEFAULT_BRANCH.to_owned()),
+                branch,
             }
         }
         None => Repository {
@@ -209,6 +212,7 @@ fn validate_environment(
             if branch.trim().is_empty() {
                 return Err(field(format!("{at}.source.branch"), "must not be empty"));
             }
+            check_branch(&format!("{at}.source.branch"), &branch)?;
             let path = match path {
                 Some(path) => relative_path(&format!("{at}.source.path"), &path)?,
                 None => String::new(),
@@ -342,6 +346,15 @@ fn validate_environment(
             if timezone.trim().is_empty() {
                 return Err(field(format!("{wat}.timezone"), "must not be empty"));
             }
+            // UTC needs no database, so a machine without tzdata still takes the default.
+            if timezone != "UTC" && jiff::tz::TimeZone::get(&timezone).is_err() {
+                return Err(field(
+                    format!("{wat}.timezone"),
+                    format!(
+                        "{timezone:?} is not an IANA time zone name such as Europe/Berlin or UTC"
+                    ),
+                ));
+            }
             Ok(FreezeWindow {
                 start: weekly_time(&format!("{wat}.start"), &w.start)?,
                 end: weekly_time(&format!("{wat}.end"), &w.end)?,
@@ -442,6 +455,51 @@ fn check_name(at: &str, name: &str) -> Result<(), ErrorKind> {
                  starting and ending with a letter or digit)"
             ),
         ))
+    }
+}
+
+/// Tokens and passwords come from files given to the service, never from the pipeline file,
+/// which is committed to Git and printed in logs. Any user info in an http(s) URL counts (a
+/// token is often written as the user name); ssh URLs may name the login user but not a
+/// password. The URL itself is not repeated, since it holds the secret.
+fn check_no_credentials(at: &str, url: &str) -> Result<(), ErrorKind> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(());
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let Some((user_info, _)) = authority.rsplit_once('@') else {
+        return Ok(());
+    };
+    let http = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
+    if http || user_info.contains(':') {
+        return Err(field(
+            at,
+            format!(
+                "the {scheme} URL carries credentials before '@'; remove them and give the \
+                 token in a file (--git-token-file)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A branch becomes `refs/heads/<branch>` in fetches, pushes and promotion commits, so it must
+/// be a name git accepts for a branch.
+fn check_branch(at: &str, branch: &str) -> Result<(), ErrorKind> {
+    let full = format!("refs/heads/{branch}");
+    let problem = if branch.starts_with('-') {
+        Some("starts with '-'".to_owned())
+    } else {
+        gix::validate::reference::branch_name(full.as_bytes().into())
+            .err()
+            .map(|e| e.to_string())
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => Err(field(
+            at,
+            format!("{branch:?} is not a valid branch name: {problem}"),
+        )),
     }
 }
 
@@ -638,6 +696,81 @@ spec:
             "sync: {interval: 30s}\n      promote: {allowMerge: true}",
         ));
         assert!(err.contains("spec.environments[0].promote"), "{err}");
+    }
+
+    #[test]
+    fn credentials_inside_the_repository_url_are_refused_without_repeating_them() {
+        let with_url = |url: &str| {
+            DEMO.replace(
+                "spec:\n",
+                &format!("spec:\n  repository: {{url: \"{url}\", branch: main}}\n"),
+            )
+        };
+        for url in [
+            "https://deployer:hunter2-secret@git.example.test/shop.git",
+            "https://ghp_hunter2-secret@git.example.test/shop.git",
+            "http://x-access-token:hunter2-secret@127.0.0.1:8080/shop.git",
+            "ssh://git:hunter2-secret@git.example.test/shop.git",
+        ] {
+            let err = parse_err(&with_url(url));
+            assert!(err.contains("spec.repository.url"), "{err}");
+            assert!(err.contains("credentials"), "{err}");
+            assert!(!err.contains("hunter2-secret"), "{err}");
+        }
+        for url in [
+            "https://git.example.test/shop.git",
+            "ssh://git@git.example.test/shop.git",
+            "git@git.example.test:team/shop.git",
+            "../shop",
+        ] {
+            parse(Path::new("pipeline.yaml"), &with_url(url))
+                .unwrap_or_else(|e| panic!("{url} is fine: {e}"));
+        }
+    }
+
+    #[test]
+    fn branches_that_are_not_valid_ref_names_are_refused_by_field() {
+        for bad in [
+            "env..prod",
+            "env prod",
+            "env/prod.lock",
+            "-prod",
+            "env~1",
+            "a@{b",
+            "env/",
+        ] {
+            let err = parse_err(&DEMO.replace("branch: env/prod", &format!("branch: {bad:?}")));
+            assert!(
+                err.contains("spec.environments[2].source.branch"),
+                "{bad}: {err}"
+            );
+            assert!(err.contains("not a valid branch name"), "{bad}: {err}");
+        }
+        let err = parse_err(&DEMO.replace(
+            "spec:\n",
+            "spec:\n  repository: {url: ., branch: \"main..x\"}\n",
+        ));
+        assert!(err.contains("spec.repository.branch"), "{err}");
+    }
+
+    #[test]
+    fn a_freeze_window_time_zone_must_be_an_iana_name() {
+        for bad in ["Mars/Olympus_Mons", "CEST+2", "Europe/Berlin "] {
+            let err =
+                parse_err(&DEMO.replace("timezone: Europe/Berlin", &format!("timezone: {bad:?}")));
+            assert!(
+                err.contains("spec.environments[2].freezeWindows[0].timezone"),
+                "{bad}: {err}"
+            );
+            assert!(err.contains("IANA"), "{bad}: {err}");
+        }
+        for good in ["America/New_York", "UTC", "Asia/Kolkata"] {
+            parse(
+                Path::new("pipeline.yaml"),
+                &DEMO.replace("timezone: Europe/Berlin", &format!("timezone: {good}")),
+            )
+            .unwrap_or_else(|e| panic!("{good} is an IANA name: {e}"));
+        }
     }
 
     #[test]

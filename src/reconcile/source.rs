@@ -97,7 +97,10 @@ impl DesiredState for GitSource {
             })
         })
         .await
-        .expect("the render task does not panic: render and git return errors instead")
+        .unwrap_or_else(|panicked| {
+            let message = crate::git::poll::panic_message(panicked);
+            Err(failed(SourceStage::Fetch, None, Panicked(message)))
+        })
     }
 }
 
@@ -167,3 +170,9 @@ pub fn one_environment(
         events,
     ))
 }
+
+/// The blocking task reading Git panicked; the environment reports it and tries again later
+/// instead of losing its loop.
+#[derive(Debug, thiserror::Error)]
+#[error("the task reading the repository stopped unexpectedly: {0}")]
+struct Panicked(String);

@@ -232,7 +232,8 @@ fn run_key_command(cmd: &str) -> Result<Zeroizing<String>, Error> {
         source_name: source(),
         problem: "the command is empty".into(),
     })?;
-    let out = std::process::Command::new(program)
+    // A clean environment: the command must not see SOPS_AGE_KEY or other secrets of ours.
+    let out = crate::process::clean_command(program)
         .args(args)
         .stderr(std::process::Stdio::inherit())
         .output()

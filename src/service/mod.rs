@@ -175,16 +175,20 @@ impl Service {
             options.clone(),
             FirstPass::OnTrigger,
         );
-        let poller = Arc::new(Poller::spawn(fetch_interval(&pipeline), {
-            let repository = repository.clone();
-            let metrics = metrics.clone();
-            move || {
-                let started = std::time::Instant::now();
-                let result = repository.fetch().map_err(Arc::new);
-                metrics.fetch(result.is_ok(), started.elapsed());
-                result
-            }
-        }));
+        let poller = Arc::new(Poller::spawn(
+            fetch_interval(&pipeline),
+            {
+                let repository = repository.clone();
+                let metrics = metrics.clone();
+                move || {
+                    let started = std::time::Instant::now();
+                    let result = repository.fetch().map_err(Arc::new);
+                    metrics.fetch(result.is_ok(), started.elapsed());
+                    result
+                }
+            },
+            repository.panicked_fetch(),
+        ));
         let alerts = Arc::new(Mutex::new(HashMap::new()));
         let mut tasks = Vec::new();
         for env in &pipeline.environments {

@@ -5,13 +5,15 @@
 use std::path::{Path, PathBuf};
 
 use stagehand::git::promote::{self, Change, Identity, Options, Outcome, Promotion};
-use stagehand::git::{Credentials, ObjectId, RemoteUrl, Repository, Secret, fetch, revision};
+use stagehand::git::{
+    Credentials, ObjectId, RemoteUrl, Repository, Secret, Timeouts, fetch, push, revision,
+};
 use stagehand::pipeline::Pipeline;
 use stagehand::render::fs::{EntryKind, FileSystem};
 
 use crate::support::cluster::install_crypto_provider;
 use crate::support::git::{Repo, bare_remote, git};
-use crate::support::git_http::GitHttpServer;
+use crate::support::git_http::{GitHttpServer, SilentServer};
 
 const DEV: &str = "\
 # Dev overlay: CI bumps the tags here.
@@ -623,6 +625,7 @@ fn pushing_with_refused_credentials_fails_clearly_without_moving_anything() {
         &Credentials::Token {
             token: Secret::new("not-the-token"),
         },
+        &Timeouts::default(),
         "main",
         Some(oid(&tip)),
         oid(&dev_commit),
@@ -1166,6 +1169,7 @@ fn promotion_over_ssh_uses_the_configured_key_and_pinned_host_key() {
 
     // A key the server does not know gets nowhere and leaves nothing behind.
     let stranger = fx._dir.path().join("stranger");
+    let stranger_pub = fx._dir.path().join("stranger.pub");
     let status = std::process::Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-f"])
         .arg(&stranger)
@@ -1191,4 +1195,311 @@ fn promotion_over_ssh_uses_the_configured_key_and_pinned_host_key() {
         "{err}"
     );
     assert_eq!(git(refused.path(), &["for-each-ref"]), "");
+
+    // A pin that names another host key: ssh refuses the server, whatever else it trusts.
+    let impostor_pin = fx._dir.path().join("impostor_known_hosts");
+    let other_key = std::fs::read_to_string(stranger_pub).expect("a public key");
+    std::fs::write(
+        &impostor_pin,
+        format!("[127.0.0.1]:{} {other_key}", sshd.port),
+    )
+    .expect("writable");
+    let mispinned = fx.open(
+        "c",
+        &url,
+        Credentials::SshKey {
+            path: sshd.client_key.clone(),
+            known_hosts: Some(impostor_pin),
+        },
+    );
+    let err = mispinned
+        .fetch()
+        .expect_err("the host key is not the pinned one");
+    assert!(
+        err.to_string()
+            .contains(&format!("127.0.0.1:{}", sshd.port)),
+        "{err}"
+    );
+    assert_eq!(git(mispinned.path(), &["for-each-ref"]), "");
+}
+
+/// Runs `work` on a thread and gives up after `bound`: a test of a timeout must not hang itself.
+fn within<T: Send + 'static>(
+    bound: std::time::Duration,
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(work()));
+    receiver
+        .recv_timeout(bound)
+        .unwrap_or_else(|_| panic!("{what} still hangs after {bound:?}"))
+}
+
+/// Command lines and environments of the running processes that mention `needle`.
+fn processes_mentioning(needle: &str) -> Vec<(u32, String, Vec<String>)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != std::process::id())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if !cmdline.contains(needle) {
+                return None;
+            }
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            let environ = String::from_utf8_lossy(&environ)
+                .split('\0')
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+                .collect();
+            Some((pid, cmdline, environ))
+        })
+        .collect()
+}
+
+#[test]
+fn a_push_never_shows_its_token_on_a_command_line_and_its_git_sees_no_secrets_of_ours() {
+    install_crypto_provider();
+    let fx = Fixture::new();
+    let root = fx.remote.parent().expect("remote has a parent").to_owned();
+    let token = "tok-cmdline-sentinel-42";
+    let dev_commit = fx.push_change(&[("README.md", "# shop\nslow\n")], "slow push");
+    let tip_before = git(&fx.remote, &["rev-parse", "main~1"]);
+    let open = GitHttpServer::start(&root, None);
+    let repo = fx.open("a", &open.url("shop.git"), Credentials::None);
+    repo.fetch().expect("fetch");
+    // Every answer waits, so the push and its helpers stay alive long enough to be read.
+    let slow = GitHttpServer::start_slow(
+        &root,
+        Some(("x-access-token", token)),
+        std::time::Duration::from_millis(700),
+    );
+    git(&fx.remote, &["update-ref", "refs/heads/main", &tip_before]);
+    let url = RemoteUrl::new(slow.url("shop.git"));
+    let git_dir = repo.path().to_owned();
+    let new = oid(&dev_commit);
+    let pushing = std::thread::spawn(move || {
+        push::push_with_lease(
+            &git_dir,
+            &url,
+            &Credentials::Token {
+                token: Secret::new(token),
+            },
+            &Timeouts::default(),
+            "main",
+            Some(oid(&tip_before)),
+            new,
+        )
+    });
+    let needle = slow.addr.to_string();
+    let mut seen = std::collections::BTreeMap::new();
+    while !pushing.is_finished() {
+        for (pid, cmdline, environ) in processes_mentioning(&needle) {
+            seen.entry(pid).or_insert((cmdline, environ));
+        }
+    }
+    let outcome = pushing.join().expect("the push thread ends");
+    assert_eq!(outcome.expect("the push succeeds"), push::Outcome::Updated);
+    assert_eq!(fx.remote_git(&["rev-parse", "main"]), dev_commit);
+
+    let push_line = seen
+        .values()
+        .map(|(cmdline, _)| cmdline)
+        .find(|c| c.contains(" push "))
+        .unwrap_or_else(|| panic!("git push was seen running: {seen:?}"));
+    assert!(
+        push_line.contains(&format!(" -- {}", slow.url("shop.git"))),
+        "the remote and refs follow --: {push_line}"
+    );
+    let basic = "eC1hY2Nlc3MtdG9rZW46dG9rLWNtZGxpbmUtc2VudGluZWwtNDI"; // base64 of the account
+    // What cargo, nextest and env.sh set for this test process stands for the service's own
+    // settings and secrets: none of it may reach git or its helpers.
+    let ours = |name: &str| {
+        ["CARGO", "NEXTEST", "RUST", "STAGEHAND_", "SOPS_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+    };
+    assert!(
+        std::env::vars().any(|(name, _)| ours(&name)),
+        "the test runs with variables of its own"
+    );
+    for (pid, (cmdline, environ)) in &seen {
+        assert!(!cmdline.contains(token), "{pid}: {cmdline}");
+        assert!(!cmdline.contains(basic), "{pid}: {cmdline}");
+        for variable in environ {
+            let name = variable.split('=').next().unwrap_or_default();
+            assert!(!ours(name), "process {pid} ({cmdline}) inherited {name}");
+        }
+    }
+}
+
+#[test]
+fn a_remote_that_accepts_and_never_answers_times_out_naming_it() {
+    install_crypto_provider();
+    let fx = Fixture::new();
+    let silent = SilentServer::start();
+    let addr = silent.addr.to_string();
+    let short = Timeouts {
+        connect: std::time::Duration::from_secs(2),
+        idle: std::time::Duration::from_secs(2),
+    };
+    let ssh_key = Credentials::SshKey {
+        path: fx._dir.path().join("no-key"),
+        known_hosts: Some(fx._dir.path().join("known_hosts")),
+    };
+    for (name, url, credentials) in [
+        ("http", format!("http://{addr}/shop.git"), Credentials::None),
+        ("git", format!("git://{addr}/shop.git"), Credentials::None),
+        ("ssh", format!("ssh://git@{addr}/shop.git"), ssh_key.clone()),
+    ] {
+        let repo = fx.open(name, &url, credentials).with_timeouts(short);
+        let err = within(std::time::Duration::from_secs(120), name, move || {
+            repo.fetch().expect_err("nothing answers")
+        });
+        assert!(
+            matches!(err, fetch::Error::Timeout { .. }),
+            "{name}: {err:?}"
+        );
+        assert!(err.to_string().contains(&addr), "{name}: {err}");
+    }
+
+    let repo = fx.open("push", &fx.url(), Credentials::None);
+    repo.fetch().expect("fetch from the file remote");
+    let tip = oid(&fx.remote_git(&["rev-parse", "main"]));
+    for (name, url, credentials) in [
+        ("http", format!("http://{addr}/shop.git"), Credentials::None),
+        ("ssh", format!("ssh://git@{addr}/shop.git"), ssh_key),
+    ] {
+        let git_dir = repo.path().to_owned();
+        let err = within(std::time::Duration::from_secs(120), name, move || {
+            push::push_with_lease(
+                &git_dir,
+                &RemoteUrl::new(url),
+                &credentials,
+                &short,
+                "main",
+                Some(tip),
+                tip,
+            )
+            .expect_err("nothing answers")
+        });
+        assert!(
+            matches!(err, push::Error::Timeout { .. }),
+            "{name}: {err:?}"
+        );
+        assert!(err.to_string().contains(&addr), "{name}: {err}");
+    }
+}
+
+#[test]
+fn ssh_without_a_pinned_host_key_is_refused_before_connecting() {
+    let fx = Fixture::new();
+    let silent = SilentServer::start();
+    for url in [
+        format!("ssh://git@{}/shop.git", silent.addr),
+        "git@git.example.test:team/shop.git".to_owned(),
+    ] {
+        for credentials in [
+            Credentials::None,
+            Credentials::SshKey {
+                path: fx._dir.path().join("id"),
+                known_hosts: None,
+            },
+        ] {
+            let repo = fx.open("a", &url, credentials.clone());
+            let err = repo.fetch().expect_err("no pinned host key");
+            assert!(
+                matches!(err, fetch::Error::UnpinnedHostKey { .. }),
+                "{url}: {err:?}"
+            );
+            let err = push::push_with_lease(
+                repo.path(),
+                &RemoteUrl::new(url.clone()),
+                &credentials,
+                &Timeouts::default(),
+                "main",
+                None,
+                oid(&"1".repeat(40)),
+            )
+            .expect_err("no pinned host key");
+            assert!(
+                matches!(err, push::Error::UnpinnedHostKey { .. }),
+                "{url}: {err:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_push_url_with_credentials_inside_is_refused() {
+    let fx = Fixture::new();
+    let repo = fx.open("a", &fx.url(), Credentials::None);
+    let err = push::push_with_lease(
+        repo.path(),
+        &RemoteUrl::new("https://x-access-token:tok-in-url@git.example.test/shop.git"),
+        &Credentials::None,
+        &Timeouts::default(),
+        "main",
+        None,
+        oid(&"1".repeat(40)),
+    )
+    .expect_err("credentials in the URL");
+    assert!(
+        matches!(err, push::Error::CredentialsInUrl { .. }),
+        "{err:?}"
+    );
+    assert!(!format!("{err} {err:?}").contains("tok-in-url"));
+}
+
+#[test]
+fn a_damaged_cache_is_detected_and_fetched_again() {
+    let fx = Fixture::new();
+    let pipeline = pipeline(&fx.url(), false);
+    let repo = fx.open("a", &fx.url(), Credentials::None);
+    repo.fetch().expect("first fetch");
+    let expected = repo.revision(&pipeline, "dev").expect("dev revision");
+    let objects = repo.path().join("objects");
+
+    // Objects lost under a running service: the same handle notices on its next fetch.
+    std::fs::remove_dir_all(&objects).expect("objects removable");
+    std::fs::create_dir_all(objects.join("pack")).expect("objects dir");
+    repo.fetch().expect("the fetch after the loss");
+    let again = repo.revision(&pipeline, "dev").expect("dev revision again");
+    assert_eq!(again, expected);
+    let overlay = repo
+        .tree(again.commit)
+        .expect("tree")
+        .read_file("environments/dev/kustomization.yaml")
+        .expect("the overlay is readable again");
+    assert_eq!(overlay, DEV.as_bytes());
+
+    // A cache that cannot even be opened, found when the service starts.
+    std::fs::write(repo.path().join("HEAD"), "garbage\n").expect("HEAD writable");
+    std::fs::write(repo.path().join("config"), "[[[ not git config").expect("writable");
+    let reopened = fx.open("a", &fx.url(), Credentials::None);
+    reopened.fetch().expect("the fetch into a fresh cache");
+    assert_eq!(
+        reopened.revision(&pipeline, "dev").expect("dev revision"),
+        expected
+    );
+
+    // A pack whose bytes were damaged.
+    let pack_dir = reopened.path().join("objects/pack");
+    for entry in std::fs::read_dir(&pack_dir).expect("pack dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "pack") {
+            let mut bytes = std::fs::read(&path).expect("pack readable");
+            let len = bytes.len();
+            bytes[12..len - 20].fill(0x5a);
+            std::fs::write(&path, bytes).expect("pack writable");
+        }
+    }
+    let third = fx.open("a", &fx.url(), Credentials::None);
+    third.fetch().expect("the fetch after damage");
+    assert_eq!(third.revision(&pipeline, "dev").expect("dev"), expected);
+    assert_cache_matches_remote(&third, &fx.remote);
 }

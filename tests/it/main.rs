@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod child_env;
 mod cli_sync;
 mod cluster;
 mod foundation;

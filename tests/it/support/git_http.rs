@@ -1,5 +1,7 @@
 //! The real `git http-backend` behind a minimal HTTP/1.1 server on loopback, with optional
-//! basic authentication: a network remote for fetch and push that tests start themselves.
+//! basic authentication and an optional delay before each answer (to watch a client while it
+//! waits): a network remote for fetch and push that tests start themselves. Also a server that
+//! accepts connections and never answers, for timeouts.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -7,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// Serves every repository under `root` at `http://127.0.0.1:<port>/<name>`. Stops when dropped.
 pub struct GitHttpServer {
@@ -18,6 +21,11 @@ impl GitHttpServer {
     /// `account`: the user name and password every request must carry, or `None` for open
     /// access (pushes are then still allowed, as for an authenticated user).
     pub fn start(root: &Path, account: Option<(&str, &str)>) -> Self {
+        Self::start_slow(root, account, Duration::ZERO)
+    }
+
+    /// As [`GitHttpServer::start`], answering each request only after `delay`.
+    pub fn start_slow(root: &Path, account: Option<(&str, &str)>, delay: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("loopback port");
         let addr = listener.local_addr().expect("bound address");
         let stop = Arc::new(AtomicBool::new(false));
@@ -34,7 +42,7 @@ impl GitHttpServer {
                 let expected = expected.clone();
                 std::thread::spawn(move || {
                     // A client that hangs up mid-request is its own problem, not the server's.
-                    let _ = serve(stream, &root, expected.as_deref());
+                    let _ = serve(stream, &root, expected.as_deref(), delay);
                 });
             }
         });
@@ -54,7 +62,45 @@ impl Drop for GitHttpServer {
     }
 }
 
-fn serve(stream: TcpStream, root: &PathBuf, expected: Option<&str>) -> std::io::Result<()> {
+/// Accepts every connection and never sends a byte: a remote that hangs. Stops when dropped.
+pub struct SilentServer {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl SilentServer {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("loopback port");
+        let addr = listener.local_addr().expect("bound address");
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                // Kept open and unread until the server stops.
+                held.extend(stream.ok());
+            }
+        });
+        Self { addr, stop }
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    root: &PathBuf,
+    expected: Option<&str>,
+    delay: Duration,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
@@ -100,6 +146,7 @@ fn serve(stream: TcpStream, root: &PathBuf, expected: Option<&str>) -> std::io::
         reader.read_exact(&mut body)?;
     }
 
+    std::thread::sleep(delay);
     let mut out = stream;
     if let Some(expected) = expected
         && header("authorization").as_deref() != Some(expected)
