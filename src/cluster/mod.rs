@@ -58,8 +58,6 @@ pub const PRUNE_ANNOTATION: &str = "stagehand.dev/prune";
 /// A cluster operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
     /// A request the apiserver refused (`code` set) or that never got an answer (`code` none).
     /// For Secrets, `message` holds field names only.
     #[error("{operation} {target}: {message}")]

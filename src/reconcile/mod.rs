@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
-use crate::cluster::apply::{self, Change};
+use crate::cluster::apply::{self, Change, ChangeSet};
 use crate::cluster::health::HealthStatus;
 use crate::cluster::inventory::{self, Inventory, Location};
 use crate::cluster::prune::{self, Outcome};
@@ -132,7 +132,7 @@ pub enum Error {
     Connect {
         env: String,
         #[source]
-        source: cluster::ConnectError,
+        source: Box<cluster::ConnectError>,
     },
     #[error("environment {env}: {source}")]
     Inventory {
@@ -238,6 +238,7 @@ pub fn error_policy(error: &Error, failures: u32, options: &Options, interval: D
 
 /// What [`Reconciler::load`] hands a pass or a plan.
 struct Loaded {
+    conn: Arc<Connection>,
     revision: String,
     objects: Vec<Object>,
     redactor: Redactor,
@@ -262,7 +263,7 @@ pub struct Reconciler<S> {
     env: Environment,
     source: Arc<S>,
     options: Arc<Options>,
-    connection: Option<Connection>,
+    connection: Option<Arc<Connection>>,
     /// When the last pass that changed something in the cluster ran: the health timeout runs
     /// from there.
     last_change: Option<Instant>,
@@ -397,13 +398,13 @@ impl<S: DesiredState> Reconciler<S> {
                 .await
                 .map_err(|source| Error::Connect {
                     env: env.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
-            self.connection = Some(conn);
+            self.connection = Some(Arc::new(conn));
         }
         let conn = self
             .connection
-            .as_ref()
+            .clone()
             .expect("the connection was set just above");
 
         let location = Location::for_owner(&self.options.inventory_namespace, &owner);
@@ -430,6 +431,7 @@ impl<S: DesiredState> Reconciler<S> {
         options.recreate = self.env.sync.recreate;
         options.concurrency = self.options.concurrency;
         Ok(Loaded {
+            conn,
             revision,
             objects,
             redactor,
@@ -445,6 +447,7 @@ impl<S: DesiredState> Reconciler<S> {
     /// field paths, so key names show and values do not.
     pub async fn plan(&mut self) -> Result<Plan, Error> {
         let Loaded {
+            conn,
             revision,
             objects,
             redactor,
@@ -453,15 +456,11 @@ impl<S: DesiredState> Reconciler<S> {
             mut options,
             ..
         } = self.load().await?;
-        let conn = self
-            .connection
-            .as_ref()
-            .expect("load leaves a connection on success");
         options.dry_run = true;
-        let changes = apply::apply(conn, objects, &options, &redactor, &previous).await;
+        let changes = apply::apply(&conn, objects, &options, &redactor, &previous).await;
         let next = Inventory::new(changes.references().cloned());
         let prune = if self.env.sync.prune {
-            prune::prune(conn, &previous.diff(&next), &owner, true).await
+            prune::prune(&conn, &previous.diff(&next), &owner, true).await
         } else {
             Vec::new()
         };
@@ -480,9 +479,11 @@ impl<S: DesiredState> Reconciler<S> {
         })
     }
 
+    /// One pass: load, then the steps below in order; each returns early with its stage's
+    /// error.
     async fn pass(&mut self) -> Result<Action, Error> {
-        let env = self.env.name.clone();
         let Loaded {
+            conn,
             revision,
             objects,
             redactor,
@@ -491,13 +492,46 @@ impl<S: DesiredState> Reconciler<S> {
             previous,
             options,
         } = self.load().await?;
-        let conn = self
-            .connection
-            .as_ref()
-            .expect("load leaves a connection on success");
         let total = objects.len();
-        let changes = apply::apply(conn, objects, &options, &redactor, &previous).await;
+        let changes = self
+            .apply_step(&conn, objects, &options, &redactor, &previous)
+            .await;
+        self.drift_step(&conn, &changes).await;
+        self.health_timeout_step(&changes);
+        let next = self
+            .applied_step(&conn, &changes, &revision, &location, &previous)
+            .await?;
+        self.prune_step(&conn, &owner, &location, &previous, next)
+            .await?;
+        self.conclude(&revision, total)
+    }
 
+    /// Applies the desired objects and logs what changed.
+    async fn apply_step(
+        &mut self,
+        conn: &Connection,
+        objects: Vec<Object>,
+        options: &apply::Options,
+        redactor: &Redactor,
+        previous: &Inventory,
+    ) -> ChangeSet {
+        let changes = apply::apply(conn, objects, options, redactor, previous).await;
+        for entry in &changes.entries {
+            match &entry.change {
+                Change::Unchanged | Change::Drifted { .. } | Change::Healed { .. } => {}
+                change => {
+                    tracing::info!(environment = %self.env.name, object = %entry.reference, "{change}")
+                }
+            }
+        }
+        if changes.wrote() {
+            self.last_change = Some(Instant::now());
+        }
+        changes
+    }
+
+    /// Records drifted and healed objects in the status and as events.
+    async fn drift_step(&mut self, conn: &Connection, changes: &ChangeSet) {
         self.status.drift.clear();
         for entry in changes.drifted() {
             let (fields, healed) = match &entry.change {
@@ -518,19 +552,15 @@ impl<S: DesiredState> Reconciler<S> {
             };
             self.emit(Some((conn, &entry.reference)), kind).await;
         }
-        for entry in &changes.entries {
-            match &entry.change {
-                Change::Unchanged | Change::Drifted { .. } | Change::Healed { .. } => {}
-                change => tracing::info!(environment = %env, object = %entry.reference, "{change}"),
-            }
-        }
-        if changes.wrote() {
-            self.last_change = Some(Instant::now());
-        }
-        let now = Instant::now();
+    }
+
+    /// Records each object's change and health; an object still Progressing longer than the
+    /// environment's timeout after the last change counts as Failed.
+    fn health_timeout_step(&mut self, changes: &ChangeSet) {
         let timed_out = self
             .last_change
-            .is_some_and(|t| now.duration_since(t) > self.env.sync.timeout);
+            .is_some_and(|t| Instant::now().duration_since(t) > self.env.sync.timeout);
+        let timeout = self.env.sync.timeout;
         self.status.objects = changes
             .entries
             .iter()
@@ -541,10 +571,7 @@ impl<S: DesiredState> Reconciler<S> {
                     && timed_out
                 {
                     h.status = HealthStatus::Failed;
-                    h.message = format!(
-                        "still progressing after {:?}: {}",
-                        self.env.sync.timeout, h.message
-                    );
+                    h.message = format!("still progressing after {timeout:?}: {}", h.message);
                 }
                 ObjectStatus {
                     reference: e.reference.clone(),
@@ -553,7 +580,19 @@ impl<S: DesiredState> Reconciler<S> {
                 }
             })
             .collect();
+    }
 
+    /// Fails the pass when an object was not applied, after tracking what was created so that a
+    /// later sync can prune it; otherwise records the revision as applied and returns the
+    /// inventory of this sync.
+    async fn applied_step(
+        &mut self,
+        conn: &Connection,
+        changes: &ChangeSet,
+        revision: &str,
+        location: &Location,
+        previous: &Inventory,
+    ) -> Result<Inventory, Error> {
         let applied_ok: Vec<_> = changes
             .entries
             .iter()
@@ -562,27 +601,37 @@ impl<S: DesiredState> Reconciler<S> {
             .collect();
         let failed: Vec<_> = changes.failed().collect();
         if let Some(first) = failed.first() {
-            // Track what was created so that a later sync can prune it, but prune nothing.
             let tracked = Inventory::new(applied_ok).merge(previous.entries());
-            self.save_inventory(conn, &location, &previous, &tracked)
+            self.save_inventory(conn, location, previous, &tracked)
                 .await?;
             return Err(Error::Apply {
-                env,
-                revision,
+                env: self.env.name.clone(),
+                revision: revision.to_owned(),
                 failed: failed.len(),
-                total,
+                total: changes.entries.len(),
                 first: format!("{}: {}", first.reference, first.change),
             });
         }
-        self.status.applied_revision = Some(revision.clone());
+        self.status.applied_revision = Some(revision.to_owned());
         self.status.last_applied = Some(SystemTime::now());
+        Ok(Inventory::new(applied_ok))
+    }
 
-        let next = Inventory::new(applied_ok);
+    /// Deletes what left Git (when the environment prunes) and stores the inventory: `next`
+    /// plus the objects whose prune failed, so that the next pass tries them again.
+    async fn prune_step(
+        &mut self,
+        conn: &Connection,
+        owner: &str,
+        location: &Location,
+        previous: &Inventory,
+        next: Inventory,
+    ) -> Result<(), Error> {
         let stale = previous.diff(&next);
         self.status.pruned.clear();
         let mut retained = Vec::new();
         if self.env.sync.prune && !stale.is_empty() {
-            for pruned in prune::prune(conn, &stale, &owner, false).await {
+            for pruned in prune::prune(conn, &stale, owner, false).await {
                 match &pruned.outcome {
                     Outcome::Failed { .. } => retained.push(pruned.reference.clone()),
                     Outcome::Deleted => {
@@ -599,23 +648,27 @@ impl<S: DesiredState> Reconciler<S> {
             }
         }
         let stored = next.merge(&retained);
-        self.save_inventory(conn, &location, &previous, &stored)
+        self.save_inventory(conn, location, previous, &stored)
             .await?;
-        if !retained.is_empty() {
-            let first = self
-                .status
-                .pruned
-                .iter()
-                .find(|p| matches!(p.outcome, Outcome::Failed { .. }))
-                .map(|p| format!("{}: {}", p.reference, p.outcome))
-                .unwrap_or_default();
-            return Err(Error::Prune {
-                env,
-                failed: retained.len(),
-                first,
-            });
+        if retained.is_empty() {
+            return Ok(());
         }
+        let first = self
+            .status
+            .pruned
+            .iter()
+            .find(|p| matches!(p.outcome, Outcome::Failed { .. }))
+            .map(|p| format!("{}: {}", p.reference, p.outcome))
+            .unwrap_or_default();
+        Err(Error::Prune {
+            env: self.env.name.clone(),
+            failed: retained.len(),
+            first,
+        })
+    }
 
+    /// The environment's health from its objects' health, and what happens next.
+    fn conclude(&mut self, revision: &str, total: usize) -> Result<Action, Error> {
         let worst = self
             .status
             .objects
@@ -645,8 +698,8 @@ impl<S: DesiredState> Reconciler<S> {
                     })
                     .unwrap_or_default();
                 Err(Error::Health {
-                    env,
-                    revision,
+                    env: self.env.name.clone(),
+                    revision: revision.to_owned(),
                     failed: failed.len(),
                     timeout: self.env.sync.timeout,
                     first,
