@@ -462,6 +462,9 @@ fn one_environment(
     let identities = secrets::Identities::from_sops_environment()?;
     let options = reconcile::Options {
         owner_prefix: format!("{}.", pipeline.name),
+        installation: Some(stagehand::cluster::installation::load_or_create(
+            &args.state_dir,
+        )?),
         ..reconcile::Options::default()
     };
     let source = reconcile::source::GitSource::new(
@@ -660,6 +663,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let metrics: Arc<stagehand::metrics::Metrics> = Arc::default();
     let credentials = args.credentials.load()?;
     let (file, state_dir) = (args.pipeline.clone(), args.state_dir.clone());
+    let installation = stagehand::cluster::installation::load_or_create(&args.state_dir)?;
     let build: stagehand::service::reload::Builder = Box::new(move |pipeline: Arc<Pipeline>| {
         let url = repository_url(&file, &pipeline.repository.url);
         Ok(stagehand::service::Config {
@@ -667,6 +671,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             notifier: stagehand::service::notify::Notifier::start(&pipeline)?,
             reconcile: reconcile::Options {
                 owner_prefix: format!("{}.", pipeline.name),
+                installation: Some(installation.clone()),
                 ..reconcile::Options::default()
             },
             pipeline,

@@ -249,6 +249,7 @@ fn health(status: Option<HealthStatus>) -> i32 {
 fn action(change: &Change) -> (&'static str, &[String]) {
     match change {
         Change::Created => ("created", &[]),
+        Change::Adopted => ("adopted", &[]),
         Change::Configured { fields } => ("configured", fields),
         Change::Unchanged => ("unchanged", &[]),
         Change::Drifted { fields } => ("drifted", fields),
@@ -335,6 +336,7 @@ fn plan_to_proto(plan: &Plan) -> proto::DiffEnvironmentResponse {
         .filter_map(|object| {
             let (change, fields) = match &object.change {
                 Change::Created => ("create", Vec::new()),
+                Change::Adopted => ("adopt", Vec::new()),
                 Change::Configured { fields }
                 | Change::Drifted { fields }
                 | Change::Healed { fields } => ("update", fields.clone()),

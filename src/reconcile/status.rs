@@ -26,8 +26,12 @@ pub enum Reason {
     ConnectFailed,
     ClusterUnreachable,
     InventoryFailed,
+    /// Another writer changed the inventory during the pass; this pass wrote nothing over it.
+    InventoryConflict,
     ApplyFailed,
     PruneFailed,
+    /// The pass would have pruned more than `sync.maxPrunePercent` of the environment.
+    PruneWithheld,
     HealthCheckFailed,
     /// The pass took longer than the controller allows.
     TimedOut,
@@ -47,8 +51,10 @@ impl Reason {
             Self::ConnectFailed => "connect_failed",
             Self::ClusterUnreachable => "cluster_unreachable",
             Self::InventoryFailed => "inventory_failed",
+            Self::InventoryConflict => "inventory_conflict",
             Self::ApplyFailed => "apply_failed",
             Self::PruneFailed => "prune_failed",
+            Self::PruneWithheld => "prune_withheld",
             Self::HealthCheckFailed => "health_check_failed",
             Self::TimedOut => "timed_out",
         }
