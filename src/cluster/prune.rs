@@ -224,7 +224,10 @@ async fn examine(
     }
 }
 
-async fn delete(
+/// Deletes `reference` if its UID is still `uid` (a precondition the apiserver checks), so that
+/// an object someone deleted and made again since it was read is left alone: that is a
+/// [`Outcome::Failed`] naming the precondition, tried again on the next pass.
+pub async fn delete(
     conn: &Connection,
     reference: &ObjectRef,
     uid: String,
