@@ -1263,3 +1263,73 @@ async fn two_installations_with_the_same_pipeline_and_environment_names_leave_ea
     };
     assert!(error.contains("belongs to Stagehand owner"), "{error}");
 }
+
+#[tokio::test]
+async fn a_concurrent_inventory_writer_fails_the_pass_instead_of_being_overwritten() {
+    let s = setup("rc-conflict").await;
+    let group = format!("{}.stagehand.test", s.ns);
+    let crds = Api::<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    >::all(s.client.clone());
+    // A CRD that already holds the kind Widget in the group: the pass's own Widget CRD cannot
+    // become Established until it goes, which holds the pass between reading and writing its
+    // inventory for as long as the test needs.
+    let mut blocker = widget_crd(&group);
+    blocker["metadata"]["name"] = json!(format!("gadgets.{group}"));
+    blocker["spec"]["names"]["plural"] = json!("gadgets");
+    blocker["spec"]["names"]["singular"] = json!("gadget");
+    crds.create(
+        &Default::default(),
+        &serde_json::from_value(blocker).expect("valid CRD"),
+    )
+    .await
+    .expect("blocker created");
+    s.source.set(
+        "dev",
+        "rev1",
+        vec![
+            widget_crd(&group),
+            config_map(&s.ns, "a", json!({"k": "v"})),
+        ],
+    );
+    let mut rec = s.reconciler(s.env("dev"));
+    let pass = tokio::spawn(async move {
+        let result = rec.reconcile().await;
+        (rec, result)
+    });
+    // Until the pass has made its CRD (or ended, which the assertions below then report).
+    while !pass.is_finished()
+        && crds
+            .get_opt(&format!("widgets.{group}"))
+            .await
+            .expect("answers")
+            .is_none()
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The other writer: another Stagehand with the same owner stores its inventory.
+    let inventory = format!("stagehand-inventory-{}.dev", s.ns);
+    let theirs: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": inventory, "namespace": s.ns},
+        "data": {"inventory": "[]", "writer": "the other one"}
+    }))
+    .expect("valid");
+    s.config_maps()
+        .create(&Default::default(), &theirs)
+        .await
+        .expect("the other writer stores first");
+    crds.delete(&format!("gadgets.{group}"), &Default::default())
+        .await
+        .expect("blocker removed");
+
+    let (rec, result) = pass.await.expect("the pass does not panic");
+    let err = result.expect_err("the pass finds the inventory written since it read it");
+    assert_eq!(err.reason(), Reason::InventoryConflict, "{err}");
+    assert_eq!(rec.status().reason, Reason::InventoryConflict);
+    assert!(err.to_string().contains(&inventory), "{err}");
+    assert_eq!(
+        s.config_map_data(&inventory, "writer").await.as_deref(),
+        Some("the other one")
+    );
+}
