@@ -603,6 +603,27 @@ spec:
     }
 
     #[test]
+    fn prune_guards_default_to_off_and_half_and_a_share_above_100_is_refused() {
+        let p = parse(Path::new("pipeline.yaml"), DEMO).expect("valid");
+        let sync = &p.environments[0].sync;
+        assert!(!sync.adopt && !sync.prune_adopted && !sync.prune_namespaces && !sync.prune_crds);
+        assert_eq!(sync.max_prune_percent, 50);
+        let text = DEMO.replace(
+            "interval: 30s",
+            "interval: 30s, adopt: true, pruneCRDs: true, maxPrunePercent: 100",
+        );
+        let p = parse(Path::new("pipeline.yaml"), &text).expect("valid");
+        let sync = &p.environments[0].sync;
+        assert!(sync.adopt && sync.prune_crds && !sync.prune_namespaces);
+        assert_eq!(sync.max_prune_percent, 100);
+        let err = parse_err(&DEMO.replace("interval: 30s", "interval: 30s, maxPrunePercent: 101"));
+        assert!(
+            err.contains("spec.environments[0].sync.maxPrunePercent"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_promote_section_is_validated_with_field_names() {
         let text = DEMO.replace(
             "approval: {required: 1, groups: [qa]}",
