@@ -1333,3 +1333,36 @@ async fn a_concurrent_inventory_writer_fails_the_pass_instead_of_being_overwritt
         Some("the other one")
     );
 }
+
+#[tokio::test]
+async fn a_secret_that_fails_while_being_recreated_is_reported_as_carefully_as_a_failed_apply() {
+    let s = setup("rc-recreate-secret").await;
+    let secret = |data: Value| {
+        json!({"apiVersion": "v1", "kind": "Secret", "immutable": true,
+               "metadata": {"name": "db", "namespace": s.ns}, "data": data})
+    };
+    s.source
+        .set("dev", "rev1", vec![secret(json!({"password": b64("one")}))]);
+    let mut env = s.env("dev");
+    env.sync.recreate = true;
+    let mut rec = s.reconciler(env);
+    rec.reconcile().await.expect("first pass");
+    // Immutable data changes, so the Secret is deleted and applied again, and the new one is
+    // invalid: the apiserver's message about it is reduced to field names, as for an apply.
+    s.source.set(
+        "dev",
+        "rev2",
+        vec![secret(
+            json!({"password": b64("two"), "not a valid key!": b64("three")}),
+        )],
+    );
+    rec.reconcile()
+        .await
+        .expect_err("the new Secret is invalid");
+    let Change::Failed { error } = change_of(&rec, "Secret", "db") else {
+        panic!("the Secret failed");
+    };
+    assert!(error.contains("apply after delete"), "{error}");
+    assert!(error.contains("(FieldValueInvalid)"), "{error}");
+    assert!(!error.contains("a valid config key"), "{error}");
+}
