@@ -73,6 +73,11 @@ fn environment(name: &str, kubeconfig: &Path) -> Environment {
             force: false,
             recreate: false,
             auto: true,
+            adopt: false,
+            prune_adopted: false,
+            prune_namespaces: false,
+            prune_crds: false,
+            max_prune_percent: 50,
         },
         approval: ApprovalPolicy {
             required: 0,

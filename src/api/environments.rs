@@ -249,6 +249,7 @@ fn health(status: Option<HealthStatus>) -> i32 {
 fn action(change: &Change) -> (&'static str, &[String]) {
     match change {
         Change::Created => ("created", &[]),
+        Change::Adopted => ("adopted", &[]),
         Change::Configured { fields } => ("configured", fields),
         Change::Unchanged => ("unchanged", &[]),
         Change::Drifted { fields } => ("drifted", fields),

@@ -55,6 +55,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let metrics: Arc<stagehand::metrics::Metrics> = Arc::default();
     let credentials = args.credentials.load()?;
     let (file, state_dir) = (args.pipeline.clone(), args.state_dir.clone());
+    let installation = stagehand::cluster::installation::load_or_create(&args.state_dir)?;
     let build: service::reload::Builder = Box::new(move |pipeline: Arc<Pipeline>| {
         let url = git::RemoteUrl::new(pipeline.repository.resolved_url(&file));
         Ok(service::Config {
@@ -62,6 +63,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             notifier: service::notify::Notifier::start(&pipeline)?,
             reconcile: reconcile::Options {
                 owner_prefix: format!("{}.", pipeline.name),
+                installation: Some(installation.clone()),
                 ..reconcile::Options::default()
             },
             pipeline,

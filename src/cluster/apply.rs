@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use kube::api::{
-    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy,
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions,
+    PropagationPolicy,
 };
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -33,6 +34,8 @@ pub struct Options {
     pub self_heal: bool,
     /// Delete and create again an object whose change touches an immutable field.
     pub recreate: bool,
+    /// Take over objects that exist without an owner label instead of failing on them.
+    pub adopt: bool,
     /// How many objects of one stage are applied at once.
     pub concurrency: usize,
     /// Ask the apiserver what would happen (server-side dry-run), change nothing.
@@ -50,6 +53,7 @@ impl Options {
             force: false,
             self_heal: true,
             recreate: false,
+            adopt: false,
             concurrency: 16,
             dry_run: false,
             wait_timeout: Duration::from_secs(30),
@@ -63,6 +67,8 @@ impl Options {
 #[serde(tag = "change", rename_all = "camelCase")]
 pub enum Change {
     Created,
+    /// Existed without an owner before this apply and was taken over (`sync.adopt`).
+    Adopted,
     /// Changed by a new manifest from Git; `fields` are the paths that changed.
     Configured {
         fields: Vec<String>,
@@ -88,6 +94,7 @@ impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Created => f.write_str("created"),
+            Self::Adopted => f.write_str("adopted"),
             Self::Configured { fields } => write!(f, "configured ({})", fields.join(", ")),
             Self::Unchanged => f.write_str("unchanged"),
             Self::Drifted { fields } => write!(f, "drifted ({})", fields.join(", ")),
@@ -167,6 +174,7 @@ impl ChangeSet {
             matches!(
                 e.change,
                 Change::Created
+                    | Change::Adopted
                     | Change::Configured { .. }
                     | Change::Healed { .. }
                     | Change::Recreated
@@ -176,6 +184,14 @@ impl ChangeSet {
 
     pub fn references(&self) -> impl Iterator<Item = &ObjectRef> {
         self.entries.iter().map(|e| &e.reference)
+    }
+
+    /// The objects this apply took over.
+    pub fn adopted(&self) -> impl Iterator<Item = ObjectKey> {
+        self.entries
+            .iter()
+            .filter(|e| e.change == Change::Adopted)
+            .map(|e| e.reference.key())
     }
 }
 
@@ -319,7 +335,8 @@ async fn apply_stage(
     }
 
     assign_list_keys(&mut prepared);
-    let (mut live, failures) = list_live(conn, &prepared, &options.owner).await;
+    let (mut live, failures, complete) =
+        list_live(conn, &prepared, &options.owner, ctx.previous).await;
     if !failures.is_empty() {
         // Without the live objects nothing can be compared: objects of a kind that could not
         // be listed fail, the others go on.
@@ -338,9 +355,10 @@ async fn apply_stage(
     }
     let work = prepared.into_iter().map(|p| {
         let current = live.remove(&p.object.reference().key());
+        let absent = current.is_none() && complete.contains(&p.list_key);
         async move {
             let index = p.index;
-            (index, apply_one(ctx, p, current).await)
+            (index, apply_one(ctx, p, current, absent).await)
         }
     });
     let mut applied: Vec<(usize, Entry)> = futures::stream::iter(work)
@@ -448,20 +466,39 @@ fn assign_list_keys(prepared: &mut [Prepared]) {
     }
 }
 
-/// Lists our live objects with one request per kind and namespace; also returns the error
-/// message for each kind and namespace that could not be listed.
+/// What [`list_live`] found: live objects by key, the error message for each kind and
+/// namespace that could not be listed, and the kinds and namespaces listed whole (an object
+/// missing there does not exist).
+type Listed = (
+    HashMap<ObjectKey, Value>,
+    HashMap<ListKey, String>,
+    HashSet<ListKey>,
+);
+
+/// Lists our live objects with one request per kind and namespace. A kind in one namespace
+/// that holds objects new to the inventory is listed whole, without the owner selector, so
+/// that an object someone else made is found without a request per object; kinds listed
+/// across namespaces or cluster-wide are not, as they can be large.
 async fn list_live(
     conn: &Connection,
     prepared: &[Prepared],
     owner: &str,
-) -> (HashMap<ObjectKey, Value>, HashMap<ListKey, String>) {
-    let mut groups: HashMap<ListKey, &Resolved> = HashMap::new();
+    previous: &HashSet<ObjectKey>,
+) -> Listed {
+    let mut groups: HashMap<ListKey, (&Resolved, bool)> = HashMap::new();
     for p in prepared {
-        groups.entry(list_key(p)).or_insert(&p.resolved);
+        let new = !previous.contains(&p.object.reference().key());
+        let group = groups.entry(list_key(p)).or_insert((&p.resolved, false));
+        group.1 |= new && p.list_key.2.is_some();
     }
-    let selector = format!("{INVENTORY_LABEL}={owner}");
-    let lists = groups.into_iter().map(|(key, resolved)| {
-        let selector = &selector;
+    let ours = format!("{INVENTORY_LABEL}={owner}");
+    let complete: HashSet<ListKey> = groups
+        .iter()
+        .filter(|(_, (_, whole))| *whole)
+        .map(|(key, _)| key.clone())
+        .collect();
+    let lists = groups.into_iter().map(|(key, (resolved, whole))| {
+        let selector = if whole { "" } else { ours.as_str() };
         async move {
             let api = conn.api(resolved, key.2.as_deref());
             let result = list(&api, selector).await;
@@ -490,13 +527,16 @@ async fn list_live(
             }
         }
     }
-    (live, failures)
+    (live, failures, complete)
 }
 
 /// Lists objects carrying `selector` as plain JSON, page by page.
 async fn list(api: &Api<DynamicObject>, selector: &str) -> Result<Vec<Value>, kube::Error> {
     let mut items = Vec::new();
-    let mut params = ListParams::default().labels(selector).limit(500);
+    let mut params = ListParams::default().limit(500);
+    if !selector.is_empty() {
+        params = params.labels(selector);
+    }
     loop {
         let request = kube::core::Request::new(api.resource_url())
             .list(&params)
@@ -585,7 +625,33 @@ fn is_immutable(error: &kube::Error) -> bool {
     }
 }
 
-async fn apply_one(ctx: &Context<'_>, p: Prepared, live: Option<Value>) -> Entry {
+fn owner_of(live: &Value) -> Option<&str> {
+    live.pointer("/metadata/labels")?
+        .get(INVENTORY_LABEL)?
+        .as_str()
+}
+
+/// Whose `live` is, for an object the owner-selected list did not return: ours (`Ok(true)`),
+/// nobody's to be adopted (`Ok(false)`), or someone else's (`Err`). An object in our
+/// inventory whose label someone removed is still ours.
+fn ownership(ctx: &Context<'_>, reference: &ObjectRef, live: &Value) -> Result<bool, Error> {
+    match owner_of(live) {
+        Some(owner) if owner == ctx.options.owner => Ok(true),
+        Some(owner) => Err(Error::OwnedByOther {
+            object: reference.to_string(),
+            owner: owner.to_owned(),
+        }),
+        None if ctx.previous.contains(&reference.key()) => Ok(true),
+        None if ctx.options.adopt => Ok(false),
+        None => Err(Error::Unmanaged {
+            object: reference.to_string(),
+        }),
+    }
+}
+
+/// Applies one object. `live` is the object as listed; `absent` says that a missing `live`
+/// means the object does not exist (its kind and namespace were listed whole).
+async fn apply_one(ctx: &Context<'_>, p: Prepared, mut live: Option<Value>, absent: bool) -> Entry {
     let (conn, options, redactor) = (ctx.conn, ctx.options, ctx.redactor);
     let reference = p.object.reference().clone();
     let api = conn.api(&p.resolved, reference.namespace.as_deref());
@@ -604,6 +670,26 @@ async fn apply_one(ctx: &Context<'_>, p: Prepared, live: Option<Value>) -> Entry
         .is_some_and(|ns| ctx.new_namespaces.contains(ns))
     {
         return Entry::new(reference.clone(), Change::Created, None);
+    }
+    if live.is_none() && !absent {
+        // Not ours by label: look whether it exists at all before creating over it.
+        live = match api.get_opt(name).await {
+            Ok(found) => found.map(|o| to_value(o, &p.resolved)),
+            Err(e) => return fail("read", e),
+        };
+    }
+    if let Some(existing) = &live {
+        match ownership(ctx, &reference, existing) {
+            Ok(true) => {}
+            Ok(false) => {
+                // Taking it over means taking its fields, whoever set them.
+                return match patch(&api, &p.resolved, name, desired, true, options.dry_run).await {
+                    Ok(applied) => Entry::new(reference.clone(), Change::Adopted, Some(applied)),
+                    Err(e) => fail("adopt", e),
+                };
+            }
+            Err(error) => return Entry::failed(reference.clone(), &error),
+        }
     }
     let Some(live) = live else {
         // Applied by an earlier sync and gone now: someone deleted it.
@@ -658,7 +744,8 @@ async fn apply_one(ctx: &Context<'_>, p: Prepared, live: Option<Value>) -> Entry
             Entry::new(reference.clone(), change, Some(applied))
         }
         Err(e) if is_immutable(&e) && options.recreate && !options.dry_run => {
-            match recreate(&api, &p, options).await {
+            let uid = live.pointer("/metadata/uid").and_then(Value::as_str);
+            match recreate(&api, &p, options, secret, uid).await {
                 Ok(applied) => Entry::new(reference.clone(), Change::Recreated, Some(applied)),
                 Err(error) => Entry::failed(reference.clone(), &error),
             }
@@ -667,25 +754,33 @@ async fn apply_one(ctx: &Context<'_>, p: Prepared, live: Option<Value>) -> Entry
     }
 }
 
+/// Deletes the object with UID `uid` (only that one: not a replacement someone made since)
+/// and applies it again. For a Secret (`secret` set) errors are reduced as apply's are.
 async fn recreate(
     api: &Api<DynamicObject>,
     p: &Prepared,
     options: &Options,
+    secret: Option<&Redactor>,
+    uid: Option<&str>,
 ) -> Result<Value, Error> {
     let reference = p.object.reference();
-    let secret_free = |op, e| api_error(op, reference.to_string(), e, None);
+    let error = |op, e| api_error(op, reference.to_string(), e, secret);
     let params = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Background),
+        preconditions: uid.map(|uid| Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        }),
         ..DeleteParams::default()
     };
     api.delete(&reference.name, &params)
         .await
-        .map_err(|e| secret_free("delete for recreate", e))?;
+        .map_err(|e| error("delete for recreate", e))?;
     let deadline = Instant::now() + options.wait_timeout;
     while api
         .get_opt(&reference.name)
         .await
-        .map_err(|e| secret_free("wait for deletion", e))?
+        .map_err(|e| error("wait for deletion", e))?
         .is_some()
     {
         if Instant::now() > deadline {
@@ -708,7 +803,7 @@ async fn recreate(
         false,
     )
     .await
-    .map_err(|e| secret_free("apply after delete", e))
+    .map_err(|e| error("apply after delete", e))
 }
 
 async fn wait_established(

@@ -9,18 +9,21 @@
 //! would never be found again, and listing every kind of the cluster to find labelled objects
 //! costs a request per kind.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::object::{ObjectKey, ObjectRef};
 use super::{Error, FIELD_MANAGER, api_error};
 
-/// The objects of one environment, in apply order.
+/// The objects of one environment, in apply order, and which of them were adopted (they existed
+/// before Stagehand applied them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
     entries: Vec<ObjectRef>,
+    adopted: BTreeSet<ObjectKey>,
 }
 
 impl Inventory {
@@ -31,11 +34,31 @@ impl Inventory {
         let mut entries: Vec<ObjectRef> =
             refs.into_iter().filter(|r| seen.insert(r.key())).collect();
         entries.sort_by_key(ObjectRef::stage);
-        Self { entries }
+        Self {
+            entries,
+            adopted: BTreeSet::new(),
+        }
+    }
+
+    /// `self` with `adopted` marked as adopted; keys of objects it does not hold are ignored.
+    pub fn with_adopted<'a>(mut self, adopted: impl IntoIterator<Item = &'a ObjectKey>) -> Self {
+        let held: HashSet<ObjectKey> = self.entries.iter().map(ObjectRef::key).collect();
+        self.adopted
+            .extend(adopted.into_iter().filter(|k| held.contains(*k)).cloned());
+        self
     }
 
     pub fn entries(&self) -> &[ObjectRef] {
         &self.entries
+    }
+
+    /// The objects that existed before Stagehand applied them.
+    pub fn adopted(&self) -> impl Iterator<Item = &ObjectKey> {
+        self.adopted.iter()
+    }
+
+    pub fn is_adopted(&self, key: &ObjectKey) -> bool {
+        self.adopted.contains(key)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -62,10 +85,11 @@ impl Inventory {
             .collect()
     }
 
-    /// `self` plus `retained`: objects whose prune failed stay tracked, so that the next sync
-    /// tries again instead of forgetting them.
+    /// `self` plus `retained`: objects whose prune failed or was held back stay tracked, so
+    /// that the next sync tries again instead of forgetting them. Adoption marks of `self`
+    /// stay.
     pub fn merge(&self, retained: &[ObjectRef]) -> Inventory {
-        Inventory::new(self.entries.iter().chain(retained).cloned())
+        Inventory::new(self.entries.iter().chain(retained).cloned()).with_adopted(&self.adopted)
     }
 
     pub fn to_json(&self) -> String {
@@ -74,6 +98,16 @@ impl Inventory {
 
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str::<Vec<ObjectRef>>(text).map(Self::new)
+    }
+
+    /// The adopted objects as JSON references, in apply order.
+    fn adopted_json(&self) -> String {
+        let adopted: Vec<&ObjectRef> = self
+            .entries
+            .iter()
+            .filter(|e| self.adopted.contains(&e.key()))
+            .collect();
+        serde_json::to_string(&adopted).expect("object references always serialise")
     }
 }
 
@@ -92,80 +126,127 @@ impl Location {
             name: format!("stagehand-inventory-{owner}"),
         }
     }
+
+    fn target(&self) -> String {
+        format!("ConfigMap {}/{}", self.namespace, self.name)
+    }
 }
 
-const DATA_KEY: &str = "inventory";
+/// The stored inventory's `resourceVersion` as read, so that [`save`] writes only over what
+/// [`load`] saw (none: nothing was stored).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Version(Option<String>);
 
-/// Reads the stored inventory; none stored yet is an empty inventory.
-pub async fn load(client: &kube::Client, at: &Location) -> Result<Inventory, Error> {
-    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
-        Api::namespaced(client.clone(), &at.namespace);
-    let target = || format!("ConfigMap {}/{}", at.namespace, at.name);
+const DATA_KEY: &str = "inventory";
+const ADOPTED_KEY: &str = "adopted";
+
+/// Reads the stored inventory and its version; none stored yet is an empty inventory.
+pub async fn load(client: &kube::Client, at: &Location) -> Result<(Inventory, Version), Error> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &at.namespace);
     let Some(cm) = api
         .get_opt(&at.name)
         .await
-        .map_err(|e| api_error("read inventory", target(), e, None))?
+        .map_err(|e| api_error("read inventory", at.target(), e, None))?
     else {
-        return Ok(Inventory::default());
+        return Ok((Inventory::default(), Version::default()));
     };
-    let text = cm
-        .data
-        .as_ref()
-        .and_then(|d| d.get(DATA_KEY))
-        .map(String::as_str)
-        .unwrap_or("[]");
-    Inventory::from_json(text).map_err(|source| Error::InventoryCorrupt {
-        target: target(),
-        key: DATA_KEY,
-        source,
-    })
+    let field = |key: &'static str| {
+        let text = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(String::as_str)
+            .unwrap_or("[]");
+        serde_json::from_str::<Vec<ObjectRef>>(text).map_err(|source| Error::InventoryCorrupt {
+            target: at.target(),
+            key,
+            source,
+        })
+    };
+    let adopted: Vec<ObjectKey> = field(ADOPTED_KEY)?.iter().map(ObjectRef::key).collect();
+    let inventory = Inventory::new(field(DATA_KEY)?).with_adopted(&adopted);
+    Ok((inventory, Version(cm.metadata.resource_version)))
 }
 
-/// Stores `inventory`, creating the namespace if it does not exist yet.
+/// Stores `inventory` over the version [`load`] read (optimistic concurrency): when another
+/// writer stored one since, or created one where there was none, nothing is written and the
+/// answer is [`Error::InventoryConflict`]. Creates the namespace if it does not exist yet.
+/// Returns the version written.
 pub async fn save(
     client: &kube::Client,
     at: &Location,
     inventory: &Inventory,
-) -> Result<(), Error> {
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        &at.namespace,
-        &kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::ConfigMap>(&()),
-    );
-    let cm = json!({
+    read: &Version,
+) -> Result<Version, Error> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &at.namespace);
+    let mut data = serde_json::Map::new();
+    data.insert(DATA_KEY.into(), inventory.to_json().into());
+    if inventory.adopted().next().is_some() {
+        data.insert(ADOPTED_KEY.into(), inventory.adopted_json().into());
+    }
+    let cm: ConfigMap = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": at.name, "namespace": at.namespace,
+                     "resourceVersion": read.0,
                      "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER}},
-        "data": {DATA_KEY: inventory.to_json()},
-    });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let target = || format!("ConfigMap {}/{}", at.namespace, at.name);
-    match api.patch(&at.name, &params, &Patch::Apply(&cm)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => {
-            let namespaces: Api<DynamicObject> = Api::all_with(
-                client.clone(),
-                &kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&()),
-            );
-            let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": at.namespace}});
-            namespaces
-                .patch(&at.namespace, &params, &Patch::Apply(&ns))
-                .await
-                .map_err(|e| {
-                    api_error(
-                        "create inventory namespace",
-                        format!("Namespace {}", at.namespace),
-                        e,
-                        None,
-                    )
-                })?;
-            api.patch(&at.name, &params, &Patch::Apply(&cm))
-                .await
-                .map(drop)
-                .map_err(|e| api_error("write inventory", target(), e, None))
-        }
-        Err(e) => Err(api_error("write inventory", target(), e, None)),
-    }
+        "data": data,
+    }))
+    .expect("an inventory ConfigMap is a valid ConfigMap");
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    let conflict = || Error::InventoryConflict {
+        target: at.target(),
+    };
+    let written = match &read.0 {
+        Some(_) => match api.replace(&at.name, &params, &cm).await {
+            // Deleted since it was read: someone else is writing it too.
+            Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {
+                return Err(conflict());
+            }
+            other => other,
+        },
+        None => match api.create(&params, &cm).await {
+            Err(kube::Error::Api(status)) if status.code == 409 => return Err(conflict()),
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                create_namespace(client, &at.namespace).await?;
+                match api.create(&params, &cm).await {
+                    Err(kube::Error::Api(status)) if status.code == 409 => {
+                        return Err(conflict());
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        },
+    };
+    let written = written.map_err(|e| api_error("write inventory", at.target(), e, None))?;
+    Ok(Version(written.metadata.resource_version))
+}
+
+async fn create_namespace(client: &kube::Client, namespace: &str) -> Result<(), Error> {
+    let namespaces: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&()),
+    );
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+    namespaces
+        .patch(
+            namespace,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&ns),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| {
+            api_error(
+                "create inventory namespace",
+                format!("Namespace {namespace}"),
+                e,
+                None,
+            )
+        })
 }
 
 /// The label value naming an owner must be a valid label value; this says whether it is.
@@ -237,6 +318,23 @@ mod tests {
         assert!(merged.contains(&r("ConfigMap", "a").key()));
         assert!(merged.contains(&r("ConfigMap", "b").key()));
         assert_eq!(merged.len(), 2);
+    }
+
+    #[test]
+    fn adoption_marks_survive_a_merge_and_name_only_held_objects() {
+        let inv = Inventory::new([r("ConfigMap", "a"), r("ConfigMap", "b")])
+            .with_adopted(&[r("ConfigMap", "a").key(), r("ConfigMap", "gone").key()]);
+        assert_eq!(inv.adopted().count(), 1);
+        let merged = Inventory::new([r("ConfigMap", "b")])
+            .with_adopted(inv.adopted())
+            .merge(&[r("ConfigMap", "c")]);
+        assert!(!merged.is_adopted(&r("ConfigMap", "a").key()));
+        let kept = inv.merge(&[]);
+        assert!(kept.is_adopted(&r("ConfigMap", "a").key()));
+        assert_ne!(
+            kept,
+            Inventory::new([r("ConfigMap", "a"), r("ConfigMap", "b")])
+        );
     }
 
     #[test]

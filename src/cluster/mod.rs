@@ -14,9 +14,13 @@
 //!   annotation [`HASH_ANNOTATION`] and field containment; only suspected drift is checked
 //!   with a server-side dry-run apply.
 //! - [`inventory`]: [`inventory::Inventory`] with pure `new`/`diff`/`merge`, stored in a
-//!   ConfigMap ([`inventory::load`], [`inventory::save`]).
+//!   ConfigMap ([`inventory::load`], [`inventory::save`], which writes only over the version
+//!   it read).
 //! - [`prune::prune`] deletes objects that left Git, in reverse apply order, skipping objects
-//!   without our [`INVENTORY_LABEL`] and objects annotated [`PRUNE_ANNOTATION`]`: disabled`.
+//!   without our [`INVENTORY_LABEL`], objects annotated [`PRUNE_ANNOTATION`]`: disabled`, and
+//!   (unless [`prune::Policy`] allows them) Namespaces, CRDs and adopted objects; a pass that
+//!   would delete more than the policy's share deletes nothing. Deletes carry the UID read.
+//! - [`installation`]: the per-installation ID that is part of every owner.
 //! - [`health::assess`]: kstatus-style health of a live object.
 //! - [`normalize::normalize`]: defaults older apiservers need under server-side apply.
 //! - [`diff`]: field containment and changed field paths (no values).
@@ -27,6 +31,7 @@ pub mod apply;
 pub mod diff;
 pub mod events;
 pub mod health;
+pub mod installation;
 pub mod inventory;
 pub mod normalize;
 mod object;
@@ -58,8 +63,6 @@ pub const PRUNE_ANNOTATION: &str = "stagehand.dev/prune";
 /// A cluster operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
     /// A request the apiserver refused (`code` set) or that never got an answer (`code` none).
     /// For Secrets, `message` holds field names only.
     #[error("{operation} {target}: {message}")]
@@ -83,6 +86,19 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    #[error(
+        "{target}: another writer changed the inventory since this pass read it; not overwritten"
+    )]
+    InventoryConflict { target: String },
+    /// An object to create exists already and carries no owner label (made by hand or by
+    /// another tool); taking it over needs `sync.adopt`.
+    #[error(
+        "{object} exists already and was not created by Stagehand; set sync.adopt to take it over"
+    )]
+    Unmanaged { object: String },
+    /// An object carries the owner label of another environment or installation.
+    #[error("{object} belongs to Stagehand owner {owner:?}, not to this environment")]
+    OwnedByOther { object: String, owner: String },
     #[error("CustomResourceDefinition {name}: not Established after {timeout:?}")]
     NotEstablished { name: String, timeout: Duration },
 }

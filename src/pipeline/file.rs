@@ -119,7 +119,7 @@ pub struct Cluster {
     pub in_cluster: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sync {
     #[serde(default)]
@@ -138,6 +138,16 @@ pub struct Sync {
     pub recreate: bool,
     #[serde(default)]
     pub auto: Option<bool>,
+    #[serde(default)]
+    pub adopt: bool,
+    #[serde(default)]
+    pub prune_adopted: bool,
+    #[serde(default)]
+    pub prune_namespaces: bool,
+    #[serde(default, rename = "pruneCRDs")]
+    pub prune_crds: bool,
+    #[serde(default)]
+    pub max_prune_percent: Option<u8>,
 }
 
 #[derive(Debug, Deserialize)]

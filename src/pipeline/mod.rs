@@ -191,6 +191,18 @@ pub struct SyncPolicy {
     /// Apply new revisions as soon as they are fetched (`sync: {auto: false}` waits for an
     /// explicit sync; the environment then shows as out of sync).
     pub auto: bool,
+    /// Take over an object that exists without an owner (made by hand or by another tool)
+    /// instead of failing on it; it is reported as adopted.
+    pub adopt: bool,
+    /// Prune adopted objects that leave Git (by default they are left in the cluster).
+    pub prune_adopted: bool,
+    /// Prune Namespaces that leave Git (deleting one deletes everything in it).
+    pub prune_namespaces: bool,
+    /// Prune CustomResourceDefinitions that leave Git (deleting one deletes every instance).
+    pub prune_crds: bool,
+    /// The largest share, in percent of the environment's objects, one pass may prune; a pass
+    /// that would prune more deletes nothing and fails.
+    pub max_prune_percent: u8,
 }
 
 #[derive(Debug, Clone, PartialEq)]

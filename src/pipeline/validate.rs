@@ -11,6 +11,10 @@ use super::{
     SyncPolicy, WeeklyTime,
 };
 
+/// A pass may prune at most half of an environment's objects unless the file says otherwise: a
+/// commit that drops most of an environment is more likely a mistake than a decommissioning.
+const DEFAULT_MAX_PRUNE_PERCENT: u8 = 50;
+
 /// Environments sync every five minutes unless the file says otherwise, like Flux's
 /// common choice for Kustomizations.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
@@ -272,16 +276,7 @@ fn validate_environment(
         }) => Cluster::Default { context },
     };
 
-    let sync = env.sync.unwrap_or(file::Sync {
-        interval: None,
-        prune: None,
-        self_heal: None,
-        suspend: false,
-        timeout: None,
-        force: false,
-        recreate: false,
-        auto: None,
-    });
+    let sync = env.sync.unwrap_or_default();
     let interval = match sync.interval {
         None => DEFAULT_INTERVAL,
         Some(text) => {
@@ -315,6 +310,20 @@ fn validate_environment(
         force: sync.force,
         recreate: sync.recreate,
         auto: sync.auto.unwrap_or(true),
+        adopt: sync.adopt,
+        prune_adopted: sync.prune_adopted,
+        prune_namespaces: sync.prune_namespaces,
+        prune_crds: sync.prune_crds,
+        max_prune_percent: match sync.max_prune_percent {
+            None => DEFAULT_MAX_PRUNE_PERCENT,
+            Some(percent) if percent <= 100 => percent,
+            Some(percent) => {
+                return Err(field(
+                    format!("{at}.sync.maxPrunePercent"),
+                    format!("{percent} is not a percentage (0 to 100)"),
+                ));
+            }
+        },
     };
 
     let approval = env.approval.map_or(
@@ -658,6 +667,27 @@ spec:
         let err = parse_err(&DEMO.replace("Fri 16:00", "Friday 25:00"));
         assert!(
             err.contains("spec.environments[2].freezeWindows[0].start"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn prune_guards_default_to_off_and_half_and_a_share_above_100_is_refused() {
+        let p = parse(Path::new("pipeline.yaml"), DEMO).expect("valid");
+        let sync = &p.environments[0].sync;
+        assert!(!sync.adopt && !sync.prune_adopted && !sync.prune_namespaces && !sync.prune_crds);
+        assert_eq!(sync.max_prune_percent, 50);
+        let text = DEMO.replace(
+            "interval: 30s",
+            "interval: 30s, adopt: true, pruneCRDs: true, maxPrunePercent: 100",
+        );
+        let p = parse(Path::new("pipeline.yaml"), &text).expect("valid");
+        let sync = &p.environments[0].sync;
+        assert!(sync.adopt && sync.prune_crds && !sync.prune_namespaces);
+        assert_eq!(sync.max_prune_percent, 100);
+        let err = parse_err(&DEMO.replace("interval: 30s", "interval: 30s, maxPrunePercent: 101"));
+        assert!(
+            err.contains("spec.environments[0].sync.maxPrunePercent"),
             "{err}"
         );
     }

@@ -29,9 +29,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
-use crate::cluster::apply::{self, Change};
+use crate::cluster::apply::{self, Change, ChangeSet};
 use crate::cluster::health::HealthStatus;
-use crate::cluster::inventory::{self, Inventory, Location};
+use crate::cluster::installation::InstallationId;
+use crate::cluster::inventory::{self, Inventory, Location, Version};
 use crate::cluster::prune::{self, Outcome};
 use crate::cluster::redact::Redactor;
 use crate::cluster::{self, Connection, Object, ObjectError, ObjectRef, events};
@@ -133,7 +134,7 @@ pub enum Error {
     Connect {
         env: String,
         #[source]
-        source: cluster::ConnectError,
+        source: Box<cluster::ConnectError>,
     },
     #[error("environment {env}")]
     Inventory {
@@ -150,6 +151,15 @@ pub enum Error {
         failed: usize,
         total: usize,
         first: String,
+    },
+    #[error(
+        "environment {env}: the pass would prune {count} of {total} objects, more than sync.maxPrunePercent ({max_percent}%); nothing was pruned"
+    )]
+    PruneWithheld {
+        env: String,
+        count: usize,
+        total: usize,
+        max_percent: u8,
     },
     #[error("environment {env}: {failed} objects not pruned; first: {first}")]
     Prune {
@@ -183,9 +193,14 @@ impl Error {
             Self::EmptySource { .. } => Reason::EmptySource,
             Self::Owner { .. } | Self::Connect { .. } => Reason::ConnectFailed,
             Self::Inventory { source, .. } if source.is_unreachable() => Reason::ClusterUnreachable,
+            Self::Inventory {
+                source: cluster::Error::InventoryConflict { .. },
+                ..
+            } => Reason::InventoryConflict,
             Self::Inventory { .. } => Reason::InventoryFailed,
             Self::Apply { .. } => Reason::ApplyFailed,
             Self::Prune { .. } => Reason::PruneFailed,
+            Self::PruneWithheld { .. } => Reason::PruneWithheld,
             Self::Health { .. } => Reason::HealthCheckFailed,
             Self::Timeout { .. } => Reason::TimedOut,
         }
@@ -195,9 +210,13 @@ impl Error {
 /// Settings shared by every environment of a controller.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Environment `dev` is owner `<owner_prefix>dev`: the inventory label value. Must leave a
-    /// valid label value (63 characters, alphanumerics and `-_.`).
+    /// Environment `dev` is owner `<installation>.<owner_prefix>dev` (without an installation,
+    /// `<owner_prefix>dev`): the inventory label value. Must leave a valid label value (63
+    /// characters, alphanumerics and `-_.`).
     pub owner_prefix: String,
+    /// This installation of Stagehand (see [`crate::cluster::installation`]): two
+    /// installations that run pipelines of the same name on one cluster own different objects.
+    pub installation: Option<InstallationId>,
     /// Namespace of the inventory ConfigMaps (created when missing).
     pub inventory_namespace: String,
     /// Objects applied at once per stage.
@@ -217,6 +236,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             owner_prefix: String::new(),
+            installation: None,
             inventory_namespace: "stagehand-system".into(),
             concurrency: 16,
             backoff_base: Duration::from_secs(1),
@@ -242,12 +262,15 @@ pub fn error_policy(error: &Error, failures: u32, options: &Options, interval: D
 
 /// What [`Reconciler::load`] hands a pass or a plan.
 struct Loaded {
+    conn: Arc<Connection>,
     revision: String,
     objects: Vec<Object>,
     redactor: Redactor,
     owner: String,
     location: Location,
     previous: Inventory,
+    /// The stored inventory's version as read: every write of this pass goes over it.
+    version: Version,
     options: apply::Options,
 }
 
@@ -268,7 +291,7 @@ pub struct Reconciler<S> {
     env: Environment,
     source: Arc<S>,
     options: Arc<Options>,
-    connection: Option<Connection>,
+    connection: Option<Arc<Connection>>,
     /// When the last pass that changed something in the cluster ran: the health timeout runs
     /// from there.
     last_change: Option<Instant>,
@@ -308,7 +331,27 @@ impl<S: DesiredState> Reconciler<S> {
     }
 
     fn owner(&self) -> String {
-        format!("{}{}", self.options.owner_prefix, self.env.name)
+        let installation = self
+            .options
+            .installation
+            .as_ref()
+            .map(|id| format!("{id}."))
+            .unwrap_or_default();
+        format!(
+            "{installation}{}{}",
+            self.options.owner_prefix, self.env.name
+        )
+    }
+
+    fn prune_policy(&self, owner: &str) -> prune::Policy {
+        let sync = &self.env.sync;
+        prune::Policy {
+            namespaces: sync.prune_namespaces,
+            crds: sync.prune_crds,
+            adopted: sync.prune_adopted,
+            max_percent: sync.max_prune_percent,
+            ..prune::Policy::new(owner)
+        }
     }
 
     /// Sends an event to subscribers and the log, and, when it is about an object, records a
@@ -405,18 +448,18 @@ impl<S: DesiredState> Reconciler<S> {
                 .await
                 .map_err(|source| Error::Connect {
                     env: env.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
-            self.connection = Some(conn);
+            self.connection = Some(Arc::new(conn));
         }
         let conn = self
             .connection
-            .as_ref()
+            .clone()
             .expect("the connection was set just above");
 
         let location = Location::for_owner(&self.options.inventory_namespace, &owner);
-        let previous = match inventory::load(conn.client(), &location).await {
-            Ok(previous) => previous,
+        let (previous, version) = match inventory::load(conn.client(), &location).await {
+            Ok(loaded) => loaded,
             Err(source) => {
                 // Read the kubeconfig again next time: it may have been fixed or rotated.
                 if source.is_unreachable() {
@@ -436,14 +479,17 @@ impl<S: DesiredState> Reconciler<S> {
         options.force = self.env.sync.force;
         options.self_heal = self.env.sync.self_heal;
         options.recreate = self.env.sync.recreate;
+        options.adopt = self.env.sync.adopt;
         options.concurrency = self.options.concurrency;
         Ok(Loaded {
+            conn,
             revision,
             objects,
             redactor,
             owner,
             location,
             previous,
+            version,
             options,
         })
     }
@@ -453,6 +499,7 @@ impl<S: DesiredState> Reconciler<S> {
     /// field paths, so key names show and values do not.
     pub async fn plan(&mut self) -> Result<Plan, Error> {
         let Loaded {
+            conn,
             revision,
             objects,
             redactor,
@@ -461,15 +508,12 @@ impl<S: DesiredState> Reconciler<S> {
             mut options,
             ..
         } = self.load().await?;
-        let conn = self
-            .connection
-            .as_ref()
-            .expect("load leaves a connection on success");
         options.dry_run = true;
-        let changes = apply::apply(conn, objects, &options, &redactor, &previous).await;
+        let changes = apply::apply(&conn, objects, &options, &redactor, &previous).await;
         let next = Inventory::new(changes.references().cloned());
         let prune = if self.env.sync.prune {
-            prune::prune(conn, &previous.diff(&next), &owner, true).await
+            let policy = self.prune_policy(&owner);
+            prune::prune(&conn, &previous.diff(&next), &previous, &policy, true).await
         } else {
             Vec::new()
         };
@@ -488,24 +532,64 @@ impl<S: DesiredState> Reconciler<S> {
         })
     }
 
+    /// One pass: load, then the steps below in order; each returns early with its stage's
+    /// error.
     async fn pass(&mut self) -> Result<Action, Error> {
-        let env = self.env.name.clone();
         let Loaded {
+            conn,
             revision,
             objects,
             redactor,
             owner,
             location,
             previous,
+            version,
             options,
         } = self.load().await?;
-        let conn = self
-            .connection
-            .as_ref()
-            .expect("load leaves a connection on success");
         let total = objects.len();
-        let changes = apply::apply(conn, objects, &options, &redactor, &previous).await;
+        let changes = self
+            .apply_step(&conn, objects, &options, &redactor, &previous)
+            .await;
+        self.drift_step(&conn, &changes).await;
+        self.health_timeout_step(&changes);
+        let stored = Stored {
+            location,
+            previous,
+            version,
+        };
+        let next = self
+            .applied_step(&conn, &changes, &revision, &stored)
+            .await?;
+        self.prune_step(&conn, &owner, stored, next).await?;
+        self.conclude(&revision, total)
+    }
 
+    /// Applies the desired objects and logs what changed.
+    async fn apply_step(
+        &mut self,
+        conn: &Connection,
+        objects: Vec<Object>,
+        options: &apply::Options,
+        redactor: &Redactor,
+        previous: &Inventory,
+    ) -> ChangeSet {
+        let changes = apply::apply(conn, objects, options, redactor, previous).await;
+        for entry in &changes.entries {
+            match &entry.change {
+                Change::Unchanged | Change::Drifted { .. } | Change::Healed { .. } => {}
+                change => {
+                    tracing::info!(environment = %self.env.name, object = %entry.reference, "{change}")
+                }
+            }
+        }
+        if changes.wrote() {
+            self.last_change = Some(Instant::now());
+        }
+        changes
+    }
+
+    /// Records drifted and healed objects in the status and as events.
+    async fn drift_step(&mut self, conn: &Connection, changes: &ChangeSet) {
         self.status.drift.clear();
         for entry in changes.drifted() {
             let (fields, healed) = match &entry.change {
@@ -526,19 +610,15 @@ impl<S: DesiredState> Reconciler<S> {
             };
             self.emit(Some((conn, &entry.reference)), kind).await;
         }
-        for entry in &changes.entries {
-            match &entry.change {
-                Change::Unchanged | Change::Drifted { .. } | Change::Healed { .. } => {}
-                change => tracing::info!(environment = %env, object = %entry.reference, "{change}"),
-            }
-        }
-        if changes.wrote() {
-            self.last_change = Some(Instant::now());
-        }
-        let now = Instant::now();
+    }
+
+    /// Records each object's change and health; an object still Progressing longer than the
+    /// environment's timeout after the last change counts as Failed.
+    fn health_timeout_step(&mut self, changes: &ChangeSet) {
         let timed_out = self
             .last_change
-            .is_some_and(|t| now.duration_since(t) > self.env.sync.timeout);
+            .is_some_and(|t| Instant::now().duration_since(t) > self.env.sync.timeout);
+        let timeout = self.env.sync.timeout;
         self.status.objects = changes
             .entries
             .iter()
@@ -549,10 +629,7 @@ impl<S: DesiredState> Reconciler<S> {
                     && timed_out
                 {
                     h.status = HealthStatus::Failed;
-                    h.message = format!(
-                        "still progressing after {:?}: {}",
-                        self.env.sync.timeout, h.message
-                    );
+                    h.message = format!("still progressing after {timeout:?}: {}", h.message);
                 }
                 ObjectStatus {
                     reference: e.reference.clone(),
@@ -561,7 +638,23 @@ impl<S: DesiredState> Reconciler<S> {
                 }
             })
             .collect();
+    }
 
+    /// Fails the pass when an object was not applied, after tracking what was created so that a
+    /// later sync can prune it; otherwise records the revision as applied and returns the
+    /// inventory of this sync.
+    async fn applied_step(
+        &mut self,
+        conn: &Connection,
+        changes: &ChangeSet,
+        revision: &str,
+        stored: &Stored,
+    ) -> Result<Inventory, Error> {
+        let previous = &stored.previous;
+        let adopted: Vec<_> = changes
+            .adopted()
+            .chain(previous.adopted().cloned())
+            .collect();
         let applied_ok: Vec<_> = changes
             .entries
             .iter()
@@ -570,60 +663,100 @@ impl<S: DesiredState> Reconciler<S> {
             .collect();
         let failed: Vec<_> = changes.failed().collect();
         if let Some(first) = failed.first() {
-            // Track what was created so that a later sync can prune it, but prune nothing.
-            let tracked = Inventory::new(applied_ok).merge(previous.entries());
-            self.save_inventory(conn, &location, &previous, &tracked)
-                .await?;
+            let tracked = Inventory::new(applied_ok)
+                .merge(previous.entries())
+                .with_adopted(&adopted);
+            if &tracked != previous {
+                self.store_inventory(conn, stored, &tracked).await?;
+            }
             return Err(Error::Apply {
-                env,
-                revision,
+                env: self.env.name.clone(),
+                revision: revision.to_owned(),
                 failed: failed.len(),
-                total,
+                total: changes.entries.len(),
                 first: format!("{}: {}", first.reference, first.change),
             });
         }
-        self.status.applied_revision = Some(revision.clone());
+        self.status.applied_revision = Some(revision.to_owned());
         self.status.last_applied = Some(SystemTime::now());
+        Ok(Inventory::new(applied_ok).with_adopted(&adopted))
+    }
 
-        let next = Inventory::new(applied_ok);
+    /// Deletes what left Git (when the environment prunes) and stores the inventory: `next`
+    /// plus the objects a later pass must look at again (prune failed, withheld, or left in
+    /// place as adopted or orphaned).
+    ///
+    /// Before deleting anything the inventory is written over the version this pass read, so
+    /// that a concurrent writer (another Stagehand with the same owner) fails this pass before
+    /// it deletes, rather than after.
+    async fn prune_step(
+        &mut self,
+        conn: &Connection,
+        owner: &str,
+        mut stored: Stored,
+        next: Inventory,
+    ) -> Result<(), Error> {
+        let previous = &stored.previous;
         let stale = previous.diff(&next);
         self.status.pruned.clear();
         let mut retained = Vec::new();
         if self.env.sync.prune && !stale.is_empty() {
-            for pruned in prune::prune(conn, &stale, &owner, false).await {
-                match &pruned.outcome {
-                    Outcome::Failed { .. } => retained.push(pruned.reference.clone()),
-                    Outcome::Deleted => {
-                        let object = pruned.reference.to_string();
-                        self.emit(
-                            Some((conn, &pruned.reference)),
-                            EventKind::Pruned { object },
-                        )
-                        .await
-                    }
-                    _ => {}
+            let claim = next.merge(&stale).with_adopted(previous.adopted());
+            stored.version = self.store_inventory(conn, &stored, &claim).await?;
+            let policy = self.prune_policy(owner);
+            for pruned in prune::prune(conn, &stale, previous, &policy, false).await {
+                if pruned.outcome.is_retained() {
+                    retained.push(pruned.reference.clone());
+                }
+                if pruned.outcome == Outcome::Deleted {
+                    let object = pruned.reference.to_string();
+                    self.emit(
+                        Some((conn, &pruned.reference)),
+                        EventKind::Pruned { object },
+                    )
+                    .await
                 }
                 self.status.pruned.push(pruned);
             }
         }
-        let stored = next.merge(&retained);
-        self.save_inventory(conn, &location, &previous, &stored)
-            .await?;
-        if !retained.is_empty() {
-            let first = self
-                .status
-                .pruned
-                .iter()
-                .find(|p| matches!(p.outcome, Outcome::Failed { .. }))
-                .map(|p| format!("{}: {}", p.reference, p.outcome))
-                .unwrap_or_default();
-            return Err(Error::Prune {
-                env,
-                failed: retained.len(),
-                first,
+        let next = next.merge(&retained).with_adopted(previous.adopted());
+        if &next != previous {
+            self.store_inventory(conn, &stored, &next).await?;
+        }
+        let withheld = self.status.pruned.iter().find_map(|p| match p.outcome {
+            Outcome::Withheld {
+                count,
+                total,
+                max_percent,
+            } => Some((count, total, max_percent)),
+            _ => None,
+        });
+        if let Some((count, total, max_percent)) = withheld {
+            return Err(Error::PruneWithheld {
+                env: self.env.name.clone(),
+                count,
+                total,
+                max_percent,
             });
         }
+        let failed: Vec<&prune::Pruned> = self
+            .status
+            .pruned
+            .iter()
+            .filter(|p| matches!(p.outcome, Outcome::Failed { .. }))
+            .collect();
+        let Some(first) = failed.first() else {
+            return Ok(());
+        };
+        Err(Error::Prune {
+            env: self.env.name.clone(),
+            failed: failed.len(),
+            first: format!("{}: {}", first.reference, first.outcome),
+        })
+    }
 
+    /// The environment's health from its objects' health, and what happens next.
+    fn conclude(&mut self, revision: &str, total: usize) -> Result<Action, Error> {
         let worst = self
             .status
             .objects
@@ -653,8 +786,8 @@ impl<S: DesiredState> Reconciler<S> {
                     })
                     .unwrap_or_default();
                 Err(Error::Health {
-                    env,
-                    revision,
+                    env: self.env.name.clone(),
+                    revision: revision.to_owned(),
                     failed: failed.len(),
                     timeout: self.env.sync.timeout,
                     first,
@@ -677,23 +810,27 @@ impl<S: DesiredState> Reconciler<S> {
         }
     }
 
-    async fn save_inventory(
+    /// Writes `inventory` over the version `stored` holds; returns the version written.
+    async fn store_inventory(
         &self,
         conn: &Connection,
-        location: &Location,
-        previous: &Inventory,
-        next: &Inventory,
-    ) -> Result<(), Error> {
-        if next == previous {
-            return Ok(());
-        }
-        inventory::save(conn.client(), location, next)
+        stored: &Stored,
+        inventory: &Inventory,
+    ) -> Result<Version, Error> {
+        inventory::save(conn.client(), &stored.location, inventory, &stored.version)
             .await
             .map_err(|source| Error::Inventory {
                 env: self.env.name.clone(),
                 source,
             })
     }
+}
+
+/// The inventory of the last sync as a pass read it, and where it is kept.
+struct Stored {
+    location: Location,
+    previous: Inventory,
+    version: Version,
 }
 
 #[cfg(test)]

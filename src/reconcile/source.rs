@@ -3,12 +3,14 @@
 //! SOPS files on the way.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
 
 use super::{Desired, DesiredState, SourceError, SourceStage};
 use crate::git;
 use crate::pipeline::{Environment, Pipeline};
+use crate::render::fs::{DirEntry, EntryKind, FileSystem};
 use crate::render::{self, sops::SopsDecrypt};
 use crate::secrets::Identities;
 
@@ -65,6 +67,10 @@ impl DesiredState for GitSource {
         let identities = self.identities.clone();
         let fetch = self.fetch;
         let name = env.name.clone();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        // A pass that times out drops this future; the render on the blocking thread then
+        // stops at its next file instead of running on unobserved.
+        let _cancel_on_drop = CancelOnDrop(cancelled.clone());
         tokio::task::spawn_blocking(move || {
             if fetch == Fetch::BeforeEachRead {
                 repository
@@ -82,6 +88,10 @@ impl DesiredState for GitSource {
             let options = render::Options {
                 decrypt: Some(&decrypt),
                 ..render::Options::default()
+            };
+            let tree = Cancellable {
+                inner: &tree,
+                cancelled: &cancelled,
             };
             let objects =
                 render::render(&tree, &revision.location.path, &options).map_err(|e| {
@@ -124,6 +134,15 @@ pub enum SetupError {
         #[source]
         source: git::fetch::Error,
     },
+    /// The installation ID in the state directory could not be read or created.
+    #[error("environment {env}: the installation ID")]
+    Installation {
+        /// The environment's name.
+        env: String,
+        /// Why.
+        #[source]
+        source: crate::cluster::installation::Error,
+    },
 }
 
 /// A reconciler for one environment of `pipeline` (loaded from `pipeline_file`), reading Git
@@ -151,8 +170,15 @@ pub fn one_environment(
             source,
         }
     })?;
+    let installation = crate::cluster::installation::load_or_create(state_dir).map_err(|source| {
+        SetupError::Installation {
+            env: env.to_owned(),
+            source,
+        }
+    })?;
     let options = super::Options {
         owner_prefix: format!("{}.", pipeline.name),
+        installation: Some(installation),
         ..super::Options::default()
     };
     let source = GitSource::new(
@@ -176,3 +202,124 @@ pub fn one_environment(
 #[derive(Debug, thiserror::Error)]
 #[error("the task reading the repository stopped unexpectedly: {0}")]
 struct Panicked(String);
+/// Sets its flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A source tree that refuses every read once `cancelled` is set, so that a render abandoned
+/// by its pass ends at the next file it reads.
+struct Cancellable<'a> {
+    inner: &'a dyn FileSystem,
+    cancelled: &'a AtomicBool,
+}
+
+impl Cancellable<'_> {
+    fn check(&self, path: &str) -> Result<(), render::fs::Error> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(render::fs::Error::Source {
+                path: path.to_owned(),
+                message: "the render was cancelled: its pass timed out".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl FileSystem for Cancellable<'_> {
+    fn read_file(&self, path: &str) -> Result<Vec<u8>, render::fs::Error> {
+        self.check(path)?;
+        self.inner.read_file(path)
+    }
+
+    fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, render::fs::Error> {
+        self.check(path)?;
+        self.inner.read_dir(path)
+    }
+
+    fn kind(&self, path: &str) -> Result<Option<EntryKind>, render::fs::Error> {
+        self.check(path)?;
+        self.inner.kind(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::render::fs::DiskFs;
+
+    /// Counts reads and, at the third, cancels as a dropped pass would.
+    struct CancelsAtThirdRead<'a> {
+        disk: DiskFs,
+        reads: AtomicUsize,
+        cancelled: &'a AtomicBool,
+    }
+
+    impl CancelsAtThirdRead<'_> {
+        fn count(&self) {
+            if self.reads.fetch_add(1, Ordering::Relaxed) + 1 == 3 {
+                self.cancelled.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    impl FileSystem for CancelsAtThirdRead<'_> {
+        fn read_file(&self, path: &str) -> Result<Vec<u8>, render::fs::Error> {
+            self.count();
+            self.disk.read_file(path)
+        }
+        fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, render::fs::Error> {
+            self.count();
+            self.disk.read_dir(path)
+        }
+        fn kind(&self, path: &str) -> Result<Option<EntryKind>, render::fs::Error> {
+            self.count();
+            self.disk.kind(path)
+        }
+    }
+
+    #[test]
+    fn a_cancelled_render_stops_at_the_next_file_it_reads() {
+        let dir = std::env::temp_dir().join(format!("stagehand-cancel-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let files: Vec<String> = (0..200).map(|i| format!("cm-{i}.yaml")).collect();
+        for (i, file) in files.iter().enumerate() {
+            std::fs::write(
+                dir.join(file),
+                format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm-{i}\n"),
+            )
+            .expect("write");
+        }
+        std::fs::write(
+            dir.join("kustomization.yaml"),
+            format!("resources: [{}]\n", files.join(", ")),
+        )
+        .expect("write");
+        let cancelled = AtomicBool::new(false);
+        let counting = CancelsAtThirdRead {
+            disk: DiskFs::new(&dir).expect("exists"),
+            reads: AtomicUsize::new(0),
+            cancelled: &cancelled,
+        };
+        let whole = render::render(&counting.disk, "", &render::Options::default())
+            .expect("the overlay renders when nothing cancels it");
+        assert_eq!(whole.len(), 200);
+
+        let tree = Cancellable {
+            inner: &counting,
+            cancelled: &cancelled,
+        };
+        let error = render::render(&tree, "", &render::Options::default())
+            .expect_err("a cancelled render fails");
+        assert!(error.to_string().contains("cancelled"), "{error}");
+        assert_eq!(counting.reads.load(Ordering::Relaxed), 3);
+        std::fs::remove_dir_all(&dir).expect("cleaned up");
+    }
+}

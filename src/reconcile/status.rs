@@ -37,10 +37,14 @@ pub enum Reason {
     ClusterUnreachable,
     /// The inventory could not be read or written.
     InventoryFailed,
+    /// Another writer changed the inventory during the pass; this pass wrote nothing over it.
+    InventoryConflict,
     /// Some objects were not applied.
     ApplyFailed,
     /// Some objects that left Git could not be deleted.
     PruneFailed,
+    /// The pass would have pruned more than `sync.maxPrunePercent` of the environment.
+    PruneWithheld,
     /// Some objects failed their health check or its timeout.
     HealthCheckFailed,
     /// The pass took longer than the controller allows.
@@ -62,8 +66,10 @@ impl Reason {
             Self::ConnectFailed => "connect_failed",
             Self::ClusterUnreachable => "cluster_unreachable",
             Self::InventoryFailed => "inventory_failed",
+            Self::InventoryConflict => "inventory_conflict",
             Self::ApplyFailed => "apply_failed",
             Self::PruneFailed => "prune_failed",
+            Self::PruneWithheld => "prune_withheld",
             Self::HealthCheckFailed => "health_check_failed",
             Self::TimedOut => "timed_out",
         }
@@ -212,6 +218,7 @@ impl Serialize for ObjectStatus {
         map.serialize_entry("object", &FullName::from(&self.reference))?;
         let action = match &self.change {
             Change::Created => "created",
+            Change::Adopted => "adopted",
             Change::Configured { fields } => {
                 map.serialize_entry("changedFields", fields)?;
                 "configured"
@@ -277,6 +284,7 @@ impl super::Plan {
             let (change, diff) = match &o.change {
                 Change::Unchanged => return None,
                 Change::Created => ("create", Vec::new()),
+                Change::Adopted => ("adopt", Vec::new()),
                 Change::Configured { fields }
                 | Change::Drifted { fields }
                 | Change::Healed { fields } => ("update", fields.clone()),
@@ -300,7 +308,12 @@ impl super::Plan {
             change: match p.outcome {
                 Outcome::Deleted => "prune",
                 Outcome::Failed { .. } => "failed",
-                Outcome::Gone | Outcome::NotOwned | Outcome::Kept => "skip",
+                Outcome::Gone
+                | Outcome::NotOwned
+                | Outcome::Kept
+                | Outcome::KeptAdopted
+                | Outcome::Orphaned { .. }
+                | Outcome::Withheld { .. } => "skip",
             },
             diff: p.outcome.to_string(),
             changed_secret_keys: Vec::new(),

@@ -1,9 +1,13 @@
 //! The cluster module on its own against the real kube-apiserver: discovery that refreshes
-//! when a kind appears, and a staged apply into a fresh group.
+//! when a kind appears, a staged apply into a fresh group, an inventory written only over the
+//! version read, and deletes bound to a UID.
 
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::Api;
 use serde_json::json;
 use stagehand::cluster::apply::{self, Change};
-use stagehand::cluster::inventory::Inventory;
+use stagehand::cluster::inventory::{self, Inventory};
+use stagehand::cluster::prune;
 use stagehand::cluster::redact::Redactor;
 use stagehand::cluster::{Connection, Error, Object, ObjectRef};
 
@@ -83,4 +87,89 @@ async fn discovery_learns_a_kind_added_to_a_group_it_has_already_cached() {
     assert_eq!(set.entries[0].change, Change::Created, "{set:?}");
     let gadget = resolve_soon(&conn, &kind_ref(&group, "Gadget")).await;
     assert_eq!(gadget.resource.plural, "gadgets");
+}
+
+#[tokio::test]
+async fn an_inventory_written_since_it_was_read_is_not_overwritten() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    let ns = cluster.namespace(&client, "cl-inventory").await;
+    let at = inventory::Location::for_owner(&ns, "shop.dev");
+    let cm = |name: &str| ObjectRef {
+        group: String::new(),
+        version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: Some(ns.clone()),
+        name: name.into(),
+    };
+
+    // Two writers find nothing stored; the second to create loses.
+    let (_, none_a) = inventory::load(&client, &at).await.expect("loads");
+    let (_, none_b) = inventory::load(&client, &at).await.expect("loads");
+    inventory::save(&client, &at, &Inventory::new([cm("a")]), &none_a)
+        .await
+        .expect("the first writer creates it");
+    let lost = inventory::save(&client, &at, &Inventory::new([cm("b")]), &none_b).await;
+    assert!(
+        matches!(lost, Err(Error::InventoryConflict { .. })),
+        "{lost:?}"
+    );
+
+    // Both read the same version; the second to write loses, and what the first wrote stays.
+    let (_, read_a) = inventory::load(&client, &at).await.expect("loads");
+    let (_, read_b) = inventory::load(&client, &at).await.expect("loads");
+    let first = Inventory::new([cm("a"), cm("c")]);
+    inventory::save(&client, &at, &first, &read_a)
+        .await
+        .expect("the first writer writes");
+    let lost = inventory::save(&client, &at, &Inventory::new([cm("b")]), &read_b).await;
+    let Err(error) = lost else {
+        panic!("a write over a stale version went through");
+    };
+    assert!(
+        matches!(error, Error::InventoryConflict { .. }),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(&at.name), "{error}");
+    let (stored, _) = inventory::load(&client, &at).await.expect("loads");
+    assert_eq!(stored, first);
+}
+
+#[tokio::test]
+async fn a_prune_delete_leaves_an_object_that_was_made_again_since_it_was_read() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    let ns = cluster.namespace(&client, "cl-uid").await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let manifest: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": ns}
+    }))
+    .expect("valid");
+    let read = api
+        .create(&Default::default(), &manifest)
+        .await
+        .expect("created");
+    let old_uid = read.metadata.uid.expect("a UID");
+    api.delete("x", &Default::default())
+        .await
+        .expect("deleted by someone");
+    let again = api
+        .create(&Default::default(), &manifest)
+        .await
+        .expect("made again by someone");
+
+    let conn = Connection::from_client(client);
+    let reference = ObjectRef {
+        group: String::new(),
+        version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: Some(ns.clone()),
+        name: "x".into(),
+    };
+    let outcome = prune::delete(&conn, &reference, old_uid, false)
+        .await
+        .expect_err("the UID no longer matches");
+    assert_eq!(outcome.code(), Some(409), "{outcome}");
+    let live = api.get("x").await.expect("the new object stays");
+    assert_eq!(live.metadata.uid, again.metadata.uid);
 }

@@ -997,3 +997,372 @@ async fn objects_of_one_kind_in_many_namespaces_are_found_unchanged_on_the_next_
         "{changes:?}"
     );
 }
+
+fn pruned_outcome(reconciler: &Reconciler<FedSource>, name: &str) -> Option<Outcome> {
+    reconciler
+        .status()
+        .pruned
+        .iter()
+        .find(|p| p.reference.name == name)
+        .map(|p| p.outcome.clone())
+}
+
+async fn exists(s: &Setup, name: &str) -> bool {
+    s.config_maps()
+        .get_opt(name)
+        .await
+        .expect("the apiserver answers")
+        .is_some()
+}
+
+#[tokio::test]
+async fn an_object_that_existed_before_is_adopted_only_when_allowed_and_survives_leaving_git() {
+    let s = setup("rc-adopt").await;
+    // Made by hand before Stagehand ever ran: no owner label.
+    let by_hand: ConfigMap =
+        serde_json::from_value(config_map(&s.ns, "prior", json!({"k": "by hand"})))
+            .expect("valid ConfigMap");
+    s.config_maps()
+        .create(&Default::default(), &by_hand)
+        .await
+        .expect("created by hand");
+    let desired = |data: &str| {
+        vec![
+            config_map(&s.ns, "prior", json!({"k": data})),
+            config_map(&s.ns, "ours", json!({"k": "v"})),
+        ]
+    };
+    s.source.set("dev", "rev1", desired("from git"));
+    let mut env = s.env("dev");
+    let mut rec = s.reconciler(env.clone());
+    let err = rec
+        .reconcile()
+        .await
+        .expect_err("an object that exists without an owner is a conflict");
+    assert_eq!(err.reason(), Reason::ApplyFailed);
+    let Change::Failed { error } = change_of(&rec, "ConfigMap", "prior") else {
+        panic!("prior is not taken over without sync.adopt");
+    };
+    assert!(
+        error.contains(&format!("ConfigMap {}/prior", s.ns)) && error.contains("sync.adopt"),
+        "{error}"
+    );
+    assert_eq!(
+        s.config_map_data("prior", "k").await.as_deref(),
+        Some("by hand")
+    );
+    // The conflict fails one object; the others are applied.
+    assert_eq!(change_of(&rec, "ConfigMap", "ours"), Change::Created);
+
+    env.sync.adopt = true;
+    let mut rec = s.reconciler(env.clone());
+    rec.reconcile().await.expect("adopting works");
+    assert_eq!(change_of(&rec, "ConfigMap", "prior"), Change::Adopted);
+    assert_eq!(
+        s.config_map_data("prior", "k").await.as_deref(),
+        Some("from git")
+    );
+    rec.reconcile().await.expect("a second pass");
+    assert_eq!(change_of(&rec, "ConfigMap", "prior"), Change::Unchanged);
+
+    // It leaves Git: it stays, reported, pass after pass.
+    s.source.set(
+        "dev",
+        "rev2",
+        vec![config_map(&s.ns, "ours", json!({"k": "v"}))],
+    );
+    for _ in 0..2 {
+        rec.reconcile()
+            .await
+            .expect("leaving an adopted object is no failure");
+        assert_eq!(pruned_outcome(&rec, "prior"), Some(Outcome::KeptAdopted));
+        assert!(exists(&s, "prior").await);
+    }
+
+    // Only the pipeline's word prunes it.
+    env.sync.prune_adopted = true;
+    let mut rec = s.reconciler(env);
+    rec.reconcile().await.expect("pruning the adopted object");
+    assert_eq!(pruned_outcome(&rec, "prior"), Some(Outcome::Deleted));
+    assert!(!exists(&s, "prior").await);
+}
+
+#[tokio::test]
+async fn a_namespace_and_a_crd_that_leave_git_are_orphaned_unless_the_pipeline_opts_in() {
+    let s = setup("rc-orphan").await;
+    let app_ns = format!("{}-app", s.ns);
+    let group = format!("{}.stagehand.test", s.ns);
+    let crd_name = format!("widgets.{group}");
+    s.source.set(
+        "dev",
+        "rev1",
+        vec![
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": app_ns}}),
+            widget_crd(&group),
+            config_map(&s.ns, "a", json!({"k": "v"})),
+            config_map(&s.ns, "b", json!({"k": "v"})),
+        ],
+    );
+    let mut env = s.env("dev");
+    let mut rec = s.reconciler(env.clone());
+    rec.reconcile().await.expect("first pass");
+
+    s.source.set(
+        "dev",
+        "rev2",
+        vec![
+            config_map(&s.ns, "a", json!({"k": "v"})),
+            config_map(&s.ns, "b", json!({"k": "v"})),
+        ],
+    );
+    rec.reconcile().await.expect("orphaning is no failure");
+    assert_eq!(
+        pruned_outcome(&rec, &app_ns),
+        Some(Outcome::Orphaned {
+            setting: "sync.pruneNamespaces"
+        })
+    );
+    assert_eq!(
+        pruned_outcome(&rec, &crd_name),
+        Some(Outcome::Orphaned {
+            setting: "sync.pruneCRDs"
+        })
+    );
+    let namespaces = Api::<k8s_openapi::api::core::v1::Namespace>::all(s.client.clone());
+    let crds = Api::<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    >::all(s.client.clone());
+    let ns_live = namespaces.get(&app_ns).await.expect("the namespace stays");
+    assert!(ns_live.metadata.deletion_timestamp.is_none());
+    let crd_live = crds.get(&crd_name).await.expect("the CRD stays");
+    assert!(crd_live.metadata.deletion_timestamp.is_none());
+
+    env.sync.prune_namespaces = true;
+    env.sync.prune_crds = true;
+    let mut rec = s.reconciler(env);
+    rec.reconcile().await.expect("pruning with the opt-in");
+    assert_eq!(pruned_outcome(&rec, &app_ns), Some(Outcome::Deleted));
+    assert_eq!(pruned_outcome(&rec, &crd_name), Some(Outcome::Deleted));
+    // No namespace controller runs here: a deleted namespace stays Terminating.
+    let deleting = |live: Option<Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>>| {
+        live.is_none_or(|t| t.is_some())
+    };
+    let ns_live = namespaces.get_opt(&app_ns).await.expect("answers");
+    assert!(deleting(ns_live.map(|n| n.metadata.deletion_timestamp)));
+    let crd_live = crds.get_opt(&crd_name).await.expect("answers");
+    assert!(deleting(crd_live.map(|c| c.metadata.deletion_timestamp)));
+}
+
+#[tokio::test]
+async fn a_pass_that_would_prune_most_of_the_environment_deletes_nothing_and_says_so() {
+    let s = setup("rc-share").await;
+    let all: Vec<Value> = (0..11)
+        .map(|i| config_map(&s.ns, &format!("cm-{i}"), json!({"k": "v"})))
+        .collect();
+    s.source.set("dev", "rev1", all.clone());
+    let mut env = s.env("dev");
+    let mut rec = s.reconciler(env.clone());
+    rec.reconcile().await.expect("first pass");
+
+    s.source.set("dev", "rev2", all[..2].to_vec());
+    let err = rec
+        .reconcile()
+        .await
+        .expect_err("pruning 9 of 11 objects stops the pass");
+    assert_eq!(err.reason(), Reason::PruneWithheld);
+    assert_eq!(rec.status().reason, Reason::PruneWithheld);
+    assert!(
+        err.to_string().contains("9 of 11") && err.to_string().contains("maxPrunePercent"),
+        "{err}"
+    );
+    let withheld = Outcome::Withheld {
+        count: 9,
+        total: 11,
+        max_percent: 50,
+    };
+    assert_eq!(pruned_outcome(&rec, "cm-10"), Some(withheld));
+    for i in 0..11 {
+        assert!(exists(&s, &format!("cm-{i}")).await, "cm-{i} kept");
+    }
+    // Held back, not forgotten: the next pass stops again.
+    rec.reconcile()
+        .await
+        .expect_err("still more than half on the next pass");
+
+    env.sync.max_prune_percent = 100;
+    let mut rec = s.reconciler(env);
+    rec.reconcile()
+        .await
+        .expect("a raised limit lets it through");
+    for i in 0..11 {
+        assert_eq!(exists(&s, &format!("cm-{i}")).await, i < 2, "cm-{i}");
+    }
+}
+
+#[tokio::test]
+async fn two_installations_with_the_same_pipeline_and_environment_names_leave_each_others_objects_alone()
+ {
+    let s = setup("rc-installs").await;
+    let state = [
+        tempfile::tempdir().expect("temp dir"),
+        tempfile::tempdir().expect("temp dir"),
+    ];
+    let reconciler = |state: &std::path::Path, source: Arc<FedSource>| {
+        let options = Options {
+            // Same pipeline name, same environment, same inventory namespace.
+            owner_prefix: "shop.".into(),
+            inventory_namespace: s.ns.clone(),
+            installation: Some(
+                stagehand::cluster::installation::load_or_create(state)
+                    .expect("an installation ID"),
+            ),
+            ..Options::default()
+        };
+        Reconciler::new(s.env("dev"), source, Arc::new(options), s.events.clone())
+    };
+    let (source_a, source_b) = (
+        Arc::new(FedSource::default()),
+        Arc::new(FedSource::default()),
+    );
+    let mut a = reconciler(state[0].path(), source_a.clone());
+    let mut b = reconciler(state[1].path(), source_b.clone());
+    let cms = |names: &[&str]| -> Vec<Value> {
+        names
+            .iter()
+            .map(|n| config_map(&s.ns, n, json!({"k": "v"})))
+            .collect()
+    };
+    source_a.set("dev", "a1", cms(&["a-1", "a-2", "a-3"]));
+    source_b.set("dev", "b1", cms(&["b-1", "b-2", "b-3"]));
+    a.reconcile().await.expect("installation A applies");
+    b.reconcile().await.expect("installation B applies");
+    assert!(b.status().pruned.is_empty(), "{:?}", b.status().pruned);
+
+    source_a.set("dev", "a2", cms(&["a-1", "a-2"]));
+    a.reconcile()
+        .await
+        .expect("installation A prunes one of its own");
+    b.reconcile().await.expect("installation B again");
+    assert!(b.status().pruned.is_empty(), "{:?}", b.status().pruned);
+    for (name, there) in [
+        ("a-1", true),
+        ("a-2", true),
+        ("a-3", false),
+        ("b-1", true),
+        ("b-2", true),
+        ("b-3", true),
+    ] {
+        assert_eq!(exists(&s, name).await, there, "{name}");
+    }
+
+    // An object A owns is not B's to take, adopt or not.
+    source_b.set("dev", "b2", cms(&["b-1", "b-2", "b-3", "a-1"]));
+    b.reconcile().await.expect_err("B may not take A's object");
+    let Change::Failed { error } = change_of(&b, "ConfigMap", "a-1") else {
+        panic!("a-1 is A's");
+    };
+    assert!(error.contains("belongs to Stagehand owner"), "{error}");
+}
+
+#[tokio::test]
+async fn a_concurrent_inventory_writer_fails_the_pass_instead_of_being_overwritten() {
+    let s = setup("rc-conflict").await;
+    let group = format!("{}.stagehand.test", s.ns);
+    let crds = Api::<
+        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    >::all(s.client.clone());
+    // A CRD that already holds the kind Widget in the group: the pass's own Widget CRD cannot
+    // become Established until it goes, which holds the pass between reading and writing its
+    // inventory for as long as the test needs.
+    let mut blocker = widget_crd(&group);
+    blocker["metadata"]["name"] = json!(format!("gadgets.{group}"));
+    blocker["spec"]["names"]["plural"] = json!("gadgets");
+    blocker["spec"]["names"]["singular"] = json!("gadget");
+    crds.create(
+        &Default::default(),
+        &serde_json::from_value(blocker).expect("valid CRD"),
+    )
+    .await
+    .expect("blocker created");
+    s.source.set(
+        "dev",
+        "rev1",
+        vec![
+            widget_crd(&group),
+            config_map(&s.ns, "a", json!({"k": "v"})),
+        ],
+    );
+    let mut rec = s.reconciler(s.env("dev"));
+    let pass = tokio::spawn(async move {
+        let result = rec.reconcile().await;
+        (rec, result)
+    });
+    // Until the pass has made its CRD (or ended, which the assertions below then report).
+    while !pass.is_finished()
+        && crds
+            .get_opt(&format!("widgets.{group}"))
+            .await
+            .expect("answers")
+            .is_none()
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The other writer: another Stagehand with the same owner stores its inventory.
+    let inventory = format!("stagehand-inventory-{}.dev", s.ns);
+    let theirs: ConfigMap = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": inventory, "namespace": s.ns},
+        "data": {"inventory": "[]", "writer": "the other one"}
+    }))
+    .expect("valid");
+    s.config_maps()
+        .create(&Default::default(), &theirs)
+        .await
+        .expect("the other writer stores first");
+    crds.delete(&format!("gadgets.{group}"), &Default::default())
+        .await
+        .expect("blocker removed");
+
+    let (rec, result) = pass.await.expect("the pass does not panic");
+    let err = result.expect_err("the pass finds the inventory written since it read it");
+    assert_eq!(err.reason(), Reason::InventoryConflict, "{err}");
+    assert_eq!(rec.status().reason, Reason::InventoryConflict);
+    assert!(err.to_string().contains(&inventory), "{err}");
+    assert_eq!(
+        s.config_map_data(&inventory, "writer").await.as_deref(),
+        Some("the other one")
+    );
+}
+
+#[tokio::test]
+async fn a_secret_that_fails_while_being_recreated_is_reported_as_carefully_as_a_failed_apply() {
+    let s = setup("rc-recreate-secret").await;
+    let secret = |data: Value| {
+        json!({"apiVersion": "v1", "kind": "Secret", "immutable": true,
+               "metadata": {"name": "db", "namespace": s.ns}, "data": data})
+    };
+    s.source
+        .set("dev", "rev1", vec![secret(json!({"password": b64("one")}))]);
+    let mut env = s.env("dev");
+    env.sync.recreate = true;
+    let mut rec = s.reconciler(env);
+    rec.reconcile().await.expect("first pass");
+    // Immutable data changes, so the Secret is deleted and applied again, and the new one is
+    // invalid: the apiserver's message about it is reduced to field names, as for an apply.
+    s.source.set(
+        "dev",
+        "rev2",
+        vec![secret(
+            json!({"password": b64("two"), "not a valid key!": b64("three")}),
+        )],
+    );
+    rec.reconcile()
+        .await
+        .expect_err("the new Secret is invalid");
+    let Change::Failed { error } = change_of(&rec, "Secret", "db") else {
+        panic!("the Secret failed");
+    };
+    assert!(error.contains("apply after delete"), "{error}");
+    assert!(error.contains("(FieldValueInvalid)"), "{error}");
+    assert!(!error.contains("a valid config key"), "{error}");
+}
