@@ -170,12 +170,13 @@ pub fn one_environment(
             source,
         }
     })?;
-    let installation = crate::cluster::installation::load_or_create(state_dir).map_err(|source| {
-        SetupError::Installation {
-            env: env.to_owned(),
-            source,
-        }
-    })?;
+    let installation =
+        crate::cluster::installation::load_or_create(state_dir).map_err(|source| {
+            SetupError::Installation {
+                env: env.to_owned(),
+                source,
+            }
+        })?;
     let options = super::Options {
         owner_prefix: format!("{}.", pipeline.name),
         installation: Some(installation),
