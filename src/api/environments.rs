@@ -46,11 +46,22 @@ fn status_of(error: service::Error) -> Status {
         service::Error::Unknown(e) => Status::not_found(e.to_string()),
         service::Error::Suspended { .. } => Status::failed_precondition(error.to_string()),
         service::Error::Stopping => Status::unavailable(error.to_string()),
-        service::Error::Fetch(_) | service::Error::History { .. } | service::Error::Plan { .. } => {
+        service::Error::Fetch(_)
+        | service::Error::History { .. }
+        | service::Error::Plan { .. }
+        | service::Error::Store { .. } => {
             tracing::warn!(error = %crate::service::describe(&error), "request failed");
             Status::unavailable(format!("{error}; see the server log for the cause"))
         }
     }
+}
+
+/// Who is calling, for the audit trail: the authenticated identity, or `anonymous` on a server
+/// without tokens.
+fn caller<T>(request: &Request<T>) -> String {
+    crate::api::auth::identity(request)
+        .map(|identity| identity.name.clone())
+        .unwrap_or_else(|_| "anonymous".to_owned())
 }
 
 fn unknown(error: service::UnknownEnvironment) -> Status {
@@ -133,7 +144,13 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         request: Request<proto::SuspendEnvironmentRequest>,
     ) -> Result<Response<proto::Environment>, Status> {
         let name = required(&request.get_ref().name)?;
-        let view = self.supervisor.service().suspend(name).map_err(unknown)?;
+        let reason = &request.get_ref().reason;
+        let view = self
+            .supervisor
+            .service()
+            .suspend(name, reason, &caller(&request))
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(self.to_proto(&view)))
     }
 
@@ -142,7 +159,12 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         request: Request<proto::ResumeEnvironmentRequest>,
     ) -> Result<Response<proto::Environment>, Status> {
         let name = required(&request.get_ref().name)?;
-        let view = self.supervisor.service().resume(name).map_err(unknown)?;
+        let view = self
+            .supervisor
+            .service()
+            .resume(name, &caller(&request))
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(self.to_proto(&view)))
     }
 

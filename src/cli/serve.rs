@@ -56,6 +56,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let credentials = args.credentials.load()?;
     let (file, state_dir) = (args.pipeline.clone(), args.state_dir.clone());
     let installation = stagehand::cluster::installation::load_or_create(&args.state_dir)?;
+    let store: Arc<dyn stagehand::store::Store> =
+        Arc::new(stagehand::store::SqliteStore::open(&args.state_dir).await?);
     let build: service::reload::Builder = Box::new(move |pipeline: Arc<Pipeline>| {
         let url = git::RemoteUrl::new(pipeline.repository.resolved_url(&file));
         Ok(service::Config {
@@ -69,11 +71,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             pipeline,
             identities: identities.clone(),
             metrics: metrics.clone(),
+            store: store.clone(),
         })
     });
     let text = std::fs::read(&args.pipeline)
         .with_context(|| format!("cannot read {}", args.pipeline.display()))?;
-    let first = service::Service::start(build(pipeline).map_err(|e| anyhow::anyhow!(e))?);
+    let first = service::Service::start(build(pipeline).map_err(|e| anyhow::anyhow!(e))?).await?;
     let service = service::reload::Supervisor::start(
         args.pipeline.clone(),
         text,

@@ -46,17 +46,25 @@ impl Controller {
         source: Arc<S>,
         options: Options,
     ) -> Self {
-        Self::start_with(environments, source, options, FirstPass::Immediately)
+        Self::start_with(
+            environments,
+            source,
+            options,
+            FirstPass::Immediately,
+            HashMap::new(),
+        )
     }
 
     /// Starts one task per environment, each running its first pass as `first` says. An
     /// environment in manual sync mode (`sync.auto` false) only ever runs a pass when
-    /// triggered.
+    /// triggered. `restored` holds statuses remembered from before a restart, answered until
+    /// each environment's first pass.
     pub fn start_with<S: DesiredState>(
         environments: Vec<Environment>,
         source: Arc<S>,
         options: Options,
         first: FirstPass,
+        mut restored: HashMap<String, EnvironmentStatus>,
     ) -> Self {
         let options = Arc::new(options);
         let (shutdown, _) = watch::channel(false);
@@ -65,7 +73,11 @@ impl Controller {
         let mut tasks = Vec::new();
         for env in environments {
             let name = env.name.clone();
-            let reconciler = Reconciler::new(env, source.clone(), options.clone(), events.clone());
+            let mut reconciler =
+                Reconciler::new(env, source.clone(), options.clone(), events.clone());
+            if let Some(status) = restored.remove(&name) {
+                *reconciler.status_mut() = status;
+            }
             let suspended_at_start = reconciler.environment().sync.suspend;
             let (status_tx, status_rx) = watch::channel(reconciler.status().clone());
             let (suspended, suspended_rx) = watch::channel(suspended_at_start);

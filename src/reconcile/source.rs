@@ -319,7 +319,8 @@ mod tests {
         };
         let error = render::render(&tree, "", &render::Options::default())
             .expect_err("a cancelled render fails");
-        assert!(error.to_string().contains("cancelled"), "{error}");
+        let chain = crate::error_chain::ErrorChain(&error).to_string();
+        assert!(chain.contains("cancelled"), "{chain}");
         assert_eq!(counting.reads.load(Ordering::Relaxed), 3);
         std::fs::remove_dir_all(&dir).expect("cleaned up");
     }

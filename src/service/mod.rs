@@ -31,6 +31,7 @@ use crate::reconcile::{
     source::{Fetch, GitSource},
 };
 use crate::secrets::Identities;
+use crate::store::{self, Store};
 use notify::{Message, Notifier};
 
 /// What the service needs to start.
@@ -44,6 +45,8 @@ pub struct Config {
     pub metrics: Arc<Metrics>,
     /// Where events and alerts are sent.
     pub notifier: Notifier,
+    /// What the service remembers across restarts.
+    pub store: Arc<dyn Store>,
 }
 
 /// An environment name the pipeline does not have.
@@ -79,6 +82,13 @@ pub enum Error {
     /// The service is shutting down.
     #[error("the service is stopping")]
     Stopping,
+    /// The durable state could not be read or written; nothing took effect.
+    #[error("cannot record the change of environment {environment:?}")]
+    Store {
+        environment: String,
+        #[source]
+        source: store::Error,
+    },
 }
 
 /// What Git says an environment should run, as of the last fetch.
@@ -147,13 +157,15 @@ pub struct Service {
     metrics: Arc<Metrics>,
     /// Raised alerts per environment.
     alerts: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    store: Arc<dyn Store>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Service {
-    /// Starts the fetch loop and every environment's reconcile loop. Must run inside a tokio
+    /// Starts the fetch loop and every environment's reconcile loop, each environment as the
+    /// store remembers it (suspended or not, its applied revision). Must run inside a tokio
     /// runtime.
-    pub fn start(config: Config) -> Arc<Self> {
+    pub async fn start(config: Config) -> Result<Arc<Self>, store::Error> {
         let Config {
             pipeline,
             repository,
@@ -161,7 +173,17 @@ impl Service {
             reconcile: options,
             metrics,
             notifier,
+            store,
         } = config;
+        let mut environments = pipeline.environments.clone();
+        let mut restored = HashMap::new();
+        for record in store.environments().await? {
+            let Some(env) = environments.iter_mut().find(|e| e.name == record.name) else {
+                continue;
+            };
+            env.sync.suspend |= record.suspended.is_some();
+            restored.insert(env.name.clone(), restore(env, &record));
+        }
         let notifier = Arc::new(notifier);
         let source = Arc::new(GitSource::new(
             pipeline.clone(),
@@ -170,10 +192,11 @@ impl Service {
             Fetch::Never,
         ));
         let controller = Controller::start_with(
-            pipeline.environments.clone(),
+            environments,
             source.clone(),
             options.clone(),
             FirstPass::OnTrigger,
+            restored,
         );
         let poller = Arc::new(Poller::spawn(
             fetch_interval(&pipeline),
@@ -196,6 +219,7 @@ impl Service {
                 .watch(&env.name)
                 .expect("the controller runs every environment of the pipeline");
             tasks.push(tokio::spawn(count_passes(status.clone(), metrics.clone())));
+            tasks.push(tokio::spawn(record_passes(status.clone(), store.clone())));
             tasks.push(tokio::spawn(watch_alerts(
                 pipeline.clone(),
                 env.name.clone(),
@@ -210,7 +234,7 @@ impl Service {
             notifier,
         )));
         let (desired, _) = watch::channel(Arc::new(DesiredTable::new()));
-        Arc::new_cyclic(|service: &std::sync::Weak<Service>| {
+        Ok(Arc::new_cyclic(|service: &std::sync::Weak<Service>| {
             tasks.push(tokio::spawn(follow_fetches(
                 service.clone(),
                 poller.subscribe(),
@@ -226,9 +250,10 @@ impl Service {
                 last_fetch_error: Mutex::new(None),
                 metrics,
                 alerts,
+                store,
                 tasks,
             }
-        })
+        }))
     }
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
@@ -343,22 +368,65 @@ impl Service {
         Ok(self.view(&env))
     }
 
-    /// Stops the passes of `name` until [`Service::resume`].
-    pub fn suspend(&self, name: &str) -> Result<EnvironmentView, UnknownEnvironment> {
+    /// Stops the passes of `name` until [`Service::resume`], also after a restart: the
+    /// suspension is written to the store (with its audit event) before it takes effect.
+    pub async fn suspend(
+        &self,
+        name: &str,
+        reason: &str,
+        by: &str,
+    ) -> Result<EnvironmentView, Error> {
         let env = self.environment_of(name)?;
+        let hold = store::Hold {
+            reason: reason.to_owned(),
+            by: by.to_owned(),
+            at: SystemTime::now(),
+        };
+        self.record_suspension(name, Some(hold), reason, by).await?;
         self.controller
             .suspend(name)
             .expect("the controller runs every environment of the pipeline");
         Ok(self.view(env))
     }
 
-    /// Resumes `name` with a pass at once.
-    pub fn resume(&self, name: &str) -> Result<EnvironmentView, UnknownEnvironment> {
+    /// Resumes `name` with a pass at once; written to the store first, as a suspension is.
+    pub async fn resume(&self, name: &str, by: &str) -> Result<EnvironmentView, Error> {
         let env = self.environment_of(name)?;
+        self.record_suspension(name, None, "", by).await?;
         self.controller
             .resume(name)
             .expect("the controller runs every environment of the pipeline");
         Ok(self.view(env))
+    }
+
+    async fn record_suspension(
+        &self,
+        name: &str,
+        hold: Option<store::Hold>,
+        reason: &str,
+        by: &str,
+    ) -> Result<(), Error> {
+        let action = if hold.is_some() {
+            store::AuditAction::Suspended
+        } else {
+            store::AuditAction::Resumed
+        };
+        let audit = store::NewAuditEvent {
+            at: SystemTime::now(),
+            actor: by.to_owned(),
+            action,
+            environment: Some(name.to_owned()),
+            promotion_id: None,
+            revision: None,
+            reason: reason.to_owned(),
+        };
+        self.store
+            .set_suspension(name, hold, audit)
+            .await
+            .map_err(|source| Error::Store {
+                environment: name.to_owned(),
+                source,
+            })
     }
 
     /// What a sync of `name` would change, asked of the apiserver by a server-side dry run.
@@ -585,6 +653,86 @@ async fn count_passes(mut status: watch::Receiver<EnvironmentStatus>, metrics: A
                 environment: s.environment.clone(),
             })
             .set(i64::try_from(s.drift.len()).unwrap_or(i64::MAX));
+    }
+}
+
+/// The status an environment starts with after a restart: what the store remembers of it.
+fn restore(env: &Environment, record: &store::EnvironmentRecord) -> EnvironmentStatus {
+    let mut status = EnvironmentStatus::new(&env.name, record.suspended.is_some());
+    status.applied_revision = record.applied_revision.clone();
+    status.last_applied = record.applied_at;
+    let saved = record.status.as_ref();
+    let text = |field: &str| {
+        saved
+            .and_then(|s| s.get(field))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    status.message = match text("message") {
+        Some(message) => format!("before the restart: {message}"),
+        None => "no pass since the restart yet".to_owned(),
+    };
+    status.last_error = text("lastError");
+    status
+}
+
+/// Writes each finished pass of one environment to the store: its sync record (which makes a
+/// fully applied revision the environment's applied revision) and its status. A store that
+/// fails is logged; reconciliation goes on.
+async fn record_passes(mut status: watch::Receiver<EnvironmentStatus>, store: Arc<dyn Store>) {
+    let mut passes = status.borrow_and_update().passes;
+    while status.changed().await.is_ok() {
+        let s = status.borrow_and_update().clone();
+        if s.passes == passes {
+            continue;
+        }
+        passes = s.passes;
+        let finished_at = SystemTime::now();
+        let applied = s.applied_revision.is_some() && s.applied_revision == s.attempted_revision;
+        let mut counts = store::SyncCounts::default();
+        for object in &s.objects {
+            use crate::cluster::apply::Change;
+            match object.change {
+                Change::Created => counts.created += 1,
+                Change::Adopted => counts.adopted += 1,
+                Change::Configured { .. } | Change::Recreated | Change::Healed { .. } => {
+                    counts.changed += 1
+                }
+                Change::Drifted { .. } => counts.drifted += 1,
+                Change::Unchanged | Change::Failed { .. } => {}
+            }
+        }
+        counts.pruned = u32::try_from(
+            s.pruned
+                .iter()
+                .filter(|p| p.outcome == crate::cluster::prune::Outcome::Deleted)
+                .count(),
+        )
+        .unwrap_or(u32::MAX);
+        let run = store::SyncRun {
+            environment: s.environment.clone(),
+            revision: s.attempted_revision.clone().unwrap_or_default(),
+            started_at: s.last_attempt.unwrap_or(finished_at),
+            finished_at,
+            result: s.reason.as_str().to_owned(),
+            message: s.message.clone(),
+            trigger: "pass".to_owned(),
+            applied,
+            counts,
+        };
+        if let Err(error) = store.record_sync(run).await {
+            tracing::warn!(environment = %s.environment, error = %describe(&error), "cannot record the pass");
+        }
+        match serde_json::to_value(&s) {
+            Ok(value) => {
+                if let Err(error) = store.save_status(&s.environment, value).await {
+                    tracing::warn!(environment = %s.environment, error = %describe(&error), "cannot save the status");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(environment = %s.environment, %error, "cannot serialise the status")
+            }
+        }
     }
 }
 

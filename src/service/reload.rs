@@ -109,9 +109,17 @@ async fn follow(
             }
         };
         tracing::info!(file = %file.display(), pipeline = %pipeline.name, "pipeline file changed: restarting its environments");
-        let old = supervisor.service();
-        old.stop();
-        supervisor.current.send_replace(Service::start(config));
+        match Service::start(config).await {
+            Ok(service) => {
+                // The new loops wait for their first fetch: the old ones stop before that.
+                supervisor.service().stop();
+                supervisor.current.send_replace(service);
+            }
+            Err(error) => {
+                reject(&supervisor, super::describe(&error));
+                continue;
+            }
+        }
         if let Ok(mut rejected) = supervisor.rejected.lock() {
             *rejected = None;
         }

@@ -1327,7 +1327,8 @@ async fn a_concurrent_inventory_writer_fails_the_pass_instead_of_being_overwritt
     let err = result.expect_err("the pass finds the inventory written since it read it");
     assert_eq!(err.reason(), Reason::InventoryConflict, "{err}");
     assert_eq!(rec.status().reason, Reason::InventoryConflict);
-    assert!(err.to_string().contains(&inventory), "{err}");
+    let chain = stagehand::error_chain::ErrorChain(&err).to_string();
+    assert!(chain.contains(&inventory), "{chain}");
     assert_eq!(
         s.config_map_data(&inventory, "writer").await.as_deref(),
         Some("the other one")
