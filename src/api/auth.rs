@@ -8,9 +8,8 @@
 //!
 //! **Authorisation** is a pure function, [`authorize`], of an identity, an environment and a
 //! [`Permission`], decided by the [`AccessPolicy`] built from the pipeline's `access:` rules.
-//! The serde types of that section live here rather than in `pipeline`: authorisation is their
-//! only reader, the rules and the function are tested together without a pipeline, and the
-//! pipeline only has to embed [`AccessRule`]s and pass its environment names for validation.
+//! The pipeline file carries the rules as written ([`AccessRule`]); they are validated here,
+//! where they are read, when the service starts or reloads the file.
 //!
 //! The tokens file:
 //!
@@ -139,15 +138,7 @@ impl FromStr for Permission {
     }
 }
 
-/// One rule of the `access:` section: these groups hold these permissions in these
-/// environments. `"*"` stands for every environment or every permission.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AccessRule {
-    pub groups: Vec<String>,
-    pub environments: Vec<String>,
-    pub permissions: Vec<String>,
-}
+pub use crate::pipeline::AccessRule;
 
 /// A rule of the `access:` section that does not make sense. Names the file and the field.
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use crate::api::auth::{self, Permission};
 use crate::cluster::ObjectRef;
 use crate::cluster::apply::Change;
 use crate::cluster::health::HealthStatus;
@@ -56,14 +57,6 @@ fn status_of(error: service::Error) -> Status {
     }
 }
 
-/// Who is calling, for the audit trail: the authenticated identity, or `anonymous` on a server
-/// without tokens.
-fn caller<T>(request: &Request<T>) -> String {
-    crate::api::auth::identity(request)
-        .map(|identity| identity.name.clone())
-        .unwrap_or_else(|_| "anonymous".to_owned())
-}
-
 fn unknown(error: service::UnknownEnvironment) -> Status {
     Status::not_found(error.to_string())
 }
@@ -74,16 +67,27 @@ type EnvironmentStream = Pin<Box<dyn Stream<Item = Result<proto::Environment, St
 impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
     async fn list_environments(
         &self,
-        _request: Request<proto::ListEnvironmentsRequest>,
+        request: Request<proto::ListEnvironmentsRequest>,
     ) -> Result<Response<proto::ListEnvironmentsResponse>, Status> {
         let service = self.supervisor.service();
+        let identity = auth::identity(&request)?;
         let pipeline = service.pipeline();
         Ok(Response::new(proto::ListEnvironmentsResponse {
             pipeline: pipeline.name.clone(),
             rejected_pipeline: self.supervisor.rejected().unwrap_or_default(),
+            // Only the environments the caller may see.
             environments: service
                 .environments()
                 .iter()
+                .filter(|view| {
+                    auth::authorize(
+                        service.access(),
+                        &identity,
+                        &view.environment.name,
+                        Permission::View,
+                    )
+                    .is_ok()
+                })
                 .map(|view| view_to_proto(view, &pipeline.repository.branch))
                 .collect(),
         }))
@@ -94,6 +98,7 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         request: Request<proto::GetEnvironmentRequest>,
     ) -> Result<Response<proto::Environment>, Status> {
         let name = required(&request.get_ref().name)?;
+        self.allowed(&request, name, Permission::View)?;
         let view = self
             .supervisor
             .service()
@@ -106,6 +111,7 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         &self,
         request: Request<proto::SyncEnvironmentRequest>,
     ) -> Result<Response<proto::SyncEnvironmentResponse>, Status> {
+        self.allowed(&request, &request.get_ref().name, Permission::Sync)?;
         let request = request.into_inner();
         let name = required(&request.name)?;
         let view = self
@@ -123,6 +129,7 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         &self,
         request: Request<proto::DiffEnvironmentRequest>,
     ) -> Result<Response<proto::DiffEnvironmentResponse>, Status> {
+        self.allowed(&request, &request.get_ref().name, Permission::View)?;
         let request = request.into_inner();
         let name = required(&request.name)?;
         if !request.revision.is_empty() {
@@ -144,11 +151,12 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         request: Request<proto::SuspendEnvironmentRequest>,
     ) -> Result<Response<proto::Environment>, Status> {
         let name = required(&request.get_ref().name)?;
+        let identity = self.allowed(&request, name, Permission::Suspend)?;
         let reason = &request.get_ref().reason;
         let view = self
             .supervisor
             .service()
-            .suspend(name, reason, &caller(&request))
+            .suspend(name, reason, &identity.name)
             .await
             .map_err(status_of)?;
         Ok(Response::new(self.to_proto(&view)))
@@ -159,10 +167,11 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         request: Request<proto::ResumeEnvironmentRequest>,
     ) -> Result<Response<proto::Environment>, Status> {
         let name = required(&request.get_ref().name)?;
+        let identity = self.allowed(&request, name, Permission::Suspend)?;
         let view = self
             .supervisor
             .service()
-            .resume(name, &caller(&request))
+            .resume(name, &identity.name)
             .await
             .map_err(status_of)?;
         Ok(Response::new(self.to_proto(&view)))
@@ -172,6 +181,7 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         &self,
         request: Request<proto::ListRevisionsRequest>,
     ) -> Result<Response<proto::ListRevisionsResponse>, Status> {
+        self.allowed(&request, &request.get_ref().name, Permission::View)?;
         let request = request.into_inner();
         let name = required(&request.name)?;
         let limit = match request.limit {
@@ -197,13 +207,16 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
     ) -> Result<Response<Self::WatchEnvironmentsStream>, Status> {
         let names = &request.get_ref().names;
         for name in names {
-            self.supervisor
-                .service()
-                .environment(name)
-                .map_err(unknown)?;
+            self.allowed(&request, name, Permission::View)?;
         }
+        let identity = auth::identity(&request)?;
+        let access = self.supervisor.service().access().clone();
         let wanted: HashSet<String> = names.iter().cloned().collect();
-        let wants = move |name: &str| wanted.is_empty() || wanted.contains(name);
+        // An unnamed watch sees every environment the caller may view.
+        let wants = move |name: &str| {
+            (wanted.is_empty() || wanted.contains(name))
+                && auth::authorize(&access, &identity, name, Permission::View).is_ok()
+        };
         // A snapshot of every watched environment first, then each change as it happens.
         let snapshot: Vec<_> = self
             .supervisor
@@ -229,6 +242,21 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
 }
 
 impl EnvironmentApi {
+    /// The caller, when `environment` exists and they hold `permission` in it: NOT_FOUND
+    /// naming an unknown environment, PERMISSION_DENIED naming the permission otherwise.
+    fn allowed<T>(
+        &self,
+        request: &Request<T>,
+        environment: &str,
+        permission: Permission,
+    ) -> Result<Arc<auth::Identity>, Status> {
+        let service = self.supervisor.service();
+        service
+            .environment(required(environment)?)
+            .map_err(unknown)?;
+        auth::require(request, service.access(), environment, permission)
+    }
+
     fn to_proto(&self, view: &EnvironmentView) -> proto::Environment {
         view_to_proto(
             view,

@@ -61,6 +61,7 @@ impl Listener {
 pub async fn serve(
     listener: Listener,
     service: Arc<Supervisor>,
+    authenticator: auth::Authenticator,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -89,7 +90,10 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(EnvironmentServiceServer::new(EnvironmentApi::new(service)))
+        .add_service(EnvironmentServiceServer::with_interceptor(
+            EnvironmentApi::new(service),
+            authenticator,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener.inner), draining)
         .await
         .map_err(Error::Serve)

@@ -30,6 +30,14 @@ pub struct ServeArgs {
     /// HMAC-SHA256) or carry (GitLab's X-Gitlab-Token). Without it every webhook is refused.
     #[arg(long, env = "STAGEHAND_WEBHOOK_SECRET_FILE")]
     webhook_secret_file: Option<PathBuf>,
+    /// The tokens file (YAML: identities with their groups and the SHA-256 of their bearer
+    /// tokens; read again when it changes). Without it every caller is `anonymous` and may do
+    /// everything, which is refused unless the server listens on loopback or `--insecure` says so.
+    #[arg(long, env = "STAGEHAND_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// Allow running without a tokens file on an address other than loopback.
+    #[arg(long)]
+    insecure: bool,
     #[command(flatten)]
     credentials: GitCredentialArgs,
 }
@@ -55,12 +63,42 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let metrics: Arc<stagehand::metrics::Metrics> = Arc::default();
     let credentials = args.credentials.load()?;
     let (file, state_dir) = (args.pipeline.clone(), args.state_dir.clone());
+    let tokens = match &args.tokens_file {
+        Some(file) => {
+            let tokens = Arc::new(api::auth::Tokens::load(file)?);
+            tokens.watch(std::time::Duration::from_secs(5));
+            Some(tokens)
+        }
+        None => {
+            api::auth::allow_anonymous(args.listen, args.insecure)?;
+            tracing::warn!(
+                "no --tokens-file: every caller is anonymous and may do everything in every environment"
+            );
+            None
+        }
+    };
+    let authenticator = match &tokens {
+        Some(tokens) => api::auth::Authenticator::new(tokens.clone()),
+        None => api::auth::Authenticator::anonymous(),
+    };
+    let with_tokens = tokens.is_some();
     let installation = stagehand::cluster::installation::load_or_create(&args.state_dir)?;
     let store: Arc<dyn stagehand::store::Store> =
         Arc::new(stagehand::store::SqliteStore::open(&args.state_dir).await?);
     let build: service::reload::Builder = Box::new(move |pipeline: Arc<Pipeline>| {
         let url = git::RemoteUrl::new(pipeline.repository.resolved_url(&file));
+        let access = if with_tokens {
+            let names: Vec<&str> = pipeline
+                .environments
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect();
+            api::auth::AccessPolicy::new(&file, &pipeline.access, &names)?
+        } else {
+            api::auth::AccessPolicy::allow_all()
+        };
         Ok(service::Config {
+            access,
             repository: git::Repository::open(&state_dir, url, credentials.clone())?,
             notifier: service::notify::Notifier::start(&pipeline)?,
             reconcile: reconcile::Options {
@@ -105,7 +143,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             )))
         }
     };
-    let grpc = api::serve(listener, service.clone(), async move {
+    let grpc = api::serve(listener, service.clone(), authenticator, async move {
         shutdown_signal().await;
         stop.send_replace(true);
     })

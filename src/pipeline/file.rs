@@ -28,6 +28,8 @@ pub struct Spec {
     pub notifications: Vec<Notification>,
     #[serde(default)]
     pub alerts: Option<Alerts>,
+    #[serde(default)]
+    pub access: Vec<super::AccessRule>,
 }
 
 #[derive(Debug, Deserialize)]

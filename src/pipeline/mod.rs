@@ -32,6 +32,18 @@ pub struct Pipeline {
     pub notifications: Vec<Notification>,
     /// When a condition becomes an alert (`alerts:`).
     pub alerts: Alerts,
+    /// Who may do what, as written (`access:`); validated by [`crate::api::auth::AccessPolicy`].
+    pub access: Vec<AccessRule>,
+}
+
+/// One rule of the `access:` section: these groups hold these permissions in these
+/// environments. `"*"` stands for every environment or every permission.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    pub groups: Vec<String>,
+    pub environments: Vec<String>,
+    pub permissions: Vec<String>,
 }
 
 /// A JSON webhook that receives events, signed with HMAC-SHA256 when it has a secret.

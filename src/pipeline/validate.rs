@@ -200,6 +200,7 @@ fn validate(raw: file::PipelineFile) -> Result<Pipeline, ErrorKind> {
         environments,
         notifications,
         alerts,
+        access: raw.spec.access,
     })
 }
 

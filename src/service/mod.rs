@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::api::auth::AccessPolicy;
 use crate::git::{self, poll::Poller};
 use crate::metrics::Metrics;
 use crate::pipeline::{Environment, Pipeline};
@@ -47,6 +48,8 @@ pub struct Config {
     pub notifier: Notifier,
     /// What the service remembers across restarts.
     pub store: Arc<dyn Store>,
+    /// Who may do what, from the pipeline's `access:` rules.
+    pub access: AccessPolicy,
 }
 
 /// An environment name the pipeline does not have.
@@ -158,6 +161,7 @@ pub struct Service {
     /// Raised alerts per environment.
     alerts: Arc<Mutex<HashMap<String, Vec<String>>>>,
     store: Arc<dyn Store>,
+    access: AccessPolicy,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -174,6 +178,7 @@ impl Service {
             metrics,
             notifier,
             store,
+            access,
         } = config;
         let mut environments = pipeline.environments.clone();
         let mut restored = HashMap::new();
@@ -251,6 +256,7 @@ impl Service {
                 metrics,
                 alerts,
                 store,
+                access,
                 tasks,
             }
         }))
@@ -262,6 +268,11 @@ impl Service {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Who may do what in this pipeline.
+    pub fn access(&self) -> &AccessPolicy {
+        &self.access
     }
 
     fn environment_of(&self, name: &str) -> Result<&Environment, UnknownEnvironment> {

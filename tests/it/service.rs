@@ -54,6 +54,10 @@ impl Drop for Server {
 }
 
 fn start_server(pipeline: &Path, state: &Path, secret_file: &Path) -> Server {
+    start_server_with(pipeline, state, secret_file, &[])
+}
+
+fn start_server_with(pipeline: &Path, state: &Path, secret_file: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_stagehand"))
         .args([
             "serve",
@@ -68,7 +72,8 @@ fn start_server(pipeline: &Path, state: &Path, secret_file: &Path) -> Server {
         .arg(state)
         .arg("--webhook-secret-file")
         .arg(secret_file)
-        .args(["--log-level", "stagehand=debug"])
+        .args(["--log-level", "debug"])
+        .args(extra)
         .env("KUBECONFIG", &cluster().kubeconfig)
         .env_remove("SOPS_AGE_KEY")
         .env_remove("SOPS_AGE_KEY_FILE")
@@ -776,4 +781,147 @@ async fn the_service_applies_pushes_on_signed_webhooks_reports_drift_and_honours
         .expect_err("no such environment");
     assert_eq!(missing.code(), tonic::Code::NotFound);
     assert!(missing.message().contains("\"qa\""), "{missing:?}");
+}
+
+fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ASCII"),
+    );
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_tokens_file_callers_need_a_known_token_and_the_permission_and_no_token_is_logged() {
+    let kube = cluster().client().await;
+    let fx = Fixture::new(&kube).await;
+    const VIEWER: &str = "viewer-token-5b1c0d7e";
+    const OPERATOR: &str = "operator-token-9f3a21c4";
+    let hash = |t: &str| stagehand::api::auth::hash_token(t);
+    let tokens = fx.state.join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "apiVersion: stagehand.dev/v1alpha1
+kind: Tokens
+identities:
+  - {{name: vera, email: vera@example.test, groups: [viewers], tokenSha256: [{}]}}
+  - {{name: otto, email: otto@example.test, groups: [operators], tokenSha256: [{}]}}
+",
+            hash(VIEWER),
+            hash(OPERATOR)
+        ),
+    )
+    .expect("tokens file");
+    let text = std::fs::read_to_string(&fx.pipeline).expect("pipeline");
+    std::fs::write(
+        &fx.pipeline,
+        text + "  access:
+    - {groups: [viewers], environments: [\"*\"], permissions: [view]}
+    - {groups: [operators], environments: [dev], permissions: [sync, suspend]}
+",
+    )
+    .expect("pipeline with access rules");
+    let tokens_arg = tokens.display().to_string();
+    let server = start_server_with(
+        &fx.pipeline,
+        &fx.state,
+        &fx.secret,
+        &["--tokens-file", &tokens_arg],
+    );
+    let mut api = EnvironmentServiceClient::connect(server.grpc.clone())
+        .await
+        .expect("gRPC reachable");
+    let get = |name: &str| proto::GetEnvironmentRequest { name: name.into() };
+
+    let anonymous = api.get_environment(get("dev")).await.expect_err("no token");
+    assert_eq!(
+        anonymous.code(),
+        tonic::Code::Unauthenticated,
+        "{anonymous:?}"
+    );
+    let unknown = api
+        .get_environment(with_token("not-a-token", get("dev")))
+        .await
+        .expect_err("unknown token");
+    assert_eq!(unknown.code(), tonic::Code::Unauthenticated, "{unknown:?}");
+
+    let seen = api
+        .get_environment(with_token(VIEWER, get("prod")))
+        .await
+        .expect("a viewer may look");
+    assert_eq!(seen.into_inner().name, "prod");
+    let denied = api
+        .sync_environment(with_token(
+            VIEWER,
+            proto::SyncEnvironmentRequest {
+                name: "dev".into(),
+                fetch: false,
+                wait: false,
+            },
+        ))
+        .await
+        .expect_err("a viewer may not sync");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("\"sync\"") && denied.message().contains("\"dev\""),
+        "{denied:?}"
+    );
+    let outside = api
+        .suspend_environment(with_token(
+            OPERATOR,
+            proto::SuspendEnvironmentRequest {
+                name: "prod".into(),
+                reason: "not mine".into(),
+            },
+        ))
+        .await
+        .expect_err("operators hold suspend in dev only");
+    assert_eq!(outside.code(), tonic::Code::PermissionDenied);
+    let suspended = api
+        .suspend_environment(with_token(
+            OPERATOR,
+            proto::SuspendEnvironmentRequest {
+                name: "dev".into(),
+                reason: "maintenance".into(),
+            },
+        ))
+        .await
+        .expect("an operator may suspend dev");
+    assert_eq!(suspended.into_inner().name, "dev");
+
+    drop(server);
+    let log = std::fs::read_to_string(fx.state.join("server.log")).expect("server log");
+    assert!(
+        log.contains("refused an unauthenticated call"),
+        "the log is captured"
+    );
+    for secret in [VIEWER, OPERATOR, "not-a-token"] {
+        assert!(!log.contains(secret), "the log holds a token");
+    }
+}
+
+#[test]
+fn without_a_tokens_file_serve_refuses_an_address_other_than_loopback() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        "apiVersion: stagehand.dev/v1alpha1\nkind: Pipeline\nmetadata: {name: open}\nspec:\n  environments:\n    - {name: dev, source: {overlay: dev}}\n",
+    )
+    .expect("pipeline");
+    let out = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--pipeline"])
+        .arg(&pipeline)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .expect("stagehand runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--insecure") && stderr.contains("tokens file"),
+        "{stderr}"
+    );
 }
