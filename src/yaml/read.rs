@@ -316,7 +316,11 @@ pub fn documents(text: &str, reading: Reading) -> Result<Vec<Value>, ParseError>
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let value = if r.at_annotation_value() {
-                    Value::String(text.to_string())
+                    // A patch deletes an annotation with null; any other value becomes its text.
+                    match scalar(&text, style, tag.as_deref(), r.reading) {
+                        Ok(Value::Null) if r.reading == Reading::Patches => Value::Null,
+                        _ => Value::String(text.to_string()),
+                    }
                 } else {
                     scalar(&text, style, tag.as_deref(), r.reading).map_err(|m| r.err(line, m))?
                 };
