@@ -31,7 +31,7 @@ pub fn apply_patch(
     options: &BTreeMap<String, bool>,
     schema: Option<&Schema>,
 ) -> Result<(), String> {
-    let docs = crate::yaml::documents(text, crate::yaml::Reading::Patches)
+    let docs = crate::yaml::documents(text, crate::yaml::Reading::PatchEntry)
         .map_err(|e| format!("patch: {e}"))?;
     // An empty patch file (or one of only comments) changes nothing.
     if docs.is_empty() {

@@ -935,8 +935,9 @@ data:
   LEVEL: info
 ";
 
-/// `null` (or `~`, or nothing) deletes an annotation as it deletes any other field; a quoted
-/// "null" is text.
+/// In a `patches:` entry `null` (or `~`, or nothing) deletes an annotation as it deletes any
+/// other field, and a quoted "null" is text; `patchesStrategicMerge` loads its patches as
+/// resources, whose annotation values are text as written.
 #[test]
 fn a_strategic_merge_patch_setting_an_annotation_to_null_deletes_it_as_kubectl_does() {
     for patch in [
