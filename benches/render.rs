@@ -3,8 +3,11 @@
 //! the bare base, the base with only `namespace` set, and a full overlay (namespace, namePrefix,
 //! labels with selectors, a JSON6902 patch on every Deployment, 100 `images` entries, a
 //! configMapGenerator, a component). Every kubectl output is compared with ours byte for byte.
+//! A second case keeps one ConfigMap per file, as real repositories do: a kustomization listing
+//! 500, 2,000 and 8,000 files, where any per-file work that grows with the number of files shows.
 //!
-//! Run with `cargo bench --bench render`. `STAGEHAND_KUBECTL` (or the recorded tool path in
+//! Run with `cargo bench --bench render`; `cargo bench --bench render -- files` (or `-- overlays`)
+//! runs one case. `STAGEHAND_KUBECTL` (or the recorded tool path in
 //! `~/.cache/stagehand/env.sh`) names kubectl; `BENCH_KUBECTL_MAX` (default 2000) is the largest
 //! base kubectl is timed on, because it grows faster than linearly (minutes at 8,000).
 
@@ -203,13 +206,119 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn main() {
-    let stagehand = PathBuf::from(env!("CARGO_BIN_EXE_stagehand"));
-    let kubectl = kubectl();
-    let kubectl_max: usize = std::env::var("BENCH_KUBECTL_MAX")
+/// A kustomization in `files/` listing `n` files of one ConfigMap each.
+fn generate_many_files(root: &Path, n: usize) {
+    let mut kustomization = String::from("resources:\n");
+    for i in 0..n {
+        let name = format!("config-{i:05}.yaml");
+        write(
+            &root.join("files").join(&name),
+            &format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-{i}\ndata:\n  INDEX: \"{i}\"\n"
+            ),
+        );
+        kustomization.push_str(&format!("- {name}\n"));
+    }
+    write(&root.join("files/kustomization.yaml"), &kustomization);
+}
+
+fn kubectl_max() -> usize {
+    std::env::var("BENCH_KUBECTL_MAX")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(2000);
+        .unwrap_or(2000)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; any other argument picks the cases to run.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let runs = |case: &str| only.is_empty() || only.iter().any(|o| case.contains(o.as_str()));
+    let stagehand = PathBuf::from(env!("CARGO_BIN_EXE_stagehand"));
+    let kubectl = kubectl();
+    if runs("overlays") {
+        overlays(&stagehand, &kubectl);
+    }
+    if runs("files") {
+        many_files(&stagehand, &kubectl);
+    }
+}
+
+/// One ConfigMap per file: the time per file must not grow with the number of files.
+fn many_files(stagehand: &Path, kubectl: &Path) {
+    let kubectl_max = kubectl_max();
+    println!(
+        "{:>6} {:<16} {:>11} {:>9} {:>9} {:>9} {:>9}",
+        "files", "input", "kubectl ms", "cli ms", "lib ms", "cli x", "lib x"
+    );
+    let mut lib_ms = Vec::new();
+    let mut cli_ms = Vec::new();
+    for n in [500usize, 2000, 8000] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        generate_many_files(dir.path(), n);
+        let input = "files";
+        let (cli, ours) = best(3, || {
+            time_command(
+                Command::new(stagehand)
+                    .args(["render", input, "--root", "."])
+                    .current_dir(dir.path()),
+            )
+        });
+        let fs = DiskFs::new(dir.path()).expect("root");
+        let (lib, _) = best(5, || {
+            let start = Instant::now();
+            let objects = render::render(&fs, input, &Options::default()).expect("renders");
+            let text = render::to_yaml(&objects);
+            (start.elapsed(), text.len())
+        });
+        let kube = (n <= kubectl_max).then(|| {
+            let (took, theirs) = time_command(
+                Command::new(kubectl)
+                    .args(["kustomize", input])
+                    .current_dir(dir.path()),
+            );
+            assert!(
+                theirs == ours,
+                "stagehand and kubectl kustomize disagree on {n} files"
+            );
+            took
+        });
+        let ratio = |d: Duration| {
+            kube.map(|k| format!("{:.0}x", k.as_secs_f64() / d.as_secs_f64()))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "{:>6} {:<16} {:>11} {:>9.1} {:>9.1} {:>9} {:>9}",
+            n,
+            "one per file",
+            kube.map(|k| format!("{:.0}", ms(k)))
+                .unwrap_or_else(|| "skipped".into()),
+            ms(cli),
+            ms(lib),
+            ratio(cli),
+            ratio(lib),
+        );
+        lib_ms.push(ms(lib));
+        cli_ms.push(ms(cli));
+    }
+    let growth = |v: &[f64]| {
+        v.windows(2)
+            .map(|w| format!("x{:.1}", w[1] / w[0]))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "one object per file, growth per 4x files (500 -> 8,000): in-process {}, cli {}",
+        growth(&lib_ms),
+        growth(&cli_ms)
+    );
+}
+
+/// The base, the base with a namespace and the full overlay, at four sizes.
+fn overlays(stagehand: &Path, kubectl: &Path) {
+    let kubectl_max = kubectl_max();
     println!(
         "{:>6} {:<16} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8}",
         "n", "input", "kubectl ms", "cli ms", "lib ms", "cli x", "lib x", "out KiB"
@@ -225,7 +334,7 @@ fn main() {
         ] {
             let (cli, ours) = best(3, || {
                 time_command(
-                    Command::new(&stagehand)
+                    Command::new(stagehand)
                         .args(["render", input, "--root", "."])
                         .current_dir(dir.path()),
                 )
@@ -239,7 +348,7 @@ fn main() {
             });
             let kube = (n <= kubectl_max).then(|| {
                 let (took, theirs) = time_command(
-                    Command::new(&kubectl)
+                    Command::new(kubectl)
                         .args(["kustomize", input])
                         .current_dir(dir.path()),
                 );
@@ -270,9 +379,9 @@ fn main() {
             );
         }
         let overlay = "overlays/prod";
-        let ours_rss = peak_rss_kib(&stagehand, &["render", overlay, "--root", "."], dir.path());
+        let ours_rss = peak_rss_kib(stagehand, &["render", overlay, "--root", "."], dir.path());
         let theirs_rss = (n <= kubectl_max)
-            .then(|| peak_rss_kib(&kubectl, &["kustomize", overlay], dir.path()))
+            .then(|| peak_rss_kib(kubectl, &["kustomize", overlay], dir.path()))
             .flatten();
         println!(
             "       peak RSS, full overlay at {n}: stagehand render {} KiB, kubectl kustomize {} KiB",

@@ -15,8 +15,8 @@ pub struct RenderArgs {
     /// Output order; a kustomization's own `sortOptions` wins. Default: legacy.
     #[arg(long, value_enum)]
     order: Option<RenderOrder>,
-    /// Nothing outside this directory is read. Default: the Git work tree holding DIR, else the
-    /// current directory.
+    /// Nothing outside this directory is read. Default: the Git work tree holding DIR, else no
+    /// limit beyond kustomize's own (a kustomization reads files in or below its directory).
     #[arg(long)]
     root: Option<PathBuf>,
     /// Let kustomizations read files outside their own directory (still inside the root).
@@ -57,7 +57,8 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
             .with_context(|| format!("--root {}: cannot open it", r.display()))?,
         None => match dir.ancestors().find(|a| a.join(".git").exists()) {
             Some(work_tree) => work_tree.to_path_buf(),
-            None => std::env::current_dir()?.canonicalize()?,
+            // The file system's root: the canonical DIR is absolute.
+            None => dir.ancestors().last().unwrap_or(&dir).to_path_buf(),
         },
     };
     let rel = dir.strip_prefix(&root).with_context(|| {

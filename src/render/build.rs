@@ -6,111 +6,19 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{Map, Value};
 
+use super::error::Error;
 use super::fieldspec::{self, FieldSpec, TransformerConfig};
+use super::fold::Folded;
 use super::fs::{self, EntryKind, FileSystem};
 use super::kustomization::{self as kz, Kustomization};
 use super::limits;
 use super::openapi::Schema;
-use super::resource::Resource;
+use super::resource::{Gvk, Resource};
 use super::{LoadRestrictor, Object, Options, Order, generate, nameref, patch, replace, transform};
 use crate::yaml::{self, Reading};
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{dir}: no kustomization.yaml, kustomization.yml or Kustomization in it")]
-    MissingKustomization { dir: String },
-    #[error("{dir}: Found multiple kustomization files")]
-    MultipleKustomizations { dir: String },
-    #[error("{file}: invalid kustomization: {message}")]
-    InvalidKustomization { file: String, message: String },
-    #[error("{file}: {field}: {entry}: the path leaves the source root")]
-    OutsideRoot {
-        file: String,
-        field: &'static str,
-        entry: String,
-    },
-    #[error("{file}: {field}: security; file '{path}' is not in or below '{dir}'")]
-    Restricted {
-        file: String,
-        field: &'static str,
-        path: String,
-        dir: String,
-    },
-    #[error("{file}: {field}: {}{what} are not supported", prefixed(entry))]
-    Refused {
-        file: String,
-        field: &'static str,
-        entry: String,
-        what: &'static str,
-    },
-    #[error("{file}: {field}: {entry}")]
-    Read {
-        file: String,
-        field: &'static str,
-        entry: String,
-        #[source]
-        source: fs::Error,
-    },
-    #[error("{file}: {field}: {path}")]
-    Parse {
-        file: String,
-        field: &'static str,
-        path: String,
-        #[source]
-        source: yaml::ParseError,
-    },
-    /// A SOPS file could not be decrypted; the source, a [`crate::secrets::Error`] (boxed to keep
-    /// this type small), says why: MAC mismatch, no key, ...
-    #[error("{file}: {field}: {entry}: cannot decrypt")]
-    Decrypt {
-        /// The kustomization file naming the SOPS file.
-        file: String,
-        /// Its field (`resources`, `secretGenerator`, ...).
-        field: &'static str,
-        /// The entry, as written.
-        entry: String,
-        /// The secrets error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    #[error("{file}: {field}: {message}")]
-    Field {
-        file: String,
-        field: &'static str,
-        message: String,
-    },
-    #[error(
-        "{object}: {path}: holds U+{character:04X}, a control character kustomize refuses to print"
-    )]
-    Unprintable {
-        object: String,
-        path: String,
-        character: u32,
-    },
-    #[error("{file}: {field}: {entry}: the render reads more than {max} objects")]
-    TooManyObjects {
-        file: String,
-        field: &'static str,
-        entry: String,
-        max: usize,
-    },
-    #[error("{file}: {field}: cycle, the kustomization includes itself: {chain}")]
-    Cycle {
-        file: String,
-        field: &'static str,
-        /// The directories from the first inclusion to the repeated one, `a -> b -> a`.
-        chain: String,
-    },
-}
-
-/// `entry: `, or nothing when there is no entry to name.
-fn prefixed(entry: &str) -> String {
-    if entry.is_empty() {
-        String::new()
-    } else {
-        format!("{entry}: ")
-    }
-}
+/// The one Kubernetes OpenAPI schema kustomize v5.8 has built in.
+const BUILTIN_OPENAPI_VERSION: &str = "v1.21.2";
 
 struct Ctx<'a> {
     fs: &'a dyn FileSystem,
@@ -390,7 +298,7 @@ fn load_target(ctx: &Ctx, dir: &str) -> Result<Target, Error> {
     let docs = yaml::parse_documents(&text).map_err(|e| invalid(e.to_string()))?;
     let value = docs.into_iter().next().unwrap_or(Value::Object(Map::new()));
     // The path names the field at fault: `commonLabels.team: invalid type: boolean ...`.
-    let mut k: Kustomization = serde_path_to_error::deserialize(value).map_err(|e| {
+    let mut k: Kustomization = serde_path_to_error::deserialize(Folded(value)).map_err(|e| {
         invalid(match e.path().to_string().as_str() {
             "." => e.inner().to_string(),
             path => format!("{path}: {}", e.inner()),
@@ -407,7 +315,7 @@ fn load_target(ctx: &Ctx, dir: &str) -> Result<Target, Error> {
             }
         }
         "Component" => {
-            if k.api_version != "kustomize.config.k8s.io/v1alpha1" {
+            if !k.api_version.is_empty() && k.api_version != "kustomize.config.k8s.io/v1alpha1" {
                 return Err(invalid(
                     "apiVersion for Component should be kustomize.config.k8s.io/v1alpha1".into(),
                 ));
@@ -644,14 +552,21 @@ fn collect_objects(
     Ok(())
 }
 
-/// Adds resources, refusing an id that is already there.
-pub(super) fn append_all(
+/// The identity keys of `acc`'s resources, for [`append_all`] to refuse duplicates against.
+fn id_keys(acc: &Acc) -> HashSet<(Gvk, String, String)> {
+    acc.res.iter().map(|r| r.cur_id().key()).collect()
+}
+
+/// Adds resources, refusing an id that is already there. `seen` holds the keys of `acc`'s
+/// resources and is kept up to date, so that a kustomization listing many files costs one
+/// look-up per resource rather than a pass over everything accumulated before it.
+fn append_all(
     t: &Target,
     field: &'static str,
     acc: &mut Acc,
+    seen: &mut HashSet<(Gvk, String, String)>,
     new: Vec<Resource>,
 ) -> Result<(), Error> {
-    let mut seen: HashSet<_> = acc.res.iter().map(|r| r.cur_id().key()).collect();
     for r in new {
         let id = r.cur_id();
         if !seen.insert(id.key()) {
@@ -693,6 +608,15 @@ fn accumulate_inner(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
                 "builtin version and custom schema provided, cannot use both".into(),
             ));
         }
+        // A builtin version must be one kustomize ships, unless a kustomization loaded before
+        // this one already chose the schema (kustomize then looks no further).
+        let version = openapi.get("version").and_then(Value::as_str).unwrap_or("");
+        if !ctx.schema_chosen.get() && !version.is_empty() && version != BUILTIN_OPENAPI_VERSION {
+            return Err(t.err(
+                "openapi",
+                format!("version {version}: the specified OpenAPI version is not built in"),
+            ));
+        }
         // A custom schema must at least exist and be JSON or YAML, as kustomize loads it.
         if let Some(path) = path {
             let bytes = t.read(ctx, "openapi", path)?;
@@ -712,7 +636,9 @@ fn accumulate_inner(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
                 *ctx.schema.borrow_mut() = Some(std::rc::Rc::new(schema));
             }
         }
-        ctx.schema_chosen.set(true);
+        if path.is_some() || !version.is_empty() {
+            ctx.schema_chosen.set(true);
+        }
     }
     accumulate_resources(ctx, t, acc, &t.k.resources, "resources")?;
     merge_configurations(ctx, t, acc)?;
@@ -811,6 +737,7 @@ fn accumulate_resources(
     entries: &[String],
     field: &'static str,
 ) -> Result<(), Error> {
+    let mut seen = id_keys(acc);
     for entry in entries {
         let path = t.resolve(field, entry)?;
         match ctx.fs.kind(&path) {
@@ -831,7 +758,7 @@ fn accumulate_resources(
                         r.origin = Some(Value::String(format!("path: {o}\n")));
                     }
                 }
-                append_all(t, field, acc, new)?;
+                append_all(t, field, acc, &mut seen, new)?;
             }
             Ok(Some(EntryKind::Dir)) => {
                 let mut sub = load_target(ctx, &path).map_err(|e| match e {
@@ -849,7 +776,7 @@ fn accumulate_resources(
                 sub.origin = t.origin_of(entry);
                 sub.build_metadata = t.build_metadata.clone();
                 let sub_acc = accumulate_target(ctx, &sub, Acc::default())?;
-                append_all(t, field, acc, sub_acc.res)?;
+                append_all(t, field, acc, &mut seen, sub_acc.res)?;
                 acc.config
                     .merge(&sub_acc.config)
                     .map_err(|m| t.err(field, format!("'{entry}': {m}")))?;

@@ -666,7 +666,11 @@ pub enum Seg {
     /// `field[]`: every element of the sequence at `field`.
     Each(String),
     /// `field[key=value]`: the elements of the sequence whose `key` equals `value`.
-    Match(String, String, String),
+    Match {
+        field: String,
+        key: String,
+        value: String,
+    },
 }
 
 /// Splits `a/b\/c/d[]` into segments; `\/` is a slash inside a field name.
@@ -694,7 +698,11 @@ pub fn parse_path(path: &str) -> Vec<Seg> {
             } else if let (Some(open), true) = (p.find('['), p.ends_with(']')) {
                 let inner = &p[open + 1..p.len() - 1];
                 match inner.split_once('=') {
-                    Some((k, v)) => Seg::Match(p[..open].to_owned(), k.to_owned(), v.to_owned()),
+                    Some((k, v)) => Seg::Match {
+                        field: p[..open].to_owned(),
+                        key: k.to_owned(),
+                        value: v.to_owned(),
+                    },
                     None => Seg::Field(p),
                 }
             } else {
@@ -719,11 +727,11 @@ pub fn visit(
         return Ok(());
     };
     let name = match first {
-        Seg::Field(n) | Seg::Each(n) | Seg::Match(n, _, _) => n,
+        Seg::Field(n) | Seg::Each(n) | Seg::Match { field: n, .. } => n,
     };
     let mut created = false;
     if !obj.contains_key(name.as_str()) {
-        if !create || matches!(first, Seg::Match(..)) {
+        if !create || matches!(first, Seg::Match { .. }) {
             return Ok(());
         }
         let fresh = if rest.is_empty() {
@@ -761,7 +769,9 @@ fn visit_here(
 ) -> VisitResult {
     match first {
         Seg::Field(_) if rest.is_empty() => f(node),
-        Seg::Match(_, k, v) => {
+        Seg::Match {
+            key: k, value: v, ..
+        } => {
             if let Value::Array(items) = node {
                 for item in items.iter_mut() {
                     let hit = item.get(k).and_then(Value::as_str) == Some(v.as_str());

@@ -5,7 +5,7 @@ use base64::Engine;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::build::Error;
+use super::error::Error;
 use super::kustomization::{GeneratorArgs, GeneratorOptions};
 use super::resource::{Behavior, Resource};
 

@@ -21,7 +21,9 @@
 //! - [`to_yaml`] prints the objects as the multi-document stream `kubectl kustomize` prints.
 
 mod build;
+mod error;
 pub mod fieldspec;
+mod fold;
 pub mod fs;
 mod generate;
 pub mod kustomization;
@@ -38,7 +40,7 @@ use serde_json::{Map, Value};
 
 use crate::yaml;
 
-pub use build::Error;
+pub use error::Error;
 
 /// An object of the rendered output.
 pub type Object = Map<String, Value>;

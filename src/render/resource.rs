@@ -33,7 +33,7 @@ impl Gvk {
     }
 
     pub fn is_cluster_scoped(&self) -> bool {
-        is_cluster_scoped_kind(&self.kind)
+        is_cluster_scoped_kind(&self.group, &self.kind)
     }
 
     /// `group_version_kind` with kustomize's placeholders for empty parts, which sort after
@@ -117,47 +117,40 @@ impl std::fmt::Display for Gvk {
     }
 }
 
-/// Kinds of the Kubernetes API that live outside namespaces.
-pub fn is_cluster_scoped_kind(kind: &str) -> bool {
-    matches!(
-        kind,
-        "Namespace"
-            | "ClusterRole"
-            | "ClusterRoleBinding"
-            | "CustomResourceDefinition"
-            | "PersistentVolume"
-            | "StorageClass"
-            | "PriorityClass"
-            | "APIService"
-            | "MutatingWebhookConfiguration"
-            | "ValidatingWebhookConfiguration"
-            | "ValidatingAdmissionPolicy"
-            | "ValidatingAdmissionPolicyBinding"
-            | "MutatingAdmissionPolicy"
-            | "MutatingAdmissionPolicyBinding"
-            | "Node"
-            | "CSIDriver"
-            | "CSINode"
-            | "VolumeAttachment"
-            | "IngressClass"
-            | "RuntimeClass"
-            | "PodSecurityPolicy"
-            | "ComponentStatus"
-            | "CertificateSigningRequest"
-            | "TokenReview"
-            | "SelfSubjectAccessReview"
-            | "SelfSubjectRulesReview"
-            | "SubjectAccessReview"
-            | "FlowSchema"
-            | "PriorityLevelConfiguration"
-            | "StorageVersion"
-            | "ClusterTrustBundle"
-            | "IPAddress"
-            | "ServiceCIDR"
-            | "DeviceClass"
-            | "VolumeAttributesClass"
-            | "StorageVersionMigration"
-    )
+/// Kinds of the Kubernetes API that live outside namespaces, with their API group: a custom
+/// resource that borrows one of these kinds (a `Namespace` of `servicebus.azure.com`) is
+/// namespaced like any other.
+pub fn is_cluster_scoped_kind(group: &str, kind: &str) -> bool {
+    let groups: &[&str] = match kind {
+        "Namespace" | "PersistentVolume" | "Node" | "ComponentStatus" => &[""],
+        "ClusterRole" | "ClusterRoleBinding" => &["rbac.authorization.k8s.io"],
+        "CustomResourceDefinition" => &["apiextensions.k8s.io"],
+        "StorageClass" | "CSIDriver" | "CSINode" | "VolumeAttachment" | "VolumeAttributesClass" => {
+            &["storage.k8s.io"]
+        }
+        "PriorityClass" => &["scheduling.k8s.io"],
+        "APIService" => &["apiregistration.k8s.io"],
+        "MutatingWebhookConfiguration"
+        | "ValidatingWebhookConfiguration"
+        | "ValidatingAdmissionPolicy"
+        | "ValidatingAdmissionPolicyBinding"
+        | "MutatingAdmissionPolicy"
+        | "MutatingAdmissionPolicyBinding" => &["admissionregistration.k8s.io"],
+        "IngressClass" | "IPAddress" | "ServiceCIDR" => &["networking.k8s.io"],
+        "RuntimeClass" => &["node.k8s.io"],
+        "PodSecurityPolicy" => &["policy", "extensions"],
+        "CertificateSigningRequest" | "ClusterTrustBundle" => &["certificates.k8s.io"],
+        "TokenReview" => &["authentication.k8s.io"],
+        "SelfSubjectAccessReview" | "SelfSubjectRulesReview" | "SubjectAccessReview" => {
+            &["authorization.k8s.io"]
+        }
+        "FlowSchema" | "PriorityLevelConfiguration" => &["flowcontrol.apiserver.k8s.io"],
+        "StorageVersion" => &["internal.apiserver.k8s.io"],
+        "DeviceClass" => &["resource.k8s.io"],
+        "StorageVersionMigration" => &["storagemigration.k8s.io"],
+        _ => &[],
+    };
+    groups.contains(&group)
 }
 
 /// Identity of a resource: gvk, name and namespace.

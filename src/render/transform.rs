@@ -372,7 +372,7 @@ fn strip_null(obj: &mut Map<String, Value>, segs: &[fieldspec::Seg]) {
         return;
     };
     let name = match first {
-        Seg::Field(n) | Seg::Each(n) | Seg::Match(n, _, _) => n,
+        Seg::Field(n) | Seg::Each(n) | Seg::Match { field: n, .. } => n,
     };
     if rest.is_empty() {
         if obj.get(name).is_some_and(Value::is_null) {

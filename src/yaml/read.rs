@@ -28,8 +28,12 @@ pub enum Reading {
     /// A resource, read by kyaml (go-yaml v3): a repeated key is an error.
     Resources,
     /// A strategic merge patch, read by kyaml: the first of repeated keys counts, as kustomize
-    /// looks fields up by name.
+    /// looks fields up by name. `patchesStrategicMerge` loads it as a resource, so annotation
+    /// values are text, `null` included.
     Patches,
+    /// A `patches:` entry: read as [`Reading::Patches`], except that a null annotation value stays
+    /// null (kustomize merges it as YAML, where null deletes the annotation).
+    PatchEntry,
     /// A file kustomize converts to JSON through go-yaml v2 (kustomizations, configurations,
     /// replacements, CRDs, JSON patches): YAML 1.1 booleans (`yes`, `on`, `n`...), timestamps stay
     /// text, the last of repeated keys counts.
@@ -150,7 +154,7 @@ impl Reader {
                             format!("mapping key {text:?} already defined at line {first}"),
                         ));
                     }
-                    Some(_) if reading == Reading::Patches => {}
+                    Some(_) if matches!(reading, Reading::Patches | Reading::PatchEntry) => {}
                     _ => {
                         lines.insert(text.clone(), at);
                         map.insert(text, node.value);
@@ -278,7 +282,7 @@ pub fn documents(text: &str, reading: Reading) -> Result<Vec<Value>, ParseError>
         Reading::JsonConverted => line
             .strip_prefix("%YAML")
             .is_some_and(|v| v.starts_with([' ', '\t']) && v.trim() != "1.1"),
-        Reading::Resources | Reading::Patches => {
+        Reading::Resources | Reading::Patches | Reading::PatchEntry => {
             line.starts_with("%YAML ") || line.starts_with("%TAG ")
         }
     };
@@ -316,7 +320,11 @@ pub fn documents(text: &str, reading: Reading) -> Result<Vec<Value>, ParseError>
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let value = if r.at_annotation_value() {
-                    Value::String(text.to_string())
+                    // A patch deletes an annotation with null; any other value becomes its text.
+                    match scalar(&text, style, tag.as_deref(), r.reading) {
+                        Ok(Value::Null) if r.reading == Reading::PatchEntry => Value::Null,
+                        _ => Value::String(text.to_string()),
+                    }
                 } else {
                     scalar(&text, style, tag.as_deref(), r.reading).map_err(|m| r.err(line, m))?
                 };

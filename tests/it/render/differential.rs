@@ -2,9 +2,11 @@
 //! oracle) give the same documents in the same order.
 
 use std::path::Path;
+use std::process::Command;
 
 use stagehand::render::{self, Options, fs::DiskFs};
 
+use crate::support::git::git;
 use crate::support::{Tool, kubectl_kustomize, tool, yaml_documents};
 
 fn assert_same_as_kubectl(root: &Path, dir: &str) {
@@ -24,7 +26,9 @@ fn assert_same_as_kubectl(root: &Path, dir: &str) {
 fn assert_prints_as_kubectl(files: &[(&str, &str)]) {
     let dir = tempfile::tempdir().expect("temp dir");
     for (name, text) in files {
-        std::fs::write(dir.path().join(name), text).expect("write");
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().expect("files live in a directory")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
     }
     let theirs = kubectl_kustomize(dir.path());
     let fs = DiskFs::new(dir.path()).expect("root exists");
@@ -916,4 +920,246 @@ images:
     ] {
         assert_prints_as_kubectl(&[("r.yaml", resources), ("kustomization.yaml", kustomization)]);
     }
+}
+
+const CONFIG_MAP: &str = "apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  annotations:
+    drop: me
+    keep: kept
+  labels:
+    app: shop
+data:
+  LEVEL: info
+";
+
+/// In a `patches:` entry `null` (or `~`, or nothing) deletes an annotation as it deletes any
+/// other field, and a quoted "null" is text; `patchesStrategicMerge` loads its patches as
+/// resources, whose annotation values are text as written.
+#[test]
+fn a_strategic_merge_patch_setting_an_annotation_to_null_deletes_it_as_kubectl_does() {
+    for patch in [
+        "drop: null\n        keep: \"null\"",
+        "drop: ~",
+        "drop:",
+        "drop: null\n        added: null",
+    ] {
+        assert_prints_as_kubectl(&[
+            ("cm.yaml", CONFIG_MAP),
+            (
+                "kustomization.yaml",
+                &format!(
+                    "resources: [cm.yaml]\npatches:\n- patch: |-\n    apiVersion: v1\n    kind: ConfigMap\n    metadata:\n      name: settings\n      annotations:\n        {patch}\n"
+                ),
+            ),
+        ]);
+    }
+    assert_prints_as_kubectl(&[
+        ("cm.yaml", CONFIG_MAP),
+        (
+            "patch.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  annotations:\n    drop: null\n",
+        ),
+        (
+            "kustomization.yaml",
+            "resources: [cm.yaml]\npatchesStrategicMerge: [patch.yaml]\n",
+        ),
+    ]);
+}
+
+/// kustomize's JSON patch library replaces a missing key of an existing map by adding it; a
+/// missing list index or parent is still an error (render::errors).
+#[test]
+fn a_json_patch_replacing_a_missing_key_whose_parent_exists_adds_it_as_kubectl_does() {
+    assert_prints_as_kubectl(&[
+        ("cm.yaml", CONFIG_MAP),
+        (
+            "kustomization.yaml",
+            "resources: [cm.yaml]
+patches:
+- target: {kind: ConfigMap}
+  patch: |-
+    - op: replace
+      path: /data/ADDED
+      value: by-replace
+    - op: replace
+      path: /metadata/labels/tier
+      value: web
+",
+        ),
+    ]);
+}
+
+/// kustomize decodes a kustomization through Go's JSON decoder, which matches field names
+/// without regard to case at every level; of two spellings of one field the last in byte order
+/// wins, and maps given twice are merged.
+#[test]
+fn kustomization_field_names_match_case_insensitively_as_kubectl_matches_them() {
+    assert_prints_as_kubectl(&[
+        ("cm.yaml", CONFIG_MAP),
+        (
+            "kustomization.yaml",
+            "RESOURCES: [cm.yaml]
+nameprefix: a-
+NAMEPREFIX: b-
+namesuffix: -t
+nameSuffix: -s
+Namespace: shop
+commonAnnotations: {one: \"1\"}
+commonannotations: {two: \"2\"}
+Labels:
+- PAIRS: {team: t}
+  includeselectors: false
+patches:
+- Patch: |-
+    - op: add
+      path: /data/EXTRA
+      value: x
+  TARGET: {KIND: ConfigMap, Name: settings}
+configmapgenerator:
+- NAME: gen
+  LITERALS: [k=v]
+  Options: {DisableNameSuffixHash: true}
+",
+        ),
+    ]);
+}
+
+/// Only the core group's Namespace is the cluster-scoped Namespace: a custom resource of kind
+/// Namespace gets the kustomization's namespace like any namespaced object.
+#[test]
+fn a_namespace_kind_outside_the_core_group_is_namespaced_as_kubectl_treats_it() {
+    assert_prints_as_kubectl(&[
+        (
+            "r.yaml",
+            "apiVersion: servicebus.azure.com/v1api20210101preview
+kind: Namespace
+metadata:
+  name: bus
+spec:
+  location: westeurope
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: core
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: bus
+",
+        ),
+        (
+            "kustomization.yaml",
+            "namespace: shop\nnamePrefix: p-\nresources: [r.yaml]\n",
+        ),
+    ]);
+}
+
+/// kustomize fills in a missing apiVersion for either kind; it refuses only a wrong one.
+#[test]
+fn a_component_without_api_version_is_accepted_as_kubectl_accepts_it() {
+    assert_prints_as_kubectl(&[
+        ("cm.yaml", CONFIG_MAP),
+        (
+            "component/kustomization.yaml",
+            "kind: Component\nnamePrefix: c-\n",
+        ),
+        (
+            "kustomization.yaml",
+            "resources: [cm.yaml]\ncomponents: [component]\n",
+        ),
+    ]);
+}
+
+fn write_tree(root: &Path, files: &[(&str, &str)]) {
+    for (name, text) in files {
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().expect("files live in a directory")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
+}
+
+fn stagehand_render(cwd: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .arg("render")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("stagehand runs")
+}
+
+/// `kubectl kustomize DIR` works from any directory; so does `stagehand render DIR`. Outside a
+/// Git work tree nothing but kustomize's own restriction applies; `--root` narrows it.
+#[test]
+fn the_cli_renders_a_directory_named_from_elsewhere_as_kubectl_does() {
+    let tree = tempfile::tempdir().expect("temp dir");
+    write_tree(
+        tree.path(),
+        &[
+            ("base/cm.yaml", CONFIG_MAP),
+            ("base/kustomization.yaml", "resources: [cm.yaml]\n"),
+            (
+                "overlay/kustomization.yaml",
+                "resources: [../base]\nnamePrefix: o-\n",
+            ),
+        ],
+    );
+    let overlay = tree.path().join("overlay");
+    let overlay = overlay.to_str().expect("temp paths are UTF-8");
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let out = stagehand_render(elsewhere.path(), &[overlay]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        kubectl_kustomize(Path::new(overlay))
+    );
+    let out = stagehand_render(elsewhere.path(), &[overlay, "--root", overlay]);
+    assert_eq!(out.status.code(), Some(1), "--root must narrow the render");
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("../base"), "{stderr}");
+}
+
+/// Inside a Git work tree the default root is that work tree: a base outside the repository is
+/// refused unless `--root` widens the root to hold it.
+#[test]
+fn the_cli_confines_a_render_to_the_git_work_tree_holding_the_directory() {
+    let tree = tempfile::tempdir().expect("temp dir");
+    write_tree(
+        tree.path(),
+        &[
+            ("shared/cm.yaml", CONFIG_MAP),
+            ("shared/kustomization.yaml", "resources: [cm.yaml]\n"),
+            (
+                "repo/overlay/kustomization.yaml",
+                "resources: [../../shared]\n",
+            ),
+        ],
+    );
+    git(&tree.path().join("repo"), &["init", "-q"]);
+    let overlay = tree.path().join("repo/overlay");
+    let overlay = overlay.to_str().expect("temp paths are UTF-8");
+    let out = stagehand_render(tree.path(), &[overlay]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("../../shared"), "{stderr}");
+    let root = tree.path().to_str().expect("temp paths are UTF-8");
+    let out = stagehand_render(tree.path(), &[overlay, "--root", root]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        kubectl_kustomize(Path::new(overlay))
+    );
 }

@@ -497,3 +497,32 @@ fn a_replica_count_for_nothing_and_an_object_without_a_name_are_refused() {
         ],
     );
 }
+
+#[test]
+fn an_openapi_version_kustomize_does_not_ship_is_refused_by_name() {
+    assert_refused(
+        &[
+            (
+                "app/overlay/kustomization.yaml",
+                "resources:\n- cm.yaml\nopenapi:\n  version: v1.14.1\n",
+            ),
+            ("app/overlay/cm.yaml", CONFIG_MAP),
+        ],
+        &["app/overlay/kustomization.yaml", "openapi", "v1.14.1"],
+    );
+    // In a base too, as long as no kustomization loaded before it chose a schema.
+    assert_refused(
+        &[
+            (
+                "app/overlay/kustomization.yaml",
+                "resources:\n- ../base\nopenapi:\n  version: \"\"\n",
+            ),
+            (
+                "app/base/kustomization.yaml",
+                "resources:\n- cm.yaml\nopenapi:\n  version: v1_21_2\n",
+            ),
+            ("app/base/cm.yaml", CONFIG_MAP),
+        ],
+        &["app/base/kustomization.yaml", "openapi", "v1_21_2"],
+    );
+}
