@@ -49,8 +49,8 @@ import json, sys
 status = json.load(open(sys.argv[1]))
 print(f"dev: {status['reason']}: {status['message']}")
 for o in status["objects"]:
-    ref = o["reference"]
-    print(f"  {o['change']['change']:<10} {ref['k']} {ref.get('ns', '')}/{ref['n']}")
+    ref = o["object"]
+    print(f"  {o['action']:<10} {ref['kind']} {ref.get('namespace', '')}/{ref['name']}")
 PY
 "$STAGEHAND_KUBECTL" get secret shop-db -n shop-dev -o jsonpath='{.data}' | "$STAGEHAND_PYTHON" -c \
   'import json,sys; print("  Secret shop-db in the cluster has keys:", sorted(json.load(sys.stdin)))'
@@ -60,14 +60,17 @@ SOPS_AGE_KEY_FILE="$work/gitops/keys/dev.agekey" "$stagehand" diff --log-level e
 "$STAGEHAND_PYTHON" - "$work/diff.json" <<'PY'
 import json, sys
 plan = json.load(open(sys.argv[1]))
-changes = [o["change"]["change"] for o in plan["objects"]]
-print(f"  {len(changes)} objects: {', '.join(sorted(set(changes)))}")
-if set(changes) != {"unchanged"}:
+changes = [f"{o['change']} {o['object']['kind']}/{o['object']['name']}" for o in plan["objects"]]
+print(f"  {len(changes)} changes" + "".join(f"\n  {c}" for c in changes))
+if changes:
     sys.exit("the environment is not in sync after stagehand sync")
 PY
 
-echo "== starting stagehand serve"
-"$stagehand" serve --listen 127.0.0.1:0 --pipeline "$work/gitops/pipeline.yaml" \
+echo "== starting stagehand serve: every environment reconciled continuously"
+# The service holds every environment's age identity; plaintext stays inside it.
+cat "$work"/gitops/keys/*.agekey > "$work/service.agekeys"
+SOPS_AGE_KEY_FILE="$work/service.agekeys" "$stagehand" serve --listen 127.0.0.1:0 \
+  --http-listen 127.0.0.1:0 --pipeline "$work/gitops/pipeline.yaml" \
   --state-dir "$work/state" > "$work/serve.out" 2> "$work/serve.log" &
 server_pid=$!
 addr=
@@ -84,6 +87,23 @@ echo "== gRPC health and reflection, as a generic client sees them"
 "$STAGEHAND_PYTHON" tests/it/support/grpc_probe.py "$addr"
 echo "== environments, through the stagehand CLI"
 "$stagehand" env list --server "http://$addr"
+echo "== each environment applied by the service (GetEnvironment through a reflection-only client)"
+for env in dev staging prod; do
+  for _ in $(seq 300); do
+    status=$("$STAGEHAND_PYTHON" tests/it/support/generic_client.py "$addr" call \
+      stagehand.v1.EnvironmentService/GetEnvironment "{\"name\": \"$env\"}")
+    applied=$(printf '%s' "$status" | "$STAGEHAND_PYTHON" -c \
+      'import json,sys; s=json.load(sys.stdin).get("status", {}); print(s.get("appliedRevision", ""), s.get("reason", ""))')
+    [ -n "${applied%% *}" ] && break
+    sleep 0.2
+  done
+  [ -n "${applied%% *}" ] || { echo "$env was not applied: $status" >&2; cat "$work/serve.log" >&2; exit 1; }
+  echo "  $env: applied ${applied%% *} (${applied#* })"
+done
+http=$(sed -n 's/^http listening on //p' "$work/serve.out")
+echo "== /metrics on $http"
+"$STAGEHAND_PYTHON" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+  "http://$http/metrics" | grep '^stagehand_reconcile_passes_total' || true
 
 if $check_only; then
   echo "demo checks passed"
