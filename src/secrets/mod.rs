@@ -35,6 +35,9 @@ mod ini;
 mod json;
 mod keys;
 mod metadata;
+mod pq;
+#[cfg(test)]
+mod pq_testkit;
 mod value;
 mod walk;
 mod yaml;
