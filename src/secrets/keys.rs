@@ -14,7 +14,8 @@ use super::pq;
 
 enum Key {
     X25519(age::x25519::Identity),
-    PostQuantum(pq::Identity),
+    // Boxed: an expanded ML-KEM key is some 4.8 kB.
+    PostQuantum(Box<pq::Identity>),
     Ssh(age::ssh::Identity),
 }
 
@@ -22,7 +23,7 @@ impl Key {
     fn as_dyn(&self) -> &dyn age::Identity {
         match self {
             Key::X25519(k) => k,
-            Key::PostQuantum(k) => k,
+            Key::PostQuantum(k) => k.as_ref(),
             Key::Ssh(k) => k,
         }
     }
@@ -30,7 +31,7 @@ impl Key {
     /// An identity line's key, when it is of a type Stagehand can use.
     fn parse(word: &str) -> Option<Key> {
         if word.starts_with("AGE-SECRET-KEY-PQ-1") {
-            pq::Identity::parse(word).map(Key::PostQuantum)
+            pq::Identity::parse(word).map(|k| Key::PostQuantum(Box::new(k)))
         } else {
             age::x25519::Identity::from_str(word).ok().map(Key::X25519)
         }

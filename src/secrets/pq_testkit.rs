@@ -72,14 +72,15 @@ fn read_vector(path: &Path) -> Vector {
 fn decrypt(v: &Vector) -> (String, Option<Vec<u8>>) {
     enum Key {
         X25519(age::x25519::Identity),
-        PostQuantum(pq::Identity),
+        PostQuantum(Box<pq::Identity>),
     }
     let keys: Vec<Key> = v
         .identities
         .iter()
         .map(|s| {
             if s.starts_with("AGE-SECRET-KEY-PQ-1") {
-                Key::PostQuantum(pq::Identity::parse(s).expect("the vector's PQ identity parses"))
+                let id = pq::Identity::parse(s).expect("the vector's PQ identity parses");
+                Key::PostQuantum(Box::new(id))
             } else {
                 Key::X25519(age::x25519::Identity::from_str(s).expect("the X25519 one parses"))
             }
@@ -87,7 +88,7 @@ fn decrypt(v: &Vector) -> (String, Option<Vec<u8>>) {
         .collect();
     let ids = keys.iter().map(|k| match k {
         Key::X25519(k) => k as &dyn age::Identity,
-        Key::PostQuantum(k) => k as &dyn age::Identity,
+        Key::PostQuantum(k) => k.as_ref() as &dyn age::Identity,
     });
     // The armored reader passes unarmored input through; an armored vector must start so.
     assert_eq!(
