@@ -39,6 +39,9 @@ pub enum SecretsCommand {
         /// yaml, json, dotenv, ini or binary; by default from the file extension.
         #[arg(long)]
         input_type: Option<String>,
+        /// Store to write the encrypted file in; by default the input type.
+        #[arg(long)]
+        output_type: Option<String>,
         /// Write the encrypted file over FILE instead of printing it.
         #[arg(long)]
         in_place: bool,
@@ -56,6 +59,15 @@ pub enum SecretsCommand {
         /// yaml, json, dotenv, ini or binary; by default from the file extension.
         #[arg(long)]
         input_type: Option<String>,
+    },
+    /// Make a new age identity, written as `age-keygen` writes it.
+    Keygen {
+        /// A post-quantum (mlkem768x25519, `age1pq1…`) identity instead of an X25519 one.
+        #[arg(long)]
+        pq: bool,
+        /// Write it to this new file (never over an existing one) instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
     },
 }
 
@@ -85,7 +97,12 @@ pub fn run(command: SecretsCommand) -> anyhow::Result<()> {
                 .map(|t| format(Some(t), &file))
                 .transpose()?;
             let ids = secrets::Identities::from_sops_environment()?;
-            let options = secrets::DecryptOptions { ignore_mac, output };
+            let stores = secrets::config::stores_near(&std::env::current_dir()?)?;
+            let options = secrets::DecryptOptions {
+                ignore_mac,
+                output,
+                stores,
+            };
             let plain = secrets::decrypt_with(&read(&file)?, input, &ids, &file, &options)?;
             std::io::stdout()
                 .write_all(plain.expose())
@@ -95,9 +112,15 @@ pub fn run(command: SecretsCommand) -> anyhow::Result<()> {
             file,
             age,
             input_type,
+            output_type,
             in_place,
         } => {
             let input = format(input_type.as_deref(), &file)?;
+            let output = output_type
+                .as_deref()
+                .map(|t| format(Some(t), &file))
+                .transpose()?;
+            let stores = secrets::config::stores_near(&std::env::current_dir()?)?;
             let options = if age.is_empty() {
                 let cwd = std::env::current_dir().context("cannot read the current directory")?;
                 let config = secrets::config::find_config(&cwd)
@@ -106,17 +129,20 @@ pub fn run(command: SecretsCommand) -> anyhow::Result<()> {
                 secrets::EncryptOptions {
                     recipients: rule.recipients,
                     rules: rule.rules,
+                    output,
+                    stores,
                 }
             } else {
                 secrets::EncryptOptions {
                     recipients: age,
                     rules: secrets::RuleText::default(),
+                    output,
+                    stores,
                 }
             };
             let encrypted = secrets::encrypt(&read(&file)?, input, &options, &file)?;
             if in_place {
-                std::fs::write(&file, encrypted)
-                    .with_context(|| format!("cannot write {}", file.display()))?;
+                secrets::write_atomic(&file, &encrypted)?;
             } else {
                 std::io::stdout()
                     .write_all(&encrypted)
@@ -131,9 +157,31 @@ pub fn run(command: SecretsCommand) -> anyhow::Result<()> {
         } => {
             let input = format(input_type.as_deref(), &file)?;
             let ids = secrets::Identities::from_sops_environment()?;
-            let rotated = secrets::rotate(&read(&file)?, input, &ids, &add, &remove, &file)?;
-            std::fs::write(&file, rotated)
-                .with_context(|| format!("cannot write {}", file.display()))?;
+            let stores = secrets::config::stores_near(&std::env::current_dir()?)?;
+            let options = secrets::RotateOptions {
+                add,
+                remove,
+                stores,
+            };
+            let rotated = secrets::rotate_with(&read(&file)?, input, &ids, &options, &file)?;
+            secrets::write_atomic(&file, &rotated)?;
+        }
+        SecretsCommand::Keygen { pq, output } => {
+            let kind = if pq {
+                secrets::KeyType::PostQuantum
+            } else {
+                secrets::KeyType::X25519
+            };
+            let key = secrets::keygen(kind);
+            if let Some(path) = &output {
+                secrets::write_new_key_file(path, &key)?;
+            } else {
+                std::io::stdout().write_all(key.file_text().as_bytes())?;
+            }
+            // As age-keygen: the public key on stderr unless the key went to a terminal.
+            if output.is_some() || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                eprintln!("Public key: {}", key.recipient);
+            }
         }
     }
     Ok(())

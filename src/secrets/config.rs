@@ -14,6 +14,70 @@ use super::metadata::RuleText;
 struct ConfigFile {
     #[serde(default)]
     creation_rules: Vec<Rule>,
+    #[serde(default)]
+    stores: StoresFile,
+}
+
+/// `stores:` as sops 3.11 reads it; `dotenv` and `ini` have no settings.
+#[derive(Debug, Default, Deserialize)]
+struct StoresFile {
+    #[serde(default)]
+    yaml: IndentFile,
+    #[serde(default)]
+    json: IndentFile,
+    #[serde(default)]
+    json_binary: IndentFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct IndentFile {
+    indent: Option<i64>,
+}
+
+/// How sops lays out the files it writes, from `.sops.yaml` `stores:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stores {
+    /// YAML indentation (`stores.yaml.indent`; 0 or unset means go-yaml's 4).
+    pub yaml_indent: usize,
+    /// JSON indentation in spaces (`stores.json.indent`); `None` (unset or -1) is a tab.
+    pub json_indent: Option<usize>,
+    /// The same for the JSON that holds an encrypted binary file (`stores.json_binary.indent`).
+    pub json_binary_indent: Option<usize>,
+}
+
+impl Default for Stores {
+    fn default() -> Self {
+        Stores {
+            yaml_indent: super::yaml::DEFAULT_INDENT,
+            json_indent: None,
+            json_binary_indent: None,
+        }
+    }
+}
+
+impl Stores {
+    fn from_file(file: &StoresFile, config: &Path) -> Result<Stores, Error> {
+        let negative = |field| Error::Metadata {
+            file: config.to_owned(),
+            field,
+            problem: "a negative indent is not accepted",
+        };
+        // sops: YAML takes a positive width, 0 for the default; JSON takes a width, -1 for a
+        // tab, and refuses anything lower.
+        let yaml_indent = match file.yaml.indent.unwrap_or(0) {
+            0 => super::yaml::DEFAULT_INDENT,
+            n => usize::try_from(n).map_err(|_| negative("stores.yaml.indent"))?,
+        };
+        let json = |indent: Option<i64>, field| match indent.unwrap_or(-1) {
+            -1 => Ok(None),
+            n => usize::try_from(n).map(Some).map_err(|_| negative(field)),
+        };
+        Ok(Stores {
+            yaml_indent,
+            json_indent: json(file.json.indent, "stores.json.indent")?,
+            json_binary_indent: json(file.json_binary.indent, "stores.json_binary.indent")?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,19 +137,35 @@ pub fn find_config(dir: &Path) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The creation rule of `config` for the file `target` (absolute, or relative to the current
-/// directory).
-pub fn creation_rule_for(config: &Path, target: &Path) -> Result<CreationRule, Error> {
+fn read_config(config: &Path) -> Result<ConfigFile, Error> {
     let text = std::fs::read_to_string(config).map_err(|source| Error::Read {
         file: config.to_owned(),
         source,
     })?;
-    let parsed: ConfigFile = serde_yaml_ng::from_str(&text).map_err(|e| Error::Syntax {
+    serde_yaml_ng::from_str(&text).map_err(|e| Error::Syntax {
         file: config.to_owned(),
         format: "YAML",
         line: e.location().map_or(0, |l| l.line()),
         problem: "not a valid .sops.yaml".into(),
-    })?;
+    })
+}
+
+/// The `stores:` settings of `config`.
+pub fn stores(config: &Path) -> Result<Stores, Error> {
+    Stores::from_file(&read_config(config)?.stores, config)
+}
+
+/// What sops's `decrypt` and `encrypt` use: the `stores:` settings of the nearest
+/// `.sops.yaml` at or above `dir` (sops starts from the working directory), or the defaults
+/// when there is none.
+pub fn stores_near(dir: &Path) -> Result<Stores, Error> {
+    find_config(dir).map_or_else(|| Ok(Stores::default()), |config| stores(&config))
+}
+
+/// The creation rule of `config` for the file `target` (absolute, or relative to the current
+/// directory).
+pub fn creation_rule_for(config: &Path, target: &Path) -> Result<CreationRule, Error> {
+    let parsed = read_config(config)?;
     let absolute = |p: &Path| {
         if p.is_absolute() {
             p.to_owned()

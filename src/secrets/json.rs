@@ -255,10 +255,10 @@ pub fn quote(out: &mut String, s: &str) {
     out.push('"');
 }
 
-fn write(out: &mut String, v: &Value, depth: usize) {
+fn write(out: &mut String, v: &Value, depth: usize, unit: &str) {
     let pad = |out: &mut String, d: usize| {
         for _ in 0..d {
-            out.push('\t');
+            out.push_str(unit);
         }
     };
     match v {
@@ -286,7 +286,7 @@ fn write(out: &mut String, v: &Value, depth: usize) {
                 pad(out, depth + 1);
                 quote(out, k);
                 out.push_str(": ");
-                write(out, v, depth + 1);
+                write(out, v, depth + 1, unit);
                 if n + 1 < entries.len() {
                     out.push(',');
                 }
@@ -307,7 +307,7 @@ fn write(out: &mut String, v: &Value, depth: usize) {
             out.push_str("[\n");
             for (n, v) in values.iter().enumerate() {
                 pad(out, depth + 1);
-                write(out, v, depth + 1);
+                write(out, v, depth + 1, unit);
                 if n + 1 < values.len() {
                     out.push(',');
                 }
@@ -319,11 +319,13 @@ fn write(out: &mut String, v: &Value, depth: usize) {
     }
 }
 
-/// The first branch as a tab-indented JSON object, as sops writes it.
-pub fn emit(tree: &Tree) -> String {
+/// The first branch as a JSON object, as sops writes it: indented by a tab, or by `spaces`
+/// spaces when `.sops.yaml` `stores:` sets an indent (Go's `json.Indent`).
+pub fn emit(tree: &Tree, spaces: Option<usize>) -> String {
+    let unit = spaces.map_or_else(|| "\t".to_owned(), |n| " ".repeat(n));
     let mut out = String::new();
     let items = tree.branches.first().cloned().unwrap_or_default();
-    write(&mut out, &Value::Map(items), 0);
+    write(&mut out, &Value::Map(items), 0, &unit);
     out.push('\n');
     out
 }

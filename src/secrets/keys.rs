@@ -10,9 +10,12 @@ use std::str::FromStr as _;
 use zeroize::Zeroizing;
 
 use super::error::Error;
+use super::pq;
 
 enum Key {
     X25519(age::x25519::Identity),
+    // Boxed: an expanded ML-KEM key is some 4.8 kB.
+    PostQuantum(Box<pq::Identity>),
     Ssh(age::ssh::Identity),
 }
 
@@ -20,7 +23,17 @@ impl Key {
     fn as_dyn(&self) -> &dyn age::Identity {
         match self {
             Key::X25519(k) => k,
+            Key::PostQuantum(k) => k.as_ref(),
             Key::Ssh(k) => k,
+        }
+    }
+
+    /// An identity line's key, when it is of a type Stagehand can use.
+    fn parse(word: &str) -> Option<Key> {
+        if word.starts_with("AGE-SECRET-KEY-PQ-1") {
+            pq::Identity::parse(word).map(|k| Key::PostQuantum(Box::new(k)))
+        } else {
+            age::x25519::Identity::from_str(word).ok().map(Key::X25519)
         }
     }
 }
@@ -50,15 +63,22 @@ impl Identities {
         self.keys.is_empty()
     }
 
-    /// Adds every identity of an age identity file's text: one `AGE-SECRET-KEY-1…` per line,
-    /// blank lines and `#` comments skipped. With `several_per_line`, each whitespace-separated
-    /// word is an identity (sops reads `SOPS_AGE_KEY` that way).
+    /// Adds every identity of an age identity file's text: one `AGE-SECRET-KEY-1…` (X25519)
+    /// or `AGE-SECRET-KEY-PQ-1…` (post-quantum) per line, blank lines and `#` comments
+    /// skipped. With `several_per_line`, each whitespace-separated word is an identity (sops
+    /// reads `SOPS_AGE_KEY` that way).
+    ///
+    /// A line Stagehand cannot use (a plugin identity, a type it does not know, a damaged
+    /// key) is skipped and named at debug level, so the other identities still work; only a
+    /// text whose identity lines are all unusable is an error, naming the first such line.
     pub fn add_text(
         &mut self,
         source: &str,
         text: &str,
         several_per_line: bool,
     ) -> Result<(), Error> {
+        let mut added = 0;
+        let mut first_unusable = None;
         for (n, line) in text.lines().enumerate() {
             if line.is_empty() || line.starts_with('#') {
                 continue;
@@ -69,14 +89,31 @@ impl Identities {
                 vec![line.trim_end_matches('\r')]
             };
             for word in words {
-                let key = age::x25519::Identity::from_str(word).map_err(|_| Error::Identity {
-                    source_name: source.to_owned(),
-                    line: n + 1,
-                })?;
-                self.keys.push(Key::X25519(key));
+                match Key::parse(word) {
+                    Some(key) => {
+                        self.keys.push(key);
+                        added += 1;
+                    }
+                    None => {
+                        // The line's number and its kind only: the line may hold a key.
+                        tracing::debug!(
+                            source,
+                            line = n + 1,
+                            kind = identity_kind(word),
+                            "skipped an age identity line that cannot be used"
+                        );
+                        first_unusable.get_or_insert(n + 1);
+                    }
+                }
             }
         }
-        Ok(())
+        match first_unusable {
+            Some(line) if added == 0 => Err(Error::Identity {
+                source_name: source.to_owned(),
+                line,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Adds the identities of a key file (what `age-keygen` writes).
@@ -204,15 +241,31 @@ impl Identities {
         }
     }
 
-    /// The recipients of the loaded x25519 identities, e.g. to encrypt to oneself.
+    /// The recipients of the loaded X25519 and post-quantum identities, e.g. to encrypt to
+    /// oneself.
     pub fn recipients(&self) -> Vec<String> {
         self.keys
             .iter()
             .filter_map(|k| match k {
                 Key::X25519(k) => Some(k.to_public().to_string()),
+                Key::PostQuantum(k) => Some(k.to_public().to_string()),
                 Key::Ssh(_) => None,
             })
             .collect()
+    }
+}
+
+/// What an identity line looks like, for the debug message about a skipped one: its
+/// well-known prefix, never the key itself.
+fn identity_kind(word: &str) -> &'static str {
+    if word.starts_with("AGE-PLUGIN-") {
+        "age plugin identity"
+    } else if word.starts_with("AGE-SECRET-KEY-PQ-1") {
+        "damaged post-quantum identity"
+    } else if word.starts_with("AGE-SECRET-KEY-1") {
+        "damaged X25519 identity"
+    } else {
+        "unknown identity type"
     }
 }
 
@@ -254,14 +307,25 @@ fn run_key_command(cmd: &str) -> Result<Zeroizing<String>, Error> {
     Ok(Zeroizing::new(text))
 }
 
-/// Encrypts a data key to age recipients, armored as sops stores it.
+/// An `age1…` (X25519), `age1pq1…` (post-quantum) or `ssh-…` recipient.
+fn parse_recipient(recipient: &str) -> Option<Box<dyn age::Recipient>> {
+    if recipient.starts_with("ssh-") {
+        age::ssh::Recipient::from_str(recipient)
+            .ok()
+            .map(|r| Box::new(r) as Box<dyn age::Recipient>)
+    } else if recipient.starts_with("age1pq1") {
+        pq::Recipient::parse(recipient).map(|r| Box::new(r) as Box<dyn age::Recipient>)
+    } else {
+        age::x25519::Recipient::from_str(recipient)
+            .ok()
+            .map(|r| Box::new(r) as Box<dyn age::Recipient>)
+    }
+}
+
+/// Encrypts a data key to an age recipient, armored as sops stores it.
 pub(crate) fn wrap_data_key(key: &[u8], recipient: &str) -> Result<String, ()> {
     use std::io::Write as _;
-    let parsed: Box<dyn age::Recipient> = if recipient.starts_with("ssh-") {
-        Box::new(age::ssh::Recipient::from_str(recipient).map_err(|_| ())?)
-    } else {
-        Box::new(age::x25519::Recipient::from_str(recipient).map_err(|_| ())?)
-    };
+    let parsed = parse_recipient(recipient).ok_or(())?;
     let encryptor =
         age::Encryptor::with_recipients(std::iter::once(parsed.as_ref())).map_err(|_| ())?;
     let mut armored = Vec::new();
@@ -274,11 +338,7 @@ pub(crate) fn wrap_data_key(key: &[u8], recipient: &str) -> Result<String, ()> {
     String::from_utf8(armored).map_err(|_| ())
 }
 
-/// Whether `recipient` parses as an age x25519 or ssh recipient.
+/// Whether `recipient` parses as an age X25519, post-quantum or ssh recipient.
 pub fn valid_recipient(recipient: &str) -> bool {
-    if recipient.starts_with("ssh-") {
-        age::ssh::Recipient::from_str(recipient).is_ok()
-    } else {
-        age::x25519::Recipient::from_str(recipient).is_ok()
-    }
+    parse_recipient(recipient).is_some()
 }

@@ -31,10 +31,14 @@ mod cipher;
 pub mod config;
 mod dotenv;
 mod error;
+mod files;
 mod ini;
 mod json;
 mod keys;
 mod metadata;
+mod pq;
+#[cfg(test)]
+mod pq_testkit;
 mod value;
 mod walk;
 mod yaml;
@@ -44,7 +48,9 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
+pub use config::Stores;
 pub use error::{Error, KeyPath};
+pub use files::{KeyType, NewKey, keygen, write_atomic, write_new_key_file};
 pub use keys::{Identities, valid_recipient};
 pub use metadata::RuleText;
 
@@ -125,6 +131,8 @@ pub struct DecryptOptions {
     pub ignore_mac: bool,
     /// Render the plaintext in this format instead of the input's.
     pub output: Option<Format>,
+    /// The layout of the output (`.sops.yaml` `stores:`).
+    pub stores: config::Stores,
 }
 
 /// Decrypts a sops file; see the module documentation.
@@ -157,7 +165,12 @@ pub fn decrypt_with(
     let rules = md.rules.compile(file)?;
     let computed = walk::decrypt(&mut tree, &rules, &key).map_err(|e| leaf_error(file, e))?;
     check_mac(&md, &key, &computed, file, options.ignore_mac)?;
-    let out = emit(&tree, options.output.unwrap_or(format), file)?;
+    let out = emit(
+        &tree,
+        options.output.unwrap_or(format),
+        &options.stores,
+        file,
+    )?;
     Ok(Plaintext(out))
 }
 
@@ -173,6 +186,22 @@ pub struct EncryptOptions {
     pub recipients: Vec<String>,
     /// Selection rules; with none set, sops's default `unencrypted_suffix: _unencrypted`.
     pub rules: RuleText,
+    /// Write the encrypted file in this store instead of the input's (sops's
+    /// `--output-type`), e.g. a dotenv or binary input as YAML.
+    pub output: Option<Format>,
+    /// The layout of the output (`.sops.yaml` `stores:`).
+    pub stores: config::Stores,
+}
+
+/// What `rotate` changes and how it writes the file.
+#[derive(Debug, Clone, Default)]
+pub struct RotateOptions {
+    /// Recipients to add (`age1…`, `age1pq1…`, `ssh-…`).
+    pub add: Vec<String>,
+    /// Recipients to remove.
+    pub remove: Vec<String>,
+    /// The layout of the output (`.sops.yaml` `stores:`).
+    pub stores: config::Stores,
 }
 
 /// Whether a top-level key holds sops metadata: the `sops` tree, or in dotenv files, where
@@ -241,7 +270,8 @@ pub fn encrypt(
         version: SOPS_FORMAT_VERSION.into(),
         other: Vec::new(),
     };
-    store_encrypted(tree, &md, format, file)
+    let output = options.output.unwrap_or(format);
+    store_encrypted(tree, &md, output, &options.stores, file)
 }
 
 /// Re-wraps the data key of a sops file for a new recipient set (`sops updatekeys`): the
@@ -254,6 +284,23 @@ pub fn rotate(
     remove: &[String],
     path_for_errors: impl AsRef<Path>,
 ) -> Result<Vec<u8>, Error> {
+    let options = RotateOptions {
+        add: add.to_vec(),
+        remove: remove.to_vec(),
+        stores: config::Stores::default(),
+    };
+    rotate_with(bytes, format, identities, &options, path_for_errors)
+}
+
+/// [`rotate`] with options.
+pub fn rotate_with(
+    bytes: &[u8],
+    format: Format,
+    identities: &Identities,
+    options: &RotateOptions,
+    path_for_errors: impl AsRef<Path>,
+) -> Result<Vec<u8>, Error> {
+    let (add, remove) = (&options.add, &options.remove);
     let file = path_for_errors.as_ref();
     let (tree, mut md) = load_encrypted(bytes, format, file)?;
     if md.in_key_groups {
@@ -285,7 +332,7 @@ pub fn rotate(
             problem: "rotation would leave the file with no age recipient",
         });
     }
-    store_encrypted(tree, &md, format, file)
+    store_encrypted(tree, &md, format, &options.stores, file)
 }
 
 fn leaf_error(file: &Path, e: LeafError) -> Error {
@@ -502,10 +549,15 @@ fn load_encrypted(bytes: &[u8], format: Format, file: &Path) -> Result<(Tree, Me
 }
 
 /// Renders a (decrypted) tree in a store's plaintext form.
-fn emit(tree: &Tree, format: Format, file: &Path) -> Result<Zeroizing<Vec<u8>>, Error> {
+fn emit(
+    tree: &Tree,
+    format: Format,
+    stores: &config::Stores,
+    file: &Path,
+) -> Result<Zeroizing<Vec<u8>>, Error> {
     let text = match format {
-        Format::Yaml => yaml::emit(tree),
-        Format::Json => json::emit(tree),
+        Format::Yaml => yaml::emit(tree, stores.yaml_indent),
+        Format::Json => json::emit(tree, stores.json_indent),
         Format::Dotenv => dotenv::emit(file, tree)?,
         Format::Ini => ini::emit(file, tree)?,
         Format::Binary => {
@@ -537,6 +589,7 @@ fn store_encrypted(
     mut tree: Tree,
     md: &Metadata,
     format: Format,
+    stores: &config::Stores,
     file: &Path,
 ) -> Result<Vec<u8>, Error> {
     let md_value = md.to_value();
@@ -548,14 +601,19 @@ fn store_encrypted(
             for branch in &mut tree.branches {
                 branch.push(Item::Entry("sops".into(), md_value.clone()));
             }
-            Ok(yaml::emit(&tree).into_bytes())
+            Ok(yaml::emit(&tree, stores.yaml_indent).into_bytes())
         }
         Format::Json | Format::Binary => {
             if tree.branches.is_empty() {
                 tree.branches.push(Vec::new());
             }
             tree.branches[0].push(Item::Entry("sops".into(), md_value));
-            Ok(json::emit(&tree).into_bytes())
+            let indent = if format == Format::Binary {
+                stores.json_binary_indent
+            } else {
+                stores.json_indent
+            };
+            Ok(json::emit(&tree, indent).into_bytes())
         }
         Format::Dotenv => {
             if tree.branches.is_empty() {

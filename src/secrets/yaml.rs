@@ -420,7 +420,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Tree, Error> {
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-const INDENT: usize = 4;
+/// go-yaml v3's indentation, which sops keeps unless `.sops.yaml` `stores: {yaml: {indent}}`
+/// sets another.
+pub const DEFAULT_INDENT: usize = 4;
+
 /// Characters written as they are; anything else is escaped inside double quotes.
 fn printable(c: char) -> bool {
     !c.is_control()
@@ -569,26 +572,26 @@ fn write_comment_line(out: &mut String, indent: usize, c: &Comment) {
 }
 
 /// go-yaml's indentation of a mapping's child: the next multiple of the indent width.
-fn child_indent(indent: usize) -> usize {
-    INDENT * ((indent + INDENT) / INDENT)
+fn child_indent(indent: usize, width: usize) -> usize {
+    width * ((indent + width) / width)
 }
 
 /// Writes a value after `key:` or `- `. `child` is the column of its content on later lines;
 /// `prefixed` means the value starts on the current line (compact form inside a sequence).
-fn write_value(out: &mut String, v: &Value, child: usize, prefixed: bool) {
+fn write_value(out: &mut String, v: &Value, child: usize, prefixed: bool, width: usize) {
     let empty = is_empty_container(v);
     match v {
         Value::Map(items) if !empty => {
             if !prefixed {
                 out.push('\n');
             }
-            write_map(out, items, child, prefixed);
+            write_map(out, items, child, prefixed, width);
         }
         Value::Seq(values) if !empty => {
             if !prefixed {
                 out.push('\n');
             }
-            write_seq(out, values, child, prefixed);
+            write_seq(out, values, child, prefixed, width);
         }
         Value::Map(items) => {
             out.push_str(if prefixed { "{}\n" } else { " {}\n" });
@@ -616,7 +619,7 @@ fn write_value(out: &mut String, v: &Value, child: usize, prefixed: bool) {
     }
 }
 
-fn write_map(out: &mut String, items: &[Item], indent: usize, mut prefixed: bool) {
+fn write_map(out: &mut String, items: &[Item], indent: usize, mut prefixed: bool, width: usize) {
     for item in items {
         if !prefixed {
             out.push_str(&" ".repeat(indent));
@@ -643,20 +646,20 @@ fn write_map(out: &mut String, items: &[Item], indent: usize, mut prefixed: bool
                     // As go-yaml does, a key that cannot be a simple key (several lines, or
                     // longer than 128 bytes) is written in the explicit `? key` / `: value` form.
                     out.push_str("? ");
-                    write_string(out, k, child_indent(indent));
+                    write_string(out, k, child_indent(indent, width));
                     out.push('\n');
                     out.push_str(&" ".repeat(indent));
                 } else {
-                    write_string(out, k, child_indent(indent));
+                    write_string(out, k, child_indent(indent, width));
                 }
                 out.push(':');
-                write_value(out, v, child_indent(indent), false);
+                write_value(out, v, child_indent(indent, width), false, width);
             }
         }
     }
 }
 
-fn write_seq(out: &mut String, values: &[Value], indent: usize, mut prefixed: bool) {
+fn write_seq(out: &mut String, values: &[Value], indent: usize, mut prefixed: bool, width: usize) {
     for v in values {
         if !prefixed {
             out.push_str(&" ".repeat(indent));
@@ -670,14 +673,15 @@ fn write_seq(out: &mut String, values: &[Value], indent: usize, mut prefixed: bo
             }
             other => {
                 out.push_str("- ");
-                write_value(out, other, indent + 2, true);
+                write_value(out, other, indent + 2, true, width);
             }
         }
     }
 }
 
-/// Writes every branch as one YAML document, `---` between them.
-pub fn emit(tree: &Tree) -> String {
+/// Writes every branch as one YAML document, `---` between them, indented by `width`
+/// (go-yaml's `SetIndent`).
+pub fn emit(tree: &Tree, width: usize) -> String {
     let mut out = String::new();
     for (i, branch) in tree.branches.iter().enumerate() {
         if i > 0 {
@@ -691,7 +695,7 @@ pub fn emit(tree: &Tree) -> String {
             }
             out.push_str("{}\n");
         } else {
-            write_map(&mut out, branch, 0, false);
+            write_map(&mut out, branch, 0, false, width);
         }
     }
     out
@@ -702,7 +706,10 @@ mod tests {
     use super::*;
 
     fn roundtrip(text: &str) -> String {
-        emit(&parse(Path::new("t.yaml"), text).expect("test input is valid YAML"))
+        emit(
+            &parse(Path::new("t.yaml"), text).expect("test input is valid YAML"),
+            DEFAULT_INDENT,
+        )
     }
 
     #[test]

@@ -127,7 +127,7 @@ fn ignoring_the_mac_returns_the_plaintext_of_an_edited_file() {
     let edited = f.encrypted.replace(&format!("app-{SENTINEL}"), "changed");
     let options = secrets::DecryptOptions {
         ignore_mac: true,
-        output: None,
+        ..secrets::DecryptOptions::default()
     };
     let plain = secrets::decrypt_with(
         edited.as_bytes(),

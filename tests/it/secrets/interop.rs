@@ -203,6 +203,7 @@ fn whatever_stagehand_encrypts_sops_decrypts_as_it_decrypts_its_own() {
         let options = EncryptOptions {
             recipients: keys.recipients.to_vec(),
             rules: rule_text(case.flags),
+            ..EncryptOptions::default()
         };
         let ours = secrets::encrypt(case.content, format, &options, &plain)
             .unwrap_or_else(|e| panic!("{}: {e}", case.name));
@@ -236,6 +237,7 @@ fn values_stagehand_encrypts_are_encrypted_exactly_where_sops_encrypts_them() {
         let options = EncryptOptions {
             recipients: keys.recipients.to_vec(),
             rules: rule_text(case.flags),
+            ..EncryptOptions::default()
         };
         let ours =
             secrets::encrypt(case.content, Format::Yaml, &options, &plain).expect("encrypts");

@@ -4,6 +4,7 @@
 mod cli;
 mod errors;
 mod interop;
+mod pq;
 mod props;
 
 use std::path::{Path, PathBuf};
