@@ -647,12 +647,7 @@ async fn watch_alerts(
 /// the objects found drifted.
 async fn count_passes(mut status: watch::Receiver<EnvironmentStatus>, metrics: Arc<Metrics>) {
     let mut passes = status.borrow_and_update().passes;
-    while status.changed().await.is_ok() {
-        let s = status.borrow_and_update().clone();
-        if s.passes == passes {
-            continue;
-        }
-        passes = s.passes;
+    while let Some(s) = next_pass(&mut status, &mut passes).await {
         let took = s
             .last_attempt
             .and_then(|started| started.elapsed().ok())
@@ -665,6 +660,22 @@ async fn count_passes(mut status: watch::Receiver<EnvironmentStatus>, metrics: A
             })
             .set(i64::try_from(s.drift.len()).unwrap_or(i64::MAX));
     }
+}
+
+/// The status after the next pass that finishes beyond `seen` passes; `None` once the loop is
+/// gone.
+async fn next_pass(
+    status: &mut watch::Receiver<EnvironmentStatus>,
+    seen: &mut u64,
+) -> Option<EnvironmentStatus> {
+    while status.changed().await.is_ok() {
+        let s = status.borrow_and_update().clone();
+        if s.passes != *seen {
+            *seen = s.passes;
+            return Some(s);
+        }
+    }
+    None
 }
 
 /// The status an environment starts with after a restart: what the store remembers of it.
@@ -692,12 +703,7 @@ fn restore(env: &Environment, record: &store::EnvironmentRecord) -> EnvironmentS
 /// fails is logged; reconciliation goes on.
 async fn record_passes(mut status: watch::Receiver<EnvironmentStatus>, store: Arc<dyn Store>) {
     let mut passes = status.borrow_and_update().passes;
-    while status.changed().await.is_ok() {
-        let s = status.borrow_and_update().clone();
-        if s.passes == passes {
-            continue;
-        }
-        passes = s.passes;
+    while let Some(s) = next_pass(&mut status, &mut passes).await {
         let finished_at = SystemTime::now();
         let applied = s.applied_revision.is_some() && s.applied_revision == s.attempted_revision;
         let mut counts = store::SyncCounts::default();

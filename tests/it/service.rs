@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
-use sha2::Sha256;
 use stagehand::proto;
 use stagehand::proto::environment_service_client::EnvironmentServiceClient;
+use stagehand::service::webhook::WebhookSecret;
 use tokio_stream::StreamExt;
 
 use crate::support::cluster::cluster;
@@ -130,15 +129,9 @@ fn post_webhook(addr: SocketAddr, headers: &[(&str, String)], body: &[u8]) -> u1
 }
 
 fn github_signature(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("any key length");
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256={hex}")
+    WebhookSecret::from_file_contents(SECRET.as_bytes().to_vec())
+        .expect("not empty")
+        .sign(body)
 }
 
 fn overlay(namespace: &str) -> String {
