@@ -5,7 +5,7 @@
 //! scripts/local-cluster.sh. `STAGEHAND_KUBECTL` (or the setup script's env.sh) names kubectl.
 //! Run with `cargo bench --bench reconcile`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +15,10 @@ use stagehand::pipeline::{
     ApprovalPolicy, Cluster, Environment, PromotePolicy, Source, SyncPolicy,
 };
 use stagehand::reconcile::{Desired, DesiredState, Options, Reconciler, SourceError};
+
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::kubeconfig;
 
 const OBJECTS: usize = 1000;
 const ROUNDS: usize = 3;
@@ -100,27 +104,6 @@ fn recorded(var: &str) -> Option<String> {
         .filter_map(|l| l.split_once('='))
         .find(|(k, _)| *k == var)
         .map(|(_, v)| v.trim_matches('"').to_owned())
-}
-
-fn kubeconfig() -> PathBuf {
-    if let Some(path) = std::env::var_os("STAGEHAND_TEST_KUBECONFIG") {
-        return path.into();
-    }
-    let dir = std::env::temp_dir().join(format!("stagehand-bench-{}", std::process::id()));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/local-cluster.sh");
-    let out = Command::new(script)
-        .arg("up")
-        .arg(&dir)
-        .arg("--watch")
-        .arg(std::process::id().to_string())
-        .output()
-        .expect("scripts/local-cluster.sh runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    dir.join("kubeconfig")
 }
 
 /// Runs kubectl under Python's getrusage to learn its peak memory; returns (seconds, KiB).

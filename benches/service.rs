@@ -1,0 +1,421 @@
+//! `stagehand serve` as a whole, against one apiserver in one run:
+//! - latency: a commit pushed → its 50 objects applied, via a signed webhook and via a 1 s poll;
+//! - idle: 20 environments × 500 objects, peak RSS and CPU per idle minute once all are applied;
+//! - GetEnvironment requests per second from 100 concurrent clients;
+//! - fleet: 1,000 environments of 10 objects, a commit touching all → every one applied (wall
+//!   time, peak RSS), the shape of Flux's published benchmark.
+//!
+//! `cargo bench --bench service [latency|idle|rps|fleet ...]` (all by default). Uses
+//! `STAGEHAND_TEST_KUBECONFIG` when set, else starts a private apiserver.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use stagehand::proto;
+use stagehand::proto::environment_service_client::EnvironmentServiceClient;
+use stagehand::service::webhook::WebhookSecret;
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=bench",
+            "-c",
+            "user.email=bench@example.test",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A work tree and the bare remote the service fetches from.
+struct Repo {
+    work: PathBuf,
+}
+
+impl Repo {
+    fn new(dir: &Path) -> Self {
+        let remote = dir.join("remote.git");
+        std::fs::create_dir_all(&remote).expect("remote dir");
+        git(&remote, &["init", "-q", "--bare", "-b", "main"]);
+        let work = dir.join("work");
+        std::fs::create_dir_all(&work).expect("work dir");
+        git(&work, &["init", "-q", "-b", "main"]);
+        git(
+            &work,
+            &["remote", "add", "origin", &remote.display().to_string()],
+        );
+        Self { work }
+    }
+
+    /// Writes each environment's objects at `revision`: its Namespace and `objects` ConfigMaps,
+    /// in one file.
+    fn write(&self, envs: &[String], objects: usize, revision: &str) {
+        for env in envs {
+            let dir = self.work.join("envs").join(env);
+            std::fs::create_dir_all(&dir).expect("env dir");
+            std::fs::write(
+                dir.join("kustomization.yaml"),
+                format!("namespace: {env}\nresources: [objects.yaml]\n"),
+            )
+            .expect("kustomization");
+            let namespace = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {env}\n");
+            let docs: Vec<String> = std::iter::once(namespace)
+                .chain((0..objects)
+                .map(|i| {
+                    format!(
+                        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: obj-{i:04}\ndata:\n  revision: {revision:?}\n  text: {:?}\n",
+                        "x".repeat(200)
+                    )
+                }))
+                .collect();
+            std::fs::write(dir.join("objects.yaml"), docs.join("---\n")).expect("objects");
+        }
+    }
+
+    fn commit_and_push(&self, message: &str) -> String {
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-q", "-m", message]);
+        git(&self.work, &["push", "-q", "origin", "main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    fn pipeline(&self, name: &str, envs: &[String], interval: &str, kubeconfig: &Path) -> PathBuf {
+        let mut text = format!(
+            "apiVersion: stagehand.dev/v1alpha1\nkind: Pipeline\nmetadata: {{name: {name}}}\nspec:\n  repository: {{url: {}, branch: main}}\n  environments:\n",
+            self.work
+                .parent()
+                .expect("dir")
+                .join("remote.git")
+                .display()
+        );
+        for env in envs {
+            text.push_str(&format!(
+                "    - name: {env}\n      source: {{overlay: envs/{env}}}\n      cluster: {{kubeconfig: {}}}\n      sync: {{interval: {interval}}}\n",
+                kubeconfig.display()
+            ));
+        }
+        let file = self.work.parent().expect("dir").join("pipeline.yaml");
+        std::fs::write(&file, text).expect("pipeline");
+        file
+    }
+}
+
+struct Server {
+    child: Child,
+    grpc: String,
+    http: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(pipeline: &Path, state: &Path, secret: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--pipeline")
+            .arg(pipeline)
+            .arg("--state-dir")
+            .arg(state)
+            .arg("--webhook-secret-file")
+            .arg(secret)
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stagehand serve starts");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let (mut grpc, mut http) = (None, None);
+        while grpc.is_none() || http.is_none() {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).expect("stdout") > 0,
+                "serve exited"
+            );
+            if let Some(a) = line.trim().strip_prefix("http listening on ") {
+                http = Some(a.parse().expect("address"));
+            } else if let Some(a) = line.trim().strip_prefix("listening on ") {
+                grpc = Some(format!("http://{a}"));
+            }
+        }
+        Self {
+            child,
+            grpc: grpc.expect("read"),
+            http: http.expect("read"),
+        }
+    }
+
+    /// (peak RSS in MiB, CPU seconds used so far) from /proc.
+    fn usage(&self) -> (f64, f64) {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let hwm_kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .expect("VmHWM");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .expect("comm")
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: f64 =
+            fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+        (hwm_kib / 1024.0, ticks / 100.0)
+    }
+}
+
+fn webhook(addr: SocketAddr, secret: &WebhookSecret) {
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let mut stream = TcpStream::connect(addr).expect("webhook listener");
+    let request = format!(
+        "POST /api/webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nX-Stagehand-Signature: {}\r\nConnection: close\r\n\r\n",
+        body.len(),
+        secret.sign(body)
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    stream.write_all(body).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    assert!(response.contains(" 202 "), "{response}");
+}
+
+/// Waits until every environment in `envs` reports `commit` applied; returns how long it took.
+async fn until_applied(grpc: &str, envs: &[String], commit: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut client = EnvironmentServiceClient::connect(grpc.to_owned())
+        .await
+        .expect("gRPC");
+    loop {
+        let list = client
+            .list_environments(proto::ListEnvironmentsRequest {})
+            .await
+            .expect("ListEnvironments")
+            .into_inner();
+        let done = list
+            .environments
+            .iter()
+            .filter(|e| envs.contains(&e.name))
+            .filter(|e| {
+                e.status
+                    .as_ref()
+                    .is_some_and(|s| s.applied_revision == commit)
+            })
+            .count();
+        if done == envs.len() {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "only {done} of {} environments applied {commit} after {limit:?}",
+            envs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+struct Bench {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    secret_file: PathBuf,
+    secret: WebhookSecret,
+    run: String,
+}
+
+impl Bench {
+    fn scenario(&self, name: &str) -> PathBuf {
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(dir.join("state")).expect("scenario dir");
+        dir
+    }
+
+    fn envs(&self, prefix: &str, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("b{}-{prefix}-{i:04}", self.run))
+            .collect()
+    }
+
+    async fn latency(&self) {
+        for (mode, interval) in [("webhook", "1h"), ("poll", "1s")] {
+            let dir = self.scenario(&format!("latency-{mode}"));
+            let repo = Repo::new(&dir);
+            let envs = self.envs(&format!("lat{mode}"), 1);
+            repo.write(&envs, 50, "r0");
+            let first = repo.commit_and_push("r0");
+            let pipeline = repo.pipeline(
+                &format!("lat{mode}{}", self.run),
+                &envs,
+                interval,
+                &self.kubeconfig,
+            );
+            let server = Server::start(&pipeline, &dir.join("state"), &self.secret_file);
+            until_applied(&server.grpc, &envs, &first, Duration::from_secs(120)).await;
+            let mut times = Vec::new();
+            for round in 1..=5 {
+                repo.write(&envs, 50, &format!("r{round}"));
+                let commit = repo.commit_and_push(&format!("r{round}"));
+                let started = Instant::now();
+                if mode == "webhook" {
+                    webhook(server.http, &self.secret);
+                }
+                until_applied(&server.grpc, &envs, &commit, Duration::from_secs(60)).await;
+                times.push(started.elapsed());
+            }
+            times.sort();
+            println!(
+                "latency via {mode:<7}: pushed -> 50 objects applied: median {:?}, min {:?}, max {:?} (5 commits)",
+                times[2], times[0], times[4]
+            );
+        }
+    }
+
+    async fn idle(&self) {
+        let dir = self.scenario("idle");
+        let repo = Repo::new(&dir);
+        let envs = self.envs("idle", 20);
+        repo.write(&envs, 500, "r0");
+        let commit = repo.commit_and_push("r0");
+        let pipeline = repo.pipeline(&format!("idle{}", self.run), &envs, "1m", &self.kubeconfig);
+        let server = Server::start(&pipeline, &dir.join("state"), &self.secret_file);
+        let took = until_applied(&server.grpc, &envs, &commit, Duration::from_secs(900)).await;
+        let (rss, cpu_before) = server.usage();
+        let window = Duration::from_secs(60);
+        tokio::time::sleep(window).await;
+        let (rss_after, cpu_after) = server.usage();
+        println!(
+            "idle: 20 environments x 500 objects applied in {took:?}; peak RSS {rss:.0} MiB ({rss_after:.0} MiB after a minute); CPU in an idle minute with 1m sync intervals: {:.2} s ({:.1}% of one core)",
+            cpu_after - cpu_before,
+            (cpu_after - cpu_before) / window.as_secs_f64() * 100.0
+        );
+    }
+
+    async fn rps(&self) {
+        let dir = self.scenario("rps");
+        let repo = Repo::new(&dir);
+        let envs = self.envs("rps", 3);
+        repo.write(&envs, 10, "r0");
+        let commit = repo.commit_and_push("r0");
+        let pipeline = repo.pipeline(&format!("rps{}", self.run), &envs, "1h", &self.kubeconfig);
+        let server = Server::start(&pipeline, &dir.join("state"), &self.secret_file);
+        until_applied(&server.grpc, &envs, &commit, Duration::from_secs(120)).await;
+        let window = Duration::from_secs(10);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..100 {
+            let grpc = server.grpc.clone();
+            let name = envs[c % envs.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                let mut client = EnvironmentServiceClient::connect(grpc).await.expect("gRPC");
+                let mut latencies = Vec::new();
+                while started.elapsed() < window {
+                    let t = Instant::now();
+                    client
+                        .get_environment(proto::GetEnvironmentRequest { name: name.clone() })
+                        .await
+                        .expect("GetEnvironment");
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.expect("client task"));
+        }
+        all.sort();
+        println!(
+            "GetEnvironment, 100 concurrent clients (one connection each), {window:?}: {:.0} requests/s, p50 {:?}, p99 {:?}",
+            all.len() as f64 / started.elapsed().as_secs_f64(),
+            all[all.len() / 2],
+            all[all.len() * 99 / 100]
+        );
+    }
+
+    async fn fleet(&self) {
+        let dir = self.scenario("fleet");
+        let repo = Repo::new(&dir);
+        let envs = self.envs("fleet", 1000);
+        repo.write(&envs, 10, "r0");
+        let commit = repo.commit_and_push("r0");
+        let pipeline = repo.pipeline(&format!("fleet{}", self.run), &envs, "1h", &self.kubeconfig);
+        let started = Instant::now();
+        let server = Server::start(&pipeline, &dir.join("state"), &self.secret_file);
+        let first = until_applied(&server.grpc, &envs, &commit, Duration::from_secs(1800)).await;
+        println!(
+            "fleet: 1,000 environments x 10 objects, first apply (namespaces created): {:?}",
+            started.elapsed().max(first)
+        );
+        repo.write(&envs, 10, "r1");
+        let commit = repo.commit_and_push("r1");
+        let started = Instant::now();
+        webhook(server.http, &self.secret);
+        let took = until_applied(&server.grpc, &envs, &commit, Duration::from_secs(1800)).await;
+        let (rss, cpu) = server.usage();
+        println!(
+            "fleet: a commit touching all 1,000 environments -> every one applied in {took:?} (from the webhook {:?}); peak RSS {rss:.0} MiB, {cpu:.0} CPU s in all",
+            started.elapsed()
+        );
+    }
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants = |s: &str| chosen.is_empty() || chosen.iter().any(|c| c == s);
+    let dir = std::env::temp_dir().join(format!("stagehand-bench-service-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let secret_file = dir.join("webhook-secret");
+    std::fs::write(&secret_file, "bench-secret\n").expect("secret");
+    let bench = Bench {
+        kubeconfig: cluster::kubeconfig(),
+        secret: WebhookSecret::from_file_contents(b"bench-secret".to_vec()).expect("secret"),
+        secret_file,
+        run: format!("{:x}", std::process::id() % 0xfff),
+        dir: dir.clone(),
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        if wants("latency") {
+            bench.latency().await;
+        }
+        if wants("rps") {
+            bench.rps().await;
+        }
+        if wants("idle") {
+            bench.idle().await;
+        }
+        if wants("fleet") {
+            bench.fleet().await;
+        }
+    });
+    let _ = std::fs::remove_dir_all(dir);
+}
