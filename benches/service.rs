@@ -5,7 +5,11 @@
 //! - fleet: 1,000 environments of 10 objects, a commit touching all → every one applied (wall
 //!   time, peak RSS), the shape of Flux's published benchmark.
 //!
-//! `cargo bench --bench service [latency|idle|rps|fleet ...]` (all by default). Uses
+//! - promote: the last approval of a promotion → the target (50 objects) reported Healthy;
+//! - promotions: ListPromotions over 10,000 stored promotions from 100 concurrent clients, and
+//!   the server's RSS with them.
+//!
+//! `cargo bench --bench service [latency|idle|rps|fleet|promote|promotions ...]` (all by default). Uses
 //! `STAGEHAND_TEST_KUBECONFIG` when set, else starts a private apiserver.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use stagehand::proto;
 use stagehand::proto::environment_service_client::EnvironmentServiceClient;
+use stagehand::proto::promotion_service_client::PromotionServiceClient;
 use stagehand::service::webhook::WebhookSecret;
 
 #[path = "support/cluster.rs"]
@@ -109,6 +114,22 @@ impl Repo {
             ));
         }
         let file = self.work.parent().expect("dir").join("pipeline.yaml");
+        std::fs::write(&file, text).expect("pipeline");
+        file
+    }
+
+    /// A pipeline of `envs[0]` promoted into `envs[1]` with one approval (self-approval allowed,
+    /// as the bench's client is anonymous), copying its objects.
+    fn promotion_pipeline(&self, name: &str, envs: &[String], kubeconfig: &Path) -> PathBuf {
+        let file = self.pipeline(name, &envs[..1], "1h", kubeconfig);
+        let mut text = std::fs::read_to_string(&file).expect("pipeline");
+        text.push_str(&format!(
+            "    - name: {}\n      promotesFrom: {}\n      source: {{overlay: envs/{}}}\n      cluster: {{kubeconfig: {}}}\n      sync: {{interval: 1h}}\n      approval: {{required: 1, allowSelfApproval: true}}\n      promote: {{files: [objects.yaml]}}\n",
+            envs[1],
+            envs[0],
+            envs[1],
+            kubeconfig.display()
+        ));
         std::fs::write(&file, text).expect("pipeline");
         file
     }
@@ -384,6 +405,156 @@ impl Bench {
     }
 }
 
+impl Bench {
+    async fn promote(&self) {
+        let dir = self.scenario("promote");
+        let repo = Repo::new(&dir);
+        let envs = self.envs("prom", 2);
+        repo.write(&envs, 50, "r0");
+        let first = repo.commit_and_push("r0");
+        let pipeline =
+            repo.promotion_pipeline(&format!("prom{}", self.run), &envs, &self.kubeconfig);
+        let server = Server::start(&pipeline, &dir.join("state"), &self.secret_file);
+        until_applied(&server.grpc, &envs, &first, Duration::from_secs(120)).await;
+        let mut environments = EnvironmentServiceClient::connect(server.grpc.clone())
+            .await
+            .expect("gRPC");
+        let mut promotions = PromotionServiceClient::connect(server.grpc.clone())
+            .await
+            .expect("gRPC");
+        let state = |p: &proto::Promotion| proto::PromotionState::try_from(p.state).expect("state");
+        let mut times = Vec::new();
+        for round in 1..=5 {
+            // Only the source moves; the promotion brings its objects.
+            repo.write(&envs[..1], 50, &format!("r{round}"));
+            repo.commit_and_push(&format!("r{round}"));
+            environments
+                .sync_environment(proto::SyncEnvironmentRequest {
+                    name: envs[0].clone(),
+                    fetch: true,
+                    wait: true,
+                })
+                .await
+                .expect("source synced");
+            let requested = promotions
+                .request_promotion(proto::RequestPromotionRequest {
+                    target_environment: envs[1].clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("requested")
+                .into_inner();
+            let get = proto::GetPromotionRequest {
+                id: requested.id.clone(),
+            };
+            loop {
+                let p = promotions.get_promotion(get.clone()).await.expect("get").into_inner();
+                if state(&p) == proto::PromotionState::AwaitingApproval {
+                    break;
+                }
+                assert_ne!(state(&p), proto::PromotionState::Failed, "{}", p.message);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let started = Instant::now();
+            promotions
+                .approve_promotion(proto::ApprovePromotionRequest {
+                    id: requested.id.clone(),
+                    comment: String::new(),
+                })
+                .await
+                .expect("approved");
+            loop {
+                let p = promotions.get_promotion(get.clone()).await.expect("get").into_inner();
+                if state(&p) == proto::PromotionState::Succeeded {
+                    break;
+                }
+                assert_ne!(state(&p), proto::PromotionState::Failed, "{}", p.message);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            times.push(started.elapsed());
+        }
+        times.sort();
+        println!(
+            "promote: last approval -> target (50 objects) committed, applied and Healthy: median {:?}, min {:?}, max {:?} (5 promotions)",
+            times[2], times[0], times[4]
+        );
+    }
+
+    async fn promotions(&self) {
+        let dir = self.scenario("promotions");
+        let repo = Repo::new(&dir);
+        let envs = self.envs("plist", 2);
+        repo.write(&envs, 10, "r0");
+        let first = repo.commit_and_push("r0");
+        let pipeline =
+            repo.promotion_pipeline(&format!("plist{}", self.run), &envs, &self.kubeconfig);
+        let state = dir.join("state");
+        {
+            // 10,000 finished promotions written through the store, as the engine writes them.
+            use stagehand::store::{self, Store as _};
+            let store = store::SqliteStore::open(&state).await.expect("store");
+            for i in 0..10_000u32 {
+                store
+                    .create_promotion(store::NewPromotion {
+                        id: store::new_promotion_id(),
+                        kind: store::PromotionKind::Promotion,
+                        source_environment: Some(envs[0].clone()),
+                        target_environment: envs[1].clone(),
+                        revision: first.clone(),
+                        rerun: false,
+                        requested_by: format!("user-{}", i % 50),
+                        reason: "bench".into(),
+                        state: store::PromotionState::Succeeded,
+                        at: std::time::SystemTime::now(),
+                        detail: None,
+                    })
+                    .await
+                    .expect("stored");
+            }
+        }
+        let server = Server::start(&pipeline, &state, &self.secret_file);
+        until_applied(&server.grpc, &envs, &first, Duration::from_secs(120)).await;
+        let window = Duration::from_secs(10);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..100 {
+            let grpc = server.grpc.clone();
+            let target = envs[1].clone();
+            tasks.push(tokio::spawn(async move {
+                let mut client = PromotionServiceClient::connect(grpc).await.expect("gRPC");
+                let mut latencies = Vec::new();
+                while started.elapsed() < window {
+                    let t = Instant::now();
+                    let page = client
+                        .list_promotions(proto::ListPromotionsRequest {
+                            environment: target.clone(),
+                            page_size: 100,
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("ListPromotions")
+                        .into_inner();
+                    assert_eq!(page.promotions.len(), 100);
+                    latencies.push(t.elapsed());
+                }
+                latencies
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.expect("client task"));
+        }
+        all.sort();
+        let (rss, _) = server.usage();
+        println!(
+            "ListPromotions (pages of 100) over 10,000 stored promotions, 100 concurrent clients, {window:?}: {:.0} requests/s, p50 {:?}, p99 {:?}; server peak RSS {rss:.0} MiB",
+            all.len() as f64 / started.elapsed().as_secs_f64(),
+            all[all.len() / 2],
+            all[all.len() * 99 / 100]
+        );
+    }
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let chosen: Vec<String> = std::env::args()
@@ -412,6 +583,12 @@ fn main() {
         }
         if wants("idle") {
             bench.idle().await;
+        }
+        if wants("promote") {
+            bench.promote().await;
+        }
+        if wants("promotions") {
+            bench.promotions().await;
         }
         if wants("fleet") {
             bench.fleet().await;

@@ -13,6 +13,7 @@ pub mod error_chain;
 pub mod git;
 pub mod metrics;
 pub mod pipeline;
+pub mod promotion;
 mod process;
 pub mod reconcile;
 pub mod render;

@@ -272,11 +272,11 @@ fn view_to_proto(view: &EnvironmentView, main_branch: &str) -> proto::Environmen
     }
 }
 
-fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+pub(super) fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(time)
 }
 
-fn reference(object: &ObjectRef) -> proto::ObjectRef {
+pub(super) fn reference(object: &ObjectRef) -> proto::ObjectRef {
     proto::ObjectRef {
         api_version: object.api_version(),
         kind: object.kind.clone(),
@@ -379,7 +379,7 @@ fn status_to_proto(view: &EnvironmentView) -> proto::EnvironmentStatus {
     }
 }
 
-fn plan_to_proto(plan: &Plan) -> proto::DiffEnvironmentResponse {
+pub(super) fn plan_to_proto(plan: &Plan) -> proto::DiffEnvironmentResponse {
     proto::DiffEnvironmentResponse {
         revision: plan.revision.clone(),
         // Field paths only: values, and so Secret data, never leave the service.

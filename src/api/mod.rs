@@ -4,6 +4,7 @@
 pub mod auth;
 mod environments;
 pub mod http;
+mod promotions;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,9 +16,11 @@ use tonic::transport::Server;
 
 use crate::metrics::Metrics;
 use crate::proto::environment_service_server::EnvironmentServiceServer;
+use crate::proto::promotion_service_server::PromotionServiceServer;
 use crate::service::reload::Supervisor;
 
 pub use environments::EnvironmentApi;
+pub use promotions::PromotionApi;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -68,6 +71,9 @@ pub async fn serve(
     health
         .set_serving::<EnvironmentServiceServer<EnvironmentApi>>()
         .await;
+    health
+        .set_serving::<PromotionServiceServer<PromotionApi>>()
+        .await;
 
     let reflection_v1 = reflection().build_v1().map_err(Error::Reflection)?;
     // Many deployed clients (older grpcurl, grpcio) still only speak v1alpha reflection.
@@ -84,6 +90,9 @@ pub async fn serve(
         health
             .set_not_serving::<EnvironmentServiceServer<EnvironmentApi>>()
             .await;
+        health
+            .set_not_serving::<PromotionServiceServer<PromotionApi>>()
+            .await;
     };
     Server::builder()
         .layer(RpcMetricsLayer(service.service().metrics().clone()))
@@ -91,7 +100,11 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(EnvironmentServiceServer::with_interceptor(
-            EnvironmentApi::new(service),
+            EnvironmentApi::new(service.clone()),
+            authenticator.clone(),
+        ))
+        .add_service(PromotionServiceServer::with_interceptor(
+            PromotionApi::new(service),
             authenticator,
         ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener.inner), draining)
@@ -172,9 +185,10 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
     builder
 }
 
-const SERVED: [&str; 4] = [
+const SERVED: [&str; 5] = [
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
     "stagehand.v1.EnvironmentService",
+    "stagehand.v1.PromotionService",
 ];

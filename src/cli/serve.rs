@@ -38,6 +38,13 @@ pub struct ServeArgs {
     /// Allow running without a tokens file on an address other than loopback.
     #[arg(long)]
     insecure: bool,
+    /// Name of the author and committer of promotion commits (the requester and approvers are
+    /// in the commit's trailers).
+    #[arg(long, env = "STAGEHAND_COMMIT_NAME", default_value = "Stagehand")]
+    commit_name: String,
+    /// E-mail of the author and committer of promotion commits.
+    #[arg(long, env = "STAGEHAND_COMMIT_EMAIL", default_value = "stagehand@localhost")]
+    commit_email: String,
     #[command(flatten)]
     credentials: GitCredentialArgs,
 }
@@ -85,6 +92,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let installation = stagehand::cluster::installation::load_or_create(&args.state_dir)?;
     let store: Arc<dyn stagehand::store::Store> =
         Arc::new(stagehand::store::SqliteStore::open(&args.state_dir).await?);
+    let committer = git::promote::Identity {
+        name: args.commit_name.clone(),
+        email: args.commit_email.clone(),
+    };
+    let git_options = git::promote::Options {
+        author: committer.clone(),
+        committer,
+        max_attempts: 5,
+    };
     let build: service::reload::Builder = Box::new(move |pipeline: Arc<Pipeline>| {
         let url = git::RemoteUrl::new(pipeline.repository.resolved_url(&file));
         let access = if with_tokens {
@@ -110,6 +126,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             identities: identities.clone(),
             metrics: metrics.clone(),
             store: store.clone(),
+            git: git_options.clone(),
         })
     });
     let text = std::fs::read(&args.pipeline)

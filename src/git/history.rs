@@ -111,3 +111,80 @@ impl Repository {
         Ok(entries)
     }
 }
+
+impl Repository {
+    /// The author e-mails of the commits reachable from `to` but not from `since` (every
+    /// ancestor when `since` is `None`, up to `limit` commits): who wrote a promoted range.
+    pub fn authors(
+        &self,
+        to: ObjectId,
+        since: Option<ObjectId>,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
+        let repo = self.repo();
+        let read = |what: String| {
+            move |source| Error::Read {
+                what,
+                source: Box::new(source),
+            }
+        };
+        let walk = repo
+            .rev_walk([to])
+            .with_hidden(since)
+            .all()
+            .map_err(read(format!("the history of {to}")))?;
+        let mut emails = Vec::new();
+        for info in walk.take(limit) {
+            let info = info.map_err(read(format!("the history of {to}")))?;
+            let commit = repo
+                .find_commit(info.id)
+                .map_err(read(format!("commit {}", info.id)))?;
+            let author = commit
+                .author()
+                .map_err(read(format!("the author of commit {}", info.id)))?;
+            let email = author.email.to_string();
+            if !emails.contains(&email) {
+                emails.push(email);
+            }
+        }
+        Ok(emails)
+    }
+
+    /// The commit `spec` names (a full or abbreviated hash, a branch of the cache, ...).
+    pub fn resolve(&self, spec: &str) -> Result<ObjectId, Error> {
+        let repo = self.repo();
+        repo.rev_parse_single(spec)
+            .map_err(|source| Error::Read {
+                what: format!("revision {spec:?}"),
+                source: Box::new(source),
+            })?
+            .object()
+            .map_err(|source| Error::Read {
+                what: format!("revision {spec:?}"),
+                source: Box::new(source),
+            })?
+            .peel_to_commit()
+            .map(|commit| commit.id)
+            .map_err(|source| Error::Read {
+                what: format!("revision {spec:?}"),
+                source: Box::new(source),
+            })
+    }
+}
+
+impl Repository {
+    /// Whether `descendant` is `ancestor` or has it in its history.
+    pub fn descends_from(&self, descendant: ObjectId, ancestor: ObjectId) -> Result<bool, Error> {
+        if descendant == ancestor {
+            return Ok(true);
+        }
+        let repo = self.repo();
+        let base = repo
+            .merge_base(descendant, ancestor)
+            .map_err(|source| Error::Read {
+                what: format!("the merge base of {descendant} and {ancestor}"),
+                source: Box::new(source.into()),
+            })?;
+        Ok(base.map(gix::Id::detach) == Some(ancestor))
+    }
+}

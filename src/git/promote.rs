@@ -85,6 +85,27 @@ pub enum Outcome {
     NoChange { commit: ObjectId },
 }
 
+/// What a promotion would do to the target branch as the cache has it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Candidate {
+    /// The promotion's commit is already on the branch.
+    AlreadyDone { commit: ObjectId },
+    /// The branch already holds what the promotion would write.
+    NoChange { tip: ObjectId },
+    /// `commit` (written, not pushed) on top of `tip`.
+    Change { tip: ObjectId, commit: ObjectId },
+}
+
+impl Candidate {
+    /// The commit the target would run: the new one, or the one already there.
+    pub fn commit(&self) -> ObjectId {
+        match self {
+            Candidate::AlreadyDone { commit } | Candidate::Change { commit, .. } => *commit,
+            Candidate::NoChange { tip } => *tip,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -227,6 +248,30 @@ impl Repository {
             branch: location.branch,
             attempts,
         })
+    }
+
+    /// What `promotion` would commit, built on the target branch's tip in the cache (fetched by
+    /// the caller) and written to the object database without a ref or a push, so that the
+    /// result can be rendered and checked before anything reaches the remote.
+    pub fn candidate(
+        &self,
+        pipeline: &Pipeline,
+        promotion: &Promotion,
+        options: &Options,
+    ) -> Result<Candidate, Error> {
+        check_trailers(promotion)?;
+        let location = Location::of(pipeline, &promotion.target)?;
+        let tip = self.branch_tip(&location.branch)?;
+        if let Some(commit) = self.find_promotion(tip, &promotion.id)? {
+            return Ok(Candidate::AlreadyDone { commit });
+        }
+        let tree = self.promoted_tree(pipeline, promotion, &location, tip)?;
+        let repo = self.repo();
+        if tree == commit_tree(&repo, tip)? {
+            return Ok(Candidate::NoChange { tip });
+        }
+        let commit = write_commit(&repo, promotion, options, tree, tip)?;
+        Ok(Candidate::Change { tip, commit })
     }
 
     /// The commit on the first-parent line of `tip` that carries promotion `id`, if any.

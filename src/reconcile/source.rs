@@ -62,6 +62,30 @@ fn failed(
 
 impl DesiredState for GitSource {
     async fn desired(&self, env: &Environment) -> Result<Desired, SourceError> {
+        self.desired_at(env, None).await
+    }
+}
+
+/// One environment pinned to one commit of its branch, pushed or not: what a promotion would
+/// make it run, checked before anything reaches the remote.
+pub struct AtCommit {
+    pub source: Arc<GitSource>,
+    pub commit: gix::ObjectId,
+}
+
+impl DesiredState for AtCommit {
+    async fn desired(&self, env: &Environment) -> Result<Desired, SourceError> {
+        self.source.desired_at(env, Some(self.commit)).await
+    }
+}
+
+impl GitSource {
+    /// The desired objects of `env` at `commit`, or at its current revision when `None`.
+    async fn desired_at(
+        &self,
+        env: &Environment,
+        commit: Option<gix::ObjectId>,
+    ) -> Result<Desired, SourceError> {
         let pipeline = self.pipeline.clone();
         let repository = self.repository.clone();
         let identities = self.identities.clone();
@@ -77,13 +101,23 @@ impl DesiredState for GitSource {
                     .fetch()
                     .map_err(|e| failed(SourceStage::Fetch, None, e))?;
             }
-            let revision = repository
-                .revision(&pipeline, &name)
-                .map_err(|e| failed(SourceStage::Fetch, None, e))?;
-            let commit = revision.commit.to_string();
+            let (commit, path) = match commit {
+                Some(commit) => {
+                    let location = git::revision::Location::of(&pipeline, &name)
+                        .map_err(|e| failed(SourceStage::Fetch, None, e))?;
+                    (commit, location.path)
+                }
+                None => {
+                    let revision = repository
+                        .revision(&pipeline, &name)
+                        .map_err(|e| failed(SourceStage::Fetch, None, e))?;
+                    (revision.commit, revision.location.path)
+                }
+            };
             let tree = repository
-                .tree(revision.commit)
-                .map_err(|e| failed(SourceStage::Fetch, Some(commit.clone()), e))?;
+                .tree(commit)
+                .map_err(|e| failed(SourceStage::Fetch, Some(commit.to_string()), e))?;
+            let commit = commit.to_string();
             let decrypt = SopsDecrypt::new(&identities);
             let options = render::Options {
                 decrypt: Some(&decrypt),
@@ -94,7 +128,7 @@ impl DesiredState for GitSource {
                 cancelled: &cancelled,
             };
             let objects =
-                render::render(&tree, &revision.location.path, &options).map_err(|e| {
+                render::render(&tree, &path, &options).map_err(|e| {
                     let stage = match e.decryption() {
                         Some(_) => SourceStage::Decrypt,
                         None => SourceStage::Render,

@@ -27,6 +27,7 @@ use crate::api::auth::AccessPolicy;
 use crate::git::{self, poll::Poller};
 use crate::metrics::Metrics;
 use crate::pipeline::{Environment, Pipeline};
+use crate::promotion::Engine;
 use crate::reconcile::{
     self, Controller, EnvironmentStatus, FirstPass, Plan, Reconciler,
     source::{Fetch, GitSource},
@@ -50,6 +51,8 @@ pub struct Config {
     pub store: Arc<dyn Store>,
     /// Who may do what, from the pipeline's `access:` rules.
     pub access: AccessPolicy,
+    /// Who commits promotions to Git.
+    pub git: git::promote::Options,
 }
 
 /// An environment name the pipeline does not have.
@@ -162,6 +165,7 @@ pub struct Service {
     alerts: Arc<Mutex<HashMap<String, Vec<String>>>>,
     store: Arc<dyn Store>,
     access: AccessPolicy,
+    promotions: Arc<Engine>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -179,6 +183,7 @@ impl Service {
             notifier,
             store,
             access,
+            git: git_options,
         } = config;
         let mut environments = pipeline.environments.clone();
         let mut restored = HashMap::new();
@@ -239,11 +244,20 @@ impl Service {
             notifier,
         )));
         let (desired, _) = watch::channel(Arc::new(DesiredTable::new()));
-        Ok(Arc::new_cyclic(|service: &std::sync::Weak<Service>| {
+        let service = Arc::new_cyclic(|service: &std::sync::Weak<Service>| {
             tasks.push(tokio::spawn(follow_fetches(
                 service.clone(),
                 poller.subscribe(),
             )));
+            let promotions = Arc::new(Engine::new(
+                pipeline.clone(),
+                repository.clone(),
+                store.clone(),
+                service.clone(),
+                source.clone(),
+                options.clone(),
+                git_options,
+            ));
             Self {
                 pipeline,
                 repository,
@@ -257,9 +271,29 @@ impl Service {
                 alerts,
                 store,
                 access,
+                promotions,
                 tasks,
             }
-        }))
+        });
+        service.promotions.start();
+        Ok(service)
+    }
+
+    /// The promotion engine of this pipeline.
+    pub fn promotions(&self) -> &Arc<Engine> {
+        &self.promotions
+    }
+
+    /// A receiver of `name`'s status as its reconcile loop reports it.
+    pub fn watch_status(
+        &self,
+        name: &str,
+    ) -> Result<watch::Receiver<EnvironmentStatus>, UnknownEnvironment> {
+        self.environment_of(name)?;
+        Ok(self
+            .controller
+            .watch(name)
+            .expect("the controller runs every environment of the pipeline"))
     }
 
     pub fn pipeline(&self) -> &Arc<Pipeline> {
@@ -521,6 +555,7 @@ impl Service {
 
     /// Stops the fetch loop and every reconcile loop; a pass in flight is abandoned.
     pub fn stop(&self) {
+        self.promotions.stop();
         self.poller.stop();
         for task in &self.tasks {
             task.abort();

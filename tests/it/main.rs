@@ -14,5 +14,6 @@ mod reconcile;
 mod render;
 mod secrets;
 mod serve;
+mod promotions;
 mod service;
 mod store;

@@ -24,7 +24,7 @@ use crate::support::{Tool, tool};
 const SECRET: &str = "webhook-secret";
 
 /// Runs tests/it/support/generic_client.py and returns what it prints.
-fn generic_client(args: &[&str]) -> serde_json::Value {
+pub(crate) fn generic_client(args: &[&str]) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/generic_client.py");
     let out = Command::new(tool(Tool::Python))
         .arg(script)
@@ -39,10 +39,10 @@ fn generic_client(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("the client prints JSON")
 }
 
-struct Server {
-    child: Child,
-    grpc: String,
-    http: SocketAddr,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) grpc: String,
+    pub(crate) http: SocketAddr,
 }
 
 impl Drop for Server {
@@ -56,7 +56,18 @@ fn start_server(pipeline: &Path, state: &Path, secret_file: &Path) -> Server {
     start_server_with(pipeline, state, secret_file, &[])
 }
 
-fn start_server_with(pipeline: &Path, state: &Path, secret_file: &Path, extra: &[&str]) -> Server {
+pub(crate) fn start_server_with(pipeline: &Path, state: &Path, secret_file: &Path, extra: &[&str]) -> Server {
+    start_server_env(pipeline, state, secret_file, extra, &[])
+}
+
+/// As [`start_server_with`], with extra environment variables for the server.
+pub(crate) fn start_server_env(
+    pipeline: &Path,
+    state: &Path,
+    secret_file: &Path,
+    extra: &[&str],
+    env: &[(&str, &Path)],
+) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_stagehand"))
         .args([
             "serve",
@@ -78,6 +89,7 @@ fn start_server_with(pipeline: &Path, state: &Path, secret_file: &Path, extra: &
         .env_remove("SOPS_AGE_KEY_FILE")
         .env_remove("SOPS_AGE_KEY_CMD")
         .env("XDG_CONFIG_HOME", state.join("no-config"))
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(state.join("server.log")).expect("log file"))
         .spawn()
@@ -134,17 +146,17 @@ fn github_signature(body: &[u8]) -> String {
         .sign(body)
 }
 
-fn overlay(namespace: &str) -> String {
+pub(crate) fn overlay(namespace: &str) -> String {
     format!(
         "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {namespace}\nresources: [app.yaml]\n"
     )
 }
 
-fn app(value: &str) -> String {
+pub(crate) fn app(value: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  value: {value:?}\n")
 }
 
-async fn value_in(client: &kube::Client, namespace: &str) -> Option<String> {
+pub(crate) async fn value_in(client: &kube::Client, namespace: &str) -> Option<String> {
     Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .get_opt("app")
         .await
@@ -154,7 +166,7 @@ async fn value_in(client: &kube::Client, namespace: &str) -> Option<String> {
 }
 
 /// Polls `check` until it holds; the bound only catches a service that never gets there.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -776,7 +788,7 @@ async fn the_service_applies_pushes_on_signed_webhooks_reports_drift_and_honours
     assert!(missing.message().contains("\"qa\""), "{missing:?}");
 }
 
-fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
+pub(crate) fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.metadata_mut().insert(
         "authorization",

@@ -1,0 +1,255 @@
+//! What differs between two environments' rendered objects, field by field: what a person wants
+//! to see before approving. Objects are matched by kind and name, since each environment usually
+//! has a namespace of its own; Secret values are compared but never shown.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::{Engine, Error};
+use crate::reconcile::{DesiredState as _, Desired};
+
+/// Shown instead of a Secret's value.
+pub const MASK: &str = "(secret)";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    OnlyInFrom,
+    OnlyInTo,
+    Differs,
+    Same,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnlyInFrom => "only_in_from",
+            Self::OnlyInTo => "only_in_to",
+            Self::Differs => "differs",
+            Self::Same => "same",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldDifference {
+    pub path: String,
+    /// JSON of the value, [`MASK`] for Secret data; `None` when absent.
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectComparison {
+    pub kind: String,
+    pub name: String,
+    pub status: Status,
+    pub fields: Vec<FieldDifference>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    pub from_revision: String,
+    pub to_revision: String,
+    pub objects: Vec<ObjectComparison>,
+}
+
+impl Engine {
+    /// `from` and `to` rendered at the revisions Git says they should run, compared.
+    pub async fn compare(&self, from: &str, to: &str) -> Result<Comparison, Error> {
+        let from_env = self.environment(from)?.clone();
+        let to_env = self.environment(to)?.clone();
+        let render = |env: crate::pipeline::Environment| async move {
+            self.source
+                .desired(&env)
+                .await
+                .map_err(|source| Error::Check {
+                    target: env.name.clone(),
+                    source: crate::reconcile::Error::Source {
+                        env: env.name.clone(),
+                        source,
+                    },
+                })
+        };
+        let a = render(from_env).await?;
+        let b = render(to_env).await?;
+        Ok(compare(a, b))
+    }
+}
+
+/// The comparison of two rendered environments (Secrets decrypted; masked here).
+pub fn compare(from: Desired, to: Desired) -> Comparison {
+    let index = |objects: &[Value]| -> BTreeMap<(String, String), BTreeMap<String, String>> {
+        objects
+            .iter()
+            .map(|object| {
+                let kind = text(object, "/kind");
+                let name = text(object, "/metadata/name");
+                let mut fields = BTreeMap::new();
+                flatten(object, String::new(), &mut fields);
+                fields.remove("metadata.namespace");
+                ((kind, name), fields)
+            })
+            .collect()
+    };
+    let a = index(&from.objects);
+    let b = index(&to.objects);
+    let mut keys: Vec<&(String, String)> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let objects = keys
+        .into_iter()
+        .map(|key| {
+            let secret = key.0 == "Secret";
+            let (status, fields) = match (a.get(key), b.get(key)) {
+                (Some(x), Some(y)) => {
+                    let fields = differences(x, y, secret);
+                    let status = if fields.is_empty() {
+                        Status::Same
+                    } else {
+                        Status::Differs
+                    };
+                    (status, fields)
+                }
+                (Some(_), None) => (Status::OnlyInFrom, Vec::new()),
+                _ => (Status::OnlyInTo, Vec::new()),
+            };
+            ObjectComparison {
+                kind: key.0.clone(),
+                name: key.1.clone(),
+                status,
+                fields,
+            }
+        })
+        .collect();
+    Comparison {
+        from_revision: from.revision,
+        to_revision: to.revision,
+        objects,
+    }
+}
+
+fn text(object: &Value, pointer: &str) -> String {
+    object
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Leaf values by dotted path (`spec.template.spec.containers[0].image`), as JSON.
+fn flatten(value: &Value, path: String, out: &mut BTreeMap<String, String>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (key, child) in map {
+                let next = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                flatten(child, next, out);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for (i, child) in items.iter().enumerate() {
+                flatten(child, format!("{path}[{i}]"), out);
+            }
+        }
+        leaf => {
+            out.insert(path, leaf.to_string());
+        }
+    }
+}
+
+fn is_secret_value(path: &str) -> bool {
+    path.starts_with("data.") || path.starts_with("stringData.")
+}
+
+fn differences(
+    a: &BTreeMap<String, String>,
+    b: &BTreeMap<String, String>,
+    secret: bool,
+) -> Vec<FieldDifference> {
+    let mut paths: Vec<&String> = a.keys().chain(b.keys()).collect();
+    paths.sort();
+    paths.dedup();
+    paths
+        .into_iter()
+        .filter(|path| a.get(*path) != b.get(*path))
+        .map(|path| {
+            let show = |value: Option<&String>| {
+                value.map(|v| {
+                    if secret && is_secret_value(path) {
+                        MASK.to_owned()
+                    } else {
+                        v.clone()
+                    }
+                })
+            };
+            FieldDifference {
+                path: path.clone(),
+                from: show(a.get(path)),
+                to: show(b.get(path)),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn desired(revision: &str, objects: Vec<Value>) -> Desired {
+        Desired {
+            revision: revision.into(),
+            objects,
+        }
+    }
+
+    #[test]
+    fn objects_match_by_kind_and_name_across_namespaces_and_secret_values_never_show() {
+        let from = desired(
+            "a",
+            vec![
+                json!({"kind": "ConfigMap", "metadata": {"name": "app", "namespace": "dev"}, "data": {"LEVEL": "debug", "SAME": "x"}}),
+                json!({"kind": "Secret", "metadata": {"name": "db", "namespace": "dev"}, "data": {"password": "ZGV2LXB3", "user": "YXBw"}}),
+                json!({"kind": "Service", "metadata": {"name": "only-dev"}}),
+            ],
+        );
+        let to = desired(
+            "b",
+            vec![
+                json!({"kind": "ConfigMap", "metadata": {"name": "app", "namespace": "prod"}, "data": {"LEVEL": "info", "SAME": "x"}}),
+                json!({"kind": "Secret", "metadata": {"name": "db", "namespace": "prod"}, "data": {"password": "cHJvZC1wdw==", "user": "YXBw"}}),
+            ],
+        );
+        let comparison = compare(from, to);
+        let by_name = |name: &str| {
+            comparison
+                .objects
+                .iter()
+                .find(|o| o.name == name)
+                .expect("object compared")
+        };
+        let config = by_name("app");
+        assert_eq!(config.status, Status::Differs);
+        assert_eq!(
+            config.fields,
+            vec![FieldDifference {
+                path: "data.LEVEL".into(),
+                from: Some("\"debug\"".into()),
+                to: Some("\"info\"".into()),
+            }]
+        );
+        let secret = by_name("db");
+        assert_eq!(secret.status, Status::Differs);
+        assert_eq!(secret.fields.len(), 1, "only the changed key is named");
+        assert_eq!(secret.fields[0].path, "data.password");
+        assert_eq!(secret.fields[0].from.as_deref(), Some(MASK));
+        assert_eq!(secret.fields[0].to.as_deref(), Some(MASK));
+        let text = format!("{comparison:?}");
+        assert!(!text.contains("ZGV2LXB3") && !text.contains("cHJvZC1wdw"));
+        assert_eq!(by_name("only-dev").status, Status::OnlyInFrom);
+    }
+}

@@ -1,0 +1,139 @@
+//! Promotions on approval: a revision of one environment moves into the next through
+//! pre-flight, approvals, freeze windows and a queue per target, then a commit in Git, a sync and
+//! a verification of the target. Rollbacks take the same road.
+//!
+//! ```text
+//!  Pending ──pre-flight──► AwaitingApproval ──approvals──► Approved ──queue, freeze──► Promoting
+//!     │                          │                            │                          │ commit
+//!     └──────► Failed            └──► Rejected | Aborted ◄────┘              Syncing ◄───┘
+//!                                                                               │ applied
+//!                                     Succeeded ◄──Healthy (and the verify Job)── Verifying
+//! ```
+//!
+//! Every transition is written to the store (compare-and-swap on the state the engine saw)
+//! *before* it takes effect, with who, when and why; after a crash each open promotion is
+//! picked up in its stored state. The Git step is idempotent by the promotion's trailer, so a
+//! promotion killed while committing lands exactly one commit. `policy` holds the pure rules;
+//! `engine` the calls the API makes; `lane` the loop that moves the promotions of one target.
+
+mod checks;
+pub mod compare;
+mod engine;
+mod lane;
+pub mod policy;
+
+use std::time::Duration;
+
+pub use engine::{Blocker, BlockerKind, Engine, PromotionView};
+
+use crate::git;
+use crate::service::UnknownEnvironment;
+use crate::store::{self, PromotionState};
+
+/// Who calls: an authenticated identity, or Stagehand itself (auto-promotion).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub email: String,
+    pub groups: Vec<String>,
+}
+
+impl Actor {
+    /// Stagehand acting on its own, as the audit log names it.
+    pub fn stagehand() -> Self {
+        Self {
+            name: SELF.to_owned(),
+            email: String::new(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// The actor name of Stagehand itself in transitions and the audit log.
+pub const SELF: &str = "stagehand";
+
+/// Why a promotion call was refused or failed. Messages name the environment, revision or
+/// promotion, and never a Secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Unknown(#[from] UnknownEnvironment),
+    #[error("environment {environment:?} has no promotesFrom: nothing is promoted into it")]
+    NoSource { environment: String },
+    #[error("no promotion {id:?}")]
+    NotFound { id: String },
+    #[error("revision {revision:?}: no such commit in the repository")]
+    UnknownRevision {
+        revision: String,
+        #[source]
+        source: git::revision::Error,
+    },
+    #[error("environment {source_env:?} has not applied any revision yet; name one to promote")]
+    NothingApplied { source_env: String },
+    #[error(
+        "environment {source_env:?} runs {running}, not {revision}; only the revision it runs can be checked for health and soak"
+    )]
+    SourceNotRunning {
+        source_env: String,
+        revision: String,
+        running: String,
+    },
+    #[error(
+        "environment {source_env:?} is not Healthy at {revision}: {}",
+        objects.join(", ")
+    )]
+    SourceUnhealthy {
+        source_env: String,
+        revision: String,
+        objects: Vec<String>,
+    },
+    #[error(
+        "environment {source_env:?} has run {revision} for less than its soak time of {}; {} to go",
+        humantime::format_duration(*soak),
+        humantime::format_duration(*remaining)
+    )]
+    NotSoaked {
+        source_env: String,
+        revision: String,
+        soak: Duration,
+        remaining: Duration,
+    },
+    #[error(
+        "environment {target:?} already runs what {revision} would bring; ask for a re-run to promote it again"
+    )]
+    AlreadyRuns { target: String, revision: String },
+    #[error("promotion {id} may not be approved by this identity")]
+    Refused {
+        id: String,
+        #[source]
+        refusal: policy::Refusal,
+    },
+    #[error("promotion {id} is {state}; cannot {action} it")]
+    WrongState {
+        id: String,
+        state: PromotionState,
+        action: &'static str,
+    },
+    #[error("promotion {id}: its stored revision {revision:?} is not a commit id")]
+    StoredRevision { id: String, revision: String },
+    #[error("promotion {id} is not held by a freeze window")]
+    NotFrozen { id: String },
+    #[error("cannot build the promotion into {target:?}")]
+    Git {
+        target: String,
+        #[source]
+        source: git::promote::Error,
+    },
+    #[error("cannot read the repository")]
+    Repository(#[source] git::revision::Error),
+    #[error("cannot check the target {target:?}")]
+    Check {
+        target: String,
+        #[source]
+        source: crate::reconcile::Error,
+    },
+    #[error("the promotion store failed; nothing took effect")]
+    Store(#[from] store::Error),
+    #[error("the service is stopping")]
+    Stopping,
+}

@@ -1,0 +1,967 @@
+//! Promotions end to end: `stagehand serve` as its own process with a tokens file, a real Git
+//! remote over HTTP, the real kube-apiserver, driven through the gRPC PromotionService. Git is
+//! checked with the git CLI, the clusters through the Kubernetes API.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use stagehand::proto;
+use stagehand::proto::environment_service_client::EnvironmentServiceClient;
+use stagehand::proto::promotion_service_client::PromotionServiceClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::service::{
+    Server, app, eventually, generic_client, overlay, start_server_env, value_in, with_token,
+};
+use crate::support::cluster::cluster;
+use crate::support::git::{Repo, bare_remote};
+use crate::support::git_http::GitHttpServer;
+use crate::support::{Tool, age_keygen, tool};
+
+const ALICE: &str = "alice-token-releaser-71b2";
+const BOB: &str = "bob-token-approver-0c9d";
+const CAROL: &str = "carol-token-author-5e11";
+const DAVE: &str = "dave-token-approver-a4f0";
+const VERA: &str = "vera-token-viewer-33aa";
+/// The e-mail the test repository's commits are authored with (support::git).
+const AUTHOR_EMAIL: &str = "author@example.test";
+
+type Promotions = PromotionServiceClient<Channel>;
+
+fn state_of(p: &proto::Promotion) -> proto::PromotionState {
+    proto::PromotionState::try_from(p.state).expect("a known state")
+}
+
+/// Encrypts `plain` (a Secret manifest) with the real sops to `recipient`.
+fn sops_encrypt(dir: &Path, name: &str, plain: &str, recipient: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, plain).expect("plain secret written");
+    let out = Command::new(tool(Tool::Sops))
+        .args(["--encrypt", "--age", recipient])
+        .args(["--encrypted-regex", "^(data|stringData)$"])
+        .arg(&path)
+        .output()
+        .expect("sops runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&path).expect("plain secret removed");
+    String::from_utf8(out.stdout).expect("sops prints UTF-8")
+}
+
+fn secret(value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ntype: Opaque\nstringData:\n  password: {value}\n"
+    )
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    work: Repo,
+    pipeline: PathBuf,
+    state: PathBuf,
+    secret: PathBuf,
+    tokens: PathBuf,
+    key: PathBuf,
+    namespaces: std::collections::HashMap<&'static str, String>,
+    _http: GitHttpServer,
+}
+
+const ENVIRONMENTS: [&str; 6] = ["dev", "staging", "prod", "soaked", "secure", "qa"];
+
+impl Fixture {
+    async fn new(client: &kube::Client) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut namespaces = std::collections::HashMap::new();
+        for env in ENVIRONMENTS {
+            namespaces.insert(env, cluster().namespace(client, &format!("pr-{env}")).await);
+        }
+        let remotes = dir.path().join("remotes");
+        bare_remote(&remotes.join("shop.git"));
+        let http = GitHttpServer::start(&remotes, None);
+        let key = dir.path().join("server.agekey");
+        let recipient = age_keygen(&key);
+        let wrong = age_keygen(&dir.path().join("wrong.agekey"));
+
+        let work = Repo::init(&dir.path().join("work"));
+        for env in ENVIRONMENTS {
+            work.write(&[
+                (
+                    &format!("environments/{env}/kustomization.yaml"),
+                    &overlay(&namespaces[env]),
+                ),
+                (&format!("environments/{env}/app.yaml"), &app(&format!("{env}-1"))),
+            ]);
+        }
+        // secure runs a Secret; dev holds a version of it that only the wrong key opens (dev
+        // itself does not use it), which a promotion into secure would copy.
+        let secure = format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {}\nresources: [app.yaml, db.enc.yaml]\n",
+            namespaces["secure"]
+        );
+        let scratch = dir.path().join("scratch");
+        std::fs::create_dir_all(&scratch).expect("scratch dir");
+        let good = sops_encrypt(&scratch, "good.yaml", &secret("secure-pw"), &recipient);
+        let bad = sops_encrypt(&scratch, "bad.yaml", &secret("other-pw"), &wrong);
+        work.write(&[
+            ("environments/secure/kustomization.yaml", &secure),
+            ("environments/secure/db.enc.yaml", &good),
+            ("environments/dev/db.enc.yaml", &bad),
+        ]);
+        work.commit("six environments");
+        work.git(&["remote", "add", "origin", &http.url("shop.git")]);
+        work.git(&["push", "-q", "origin", "main"]);
+
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).expect("state dir");
+        let secret = dir.path().join("webhook-secret");
+        std::fs::write(&secret, "webhook-secret\n").expect("secret file");
+        let hash = stagehand::api::auth::hash_token;
+        let tokens = dir.path().join("tokens.yaml");
+        std::fs::write(
+            &tokens,
+            format!(
+                "apiVersion: stagehand.dev/v1alpha1
+kind: Tokens
+identities:
+  - {{name: alice, email: alice@example.test, groups: [releasers], tokenSha256: [{}]}}
+  - {{name: bob, email: bob@example.test, groups: [approvers], tokenSha256: [{}]}}
+  - {{name: carol, email: {AUTHOR_EMAIL}, groups: [approvers], tokenSha256: [{}]}}
+  - {{name: dave, email: dave@example.test, groups: [approvers], tokenSha256: [{}]}}
+  - {{name: vera, email: vera@example.test, groups: [viewers], tokenSha256: [{}]}}
+",
+                hash(ALICE),
+                hash(BOB),
+                hash(CAROL),
+                hash(DAVE),
+                hash(VERA)
+            ),
+        )
+        .expect("tokens file");
+        let pipeline = dir.path().join("pipeline.yaml");
+        let name = format!("pr{}", &namespaces["dev"][namespaces["dev"].len() - 6..]);
+        std::fs::write(
+            &pipeline,
+            format!(
+                "apiVersion: stagehand.dev/v1alpha1
+kind: Pipeline
+metadata: {{name: {name}}}
+spec:
+  repository: {{url: {url}, branch: main}}
+  environments:
+    - name: dev
+      source: {{overlay: environments/dev}}
+      sync: {{interval: 1h}}
+    - name: staging
+      promotesFrom: dev
+      source: {{overlay: environments/staging}}
+      sync: {{interval: 1h}}
+      approval: {{required: 1, groups: [approvers]}}
+      promote: {{files: [app.yaml]}}
+    - name: prod
+      promotesFrom: staging
+      source: {{overlay: environments/prod}}
+      sync: {{interval: 1h}}
+      approval: {{required: 2, groups: [approvers], allowAuthorApproval: false}}
+      promote: {{files: [app.yaml]}}
+    - name: soaked
+      promotesFrom: dev
+      source: {{overlay: environments/soaked}}
+      sync: {{interval: 1h}}
+      promotion: {{soak: 1h}}
+      promote: {{files: [app.yaml]}}
+    - name: secure
+      promotesFrom: dev
+      source: {{overlay: environments/secure}}
+      sync: {{interval: 1h}}
+      promote: {{files: [app.yaml, db.enc.yaml]}}
+    - name: qa
+      promotesFrom: dev
+      source: {{overlay: environments/qa}}
+      sync: {{interval: 1h}}
+      promotion: {{auto: true}}
+      promote: {{files: [app.yaml]}}
+  access:
+    - {{groups: [releasers], environments: [\"*\"], permissions: [view, request, rollback, sync]}}
+    - {{groups: [approvers], environments: [\"*\"], permissions: [view, approve]}}
+    - {{groups: [viewers], environments: [\"*\"], permissions: [view]}}
+",
+                url = http.url("shop.git"),
+            ),
+        )
+        .expect("pipeline file");
+        Self {
+            _dir: dir,
+            work,
+            pipeline,
+            state,
+            secret,
+            tokens,
+            key,
+            namespaces,
+            _http: http,
+        }
+    }
+
+    fn start(&self) -> Server {
+        let tokens = self.tokens.display().to_string();
+        start_server_env(
+            &self.pipeline,
+            &self.state,
+            &self.secret,
+            &["--tokens-file", &tokens],
+            &[("SOPS_AGE_KEY_FILE", self.key.as_path())],
+        )
+    }
+
+    /// The remote's main branch as the git CLI sees it.
+    fn remote_main(&self) -> String {
+        self.work.git(&["fetch", "-q", "origin"]);
+        self.work.git(&["rev-parse", "origin/main"])
+    }
+
+    /// The commits on the remote's main branch that carry promotion `id`.
+    fn commits_of(&self, id: &str) -> Vec<String> {
+        self.work.git(&["fetch", "-q", "origin"]);
+        let out = self.work.git(&[
+            "log",
+            "origin/main",
+            "--format=%H",
+            &format!("--grep=^Stagehand-Promotion: {id}$"),
+        ]);
+        out.lines().map(str::to_owned).collect()
+    }
+
+    fn message_of(&self, commit: &str) -> String {
+        self.work.git(&["log", "-1", "--format=%B", commit])
+    }
+
+    async fn value(&self, client: &kube::Client, env: &str) -> Option<String> {
+        value_in(client, &self.namespaces[env]).await
+    }
+}
+
+async fn get(api: &mut Promotions, token: &str, id: &str) -> proto::Promotion {
+    api.get_promotion(with_token(token, proto::GetPromotionRequest { id: id.into() }))
+        .await
+        .expect("GetPromotion answers")
+        .into_inner()
+}
+
+/// Waits until promotion `id` reaches `state` (or fails the test when it ends elsewhere).
+async fn until_state(api: &Promotions, token: &str, id: &str, state: proto::PromotionState) {
+    eventually(&format!("promotion {id} reaches {state:?}"), || {
+        let mut api = api.clone();
+        async move {
+            let p = get(&mut api, token, id).await;
+            let now = state_of(&p);
+            let terminal = matches!(
+                now,
+                proto::PromotionState::Succeeded
+                    | proto::PromotionState::Failed
+                    | proto::PromotionState::Rejected
+                    | proto::PromotionState::Aborted
+            );
+            assert!(
+                now == state || !terminal,
+                "promotion {id} ended {now:?} ({}) instead of {state:?}",
+                p.message
+            );
+            now == state
+        }
+    })
+    .await;
+}
+
+async fn request(
+    api: &mut Promotions,
+    token: &str,
+    target: &str,
+    revision: &str,
+) -> Result<proto::Promotion, tonic::Status> {
+    api.request_promotion(with_token(
+        token,
+        proto::RequestPromotionRequest {
+            target_environment: target.into(),
+            revision: revision.into(),
+            reason: "release".into(),
+            rerun: false,
+        },
+    ))
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+async fn approve(
+    api: &mut Promotions,
+    token: &str,
+    id: &str,
+) -> Result<proto::Promotion, tonic::Status> {
+    api.approve_promotion(with_token(
+        token,
+        proto::ApprovePromotionRequest {
+            id: id.into(),
+            comment: "looks good".into(),
+        },
+    ))
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+async fn applied(envs: &mut EnvironmentServiceClient<Channel>, name: &str) -> String {
+    envs.get_environment(with_token(
+        ALICE,
+        proto::GetEnvironmentRequest { name: name.into() },
+    ))
+    .await
+    .expect("GetEnvironment answers")
+    .into_inner()
+    .status
+    .expect("a status")
+    .applied_revision
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotions_move_dev_to_staging_to_prod_on_approval_and_a_rollback_holds_auto_promotion() {
+    let kube = cluster().client().await;
+    let fx = Fixture::new(&kube).await;
+    let first = fx.remote_main();
+    let server = fx.start();
+    let channel = Channel::from_shared(server.grpc.clone())
+        .expect("URL")
+        .connect()
+        .await
+        .expect("gRPC reachable");
+    let mut api = PromotionServiceClient::new(channel.clone());
+    let mut envs = EnvironmentServiceClient::new(channel);
+
+    // dev applies at start; qa, promoted automatically from dev, follows.
+    eventually("dev runs dev-1", || async {
+        fx.value(&kube, "dev").await.as_deref() == Some("dev-1")
+    })
+    .await;
+    eventually("qa is promoted from dev by itself", || async {
+        fx.value(&kube, "qa").await.as_deref() == Some("dev-1")
+    })
+    .await;
+    let dev_revision = applied(&mut envs, "dev").await;
+    assert_eq!(dev_revision, first);
+
+    // A viewer may not request; a releaser may.
+    let denied = request(&mut api, VERA, "staging", "").await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("request"), "{denied:?}");
+    let staging = request(&mut api, ALICE, "staging", "").await.expect("requested");
+    assert_eq!(staging.revision, dev_revision, "the source's running revision");
+    until_state(
+        &api,
+        ALICE,
+        &staging.id,
+        proto::PromotionState::AwaitingApproval,
+    )
+    .await;
+    let waiting = get(&mut api, ALICE, &staging.id).await;
+    assert_eq!(waiting.approvals_missing, 1);
+    let blocker = &waiting.blockers[0];
+    assert_eq!(blocker.kind, "approvals", "{waiting:?}");
+    assert_eq!(blocker.groups, vec!["approvers".to_owned()]);
+    assert!(blocker.message.contains("not alice"), "{blocker:?}");
+    // The requester is no approver, and neither is a viewer.
+    let own = approve(&mut api, ALICE, &staging.id).await.unwrap_err();
+    assert_eq!(own.code(), Code::PermissionDenied, "{own:?}");
+    let viewer = approve(&mut api, VERA, &staging.id).await.unwrap_err();
+    assert_eq!(viewer.code(), Code::PermissionDenied, "{viewer:?}");
+    approve(&mut api, BOB, &staging.id).await.expect("bob approves");
+    until_state(&api, ALICE, &staging.id, proto::PromotionState::Succeeded).await;
+    assert_eq!(fx.value(&kube, "staging").await.as_deref(), Some("dev-1"));
+    let landed = fx.commits_of(&staging.id);
+    assert_eq!(landed.len(), 1, "exactly one promotion commit");
+    let message = fx.message_of(&landed[0]);
+    assert!(
+        message.contains(&format!("Promoted-From: dev@{dev_revision}")),
+        "{message}"
+    );
+    assert!(message.contains("Requested-By: alice"), "{message}");
+    assert!(message.contains("Approved-By: bob"), "{message}");
+    let done = get(&mut api, ALICE, &staging.id).await;
+    assert_eq!(done.commit, landed[0]);
+    let states: Vec<_> = done
+        .transitions
+        .iter()
+        .map(|t| proto::PromotionState::try_from(t.to).expect("known"))
+        .collect();
+    use proto::PromotionState as S;
+    assert_eq!(
+        states,
+        [
+            S::Pending,
+            S::AwaitingApproval,
+            S::Approved,
+            S::Promoting,
+            S::Syncing,
+            S::Verifying,
+            S::Succeeded
+        ]
+    );
+    // Promoting what staging already runs is refused unless it is a re-run.
+    let again = request(&mut api, ALICE, "staging", &dev_revision)
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    assert!(again.message().contains("already runs"), "{again:?}");
+
+    // prod: two approvers, and nobody who wrote the promoted commits.
+    let staging_revision = applied(&mut envs, "staging").await;
+    assert_eq!(staging_revision, landed[0]);
+    let prod = request(&mut api, ALICE, "prod", "").await.expect("requested");
+    until_state(&api, ALICE, &prod.id, proto::PromotionState::AwaitingApproval).await;
+    // A second request queues behind the first, and says so; its requester withdraws it.
+    let second = request(&mut api, ALICE, "prod", "").await.expect("queued");
+    let queued = get(&mut api, ALICE, &second.id).await;
+    let behind = queued
+        .blockers
+        .iter()
+        .find(|b| b.kind == "queue")
+        .unwrap_or_else(|| panic!("no queue blocker: {queued:?}"));
+    assert_eq!(behind.promotion_id, prod.id);
+    let aborted = api
+        .abort_promotion(with_token(
+            ALICE,
+            proto::AbortPromotionRequest {
+                id: second.id.clone(),
+                reason: "duplicate".into(),
+            },
+        ))
+        .await
+        .expect("aborted")
+        .into_inner();
+    assert_eq!(state_of(&aborted), S::Aborted);
+    let author = approve(&mut api, CAROL, &prod.id).await.unwrap_err();
+    assert_eq!(author.code(), Code::PermissionDenied, "{author:?}");
+    assert!(author.message().contains(AUTHOR_EMAIL), "{author:?}");
+    approve(&mut api, BOB, &prod.id).await.expect("bob approves");
+    let twice = approve(&mut api, BOB, &prod.id).await.expect("idempotent");
+    assert_eq!(twice.approvals.len(), 1, "the same approver counts once");
+    assert_eq!(twice.approvals_missing, 1);
+    assert_eq!(state_of(&get(&mut api, ALICE, &prod.id).await), S::AwaitingApproval);
+    approve(&mut api, DAVE, &prod.id).await.expect("dave approves");
+    until_state(&api, ALICE, &prod.id, S::Succeeded).await;
+    assert_eq!(fx.value(&kube, "prod").await.as_deref(), Some("dev-1"));
+    let prod_commits = fx.commits_of(&prod.id);
+    assert_eq!(prod_commits.len(), 1);
+    let message = fx.message_of(&prod_commits[0]);
+    assert!(
+        message.contains(&format!("Promoted-From: staging@{staging_revision}")),
+        "{message}"
+    );
+    assert!(message.contains("Approved-By: bob") && message.contains("Approved-By: dave"));
+
+    // Soak: dev has run its revision for seconds, not the hour soaked demands.
+    let early = request(&mut api, ALICE, "soaked", "").await.unwrap_err();
+    assert_eq!(early.code(), Code::FailedPrecondition, "{early:?}");
+    assert!(early.message().contains("soak"), "{early:?}");
+
+    // Pre-flight: the Secret secure would get only opens with a key secure does not have.
+    let before = fx.remote_main();
+    let secure = request(&mut api, ALICE, "secure", "").await.expect("requested");
+    until_state(&api, ALICE, &secure.id, S::Failed).await;
+    let failed = get(&mut api, ALICE, &secure.id).await;
+    assert!(failed.message.contains("pre-flight"), "{}", failed.message);
+    assert!(failed.message.contains("db.enc.yaml"), "{}", failed.message);
+    assert!(!failed.message.contains("other-pw"));
+    assert_eq!(fx.remote_main(), before, "nothing reached the remote");
+    assert_eq!(fx.value(&kube, "secure").await.as_deref(), Some("secure-1"));
+
+    // Roll qa back to before its automatic promotion: it lands, stays, and holds auto-promotion.
+    let rollback = api
+        .rollback_environment(with_token(
+            ALICE,
+            proto::RollbackEnvironmentRequest {
+                environment: "qa".into(),
+                revision: first.clone(),
+                reason: "bad release".into(),
+            },
+        ))
+        .await
+        .expect("rollback requested")
+        .into_inner();
+    assert!(rollback.rollback);
+    until_state(&api, ALICE, &rollback.id, S::Succeeded).await;
+    assert_eq!(fx.value(&kube, "qa").await.as_deref(), Some("qa-1"));
+    let message = fx.message_of(&fx.commits_of(&rollback.id)[0]);
+    assert!(
+        message.contains(&format!("Rolled-Back-To: qa@{first}")),
+        "{message}"
+    );
+    // dev moves on; qa is not promoted again, however many passes run.
+    fx.work.write(&[("environments/dev/app.yaml", &app("dev-2"))]);
+    let dev2 = fx.work.commit("dev: dev-2");
+    fx.work.git(&["push", "-q", "origin", "main"]);
+    let sync = |name: &str| {
+        with_token(
+            ALICE,
+            proto::SyncEnvironmentRequest {
+                name: name.into(),
+                fetch: true,
+                wait: true,
+            },
+        )
+    };
+    envs.sync_environment(sync("dev")).await.expect("dev syncs");
+    assert_eq!(applied(&mut envs, "dev").await, dev2);
+    assert_eq!(fx.value(&kube, "dev").await.as_deref(), Some("dev-2"));
+    for _ in 0..3 {
+        envs.sync_environment(sync("qa")).await.expect("qa syncs");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(fx.value(&kube, "qa").await.as_deref(), Some("qa-1"));
+    let into_qa = api
+        .list_promotions(with_token(
+            ALICE,
+            proto::ListPromotionsRequest {
+                environment: "qa".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("listed")
+        .into_inner()
+        .promotions;
+    assert!(
+        into_qa.iter().all(|p| p.revision != dev2),
+        "no automatic promotion while held: {into_qa:?}"
+    );
+    api.resume_auto_promotion(with_token(
+        ALICE,
+        proto::ResumeAutoPromotionRequest {
+            environment: "qa".into(),
+        },
+    ))
+    .await
+    .expect("resumed");
+    eventually("qa follows dev again", || async {
+        fx.value(&kube, "qa").await.as_deref() == Some("dev-2")
+    })
+    .await;
+
+    // The audit log tells who did what.
+    let events = api
+        .list_audit_events(with_token(
+            VERA,
+            proto::ListAuditEventsRequest::default(),
+        ))
+        .await
+        .expect("audit readable by a viewer")
+        .into_inner()
+        .events;
+    let did = |actor: &str, action: &str, id: &str| {
+        events
+            .iter()
+            .any(|e| e.actor == actor && e.action == action && (id.is_empty() || e.promotion_id == id))
+    };
+    assert!(did("alice", "requested", &staging.id), "{events:?}");
+    assert!(did("bob", "approved", &staging.id), "{events:?}");
+    assert!(did("dave", "approved", &prod.id), "{events:?}");
+    assert!(did("alice", "aborted", &second.id), "{events:?}");
+    assert!(did("alice", "rolled_back", &rollback.id), "{events:?}");
+    assert!(did("alice", "auto_promotion_held", ""), "{events:?}");
+    assert!(did("alice", "auto_promotion_resumed", ""), "{events:?}");
+    assert!(did("stagehand", "requested", ""), "{events:?}");
+    let log = std::fs::read_to_string(fx.state.join("server.log")).expect("server log");
+    for token in [ALICE, BOB, CAROL, DAVE, VERA] {
+        assert!(!log.contains(token), "a token reached the log");
+    }
+    assert!(!log.contains("other-pw") && !log.contains("secure-pw"));
+    drop(server);
+}
+
+/// A pipeline of `dev` and the given targets (each promoted from dev, copying app.yaml, with
+/// `extra` YAML lines for its definition), served without tokens; `delay` slows every Git
+/// request so that a test can catch a promotion in a state.
+struct Small {
+    _dir: tempfile::TempDir,
+    work: Repo,
+    pipeline: PathBuf,
+    state: PathBuf,
+    secret: PathBuf,
+    namespaces: std::collections::HashMap<String, String>,
+    _http: GitHttpServer,
+}
+
+impl Small {
+    async fn new(
+        client: &kube::Client,
+        targets: &[(&str, &str)],
+        delay: Duration,
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let remotes = dir.path().join("remotes");
+        bare_remote(&remotes.join("shop.git"));
+        let http = GitHttpServer::start_slow(&remotes, None, delay);
+        let work = Repo::init(&dir.path().join("work"));
+        let mut namespaces = std::collections::HashMap::new();
+        let mut definitions = String::new();
+        for name in std::iter::once("dev").chain(targets.iter().map(|(n, _)| *n)) {
+            let ns = cluster().namespace(client, &format!("pc-{name}")).await;
+            work.write(&[
+                (&format!("environments/{name}/kustomization.yaml"), &overlay(&ns)),
+                (&format!("environments/{name}/app.yaml"), &app(&format!("{name}-1"))),
+            ]);
+            namespaces.insert(name.to_owned(), ns);
+        }
+        for (name, extra) in targets {
+            definitions.push_str(&format!(
+                "    - name: {name}
+      promotesFrom: dev
+      source: {{overlay: environments/{name}}}
+      sync: {{interval: 1h}}
+      promote: {{files: [app.yaml]}}
+{extra}"
+            ));
+        }
+        work.commit("environments");
+        work.git(&["remote", "add", "origin", &http.url("shop.git")]);
+        work.git(&["push", "-q", "origin", "main"]);
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).expect("state dir");
+        let secret = dir.path().join("webhook-secret");
+        std::fs::write(&secret, "webhook-secret\n").expect("secret file");
+        let pipeline = dir.path().join("pipeline.yaml");
+        let name = format!("pc{}", &namespaces["dev"][namespaces["dev"].len() - 6..]);
+        std::fs::write(
+            &pipeline,
+            format!(
+                "apiVersion: stagehand.dev/v1alpha1
+kind: Pipeline
+metadata: {{name: {name}}}
+spec:
+  repository: {{url: {url}, branch: main}}
+  environments:
+    - name: dev
+      source: {{overlay: environments/dev}}
+      sync: {{interval: 1h}}
+{definitions}",
+                url = http.url("shop.git"),
+            ),
+        )
+        .expect("pipeline file");
+        Self {
+            _dir: dir,
+            work,
+            pipeline,
+            state,
+            secret,
+            namespaces,
+            _http: http,
+        }
+    }
+
+    fn start(&self) -> Server {
+        start_server_env(&self.pipeline, &self.state, &self.secret, &[], &[])
+    }
+
+    fn commits_of(&self, id: &str) -> Vec<String> {
+        self.work.git(&["fetch", "-q", "origin"]);
+        self.work
+            .git(&[
+                "log",
+                "origin/main",
+                "--format=%H",
+                &format!("--grep=^Stagehand-Promotion: {id}$"),
+            ])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    async fn value(&self, client: &kube::Client, env: &str) -> Option<String> {
+        value_in(client, &self.namespaces[env]).await
+    }
+}
+
+async fn connect(server: &Server) -> Promotions {
+    PromotionServiceClient::connect(server.grpc.clone())
+        .await
+        .expect("gRPC reachable")
+}
+
+async fn request_anonymous(api: &mut Promotions, target: &str) -> proto::Promotion {
+    api.request_promotion(proto::RequestPromotionRequest {
+        target_environment: target.into(),
+        revision: String::new(),
+        reason: "release".into(),
+        rerun: false,
+    })
+    .await
+    .expect("requested")
+    .into_inner()
+}
+
+async fn state_now(api: &mut Promotions, id: &str) -> proto::PromotionState {
+    state_of(
+        &api.get_promotion(proto::GetPromotionRequest { id: id.into() })
+            .await
+            .expect("GetPromotion answers")
+            .into_inner(),
+    )
+}
+
+/// An absolute freeze window from a minute ago until `seconds` from now.
+fn freeze_for(seconds: i64) -> String {
+    let now = jiff::Timestamp::now();
+    let from = now - jiff::SignedDuration::from_secs(60);
+    let until = now + jiff::SignedDuration::from_secs(seconds);
+    format!("      freezeWindows: [{{from: \"{from}\", until: \"{until}\", reason: test}}]\n")
+}
+
+fn verify_job() -> String {
+    "apiVersion: batch/v1
+kind: Job
+metadata: {name: check}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: check, image: busybox}]
+"
+    .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_killed_in_each_state_resumes_after_a_restart_and_lands_exactly_one_commit() {
+    use proto::PromotionState as S;
+    let kube = cluster().client().await;
+    // Each target is where one state lasts long enough to be killed in: a freeze window holds
+    // `approved` in Approved; the slow Git remote stretches Promoting and Syncing; the
+    // verification Job (no kubelet runs it) holds `verifying` in Verifying.
+    let fx = Small::new(
+        &kube,
+        &[
+            ("approved", &freeze_for(40)),
+            ("promoting", ""),
+            ("syncing", ""),
+            (
+                "verifying",
+                "      verify: {job: check}\n",
+            ),
+        ],
+        Duration::from_millis(700),
+    )
+    .await;
+    // The verification Job lives in the target overlay (it is not promoted).
+    let kustomization = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: {}\nresources: [app.yaml, job.yaml]\n",
+        fx.namespaces["verifying"]
+    );
+    fx.work.write(&[
+        ("environments/verifying/kustomization.yaml", &kustomization),
+        ("environments/verifying/job.yaml", &verify_job()),
+    ]);
+    fx.work.commit("verification job");
+    fx.work.git(&["push", "-q", "origin", "main"]);
+    let mut server = fx.start();
+    let mut api = connect(&server).await;
+    eventually("dev runs dev-1", || async {
+        fx.value(&kube, "dev").await.as_deref() == Some("dev-1")
+    })
+    .await;
+
+    for (target, state) in [
+        ("approved", S::Approved),
+        ("promoting", S::Promoting),
+        ("syncing", S::Syncing),
+        ("verifying", S::Verifying),
+    ] {
+        let promotion = request_anonymous(&mut api, target).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let now = state_now(&mut api, &promotion.id).await;
+            if now == state {
+                break;
+            }
+            assert!(
+                !matches!(now, S::Succeeded | S::Failed | S::Aborted | S::Rejected),
+                "{target}: ended {now:?} before it could be caught in {state:?}"
+            );
+            assert!(std::time::Instant::now() < deadline, "{target}: never {state:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.child.kill().expect("SIGKILL");
+        server.child.wait().expect("reaped");
+        server = fx.start();
+        api = connect(&server).await;
+        if target == "verifying" {
+            // What a kubelet would report: the Job succeeded.
+            let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> =
+                kube::Api::namespaced(kube.clone(), &fx.namespaces["verifying"]);
+            eventually("the Job exists", || async {
+                jobs.get_opt("check").await.expect("apiserver answers").is_some()
+            })
+            .await;
+            jobs.patch_status(
+                "check",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(serde_json::json!({"status": {"conditions": [
+                    {"type": "Complete", "status": "True", "reason": "Done", "message": "ok"}
+                ]}})),
+            )
+            .await
+            .expect("Job status set");
+        }
+        until_state(&api, "", &promotion.id, S::Succeeded).await;
+        assert_eq!(
+            fx.commits_of(&promotion.id).len(),
+            1,
+            "{target}: exactly one promotion commit"
+        );
+        assert_eq!(fx.value(&kube, target).await.as_deref(), Some("dev-1"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freeze_windows_hold_promotions_until_an_override_or_their_end_and_a_generic_client_drives_one()
+ {
+    use proto::PromotionState as S;
+    let kube = cluster().client().await;
+    let fx = Small::new(
+        &kube,
+        &[
+            ("frozen", &freeze_for(3600)),
+            ("thawing", &freeze_for(8)),
+            (
+                "gated",
+                "      approval: {required: 1, allowSelfApproval: true}\n",
+            ),
+        ],
+        Duration::ZERO,
+    )
+    .await;
+    let server = fx.start();
+    let mut api = connect(&server).await;
+    eventually("dev runs dev-1", || async {
+        fx.value(&kube, "dev").await.as_deref() == Some("dev-1")
+    })
+    .await;
+
+    // Held by a window of an hour: it says until when, and goes on after an override.
+    let frozen = request_anonymous(&mut api, "frozen").await;
+    until_state(&api, "", &frozen.id, S::Approved).await;
+    let held = api
+        .get_promotion(proto::GetPromotionRequest {
+            id: frozen.id.clone(),
+        })
+        .await
+        .expect("answers")
+        .into_inner();
+    let freeze = held
+        .blockers
+        .iter()
+        .find(|b| b.kind == "freeze")
+        .unwrap_or_else(|| panic!("no freeze blocker: {held:?}"));
+    assert!(freeze.until.is_some() && freeze.message.contains("test"), "{freeze:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(state_now(&mut api, &frozen.id).await, S::Approved, "still held");
+    let no_reason = api
+        .override_freeze(proto::OverrideFreezeRequest {
+            id: frozen.id.clone(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_reason.code(), Code::InvalidArgument);
+    api.override_freeze(proto::OverrideFreezeRequest {
+        id: frozen.id.clone(),
+        reason: "hotfix".into(),
+    })
+    .await
+    .expect("overridden");
+    until_state(&api, "", &frozen.id, S::Succeeded).await;
+    assert_eq!(fx.value(&kube, "frozen").await.as_deref(), Some("dev-1"));
+
+    // Held by a window that ends on its own.
+    let thawing = request_anonymous(&mut api, "thawing").await;
+    until_state(&api, "", &thawing.id, S::Approved).await;
+    until_state(&api, "", &thawing.id, S::Succeeded).await;
+    let done = api
+        .get_promotion(proto::GetPromotionRequest {
+            id: thawing.id.clone(),
+        })
+        .await
+        .expect("answers")
+        .into_inner();
+    let promoting_at = done
+        .transitions
+        .iter()
+        .find(|t| t.to == S::Promoting as i32)
+        .and_then(|t| t.time)
+        .expect("went through Promoting");
+    let requested_at = done.create_time.expect("created");
+    assert!(
+        promoting_at.seconds - requested_at.seconds >= 4,
+        "it waited for the window to end"
+    );
+
+    // A client that knows only reflection requests, approves, watches and reads the audit.
+    let addr = server.grpc.trim_start_matches("http://").to_owned();
+    let requested = generic_client(&[
+        &addr,
+        "call",
+        "stagehand.v1.PromotionService/RequestPromotion",
+        r#"{"targetEnvironment": "gated", "reason": "from python"}"#,
+    ]);
+    let id = requested["id"].as_str().expect("an id").to_owned();
+    let approved = generic_client(&[
+        &addr,
+        "call",
+        "stagehand.v1.PromotionService/ApprovePromotion",
+        &format!(r#"{{"id": "{id}", "comment": "ok"}}"#),
+    ]);
+    assert_eq!(approved["approvals"][0]["approver"], "anonymous", "{approved}");
+    let watched = generic_client(&[
+        &addr,
+        "stream",
+        "stagehand.v1.PromotionService/WatchPromotion",
+        &format!(r#"{{"id": "{id}"}}"#),
+        "100",
+    ]);
+    let states: Vec<&str> = watched
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|p| p["state"].as_str())
+        .collect();
+    assert_eq!(states.last(), Some(&"PROMOTION_STATE_SUCCEEDED"), "{watched}");
+    let audit = generic_client(&[
+        &addr,
+        "call",
+        "stagehand.v1.PromotionService/ListAuditEvents",
+        r#"{"environment": "gated"}"#,
+    ]);
+    let actions: Vec<&str> = audit["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"requested") && actions.contains(&"approved"),
+        "{audit}"
+    );
+    let overrides = api
+        .list_audit_events(proto::ListAuditEventsRequest {
+            environment: "frozen".into(),
+            actions: vec!["overrode".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("audit")
+        .into_inner()
+        .events;
+    assert_eq!(overrides.len(), 1);
+    assert_eq!(overrides[0].reason, "hotfix");
+    assert_eq!(fx.value(&kube, "gated").await.as_deref(), Some("dev-1"));
+}
