@@ -14,6 +14,7 @@ pub mod git;
 pub mod metrics;
 pub mod pipeline;
 mod process;
+pub mod promotion;
 pub mod reconcile;
 pub mod render;
 pub mod secrets;
