@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use stagehand::pipeline::{
-    ApprovalPolicy, Cluster, Environment, PromotePolicy, Source, SyncPolicy,
+    ApprovalPolicy, Cluster, Environment, PromotePolicy, PromotionPolicy, Source, SyncPolicy,
 };
 use stagehand::reconcile::{Desired, DesiredState, Options, Reconciler, SourceError};
 
@@ -83,13 +83,11 @@ fn environment(name: &str, kubeconfig: &Path) -> Environment {
             prune_crds: false,
             max_prune_percent: 50,
         },
-        approval: ApprovalPolicy {
-            required: 0,
-            groups: Vec::new(),
-            allow_self_approval: false,
-        },
+        approval: ApprovalPolicy::default(),
         freeze_windows: Vec::new(),
         promote: PromotePolicy::default(),
+        promotion: PromotionPolicy::default(),
+        verify: None,
     }
 }
 

@@ -272,6 +272,32 @@ fn view_to_proto(view: &EnvironmentView, main_branch: &str) -> proto::Environmen
     }
 }
 
+fn freeze_window(window: &pipeline::FreezeWindow) -> proto::FreezeWindow {
+    let mut out = proto::FreezeWindow {
+        timezone: window.timezone.clone(),
+        reason: window.reason.clone(),
+        ..Default::default()
+    };
+    match &window.schedule {
+        pipeline::FreezeSchedule::Weekly { start, end } => {
+            out.start = start.to_string();
+            out.end = end.to_string();
+        }
+        pipeline::FreezeSchedule::Absolute { from, until } => {
+            out.from = Some(jiff_timestamp(*from));
+            out.until = Some(jiff_timestamp(*until));
+        }
+    }
+    out
+}
+
+fn jiff_timestamp(time: jiff::Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.as_second(),
+        nanos: time.subsec_nanosecond(),
+    }
+}
+
 pub(super) fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(time)
 }
@@ -437,16 +463,10 @@ pub fn to_proto(env: &pipeline::Environment, main_branch: &str) -> proto::Enviro
             required: env.approval.required,
             groups: env.approval.groups.clone(),
             allow_self_approval: env.approval.allow_self_approval,
+            allow_author_approval: env.approval.allow_author_approval,
+            exempt_rollbacks: env.approval.exempt_rollbacks,
         }),
-        freeze_windows: env
-            .freeze_windows
-            .iter()
-            .map(|w| proto::FreezeWindow {
-                start: w.start.to_string(),
-                end: w.end.to_string(),
-                timezone: w.timezone.clone(),
-            })
-            .collect(),
+        freeze_windows: env.freeze_windows.iter().map(freeze_window).collect(),
         sync: Some(proto::SyncPolicy {
             interval_seconds: env.sync.interval.as_secs(),
             prune: env.sync.prune,
@@ -455,5 +475,61 @@ pub fn to_proto(env: &pipeline::Environment, main_branch: &str) -> proto::Enviro
             auto: env.sync.auto,
         }),
         status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freeze_windows_reach_the_api_in_either_form_with_their_reason() {
+        let pipeline = pipeline::Pipeline::parse(
+            std::path::Path::new("pipeline.yaml"),
+            r#"
+apiVersion: stagehand.dev/v1alpha1
+kind: Pipeline
+metadata: {name: shop}
+spec:
+  environments:
+    - name: dev
+      source: {overlay: dev}
+      freezeWindows:
+        - {start: "Fri 16:00", end: "Mon 08:00", timezone: Europe/Berlin}
+        - {from: "2026-12-20T00:00:00Z", until: "2027-01-04T08:00:00.5+01:00", reason: holidays}
+"#,
+        )
+        .expect("valid pipeline");
+        let env = to_proto(&pipeline.environments[0], "main");
+        let [weekly, absolute] = env.freeze_windows.as_slice() else {
+            panic!("two windows: {:?}", env.freeze_windows);
+        };
+        assert_eq!(
+            (weekly.start.as_str(), weekly.end.as_str()),
+            ("Fri 16:00", "Mon 08:00")
+        );
+        assert_eq!(weekly.timezone, "Europe/Berlin");
+        assert_eq!(
+            (weekly.from, weekly.until, &weekly.reason),
+            (None, None, &None)
+        );
+        assert!(absolute.start.is_empty() && absolute.end.is_empty());
+        assert_eq!(
+            absolute.from,
+            Some(prost_types::Timestamp {
+                seconds: 1_797_724_800,
+                nanos: 0
+            })
+        );
+        assert_eq!(
+            absolute.until,
+            Some(prost_types::Timestamp {
+                seconds: 1_799_046_000,
+                nanos: 500_000_000
+            })
+        );
+        assert_eq!(absolute.reason.as_deref(), Some("holidays"));
+        let approval = env.approval.expect("approval policy");
+        assert!(approval.allow_author_approval && !approval.exempt_rollbacks);
     }
 }

@@ -105,10 +105,26 @@ fn print_environment(env: &proto::Environment) {
                 ""
             }
         );
+        if !approval.allow_author_approval {
+            println!("approval: authors of the promoted commits may not approve");
+        }
     }
     for w in &env.freeze_windows {
-        println!("freeze: {} to {} ({})", w.start, w.end, w.timezone);
+        let when = match (&w.from, &w.until) {
+            (Some(from), Some(until)) => format!("{} to {}", rfc3339(from), rfc3339(until)),
+            _ => format!("{} to {} ({})", w.start, w.end, w.timezone),
+        };
+        match &w.reason {
+            Some(reason) => println!("freeze: {when}: {reason}"),
+            None => println!("freeze: {when}"),
+        }
     }
+}
+
+/// A time from the API as RFC 3339 in UTC; one out of range is shown as its raw seconds.
+fn rfc3339(time: &prost_types::Timestamp) -> String {
+    jiff::Timestamp::new(time.seconds, time.nanos)
+        .map_or_else(|_| format!("{}s", time.seconds), |t| t.to_string())
 }
 
 /// The server's message is written for people; the code says which kind of failure it was.

@@ -77,6 +77,29 @@ pub struct Environment {
     pub freeze_windows: Vec<FreezeWindow>,
     #[serde(default)]
     pub promote: Option<Promote>,
+    #[serde(default)]
+    pub promotion: Option<Promotion>,
+    #[serde(default)]
+    pub verify: Option<Verify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Promotion {
+    #[serde(default)]
+    pub soak: Option<String>,
+    #[serde(default)]
+    pub auto: bool,
+    #[serde(default)]
+    pub require_healthy: Option<bool>,
+    #[serde(default)]
+    pub supersede: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Verify {
+    pub job: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,13 +184,27 @@ pub struct Approval {
     pub groups: Vec<String>,
     #[serde(default)]
     pub allow_self_approval: bool,
+    #[serde(default)]
+    pub allow_author_approval: Option<bool>,
+    #[serde(default)]
+    pub exempt_rollbacks: bool,
 }
 
+/// Either weekly (`start`, `end`) or absolute (`from`, `until`); which one is decided, and a mix
+/// refused, in validation so that the error can name the field.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FreezeWindow {
-    pub start: String,
-    pub end: String,
+    #[serde(default)]
+    pub start: Option<String>,
+    #[serde(default)]
+    pub end: Option<String>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub until: Option<String>,
     #[serde(default)]
     pub timezone: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
 }

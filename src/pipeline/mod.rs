@@ -112,6 +112,44 @@ pub struct Environment {
     pub freeze_windows: Vec<FreezeWindow>,
     /// What a promotion into this environment carries over from its source.
     pub promote: PromotePolicy,
+    /// When a promotion into this environment may start (`promotion:`).
+    pub promotion: PromotionPolicy,
+    /// A Job of this environment's manifests that must succeed after a promotion (`verify:`).
+    pub verify: Option<Verify>,
+}
+
+/// When and how promotions into an environment happen (`promotion:` in the file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromotionPolicy {
+    /// How long the source must have run a revision before it may be promoted.
+    pub soak: Duration,
+    /// Stagehand requests a promotion itself when the source is Healthy at a new revision (and
+    /// has soaked); only without required approvals.
+    pub auto: bool,
+    /// The source must be Healthy at the promoted revision.
+    pub require_healthy: bool,
+    /// A newer request for this environment supersedes the queued ones instead of queueing
+    /// behind them.
+    pub supersede: bool,
+}
+
+impl Default for PromotionPolicy {
+    fn default() -> Self {
+        Self {
+            soak: Duration::ZERO,
+            auto: false,
+            require_healthy: true,
+            supersede: false,
+        }
+    }
+}
+
+/// A Job in the environment's rendered manifests; a promotion is Succeeded only once the Job
+/// has succeeded at the promoted revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verify {
+    /// The Job's `metadata.name`.
+    pub job: String,
 }
 
 /// What a promotion copies from the source environment into this one (`promote:` in the file).
@@ -224,16 +262,49 @@ pub struct ApprovalPolicy {
     pub required: u32,
     /// Approvers must belong to one of these groups; empty means any authenticated user.
     pub groups: Vec<String>,
+    /// The identity that requested a promotion may approve it.
     pub allow_self_approval: bool,
+    /// Someone whose e-mail is the Git author of a commit in the promoted range may approve it
+    /// (`false` asks for four eyes on the change itself).
+    pub allow_author_approval: bool,
+    /// Rollbacks need no approvals (by default they need them like promotions).
+    pub exempt_rollbacks: bool,
 }
 
-/// A weekly window during which promotions into an environment wait.
+impl Default for ApprovalPolicy {
+    /// Without an `approval:` section, promotions need no approval.
+    fn default() -> Self {
+        Self {
+            required: 0,
+            groups: Vec::new(),
+            allow_self_approval: false,
+            allow_author_approval: true,
+            exempt_rollbacks: false,
+        }
+    }
+}
+
+/// A window during which promotions into an environment wait.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FreezeWindow {
-    pub start: WeeklyTime,
-    pub end: WeeklyTime,
-    /// An IANA time zone name such as `Europe/Berlin`; `UTC` when the file gives none.
+    pub schedule: FreezeSchedule,
+    /// An IANA time zone name such as `Europe/Berlin`; `UTC` when the file gives none. Weekly
+    /// times are read in it; absolute ones carry their own offset.
     pub timezone: String,
+    /// Why promotions wait, as shown to the people waiting.
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FreezeSchedule {
+    /// Every week from `start` to `end` (which may be in the next week, `Fri 16:00` to
+    /// `Mon 08:00`); never equal.
+    Weekly { start: WeeklyTime, end: WeeklyTime },
+    /// Once, from `from` to `until`; `until` is after `from`.
+    Absolute {
+        from: jiff::Timestamp,
+        until: jiff::Timestamp,
+    },
 }
 
 /// A point in the week, such as `Fri 16:00`.

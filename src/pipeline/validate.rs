@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::file;
 use super::{
-    API_VERSION, Alerts, ApprovalPolicy, Cluster, Environment, FreezeWindow, ImageSelection, KIND,
-    NOTIFICATION_EVENTS, Notification, Pipeline, PromotePolicy, PromotedField, Repository, Source,
-    SyncPolicy, WeeklyTime,
+    API_VERSION, Alerts, ApprovalPolicy, Cluster, Environment, FreezeSchedule, FreezeWindow,
+    ImageSelection, KIND, NOTIFICATION_EVENTS, Notification, Pipeline, PromotePolicy,
+    PromotedField, PromotionPolicy, Repository, Source, SyncPolicy, Verify, WeeklyTime,
 };
 
 /// A pass may prune at most half of an environment's objects unless the file says otherwise: a
@@ -327,18 +327,15 @@ fn validate_environment(
         },
     };
 
-    let approval = env.approval.map_or(
-        ApprovalPolicy {
-            required: 0,
-            groups: Vec::new(),
-            allow_self_approval: false,
-        },
-        |a| ApprovalPolicy {
+    let approval = env
+        .approval
+        .map_or_else(ApprovalPolicy::default, |a| ApprovalPolicy {
             required: a.required,
             groups: a.groups,
             allow_self_approval: a.allow_self_approval,
-        },
-    );
+            allow_author_approval: a.allow_author_approval.unwrap_or(true),
+            exempt_rollbacks: a.exempt_rollbacks,
+        });
     if approval.required > 0 && env.promotes_from.is_none() {
         return Err(field(
             format!("{at}.approval.required"),
@@ -350,28 +347,53 @@ fn validate_environment(
         .freeze_windows
         .into_iter()
         .enumerate()
-        .map(|(i, w)| {
-            let wat = format!("{at}.freezeWindows[{i}]");
-            let timezone = w.timezone.unwrap_or_else(|| "UTC".to_owned());
-            if timezone.trim().is_empty() {
-                return Err(field(format!("{wat}.timezone"), "must not be empty"));
-            }
-            // UTC needs no database, so a machine without tzdata still takes the default.
-            if timezone != "UTC" && jiff::tz::TimeZone::get(&timezone).is_err() {
+        .map(|(i, w)| freeze_window(&format!("{at}.freezeWindows[{i}]"), w))
+        .collect::<Result<_, _>>()?;
+
+    let promotion = match env.promotion {
+        None => PromotionPolicy::default(),
+        Some(_) if env.promotes_from.is_none() => {
+            return Err(field(
+                format!("{at}.promotion"),
+                "is set, but nothing is promoted into this environment (it has no promotesFrom)",
+            ));
+        }
+        Some(p) => {
+            let soak = match p.soak {
+                None => Duration::ZERO,
+                Some(text) => humantime::parse_duration(&text).map_err(|e| {
+                    field(
+                        format!("{at}.promotion.soak"),
+                        format!("{text:?} is not a duration such as 30m or 1h: {e}"),
+                    )
+                })?,
+            };
+            if p.auto && approval.required > 0 {
                 return Err(field(
-                    format!("{wat}.timezone"),
+                    format!("{at}.promotion.auto"),
                     format!(
-                        "{timezone:?} is not an IANA time zone name such as Europe/Berlin or UTC"
+                        "cannot be true while approval.required is {}: an automatic promotion \
+                         has nobody to collect approvals from (set required to 0, or leave auto off)",
+                        approval.required
                     ),
                 ));
             }
-            Ok(FreezeWindow {
-                start: weekly_time(&format!("{wat}.start"), &w.start)?,
-                end: weekly_time(&format!("{wat}.end"), &w.end)?,
-                timezone,
-            })
-        })
-        .collect::<Result<_, _>>()?;
+            PromotionPolicy {
+                soak,
+                auto: p.auto,
+                require_healthy: p.require_healthy.unwrap_or(true),
+                supersede: p.supersede,
+            }
+        }
+    };
+
+    let verify = match env.verify {
+        None => None,
+        Some(v) => {
+            check_object_name(&format!("{at}.verify.job"), &v.job)?;
+            Some(Verify { job: v.job })
+        }
+    };
 
     let promote = match env.promote {
         None => PromotePolicy::default(),
@@ -393,7 +415,109 @@ fn validate_environment(
         approval,
         freeze_windows,
         promote,
+        promotion,
+        verify,
     })
+}
+
+fn freeze_window(at: &str, w: file::FreezeWindow) -> Result<FreezeWindow, ErrorKind> {
+    let timezone = w.timezone.unwrap_or_else(|| "UTC".to_owned());
+    if timezone.trim().is_empty() {
+        return Err(field(format!("{at}.timezone"), "must not be empty"));
+    }
+    // UTC needs no database, so a machine without tzdata still takes the default.
+    if timezone != "UTC" && jiff::tz::TimeZone::get(&timezone).is_err() {
+        return Err(field(
+            format!("{at}.timezone"),
+            format!("{timezone:?} is not an IANA time zone name such as Europe/Berlin or UTC"),
+        ));
+    }
+    if let Some(reason) = &w.reason
+        && reason.trim().is_empty()
+    {
+        return Err(field(format!("{at}.reason"), "must not be empty"));
+    }
+    let schedule = match (w.start, w.end, w.from, w.until) {
+        (Some(start), Some(end), None, None) => {
+            let start = weekly_time(&format!("{at}.start"), &start)?;
+            let end = weekly_time(&format!("{at}.end"), &end)?;
+            if start == end {
+                return Err(field(
+                    format!("{at}.end"),
+                    format!("is {end}, the same as start: a window must have a length"),
+                ));
+            }
+            FreezeSchedule::Weekly { start, end }
+        }
+        (None, None, Some(from), Some(until)) => {
+            let from = timestamp(&format!("{at}.from"), &from)?;
+            let until = timestamp(&format!("{at}.until"), &until)?;
+            if until <= from {
+                return Err(field(
+                    format!("{at}.until"),
+                    format!("{until} is not after from ({from})"),
+                ));
+            }
+            FreezeSchedule::Absolute { from, until }
+        }
+        (start, end, from, until) => {
+            let weekly = start.is_some() || end.is_some();
+            let absolute = from.is_some() || until.is_some();
+            let problem = if weekly && absolute {
+                "mixes a weekly window (start, end) with an absolute one (from, until); give one \
+                 pair per window"
+            } else if weekly {
+                "a weekly window needs both start and end, such as start: \"Fri 16:00\", \
+                 end: \"Mon 08:00\""
+            } else if absolute {
+                "an absolute window needs both from and until, as RFC 3339 times such as \
+                 \"2026-12-20T00:00:00Z\""
+            } else {
+                "needs start and end (weekly) or from and until (absolute)"
+            };
+            return Err(field(at, problem));
+        }
+    };
+    Ok(FreezeWindow {
+        schedule,
+        timezone,
+        reason: w.reason,
+    })
+}
+
+fn timestamp(at: &str, text: &str) -> Result<jiff::Timestamp, ErrorKind> {
+    text.trim().parse().map_err(|e| {
+        field(
+            at,
+            format!(
+                "{text:?} is not an RFC 3339 time with an offset, such as \
+                 \"2026-12-20T00:00:00Z\" or \"2027-01-04T08:00:00+01:00\": {e}"
+            ),
+        )
+    })
+}
+
+/// Kubernetes object names (a Job's, here) are DNS subdomains: lowercase letters, digits, '-'
+/// and '.', at most 253, starting and ending with a letter or digit.
+fn check_object_name(at: &str, name: &str) -> Result<(), ErrorKind> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if valid {
+        Ok(())
+    } else {
+        Err(field(
+            at,
+            format!(
+                "{name:?} is not a Kubernetes object name (lowercase letters, digits, '-' and \
+                 '.', starting and ending with a letter or digit)"
+            ),
+        ))
+    }
 }
 
 fn validate_promote(at: &str, promote: file::Promote) -> Result<PromotePolicy, ErrorKind> {
@@ -611,8 +735,25 @@ spec:
             }
         );
         assert_eq!(prod.approval.required, 2);
-        assert_eq!(prod.freeze_windows[0].start.to_string(), "Fri 16:00");
-        assert_eq!(prod.freeze_windows[0].end.weekday, 0);
+        let FreezeSchedule::Weekly { start, end } = &prod.freeze_windows[0].schedule else {
+            panic!("start and end make a weekly window");
+        };
+        assert_eq!(start.to_string(), "Fri 16:00");
+        assert_eq!(end.weekday, 0);
+        assert_eq!(prod.freeze_windows[0].reason, None);
+        assert_eq!(
+            prod.approval,
+            ApprovalPolicy {
+                required: 2,
+                groups: vec!["release-managers".into()],
+                allow_self_approval: false,
+                allow_author_approval: true,
+                exempt_rollbacks: false,
+            }
+        );
+        assert_eq!(prod.promotion, PromotionPolicy::default());
+        assert!(prod.promotion.require_healthy && !prod.promotion.auto);
+        assert_eq!(prod.verify, None);
         let targets: Vec<_> = p.promotion_targets("dev").map(|e| &e.name).collect();
         assert_eq!(targets, ["staging"]);
     }
@@ -801,6 +942,182 @@ spec:
                 &DEMO.replace("timezone: Europe/Berlin", &format!("timezone: {good}")),
             )
             .unwrap_or_else(|e| panic!("{good} is an IANA name: {e}"));
+        }
+    }
+
+    #[test]
+    fn author_approval_and_rollback_exemption_are_read_from_the_approval_section() {
+        let text = DEMO.replace(
+            "approval: {required: 2, groups: [release-managers]}",
+            "approval: {required: 2, groups: [release-managers], allowSelfApproval: true, \
+             allowAuthorApproval: false, exemptRollbacks: true}",
+        );
+        let p = parse(Path::new("pipeline.yaml"), &text).expect("valid");
+        let prod = &p.environment("prod").expect("prod").approval;
+        assert!(prod.allow_self_approval && !prod.allow_author_approval && prod.exempt_rollbacks);
+        let staging = &p.environment("staging").expect("staging").approval;
+        assert!(staging.allow_author_approval && !staging.exempt_rollbacks);
+        let err = parse_err(&text.replace("exemptRollbacks: true", "exemptRollback: true"));
+        assert!(err.contains("exemptRollback"), "{err}");
+    }
+
+    #[test]
+    fn a_promotion_section_is_read_and_validated_by_field() {
+        let with = |env: &str, section: &str| {
+            DEMO.replace(
+                &format!("source: {{overlay: environments/{env}}}"),
+                &format!("source: {{overlay: environments/{env}}}\n      {section}"),
+            )
+        };
+        let text = with(
+            "staging",
+            "promotion: {soak: 30m, requireHealthy: false, supersede: true}",
+        );
+        let p = parse(Path::new("pipeline.yaml"), &text).expect("valid");
+        let staging = &p.environment("staging").expect("staging").promotion;
+        assert_eq!(
+            *staging,
+            PromotionPolicy {
+                soak: Duration::from_secs(1800),
+                auto: false,
+                require_healthy: false,
+                supersede: true,
+            }
+        );
+
+        let auto = with("staging", "promotion: {auto: true, soak: 1h}").replace(
+            "approval: {required: 1, groups: [qa]}",
+            "approval: {groups: [qa]}",
+        );
+        let p = parse(Path::new("pipeline.yaml"), &auto).expect("auto without approvals");
+        let staging = &p.environment("staging").expect("staging").promotion;
+        assert!(staging.auto && staging.require_healthy);
+        assert_eq!(staging.soak, Duration::from_secs(3600));
+
+        let err = parse_err(&with("staging", "promotion: {auto: true}"));
+        assert!(err.contains("spec.environments[1].promotion.auto"), "{err}");
+        assert!(err.contains("approval.required is 1"), "{err}");
+        assert!(err.contains("collect approvals"), "{err}");
+
+        let err = parse_err(&with("staging", "promotion: {soak: a while}"));
+        assert!(err.contains("spec.environments[1].promotion.soak"), "{err}");
+        assert!(err.contains("\"a while\""), "{err}");
+
+        let err = parse_err(&with("dev", "promotion: {soak: 5m}"));
+        assert!(err.contains("spec.environments[0].promotion"), "{err}");
+        assert!(err.contains("no promotesFrom"), "{err}");
+
+        let err = parse_err(&with("staging", "promotion: {soakTime: 5m}"));
+        assert!(err.contains("soakTime"), "{err}");
+    }
+
+    #[test]
+    fn a_verify_job_must_be_a_kubernetes_object_name() {
+        let with = |job: &str| {
+            DEMO.replace(
+                "approval: {required: 1, groups: [qa]}",
+                &format!("approval: {{required: 1, groups: [qa]}}\n      verify: {{job: {job}}}"),
+            )
+        };
+        let p = parse(Path::new("pipeline.yaml"), &with("smoke-test.v2")).expect("valid");
+        assert_eq!(
+            p.environment("staging").expect("staging").verify,
+            Some(Verify {
+                job: "smoke-test.v2".into()
+            })
+        );
+        for bad in ["Smoke", "\"-smoke\"", "\"smoke test\"", "\"\""] {
+            let err = parse_err(&with(bad));
+            assert!(
+                err.contains("spec.environments[1].verify.job"),
+                "{bad}: {err}"
+            );
+        }
+        let err = parse_err(&DEMO.replace(
+            "approval: {required: 1, groups: [qa]}",
+            "verify: {name: smoke}",
+        ));
+        assert!(err.contains("name"), "{err}");
+    }
+
+    #[test]
+    fn an_absolute_freeze_window_takes_rfc3339_times_and_a_reason() {
+        let with = |window: &str| {
+            DEMO.replace(
+                r#"freezeWindows: [{start: "Fri 16:00", end: "Mon 08:00", timezone: Europe/Berlin}]"#,
+                &format!(
+                    r#"freezeWindows: [{{start: "Fri 16:00", end: "Mon 08:00", reason: weekend}}, {window}]"#
+                ),
+            )
+        };
+        let text = with(
+            r#"{from: "2026-12-20T00:00:00Z", until: "2027-01-04T08:00:00+01:00", reason: holidays}"#,
+        );
+        let p = parse(Path::new("pipeline.yaml"), &text).expect("valid");
+        let windows = &p.environment("prod").expect("prod").freeze_windows;
+        assert_eq!(windows[0].reason.as_deref(), Some("weekend"));
+        assert_eq!(windows[0].timezone, "UTC");
+        assert_eq!(windows[1].reason.as_deref(), Some("holidays"));
+        let FreezeSchedule::Absolute { from, until } = windows[1].schedule else {
+            panic!("from and until make an absolute window");
+        };
+        assert_eq!(from.as_second(), 1_797_724_800);
+        assert_eq!(until.to_string(), "2027-01-04T07:00:00Z");
+
+        let cases = [
+            (
+                r#"{from: "2027-01-04T08:00:00+01:00", until: "2027-01-04T07:00:00Z"}"#,
+                "freezeWindows[1].until",
+                "not after",
+            ),
+            (
+                r#"{from: "2026-12-20", until: "2027-01-04T08:00:00Z"}"#,
+                "freezeWindows[1].from",
+                "RFC 3339",
+            ),
+            (
+                r#"{from: "2026-12-20T00:00:00", until: "2027-01-04T08:00:00Z"}"#,
+                "freezeWindows[1].from",
+                "offset",
+            ),
+            (
+                r#"{from: "2026-12-20T00:00:00Z", until: "2027-01-04T08:00:00Z", end: "Mon 08:00"}"#,
+                "freezeWindows[1]",
+                "mixes",
+            ),
+            (
+                r#"{from: "2026-12-20T00:00:00Z"}"#,
+                "freezeWindows[1]",
+                "needs both from and until",
+            ),
+            (
+                r#"{start: "Fri 16:00"}"#,
+                "freezeWindows[1]",
+                "needs both start and end",
+            ),
+            (
+                r#"{timezone: UTC}"#,
+                "freezeWindows[1]",
+                "needs start and end",
+            ),
+            (
+                r#"{start: "Fri 16:00", end: "fri 16:00"}"#,
+                "freezeWindows[1].end",
+                "same as start",
+            ),
+            (
+                r#"{start: "Fri 16:00", end: "Sat 16:00", reason: " "}"#,
+                "freezeWindows[1].reason",
+                "empty",
+            ),
+        ];
+        for (window, at, problem) in cases {
+            let err = parse_err(&with(window));
+            assert!(
+                err.contains(&format!("spec.environments[2].{at}")),
+                "{window}: {err}"
+            );
+            assert!(err.contains(problem), "{window}: {err}");
         }
     }
 

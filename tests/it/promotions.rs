@@ -18,7 +18,8 @@ use crate::service::{
 use crate::support::cluster::cluster;
 use crate::support::git::{Repo, bare_remote};
 use crate::support::git_http::GitHttpServer;
-use crate::support::{Tool, age_keygen, tool};
+use crate::support::tools::age_keygen;
+use crate::support::{Tool, tool};
 
 const ALICE: &str = "alice-token-releaser-71b2";
 const BOB: &str = "bob-token-approver-0c9d";

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use stagehand::pipeline::{
-    ApprovalPolicy, Cluster, Environment, PromotePolicy, Source, SyncPolicy,
+    ApprovalPolicy, Cluster, Environment, PromotePolicy, PromotionPolicy, Source, SyncPolicy,
 };
 use stagehand::reconcile::{Desired, DesiredState, SourceError, SourceStage};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,13 +43,11 @@ pub fn environment(name: &str, kubeconfig: &Path) -> Environment {
             prune_crds: false,
             max_prune_percent: 50,
         },
-        approval: ApprovalPolicy {
-            required: 0,
-            groups: Vec::new(),
-            allow_self_approval: false,
-        },
+        approval: ApprovalPolicy::default(),
         freeze_windows: Vec::new(),
         promote: PromotePolicy::default(),
+        promotion: PromotionPolicy::default(),
+        verify: None,
     }
 }
 
