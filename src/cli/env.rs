@@ -1,9 +1,10 @@
 //! `stagehand env`: environments as a running server sees them.
 
-use anyhow::Context as _;
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use stagehand::proto;
 use stagehand::proto::environment_service_client::EnvironmentServiceClient;
+
+use super::client::{self, ServerArgs, rpc_error};
 
 #[derive(Debug, Subcommand)]
 pub enum EnvCommand {
@@ -21,21 +22,10 @@ pub enum EnvCommand {
     },
 }
 
-#[derive(Debug, Args)]
-pub struct ServerArgs {
-    /// URL of a running `stagehand serve`.
-    #[arg(
-        long,
-        env = "STAGEHAND_SERVER",
-        default_value = "http://127.0.0.1:7420"
-    )]
-    server: String,
-}
-
 pub async fn run(command: EnvCommand) -> anyhow::Result<()> {
     match command {
         EnvCommand::List { server } => {
-            let mut client = connect(&server).await?;
+            let mut client = EnvironmentServiceClient::new(client::connect(&server).await?);
             let list = client
                 .list_environments(proto::ListEnvironmentsRequest {})
                 .await
@@ -52,7 +42,7 @@ pub async fn run(command: EnvCommand) -> anyhow::Result<()> {
             }
         }
         EnvCommand::Get { name, server } => {
-            let mut client = connect(&server).await?;
+            let mut client = EnvironmentServiceClient::new(client::connect(&server).await?);
             let env = client
                 .get_environment(proto::GetEnvironmentRequest { name })
                 .await
@@ -109,17 +99,4 @@ fn print_environment(env: &proto::Environment) {
     for w in &env.freeze_windows {
         println!("freeze: {} to {} ({})", w.start, w.end, w.timezone);
     }
-}
-
-/// The server's message is written for people; the code says which kind of failure it was.
-fn rpc_error(rpc: &str, status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{rpc}: {} ({:?})", status.message(), status.code())
-}
-
-async fn connect(
-    args: &ServerArgs,
-) -> anyhow::Result<EnvironmentServiceClient<tonic::transport::Channel>> {
-    EnvironmentServiceClient::connect(args.server.clone())
-        .await
-        .with_context(|| format!("cannot reach stagehand at {}", args.server))
 }

@@ -1,6 +1,7 @@
 //! The `stagehand` command line: one module per command group, each with its argument types
 //! beside the code that runs it; [`output`] prints results as a table, JSON or YAML.
 
+mod client;
 mod env;
 mod git;
 mod output;
@@ -105,8 +106,17 @@ impl Command {
 }
 
 /// sops's exit codes when a secrets error is anywhere in the chain (a render or a sync fails
-/// because of it just as `secrets decrypt` does), else 1.
+/// because of it just as `secrets decrypt` does); for a call to a server, the code of its gRPC
+/// status (see [`client::exit_code`]); else 1.
 fn exit_code(error: &(dyn std::error::Error + 'static)) -> ExitCode {
+    for cause in ErrorChain(error).causes() {
+        if let Some(e) = cause.downcast_ref::<client::RpcError>() {
+            return e.exit_code();
+        }
+        if let Some(client::Error::Connect { .. }) = cause.downcast_ref::<client::Error>() {
+            return client::unreachable_exit_code();
+        }
+    }
     let secrets_error = ErrorChain(error)
         .causes()
         .find_map(|cause| cause.downcast_ref::<stagehand::secrets::Error>());
