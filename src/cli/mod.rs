@@ -10,6 +10,7 @@ mod render;
 mod secrets;
 mod serve;
 mod sync;
+mod wire;
 
 use std::process::ExitCode;
 
@@ -48,7 +49,9 @@ enum Command {
     /// Work with a pipeline file locally, without a server.
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCommand),
-    /// Ask a running server about environments.
+    /// The state of every environment of a running server (or of one, in detail).
+    Status(env::StatusArgs),
+    /// Ask a running server about environments, sync, suspend or resume them.
     #[command(subcommand, name = "env")]
     Env(env::EnvCommand),
     /// Work with the pipeline's Git repository directly, without a server.
@@ -95,6 +98,7 @@ impl Command {
         match self {
             Self::Serve(args) => serve::run(args).await,
             Self::Pipeline(command) => pipeline::run(command),
+            Self::Status(args) => env::status(args).await,
             Self::Env(command) => env::run(command).await,
             Self::Git(command) => git::run(command).await,
             Self::Diff(args) => sync::diff(args).await,

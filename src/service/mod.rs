@@ -142,6 +142,8 @@ pub struct HistoryEntry {
     pub entry: git::history::Entry,
     /// Whether this is the revision the environment runs now.
     pub applied: bool,
+    /// The recorded passes that attempted this revision, newest first.
+    pub syncs: Vec<store::SyncRecord>,
 }
 
 /// What Git says per environment, shared between the fetch loop and readers.
@@ -475,11 +477,25 @@ impl Service {
                     environment: name.to_owned(),
                     source,
                 })?;
+        let mut syncs = self
+            .store
+            .sync_history(name, SYNCS_IN_HISTORY)
+            .await
+            .map_err(|source| Error::Store {
+                environment: name.to_owned(),
+                source,
+            })?;
         Ok(entries
             .into_iter()
-            .map(|entry| HistoryEntry {
-                applied: applied.as_deref() == Some(entry.commit.to_string().as_str()),
-                entry,
+            .map(|entry| {
+                let commit = entry.commit.to_string();
+                let (mine, others) = syncs.drain(..).partition(|s| s.run.revision == commit);
+                syncs = others;
+                HistoryEntry {
+                    applied: applied.as_deref() == Some(commit.as_str()),
+                    syncs: mine,
+                    entry,
+                }
             })
             .collect())
     }
@@ -752,6 +768,10 @@ async fn record_passes(mut status: watch::Receiver<EnvironmentStatus>, store: Ar
         }
     }
 }
+
+/// How many of the newest sync records [`Service::history`] spreads over the revisions it lists;
+/// quiet passes are folded into one record, so this reaches far back.
+const SYNCS_IN_HISTORY: u32 = 1_000;
 
 /// The shortest sync interval of the pipeline: how often the repository is fetched.
 fn fetch_interval(pipeline: &Pipeline) -> Duration {
