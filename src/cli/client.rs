@@ -167,13 +167,16 @@ fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
-/// A call the server answered with an error status.
+/// A call the server answered with an error status, or that failed on the way (then the
+/// connection's own error is the cause).
 #[derive(Debug, thiserror::Error)]
-#[error("{rpc}: {code_name}: {message}{hint}", code_name = code_name(self.code), hint = hint(self.code))]
+#[error("{rpc}: {code_name}: {message}{hint}", code_name = code_name(self.code), hint = hint(self.code, self.cause.is_some()))]
 pub struct RpcError {
     rpc: &'static str,
     code: tonic::Code,
     message: String,
+    #[source]
+    cause: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl RpcError {
@@ -185,10 +188,17 @@ impl RpcError {
 
 /// Turns a failed call into an error naming the call, the status code and the server's message.
 pub fn rpc_error(rpc: &'static str, status: tonic::Status) -> RpcError {
+    // A status tonic made up from a broken connection carries what broke (a TLS alert, a
+    // reset); one the server sent has no source.
+    let cause = std::error::Error::source(&status).map(|source| {
+        let chain = stagehand::error_chain::ErrorChain(source).to_string();
+        Box::<dyn std::error::Error + Send + Sync>::from(chain)
+    });
     RpcError {
         rpc,
         code: status.code(),
         message: status.message().to_owned(),
+        cause,
     }
 }
 
@@ -228,12 +238,18 @@ fn code_name(code: tonic::Code) -> &'static str {
 }
 
 /// What to do next, for the codes where the server's message cannot know it.
-fn hint(code: tonic::Code) -> &'static str {
+fn hint(code: tonic::Code, broken_connection: bool) -> &'static str {
     match code {
         tonic::Code::Unauthenticated => {
             " (give a token with --token-file or the STAGEHAND_TOKEN variable)"
         }
         tonic::Code::Unimplemented => " (the server is older than this client)",
+        // With TLS 1.3 a server that wants a client certificate closes the connection after
+        // the handshake, without a status; this is all the client sees of it.
+        _ if broken_connection => {
+            " (the server closed the connection; one that requires client certificates does so \
+             without --client-cert and --client-key)"
+        }
         _ => "",
     }
 }

@@ -301,9 +301,15 @@ impl Service {
     }
 
     fn view(&self, env: &Environment) -> EnvironmentView {
-        let status = self
+        let mut status = self
             .controller
             .status(&env.name)
+            .expect("the controller runs every environment of the pipeline");
+        // The loop reports a suspension or resumption only when it next wakes; the answer to
+        // SuspendEnvironment/ResumeEnvironment (and every read after it) already says it.
+        status.suspended = self
+            .controller
+            .is_suspended(&env.name)
             .expect("the controller runs every environment of the pipeline");
         let table = self.desired.borrow().clone();
         let (desired, source_error) = match table.get(&env.name) {

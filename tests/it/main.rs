@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod child_env;
+mod cli_api;
 mod cli_sync;
 mod cluster;
 mod foundation;

@@ -39,10 +39,10 @@ fn generic_client(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("the client prints JSON")
 }
 
-struct Server {
-    child: Child,
-    grpc: String,
-    http: SocketAddr,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) grpc: String,
+    pub(crate) http: SocketAddr,
 }
 
 impl Drop for Server {
@@ -56,7 +56,12 @@ fn start_server(pipeline: &Path, state: &Path, secret_file: &Path) -> Server {
     start_server_with(pipeline, state, secret_file, &[])
 }
 
-fn start_server_with(pipeline: &Path, state: &Path, secret_file: &Path, extra: &[&str]) -> Server {
+pub(crate) fn start_server_with(
+    pipeline: &Path,
+    state: &Path,
+    secret_file: &Path,
+    extra: &[&str],
+) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_stagehand"))
         .args([
             "serve",
@@ -144,7 +149,7 @@ fn app(value: &str) -> String {
     format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\ndata:\n  value: {value:?}\n")
 }
 
-async fn value_in(client: &kube::Client, namespace: &str) -> Option<String> {
+pub(crate) async fn value_in(client: &kube::Client, namespace: &str) -> Option<String> {
     Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .get_opt("app")
         .await
@@ -154,7 +159,7 @@ async fn value_in(client: &kube::Client, namespace: &str) -> Option<String> {
 }
 
 /// Polls `check` until it holds; the bound only catches a service that never gets there.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -231,19 +236,22 @@ fn black_hole() -> SocketAddr {
     addr
 }
 
-struct Fixture {
+/// A pipeline over a real Git remote served by `git http-backend`: `failing` (its directory is
+/// missing), `broken` (an apiserver that never answers), `dev`, `staging` (manual sync) and
+/// `prod` (its own branch). The CLI tests in cli_api.rs use it too.
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
     work: Repo,
-    pipeline: PathBuf,
-    state: PathBuf,
-    secret: PathBuf,
-    namespaces: [String; 3],
+    pub(crate) pipeline: PathBuf,
+    pub(crate) state: PathBuf,
+    pub(crate) secret: PathBuf,
+    pub(crate) namespaces: [String; 3],
     _http: GitHttpServer,
     notifications: Receiver,
 }
 
 impl Fixture {
-    async fn new(client: &kube::Client) -> Self {
+    pub(crate) async fn new(client: &kube::Client) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut namespaces = Vec::new();
         for env in ["dev", "staging", "prod"] {
@@ -356,7 +364,7 @@ spec:
         }
     }
 
-    fn push_dev(&self, value: &str) -> String {
+    pub(crate) fn push_dev(&self, value: &str) -> String {
         self.work
             .write(&[("environments/dev/app.yaml", &app(value))]);
         let commit = self.work.commit(&format!("dev: {value}"));
