@@ -302,13 +302,15 @@ pub fn environment_detail(env: &Value, now: SystemTime, colours: bool) -> String
         line(
             "sync",
             format!(
-                "{}, every {}s{}{}",
+                "{}, every {}{}{}",
                 if sync["auto"] == true {
                     "automatic"
                 } else {
                     "manual"
                 },
-                text(&sync["intervalSeconds"]),
+                humantime::format_duration(std::time::Duration::from_secs(
+                    sync["intervalSeconds"].as_u64().unwrap_or_default()
+                )),
                 on("prune", "prune").unwrap_or_default(),
                 on("selfHeal", "self-heal").unwrap_or_default(),
             ),
@@ -564,5 +566,38 @@ mod tests {
              v1          Secret     shop       db    failed                   forbidden: .data (Forbidden)\n\
              v1          ConfigMap  shop       old   not owned, kept\n"
         );
+    }
+
+    #[test]
+    fn the_environments_table_shortens_revisions_ages_times_and_paints_only_when_asked() {
+        let list = json!({
+            "pipeline": "shop",
+            "environments": [
+                {"name": "dev", "status": {
+                    "desiredRevision": "67e1c1999f75f1295157257d821bc2eab158b573",
+                    "appliedRevision": "67e1c1999f75f1295157257d821bc2eab158b573",
+                    "reason": "succeeded", "health": "Healthy", "suspended": false,
+                    "outOfSync": false, "lastSyncTime": "2026-11-28T14:00:00.000Z",
+                    "message": "applied\nand healthy"}},
+                {"name": "production", "status": {
+                    "reason": "apply_failed", "suspended": true, "outOfSync": true,
+                    "lastSyncTime": "2026-11-28T11:30:00.000Z", "message": "forbidden"}}
+            ],
+            "rejectedPipeline": ""
+        });
+        let now = humantime::parse_rfc3339("2026-11-28T14:03:10Z").expect("a time");
+        assert_eq!(
+            environments_table(&list, now, false),
+            "NAME        DESIRED  APPLIED  SYNC          HEALTH   SUSPENDED  OUT-OF-SYNC  LAST-SYNC  MESSAGE\n\
+             dev         67e1c19  67e1c19  succeeded     Healthy  no         no           3m         applied\n\
+             production                    apply_failed           yes        yes          2h         forbidden\n"
+        );
+        let painted = environments_table(&list, now, true);
+        assert!(
+            painted.contains("\x1b[32msucceeded   \x1b[0m  \x1b[32mHealthy\x1b[0m"),
+            "{painted}"
+        );
+        assert!(painted.contains("\x1b[31mapply_failed\x1b[0m"), "{painted}");
+        assert!(painted.contains("\x1b[33myes      \x1b[0m"), "{painted}");
     }
 }
