@@ -122,15 +122,21 @@ pub struct EnvironmentView {
     /// Why the desired revision could not be read at the last fetch.
     pub source_error: Option<String>,
     pub status: EnvironmentStatus,
+    /// The tree of the environment's directory at its applied revision, when it can be read.
+    pub applied_tree: Option<String>,
     /// Conditions past the pipeline's alert thresholds, for people.
     pub alerts: Vec<String>,
 }
 
 impl EnvironmentView {
-    /// Whether Git holds a revision the cluster does not run yet.
+    /// Whether Git holds files the cluster does not run yet. A newer commit that leaves the
+    /// environment's directory as it was (another environment's change) is not one it lacks.
     pub fn out_of_sync(&self) -> bool {
         match &self.desired {
-            Some(desired) => self.status.applied_revision.as_deref() != Some(&desired.commit),
+            Some(desired) => {
+                self.status.applied_revision.as_deref() != Some(&desired.commit)
+                    && self.applied_tree.as_deref() != Some(&desired.tree)
+            }
             None => false,
         }
     }
@@ -165,6 +171,9 @@ pub struct Service {
     store: Arc<dyn Store>,
     access: AccessPolicy,
     tasks: Vec<JoinHandle<()>>,
+    /// Per environment, its applied revision and that revision's directory tree, read from the
+    /// repository once per revision.
+    applied_trees: Mutex<HashMap<String, (String, Option<String>)>>,
 }
 
 impl Service {
@@ -260,6 +269,7 @@ impl Service {
                 store,
                 access,
                 tasks,
+                applied_trees: Mutex::default(),
             }
         }))
     }
@@ -320,7 +330,12 @@ impl Service {
                 self.last_fetch_error.lock().ok().and_then(|e| e.clone()),
             ),
         };
+        let applied_tree = status
+            .applied_revision
+            .as_deref()
+            .and_then(|commit| self.applied_tree(&env.name, commit));
         EnvironmentView {
+            applied_tree,
             environment: env.clone(),
             mode: if env.sync.auto {
                 SyncMode::Auto
@@ -337,6 +352,24 @@ impl Service {
                 .and_then(|a| a.get(&env.name).cloned())
                 .unwrap_or_default(),
         }
+    }
+
+    /// The tree of `name`'s directory at `commit`; `None` when the repository cache cannot say
+    /// (then a newer commit counts as out of sync, as it would without the tree).
+    fn applied_tree(&self, name: &str, commit: &str) -> Option<String> {
+        let mut trees = self.applied_trees.lock().ok()?;
+        if let Some((cached, tree)) = trees.get(name)
+            && cached == commit
+        {
+            return tree.clone();
+        }
+        let tree = git::Location::of(&self.pipeline, name)
+            .ok()
+            .zip(commit.parse::<gix::ObjectId>().ok())
+            .and_then(|(location, id)| self.repository.path_tree(&location, id).ok())
+            .map(|tree| tree.to_string());
+        trees.insert(name.to_owned(), (commit.to_owned(), tree.clone()));
+        tree
     }
 
     /// Fetches the repository now (or joins the fetch already queued); the environments whose

@@ -212,6 +212,13 @@ async fn the_cli_shows_syncs_suspends_resumes_and_watches_the_environments_of_a_
     assert_eq!(changed["name"], "dev");
     let _ = watch.kill();
     let _ = watch.wait();
+    // dev's commit left staging's directory as it was: staging lacks nothing.
+    let staging = cli(url, &["status", "staging", "-o", "json"]).json();
+    assert_eq!(staging["status"]["outOfSync"], false, "{staging}");
+    assert_ne!(
+        staging["status"]["desiredRevision"],
+        staging["status"]["appliedRevision"]
+    );
 
     // History: the pushed commit runs, and each revision says when it was applied.
     let history = cli(url, &["env", "history", "dev", "-o", "json"]).json();
