@@ -382,3 +382,38 @@ fn print_environment(env: &proto::Environment) {
         println!("freeze: {} to {} ({})", w.start, w.end, w.timezone);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_watch_prints_a_line_only_when_what_it_shows_changed() {
+        let mut lines = ChangeLines::default();
+        let dev = |reason: &str, passes: u64| {
+            json!({"name": "dev", "status": {"reason": reason, "passes": passes,
+                   "appliedRevision": "67e1c1999f75f1295157257d821bc2eab158b573"}})
+        };
+        let first = lines
+            .next(&dev("pending", 0), false)
+            .expect("the first state shows");
+        assert!(
+            first.contains("Z  dev  ")
+                && first.contains("  pending  ")
+                && first.ends_with("67e1c19"),
+            "{first}"
+        );
+        assert_eq!(
+            lines.next(&dev("pending", 1), false),
+            None,
+            "only the pass count moved"
+        );
+        assert!(lines.next(&dev("succeeded", 2), false).is_some());
+        let staging = json!({"name": "staging", "status": {"reason": "succeeded"}});
+        assert!(
+            lines.next(&staging, false).is_some(),
+            "each environment has its own line"
+        );
+    }
+}
