@@ -68,7 +68,7 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
-    #[error("cannot reach stagehand at {server}; is `stagehand serve` running there?")]
+    #[error("cannot reach stagehand at {server}")]
     Connect {
         server: String,
         #[source]

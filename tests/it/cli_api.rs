@@ -497,3 +497,37 @@ async fn over_tls_the_cli_trusts_only_the_given_ca_and_mtls_refuses_clients_with
     .json();
     assert_eq!(with_cert["environments"].as_array().map(Vec::len), Some(5));
 }
+
+#[test]
+fn serve_refuses_a_tls_key_it_cannot_use_before_it_listens() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    certificates(dir.path());
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        "apiVersion: stagehand.dev/v1alpha1\nkind: Pipeline\nmetadata: {name: tls}\nspec:\n  environments:\n    - {name: dev, source: {overlay: dev}}\n",
+    )
+    .expect("pipeline");
+    std::fs::write(dir.path().join("garbage.key"), "not a key\n").expect("key file");
+    let mut serve = command(&["serve", "--listen", "127.0.0.1:0", "--tls-key"]);
+    serve
+        .arg(dir.path().join("garbage.key"))
+        .arg("--tls-cert")
+        .arg(dir.path().join("server.pem"))
+        .arg("--pipeline")
+        .arg(&pipeline)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"));
+    let refused = run_with(serve);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        !refused.stdout.contains("listening on"),
+        "{}",
+        refused.stdout
+    );
+    assert!(
+        refused.stderr.contains("--tls-cert") && refused.stderr.contains("garbage.key"),
+        "{}",
+        refused.stderr
+    );
+}
