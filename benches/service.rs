@@ -448,7 +448,11 @@ impl Bench {
                 id: requested.id.clone(),
             };
             loop {
-                let p = promotions.get_promotion(get.clone()).await.expect("get").into_inner();
+                let p = promotions
+                    .get_promotion(get.clone())
+                    .await
+                    .expect("get")
+                    .into_inner();
                 if state(&p) == proto::PromotionState::AwaitingApproval {
                     break;
                 }
@@ -464,7 +468,11 @@ impl Bench {
                 .await
                 .expect("approved");
             loop {
-                let p = promotions.get_promotion(get.clone()).await.expect("get").into_inner();
+                let p = promotions
+                    .get_promotion(get.clone())
+                    .await
+                    .expect("get")
+                    .into_inner();
                 if state(&p) == proto::PromotionState::Succeeded {
                     break;
                 }

@@ -100,6 +100,10 @@ for env in dev staging prod; do
   [ -n "${applied%% *}" ] || { echo "$env was not applied: $status" >&2; cat "$work/serve.log" >&2; exit 1; }
   echo "  $env: applied ${applied%% *} (${applied#* })"
 done
+echo "== the same through the stagehand CLI: status, a sync that waits for its pass, history"
+"$stagehand" status --server "http://$addr" -o table
+"$stagehand" env sync dev --wait --server "http://$addr" -o table
+"$stagehand" env history dev --server "http://$addr" -o table
 http=$(sed -n 's/^http listening on //p' "$work/serve.out")
 echo "== /metrics on $http"
 "$STAGEHAND_PYTHON" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' \

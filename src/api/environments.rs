@@ -17,6 +17,7 @@ use crate::proto;
 use crate::reconcile::{EnvironmentStatus, Plan};
 use crate::service::reload::Supervisor;
 use crate::service::{self, EnvironmentView};
+use crate::store;
 
 /// The handlers of `stagehand.v1.EnvironmentService`: parse, call the service, convert.
 /// Each call goes to the service of the pipeline file as it is now (see [`Supervisor`]).
@@ -436,6 +437,23 @@ fn revision_to_proto(entry: &service::HistoryEntry) -> proto::Revision {
         requested_by: git.trailers.requested_by.clone().unwrap_or_default(),
         approved_by: git.trailers.approved_by.clone(),
         applied: entry.applied,
+        syncs: entry.syncs.iter().map(sync_to_proto).collect(),
+    }
+}
+
+fn sync_to_proto(record: &store::SyncRecord) -> proto::SyncRun {
+    let run = &record.run;
+    proto::SyncRun {
+        start_time: Some(timestamp(run.started_at)),
+        end_time: Some(timestamp(run.finished_at)),
+        result: run.result.clone(),
+        message: run.message.clone(),
+        applied: run.applied,
+        passes: record.passes,
+        created: run.counts.created,
+        changed: run.counts.changed,
+        pruned: run.counts.pruned,
+        drifted: run.counts.drifted,
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::metrics::Metrics;
 use crate::proto::environment_service_server::EnvironmentServiceServer;
@@ -36,6 +36,30 @@ pub enum Error {
     Http(#[source] std::io::Error),
     #[error("cannot build the reflection service")]
     Reflection(#[source] tonic_reflection::server::Error),
+    #[error("cannot use the TLS certificate, key or client CA")]
+    Tls(#[source] tonic::transport::Error),
+}
+
+/// The server's TLS settings: its certificate and key, and optionally the CA whose client
+/// certificates it requires (mTLS). Checked when built, so `serve` refuses bad files before it
+/// listens.
+#[derive(Clone)]
+pub struct Tls(ServerTlsConfig);
+
+impl Tls {
+    /// PEM contents: the certificate chain, its private key, the client CA's certificate.
+    pub fn new(cert: Vec<u8>, key: Vec<u8>, client_ca: Option<Vec<u8>>) -> Result<Self, Error> {
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = client_ca {
+            // Client certificates are then required, not optional (tonic's default).
+            config = config.client_ca_root(Certificate::from_pem(ca));
+        }
+        // tonic parses the files only when a server takes the config.
+        Server::builder()
+            .tls_config(config.clone())
+            .map_err(Error::Tls)?;
+        Ok(Self(config))
+    }
 }
 
 /// A bound listener, so that callers learn the real address (port 0 picks a free one) before
@@ -65,6 +89,7 @@ pub async fn serve(
     listener: Listener,
     service: Arc<Supervisor>,
     authenticator: auth::Authenticator,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -80,7 +105,7 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha().map_err(Error::Reflection)?;
 
     let addr = listener.local_addr();
-    tracing::info!(%addr, pipeline = %service.service().pipeline().name, "serving gRPC");
+    tracing::info!(%addr, pipeline = %service.service().pipeline().name, tls = tls.is_some(), "serving gRPC");
     let draining = async {
         shutdown.await;
         tracing::info!("shutting down: reporting NOT_SERVING and draining calls");
@@ -94,7 +119,11 @@ pub async fn serve(
             .set_not_serving::<PromotionServiceServer<PromotionApi>>()
             .await;
     };
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(Tls(config)) = tls {
+        builder = builder.tls_config(config).map_err(Error::Tls)?;
+    }
+    builder
         .layer(RpcMetricsLayer(service.service().metrics().clone()))
         .add_service(health_service)
         .add_service(reflection_v1)

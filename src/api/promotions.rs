@@ -524,9 +524,7 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
                 .items
                 .iter()
                 .filter(|e| match &e.event.environment {
-                    Some(env) => {
-                        auth::authorize(access, &identity, env, Permission::View).is_ok()
-                    }
+                    Some(env) => auth::authorize(access, &identity, env, Permission::View).is_ok(),
                     None => true,
                 })
                 .map(audit_to_proto)

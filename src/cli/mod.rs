@@ -1,6 +1,7 @@
 //! The `stagehand` command line: one module per command group, each with its argument types
 //! beside the code that runs it; [`output`] prints results as a table, JSON or YAML.
 
+mod client;
 mod env;
 mod git;
 mod output;
@@ -9,6 +10,7 @@ mod render;
 mod secrets;
 mod serve;
 mod sync;
+mod wire;
 
 use std::process::ExitCode;
 
@@ -47,7 +49,9 @@ enum Command {
     /// Work with a pipeline file locally, without a server.
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCommand),
-    /// Ask a running server about environments.
+    /// The state of every environment of a running server (or of one, in detail).
+    Status(env::StatusArgs),
+    /// Ask a running server about environments, sync, suspend or resume them.
     #[command(subcommand, name = "env")]
     Env(env::EnvCommand),
     /// Work with the pipeline's Git repository directly, without a server.
@@ -94,6 +98,7 @@ impl Command {
         match self {
             Self::Serve(args) => serve::run(args).await,
             Self::Pipeline(command) => pipeline::run(command),
+            Self::Status(args) => env::status(args).await,
             Self::Env(command) => env::run(command).await,
             Self::Git(command) => git::run(command).await,
             Self::Diff(args) => sync::diff(args).await,
@@ -105,8 +110,17 @@ impl Command {
 }
 
 /// sops's exit codes when a secrets error is anywhere in the chain (a render or a sync fails
-/// because of it just as `secrets decrypt` does), else 1.
+/// because of it just as `secrets decrypt` does); for a call to a server, the code of its gRPC
+/// status (see [`client::exit_code`]); else 1.
 fn exit_code(error: &(dyn std::error::Error + 'static)) -> ExitCode {
+    for cause in ErrorChain(error).causes() {
+        if let Some(e) = cause.downcast_ref::<client::RpcError>() {
+            return e.exit_code();
+        }
+        if let Some(client::Error::Connect { .. }) = cause.downcast_ref::<client::Error>() {
+            return client::unreachable_exit_code();
+        }
+    }
     let secrets_error = ErrorChain(error)
         .causes()
         .find_map(|cause| cause.downcast_ref::<stagehand::secrets::Error>());

@@ -35,7 +35,8 @@ pub struct ServeArgs {
     /// everything, which is refused unless the server listens on loopback or `--insecure` says so.
     #[arg(long, env = "STAGEHAND_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
-    /// Allow running without a tokens file on an address other than loopback.
+    /// Allow running without a tokens file on an address other than loopback (TLS does not
+    /// replace tokens).
     #[arg(long)]
     insecure: bool,
     /// Name of the author and committer of promotion commits (the requester and approvers are
@@ -43,14 +44,28 @@ pub struct ServeArgs {
     #[arg(long, env = "STAGEHAND_COMMIT_NAME", default_value = "Stagehand")]
     commit_name: String,
     /// E-mail of the author and committer of promotion commits.
-    #[arg(long, env = "STAGEHAND_COMMIT_EMAIL", default_value = "stagehand@localhost")]
+    #[arg(
+        long,
+        env = "STAGEHAND_COMMIT_EMAIL",
+        default_value = "stagehand@localhost"
+    )]
     commit_email: String,
+    /// PEM certificate chain the gRPC API serves TLS with; plain HTTP/2 without it.
+    #[arg(long, env = "STAGEHAND_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert`.
+    #[arg(long, env = "STAGEHAND_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// PEM certificate of a CA: clients must then present a certificate it signed (mTLS).
+    #[arg(long, env = "STAGEHAND_CLIENT_CA", requires = "tls_cert")]
+    client_ca: Option<PathBuf>,
     #[command(flatten)]
     credentials: GitCredentialArgs,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let pipeline = Arc::new(Pipeline::load(&args.pipeline)?);
+    let tls = tls(&args)?;
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
     let secret = match &args.webhook_secret_file {
@@ -160,7 +175,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             )))
         }
     };
-    let grpc = api::serve(listener, service.clone(), authenticator, async move {
+    let grpc = api::serve(listener, service.clone(), authenticator, tls, async move {
         shutdown_signal().await;
         stop.send_replace(true);
     })
@@ -172,6 +187,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     service.stop();
     tracing::info!("stopped");
     Ok(())
+}
+
+fn tls(args: &ServeArgs) -> anyhow::Result<Option<api::Tls>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |what: &str, file: &PathBuf| {
+        std::fs::read(file).with_context(|| format!("cannot read the {what} {}", file.display()))
+    };
+    let client_ca = match &args.client_ca {
+        Some(file) => Some(read("client CA", file)?),
+        None => None,
+    };
+    let tls = api::Tls::new(
+        read("TLS certificate", cert)?,
+        read("TLS key", key)?,
+        client_ca,
+    )
+    .with_context(|| format!("--tls-cert {}, --tls-key {}", cert.display(), key.display()))?;
+    Ok(Some(tls))
 }
 
 /// Completes on SIGINT or SIGTERM, whichever comes first.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::{Engine, Error};
-use crate::reconcile::{DesiredState as _, Desired};
+use crate::reconcile::{Desired, DesiredState as _};
 
 /// Shown instead of a Secret's value.
 pub const MASK: &str = "(secret)";

@@ -280,12 +280,11 @@ impl Engine {
         record: &PromotionRecord,
         approvals: &[Approval],
     ) -> Result<git::promote::Promotion, Error> {
-        let commit = ObjectId::from_hex(record.revision.as_bytes()).map_err(|_| {
-            Error::StoredRevision {
+        let commit =
+            ObjectId::from_hex(record.revision.as_bytes()).map_err(|_| Error::StoredRevision {
                 id: record.id.clone(),
                 revision: record.revision.clone(),
-            }
-        })?;
+            })?;
         let change = match (&record.kind, &record.source_environment) {
             (PromotionKind::Promotion, Some(source)) => git::promote::Change::Promote {
                 source: source.clone(),
@@ -322,13 +321,11 @@ impl Engine {
         let source_view = service.environment(&source_name)?;
         let revision = match revision.filter(|r| !r.is_empty()) {
             Some(revision) => self.resolve(revision).await?.to_string(),
-            None => source_view
-                .status
-                .applied_revision
-                .clone()
-                .ok_or_else(|| Error::NothingApplied {
+            None => source_view.status.applied_revision.clone().ok_or_else(|| {
+                Error::NothingApplied {
                     source_env: source_name.clone(),
-                })?,
+                }
+            })?,
         };
         checks::source_ready(&target_env, &source_view, &revision, &*self.store).await?;
         let id = store::new_promotion_id();
@@ -349,9 +346,7 @@ impl Engine {
             updated_at: SystemTime::now(),
             version: 0,
         };
-        let candidate = self
-            .candidate(Self::git_promotion(&record, &[])?)
-            .await?;
+        let candidate = self.candidate(Self::git_promotion(&record, &[])?).await?;
         if matches!(candidate, Candidate::NoChange { .. }) && !rerun {
             return Err(Error::AlreadyRuns {
                 target: target.to_owned(),
@@ -397,9 +392,7 @@ impl Engine {
             updated_at: SystemTime::now(),
             version: 0,
         };
-        let candidate = self
-            .candidate(Self::git_promotion(&record, &[])?)
-            .await?;
+        let candidate = self.candidate(Self::git_promotion(&record, &[])?).await?;
         if matches!(candidate, Candidate::NoChange { .. }) {
             return Err(Error::AlreadyRuns {
                 target: environment.to_owned(),
@@ -431,7 +424,11 @@ impl Engine {
     }
 
     /// Lets automatic promotion into `environment` go on after a rollback held it.
-    pub async fn resume_auto_promotion(&self, actor: &Actor, environment: &str) -> Result<(), Error> {
+    pub async fn resume_auto_promotion(
+        &self,
+        actor: &Actor,
+        environment: &str,
+    ) -> Result<(), Error> {
         self.environment(environment)?;
         self.store
             .set_auto_promotion_hold(
@@ -451,7 +448,11 @@ impl Engine {
         Ok(())
     }
 
-    async fn create(&self, record: PromotionRecord, detail: Detail) -> Result<PromotionView, Error> {
+    async fn create(
+        &self,
+        record: PromotionRecord,
+        detail: Detail,
+    ) -> Result<PromotionView, Error> {
         let target = record.target_environment.clone();
         let env = self.environment(&target)?;
         let superseded = if env.promotion.supersede {
@@ -676,11 +677,7 @@ impl Engine {
             blockers.push(blocker);
         }
         let open = self.open(&promotion.target_environment).await?;
-        if let Some(ahead) = open
-            .iter()
-            .take_while(|p| p.id != promotion.id)
-            .last()
-        {
+        if let Some(ahead) = open.iter().take_while(|p| p.id != promotion.id).last() {
             let mut blocker = Blocker::new(
                 BlockerKind::Queue,
                 format!(
@@ -824,8 +821,16 @@ impl Engine {
         } else {
             reason.to_owned()
         };
-        self.move_by(promotion, to, &actor.name, &reason, None, None, Some(action))
-            .await?;
+        self.move_by(
+            promotion,
+            to,
+            &actor.name,
+            &reason,
+            None,
+            None,
+            Some(action),
+        )
+        .await?;
         self.get(id).await
     }
 
@@ -957,9 +962,7 @@ impl Engine {
             updated_at: SystemTime::now(),
             version: 0,
         };
-        let candidate = self
-            .candidate(Self::git_promotion(&record, &[])?)
-            .await?;
+        let candidate = self.candidate(Self::git_promotion(&record, &[])?).await?;
         let new_commit = match candidate {
             Candidate::Change { commit, .. } => Some(commit),
             _ => None,

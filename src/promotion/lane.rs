@@ -102,7 +102,15 @@ async fn step(engine: &Engine, promotion: &PromotionRecord, head: bool) -> Resul
 async fn fail(engine: &Engine, promotion: &PromotionRecord, why: String) -> Result<Step, Error> {
     tracing::warn!(promotion = %promotion.id, reason = %why, "promotion failed");
     engine
-        .move_by(promotion, PromotionState::Failed, SELF, &why, None, None, None)
+        .move_by(
+            promotion,
+            PromotionState::Failed,
+            SELF,
+            &why,
+            None,
+            None,
+            None,
+        )
         .await?;
     Ok(Step::Moved)
 }
@@ -118,7 +126,10 @@ async fn pending(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, E
             return fail(
                 engine,
                 promotion,
-                format!("cannot build the promotion: {}", crate::service::describe(&source)),
+                format!(
+                    "cannot build the promotion: {}",
+                    crate::service::describe(&source)
+                ),
             )
             .await;
         }
@@ -209,10 +220,15 @@ async fn approved(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, 
         ));
     }
     let service = engine.service()?;
-    if service.environment(&promotion.target_environment)?.status.suspended {
+    if service
+        .environment(&promotion.target_environment)?
+        .status
+        .suspended
+    {
         return Ok(idle());
     }
-    if promotion.kind == PromotionKind::Promotion && engine.source_blocker(promotion, env)?.is_some()
+    if promotion.kind == PromotionKind::Promotion
+        && engine.source_blocker(promotion, env)?.is_some()
     {
         return Ok(Step::Wait(Instant::now() + Duration::from_secs(2)));
     }
@@ -250,7 +266,10 @@ async fn promoting(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
             return fail(
                 engine,
                 promotion,
-                format!("cannot build the promotion: {}", crate::service::describe(&source)),
+                format!(
+                    "cannot build the promotion: {}",
+                    crate::service::describe(&source)
+                ),
             )
             .await;
         }
@@ -262,8 +281,7 @@ async fn promoting(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
         if detail.checked_tip.as_deref() != Some(tip.to_string().as_str()) {
             let env = engine.environment(&promotion.target_environment)?;
             if let Err(why) =
-                checks::preflight(env, engine.source.clone(), commit, engine.options.clone())
-                    .await
+                checks::preflight(env, engine.source.clone(), commit, engine.options.clone()).await
             {
                 return fail(engine, promotion, format!("pre-flight failed: {why}")).await;
             }
@@ -273,9 +291,10 @@ async fn promoting(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
     let repository = engine.repository.clone();
     let pipeline = engine.pipeline.clone();
     let options = engine.git.clone();
-    let outcome = tokio::task::spawn_blocking(move || repository.promote(&pipeline, &change, &options))
-        .await
-        .expect("promoting returns errors rather than panicking");
+    let outcome =
+        tokio::task::spawn_blocking(move || repository.promote(&pipeline, &change, &options))
+            .await
+            .expect("promoting returns errors rather than panicking");
     let (commit, why) = match outcome {
         Ok(Outcome::Pushed { commit, .. }) => (commit, format!("committed {}", short(&commit))),
         Ok(Outcome::AlreadyDone { commit }) => (
@@ -297,7 +316,10 @@ async fn promoting(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
             return fail(
                 engine,
                 promotion,
-                format!("cannot commit the promotion: {}", crate::service::describe(&error)),
+                format!(
+                    "cannot commit the promotion: {}",
+                    crate::service::describe(&error)
+                ),
             )
             .await;
         }
@@ -347,7 +369,12 @@ fn deadline(promotion: &PromotionRecord, timeout: Duration) -> SystemTime {
 /// The target's reconcile loop at the promotion commit (or a later one).
 async fn syncing(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, Error> {
     let Some(commit) = commit_of(promotion) else {
-        return fail(engine, promotion, "no promotion commit was recorded".to_owned()).await;
+        return fail(
+            engine,
+            promotion,
+            "no promotion commit was recorded".to_owned(),
+        )
+        .await;
     };
     let target = &promotion.target_environment;
     let env = engine.environment(target)?;
@@ -406,7 +433,12 @@ async fn syncing(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, E
 /// Healthy within the environment's timeout, and the verification Job succeeded.
 async fn verifying(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, Error> {
     let Some(commit) = commit_of(promotion) else {
-        return fail(engine, promotion, "no promotion commit was recorded".to_owned()).await;
+        return fail(
+            engine,
+            promotion,
+            "no promotion commit was recorded".to_owned(),
+        )
+        .await;
     };
     let target = &promotion.target_environment;
     let env = engine.environment(target)?;
@@ -420,7 +452,11 @@ async fn verifying(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
             .objects
             .iter()
             .find(|o| o.reference.kind == "Job" && o.reference.name == verify.job)
-            .map(|o| o.health.as_ref().map_or(HealthStatus::Progressing, |h| h.status)),
+            .map(|o| {
+                o.health
+                    .as_ref()
+                    .map_or(HealthStatus::Progressing, |h| h.status)
+            }),
     };
     let health = view.status.health;
     if at_commit && health == Some(HealthStatus::Healthy) && job == Some(HealthStatus::Healthy) {
@@ -548,9 +584,9 @@ async fn auto_turn(engine: &Engine, target: &str, done: &mut Option<String>) -> 
         })
         .await
         .map(|page| {
-            page.items.iter().any(|p| {
-                p.revision == revision && p.kind == PromotionKind::Promotion
-            })
+            page.items
+                .iter()
+                .any(|p| p.revision == revision && p.kind == PromotionKind::Promotion)
         })
         .unwrap_or(true);
     if asked {

@@ -127,14 +127,13 @@ impl GitSource {
                 inner: &tree,
                 cancelled: &cancelled,
             };
-            let objects =
-                render::render(&tree, &path, &options).map_err(|e| {
-                    let stage = match e.decryption() {
-                        Some(_) => SourceStage::Decrypt,
-                        None => SourceStage::Render,
-                    };
-                    failed(stage, Some(commit.clone()), e)
-                })?;
+            let objects = render::render(&tree, &path, &options).map_err(|e| {
+                let stage = match e.decryption() {
+                    Some(_) => SourceStage::Decrypt,
+                    None => SourceStage::Render,
+                };
+                failed(stage, Some(commit.clone()), e)
+            })?;
             Ok(Desired {
                 revision: commit,
                 objects: objects.into_iter().map(Value::Object).collect(),

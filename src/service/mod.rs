@@ -125,15 +125,21 @@ pub struct EnvironmentView {
     /// Why the desired revision could not be read at the last fetch.
     pub source_error: Option<String>,
     pub status: EnvironmentStatus,
+    /// The tree of the environment's directory at its applied revision, when it can be read.
+    pub applied_tree: Option<String>,
     /// Conditions past the pipeline's alert thresholds, for people.
     pub alerts: Vec<String>,
 }
 
 impl EnvironmentView {
-    /// Whether Git holds a revision the cluster does not run yet.
+    /// Whether Git holds files the cluster does not run yet. A newer commit that leaves the
+    /// environment's directory as it was (another environment's change) is not one it lacks.
     pub fn out_of_sync(&self) -> bool {
         match &self.desired {
-            Some(desired) => self.status.applied_revision.as_deref() != Some(&desired.commit),
+            Some(desired) => {
+                self.status.applied_revision.as_deref() != Some(&desired.commit)
+                    && self.applied_tree.as_deref() != Some(&desired.tree)
+            }
             None => false,
         }
     }
@@ -145,6 +151,8 @@ pub struct HistoryEntry {
     pub entry: git::history::Entry,
     /// Whether this is the revision the environment runs now.
     pub applied: bool,
+    /// The recorded passes that attempted this revision, newest first.
+    pub syncs: Vec<store::SyncRecord>,
 }
 
 /// What Git says per environment, shared between the fetch loop and readers.
@@ -167,6 +175,9 @@ pub struct Service {
     access: AccessPolicy,
     promotions: Arc<Engine>,
     tasks: Vec<JoinHandle<()>>,
+    /// Per environment, its applied revision and that revision's directory tree, read from the
+    /// repository once per revision.
+    applied_trees: Mutex<HashMap<String, (String, Option<String>)>>,
 }
 
 impl Service {
@@ -273,6 +284,7 @@ impl Service {
                 access,
                 promotions,
                 tasks,
+                applied_trees: Mutex::default(),
             }
         });
         service.promotions.start();
@@ -333,9 +345,15 @@ impl Service {
     }
 
     fn view(&self, env: &Environment) -> EnvironmentView {
-        let status = self
+        let mut status = self
             .controller
             .status(&env.name)
+            .expect("the controller runs every environment of the pipeline");
+        // The loop reports a suspension or resumption only when it next wakes; the answer to
+        // SuspendEnvironment/ResumeEnvironment (and every read after it) already says it.
+        status.suspended = self
+            .controller
+            .is_suspended(&env.name)
             .expect("the controller runs every environment of the pipeline");
         let table = self.desired.borrow().clone();
         let (desired, source_error) = match table.get(&env.name) {
@@ -346,7 +364,12 @@ impl Service {
                 self.last_fetch_error.lock().ok().and_then(|e| e.clone()),
             ),
         };
+        let applied_tree = status
+            .applied_revision
+            .as_deref()
+            .and_then(|commit| self.applied_tree(&env.name, commit));
         EnvironmentView {
+            applied_tree,
             environment: env.clone(),
             mode: if env.sync.auto {
                 SyncMode::Auto
@@ -363,6 +386,24 @@ impl Service {
                 .and_then(|a| a.get(&env.name).cloned())
                 .unwrap_or_default(),
         }
+    }
+
+    /// The tree of `name`'s directory at `commit`; `None` when the repository cache cannot say
+    /// (then a newer commit counts as out of sync, as it would without the tree).
+    fn applied_tree(&self, name: &str, commit: &str) -> Option<String> {
+        let mut trees = self.applied_trees.lock().ok()?;
+        if let Some((cached, tree)) = trees.get(name)
+            && cached == commit
+        {
+            return tree.clone();
+        }
+        let tree = git::Location::of(&self.pipeline, name)
+            .ok()
+            .zip(commit.parse::<gix::ObjectId>().ok())
+            .and_then(|(location, id)| self.repository.path_tree(&location, id).ok())
+            .map(|tree| tree.to_string());
+        trees.insert(name.to_owned(), (commit.to_owned(), tree.clone()));
+        tree
     }
 
     /// Fetches the repository now (or joins the fetch already queued); the environments whose
@@ -509,11 +550,25 @@ impl Service {
                     environment: name.to_owned(),
                     source,
                 })?;
+        let mut syncs = self
+            .store
+            .sync_history(name, SYNCS_IN_HISTORY)
+            .await
+            .map_err(|source| Error::Store {
+                environment: name.to_owned(),
+                source,
+            })?;
         Ok(entries
             .into_iter()
-            .map(|entry| HistoryEntry {
-                applied: applied.as_deref() == Some(entry.commit.to_string().as_str()),
-                entry,
+            .map(|entry| {
+                let commit = entry.commit.to_string();
+                let (mine, others) = syncs.drain(..).partition(|s| s.run.revision == commit);
+                syncs = others;
+                HistoryEntry {
+                    applied: applied.as_deref() == Some(commit.as_str()),
+                    syncs: mine,
+                    entry,
+                }
             })
             .collect())
     }
@@ -787,6 +842,10 @@ async fn record_passes(mut status: watch::Receiver<EnvironmentStatus>, store: Ar
         }
     }
 }
+
+/// How many of the newest sync records [`Service::history`] spreads over the revisions it lists;
+/// quiet passes are folded into one record, so this reaches far back.
+const SYNCS_IN_HISTORY: u32 = 1_000;
 
 /// The shortest sync interval of the pipeline: how often the repository is fetched.
 fn fetch_interval(pipeline: &Pipeline) -> Duration {

@@ -5,15 +5,16 @@ mod support;
 
 mod auth;
 mod child_env;
+mod cli_api;
 mod cli_sync;
 mod cluster;
 mod foundation;
 mod git;
 mod harness;
+mod promotions;
 mod reconcile;
 mod render;
 mod secrets;
 mod serve;
-mod promotions;
 mod service;
 mod store;

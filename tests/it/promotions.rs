@@ -95,7 +95,10 @@ impl Fixture {
                     &format!("environments/{env}/kustomization.yaml"),
                     &overlay(&namespaces[env]),
                 ),
-                (&format!("environments/{env}/app.yaml"), &app(&format!("{env}-1"))),
+                (
+                    &format!("environments/{env}/app.yaml"),
+                    &app(&format!("{env}-1")),
+                ),
             ]);
         }
         // secure runs a Secret; dev holds a version of it that only the wrong key opens (dev
@@ -247,10 +250,13 @@ spec:
 }
 
 async fn get(api: &mut Promotions, token: &str, id: &str) -> proto::Promotion {
-    api.get_promotion(with_token(token, proto::GetPromotionRequest { id: id.into() }))
-        .await
-        .expect("GetPromotion answers")
-        .into_inner()
+    api.get_promotion(with_token(
+        token,
+        proto::GetPromotionRequest { id: id.into() },
+    ))
+    .await
+    .expect("GetPromotion answers")
+    .into_inner()
 }
 
 /// Waits until promotion `id` reaches `state` (or fails the test when it ends elsewhere).
@@ -356,8 +362,13 @@ async fn promotions_move_dev_to_staging_to_prod_on_approval_and_a_rollback_holds
     let denied = request(&mut api, VERA, "staging", "").await.unwrap_err();
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     assert!(denied.message().contains("request"), "{denied:?}");
-    let staging = request(&mut api, ALICE, "staging", "").await.expect("requested");
-    assert_eq!(staging.revision, dev_revision, "the source's running revision");
+    let staging = request(&mut api, ALICE, "staging", "")
+        .await
+        .expect("requested");
+    assert_eq!(
+        staging.revision, dev_revision,
+        "the source's running revision"
+    );
     until_state(
         &api,
         ALICE,
@@ -376,7 +387,9 @@ async fn promotions_move_dev_to_staging_to_prod_on_approval_and_a_rollback_holds
     assert_eq!(own.code(), Code::PermissionDenied, "{own:?}");
     let viewer = approve(&mut api, VERA, &staging.id).await.unwrap_err();
     assert_eq!(viewer.code(), Code::PermissionDenied, "{viewer:?}");
-    approve(&mut api, BOB, &staging.id).await.expect("bob approves");
+    approve(&mut api, BOB, &staging.id)
+        .await
+        .expect("bob approves");
     until_state(&api, ALICE, &staging.id, proto::PromotionState::Succeeded).await;
     assert_eq!(fx.value(&kube, "staging").await.as_deref(), Some("dev-1"));
     let landed = fx.commits_of(&staging.id);
@@ -418,8 +431,16 @@ async fn promotions_move_dev_to_staging_to_prod_on_approval_and_a_rollback_holds
     // prod: two approvers, and nobody who wrote the promoted commits.
     let staging_revision = applied(&mut envs, "staging").await;
     assert_eq!(staging_revision, landed[0]);
-    let prod = request(&mut api, ALICE, "prod", "").await.expect("requested");
-    until_state(&api, ALICE, &prod.id, proto::PromotionState::AwaitingApproval).await;
+    let prod = request(&mut api, ALICE, "prod", "")
+        .await
+        .expect("requested");
+    until_state(
+        &api,
+        ALICE,
+        &prod.id,
+        proto::PromotionState::AwaitingApproval,
+    )
+    .await;
     // A second request queues behind the first, and says so; its requester withdraws it.
     let second = request(&mut api, ALICE, "prod", "").await.expect("queued");
     let queued = get(&mut api, ALICE, &second.id).await;
@@ -444,12 +465,19 @@ async fn promotions_move_dev_to_staging_to_prod_on_approval_and_a_rollback_holds
     let author = approve(&mut api, CAROL, &prod.id).await.unwrap_err();
     assert_eq!(author.code(), Code::PermissionDenied, "{author:?}");
     assert!(author.message().contains(AUTHOR_EMAIL), "{author:?}");
-    approve(&mut api, BOB, &prod.id).await.expect("bob approves");
+    approve(&mut api, BOB, &prod.id)
+        .await
+        .expect("bob approves");
     let twice = approve(&mut api, BOB, &prod.id).await.expect("idempotent");
     assert_eq!(twice.approvals.len(), 1, "the same approver counts once");
     assert_eq!(twice.approvals_missing, 1);
-    assert_eq!(state_of(&get(&mut api, ALICE, &prod.id).await), S::AwaitingApproval);
-    approve(&mut api, DAVE, &prod.id).await.expect("dave approves");
+    assert_eq!(
+        state_of(&get(&mut api, ALICE, &prod.id).await),
+        S::AwaitingApproval
+    );
+    approve(&mut api, DAVE, &prod.id)
+        .await
+        .expect("dave approves");
     until_state(&api, ALICE, &prod.id, S::Succeeded).await;
     assert_eq!(fx.value(&kube, "prod").await.as_deref(), Some("dev-1"));
     let prod_commits = fx.commits_of(&prod.id);
@@ -468,7 +496,9 @@ async fn promotions_move_dev_to_staging_to_prod_on_approval_and_a_rollback_holds
 
     // Pre-flight: the Secret secure would get only opens with a key secure does not have.
     let before = fx.remote_main();
-    let secure = request(&mut api, ALICE, "secure", "").await.expect("requested");
+    let secure = request(&mut api, ALICE, "secure", "")
+        .await
+        .expect("requested");
     until_state(&api, ALICE, &secure.id, S::Failed).await;
     let failed = get(&mut api, ALICE, &secure.id).await;
     assert!(failed.message.contains("pre-flight"), "{}", failed.message);
@@ -499,7 +529,8 @@ async fn promotions_move_dev_to_staging_to_prod_on_approval_and_a_rollback_holds
         "{message}"
     );
     // dev moves on; qa is not promoted again, however many passes run.
-    fx.work.write(&[("environments/dev/app.yaml", &app("dev-2"))]);
+    fx.work
+        .write(&[("environments/dev/app.yaml", &app("dev-2"))]);
     let dev2 = fx.work.commit("dev: dev-2");
     fx.work.git(&["push", "-q", "origin", "main"]);
     let sync = |name: &str| {
@@ -551,18 +582,15 @@ async fn promotions_move_dev_to_staging_to_prod_on_approval_and_a_rollback_holds
 
     // The audit log tells who did what.
     let events = api
-        .list_audit_events(with_token(
-            VERA,
-            proto::ListAuditEventsRequest::default(),
-        ))
+        .list_audit_events(with_token(VERA, proto::ListAuditEventsRequest::default()))
         .await
         .expect("audit readable by a viewer")
         .into_inner()
         .events;
     let did = |actor: &str, action: &str, id: &str| {
-        events
-            .iter()
-            .any(|e| e.actor == actor && e.action == action && (id.is_empty() || e.promotion_id == id))
+        events.iter().any(|e| {
+            e.actor == actor && e.action == action && (id.is_empty() || e.promotion_id == id)
+        })
     };
     assert!(did("alice", "requested", &staging.id), "{events:?}");
     assert!(did("bob", "approved", &staging.id), "{events:?}");
@@ -594,11 +622,7 @@ struct Small {
 }
 
 impl Small {
-    async fn new(
-        client: &kube::Client,
-        targets: &[(&str, &str)],
-        delay: Duration,
-    ) -> Self {
+    async fn new(client: &kube::Client, targets: &[(&str, &str)], delay: Duration) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let remotes = dir.path().join("remotes");
         bare_remote(&remotes.join("shop.git"));
@@ -609,8 +633,14 @@ impl Small {
         for name in std::iter::once("dev").chain(targets.iter().map(|(n, _)| *n)) {
             let ns = cluster().namespace(client, &format!("pc-{name}")).await;
             work.write(&[
-                (&format!("environments/{name}/kustomization.yaml"), &overlay(&ns)),
-                (&format!("environments/{name}/app.yaml"), &app(&format!("{name}-1"))),
+                (
+                    &format!("environments/{name}/kustomization.yaml"),
+                    &overlay(&ns),
+                ),
+                (
+                    &format!("environments/{name}/app.yaml"),
+                    &app(&format!("{name}-1")),
+                ),
             ]);
             namespaces.insert(name.to_owned(), ns);
         }
@@ -745,10 +775,7 @@ async fn a_promotion_killed_in_each_state_resumes_after_a_restart_and_lands_exac
             ("approved", &freeze_for(40)),
             ("promoting", ""),
             ("syncing", ""),
-            (
-                "verifying",
-                "      verify: {job: check}\n",
-            ),
+            ("verifying", "      verify: {job: check}\n"),
         ],
         Duration::from_millis(700),
     )
@@ -788,7 +815,10 @@ async fn a_promotion_killed_in_each_state_resumes_after_a_restart_and_lands_exac
                 !matches!(now, S::Succeeded | S::Failed | S::Aborted | S::Rejected),
                 "{target}: ended {now:?} before it could be caught in {state:?}"
             );
-            assert!(std::time::Instant::now() < deadline, "{target}: never {state:?}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{target}: never {state:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         server.child.kill().expect("SIGKILL");
@@ -800,7 +830,10 @@ async fn a_promotion_killed_in_each_state_resumes_after_a_restart_and_lands_exac
             let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> =
                 kube::Api::namespaced(kube.clone(), &fx.namespaces["verifying"]);
             eventually("the Job exists", || async {
-                jobs.get_opt("check").await.expect("apiserver answers").is_some()
+                jobs.get_opt("check")
+                    .await
+                    .expect("apiserver answers")
+                    .is_some()
             })
             .await;
             jobs.patch_status(
@@ -863,9 +896,16 @@ async fn freeze_windows_hold_promotions_until_an_override_or_their_end_and_a_gen
         .iter()
         .find(|b| b.kind == "freeze")
         .unwrap_or_else(|| panic!("no freeze blocker: {held:?}"));
-    assert!(freeze.until.is_some() && freeze.message.contains("test"), "{freeze:?}");
+    assert!(
+        freeze.until.is_some() && freeze.message.contains("test"),
+        "{freeze:?}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(state_now(&mut api, &frozen.id).await, S::Approved, "still held");
+    assert_eq!(
+        state_now(&mut api, &frozen.id).await,
+        S::Approved,
+        "still held"
+    );
     let no_reason = api
         .override_freeze(proto::OverrideFreezeRequest {
             id: frozen.id.clone(),
@@ -921,7 +961,10 @@ async fn freeze_windows_hold_promotions_until_an_override_or_their_end_and_a_gen
         "stagehand.v1.PromotionService/ApprovePromotion",
         &format!(r#"{{"id": "{id}", "comment": "ok"}}"#),
     ]);
-    assert_eq!(approved["approvals"][0]["approver"], "anonymous", "{approved}");
+    assert_eq!(
+        approved["approvals"][0]["approver"], "anonymous",
+        "{approved}"
+    );
     let watched = generic_client(&[
         &addr,
         "stream",
@@ -935,7 +978,11 @@ async fn freeze_windows_hold_promotions_until_an_override_or_their_end_and_a_gen
         .iter()
         .filter_map(|p| p["state"].as_str())
         .collect();
-    assert_eq!(states.last(), Some(&"PROMOTION_STATE_SUCCEEDED"), "{watched}");
+    assert_eq!(
+        states.last(),
+        Some(&"PROMOTION_STATE_SUCCEEDED"),
+        "{watched}"
+    );
     let audit = generic_client(&[
         &addr,
         "call",

@@ -56,7 +56,12 @@ fn start_server(pipeline: &Path, state: &Path, secret_file: &Path) -> Server {
     start_server_with(pipeline, state, secret_file, &[])
 }
 
-pub(crate) fn start_server_with(pipeline: &Path, state: &Path, secret_file: &Path, extra: &[&str]) -> Server {
+pub(crate) fn start_server_with(
+    pipeline: &Path,
+    state: &Path,
+    secret_file: &Path,
+    extra: &[&str],
+) -> Server {
     start_server_env(pipeline, state, secret_file, extra, &[])
 }
 
@@ -243,19 +248,22 @@ fn black_hole() -> SocketAddr {
     addr
 }
 
-struct Fixture {
+/// A pipeline over a real Git remote served by `git http-backend`: `failing` (its directory is
+/// missing), `broken` (an apiserver that never answers), `dev`, `staging` (manual sync) and
+/// `prod` (its own branch). The CLI tests in cli_api.rs use it too.
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
     work: Repo,
-    pipeline: PathBuf,
-    state: PathBuf,
-    secret: PathBuf,
-    namespaces: [String; 3],
+    pub(crate) pipeline: PathBuf,
+    pub(crate) state: PathBuf,
+    pub(crate) secret: PathBuf,
+    pub(crate) namespaces: [String; 3],
     _http: GitHttpServer,
     notifications: Receiver,
 }
 
 impl Fixture {
-    async fn new(client: &kube::Client) -> Self {
+    pub(crate) async fn new(client: &kube::Client) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut namespaces = Vec::new();
         for env in ["dev", "staging", "prod"] {
@@ -368,7 +376,7 @@ spec:
         }
     }
 
-    fn push_dev(&self, value: &str) -> String {
+    pub(crate) fn push_dev(&self, value: &str) -> String {
         self.work
             .write(&[("environments/dev/app.yaml", &app(value))]);
         let commit = self.work.commit(&format!("dev: {value}"));
