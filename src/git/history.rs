@@ -183,7 +183,7 @@ impl Repository {
             .merge_base(descendant, ancestor)
             .map_err(|source| Error::Read {
                 what: format!("the merge base of {descendant} and {ancestor}"),
-                source: Box::new(source.into()),
+                source: Box::new(source),
             })?;
         Ok(base.map(gix::Id::detach) == Some(ancestor))
     }

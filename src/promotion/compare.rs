@@ -65,10 +65,10 @@ impl Engine {
                 .await
                 .map_err(|source| Error::Check {
                     target: env.name.clone(),
-                    source: crate::reconcile::Error::Source {
+                    source: Box::new(crate::reconcile::Error::Source {
                         env: env.name.clone(),
                         source,
-                    },
+                    }),
                 })
         };
         let a = render(from_env).await?;

@@ -272,7 +272,10 @@ impl Engine {
         tokio::task::spawn_blocking(move || repository.candidate(&pipeline, &promotion, &options))
             .await
             .expect("building a candidate returns errors rather than panicking")
-            .map_err(|source| Error::Git { target, source })
+            .map_err(|source| Error::Git {
+                target,
+                source: Box::new(source),
+            })
     }
 
     /// The Git change of a stored promotion.
@@ -659,7 +662,7 @@ impl Engine {
         if own.freeze_override.is_none()
             && let Some(frozen) = policy::active_freeze(&env.freeze_windows, jiff::Timestamp::now())
         {
-            let until = SystemTime::try_from(frozen.until).ok();
+            let until = Some(SystemTime::from(frozen.until));
             let mut blocker = Blocker::new(
                 BlockerKind::Freeze,
                 format!(
@@ -978,7 +981,7 @@ impl Engine {
         );
         let plan = planner.plan().await.map_err(|source| Error::Check {
             target: target.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
         Ok((revision, new_commit, plan))
     }

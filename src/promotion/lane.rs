@@ -122,7 +122,7 @@ async fn pending(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, E
         .await
     {
         Ok(candidate) => candidate,
-        Err(Error::Git { source, .. }) if !retryable(&source) => {
+        Err(Error::Git { source, .. }) if !retryable(source.as_ref()) => {
             return fail(
                 engine,
                 promotion,
@@ -211,9 +211,9 @@ async fn approved(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, 
     if detail.freeze_override.is_none()
         && let Some(frozen) = policy::active_freeze(&env.freeze_windows, jiff::Timestamp::now())
     {
-        let left = SystemTime::try_from(frozen.until)
+        let left = SystemTime::from(frozen.until)
+            .duration_since(SystemTime::now())
             .ok()
-            .and_then(|until| until.duration_since(SystemTime::now()).ok())
             .unwrap_or_default();
         return Ok(Step::Wait(
             Instant::now() + left.min(IDLE) + Duration::from_millis(10),
@@ -262,7 +262,7 @@ async fn promoting(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
     let change = Engine::git_promotion(promotion, &approvals)?;
     let candidate = match engine.candidate(change.clone()).await {
         Ok(candidate) => candidate,
-        Err(Error::Git { source, .. }) if !retryable(&source) => {
+        Err(Error::Git { source, .. }) if !retryable(source.as_ref()) => {
             return fail(
                 engine,
                 promotion,
@@ -444,7 +444,10 @@ async fn verifying(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
     let env = engine.environment(target)?;
     let service = engine.service()?;
     let view = service.environment(target)?;
-    let at_commit = holds(engine, view.status.applied_revision.as_deref(), commit).await;
+    // A status restored after a restart names the applied revision but no objects: only a
+    // pass of this process can say whether the Job is there and how it is.
+    let at_commit = view.status.passes > 0
+        && holds(engine, view.status.applied_revision.as_deref(), commit).await;
     let job = match &env.verify {
         None => Some(HealthStatus::Healthy),
         Some(verify) => view

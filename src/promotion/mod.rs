@@ -122,7 +122,7 @@ pub enum Error {
     Git {
         target: String,
         #[source]
-        source: git::promote::Error,
+        source: Box<git::promote::Error>,
     },
     #[error("cannot read the repository")]
     Repository(#[source] git::revision::Error),
@@ -130,7 +130,7 @@ pub enum Error {
     Check {
         target: String,
         #[source]
-        source: crate::reconcile::Error,
+        source: Box<crate::reconcile::Error>,
     },
     #[error("the promotion store failed; nothing took effect")]
     Store(#[from] store::Error),
