@@ -26,7 +26,7 @@
 //! - [`Repository::tree`]`(commit)` → [`TreeFs`], the commit's whole tree as a
 //!   [`crate::render::fs::FileSystem`]: objects are read on demand from the object database,
 //!   nothing is checked out; symlinks are followed inside the tree and refused outside it.
-//! - [`Repository::promote`]`(pipeline, `[`promote::Promotion`]`, `[`promote::Options`]`)` →
+//! - [`Repository::promote`]`(pipeline, `[`promote::PromotionCommit`]`, `[`promote::Options`]`)` →
 //!   [`promote::Outcome`] `Pushed { commit, parent, attempts } | AlreadyDone { commit } |
 //!   NoChange { commit }`, or [`promote::Error`] (`Diverged` naming the commits,
 //!   `MergeConflict`, `MissingFile`, `Edit` naming file and field, `Contended`, `Push`, ...).

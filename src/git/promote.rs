@@ -40,9 +40,10 @@ pub struct Identity {
     pub email: String,
 }
 
-/// One promotion (or rollback) of one environment.
+/// The commit of one promotion (or rollback) of one environment, as the promotion engine asks
+/// for it: which policy allows it is `crate::promotion`'s business.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Promotion {
+pub struct PromotionCommit {
     /// Unique per promotion; finding it in a trailer on the remote means the work is done.
     pub id: String,
     /// The environment that changes.
@@ -196,7 +197,7 @@ impl Repository {
     pub fn promote(
         &self,
         pipeline: &Pipeline,
-        promotion: &Promotion,
+        promotion: &PromotionCommit,
         options: &Options,
     ) -> Result<Outcome, Error> {
         check_trailers(promotion)?;
@@ -256,7 +257,7 @@ impl Repository {
     pub fn candidate(
         &self,
         pipeline: &Pipeline,
-        promotion: &Promotion,
+        promotion: &PromotionCommit,
         options: &Options,
     ) -> Result<Candidate, Error> {
         check_trailers(promotion)?;
@@ -321,7 +322,7 @@ impl Repository {
     fn promoted_tree(
         &self,
         pipeline: &Pipeline,
-        promotion: &Promotion,
+        promotion: &PromotionCommit,
         location: &Location,
         tip: ObjectId,
     ) -> Result<ObjectId, Error> {
@@ -628,7 +629,7 @@ impl Repository {
     }
 }
 
-fn check_trailers(promotion: &Promotion) -> Result<(), Error> {
+fn check_trailers(promotion: &PromotionCommit) -> Result<(), Error> {
     let one_line = |field: &'static str, value: &str| {
         if value.trim().is_empty() || value.contains(['\n', '\r']) {
             Err(Error::InvalidTrailer {
@@ -648,7 +649,7 @@ fn check_trailers(promotion: &Promotion) -> Result<(), Error> {
     Ok(())
 }
 
-fn message(promotion: &Promotion) -> String {
+fn message(promotion: &PromotionCommit) -> String {
     let (title, origin) = match &promotion.change {
         Change::Promote { source, commit } => (
             format!(
@@ -679,7 +680,7 @@ fn message(promotion: &Promotion) -> String {
 
 fn write_commit(
     repo: &gix::Repository,
-    promotion: &Promotion,
+    promotion: &PromotionCommit,
     options: &Options,
     tree: ObjectId,
     parent: ObjectId,
@@ -722,7 +723,7 @@ mod tests {
 
     #[test]
     fn the_message_carries_one_trailer_per_approver_and_parses_back() {
-        let promotion = Promotion {
+        let promotion = PromotionCommit {
             id: "p-42".into(),
             target: "staging".into(),
             change: Change::Promote {
@@ -745,7 +746,7 @@ mod tests {
 
     #[test]
     fn a_trailer_value_with_a_newline_is_refused() {
-        let promotion = Promotion {
+        let promotion = PromotionCommit {
             id: "p-1".into(),
             target: "staging".into(),
             change: Change::Rollback {

@@ -258,7 +258,7 @@ impl Engine {
     /// What `change` would commit into `target` now (after a fetch).
     pub(super) async fn candidate(
         &self,
-        promotion: git::promote::Promotion,
+        promotion: git::promote::PromotionCommit,
     ) -> Result<Candidate, Error> {
         let service = self.service()?;
         if let Err(error) = service.fetch_now().await {
@@ -282,7 +282,7 @@ impl Engine {
     pub(super) fn git_promotion(
         record: &PromotionRecord,
         approvals: &[Approval],
-    ) -> Result<git::promote::Promotion, Error> {
+    ) -> Result<git::promote::PromotionCommit, Error> {
         let commit =
             ObjectId::from_hex(record.revision.as_bytes()).map_err(|_| Error::StoredRevision {
                 id: record.id.clone(),
@@ -295,7 +295,7 @@ impl Engine {
             },
             _ => git::promote::Change::Rollback { commit },
         };
-        Ok(git::promote::Promotion {
+        Ok(git::promote::PromotionCommit {
             id: record.id.clone(),
             target: record.target_environment.clone(),
             change,

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use stagehand::git::promote::{self, Change, Identity, Options, Outcome, Promotion};
+use stagehand::git::promote::{self, Change, Identity, Options, Outcome, PromotionCommit};
 use stagehand::git::{
     Credentials, ObjectId, RemoteUrl, Repository, Secret, Timeouts, fetch, push, revision,
 };
@@ -159,8 +159,8 @@ fn options() -> Options {
     }
 }
 
-fn promotion(id: &str, target: &str, source: &str, commit: &str) -> Promotion {
-    Promotion {
+fn promotion(id: &str, target: &str, source: &str, commit: &str) -> PromotionCommit {
+    PromotionCommit {
         id: id.into(),
         target: target.into(),
         change: Change::Promote {
@@ -356,7 +356,7 @@ fn promoting_into_an_overlay_edits_only_the_promoted_lines_and_records_trailers(
     assert_eq!(
         trailers.lines().collect::<Vec<_>>(),
         [
-            "Stagehand-Promotion: p-1".to_owned(),
+            "Stagehand-PromotionCommit: p-1".to_owned(),
             format!("Promoted-From: dev@{dev_commit}"),
             "Requested-By: alice@example.test".to_owned(),
             "Approved-By: bob@example.test".to_owned(),
@@ -919,7 +919,7 @@ fn history_lists_promotions_and_a_rollback_restores_one_environment() {
     );
 
     let dev_before = fx.remote_git(&["rev-parse", "main:environments/dev"]);
-    let rollback = Promotion {
+    let rollback = PromotionCommit {
         id: "r-1".into(),
         target: "staging".into(),
         change: Change::Rollback {
