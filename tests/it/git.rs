@@ -356,7 +356,7 @@ fn promoting_into_an_overlay_edits_only_the_promoted_lines_and_records_trailers(
     assert_eq!(
         trailers.lines().collect::<Vec<_>>(),
         [
-            "Stagehand-PromotionCommit: p-1".to_owned(),
+            "Stagehand-Promotion: p-1".to_owned(),
             format!("Promoted-From: dev@{dev_commit}"),
             "Requested-By: alice@example.test".to_owned(),
             "Approved-By: bob@example.test".to_owned(),

@@ -892,7 +892,11 @@ async fn freeze_windows_hold_promotions_until_an_override_or_their_end_and_a_gen
         &kube,
         &[
             ("frozen", &freeze_for(3600)),
-            ("thawing", &freeze_for(8)),
+            ("thawing", &freeze_for(20)),
+            (
+                "replaced",
+                &format!("{}      promotion: {{supersede: true}}\n", freeze_for(3600)),
+            ),
             (
                 "gated",
                 "      approval: {required: 1, allowSelfApproval: true}\n",
@@ -950,6 +954,19 @@ async fn freeze_windows_hold_promotions_until_an_override_or_their_end_and_a_gen
     // Held by a window that ends on its own.
     let thawing = request_anonymous(&mut api, "thawing").await;
     until_state(&api, "", &thawing.id, S::Approved).await;
+    let waiting = api
+        .get_promotion(proto::GetPromotionRequest {
+            id: thawing.id.clone(),
+        })
+        .await
+        .expect("answers")
+        .into_inner();
+    let window_end = waiting
+        .blockers
+        .iter()
+        .find(|b| b.kind == "freeze")
+        .and_then(|b| b.until)
+        .unwrap_or_else(|| panic!("held by the window: {waiting:?}"));
     until_state(&api, "", &thawing.id, S::Succeeded).await;
     let done = api
         .get_promotion(proto::GetPromotionRequest {
@@ -964,10 +981,27 @@ async fn freeze_windows_hold_promotions_until_an_override_or_their_end_and_a_gen
         .find(|t| t.to == S::Promoting as i32)
         .and_then(|t| t.time)
         .expect("went through Promoting");
-    let requested_at = done.create_time.expect("created");
     assert!(
-        promoting_at.seconds - requested_at.seconds >= 4,
-        "it waited for the window to end"
+        (promoting_at.seconds, promoting_at.nanos) >= (window_end.seconds, window_end.nanos),
+        "it went on only once the window ended: {promoting_at:?} vs {window_end:?}"
+    );
+
+    // A newer request replaces one still waiting, where the policy says so.
+    let older = request_anonymous(&mut api, "replaced").await;
+    until_state(&api, "", &older.id, S::Approved).await;
+    let newer = request_anonymous(&mut api, "replaced").await;
+    until_state(&api, "", &older.id, S::Aborted).await;
+    let replaced = api
+        .get_promotion(proto::GetPromotionRequest {
+            id: older.id.clone(),
+        })
+        .await
+        .expect("answers")
+        .into_inner();
+    assert!(
+        replaced.message.contains(&format!("superseded by promotion {}", newer.id)),
+        "{}",
+        replaced.message
     );
 
     // A client that knows only reflection requests, approves, watches and reads the audit.
