@@ -999,7 +999,9 @@ async fn freeze_windows_hold_promotions_until_an_override_or_their_end_and_a_gen
         .expect("answers")
         .into_inner();
     assert!(
-        replaced.message.contains(&format!("superseded by promotion {}", newer.id)),
+        replaced
+            .message
+            .contains(&format!("superseded by promotion {}", newer.id)),
         "{}",
         replaced.message
     );
