@@ -58,6 +58,8 @@ pub struct Repository {
     pub url: String,
     #[serde(default)]
     pub branch: Option<String>,
+    #[serde(default)]
+    pub pipeline_path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

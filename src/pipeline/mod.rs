@@ -99,6 +99,10 @@ pub struct Repository {
     pub url: String,
     /// The branch overlay-model environments live on.
     pub branch: String,
+    /// Where this pipeline file itself lies in the repository (`pipelinePath`): the service
+    /// follows the version on `branch` as it is fetched, the file on disk being only how it
+    /// starts.
+    pub pipeline_path: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -382,6 +386,7 @@ mod tests {
         Repository {
             url: url.into(),
             branch: "main".into(),
+            pipeline_path: None,
         }
     }
 

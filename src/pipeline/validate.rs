@@ -93,14 +93,20 @@ fn validate(raw: file::PipelineFile) -> Result<Pipeline, ErrorKind> {
             check_no_credentials("spec.repository.url", &repo.url)?;
             let branch = repo.branch.unwrap_or_else(|| DEFAULT_BRANCH.to_owned());
             check_branch("spec.repository.branch", &branch)?;
+            let pipeline_path = repo
+                .pipeline_path
+                .map(|path| relative_path("spec.repository.pipelinePath", &path))
+                .transpose()?;
             Repository {
                 url: repo.url,
                 branch,
+                pipeline_path,
             }
         }
         None => Repository {
             url: ".".to_owned(),
             branch: DEFAULT_BRANCH.to_owned(),
+            pipeline_path: None,
         },
     };
 
