@@ -225,7 +225,7 @@ pub async fn save(
     Ok(Version(written.metadata.resource_version))
 }
 
-async fn create_namespace(client: &kube::Client, namespace: &str) -> Result<(), Error> {
+pub(crate) async fn create_namespace(client: &kube::Client, namespace: &str) -> Result<(), Error> {
     let namespaces: Api<DynamicObject> = Api::all_with(
         client.clone(),
         &kube::api::ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&()),

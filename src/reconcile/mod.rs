@@ -232,6 +232,16 @@ pub struct Options {
     pub pass_timeout: Duration,
 }
 
+/// The owner label value of `environment`'s objects (see [`Options::owner_prefix`]).
+pub fn owner(options: &Options, environment: &str) -> String {
+    let installation = options
+        .installation
+        .as_ref()
+        .map(|id| format!("{id}."))
+        .unwrap_or_default();
+    format!("{installation}{}{environment}", options.owner_prefix)
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {
@@ -331,16 +341,7 @@ impl<S: DesiredState> Reconciler<S> {
     }
 
     fn owner(&self) -> String {
-        let installation = self
-            .options
-            .installation
-            .as_ref()
-            .map(|id| format!("{id}."))
-            .unwrap_or_default();
-        format!(
-            "{installation}{}{}",
-            self.options.owner_prefix, self.env.name
-        )
+        owner(&self.options, &self.env.name)
     }
 
     fn prune_policy(&self, owner: &str) -> prune::Policy {

@@ -12,6 +12,7 @@
 //! sync mode (`sync: {auto: false}`) is shown out of sync instead and waits for
 //! [`Service::sync`]. Handlers receive an `Arc<Service>` and only translate.
 
+pub mod events;
 pub mod notify;
 pub mod reload;
 pub mod webhook;
@@ -247,6 +248,7 @@ impl Service {
                 status,
                 alerts.clone(),
                 notifier.clone(),
+                events::AlertEvents::new(env, &options),
             )));
         }
         tasks.push(tokio::spawn(forward_events(
@@ -656,14 +658,15 @@ async fn forward_events(
 }
 
 /// Raises an alert when an environment fails the pipeline's number of passes in a row, or keeps
-/// drift past its threshold: in the environment's status, as a warning log line and as an
-/// `alert` notification; and sends `recovered` when it clears.
+/// drift past its threshold: in the environment's status, as a warning log line, as a Kubernetes
+/// Event in its cluster and as an `alert` notification; and says `recovered` when it clears.
 async fn watch_alerts(
     pipeline: Arc<Pipeline>,
     environment: String,
     mut status: watch::Receiver<EnvironmentStatus>,
     alerts: Arc<Mutex<HashMap<String, Vec<String>>>>,
     notifier: Arc<Notifier>,
+    events: events::AlertEvents,
 ) {
     let thresholds = pipeline.alerts.clone();
     let mut drift_since: Option<std::time::Instant> = None;
@@ -696,6 +699,11 @@ async fn watch_alerts(
             !raised.iter().any(|r| kind(r) == kind(a))
         }) {
             tracing::warn!(environment = %environment, "alert: {alert}");
+            events.record(
+                crate::cluster::events::Type::Warning,
+                events::RAISED,
+                alert.clone(),
+            );
             notifier.send(&Message {
                 pipeline: pipeline.name.clone(),
                 environment: environment.clone(),
@@ -706,6 +714,11 @@ async fn watch_alerts(
         }
         if was_raised && now_raised.is_empty() {
             tracing::info!(environment = %environment, "alerts cleared");
+            events.record(
+                crate::cluster::events::Type::Normal,
+                events::RECOVERED,
+                "every alert cleared".to_owned(),
+            );
             notifier.send(&Message {
                 pipeline: pipeline.name.clone(),
                 environment: environment.clone(),

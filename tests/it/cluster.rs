@@ -173,3 +173,82 @@ async fn a_prune_delete_leaves_an_object_that_was_made_again_since_it_was_read()
     let live = api.get("x").await.expect("the new object stays");
     assert_eq!(live.metadata.uid, again.metadata.uid);
 }
+
+#[tokio::test]
+async fn a_series_counts_a_repeated_event_on_the_one_recorded_and_creates_its_namespace() {
+    use k8s_openapi::api::core::v1::Event;
+    use stagehand::cluster::events::{Recorded, Series, Type};
+    let cluster = cluster();
+    let client = cluster.client().await;
+    // A namespace that does not exist yet: the series creates it, as inventories do.
+    let ns = format!("{}-new", cluster.namespace(&client, "cl-series").await);
+    let mut series = Series::new(ObjectRef {
+        group: String::new(),
+        version: "v1".into(),
+        kind: "ConfigMap".into(),
+        namespace: Some(ns.clone()),
+        name: "stagehand-inventory-x".into(),
+    });
+    let first = series
+        .record(
+            &client,
+            Type::Warning,
+            "AlertRaised",
+            "2 passes failed in a row",
+        )
+        .await
+        .expect("recorded");
+    let Recorded::Created(name) = first else {
+        panic!("not created: {first:?}");
+    };
+    let again = series
+        .record(
+            &client,
+            Type::Warning,
+            "AlertRaised",
+            "2 passes failed in a row",
+        )
+        .await
+        .expect("counted");
+    assert_eq!(
+        again,
+        Recorded::Counted {
+            name: name.clone(),
+            count: 2
+        }
+    );
+    let other = series
+        .record(
+            &client,
+            Type::Normal,
+            "AlertRecovered",
+            "every alert cleared",
+        )
+        .await
+        .expect("recorded");
+    assert!(
+        matches!(other, Recorded::Created(ref n) if *n != name),
+        "{other:?}"
+    );
+
+    let events = Api::<Event>::namespaced(client.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .expect("events listed");
+    assert_eq!(events.items.len(), 2, "{:?}", events.items);
+    let raised = events
+        .items
+        .iter()
+        .find(|e| e.metadata.name.as_deref() == Some(name.as_str()))
+        .expect("the raised event");
+    assert_eq!(raised.count, Some(2));
+    assert_eq!(raised.type_.as_deref(), Some("Warning"));
+    assert_eq!(
+        raised.involved_object.name.as_deref(),
+        Some("stagehand-inventory-x")
+    );
+    assert_eq!(raised.message.as_deref(), Some("2 passes failed in a row"));
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client)
+        .delete(&ns, &Default::default())
+        .await;
+}

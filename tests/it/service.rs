@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use kube::api::{Api, Patch, PatchParams};
 use stagehand::proto;
 use stagehand::proto::environment_service_client::EnvironmentServiceClient;
@@ -794,6 +794,134 @@ async fn the_service_applies_pushes_on_signed_webhooks_reports_drift_and_honours
         .expect_err("no such environment");
     assert_eq!(missing.code(), tonic::Code::NotFound);
     assert!(missing.message().contains("\"qa\""), "{missing:?}");
+}
+
+impl Fixture {
+    /// Commits `text` as deploy/pipeline.yaml on main and pushes it; returns the commit.
+    fn push_pipeline(&self, text: &str, message: &str) -> String {
+        self.work.write(&[("deploy/pipeline.yaml", text)]);
+        let commit = self.work.commit(message);
+        self.work.git(&["push", "-q", "origin", "main"]);
+        commit
+    }
+}
+
+async fn list(
+    api: &mut EnvironmentServiceClient<tonic::transport::Channel>,
+) -> proto::ListEnvironmentsResponse {
+    api.list_environments(proto::ListEnvironmentsRequest {})
+        .await
+        .expect("ListEnvironments answers")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_file_kept_in_the_repository_is_followed_as_its_commits_are_fetched() {
+    let kube = cluster().client().await;
+    let fx = Fixture::new(&kube).await;
+    let dev_ns = fx.namespaces[0].clone();
+    // The file on disk starts the service and names its own copy in the repository.
+    let on_disk = std::fs::read_to_string(&fx.pipeline)
+        .expect("pipeline file")
+        .replace(
+            "branch: main}",
+            "branch: main, pipelinePath: deploy/pipeline.yaml}",
+        );
+    std::fs::write(&fx.pipeline, &on_disk).expect("write");
+    fx.push_pipeline(&on_disk, "the pipeline itself");
+    let server = start_server(&fx.pipeline, &fx.state, &fx.secret);
+    let mut api = EnvironmentServiceClient::connect(server.grpc.clone())
+        .await
+        .expect("gRPC reachable");
+    eventually("dev applied at start", || async {
+        value_in(&kube, &dev_ns).await.as_deref() == Some("dev-1")
+    })
+    .await;
+    // The environment failing every pass raises an alert: a Warning Event about its inventory
+    // ConfigMap in its cluster.
+    let pipeline_name = format!("svc{}", &dev_ns[dev_ns.len() - 6..]);
+    eventually(
+        "the alert is an Event in the failing environment's cluster",
+        || {
+            let kube = kube.clone();
+            let suffix = format!(".{pipeline_name}.failing");
+            async move {
+                Api::<Event>::namespaced(kube, "stagehand-system")
+                    .list(&Default::default())
+                    .await
+                    .expect("events listed")
+                    .items
+                    .iter()
+                    .any(|e| {
+                        e.reason.as_deref() == Some("AlertRaised")
+                            && e.type_.as_deref() == Some("Warning")
+                            && e.message
+                                .as_deref()
+                                .is_some_and(|m| m.contains("passes failed in a row"))
+                            && e.involved_object.kind.as_deref() == Some("ConfigMap")
+                            && e.involved_object.name.as_deref().is_some_and(|n| {
+                                n.starts_with("stagehand-inventory-") && n.ends_with(&suffix)
+                            })
+                    })
+            }
+        },
+    )
+    .await;
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let signed = [("X-Hub-Signature-256", github_signature(body))];
+
+    // A commit that drops an environment from the file in the repository: fetched (the poll
+    // interval is an hour), read and run, the file on disk left as it was.
+    let without_failing = on_disk.replace(
+        "    - name: failing\n      source: {overlay: environments/missing}\n      sync: {interval: 1h}\n",
+        "",
+    );
+    assert_ne!(without_failing, on_disk);
+    fx.push_pipeline(&without_failing, "drop the failing environment");
+    assert_eq!(post_webhook(server.http, &signed, body), 202);
+    eventually("the committed pipeline runs", || {
+        let mut api = api.clone();
+        async move {
+            let list = list(&mut api).await;
+            list.rejected_pipeline.is_empty()
+                && list.environments.len() == 4
+                && list.environments.iter().all(|e| e.name != "failing")
+        }
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&fx.pipeline).expect("pipeline file"),
+        on_disk
+    );
+
+    // An invalid version committed: refused with its error naming the file and the commit, and
+    // the last valid version keeps running — it applies the next change of dev.
+    let invalid = fx.push_pipeline(
+        &without_failing.replace("kind: Pipeline", "kind: Pipelin"),
+        "a typo",
+    );
+    assert_eq!(post_webhook(server.http, &signed, body), 202);
+    eventually("the invalid committed pipeline is refused", || {
+        let mut api = api.clone();
+        let invalid = invalid.clone();
+        async move {
+            let list = list(&mut api).await;
+            list.rejected_pipeline.contains("kind")
+                && list
+                    .rejected_pipeline
+                    .contains(&format!("deploy/pipeline.yaml at {invalid}"))
+        }
+    })
+    .await;
+    fx.push_dev("dev-2");
+    assert_eq!(post_webhook(server.http, &signed, body), 202);
+    eventually("the last valid pipeline applies dev", || async {
+        value_in(&kube, &dev_ns).await.as_deref() == Some("dev-2")
+    })
+    .await;
+    let list = list(&mut api).await;
+    assert_eq!(list.environments.len(), 4, "{list:?}");
+    assert!(list.rejected_pipeline.contains("kind"), "{list:?}");
 }
 
 pub(crate) fn with_token<T>(token: &str, message: T) -> tonic::Request<T> {
