@@ -219,6 +219,43 @@ impl std::fmt::Debug for Connection {
     }
 }
 
+/// Connections shared by every environment on the same cluster: one client (its connection pool
+/// and TLS configuration) and one cache of discovered kinds per cluster, however many
+/// environments deploy there. Clones share the connections.
+#[derive(Clone, Default)]
+pub struct Connections(Arc<tokio::sync::Mutex<HashMap<pipeline::Cluster, Arc<Connection>>>>);
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections").finish_non_exhaustive()
+    }
+}
+
+impl Connections {
+    /// The connection to `cluster`, made on first use (see [`Connection::connect`]).
+    pub async fn get(&self, cluster: &pipeline::Cluster) -> Result<Arc<Connection>, ConnectError> {
+        let mut connections = self.0.lock().await;
+        if let Some(connection) = connections.get(cluster) {
+            return Ok(connection.clone());
+        }
+        let connection = Arc::new(Connection::connect(cluster).await?);
+        connections.insert(cluster.clone(), connection.clone());
+        Ok(connection)
+    }
+
+    /// Drops `connection` so that the next [`get`](Self::get) reads the configuration again
+    /// (it may have been fixed or rotated); a newer connection made meanwhile stays.
+    pub async fn forget(&self, cluster: &pipeline::Cluster, connection: &Arc<Connection>) {
+        let mut connections = self.0.lock().await;
+        if connections
+            .get(cluster)
+            .is_some_and(|c| Arc::ptr_eq(c, connection))
+        {
+            connections.remove(cluster);
+        }
+    }
+}
+
 /// How long a request may wait for a TCP connection; an unreachable cluster should fail a sync
 /// quickly so that backoff, not a hung request, decides when to try again.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -217,7 +217,7 @@ pub enum Source {
     Branch { branch: String, path: String },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Cluster {
     /// The service account of the pod Stagehand runs in.
     InCluster,

@@ -35,7 +35,7 @@ use crate::cluster::installation::InstallationId;
 use crate::cluster::inventory::{self, Inventory, Location, Version};
 use crate::cluster::prune::{self, Outcome};
 use crate::cluster::redact::Redactor;
-use crate::cluster::{self, Connection, Object, ObjectError, ObjectRef, events};
+use crate::cluster::{self, Connection, Connections, Object, ObjectError, ObjectRef, events};
 use crate::error_chain::ErrorChain;
 use crate::pipeline::Environment;
 
@@ -230,6 +230,8 @@ pub struct Options {
     /// A pass that takes longer is abandoned and counts as failed (an apiserver that accepts
     /// connections but never answers must not hold an environment forever).
     pub pass_timeout: Duration,
+    /// The clients of the environments' clusters, one per distinct cluster.
+    pub connections: Connections,
 }
 
 /// The owner label value of `environment`'s objects (see [`Options::owner_prefix`]).
@@ -253,6 +255,7 @@ impl Default for Options {
             backoff_max: Duration::from_secs(300),
             progress_poll: Duration::from_secs(5),
             pass_timeout: Duration::from_secs(600),
+            connections: Connections::default(),
         }
     }
 }
@@ -445,13 +448,16 @@ impl<S: DesiredState> Reconciler<S> {
             return Err(Error::Owner { env, owner });
         }
         if self.connection.is_none() {
-            let conn = Connection::connect(&self.env.cluster)
+            let conn = self
+                .options
+                .connections
+                .get(&self.env.cluster)
                 .await
                 .map_err(|source| Error::Connect {
                     env: env.clone(),
                     source: Box::new(source),
                 })?;
-            self.connection = Some(Arc::new(conn));
+            self.connection = Some(conn);
         }
         let conn = self
             .connection
@@ -464,6 +470,10 @@ impl<S: DesiredState> Reconciler<S> {
             Err(source) => {
                 // Read the kubeconfig again next time: it may have been fixed or rotated.
                 if source.is_unreachable() {
+                    self.options
+                        .connections
+                        .forget(&self.env.cluster, &conn)
+                        .await;
                     self.connection = None;
                 }
                 return Err(Error::Inventory { env, source });
