@@ -252,3 +252,25 @@ async fn a_series_counts_a_repeated_event_on_the_one_recorded_and_creates_its_na
         .delete(&ns, &Default::default())
         .await;
 }
+
+#[tokio::test]
+async fn environments_on_one_cluster_share_its_connection_until_it_is_forgotten() {
+    use stagehand::cluster::Connections;
+    use stagehand::pipeline::Cluster;
+    let kubeconfig = cluster().kubeconfig.clone();
+    let connections = Connections::default();
+    let one = Cluster::Kubeconfig {
+        path: kubeconfig.clone(),
+        context: None,
+    };
+    let first = connections.get(&one).await.expect("connects");
+    let again = connections.get(&one.clone()).await.expect("connects");
+    assert!(std::sync::Arc::ptr_eq(&first, &again));
+    connections.forget(&one, &first).await;
+    let fresh = connections.get(&one).await.expect("connects");
+    assert!(!std::sync::Arc::ptr_eq(&first, &fresh));
+    // Forgetting a stale connection keeps the newer one.
+    connections.forget(&one, &first).await;
+    let kept = connections.get(&one).await.expect("connects");
+    assert!(std::sync::Arc::ptr_eq(&fresh, &kept));
+}
