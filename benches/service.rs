@@ -425,7 +425,8 @@ impl Bench {
         let state = |p: &proto::Promotion| proto::PromotionState::try_from(p.state).expect("state");
         let mut times = Vec::new();
         for round in 1..=5 {
-            // Only the source moves; the promotion brings its objects.
+            // Only the source moves; the promotion brings its objects (and its commit).
+            git(&repo.work, &["pull", "-q", "--rebase", "origin", "main"]);
             repo.write(&envs[..1], 50, &format!("r{round}"));
             repo.commit_and_push(&format!("r{round}"));
             environments
