@@ -7,7 +7,9 @@
 //! implementation only has to refuse what it cannot resolve inside its root, such as a symlink
 //! that points outside it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
@@ -64,9 +66,16 @@ pub trait FileSystem: Send + Sync {
 }
 
 /// A directory on disk. Symlinks are followed only while they stay inside the root.
-#[derive(Debug, Clone)]
+///
+/// It remembers where each directory it has seen resolves, so that a file costs one `lstat`
+/// rather than a walk over every component of its path (a kustomization of thousands of files
+/// otherwise spends most of its time there). It therefore reads a tree that does not change
+/// while it is in use: make a new one for each render of a tree that may change.
+#[derive(Debug)]
 pub struct DiskFs {
     root: PathBuf,
+    /// Real locations of the directories resolved so far, by their path under the root.
+    dirs: Mutex<HashMap<String, PathBuf>>,
 }
 
 impl DiskFs {
@@ -76,30 +85,93 @@ impl DiskFs {
             path: root.display().to_string(),
             source,
         })?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            dirs: Mutex::new(HashMap::new()),
+        })
     }
 
+    /// The canonical root every path is read under.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// The real location of `path`, or `None` when nothing is there.
-    fn resolve(&self, path: &str) -> Result<Option<PathBuf>, Error> {
-        let joined = if path.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(path)
+    /// The real location of `path` and what is there, or `None` when nothing is.
+    fn resolve(&self, path: &str) -> Result<Option<(PathBuf, EntryKind)>, Error> {
+        if path.is_empty() {
+            return Ok(Some((self.root.clone(), EntryKind::Dir)));
+        }
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        // Fast path: the parent is a known directory and the entry is no symlink, so its real
+        // location is the parent's joined with its name and one `lstat` tells what it is.
+        if let Some(parent_real) = self.resolve_dir(parent)? {
+            let real = parent_real.join(name);
+            match std::fs::symlink_metadata(&real) {
+                Ok(meta) if !meta.file_type().is_symlink() => {
+                    let kind = if meta.is_dir() {
+                        EntryKind::Dir
+                    } else {
+                        EntryKind::File
+                    };
+                    return Ok(Some((real, kind)));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                _ => {}
+            }
+        }
+        self.canonical(path)
+    }
+
+    /// The real location of the directory at `path`, from the cache when it was seen before;
+    /// `None` when `path` is no directory.
+    fn resolve_dir(&self, path: &str) -> Result<Option<PathBuf>, Error> {
+        if path.is_empty() {
+            return Ok(Some(self.root.clone()));
+        }
+        if let Some(real) = self.cached(path) {
+            return Ok(Some(real));
+        }
+        match self.resolve(path)? {
+            Some((real, EntryKind::Dir)) => {
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(path.to_owned(), real.clone());
+                Ok(Some(real))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn cached(&self, path: &str) -> Option<PathBuf> {
+        self.dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(path)
+            .cloned()
+    }
+
+    /// The slow path for symlinks and anything unusual: the operating system resolves the
+    /// whole path, and the result must stay inside the root.
+    fn canonical(&self, path: &str) -> Result<Option<(PathBuf, EntryKind)>, Error> {
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            source,
         };
-        match joined.canonicalize() {
-            Ok(real) if real.starts_with(&self.root) => Ok(Some(real)),
+        match self.root.join(path).canonicalize() {
+            Ok(real) if real.starts_with(&self.root) => {
+                let kind = if std::fs::metadata(&real).map_err(io)?.is_dir() {
+                    EntryKind::Dir
+                } else {
+                    EntryKind::File
+                };
+                Ok(Some((real, kind)))
+            }
             Ok(_) => Err(Error::OutsideRoot {
                 path: path.to_owned(),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(Error::Io {
-                path: path.to_owned(),
-                source,
-            }),
+            Err(source) => Err(io(source)),
         }
     }
 }
@@ -111,10 +183,10 @@ impl FileSystem for DiskFs {
 
     fn read_file_at_most(&self, path: &str, max: u64) -> Result<Vec<u8>, Error> {
         use std::io::Read as _;
-        let real = self.resolve(path)?.ok_or_else(|| Error::NotFound {
+        let (real, kind) = self.resolve(path)?.ok_or_else(|| Error::NotFound {
             path: path.to_owned(),
         })?;
-        if real.is_dir() {
+        if kind == EntryKind::Dir {
             return Err(Error::IsDir {
                 path: path.to_owned(),
             });
@@ -133,14 +205,19 @@ impl FileSystem for DiskFs {
     }
 
     fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, Error> {
-        let real = self.resolve(path)?.ok_or_else(|| Error::NotFound {
-            path: path.to_owned(),
-        })?;
-        if !real.is_dir() {
-            return Err(Error::NotDir {
-                path: path.to_owned(),
-            });
-        }
+        let real = match self.resolve(path)? {
+            Some((real, EntryKind::Dir)) => real,
+            Some(_) => {
+                return Err(Error::NotDir {
+                    path: path.to_owned(),
+                });
+            }
+            None => {
+                return Err(Error::NotFound {
+                    path: path.to_owned(),
+                });
+            }
+        };
         let io = |source| Error::Io {
             path: path.to_owned(),
             source,
@@ -165,13 +242,7 @@ impl FileSystem for DiskFs {
     }
 
     fn kind(&self, path: &str) -> Result<Option<EntryKind>, Error> {
-        Ok(self.resolve(path)?.map(|real| {
-            if real.is_dir() {
-                EntryKind::Dir
-            } else {
-                EntryKind::File
-            }
-        }))
+        Ok(self.resolve(path)?.map(|(_, kind)| kind))
     }
 }
 
@@ -227,5 +298,31 @@ mod tests {
             fs.read_file("link"),
             Err(Error::OutsideRoot { .. })
         ));
+    }
+
+    #[test]
+    fn files_under_a_symlinked_directory_resolve_through_it_and_stay_inside_the_root() {
+        let outside = tempfile::tempdir().expect("temp dir");
+        std::fs::write(outside.path().join("secret"), "x").expect("write");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("real/sub")).expect("mkdir");
+        std::fs::write(dir.path().join("real/sub/a.yaml"), "a").expect("write");
+        std::os::unix::fs::symlink("real", dir.path().join("inside")).expect("symlink");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).expect("symlink");
+        let fs = DiskFs::new(dir.path()).expect("root exists");
+        // Twice each: the second read goes through the directory the first one remembered.
+        for _ in 0..2 {
+            assert_eq!(fs.read_file("inside/sub/a.yaml").expect("readable"), b"a");
+            assert_eq!(fs.kind("inside/sub").expect("resolves"), Some(EntryKind::Dir));
+            assert!(matches!(
+                fs.read_file("escape/secret"),
+                Err(Error::OutsideRoot { .. })
+            ));
+            assert!(matches!(
+                fs.read_dir("real/sub/a.yaml"),
+                Err(Error::NotDir { .. })
+            ));
+            assert_eq!(fs.kind("real/missing/a.yaml").expect("no error"), None);
+        }
     }
 }
