@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::{Map, Value};
 
 use super::error::Error;
-use super::fieldspec::{self, FieldSpec, TransformerConfig};
+use super::fieldspec::{self, ConfigurationError, FieldSpec, TransformerConfig};
 use super::fold::Folded;
 use super::fs::{self, EntryKind, FileSystem};
 use super::kustomization::{self as kz, Kustomization};
@@ -699,15 +699,16 @@ fn merge_configurations(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Erro
     for entry in &t.k.configurations {
         let bytes = t.read(ctx, "configurations", entry)?;
         let text = String::from_utf8_lossy(&bytes);
-        let docs = yaml::parse_documents(&text).map_err(|source| Error::Parse {
-            file: t.file.clone(),
-            field: "configurations",
-            path: entry.clone(),
-            source,
+        let configs = fieldspec::read_configurations(&text).map_err(|e| match e {
+            ConfigurationError::Yaml(source) => Error::Parse {
+                file: t.file.clone(),
+                field: "configurations",
+                path: entry.clone(),
+                source,
+            },
+            ConfigurationError::Shape(e) => t.err("configurations", format!("{entry}: {e}")),
         })?;
-        for d in docs {
-            let tc: TransformerConfig = serde_json::from_value(d)
-                .map_err(|e| t.err("configurations", format!("{entry}: {e}")))?;
+        for tc in configs {
             from_files
                 .merge(&tc)
                 .map_err(|m| t.err("configurations", format!("{entry}: {m}")))?;

@@ -100,6 +100,8 @@ impl NameBackRef {
 pub struct TransformerConfig {
     pub name_prefix: Vec<FieldSpec>,
     pub name_suffix: Vec<FieldSpec>,
+    /// `namespace`, as kustomize spells it (not `nameSpace`).
+    #[serde(rename = "namespace")]
     pub name_space: Vec<FieldSpec>,
     pub common_labels: Vec<FieldSpec>,
     pub template_labels: Vec<FieldSpec>,
@@ -226,16 +228,57 @@ impl TransformerConfig {
             .sort_by_cached_key(|br| br.gvk().order_key());
     }
 
-    /// kustomize's built-in defaults.
+    /// kustomize's built-in defaults, from `defaults.yaml`.
     pub fn builtin() -> &'static TransformerConfig {
         static CONFIG: std::sync::LazyLock<TransformerConfig> = std::sync::LazyLock::new(|| {
+            let mut tc = TransformerConfig::default();
+            for doc in read_configurations(include_str!("defaults.yaml"))
+                .expect("the embedded defaults are valid: a unit test reads them")
+            {
+                tc.append(doc);
+            }
             // Sorted, as kustomize sorts every configuration it reads.
-            let mut tc = build_defaults();
             tc.sort();
             tc
         });
         &CONFIG
     }
+
+    /// Every list of `other` after this one's, without merging: the built-in table is one
+    /// configuration whose specs must all stay, even those a merge would fold together.
+    fn append(&mut self, other: TransformerConfig) {
+        self.name_prefix.extend(other.name_prefix);
+        self.name_suffix.extend(other.name_suffix);
+        self.name_space.extend(other.name_space);
+        self.common_labels.extend(other.common_labels);
+        self.template_labels.extend(other.template_labels);
+        self.labels.extend(other.labels);
+        self.common_annotations.extend(other.common_annotations);
+        self.name_reference.extend(other.name_reference);
+        self.var_reference.extend(other.var_reference);
+        self.images.extend(other.images);
+        self.replicas.extend(other.replicas);
+    }
+}
+
+/// Why a `configurations:` file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigurationError {
+    /// The file is not YAML.
+    #[error("not YAML")]
+    Yaml(#[source] crate::yaml::ParseError),
+    /// A document is YAML but not a transformer configuration; serde's message names the field.
+    #[error("{0}")]
+    Shape(serde_json::Error),
+}
+
+/// The transformer configurations of a `configurations:` file, one per YAML document.
+pub fn read_configurations(text: &str) -> Result<Vec<TransformerConfig>, ConfigurationError> {
+    crate::yaml::parse_documents(text)
+        .map_err(ConfigurationError::Yaml)?
+        .into_iter()
+        .map(|doc| serde_json::from_value(doc).map_err(ConfigurationError::Shape))
+        .collect()
 }
 
 /// Where the pod spec sits in each workload kind.
@@ -856,4 +899,19 @@ pub fn apply_specs(
         visit(obj, fs.segs(), fs.create, f).map_err(|e| in_context(fs, obj, gvk, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod defaults_as_yaml {
+    use super::*;
+
+    #[test]
+    fn the_embedded_defaults_are_the_table_they_replace() {
+        let mut old = build_defaults();
+        old.sort();
+        assert_eq!(
+            format!("{:?}", TransformerConfig::builtin()),
+            format!("{old:?}")
+        );
+    }
 }
