@@ -313,7 +313,10 @@ mod tests {
         // Twice each: the second read goes through the directory the first one remembered.
         for _ in 0..2 {
             assert_eq!(fs.read_file("inside/sub/a.yaml").expect("readable"), b"a");
-            assert_eq!(fs.kind("inside/sub").expect("resolves"), Some(EntryKind::Dir));
+            assert_eq!(
+                fs.kind("inside/sub").expect("resolves"),
+                Some(EntryKind::Dir)
+            );
             assert!(matches!(
                 fs.read_file("escape/secret"),
                 Err(Error::OutsideRoot { .. })
