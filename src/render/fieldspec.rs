@@ -97,27 +97,54 @@ pub struct TransformerConfig {
 /// there on the same path is of a kind it selects (a spec for all kinds after specific ones adds
 /// nothing), and it is an error when those two disagree on `create`. Together with the sorting
 /// below, this is how a `configurations:` spec for one kind narrows the default for all kinds.
-pub(crate) fn merge_all(into: &mut Vec<FieldSpec>, incoming: &[FieldSpec]) -> Result<(), String> {
+pub(crate) fn merge_all(into: &mut Vec<FieldSpec>, incoming: &[FieldSpec]) -> Result<(), Conflict> {
     for x in incoming {
         match into
             .iter()
             .find(|s| s.path == x.path && x.selects(&s.gvk()))
         {
             Some(s) if s.create != x.create => {
-                return Err(format!(
-                    "conflicting fieldspecs: path '{}' for {} has create: {}, for {} create: {}",
-                    x.path,
-                    describe(&s.gvk()),
-                    s.create,
-                    describe(&x.gvk()),
-                    x.create
-                ));
+                return Err(Conflict {
+                    list: "",
+                    path: x.path.clone(),
+                    present: describe(&s.gvk()),
+                    present_create: s.create,
+                    incoming: describe(&x.gvk()),
+                });
             }
             Some(_) => {}
             None => into.push(x.clone()),
         }
     }
     Ok(())
+}
+
+/// Two field specs on one path disagree on `create`: kustomize refuses to merge them.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}conflicting fieldspecs: path '{path}' for {present} has create: {present_create}, for {incoming} create: {}",
+    prefixed(list),
+    !present_create
+)]
+pub struct Conflict {
+    /// The configuration list (`namePrefix`, `nameReference`, ...); empty inside one list.
+    pub list: &'static str,
+    /// The field path both specs name.
+    pub path: String,
+    /// The kinds the spec already there selects, in words.
+    pub present: String,
+    /// Its `create`; the incoming spec's is the opposite.
+    pub present_create: bool,
+    /// The kinds the incoming spec selects, in words.
+    pub incoming: String,
+}
+
+fn prefixed(list: &str) -> String {
+    if list.is_empty() {
+        String::new()
+    } else {
+        format!("{list}: ")
+    }
 }
 
 fn describe(gvk: &Gvk) -> String {
@@ -144,7 +171,7 @@ impl TransformerConfig {
     /// kustomize's `TransformerConfig.Merge`: `other`'s specs merge in field by field, back
     /// references of the same kind merge their referrers, and every list ends sorted. The error
     /// names the field whose specs conflict.
-    pub fn merge(&mut self, other: &TransformerConfig) -> Result<(), String> {
+    pub fn merge(&mut self, other: &TransformerConfig) -> Result<(), Conflict> {
         let mut other = other.clone();
         other.sort();
         let fields: [(&str, &mut Vec<FieldSpec>, &[FieldSpec]); 10] = [
@@ -176,12 +203,16 @@ impl TransformerConfig {
             ("replicas", &mut self.replicas, &other.replicas),
         ];
         for (name, into, from) in fields {
-            merge_all(into, from).map_err(|e| format!("{name}: {e}"))?;
+            merge_all(into, from).map_err(|e| Conflict { list: name, ..e })?;
         }
         for br in &other.name_reference {
             match self.name_reference.iter_mut().find(|b| b.gvk() == br.gvk()) {
-                Some(existing) => merge_all(&mut existing.referrers, &br.referrers)
-                    .map_err(|e| format!("nameReference: {e}"))?,
+                Some(existing) => {
+                    merge_all(&mut existing.referrers, &br.referrers).map_err(|e| Conflict {
+                        list: "nameReference",
+                        ..e
+                    })?
+                }
                 None => self.name_reference.push(br.clone()),
             }
         }
@@ -314,7 +345,39 @@ pub fn parse_path(path: &str) -> Vec<Seg> {
         .collect()
 }
 
-pub type VisitResult = Result<(), String>;
+/// Why a field could not be visited or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum VisitError {
+    /// A field path runs into a scalar before its end; kustomize refuses it.
+    #[error("expected a map or a list on the way, found {0}")]
+    NotAContainer(&'static str),
+    /// A name prefix or suffix spec reaches something other than a string.
+    #[error("expected a string")]
+    NotAString,
+    /// A namespace spec reaches a map or a list.
+    #[error("namespace field specs must target scalar nodes")]
+    NamespaceNotScalar,
+    /// A label or annotation spec reaches something other than a map.
+    #[error("a label or annotation field spec must target a map")]
+    NotAMap,
+    /// A name reference matches several objects that differ.
+    #[error("found multiple possible referrals: [{}]", .0.join(" "))]
+    AmbiguousReferral(Vec<String>),
+    /// One of the above, with the spec and object it happened in, as kustomize words it.
+    #[error("field '{path}' of {kind} '{name}': {reason}")]
+    InField {
+        /// The spec's path.
+        path: String,
+        /// The object's kind and name.
+        kind: String,
+        name: String,
+        /// What went wrong there.
+        reason: Box<VisitError>,
+    },
+}
+
+/// What a visit returns.
+pub type VisitResult = Result<(), VisitError>;
 
 /// Calls `f` on each node at `path` in `obj`. Sequences met on the way are walked element by
 /// element. With `create`, missing maps on the way and a missing final field (as `Null`) are
@@ -424,24 +487,34 @@ fn visit_node(
     }
 }
 
-fn not_a_container(v: &Value) -> String {
+fn not_a_container(v: &Value) -> VisitError {
     let what = match v {
         Value::String(_) => "a string",
         Value::Number(_) => "a number",
         Value::Bool(_) => "a boolean",
         _ => "a scalar",
     };
-    format!("expected a map or a list on the way, found {what}")
+    VisitError::NotAContainer(what)
 }
 
 /// Names the field spec and the object in an error met while visiting it, as kustomize does.
-pub fn in_context(fs: &FieldSpec, obj: &Map<String, Value>, gvk: &Gvk, e: String) -> String {
+pub fn in_context(
+    fs: &FieldSpec,
+    obj: &Map<String, Value>,
+    gvk: &Gvk,
+    e: VisitError,
+) -> VisitError {
     let name = obj
         .get("metadata")
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
         .unwrap_or("");
-    format!("field '{}' of {} '{name}': {e}", fs.path, gvk.kind)
+    VisitError::InField {
+        path: fs.path.clone(),
+        kind: gvk.kind.clone(),
+        name: name.to_owned(),
+        reason: Box::new(e),
+    }
 }
 
 /// Applies `f` along every spec in `specs` that selects `gvk`.

@@ -6,7 +6,7 @@ use saphyr_parser::{Event, ScalarStyle, Span, Tag};
 use serde_json::Value;
 
 use super::events::{self, Events};
-use super::read::{Reading, scalar};
+use super::read::{Reading, ValueError, scalar};
 
 /// Why a document cannot be read as written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,7 +35,7 @@ pub struct Scalar {
 
 impl Scalar {
     /// Its value as kustomize reads it in a file of the given kind.
-    pub fn value(&self, reading: Reading) -> Result<Value, String> {
+    pub fn value(&self, reading: Reading) -> Result<Value, ValueError> {
         scalar(&self.text, self.style, self.tag.as_ref(), reading)
     }
 
