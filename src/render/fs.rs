@@ -11,39 +11,74 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// What is at a path, once symlinks are followed: kustomize treats an entry differently by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
+    /// A file (a resource, a patch, a kustomization).
     File,
+    /// A directory (a base or a component).
     Dir,
 }
 
+/// One entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
+    /// The entry's name within its directory.
     pub name: String,
+    /// What it is, symlinks followed.
     pub kind: EntryKind,
 }
 
+/// Why a path could not be read. Every variant names the path, relative to the source root.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Nothing is at the path.
     #[error("{path}: no such file or directory")]
-    NotFound { path: String },
+    NotFound {
+        /// The path.
+        path: String,
+    },
+    /// A file was expected.
     #[error("{path}: is a directory, expected a file")]
-    IsDir { path: String },
+    IsDir {
+        /// The path.
+        path: String,
+    },
+    /// A directory was expected.
     #[error("{path}: is not a directory")]
-    NotDir { path: String },
+    NotDir {
+        /// The path.
+        path: String,
+    },
+    /// A symlink leads out of the root.
     #[error("{path}: resolves outside the source root")]
-    OutsideRoot { path: String },
+    OutsideRoot {
+        /// The path.
+        path: String,
+    },
+    /// The operating system refused.
     #[error("{path}: cannot read it")]
     Io {
+        /// The path.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// A source other than a disk (a Git tree) failed.
     #[error("{path}: cannot read it from the source: {message}")]
-    Source { path: String, message: String },
+    Source {
+        /// The path.
+        path: String,
+        /// The source's own words.
+        message: String,
+    },
+    /// A file, or a render's files together, pass a cap of [`super::limits`].
     #[error("{path}: larger than {max} bytes, the most {what}")]
     TooLarge {
+        /// The file.
         path: String,
+        /// The cap.
         max: u64,
         /// Which cap: one file's or a whole render's.
         what: &'static str,
@@ -76,6 +111,17 @@ pub struct DiskFs {
     root: PathBuf,
     /// Real locations of the directories resolved so far, by their path under the root.
     dirs: Mutex<HashMap<String, PathBuf>>,
+    /// The file [`FileSystem::kind`] found last: a render asks what an entry is and then reads
+    /// it, and the second look-up would repeat the first.
+    last_file: Mutex<Option<Found>>,
+}
+
+/// A file resolved to its real location, with its size when it was looked at.
+#[derive(Debug, Clone)]
+struct Found {
+    path: String,
+    real: PathBuf,
+    len: u64,
 }
 
 impl DiskFs {
@@ -88,6 +134,7 @@ impl DiskFs {
         Ok(Self {
             root,
             dirs: Mutex::new(HashMap::new()),
+            last_file: Mutex::new(None),
         })
     }
 
@@ -98,8 +145,15 @@ impl DiskFs {
 
     /// The real location of `path` and what is there, or `None` when nothing is.
     fn resolve(&self, path: &str) -> Result<Option<(PathBuf, EntryKind)>, Error> {
+        Ok(self
+            .resolve_sized(path)?
+            .map(|(real, kind, _)| (real, kind)))
+    }
+
+    /// [`DiskFs::resolve`], with the size of what is there.
+    fn resolve_sized(&self, path: &str) -> Result<Option<(PathBuf, EntryKind, u64)>, Error> {
         if path.is_empty() {
-            return Ok(Some((self.root.clone(), EntryKind::Dir)));
+            return Ok(Some((self.root.clone(), EntryKind::Dir, 0)));
         }
         let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
         // Fast path: the parent is a known directory and the entry is no symlink, so its real
@@ -113,7 +167,7 @@ impl DiskFs {
                     } else {
                         EntryKind::File
                     };
-                    return Ok(Some((real, kind)));
+                    return Ok(Some((real, kind, meta.len())));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 _ => {}
@@ -153,19 +207,20 @@ impl DiskFs {
 
     /// The slow path for symlinks and anything unusual: the operating system resolves the
     /// whole path, and the result must stay inside the root.
-    fn canonical(&self, path: &str) -> Result<Option<(PathBuf, EntryKind)>, Error> {
+    fn canonical(&self, path: &str) -> Result<Option<(PathBuf, EntryKind, u64)>, Error> {
         let io = |source| Error::Io {
             path: path.to_owned(),
             source,
         };
         match self.root.join(path).canonicalize() {
             Ok(real) if real.starts_with(&self.root) => {
-                let kind = if std::fs::metadata(&real).map_err(io)?.is_dir() {
+                let meta = std::fs::metadata(&real).map_err(io)?;
+                let kind = if meta.is_dir() {
                     EntryKind::Dir
                 } else {
                     EntryKind::File
                 };
-                Ok(Some((real, kind)))
+                Ok(Some((real, kind, meta.len())))
             }
             Ok(_) => Err(Error::OutsideRoot {
                 path: path.to_owned(),
@@ -183,19 +238,36 @@ impl FileSystem for DiskFs {
 
     fn read_file_at_most(&self, path: &str, max: u64) -> Result<Vec<u8>, Error> {
         use std::io::Read as _;
-        let (real, kind) = self.resolve(path)?.ok_or_else(|| Error::NotFound {
-            path: path.to_owned(),
-        })?;
-        if kind == EntryKind::Dir {
-            return Err(Error::IsDir {
-                path: path.to_owned(),
-            });
-        }
+        let remembered = self
+            .last_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .filter(|f| f.path == path);
+        let (real, len) = match remembered {
+            Some(f) => (f.real, f.len),
+            None => match self.resolve_sized(path)? {
+                Some((real, EntryKind::File, len)) => (real, len),
+                Some((_, EntryKind::Dir, _)) => {
+                    return Err(Error::IsDir {
+                        path: path.to_owned(),
+                    });
+                }
+                None => {
+                    return Err(Error::NotFound {
+                        path: path.to_owned(),
+                    });
+                }
+            },
+        };
         let io = |source| Error::Io {
             path: path.to_owned(),
             source,
         };
-        let mut bytes = Vec::new();
+        // Room for the whole file and one byte more, so that the read after the last one (the
+        // one that finds the end) needs no larger buffer: two reads per file, not four.
+        let room = len.min(max).saturating_add(1);
+        let mut bytes = Vec::with_capacity(usize::try_from(room).unwrap_or(usize::MAX));
         std::fs::File::open(&real)
             .map_err(io)?
             .take(max.saturating_add(1))
@@ -242,7 +314,18 @@ impl FileSystem for DiskFs {
     }
 
     fn kind(&self, path: &str) -> Result<Option<EntryKind>, Error> {
-        Ok(self.resolve(path)?.map(|(_, kind)| kind))
+        let found = self.resolve_sized(path)?;
+        if let Some((real, EntryKind::File, len)) = &found {
+            *self
+                .last_file
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Found {
+                path: path.to_owned(),
+                real: real.clone(),
+                len: *len,
+            });
+        }
+        Ok(found.map(|(_, kind, _)| kind))
     }
 }
 
