@@ -443,9 +443,12 @@ pub fn legacy_sort(list: &mut Vec<Resource>, first: &[String], last: &[String]) 
     for (i, k) in last.iter().enumerate() {
         rank.insert(k, 1 + i as i64);
     }
-    let mut keyed: Vec<(i64, String, bool, String, Resource)> = std::mem::take(list)
-        .into_iter()
-        .map(|r| {
+    // The keys are sorted with the index of their resource, which is moved once afterwards:
+    // a resource is large, and sorting moves each element about log(n) times.
+    let mut keyed: Vec<(i64, String, bool, String, bool, usize)> = list
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
             let id = r.cur_id();
             let gvk_s = id.gvk.sort_string();
             let ns = if id.namespace.is_empty() {
@@ -461,7 +464,8 @@ pub fn legacy_sort(list: &mut Vec<Resource>, first: &[String], last: &[String]) 
                 gvk_s,
                 is_ns && id.gvk.group.is_empty(),
                 id_s,
-                r,
+                is_ns,
+                i,
             )
         })
         .collect();
@@ -470,7 +474,7 @@ pub fn legacy_sort(list: &mut Vec<Resource>, first: &[String], last: &[String]) 
             .then_with(|| {
                 if a.1 == b.1 {
                     std::cmp::Ordering::Equal
-                } else if a.4.kind() == "Namespace" && b.4.kind() == "Namespace" && (a.2 || b.2) {
+                } else if a.4 && b.4 && (a.2 || b.2) {
                     b.1.cmp(&a.1)
                 } else {
                     a.1.cmp(&b.1)
@@ -478,7 +482,11 @@ pub fn legacy_sort(list: &mut Vec<Resource>, first: &[String], last: &[String]) 
             })
             .then_with(|| a.3.cmp(&b.3))
     });
-    *list = keyed.into_iter().map(|k| k.4).collect();
+    let mut slots: Vec<Option<Resource>> = std::mem::take(list).into_iter().map(Some).collect();
+    *list = keyed
+        .into_iter()
+        .map(|k| slots[k.5].take().expect("each index is sorted once"))
+        .collect();
 }
 
 /// Name references declared by CRD OpenAPI definitions through `x-kubernetes-object-ref-kind`
