@@ -10,7 +10,9 @@ use super::{Error, FIELD_MANAGER, ObjectRef, api_error};
 /// `Normal` or `Warning`, as Kubernetes has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Type {
+    /// Worth knowing.
     Normal,
+    /// Worth acting on.
     Warning,
 }
 

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::Value;
 
+/// How an object is doing, as kstatus grades it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum HealthStatus {
     /// Rolled out, ready, or a kind with nothing to wait for.
@@ -28,8 +29,10 @@ impl fmt::Display for HealthStatus {
     }
 }
 
+/// An object's health and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Health {
+    /// The grade.
     pub status: HealthStatus,
     /// Why, for people: "1 of 3 replicas updated".
     pub message: String,

@@ -15,7 +15,9 @@ use super::{Repository, fetch};
 /// A finished fetch: `generation` counts the requests it answers.
 #[derive(Debug, Clone)]
 pub struct Completed<T> {
+    /// The highest request generation this fetch answers.
     pub generation: u64,
+    /// What the fetch returned.
     pub result: T,
 }
 

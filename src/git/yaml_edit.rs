@@ -13,7 +13,10 @@ use crate::render::kustomization;
 use crate::yaml::written::{self, Node, Scalar};
 use crate::yaml::{self as core, Reading};
 
+/// Why an edit of a kustomization could not be made as written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum Error {
     #[error("field {field}: not found")]
     MissingField { field: String },

@@ -27,7 +27,9 @@ const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(300);
 /// is wrong; the kind's own cause (an I/O or YAML error) is the source.
 #[derive(Debug)]
 pub struct Error {
+    /// The pipeline file.
     pub file: PathBuf,
+    /// What is wrong with it.
     pub kind: ErrorKind,
 }
 
@@ -43,7 +45,10 @@ impl std::error::Error for Error {
     }
 }
 
+/// What is wrong with a pipeline file; the error around it names where.
 #[derive(Debug, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum ErrorKind {
     #[error("cannot read it")]
     Read(#[source] std::io::Error),

@@ -7,13 +7,20 @@ use serde_json::{Map, Value};
 
 use super::resource::Gvk;
 
+/// One field of objects a transformer touches: kustomize's `FieldSpec`, as a `configurations:`
+/// file writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(default)]
 pub struct FieldSpec {
+    /// The API group the spec is limited to; empty for any.
     pub group: String,
+    /// The version the spec is limited to; empty for any.
     pub version: String,
+    /// The kind the spec is limited to; empty for every kind.
     pub kind: String,
+    /// `/`-separated field path; `[]` walks a list, `\/` is a slash inside a name.
     pub path: String,
+    /// Whether the transformer makes the field when it is missing.
     #[serde(rename = "create")]
     pub create: bool,
     /// `path` split into segments once: transformers walk the same spec over every object.
@@ -34,6 +41,7 @@ impl FieldSpec {
         self.segs.get_or_init(|| parse_path(&self.path))
     }
 
+    /// The group, version and kind the spec selects, for ordering and comparing specs.
     pub fn gvk(&self) -> Gvk {
         Gvk {
             group: self.group.clone(),
@@ -57,14 +65,19 @@ impl FieldSpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct NameBackRef {
+    /// The referred kind's group; empty for any.
     pub group: String,
+    /// The referred kind's version; empty for any.
     pub version: String,
+    /// The referred kind.
     pub kind: String,
+    /// The fields of other objects that hold its name, fixed when it is renamed.
     #[serde(rename = "fieldSpecs")]
     pub referrers: Vec<FieldSpec>,
 }
 
 impl NameBackRef {
+    /// The referred group, version and kind.
     pub fn gvk(&self) -> Gvk {
         Gvk {
             group: self.group.clone(),
@@ -75,6 +88,8 @@ impl NameBackRef {
 }
 
 /// The field specs of every built-in transformer.
+// One list per transformer under kustomize's configuration names; `defaults.yaml` shows each.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct TransformerConfig {
@@ -295,13 +310,17 @@ pub fn read_configurations(text: &str) -> Result<Vec<TransformerConfig>, Configu
 /// One step of a field path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seg {
+    /// A field of a map.
     Field(String),
     /// `field[]`: every element of the sequence at `field`.
     Each(String),
     /// `field[key=value]`: the elements of the sequence whose `key` equals `value`.
     Match {
+        /// The sequence's field.
         field: String,
+        /// The key each element is matched on.
         key: String,
+        /// The value it must hold.
         value: String,
     },
 }
@@ -368,8 +387,9 @@ pub enum VisitError {
     InField {
         /// The spec's path.
         path: String,
-        /// The object's kind and name.
+        /// The object's kind.
         kind: String,
+        /// The object's name.
         name: String,
         /// What went wrong there.
         reason: Box<VisitError>,

@@ -18,6 +18,7 @@ use super::time;
 pub struct ParseError {
     /// 1-based position of the failing document in its stream.
     pub index: usize,
+    /// What is wrong, with its line.
     pub message: String,
 }
 
