@@ -15,6 +15,8 @@ pub mod git;
 pub mod metrics;
 pub mod pipeline;
 mod process;
+// Being written in parallel (issue 15); its items get their doc comments when it settles.
+#[allow(missing_docs)]
 pub mod promotion;
 pub mod reconcile;
 pub mod render;

@@ -43,6 +43,7 @@ pub enum Error {
     /// The embedded descriptors could not be served.
     #[error("cannot build the reflection service")]
     Reflection(#[source] tonic_reflection::server::Error),
+    /// `--tls-cert`, `--tls-key` or `--tls-client-ca` cannot be used.
     #[error("cannot use the TLS certificate, key or client CA")]
     Tls(#[source] tonic::transport::Error),
 }

@@ -114,11 +114,22 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Candidate {
     /// The promotion's commit is already on the branch.
-    AlreadyDone { commit: ObjectId },
+    AlreadyDone {
+        /// That commit.
+        commit: ObjectId,
+    },
     /// The branch already holds what the promotion would write.
-    NoChange { tip: ObjectId },
+    NoChange {
+        /// The branch tip.
+        tip: ObjectId,
+    },
     /// `commit` (written, not pushed) on top of `tip`.
-    Change { tip: ObjectId, commit: ObjectId },
+    Change {
+        /// The branch tip it builds on.
+        tip: ObjectId,
+        /// The new commit.
+        commit: ObjectId,
+    },
 }
 
 impl Candidate {

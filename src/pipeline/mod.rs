@@ -324,6 +324,7 @@ impl Default for ApprovalPolicy {
 /// A window during which promotions into an environment wait.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FreezeWindow {
+    /// When it applies.
     pub schedule: FreezeSchedule,
     /// An IANA time zone name such as `Europe/Berlin`; `UTC` when the file gives none. Weekly
     /// times are read in it; absolute ones carry their own offset.
@@ -332,14 +333,22 @@ pub struct FreezeWindow {
     pub reason: Option<String>,
 }
 
+/// When a freeze window applies: every week, or once.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FreezeSchedule {
     /// Every week from `start` to `end` (which may be in the next week, `Fri 16:00` to
     /// `Mon 08:00`); never equal.
-    Weekly { start: WeeklyTime, end: WeeklyTime },
+    Weekly {
+        /// When the freeze begins.
+        start: WeeklyTime,
+        /// When it ends.
+        end: WeeklyTime,
+    },
     /// Once, from `from` to `until`; `until` is after `from`.
     Absolute {
+        /// When it begins.
         from: jiff::Timestamp,
+        /// When it ends.
         until: jiff::Timestamp,
     },
 }
