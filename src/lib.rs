@@ -6,6 +6,7 @@
 //! the one YAML core (reading, go-yaml's rules, printing) that `render`, `secrets` and `git` share;
 //! it depends on none of them.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod cluster;

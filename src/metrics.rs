@@ -10,24 +10,30 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// Labels of a reconcile pass.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PassLabels {
+    /// The environment.
     pub environment: String,
     /// The status reason the pass ended with (`succeeded`, `apply_failed`, ...).
     pub reason: String,
 }
 
+/// Labels of a per-environment gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EnvironmentLabels {
+    /// The environment.
     pub environment: String,
 }
 
+/// Labels of a Git fetch.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FetchLabels {
     /// `ok` or `error`.
     pub result: String,
 }
 
+/// Labels of a webhook delivery.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
     /// `github`, `gitea`, `gitlab`, `generic`, or `none` when refused.
@@ -36,6 +42,7 @@ pub struct WebhookLabels {
     pub result: String,
 }
 
+/// Labels of a gRPC call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
     /// `/stagehand.v1.EnvironmentService/GetEnvironment`.
@@ -47,11 +54,17 @@ pub struct RpcLabels {
 /// Every metric of the service.
 pub struct Metrics {
     registry: Registry,
+    /// `stagehand_reconcile_duration_seconds`: how long passes take.
     pub reconcile_duration: Family<PassLabels, Histogram>,
+    /// `stagehand_reconcile_passes_total`: passes by how they ended.
     pub reconcile_passes: Family<PassLabels, Counter>,
+    /// `stagehand_drifted_objects`: objects changed in the cluster, now.
     pub drifted_objects: Family<EnvironmentLabels, Gauge>,
+    /// `stagehand_git_fetch_duration_seconds`: how long fetches take.
     pub fetch_duration: Family<FetchLabels, Histogram>,
+    /// `stagehand_webhook_deliveries_total`: deliveries by provider and result.
     pub webhooks: Family<WebhookLabels, Counter>,
+    /// `stagehand_grpc_request_duration_seconds`: calls by method and code.
     pub rpc_duration: Family<RpcLabels, Histogram>,
 }
 
@@ -123,6 +136,7 @@ impl Metrics {
         text
     }
 
+    /// Counts and times one reconcile pass.
     pub fn pass(&self, environment: &str, reason: &str, took: Duration) {
         let labels = PassLabels {
             environment: environment.to_owned(),
@@ -134,6 +148,7 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Times one fetch.
     pub fn fetch(&self, ok: bool, took: Duration) {
         let result = if ok { "ok" } else { "error" }.to_owned();
         self.fetch_duration
@@ -141,6 +156,7 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Counts one webhook delivery; `provider` is `None` when none was recognised.
     pub fn webhook(&self, provider: Option<&str>, accepted: bool) {
         self.webhooks
             .get_or_create(&WebhookLabels {
@@ -150,6 +166,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Times one gRPC call.
     pub fn rpc(&self, method: &str, code: &str, took: Duration) {
         self.rpc_duration
             .get_or_create(&RpcLabels {

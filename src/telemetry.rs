@@ -2,6 +2,7 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// How log lines are written (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     /// Readable lines for a terminal.

@@ -55,9 +55,11 @@ pub const TOKENS_KIND: &str = "Tokens";
 /// Who a caller is, as the tokens file names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// Shown in audit events and trailers.
     pub name: String,
     /// Matched against Git author e-mails (an author may not approve their own change).
     pub email: String,
+    /// What the `access:` rules grant to.
     pub groups: Vec<String>,
 }
 
@@ -92,6 +94,7 @@ pub enum Permission {
 }
 
 impl Permission {
+    /// Every permission, for `*` and for listing them.
     pub const ALL: [Permission; 7] = [
         Self::View,
         Self::Sync,
@@ -102,6 +105,7 @@ impl Permission {
         Self::Override,
     ];
 
+    /// The name the `access:` section uses.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::View => "view",
@@ -144,9 +148,11 @@ pub use crate::pipeline::AccessRule;
 #[derive(Debug, thiserror::Error)]
 #[error("pipeline file {}: field {field}: {problem}", file.display())]
 pub struct AccessError {
+    /// The pipeline file.
     pub file: PathBuf,
     /// Such as `access[1].permissions[0]`.
     pub field: String,
+    /// What is wrong with it.
     pub problem: String,
 }
 
@@ -302,9 +308,13 @@ pub fn authorize(
 /// A refused permission, with what a person needs to act on it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct Denied {
+    /// Who asked.
     pub identity: String,
+    /// The groups they are in.
     pub identity_groups: Vec<String>,
+    /// Where.
     pub environment: String,
+    /// What they asked to do.
     pub permission: Permission,
     /// The groups that do hold the permission there.
     pub granted_to: Vec<String>,
@@ -401,23 +411,35 @@ struct IdentityEntry {
 #[derive(Debug, thiserror::Error)]
 #[error("tokens file {}: {kind}", file.display())]
 pub struct TokensError {
+    /// The tokens file.
     pub file: PathBuf,
+    /// What is wrong with it.
     pub kind: TokensErrorKind,
 }
 
+/// What is wrong with a tokens file.
 #[derive(Debug, thiserror::Error)]
 pub enum TokensErrorKind {
+    /// It cannot be read.
     #[error("cannot read it")]
     Read(#[source] std::io::Error),
     /// The parser's own message is withheld: it can quote values, and a mistaken file may hold
     /// tokens in clear.
     #[error("not a valid tokens file at {field}{}", location.map(|(l, c)| format!(" (line {l}, column {c})")).unwrap_or_default())]
     Syntax {
+        /// The field path where reading stopped.
         field: String,
+        /// Line and column, when known.
         location: Option<(usize, usize)>,
     },
+    /// A field holds a value that is not allowed.
     #[error("field {field}: {problem}")]
-    Invalid { field: String, problem: String },
+    Invalid {
+        /// The field path.
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
 }
 
 struct Loaded {
@@ -443,6 +465,7 @@ impl Tokens {
         })
     }
 
+    /// The tokens file, for messages.
     pub fn file(&self) -> &Path {
         &self.file
     }
@@ -623,6 +646,7 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
      --insecure to accept this"
 )]
 pub struct Unprotected {
+    /// The address the server would listen on.
     pub addr: SocketAddr,
 }
 
@@ -644,6 +668,7 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// Authenticates callers against `tokens`.
     pub fn new(tokens: Arc<Tokens>) -> Self {
         Self {
             tokens: Some(tokens),
@@ -723,14 +748,21 @@ impl fmt::Debug for BearerToken {
 /// A token file that cannot be used. Never carries the token.
 #[derive(Debug, thiserror::Error)]
 pub enum BearerTokenError {
+    /// The file cannot be read.
     #[error("cannot read the token file {}", file.display())]
     Read {
+        /// The token file.
         file: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The file holds no usable token.
     #[error("the token file {} is empty or holds characters a token cannot have", file.display())]
-    Invalid { file: PathBuf },
+    Invalid {
+        /// The token file.
+        file: PathBuf,
+    },
 }
 
 impl BearerToken {

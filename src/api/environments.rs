@@ -26,6 +26,7 @@ pub struct EnvironmentApi {
 }
 
 impl EnvironmentApi {
+    /// Serves the environments of whatever pipeline `supervisor` runs now.
     pub fn new(supervisor: Arc<Supervisor>) -> Self {
         Self { supervisor }
     }

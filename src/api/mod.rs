@@ -22,20 +22,28 @@ use crate::service::reload::Supervisor;
 pub use environments::EnvironmentApi;
 pub use promotions::PromotionApi;
 
+/// Why the API server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The address is taken or not ours.
     #[error("cannot listen on {addr}")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// The gRPC server ended with an error.
     #[error("gRPC server failed")]
     Serve(#[source] tonic::transport::Error),
+    /// The webhook and metrics server ended with an error.
     #[error("HTTP server failed")]
     Http(#[source] std::io::Error),
+    /// The embedded descriptors could not be served.
     #[error("cannot build the reflection service")]
     Reflection(#[source] tonic_reflection::server::Error),
+    /// `--tls-cert`, `--tls-key` or `--tls-client-ca` cannot be used.
     #[error("cannot use the TLS certificate, key or client CA")]
     Tls(#[source] tonic::transport::Error),
 }
@@ -69,6 +77,7 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// Binds `addr`; port 0 picks a free port.
     pub async fn bind(addr: SocketAddr) -> Result<Self, Error> {
         let inner = TcpListener::bind(addr)
             .await
@@ -76,6 +85,7 @@ impl Listener {
         Ok(Self { inner })
     }
 
+    /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner
             .local_addr()

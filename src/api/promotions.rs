@@ -21,6 +21,7 @@ pub struct PromotionApi {
 }
 
 impl PromotionApi {
+    /// Serves the promotions of whatever pipeline `supervisor` runs now.
     pub fn new(supervisor: Arc<Supervisor>) -> Self {
         Self { supervisor }
     }

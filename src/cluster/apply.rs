@@ -47,6 +47,7 @@ pub struct Options {
 }
 
 impl Options {
+    /// Defaults for an apply as `owner` (the field manager and inventory owner): self-heal on, no force.
     pub fn new(owner: impl Into<String>) -> Self {
         Self {
             owner: owner.into(),
@@ -66,26 +67,32 @@ impl Options {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "change", rename_all = "camelCase")]
 pub enum Change {
+    /// Did not exist; now does.
     Created,
     /// Existed without an owner before this apply and was taken over (`sync.adopt`).
     Adopted,
     /// Changed by a new manifest from Git; `fields` are the paths that changed.
     Configured {
+        /// The changed field paths.
         fields: Vec<String>,
     },
+    /// Already as the manifest says.
     Unchanged,
     /// Someone changed these fields in the cluster; left alone (no self-heal or dry run).
     Drifted {
+        /// The drifted field paths.
         fields: Vec<String>,
     },
     /// Someone changed these fields in the cluster; put back.
     Healed {
+        /// The healed field paths.
         fields: Vec<String>,
     },
     /// Deleted and created again because an immutable field changed.
     Recreated,
     /// Not applied. For Secrets the error names fields only.
     Failed {
+        /// Why, naming fields only.
         error: String,
     },
 }
@@ -109,7 +116,9 @@ impl fmt::Display for Change {
 /// leaves it out.
 #[derive(Clone)]
 pub struct Entry {
+    /// The object.
     pub reference: ObjectRef,
+    /// What happened to it.
     pub change: Change,
     live: Option<Value>,
 }
@@ -152,16 +161,19 @@ impl Entry {
 /// The outcome of one apply, in apply order.
 #[derive(Debug, Clone, Default)]
 pub struct ChangeSet {
+    /// One entry per object, in apply order.
     pub entries: Vec<Entry>,
 }
 
 impl ChangeSet {
+    /// The entries whose apply failed.
     pub fn failed(&self) -> impl Iterator<Item = &Entry> {
         self.entries
             .iter()
             .filter(|e| matches!(e.change, Change::Failed { .. }))
     }
 
+    /// The entries found changed in the cluster, healed or not.
     pub fn drifted(&self) -> impl Iterator<Item = &Entry> {
         self.entries
             .iter()
@@ -182,6 +194,7 @@ impl ChangeSet {
         })
     }
 
+    /// Every object of the apply.
     pub fn references(&self) -> impl Iterator<Item = &ObjectRef> {
         self.entries.iter().map(|e| &e.reference)
     }

@@ -13,7 +13,9 @@ use super::{Error, FIELD_MANAGER, ObjectRef, api_error};
 /// `Normal` or `Warning`, as Kubernetes has them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Type {
+    /// Worth knowing.
     Normal,
+    /// Worth acting on.
     Warning,
 }
 
@@ -93,7 +95,12 @@ pub enum Recorded {
     /// A new Event, with its name.
     Created(String),
     /// The Event already recorded for this reason and message, now counting this many.
-    Counted { name: String, count: i32 },
+    Counted {
+        /// The Event's name.
+        name: String,
+        /// How often it happened, this time included.
+        count: i32,
+    },
     /// Too many Events lately: this one was dropped.
     Throttled,
 }
@@ -111,6 +118,7 @@ pub struct Series {
 }
 
 impl Series {
+    /// A series about `object`, with a full burst allowance.
     pub fn new(object: ObjectRef) -> Self {
         Self {
             object,

@@ -40,6 +40,8 @@ impl std::str::FromStr for InstallationId {
 
 /// The installation ID could not be read or written.
 #[derive(Debug, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum Error {
     #[error("installation ID {}: {what}", path.display())]
     Io {

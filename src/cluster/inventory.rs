@@ -48,6 +48,7 @@ impl Inventory {
         self
     }
 
+    /// The objects, in apply order.
     pub fn entries(&self) -> &[ObjectRef] {
         &self.entries
     }
@@ -57,18 +58,22 @@ impl Inventory {
         self.adopted.iter()
     }
 
+    /// Whether the object was adopted rather than created.
     pub fn is_adopted(&self, key: &ObjectKey) -> bool {
         self.adopted.contains(key)
     }
 
+    /// Whether nothing is tracked.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// How many objects are tracked.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether the object is tracked.
     pub fn contains(&self, key: &ObjectKey) -> bool {
         self.entries.iter().any(|e| &e.key() == key)
     }
@@ -92,10 +97,12 @@ impl Inventory {
         Inventory::new(self.entries.iter().chain(retained).cloned()).with_adopted(&self.adopted)
     }
 
+    /// The compact JSON stored in the inventory ConfigMap.
     pub fn to_json(&self) -> String {
         serde_json::to_string(&self.entries).expect("object references always serialise")
     }
 
+    /// Reads [`Inventory::to_json`]'s form.
     pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str::<Vec<ObjectRef>>(text).map(Self::new)
     }
@@ -114,7 +121,9 @@ impl Inventory {
 /// Where an environment's inventory ConfigMap lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
+    /// Its namespace (the environment's own, or Stagehand's).
     pub namespace: String,
+    /// Its name, derived from the pipeline and environment.
     pub name: String,
 }
 

@@ -62,6 +62,8 @@ pub const PRUNE_ANNOTATION: &str = "stagehand.dev/prune";
 
 /// A cluster operation that failed.
 #[derive(Debug, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum Error {
     /// A request the apiserver refused (`code` set) or that never got an answer (`code` none).
     /// For Secrets, `message` holds field names only.
@@ -109,6 +111,7 @@ impl Error {
         matches!(self, Self::Api { code: None, .. })
     }
 
+    /// The HTTP status of an API error; `None` when the server was not reached.
     pub fn code(&self) -> Option<u16> {
         match self {
             Self::Api { code, .. } => *code,
@@ -168,6 +171,8 @@ pub(crate) fn api_error(
 
 /// A cluster connection that could not be set up.
 #[derive(Debug, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum ConnectError {
     #[error("kubeconfig {}", path.display())]
     ReadKubeconfig {
@@ -198,7 +203,9 @@ pub enum ConnectError {
 /// What a kind resolves to.
 #[derive(Debug, Clone)]
 pub struct Resolved {
+    /// The resource to call for the kind.
     pub resource: ApiResource,
+    /// Whether objects of the kind live in a namespace.
     pub namespaced: bool,
 }
 
@@ -322,6 +329,7 @@ impl Connection {
         }
     }
 
+    /// The client, for calls this module does not wrap.
     pub fn client(&self) -> &kube::Client {
         &self.client
     }

@@ -11,14 +11,19 @@ use super::redact;
 /// an object served under a new version is still the same object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ObjectRef {
+    /// API group; empty for the core group.
     #[serde(rename = "g", default, skip_serializing_if = "String::is_empty")]
     pub group: String,
+    /// The version it is applied with.
     #[serde(rename = "v")]
     pub version: String,
+    /// Kind.
     #[serde(rename = "k")]
     pub kind: String,
+    /// `None` for cluster-scoped objects.
     #[serde(rename = "ns", default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// `metadata.name`.
     #[serde(rename = "n")]
     pub name: String,
 }
@@ -26,13 +31,18 @@ pub struct ObjectRef {
 /// The version-free identity of an object.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey {
+    /// API group.
     pub group: String,
+    /// Kind.
     pub kind: String,
+    /// `None` for cluster-scoped objects.
     pub namespace: Option<String>,
+    /// `metadata.name`.
     pub name: String,
 }
 
 impl ObjectRef {
+    /// `group/version`, or the version alone for the core group.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.clone()
@@ -41,6 +51,7 @@ impl ObjectRef {
         }
     }
 
+    /// The identity without the version.
     pub fn key(&self) -> ObjectKey {
         ObjectKey {
             group: self.group.clone(),
@@ -50,14 +61,17 @@ impl ObjectRef {
         }
     }
 
+    /// Whether it is a Secret, whose values are never shown.
     pub fn is_secret(&self) -> bool {
         self.group.is_empty() && self.kind == "Secret"
     }
 
+    /// Whether it is a Namespace, pruned only when allowed.
     pub fn is_namespace(&self) -> bool {
         self.group.is_empty() && self.kind == "Namespace"
     }
 
+    /// Whether it is a CRD, pruned only when allowed.
     pub fn is_crd(&self) -> bool {
         self.group == "apiextensions.k8s.io" && self.kind == "CustomResourceDefinition"
     }
@@ -76,7 +90,9 @@ impl ObjectRef {
 /// Apply order: every object of one stage is applied (and CRDs established) before the next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Stage {
+    /// Namespaces and CRDs.
     Definitions,
+    /// Everything else.
     Workloads,
 }
 
@@ -102,6 +118,8 @@ pub struct Object {
 
 /// A manifest that cannot be an object.
 #[derive(Debug, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum ObjectError {
     #[error("object #{index}: field {field} is missing or not a string")]
     MissingField { index: usize, field: &'static str },
@@ -168,10 +186,12 @@ impl Object {
             .collect()
     }
 
+    /// Which object.
     pub fn reference(&self) -> &ObjectRef {
         &self.reference
     }
 
+    /// The manifest to apply.
     pub fn manifest(&self) -> &Value {
         &self.manifest
     }

@@ -17,9 +17,11 @@ use super::apply::to_value;
 use super::inventory::Inventory;
 use super::{Connection, Error, INVENTORY_LABEL, ObjectRef, PRUNE_ANNOTATION, api_error};
 
+/// What pruning did with one object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "camelCase")]
 pub enum Outcome {
+    /// Deleted.
     Deleted,
     /// Already gone (deleted by hand, or its kind went with its CRD).
     Gone,
@@ -32,16 +34,22 @@ pub enum Outcome {
     /// A Namespace or CRD (deleting it deletes everything in it), left in the cluster without
     /// the `setting` that allows pruning it.
     Orphaned {
+        /// The `sync` setting, such as `pruneNamespaces`.
         setting: &'static str,
     },
     /// Not deleted because the pass would have deleted `count` of the environment's `total`
     /// objects, more than `max_percent`.
     Withheld {
+        /// Objects the pass would have deleted.
         count: usize,
+        /// Objects of the environment.
         total: usize,
+        /// The limit.
         max_percent: u8,
     },
+    /// The delete failed.
     Failed {
+        /// Why.
         error: String,
     },
 }
@@ -80,9 +88,12 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// One object pruning looked at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Pruned {
+    /// The object.
     pub reference: ObjectRef,
+    /// What became of it.
     #[serde(flatten)]
     pub outcome: Outcome,
 }
@@ -92,8 +103,11 @@ pub struct Pruned {
 pub struct Policy {
     /// The value of [`INVENTORY_LABEL`] on objects that are ours.
     pub owner: String,
+    /// Whether Namespaces may be deleted.
     pub namespaces: bool,
+    /// Whether CRDs may be deleted.
     pub crds: bool,
+    /// Whether adopted objects may be deleted.
     pub adopted: bool,
     /// The largest share of the environment's objects one pass deletes, in percent.
     pub max_percent: u8,

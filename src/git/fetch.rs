@@ -16,6 +16,8 @@ type BoxedTransport = Box<dyn gix_transport::client::blocking_io::Transport + Se
 
 /// What cannot be opened or fetched.
 #[derive(Debug, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum Error {
     #[error("cannot create the repository cache {}", path.display())]
     CreateCache {

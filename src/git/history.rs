@@ -7,21 +7,29 @@ use super::Repository;
 use super::revision::{Error, Location};
 use crate::pipeline::Pipeline;
 
+/// Trailer carrying the promotion id; finding it on the remote means the promotion is done.
 pub const PROMOTION: &str = "Stagehand-Promotion";
+/// Trailer naming the source environment and commit of a promotion.
 pub const PROMOTED_FROM: &str = "Promoted-From";
+/// Trailer naming the commit a rollback restored.
 pub const ROLLED_BACK_TO: &str = "Rolled-Back-To";
+/// Trailer naming who asked for the change.
 pub const REQUESTED_BY: &str = "Requested-By";
+/// Trailer naming an approver; one per approver.
 pub const APPROVED_BY: &str = "Approved-By";
 
 /// The Stagehand trailers of one commit; all empty for a commit made by hand.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trailers {
+    /// The promotion id.
     pub promotion: Option<String>,
     /// `<environment>@<commit>`.
     pub promoted_from: Option<String>,
     /// `<environment>@<commit>`.
     pub rolled_back_to: Option<String>,
+    /// Who asked.
     pub requested_by: Option<String>,
+    /// Who approved, in the order they did.
     pub approved_by: Vec<String>,
 }
 
@@ -50,12 +58,15 @@ impl Trailers {
 /// One revision of an environment: a commit that changed its directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The commit.
     pub commit: ObjectId,
     /// The tree of the environment's directory after this commit.
     pub tree: ObjectId,
+    /// The commit message's first line.
     pub summary: String,
     /// Committer time, seconds since the Unix epoch.
     pub time: i64,
+    /// Stagehand's trailers on it.
     pub trailers: Trailers,
 }
 

@@ -98,6 +98,7 @@ impl std::fmt::Debug for Repository {
 }
 
 impl Repository {
+    /// The remote this repository mirrors.
     pub fn url(&self) -> &RemoteUrl {
         &self.inner.url
     }

@@ -36,7 +36,9 @@ const DIVERGENCE_DEPTH: usize = 1000;
 /// Who authors and commits promotion commits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// The name in the commit.
     pub name: String,
+    /// The e-mail in the commit.
     pub email: String,
 }
 
@@ -48,22 +50,37 @@ pub struct PromotionCommit {
     pub id: String,
     /// The environment that changes.
     pub target: String,
+    /// What the commit does.
     pub change: Change,
+    /// Who asked, for the trailer.
     pub requested_by: String,
+    /// Who approved, for the trailers.
     pub approved_by: Vec<String>,
 }
 
+/// What a promotion commit does to the target's files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// Bring `source`'s files as of `commit` into the target.
-    Promote { source: String, commit: ObjectId },
+    Promote {
+        /// The source environment.
+        source: String,
+        /// The source's commit whose files are brought over.
+        commit: ObjectId,
+    },
     /// Restore the target's directory as it was at `commit` (a commit of the target's branch).
-    Rollback { commit: ObjectId },
+    Rollback {
+        /// The target's earlier commit.
+        commit: ObjectId,
+    },
 }
 
+/// How promotion commits are made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
+    /// The commit's author.
     pub author: Identity,
+    /// The commit's committer.
     pub committer: Identity,
     /// Pushes tried before giving up when others keep pushing first.
     pub max_attempts: u32,
@@ -74,6 +91,7 @@ pub struct Options {
 pub enum Outcome {
     /// A new commit is on the remote branch.
     Pushed {
+        /// The new commit.
         commit: ObjectId,
         /// The branch tip it was built on.
         parent: ObjectId,
@@ -81,20 +99,37 @@ pub enum Outcome {
         attempts: u32,
     },
     /// A commit with this promotion's id was already on the remote (an earlier run finished).
-    AlreadyDone { commit: ObjectId },
+    AlreadyDone {
+        /// That commit.
+        commit: ObjectId,
+    },
     /// The target already holds exactly what the promotion would write; nothing was pushed.
-    NoChange { commit: ObjectId },
+    NoChange {
+        /// The target's tip.
+        commit: ObjectId,
+    },
 }
 
 /// What a promotion would do to the target branch as the cache has it now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Candidate {
     /// The promotion's commit is already on the branch.
-    AlreadyDone { commit: ObjectId },
+    AlreadyDone {
+        /// That commit.
+        commit: ObjectId,
+    },
     /// The branch already holds what the promotion would write.
-    NoChange { tip: ObjectId },
+    NoChange {
+        /// The branch tip.
+        tip: ObjectId,
+    },
     /// `commit` (written, not pushed) on top of `tip`.
-    Change { tip: ObjectId, commit: ObjectId },
+    Change {
+        /// The branch tip it builds on.
+        tip: ObjectId,
+        /// The new commit.
+        commit: ObjectId,
+    },
 }
 
 impl Candidate {
@@ -107,7 +142,10 @@ impl Candidate {
     }
 }
 
+/// Why a promotion commit could not be made.
 #[derive(Debug, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum Error {
     #[error(transparent)]
     Fetch(#[from] fetch::Error),

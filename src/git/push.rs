@@ -12,7 +12,10 @@ use gix::ObjectId;
 
 use super::{Credentials, RemoteUrl, Timeouts};
 
+/// Why a push did not land.
 #[derive(Debug, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum Error {
     #[error("cannot run git to push to {url}")]
     Spawn {
@@ -53,7 +56,10 @@ pub enum Outcome {
     Updated,
     /// The branch was not where we expected (someone pushed first) or the remote refused the
     /// update; nothing changed there.
-    Rejected { reason: String },
+    Rejected {
+        /// The remote's words, or that the branch moved.
+        reason: String,
+    },
 }
 
 /// Sets `branch` on the remote to `new` if and only if it is still at `expected` (`None`: must

@@ -11,6 +11,7 @@ use std::time::Duration;
 pub struct RemoteUrl(String);
 
 impl RemoteUrl {
+    /// Wraps a URL; nothing is checked until it is used.
     pub fn new(url: impl Into<String>) -> Self {
         Self(url.into())
     }
@@ -99,6 +100,7 @@ impl fmt::Debug for RemoteUrl {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a value so that it is never printed.
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
@@ -149,14 +151,24 @@ pub enum Credentials {
     #[default]
     None,
     /// HTTP basic authentication.
-    Basic { username: String, password: Secret },
+    Basic {
+        /// The user name.
+        username: String,
+        /// The password.
+        password: Secret,
+    },
     /// An access token, sent as the basic-auth password; most hosts accept any user name with a
     /// token, GitHub documents `x-access-token`.
-    Token { token: Secret },
+    Token {
+        /// The token.
+        token: Secret,
+    },
     /// A private key file for `ssh://` and scp-like URLs, and the known-hosts file that pins the
     /// server's host key; fetch and push refuse an ssh URL without one.
     SshKey {
+        /// The private key file.
         path: PathBuf,
+        /// The known-hosts file; required for ssh.
         known_hosts: Option<PathBuf>,
     },
 }

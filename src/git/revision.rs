@@ -5,7 +5,10 @@ use gix::ObjectId;
 use super::{Repository, TRACKING_PREFIX, TreeFs};
 use crate::pipeline::{Pipeline, Source};
 
+/// Why a revision or a file in it could not be read.
 #[derive(Debug, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum Error {
     #[error("environment {environment:?} is not in the pipeline")]
     UnknownEnvironment { environment: String },
@@ -41,6 +44,7 @@ fn read_error(what: impl Into<String>) -> impl FnOnce(gix::Error) -> Error {
 /// Where an environment lives: a directory on a branch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Location {
+    /// The branch.
     pub branch: String,
     /// Relative to the repository root; empty for the whole branch.
     pub path: String,
@@ -70,7 +74,9 @@ impl Location {
 /// The revision an environment should run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revision {
+    /// The environment.
     pub environment: String,
+    /// Where its manifests are.
     pub location: Location,
     /// The tip of the environment's branch.
     pub commit: ObjectId,

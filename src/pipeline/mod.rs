@@ -22,6 +22,7 @@ pub const KIND: &str = "Pipeline";
 /// A validated pipeline.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pipeline {
+    /// The pipeline's `metadata.name`, which labels what it owns in the cluster.
     pub name: String,
     /// The Git repository that holds the manifests.
     pub repository: Repository,
@@ -41,14 +42,18 @@ pub struct Pipeline {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessRule {
+    /// Groups of the token file the rule grants to.
     pub groups: Vec<String>,
+    /// Environment names, or `*`.
     pub environments: Vec<String>,
+    /// Permission names (`view`, `sync`, ...), or `*`.
     pub permissions: Vec<String>,
 }
 
 /// A JSON webhook that receives events, signed with HMAC-SHA256 when it has a secret.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Notification {
+    /// Names the webhook in logs and metrics.
     pub name: String,
     /// A file holding the URL (it often carries a token, so it is never in the pipeline).
     pub url_file: PathBuf,
@@ -69,6 +74,7 @@ pub const NOTIFICATION_EVENTS: [&str; 6] = [
 ];
 
 impl Notification {
+    /// Whether this webhook subscribes to `event`.
     pub fn wants(&self, event: &str) -> bool {
         self.events.is_empty() || self.events.iter().any(|e| e == event)
     }
@@ -92,6 +98,7 @@ impl Default for Alerts {
     }
 }
 
+/// The repository every environment reads from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Repository {
     /// A URL (`file://`, `https://`, `ssh://`) or a path, relative paths being resolved against
@@ -105,14 +112,22 @@ pub struct Repository {
     pub pipeline_path: Option<String>,
 }
 
+/// One environment: where its manifests are, where they go, and how changes reach it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Environment {
+    /// Unique within the pipeline.
     pub name: String,
+    /// The environment whose revisions promote into this one; `None` for the first.
     pub promotes_from: Option<String>,
+    /// Where its manifests live in Git.
     pub source: Source,
+    /// Where its objects go.
     pub cluster: Cluster,
+    /// How and when it is synced.
     pub sync: SyncPolicy,
+    /// Who must approve promotions into it.
     pub approval: ApprovalPolicy,
+    /// When promotions into it wait.
     pub freeze_windows: Vec<FreezeWindow>,
     /// What a promotion into this environment carries over from its source.
     pub promote: PromotePolicy,
@@ -182,6 +197,7 @@ impl Default for PromotePolicy {
     }
 }
 
+/// Which `images:` entries a promotion copies.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ImageSelection {
     /// Every entry (`images: ["*"]`, the default).
@@ -191,6 +207,7 @@ pub enum ImageSelection {
 }
 
 impl ImageSelection {
+    /// Whether the entry named `name` is copied.
     pub fn includes(&self, name: &str) -> bool {
         match self {
             ImageSelection::All => true,
@@ -212,29 +229,48 @@ pub struct PromotedField {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Source {
     /// A directory on the repository's main branch.
-    Overlay { path: String },
+    Overlay {
+        /// Relative to the repository root.
+        path: String,
+    },
     /// The environment's own branch, optionally with a directory inside it.
-    Branch { branch: String, path: String },
+    Branch {
+        /// The branch.
+        branch: String,
+        /// Relative to the branch's root; empty for the root.
+        path: String,
+    },
 }
 
+/// The cluster an environment's objects go to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Cluster {
     /// The service account of the pod Stagehand runs in.
     InCluster,
     /// A kubeconfig file, optionally with a context other than its current one.
     Kubeconfig {
+        /// The kubeconfig file.
         path: PathBuf,
+        /// A context other than the file's current one.
         context: Option<String>,
     },
     /// The default kubeconfig (`KUBECONFIG` or `~/.kube/config`) with an optional context.
-    Default { context: Option<String> },
+    Default {
+        /// A context other than the current one.
+        context: Option<String>,
+    },
 }
 
+/// How an environment is synced (`sync:` in the file).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncPolicy {
+    /// Between passes when nothing wakes the environment earlier.
     pub interval: Duration,
+    /// Delete objects that left Git.
     pub prune: bool,
+    /// Undo changes made in the cluster by others (drift).
     pub self_heal: bool,
+    /// Start suspended: no pass applies until resumed.
     pub suspend: bool,
     /// How long applied objects may stay Progressing before they count as Failed.
     pub timeout: Duration,
@@ -259,6 +295,7 @@ pub struct SyncPolicy {
     pub max_prune_percent: u8,
 }
 
+/// Who must approve a promotion into an environment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApprovalPolicy {
     /// Number of distinct approvers needed; zero means promotions into this environment need no
@@ -291,6 +328,7 @@ impl Default for ApprovalPolicy {
 /// A window during which promotions into an environment wait.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FreezeWindow {
+    /// When it applies.
     pub schedule: FreezeSchedule,
     /// An IANA time zone name such as `Europe/Berlin`; `UTC` when the file gives none. Weekly
     /// times are read in it; absolute ones carry their own offset.
@@ -299,14 +337,22 @@ pub struct FreezeWindow {
     pub reason: Option<String>,
 }
 
+/// When a freeze window applies: every week, or once.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FreezeSchedule {
     /// Every week from `start` to `end` (which may be in the next week, `Fri 16:00` to
     /// `Mon 08:00`); never equal.
-    Weekly { start: WeeklyTime, end: WeeklyTime },
+    Weekly {
+        /// When the freeze begins.
+        start: WeeklyTime,
+        /// When it ends.
+        end: WeeklyTime,
+    },
     /// Once, from `from` to `until`; `until` is after `from`.
     Absolute {
+        /// When it begins.
         from: jiff::Timestamp,
+        /// When it ends.
         until: jiff::Timestamp,
     },
 }
@@ -316,7 +362,9 @@ pub enum FreezeSchedule {
 pub struct WeeklyTime {
     /// 0 = Monday … 6 = Sunday.
     pub weekday: u8,
+    /// 0 to 23.
     pub hour: u8,
+    /// 0 to 59.
     pub minute: u8,
 }
 
@@ -366,6 +414,7 @@ impl Pipeline {
         validate::parse(file, text)
     }
 
+    /// The environment named `name`.
     pub fn environment(&self, name: &str) -> Option<&Environment> {
         self.environments.iter().find(|env| env.name == name)
     }

@@ -12,15 +12,21 @@ use crate::reconcile::{Desired, DesiredState as _};
 /// Shown instead of a Secret's value.
 pub const MASK: &str = "(secret)";
 
+/// How an object of one environment compares with its match in the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
+    /// Only the first environment renders it.
     OnlyInFrom,
+    /// Only the second environment renders it.
     OnlyInTo,
+    /// Both render it, with the fields listed differing.
     Differs,
+    /// Both render it alike (namespace aside).
     Same,
 }
 
 impl Status {
+    /// The name the API uses.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OnlyInFrom => "only_in_from",
@@ -31,26 +37,38 @@ impl Status {
     }
 }
 
+/// One field that differs between two matched objects.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldDifference {
+    /// Dotted path with list indexes, such as `spec.template.spec.containers[0].image`.
     pub path: String,
     /// JSON of the value, [`MASK`] for Secret data; `None` when absent.
     pub from: Option<String>,
+    /// As `from`, in the second environment.
     pub to: Option<String>,
 }
 
+/// One object, matched by kind and name across the two environments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectComparison {
+    /// The object's kind.
     pub kind: String,
+    /// The object's name (its namespace is left out of the match).
     pub name: String,
+    /// Whether it is in both and alike.
     pub status: Status,
+    /// What differs, for [`Status::Differs`].
     pub fields: Vec<FieldDifference>,
 }
 
+/// Two environments compared, at the revisions Git says they should run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Comparison {
+    /// The first environment's revision.
     pub from_revision: String,
+    /// The second environment's revision.
     pub to_revision: String,
+    /// Every object of either, by kind and name.
     pub objects: Vec<ObjectComparison>,
 }
 

@@ -82,14 +82,20 @@ impl Detail {
 /// What a promotion waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockerKind {
+    /// Approvals are missing.
     Approvals,
+    /// A freeze window holds it.
     Freeze,
+    /// An older promotion into the same environment goes first.
     Queue,
+    /// The source is not Healthy at the promoted revision.
     SourceHealth,
+    /// The target is suspended.
     Suspended,
 }
 
 impl BlockerKind {
+    /// The name the API uses.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Approvals => "approvals",
@@ -104,7 +110,9 @@ impl BlockerKind {
 /// One thing a waiting promotion waits for, for people.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Blocker {
+    /// What kind of wait.
     pub kind: BlockerKind,
+    /// For people: what is missing, and who or what can end the wait.
     pub message: String,
     /// Approvals: the groups whose members may still approve (empty: anyone authenticated).
     pub groups: Vec<String>,
@@ -132,11 +140,13 @@ impl Blocker {
 /// A promotion as the API shows it: what the store holds, and what it waits for now.
 #[derive(Debug, Clone)]
 pub struct PromotionView {
+    /// The promotion as the store holds it.
     pub promotion: PromotionRecord,
     /// Empty in listings.
     pub approvals: Vec<Approval>,
     /// Empty in listings.
     pub transitions: Vec<store::TransitionRecord>,
+    /// Approvals still needed; 0 in listings.
     pub approvals_missing: u32,
     /// Empty in listings and once the promotion moves or has ended.
     pub blockers: Vec<Blocker>,

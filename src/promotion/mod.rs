@@ -33,8 +33,11 @@ use crate::store::{self, PromotionState};
 /// Who calls: an authenticated identity, or Stagehand itself (auto-promotion).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
+    /// The identity's name, as transitions and the audit log record it.
     pub name: String,
+    /// Matched against Git author e-mails (`allowAuthorApproval`); empty for Stagehand.
     pub email: String,
+    /// Checked against the environment's `approval.groups`.
     pub groups: Vec<String>,
 }
 
@@ -55,6 +58,8 @@ pub const SELF: &str = "stagehand";
 /// Why a promotion call was refused or failed. Messages name the environment, revision or
 /// promotion, and never a Secret value.
 #[derive(Debug, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum Error {
     #[error(transparent)]
     Unknown(#[from] UnknownEnvironment),

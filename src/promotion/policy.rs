@@ -127,11 +127,14 @@ pub struct Approver<'a> {
     pub name: &'a str,
     /// The identity's e-mail; empty when the tokens file gives none.
     pub email: &'a str,
+    /// The identity's groups, checked against `approval.groups`.
     pub groups: &'a [String],
 }
 
 /// Why an approval is refused. The environment and promotion are named by the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum Refusal {
     #[error(
         "only members of {} may approve promotions into this environment",

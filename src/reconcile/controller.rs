@@ -137,6 +137,7 @@ impl Controller {
         Ok(*self.handle(env)?.suspended.borrow())
     }
 
+    /// The current status of `env`.
     pub fn status(&self, env: &str) -> Result<EnvironmentStatus, UnknownEnvironment> {
         Ok(self.handle(env)?.status.borrow().clone())
     }
@@ -149,6 +150,7 @@ impl Controller {
         Ok(self.handle(env)?.status.clone())
     }
 
+    /// A receiver that sees every event of every environment from now on.
     pub fn events(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }

@@ -45,7 +45,9 @@ pub use status::{Drift, EnvironmentStatus, Event, EventKind, ObjectDiff, ObjectS
 /// What Git says an environment should run: a revision and its objects (Secrets decrypted).
 #[derive(Clone)]
 pub struct Desired {
+    /// The commit (and tree) the objects come from.
     pub revision: String,
+    /// The rendered objects, in apply order.
     pub objects: Vec<Value>,
 }
 
@@ -61,8 +63,11 @@ impl std::fmt::Debug for Desired {
 /// The stage of getting desired objects that failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum SourceStage {
+    /// Getting the revision from Git.
     Fetch,
+    /// Building the kustomization.
     Render,
+    /// Decrypting SOPS files; told apart so the status says a key is missing.
     Decrypt,
 }
 
@@ -80,8 +85,11 @@ impl std::fmt::Display for SourceStage {
 #[derive(Debug, thiserror::Error)]
 #[error("{stage} failed{}", revision.as_ref().map(|r| format!(" at revision {r}")).unwrap_or_default())]
 pub struct SourceError {
+    /// Which stage failed.
     pub stage: SourceStage,
+    /// The revision, when the fetch got that far.
     pub revision: Option<String>,
+    /// Why.
     #[source]
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
@@ -106,6 +114,8 @@ pub enum Action {
 
 /// A pass that failed, by stage.
 #[derive(Debug, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum Error {
     #[error("environment {env}")]
     Source {
@@ -292,6 +302,7 @@ struct Loaded {
 /// [`Plan::diffs`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    /// The revision the plan is for.
     pub revision: String,
     /// Per object: created, configured (with the fields), unchanged, drifted or failed.
     pub objects: Vec<ObjectStatus>,
@@ -313,6 +324,7 @@ pub struct Reconciler<S> {
 }
 
 impl<S: DesiredState> Reconciler<S> {
+    /// A reconciler that has not run; it connects to the cluster on its first pass.
     pub fn new(
         env: Environment,
         source: Arc<S>,
@@ -331,10 +343,12 @@ impl<S: DesiredState> Reconciler<S> {
         }
     }
 
+    /// The environment it reconciles.
     pub fn environment(&self) -> &Environment {
         &self.env
     }
 
+    /// The status after the last pass.
     pub fn status(&self) -> &EnvironmentStatus {
         &self.status
     }

@@ -69,7 +69,9 @@ impl DesiredState for GitSource {
 /// One environment pinned to one commit of its branch, pushed or not: what a promotion would
 /// make it run, checked before anything reaches the remote.
 pub struct AtCommit {
+    /// The environment's source.
     pub source: Arc<GitSource>,
+    /// The commit it is pinned to.
     pub commit: gix::ObjectId,
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde_json::{Map, Value};
 
 use super::error::Error;
-use super::fieldspec::{self, FieldSpec, TransformerConfig};
+use super::fieldspec::{self, ConfigurationError, FieldSpec, TransformerConfig};
 use super::fold::Folded;
 use super::fs::{self, EntryKind, FileSystem};
 use super::kustomization::{self as kz, Kustomization};
@@ -86,18 +86,10 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
     }
     top.build_metadata = top.k.build_metadata.clone();
     let mut acc = accumulate_target(&ctx, &top, Acc::default())?;
-    let field_err = |field: &'static str| {
-        let file = top.file.clone();
-        move |message: String| Error::Field {
-            file,
-            field,
-            message,
-        }
-    };
-    generate::add_hashes(&mut acc.res).map_err(field_err("configMapGenerator"))?;
-    nameref::fix(&mut acc.res, &acc.config.name_reference).map_err(field_err("resources"))?;
+    generate::add_hashes(&mut acc.res);
+    nameref::fix(&mut acc.res, &acc.config.name_reference).map_err(|m| top.err("resources", m))?;
     replace::resolve_vars(&mut acc.res, &acc.vars, &acc.config.var_reference)
-        .map_err(field_err("vars"))?;
+        .map_err(|m| top.err("vars", m))?;
     // Objects marked as local configuration are inputs to the build, not part of its output.
     acc.res.retain(|r| {
         r.obj
@@ -186,7 +178,7 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
                     m.insert("config.kubernetes.io/origin".into(), o);
                 }
             }
-            tidy_annotations(&mut r).map_err(field_err("resources"))?;
+            tidy_annotations(&mut r).map_err(|m| top.err("resources", m))?;
             Ok(r.obj)
         })
         .collect()
@@ -194,7 +186,12 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
 
 /// kustomize rewrites every object's annotations on its way out (it adds and removes internal
 /// ones): values become text, and an annotations field that is empty or not a map disappears.
-fn tidy_annotations(r: &mut Resource) -> Result<(), String> {
+/// An object whose annotations are a list, which kustomize refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("metadata.annotations of {0} is a list; annotations are a map")]
+struct AnnotationsList(String);
+
+fn tidy_annotations(r: &mut Resource) -> Result<(), AnnotationsList> {
     let id = r.cur_id();
     let Some(Value::Object(meta)) = r.obj.get_mut("metadata") else {
         return Ok(());
@@ -211,9 +208,7 @@ fn tidy_annotations(r: &mut Resource) -> Result<(), String> {
             }
         }
         Some(Value::Array(_)) => {
-            return Err(format!(
-                "metadata.annotations of {id} is a list; annotations are a map"
-            ));
+            return Err(AnnotationsList(id.to_string()));
         }
         Some(_) => {
             meta.remove("annotations");
@@ -426,11 +421,11 @@ impl Target {
         }
     }
 
-    pub(super) fn err(&self, field: &'static str, message: String) -> Error {
+    pub(super) fn err(&self, field: &'static str, message: impl std::fmt::Display) -> Error {
         Error::Field {
             file: self.file.clone(),
             field,
-            message,
+            message: message.to_string(),
         }
     }
 
@@ -605,7 +600,7 @@ fn accumulate_inner(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
         if path.is_some() && openapi.get("version").is_some() {
             return Err(t.err(
                 "openapi",
-                "builtin version and custom schema provided, cannot use both".into(),
+                "builtin version and custom schema provided, cannot use both",
             ));
         }
         // A builtin version must be one kustomize ships, unless a kustomization loaded before
@@ -699,15 +694,16 @@ fn merge_configurations(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Erro
     for entry in &t.k.configurations {
         let bytes = t.read(ctx, "configurations", entry)?;
         let text = String::from_utf8_lossy(&bytes);
-        let docs = yaml::parse_documents(&text).map_err(|source| Error::Parse {
-            file: t.file.clone(),
-            field: "configurations",
-            path: entry.clone(),
-            source,
+        let configs = fieldspec::read_configurations(&text).map_err(|e| match e {
+            ConfigurationError::Yaml(source) => Error::Parse {
+                file: t.file.clone(),
+                field: "configurations",
+                path: entry.clone(),
+                source,
+            },
+            ConfigurationError::Shape(e) => t.err("configurations", format!("{entry}: {e}")),
         })?;
-        for d in docs {
-            let tc: TransformerConfig = serde_json::from_value(d)
-                .map_err(|e| t.err("configurations", format!("{entry}: {e}")))?;
+        for tc in configs {
             from_files
                 .merge(&tc)
                 .map_err(|m| t.err("configurations", format!("{entry}: {m}")))?;
@@ -950,7 +946,12 @@ fn run_generators(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
 
 /// The builtin IAMPolicyGenerator: for `cloud: gke`, a ServiceAccount bound to a Google service
 /// account through the Workload Identity annotation.
-fn iam_policy_service_account(cfg: &Map<String, Value>) -> Result<Resource, String> {
+/// An IAMPolicyGenerator for a cloud other than GKE, which kustomize does not support.
+#[derive(Debug, thiserror::Error)]
+#[error("cloud provider {0} not supported yet")]
+struct UnsupportedCloud(String);
+
+fn iam_policy_service_account(cfg: &Map<String, Value>) -> Result<Resource, UnsupportedCloud> {
     let text = |path: &[&str]| {
         let mut v = Some(&Value::Object(cfg.clone()));
         for p in path {
@@ -960,7 +961,7 @@ fn iam_policy_service_account(cfg: &Map<String, Value>) -> Result<Resource, Stri
     };
     let cloud = text(&["cloud"]);
     if cloud != "gke" {
-        return Err(format!("cloud provider {cloud} not supported yet"));
+        return Err(UnsupportedCloud(cloud));
     }
     let mut metadata = Map::new();
     let mut annotations = Map::new();
@@ -1088,7 +1089,7 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
     for p in &k.patches_json6902 {
         let text = patch_text(ctx, t, "patchesJson6902", p)?;
         let Some(target) = &p.target else {
-            return Err(t.err("patchesJson6902", "a JSON patch needs a target".into()));
+            return Err(t.err("patchesJson6902", "a JSON patch needs a target"));
         };
         patch::apply_json6902_text(&mut acc.res, &text, target)
             .map_err(|m| t.err("patchesJson6902", m))?;
@@ -1129,8 +1130,8 @@ fn run_transformers(ctx: &Ctx, t: &Target, acc: &mut Acc) -> Result<(), Error> {
 
 fn patch_text(ctx: &Ctx, t: &Target, field: &'static str, p: &kz::Patch) -> Result<String, Error> {
     match (p.patch.trim().is_empty(), p.path.is_empty()) {
-        (true, true) => Err(t.err(field, "must specify one of patch and path".into())),
-        (false, false) => Err(t.err(field, "patch and path can't be set at the same time".into())),
+        (true, true) => Err(t.err(field, "must specify one of patch and path")),
+        (false, false) => Err(t.err(field, "patch and path can't be set at the same time")),
         (false, true) => Ok(p.patch.clone()),
         (true, false) => {
             let bytes = t.read(ctx, field, &p.path)?;
@@ -1171,10 +1172,21 @@ fn replacement_list(
     Ok(out)
 }
 
-fn field_specs(cfg: &Map<String, Value>, key: &str) -> Result<Vec<FieldSpec>, String> {
+/// A transformer configuration's field specs that do not read as field specs.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+struct BadFieldSpecs {
+    key: String,
+    reason: serde_json::Error,
+}
+
+fn field_specs(cfg: &Map<String, Value>, key: &str) -> Result<Vec<FieldSpec>, BadFieldSpecs> {
     match cfg.get(key) {
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("{key}: {e}")),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|reason| BadFieldSpecs {
+            key: key.to_owned(),
+            reason,
+        }),
     }
 }
 
@@ -1203,7 +1215,7 @@ fn run_builtin_transformer(
     from: &str,
 ) -> Result<(), Error> {
     const F: &str = "transformers";
-    let e = |m: String| t.err(F, format!("{from}: {m}"));
+    let e = |m: &dyn std::fmt::Display| t.err(F, format!("{from}: {m}"));
     if cfg.api_version() != "builtin" {
         return Err(Error::Refused {
             file: t.file.clone(),
@@ -1216,20 +1228,22 @@ fn run_builtin_transformer(
     let str_of = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     match cfg.kind() {
         "PrefixSuffixTransformer" | "PrefixTransformer" | "SuffixTransformer" => {
-            let fss = field_specs(c, "fieldSpecs").map_err(e)?;
+            let fss = field_specs(c, "fieldSpecs").map_err(|x| e(&x))?;
             transform::prefix_suffix(&mut acc.res, &str_of("prefix"), &str_of("suffix"), &fss)
-                .map_err(e)
+                .map_err(|x| e(&x))
         }
         "LabelTransformer" => {
-            let fss = field_specs(c, "fieldSpecs").map_err(e)?;
-            transform::set_map_entries(&mut acc.res, &string_map(c, "labels"), &fss).map_err(e)
+            let fss = field_specs(c, "fieldSpecs").map_err(|x| e(&x))?;
+            transform::set_map_entries(&mut acc.res, &string_map(c, "labels"), &fss)
+                .map_err(|x| e(&x))
         }
         "AnnotationsTransformer" => {
-            let fss = field_specs(c, "fieldSpecs").map_err(e)?;
-            transform::set_map_entries(&mut acc.res, &string_map(c, "annotations"), &fss).map_err(e)
+            let fss = field_specs(c, "fieldSpecs").map_err(|x| e(&x))?;
+            transform::set_map_entries(&mut acc.res, &string_map(c, "annotations"), &fss)
+                .map_err(|x| e(&x))
         }
         "NamespaceTransformer" => {
-            let fss = field_specs(c, "fieldSpecs").map_err(e)?;
+            let fss = field_specs(c, "fieldSpecs").map_err(|x| e(&x))?;
             let ns = c
                 .get("metadata")
                 .and_then(|m| m.get("namespace"))
@@ -1245,11 +1259,11 @@ fn run_builtin_transformer(
             if ns.is_empty() {
                 return Ok(());
             }
-            transform::namespace(&mut acc.res, &ns, &fss, unset_only, &mode).map_err(e)
+            transform::namespace(&mut acc.res, &ns, &fss, unset_only, &mode).map_err(|x| e(&x))
         }
         "PatchTransformer" => {
-            let p: kz::Patch = serde_json::from_value(Value::Object(strip_meta(c)))
-                .map_err(|x| e(x.to_string()))?;
+            let p: kz::Patch =
+                serde_json::from_value(Value::Object(strip_meta(c))).map_err(|x| e(&x))?;
             let text = patch_text(ctx, t, F, &p)?;
             let schema = ctx.schema.borrow();
             patch::apply_patch(
@@ -1259,14 +1273,14 @@ fn run_builtin_transformer(
                 &p.options,
                 schema.as_deref(),
             )
-            .map_err(e)
+            .map_err(|x| e(&x))
         }
         "PatchJson6902Transformer" => {
             let target: kz::Selector = c
                 .get("target")
                 .map(|v| serde_json::from_value(v.clone()))
                 .transpose()
-                .map_err(|x| e(x.to_string()))?
+                .map_err(|x| e(&x))?
                 .unwrap_or_default();
             let text = if c.contains_key("path") {
                 let bytes = t.read(ctx, F, &str_of("path"))?;
@@ -1274,7 +1288,7 @@ fn run_builtin_transformer(
             } else {
                 str_of("jsonOp")
             };
-            patch::apply_json6902_text(&mut acc.res, &text, &target).map_err(e)
+            patch::apply_json6902_text(&mut acc.res, &text, &target).map_err(|x| e(&x))
         }
         "PatchStrategicMergeTransformer" => {
             let mut patches = Vec::new();
@@ -1283,31 +1297,29 @@ fn run_builtin_transformer(
                     let bytes = t.read(ctx, F, p)?;
                     patches.extend(
                         yaml::documents(&String::from_utf8_lossy(&bytes), Reading::Patches)
-                            .map_err(|x| e(x.to_string()))?,
+                            .map_err(|x| e(&x))?,
                     );
                 }
             }
             if let Some(Value::String(inline)) = c.get("patches") {
-                patches.extend(
-                    yaml::documents(inline, Reading::Patches).map_err(|x| e(x.to_string()))?,
-                );
+                patches.extend(yaml::documents(inline, Reading::Patches).map_err(|x| e(&x))?);
             }
             patch::strategic_merge_all(&mut acc.res, &patches, ctx.schema.borrow().as_deref())
-                .map_err(e)
+                .map_err(|x| e(&x))
         }
         "ImageTagTransformer" => {
-            let fss = field_specs(c, "fieldSpecs").map_err(e)?;
+            let fss = field_specs(c, "fieldSpecs").map_err(|x| e(&x))?;
             let img: kz::Image =
                 serde_json::from_value(c.get("imageTag").cloned().unwrap_or_default())
-                    .map_err(|x| e(x.to_string()))?;
-            transform::images(&mut acc.res, &[img], &fss).map_err(e)
+                    .map_err(|x| e(&x))?;
+            transform::images(&mut acc.res, &[img], &fss).map_err(|x| e(&x))
         }
         "ReplicaCountTransformer" => {
-            let fss = field_specs(c, "fieldSpecs").map_err(e)?;
+            let fss = field_specs(c, "fieldSpecs").map_err(|x| e(&x))?;
             let r: kz::Replica =
                 serde_json::from_value(c.get("replica").cloned().unwrap_or_default())
-                    .map_err(|x| e(x.to_string()))?;
-            transform::replicas(&mut acc.res, &r, &fss).map_err(e)
+                    .map_err(|x| e(&x))?;
+            transform::replicas(&mut acc.res, &r, &fss).map_err(|x| e(&x))
         }
         "ReplacementTransformer" => {
             let list = match c.get("replacements") {
@@ -1315,10 +1327,10 @@ fn run_builtin_transformer(
                 _ => Vec::new(),
             };
             let list = replacement_list(ctx, t, F, &list)?;
-            replace::replacements(&mut acc.res, &list).map_err(e)
+            replace::replacements(&mut acc.res, &list).map_err(|x| e(&x))
         }
         "HashTransformer" => Ok(()),
-        other => Err(e(format!(
+        other => Err(e(&format!(
             "unable to load builtin {}",
             super::resource::Gvk::from_api_version("builtin", other)
         ))),

@@ -1,18 +1,26 @@
 //! Field specs: which field of which kinds a transformer touches, kustomize's built-in table of
-//! them, the `configurations:` files that extend it, and walking an object along a spec's path.
+//! them (`defaults.yaml`), the `configurations:` files that extend it, and walking an object
+//! along a spec's path.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::resource::Gvk;
 
+/// One field of objects a transformer touches: kustomize's `FieldSpec`, as a `configurations:`
+/// file writes it.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(default)]
 pub struct FieldSpec {
+    /// The API group the spec is limited to; empty for any.
     pub group: String,
+    /// The version the spec is limited to; empty for any.
     pub version: String,
+    /// The kind the spec is limited to; empty for every kind.
     pub kind: String,
+    /// `/`-separated field path; `[]` walks a list, `\/` is a slash inside a name.
     pub path: String,
+    /// Whether the transformer makes the field when it is missing.
     #[serde(rename = "create")]
     pub create: bool,
     /// `path` split into segments once: transformers walk the same spec over every object.
@@ -33,6 +41,7 @@ impl FieldSpec {
         self.segs.get_or_init(|| parse_path(&self.path))
     }
 
+    /// The group, version and kind the spec selects, for ordering and comparing specs.
     pub fn gvk(&self) -> Gvk {
         Gvk {
             group: self.group.clone(),
@@ -41,50 +50,34 @@ impl FieldSpec {
         }
     }
 
-    /// `kind` as `Kind`, `Kind@group/version`, `Kind@version` or `Kind@group`.
+    /// A spec for objects of `kind` in any group and version; every kind when it is empty.
     pub(crate) fn new(kind: &str, path: &str, create: bool) -> Self {
-        let (kind, group, version) = split_kind(kind);
         Self {
-            group,
-            version,
-            kind,
+            kind: kind.to_owned(),
             path: path.to_owned(),
             create,
-            segs: Default::default(),
+            ..Self::default()
         }
     }
-}
-
-/// `Kind` or `Kind@group/version` or `Kind@version` in the tables below.
-fn split_kind(s: &str) -> (String, String, String) {
-    match s.split_once('@') {
-        None => (s.to_owned(), String::new(), String::new()),
-        Some((k, gv)) => match gv.split_once('/') {
-            Some((g, v)) => (k.to_owned(), g.to_owned(), v.to_owned()),
-            None if is_version(gv) => (k.to_owned(), String::new(), gv.to_owned()),
-            None => (k.to_owned(), gv.to_owned(), String::new()),
-        },
-    }
-}
-
-/// `v1`, `v2beta1`: a version rather than a group.
-fn is_version(s: &str) -> bool {
-    s.strip_prefix('v')
-        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
 }
 
 /// A kind that is referred to by name, and the fields that refer to it.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct NameBackRef {
+    /// The referred kind's group; empty for any.
     pub group: String,
+    /// The referred kind's version; empty for any.
     pub version: String,
+    /// The referred kind.
     pub kind: String,
+    /// The fields of other objects that hold its name, fixed when it is renamed.
     #[serde(rename = "fieldSpecs")]
     pub referrers: Vec<FieldSpec>,
 }
 
 impl NameBackRef {
+    /// The referred group, version and kind.
     pub fn gvk(&self) -> Gvk {
         Gvk {
             group: self.group.clone(),
@@ -95,11 +88,15 @@ impl NameBackRef {
 }
 
 /// The field specs of every built-in transformer.
+// One list per transformer under kustomize's configuration names; `defaults.yaml` shows each.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct TransformerConfig {
     pub name_prefix: Vec<FieldSpec>,
     pub name_suffix: Vec<FieldSpec>,
+    /// `namespace`, as kustomize spells it (not `nameSpace`).
+    #[serde(rename = "namespace")]
     pub name_space: Vec<FieldSpec>,
     pub common_labels: Vec<FieldSpec>,
     pub template_labels: Vec<FieldSpec>,
@@ -115,27 +112,54 @@ pub struct TransformerConfig {
 /// there on the same path is of a kind it selects (a spec for all kinds after specific ones adds
 /// nothing), and it is an error when those two disagree on `create`. Together with the sorting
 /// below, this is how a `configurations:` spec for one kind narrows the default for all kinds.
-pub(crate) fn merge_all(into: &mut Vec<FieldSpec>, incoming: &[FieldSpec]) -> Result<(), String> {
+pub(crate) fn merge_all(into: &mut Vec<FieldSpec>, incoming: &[FieldSpec]) -> Result<(), Conflict> {
     for x in incoming {
         match into
             .iter()
             .find(|s| s.path == x.path && x.selects(&s.gvk()))
         {
             Some(s) if s.create != x.create => {
-                return Err(format!(
-                    "conflicting fieldspecs: path '{}' for {} has create: {}, for {} create: {}",
-                    x.path,
-                    describe(&s.gvk()),
-                    s.create,
-                    describe(&x.gvk()),
-                    x.create
-                ));
+                return Err(Conflict {
+                    list: "",
+                    path: x.path.clone(),
+                    present: describe(&s.gvk()),
+                    present_create: s.create,
+                    incoming: describe(&x.gvk()),
+                });
             }
             Some(_) => {}
             None => into.push(x.clone()),
         }
     }
     Ok(())
+}
+
+/// Two field specs on one path disagree on `create`: kustomize refuses to merge them.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{}conflicting fieldspecs: path '{path}' for {present} has create: {present_create}, for {incoming} create: {}",
+    prefixed(list),
+    !present_create
+)]
+pub struct Conflict {
+    /// The configuration list (`namePrefix`, `nameReference`, ...); empty inside one list.
+    pub list: &'static str,
+    /// The field path both specs name.
+    pub path: String,
+    /// The kinds the spec already there selects, in words.
+    pub present: String,
+    /// Its `create`; the incoming spec's is the opposite.
+    pub present_create: bool,
+    /// The kinds the incoming spec selects, in words.
+    pub incoming: String,
+}
+
+fn prefixed(list: &str) -> String {
+    if list.is_empty() {
+        String::new()
+    } else {
+        format!("{list}: ")
+    }
 }
 
 fn describe(gvk: &Gvk) -> String {
@@ -162,7 +186,7 @@ impl TransformerConfig {
     /// kustomize's `TransformerConfig.Merge`: `other`'s specs merge in field by field, back
     /// references of the same kind merge their referrers, and every list ends sorted. The error
     /// names the field whose specs conflict.
-    pub fn merge(&mut self, other: &TransformerConfig) -> Result<(), String> {
+    pub fn merge(&mut self, other: &TransformerConfig) -> Result<(), Conflict> {
         let mut other = other.clone();
         other.sort();
         let fields: [(&str, &mut Vec<FieldSpec>, &[FieldSpec]); 10] = [
@@ -194,12 +218,16 @@ impl TransformerConfig {
             ("replicas", &mut self.replicas, &other.replicas),
         ];
         for (name, into, from) in fields {
-            merge_all(into, from).map_err(|e| format!("{name}: {e}"))?;
+            merge_all(into, from).map_err(|e| Conflict { list: name, ..e })?;
         }
         for br in &other.name_reference {
             match self.name_reference.iter_mut().find(|b| b.gvk() == br.gvk()) {
-                Some(existing) => merge_all(&mut existing.referrers, &br.referrers)
-                    .map_err(|e| format!("nameReference: {e}"))?,
+                Some(existing) => {
+                    merge_all(&mut existing.referrers, &br.referrers).map_err(|e| Conflict {
+                        list: "nameReference",
+                        ..e
+                    })?
+                }
                 None => self.name_reference.push(br.clone()),
             }
         }
@@ -226,449 +254,73 @@ impl TransformerConfig {
             .sort_by_cached_key(|br| br.gvk().order_key());
     }
 
-    /// kustomize's built-in defaults.
+    /// kustomize's built-in defaults, from `defaults.yaml`.
     pub fn builtin() -> &'static TransformerConfig {
         static CONFIG: std::sync::LazyLock<TransformerConfig> = std::sync::LazyLock::new(|| {
+            let mut tc = TransformerConfig::default();
+            for doc in read_configurations(include_str!("defaults.yaml"))
+                .expect("the embedded defaults are valid: a unit test reads them")
+            {
+                tc.append(doc);
+            }
             // Sorted, as kustomize sorts every configuration it reads.
-            let mut tc = build_defaults();
             tc.sort();
             tc
         });
         &CONFIG
     }
-}
 
-/// Where the pod spec sits in each workload kind.
-const POD_SPEC_AT: &[(&str, &str)] = &[
-    ("Pod@v1", "spec"),
-    ("PodTemplate", "template/spec"),
-    ("Deployment", "spec/template/spec"),
-    ("ReplicaSet", "spec/template/spec"),
-    ("DaemonSet", "spec/template/spec"),
-    ("StatefulSet", "spec/template/spec"),
-    ("Job", "spec/template/spec"),
-    ("CronJob", "spec/jobTemplate/spec/template/spec"),
-    ("ReplicationController", "spec/template/spec"),
-];
-
-fn pod_refs(kinds: &[&str], fields: &[&str]) -> Vec<FieldSpec> {
-    let mut out = Vec::new();
-    for (kind, at) in POD_SPEC_AT {
-        let bare = kind.split('@').next().unwrap_or(kind);
-        if !kinds.contains(&bare) {
-            continue;
-        }
-        for f in fields {
-            out.push(FieldSpec::new(kind, &format!("{at}/{f}"), false));
-        }
-    }
-    out
-}
-
-fn specs(list: &[(&str, &str)], create: bool) -> Vec<FieldSpec> {
-    list.iter()
-        .map(|(k, p)| FieldSpec::new(k, p, create))
-        .collect()
-}
-
-fn back_ref(kind: &str, referrers: Vec<FieldSpec>) -> NameBackRef {
-    let (kind, group, version) = split_kind(kind);
-    NameBackRef {
-        group,
-        version,
-        kind,
-        referrers,
+    /// Every list of `other` after this one's, without merging: the built-in table is one
+    /// configuration whose specs must all stay, even those a merge would fold together.
+    fn append(&mut self, other: TransformerConfig) {
+        self.name_prefix.extend(other.name_prefix);
+        self.name_suffix.extend(other.name_suffix);
+        self.name_space.extend(other.name_space);
+        self.common_labels.extend(other.common_labels);
+        self.template_labels.extend(other.template_labels);
+        self.labels.extend(other.labels);
+        self.common_annotations.extend(other.common_annotations);
+        self.name_reference.extend(other.name_reference);
+        self.var_reference.extend(other.var_reference);
+        self.images.extend(other.images);
+        self.replicas.extend(other.replicas);
     }
 }
 
-fn build_defaults() -> TransformerConfig {
-    const WORKLOADS: &[&str] = &[
-        "Pod",
-        "PodTemplate",
-        "Deployment",
-        "ReplicaSet",
-        "DaemonSet",
-        "StatefulSet",
-        "Job",
-        "CronJob",
-    ];
-    const POD_OWNERS: &[&str] = &[
-        "Pod",
-        "StatefulSet",
-        "Deployment",
-        "ReplicationController",
-        "CronJob",
-        "Job",
-        "DaemonSet",
-    ];
-    let template_meta = |field: &str| -> Vec<(String, String)> {
-        let mut v = vec![
-            (
-                "ReplicationController@v1".to_owned(),
-                format!("spec/template/metadata/{field}"),
-            ),
-            (
-                "Deployment".to_owned(),
-                format!("spec/template/metadata/{field}"),
-            ),
-            (
-                "ReplicaSet".to_owned(),
-                format!("spec/template/metadata/{field}"),
-            ),
-            (
-                "DaemonSet".to_owned(),
-                format!("spec/template/metadata/{field}"),
-            ),
-            (
-                "StatefulSet@apps".to_owned(),
-                format!("spec/template/metadata/{field}"),
-            ),
-            (
-                "Job@batch".to_owned(),
-                format!("spec/template/metadata/{field}"),
-            ),
-            (
-                "CronJob@batch".to_owned(),
-                format!("spec/jobTemplate/metadata/{field}"),
-            ),
-            (
-                "CronJob@batch".to_owned(),
-                format!("spec/jobTemplate/spec/template/metadata/{field}"),
-            ),
-        ];
-        v.insert(0, (String::new(), format!("metadata/{field}")));
-        v
-    };
-    let owned = |v: Vec<(String, String)>, create: bool| -> Vec<FieldSpec> {
-        v.iter()
-            .map(|(k, p)| FieldSpec::new(k, p, create))
-            .collect()
-    };
-    let claim_template_labels = FieldSpec::new(
-        "StatefulSet@apps",
-        "spec/volumeClaimTemplates[]/metadata/labels",
-        true,
-    );
-    let mut metadata_labels = owned(template_meta("labels"), true);
-    metadata_labels.push(claim_template_labels.clone());
+/// Why a `configurations:` file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigurationError {
+    /// The file is not YAML.
+    #[error("not YAML")]
+    Yaml(#[source] crate::yaml::ParseError),
+    /// A document is YAML but not a transformer configuration; serde's message names the field.
+    #[error("{0}")]
+    Shape(serde_json::Error),
+}
 
-    let mut common_labels = specs(
-        &[
-            ("Service@v1", "spec/selector"),
-            ("ReplicationController@v1", "spec/selector"),
-            ("Deployment", "spec/selector/matchLabels"),
-            ("ReplicaSet", "spec/selector/matchLabels"),
-            ("DaemonSet", "spec/selector/matchLabels"),
-            ("StatefulSet@apps", "spec/selector/matchLabels"),
-        ],
-        true,
-    );
-    let affinity = [
-        "spec/template/spec/affinity/podAffinity/preferredDuringSchedulingIgnoredDuringExecution/podAffinityTerm/labelSelector/matchLabels",
-        "spec/template/spec/affinity/podAffinity/requiredDuringSchedulingIgnoredDuringExecution/labelSelector/matchLabels",
-        "spec/template/spec/affinity/podAntiAffinity/preferredDuringSchedulingIgnoredDuringExecution/podAffinityTerm/labelSelector/matchLabels",
-        "spec/template/spec/affinity/podAntiAffinity/requiredDuringSchedulingIgnoredDuringExecution/labelSelector/matchLabels",
-        "spec/template/spec/topologySpreadConstraints/labelSelector/matchLabels",
-    ];
-    for kind in ["Deployment@apps", "StatefulSet@apps"] {
-        for p in affinity {
-            common_labels.push(FieldSpec::new(kind, p, false));
-        }
-    }
-    common_labels.extend(specs(
-        &[
-            ("Job@batch", "spec/selector/matchLabels"),
-            (
-                "CronJob@batch",
-                "spec/jobTemplate/spec/selector/matchLabels",
-            ),
-            ("PodDisruptionBudget@policy", "spec/selector/matchLabels"),
-            (
-                "NetworkPolicy@networking.k8s.io",
-                "spec/podSelector/matchLabels",
-            ),
-            (
-                "NetworkPolicy@networking.k8s.io",
-                "spec/ingress/from/podSelector/matchLabels",
-            ),
-            (
-                "NetworkPolicy@networking.k8s.io",
-                "spec/egress/to/podSelector/matchLabels",
-            ),
-        ],
-        false,
-    ));
-    common_labels.extend(metadata_labels.iter().cloned());
-
-    let image_paths: Vec<FieldSpec> = [
-        "spec/containers[]/image",
-        "spec/initContainers[]/image",
-        "spec/volumes[]/image/reference",
-        "spec/template/spec/containers[]/image",
-        "spec/template/spec/initContainers[]/image",
-        "spec/template/spec/volumes[]/image/reference",
-    ]
-    .iter()
-    .map(|p| FieldSpec::new("", p, true))
-    .collect();
-
-    let config_map_fields = [
-        "volumes/configMap/name",
-        "containers/env/valueFrom/configMapKeyRef/name",
-        "initContainers/env/valueFrom/configMapKeyRef/name",
-        "containers/envFrom/configMapRef/name",
-        "initContainers/envFrom/configMapRef/name",
-        "volumes/projected/sources/configMap/name",
-    ];
-    let mut config_map_refs = pod_refs(WORKLOADS, &config_map_fields);
-    config_map_refs.extend(specs(
-        &[
-            ("Node", "spec/configSource/configMap"),
-            ("Role", "rules/resourceNames"),
-            ("ClusterRole", "rules/resourceNames"),
-            (
-                "Ingress",
-                "metadata/annotations/nginx.ingress.kubernetes.io\\/fastcgi-params-configmap",
-            ),
-        ],
-        false,
-    ));
-    let secret_fields = [
-        "volumes/secret/secretName",
-        "containers/env/valueFrom/secretKeyRef/name",
-        "initContainers/env/valueFrom/secretKeyRef/name",
-        "containers/envFrom/secretRef/name",
-        "initContainers/envFrom/secretRef/name",
-        "imagePullSecrets/name",
-        "volumes/projected/sources/secret/name",
-    ];
-    let mut secret_refs = pod_refs(WORKLOADS, &secret_fields);
-    secret_refs.extend(specs(
-        &[
-            ("Ingress", "spec/tls/secretName"),
-            (
-                "Ingress",
-                "metadata/annotations/ingress.kubernetes.io\\/auth-secret",
-            ),
-            (
-                "Ingress",
-                "metadata/annotations/nginx.ingress.kubernetes.io\\/auth-secret",
-            ),
-            (
-                "Ingress",
-                "metadata/annotations/nginx.ingress.kubernetes.io\\/auth-tls-secret",
-            ),
-            ("ServiceAccount", "imagePullSecrets/name"),
-            ("StorageClass", "parameters/secretName"),
-            ("StorageClass", "parameters/adminSecretName"),
-            ("StorageClass", "parameters/userSecretName"),
-            ("StorageClass", "parameters/secretRef"),
-            ("Role", "rules/resourceNames"),
-            ("ClusterRole", "rules/resourceNames"),
-            (
-                "Service@serving.knative.dev/v1",
-                "spec/template/spec/containers/env/valueFrom/secretKeyRef/name",
-            ),
-            ("PersistentVolume", "spec/azureFile/secretName"),
-        ],
-        false,
-    ));
-    let mut service_account_refs = specs(
-        &[
-            ("RoleBinding@rbac.authorization.k8s.io", "subjects"),
-            ("ClusterRoleBinding@rbac.authorization.k8s.io", "subjects"),
-        ],
-        false,
-    );
-    service_account_refs.extend(pod_refs(POD_OWNERS, &["serviceAccountName"]));
-    let hpa = || {
-        specs(
-            &[("HorizontalPodAutoscaler", "spec/scaleTargetRef/name")],
-            false,
-        )
-    };
-    let mut storage_class_refs = specs(
-        &[
-            ("PersistentVolume", "spec/storageClassName"),
-            ("PersistentVolumeClaim", "spec/storageClassName"),
-            (
-                "StatefulSet",
-                "spec/volumeClaimTemplates/spec/storageClassName",
-            ),
-        ],
-        false,
-    );
-    storage_class_refs.dedup();
-
-    let name_reference = vec![
-        back_ref("Deployment", hpa()),
-        back_ref("ReplicationController", hpa()),
-        back_ref("ReplicaSet", hpa()),
-        back_ref("StatefulSet", hpa()),
-        back_ref("ConfigMap@v1", config_map_refs),
-        back_ref("Secret@v1", secret_refs),
-        back_ref(
-            "Service@v1",
-            specs(
-                &[
-                    ("StatefulSet@apps", "spec/serviceName"),
-                    ("Ingress", "spec/rules/http/paths/backend/serviceName"),
-                    ("Ingress", "spec/backend/serviceName"),
-                    ("Ingress", "spec/rules/http/paths/backend/service/name"),
-                    ("Ingress", "spec/defaultBackend/service/name"),
-                    ("APIService@apiregistration.k8s.io", "spec/service/name"),
-                    (
-                        "ValidatingWebhookConfiguration@admissionregistration.k8s.io",
-                        "webhooks/clientConfig/service",
-                    ),
-                    (
-                        "MutatingWebhookConfiguration@admissionregistration.k8s.io",
-                        "webhooks/clientConfig/service",
-                    ),
-                ],
-                false,
-            ),
-        ),
-        back_ref(
-            "Role@rbac.authorization.k8s.io",
-            specs(
-                &[("RoleBinding@rbac.authorization.k8s.io", "roleRef/name")],
-                false,
-            ),
-        ),
-        back_ref(
-            "ClusterRole@rbac.authorization.k8s.io",
-            specs(
-                &[
-                    ("RoleBinding@rbac.authorization.k8s.io", "roleRef/name"),
-                    (
-                        "ClusterRoleBinding@rbac.authorization.k8s.io",
-                        "roleRef/name",
-                    ),
-                ],
-                false,
-            ),
-        ),
-        back_ref("ServiceAccount@v1", service_account_refs),
-        back_ref(
-            "PersistentVolumeClaim@v1",
-            pod_refs(POD_OWNERS, &["volumes/persistentVolumeClaim/claimName"]),
-        ),
-        back_ref(
-            "PersistentVolume@v1",
-            specs(
-                &[
-                    ("PersistentVolumeClaim", "spec/volumeName"),
-                    ("ClusterRole", "rules/resourceNames"),
-                ],
-                false,
-            ),
-        ),
-        back_ref("StorageClass@storage.k8s.io/v1", storage_class_refs),
-        back_ref(
-            "PriorityClass@scheduling.k8s.io/v1",
-            pod_refs(POD_OWNERS, &["priorityClassName"]),
-        ),
-        back_ref(
-            "ValidatingAdmissionPolicy@admissionregistration.k8s.io",
-            specs(
-                &[(
-                    "ValidatingAdmissionPolicyBinding@admissionregistration.k8s.io",
-                    "spec/policyName",
-                )],
-                false,
-            ),
-        ),
-    ];
-
-    let mut var_reference = pod_refs(
-        &[
-            "Pod",
-            "Deployment",
-            "ReplicaSet",
-            "DaemonSet",
-            "StatefulSet",
-            "Job",
-            "CronJob",
-            "ReplicationController",
-        ],
-        &[
-            "containers/args",
-            "containers/command",
-            "containers/env/value",
-            "containers/volumeMounts/mountPath",
-            "initContainers/args",
-            "initContainers/command",
-            "initContainers/env/value",
-            "initContainers/volumeMounts/mountPath",
-            "volumes/nfs/server",
-        ],
-    );
-    var_reference.extend(specs(
-        &[
-            ("Ingress", "spec/rules/host"),
-            ("Ingress", "spec/tls/hosts"),
-            ("Ingress", "spec/tls/secretName"),
-            ("Service", "spec/ports/port"),
-            ("Service", "spec/ports/targetPort"),
-            ("StatefulSet", "spec/volumeClaimTemplates/spec/nfs/server"),
-            ("PersistentVolume", "spec/nfs/server"),
-            ("", "spec/template/metadata/annotations"),
-            ("", "metadata/labels"),
-            ("", "metadata/annotations"),
-        ],
-        false,
-    ));
-
-    TransformerConfig {
-        name_prefix: vec![FieldSpec::new("", "metadata/name", false)],
-        name_suffix: vec![FieldSpec::new("", "metadata/name", false)],
-        name_space: specs(
-            &[
-                ("Namespace", "metadata/name"),
-                (
-                    "APIService@apiregistration.k8s.io",
-                    "spec/service/namespace",
-                ),
-            ],
-            true,
-        )
+/// The transformer configurations of a `configurations:` file, one per YAML document.
+pub fn read_configurations(text: &str) -> Result<Vec<TransformerConfig>, ConfigurationError> {
+    crate::yaml::parse_documents(text)
+        .map_err(ConfigurationError::Yaml)?
         .into_iter()
-        .chain([FieldSpec::new(
-            "CustomResourceDefinition@apiextensions.k8s.io",
-            "spec/conversion/webhook/clientConfig/service/namespace",
-            false,
-        )])
-        .collect(),
-        common_labels,
-        template_labels: metadata_labels,
-        labels: Vec::new(),
-        common_annotations: owned(template_meta("annotations"), true),
-        name_reference,
-        var_reference,
-        images: image_paths,
-        replicas: specs(
-            &[
-                ("Deployment", "spec/replicas"),
-                ("ReplicationController", "spec/replicas"),
-                ("ReplicaSet", "spec/replicas"),
-                ("StatefulSet", "spec/replicas"),
-            ],
-            true,
-        ),
-    }
+        .map(|doc| serde_json::from_value(doc).map_err(ConfigurationError::Shape))
+        .collect()
 }
 
 /// One step of a field path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seg {
+    /// A field of a map.
     Field(String),
     /// `field[]`: every element of the sequence at `field`.
     Each(String),
     /// `field[key=value]`: the elements of the sequence whose `key` equals `value`.
     Match {
+        /// The sequence's field.
         field: String,
+        /// The key each element is matched on.
         key: String,
+        /// The value it must hold.
         value: String,
     },
 }
@@ -712,7 +364,40 @@ pub fn parse_path(path: &str) -> Vec<Seg> {
         .collect()
 }
 
-pub type VisitResult = Result<(), String>;
+/// Why a field could not be visited or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum VisitError {
+    /// A field path runs into a scalar before its end; kustomize refuses it.
+    #[error("expected a map or a list on the way, found {0}")]
+    NotAContainer(&'static str),
+    /// A name prefix or suffix spec reaches something other than a string.
+    #[error("expected a string")]
+    NotAString,
+    /// A namespace spec reaches a map or a list.
+    #[error("namespace field specs must target scalar nodes")]
+    NamespaceNotScalar,
+    /// A label or annotation spec reaches something other than a map.
+    #[error("a label or annotation field spec must target a map")]
+    NotAMap,
+    /// A name reference matches several objects that differ.
+    #[error("found multiple possible referrals: [{}]", .0.join(" "))]
+    AmbiguousReferral(Vec<String>),
+    /// One of the above, with the spec and object it happened in, as kustomize words it.
+    #[error("field '{path}' of {kind} '{name}': {reason}")]
+    InField {
+        /// The spec's path.
+        path: String,
+        /// The object's kind.
+        kind: String,
+        /// The object's name.
+        name: String,
+        /// What went wrong there.
+        reason: Box<VisitError>,
+    },
+}
+
+/// What a visit returns.
+pub type VisitResult = Result<(), VisitError>;
 
 /// Calls `f` on each node at `path` in `obj`. Sequences met on the way are walked element by
 /// element. With `create`, missing maps on the way and a missing final field (as `Null`) are
@@ -822,24 +507,34 @@ fn visit_node(
     }
 }
 
-fn not_a_container(v: &Value) -> String {
+fn not_a_container(v: &Value) -> VisitError {
     let what = match v {
         Value::String(_) => "a string",
         Value::Number(_) => "a number",
         Value::Bool(_) => "a boolean",
         _ => "a scalar",
     };
-    format!("expected a map or a list on the way, found {what}")
+    VisitError::NotAContainer(what)
 }
 
 /// Names the field spec and the object in an error met while visiting it, as kustomize does.
-pub fn in_context(fs: &FieldSpec, obj: &Map<String, Value>, gvk: &Gvk, e: String) -> String {
+pub fn in_context(
+    fs: &FieldSpec,
+    obj: &Map<String, Value>,
+    gvk: &Gvk,
+    e: VisitError,
+) -> VisitError {
     let name = obj
         .get("metadata")
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
         .unwrap_or("");
-    format!("field '{}' of {} '{name}': {e}", fs.path, gvk.kind)
+    VisitError::InField {
+        path: fs.path.clone(),
+        kind: gvk.kind.clone(),
+        name: name.to_owned(),
+        reason: Box::new(e),
+    }
 }
 
 /// Applies `f` along every spec in `specs` that selects `gvk`.
@@ -856,4 +551,36 @@ pub fn apply_specs(
         visit(obj, fs.segs(), fs.create, f).map_err(|e| in_context(fs, obj, gvk, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded table loads (the `expect` in `builtin` rests on this) and fills every list
+    /// kustomize fills, `namespace` included.
+    #[test]
+    fn the_embedded_defaults_load_into_every_list() {
+        let tc = TransformerConfig::builtin();
+        for (name, list) in [
+            ("namePrefix", &tc.name_prefix),
+            ("nameSuffix", &tc.name_suffix),
+            ("namespace", &tc.name_space),
+            ("commonLabels", &tc.common_labels),
+            ("templateLabels", &tc.template_labels),
+            ("commonAnnotations", &tc.common_annotations),
+            ("varReference", &tc.var_reference),
+            ("images", &tc.images),
+            ("replicas", &tc.replicas),
+        ] {
+            assert!(!list.is_empty(), "{name} is empty");
+        }
+        let config_map = tc
+            .name_reference
+            .iter()
+            .find(|b| b.kind == "ConfigMap")
+            .expect("ConfigMaps are referred to by name");
+        assert!(config_map.referrers.iter().any(|s| s.kind == "Deployment"
+            && s.path == "spec/template/spec/containers/envFrom/configMapRef/name"));
+    }
 }

@@ -7,41 +7,78 @@
 //! implementation only has to refuse what it cannot resolve inside its root, such as a symlink
 //! that points outside it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
+/// What is at a path, once symlinks are followed: kustomize treats an entry differently by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
+    /// A file (a resource, a patch, a kustomization).
     File,
+    /// A directory (a base or a component).
     Dir,
 }
 
+/// One entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
+    /// The entry's name within its directory.
     pub name: String,
+    /// What it is, symlinks followed.
     pub kind: EntryKind,
 }
 
+/// Why a path could not be read. Every variant names the path, relative to the source root.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Nothing is at the path.
     #[error("{path}: no such file or directory")]
-    NotFound { path: String },
+    NotFound {
+        /// The path.
+        path: String,
+    },
+    /// A file was expected.
     #[error("{path}: is a directory, expected a file")]
-    IsDir { path: String },
+    IsDir {
+        /// The path.
+        path: String,
+    },
+    /// A directory was expected.
     #[error("{path}: is not a directory")]
-    NotDir { path: String },
+    NotDir {
+        /// The path.
+        path: String,
+    },
+    /// A symlink leads out of the root.
     #[error("{path}: resolves outside the source root")]
-    OutsideRoot { path: String },
+    OutsideRoot {
+        /// The path.
+        path: String,
+    },
+    /// The operating system refused.
     #[error("{path}: cannot read it")]
     Io {
+        /// The path.
         path: String,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
+    /// A source other than a disk (a Git tree) failed.
     #[error("{path}: cannot read it from the source: {message}")]
-    Source { path: String, message: String },
+    Source {
+        /// The path.
+        path: String,
+        /// The source's own words.
+        message: String,
+    },
+    /// A file, or a render's files together, pass a cap of [`super::limits`].
     #[error("{path}: larger than {max} bytes, the most {what}")]
     TooLarge {
+        /// The file.
         path: String,
+        /// The cap.
         max: u64,
         /// Which cap: one file's or a whole render's.
         what: &'static str,
@@ -64,9 +101,27 @@ pub trait FileSystem: Send + Sync {
 }
 
 /// A directory on disk. Symlinks are followed only while they stay inside the root.
-#[derive(Debug, Clone)]
+///
+/// It remembers where each directory it has seen resolves, so that a file costs one `lstat`
+/// rather than a walk over every component of its path (a kustomization of thousands of files
+/// otherwise spends most of its time there). It therefore reads a tree that does not change
+/// while it is in use: make a new one for each render of a tree that may change.
+#[derive(Debug)]
 pub struct DiskFs {
     root: PathBuf,
+    /// Real locations of the directories resolved so far, by their path under the root.
+    dirs: Mutex<HashMap<String, PathBuf>>,
+    /// The file [`FileSystem::kind`] found last: a render asks what an entry is and then reads
+    /// it, and the second look-up would repeat the first.
+    last_file: Mutex<Option<Found>>,
+}
+
+/// A file resolved to its real location, with its size when it was looked at.
+#[derive(Debug, Clone)]
+struct Found {
+    path: String,
+    real: PathBuf,
+    len: u64,
 }
 
 impl DiskFs {
@@ -76,30 +131,102 @@ impl DiskFs {
             path: root.display().to_string(),
             source,
         })?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            dirs: Mutex::new(HashMap::new()),
+            last_file: Mutex::new(None),
+        })
     }
 
+    /// The canonical root every path is read under.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// The real location of `path`, or `None` when nothing is there.
-    fn resolve(&self, path: &str) -> Result<Option<PathBuf>, Error> {
-        let joined = if path.is_empty() {
-            self.root.clone()
-        } else {
-            self.root.join(path)
+    /// The real location of `path` and what is there, or `None` when nothing is.
+    fn resolve(&self, path: &str) -> Result<Option<(PathBuf, EntryKind)>, Error> {
+        Ok(self
+            .resolve_sized(path)?
+            .map(|(real, kind, _)| (real, kind)))
+    }
+
+    /// [`DiskFs::resolve`], with the size of what is there.
+    fn resolve_sized(&self, path: &str) -> Result<Option<(PathBuf, EntryKind, u64)>, Error> {
+        if path.is_empty() {
+            return Ok(Some((self.root.clone(), EntryKind::Dir, 0)));
+        }
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        // Fast path: the parent is a known directory and the entry is no symlink, so its real
+        // location is the parent's joined with its name and one `lstat` tells what it is.
+        if let Some(parent_real) = self.resolve_dir(parent)? {
+            let real = parent_real.join(name);
+            match std::fs::symlink_metadata(&real) {
+                Ok(meta) if !meta.file_type().is_symlink() => {
+                    let kind = if meta.is_dir() {
+                        EntryKind::Dir
+                    } else {
+                        EntryKind::File
+                    };
+                    return Ok(Some((real, kind, meta.len())));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                _ => {}
+            }
+        }
+        self.canonical(path)
+    }
+
+    /// The real location of the directory at `path`, from the cache when it was seen before;
+    /// `None` when `path` is no directory.
+    fn resolve_dir(&self, path: &str) -> Result<Option<PathBuf>, Error> {
+        if path.is_empty() {
+            return Ok(Some(self.root.clone()));
+        }
+        if let Some(real) = self.cached(path) {
+            return Ok(Some(real));
+        }
+        match self.resolve(path)? {
+            Some((real, EntryKind::Dir)) => {
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(path.to_owned(), real.clone());
+                Ok(Some(real))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn cached(&self, path: &str) -> Option<PathBuf> {
+        self.dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(path)
+            .cloned()
+    }
+
+    /// The slow path for symlinks and anything unusual: the operating system resolves the
+    /// whole path, and the result must stay inside the root.
+    fn canonical(&self, path: &str) -> Result<Option<(PathBuf, EntryKind, u64)>, Error> {
+        let io = |source| Error::Io {
+            path: path.to_owned(),
+            source,
         };
-        match joined.canonicalize() {
-            Ok(real) if real.starts_with(&self.root) => Ok(Some(real)),
+        match self.root.join(path).canonicalize() {
+            Ok(real) if real.starts_with(&self.root) => {
+                let meta = std::fs::metadata(&real).map_err(io)?;
+                let kind = if meta.is_dir() {
+                    EntryKind::Dir
+                } else {
+                    EntryKind::File
+                };
+                Ok(Some((real, kind, meta.len())))
+            }
             Ok(_) => Err(Error::OutsideRoot {
                 path: path.to_owned(),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(Error::Io {
-                path: path.to_owned(),
-                source,
-            }),
+            Err(source) => Err(io(source)),
         }
     }
 }
@@ -111,19 +238,36 @@ impl FileSystem for DiskFs {
 
     fn read_file_at_most(&self, path: &str, max: u64) -> Result<Vec<u8>, Error> {
         use std::io::Read as _;
-        let real = self.resolve(path)?.ok_or_else(|| Error::NotFound {
-            path: path.to_owned(),
-        })?;
-        if real.is_dir() {
-            return Err(Error::IsDir {
-                path: path.to_owned(),
-            });
-        }
+        let remembered = self
+            .last_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .filter(|f| f.path == path);
+        let (real, len) = match remembered {
+            Some(f) => (f.real, f.len),
+            None => match self.resolve_sized(path)? {
+                Some((real, EntryKind::File, len)) => (real, len),
+                Some((_, EntryKind::Dir, _)) => {
+                    return Err(Error::IsDir {
+                        path: path.to_owned(),
+                    });
+                }
+                None => {
+                    return Err(Error::NotFound {
+                        path: path.to_owned(),
+                    });
+                }
+            },
+        };
         let io = |source| Error::Io {
             path: path.to_owned(),
             source,
         };
-        let mut bytes = Vec::new();
+        // Room for the whole file and one byte more, so that the read after the last one (the
+        // one that finds the end) needs no larger buffer: two reads per file, not four.
+        let room = len.min(max).saturating_add(1);
+        let mut bytes = Vec::with_capacity(usize::try_from(room).unwrap_or(usize::MAX));
         std::fs::File::open(&real)
             .map_err(io)?
             .take(max.saturating_add(1))
@@ -133,14 +277,19 @@ impl FileSystem for DiskFs {
     }
 
     fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, Error> {
-        let real = self.resolve(path)?.ok_or_else(|| Error::NotFound {
-            path: path.to_owned(),
-        })?;
-        if !real.is_dir() {
-            return Err(Error::NotDir {
-                path: path.to_owned(),
-            });
-        }
+        let real = match self.resolve(path)? {
+            Some((real, EntryKind::Dir)) => real,
+            Some(_) => {
+                return Err(Error::NotDir {
+                    path: path.to_owned(),
+                });
+            }
+            None => {
+                return Err(Error::NotFound {
+                    path: path.to_owned(),
+                });
+            }
+        };
         let io = |source| Error::Io {
             path: path.to_owned(),
             source,
@@ -165,13 +314,18 @@ impl FileSystem for DiskFs {
     }
 
     fn kind(&self, path: &str) -> Result<Option<EntryKind>, Error> {
-        Ok(self.resolve(path)?.map(|real| {
-            if real.is_dir() {
-                EntryKind::Dir
-            } else {
-                EntryKind::File
-            }
-        }))
+        let found = self.resolve_sized(path)?;
+        if let Some((real, EntryKind::File, len)) = &found {
+            *self
+                .last_file
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Found {
+                path: path.to_owned(),
+                real: real.clone(),
+                len: *len,
+            });
+        }
+        Ok(found.map(|(_, kind, _)| kind))
     }
 }
 
@@ -227,5 +381,34 @@ mod tests {
             fs.read_file("link"),
             Err(Error::OutsideRoot { .. })
         ));
+    }
+
+    #[test]
+    fn files_under_a_symlinked_directory_resolve_through_it_and_stay_inside_the_root() {
+        let outside = tempfile::tempdir().expect("temp dir");
+        std::fs::write(outside.path().join("secret"), "x").expect("write");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(dir.path().join("real/sub")).expect("mkdir");
+        std::fs::write(dir.path().join("real/sub/a.yaml"), "a").expect("write");
+        std::os::unix::fs::symlink("real", dir.path().join("inside")).expect("symlink");
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("escape")).expect("symlink");
+        let fs = DiskFs::new(dir.path()).expect("root exists");
+        // Twice each: the second read goes through the directory the first one remembered.
+        for _ in 0..2 {
+            assert_eq!(fs.read_file("inside/sub/a.yaml").expect("readable"), b"a");
+            assert_eq!(
+                fs.kind("inside/sub").expect("resolves"),
+                Some(EntryKind::Dir)
+            );
+            assert!(matches!(
+                fs.read_file("escape/secret"),
+                Err(Error::OutsideRoot { .. })
+            ));
+            assert!(matches!(
+                fs.read_dir("real/sub/a.yaml"),
+                Err(Error::NotDir { .. })
+            ));
+            assert_eq!(fs.kind("real/missing/a.yaml").expect("no error"), None);
+        }
     }
 }

@@ -206,9 +206,20 @@ fn merge_string_maps(old: Option<&Value>, new: Option<&Value>) -> Option<Value> 
     (!out.is_empty()).then_some(Value::Object(out))
 }
 
+/// Why a generated object cannot join the objects already there.
+#[derive(Debug, thiserror::Error)]
+pub enum AbsorbError {
+    #[error("id {0} does not exist; cannot merge or replace")]
+    Missing(String),
+    #[error("id {0} exists; behavior must be merge or replace")]
+    Exists(String),
+    #[error("found multiple objects {0} that generator's id matches")]
+    Many(String),
+}
+
 /// Adds a generated object, merging it into or replacing an existing one of the same id as its
 /// behavior says.
-pub fn absorb(list: &mut Vec<Resource>, mut new: Resource) -> Result<(), String> {
+pub fn absorb(list: &mut Vec<Resource>, mut new: Resource) -> Result<(), AbsorbError> {
     let id = new.cur_id();
     let key = id.key();
     let matches: Vec<usize> = list
@@ -221,7 +232,7 @@ pub fn absorb(list: &mut Vec<Resource>, mut new: Resource) -> Result<(), String>
     match matches.as_slice() {
         [] => {
             if behavior != Behavior::Create {
-                return Err(format!("id {id} does not exist; cannot merge or replace"));
+                return Err(AbsorbError::Missing(id.to_string()));
             }
             list.push(new);
             Ok(())
@@ -230,7 +241,7 @@ pub fn absorb(list: &mut Vec<Resource>, mut new: Resource) -> Result<(), String>
             let old = &list[*i];
             match behavior {
                 Behavior::Create => {
-                    return Err(format!("id {id} exists; behavior must be merge or replace"));
+                    return Err(AbsorbError::Exists(id.to_string()));
                 }
                 Behavior::Replace | Behavior::Merge => {}
             }
@@ -274,9 +285,7 @@ pub fn absorb(list: &mut Vec<Resource>, mut new: Resource) -> Result<(), String>
             list[*i] = new;
             Ok(())
         }
-        _ => Err(format!(
-            "found multiple objects {id} that generator's id matches"
-        )),
+        _ => Err(AbsorbError::Many(id.to_string())),
     }
 }
 
@@ -389,7 +398,7 @@ fn scalar_text(v: &Value) -> String {
 }
 
 /// Appends the content hash to the name of every generated object that wants one.
-pub fn add_hashes(list: &mut [Resource]) -> Result<(), String> {
+pub fn add_hashes(list: &mut [Resource]) {
     for r in list.iter_mut() {
         let annotated = r
             .obj
@@ -406,5 +415,4 @@ pub fn add_hashes(list: &mut [Resource]) -> Result<(), String> {
         let name = format!("{}-{h}", r.name());
         r.set_name(&name);
     }
-    Ok(())
 }

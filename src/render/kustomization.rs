@@ -7,6 +7,11 @@ use serde_json::Value;
 
 use super::fieldspec::FieldSpec;
 
+/// A kustomization (or Component) file. Unknown fields are refused rather than ignored, so that a
+/// typo or a field of a newer kustomize does not silently render something else.
+// Fields mirror kustomize's types one to one under its camelCase names; kustomize's reference
+// documents them, and a doc line per field here would only repeat the name.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct Kustomization {
@@ -47,6 +52,10 @@ pub struct Kustomization {
     pub build_metadata: Vec<String>,
 }
 
+/// One `labels:` entry: unlike `commonLabels`, it says whether selectors and templates change.
+// Fields mirror kustomize's types one to one under its camelCase names; kustomize's reference
+// documents them, and a doc line per field here would only repeat the name.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Label {
@@ -56,6 +65,10 @@ pub struct Label {
     pub fields: Vec<FieldSpec>,
 }
 
+/// One `patches:` (or `patchesJson6902:`) entry: a file or inline text, with an optional target.
+// Fields mirror kustomize's types one to one under its camelCase names; kustomize's reference
+// documents them, and a doc line per field here would only repeat the name.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Patch {
@@ -65,6 +78,10 @@ pub struct Patch {
     pub options: BTreeMap<String, bool>,
 }
 
+/// A patch or replacement target; the id fields are anchored regular expressions.
+// Fields mirror kustomize's types one to one under its camelCase names; kustomize's reference
+// documents them, and a doc line per field here would only repeat the name.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Selector {
@@ -86,6 +103,9 @@ pub struct Selector {
     rename_all = "camelCase",
     bound(deserialize = "T: Deserialize<'de> + Default")
 )]
+// Fields mirror kustomize's types one to one under its camelCase names; kustomize's reference
+// documents them, and a doc line per field here would only repeat the name.
+#[allow(missing_docs)]
 pub struct Image<T = String> {
     pub name: T,
     pub new_name: T,
@@ -107,6 +127,10 @@ impl<T> Image<T> {
     }
 }
 
+/// One `replicas:` entry: the count for the objects of that name.
+// Fields mirror kustomize's types one to one under its camelCase names; kustomize's reference
+// documents them, and a doc line per field here would only repeat the name.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Replica {
@@ -114,6 +138,10 @@ pub struct Replica {
     pub count: i64,
 }
 
+/// One legacy `vars:` entry: `$(NAME)` stands for the field it points at.
+// Fields mirror kustomize's types one to one under its camelCase names; kustomize's reference
+// documents them, and a doc line per field here would only repeat the name.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct Var {
@@ -124,6 +152,10 @@ pub struct Var {
     pub field_ref: FieldRef,
 }
 
+/// The object a var reads from.
+// Fields mirror kustomize's types one to one under its camelCase names; kustomize's reference
+// documents them, and a doc line per field here would only repeat the name.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct VarTarget {
@@ -135,6 +167,10 @@ pub struct VarTarget {
     pub namespace: String,
 }
 
+/// The field a var reads; `metadata.name` when empty.
+// Fields mirror kustomize's types one to one under its camelCase names; kustomize's reference
+// documents them, and a doc line per field here would only repeat the name.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct FieldRef {
@@ -142,6 +178,10 @@ pub struct FieldRef {
     pub field_path: String,
 }
 
+/// `sortOptions:`: kustomize's legacy kind order (the default) or the order of the input.
+// Fields mirror kustomize's types one to one under its camelCase names; kustomize's reference
+// documents them, and a doc line per field here would only repeat the name.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct SortOptions {
@@ -149,6 +189,10 @@ pub struct SortOptions {
     pub legacy_sort_options: Option<LegacySortOptions>,
 }
 
+/// The kinds the legacy order puts first and last, replacing kustomize's own lists.
+// Fields mirror kustomize's types one to one under its camelCase names; kustomize's reference
+// documents them, and a doc line per field here would only repeat the name.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct LegacySortOptions {
@@ -156,6 +200,10 @@ pub struct LegacySortOptions {
     pub order_last: Vec<String>,
 }
 
+/// One `configMapGenerator:` or `secretGenerator:` entry.
+// Fields mirror kustomize's types one to one under its camelCase names; kustomize's reference
+// documents them, and a doc line per field here would only repeat the name.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct GeneratorArgs {
@@ -171,6 +219,10 @@ pub struct GeneratorArgs {
     pub options: Option<GeneratorOptions>,
 }
 
+/// `generatorOptions:`, kustomization-wide or per generator.
+// Fields mirror kustomize's types one to one under its camelCase names; kustomize's reference
+// documents them, and a doc line per field here would only repeat the name.
+#[allow(missing_docs)]
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct GeneratorOptions {

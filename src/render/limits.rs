@@ -24,6 +24,7 @@ pub struct Limited<'a> {
 }
 
 impl<'a> Limited<'a> {
+    /// Caps reads of `inner`; one `Limited` per render, as it counts the render's bytes.
     pub fn new(inner: &'a dyn FileSystem) -> Self {
         Self {
             inner,

@@ -74,11 +74,14 @@ pub trait Decrypt: Send + Sync {
     -> Result<Option<Vec<u8>>, crate::secrets::Error>;
 }
 
+/// How to render; the default renders as `kubectl kustomize` does.
 #[derive(Clone, Copy, Default)]
 pub struct Options<'a> {
     /// `None`: the kustomization's `sortOptions`, else legacy (what `kubectl kustomize` does).
     pub order: Option<Order>,
+    /// Whether files must sit below the kustomization naming them (kustomize's default).
     pub load_restrictor: LoadRestrictor,
+    /// Decrypts SOPS files as they are read; `None` renders them as they are.
     pub decrypt: Option<&'a dyn Decrypt>,
 }
 

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use super::fieldspec::{self, NameBackRef};
+use super::fieldspec::{self, NameBackRef, VisitError};
 use super::resource::{Gvk, ResId, Resource};
 
 /// What the selection needs to know about a possible referral, taken before fields change.
@@ -16,8 +16,17 @@ struct Info {
     cluster_scoped: bool,
 }
 
+/// Why name references could not be fixed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Invalid Input: namespace is blank for resource {0}")]
+    BlankSubjectNamespace(String),
+    #[error(transparent)]
+    Visit(#[from] VisitError),
+}
+
 /// kustomize refuses a RoleBinding subject whose namespace is present but blank.
-fn check_subjects(list: &[Resource]) -> Result<(), String> {
+fn check_subjects(list: &[Resource]) -> Result<(), Error> {
     for r in list.iter().filter(|r| r.kind() == "RoleBinding") {
         if let Some(Value::Array(items)) = r.obj.get("subjects") {
             let blank = items.iter().any(|s| {
@@ -25,17 +34,14 @@ fn check_subjects(list: &[Resource]) -> Result<(), String> {
                     .is_some_and(|n| n.as_str().is_none_or(|n| n.trim().is_empty()))
             });
             if blank {
-                return Err(format!(
-                    "Invalid Input: namespace is blank for resource {}",
-                    r.cur_id()
-                ));
+                return Err(Error::BlankSubjectNamespace(r.cur_id().to_string()));
             }
         }
     }
     Ok(())
 }
 
-pub fn fix(list: &mut [Resource], backrefs: &[NameBackRef]) -> Result<(), String> {
+pub fn fix(list: &mut [Resource], backrefs: &[NameBackRef]) -> Result<(), Error> {
     check_subjects(list)?;
     let infos: Vec<Info> = list
         .iter()
@@ -118,7 +124,7 @@ pub fn fix(list: &mut [Resource], backrefs: &[NameBackRef]) -> Result<(), String
                 let select = |old: &str,
                               ns_filter: Option<(&str, bool)>,
                               is_map: bool|
-                 -> Result<Option<(String, String)>, String> {
+                 -> Result<Option<(String, String)>, VisitError> {
                     let Some(cands) = by_prev_name.get(old) else {
                         return Ok(None);
                     };
@@ -189,15 +195,12 @@ pub fn fix(list: &mut [Resource], backrefs: &[NameBackRef]) -> Result<(), String
                             } else {
                                 let ids: Vec<String> =
                                     c.iter().map(|&i| infos[i].cur.to_string()).collect();
-                                Err(format!(
-                                    "found multiple possible referrals: [{}]",
-                                    ids.join(" ")
-                                ))
+                                Err(VisitError::AmbiguousReferral(ids))
                             }
                         }
                     }
                 };
-                let set_scalar = |v: &mut Value| -> Result<(), String> {
+                let set_scalar = |v: &mut Value| -> Result<(), VisitError> {
                     if let Value::String(s) = v
                         && let Some((name, _)) = select(s, None, false)?
                     {
@@ -205,7 +208,7 @@ pub fn fix(list: &mut [Resource], backrefs: &[NameBackRef]) -> Result<(), String
                     }
                     Ok(())
                 };
-                let set_map = |m: &mut serde_json::Map<String, Value>| -> Result<(), String> {
+                let set_map = |m: &mut serde_json::Map<String, Value>| -> Result<(), VisitError> {
                     let Some(Value::String(old)) = m.get("name") else {
                         return Ok(());
                     };
@@ -230,7 +233,7 @@ pub fn fix(list: &mut [Resource], backrefs: &[NameBackRef]) -> Result<(), String
                     }
                     Ok(())
                 };
-                let mut fix_node = |v: &mut Value| -> Result<(), String> {
+                let mut fix_node = |v: &mut Value| -> Result<(), VisitError> {
                     match v {
                         Value::String(_) => set_scalar(v),
                         Value::Array(items) => {

@@ -25,13 +25,18 @@ pub enum ListRule<'a> {
     Builtin,
 }
 
+/// A custom OpenAPI document without `definitions`.
+#[derive(Debug, thiserror::Error)]
+#[error("the schema has no definitions")]
+pub struct NoDefinitions;
+
 impl Schema {
-    pub fn parse(doc: &Value) -> Result<Self, String> {
+    pub fn parse(doc: &Value) -> Result<Self, NoDefinitions> {
         match doc.get("definitions") {
             Some(Value::Object(d)) => Ok(Self {
                 definitions: d.clone(),
             }),
-            _ => Err("the schema has no definitions".into()),
+            _ => Err(NoDefinitions),
         }
     }
 

@@ -96,8 +96,8 @@ fn visit_mut(
     v: &mut Value,
     segs: &[String],
     create: bool,
-    f: &mut dyn FnMut(&mut Value, bool) -> Result<(), String>,
-) -> Result<bool, String> {
+    f: &mut dyn FnMut(&mut Value, bool) -> Result<(), Error>,
+) -> Result<bool, Error> {
     let Some((first, rest)) = segs.split_first() else {
         f(v, false)?;
         return Ok(true);
@@ -166,8 +166,51 @@ fn visit_mut(
     }
 }
 
-fn selector_of(v: &Value) -> Result<Selector, String> {
-    let mut sel: Selector = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+/// Why a replacement or a var could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("replacement has no source")]
+    NoSource,
+    #[error("replacement target has no select")]
+    NoSelect,
+    #[error("{0}")]
+    Selector(serde_json::Error),
+    #[error(transparent)]
+    Target(#[from] super::patch::Error),
+    #[error("nothing selected by {0}")]
+    NothingSelected(Value),
+    #[error("multiple matches for selector {selector}; found {count} resources")]
+    ManySelected { selector: Value, count: usize },
+    #[error("fieldPath `{path}` is missing for replacement source {id}")]
+    MissingSourceField { path: String, id: String },
+    #[error("options.index {index} is out of bounds for value {value}")]
+    Index { index: i64, value: String },
+    #[error("{path} of {id}: {reason}")]
+    Field {
+        path: String,
+        id: String,
+        reason: Box<Error>,
+    },
+    #[error(transparent)]
+    Value(#[from] crate::yaml::ValueError),
+    #[error(
+        "the field is a {kind} and `{text}` is not (kustomize keeps the type of a field it replaces into)"
+    )]
+    KeepsType { kind: &'static str, text: String },
+    #[error("var '{0}' cannot be mapped to a field in the set of known resources")]
+    VarUnmapped(String),
+    #[error("unable to disambiguate var '{name}': {count} resources match")]
+    VarAmbiguous { name: String, count: usize },
+    #[error("field specified in var '{0}' not found in corresponding resource")]
+    VarFieldMissing(String),
+    #[error("found {count} resId matches for var '{name}' (unable to disambiguate)")]
+    VarMatches { name: String, count: usize },
+    #[error(transparent)]
+    Visit(#[from] fieldspec::VisitError),
+}
+
+fn selector_of(v: &Value) -> Result<Selector, Error> {
+    let mut sel: Selector = serde_json::from_value(v.clone()).map_err(Error::Selector)?;
     // A selector may give apiVersion instead of group and version.
     if let Some(av) = v.get("apiVersion").and_then(Value::as_str) {
         let g = Gvk::from_api_version(av, "");
@@ -197,22 +240,22 @@ fn opts_of(v: Option<&Value>) -> Opts {
     }
 }
 
-pub fn replacements(list: &mut [Resource], replacements: &[Value]) -> Result<(), String> {
+pub fn replacements(list: &mut [Resource], replacements: &[Value]) -> Result<(), Error> {
     for rep in replacements {
         let value = if let Some(v) = rep.get("sourceValue") {
             v.clone()
         } else {
-            let src = rep.get("source").ok_or("replacement has no source")?;
+            let src = rep.get("source").ok_or(Error::NoSource)?;
             let sel = Compiled::new(&selector_of(src)?)?;
             let hits: Vec<&Resource> = list.iter().filter(|r| sel.matches_any_id(r)).collect();
             let r = match hits.as_slice() {
                 [r] => *r,
-                [] => return Err(format!("nothing selected by {src}")),
+                [] => return Err(Error::NothingSelected(src.clone())),
                 _ => {
-                    return Err(format!(
-                        "multiple matches for selector {src}; found {} resources",
-                        hits.len()
-                    ));
+                    return Err(Error::ManySelected {
+                        selector: src.clone(),
+                        count: hits.len(),
+                    });
                 }
             };
             let path = src
@@ -221,11 +264,9 @@ pub fn replacements(list: &mut [Resource], replacements: &[Value]) -> Result<(),
                 .unwrap_or("metadata.name");
             let obj = Value::Object(r.obj.clone());
             let v = lookup(&obj, &split_path(path))
-                .ok_or_else(|| {
-                    format!(
-                        "fieldPath `{path}` is missing for replacement source {}",
-                        r.cur_id()
-                    )
+                .ok_or_else(|| Error::MissingSourceField {
+                    path: path.to_owned(),
+                    id: r.cur_id().to_string(),
                 })?
                 .clone();
             let o = opts_of(src.get("options"));
@@ -237,8 +278,9 @@ pub fn replacements(list: &mut [Resource], replacements: &[Value]) -> Result<(),
                 let i = usize::try_from(o.index)
                     .ok()
                     .filter(|i| *i < parts.len())
-                    .ok_or_else(|| {
-                        format!("options.index {} is out of bounds for value {s}", o.index)
+                    .ok_or_else(|| Error::Index {
+                        index: o.index,
+                        value: s.clone(),
                     })?;
                 Value::String(parts[i].to_owned())
             }
@@ -248,12 +290,12 @@ pub fn replacements(list: &mut [Resource], replacements: &[Value]) -> Result<(),
             _ => Vec::new(),
         };
         for t in &targets {
-            let select = t.get("select").ok_or("replacement target has no select")?;
+            let select = t.get("select").ok_or(Error::NoSelect)?;
             let sel = Compiled::new(&selector_of(select)?)?;
             let rejects: Vec<Compiled> = match t.get("reject") {
                 Some(Value::Array(rs)) => rs
                     .iter()
-                    .map(|r| selector_of(r).and_then(|s| Compiled::new(&s)))
+                    .map(|r| selector_of(r).and_then(|s| Ok(Compiled::new(&s)?)))
                     .collect::<Result<_, _>>()?,
                 _ => Vec::new(),
             };
@@ -274,7 +316,7 @@ pub fn replacements(list: &mut [Resource], replacements: &[Value]) -> Result<(),
                 let mut result = Ok(());
                 let id = r.cur_id();
                 for p in &paths {
-                    let mut set = |node: &mut Value, created: bool| -> Result<(), String> {
+                    let mut set = |node: &mut Value, created: bool| -> Result<(), Error> {
                         let text = if o.delimiter.is_empty() {
                             if !is_scalar(&value) || !(created || is_scalar(node)) {
                                 *node = value.clone();
@@ -299,8 +341,13 @@ pub fn replacements(list: &mut [Resource], replacements: &[Value]) -> Result<(),
                             }
                             parts.join(&o.delimiter)
                         };
-                        *node = typed_as(&text, (!created).then_some(&*node))
-                            .map_err(|m| format!("{p} of {id}: {m}"))?;
+                        *node = typed_as(&text, (!created).then_some(&*node)).map_err(|m| {
+                            Error::Field {
+                                path: p.clone(),
+                                id: id.to_string(),
+                                reason: Box::new(m),
+                            }
+                        })?;
                         Ok(())
                     };
                     match visit_mut(&mut obj, &split_path(p), o.create, &mut set) {
@@ -331,7 +378,7 @@ fn is_scalar(v: &Value) -> bool {
 /// The value a scalar field holds once `text` is copied into it. kustomize copies only the text
 /// into a scalar node, which keeps its type: a string field stays a string, a number field must
 /// get a number, a field just made has no type yet and reads `text` as a plain scalar.
-fn typed_as(text: &str, field: Option<&Value>) -> Result<Value, String> {
+fn typed_as(text: &str, field: Option<&Value>) -> Result<Value, Error> {
     if let Some(Value::String(_)) = field {
         return Ok(Value::String(text.to_owned()));
     }
@@ -346,18 +393,15 @@ fn typed_as(text: &str, field: Option<&Value>) -> Result<Value, String> {
     if ok {
         Ok(read)
     } else {
-        Err(format!(
-            "the field is a {kind} and `{text}` is not (kustomize keeps the type of a field it replaces into)"
-        ))
+        Err(Error::KeepsType {
+            kind,
+            text: text.to_owned(),
+        })
     }
 }
 
 /// Replaces `$(NAME)` in every var-reference field with the value each var points at.
-pub fn resolve_vars(
-    list: &mut [Resource],
-    vars: &[Var],
-    specs: &[FieldSpec],
-) -> Result<(), String> {
+pub fn resolve_vars(list: &mut [Resource], vars: &[Var], specs: &[FieldSpec]) -> Result<(), Error> {
     if vars.is_empty() {
         return Ok(());
     }
@@ -376,17 +420,13 @@ pub fn resolve_vars(
         let r = match hits.as_slice() {
             [r] => *r,
             [] => {
-                return Err(format!(
-                    "var '{}' cannot be mapped to a field in the set of known resources",
-                    v.name
-                ));
+                return Err(Error::VarUnmapped(v.name.clone()));
             }
             _ => {
-                return Err(format!(
-                    "unable to disambiguate var '{}': {} resources match",
-                    v.name,
-                    hits.len()
-                ));
+                return Err(Error::VarAmbiguous {
+                    name: v.name.clone(),
+                    count: hits.len(),
+                });
             }
         };
         let path = if v.field_ref.field_path.is_empty() {
@@ -395,12 +435,8 @@ pub fn resolve_vars(
             &v.field_ref.field_path
         };
         let obj = Value::Object(r.obj.clone());
-        let val = lookup(&obj, &split_path(path)).ok_or_else(|| {
-            format!(
-                "field specified in var '{}' not found in corresponding resource",
-                v.name
-            )
-        })?;
+        let val = lookup(&obj, &split_path(path))
+            .ok_or_else(|| Error::VarFieldMissing(v.name.clone()))?;
         values.push((format!("$({})", v.name), val.clone()));
     }
     for r in list.iter_mut() {
@@ -440,7 +476,7 @@ fn var_selects(v: &Var, r: &Resource) -> bool {
 /// Binds a var to the one resource it names among those accumulated where it is declared, so a
 /// copy of that resource arriving later through another base (a diamond) does not make it
 /// ambiguous.
-pub fn bind_var(list: &mut [Resource], v: &Var) -> Result<(), String> {
+pub fn bind_var(list: &mut [Resource], v: &Var) -> Result<(), Error> {
     let hits: Vec<usize> = (0..list.len())
         .filter(|&i| var_selects(v, &list[i]))
         .collect();
@@ -450,11 +486,10 @@ pub fn bind_var(list: &mut [Resource], v: &Var) -> Result<(), String> {
             Ok(())
         }
         [] => Ok(()),
-        _ => Err(format!(
-            "found {} resId matches for var '{}' (unable to disambiguate)",
-            hits.len(),
-            v.name
-        )),
+        _ => Err(Error::VarMatches {
+            name: v.name.clone(),
+            count: hits.len(),
+        }),
     }
 }
 

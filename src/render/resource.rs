@@ -7,12 +7,16 @@ use serde_json::{Map, Value};
 /// Group, version and kind.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Gvk {
+    /// Empty for the core group.
     pub group: String,
+    /// Empty in a selector that takes any version.
     pub version: String,
+    /// Empty in a selector that takes any kind.
     pub kind: String,
 }
 
 impl Gvk {
+    /// Splits `group/version` (or a core `version`) as `apiVersion` writes it.
     pub fn from_api_version(api_version: &str, kind: &str) -> Self {
         let (group, version) = match api_version.split_once('/') {
             Some((g, v)) => (g.to_owned(), v.to_owned()),
@@ -32,6 +36,8 @@ impl Gvk {
             && (sel.kind.is_empty() || sel.kind == self.kind)
     }
 
+    /// Whether objects of this kind have no namespace: built-in kinds only (kustomize knows no
+    /// CRD's scope), and `Namespace` only in the core group.
     pub fn is_cluster_scoped(&self) -> bool {
         is_cluster_scoped_kind(&self.group, &self.kind)
     }
@@ -156,8 +162,11 @@ pub fn is_cluster_scoped_kind(group: &str, kind: &str) -> bool {
 /// Identity of a resource: gvk, name and namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ResId {
+    /// Group, version and kind.
     pub gvk: Gvk,
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.namespace` as written; empty when unset.
     pub namespace: String,
 }
 
@@ -200,26 +209,41 @@ impl std::fmt::Display for ResId {
 /// A previous identity: kind, name and effective namespace before a rename.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrevId {
+    /// The kind then.
     pub kind: String,
+    /// The name then.
     pub name: String,
+    /// The effective namespace then.
     pub namespace: String,
 }
 
+/// What a generator does with an object of the same id: kustomize's `behavior:`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Behavior {
+    /// A new object; an existing one of the same id is an error.
     #[default]
     Create,
+    /// Merge data, labels and annotations into the existing object.
     Merge,
+    /// Take the existing object's place.
     Replace,
 }
 
+/// An object during a render, with what kustomize tracks beside it: earlier ids (for name
+/// references after renames), the prefixes and suffixes applied, generator settings.
 #[derive(Debug, Clone)]
 pub struct Resource {
+    /// The object itself.
     pub obj: Map<String, Value>,
+    /// Its ids before each rename, oldest first.
     pub prev: Vec<PrevId>,
+    /// Name prefixes applied, innermost first; name references match on them.
     pub prefixes: Vec<String>,
+    /// Name suffixes applied, innermost first.
     pub suffixes: Vec<String>,
+    /// Set on generated objects.
     pub behavior: Option<Behavior>,
+    /// Whether a content hash joins the name once the render ends.
     pub needs_hash: bool,
     /// `config.kubernetes.io/origin`, when buildMetadata asks for it.
     pub origin: Option<Value>,
@@ -230,6 +254,7 @@ pub struct Resource {
 }
 
 impl Resource {
+    /// An object read from a file, with nothing tracked yet.
     pub fn new(obj: Map<String, Value>) -> Self {
         Self {
             obj,
@@ -256,21 +281,27 @@ impl Resource {
         ""
     }
 
+    /// `apiVersion`; empty when missing or not text, as for the accessors below.
     pub fn api_version(&self) -> &str {
         self.str_at(&["apiVersion"])
     }
+    /// `kind`.
     pub fn kind(&self) -> &str {
         self.str_at(&["kind"])
     }
+    /// `metadata.name`.
     pub fn name(&self) -> &str {
         self.str_at(&["metadata", "name"])
     }
+    /// `metadata.namespace`.
     pub fn namespace(&self) -> &str {
         self.str_at(&["metadata", "namespace"])
     }
+    /// The object's current group, version and kind.
     pub fn gvk(&self) -> Gvk {
         Gvk::from_api_version(self.api_version(), self.kind())
     }
+    /// The object's current identity, after the renames so far.
     pub fn cur_id(&self) -> ResId {
         ResId {
             gvk: self.gvk(),
@@ -294,6 +325,7 @@ impl Resource {
         }
     }
 
+    /// Every identity the object had before a rename, oldest first.
     pub fn prev_ids(&self) -> Vec<ResId> {
         let gvk = self.gvk();
         self.prev
@@ -309,6 +341,7 @@ impl Resource {
             .collect()
     }
 
+    /// Remembers the current identity before a transformer may rename the object.
     pub fn store_previous_id(&mut self) {
         let id = self.cur_id();
         self.prev.push(PrevId {
@@ -318,6 +351,7 @@ impl Resource {
         });
     }
 
+    /// `metadata`, made a map if it is missing or something else.
     pub fn metadata_mut(&mut self) -> &mut Map<String, Value> {
         let m = self
             .obj
@@ -329,11 +363,13 @@ impl Resource {
         m.as_object_mut().expect("metadata was just made an object")
     }
 
+    /// Sets `metadata.name`.
     pub fn set_name(&mut self, name: &str) {
         self.metadata_mut()
             .insert("name".into(), Value::String(name.to_owned()));
     }
 
+    /// Sets `metadata.namespace`, or removes it for an empty `ns`.
     pub fn set_namespace(&mut self, ns: &str) {
         if ns.is_empty() {
             self.metadata_mut().remove("namespace");
@@ -360,9 +396,11 @@ impl Resource {
         m
     }
 
+    /// [`Resource::string_map`] of the labels.
     pub fn labels(&self) -> Map<String, Value> {
         self.string_map("labels")
     }
+    /// [`Resource::string_map`] of the annotations.
     pub fn annotations(&self) -> Map<String, Value> {
         self.string_map("annotations")
     }

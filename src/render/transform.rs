@@ -11,13 +11,26 @@ use super::fieldspec::{self, FieldSpec, NameBackRef, TransformerConfig, apply_sp
 use super::kustomization::{Image, Replica};
 use super::resource::{Gvk, ORDER_FIRST, ORDER_LAST, Resource};
 
+/// Why a built-in transformer could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Visit(#[from] fieldspec::VisitError),
+    #[error("namespace transformation produces ID conflict: {0}")]
+    IdConflict(String),
+    #[error("no resource named '{name}' is of a kind replicas apply to ({kinds})")]
+    NoReplicaTarget { name: String, kinds: String },
+    #[error(transparent)]
+    Yaml(#[from] crate::yaml::ParseError),
+}
+
 pub fn namespace(
     list: &mut [Resource],
     ns: &str,
     specs: &[FieldSpec],
     unset_only: bool,
     subjects: &str,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let set = |v: &mut Value| {
         let empty = match v {
             Value::Null => true,
@@ -65,7 +78,7 @@ pub fn namespace(
             .collect();
         apply_specs(&mut r.obj, &gvk, &own, &mut |v| {
             if !matches!(v, Value::Null | Value::String(_)) {
-                return Err("namespace field specs must target scalar nodes".into());
+                return Err(fieldspec::VisitError::NamespaceNotScalar);
             }
             set(v);
             Ok(())
@@ -74,10 +87,7 @@ pub fn namespace(
     let mut seen = std::collections::HashSet::new();
     for r in list.iter() {
         if !seen.insert(r.cur_id().key()) {
-            return Err(format!(
-                "namespace transformation produces ID conflict: {}",
-                r.cur_id()
-            ));
+            return Err(Error::IdConflict(r.cur_id().to_string()));
         }
     }
     Ok(())
@@ -88,7 +98,7 @@ pub fn prefix_suffix(
     prefix: &str,
     suffix: &str,
     specs: &[FieldSpec],
-) -> Result<(), String> {
+) -> Result<(), Error> {
     for r in list.iter_mut() {
         let org = r.org_id();
         // kustomize never renames CRDs, Namespaces and APIServices with a prefix or suffix.
@@ -117,7 +127,7 @@ pub fn prefix_suffix(
                     Ok(())
                 }
                 Value::Null => Ok(()),
-                _ => Err("expected a string".into()),
+                _ => Err(fieldspec::VisitError::NotAString),
             })
             .map_err(|e| fieldspec::in_context(fs, &r.obj, &org.gvk, e))?;
         }
@@ -130,7 +140,7 @@ pub fn set_map_entries(
     list: &mut [Resource],
     pairs: &BTreeMap<String, String>,
     specs: &[FieldSpec],
-) -> Result<(), String> {
+) -> Result<(), Error> {
     if pairs.is_empty() {
         return Ok(());
     }
@@ -147,7 +157,7 @@ pub fn set_map_entries(
                     }
                     Ok(())
                 }
-                _ => Err("a label or annotation field spec must target a map".into()),
+                _ => Err(fieldspec::VisitError::NotAMap),
             }
         })?;
     }
@@ -320,7 +330,7 @@ fn image_refs(obj: &mut Map<String, Value>, gvk: &Gvk, specs: &[FieldSpec]) -> V
 /// The `images` entries in order, each as one image transformer, as kustomize runs them. An
 /// entry is applied only to objects holding its image name, which keeps a long `images` list
 /// from walking every object once per entry.
-pub fn images(list: &mut [Resource], imgs: &[Image], specs: &[FieldSpec]) -> Result<(), String> {
+pub fn images(list: &mut [Resource], imgs: &[Image], specs: &[FieldSpec]) -> Result<(), Error> {
     if imgs.is_empty() {
         return Ok(());
     }
@@ -391,7 +401,7 @@ fn strip_null(obj: &mut Map<String, Value>, segs: &[fieldspec::Seg]) {
     }
 }
 
-pub fn replicas(list: &mut [Resource], rep: &Replica, specs: &[FieldSpec]) -> Result<(), String> {
+pub fn replicas(list: &mut [Resource], rep: &Replica, specs: &[FieldSpec]) -> Result<(), Error> {
     let mut found = false;
     for r in list.iter_mut() {
         if r.name() != rep.name && r.org_id().name != rep.name {
@@ -407,11 +417,10 @@ pub fn replicas(list: &mut [Resource], rep: &Replica, specs: &[FieldSpec]) -> Re
     if !found {
         // kustomize refuses a replica count that applies to nothing.
         let kinds: Vec<&str> = specs.iter().map(|fs| fs.kind.as_str()).collect();
-        return Err(format!(
-            "no resource named '{}' is of a kind replicas apply to ({})",
-            rep.name,
-            kinds.join(", ")
-        ));
+        return Err(Error::NoReplicaTarget {
+            name: rep.name.clone(),
+            kinds: kinds.join(", "),
+        });
     }
     Ok(())
 }
@@ -434,9 +443,12 @@ pub fn legacy_sort(list: &mut Vec<Resource>, first: &[String], last: &[String]) 
     for (i, k) in last.iter().enumerate() {
         rank.insert(k, 1 + i as i64);
     }
-    let mut keyed: Vec<(i64, String, bool, String, Resource)> = std::mem::take(list)
-        .into_iter()
-        .map(|r| {
+    // The keys are sorted with the index of their resource, which is moved once afterwards:
+    // a resource is large, and sorting moves each element about log(n) times.
+    let mut keyed: Vec<(i64, String, bool, String, bool, usize)> = list
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
             let id = r.cur_id();
             let gvk_s = id.gvk.sort_string();
             let ns = if id.namespace.is_empty() {
@@ -452,7 +464,8 @@ pub fn legacy_sort(list: &mut Vec<Resource>, first: &[String], last: &[String]) 
                 gvk_s,
                 is_ns && id.gvk.group.is_empty(),
                 id_s,
-                r,
+                is_ns,
+                i,
             )
         })
         .collect();
@@ -461,7 +474,7 @@ pub fn legacy_sort(list: &mut Vec<Resource>, first: &[String], last: &[String]) 
             .then_with(|| {
                 if a.1 == b.1 {
                     std::cmp::Ordering::Equal
-                } else if a.4.kind() == "Namespace" && b.4.kind() == "Namespace" && (a.2 || b.2) {
+                } else if a.4 && b.4 && (a.2 || b.2) {
                     b.1.cmp(&a.1)
                 } else {
                     a.1.cmp(&b.1)
@@ -469,14 +482,18 @@ pub fn legacy_sort(list: &mut Vec<Resource>, first: &[String], last: &[String]) 
             })
             .then_with(|| a.3.cmp(&b.3))
     });
-    *list = keyed.into_iter().map(|k| k.4).collect();
+    let mut slots: Vec<Option<Resource>> = std::mem::take(list).into_iter().map(Some).collect();
+    *list = keyed
+        .into_iter()
+        .map(|k| slots[k.5].take().expect("each index is sorted once"))
+        .collect();
 }
 
 /// Name references declared by CRD OpenAPI definitions through `x-kubernetes-object-ref-kind`
 /// (kustomize's legacy `crds:` field): a map of definition name to `{Schema: ...}`.
-pub fn config_from_crds(bytes: &[u8]) -> Result<TransformerConfig, String> {
+pub fn config_from_crds(bytes: &[u8]) -> Result<TransformerConfig, Error> {
     let text = String::from_utf8_lossy(bytes);
-    let docs = crate::yaml::parse_documents(&text).map_err(|e| e.to_string())?;
+    let docs = crate::yaml::parse_documents(&text)?;
     let mut tc = TransformerConfig::default();
     for d in docs {
         let Some(defs) = d.as_object() else { continue };

@@ -126,7 +126,9 @@ struct Rule {
 /// What a matching creation rule says: the recipients and the selection rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreationRule {
+    /// The age recipients the data key is encrypted to.
     pub recipients: Vec<String>,
+    /// Which values are encrypted.
     pub rules: RuleText,
 }
 

@@ -7,7 +7,10 @@ use std::path::PathBuf;
 /// Where a value sits in its document, e.g. `data.password` or `items[2]`.
 pub type KeyPath = String;
 
+/// Why a secrets file could not be read, decrypted, encrypted or written.
 #[derive(Debug, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum Error {
     #[error("{file}: cannot read")]
     Read {

@@ -51,14 +51,17 @@ const SOPS_AGE_KEY_CMD: &str = "SOPS_AGE_KEY_CMD";
 const SOPS_AGE_SSH_PRIVATE_KEY_FILE: &str = "SOPS_AGE_SSH_PRIVATE_KEY_FILE";
 
 impl Identities {
+    /// No identities; add them before decrypting.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// How many identities are loaded.
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
+    /// Whether none is loaded, so nothing can be decrypted.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

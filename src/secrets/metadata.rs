@@ -19,6 +19,8 @@ pub struct AgeStanza {
 
 /// The selection rules as written, so they can be written back unchanged.
 #[derive(Debug, Clone, Default, PartialEq)]
+// sops's own option names (`--unencrypted-suffix` and so on); its documentation describes them.
+#[allow(missing_docs)]
 pub struct RuleText {
     pub unencrypted_suffix: Option<String>,
     pub encrypted_suffix: Option<String>,
@@ -30,6 +32,8 @@ pub struct RuleText {
 }
 
 impl RuleText {
+    /// The rules ready to match keys; a regular expression that does not compile names its
+    /// field.
     pub fn compile(&self, file: &Path) -> Result<Rules, Error> {
         let re = |text: &Option<String>, field: &'static str| {
             text.as_deref()

@@ -69,10 +69,15 @@ pub const MAX_FILE_SIZE: usize = 32 << 20;
 /// The stores sops has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// Values encrypted one by one; comments kept.
     Yaml,
+    /// Values encrypted one by one.
     Json,
+    /// `KEY=value` lines, each value encrypted.
     Dotenv,
+    /// Sections of `key = value`, each value encrypted.
     Ini,
+    /// The whole file as one encrypted value.
     Binary,
 }
 

@@ -14,8 +14,9 @@ use crate::reconcile;
 /// A request to the apiserver that takes longer is given up: an Event is not worth waiting for.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Why alerts and recoveries are recorded, as the Event's `reason`.
+/// The Event `reason` of a raised alert.
 pub const RAISED: &str = "AlertRaised";
+/// The Event `reason` of alerts that cleared.
 pub const RECOVERED: &str = "AlertRecovered";
 
 /// Records one environment's alerts as Events, in the background.
@@ -31,6 +32,7 @@ struct State {
 }
 
 impl AlertEvents {
+    /// Events for `env`, sent to its cluster over the shared connection of `options`.
     pub fn new(env: &Environment, options: &reconcile::Options) -> Self {
         let location = inventory::Location::for_owner(
             &options.inventory_namespace,

@@ -39,12 +39,15 @@ use notify::{Message, Notifier};
 
 /// What the service needs to start.
 pub struct Config {
+    /// The pipeline to run.
     pub pipeline: Arc<Pipeline>,
     /// The cache of the pipeline's repository (not fetched yet is fine).
     pub repository: git::Repository,
     /// The age identities SOPS files are decrypted with.
     pub identities: Arc<Identities>,
+    /// How reconcile passes apply and prune.
     pub reconcile: reconcile::Options,
+    /// Where passes, fetches and calls are counted.
     pub metrics: Arc<Metrics>,
     /// Where events and alerts are sent.
     pub notifier: Notifier,
@@ -60,29 +63,42 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 #[error("environment {environment:?} is not in pipeline {pipeline:?}")]
 pub struct UnknownEnvironment {
+    /// The name asked for.
     pub environment: String,
+    /// The running pipeline's name.
     pub pipeline: String,
 }
 
 /// Why a call into the service failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// No such environment.
     #[error(transparent)]
     Unknown(#[from] UnknownEnvironment),
     /// The environment is suspended, so a sync would not run.
     #[error("environment {environment:?} is suspended; resume it first")]
-    Suspended { environment: String },
+    Suspended {
+        /// The environment.
+        environment: String,
+    },
+    /// The fetch a sync or diff waits for failed.
     #[error("cannot fetch the repository")]
     Fetch(#[source] Arc<git::fetch::Error>),
+    /// The environment's Git history could not be read.
     #[error("cannot read the history of environment {environment:?}")]
     History {
+        /// The environment.
         environment: String,
+        /// Why.
         #[source]
         source: git::revision::Error,
     },
+    /// A diff could not be computed.
     #[error("cannot plan a sync of environment {environment:?}")]
     Plan {
+        /// The environment.
         environment: String,
+        /// Why.
         #[source]
         source: reconcile::Error,
     },
@@ -92,7 +108,9 @@ pub enum Error {
     /// The durable state could not be read or written; nothing took effect.
     #[error("cannot record the change of environment {environment:?}")]
     Store {
+        /// The environment.
         environment: String,
+        /// Why.
         #[source]
         source: store::Error,
     },
@@ -101,9 +119,11 @@ pub enum Error {
 /// What Git says an environment should run, as of the last fetch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredRevision {
+    /// The branch tip.
     pub commit: String,
     /// The tree of the environment's directory: when only this moves, only its files changed.
     pub tree: String,
+    /// When the fetch that saw it finished.
     pub fetched: SystemTime,
 }
 
@@ -120,11 +140,15 @@ pub enum SyncMode {
 /// run, and what its reconcile loop last did. Holds no Secret values.
 #[derive(Debug, Clone)]
 pub struct EnvironmentView {
+    /// The pipeline's definition.
     pub environment: Environment,
+    /// Whether new revisions apply by themselves.
     pub mode: SyncMode,
+    /// What Git says it should run; `None` before the first fetch or when it failed.
     pub desired: Option<DesiredRevision>,
     /// Why the desired revision could not be read at the last fetch.
     pub source_error: Option<String>,
+    /// What its reconcile loop last did.
     pub status: EnvironmentStatus,
     /// The tree of the environment's directory at its applied revision, when it can be read.
     pub applied_tree: Option<String>,
@@ -149,6 +173,7 @@ impl EnvironmentView {
 /// One revision of an environment's history, with what the service did with it.
 #[derive(Debug, Clone)]
 pub struct HistoryEntry {
+    /// The commit and its trailers.
     pub entry: git::history::Entry,
     /// Whether this is the revision the environment runs now.
     pub applied: bool,
@@ -310,10 +335,12 @@ impl Service {
             .expect("the controller runs every environment of the pipeline"))
     }
 
+    /// The pipeline it runs.
     pub fn pipeline(&self) -> &Arc<Pipeline> {
         &self.pipeline
     }
 
+    /// Its metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }

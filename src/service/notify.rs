@@ -23,10 +23,13 @@ const ATTEMPTS: u32 = 5;
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Message {
+    /// The pipeline's name.
     pub pipeline: String,
+    /// The environment it happened in.
     pub environment: String,
     /// `drifted`, `healed`, `pruned`, `failed`, `alert` or `recovered`.
     pub event: String,
+    /// What happened, for people.
     pub message: String,
     /// RFC 3339.
     pub time: String,
@@ -36,8 +39,11 @@ pub struct Message {
 #[derive(Debug, thiserror::Error)]
 #[error("notification {name:?}: cannot read {file}")]
 pub struct Error {
+    /// The notification's name.
     pub name: String,
+    /// The URL or secret file.
     pub file: PathBuf,
+    /// Why it cannot be read.
     #[source]
     pub source: std::io::Error,
 }

@@ -20,9 +20,13 @@ use zeroize::Zeroizing;
 /// Where a verified request came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
+    /// `X-Hub-Signature-256`.
     GitHub,
+    /// `X-Gitea-Signature`, `X-Forgejo-Signature` or `X-Gogs-Signature`.
     Gitea,
+    /// `X-Gitlab-Token`.
     GitLab,
+    /// `X-Stagehand-Signature`, for anything else that can sign a body.
     Generic,
 }
 
@@ -41,14 +45,23 @@ impl Provider {
 /// Why a request was refused. Names the header, never the secret or the signature.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
+    /// No header this receiver knows.
     #[error(
         "no signature: expected one of X-Hub-Signature-256, X-Gitea-Signature, X-Forgejo-Signature, X-Gogs-Signature, X-Gitlab-Token, X-Stagehand-Signature"
     )]
     Unsigned,
+    /// The header holds something other than a signature.
     #[error("{header}: not a sha256 signature in hex")]
-    Malformed { header: &'static str },
+    Malformed {
+        /// The header.
+        header: &'static str,
+    },
+    /// Signed with another secret, or the body changed.
     #[error("{header}: the signature does not match the body")]
-    Mismatch { header: &'static str },
+    Mismatch {
+        /// The header.
+        header: &'static str,
+    },
 }
 
 /// The shared secret webhook senders sign with.

@@ -22,6 +22,8 @@ pub use sqlite::{DATABASE_FILE, SqliteStore};
 
 /// Why a store call failed. Every variant names the database file.
 #[derive(Debug, thiserror::Error)]
+// Each variant is described by its message, and its fields by the names the message uses.
+#[allow(missing_docs)]
 pub enum Error {
     #[error("cannot create the state directory {path}")]
     CreateDir {
@@ -78,6 +80,7 @@ pub enum Error {
     Closed { path: PathBuf },
 }
 
+/// A store call's result.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The durable state of the service.
@@ -154,6 +157,7 @@ pub trait Store: Send + Sync {
     async fn add_approval(&self, promotion_id: &str, approval: Approval)
     -> Result<ApprovalOutcome>;
 
+    /// Records an audit event on its own, for actions no other call records.
     async fn append_audit(&self, event: NewAuditEvent) -> Result<AuditEvent>;
 
     /// Audit events, newest first, one page at a time.
@@ -163,21 +167,27 @@ pub trait Store: Send + Sync {
 /// A deliberate state set by someone: a suspension, or a hold on automatic promotion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
+    /// Why, in the words of whoever set it.
     pub reason: String,
     /// The identity that set it.
     pub by: String,
+    /// When it was set.
     pub at: SystemTime,
 }
 
 /// What the store remembers of an environment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EnvironmentRecord {
+    /// The environment's name in the pipeline.
     pub name: String,
+    /// The last revision a pass applied in full; `None` before the first.
     pub applied_revision: Option<String>,
     /// When the applied revision was first applied; later passes at the same revision keep it,
     /// so soak time counts from here.
     pub applied_at: Option<SystemTime>,
+    /// Set while the environment is suspended.
     pub suspended: Option<Hold>,
+    /// Set while automatic promotion into the environment is held.
     pub auto_promotion_hold: Option<Hold>,
     /// The last status reconcile reported, as it serialised it.
     pub status: Option<serde_json::Value>,
@@ -186,9 +196,13 @@ pub struct EnvironmentRecord {
 /// Objects a sync pass touched, by what happened to them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncCounts {
+    /// Objects the pass created.
     pub created: u32,
+    /// Objects the pass changed.
     pub changed: u32,
+    /// Objects the pass deleted.
     pub pruned: u32,
+    /// Objects found changed in the cluster since the last pass.
     pub drifted: u32,
     /// Objects that existed without our inventory label and were taken over.
     pub adopted: u32,
@@ -197,26 +211,35 @@ pub struct SyncCounts {
 /// A finished sync pass.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncRun {
+    /// The environment.
     pub environment: String,
+    /// The revision the pass rendered.
     pub revision: String,
+    /// When the pass began.
     pub started_at: SystemTime,
+    /// When the pass ended.
     pub finished_at: SystemTime,
     /// A `reconcile::Reason` label such as `succeeded` or `apply_failed`.
     pub result: String,
+    /// The status message the pass ended with.
     pub message: String,
     /// What started the pass: `poll`, `webhook`, `manual`, `promotion`, `drift`, …
     pub trigger: String,
     /// Whether every object of the revision was applied, making it the applied revision.
     pub applied: bool,
+    /// What happened to the objects.
     pub counts: SyncCounts,
 }
 
+/// A sync pass as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncRecord {
+    /// Its row, for paging.
     pub id: i64,
     /// The passes this record stands for: more than one when quiet passes were folded into it;
     /// then `run.started_at` is the first one's start and `run.finished_at` the last one's end.
     pub passes: u32,
+    /// The pass (or the folded passes).
     pub run: SyncRun,
 }
 
@@ -224,46 +247,68 @@ pub struct SyncRecord {
 /// older ones are dropped.
 pub const HISTORY_PER_ENVIRONMENT: u32 = 10_000;
 
+/// How much an event matters, as Kubernetes events grade them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    /// Worth knowing.
     Normal,
+    /// Worth acting on.
     Warning,
 }
 
 /// Something worth telling about an environment, or the pipeline when `environment` is `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {
+    /// The environment; `None` for the pipeline.
     pub environment: Option<String>,
+    /// When it happened.
     pub at: SystemTime,
+    /// How much it matters.
     pub severity: Severity,
     /// A short machine-readable kind, such as `DriftDetected`.
     pub kind: String,
+    /// What happened, for people.
     pub message: String,
+    /// The revision it concerns, if any.
     pub revision: Option<String>,
 }
 
+/// An event as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
+    /// Its row, for paging.
     pub id: i64,
+    /// The event.
     pub event: NewEvent,
 }
 
 /// Where a promotion is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PromotionState {
+    /// Requested; checks (freeze windows, soak time) not yet passed.
     Pending,
+    /// Waiting for the approvals the target requires.
     AwaitingApproval,
+    /// Approved; the commit is about to be made.
     Approved,
+    /// Making the promotion commit.
     Promoting,
+    /// Committed; waiting for the target to apply it.
     Syncing,
+    /// Applied; waiting for the target to be healthy.
     Verifying,
+    /// The target runs the revision, healthy.
     Succeeded,
+    /// An approver refused it.
     Rejected,
+    /// The commit, the sync or the health check failed.
     Failed,
+    /// Withdrawn, or superseded by a newer promotion.
     Aborted,
 }
 
 impl PromotionState {
+    /// Every state, in lifecycle order.
     pub const ALL: [PromotionState; 10] = [
         Self::Pending,
         Self::AwaitingApproval,
@@ -277,6 +322,7 @@ impl PromotionState {
         Self::Aborted,
     ];
 
+    /// The state's name as stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "Pending",
@@ -318,6 +364,7 @@ impl FromStr for PromotionState {
     }
 }
 
+/// Whether a revision moves forward or back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PromotionKind {
     /// A revision of the source environment moves into the target.
@@ -327,6 +374,7 @@ pub enum PromotionKind {
 }
 
 impl PromotionKind {
+    /// The kind's name as stored.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Promotion => "promotion",
@@ -353,17 +401,23 @@ pub struct NewPromotion {
     /// Unique across stores and restarts, because the Git commit's trailer carries it and
     /// resuming after a crash looks it up there; see [`new_promotion_id`].
     pub id: String,
+    /// Forward or back.
     pub kind: PromotionKind,
     /// `None` for a rollback, which moves the target back along its own history.
     pub source_environment: Option<String>,
+    /// The environment that receives the revision.
     pub target_environment: String,
     /// The revision being promoted (or rolled back to).
     pub revision: String,
     /// Promoting the revision the target already runs, on purpose.
     pub rerun: bool,
+    /// The identity that asked.
     pub requested_by: String,
+    /// Why, in their words.
     pub reason: String,
+    /// The first state.
     pub state: PromotionState,
+    /// When it was requested.
     pub at: SystemTime,
     /// Data of the first state, for the promotion engine.
     pub detail: Option<serde_json::Value>,
@@ -372,14 +426,23 @@ pub struct NewPromotion {
 /// A promotion as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromotionRecord {
+    /// See [`NewPromotion::id`].
     pub id: String,
+    /// Forward or back.
     pub kind: PromotionKind,
+    /// `None` for a rollback.
     pub source_environment: Option<String>,
+    /// The environment that receives the revision.
     pub target_environment: String,
+    /// The revision being promoted.
     pub revision: String,
+    /// Promoting the revision the target already runs, on purpose.
     pub rerun: bool,
+    /// The identity that asked.
     pub requested_by: String,
+    /// Why, in their words.
     pub reason: String,
+    /// Where it is now.
     pub state: PromotionState,
     /// Why it is in its state: the reason of its last transition.
     pub message: String,
@@ -387,7 +450,9 @@ pub struct PromotionRecord {
     pub commit: Option<String>,
     /// Data of the current state (what it waits for, a freeze override, …) for the engine.
     pub detail: Option<serde_json::Value>,
+    /// When it was requested.
     pub created_at: SystemTime,
+    /// When it last changed state.
     pub updated_at: SystemTime,
     /// Incremented by every transition.
     pub version: i64,
@@ -396,6 +461,7 @@ pub struct PromotionRecord {
 /// A promotion with everything that happened to it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromotionDetail {
+    /// The promotion as it is now.
     pub promotion: PromotionRecord,
     /// In the order they were given.
     pub approvals: Vec<Approval>,
@@ -406,12 +472,17 @@ pub struct PromotionDetail {
 /// A request to move a promotion from one state to the next.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
+    /// The promotion to move.
     pub promotion_id: String,
     /// The state the caller saw; the transition is refused if the promotion is no longer in it.
     pub from: PromotionState,
+    /// The state to move to.
     pub to: PromotionState,
+    /// The identity moving it, or `stagehand`.
     pub actor: String,
+    /// Why, for the audit log and the promotion's message.
     pub reason: String,
+    /// When.
     pub at: SystemTime,
     /// Sets the promotion commit (Promoting → Syncing); `None` keeps it.
     pub commit: Option<String>,
@@ -421,66 +492,96 @@ pub struct Transition {
     pub audit: Option<AuditAction>,
 }
 
+/// A state change as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransitionRecord {
     /// 1 for the creation, then one more per transition.
     pub seq: i64,
     /// `None` for the creation.
     pub from: Option<PromotionState>,
+    /// The state entered.
     pub to: PromotionState,
+    /// The identity that moved it.
     pub actor: String,
+    /// Why.
     pub reason: String,
+    /// When.
     pub at: SystemTime,
+    /// The state data set with it.
     pub detail: Option<serde_json::Value>,
 }
 
 /// What became of a transition; a refused one wrote nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TransitionOutcome {
+    /// The promotion as it is now.
     Applied(Box<PromotionRecord>),
     /// The promotion was no longer in the expected state (another replica or call moved it).
     Conflict {
+        /// The state it is in.
         current: PromotionState,
     },
+    /// No promotion has that id.
     NotFound,
 }
 
+/// One approval of a promotion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
+    /// The approving identity.
     pub approver: String,
+    /// Its e-mail, when the token file names one.
     pub email: String,
+    /// Its groups when it approved, which decide whether it counts.
     pub groups: Vec<String>,
+    /// When.
     pub at: SystemTime,
+    /// What the approver wrote.
     pub comment: String,
 }
 
+/// What became of an approval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApprovalOutcome {
+    /// Stored and counted.
     Recorded,
     /// This approver had already approved; nothing was written.
     AlreadyApproved,
+    /// No promotion has that id.
     NotFound,
 }
 
 /// What someone did, as the audit log names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuditAction {
+    /// A promotion was requested.
     Requested,
+    /// An approval was given.
     Approved,
+    /// An approval was refused.
     Rejected,
+    /// A promotion was withdrawn.
     Aborted,
+    /// A newer promotion replaced a waiting one.
     Superseded,
     /// A permitted group bypassed a freeze window.
     Overrode,
+    /// A rollback was requested.
     RolledBack,
+    /// A sync was asked for by hand.
     Synced,
+    /// An environment was suspended.
     Suspended,
+    /// An environment was resumed.
     Resumed,
+    /// Automatic promotion into an environment was held.
     AutoPromotionHeld,
+    /// Automatic promotion into an environment was released.
     AutoPromotionResumed,
 }
 
 impl AuditAction {
+    /// Every action.
     pub const ALL: [AuditAction; 12] = [
         Self::Requested,
         Self::Approved,
@@ -496,6 +597,7 @@ impl AuditAction {
         Self::AutoPromotionResumed,
     ];
 
+    /// The action's name as stored and shown.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Requested => "requested",
@@ -531,21 +633,31 @@ impl FromStr for AuditAction {
     }
 }
 
+/// Something someone did, as it is logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAuditEvent {
+    /// When.
     pub at: SystemTime,
     /// The identity that acted, or `stagehand` for the service itself.
     pub actor: String,
+    /// What.
     pub action: AuditAction,
+    /// The environment it concerns.
     pub environment: Option<String>,
+    /// The promotion it concerns.
     pub promotion_id: Option<String>,
+    /// The revision it concerns.
     pub revision: Option<String>,
+    /// Why, in the actor's words.
     pub reason: String,
 }
 
+/// An audit event as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEvent {
+    /// Its row, for paging.
     pub id: i64,
+    /// The event.
     pub event: NewAuditEvent,
 }
 
@@ -554,6 +666,7 @@ pub struct AuditEvent {
 pub struct PromotionFilter {
     /// The target environment: promotions into it (rollbacks included).
     pub environment: Option<String>,
+    /// Only these states; empty for all.
     pub states: Vec<PromotionState>,
     /// Created at or after.
     pub since: Option<SystemTime>,
@@ -568,22 +681,33 @@ pub struct PromotionFilter {
 /// Which audit events to list. Empty fields match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditFilter {
+    /// Only events about this environment.
     pub environment: Option<String>,
+    /// Only events about this promotion.
     pub promotion_id: Option<String>,
+    /// Only these actions; empty for all.
     pub actions: Vec<AuditAction>,
+    /// At or after.
     pub since: Option<SystemTime>,
+    /// Before.
     pub until: Option<SystemTime>,
+    /// Page size; 0 means [`DEFAULT_PAGE_SIZE`].
     pub limit: u32,
+    /// From a previous page's `next_page_token`.
     pub page_token: Option<String>,
 }
 
+/// The page size when a listing asks for none.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// The largest page a listing returns, whatever it asks for.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
 /// One page of a listing; `next_page_token` is `None` on the last page.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {
+    /// This page's items.
     pub items: Vec<T>,
+    /// Where the next page starts.
     pub next_page_token: Option<String>,
 }
 

@@ -110,6 +110,7 @@ impl SqliteStore {
         Ok(Self { path, jobs, worker })
     }
 
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -32,23 +32,37 @@ fn allowed_alias_ratio(nodes: usize) -> f64 {
 /// Why a stream cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
+    /// The text is not YAML.
     #[error("line {line} column {column}: {problem}")]
     Syntax {
+        /// 1-based line.
         line: usize,
+        /// 1-based column.
         column: usize,
+        /// The parser's words.
         problem: String,
     },
+    /// Nesting past the depth cap, which protects the stack.
     #[error("line {line}: {}", Limit::TooDeep)]
-    TooDeep { line: usize },
+    TooDeep {
+        /// 1-based line.
+        line: usize,
+    },
+    /// Aliases past the expansion budget (a "billion laughs" document).
     #[error("line {line}: {}", Limit::ExcessiveAliasing)]
-    ExcessiveAliasing { line: usize },
+    ExcessiveAliasing {
+        /// 1-based line.
+        line: usize,
+    },
 }
 
 /// A limit a stream went past, for readers that name the line themselves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Limit {
+    /// See [`Error::TooDeep`].
     #[error("nested deeper than {MAX_DEPTH} levels")]
     TooDeep,
+    /// See [`Error::ExcessiveAliasing`].
     #[error("aliases expand to too many nodes (excessive aliasing)")]
     ExcessiveAliasing,
 }

@@ -19,7 +19,7 @@ pub mod time;
 pub mod written;
 
 pub use print::{to_yaml, unprintable, write_document, write_object};
-pub use read::{ParseError, Reading, documents, plain};
+pub use read::{ParseError, Reading, ValueError, documents, plain};
 
 /// Every non-empty document of a file kustomize reads through a JSON conversion.
 pub fn parse_documents(text: &str) -> Result<Vec<serde_json::Value>, ParseError> {

@@ -18,7 +18,34 @@ use super::time;
 pub struct ParseError {
     /// 1-based position of the failing document in its stream.
     pub index: usize,
+    /// What is wrong, with its line.
     pub message: String,
+}
+
+/// Why a scalar or a merge key has no value. Each message is whole: it becomes the message of
+/// a [`ParseError`] or of the caller's own error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// A `<<` sequence holds something other than mappings.
+    #[error("a merge key (<<) needs mappings in its sequence")]
+    MergeSequence,
+    /// A `<<` value is neither a mapping nor a sequence.
+    #[error("a merge key (<<) needs a mapping or a sequence of mappings")]
+    MergeSource,
+    /// A `!!binary` scalar whose text is not base64.
+    #[error("!!binary value `{0}` is not base64")]
+    Binary(String),
+    /// A scalar whose standard tag says a type its text is not.
+    #[error("cannot decode `{text}` as a !!{tag}")]
+    Tag {
+        /// The scalar as written.
+        text: String,
+        /// The tag's suffix: `int`, `float`, `bool`, `null`.
+        tag: String,
+    },
+    /// A float JSON cannot represent (infinity, NaN).
+    #[error("{0} is not a number JSON can hold")]
+    NotJsonNumber(String),
 }
 
 /// Which of kustomize's readers a file goes through; they differ on plain scalars and repeated
@@ -99,10 +126,10 @@ impl Reader {
         }
     }
 
-    fn err(&self, line: usize, message: impl Into<String>) -> ParseError {
+    fn err(&self, line: usize, message: impl std::fmt::Display) -> ParseError {
         ParseError {
             index: self.index,
-            message: format!("line {line}: {}", message.into()),
+            message: format!("line {line}: {message}"),
         }
     }
 
@@ -167,7 +194,7 @@ impl Reader {
 }
 
 /// Merges the `<<` sources into `map`: keys written in the mapping win, then earlier sources.
-fn apply_merges(map: &mut Map<String, Value>, merges: Vec<Value>) -> Result<(), String> {
+fn apply_merges(map: &mut Map<String, Value>, merges: Vec<Value>) -> Result<(), ValueError> {
     let mut sources = Vec::new();
     for m in merges {
         match m {
@@ -176,11 +203,11 @@ fn apply_merges(map: &mut Map<String, Value>, merges: Vec<Value>) -> Result<(), 
                 for item in items {
                     match item {
                         Value::Object(o) => sources.push(o),
-                        _ => return Err("a merge key (<<) needs mappings in its sequence".into()),
+                        _ => return Err(ValueError::MergeSequence),
                     }
                 }
             }
-            _ => return Err("a merge key (<<) needs a mapping or a sequence of mappings".into()),
+            _ => return Err(ValueError::MergeSource),
         }
     }
     for source in sources {
@@ -198,7 +225,7 @@ pub(super) fn scalar(
     style: ScalarStyle,
     tag: Option<&Tag>,
     reading: Reading,
-) -> Result<Value, String> {
+) -> Result<Value, ValueError> {
     if let Some(t) = tag {
         let standard = matches!(t.handle.as_str(), "tag:yaml.org,2002:" | "!!");
         if !standard {
@@ -212,7 +239,7 @@ pub(super) fn scalar(
                 let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(compact)
-                    .map_err(|_| format!("!!binary value `{text}` is not base64"))?;
+                    .map_err(|_| ValueError::Binary(text.to_owned()))?;
                 return Ok(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
             }
             _ => {}
@@ -228,7 +255,10 @@ pub(super) fn scalar(
         return if ok {
             Ok(resolved)
         } else {
-            Err(format!("cannot decode `{text}` as a !!{}", t.suffix))
+            Err(ValueError::Tag {
+                text: text.to_owned(),
+                tag: t.suffix.clone(),
+            })
         };
     }
     match style {
@@ -237,7 +267,7 @@ pub(super) fn scalar(
     }
 }
 
-fn read_plain(text: &str, reading: Reading) -> Result<Value, String> {
+fn read_plain(text: &str, reading: Reading) -> Result<Value, ValueError> {
     if reading == Reading::JsonConverted {
         // go-yaml v2 hands a timestamp to the JSON conversion as the text it was.
         return match resolve(text, Schema::V2) {
@@ -249,11 +279,11 @@ fn read_plain(text: &str, reading: Reading) -> Result<Value, String> {
 }
 
 /// go-yaml v3's reading of a plain scalar, as JSON.
-pub fn plain(text: &str) -> Result<Value, String> {
+pub fn plain(text: &str) -> Result<Value, ValueError> {
     from_plain(text, resolve(text, Schema::V3))
 }
 
-fn from_plain(text: &str, resolved: Plain) -> Result<Value, String> {
+fn from_plain(text: &str, resolved: Plain) -> Result<Value, ValueError> {
     Ok(match resolved {
         Plain::Null => Value::Null,
         Plain::Bool(b) => Value::Bool(b),
@@ -261,7 +291,7 @@ fn from_plain(text: &str, resolved: Plain) -> Result<Value, String> {
         Plain::Uint(u) => Value::from(u),
         Plain::Float(f) => Number::from_f64(f)
             .map(Value::Number)
-            .ok_or_else(|| format!("{text} is not a number JSON can hold"))?,
+            .ok_or_else(|| ValueError::NotJsonNumber(text.to_owned()))?,
         Plain::Time => Value::String(time::from_yaml(text).unwrap_or_else(|| text.to_owned())),
         Plain::Merge | Plain::Str => Value::String(text.to_owned()),
     })

@@ -17,16 +17,21 @@ pub enum Schema {
 /// What a plain scalar stands for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Plain {
+    /// `null`, `~` or nothing.
     Null,
+    /// A boolean of the schema's spelling (v2 knows `yes`, `on`...).
     Bool(bool),
+    /// A signed integer in any base the schema reads.
     Int(i64),
     /// Fits only an unsigned 64-bit integer.
     Uint(u64),
+    /// A float, `.inf` and `.nan` included.
     Float(f64),
     /// A timestamp; [`time::from_yaml`] gives the text Go writes for it.
     Time,
     /// `<<`, the merge key.
     Merge,
+    /// Anything else: text.
     Str,
 }
 

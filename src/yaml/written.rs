@@ -6,15 +6,22 @@ use saphyr_parser::{Event, ScalarStyle, Span, Tag};
 use serde_json::Value;
 
 use super::events::{self, Events};
-use super::read::{Reading, scalar};
+use super::read::{Reading, ValueError, scalar};
 
 /// Why a document cannot be read as written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
+    /// The stream itself cannot be read.
     #[error(transparent)]
     Events(#[from] events::Error),
+    /// YAML this reader does not keep as written (a complex key, say).
     #[error("line {line}: {problem}")]
-    Structure { line: usize, problem: &'static str },
+    Structure {
+        /// 1-based line.
+        line: usize,
+        /// What is there.
+        problem: &'static str,
+    },
 }
 
 /// A scalar as the file spells it.
@@ -22,7 +29,9 @@ pub enum Error {
 pub struct Scalar {
     /// Its content: quotes removed, escapes and folding applied.
     pub text: String,
+    /// Plain, quoted or block: it decides what the text means.
     pub style: ScalarStyle,
+    /// An explicit tag, which also decides what the text means.
     pub tag: Option<Tag>,
     /// Whether it carries an anchor (or came from an alias).
     pub anchored: bool,
@@ -35,7 +44,7 @@ pub struct Scalar {
 
 impl Scalar {
     /// Its value as kustomize reads it in a file of the given kind.
-    pub fn value(&self, reading: Reading) -> Result<Value, String> {
+    pub fn value(&self, reading: Reading) -> Result<Value, ValueError> {
         scalar(&self.text, self.style, self.tag.as_ref(), reading)
     }
 
@@ -55,9 +64,11 @@ impl Scalar {
 /// A node of the document.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {
+    /// A scalar, with its source text.
     Scalar(Scalar),
     /// Entries in the order written; keys are scalars.
     Map(Vec<(Scalar, Node)>),
+    /// Items in order.
     Seq(Vec<Node>),
 }
 
@@ -70,6 +81,7 @@ impl Node {
         }
     }
 
+    /// The scalar, when this node is one.
     pub fn as_scalar(&self) -> Option<&Scalar> {
         match self {
             Node::Scalar(s) => Some(s),

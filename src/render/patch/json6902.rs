@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use super::Compiled;
+use super::{Compiled, Error};
 use crate::render::kustomization::Selector;
 use crate::render::resource::Resource;
 
@@ -12,17 +12,19 @@ pub fn apply_json6902_text(
     list: &mut [Resource],
     text: &str,
     target: &Selector,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     if text.starts_with('[') {
-        let ops: Vec<Value> =
-            serde_json::from_str(text).map_err(|e| format!("JSON patch is not JSON: {e}"))?;
+        let ops: Vec<Value> = serde_json::from_str(text).map_err(Error::NotJson)?;
         return apply_json6902(list, &ops, target);
     }
-    let docs = crate::yaml::parse_documents(text).map_err(|e| format!("JSON patch: {e}"))?;
+    let docs = crate::yaml::parse_documents(text).map_err(|reason| Error::Yaml {
+        what: "JSON patch",
+        reason,
+    })?;
     let ops = match docs.as_slice() {
         [Value::Array(ops)] => ops.clone(),
         [] => Vec::new(),
-        _ => return Err("a JSON patch must be a list of operations".into()),
+        _ => return Err(Error::NotAList),
     };
     apply_json6902(list, &ops, target)
 }
@@ -31,7 +33,7 @@ pub fn apply_json6902(
     list: &mut [Resource],
     ops: &[Value],
     target: &Selector,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let sel = Compiled::new(target)?;
     for r in list.iter_mut() {
         if !sel.matches(r) {
@@ -49,12 +51,12 @@ pub fn apply_json6902(
     Ok(())
 }
 
-fn pointer_parts(p: &str) -> Result<Vec<String>, String> {
+fn pointer_parts(p: &str) -> Result<Vec<String>, Error> {
     if p.is_empty() {
         return Ok(Vec::new());
     }
     let Some(rest) = p.strip_prefix('/') else {
-        return Err(format!("invalid JSON pointer {p:?}"));
+        return Err(Error::Pointer(p.to_owned()));
     };
     Ok(rest
         .split('/')
@@ -62,11 +64,7 @@ fn pointer_parts(p: &str) -> Result<Vec<String>, String> {
         .collect())
 }
 
-fn parent_of<'a>(
-    doc: &'a mut Value,
-    parts: &[String],
-    path: &str,
-) -> Result<&'a mut Value, String> {
+fn parent_of<'a>(doc: &'a mut Value, parts: &[String], path: &str) -> Result<&'a mut Value, Error> {
     let mut cur = doc;
     for p in parts {
         cur = match cur {
@@ -74,40 +72,40 @@ fn parent_of<'a>(
             Value::Array(a) => p.parse::<usize>().ok().and_then(|i| a.get_mut(i)),
             _ => None,
         }
-        .ok_or_else(|| format!("doc is missing path: {path}"))?;
+        .ok_or_else(|| Error::MissingPath(path.to_owned()))?;
     }
     Ok(cur)
 }
 
-fn get_at(doc: &mut Value, path: &str) -> Result<Value, String> {
+fn get_at(doc: &mut Value, path: &str) -> Result<Value, Error> {
     let parts = pointer_parts(path)?;
     parent_of(doc, &parts, path).map(|v| v.clone())
 }
 
-fn remove_at(doc: &mut Value, path: &str) -> Result<Value, String> {
+fn remove_at(doc: &mut Value, path: &str) -> Result<Value, Error> {
     let parts = pointer_parts(path)?;
-    let (last, init) = parts.split_last().ok_or("cannot remove the root")?;
+    let (last, init) = parts.split_last().ok_or(Error::RemoveRoot)?;
     let parent = parent_of(doc, init, path)?;
     match parent {
-        Value::Object(m) => m
-            .remove(last)
-            .ok_or_else(|| format!("remove operation does not apply: doc is missing path: {path}")),
+        Value::Object(m) => m.remove(last).ok_or_else(|| Error::DoesNotApply {
+            op: "remove",
+            path: path.to_owned(),
+        }),
         Value::Array(a) => {
-            let i: usize = last
-                .parse()
-                .map_err(|_| format!("invalid index in {path}"))?;
+            let i: usize = last.parse().map_err(|_| Error::Index(path.to_owned()))?;
             if i >= a.len() {
-                return Err(format!(
-                    "remove operation does not apply: doc is missing path: {path}"
-                ));
+                return Err(Error::DoesNotApply {
+                    op: "remove",
+                    path: path.to_owned(),
+                });
             }
             Ok(a.remove(i))
         }
-        _ => Err(format!("doc is missing path: {path}")),
+        _ => Err(Error::MissingPath(path.to_owned())),
     }
 }
 
-fn add_at(doc: &mut Value, path: &str, value: Value, replace: bool) -> Result<(), String> {
+fn add_at(doc: &mut Value, path: &str, value: Value, replace: bool) -> Result<(), Error> {
     let parts = pointer_parts(path)?;
     let Some((last, init)) = parts.split_last() else {
         *doc = value;
@@ -125,35 +123,33 @@ fn add_at(doc: &mut Value, path: &str, value: Value, replace: bool) -> Result<()
                 a.push(value);
                 return Ok(());
             }
-            let i: usize = last
-                .parse()
-                .map_err(|_| format!("invalid index in {path}"))?;
+            let i: usize = last.parse().map_err(|_| Error::Index(path.to_owned()))?;
             if replace {
-                let slot = a.get_mut(i).ok_or_else(|| {
-                    format!("replace operation does not apply: doc is missing path: {path}")
+                let slot = a.get_mut(i).ok_or_else(|| Error::DoesNotApply {
+                    op: "replace",
+                    path: path.to_owned(),
                 })?;
                 *slot = value;
             } else {
                 if i > a.len() {
-                    return Err(format!(
-                        "add operation does not apply: index out of bounds: {path}"
-                    ));
+                    return Err(Error::OutOfBounds(path.to_owned()));
                 }
                 a.insert(i, value);
             }
             Ok(())
         }
-        _ => Err(format!("doc is missing path: {path}")),
+        _ => Err(Error::MissingPath(path.to_owned())),
     }
 }
 
-fn json_op(doc: &mut Value, op: &Value) -> Result<(), String> {
+fn json_op(doc: &mut Value, op: &Value) -> Result<(), Error> {
     let s = |k: &str| op.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     let path = s("path");
     let value = || {
-        op.get("value")
-            .cloned()
-            .ok_or_else(|| format!("{} {path}: missing value", s("op")))
+        op.get("value").cloned().ok_or_else(|| Error::MissingValue {
+            op: s("op"),
+            path: path.clone(),
+        })
     };
     match s("op").as_str() {
         "add" => add_at(doc, &path, value()?, false),
@@ -171,9 +167,9 @@ fn json_op(doc: &mut Value, op: &Value) -> Result<(), String> {
             if get_at(doc, &path)? == value()? {
                 Ok(())
             } else {
-                Err(format!("testing value {path} failed"))
+                Err(Error::TestFailed(path))
             }
         }
-        other => Err(format!("unexpected JSON patch operation {other:?}")),
+        other => Err(Error::UnknownOp(other.to_owned())),
     }
 }

@@ -5,16 +5,20 @@
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use super::Error;
 use crate::render::kustomization::Selector;
 use crate::render::resource::{ResId, Resource};
 
-fn anchored(p: &str) -> Result<Option<Regex>, String> {
+fn anchored(p: &str) -> Result<Option<Regex>, Error> {
     if p.is_empty() {
         return Ok(None);
     }
     Regex::new(&format!("^(?:{p})$"))
         .map(Some)
-        .map_err(|e| format!("invalid selector pattern {p:?}: {e}"))
+        .map_err(|reason| Error::Pattern {
+            pattern: p.to_owned(),
+            reason,
+        })
 }
 
 /// A compiled target selector.
@@ -37,7 +41,7 @@ enum Requirement {
     NotExists(String),
 }
 
-fn parse_selector(s: &str) -> Result<Vec<Requirement>, String> {
+fn parse_selector(s: &str) -> Result<Vec<Requirement>, Error> {
     let mut out = Vec::new();
     let mut parts = Vec::new();
     let mut depth = 0;
@@ -80,7 +84,7 @@ fn parse_selector(s: &str) -> Result<Vec<Requirement>, String> {
         } else if p.chars().all(|c| c.is_alphanumeric() || "-_./".contains(c)) {
             out.push(Requirement::Exists(p.into()));
         } else {
-            return Err(format!("unable to parse requirement {p:?}"));
+            return Err(Error::Requirement(p.to_owned()));
         }
     }
     Ok(out)
@@ -99,7 +103,7 @@ fn matches_requirements(reqs: &[Requirement], m: &Map<String, Value>) -> bool {
 }
 
 impl Compiled {
-    pub fn new(s: &Selector) -> Result<Self, String> {
+    pub fn new(s: &Selector) -> Result<Self, Error> {
         Ok(Self {
             group: anchored(&s.group)?,
             version: anchored(&s.version)?,

@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 
+use super::Error;
 use crate::render::openapi::{ListRule, Schema};
 use crate::render::resource::{Gvk, ResId, Resource};
 
@@ -30,7 +31,7 @@ pub(super) fn patch_by_own_id(
     allow_name: bool,
     allow_kind: bool,
     schema: Option<&Schema>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     let id = patch_id(p);
     let key = id.key();
     let selected = |r: &Resource| {
@@ -60,12 +61,8 @@ pub(super) fn patch_by_own_id(
     }
     let i = match hits.as_slice() {
         [i] => *i,
-        [] => return Err(format!("failed to find unique target for patch {id}")),
-        _ => {
-            return Err(format!(
-                "multiple matches for Id {id}; failed to find unique target for patch {id}"
-            ));
-        }
+        [] => return Err(Error::NoUniqueTarget { id: id.to_string() }),
+        _ => return Err(Error::ManyTargets { id: id.to_string() }),
     };
     let mut r = list[i].clone();
     if apply_smp(&mut r, p, allow_name, allow_kind, schema)? {
@@ -88,13 +85,11 @@ pub fn strategic_merge_all(
     list: &mut Vec<Resource>,
     patches: &[Value],
     schema: Option<&Schema>,
-) -> Result<(), String> {
+) -> Result<(), Error> {
     for p in patches {
-        let p = p
-            .as_object()
-            .ok_or("a strategic merge patch must be a map")?;
+        let p = p.as_object().ok_or(Error::NotAMap)?;
         if p.is_empty() {
-            return Err("patch appears to be empty".into());
+            return Err(Error::Empty);
         }
         patch_by_own_id(list, p, false, false, schema)?;
     }
@@ -108,7 +103,7 @@ pub(super) fn apply_smp(
     allow_name: bool,
     allow_kind: bool,
     schema: Option<&Schema>,
-) -> Result<bool, String> {
+) -> Result<bool, Error> {
     let (name, ns, kind) = (
         r.name().to_owned(),
         r.namespace().to_owned(),

@@ -230,6 +230,26 @@ fn configurations_narrow_a_field_to_the_kinds_they_name_as_kubectl_does() {
     }
 }
 
+/// kustomize spells the namespace list of a configuration `namespace`; a spec there extends
+/// where the `namespace:` field writes.
+#[test]
+fn a_configuration_extending_the_namespace_fields_applies_as_kubectl_applies_it() {
+    assert_prints_as_kubectl(&[
+        (
+            "kustomization.yaml",
+            "resources:\n- r.yaml\nnamespace: shop\nconfigurations:\n- c.yaml\n",
+        ),
+        (
+            "c.yaml",
+            "namespace:\n- kind: Widget\n  path: spec/targetNamespace\n  create: true\n",
+        ),
+        (
+            "r.yaml",
+            "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w\nspec:\n  size: 1\n",
+        ),
+    ]);
+}
+
 #[test]
 fn a_base_narrowing_a_field_narrows_it_for_the_overlays_above_it_as_kubectl_does() {
     let dir = tempfile::tempdir().expect("temp dir");

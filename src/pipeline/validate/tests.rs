@@ -1,0 +1,440 @@
+use super::*;
+
+const DEMO: &str = r#"
+apiVersion: stagehand.dev/v1alpha1
+kind: Pipeline
+metadata: {name: shop}
+spec:
+  environments:
+    - name: dev
+      source: {overlay: environments/dev}
+      sync: {interval: 30s}
+    - name: staging
+      promotesFrom: dev
+      source: {overlay: environments/staging}
+      approval: {required: 1, groups: [qa]}
+    - name: prod
+      promotesFrom: staging
+      source: {branch: env/prod, path: environments/prod}
+      cluster: {kubeconfig: /etc/stagehand/prod.kubeconfig, context: prod}
+      approval: {required: 2, groups: [release-managers]}
+      freezeWindows: [{start: "Fri 16:00", end: "Mon 08:00", timezone: Europe/Berlin}]
+"#;
+
+fn parse_err(text: &str) -> String {
+    let err = parse(Path::new("pipeline.yaml"), text).expect_err("the text is invalid");
+    crate::error_chain::ErrorChain(&err).to_string()
+}
+
+#[test]
+fn the_design_example_parses_with_defaults_filled_in() {
+    let p = parse(Path::new("pipeline.yaml"), DEMO).expect("the example is valid");
+    assert_eq!(p.name, "shop");
+    assert_eq!(p.repository.url, ".");
+    let names: Vec<_> = p.environments.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["dev", "staging", "prod"]);
+    let dev = p.environment("dev").expect("dev exists");
+    assert_eq!(dev.sync.interval, Duration::from_secs(30));
+    assert!(dev.sync.prune && dev.sync.self_heal);
+    assert_eq!(dev.sync.timeout, Duration::from_secs(300));
+    assert!(!dev.sync.force && !dev.sync.recreate);
+    let prod = p.environment("prod").expect("prod exists");
+    assert_eq!(
+        prod.source,
+        Source::Branch {
+            branch: "env/prod".into(),
+            path: "environments/prod".into()
+        }
+    );
+    assert_eq!(prod.approval.required, 2);
+    let FreezeSchedule::Weekly { start, end } = &prod.freeze_windows[0].schedule else {
+        panic!("start and end make a weekly window");
+    };
+    assert_eq!(start.to_string(), "Fri 16:00");
+    assert_eq!(end.weekday, 0);
+    assert_eq!(prod.freeze_windows[0].reason, None);
+    assert_eq!(
+        prod.approval,
+        ApprovalPolicy {
+            required: 2,
+            groups: vec!["release-managers".into()],
+            allow_self_approval: false,
+            allow_author_approval: true,
+            exempt_rollbacks: false,
+        }
+    );
+    assert_eq!(prod.promotion, PromotionPolicy::default());
+    assert!(prod.promotion.require_healthy && !prod.promotion.auto);
+    assert_eq!(prod.verify, None);
+    let targets: Vec<_> = p.promotion_targets("dev").map(|e| &e.name).collect();
+    assert_eq!(targets, ["staging"]);
+}
+
+#[test]
+fn a_misspelt_field_is_rejected_by_name() {
+    let text = DEMO.replace("promotesFrom: dev", "promoteFrom: dev");
+    let err = parse_err(&text);
+    assert!(err.contains("pipeline.yaml"), "{err}");
+    assert!(err.contains("promoteFrom"), "{err}");
+}
+
+#[test]
+fn promoting_from_a_later_or_unknown_environment_is_rejected() {
+    let err = parse_err(&DEMO.replace("promotesFrom: staging", "promotesFrom: qa"));
+    assert!(
+        err.contains("spec.environments[2].promotesFrom") && err.contains("\"qa\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn duplicate_environment_names_are_rejected() {
+    let err = parse_err(&DEMO.replace("- name: prod", "- name: dev"));
+    assert!(err.contains("spec.environments[2].name"), "{err}");
+    assert!(err.contains("listed twice"), "{err}");
+}
+
+#[test]
+fn a_source_with_overlay_and_branch_is_rejected() {
+    let err = parse_err(&DEMO.replace(
+        "source: {overlay: environments/dev}",
+        "source: {overlay: environments/dev, branch: dev}",
+    ));
+    assert!(err.contains("spec.environments[0].source"), "{err}");
+}
+
+#[test]
+fn paths_that_leave_the_repository_are_rejected() {
+    let err = parse_err(&DEMO.replace("environments/dev", "../elsewhere"));
+    assert!(
+        err.contains("spec.environments[0].source.overlay") && err.contains("leaves"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_durations_and_freeze_windows_name_their_field() {
+    let err = parse_err(&DEMO.replace("interval: 30s", "interval: soon"));
+    assert!(err.contains("spec.environments[0].sync.interval"), "{err}");
+    let err = parse_err(&DEMO.replace("interval: 30s", "interval: 30s, timeout: later"));
+    assert!(err.contains("spec.environments[0].sync.timeout"), "{err}");
+    let err = parse_err(&DEMO.replace("Fri 16:00", "Friday 25:00"));
+    assert!(
+        err.contains("spec.environments[2].freezeWindows[0].start"),
+        "{err}"
+    );
+}
+
+#[test]
+fn prune_guards_default_to_off_and_half_and_a_share_above_100_is_refused() {
+    let p = parse(Path::new("pipeline.yaml"), DEMO).expect("valid");
+    let sync = &p.environments[0].sync;
+    assert!(!sync.adopt && !sync.prune_adopted && !sync.prune_namespaces && !sync.prune_crds);
+    assert_eq!(sync.max_prune_percent, 50);
+    let text = DEMO.replace(
+        "interval: 30s",
+        "interval: 30s, adopt: true, pruneCRDs: true, maxPrunePercent: 100",
+    );
+    let p = parse(Path::new("pipeline.yaml"), &text).expect("valid");
+    let sync = &p.environments[0].sync;
+    assert!(sync.adopt && sync.prune_crds && !sync.prune_namespaces);
+    assert_eq!(sync.max_prune_percent, 100);
+    let err = parse_err(&DEMO.replace("interval: 30s", "interval: 30s, maxPrunePercent: 101"));
+    assert!(
+        err.contains("spec.environments[0].sync.maxPrunePercent"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_promote_section_is_validated_with_field_names() {
+    let text = DEMO.replace(
+            "approval: {required: 1, groups: [qa]}",
+            "approval: {required: 1, groups: [qa]}\n      promote: {images: [shop/web], files: [version.env], fields: [{file: app.yaml, path: data.VERSION}]}",
+        );
+    let p = parse(Path::new("pipeline.yaml"), &text).expect("valid");
+    let staging = p.environment("staging").expect("staging exists");
+    assert!(staging.promote.images.includes("shop/web"));
+    assert!(!staging.promote.images.includes("shop/worker"));
+    assert_eq!(staging.promote.fields[0].path, ["data", "VERSION"]);
+    assert!(
+        p.environment("prod")
+            .expect("prod")
+            .promote
+            .images
+            .includes("any")
+    );
+
+    let err = parse_err(&text.replace("path: data.VERSION", "path: data..VERSION"));
+    assert!(
+        err.contains("spec.environments[1].promote.fields[0].path"),
+        "{err}"
+    );
+    let err = parse_err(&text.replace("files: [version.env]", "files: [../x]"));
+    assert!(
+        err.contains("spec.environments[1].promote.files[0]"),
+        "{err}"
+    );
+    let err = parse_err(&DEMO.replace(
+        "sync: {interval: 30s}",
+        "sync: {interval: 30s}\n      promote: {allowMerge: true}",
+    ));
+    assert!(err.contains("spec.environments[0].promote"), "{err}");
+}
+
+#[test]
+fn credentials_inside_the_repository_url_are_refused_without_repeating_them() {
+    let with_url = |url: &str| {
+        DEMO.replace(
+            "spec:\n",
+            &format!("spec:\n  repository: {{url: \"{url}\", branch: main}}\n"),
+        )
+    };
+    for url in [
+        "https://deployer:hunter2-secret@git.example.test/shop.git",
+        "https://ghp_hunter2-secret@git.example.test/shop.git",
+        "http://x-access-token:hunter2-secret@127.0.0.1:8080/shop.git",
+        "ssh://git:hunter2-secret@git.example.test/shop.git",
+    ] {
+        let err = parse_err(&with_url(url));
+        assert!(err.contains("spec.repository.url"), "{err}");
+        assert!(err.contains("credentials"), "{err}");
+        assert!(!err.contains("hunter2-secret"), "{err}");
+    }
+    for url in [
+        "https://git.example.test/shop.git",
+        "ssh://git@git.example.test/shop.git",
+        "git@git.example.test:team/shop.git",
+        "../shop",
+    ] {
+        parse(Path::new("pipeline.yaml"), &with_url(url))
+            .unwrap_or_else(|e| panic!("{url} is fine: {e}"));
+    }
+}
+
+#[test]
+fn branches_that_are_not_valid_ref_names_are_refused_by_field() {
+    for bad in [
+        "env..prod",
+        "env prod",
+        "env/prod.lock",
+        "-prod",
+        "env~1",
+        "a@{b",
+        "env/",
+    ] {
+        let err = parse_err(&DEMO.replace("branch: env/prod", &format!("branch: {bad:?}")));
+        assert!(
+            err.contains("spec.environments[2].source.branch"),
+            "{bad}: {err}"
+        );
+        assert!(err.contains("not a valid branch name"), "{bad}: {err}");
+    }
+    let err = parse_err(&DEMO.replace(
+        "spec:\n",
+        "spec:\n  repository: {url: ., branch: \"main..x\"}\n",
+    ));
+    assert!(err.contains("spec.repository.branch"), "{err}");
+}
+
+#[test]
+fn a_freeze_window_time_zone_must_be_an_iana_name() {
+    for bad in ["Mars/Olympus_Mons", "CEST+2", "Europe/Berlin "] {
+        let err =
+            parse_err(&DEMO.replace("timezone: Europe/Berlin", &format!("timezone: {bad:?}")));
+        assert!(
+            err.contains("spec.environments[2].freezeWindows[0].timezone"),
+            "{bad}: {err}"
+        );
+        assert!(err.contains("IANA"), "{bad}: {err}");
+    }
+    for good in ["America/New_York", "UTC", "Asia/Kolkata"] {
+        parse(
+            Path::new("pipeline.yaml"),
+            &DEMO.replace("timezone: Europe/Berlin", &format!("timezone: {good}")),
+        )
+        .unwrap_or_else(|e| panic!("{good} is an IANA name: {e}"));
+    }
+}
+
+#[test]
+fn author_approval_and_rollback_exemption_are_read_from_the_approval_section() {
+    let text = DEMO.replace(
+        "approval: {required: 2, groups: [release-managers]}",
+        "approval: {required: 2, groups: [release-managers], allowSelfApproval: true, \
+             allowAuthorApproval: false, exemptRollbacks: true}",
+    );
+    let p = parse(Path::new("pipeline.yaml"), &text).expect("valid");
+    let prod = &p.environment("prod").expect("prod").approval;
+    assert!(prod.allow_self_approval && !prod.allow_author_approval && prod.exempt_rollbacks);
+    let staging = &p.environment("staging").expect("staging").approval;
+    assert!(staging.allow_author_approval && !staging.exempt_rollbacks);
+    let err = parse_err(&text.replace("exemptRollbacks: true", "exemptRollback: true"));
+    assert!(err.contains("exemptRollback"), "{err}");
+}
+
+#[test]
+fn a_promotion_section_is_read_and_validated_by_field() {
+    let with = |env: &str, section: &str| {
+        DEMO.replace(
+            &format!("source: {{overlay: environments/{env}}}"),
+            &format!("source: {{overlay: environments/{env}}}\n      {section}"),
+        )
+    };
+    let text = with(
+        "staging",
+        "promotion: {soak: 30m, requireHealthy: false, supersede: true}",
+    );
+    let p = parse(Path::new("pipeline.yaml"), &text).expect("valid");
+    let staging = &p.environment("staging").expect("staging").promotion;
+    assert_eq!(
+        *staging,
+        PromotionPolicy {
+            soak: Duration::from_secs(1800),
+            auto: false,
+            require_healthy: false,
+            supersede: true,
+        }
+    );
+
+    let auto = with("staging", "promotion: {auto: true, soak: 1h}").replace(
+        "approval: {required: 1, groups: [qa]}",
+        "approval: {groups: [qa]}",
+    );
+    let p = parse(Path::new("pipeline.yaml"), &auto).expect("auto without approvals");
+    let staging = &p.environment("staging").expect("staging").promotion;
+    assert!(staging.auto && staging.require_healthy);
+    assert_eq!(staging.soak, Duration::from_secs(3600));
+
+    let err = parse_err(&with("staging", "promotion: {auto: true}"));
+    assert!(err.contains("spec.environments[1].promotion.auto"), "{err}");
+    assert!(err.contains("approval.required is 1"), "{err}");
+    assert!(err.contains("collect approvals"), "{err}");
+
+    let err = parse_err(&with("staging", "promotion: {soak: a while}"));
+    assert!(err.contains("spec.environments[1].promotion.soak"), "{err}");
+    assert!(err.contains("\"a while\""), "{err}");
+
+    let err = parse_err(&with("dev", "promotion: {soak: 5m}"));
+    assert!(err.contains("spec.environments[0].promotion"), "{err}");
+    assert!(err.contains("no promotesFrom"), "{err}");
+
+    let err = parse_err(&with("staging", "promotion: {soakTime: 5m}"));
+    assert!(err.contains("soakTime"), "{err}");
+}
+
+#[test]
+fn a_verify_job_must_be_a_kubernetes_object_name() {
+    let with = |job: &str| {
+        DEMO.replace(
+            "approval: {required: 1, groups: [qa]}",
+            &format!("approval: {{required: 1, groups: [qa]}}\n      verify: {{job: {job}}}"),
+        )
+    };
+    let p = parse(Path::new("pipeline.yaml"), &with("smoke-test.v2")).expect("valid");
+    assert_eq!(
+        p.environment("staging").expect("staging").verify,
+        Some(Verify {
+            job: "smoke-test.v2".into()
+        })
+    );
+    for bad in ["Smoke", "\"-smoke\"", "\"smoke test\"", "\"\""] {
+        let err = parse_err(&with(bad));
+        assert!(
+            err.contains("spec.environments[1].verify.job"),
+            "{bad}: {err}"
+        );
+    }
+    let err = parse_err(&DEMO.replace(
+        "approval: {required: 1, groups: [qa]}",
+        "verify: {name: smoke}",
+    ));
+    assert!(err.contains("name"), "{err}");
+}
+
+#[test]
+fn an_absolute_freeze_window_takes_rfc3339_times_and_a_reason() {
+    let with = |window: &str| {
+        DEMO.replace(
+                r#"freezeWindows: [{start: "Fri 16:00", end: "Mon 08:00", timezone: Europe/Berlin}]"#,
+                &format!(
+                    r#"freezeWindows: [{{start: "Fri 16:00", end: "Mon 08:00", reason: weekend}}, {window}]"#
+                ),
+            )
+    };
+    let text = with(
+        r#"{from: "2026-12-20T00:00:00Z", until: "2027-01-04T08:00:00+01:00", reason: holidays}"#,
+    );
+    let p = parse(Path::new("pipeline.yaml"), &text).expect("valid");
+    let windows = &p.environment("prod").expect("prod").freeze_windows;
+    assert_eq!(windows[0].reason.as_deref(), Some("weekend"));
+    assert_eq!(windows[0].timezone, "UTC");
+    assert_eq!(windows[1].reason.as_deref(), Some("holidays"));
+    let FreezeSchedule::Absolute { from, until } = windows[1].schedule else {
+        panic!("from and until make an absolute window");
+    };
+    assert_eq!(from.as_second(), 1_797_724_800);
+    assert_eq!(until.to_string(), "2027-01-04T07:00:00Z");
+
+    let cases = [
+        (
+            r#"{from: "2027-01-04T08:00:00+01:00", until: "2027-01-04T07:00:00Z"}"#,
+            "freezeWindows[1].until",
+            "not after",
+        ),
+        (
+            r#"{from: "2026-12-20", until: "2027-01-04T08:00:00Z"}"#,
+            "freezeWindows[1].from",
+            "RFC 3339",
+        ),
+        (
+            r#"{from: "2026-12-20T00:00:00", until: "2027-01-04T08:00:00Z"}"#,
+            "freezeWindows[1].from",
+            "offset",
+        ),
+        (
+            r#"{from: "2026-12-20T00:00:00Z", until: "2027-01-04T08:00:00Z", end: "Mon 08:00"}"#,
+            "freezeWindows[1]",
+            "mixes",
+        ),
+        (
+            r#"{from: "2026-12-20T00:00:00Z"}"#,
+            "freezeWindows[1]",
+            "needs both from and until",
+        ),
+        (
+            r#"{start: "Fri 16:00"}"#,
+            "freezeWindows[1]",
+            "needs both start and end",
+        ),
+        (
+            r#"{timezone: UTC}"#,
+            "freezeWindows[1]",
+            "needs start and end",
+        ),
+        (
+            r#"{start: "Fri 16:00", end: "fri 16:00"}"#,
+            "freezeWindows[1].end",
+            "same as start",
+        ),
+        (
+            r#"{start: "Fri 16:00", end: "Sat 16:00", reason: " "}"#,
+            "freezeWindows[1].reason",
+            "empty",
+        ),
+    ];
+    for (window, at, problem) in cases {
+        let err = parse_err(&with(window));
+        assert!(
+            err.contains(&format!("spec.environments[2].{at}")),
+            "{window}: {err}"
+        );
+        assert!(err.contains(problem), "{window}: {err}");
+    }
+}
+
+#[test]
+fn a_wrong_api_version_is_rejected() {
+    let err = parse_err(&DEMO.replace("v1alpha1", "v9"));
+    assert!(err.contains("apiVersion"), "{err}");
+}
