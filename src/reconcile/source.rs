@@ -309,6 +309,11 @@ impl Cancellable<'_> {
 }
 
 impl FileSystem for Cancellable<'_> {
+    fn real_path(&self, path: &str) -> Result<Option<String>, render::fs::Error> {
+        self.check(path)?;
+        self.inner.real_path(path)
+    }
+
     fn read_file(&self, path: &str) -> Result<Vec<u8>, render::fs::Error> {
         self.check(path)?;
         self.inner.read_file(path)
@@ -348,6 +353,9 @@ mod tests {
     }
 
     impl FileSystem for CancelsAtThirdRead<'_> {
+        fn real_path(&self, path: &str) -> Result<Option<String>, render::fs::Error> {
+            self.disk.real_path(path)
+        }
         fn read_file(&self, path: &str) -> Result<Vec<u8>, render::fs::Error> {
             self.count();
             self.disk.read_file(path)

@@ -25,6 +25,17 @@ pub enum Error {
         path: String,
         dir: String,
     },
+    /// A symlink that leads out of the kustomization's directory.
+    #[error(
+        "{file}: {field}: security; file '{path}' resolves to '{real}', which is not in or below '{dir}'"
+    )]
+    RestrictedLink {
+        file: String,
+        field: &'static str,
+        path: String,
+        real: String,
+        dir: String,
+    },
     #[error("{file}: {field}: {}{what} are not supported", prefixed(entry))]
     Refused {
         file: String,
