@@ -88,6 +88,7 @@ fn environment(name: &str, kubeconfig: &Path) -> Environment {
         promote: PromotePolicy::default(),
         promotion: PromotionPolicy::default(),
         verify: None,
+        decryption: Default::default(),
     }
 }
 

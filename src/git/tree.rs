@@ -47,6 +47,15 @@ impl TreeFs {
 
     /// Walks `path` from the root, following symlinks that stay inside the tree.
     fn resolve(&self, repo: &gix::Repository, path: &str) -> Result<Option<Resolved>, Error> {
+        Ok(self.walk(repo, path)?.map(|(resolved, _)| resolved))
+    }
+
+    /// [`Self::resolve`], with the path it resolved to, symlinks replaced by their targets.
+    fn walk(
+        &self,
+        repo: &gix::Repository,
+        path: &str,
+    ) -> Result<Option<(Resolved, String)>, Error> {
         let mut remaining: std::collections::VecDeque<String> = path
             .split('/')
             .filter(|c| !c.is_empty())
@@ -54,6 +63,8 @@ impl TreeFs {
             .collect();
         // The trees from the root down to the current directory, so `..` can go back up.
         let mut stack = vec![self.root];
+        // The names of the directories on the stack below the root.
+        let mut names: Vec<String> = Vec::new();
         let mut links = 0;
         while let Some(component) = remaining.pop_front() {
             match component.as_str() {
@@ -65,6 +76,7 @@ impl TreeFs {
                         });
                     }
                     stack.pop();
+                    names.pop();
                     continue;
                 }
                 _ => {}
@@ -78,10 +90,14 @@ impl TreeFs {
             };
             let id = entry.oid().to_owned();
             match entry.mode().kind() {
-                GitKind::Tree => stack.push(id),
+                GitKind::Tree => {
+                    stack.push(id);
+                    names.push(component);
+                }
                 GitKind::Blob | GitKind::BlobExecutable => {
                     if remaining.is_empty() {
-                        return Ok(Some(Resolved::Blob(id)));
+                        names.push(component);
+                        return Ok(Some((Resolved::Blob(id), names.join("/"))));
                     }
                     return Err(Error::NotDir {
                         path: path.to_owned(),
@@ -113,13 +129,19 @@ impl TreeFs {
                 }
             }
         }
-        Ok(Some(Resolved::Tree(
-            *stack.last().expect("the stack always holds the root"),
+        Ok(Some((
+            Resolved::Tree(*stack.last().expect("the stack always holds the root")),
+            names.join("/"),
         )))
     }
 }
 
 impl FileSystem for TreeFs {
+    fn real_path(&self, path: &str) -> Result<Option<String>, Error> {
+        let repo = self.repo.to_thread_local();
+        Ok(self.walk(&repo, path)?.map(|(_, real)| real))
+    }
+
     fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
         let repo = self.repo.to_thread_local();
         match self.resolve(&repo, path)? {

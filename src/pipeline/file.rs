@@ -30,6 +30,20 @@ pub struct Spec {
     pub alerts: Option<Alerts>,
     #[serde(default)]
     pub access: Vec<super::AccessRule>,
+    #[serde(default)]
+    pub decryption: Option<SpecDecryption>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpecDecryption {
+    pub age_keys_dir: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EnvDecryption {
+    pub age_key_file: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +97,8 @@ pub struct Environment {
     pub promotion: Option<Promotion>,
     #[serde(default)]
     pub verify: Option<Verify>,
+    #[serde(default)]
+    pub decryption: Option<EnvDecryption>,
 }
 
 #[derive(Debug, Deserialize)]

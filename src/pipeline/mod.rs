@@ -135,6 +135,25 @@ pub struct Environment {
     pub promotion: PromotionPolicy,
     /// A Job of this environment's manifests that must succeed after a promotion (`verify:`).
     pub verify: Option<Verify>,
+    /// Which age identities decrypt this environment's SOPS files (`decryption:`).
+    pub decryption: Decryption,
+}
+
+/// Which age identities an environment decrypts with. An environment with keys of its own
+/// decrypts with nothing else, so an overlay that pulls in another environment's encrypted
+/// file (by path, symlink or copy) cannot decrypt it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Decryption {
+    /// The identities of the process, found as sops finds them (`SOPS_AGE_KEY_FILE`…): no
+    /// environment of the pipeline has keys of its own.
+    #[default]
+    Shared,
+    /// Only the identities in this file (`decryption.ageKeyFile`, or `<env>.agekey` in
+    /// `spec.decryption.ageKeysDir`).
+    AgeKeyFile(PathBuf),
+    /// No identities: other environments have keys of their own and this one has none, so
+    /// any SOPS file it reaches fails to decrypt.
+    Nothing,
 }
 
 /// When and how promotions into an environment happen (`promotion:` in the file).

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::file;
 use super::{
-    API_VERSION, Alerts, ApprovalPolicy, Cluster, Environment, FreezeSchedule, FreezeWindow,
-    ImageSelection, KIND, NOTIFICATION_EVENTS, Notification, Pipeline, PromotePolicy,
+    API_VERSION, Alerts, ApprovalPolicy, Cluster, Decryption, Environment, FreezeSchedule,
+    FreezeWindow, ImageSelection, KIND, NOTIFICATION_EVENTS, Notification, Pipeline, PromotePolicy,
     PromotedField, PromotionPolicy, Repository, Source, SyncPolicy, Verify, WeeklyTime,
 };
 
@@ -72,10 +72,12 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Pipeline, Error> {
     };
     let raw: file::PipelineFile =
         serde_yaml_ng::from_str(text).map_err(|e| wrap(ErrorKind::Syntax(e)))?;
-    validate(raw).map_err(wrap)
+    // Key paths are relative to the pipeline file, as the repository path is.
+    let base = path.parent().unwrap_or(Path::new("."));
+    validate(raw, base).map_err(wrap)
 }
 
-fn validate(raw: file::PipelineFile) -> Result<Pipeline, ErrorKind> {
+fn validate(raw: file::PipelineFile, base: &Path) -> Result<Pipeline, ErrorKind> {
     if raw.api_version != API_VERSION {
         return Err(field(
             "apiVersion",
@@ -143,7 +145,7 @@ fn validate(raw: file::PipelineFile) -> Result<Pipeline, ErrorKind> {
                 ));
             }
         }
-        let environment = validate_environment(&at, env, &repository)?;
+        let environment = validate_environment(&at, env, &repository, base)?;
         if !seen.insert(environment.name.clone()) {
             return Err(field(
                 format!("{at}.name"),
@@ -205,6 +207,8 @@ fn validate(raw: file::PipelineFile) -> Result<Pipeline, ErrorKind> {
         }
     }
 
+    decryption(raw.spec.decryption, base, &mut environments)?;
+
     Ok(Pipeline {
         name: raw.metadata.name,
         repository,
@@ -215,10 +219,43 @@ fn validate(raw: file::PipelineFile) -> Result<Pipeline, ErrorKind> {
     })
 }
 
+/// Gives every environment without a key file of its own the `<env>.agekey` of the keys
+/// directory; once any environment has keys of its own, the others get none rather than the
+/// process's, so no environment decrypts with another's keys.
+fn decryption(
+    spec: Option<file::SpecDecryption>,
+    base: &Path,
+    environments: &mut [Environment],
+) -> Result<(), ErrorKind> {
+    if let Some(spec) = spec {
+        if spec.age_keys_dir.trim().is_empty() {
+            return Err(field("spec.decryption.ageKeysDir", "must not be empty"));
+        }
+        let dir = base.join(spec.age_keys_dir);
+        for env in environments.iter_mut() {
+            if env.decryption == Decryption::Shared {
+                env.decryption = Decryption::AgeKeyFile(dir.join(format!("{}.agekey", env.name)));
+            }
+        }
+    }
+    if environments
+        .iter()
+        .any(|e| matches!(e.decryption, Decryption::AgeKeyFile(_)))
+    {
+        for env in environments.iter_mut() {
+            if env.decryption == Decryption::Shared {
+                env.decryption = Decryption::Nothing;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn validate_environment(
     at: &str,
     env: file::Environment,
     repository: &Repository,
+    base: &Path,
 ) -> Result<Environment, ErrorKind> {
     let source = match (env.source.overlay, env.source.branch, env.source.path) {
         (Some(overlay), None, None) => Source::Overlay {
@@ -417,6 +454,17 @@ fn validate_environment(
         Some(promote) => validate_promote(&format!("{at}.promote"), promote)?,
     };
 
+    let decryption = match env.decryption {
+        None => Decryption::Shared,
+        Some(d) if d.age_key_file.trim().is_empty() => {
+            return Err(field(
+                format!("{at}.decryption.ageKeyFile"),
+                "must not be empty",
+            ));
+        }
+        Some(d) => Decryption::AgeKeyFile(base.join(d.age_key_file)),
+    };
+
     Ok(Environment {
         name: env.name,
         promotes_from: env.promotes_from,
@@ -428,6 +476,7 @@ fn validate_environment(
         promote,
         promotion,
         verify,
+        decryption,
     })
 }
 

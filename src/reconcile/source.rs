@@ -9,10 +9,10 @@ use serde_json::Value;
 
 use super::{Desired, DesiredState, SourceError, SourceStage};
 use crate::git;
-use crate::pipeline::{Environment, Pipeline};
+use crate::pipeline::{Decryption, Environment, Pipeline};
 use crate::render::fs::{DirEntry, EntryKind, FileSystem};
 use crate::render::{self, sops::SopsDecrypt};
-use crate::secrets::Identities;
+use crate::secrets::{self, Identities};
 
 /// Whether a [`GitSource`] fetches the repository before reading an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,7 +90,8 @@ impl GitSource {
     ) -> Result<Desired, SourceError> {
         let pipeline = self.pipeline.clone();
         let repository = self.repository.clone();
-        let identities = self.identities.clone();
+        let decryption = env.decryption.clone();
+        let shared = self.identities.clone();
         let fetch = self.fetch;
         let name = env.name.clone();
         let cancelled = Arc::new(AtomicBool::new(false));
@@ -120,6 +121,9 @@ impl GitSource {
                 .tree(commit)
                 .map_err(|e| failed(SourceStage::Fetch, Some(commit.to_string()), e))?;
             let commit = commit.to_string();
+            // Read on every pass, so a rotated key file takes effect without a restart.
+            let identities = identities_of(&decryption, shared)
+                .map_err(|e| failed(SourceStage::Decrypt, Some(commit.clone()), e))?;
             let decrypt = SopsDecrypt::new(&identities);
             let options = render::Options {
                 decrypt: Some(&decrypt),
@@ -129,13 +133,19 @@ impl GitSource {
                 inner: &tree,
                 cancelled: &cancelled,
             };
-            let objects = render::render(&tree, &path, &options).map_err(|e| {
-                let stage = match e.decryption() {
-                    Some(_) => SourceStage::Decrypt,
-                    None => SourceStage::Render,
-                };
-                failed(stage, Some(commit.clone()), e)
-            })?;
+            let objects =
+                render::render(&tree, &path, &options).map_err(|e| match e.decryption() {
+                    Some(_) if decryption != Decryption::Shared => failed(
+                        SourceStage::Decrypt,
+                        Some(commit.clone()),
+                        OwnKeysOnly {
+                            keys: own_keys(&decryption),
+                            source: e,
+                        },
+                    ),
+                    Some(_) => failed(SourceStage::Decrypt, Some(commit.clone()), e),
+                    None => failed(SourceStage::Render, Some(commit.clone()), e),
+                })?;
             Ok(Desired {
                 revision: commit,
                 objects: objects.into_iter().map(Value::Object).collect(),
@@ -147,6 +157,40 @@ impl GitSource {
             Err(failed(SourceStage::Fetch, None, Panicked(message)))
         })
     }
+}
+
+/// The identities an environment decrypts with: its own key file, none, or the process's.
+fn identities_of(
+    decryption: &Decryption,
+    shared: Arc<Identities>,
+) -> Result<Arc<Identities>, secrets::Error> {
+    match decryption {
+        Decryption::Shared => Ok(shared),
+        Decryption::Nothing => Ok(Arc::new(Identities::new())),
+        Decryption::AgeKeyFile(file) => {
+            let mut own = Identities::new();
+            own.add_file(file)?;
+            Ok(Arc::new(own))
+        }
+    }
+}
+
+fn own_keys(decryption: &Decryption) -> String {
+    match decryption {
+        Decryption::AgeKeyFile(file) => format!("only its own age identities ({})", file.display()),
+        _ => "no age identities (other environments have keys of their own, this one has none)"
+            .to_owned(),
+    }
+}
+
+/// A SOPS file the environment cannot decrypt with its own keys: most likely another
+/// environment's, reached by a path, a symlink or a copy.
+#[derive(Debug, thiserror::Error)]
+#[error("this environment decrypts with {keys}")]
+struct OwnKeysOnly {
+    keys: String,
+    #[source]
+    source: render::Error,
 }
 
 /// Why [`one_environment`] could not set up a reconciler.
@@ -267,6 +311,11 @@ impl Cancellable<'_> {
 }
 
 impl FileSystem for Cancellable<'_> {
+    fn real_path(&self, path: &str) -> Result<Option<String>, render::fs::Error> {
+        self.check(path)?;
+        self.inner.real_path(path)
+    }
+
     fn read_file(&self, path: &str) -> Result<Vec<u8>, render::fs::Error> {
         self.check(path)?;
         self.inner.read_file(path)
@@ -306,6 +355,9 @@ mod tests {
     }
 
     impl FileSystem for CancelsAtThirdRead<'_> {
+        fn real_path(&self, path: &str) -> Result<Option<String>, render::fs::Error> {
+            self.disk.real_path(path)
+        }
         fn read_file(&self, path: &str) -> Result<Vec<u8>, render::fs::Error> {
             self.count();
             self.disk.read_file(path)

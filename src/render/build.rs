@@ -381,16 +381,41 @@ impl Target {
         if ctx.opts.load_restrictor == LoadRestrictor::None {
             return Ok(());
         }
-        let inside =
-            self.dir.is_empty() || path == self.dir || path.starts_with(&format!("{}/", self.dir));
-        if inside {
+        let inside = |dir: &str, path: &str| {
+            dir.is_empty() || path == dir || path.starts_with(&format!("{dir}/"))
+        };
+        let refused = |path: &str, dir: &str| Error::Restricted {
+            file: self.file.clone(),
+            field,
+            path: format!("/{path}"),
+            dir: format!("/{dir}"),
+        };
+        if !inside(&self.dir, path) {
+            return Err(refused(path, &self.dir));
+        }
+        // Symlinks resolved, as kustomize does: a link inside the directory that points out of
+        // it would otherwise read another kustomization's (or another environment's) files.
+        let real = |p: &str| {
+            ctx.fs.real_path(p).map_err(|source| Error::Read {
+                file: self.file.clone(),
+                field,
+                entry: p.to_owned(),
+                source,
+            })
+        };
+        let (Some(real_path), Some(real_dir)) = (real(path)?, real(&self.dir)?) else {
+            // Nothing there: reading it reports that.
+            return Ok(());
+        };
+        if inside(&real_dir, &real_path) {
             Ok(())
         } else {
-            Err(Error::Restricted {
+            Err(Error::RestrictedLink {
                 file: self.file.clone(),
                 field,
                 path: format!("/{path}"),
-                dir: format!("/{}", self.dir),
+                real: format!("/{real_path}"),
+                dir: format!("/{real_dir}"),
             })
         }
     }

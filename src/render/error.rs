@@ -48,6 +48,22 @@ pub enum Error {
         /// The kustomization's directory.
         dir: String,
     },
+    /// A symlink that leads out of the kustomization's directory.
+    #[error(
+        "{file}: {field}: security; file '{path}' resolves to '{real}', which is not in or below '{dir}'"
+    )]
+    RestrictedLink {
+        /// The kustomization file naming the path.
+        file: String,
+        /// Its field.
+        field: &'static str,
+        /// The path the entry names.
+        path: String,
+        /// Where its symlinks lead.
+        real: String,
+        /// The kustomization's directory.
+        dir: String,
+    },
     /// Something a render must not do silently: remote bases, Helm charts, plugins.
     #[error("{file}: {field}: {}{what} are not supported", prefixed(entry))]
     Refused {

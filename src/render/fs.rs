@@ -98,6 +98,10 @@ pub trait FileSystem: Send + Sync {
     fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>, Error>;
     /// What is at `path`, or `None` when nothing is.
     fn kind(&self, path: &str) -> Result<Option<EntryKind>, Error>;
+    /// Where `path` really is, every symlink on the way resolved, in the same relative form;
+    /// `None` when nothing is there. The load restrictor checks this path, not the one
+    /// written, as kustomize's does.
+    fn real_path(&self, path: &str) -> Result<Option<String>, Error>;
 }
 
 /// A directory on disk. Symlinks are followed only while they stay inside the root.
@@ -232,6 +236,17 @@ impl DiskFs {
 }
 
 impl FileSystem for DiskFs {
+    fn real_path(&self, path: &str) -> Result<Option<String>, Error> {
+        Ok(self.resolve(path)?.map(|(real, _)| {
+            real.strip_prefix(&self.root)
+                .unwrap_or(&real)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/")
+        }))
+    }
+
     fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
         self.read_file_at_most(path, u64::MAX)
     }

@@ -34,6 +34,10 @@ impl<'a> Limited<'a> {
 }
 
 impl FileSystem for Limited<'_> {
+    fn real_path(&self, path: &str) -> Result<Option<String>, Error> {
+        self.inner.real_path(path)
+    }
+
     fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
         self.read_file_at_most(path, MAX_FILE_BYTES)
     }

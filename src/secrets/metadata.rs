@@ -215,6 +215,29 @@ impl Metadata {
                 problem: "is missing",
             });
         }
+        // Fail closed: metadata Stagehand does not fully understand is refused, never read as
+        // far as it goes.
+        if md.mac.is_empty() {
+            return Err(Error::Metadata {
+                file: file.to_owned(),
+                field: "mac",
+                problem: "is missing",
+            });
+        }
+        if md.version.is_empty() {
+            return Err(Error::Metadata {
+                file: file.to_owned(),
+                field: "version",
+                problem: "is missing",
+            });
+        }
+        if md.version.split('.').next() != Some("3") {
+            return Err(Error::Metadata {
+                file: file.to_owned(),
+                field: "version",
+                problem: "is not a sops 3 file format version",
+            });
+        }
         Ok(md)
     }
 
@@ -398,6 +421,8 @@ mod tests {
             ("age__list_0__map_enc".to_owned(), "E".to_owned()),
             ("age__list_0__map_recipient".to_owned(), "R".to_owned()),
             ("lastmodified".to_owned(), "2024-01-01T00:00:00Z".to_owned()),
+            ("mac".to_owned(), "M".to_owned()),
+            ("version".to_owned(), "3.11.0".to_owned()),
         ];
         let v = unflatten(&pairs);
         let md = Metadata::from_value(&v, Path::new("f")).expect("valid metadata");

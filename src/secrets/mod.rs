@@ -179,9 +179,30 @@ pub fn decrypt_with(
     Ok(Plaintext(out))
 }
 
-/// Whether `bytes` hold a sops file of this format (one with sops metadata).
+/// Whether `bytes` hold a sops file of this format: whether they carry sops metadata, valid
+/// or not. It fails closed: damaged metadata, or a document that cannot be parsed but shows a
+/// `sops` key, counts as encrypted, so [`decrypt`] reports the problem instead of the
+/// ciphertext passing for plaintext.
 pub fn is_encrypted(bytes: &[u8], format: Format) -> bool {
-    load_encrypted(bytes, format, Path::new("")).is_ok()
+    match load_encrypted(bytes, format, Path::new("")) {
+        Ok(_) => true,
+        Err(Error::NotEncrypted { .. }) => false,
+        Err(Error::Metadata { .. }) => true,
+        Err(_) => shows_metadata(bytes, format),
+    }
+}
+
+/// Whether unparsed text looks as if it held sops metadata: a line opening with the key sops
+/// writes for this format.
+fn shows_metadata(bytes: &[u8], format: Format) -> bool {
+    let text = String::from_utf8_lossy(bytes);
+    let mut lines = text.lines();
+    match format {
+        Format::Yaml => lines.any(|l| l.starts_with("sops:")),
+        Format::Dotenv => lines.any(|l| l.starts_with("sops_")),
+        Format::Ini => lines.any(|l| l.trim() == "[sops]"),
+        Format::Json | Format::Binary => text.contains("\"sops\""),
+    }
 }
 
 /// What to encrypt to and which values to encrypt.
@@ -508,6 +529,14 @@ fn load_encrypted(bytes: &[u8], format: Format, file: &Path) -> Result<(Tree, Me
                     };
                     if i == 0 {
                         found = Some(v);
+                    } else if found.is_none() {
+                        // sops reads the first document's metadata only; a later one's must
+                        // not make the file pass for plaintext.
+                        return Err(Error::Metadata {
+                            file: file.to_owned(),
+                            field: "sops",
+                            problem: "is in a later YAML document, not the first",
+                        });
                     }
                 }
             }
@@ -535,7 +564,11 @@ fn load_encrypted(bytes: &[u8], format: Format, file: &Path) -> Result<(Tree, Me
                 .position(|it| matches!(it, Item::Entry(k, _) if k == "sops"))
                 .ok_or_else(not_encrypted)?;
             let Item::Entry(_, Value::Map(items)) = branch.remove(pos) else {
-                return Err(not_encrypted());
+                return Err(Error::Metadata {
+                    file: file.to_owned(),
+                    field: "sops",
+                    problem: "is not a section",
+                });
             };
             let pairs: Vec<_> = items
                 .iter()

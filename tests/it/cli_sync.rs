@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, ListParams};
 
 use crate::support::git::Repo;
@@ -304,4 +304,103 @@ async fn sync_applies_the_demo_environment_with_its_secret_decrypted_and_prunes_
     );
     let live = maps.get(&names[0]).await.expect("get works");
     assert_eq!(live.data.expect("data")["CART_TTL"], "45m");
+}
+
+/// Keys per environment: with `spec.decryption.ageKeysDir`, dev decrypts with `dev.agekey`
+/// only, even while the process holds prod's identity. A dev overlay that reaches prod's
+/// encrypted file by a relative path, a symlink or a copied generator source fails, naming the
+/// environment and the file, and applies nothing of dev.
+#[tokio::test]
+async fn dev_cannot_decrypt_prod_secrets_by_path_symlink_or_generator() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    let namespace = format!("shop-dev-keys-{}", std::process::id());
+    let work = tempfile::tempdir().expect("temp dir");
+    let repo = demo_repo(&work.path().join("gitops"), &namespace);
+    let pipeline = repo.dir.join("pipeline.yaml");
+    let text = std::fs::read_to_string(&pipeline).expect("pipeline");
+    std::fs::write(
+        &pipeline,
+        text.replace("spec:\n", "spec:\n  decryption: {ageKeysDir: keys}\n"),
+    )
+    .expect("write");
+    repo.commit("keys per environment");
+    let state = work.path().join("state");
+    let prod_key = repo.dir.join("keys/prod.agekey");
+    let kustomization = repo.dir.join("dev/kustomization.yaml");
+    let original = std::fs::read_to_string(&kustomization).expect("dev kustomization");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+
+    let with_resource =
+        |extra: &str| original.replace("  - ../base\n", &format!("  - ../base\n  - {extra}\n"));
+    std::fs::copy(
+        repo.dir.join("prod/db.sops.yaml"),
+        repo.dir.join("dev/copied.sops.yaml"),
+    )
+    .expect("copy");
+    std::os::unix::fs::symlink(
+        "../prod/db.sops.yaml",
+        repo.dir.join("dev/linked.sops.yaml"),
+    )
+    .expect("symlink");
+    let cases = [
+        ("by path", with_resource("../prod"), "prod/db.sops.yaml"),
+        (
+            "by symlink",
+            with_resource("linked.sops.yaml"),
+            "linked.sops.yaml",
+        ),
+        (
+            "through a generator",
+            format!(
+                "{original}secretGenerator:\n  - name: stolen\n    files: [copied.sops.yaml]\n"
+            ),
+            "copied.sops.yaml",
+        ),
+    ];
+    for (how, dev_kustomization, file) in cases {
+        std::fs::write(&kustomization, dev_kustomization).expect("write");
+        repo.commit(how);
+        let refused = stagehand(&repo, &state, &["sync"], Some(&prod_key));
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            !refused.status.success(),
+            "{how}: dev decrypted prod's file"
+        );
+        assert!(
+            err.contains("environment dev") && err.contains(file),
+            "{how}: the error names the environment and the file: {err}"
+        );
+        assert!(
+            // The symlink is refused by the load restrictor before any decryption.
+            err.contains("only its own age identities") || err.contains("security;"),
+            "{how}: {err}"
+        );
+        assert!(
+            namespaces
+                .get_opt(&namespace)
+                .await
+                .expect("get works")
+                .is_none(),
+            "{how}: nothing of dev is applied"
+        );
+    }
+
+    // Dev's own Secret decrypts with dev's own key, though the process holds only prod's.
+    std::fs::write(&kustomization, &original).expect("write");
+    repo.commit("dev as it was");
+    let sync = stagehand(&repo, &state, &["sync"], Some(&prod_key));
+    assert!(
+        sync.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sync.stderr)
+    );
+    let secrets: Api<Secret> = Api::namespaced(client, &namespace);
+    assert!(
+        secrets
+            .get_opt("shop-db")
+            .await
+            .expect("get works")
+            .is_some()
+    );
 }

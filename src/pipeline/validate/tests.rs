@@ -438,3 +438,40 @@ fn a_wrong_api_version_is_rejected() {
     let err = parse_err(&DEMO.replace("v1alpha1", "v9"));
     assert!(err.contains("apiVersion"), "{err}");
 }
+
+#[test]
+fn decryption_keys_follow_their_precedence_and_never_fall_back_to_the_process() {
+    let file = Path::new("/gitops/pipeline.yaml");
+    let decryption = |text: &str| -> Vec<Decryption> {
+        parse(file, text)
+            .expect("valid")
+            .environments
+            .into_iter()
+            .map(|e| e.decryption)
+            .collect()
+    };
+    assert!(decryption(DEMO).iter().all(|d| *d == Decryption::Shared));
+    let own = DEMO.replace(
+        "      sync: {interval: 30s}\n",
+        "      sync: {interval: 30s}\n      decryption: {ageKeyFile: keys/mine.txt}\n",
+    );
+    assert_eq!(
+        decryption(&own),
+        [
+            Decryption::AgeKeyFile("/gitops/keys/mine.txt".into()),
+            Decryption::Nothing,
+            Decryption::Nothing,
+        ]
+    );
+    let dir = own.replace("spec:\n", "spec:\n  decryption: {ageKeysDir: /keys}\n");
+    assert_eq!(
+        decryption(&dir),
+        [
+            Decryption::AgeKeyFile("/gitops/keys/mine.txt".into()),
+            Decryption::AgeKeyFile("/keys/staging.agekey".into()),
+            Decryption::AgeKeyFile("/keys/prod.agekey".into()),
+        ]
+    );
+    let empty = DEMO.replace("spec:\n", "spec:\n  decryption: {ageKeysDir: \" \"}\n");
+    assert!(parse_err(&empty).contains("spec.decryption.ageKeysDir"));
+}

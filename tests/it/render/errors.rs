@@ -526,3 +526,96 @@ fn an_openapi_version_kustomize_does_not_ship_is_refused_by_name() {
         &["app/base/kustomization.yaml", "openapi", "v1_21_2"],
     );
 }
+
+/// Symlinks under the load restrictor, with `kubectl kustomize` as the oracle, read from disk and
+/// from a Git tree: a file link that leads out of the kustomization's directory (to a sibling
+/// environment, or out of the repository) is refused, as a resource and as a generator source; a
+/// link that stays inside, and a linked directory that is a kustomization of its own, render as
+/// kubectl renders them.
+#[test]
+fn symlinks_are_resolved_before_the_load_restrictor_checks_them() {
+    use stagehand::git::{Credentials, RemoteUrl, Repository};
+    use std::os::unix::fs::symlink;
+
+    let cases: [(&str, &str, bool); 5] = [
+        ("to prod", "resources: [stolen.yaml]\n", false),
+        ("out of the repository", "resources: [far.yaml]\n", false),
+        (
+            "as a generator source",
+            "configMapGenerator:\n  - name: g\n    files: [stolen.yaml]\n",
+            false,
+        ),
+        ("inside", "resources: [inside.yaml]\n", true),
+        (
+            "a kustomization directory",
+            "resources: [base-link]\n",
+            true,
+        ),
+    ];
+    for (how, kustomization, renders) in cases {
+        let top = tempfile::tempdir().expect("temp dir");
+        let root = top.path().join("repo");
+        write(
+            &root,
+            &[
+                ("prod/secret.yaml", CONFIG_MAP),
+                ("base/kustomization.yaml", "resources: [cm.yaml]\n"),
+                ("base/cm.yaml", CONFIG_MAP),
+                ("dev/sub/in.yaml", CONFIG_MAP),
+                ("dev/kustomization.yaml", kustomization),
+            ],
+        );
+        write(top.path(), &[("outside.yaml", CONFIG_MAP)]);
+        symlink("../prod/secret.yaml", root.join("dev/stolen.yaml")).expect("symlink");
+        symlink("../../outside.yaml", root.join("dev/far.yaml")).expect("symlink");
+        symlink("sub/in.yaml", root.join("dev/inside.yaml")).expect("symlink");
+        symlink("../base", root.join("dev/base-link")).expect("symlink");
+
+        let kubectl = Command::new(tool(Tool::Kubectl))
+            .args(["kustomize", "dev"])
+            .current_dir(&root)
+            .output()
+            .expect("kubectl runs");
+        assert_eq!(kubectl.status.success(), renders, "{how}: kubectl");
+
+        crate::support::git::git(&root, &["init", "-q", "-b", "main"]);
+        crate::support::git::git(&root, &["add", "-A"]);
+        crate::support::git::git(&root, &["commit", "-q", "-m", how]);
+        let commit = crate::support::git::git(&root, &["rev-parse", "HEAD"]);
+        let cache = Repository::open(
+            &top.path().join("state"),
+            RemoteUrl::new(format!("file://{}", root.display())),
+            Credentials::None,
+        )
+        .expect("the cache opens");
+        cache.fetch().expect("fetch");
+        let tree = cache
+            .tree(gix::ObjectId::from_hex(commit.as_bytes()).expect("a commit id"))
+            .expect("the tree");
+        let disk = DiskFs::new(&root).expect("root");
+        let sources: [(&str, &dyn stagehand::render::fs::FileSystem); 2] =
+            [("disk", &disk), ("git", &tree)];
+        for (source, fs) in sources {
+            match render::render(fs, "dev", &Options::default()) {
+                Ok(objects) => {
+                    assert!(renders, "{how} ({source}): rendered, kubectl refused");
+                    assert_eq!(
+                        crate::support::yaml_documents(&render::to_yaml(&objects)),
+                        crate::support::yaml_documents(&String::from_utf8_lossy(&kubectl.stdout)),
+                        "{how} ({source})"
+                    );
+                }
+                Err(err) => {
+                    let text = err.to_string();
+                    assert!(!renders, "{how} ({source}): {text}");
+                    assert!(
+                        text.contains("dev/kustomization.yaml")
+                            && (text.contains("security")
+                                || text.contains("leaves the source root")),
+                        "{how} ({source}): {text}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -205,3 +205,102 @@ fn render_decrypt_exits_as_secrets_decrypt_and_sops_do_for_a_tampered_file_and_a
         51
     );
 }
+
+/// A file that carries SOPS metadata Stagehand cannot read fails the render naming the file:
+/// real sops-made files, their metadata then damaged in one way each. Before, such a file
+/// counted as plaintext and its ciphertext was rendered as the Secret's value.
+#[test]
+fn damaged_sops_metadata_fails_the_render_instead_of_passing_for_plaintext() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    let key = root.join("keys.txt");
+    let recipient = crate::support::tools::age_keygen(&key);
+    let sops = |file: &str, content: &str| -> String {
+        std::fs::write(root.join(file), content).expect("write");
+        let out = Command::new(tool(Tool::Sops))
+            .args(["--encrypt", "--age", &recipient, file])
+            .current_dir(root)
+            .output()
+            .expect("sops runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let secret = sops(
+        "db.sops.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\nstringData:\n  password: damaged-sentinel-1\n",
+    );
+    let env = sops("api.sops.env", "TOKEN=damaged-sentinel-2\n");
+    let drop_line = |text: &str, prefix: &str| -> String {
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with(prefix))
+            .collect();
+        assert!(kept.len() < text.lines().count(), "{prefix} is in the file");
+        kept.join("\n") + "\n"
+    };
+    let version_line = secret
+        .lines()
+        .find(|l| l.trim_start().starts_with("version:"))
+        .expect("sops writes a version");
+    let metadata_at = secret.find("\nsops:\n").expect("sops metadata") + 1;
+    let cases: Vec<(&str, &str, String)> = vec![
+        ("no mac", "db.sops.yaml", drop_line(&secret, "mac:")),
+        ("no version", "db.sops.yaml", drop_line(&secret, "version:")),
+        (
+            "unknown version",
+            "db.sops.yaml",
+            secret.replace(version_line, "    version: 9.0.0"),
+        ),
+        (
+            "no lastmodified",
+            "db.sops.yaml",
+            drop_line(&secret, "lastmodified:"),
+        ),
+        (
+            "metadata not a mapping",
+            "db.sops.yaml",
+            format!("{}sops: damaged\n", &secret[..metadata_at]),
+        ),
+        (
+            "metadata in a later document",
+            "db.sops.yaml",
+            format!("{}---\n{}", &secret[..metadata_at], &secret[metadata_at..]),
+        ),
+        (
+            "dotenv without mac",
+            "api.sops.env",
+            drop_line(&env, "sops_mac="),
+        ),
+    ];
+    let mut identities = Identities::new();
+    identities.add_file(&key).expect("the key loads");
+    let decrypt = SopsDecrypt::new(&identities);
+    let options = Options {
+        decrypt: Some(&decrypt),
+        ..Options::default()
+    };
+    for (how, file, damaged) in cases {
+        std::fs::write(
+            root.join("kustomization.yaml"),
+            "resources: [db.sops.yaml]\nsecretGenerator:\n  - name: api\n    envs: [api.sops.env]\n",
+        )
+        .expect("write");
+        std::fs::write(root.join("db.sops.yaml"), &secret).expect("write");
+        std::fs::write(root.join("api.sops.env"), &env).expect("write");
+        let fs = DiskFs::new(root).expect("root");
+        render::render(&fs, "", &options).expect("the undamaged files render");
+        std::fs::write(root.join(file), &damaged).expect("write");
+        let err = match render::render(&fs, "", &options) {
+            Ok(objects) => panic!("{how}: rendered as {}", render::to_yaml(&objects)),
+            Err(err) => err,
+        };
+        let text = stagehand::error_chain::ErrorChain(&err).to_string();
+        assert!(text.contains(file), "{how}: {text}");
+        assert!(err.decryption().is_some(), "{how}: {text}");
+        assert!(!text.contains("sentinel"), "{how}: {text}");
+    }
+}

@@ -48,6 +48,7 @@ pub fn environment(name: &str, kubeconfig: &Path) -> Environment {
         promote: PromotePolicy::default(),
         promotion: PromotionPolicy::default(),
         verify: None,
+        decryption: Default::default(),
     }
 }
 
