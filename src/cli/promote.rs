@@ -506,7 +506,9 @@ async fn follow(mut client: Client, id: String, format: Format) -> anyhow::Resul
                 if live {
                     write!(out, "\r\x1b[K")?;
                 }
-                let transitions = value["transitions"].as_array().map_or(&[][..], Vec::as_slice);
+                let transitions = value["transitions"]
+                    .as_array()
+                    .map_or(&[][..], Vec::as_slice);
                 for t in transitions.iter().skip(shown_transitions) {
                     writeln!(out, "{}", transition_line(t, colours))?;
                 }
@@ -961,9 +963,7 @@ mod tests {
             "{detail}"
         );
         assert!(
-            detail.contains(
-                "freeze: held by a freeze window (until 2026-11-18T11:06:40.000Z)"
-            ),
+            detail.contains("freeze: held by a freeze window (until 2026-11-18T11:06:40.000Z)"),
             "{detail}"
         );
         assert!(!detail.contains("\x1b["), "no colours when off: {detail}");
@@ -972,7 +972,10 @@ mod tests {
     #[test]
     fn the_stage_line_ticks_the_stages_done_and_marks_an_end_off_the_happy_path() {
         let line = stages_line(&json!({"state": "Syncing"}), false);
-        assert!(line.contains("✓ Promoting  ▶ Syncing  · Verifying"), "{line}");
+        assert!(
+            line.contains("✓ Promoting  ▶ Syncing  · Verifying"),
+            "{line}"
+        );
         let line = stages_line(&json!({"state": "Rejected"}), false);
         assert!(line.ends_with("✗ Rejected"), "{line}");
     }
