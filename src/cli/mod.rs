@@ -6,6 +6,7 @@ mod env;
 mod git;
 mod output;
 mod pipeline;
+mod promote;
 mod render;
 mod secrets;
 mod serve;
@@ -71,6 +72,36 @@ enum Command {
     /// Build a kustomization in-process and print it as `kubectl kustomize DIR` does.
     #[command(after_help = EXIT_CODES)]
     Render(render::RenderArgs),
+    /// Ask to promote the revision the source environment runs (or `--revision`) into `--to`.
+    Promote(promote::PromoteArgs),
+    /// Approve a promotion (approvals count once per person; policy may refuse yours).
+    Approve(promote::ApproveArgs),
+    /// Reject a promotion that has not reached its Git step; this ends it.
+    Reject(promote::ReasonArgs),
+    /// Stop a promotion that has not reached its Git step.
+    Abort(promote::AbortArgs),
+    /// Let a promotion held by a freeze window go ahead (permission `override`; audited).
+    Override(promote::ReasonArgs),
+    /// Restore an earlier revision of an environment through the promotion gates; holds its
+    /// automatic promotion until `resume-auto`.
+    Rollback(promote::RollbackArgs),
+    /// Resume the automatic promotion into an environment that a rollback put on hold.
+    ResumeAuto(promote::ResumeAutoArgs),
+    /// Promotions, newest first, optionally of one target environment and in some states.
+    Promotions(promote::ListArgs),
+    /// One promotion: state, approvals, approvals missing and what it waits for.
+    Promotion(promote::IdArgs),
+    /// Follow a promotion until it ends: exit 0 when it Succeeded, 1 when it Failed, was
+    /// Rejected or Aborted.
+    Watch(promote::IdArgs),
+    /// The audit log, newest first: who requested, approved, overrode, rolled back, synced.
+    Audit(promote::AuditArgs),
+    /// What a promotion into `--to` would change in its cluster (server-side dry run; Secret
+    /// keys named, values never).
+    Preview(promote::PreviewArgs),
+    /// What differs between two environments' rendered objects, field by field (Secret values
+    /// masked).
+    Compare(promote::CompareArgs),
 }
 
 impl Cli {
@@ -105,6 +136,19 @@ impl Command {
             Self::Sync(args) => sync::sync(args).await,
             Self::Secrets(command) => secrets::run(command),
             Self::Render(args) => render::run(args),
+            Self::Promote(args) => promote::promote(args).await,
+            Self::Approve(args) => promote::approve(args).await,
+            Self::Reject(args) => promote::reject(args).await,
+            Self::Abort(args) => promote::abort(args).await,
+            Self::Override(args) => promote::override_freeze(args).await,
+            Self::Rollback(args) => promote::rollback(args).await,
+            Self::ResumeAuto(args) => promote::resume_auto(args).await,
+            Self::Promotions(args) => promote::list(args).await,
+            Self::Promotion(args) => promote::get(args).await,
+            Self::Watch(args) => promote::watch(args).await,
+            Self::Audit(args) => promote::audit(args).await,
+            Self::Preview(args) => promote::preview(args).await,
+            Self::Compare(args) => promote::compare(args).await,
         }
     }
 }

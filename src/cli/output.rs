@@ -155,7 +155,7 @@ fn row(entry: &Value, action: String, details: String) -> Vec<String> {
 }
 
 /// A string as itself, null as nothing, anything else as JSON.
-fn text(value: &Value) -> String {
+pub fn text(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
@@ -452,11 +452,11 @@ pub fn change_line(env: &Value, now: SystemTime, colours: bool) -> String {
 }
 
 /// A commit as `git log --oneline` shortens it.
-fn short(value: &Value) -> String {
+pub fn short(value: &Value) -> String {
     text(value).chars().take(7).collect()
 }
 
-fn first_line(value: &Value) -> String {
+pub fn first_line(value: &Value) -> String {
     text(value).lines().next().unwrap_or_default().to_owned()
 }
 
@@ -478,13 +478,13 @@ fn age(value: &Value, now: SystemTime) -> String {
 }
 
 /// Columns padded to their widest cell, two spaces apart, as kubectl prints them.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     painted_table(header, rows, &|_, _| None, false)
 }
 
 /// [`table`], with cells painted by `tone(column, cell)` when `colours` is on (after padding,
 /// so the escape codes do not count as width).
-fn painted_table(
+pub fn painted_table(
     header: &[&str],
     rows: &[Vec<String>],
     tone: &dyn Fn(usize, &str) -> Option<Tone>,

@@ -114,7 +114,7 @@ pub fn revisions(list: &proto::ListRevisionsResponse) -> Value {
 }
 
 /// The object's names; `namespace` is absent for cluster-scoped objects, as in `diff -o json`.
-fn object(o: &proto::ObjectRef) -> Value {
+pub fn object(o: &proto::ObjectRef) -> Value {
     let mut value = json!({"apiVersion": o.api_version, "kind": o.kind, "name": o.name});
     if !o.namespace.is_empty() {
         value["namespace"] = json!(o.namespace);
@@ -133,7 +133,7 @@ fn health(value: i32) -> Value {
     }
 }
 
-fn time(value: &Option<prost_types::Timestamp>) -> Value {
+pub fn time(value: &Option<prost_types::Timestamp>) -> Value {
     value
         .and_then(|t| SystemTime::try_from(t).ok())
         .map_or(Value::Null, |t| {

@@ -13,21 +13,21 @@ use crate::service::{Fixture, eventually, start_server_with, value_in};
 use crate::support::cluster::cluster;
 
 /// What one CLI run ended with.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         assert_eq!(self.code, 0, "the CLI failed: {}", self.stderr);
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 }
 
-fn command(args: &[&str]) -> Command {
+pub(crate) fn command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_stagehand"));
     command
         .args(args)
@@ -37,7 +37,7 @@ fn command(args: &[&str]) -> Command {
     command
 }
 
-fn run_with(mut command: Command) -> Run {
+pub(crate) fn run_with(mut command: Command) -> Run {
     let Output {
         status,
         stdout,

@@ -21,11 +21,11 @@ use crate::support::git_http::GitHttpServer;
 use crate::support::tools::age_keygen;
 use crate::support::{Tool, tool};
 
-const ALICE: &str = "alice-token-releaser-71b2";
-const BOB: &str = "bob-token-approver-0c9d";
+pub(crate) const ALICE: &str = "alice-token-releaser-71b2";
+pub(crate) const BOB: &str = "bob-token-approver-0c9d";
 const CAROL: &str = "carol-token-author-5e11";
 const DAVE: &str = "dave-token-approver-a4f0";
-const VERA: &str = "vera-token-viewer-33aa";
+pub(crate) const VERA: &str = "vera-token-viewer-33aa";
 /// The e-mail the test repository's commits are authored with (support::git).
 const AUTHOR_EMAIL: &str = "author@example.test";
 
@@ -36,7 +36,7 @@ fn state_of(p: &proto::Promotion) -> proto::PromotionState {
 }
 
 /// Encrypts `plain` (a Secret manifest) with the real sops to `recipient`.
-fn sops_encrypt(dir: &Path, name: &str, plain: &str, recipient: &str) -> String {
+pub(crate) fn sops_encrypt(dir: &Path, name: &str, plain: &str, recipient: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, plain).expect("plain secret written");
     let out = Command::new(tool(Tool::Sops))
@@ -54,20 +54,20 @@ fn sops_encrypt(dir: &Path, name: &str, plain: &str, recipient: &str) -> String 
     String::from_utf8(out.stdout).expect("sops prints UTF-8")
 }
 
-fn secret(value: &str) -> String {
+pub(crate) fn secret(value: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ntype: Opaque\nstringData:\n  password: {value}\n"
     )
 }
 
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    work: Repo,
+    pub(crate) work: Repo,
     pipeline: PathBuf,
     state: PathBuf,
     secret: PathBuf,
     tokens: PathBuf,
-    key: PathBuf,
+    pub(crate) key: PathBuf,
     namespaces: std::collections::HashMap<&'static str, String>,
     _http: GitHttpServer,
 }
@@ -75,7 +75,7 @@ struct Fixture {
 const ENVIRONMENTS: [&str; 6] = ["dev", "staging", "prod", "soaked", "secure", "qa"];
 
 impl Fixture {
-    async fn new(client: &kube::Client) -> Self {
+    pub(crate) async fn new(client: &kube::Client) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut namespaces = std::collections::HashMap::new();
         for env in ENVIRONMENTS {
@@ -211,7 +211,7 @@ spec:
         }
     }
 
-    fn start(&self) -> Server {
+    pub(crate) fn start(&self) -> Server {
         let tokens = self.tokens.display().to_string();
         start_server_env(
             &self.pipeline,
@@ -229,7 +229,7 @@ spec:
     }
 
     /// The commits on the remote's main branch that carry promotion `id`.
-    fn commits_of(&self, id: &str) -> Vec<String> {
+    pub(crate) fn commits_of(&self, id: &str) -> Vec<String> {
         self.work.git(&["fetch", "-q", "origin"]);
         let out = self.work.git(&[
             "log",
@@ -244,7 +244,7 @@ spec:
         self.work.git(&["log", "-1", "--format=%B", commit])
     }
 
-    async fn value(&self, client: &kube::Client, env: &str) -> Option<String> {
+    pub(crate) async fn value(&self, client: &kube::Client, env: &str) -> Option<String> {
         value_in(client, &self.namespaces[env]).await
     }
 }
