@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on a local default: sets up what is missing, builds stagehand, turns the demo
 # pipeline in environments/ into a Git repository of its own, reconciles its dev environment
-# into a local kube-apiserver, and runs the service on it.
+# into a local kube-apiserver, runs the service on it, and promotes a release dev -> staging ->
+# prod through the CLI: approvals by two identities, a freeze window released by an override,
+# then a rollback of prod.
 #
 #   scripts/demo.sh           run until Ctrl-C
 #   scripts/demo.sh --check   run the demo's checks, then stop (used by the tests)
@@ -22,8 +24,11 @@ stagehand="$repo_root/target/debug/stagehand"
 
 work=$(mktemp -d -t stagehand-demo.XXXXXX)
 server_pid=
+rollout_pid=
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  # It ends by the signal, which is no failure of the demo.
+  [ -n "$rollout_pid" ] && kill "$rollout_pid" 2>/dev/null && { wait "$rollout_pid" 2>/dev/null || true; }
   [ -d "$work/cluster" ] && scripts/local-cluster.sh down "$work/cluster"
   rm -rf "$work"
 }
@@ -31,7 +36,22 @@ trap cleanup EXIT
 
 echo "== demo GitOps repository in $work/gitops"
 cp -r environments "$work/gitops"
+# prod is frozen from a minute ago for an hour (besides the weekly window), so that the demo's
+# promotion into prod is held until a release manager overrides the freeze.
+"$STAGEHAND_PYTHON" - "$work/gitops/pipeline.yaml" <<'PY'
+import datetime, sys
+path = sys.argv[1]
+now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+weekly = '        - {start: "Fri 16:00", end: "Mon 08:00", timezone: Europe/Berlin}\n'
+window = (f'        - {{from: "{(now - datetime.timedelta(minutes=1)).isoformat()}", '
+          f'until: "{(now + datetime.timedelta(hours=1)).isoformat()}"}}\n')
+text = open(path).read()
+assert weekly in text, "prod's weekly freeze window moved"
+open(path, "w").write(text.replace(weekly, weekly + window))
+PY
 git -C "$work/gitops" init -q -b main
+# Promotions push to this repository; its work tree follows.
+git -C "$work/gitops" config receive.denyCurrentBranch updateInstead
 git -C "$work/gitops" add -A
 git -C "$work/gitops" -c user.name=demo -c user.email=demo@example.test commit -q -m "Demo pipeline"
 
@@ -40,6 +60,9 @@ git -C "$work/gitops" -c user.name=demo -c user.email=demo@example.test commit -
 echo "== a local kube-apiserver for the demo's clusters"
 export KUBECONFIG
 KUBECONFIG=$(scripts/local-cluster.sh up "$work/cluster" --watch $$)
+# No controller-manager or kubelet: this stand-in reports each Deployment rolled out.
+"$STAGEHAND_PYTHON" scripts/demo-rollout.py "$STAGEHAND_KUBECTL" &
+rollout_pid=$!
 
 echo "== stagehand sync --env dev: render from Git, decrypt the SOPS Secret, apply, prune"
 SOPS_AGE_KEY_FILE="$work/gitops/keys/dev.agekey" "$stagehand" sync --log-level error \
@@ -66,11 +89,29 @@ if changes:
     sys.exit("the environment is not in sync after stagehand sync")
 PY
 
+echo "== demo identities in $work/tokens.yaml (demo-only tokens, printed here on purpose)"
+# riley releases; quinn approves staging (qa) and prod (release-managers); morgan approves prod
+# and may override its freeze windows. Never use tokens like these outside the demo.
+riley=demo-riley-releaser-token
+quinn=demo-quinn-approver-token
+morgan=demo-morgan-approver-token
+hash() { printf %s "$1" | sha256sum | cut -d' ' -f1; }
+cat > "$work/tokens.yaml" <<TOKENS
+apiVersion: stagehand.dev/v1alpha1
+kind: Tokens
+identities:
+  - {name: riley, email: riley@example.test, groups: [releasers], tokenSha256: [$(hash $riley)]}
+  - {name: quinn, email: quinn@example.test, groups: [qa, release-managers], tokenSha256: [$(hash $quinn)]}
+  - {name: morgan, email: morgan@example.test, groups: [release-managers], tokenSha256: [$(hash $morgan)]}
+TOKENS
+echo "  riley: $riley (releasers); quinn: $quinn (qa, release-managers); morgan: $morgan (release-managers)"
+
 echo "== starting stagehand serve: every environment reconciled continuously"
 # The service holds every environment's age identity; plaintext stays inside it.
 cat "$work"/gitops/keys/*.agekey > "$work/service.agekeys"
 SOPS_AGE_KEY_FILE="$work/service.agekeys" "$stagehand" serve --listen 127.0.0.1:0 \
   --http-listen 127.0.0.1:0 --pipeline "$work/gitops/pipeline.yaml" \
+  --tokens-file "$work/tokens.yaml" \
   --state-dir "$work/state" > "$work/serve.out" 2> "$work/serve.log" &
 server_pid=$!
 addr=
@@ -82,11 +123,31 @@ for _ in $(seq 100); do
 done
 [ -n "$addr" ] || { echo "stagehand did not start" >&2; cat "$work/serve.log" >&2; exit 1; }
 echo "stagehand listens on $addr"
+# Every call below is riley's unless `as` names another identity.
+export STAGEHAND_TOKEN=$riley STAGEHAND_SERVER="http://$addr"
+as() { local token=$1; shift; STAGEHAND_TOKEN=$token "$stagehand" "$@"; }
+field() { "$STAGEHAND_PYTHON" -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"; }
+applied() {
+  "$stagehand" status "$1" -o json | "$STAGEHAND_PYTHON" -c \
+    'import json,sys; print(json.load(sys.stdin)["status"]["appliedRevision"])'
+}
+# Waits until promotion $1 is Approved and held by a blocker of kind $2 (a freeze window).
+# Overriding before Approved can race the approval's own transition (see the report of the
+# promotion CLI branch), so the demo waits for it.
+held_by() {
+  for _ in $(seq 300); do
+    "$stagehand" promotion "$1" -o json | "$STAGEHAND_PYTHON" -c \
+      'import json,sys; p=json.load(sys.stdin); sys.exit(p["state"] != "Approved" or sys.argv[1] not in [b["kind"] for b in p["blockers"]])' "$2" \
+      && return 0
+    sleep 0.2
+  done
+  echo "promotion $1 was never held by $2" >&2; cat "$work/serve.log" >&2; exit 1
+}
 
 echo "== gRPC health and reflection, as a generic client sees them"
 "$STAGEHAND_PYTHON" tests/it/support/grpc_probe.py "$addr"
 echo "== environments, through the stagehand CLI"
-"$stagehand" env list --server "http://$addr"
+"$stagehand" env list
 echo "== each environment applied by the service (GetEnvironment through a reflection-only client)"
 for env in dev staging prod; do
   for _ in $(seq 300); do
@@ -101,13 +162,74 @@ for env in dev staging prod; do
   echo "  $env: applied ${applied%% *} (${applied#* })"
 done
 echo "== the same through the stagehand CLI: status, a sync that waits for its pass, history"
-"$stagehand" status --server "http://$addr" -o table
-"$stagehand" env sync dev --wait --server "http://$addr" -o table
-"$stagehand" env history dev --server "http://$addr" -o table
+"$stagehand" status -o table
+"$stagehand" env sync dev --wait -o table
+"$stagehand" env history dev -o table
 http=$(sed -n 's/^http listening on //p' "$work/serve.out")
 echo "== /metrics on $http"
 "$STAGEHAND_PYTHON" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())' \
   "http://$http/metrics" | grep '^stagehand_reconcile_passes_total' || true
+
+echo "== a release in dev: shop 1.1.0, committed to the GitOps repository and synced"
+sed -i 's/newTag: 1.0.0/newTag: 1.1.0/' "$work/gitops/dev/kustomization.yaml"
+git -C "$work/gitops" -c user.name=dev -c user.email=dev@example.test commit -q -am "dev: shop 1.1.0"
+release=$(git -C "$work/gitops" rev-parse HEAD)
+# A promotion needs its source Healthy at the revision: passes until the stand-in has rolled
+# the new Deployments out.
+for _ in $(seq 100); do
+  "$stagehand" env sync dev --fetch --wait -o json 2>/dev/null | "$STAGEHAND_PYTHON" -c \
+    'import json,sys; s=json.load(sys.stdin)["status"]; sys.exit(not (s["appliedRevision"] == sys.argv[1] and s["health"] == "Healthy"))' \
+    "$release" && break
+  sleep 0.3
+done
+"$stagehand" status dev -o json | "$STAGEHAND_PYTHON" -c \
+  'import json,sys; s=json.load(sys.stdin)["status"]; print("  dev:", s["appliedRevision"][:7], s["health"])'
+echo "== stagehand compare dev staging, then stagehand preview --to staging"
+"$stagehand" compare dev staging -o table
+"$stagehand" preview --to staging -o table
+
+echo "== riley: stagehand promote --to staging; quinn (qa) approves; stagehand watch"
+id=$("$stagehand" promote --to staging --reason "shop 1.1.0" -o json | field id)
+"$stagehand" promotion "$id" -o table
+as "$quinn" approve "$id" --comment "tested in dev" -o table >/dev/null
+"$stagehand" watch "$id" -o table
+
+echo "== riley: stagehand promote --to prod; quinn and morgan approve; a freeze window holds it"
+prod_before=$(applied prod)
+id=$("$stagehand" promote --to prod --reason "shop 1.1.0" -o json | field id)
+as "$quinn" approve "$id" -o table >/dev/null
+as "$morgan" approve "$id" -o table >/dev/null
+held_by "$id" freeze
+"$stagehand" promotion "$id" -o table
+echo "== riley may not override the freeze (exit 27, PERMISSION_DENIED); morgan may"
+code=0; "$stagehand" override "$id" --reason "hotfix" >/dev/null || code=$?
+[ "$code" = 27 ] || { echo "riley's override exited $code, not 27" >&2; exit 1; }
+as "$morgan" override "$id" --reason "release 1.1.0 approved for the freeze" -o table >/dev/null
+"$stagehand" watch "$id" -o table
+
+echo "== riley: stagehand rollback prod --to ${prod_before:0:7}: approvals and the freeze again"
+id=$("$stagehand" rollback prod --to "$prod_before" --reason "roll back 1.1.0" -o json | field id)
+as "$quinn" approve "$id" -o table >/dev/null
+as "$morgan" approve "$id" -o table >/dev/null
+held_by "$id" freeze
+as "$morgan" override "$id" --reason "rollback" -o table >/dev/null
+"$stagehand" watch "$id" -o table
+"$STAGEHAND_KUBECTL" get deployment web -n shop-prod \
+  -o jsonpath='  prod runs {.spec.template.spec.containers[0].image} again{"\n"}'
+
+echo "== who did what: stagehand audit prod"
+"$stagehand" audit prod -o table
+echo "== each environment's revision and health"
+"$stagehand" status -o table
+git -C "$work/gitops" log --oneline -4
+cat <<NEXT
+== where to look next
+  stagehand promotions                  every promotion, newest first (STAGEHAND_SERVER=$STAGEHAND_SERVER)
+  stagehand promotion ID, watch ID      what one waits for; its stages, live
+  stagehand audit                       who requested, approved, overrode, rolled back
+  git -C $work/gitops log               the promotion commits and their trailers
+  $work/serve.log                       the service's log
+NEXT
 
 if $check_only; then
   echo "demo checks passed"

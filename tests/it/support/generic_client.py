@@ -6,8 +6,11 @@ Usage:
   generic_client.py HOST:PORT call METHOD JSON           one unary call
   generic_client.py HOST:PORT stream METHOD JSON COUNT   the first COUNT messages of a stream
   generic_client.py URL metrics                          the metric families /metrics serves
+
+A token in the STAGEHAND_TOKEN variable is sent as `authorization: Bearer TOKEN`.
 """
 import json
+import os
 import sys
 import urllib.request
 
@@ -30,19 +33,21 @@ def rpc(target, method, request, count=None):
         message = json_format.Parse(request, request_type())
         path = f"/{service_name}/{method_name}"
         to_dict = lambda m: json_format.MessageToDict(m)
+        token = os.environ.get("STAGEHAND_TOKEN")
+        metadata = [("authorization", f"Bearer {token}")] if token else None
         if count is None:
             call = channel.unary_unary(
                 path,
                 request_serializer=request_type.SerializeToString,
                 response_deserializer=response_type.FromString,
             )
-            return to_dict(call(message, timeout=30))
+            return to_dict(call(message, timeout=30, metadata=metadata))
         call = channel.unary_stream(
             path,
             request_serializer=request_type.SerializeToString,
             response_deserializer=response_type.FromString,
         )
-        stream = call(message, timeout=60)
+        stream = call(message, timeout=60, metadata=metadata)
         out = []
         for item in stream:
             out.append(to_dict(item))
