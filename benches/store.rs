@@ -85,6 +85,7 @@ async fn fill(store: &SqliteStore) -> Vec<Duration> {
                 .transition(Transition {
                     promotion_id: promotion.id.clone(),
                     from,
+                    from_version: None,
                     to,
                     actor: "stagehand".to_owned(),
                     reason: format!("{to}"),

@@ -496,6 +496,7 @@ impl Engine {
                 .transition(Transition {
                     promotion_id: older.id.clone(),
                     from: older.state,
+                    from_version: Some(older.version),
                     to: PromotionState::Aborted,
                     actor: created.requested_by.clone(),
                     reason: why,
@@ -676,7 +677,8 @@ impl Engine {
             let mut blocker = Blocker::new(
                 BlockerKind::Freeze,
                 format!(
-                    "held by freeze window {}{} until {}; an identity with the override permission may let it through",
+                    "held by the freeze window {}.freezeWindows[{}]{} until {}; an identity with the override permission may let it through",
+                    promotion.target_environment,
                     frozen.window,
                     frozen
                         .reason
@@ -854,36 +856,45 @@ impl Engine {
         id: &str,
         reason: &str,
     ) -> Result<PromotionView, Error> {
-        let detail = self.detail(id).await?;
-        let promotion = &detail.promotion;
-        if !before_git(promotion.state) {
-            return Err(Error::WrongState {
-                id: id.to_owned(),
-                state: promotion.state,
-                action: "override the freeze of",
+        // The lane may move the promotion between our read and our write; the override is
+        // written onto the state the promotion is in then, as long as Git is not yet touched.
+        loop {
+            let detail = self.detail(id).await?;
+            let promotion = &detail.promotion;
+            if !before_git(promotion.state) {
+                return Err(Error::WrongState {
+                    id: id.to_owned(),
+                    state: promotion.state,
+                    action: "override the freeze of",
+                });
+            }
+            let env = self.environment(&promotion.target_environment)?;
+            if policy::active_freeze(&env.freeze_windows, jiff::Timestamp::now()).is_none() {
+                return Err(Error::NotFrozen { id: id.to_owned() });
+            }
+            let mut own = Detail::of(promotion);
+            own.freeze_override = Some(Override {
+                by: actor.name.clone(),
+                reason: reason.to_owned(),
             });
+            let why = format!("freeze window overridden by {}: {reason}", actor.name);
+            match self
+                .move_by(
+                    promotion,
+                    promotion.state,
+                    &actor.name,
+                    &why,
+                    Some(&own),
+                    None,
+                    Some(AuditAction::Overrode),
+                )
+                .await
+            {
+                Ok(_) => return self.get(id).await,
+                Err(Error::WrongState { state, .. }) if before_git(state) => continue,
+                Err(error) => return Err(error),
+            }
         }
-        let env = self.environment(&promotion.target_environment)?;
-        if policy::active_freeze(&env.freeze_windows, jiff::Timestamp::now()).is_none() {
-            return Err(Error::NotFrozen { id: id.to_owned() });
-        }
-        let mut own = Detail::of(promotion);
-        own.freeze_override = Some(Override {
-            by: actor.name.clone(),
-            reason: reason.to_owned(),
-        });
-        let why = format!("freeze window overridden by {}: {reason}", actor.name);
-        self.move_by(
-            promotion,
-            promotion.state,
-            &actor.name,
-            &why,
-            Some(&own),
-            None,
-            Some(AuditAction::Overrode),
-        )
-        .await?;
-        self.get(id).await
     }
 
     /// Moves `promotion` from the state it was read in to `to`, written before it takes
@@ -904,6 +915,7 @@ impl Engine {
             .transition(Transition {
                 promotion_id: promotion.id.clone(),
                 from: promotion.state,
+                from_version: Some(promotion.version),
                 to,
                 actor: actor.to_owned(),
                 reason: reason.to_owned(),

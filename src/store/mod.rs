@@ -476,6 +476,9 @@ pub struct Transition {
     pub promotion_id: String,
     /// The state the caller saw; the transition is refused if the promotion is no longer in it.
     pub from: PromotionState,
+    /// The version the caller read; when set, the transition is also refused if anything moved
+    /// the promotion since (a same-state move that changed its data, for example).
+    pub from_version: Option<i64>,
     /// The state to move to.
     pub to: PromotionState,
     /// The identity moving it, or `stagehand`.

@@ -941,7 +941,10 @@ impl Store for SqliteStore {
                 return Ok(TransitionOutcome::NotFound);
             };
             // An ended promotion never moves again, whatever the caller believed.
-            if current.state != transition.from || current.state.is_terminal() {
+            let moved = transition
+                .from_version
+                .is_some_and(|version| version != current.version);
+            if current.state != transition.from || current.state.is_terminal() || moved {
                 return Ok(TransitionOutcome::Conflict {
                     current: current.state,
                 });

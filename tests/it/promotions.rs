@@ -901,6 +901,13 @@ async fn freeze_windows_hold_promotions_until_an_override_or_their_end_and_a_gen
                 "gated",
                 "      approval: {required: 1, allowSelfApproval: true}\n",
             ),
+            (
+                "early",
+                &format!(
+                    "{}      approval: {{required: 1, allowSelfApproval: true}}\n",
+                    freeze_for(3600)
+                ),
+            ),
         ],
         Duration::ZERO,
     )
@@ -985,6 +992,24 @@ async fn freeze_windows_hold_promotions_until_an_override_or_their_end_and_a_gen
         (promoting_at.seconds, promoting_at.nanos) >= (window_end.seconds, window_end.nanos),
         "it went on only once the window ended: {promoting_at:?} vs {window_end:?}"
     );
+
+    // An override given before the approvals, most likely while the pre-flight runs, holds
+    // once they arrive.
+    let early = request_anonymous(&mut api, "early").await;
+    api.override_freeze(proto::OverrideFreezeRequest {
+        id: early.id.clone(),
+        reason: "hotfix before approval".into(),
+    })
+    .await
+    .expect("overridden before the approvals");
+    until_state(&api, "", &early.id, S::AwaitingApproval).await;
+    api.approve_promotion(proto::ApprovePromotionRequest {
+        id: early.id.clone(),
+        comment: String::new(),
+    })
+    .await
+    .expect("approved");
+    until_state(&api, "", &early.id, S::Succeeded).await;
 
     // A newer request replaces one still waiting, where the policy says so.
     let older = request_anonymous(&mut api, "replaced").await;

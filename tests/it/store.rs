@@ -70,6 +70,7 @@ fn transition(id: &str, from: PromotionState, to: PromotionState) -> Transition 
     Transition {
         promotion_id: id.to_owned(),
         from,
+        from_version: None,
         to,
         actor: "stagehand".to_owned(),
         reason: format!("{from} done"),
@@ -598,6 +599,48 @@ async fn a_transition_from_a_state_the_promotion_has_left_writes_nothing() -> Te
     assert_eq!(aborted.items.len(), 1);
     assert_eq!(aborted.items[0].event.actor, "dave");
     assert_eq!(aborted.items[0].event.revision.as_deref(), Some("aaa111"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_transition_from_a_version_the_promotion_has_left_writes_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = SqliteStore::open(dir.path()).await?;
+    let read = store
+        .create_promotion(new_promotion("staging", "aaa111", 1))
+        .await?;
+    // An override keeps the state and changes the data: a caller that read before it must not
+    // move the promotion on with the old data.
+    let mut keep = transition(
+        &read.id,
+        PromotionState::AwaitingApproval,
+        PromotionState::AwaitingApproval,
+    );
+    keep.from_version = Some(read.version);
+    keep.detail = Some(serde_json::json!({"override": "carol"}));
+    let TransitionOutcome::Applied(kept) = store.transition(keep).await? else {
+        panic!("the same-state move from the version read was refused");
+    };
+    assert_eq!(kept.version, read.version + 1);
+    let mut stale = transition(
+        &read.id,
+        PromotionState::AwaitingApproval,
+        PromotionState::Approved,
+    );
+    stale.from_version = Some(read.version);
+    assert_eq!(
+        store.transition(stale.clone()).await?,
+        TransitionOutcome::Conflict {
+            current: PromotionState::AwaitingApproval
+        }
+    );
+    let now = store.promotion(&read.id).await?.expect("stored");
+    assert_eq!(now.promotion.detail, Some(serde_json::json!({"override": "carol"})));
+    stale.from_version = Some(kept.version);
+    assert!(matches!(
+        store.transition(stale).await?,
+        TransitionOutcome::Applied(_)
+    ));
     Ok(())
 }
 
