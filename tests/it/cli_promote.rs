@@ -7,7 +7,7 @@ use std::process::Stdio;
 use serde_json::Value;
 
 use crate::cli_api::{Run, command, run_with};
-use crate::promotions::{ALICE, BOB, Fixture, secret, sops_encrypt};
+use crate::promotions::{ALICE, BOB, Fixture, secret, sops_encrypt, until_healthy};
 use crate::service::eventually;
 use crate::support::cluster::cluster;
 
@@ -64,6 +64,8 @@ async fn the_cli_promotes_on_a_second_identitys_approval_watches_it_land_and_rea
         fx.value(&kube, "dev").await.as_deref() == Some("dev-1")
     })
     .await;
+    // A promotion needs its source Healthy at the revision, which is recorded after the apply.
+    until_healthy(&url, ALICE, "dev").await;
 
     let requested = as_user(
         &url,

@@ -334,7 +334,7 @@ async fn applied(envs: &mut EnvironmentServiceClient<Channel>, name: &str) -> St
 
 /// Waits until the service reports `env` applied and Healthy (the cluster shows objects a
 /// moment before the pass that applied them has finished).
-async fn until_healthy(grpc: &str, token: &str, env: &str) -> String {
+pub(crate) async fn until_healthy(grpc: &str, token: &str, env: &str) -> String {
     let mut envs = EnvironmentServiceClient::connect(grpc.to_owned())
         .await
         .expect("gRPC reachable");

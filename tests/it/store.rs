@@ -635,7 +635,10 @@ async fn a_transition_from_a_version_the_promotion_has_left_writes_nothing() -> 
         }
     );
     let now = store.promotion(&read.id).await?.expect("stored");
-    assert_eq!(now.promotion.detail, Some(serde_json::json!({"override": "carol"})));
+    assert_eq!(
+        now.promotion.detail,
+        Some(serde_json::json!({"override": "carol"}))
+    );
     stale.from_version = Some(kept.version);
     assert!(matches!(
         store.transition(stale).await?,
