@@ -760,15 +760,8 @@ impl Engine {
         id: &str,
         comment: &str,
     ) -> Result<PromotionView, Error> {
-        let detail = self.detail(id).await?;
+        let detail = self.not_in_git(id, "approve").await?;
         let promotion = &detail.promotion;
-        if !before_git(promotion.state) {
-            return Err(Error::WrongState {
-                id: id.to_owned(),
-                state: promotion.state,
-                action: "approve",
-            });
-        }
         let env = self.environment(&promotion.target_environment)?;
         let own = Detail::of(promotion);
         policy::may_approve(
@@ -822,15 +815,8 @@ impl Engine {
         } else {
             (PromotionState::Aborted, AuditAction::Aborted, "abort")
         };
-        let detail = self.detail(id).await?;
+        let detail = self.not_in_git(id, verb).await?;
         let promotion = &detail.promotion;
-        if !before_git(promotion.state) {
-            return Err(Error::WrongState {
-                id: id.to_owned(),
-                state: promotion.state,
-                action: verb,
-            });
-        }
         let reason = if reason.is_empty() {
             format!("{verb}ed by {}", actor.name)
         } else {
@@ -859,15 +845,8 @@ impl Engine {
         // The lane may move the promotion between our read and our write; the override is
         // written onto the state the promotion is in then, as long as Git is not yet touched.
         loop {
-            let detail = self.detail(id).await?;
+            let detail = self.not_in_git(id, "override the freeze of").await?;
             let promotion = &detail.promotion;
-            if !before_git(promotion.state) {
-                return Err(Error::WrongState {
-                    id: id.to_owned(),
-                    state: promotion.state,
-                    action: "override the freeze of",
-                });
-            }
             let env = self.environment(&promotion.target_environment)?;
             if policy::active_freeze(&env.freeze_windows, jiff::Timestamp::now()).is_none() {
                 return Err(Error::NotFrozen { id: id.to_owned() });
@@ -895,6 +874,19 @@ impl Engine {
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// The promotion `id` if it has not reached Git yet, when `action` is still possible.
+    async fn not_in_git(&self, id: &str, action: &'static str) -> Result<PromotionDetail, Error> {
+        let detail = self.detail(id).await?;
+        if !before_git(detail.promotion.state) {
+            return Err(Error::WrongState {
+                id: id.to_owned(),
+                state: detail.promotion.state,
+                action,
+            });
+        }
+        Ok(detail)
     }
 
     /// Moves `promotion` from the state it was read in to `to`, written before it takes
