@@ -30,6 +30,7 @@ impl DesiredState for Fixed {
         Ok(Desired {
             revision: "bench".into(),
             objects: self.0.clone(),
+            tainted: Default::default(),
         })
     }
 }

@@ -668,8 +668,9 @@ async fn apply_one(ctx: &Context<'_>, p: Prepared, mut live: Option<Value>, abse
     let (conn, options, redactor) = (ctx.conn, ctx.options, ctx.redactor);
     let reference = p.object.reference().clone();
     let api = conn.api(&p.resolved, reference.namespace.as_deref());
-    let secret = reference.is_secret().then_some(redactor);
     let desired = p.object.manifest();
+    // An object holding a decrypted value is as sensitive as a Secret, whatever its kind.
+    let secret = (reference.is_secret() || redactor.touches(desired)).then_some(redactor);
     let name = reference.name.as_str();
     let fail = |operation: &'static str, e: kube::Error| {
         let error = api_error(operation, reference.to_string(), e, secret);
@@ -768,7 +769,8 @@ async fn apply_one(ctx: &Context<'_>, p: Prepared, mut live: Option<Value>, abse
 }
 
 /// Deletes the object with UID `uid` (only that one: not a replacement someone made since)
-/// and applies it again. For a Secret (`secret` set) errors are reduced as apply's are.
+/// and applies it again. For a Secret or an object holding a decrypted value (`secret` set)
+/// errors are reduced as apply's are.
 async fn recreate(
     api: &Api<DynamicObject>,
     p: &Prepared,

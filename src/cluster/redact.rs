@@ -2,10 +2,13 @@
 //!
 //! Two tools: [`object`] copies a manifest with each Secret value replaced (key names kept, so
 //! a diff still says which keys changed), and [`Redactor`] scrubs free text, such as an
-//! apiserver message, of every Secret value of a sync, raw and base64-encoded.
+//! apiserver message, of every Secret value of a sync and every value that came out of SOPS
+//! decryption (wherever the render put it: [`Redactor::add_tainted`]), raw and base64-encoded.
 
 use base64::Engine as _;
 use serde_json::Value;
+
+use crate::secrets::Tainted;
 
 /// What a Secret value is replaced with.
 pub const REDACTED: &str = "<redacted>";
@@ -80,6 +83,56 @@ impl Redactor {
         self.needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
     }
 
+    /// Adds the values that came out of decryption, raw and base64-encoded (as a generator
+    /// writes them into a Secret's `data` or a ConfigMap's `binaryData`).
+    pub fn add_tainted(&mut self, tainted: &Tainted) {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        for value in tainted.values() {
+            self.push(value.to_owned());
+            self.push(b64.encode(value));
+        }
+        self.needles.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    }
+
+    /// Whether any string of `manifest` holds a value this redactor hides: then the object is
+    /// handled like a Secret (an apiserver message about it may quote it).
+    pub fn touches(&self, manifest: &Value) -> bool {
+        !self.needles.is_empty() && self.holds_hidden(manifest)
+    }
+
+    /// [`object`], and any string of any kind that holds a hidden value becomes [`REDACTED`]
+    /// (its field stays, so a comparison still names it).
+    pub fn object(&self, manifest: &Value) -> Value {
+        let mut copy = object(manifest);
+        if !self.needles.is_empty() {
+            self.mask(&mut copy);
+        }
+        copy
+    }
+
+    fn mask(&self, value: &mut Value) {
+        match value {
+            Value::String(s) if self.hides(s) => *s = REDACTED.to_owned(),
+            Value::Array(items) => items.iter_mut().for_each(|v| self.mask(v)),
+            Value::Object(map) => map.values_mut().for_each(|v| self.mask(v)),
+            _ => {}
+        }
+    }
+
+    /// Whether `text` holds a value this redactor hides.
+    pub fn hides(&self, text: &str) -> bool {
+        self.needles.iter().any(|n| text.contains(n.as_str()))
+    }
+
+    fn holds_hidden(&self, value: &Value) -> bool {
+        match value {
+            Value::String(s) => self.hides(s),
+            Value::Array(items) => items.iter().any(|v| self.holds_hidden(v)),
+            Value::Object(map) => map.values().any(|v| self.holds_hidden(v)),
+            _ => false,
+        }
+    }
+
     fn push(&mut self, needle: String) {
         if !needle.is_empty() && !self.needles.contains(&needle) {
             self.needles.push(needle);
@@ -142,5 +195,24 @@ mod tests {
             assert!(!scrubbed.contains(leaked), "{leaked} in {scrubbed}");
         }
         assert!(scrubbed.starts_with("bad value <redacted>"), "{scrubbed}");
+    }
+
+    #[test]
+    fn decrypted_values_are_hidden_in_any_kind_and_in_text() {
+        let tainted = crate::secrets::taint::of_dotenv("PASSWORD=hunter two!\n");
+        let mut redactor = Redactor::default();
+        let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app",
+                            "labels": {"pw": "hunter two!"}}, "data": {"PASSWORD": "hunter two!", "LEVEL": "info"}});
+        assert!(!redactor.touches(&config), "nothing hidden yet");
+        redactor.add_tainted(&tainted);
+        assert!(redactor.touches(&config));
+        assert!(!redactor.touches(&json!({"kind": "ConfigMap", "data": {"LEVEL": "info"}})));
+        let masked = redactor.object(&config);
+        assert_eq!(masked["data"]["PASSWORD"], REDACTED);
+        assert_eq!(masked["metadata"]["labels"]["pw"], REDACTED);
+        assert_eq!(masked["data"]["LEVEL"], "info");
+        let b64 = base64::engine::general_purpose::STANDARD.encode("hunter two!");
+        let scrubbed = redactor.scrub(&format!("Invalid value: \"hunter two!\" and {b64}"));
+        assert_eq!(scrubbed, "Invalid value: \"<redacted>\" and <redacted>");
     }
 }

@@ -1,15 +1,17 @@
 //! What differs between two environments' rendered objects, field by field: what a person wants
 //! to see before approving. Objects are matched by kind and name, since each environment usually
-//! has a namespace of its own; Secret values are compared but never shown.
+//! has a namespace of its own; Secret values, and any value that came out of SOPS decryption
+//! wherever the render put it, are compared but never shown.
 
 use std::collections::BTreeMap;
 
 use serde_json::Value;
 
 use super::{Engine, Error};
+use crate::cluster::redact::Redactor;
 use crate::reconcile::{Desired, DesiredState as _};
 
-/// Shown instead of a Secret's value.
+/// Shown instead of a Secret's value or a decrypted one.
 pub const MASK: &str = "(secret)";
 
 /// How an object of one environment compares with its match in the other.
@@ -97,6 +99,9 @@ impl Engine {
 
 /// The comparison of two rendered environments (Secrets decrypted; masked here).
 pub fn compare(from: Desired, to: Desired) -> Comparison {
+    let mut decrypted = Redactor::default();
+    decrypted.add_tainted(&from.tainted);
+    decrypted.add_tainted(&to.tainted);
     let index = |objects: &[Value]| -> BTreeMap<(String, String), BTreeMap<String, String>> {
         objects
             .iter()
@@ -121,7 +126,7 @@ pub fn compare(from: Desired, to: Desired) -> Comparison {
             let secret = key.0 == "Secret";
             let (status, fields) = match (a.get(key), b.get(key)) {
                 (Some(x), Some(y)) => {
-                    let fields = differences(x, y, secret);
+                    let fields = differences(x, y, secret, &decrypted);
                     let status = if fields.is_empty() {
                         Status::Same
                     } else {
@@ -179,6 +184,14 @@ fn flatten(value: &Value, path: String, out: &mut BTreeMap<String, String>) {
     }
 }
 
+/// A leaf's text as the render holds it (a string without JSON's quotes and escapes).
+fn unquoted(json: &str) -> String {
+    match serde_json::from_str::<Value>(json) {
+        Ok(Value::String(s)) => s,
+        _ => json.to_owned(),
+    }
+}
+
 fn is_secret_value(path: &str) -> bool {
     path.starts_with("data.") || path.starts_with("stringData.")
 }
@@ -187,6 +200,7 @@ fn differences(
     a: &BTreeMap<String, String>,
     b: &BTreeMap<String, String>,
     secret: bool,
+    decrypted: &Redactor,
 ) -> Vec<FieldDifference> {
     let mut paths: Vec<&String> = a.keys().chain(b.keys()).collect();
     paths.sort();
@@ -197,7 +211,7 @@ fn differences(
         .map(|path| {
             let show = |value: Option<&String>| {
                 value.map(|v| {
-                    if secret && is_secret_value(path) {
+                    if (secret && is_secret_value(path)) || decrypted.hides(&unquoted(v)) {
                         MASK.to_owned()
                     } else {
                         v.clone()
@@ -222,6 +236,7 @@ mod tests {
         Desired {
             revision: revision.into(),
             objects,
+            tainted: Default::default(),
         }
     }
 
@@ -269,5 +284,35 @@ mod tests {
         let text = format!("{comparison:?}");
         assert!(!text.contains("ZGV2LXB3") && !text.contains("cHJvZC1wdw"));
         assert_eq!(by_name("only-dev").status, Status::OnlyInFrom);
+    }
+
+    #[test]
+    fn a_decrypted_value_moved_into_another_kind_is_compared_but_never_shown() {
+        let config = |ns: &str, password: &str| {
+            json!({"kind": "ConfigMap", "metadata": {"name": "app", "namespace": ns},
+                   "data": {"PASSWORD": password, "LEVEL": ns}})
+        };
+        let mut from = desired("a", vec![config("dev", "dev \"pw\" one")]);
+        from.tainted = crate::secrets::taint::of_dotenv("PASSWORD=dev \"pw\" one\n");
+        let mut to = desired("b", vec![config("prod", "prod-pw-two")]);
+        to.tainted = crate::secrets::taint::of_dotenv("PASSWORD=prod-pw-two\n");
+        let comparison = compare(from, to);
+        let fields = &comparison.objects[0].fields;
+        let password = fields
+            .iter()
+            .find(|f| f.path == "data.PASSWORD")
+            .expect("the changed value is named");
+        assert_eq!(password.from.as_deref(), Some(MASK));
+        assert_eq!(password.to.as_deref(), Some(MASK));
+        let level = fields
+            .iter()
+            .find(|f| f.path == "data.LEVEL")
+            .expect("LEVEL");
+        assert_eq!(level.to.as_deref(), Some("\"prod\""));
+        let text = format!("{comparison:?}");
+        assert!(
+            !text.contains("pw") && !text.contains("prod-pw-two"),
+            "{text}"
+        );
     }
 }

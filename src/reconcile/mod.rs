@@ -49,6 +49,8 @@ pub struct Desired {
     pub revision: String,
     /// The rendered objects, in apply order.
     pub objects: Vec<Value>,
+    /// The values SOPS decryption produced for them, kept out of every message and comparison.
+    pub tainted: crate::secrets::Tainted,
 }
 
 impl std::fmt::Debug for Desired {
@@ -56,6 +58,7 @@ impl std::fmt::Debug for Desired {
         f.debug_struct("Desired")
             .field("revision", &self.revision)
             .field("objects", &self.objects.len())
+            .field("tainted", &self.tainted)
             .finish()
     }
 }
@@ -449,7 +452,8 @@ impl<S: DesiredState> Reconciler<S> {
             })?;
         let revision = desired.revision.clone();
         self.status.attempted_revision = Some(revision.clone());
-        let redactor = Redactor::from_manifests(&desired.objects);
+        let mut redactor = Redactor::from_manifests(&desired.objects);
+        redactor.add_tainted(&desired.tainted);
         let objects =
             Object::from_manifests(desired.objects).map_err(|source| Error::InvalidObjects {
                 env: env.clone(),

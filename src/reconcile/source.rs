@@ -149,6 +149,7 @@ impl GitSource {
             Ok(Desired {
                 revision: commit,
                 objects: objects.into_iter().map(Value::Object).collect(),
+                tainted: decrypt.tainted(),
             })
         })
         .await

@@ -1,19 +1,32 @@
 //! The render hook that decrypts SOPS files with the secrets module while a render reads them.
 
 use std::path::Path;
+use std::sync::Mutex;
 
-use crate::secrets::{self, Format, Identities};
+use crate::secrets::{self, Format, Identities, Tainted};
 
 /// Decrypts every SOPS-encrypted resource file and generator source a render reads; plain
-/// content passes through untouched.
+/// content passes through untouched. It remembers what it decrypted ([`SopsDecrypt::tainted`]).
 pub struct SopsDecrypt<'a> {
     identities: &'a Identities,
+    tainted: Mutex<Tainted>,
 }
 
 impl<'a> SopsDecrypt<'a> {
     /// A hook decrypting with `identities`.
     pub fn new(identities: &'a Identities) -> Self {
-        Self { identities }
+        Self {
+            identities,
+            tainted: Mutex::new(Tainted::default()),
+        }
+    }
+
+    /// The values decrypted so far, wherever the render put them.
+    pub fn tainted(&self) -> Tainted {
+        self.tainted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -25,6 +38,10 @@ impl super::Decrypt for SopsDecrypt<'_> {
         }
         // The error names the file and key path, never a value (secrets' own guarantee).
         let plain = secrets::decrypt(content, format, self.identities, path)?;
+        self.tainted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .add(&plain);
         Ok(Some(plain.expose().to_vec()))
     }
 }

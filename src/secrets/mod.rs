@@ -39,6 +39,7 @@ mod metadata;
 mod pq;
 #[cfg(test)]
 mod pq_testkit;
+pub(crate) mod taint;
 mod value;
 mod walk;
 mod yaml;
@@ -53,6 +54,7 @@ pub use error::{Error, KeyPath};
 pub use files::{KeyType, NewKey, keygen, write_atomic, write_new_key_file};
 pub use keys::{Identities, valid_recipient};
 pub use metadata::RuleText;
+pub use taint::{MIN_TAINTED_LEN, Tainted};
 
 use crate::yaml::time;
 use cipher::DataKey;
@@ -107,12 +109,22 @@ impl Format {
 }
 
 /// Decrypted bytes. Zeroized on drop; `Debug` and `Display` print `<redacted>`.
-pub struct Plaintext(Zeroizing<Vec<u8>>);
+pub struct Plaintext {
+    document: Zeroizing<Vec<u8>>,
+    values: Vec<Zeroizing<Vec<u8>>>,
+}
 
 impl Plaintext {
     /// The decrypted document. Keep the borrow short and never log it.
     pub fn expose(&self) -> &[u8] {
-        &self.0
+        &self.document
+    }
+
+    /// Each value that was encrypted in the file, decrypted (as sops hashes it: a boolean as
+    /// `True`/`False`), so that callers can keep them out of what they print wherever they
+    /// end up. Values left in clear by the file's rules are not among them.
+    pub fn values(&self) -> impl Iterator<Item = &[u8]> {
+        self.values.iter().map(|v| v.as_slice())
     }
 }
 
@@ -168,15 +180,18 @@ pub fn decrypt_with(
     let (mut tree, md) = load_encrypted(bytes, format, file)?;
     let key = data_key(&md, identities, file)?;
     let rules = md.rules.compile(file)?;
-    let computed = walk::decrypt(&mut tree, &rules, &key).map_err(|e| leaf_error(file, e))?;
-    check_mac(&md, &key, &computed, file, options.ignore_mac)?;
+    let walked = walk::decrypt(&mut tree, &rules, &key).map_err(|e| leaf_error(file, e))?;
+    check_mac(&md, &key, &walked.mac, file, options.ignore_mac)?;
     let out = emit(
         &tree,
         options.output.unwrap_or(format),
         &options.stores,
         file,
     )?;
-    Ok(Plaintext(out))
+    Ok(Plaintext {
+        document: out,
+        values: walked.opened,
+    })
 }
 
 /// Whether `bytes` hold a sops file of this format: whether they carry sops metadata, valid

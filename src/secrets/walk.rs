@@ -3,6 +3,7 @@
 
 use regex::Regex;
 use sha2::{Digest, Sha512};
+use zeroize::Zeroizing;
 
 use super::cipher::{self, DataKey, OpenError};
 use super::value::{Item, Tree, Value};
@@ -91,6 +92,8 @@ struct Walker<'a> {
     path: Vec<String>,
     shown: Vec<String>,
     comments: Vec<Vec<String>>,
+    /// Decrypting: the plaintext of every value that was encrypted.
+    opened: Vec<Zeroizing<Vec<u8>>>,
 }
 
 fn aad(path: &[String]) -> String {
@@ -146,6 +149,9 @@ impl Walker<'_> {
                 };
                 *value =
                     cipher::open(key, s, &aad).map_err(|e| self.err(LeafErrorKind::Open(e)))?;
+                if let Some(plain) = cipher::plain_bytes(value) {
+                    self.opened.push(plain);
+                }
             }
             _ => {}
         }
@@ -239,7 +245,7 @@ impl Walker<'_> {
     }
 }
 
-fn walk(tree: &mut Tree, rules: &Rules, mode: Mode<'_>) -> Result<String, LeafError> {
+fn walk(tree: &mut Tree, rules: &Rules, mode: Mode<'_>) -> Result<Walked, LeafError> {
     let mut walker = Walker {
         rules,
         mode,
@@ -247,6 +253,7 @@ fn walk(tree: &mut Tree, rules: &Rules, mode: Mode<'_>) -> Result<String, LeafEr
         path: Vec::new(),
         shown: Vec::new(),
         comments: Vec::new(),
+        opened: Vec::new(),
     };
     if rules.mac_only_encrypted {
         walker.hash.update(MAC_ONLY_ENCRYPTED_INIT);
@@ -254,19 +261,31 @@ fn walk(tree: &mut Tree, rules: &Rules, mode: Mode<'_>) -> Result<String, LeafEr
     for branch in &mut tree.branches {
         walker.branch(branch)?;
     }
-    Ok(hex_upper(&walker.hash.finalize()))
+    Ok(Walked {
+        mac: hex_upper(&walker.hash.finalize()),
+        opened: walker.opened,
+    })
+}
+
+/// What a walk computed.
+pub struct Walked {
+    /// The MAC sops would compute over the plaintext.
+    pub mac: String,
+    /// Decrypting: the plaintext of each value that was encrypted, in tree order.
+    pub opened: Vec<Zeroizing<Vec<u8>>>,
 }
 
 fn hex_upper(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
-/// Decrypts every selected value in place and returns the MAC sops would compute.
-pub fn decrypt(tree: &mut Tree, rules: &Rules, key: &DataKey) -> Result<String, LeafError> {
+/// Decrypts every selected value in place; returns the MAC sops would compute and the values
+/// that were encrypted.
+pub fn decrypt(tree: &mut Tree, rules: &Rules, key: &DataKey) -> Result<Walked, LeafError> {
     walk(tree, rules, Mode::Decrypt(key))
 }
 
 /// Encrypts every selected value in place and returns the MAC of the plaintext.
 pub fn encrypt(tree: &mut Tree, rules: &Rules, key: &DataKey) -> Result<String, LeafError> {
-    walk(tree, rules, Mode::Encrypt(key))
+    walk(tree, rules, Mode::Encrypt(key)).map(|walked| walked.mac)
 }

@@ -404,3 +404,107 @@ async fn dev_cannot_decrypt_prod_secrets_by_path_symlink_or_generator() {
             .is_some()
     );
 }
+
+/// Every file under `dir`, as bytes (the state directory: store, logs, whatever is there).
+fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("readable dir").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, bytes));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_apiserver_rejection_of_a_configmap_from_an_encrypted_env_file_never_echoes_its_value() {
+    let cluster = cluster();
+    let client = cluster.client().await;
+    let namespace = format!("shop-dev-taint-{}", std::process::id());
+    let work = tempfile::tempdir().expect("temp dir");
+    let repo = demo_repo(&work.path().join("gitops"), &namespace);
+    let state = work.path().join("state");
+    let key = repo.dir.join("keys/dev.agekey");
+    let recipient = std::fs::read_to_string(&key)
+        .expect("dev key")
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_owned))
+        .expect("the key file names its recipient");
+
+    // A value that is no valid label: the apiserver quotes it when it rejects the ConfigMap.
+    let value = "hunter two!";
+    let plain = repo.dir.join("dev/settings.sops.env");
+    std::fs::write(&plain, format!("PASSWORD={value}\n")).expect("write");
+    let sealed = Command::new(tool(Tool::Sops))
+        .args(["--encrypt", "--age", &recipient, "--input-type", "dotenv"])
+        .args(["--output-type", "dotenv"])
+        .arg(&plain)
+        .output()
+        .expect("sops runs");
+    assert!(
+        sealed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sealed.stderr)
+    );
+    std::fs::write(&plain, &sealed.stdout).expect("write");
+    let kustomization = repo.dir.join("dev/kustomization.yaml");
+    let original = std::fs::read_to_string(&kustomization).expect("dev kustomization");
+    std::fs::write(
+        &kustomization,
+        format!(
+            "{original}configMapGenerator:\n  - name: settings\n    envs: [settings.sops.env]\n\
+             replacements:\n  - source: {{kind: ConfigMap, name: settings, fieldPath: data.PASSWORD}}\n    \
+             targets:\n      - select: {{kind: ConfigMap, name: settings}}\n        \
+             fieldPaths: [metadata.labels.pw]\n        options: {{create: true}}\n"
+        ),
+    )
+    .expect("write");
+    repo.commit("settings from an encrypted env file, copied into a label");
+
+    let b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(value)
+    };
+    let leaks = |what: &str, bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(
+            !text.contains(value) && !text.contains(&b64),
+            "{what} quotes the decrypted value: {text}"
+        );
+    };
+    let diff = stagehand(&repo, &state, &["diff", "-o", "json"], Some(&key));
+    let sync = stagehand(&repo, &state, &["sync", "-o", "json"], Some(&key));
+    let again = stagehand(&repo, &state, &["sync", "-o", "table"], Some(&key));
+    for (name, out) in [("diff", &diff), ("sync", &sync), ("second sync", &again)] {
+        leaks(&format!("{name} stdout"), &out.stdout);
+        leaks(&format!("{name} stderr"), &out.stderr);
+    }
+    assert!(
+        !sync.status.success(),
+        "the apiserver refused the ConfigMap"
+    );
+    let reported = String::from_utf8_lossy(&sync.stdout);
+    assert!(
+        reported.contains("settings-") && reported.contains("metadata.labels"),
+        "the failure still names the object and the field: {reported}"
+    );
+    for (path, bytes) in files_under(&state) {
+        leaks(&path.display().to_string(), &bytes);
+    }
+    let configs: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let names: Vec<String> = configs
+        .list(&ListParams::default())
+        .await
+        .expect("list works")
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("settings-")),
+        "the rejected ConfigMap is not there: {names:?}"
+    );
+}

@@ -98,7 +98,11 @@ impl DesiredState for FedSource {
             .get(&env.name)
             .cloned();
         match fed {
-            Some(Fed::Objects { revision, objects }) => Ok(Desired { revision, objects }),
+            Some(Fed::Objects { revision, objects }) => Ok(Desired {
+                revision,
+                objects,
+                tainted: Default::default(),
+            }),
             Some(Fed::RenderFails(message)) => Err(SourceError {
                 stage: SourceStage::Render,
                 revision: Some("bad".into()),
