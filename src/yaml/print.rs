@@ -251,8 +251,33 @@ fn style_of(s: &str, key: bool) -> Style {
     style
 }
 
+/// Whether `s` is a word the emitter never folds, escapes or needs to analyse: ASCII letters,
+/// digits and `-_./`, starting with a letter or digit (most names, labels and values).
+fn is_word(s: &str) -> bool {
+    s.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
+}
+
 /// Writes a string starting at column `col` and returns the column after it.
 fn write_string(out: &mut String, s: &str, col: usize, ind: usize, key: bool) -> usize {
+    if is_word(s) {
+        // Plain unless it would read back as another type (`"80"`, `"true"`), then in double
+        // quotes with nothing to escape: what the general path below writes for it.
+        if plain_reads_back(s, Schema::V2) {
+            out.push_str(s);
+            return col + s.len();
+        }
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+        return col + s.len() + 2;
+    }
+    write_any(out, s, col, ind, key)
+}
+
+/// [`write_string`] for any string: the emitter's analysis picks the style.
+fn write_any(out: &mut String, s: &str, col: usize, ind: usize, key: bool) -> usize {
     match style_of(s, key) {
         Style::Literal => {
             write_literal(out, s, ind);
@@ -473,12 +498,45 @@ pub fn unprintable(m: &Map<String, Value>) -> Option<(String, char)> {
 
 /// go-yaml v2's map key order: letters after other characters, runs of digits by their value.
 fn key_less(a: &str, b: &str) -> bool {
+    // Nearly every key is ASCII, where a byte is a character: no copy needed.
+    if a.is_ascii() && b.is_ascii() {
+        return key_less_in(a.as_bytes(), b.as_bytes());
+    }
     let (ar, br): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    key_less_in(&ar, &br)
+}
+
+/// A character of a map key, as [`key_less`] compares it.
+trait KeyChar: Copy + Ord {
+    fn alphabetic(self) -> bool;
+    /// The value of an ASCII digit.
+    fn digit(self) -> Option<u8>;
+}
+
+impl KeyChar for u8 {
+    fn alphabetic(self) -> bool {
+        self.is_ascii_alphabetic()
+    }
+    fn digit(self) -> Option<u8> {
+        self.is_ascii_digit().then(|| self - b'0')
+    }
+}
+
+impl KeyChar for char {
+    fn alphabetic(self) -> bool {
+        self.is_alphabetic()
+    }
+    fn digit(self) -> Option<u8> {
+        self.is_ascii_digit().then(|| self as u8 - b'0')
+    }
+}
+
+fn key_less_in<C: KeyChar>(ar: &[C], br: &[C]) -> bool {
     for i in 0..ar.len().min(br.len()) {
         if ar[i] == br[i] {
             continue;
         }
-        let (al, bl) = (ar[i].is_alphabetic(), br[i].is_alphabetic());
+        let (al, bl) = (ar[i].alphabetic(), br[i].alphabetic());
         if al && bl {
             return ar[i] < br[i];
         }
@@ -486,27 +544,25 @@ fn key_less(a: &str, b: &str) -> bool {
             return bl;
         }
         let (mut an, mut bn) = (0u128, 0u128);
-        if ar[i] == '0' || br[i] == '0' {
+        if ar[i].digit() == Some(0) || br[i].digit() == Some(0) {
             let nonzero_before = ar[..i]
                 .iter()
                 .rev()
-                .take_while(|c| c.is_ascii_digit())
-                .any(|&c| c != '0');
+                .map_while(|c| c.digit())
+                .any(|d| d != 0);
             if nonzero_before {
                 (an, bn) = (1, 1);
             }
         }
-        let number = |chars: &[char], n: &mut u128| -> usize {
+        let number = |chars: &[C], n: &mut u128| -> usize {
             let mut end = i;
-            while end < chars.len() && chars[end].is_ascii_digit() {
-                *n = n
-                    .saturating_mul(10)
-                    .saturating_add(u128::from(chars[end] as u8 - b'0'));
+            while let Some(d) = chars.get(end).and_then(|c| c.digit()) {
+                *n = n.saturating_mul(10).saturating_add(u128::from(d));
                 end += 1;
             }
             end
         };
-        let (ai, bi) = (number(&ar, &mut an), number(&br, &mut bn));
+        let (ai, bi) = (number(ar, &mut an), number(br, &mut bn));
         if an != bn {
             return an < bn;
         }
@@ -532,6 +588,62 @@ fn sorted_entries(m: &Map<String, Value>) -> Vec<(&String, &Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_print_as_the_general_path_prints_them() {
+        let words = [
+            "nginx",
+            "config-17",
+            "a.b/c",
+            "80",
+            "0x1F",
+            "010",
+            "1_000",
+            "1e3",
+            "1.10",
+            "true",
+            "True",
+            "yes",
+            "N",
+            "y",
+            "on",
+            "null",
+            "2024-01-02",
+            "1.2.3",
+            "v1",
+            "x_y",
+            "0o17",
+        ];
+        for word in words {
+            assert!(is_word(word), "{word}");
+            for key in [false, true] {
+                let (mut fast, mut general) = (String::new(), String::new());
+                let fast_col = write_string(&mut fast, word, 90, 2, key);
+                let general_col = write_any(&mut general, word, 90, 2, key);
+                assert_eq!((fast, fast_col), (general, general_col), "{word}");
+            }
+        }
+        for not_word in ["", "-x", ".5", "a b", "a:b", "a#b", "é", "~"] {
+            assert!(!is_word(not_word), "{not_word}");
+        }
+    }
+
+    #[test]
+    fn ascii_and_unicode_keys_sort_alike() {
+        let keys = ["b", "a10", "a9", "a09", "A", "_x", "a", "ä", "a0", "a00"];
+        for a in keys {
+            for b in keys {
+                if a.is_ascii() && b.is_ascii() {
+                    let chars = |s: &str| s.chars().collect::<Vec<char>>();
+                    assert_eq!(
+                        key_less(a, b),
+                        key_less_in(&chars(a), &chars(b)),
+                        "{a} < {b}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn printed_documents_read_back_as_the_same_values() {
