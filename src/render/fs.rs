@@ -237,14 +237,17 @@ impl DiskFs {
 
 impl FileSystem for DiskFs {
     fn real_path(&self, path: &str) -> Result<Option<String>, Error> {
-        Ok(self.resolve(path)?.map(|(real, _)| {
-            real.strip_prefix(&self.root)
-                .unwrap_or(&real)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/")
-        }))
+        Ok(self
+            .resolve(path)?
+            .map(|(real, _)| match real.strip_prefix(&self.root) {
+                // Resolved paths are already normal: their text under the root is the answer.
+                Ok(under) => under.to_string_lossy().into_owned(),
+                Err(_) => real
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            }))
     }
 
     fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {
