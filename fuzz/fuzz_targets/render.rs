@@ -81,7 +81,11 @@ impl FileSystem for Tree {
         if !self.is_dir(&key) {
             return Err(Error::NotFound { path: path.into() });
         }
-        let prefix = if key.is_empty() { String::new() } else { format!("{key}/") };
+        let prefix = if key.is_empty() {
+            String::new()
+        } else {
+            format!("{key}/")
+        };
         let mut entries: BTreeMap<String, EntryKind> = BTreeMap::new();
         for file in self.0.keys().filter(|k| k.starts_with(&prefix)) {
             let rest = &file[prefix.len()..];
