@@ -13,7 +13,8 @@ fn keys() -> &'static (Identities, String) {
         // A fixed identity made for fuzzing only, so that crashes reproduce.
         let secret = "AGE-SECRET-KEY-1C7EMEV9FKZX2GHTGAL8ZA8R49ECSDDQHA6QHULRGRV8RZ3S7T0RSHPT29D";
         let mut ids = Identities::new();
-        ids.add_text("fuzz", secret, false).expect("the fixed identity parses");
+        ids.add_text("fuzz", secret, false)
+            .expect("the fixed identity parses");
         let recipient = ids.recipients().remove(0);
         (ids, recipient)
     })
@@ -35,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
     let _ = secrets::is_encrypted(input, format);
     let _ = secrets::decrypt(input, format, ids, "fuzz");
     // Reading as plaintext and writing: what encrypts must decrypt.
-    let options = EncryptOptions { recipients: vec![recipient.clone()], ..EncryptOptions::default() };
+    let options = EncryptOptions {
+        recipients: vec![recipient.clone()],
+        ..EncryptOptions::default()
+    };
     if let Ok(encrypted) = secrets::encrypt(input, format, &options, "fuzz") {
         if let Err(e) = secrets::decrypt(&encrypted, format, ids, "fuzz") {
             panic!("encrypted output does not decrypt: {e}");

@@ -508,3 +508,75 @@ async fn an_apiserver_rejection_of_a_configmap_from_an_encrypted_env_file_never_
         "the rejected ConfigMap is not there: {names:?}"
     );
 }
+
+/// Creates `namespace`, so that `diff` dry-runs each object against the apiserver rather than
+/// reporting all as to be created.
+async fn namespace_exists(namespace: &str) {
+    let namespaces: Api<Namespace> = Api::all(cluster().client().await);
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": namespace}}))
+            .expect("namespace");
+    namespaces
+        .create(&Default::default(), &ns)
+        .await
+        .expect("namespace created");
+}
+/// Every output of a run: stdout (the status or plan) and stderr (the error and logs).
+fn outputs(out: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn a_decrypted_secret_value_copied_into_a_configmap_by_a_replacement_is_never_shown() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let namespace = format!("shop-dev-copy-{}", std::process::id());
+    namespace_exists(&namespace).await;
+    let repo = demo_repo(&work.path().join("gitops"), &namespace);
+    let state = work.path().join("state");
+    let key = repo.dir.join("keys/dev.agekey");
+    let value = format!("copied secret value {}", std::process::id());
+    let secret = crate::promotions::sops_encrypt(
+        &repo.dir.join("dev"),
+        "extra.sops.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: extra\nstringData:\n  password: {value}\n"
+        ),
+        "age10n6l7ekhqza8trhvgz4zpxfgwndhq7696znpthz43ma095qjhcnsfvjsv5",
+    );
+    std::fs::write(repo.dir.join("dev/extra.sops.yaml"), secret).expect("write");
+    std::fs::write(
+        repo.dir.join("dev/copy.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: copy\ndata:\n  copied: placeholder\n",
+    )
+    .expect("write");
+    let kustomization = repo.dir.join("dev/kustomization.yaml");
+    let text = std::fs::read_to_string(&kustomization).expect("read");
+    std::fs::write(
+        &kustomization,
+        format!(
+            "{}replacements:\n  - source: {{kind: Secret, name: extra, fieldPath: stringData.password}}\n    \
+             targets:\n      - select: {{kind: ConfigMap, name: copy}}\n        \
+             fieldPaths: [data.copied, metadata.labels.copied]\n        options: {{create: true}}\n",
+            text.replace(
+                "  - ../base\n",
+                "  - ../base\n  - extra.sops.yaml\n  - copy.yaml\n"
+            )
+        ),
+    )
+    .expect("write");
+    repo.commit("a Secret value copied into a ConfigMap");
+
+    for args in [&["diff"][..], &["diff", "-o", "table"][..]] {
+        let diff = stagehand(&repo, &state, args, Some(&key));
+        let text = outputs(&diff);
+        assert!(!text.contains(&value), "{args:?} shows the value: {text}");
+        assert!(
+            text.contains("copy") && text.contains("metadata.labels"),
+            "{args:?} names the object and the field: {text}"
+        );
+    }
+}
