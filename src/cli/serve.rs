@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// everything, which is refused unless the server listens on loopback or `--insecure` says so.
     #[arg(long, env = "STAGEHAND_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
+    /// Environments synced at once; the others queue in order. Each pass in flight holds its
+    /// rendered objects and up to 16 requests to its cluster.
+    #[arg(long, env = "STAGEHAND_CONCURRENT_SYNCS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrent_syncs: u16,
     /// Allow running without a tokens file on an address other than loopback (TLS does not
     /// replace tokens).
     #[arg(long)]
@@ -116,6 +120,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         committer,
         max_attempts: 5,
     };
+    let concurrent_syncs = args.concurrent_syncs;
     let build: service::reload::Builder = Box::new(move |pipeline: Arc<Pipeline>| {
         let url = git::RemoteUrl::new(pipeline.repository.resolved_url(&file));
         let access = if with_tokens {
@@ -135,6 +140,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             reconcile: reconcile::Options {
                 owner_prefix: format!("{}.", pipeline.name),
                 installation: Some(installation.clone()),
+                concurrent_passes: usize::from(concurrent_syncs),
                 ..reconcile::Options::default()
             },
             pipeline,

@@ -267,6 +267,13 @@ impl Connections {
 /// quickly so that backoff, not a hung request, decides when to try again.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Requests in flight to one cluster at most, over all the environments that share its client.
+/// Each request in flight holds an HTTP/1.1 connection of its own, which the pool keeps
+/// afterwards: unbounded, 1,000 environments syncing at once opened thousands of TLS
+/// connections and most of the server's memory went to their buffers. The apiserver serves a
+/// few dozen requests at once no slower than thousands.
+const MAX_REQUESTS_IN_FLIGHT: usize = 32;
+
 impl Connection {
     /// Connects as `cluster` says. Only the configuration is read here; the first request
     /// finds out whether the apiserver answers.
@@ -309,10 +316,15 @@ impl Connection {
         };
         config.connect_timeout = Some(CONNECT_TIMEOUT);
         let server = config.cluster_url.to_string();
-        let client = kube::Client::try_from(config).map_err(|source| ConnectError::Client {
-            server: server.clone(),
-            source,
-        })?;
+        let client = kube::client::ClientBuilder::try_from(config)
+            .map_err(|source| ConnectError::Client {
+                server: server.clone(),
+                source,
+            })?
+            .with_layer(&tower::limit::ConcurrencyLimitLayer::new(
+                MAX_REQUESTS_IN_FLIGHT,
+            ))
+            .build();
         Ok(Self::with_server(client, server))
     }
 

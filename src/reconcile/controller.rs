@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, Semaphore, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::{
@@ -66,6 +66,7 @@ impl Controller {
         first: FirstPass,
         mut restored: HashMap<String, EnvironmentStatus>,
     ) -> Self {
+        let passes = Arc::new(Semaphore::new(options.concurrent_passes.max(1)));
         let options = Arc::new(options);
         let (shutdown, _) = watch::channel(false);
         let (events, _) = broadcast::channel(1024);
@@ -82,15 +83,17 @@ impl Controller {
             let (status_tx, status_rx) = watch::channel(reconciler.status().clone());
             let (suspended, suspended_rx) = watch::channel(suspended_at_start);
             let trigger = Arc::new(Notify::new());
-            tasks.push(tokio::spawn(run(
+            let steered = Steered {
                 reconciler,
-                trigger.clone(),
-                suspended_rx,
-                status_tx,
-                shutdown.subscribe(),
-                options.clone(),
+                trigger: trigger.clone(),
+                suspended: suspended_rx,
+                status: status_tx,
+                shutdown: shutdown.subscribe(),
+                options: options.clone(),
+                passes: passes.clone(),
                 first,
-            )));
+            };
+            tasks.push(tokio::spawn(steered.run()));
             handles.insert(
                 name,
                 Handle {
@@ -170,85 +173,105 @@ impl Controller {
     }
 }
 
-async fn run<S: DesiredState>(
-    mut reconciler: Reconciler<S>,
+/// One environment's loop and what steers it.
+struct Steered<S: DesiredState> {
+    reconciler: Reconciler<S>,
     trigger: Arc<Notify>,
-    mut suspended: watch::Receiver<bool>,
+    suspended: watch::Receiver<bool>,
     status: watch::Sender<EnvironmentStatus>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     options: Arc<Options>,
+    /// Turns shared by every environment: a pass runs only while it holds one.
+    passes: Arc<Semaphore>,
     first: FirstPass,
-) {
-    let mut failures = 0u32;
-    // A manual environment must not pick up a new revision by itself, and every pass reads
-    // the branch tip: it only runs a pass when triggered.
-    let manual = !reconciler.environment().sync.auto;
-    let mut await_trigger = first == FirstPass::OnTrigger || manual;
-    loop {
-        if *suspended.borrow_and_update() {
-            let s = reconciler.status_mut();
-            s.suspended = true;
-            s.reason = Reason::Suspended;
-            s.next_attempt_in = None;
-            status.send_replace(s.clone());
-            tokio::select! {
-                _ = suspended.changed() => continue,
-                _ = shutdown.changed() => return,
+}
+
+impl<S: DesiredState> Steered<S> {
+    async fn run(self) {
+        let Self {
+            mut reconciler,
+            trigger,
+            mut suspended,
+            status,
+            mut shutdown,
+            options,
+            passes,
+            first,
+        } = self;
+        let mut failures = 0u32;
+        // A manual environment must not pick up a new revision by itself, and every pass reads
+        // the branch tip: it only runs a pass when triggered.
+        let manual = !reconciler.environment().sync.auto;
+        let mut await_trigger = first == FirstPass::OnTrigger || manual;
+        loop {
+            if *suspended.borrow_and_update() {
+                let s = reconciler.status_mut();
+                s.suspended = true;
+                s.reason = Reason::Suspended;
+                s.next_attempt_in = None;
+                status.send_replace(s.clone());
+                tokio::select! {
+                    _ = suspended.changed() => continue,
+                    _ = shutdown.changed() => return,
+                }
             }
-        }
-        if reconciler.status().suspended {
+            if reconciler.status().suspended {
+                let s = reconciler.status_mut();
+                s.suspended = false;
+                s.reason = Reason::Pending;
+                status.send_replace(s.clone());
+            }
+            if await_trigger {
+                tokio::select! {
+                    _ = trigger.notified() => {}
+                    _ = suspended.changed() => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+            await_trigger = manual;
+            let result = tokio::select! {
+                result = async {
+                    let _turn = passes.acquire().await.expect("the semaphore is never closed");
+                    reconciler.reconcile().await
+                } => result,
+                _ = shutdown.changed() => return,
+            };
+            let interval = reconciler.environment().sync.interval;
+            let action = match result {
+                Ok(action) => {
+                    failures = 0;
+                    action
+                }
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    error_policy(&error, failures, &options, interval)
+                }
+            };
+            let wait = match action {
+                _ if manual => None,
+                Action::Requeue(after) => Some(after),
+                Action::AwaitChange => None,
+            };
             let s = reconciler.status_mut();
-            s.suspended = false;
-            s.reason = Reason::Pending;
+            s.failures = failures;
+            s.passes += 1;
+            s.next_attempt_in = wait;
             status.send_replace(s.clone());
-        }
-        if await_trigger {
+            if manual {
+                continue;
+            }
+            let sleep = async {
+                match wait {
+                    Some(after) => tokio::time::sleep(after).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
+                _ = sleep => {}
                 _ = trigger.notified() => {}
-                _ = suspended.changed() => continue,
+                _ = suspended.changed() => {}
                 _ = shutdown.changed() => return,
             }
-        }
-        await_trigger = manual;
-        let result = tokio::select! {
-            result = reconciler.reconcile() => result,
-            _ = shutdown.changed() => return,
-        };
-        let interval = reconciler.environment().sync.interval;
-        let action = match result {
-            Ok(action) => {
-                failures = 0;
-                action
-            }
-            Err(error) => {
-                failures = failures.saturating_add(1);
-                error_policy(&error, failures, &options, interval)
-            }
-        };
-        let wait = match action {
-            _ if manual => None,
-            Action::Requeue(after) => Some(after),
-            Action::AwaitChange => None,
-        };
-        let s = reconciler.status_mut();
-        s.failures = failures;
-        s.passes += 1;
-        s.next_attempt_in = wait;
-        status.send_replace(s.clone());
-        if manual {
-            continue;
-        }
-        let sleep = async {
-            match wait {
-                Some(after) => tokio::time::sleep(after).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = sleep => {}
-            _ = trigger.notified() => {}
-            _ = suspended.changed() => {}
-            _ = shutdown.changed() => return,
         }
     }
 }

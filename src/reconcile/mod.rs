@@ -234,6 +234,10 @@ pub struct Options {
     pub inventory_namespace: String,
     /// Objects applied at once per stage.
     pub concurrency: usize,
+    /// Passes run at once over all environments (Flux's `--concurrent`); the others wait their
+    /// turn in order. A pass holds its rendered objects and its requests until it ends, so this
+    /// bounds the memory and connections of a commit that wakes every environment at once.
+    pub concurrent_passes: usize,
     /// First retry delay after a failure; doubles per consecutive failure.
     pub backoff_base: Duration,
     /// Longest retry delay; the environment's interval when that is shorter.
@@ -264,6 +268,7 @@ impl Default for Options {
             installation: None,
             inventory_namespace: "stagehand-system".into(),
             concurrency: 16,
+            concurrent_passes: 8,
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             progress_poll: Duration::from_secs(5),

@@ -1367,3 +1367,60 @@ async fn a_secret_that_fails_while_being_recreated_is_reported_as_carefully_as_a
     assert!(error.contains("(FieldValueInvalid)"), "{error}");
     assert!(!error.contains("a valid config key"), "{error}");
 }
+
+/// Counts the passes that are reading their desired state at once; each read takes a while,
+/// so passes that were allowed to overlap would.
+struct Counted {
+    inner: Arc<FedSource>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+impl stagehand::reconcile::DesiredState for Counted {
+    async fn desired(
+        &self,
+        env: &Environment,
+    ) -> Result<stagehand::reconcile::Desired, stagehand::reconcile::SourceError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let desired = self.inner.desired(env).await;
+        self.in_flight.fetch_sub(1, SeqCst);
+        desired
+    }
+}
+
+#[tokio::test]
+async fn no_more_passes_run_at_once_than_the_limit_and_every_environment_gets_its_turn() {
+    let s = setup("rc-turns").await;
+    let names: Vec<String> = (0..6).map(|i| format!("env{i}")).collect();
+    for name in &names {
+        s.source.set(
+            name,
+            "rev1",
+            vec![config_map(&s.ns, name, json!({"k": "v"}))],
+        );
+    }
+    let source = Arc::new(Counted {
+        inner: s.source.clone(),
+        in_flight: Default::default(),
+        most: Default::default(),
+    });
+    let options = Options {
+        concurrent_passes: 2,
+        ..(*s.options).clone()
+    };
+    let environments = names.iter().map(|n| s.env(n)).collect();
+    let controller = Controller::start(environments, source.clone(), options);
+    for name in &names {
+        wait_for(&controller, name, "succeeds", |st| {
+            st.reason == Reason::Succeeded
+        })
+        .await;
+        assert_eq!(s.config_map_data(name, "k").await.as_deref(), Some("v"));
+    }
+    // Two at a time: never more, and the limit is not a queue of one.
+    assert_eq!(source.most.load(std::sync::atomic::Ordering::SeqCst), 2);
+    controller.shutdown().await;
+}
