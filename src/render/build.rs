@@ -192,7 +192,6 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
 struct AnnotationsList(String);
 
 fn tidy_annotations(r: &mut Resource) -> Result<(), AnnotationsList> {
-    let id = r.cur_id();
     let Some(Value::Object(meta)) = r.obj.get_mut("metadata") else {
         return Ok(());
     };
@@ -208,7 +207,7 @@ fn tidy_annotations(r: &mut Resource) -> Result<(), AnnotationsList> {
             }
         }
         Some(Value::Array(_)) => {
-            return Err(AnnotationsList(id.to_string()));
+            return Err(AnnotationsList(r.cur_id().to_string()));
         }
         Some(_) => {
             meta.remove("annotations");
@@ -382,7 +381,10 @@ impl Target {
             return Ok(());
         }
         let inside = |dir: &str, path: &str| {
-            dir.is_empty() || path == dir || path.starts_with(&format!("{dir}/"))
+            dir.is_empty()
+                || path
+                    .strip_prefix(dir)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         };
         let refused = |path: &str, dir: &str| Error::Restricted {
             file: self.file.clone(),
@@ -574,7 +576,7 @@ fn collect_objects(
 
 /// The identity keys of `acc`'s resources, for [`append_all`] to refuse duplicates against.
 fn id_keys(acc: &Acc) -> HashSet<(Gvk, String, String)> {
-    acc.res.iter().map(|r| r.cur_id().key()).collect()
+    acc.res.iter().map(|r| r.cur_id().into_key()).collect()
 }
 
 /// Adds resources, refusing an id that is already there. `seen` holds the keys of `acc`'s
@@ -588,11 +590,13 @@ fn append_all(
     new: Vec<Resource>,
 ) -> Result<(), Error> {
     for r in new {
-        let id = r.cur_id();
-        if !seen.insert(id.key()) {
+        if !seen.insert(r.cur_id().into_key()) {
             return Err(t.err(
                 field,
-                format!("may not add resource with an already registered id: {id}"),
+                format!(
+                    "may not add resource with an already registered id: {}",
+                    r.cur_id()
+                ),
             ));
         }
         acc.res.push(r);
