@@ -221,6 +221,11 @@ pub(super) fn normalize(dir: &str, rel: &str) -> Option<String> {
     if rel.starts_with('/') {
         return None;
     }
+    // Nearly every entry is a plain name under a normal directory: the join is the answer.
+    let plain = |p: &str| !p.split('/').any(|c| matches!(c, "" | "." | ".."));
+    if plain(rel) && (dir.is_empty() || plain(dir)) {
+        return Some(join(dir, rel));
+    }
     let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
     for p in rel.split('/') {
         match p {
@@ -425,16 +430,26 @@ impl Target {
     /// Reads a file this kustomization names, under the load restrictor and through the
     /// decryption hook.
     fn read(&self, ctx: &Ctx, field: &'static str, entry: &str) -> Result<Vec<u8>, Error> {
-        let path = self.resolve(field, entry)?;
-        self.restricted(ctx, field, &path)?;
-        let bytes = ctx.fs.read_file(&path).map_err(|source| Error::Read {
+        self.read_at(ctx, field, entry, &self.resolve(field, entry)?)
+    }
+
+    /// [`Target::read`] of an entry already resolved to `path`.
+    fn read_at(
+        &self,
+        ctx: &Ctx,
+        field: &'static str,
+        entry: &str,
+        path: &str,
+    ) -> Result<Vec<u8>, Error> {
+        self.restricted(ctx, field, path)?;
+        let bytes = ctx.fs.read_file(path).map_err(|source| Error::Read {
             file: self.file.clone(),
             field,
             entry: entry.to_owned(),
             source,
         })?;
         match ctx.opts.decrypt {
-            Some(d) => match d.decrypt(&path, &bytes) {
+            Some(d) => match d.decrypt(path, &bytes) {
                 Ok(Some(plain)) => Ok(plain),
                 Ok(None) => Ok(bytes),
                 Err(source) => Err(Error::Decrypt {
@@ -763,11 +778,13 @@ fn accumulate_resources(
     field: &'static str,
 ) -> Result<(), Error> {
     let mut seen = id_keys(acc);
+    // Most entries are files of one object each.
+    seen.reserve(entries.len());
     for entry in entries {
         let path = t.resolve(field, entry)?;
         match ctx.fs.kind(&path) {
             Ok(Some(EntryKind::File)) => {
-                let bytes = t.read(ctx, field, entry)?;
+                let bytes = t.read_at(ctx, field, entry, &path)?;
                 let mut new = parse_resources(t, field, entry, &bytes)?;
                 ctx.objects.set(ctx.objects.get() + new.len());
                 if ctx.objects.get() > limits::MAX_OBJECTS {
