@@ -213,17 +213,20 @@ impl DiskFs {
     fn relative(&self, real: &Path) -> String {
         // Resolved paths are already normal, as the root is, so the text after the root's is the
         // answer: comparing text costs a fraction of `Path::strip_prefix`'s component walk.
-        let text = real.to_string_lossy();
-        let root = self.root.to_string_lossy();
-        let under = text.strip_prefix(&*root).and_then(|rest| {
-            if rest.is_empty() || root.ends_with('/') {
-                Some(rest)
-            } else {
-                rest.strip_prefix('/')
-            }
-        });
+        let root = self.root.as_os_str().as_encoded_bytes();
+        let under = real
+            .as_os_str()
+            .as_encoded_bytes()
+            .strip_prefix(root)
+            .and_then(|rest| {
+                if rest.is_empty() || root.ends_with(b"/") {
+                    Some(rest)
+                } else {
+                    rest.strip_prefix(b"/")
+                }
+            });
         match under {
-            Some(under) => under.to_owned(),
+            Some(under) => String::from_utf8_lossy(under).into_owned(),
             None => real
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy())
