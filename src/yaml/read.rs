@@ -217,7 +217,6 @@ impl Reader {
 }
 
 /// Key texts of the open mappings, each with its line, in one buffer.
-#[derive(Default)]
 struct KeyStack {
     text: String,
     /// End of each key in `text`, and its line.
@@ -383,7 +382,15 @@ pub fn documents(text: &str, reading: Reading) -> Result<Vec<Value>, ParseError>
     let mut r = Reader {
         reading,
         frames: Vec::new(),
-        keys: KeyStack::default(),
+        keys: KeyStack {
+            // Room for the keys of a typical object, so the stack rarely grows.
+            text: String::with_capacity(if reading == Reading::Resources {
+                256
+            } else {
+                0
+            }),
+            keys: Vec::with_capacity(if reading == Reading::Resources { 32 } else { 0 }),
+        },
         anchors: HashMap::new(),
         doc: None,
         index: 0,
