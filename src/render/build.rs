@@ -192,7 +192,6 @@ pub(super) fn run(fs: &dyn FileSystem, dir: &str, opts: &Options) -> Result<Vec<
 struct AnnotationsList(String);
 
 fn tidy_annotations(r: &mut Resource) -> Result<(), AnnotationsList> {
-    let id = r.cur_id();
     let Some(Value::Object(meta)) = r.obj.get_mut("metadata") else {
         return Ok(());
     };
@@ -208,7 +207,7 @@ fn tidy_annotations(r: &mut Resource) -> Result<(), AnnotationsList> {
             }
         }
         Some(Value::Array(_)) => {
-            return Err(AnnotationsList(id.to_string()));
+            return Err(AnnotationsList(r.cur_id().to_string()));
         }
         Some(_) => {
             meta.remove("annotations");
@@ -221,6 +220,11 @@ fn tidy_annotations(r: &mut Resource) -> Result<(), AnnotationsList> {
 pub(super) fn normalize(dir: &str, rel: &str) -> Option<String> {
     if rel.starts_with('/') {
         return None;
+    }
+    // Nearly every entry is a plain name under a normal directory: the join is the answer.
+    let plain = |p: &str| !p.split('/').any(|c| matches!(c, "" | "." | ".."));
+    if plain(rel) && (dir.is_empty() || plain(dir)) {
+        return Some(join(dir, rel));
     }
     let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
     for p in rel.split('/') {
@@ -382,7 +386,10 @@ impl Target {
             return Ok(());
         }
         let inside = |dir: &str, path: &str| {
-            dir.is_empty() || path == dir || path.starts_with(&format!("{dir}/"))
+            dir.is_empty()
+                || path
+                    .strip_prefix(dir)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         };
         let refused = |path: &str, dir: &str| Error::Restricted {
             file: self.file.clone(),
@@ -423,16 +430,26 @@ impl Target {
     /// Reads a file this kustomization names, under the load restrictor and through the
     /// decryption hook.
     fn read(&self, ctx: &Ctx, field: &'static str, entry: &str) -> Result<Vec<u8>, Error> {
-        let path = self.resolve(field, entry)?;
-        self.restricted(ctx, field, &path)?;
-        let bytes = ctx.fs.read_file(&path).map_err(|source| Error::Read {
+        self.read_at(ctx, field, entry, &self.resolve(field, entry)?)
+    }
+
+    /// [`Target::read`] of an entry already resolved to `path`.
+    fn read_at(
+        &self,
+        ctx: &Ctx,
+        field: &'static str,
+        entry: &str,
+        path: &str,
+    ) -> Result<Vec<u8>, Error> {
+        self.restricted(ctx, field, path)?;
+        let bytes = ctx.fs.read_file(path).map_err(|source| Error::Read {
             file: self.file.clone(),
             field,
             entry: entry.to_owned(),
             source,
         })?;
         match ctx.opts.decrypt {
-            Some(d) => match d.decrypt(&path, &bytes) {
+            Some(d) => match d.decrypt(path, &bytes) {
                 Ok(Some(plain)) => Ok(plain),
                 Ok(None) => Ok(bytes),
                 Err(source) => Err(Error::Decrypt {
@@ -574,7 +591,7 @@ fn collect_objects(
 
 /// The identity keys of `acc`'s resources, for [`append_all`] to refuse duplicates against.
 fn id_keys(acc: &Acc) -> HashSet<(Gvk, String, String)> {
-    acc.res.iter().map(|r| r.cur_id().key()).collect()
+    acc.res.iter().map(|r| r.cur_id().into_key()).collect()
 }
 
 /// Adds resources, refusing an id that is already there. `seen` holds the keys of `acc`'s
@@ -588,11 +605,13 @@ fn append_all(
     new: Vec<Resource>,
 ) -> Result<(), Error> {
     for r in new {
-        let id = r.cur_id();
-        if !seen.insert(id.key()) {
+        if !seen.insert(r.cur_id().into_key()) {
             return Err(t.err(
                 field,
-                format!("may not add resource with an already registered id: {id}"),
+                format!(
+                    "may not add resource with an already registered id: {}",
+                    r.cur_id()
+                ),
             ));
         }
         acc.res.push(r);
@@ -759,11 +778,13 @@ fn accumulate_resources(
     field: &'static str,
 ) -> Result<(), Error> {
     let mut seen = id_keys(acc);
+    // Most entries are files of one object each.
+    seen.reserve(entries.len());
     for entry in entries {
         let path = t.resolve(field, entry)?;
         match ctx.fs.kind(&path) {
             Ok(Some(EntryKind::File)) => {
-                let bytes = t.read(ctx, field, entry)?;
+                let bytes = t.read_at(ctx, field, entry, &path)?;
                 let mut new = parse_resources(t, field, entry, &bytes)?;
                 ctx.objects.set(ctx.objects.get() + new.len());
                 if ctx.objects.get() > limits::MAX_OBJECTS {

@@ -209,6 +209,32 @@ impl DiskFs {
             .cloned()
     }
 
+    /// A resolved location as a path relative to the root.
+    fn relative(&self, real: &Path) -> String {
+        // Resolved paths are already normal, as the root is, so the text after the root's is the
+        // answer: comparing text costs a fraction of `Path::strip_prefix`'s component walk.
+        let root = self.root.as_os_str().as_encoded_bytes();
+        let under = real
+            .as_os_str()
+            .as_encoded_bytes()
+            .strip_prefix(root)
+            .and_then(|rest| {
+                if rest.is_empty() || root.ends_with(b"/") {
+                    Some(rest)
+                } else {
+                    rest.strip_prefix(b"/")
+                }
+            });
+        match under {
+            Some(under) => String::from_utf8_lossy(under).into_owned(),
+            None => real
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/"),
+        }
+    }
+
     /// The slow path for symlinks and anything unusual: the operating system resolves the
     /// whole path, and the result must stay inside the root.
     fn canonical(&self, path: &str) -> Result<Option<(PathBuf, EntryKind, u64)>, Error> {
@@ -237,17 +263,26 @@ impl DiskFs {
 
 impl FileSystem for DiskFs {
     fn real_path(&self, path: &str) -> Result<Option<String>, Error> {
-        Ok(self
-            .resolve(path)?
-            .map(|(real, _)| match real.strip_prefix(&self.root) {
-                // Resolved paths are already normal: their text under the root is the answer.
-                Ok(under) => under.to_string_lossy().into_owned(),
-                Err(_) => real
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join("/"),
-            }))
+        // A directory seen before, or the file `kind` just found, needs no new look-up: the load
+        // restrictor asks for both for every file it lets through.
+        if let Some(real) = self
+            .dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(path)
+        {
+            return Ok(Some(self.relative(real)));
+        }
+        if let Some(found) = self
+            .last_file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .filter(|f| f.path == path)
+        {
+            return Ok(Some(self.relative(&found.real)));
+        }
+        Ok(self.resolve(path)?.map(|(real, _)| self.relative(&real)))
     }
 
     fn read_file(&self, path: &str) -> Result<Vec<u8>, Error> {

@@ -43,6 +43,11 @@ fn check_subjects(list: &[Resource]) -> Result<(), Error> {
 
 pub fn fix(list: &mut [Resource], backrefs: &[NameBackRef]) -> Result<(), Error> {
     check_subjects(list)?;
+    // Only renamed resources can be referred to by a name that needs fixing; with none, the
+    // look-ups below need not be built.
+    if list.iter().all(|r| r.prev.is_empty()) {
+        return Ok(());
+    }
     let infos: Vec<Info> = list
         .iter()
         .map(|r| {
@@ -55,7 +60,6 @@ pub fn fix(list: &mut [Resource], backrefs: &[NameBackRef]) -> Result<(), Error>
             }
         })
         .collect();
-    // Only renamed resources can be referred to by a name that needs fixing.
     let mut by_prev_name: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, info) in infos.iter().enumerate() {
         let mut names: Vec<&str> = info.prev.iter().map(|p| p.name.as_str()).collect();
@@ -64,9 +68,6 @@ pub fn fix(list: &mut [Resource], backrefs: &[NameBackRef]) -> Result<(), Error>
         for n in names {
             by_prev_name.entry(n).or_default().push(i);
         }
-    }
-    if by_prev_name.is_empty() {
-        return Ok(());
     }
     let ctxs: Vec<(Vec<String>, Vec<String>)> = list
         .iter()

@@ -106,13 +106,9 @@ pub(crate) const ORDER_LAST: &[&str] = &[
 
 impl std::fmt::Display for Gvk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let or = |s: &str, d: &'static str| {
-            if s.is_empty() {
-                d.to_owned()
-            } else {
-                s.to_owned()
-            }
-        };
+        fn or<'a>(s: &'a str, d: &'static str) -> &'a str {
+            if s.is_empty() { d } else { s }
+        }
         write!(
             f,
             "{}.{}.{}",
@@ -185,11 +181,16 @@ impl ResId {
 
     /// Kustomize's identity key: same effective namespace counts as same.
     pub fn key(&self) -> (Gvk, String, String) {
-        (
-            self.gvk.clone(),
-            self.name.clone(),
-            self.effective_namespace().to_owned(),
-        )
+        self.clone().into_key()
+    }
+
+    /// [`ResId::key`], taking the id's own strings rather than copies.
+    pub fn into_key(self) -> (Gvk, String, String) {
+        let namespace = match self.effective_namespace() {
+            ns if ns == self.namespace => self.namespace,
+            other => other.to_owned(),
+        };
+        (self.gvk, self.name, namespace)
     }
 }
 

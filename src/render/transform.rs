@@ -443,49 +443,68 @@ pub fn legacy_sort(list: &mut Vec<Resource>, first: &[String], last: &[String]) 
     for (i, k) in last.iter().enumerate() {
         rank.insert(k, 1 + i as i64);
     }
+    // What the order needs of a kind, worked out once per apiVersion and kind: objects of one
+    // kind share it, and building it for each object was most of the sort's cost.
+    struct KindKey {
+        rank: i64,
+        sort: String,
+        display: String,
+        is_ns: bool,
+        core_ns: bool,
+    }
+    let mut kinds: Vec<KindKey> = Vec::new();
     // The keys are sorted with the index of their resource, which is moved once afterwards:
     // a resource is large, and sorting moves each element about log(n) times.
-    let mut keyed: Vec<(i64, String, bool, String, bool, usize)> = list
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let id = r.cur_id();
-            let gvk_s = id.gvk.sort_string();
-            let ns = if id.namespace.is_empty() {
-                "~X"
-            } else {
-                &id.namespace
-            };
-            let name = if id.name.is_empty() { "~N" } else { &id.name };
-            let id_s = format!("{}|{ns}|{name}", id.gvk);
-            let is_ns = id.gvk.kind == "Namespace";
-            (
-                rank.get(id.gvk.kind.as_str()).copied().unwrap_or(0),
-                gvk_s,
-                is_ns && id.gvk.group.is_empty(),
-                id_s,
-                is_ns,
-                i,
-            )
-        })
-        .collect();
+    let mut keyed: Vec<(usize, String, usize)> = {
+        let mut kind_of: HashMap<(&str, &str), usize> = HashMap::new();
+        list.iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let k = *kind_of
+                    .entry((r.api_version(), r.kind()))
+                    .or_insert_with(|| {
+                        let gvk = r.gvk();
+                        let is_ns = gvk.kind == "Namespace";
+                        kinds.push(KindKey {
+                            rank: rank.get(gvk.kind.as_str()).copied().unwrap_or(0),
+                            sort: gvk.sort_string(),
+                            display: gvk.to_string(),
+                            is_ns,
+                            core_ns: is_ns && gvk.group.is_empty(),
+                        });
+                        kinds.len() - 1
+                    });
+                let ns = match r.namespace() {
+                    "" => "~X",
+                    ns => ns,
+                };
+                let name = match r.name() {
+                    "" => "~N",
+                    name => name,
+                };
+                (k, format!("{}|{ns}|{name}", kinds[k].display), i)
+            })
+            .collect()
+    };
     keyed.sort_by(|a, b| {
-        a.0.cmp(&b.0)
+        let (ka, kb) = (&kinds[a.0], &kinds[b.0]);
+        ka.rank
+            .cmp(&kb.rank)
             .then_with(|| {
-                if a.1 == b.1 {
+                if ka.sort == kb.sort {
                     std::cmp::Ordering::Equal
-                } else if a.4 && b.4 && (a.2 || b.2) {
-                    b.1.cmp(&a.1)
+                } else if ka.is_ns && kb.is_ns && (ka.core_ns || kb.core_ns) {
+                    kb.sort.cmp(&ka.sort)
                 } else {
-                    a.1.cmp(&b.1)
+                    ka.sort.cmp(&kb.sort)
                 }
             })
-            .then_with(|| a.3.cmp(&b.3))
+            .then_with(|| a.1.cmp(&b.1))
     });
     let mut slots: Vec<Option<Resource>> = std::mem::take(list).into_iter().map(Some).collect();
     *list = keyed
         .into_iter()
-        .map(|k| slots[k.5].take().expect("each index is sorted once"))
+        .map(|k| slots[k.2].take().expect("each index is sorted once"))
         .collect();
 }
 

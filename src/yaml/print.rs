@@ -454,6 +454,10 @@ fn write_folded(
 /// C1 controls but NEL, U+FFFE, U+FFFF; the C0 controls arrive escaped), with its field path.
 pub fn unprintable(m: &Map<String, Value>) -> Option<(String, char)> {
     fn bad(s: &str) -> Option<char> {
+        // Each of these characters has a byte of 0x7f or above, which most text has none of.
+        if s.bytes().all(|b| b < 0x7f) {
+            return None;
+        }
         s.chars().find(
             |&c| matches!(c, '\u{7f}'..='\u{84}' | '\u{86}'..='\u{9f}' | '\u{fffe}' | '\u{ffff}'),
         )
@@ -484,6 +488,18 @@ pub fn unprintable(m: &Map<String, Value>) -> Option<(String, char)> {
             }),
             _ => None,
         }
+    }
+    /// Whether `v` holds no such character: the common case, checked without building paths.
+    fn clean(v: &Value) -> bool {
+        match v {
+            Value::String(s) => bad(s).is_none(),
+            Value::Array(items) => items.iter().all(clean),
+            Value::Object(m) => m.iter().all(|(k, v)| bad(k).is_none() && clean(v)),
+            _ => true,
+        }
+    }
+    if m.iter().all(|(k, v)| bad(k).is_none() && clean(v)) {
+        return None;
     }
     let mut path = String::new();
     for (k, v) in m {

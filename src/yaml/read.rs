@@ -3,6 +3,7 @@
 //! `1_000` a thousand), merge keys (`<<`) merge, a custom tag leaves its scalar text, and a map
 //! key must be text. Each kind of file is read as kustomize's reader for it reads it ([`Reading`]).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use saphyr_parser::{Event, ScalarStyle, Tag};
@@ -87,8 +88,8 @@ struct Key {
 enum Frame {
     Map {
         map: Map<String, Value>,
-        /// Line of each key, to name the first when a key repeats.
-        lines: HashMap<String, usize>,
+        /// Where this mapping's keys start in [`Reader::keys`].
+        keys_from: usize,
         key: Option<Key>,
         /// Values of `<<` keys, merged in when the mapping ends.
         merges: Vec<Value>,
@@ -103,6 +104,10 @@ enum Frame {
 struct Reader {
     reading: Reading,
     frames: Vec<Frame>,
+    /// The keys of the open mappings with their lines, innermost mapping last, to name the first
+    /// of a repeated key ([`Reading::Resources`] only). One stack for all mappings: a map of lines
+    /// per mapping cost an allocation per mapping and per key.
+    keys: KeyStack,
     anchors: HashMap<usize, Node>,
     doc: Option<Value>,
     index: usize,
@@ -126,10 +131,23 @@ impl Reader {
         }
     }
 
+    /// Whether the next node is a key of the innermost mapping.
+    fn expects_key(&self) -> bool {
+        matches!(self.frames.last(), Some(Frame::Map { key: None, .. }))
+    }
+
     fn err(&self, line: usize, message: impl std::fmt::Display) -> ParseError {
         ParseError {
             index: self.index,
             message: format!("line {line}: {message}"),
+        }
+    }
+
+    /// Starts the next entry of the innermost mapping with a key that reads as its own text
+    /// (see [`is_text`]), or a merge key.
+    fn add_key(&mut self, text: String, merge: bool, line: usize) {
+        if let Some(Frame::Map { key, .. }) = self.frames.last_mut() {
+            *key = Some(Key { text, line, merge });
         }
     }
 
@@ -144,7 +162,7 @@ impl Reader {
             Some(Frame::Seq { items, .. }) => items.push(node.value),
             Some(Frame::Map {
                 map,
-                lines,
+                keys_from,
                 key,
                 merges,
                 ..
@@ -173,23 +191,61 @@ impl Reader {
                     });
                 }
                 Some(Key { merge: true, .. }) => merges.push(node.value),
-                Some(Key { text, line: at, .. }) => match lines.get(&text) {
-                    Some(first) if reading == Reading::Resources => {
-                        let first = *first;
+                Some(Key { text, line: at, .. }) => match reading {
+                    // Keys from `<<` join only when the mapping ends, so `map` holds exactly
+                    // the keys written so far.
+                    Reading::Resources if map.contains_key(&text) => {
+                        let first = self.keys.line_of(*keys_from, &text);
                         return Err(self.err(
                             at,
                             format!("mapping key {text:?} already defined at line {first}"),
                         ));
                     }
-                    Some(_) if matches!(reading, Reading::Patches | Reading::PatchEntry) => {}
+                    Reading::Resources => {
+                        self.keys.push(&text, at);
+                        map.insert(text, node.value);
+                    }
+                    Reading::Patches | Reading::PatchEntry if map.contains_key(&text) => {}
                     _ => {
-                        lines.insert(text.clone(), at);
                         map.insert(text, node.value);
                     }
                 },
             },
         }
         Ok(())
+    }
+}
+
+/// Key texts of the open mappings, each with its line, in one buffer.
+struct KeyStack {
+    text: String,
+    /// End of each key in `text`, and its line.
+    keys: Vec<(usize, usize)>,
+}
+
+impl KeyStack {
+    fn push(&mut self, key: &str, line: usize) {
+        self.text.push_str(key);
+        self.keys.push((self.text.len(), line));
+    }
+
+    /// Forgets the keys from index `from` on: their mapping ended.
+    fn truncate(&mut self, from: usize) {
+        self.keys.truncate(from);
+        let end = self.keys.last().map_or(0, |k| k.0);
+        self.text.truncate(end);
+    }
+
+    /// The line of `key` among the keys from index `from` on; 0 when it is not there.
+    fn line_of(&self, from: usize, key: &str) -> usize {
+        let mut start = from.checked_sub(1).map_or(0, |i| self.keys[i].0);
+        for &(end, line) in &self.keys[from..] {
+            if &self.text[start..end] == key {
+                return line;
+            }
+            start = end;
+        }
+        0
     }
 }
 
@@ -218,10 +274,21 @@ fn apply_merges(map: &mut Map<String, Value>, merges: Vec<Value>) -> Result<(), 
     Ok(())
 }
 
+/// Whether an untagged scalar's value is text equal to `text` itself, in which case it can be a
+/// map key as it is (go-yaml's JSON conversion included) without its value being built.
+fn is_text(text: &str, style: ScalarStyle, tag: Option<&Tag>, reading: Reading) -> bool {
+    let schema = schema_of(reading);
+    // A timestamp key is text too: v3 reads it as text (reformatted, but the key keeps what was
+    // written), v2 keeps it as written.
+    tag.is_none()
+        && (style != ScalarStyle::Plain
+            || matches!(resolve(text, schema), Plain::Str | Plain::Time))
+}
+
 /// A scalar's value: explicit standard tags decide, a custom tag keeps the text, else go-yaml's
-/// plain-scalar resolution.
+/// plain-scalar resolution. The text is taken owned so that a text value needs no copy.
 pub(super) fn scalar(
-    text: &str,
+    text: Cow<'_, str>,
     style: ScalarStyle,
     tag: Option<&Tag>,
     reading: Reading,
@@ -229,22 +296,22 @@ pub(super) fn scalar(
     if let Some(t) = tag {
         let standard = matches!(t.handle.as_str(), "tag:yaml.org,2002:" | "!!");
         if !standard {
-            return Ok(Value::String(text.to_owned()));
+            return Ok(Value::String(text.into_owned()));
         }
         match t.suffix.as_str() {
-            "str" => return Ok(Value::String(text.to_owned())),
+            "str" => return Ok(Value::String(text.into_owned())),
             // go-yaml decodes a binary scalar into the text of its bytes.
             "binary" => {
                 use base64::Engine as _;
                 let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(compact)
-                    .map_err(|_| ValueError::Binary(text.to_owned()))?;
+                    .map_err(|_| ValueError::Binary(text.to_string()))?;
                 return Ok(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
             }
             _ => {}
         }
-        let resolved = read_plain(text, reading)?;
+        let resolved = read_plain(&text, reading)?;
         let ok = match t.suffix.as_str() {
             "int" => resolved.is_i64() || resolved.is_u64(),
             "float" => resolved.is_number(),
@@ -256,26 +323,39 @@ pub(super) fn scalar(
             Ok(resolved)
         } else {
             Err(ValueError::Tag {
-                text: text.to_owned(),
+                text: text.into_owned(),
                 tag: t.suffix.clone(),
             })
         };
     }
     match style {
-        ScalarStyle::Plain => read_plain(text, reading),
-        _ => Ok(Value::String(text.to_owned())),
+        ScalarStyle::Plain => match resolve(&text, schema_of(reading)) {
+            Plain::Str | Plain::Merge => Ok(Value::String(text.into_owned())),
+            // go-yaml v2 hands a timestamp to the JSON conversion as the text it was.
+            Plain::Time if reading == Reading::JsonConverted => {
+                Ok(Value::String(text.into_owned()))
+            }
+            resolved => from_plain(&text, resolved),
+        },
+        _ => Ok(Value::String(text.into_owned())),
+    }
+}
+
+/// Which go-yaml reads plain scalars for a kind of file.
+fn schema_of(reading: Reading) -> Schema {
+    match reading {
+        Reading::JsonConverted => Schema::V2,
+        Reading::Resources | Reading::Patches | Reading::PatchEntry => Schema::V3,
     }
 }
 
 fn read_plain(text: &str, reading: Reading) -> Result<Value, ValueError> {
-    if reading == Reading::JsonConverted {
+    let resolved = resolve(text, schema_of(reading));
+    if reading == Reading::JsonConverted && resolved == Plain::Time {
         // go-yaml v2 hands a timestamp to the JSON conversion as the text it was.
-        return match resolve(text, Schema::V2) {
-            Plain::Time => Ok(Value::String(text.to_owned())),
-            resolved => from_plain(text, resolved),
-        };
+        return Ok(Value::String(text.to_owned()));
     }
-    plain(text)
+    from_plain(text, resolved)
 }
 
 /// go-yaml v3's reading of a plain scalar, as JSON.
@@ -302,6 +382,15 @@ pub fn documents(text: &str, reading: Reading) -> Result<Vec<Value>, ParseError>
     let mut r = Reader {
         reading,
         frames: Vec::new(),
+        keys: KeyStack {
+            // Room for the keys of a typical object, so the stack rarely grows.
+            text: String::with_capacity(if reading == Reading::Resources {
+                256
+            } else {
+                0
+            }),
+            keys: Vec::with_capacity(if reading == Reading::Resources { 32 } else { 0 }),
+        },
         anchors: HashMap::new(),
         doc: None,
         index: 0,
@@ -316,7 +405,9 @@ pub fn documents(text: &str, reading: Reading) -> Result<Vec<Value>, ParseError>
             line.starts_with("%YAML ") || line.starts_with("%TAG ")
         }
     };
-    if let Some((n, _)) = text.lines().enumerate().find(|(_, l)| refused(l)) {
+    // A directive starts a line with `%`: most files have none, and need no pass over their lines.
+    let has_percent_line = text.starts_with('%') || text.contains("\n%");
+    if has_percent_line && let Some((n, _)) = text.lines().enumerate().find(|(_, l)| refused(l)) {
         return Err(ParseError {
             index: 1,
             message: format!("line {}: YAML directives are not supported here", n + 1),
@@ -349,25 +440,36 @@ pub fn documents(text: &str, reading: Reading) -> Result<Vec<Value>, ParseError>
                 r.add(node, 0, line)?;
             }
             Event::Scalar(text, style, anchor, tag) => {
+                let merge = style == ScalarStyle::Plain && tag.is_none() && text == "<<";
+                let tag = tag.as_deref();
+                if anchor == 0 && r.expects_key() && (merge || is_text(&text, style, tag, reading))
+                {
+                    // A key that reads as its own text needs no value built to check it.
+                    r.add_key(text.into_owned(), merge, line);
+                    continue;
+                }
+                // Only a key or an anchored node needs its text besides its value.
+                let keep_text = anchor != 0 || r.expects_key();
+                let text_copy = keep_text.then(|| text.to_string());
                 let value = if r.at_annotation_value() {
                     // A patch deletes an annotation with null; any other value becomes its text.
-                    match scalar(&text, style, tag.as_deref(), r.reading) {
-                        Ok(Value::Null) if r.reading == Reading::PatchEntry => Value::Null,
-                        _ => Value::String(text.to_string()),
+                    match scalar(Cow::Borrowed(&text), style, tag, reading) {
+                        Ok(Value::Null) if reading == Reading::PatchEntry => Value::Null,
+                        _ => Value::String(text.into_owned()),
                     }
                 } else {
-                    scalar(&text, style, tag.as_deref(), r.reading).map_err(|m| r.err(line, m))?
+                    scalar(text, style, tag, reading).map_err(|m| r.err(line, m))?
                 };
                 let node = Node {
                     value,
-                    merge: style == ScalarStyle::Plain && tag.is_none() && text == "<<",
-                    text: Some(text.into_owned()),
+                    merge,
+                    text: text_copy,
                 };
                 r.add(node, anchor, line)?;
             }
             Event::MappingStart(anchor, _) => r.frames.push(Frame::Map {
                 map: Map::new(),
-                lines: HashMap::new(),
+                keys_from: r.keys.keys.len(),
                 key: None,
                 merges: Vec::new(),
                 anchor,
@@ -380,10 +482,12 @@ pub fn documents(text: &str, reading: Reading) -> Result<Vec<Value>, ParseError>
                 let (value, anchor) = match r.frames.pop().expect("the parser balances events") {
                     Frame::Map {
                         mut map,
+                        keys_from,
                         merges,
                         anchor,
                         ..
                     } => {
+                        r.keys.truncate(keys_from);
                         apply_merges(&mut map, merges).map_err(|m| r.err(line, m))?;
                         (Value::Object(map), anchor)
                     }

@@ -45,7 +45,12 @@ pub struct Scalar {
 impl Scalar {
     /// Its value as kustomize reads it in a file of the given kind.
     pub fn value(&self, reading: Reading) -> Result<Value, ValueError> {
-        scalar(&self.text, self.style, self.tag.as_ref(), reading)
+        scalar(
+            std::borrow::Cow::Borrowed(&self.text),
+            self.style,
+            self.tag.as_ref(),
+            reading,
+        )
     }
 
     /// Whether [`Scalar::source`] can stand as a value on a `key: value` line elsewhere and mean
