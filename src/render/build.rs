@@ -780,29 +780,48 @@ fn accumulate_resources(
     let mut seen = id_keys(acc);
     // Most entries are files of one object each.
     seen.reserve(entries.len());
-    for entry in entries {
-        let path = t.resolve(field, entry)?;
-        match ctx.fs.kind(&path) {
-            Ok(Some(EntryKind::File)) => {
-                let bytes = t.read_at(ctx, field, entry, &path)?;
-                let mut new = parse_resources(t, field, entry, &bytes)?;
-                ctx.objects.set(ctx.objects.get() + new.len());
-                if ctx.objects.get() > limits::MAX_OBJECTS {
-                    return Err(Error::TooManyObjects {
-                        file: t.file.clone(),
-                        field,
-                        entry: entry.clone(),
-                        max: limits::MAX_OBJECTS,
-                    });
+    let mut next = entries.iter();
+    loop {
+        // The files up to the next directory are read in order, then parsed together (in
+        // parallel when there are many) and added in order, so the first failing entry is
+        // still the one reported.
+        let mut files = Vec::new();
+        let mut stop = None;
+        for entry in next.by_ref() {
+            match resource_entry(ctx, t, field, entry) {
+                Ok(ResourceEntry::File(bytes)) => files.push((entry, bytes)),
+                Ok(ResourceEntry::Dir(path)) => {
+                    stop = Some((entry, Ok(path)));
+                    break;
                 }
-                if let Some(o) = t.origin_of(entry) {
-                    for r in &mut new {
-                        r.origin = Some(Value::String(format!("path: {o}\n")));
-                    }
+                Err(e) => {
+                    stop = Some((entry, Err(e)));
+                    break;
                 }
-                append_all(t, field, acc, &mut seen, new)?;
             }
-            Ok(Some(EntryKind::Dir)) => {
+        }
+        for ((entry, _), parsed) in files.iter().zip(parse_files(t, field, &files)) {
+            let mut new = parsed?;
+            ctx.objects.set(ctx.objects.get() + new.len());
+            if ctx.objects.get() > limits::MAX_OBJECTS {
+                return Err(Error::TooManyObjects {
+                    file: t.file.clone(),
+                    field,
+                    entry: (*entry).clone(),
+                    max: limits::MAX_OBJECTS,
+                });
+            }
+            if let Some(o) = t.origin_of(entry) {
+                for r in &mut new {
+                    r.origin = Some(Value::String(format!("path: {o}\n")));
+                }
+            }
+            append_all(t, field, acc, &mut seen, new)?;
+        }
+        match stop {
+            None => return Ok(()),
+            Some((_, Err(e))) => return Err(e),
+            Some((entry, Ok(path))) => {
                 let mut sub = load_target(ctx, &path).map_err(|e| match e {
                     Error::MissingKustomization { .. } => {
                         t.err(field, format!("accumulating resources: '{entry}': {e}"))
@@ -829,30 +848,84 @@ fn accumulate_resources(
                     acc.vars.push(v);
                 }
             }
-            Err(fs::Error::OutsideRoot { .. }) => {
-                return Err(Error::OutsideRoot {
-                    file: t.file.clone(),
-                    field,
-                    entry: entry.clone(),
-                });
-            }
-            _ if is_remote(entry) => {
-                return Err(Error::Refused {
-                    file: t.file.clone(),
-                    field,
-                    entry: entry.clone(),
-                    what: "remote resources",
-                });
-            }
-            _ => {
-                return Err(t.err(
-                    field,
-                    format!("accumulating resources: '{entry}': no such file or directory"),
-                ));
-            }
         }
     }
-    Ok(())
+}
+
+/// A `resources:` entry: a file's bytes (read under the load restrictor, decrypted), or the
+/// path of a kustomization directory.
+enum ResourceEntry {
+    File(Vec<u8>),
+    Dir(String),
+}
+
+fn resource_entry(
+    ctx: &Ctx,
+    t: &Target,
+    field: &'static str,
+    entry: &str,
+) -> Result<ResourceEntry, Error> {
+    let path = t.resolve(field, entry)?;
+    match ctx.fs.kind(&path) {
+        Ok(Some(EntryKind::File)) => Ok(ResourceEntry::File(t.read_at(ctx, field, entry, &path)?)),
+        Ok(Some(EntryKind::Dir)) => Ok(ResourceEntry::Dir(path)),
+        Err(fs::Error::OutsideRoot { .. }) => Err(Error::OutsideRoot {
+            file: t.file.clone(),
+            field,
+            entry: entry.to_owned(),
+        }),
+        _ if is_remote(entry) => Err(Error::Refused {
+            file: t.file.clone(),
+            field,
+            entry: entry.to_owned(),
+            what: "remote resources",
+        }),
+        _ => Err(t.err(
+            field,
+            format!("accumulating resources: '{entry}': no such file or directory"),
+        )),
+    }
+}
+
+/// Files a thread parses at least: below that, starting a thread costs more than it saves.
+const FILES_PER_THREAD: usize = 64;
+/// Threads one render parses with at most; the service runs several renders at once.
+const MAX_PARSE_THREADS: usize = 4;
+
+/// Each file's resources, in order. Parsing is most of a render's work when a repository
+/// keeps one object per file, and files parse independently.
+fn parse_files(
+    t: &Target,
+    field: &'static str,
+    files: &[(&String, Vec<u8>)],
+) -> Vec<Result<Vec<Resource>, Error>> {
+    let parse = |(entry, bytes): &(&String, Vec<u8>)| parse_resources(t, field, entry, bytes);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(MAX_PARSE_THREADS)
+        .min(files.len() / FILES_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return files.iter().map(parse).collect();
+    }
+    let chunk = files.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parse = &parse;
+        let mut chunks = files.chunks(chunk);
+        let first = chunks.next().unwrap_or_default();
+        let others: Vec<_> = chunks
+            .map(|c| scope.spawn(move || c.iter().map(parse).collect::<Vec<_>>()))
+            .collect();
+        let mut parsed: Vec<_> = first.iter().map(parse).collect();
+        for handle in others {
+            parsed.extend(
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        parsed
+    })
 }
 
 /// A generator or transformer named in `generators:`/`transformers:`: inline YAML or a file.

@@ -199,6 +199,12 @@ pub fn decrypt_with(
 /// `sops` key, counts as encrypted, so [`decrypt`] reports the problem instead of the
 /// ciphertext passing for plaintext.
 pub fn is_encrypted(bytes: &[u8], format: Format) -> bool {
+    // Every store names its metadata `sops` (`sops:`, `"sops"`, `[sops]`, `sops_…=`): without
+    // those four bytes there is nothing to find, and most files a render reads are plain, so
+    // they are spared a second parse.
+    if memchr::memmem::find(bytes, b"sops").is_none() {
+        return false;
+    }
     match load_encrypted(bytes, format, Path::new("")) {
         Ok(_) => true,
         Err(Error::NotEncrypted { .. }) => false,
