@@ -619,3 +619,36 @@ fn symlinks_are_resolved_before_the_load_restrictor_checks_them() {
         }
     }
 }
+
+#[test]
+fn among_many_files_the_first_broken_one_in_the_list_is_named_and_nothing_is_rendered() {
+    // Enough files that they are parsed on several threads; the broken ones sit in different
+    // threads' shares, and a directory entry splits the list as well.
+    let root = tempfile::tempdir().expect("temp dir");
+    let mut kustomization = String::from("resources:\n");
+    for i in 0..300 {
+        let text = match i {
+            170 | 40 => "kind: [unclosed\n".to_owned(),
+            _ => format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c{i}\n"),
+        };
+        let name = format!("c{i:03}.yaml");
+        write(root.path(), &[(&format!("app/{name}"), &text)]);
+        kustomization.push_str(&format!("- {name}\n"));
+        if i == 20 {
+            kustomization.push_str("- sub\n");
+        }
+    }
+    write(
+        root.path(),
+        &[
+            ("app/kustomization.yaml", &kustomization),
+            ("app/sub/kustomization.yaml", "resources: [one.yaml]\n"),
+            ("app/sub/one.yaml", CONFIG_MAP),
+        ],
+    );
+    let fs = DiskFs::new(root.path()).expect("root exists");
+    let err = render::render(&fs, "app", &Options::default()).expect_err("two files are broken");
+    let message = stagehand::error_chain::ErrorChain(&err).to_string();
+    assert!(message.contains("c040.yaml"), "{message}");
+    assert!(!message.contains("c170.yaml"), "{message}");
+}
