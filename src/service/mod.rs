@@ -799,10 +799,12 @@ async fn next_pass(
     seen: &mut u64,
 ) -> Option<EnvironmentStatus> {
     while status.changed().await.is_ok() {
-        let s = status.borrow_and_update().clone();
+        // A status changes several times per pass, and a copy of it holds every object: copy
+        // only the one that ends a pass.
+        let s = status.borrow_and_update();
         if s.passes != *seen {
             *seen = s.passes;
-            return Some(s);
+            return Some(s.clone());
         }
     }
     None
