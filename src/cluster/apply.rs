@@ -15,6 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::health::{self, Health};
 use super::inventory::Inventory;
+use super::object::at;
 use super::redact::Redactor;
 use super::{
     Connection, Error, FIELD_MANAGER, HASH_ANNOTATION, INVENTORY_LABEL, Object, ObjectKey,
@@ -554,14 +555,76 @@ async fn list(api: &Api<DynamicObject>, selector: &str) -> Result<Vec<Value>, ku
         let request = kube::core::Request::new(api.resource_url())
             .list(&params)
             .map_err(kube::Error::BuildRequest)?;
-        let mut page: Value = api.clone().into_client().request(request).await?;
-        if let Some(Value::Array(page_items)) = page.get_mut("items").map(Value::take) {
-            items.extend(page_items);
-        }
-        match page.pointer("/metadata/continue").and_then(Value::as_str) {
-            Some(token) if !token.is_empty() => params = params.continue_token(token),
+        let page: Page = api.clone().into_client().request(request).await?;
+        items.extend(page.items.into_iter().map(|item| item.0));
+        match page.metadata.continue_token {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
             _ => return Ok(items),
         }
+    }
+}
+
+/// One page of a list answer.
+#[derive(serde::Deserialize)]
+struct Page {
+    #[serde(default)]
+    items: Vec<ListedObject>,
+    #[serde(default)]
+    metadata: PageMetadata,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct PageMetadata {
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
+}
+
+/// A listed object without `metadata.managedFields`: nothing here reads them (drift compares
+/// the fields we declared), and they are often half of the object, parsed again on every pass.
+struct ListedObject(Value);
+
+impl<'de> serde::Deserialize<'de> for ListedObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_map(Skipping { at_top: true })
+            .map(ListedObject)
+    }
+}
+
+/// Builds an object, leaving out `managedFields` of its top-level `metadata`.
+struct Skipping {
+    at_top: bool,
+}
+
+impl<'de> serde::de::Visitor<'de> for Skipping {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a Kubernetes object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = match key.as_str() {
+                "metadata" if self.at_top => map.next_value_seed(Skipping { at_top: false })?,
+                "managedFields" if !self.at_top => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    continue;
+                }
+                _ => map.next_value()?,
+            };
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Skipping {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_map(self)
     }
 }
 
@@ -570,11 +633,10 @@ fn live_ref(value: &Value, resolved: &Resolved) -> Option<ObjectRef> {
         group: resolved.resource.group.clone(),
         version: resolved.resource.version.clone(),
         kind: resolved.resource.kind.clone(),
-        namespace: value
-            .pointer("/metadata/namespace")
+        namespace: at(value, &["metadata", "namespace"])
             .and_then(Value::as_str)
             .map(str::to_owned),
-        name: value.pointer("/metadata/name")?.as_str()?.to_owned(),
+        name: at(value, &["metadata", "name"])?.as_str()?.to_owned(),
     })
 }
 
@@ -597,9 +659,7 @@ fn with_type(value: &mut Value, resolved: &Resolved) {
 }
 
 fn hash_of(live: &Value) -> Option<&str> {
-    live.pointer("/metadata/annotations")?
-        .get(HASH_ANNOTATION)?
-        .as_str()
+    at(live, &["metadata", "annotations", HASH_ANNOTATION])?.as_str()
 }
 
 /// Server-side apply of `desired`, answered as plain JSON: going through `DynamicObject` costs
@@ -639,9 +699,7 @@ fn is_immutable(error: &kube::Error) -> bool {
 }
 
 fn owner_of(live: &Value) -> Option<&str> {
-    live.pointer("/metadata/labels")?
-        .get(INVENTORY_LABEL)?
-        .as_str()
+    at(live, &["metadata", "labels", INVENTORY_LABEL])?.as_str()
 }
 
 /// Whose `live` is, for an object the owner-selected list did not return: ours (`Ok(true)`),
@@ -758,7 +816,7 @@ async fn apply_one(ctx: &Context<'_>, p: Prepared, mut live: Option<Value>, abse
             Entry::new(reference.clone(), change, Some(applied))
         }
         Err(e) if is_immutable(&e) && options.recreate && !options.dry_run => {
-            let uid = live.pointer("/metadata/uid").and_then(Value::as_str);
+            let uid = at(&live, &["metadata", "uid"]).and_then(Value::as_str);
             match recreate(&api, &p, options, secret, uid).await {
                 Ok(applied) => Entry::new(reference.clone(), Change::Recreated, Some(applied)),
                 Err(error) => Entry::failed(reference.clone(), &error),
@@ -892,5 +950,29 @@ mod tests {
         assert_ne!(hash, other);
         let (_, restamped) = stamped(first);
         assert_eq!(hash, restamped);
+    }
+
+    #[test]
+    fn a_listed_page_keeps_everything_but_the_objects_managed_fields() {
+        let page = json!({
+            "metadata": {"continue": "next"},
+            "items": [{
+                "metadata": {"name": "a", "managedFields": [{"manager": "kubectl"}],
+                             "labels": {"managedFields": "kept"}},
+                "data": {"managedFields": "kept too"},
+                "spec": {"replicas": 2, "ratio": 0.5, "list": [1, "x", null, true]}
+            }]
+        });
+        let page: Page = serde_json::from_value(page).expect("a list page");
+        assert_eq!(page.metadata.continue_token.as_deref(), Some("next"));
+        let objects: Vec<Value> = page.items.into_iter().map(|o| o.0).collect();
+        assert_eq!(
+            objects,
+            vec![json!({
+                "metadata": {"name": "a", "labels": {"managedFields": "kept"}},
+                "data": {"managedFields": "kept too"},
+                "spec": {"replicas": 2, "ratio": 0.5, "list": [1, "x", null, true]}
+            })]
+        );
     }
 }

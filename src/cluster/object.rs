@@ -132,22 +132,27 @@ pub enum ObjectError {
     },
 }
 
+/// The field of `value` at `path`, one key per level. Unlike `Value::pointer` it allocates
+/// nothing, which shows when every object of every pass is looked into.
+pub(crate) fn at<'a>(value: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, key| v.get(key))
+}
+
 impl Object {
     /// Parses the reference out of a manifest; `index` names the object in errors, since a
     /// manifest without a name has nothing better to be called by.
     pub fn from_manifest(index: usize, manifest: Value) -> Result<Self, ObjectError> {
-        let text = |pointer: &str, field: &'static str| {
-            manifest
-                .pointer(pointer)
+        let text = |path: &[&str], field: &'static str| {
+            at(&manifest, path)
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .ok_or(ObjectError::MissingField { index, field })
         };
-        let api_version = text("/apiVersion", "apiVersion")?;
-        let kind = text("/kind", "kind")?;
-        let name = text("/metadata/name", "metadata.name")?;
-        let namespace = text("/metadata/namespace", "metadata.namespace").ok();
+        let api_version = text(&["apiVersion"], "apiVersion")?;
+        let kind = text(&["kind"], "kind")?;
+        let name = text(&["metadata", "name"], "metadata.name")?;
+        let namespace = text(&["metadata", "namespace"], "metadata.namespace").ok();
         let (group, version) = match api_version.split_once('/') {
             Some((g, v)) if !g.is_empty() && !v.is_empty() && !v.contains('/') => {
                 (g.to_owned(), v.to_owned())

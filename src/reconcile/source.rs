@@ -2,8 +2,9 @@
 //! environment's revision, render its directory straight from the object database, decrypting
 //! SOPS files on the way.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -29,6 +30,21 @@ pub struct GitSource {
     repository: git::Repository,
     identities: Arc<Identities>,
     fetch: Fetch,
+    renders: Arc<Renders>,
+}
+
+/// The last render of each environment that can be reused.
+#[derive(Default)]
+struct Renders(Mutex<HashMap<String, Rendered>>);
+
+/// An environment's last render that decrypted nothing: while its commit stays, a pass reuses
+/// the objects instead of rendering again (most passes of an idle service). A render that
+/// decrypted a file is never kept, so plaintext does not outlive its pass and a rotated key
+/// file is read again.
+struct Rendered {
+    commit: gix::ObjectId,
+    path: String,
+    objects: Arc<[Value]>,
 }
 
 impl GitSource {
@@ -44,7 +60,33 @@ impl GitSource {
             repository,
             identities,
             fetch,
+            renders: Arc::default(),
         }
+    }
+}
+
+impl Renders {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Rendered>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The objects `env` rendered to at `commit` from `path`, if they were kept.
+    fn get(&self, env: &str, commit: gix::ObjectId, path: &str) -> Option<Arc<[Value]>> {
+        self.lock()
+            .get(env)
+            .filter(|r| r.commit == commit && r.path == path)
+            .map(|r| r.objects.clone())
+    }
+
+    /// Keeps `rendered` as `env`'s last render, or forgets the one kept.
+    fn keep(&self, env: &str, rendered: Option<Rendered>) {
+        let mut renders = self.lock();
+        match rendered {
+            Some(rendered) => renders.insert(env.to_owned(), rendered),
+            None => renders.remove(env),
+        };
     }
 }
 
@@ -94,6 +136,7 @@ impl GitSource {
         let shared = self.identities.clone();
         let fetch = self.fetch;
         let name = env.name.clone();
+        let renders = self.renders.clone();
         let cancelled = Arc::new(AtomicBool::new(false));
         // A pass that times out drops this future; the render on the blocking thread then
         // stops at its next file instead of running on unobserved.
@@ -120,6 +163,14 @@ impl GitSource {
             let tree = repository
                 .tree(commit)
                 .map_err(|e| failed(SourceStage::Fetch, Some(commit.to_string()), e))?;
+            if let Some(objects) = renders.get(&name, commit, &path) {
+                return Ok(Desired {
+                    revision: commit.to_string(),
+                    objects: objects.to_vec(),
+                    tainted: secrets::Tainted::default(),
+                });
+            }
+            let commit_id = commit;
             let commit = commit.to_string();
             // Read on every pass, so a rotated key file takes effect without a restart.
             let identities = identities_of(&decryption, shared)
@@ -146,9 +197,16 @@ impl GitSource {
                     Some(_) => failed(SourceStage::Decrypt, Some(commit.clone()), e),
                     None => failed(SourceStage::Render, Some(commit.clone()), e),
                 })?;
+            let objects: Vec<Value> = objects.into_iter().map(Value::Object).collect();
+            let kept = (!decrypt.decrypted_any()).then(|| Rendered {
+                commit: commit_id,
+                path,
+                objects: objects.as_slice().into(),
+            });
+            renders.keep(&name, kept);
             Ok(Desired {
                 revision: commit,
-                objects: objects.into_iter().map(Value::Object).collect(),
+                objects,
                 tainted: decrypt.tainted(),
             })
         })
@@ -411,5 +469,123 @@ mod tests {
         assert!(chain.contains("cancelled"), "{chain}");
         assert_eq!(counting.reads.load(Ordering::Relaxed), 3);
         std::fs::remove_dir_all(&dir).expect("cleaned up");
+    }
+
+    fn git(dir: &std::path::Path, args: &[&str]) {
+        let status = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .status()
+            .expect("git runs");
+        assert!(status.success(), "git {args:?}");
+    }
+
+    /// The demo pipeline with a key file per environment, committed to a fresh repository.
+    fn demo(dir: &std::path::Path) -> (Arc<Pipeline>, git::Repository) {
+        let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("environments");
+        let status = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&demo)
+            .arg(dir.join("repo"))
+            .status()
+            .expect("cp runs");
+        assert!(status.success());
+        let repo = dir.join("repo");
+        let file = repo.join("pipeline.yaml");
+        let text = std::fs::read_to_string(&file).expect("pipeline");
+        std::fs::write(
+            &file,
+            text.replace("spec:\n", "spec:\n  decryption: {ageKeysDir: keys}\n"),
+        )
+        .expect("write");
+        git(&repo, &["init", "-q", "-b", "main"]);
+        git(&repo, &["add", "-A"]);
+        git(&repo, &["commit", "-q", "-m", "demo"]);
+        let pipeline = Pipeline::load(&file).expect("the demo pipeline is valid");
+        let url = git::RemoteUrl::new(pipeline.repository.resolved_url(&file));
+        let repository = git::Repository::open(&dir.join("state"), url, git::Credentials::None)
+            .expect("the repository cache opens");
+        (Arc::new(pipeline), repository)
+    }
+
+    fn kept(source: &GitSource, env: &str) -> Option<gix::ObjectId> {
+        source.renders.lock().get(env).map(|r| r.commit)
+    }
+
+    #[tokio::test]
+    async fn a_render_is_reused_only_at_its_commit_and_never_when_it_decrypted_a_file() {
+        use age::secrecy::ExposeSecret as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (pipeline, repository) = demo(dir.path());
+        let dev = pipeline.environment("dev").expect("dev").clone();
+        let source = GitSource::new(
+            pipeline,
+            repository,
+            Arc::new(Identities::new()),
+            Fetch::BeforeEachRead,
+        );
+        let repo = dir.path().join("repo");
+        let key = repo.join("keys/dev.agekey");
+
+        // Dev's Secret is decrypted with dev's key: nothing is kept, so the key file is read
+        // on every pass and a wrong key fails the next one.
+        let first = source.desired(&dev).await.expect("dev renders");
+        assert!(first.objects.iter().any(|o| o["kind"] == "Secret"));
+        assert_eq!(kept(&source, "dev"), None);
+        let right_key = std::fs::read(&key).expect("dev's key");
+        std::fs::write(
+            &key,
+            age::x25519::Identity::generate()
+                .to_string()
+                .expose_secret(),
+        )
+        .expect("write");
+        let error = source.desired(&dev).await.expect_err("a wrong key fails");
+        assert_eq!(error.stage, SourceStage::Decrypt);
+        std::fs::write(&key, right_key).expect("write");
+
+        // Without SOPS files the render is kept for its commit, and a new commit renders again.
+        let kustomization = repo.join("dev/kustomization.yaml");
+        let text = std::fs::read_to_string(&kustomization).expect("kustomization");
+        std::fs::write(&kustomization, text.replace("  - db.sops.yaml\n", "")).expect("write");
+        git(&repo, &["commit", "-q", "-am", "dev without its Secret"]);
+        let plain = source.desired(&dev).await.expect("dev renders");
+        assert_eq!(
+            kept(&source, "dev").map(|c| c.to_string()),
+            Some(plain.revision.clone())
+        );
+        let again = source.desired(&dev).await.expect("dev renders");
+        assert_eq!(
+            (&again.revision, &again.objects),
+            (&plain.revision, &plain.objects)
+        );
+        std::fs::write(
+            &kustomization,
+            text.replace("  - db.sops.yaml\n", "")
+                .replace("count: 1", "count: 3"),
+        )
+        .expect("write");
+        git(&repo, &["commit", "-q", "-am", "dev: three web replicas"]);
+        let changed = source.desired(&dev).await.expect("dev renders");
+        assert_ne!(changed.revision, plain.revision);
+        let replicas = |d: &Desired| {
+            d.objects
+                .iter()
+                .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "web")
+                .map(|o| o["spec"]["replicas"].clone())
+        };
+        assert_eq!(replicas(&changed), Some(serde_json::json!(3)));
+        assert_eq!(
+            kept(&source, "dev").map(|c| c.to_string()),
+            Some(changed.revision)
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::secrets::{self, Format, Identities, Tainted};
 
@@ -10,6 +11,7 @@ use crate::secrets::{self, Format, Identities, Tainted};
 pub struct SopsDecrypt<'a> {
     identities: &'a Identities,
     tainted: Mutex<Tainted>,
+    decrypted: AtomicBool,
 }
 
 impl<'a> SopsDecrypt<'a> {
@@ -18,7 +20,13 @@ impl<'a> SopsDecrypt<'a> {
         Self {
             identities,
             tainted: Mutex::new(Tainted::default()),
+            decrypted: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the render decrypted any file (even one whose values are too short to taint).
+    pub fn decrypted_any(&self) -> bool {
+        self.decrypted.load(Ordering::Relaxed)
     }
 
     /// The values decrypted so far, wherever the render put them.
@@ -38,6 +46,7 @@ impl super::Decrypt for SopsDecrypt<'_> {
         }
         // The error names the file and key path, never a value (secrets' own guarantee).
         let plain = secrets::decrypt(content, format, self.identities, path)?;
+        self.decrypted.store(true, Ordering::Relaxed);
         self.tainted
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -777,37 +777,78 @@ async fn watch_alerts(
 /// the objects found drifted.
 async fn count_passes(mut status: watch::Receiver<EnvironmentStatus>, metrics: Arc<Metrics>) {
     let mut passes = status.borrow_and_update().passes;
-    while let Some(s) = next_pass(&mut status, &mut passes).await {
+    let read = |s: &EnvironmentStatus| {
         let took = s
             .last_attempt
             .and_then(|started| started.elapsed().ok())
             .unwrap_or_default();
-        metrics.pass(&s.environment, s.reason.as_str(), took);
+        (s.environment.clone(), s.reason, took, s.drift.len())
+    };
+    while let Some((environment, reason, took, drifted)) =
+        next_pass(&mut status, &mut passes, read).await
+    {
+        metrics.pass(&environment, reason.as_str(), took);
         metrics
             .drifted_objects
-            .get_or_create(&crate::metrics::EnvironmentLabels {
-                environment: s.environment.clone(),
-            })
-            .set(i64::try_from(s.drift.len()).unwrap_or(i64::MAX));
+            .get_or_create(&crate::metrics::EnvironmentLabels { environment })
+            .set(i64::try_from(drifted).unwrap_or(i64::MAX));
     }
 }
 
-/// The status after the next pass that finishes beyond `seen` passes; `None` once the loop is
-/// gone.
-async fn next_pass(
+/// What `read` takes from the status that ends the next pass beyond `seen` passes; `None`
+/// once the loop is gone.
+async fn next_pass<T>(
     status: &mut watch::Receiver<EnvironmentStatus>,
     seen: &mut u64,
-) -> Option<EnvironmentStatus> {
+    read: impl Fn(&EnvironmentStatus) -> T,
+) -> Option<T> {
     while status.changed().await.is_ok() {
-        // A status changes several times per pass, and a copy of it holds every object: copy
-        // only the one that ends a pass.
+        // A status changes several times per pass and holds every object: read only the one
+        // that ends a pass, in place rather than from a copy.
         let s = status.borrow_and_update();
         if s.passes != *seen {
             *seen = s.passes;
-            return Some(s.clone());
+            return Some(read(&s));
         }
     }
     None
+}
+
+/// The sync record of the pass that ended in `s`.
+fn sync_run(s: &EnvironmentStatus) -> store::SyncRun {
+    let finished_at = SystemTime::now();
+    let applied = s.applied_revision.is_some() && s.applied_revision == s.attempted_revision;
+    let mut counts = store::SyncCounts::default();
+    for object in &s.objects {
+        use crate::cluster::apply::Change;
+        match object.change {
+            Change::Created => counts.created += 1,
+            Change::Adopted => counts.adopted += 1,
+            Change::Configured { .. } | Change::Recreated | Change::Healed { .. } => {
+                counts.changed += 1
+            }
+            Change::Drifted { .. } => counts.drifted += 1,
+            Change::Unchanged | Change::Failed { .. } => {}
+        }
+    }
+    counts.pruned = u32::try_from(
+        s.pruned
+            .iter()
+            .filter(|p| p.outcome == crate::cluster::prune::Outcome::Deleted)
+            .count(),
+    )
+    .unwrap_or(u32::MAX);
+    store::SyncRun {
+        environment: s.environment.clone(),
+        revision: s.attempted_revision.clone().unwrap_or_default(),
+        started_at: s.last_attempt.unwrap_or(finished_at),
+        finished_at,
+        result: s.reason.as_str().to_owned(),
+        message: s.message.clone(),
+        trigger: "pass".to_owned(),
+        applied,
+        counts,
+    }
 }
 
 /// The status an environment starts with after a restart: what the store remembers of it.
@@ -835,51 +876,20 @@ fn restore(env: &Environment, record: &store::EnvironmentRecord) -> EnvironmentS
 /// fails is logged; reconciliation goes on.
 async fn record_passes(mut status: watch::Receiver<EnvironmentStatus>, store: Arc<dyn Store>) {
     let mut passes = status.borrow_and_update().passes;
-    while let Some(s) = next_pass(&mut status, &mut passes).await {
-        let finished_at = SystemTime::now();
-        let applied = s.applied_revision.is_some() && s.applied_revision == s.attempted_revision;
-        let mut counts = store::SyncCounts::default();
-        for object in &s.objects {
-            use crate::cluster::apply::Change;
-            match object.change {
-                Change::Created => counts.created += 1,
-                Change::Adopted => counts.adopted += 1,
-                Change::Configured { .. } | Change::Recreated | Change::Healed { .. } => {
-                    counts.changed += 1
-                }
-                Change::Drifted { .. } => counts.drifted += 1,
-                Change::Unchanged | Change::Failed { .. } => {}
-            }
-        }
-        counts.pruned = u32::try_from(
-            s.pruned
-                .iter()
-                .filter(|p| p.outcome == crate::cluster::prune::Outcome::Deleted)
-                .count(),
-        )
-        .unwrap_or(u32::MAX);
-        let run = store::SyncRun {
-            environment: s.environment.clone(),
-            revision: s.attempted_revision.clone().unwrap_or_default(),
-            started_at: s.last_attempt.unwrap_or(finished_at),
-            finished_at,
-            result: s.reason.as_str().to_owned(),
-            message: s.message.clone(),
-            trigger: "pass".to_owned(),
-            applied,
-            counts,
-        };
+    let read = |s: &EnvironmentStatus| (sync_run(s), serde_json::value::to_raw_value(s));
+    while let Some((run, json)) = next_pass(&mut status, &mut passes, read).await {
+        let environment = run.environment.clone();
         if let Err(error) = store.record_sync(run).await {
-            tracing::warn!(environment = %s.environment, error = %describe(&error), "cannot record the pass");
+            tracing::warn!(%environment, error = %describe(&error), "cannot record the pass");
         }
-        match serde_json::to_value(&s) {
-            Ok(value) => {
-                if let Err(error) = store.save_status(&s.environment, value).await {
-                    tracing::warn!(environment = %s.environment, error = %describe(&error), "cannot save the status");
+        match json {
+            Ok(json) => {
+                if let Err(error) = store.save_status(&environment, json).await {
+                    tracing::warn!(%environment, error = %describe(&error), "cannot save the status");
                 }
             }
             Err(error) => {
-                tracing::warn!(environment = %s.environment, %error, "cannot serialise the status")
+                tracing::warn!(%environment, %error, "cannot serialise the status")
             }
         }
     }

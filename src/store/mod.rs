@@ -120,7 +120,11 @@ pub trait Store: Send + Sync {
     /// at once, and a crash of the machine once a later promotion, approval, audit or
     /// suspension write syncs them: the next reconcile pass writes them again anyway, and a
     /// disk sync per environment per pass would be the service's largest cost.
-    async fn save_status(&self, environment: &str, status: serde_json::Value) -> Result<()>;
+    async fn save_status(
+        &self,
+        environment: &str,
+        status: Box<serde_json::value::RawValue>,
+    ) -> Result<()>;
 
     /// Records a finished sync pass; when it applied its revision, that becomes the environment's
     /// applied revision in the same transaction. A pass that changed nothing and ended like the

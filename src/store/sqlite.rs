@@ -560,9 +560,13 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn save_status(&self, environment: &str, status: serde_json::Value) -> Result<()> {
+    async fn save_status(
+        &self,
+        environment: &str,
+        status: Box<serde_json::value::RawValue>,
+    ) -> Result<()> {
         let environment = environment.to_owned();
-        let status = status.to_string();
+        let status = status.get().to_owned();
         self.call_with(Durability::Relaxed, move |conn, path| {
             conn.prepare_cached(
                 "INSERT INTO environment (name, status) VALUES (?1, ?2)

@@ -98,7 +98,10 @@ async fn write_everything(store: &dyn Store) -> Result<String, store::Error> {
     store
         .save_status(
             "dev",
-            serde_json::json!({"reason": "Succeeded", "objects": 3}),
+            serde_json::value::to_raw_value(
+                &serde_json::json!({"reason": "Succeeded", "objects": 3}),
+            )
+            .expect("JSON"),
         )
         .await?;
     store
