@@ -380,11 +380,7 @@ struct Authenticated(Arc<Identity>);
 
 /// The SHA-256 of a token, as the tokens file lists it (64 lowercase hex digits).
 pub fn hash_token(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,7 +18,7 @@ use super::inventory::Inventory;
 use super::object::at;
 use super::redact::Redactor;
 use super::{
-    Connection, Error, FIELD_MANAGER, HASH_ANNOTATION, INVENTORY_LABEL, Object, ObjectKey,
+    Connection, Error, KeyRef, FIELD_MANAGER, HASH_ANNOTATION, INVENTORY_LABEL, Object, ObjectKey,
     ObjectRef, Resolved, Stage, api_error, diff, normalize,
 };
 
@@ -223,7 +223,7 @@ pub async fn apply(
     redactor: &Redactor,
     previous: &Inventory,
 ) -> ChangeSet {
-    let previous: HashSet<ObjectKey> = previous.entries().iter().map(ObjectRef::key).collect();
+    let previous: HashSet<KeyRef> = previous.entries().iter().map(ObjectRef::key_ref).collect();
     let ctx = Context {
         conn,
         options,
@@ -293,7 +293,7 @@ struct Context<'a> {
     conn: &'a Connection,
     options: &'a Options,
     redactor: &'a Redactor,
-    previous: &'a HashSet<ObjectKey>,
+    previous: &'a HashSet<KeyRef<'a>>,
     /// Namespaces a dry run would create.
     new_namespaces: &'a HashSet<String>,
 }
@@ -428,12 +428,9 @@ fn stamp(object: &mut Object, owner: &str) -> String {
             meta.remove("annotations");
         }
     }
-    let bytes = serde_json::to_vec(&*manifest).expect("a JSON value always serialises");
-    let hash: String = Sha256::digest(&bytes)
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let mut hasher = HashWriter(Sha256::new());
+    serde_json::to_writer(&mut hasher, &*manifest).expect("a JSON value always serialises");
+    let hash = hex::encode(&hasher.0.finalize()[..16]);
     let meta = manifest
         .get_mut("metadata")
         .and_then(Value::as_object_mut)
@@ -445,6 +442,20 @@ fn stamp(object: &mut Object, owner: &str) -> String {
         annotations.insert(HASH_ANNOTATION.into(), Value::String(hash.clone()));
     }
     hash
+}
+
+/// Feeds what is written to a hash, so that an object is hashed without being copied first.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 type ListKey = (String, String, Option<String>);
@@ -497,11 +508,11 @@ async fn list_live(
     conn: &Connection,
     prepared: &[Prepared],
     owner: &str,
-    previous: &HashSet<ObjectKey>,
+    previous: &HashSet<KeyRef<'_>>,
 ) -> Listed {
     let mut groups: HashMap<ListKey, (&Resolved, bool)> = HashMap::new();
     for p in prepared {
-        let new = !previous.contains(&p.object.reference().key());
+        let new = !previous.contains(&p.object.reference().key_ref());
         let group = groups.entry(list_key(p)).or_insert((&p.resolved, false));
         group.1 |= new && p.list_key.2.is_some();
     }
@@ -527,8 +538,8 @@ async fn list_live(
             Ok(items) => {
                 for mut value in items {
                     with_type(&mut value, resolved);
-                    if let Some(reference) = live_ref(&value, resolved) {
-                        live.insert(reference.key(), value);
+                    if let Some(key) = live_key(&value, resolved) {
+                        live.insert(key, value);
                     }
                 }
             }
@@ -628,10 +639,9 @@ impl<'de> serde::de::DeserializeSeed<'de> for Skipping {
     }
 }
 
-fn live_ref(value: &Value, resolved: &Resolved) -> Option<ObjectRef> {
-    Some(ObjectRef {
+fn live_key(value: &Value, resolved: &Resolved) -> Option<ObjectKey> {
+    Some(ObjectKey {
         group: resolved.resource.group.clone(),
-        version: resolved.resource.version.clone(),
         kind: resolved.resource.kind.clone(),
         namespace: at(value, &["metadata", "namespace"])
             .and_then(Value::as_str)
@@ -712,7 +722,7 @@ fn ownership(ctx: &Context<'_>, reference: &ObjectRef, live: &Value) -> Result<b
             object: reference.to_string(),
             owner: owner.to_owned(),
         }),
-        None if ctx.previous.contains(&reference.key()) => Ok(true),
+        None if ctx.previous.contains(&reference.key_ref()) => Ok(true),
         None if ctx.options.adopt => Ok(false),
         None => Err(Error::Unmanaged {
             object: reference.to_string(),
@@ -765,7 +775,7 @@ async fn apply_one(ctx: &Context<'_>, p: Prepared, mut live: Option<Value>, abse
     }
     let Some(live) = live else {
         // Applied by an earlier sync and gone now: someone deleted it.
-        let deleted = ctx.previous.contains(&reference.key());
+        let deleted = ctx.previous.contains(&reference.key_ref());
         if deleted && (!options.self_heal || options.dry_run) {
             let fields = vec![DELETED.to_owned()];
             return Entry::new(reference.clone(), Change::Drifted { fields }, None);

@@ -74,7 +74,7 @@ pub fn load_or_create(state_dir: &Path) -> Result<InstallationId, Error> {
         .secure_random
         .fill(&mut bytes)
         .map_err(|_| Error::Random)?;
-    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let id = hex::encode(bytes);
     let mut aside = tempfile_in(state_dir).map_err(io("write"))?;
     aside
         .1

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use super::object::{ObjectKey, ObjectRef};
+use super::object::{KeyRef, ObjectKey, ObjectRef};
 use super::{Error, FIELD_MANAGER, api_error};
 
 /// The objects of one environment, in apply order, and which of them were adopted (they existed
@@ -30,9 +30,12 @@ impl Inventory {
     /// An inventory of `refs`, sorted into apply order (stable, so that objects of one stage
     /// keep their order); a reference listed twice is kept once.
     pub fn new(refs: impl IntoIterator<Item = ObjectRef>) -> Self {
-        let mut seen = HashSet::new();
-        let mut entries: Vec<ObjectRef> =
-            refs.into_iter().filter(|r| seen.insert(r.key())).collect();
+        let mut entries: Vec<ObjectRef> = refs.into_iter().collect();
+        let mut seen = HashSet::with_capacity(entries.len());
+        let first: Vec<bool> = entries.iter().map(|r| seen.insert(r.key_ref())).collect();
+        drop(seen);
+        let mut first = first.into_iter();
+        entries.retain(|_| first.next().unwrap_or(false));
         entries.sort_by_key(ObjectRef::stage);
         Self {
             entries,
@@ -42,9 +45,13 @@ impl Inventory {
 
     /// `self` with `adopted` marked as adopted; keys of objects it does not hold are ignored.
     pub fn with_adopted<'a>(mut self, adopted: impl IntoIterator<Item = &'a ObjectKey>) -> Self {
-        let held: HashSet<ObjectKey> = self.entries.iter().map(ObjectRef::key).collect();
-        self.adopted
-            .extend(adopted.into_iter().filter(|k| held.contains(*k)).cloned());
+        let held: HashSet<KeyRef> = self.entries.iter().map(ObjectRef::key_ref).collect();
+        self.adopted.extend(
+            adopted
+                .into_iter()
+                .filter(|k| held.contains(&k.as_ref()))
+                .cloned(),
+        );
         self
     }
 
@@ -75,17 +82,17 @@ impl Inventory {
 
     /// Whether the object is tracked.
     pub fn contains(&self, key: &ObjectKey) -> bool {
-        self.entries.iter().any(|e| &e.key() == key)
+        self.entries.iter().any(|e| e.key_ref() == key.as_ref())
     }
 
     /// The objects of `self` (the last sync) that `next` no longer has, in reverse apply order:
     /// what to prune, in the order to prune it.
     pub fn diff(&self, next: &Inventory) -> Vec<ObjectRef> {
-        let keep: HashSet<ObjectKey> = next.entries.iter().map(ObjectRef::key).collect();
+        let keep: HashSet<KeyRef> = next.entries.iter().map(ObjectRef::key_ref).collect();
         self.entries
             .iter()
             .rev()
-            .filter(|e| !keep.contains(&e.key()))
+            .filter(|e| !keep.contains(&e.key_ref()))
             .cloned()
             .collect()
     }

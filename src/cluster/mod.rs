@@ -47,7 +47,7 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::discovery::{ApiCapabilities, Scope};
 
-pub use object::{Object, ObjectError, ObjectKey, ObjectRef, Stage};
+pub use object::{KeyRef, Object, ObjectError, ObjectKey, ObjectRef, Stage};
 
 use crate::pipeline;
 

@@ -41,6 +41,27 @@ pub struct ObjectKey {
     pub name: String,
 }
 
+/// [`ObjectKey`] borrowed from an [`ObjectRef`] or an [`ObjectKey`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyRef<'a> {
+    group: &'a str,
+    kind: &'a str,
+    namespace: Option<&'a str>,
+    name: &'a str,
+}
+
+impl ObjectKey {
+    /// The same identity, borrowed.
+    pub fn as_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            group: &self.group,
+            kind: &self.kind,
+            namespace: self.namespace.as_deref(),
+            name: &self.name,
+        }
+    }
+}
+
 impl ObjectRef {
     /// `group/version`, or the version alone for the core group.
     pub fn api_version(&self) -> String {
@@ -58,6 +79,17 @@ impl ObjectRef {
             kind: self.kind.clone(),
             namespace: self.namespace.clone(),
             name: self.name.clone(),
+        }
+    }
+
+    /// The identity without the version, borrowed: for the sets a pass builds over hundreds
+    /// of objects, where [`ObjectRef::key`]'s copies would cost more than the lookups.
+    pub fn key_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            group: &self.group,
+            kind: &self.kind,
+            namespace: self.namespace.as_deref(),
+            name: &self.name,
         }
     }
 
@@ -117,7 +149,7 @@ pub struct Object {
 }
 
 /// A manifest that cannot be an object.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 // Each variant is described by its message, and its fields by the names the message uses.
 #[allow(missing_docs)]
 pub enum ObjectError {
@@ -174,21 +206,27 @@ impl Object {
 
     /// Parses a list of manifests, rejecting an object listed twice.
     pub fn from_manifests(manifests: Vec<Value>) -> Result<Vec<Self>, ObjectError> {
-        let mut seen = std::collections::HashSet::new();
-        manifests
+        let parsed: Vec<Result<Self, ObjectError>> = manifests
             .into_iter()
             .enumerate()
-            .map(|(index, m)| {
-                let object = Self::from_manifest(index, m)?;
-                if !seen.insert(object.reference.key()) {
+            .map(|(index, m)| Self::from_manifest(index, m))
+            .collect();
+        // The first problem in list order is the one reported.
+        let mut seen = std::collections::HashSet::with_capacity(parsed.len());
+        for (index, object) in parsed.iter().enumerate() {
+            match object {
+                Err(e) => return Err(e.clone()),
+                Ok(o) if !seen.insert(o.reference.key_ref()) => {
                     return Err(ObjectError::Duplicate {
                         index,
-                        reference: Box::new(object.reference),
+                        reference: Box::new(o.reference.clone()),
                     });
                 }
-                Ok(object)
-            })
-            .collect()
+                Ok(_) => {}
+            }
+        }
+        drop(seen);
+        Ok(parsed.into_iter().flatten().collect())
     }
 
     /// Which object.

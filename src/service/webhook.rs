@@ -81,13 +81,7 @@ impl WebhookSecret {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC accepts a key of any length");
         mac.update(body);
-        let hex: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("sha256={hex}")
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
     }
 
     /// Checks a request's headers (looked up case-insensitively by `header`) against its body.

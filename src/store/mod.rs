@@ -724,9 +724,5 @@ pub fn new_promotion_id() -> String {
     let mut random = [0u8; 6];
     getrandom::fill(&mut random).expect("the operating system provides random bytes");
     let millis = sqlite::to_millis(SystemTime::now()) & 0xffff_ffff_ffff;
-    let mut id = format!("{millis:012x}");
-    for byte in random {
-        id.push_str(&format!("{byte:02x}"));
-    }
-    id
+    format!("{millis:012x}{}", hex::encode(random))
 }
