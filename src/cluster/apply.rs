@@ -18,7 +18,7 @@ use super::inventory::Inventory;
 use super::object::at;
 use super::redact::Redactor;
 use super::{
-    Connection, Error, KeyRef, FIELD_MANAGER, HASH_ANNOTATION, INVENTORY_LABEL, Object, ObjectKey,
+    Connection, Error, FIELD_MANAGER, HASH_ANNOTATION, INVENTORY_LABEL, KeyRef, Object, ObjectKey,
     ObjectRef, Resolved, Stage, api_error, diff, normalize,
 };
 
