@@ -537,7 +537,9 @@ fn parse_resources(
         path: path.to_owned(),
         source,
     })?;
-    let mut out = Vec::new();
+    // Nearly every document is one object: the default room for four would hold hundreds of
+    // unused bytes per file until the resources are added to the render's list.
+    let mut out = Vec::with_capacity(docs.len());
     for d in docs {
         collect_objects(t, field, path, d, &mut out)?;
     }
