@@ -889,11 +889,6 @@ fn resource_entry(
     }
 }
 
-/// Files a thread parses at least: below that, starting a thread costs more than it saves.
-const FILES_PER_THREAD: usize = 64;
-/// Threads one render parses with at most; the service runs several renders at once.
-const MAX_PARSE_THREADS: usize = 4;
-
 /// Each file's resources, in order. Parsing is most of a render's work when a repository
 /// keeps one object per file, and files parse independently.
 fn parse_files(
@@ -902,32 +897,10 @@ fn parse_files(
     files: &[(&String, Vec<u8>)],
 ) -> Vec<Result<Vec<Resource>, Error>> {
     let parse = |(entry, bytes): &(&String, Vec<u8>)| parse_resources(t, field, entry, bytes);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_PARSE_THREADS)
-        .min(files.len() / FILES_PER_THREAD)
-        .max(1);
-    if threads == 1 {
-        return files.iter().map(parse).collect();
-    }
-    let chunk = files.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let parse = &parse;
-        let mut chunks = files.chunks(chunk);
-        let first = chunks.next().unwrap_or_default();
-        let others: Vec<_> = chunks
-            .map(|c| scope.spawn(move || c.iter().map(parse).collect::<Vec<_>>()))
-            .collect();
-        let mut parsed: Vec<_> = first.iter().map(parse).collect();
-        for handle in others {
-            parsed.extend(
-                handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            );
-        }
-        parsed
-    })
+    super::in_chunks(files, |chunk| chunk.iter().map(parse).collect::<Vec<_>>())
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// A generator or transformer named in `generators:`/`transformers:`: inline YAML or a file.
