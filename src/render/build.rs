@@ -21,7 +21,7 @@ use crate::yaml::{self, Reading};
 const BUILTIN_OPENAPI_VERSION: &str = "v1.21.2";
 
 struct Ctx<'a> {
-    fs: &'a dyn FileSystem,
+    fs: &'a limits::Limited<'a>,
     opts: &'a Options<'a>,
     /// Kustomization directories being built, to refuse cycles.
     stack: std::cell::RefCell<Vec<String>>,
@@ -381,8 +381,15 @@ impl Target {
         })
     }
 
-    fn restricted(&self, ctx: &Ctx, field: &'static str, path: &str) -> Result<(), Error> {
-        if ctx.opts.load_restrictor == LoadRestrictor::None {
+    /// Refuses `path` when the load restrictor keeps this kustomization from reading it.
+    fn restricted(
+        &self,
+        fs: &dyn FileSystem,
+        restrictor: LoadRestrictor,
+        field: &'static str,
+        path: &str,
+    ) -> Result<(), Error> {
+        if restrictor == LoadRestrictor::None {
             return Ok(());
         }
         let inside = |dir: &str, path: &str| {
@@ -403,7 +410,7 @@ impl Target {
         // Symlinks resolved, as kustomize does: a link inside the directory that points out of
         // it would otherwise read another kustomization's (or another environment's) files.
         let real = |p: &str| {
-            ctx.fs.real_path(p).map_err(|source| Error::Read {
+            fs.real_path(p).map_err(|source| Error::Read {
                 file: self.file.clone(),
                 field,
                 entry: p.to_owned(),
@@ -441,26 +448,44 @@ impl Target {
         entry: &str,
         path: &str,
     ) -> Result<Vec<u8>, Error> {
-        self.restricted(ctx, field, path)?;
-        let bytes = ctx.fs.read_file(path).map_err(|source| Error::Read {
+        self.restricted(ctx.fs, ctx.opts.load_restrictor, field, path)?;
+        let bytes = ctx
+            .fs
+            .read_file(path)
+            .map_err(|source| self.read_error(field, entry, source))?;
+        Ok(self
+            .decrypt(ctx, field, entry, path, &bytes)?
+            .unwrap_or(bytes))
+    }
+
+    fn read_error(&self, field: &'static str, entry: &str, source: fs::Error) -> Error {
+        Error::Read {
             file: self.file.clone(),
             field,
             entry: entry.to_owned(),
             source,
-        })?;
-        match ctx.opts.decrypt {
-            Some(d) => match d.decrypt(path, &bytes) {
-                Ok(Some(plain)) => Ok(plain),
-                Ok(None) => Ok(bytes),
-                Err(source) => Err(Error::Decrypt {
-                    file: self.file.clone(),
-                    field,
-                    entry: entry.to_owned(),
-                    source: Box::new(source),
-                }),
-            },
-            None => Ok(bytes),
         }
+    }
+
+    /// The plaintext of `bytes` read from `path`, or `None` when the decryption hook (if any)
+    /// leaves them as they are.
+    fn decrypt(
+        &self,
+        ctx: &Ctx,
+        field: &'static str,
+        entry: &str,
+        path: &str,
+        bytes: &[u8],
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let Some(d) = ctx.opts.decrypt else {
+            return Ok(None);
+        };
+        d.decrypt(path, bytes).map_err(|source| Error::Decrypt {
+            file: self.file.clone(),
+            field,
+            entry: entry.to_owned(),
+            source: Box::new(source),
+        })
     }
 
     pub(super) fn err(&self, field: &'static str, message: impl std::fmt::Display) -> Error {
@@ -591,8 +616,11 @@ fn collect_objects(
     Ok(())
 }
 
+/// A resource's identity key, as duplicates are refused by.
+type IdKey = (Gvk, String, String);
+
 /// The identity keys of `acc`'s resources, for [`append_all`] to refuse duplicates against.
-fn id_keys(acc: &Acc) -> HashSet<(Gvk, String, String)> {
+fn id_keys(acc: &Acc) -> HashSet<IdKey> {
     acc.res.iter().map(|r| r.cur_id().into_key()).collect()
 }
 
@@ -603,11 +631,32 @@ fn append_all(
     t: &Target,
     field: &'static str,
     acc: &mut Acc,
-    seen: &mut HashSet<(Gvk, String, String)>,
+    seen: &mut HashSet<IdKey>,
     new: Vec<Resource>,
 ) -> Result<(), Error> {
-    for r in new {
-        if !seen.insert(r.cur_id().into_key()) {
+    append_keyed(t, field, acc, seen, keyed(new))
+}
+
+/// Each resource with its identity key.
+fn keyed(res: Vec<Resource>) -> Vec<(Resource, IdKey)> {
+    res.into_iter()
+        .map(|r| {
+            let key = r.cur_id().into_key();
+            (r, key)
+        })
+        .collect()
+}
+
+/// [`append_all`] of resources whose keys are already known.
+fn append_keyed(
+    t: &Target,
+    field: &'static str,
+    acc: &mut Acc,
+    seen: &mut HashSet<IdKey>,
+    new: Vec<(Resource, IdKey)>,
+) -> Result<(), Error> {
+    for (r, key) in new {
+        if !seen.insert(key) {
             return Err(t.err(
                 field,
                 format!(
@@ -782,74 +831,140 @@ fn accumulate_resources(
     let mut seen = id_keys(acc);
     // Most entries are files of one object each.
     seen.reserve(entries.len());
-    let mut next = entries.iter();
-    loop {
-        // The files up to the next directory are read in order, then parsed together (in
-        // parallel when there are many) and added in order, so the first failing entry is
-        // still the one reported.
-        let mut files = Vec::new();
-        let mut stop = None;
-        for entry in next.by_ref() {
-            match resource_entry(ctx, t, field, entry) {
-                Ok(ResourceEntry::File(bytes)) => files.push((entry, bytes)),
-                Ok(ResourceEntry::Dir(path)) => {
-                    stop = Some((entry, Ok(path)));
-                    break;
+    // Every entry is looked at, read and parsed ahead, on several threads when there are many
+    // (a repository that keeps one object per file has thousands), then taken in order: the
+    // first failing entry is still the one reported, and files count against the byte cap in
+    // the order a sequential render reads them.
+    let restrictor = ctx.opts.load_restrictor;
+    let ahead = super::in_chunks(entries, |chunk| {
+        chunk
+            .iter()
+            .map(|entry| look_ahead(ctx.fs, restrictor, t, field, entry))
+            .collect::<Vec<_>>()
+    });
+    for (entry, ahead) in entries.iter().zip(ahead.into_iter().flatten()) {
+        let mut new = match ahead? {
+            Ahead::File {
+                path,
+                bytes,
+                parsed,
+            } => {
+                ctx.fs
+                    .charge(&path, bytes.len() as u64)
+                    .map_err(|source| t.read_error(field, entry, source))?;
+                match t.decrypt(ctx, field, entry, &path, &bytes)? {
+                    Some(plain) => keyed(parse_resources(t, field, entry, &plain)?),
+                    None => parsed?,
                 }
-                Err(e) => {
-                    stop = Some((entry, Err(e)));
-                    break;
+            }
+            Ahead::Later => match resource_entry(ctx, t, field, entry)? {
+                ResourceEntry::File(bytes) => keyed(parse_resources(t, field, entry, &bytes)?),
+                ResourceEntry::Dir(path) => {
+                    add_base(ctx, t, field, acc, &mut seen, entry, &path)?;
+                    continue;
                 }
+            },
+            Ahead::Dir(path) => {
+                add_base(ctx, t, field, acc, &mut seen, entry, &path)?;
+                continue;
+            }
+        };
+        ctx.objects.set(ctx.objects.get() + new.len());
+        if ctx.objects.get() > limits::MAX_OBJECTS {
+            return Err(Error::TooManyObjects {
+                file: t.file.clone(),
+                field,
+                entry: entry.clone(),
+                max: limits::MAX_OBJECTS,
+            });
+        }
+        if let Some(o) = t.origin_of(entry) {
+            for (r, _) in &mut new {
+                r.origin = Some(Value::String(format!("path: {o}\n")));
             }
         }
-        for ((entry, _), parsed) in files.iter().zip(parse_files(t, field, &files)) {
-            let mut new = parsed?;
-            ctx.objects.set(ctx.objects.get() + new.len());
-            if ctx.objects.get() > limits::MAX_OBJECTS {
-                return Err(Error::TooManyObjects {
-                    file: t.file.clone(),
-                    field,
-                    entry: (*entry).clone(),
-                    max: limits::MAX_OBJECTS,
-                });
-            }
-            if let Some(o) = t.origin_of(entry) {
-                for r in &mut new {
-                    r.origin = Some(Value::String(format!("path: {o}\n")));
-                }
-            }
-            append_all(t, field, acc, &mut seen, new)?;
+        append_keyed(t, field, acc, &mut seen, new)?;
+    }
+    Ok(())
+}
+
+/// Accumulates the kustomization directory `path`, named by `entry`, into `acc`.
+fn add_base(
+    ctx: &Ctx,
+    t: &Target,
+    field: &'static str,
+    acc: &mut Acc,
+    seen: &mut HashSet<IdKey>,
+    entry: &str,
+    path: &str,
+) -> Result<(), Error> {
+    let mut sub = load_target(ctx, path).map_err(|e| match e {
+        Error::MissingKustomization { .. } => {
+            t.err(field, format!("accumulating resources: '{entry}': {e}"))
         }
-        match stop {
-            None => return Ok(()),
-            Some((_, Err(e))) => return Err(e),
-            Some((entry, Ok(path))) => {
-                let mut sub = load_target(ctx, &path).map_err(|e| match e {
-                    Error::MissingKustomization { .. } => {
-                        t.err(field, format!("accumulating resources: '{entry}': {e}"))
-                    }
-                    other => other,
-                })?;
-                if sub.k.kind == "Component" {
-                    return Err(t.err(
-                        field,
-                        format!("expected kind != 'Component' for path '/{path}'"),
-                    ));
-                }
-                sub.origin = t.origin_of(entry);
-                sub.build_metadata = t.build_metadata.clone();
-                let sub_acc = accumulate_target(ctx, &sub, Acc::default())?;
-                append_all(t, field, acc, &mut seen, sub_acc.res)?;
-                acc.config
-                    .merge(&sub_acc.config)
-                    .map_err(|m| t.err(field, format!("'{entry}': {m}")))?;
-                for v in sub_acc.vars {
-                    if acc.vars.iter().any(|x| x.name == v.name) {
-                        return Err(t.err("vars", format!("var '{}' already encountered", v.name)));
-                    }
-                    acc.vars.push(v);
-                }
-            }
+        other => other,
+    })?;
+    if sub.k.kind == "Component" {
+        return Err(t.err(
+            field,
+            format!("expected kind != 'Component' for path '/{path}'"),
+        ));
+    }
+    sub.origin = t.origin_of(entry);
+    sub.build_metadata = t.build_metadata.clone();
+    let sub_acc = accumulate_target(ctx, &sub, Acc::default())?;
+    append_all(t, field, acc, seen, sub_acc.res)?;
+    acc.config
+        .merge(&sub_acc.config)
+        .map_err(|m| t.err(field, format!("'{entry}': {m}")))?;
+    for v in sub_acc.vars {
+        if acc.vars.iter().any(|x| x.name == v.name) {
+            return Err(t.err("vars", format!("var '{}' already encountered", v.name)));
+        }
+        acc.vars.push(v);
+    }
+    Ok(())
+}
+
+/// A `resources:` entry as read ahead of its turn.
+enum Ahead {
+    /// A file: its bytes, not counted against the byte cap yet nor decrypted, and the
+    /// resources they hold with their identity keys.
+    File {
+        path: String,
+        bytes: Vec<u8>,
+        parsed: Result<Vec<(Resource, IdKey)>, Error>,
+    },
+    /// A kustomization directory.
+    Dir(String),
+    /// A file left for its turn: the render had read its fill of bytes.
+    Later,
+}
+
+/// What a sequential render finds for `entry` up to reading its bytes, and the resources they
+/// hold. Safe on any thread: nothing here depends on the entries before it.
+fn look_ahead(
+    fs: &limits::Limited,
+    restrictor: LoadRestrictor,
+    t: &Target,
+    field: &'static str,
+    entry: &str,
+) -> Result<Ahead, Error> {
+    let path = t.resolve(field, entry)?;
+    match entry_kind(fs, t, field, entry, &path)? {
+        EntryKind::Dir => Ok(Ahead::Dir(path)),
+        EntryKind::File => {
+            t.restricted(fs, restrictor, field, &path)?;
+            let Some(read) = fs.read_ahead(&path) else {
+                return Ok(Ahead::Later);
+            };
+            let bytes = read.map_err(|source| t.read_error(field, entry, source))?;
+            let parsed = parse_resources(t, field, entry, &bytes).map(keyed);
+            Ok(Ahead::File {
+                path,
+                bytes,
+                parsed,
+            })
         }
     }
 }
@@ -868,9 +983,22 @@ fn resource_entry(
     entry: &str,
 ) -> Result<ResourceEntry, Error> {
     let path = t.resolve(field, entry)?;
-    match ctx.fs.kind(&path) {
-        Ok(Some(EntryKind::File)) => Ok(ResourceEntry::File(t.read_at(ctx, field, entry, &path)?)),
-        Ok(Some(EntryKind::Dir)) => Ok(ResourceEntry::Dir(path)),
+    match entry_kind(ctx.fs, t, field, entry, &path)? {
+        EntryKind::File => Ok(ResourceEntry::File(t.read_at(ctx, field, entry, &path)?)),
+        EntryKind::Dir => Ok(ResourceEntry::Dir(path)),
+    }
+}
+
+/// What the `resources:` entry resolved to `path` is; an error when nothing readable is there.
+fn entry_kind(
+    fs: &dyn FileSystem,
+    t: &Target,
+    field: &'static str,
+    entry: &str,
+    path: &str,
+) -> Result<EntryKind, Error> {
+    match fs.kind(path) {
+        Ok(Some(kind)) => Ok(kind),
         Err(fs::Error::OutsideRoot { .. }) => Err(Error::OutsideRoot {
             file: t.file.clone(),
             field,
@@ -887,20 +1015,6 @@ fn resource_entry(
             format!("accumulating resources: '{entry}': no such file or directory"),
         )),
     }
-}
-
-/// Each file's resources, in order. Parsing is most of a render's work when a repository
-/// keeps one object per file, and files parse independently.
-fn parse_files(
-    t: &Target,
-    field: &'static str,
-    files: &[(&String, Vec<u8>)],
-) -> Vec<Result<Vec<Resource>, Error>> {
-    let parse = |(entry, bytes): &(&String, Vec<u8>)| parse_resources(t, field, entry, bytes);
-    super::in_chunks(files, |chunk| chunk.iter().map(parse).collect::<Vec<_>>())
-        .into_iter()
-        .flatten()
-        .collect()
 }
 
 /// A generator or transformer named in `generators:`/`transformers:`: inline YAML or a file.
