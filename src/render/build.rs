@@ -831,28 +831,35 @@ fn accumulate_resources(
     let mut seen = id_keys(acc);
     // Most entries are files of one object each.
     seen.reserve(entries.len());
+    acc.res.reserve(entries.len());
     // Every entry is looked at, read and parsed ahead, on several threads when there are many
     // (a repository that keeps one object per file has thousands), then taken in order: the
     // first failing entry is still the one reported, and files count against the byte cap in
     // the order a sequential render reads them.
     let restrictor = ctx.opts.load_restrictor;
+    let decrypting = ctx.opts.decrypt.is_some();
     let ahead = super::in_chunks(entries, |chunk| {
         chunk
             .iter()
-            .map(|entry| look_ahead(ctx.fs, restrictor, t, field, entry))
+            .map(|entry| look_ahead(ctx.fs, restrictor, decrypting, t, field, entry))
             .collect::<Vec<_>>()
     });
     for (entry, ahead) in entries.iter().zip(ahead.into_iter().flatten()) {
         let mut new = match ahead? {
             Ahead::File {
                 path,
+                len,
                 bytes,
                 parsed,
             } => {
                 ctx.fs
-                    .charge(&path, bytes.len() as u64)
+                    .charge(&path, len)
                     .map_err(|source| t.read_error(field, entry, source))?;
-                match t.decrypt(ctx, field, entry, &path, &bytes)? {
+                let plain = match bytes {
+                    Some(bytes) => t.decrypt(ctx, field, entry, &path, &bytes)?,
+                    None => None,
+                };
+                match plain {
                     Some(plain) => keyed(parse_resources(t, field, entry, &plain)?),
                     None => parsed?,
                 }
@@ -928,11 +935,13 @@ fn add_base(
 
 /// A `resources:` entry as read ahead of its turn.
 enum Ahead {
-    /// A file: its bytes, not counted against the byte cap yet nor decrypted, and the
-    /// resources they hold with their identity keys.
+    /// A file: its length, not counted against the byte cap yet, its bytes when they are
+    /// still to be decrypted (else they are freed as soon as parsed), and the resources they
+    /// hold with their identity keys.
     File {
         path: String,
-        bytes: Vec<u8>,
+        len: u64,
+        bytes: Option<Vec<u8>>,
         parsed: Result<Vec<(Resource, IdKey)>, Error>,
     },
     /// A kustomization directory.
@@ -946,6 +955,7 @@ enum Ahead {
 fn look_ahead(
     fs: &limits::Limited,
     restrictor: LoadRestrictor,
+    decrypting: bool,
     t: &Target,
     field: &'static str,
     entry: &str,
@@ -962,7 +972,8 @@ fn look_ahead(
             let parsed = parse_resources(t, field, entry, &bytes).map(keyed);
             Ok(Ahead::File {
                 path,
-                bytes,
+                len: bytes.len() as u64,
+                bytes: decrypting.then_some(bytes),
                 parsed,
             })
         }
