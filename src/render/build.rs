@@ -13,7 +13,7 @@ use super::fs::{self, EntryKind, FileSystem};
 use super::kustomization::{self as kz, Kustomization};
 use super::limits;
 use super::openapi::Schema;
-use super::resource::{Gvk, Resource};
+use super::resource::Resource;
 use super::{LoadRestrictor, Object, Options, Order, generate, nameref, patch, replace, transform};
 use crate::yaml::{self, Reading};
 
@@ -616,12 +616,22 @@ fn collect_objects(
     Ok(())
 }
 
-/// A resource's identity key, as duplicates are refused by.
-type IdKey = (Gvk, String, String);
+/// The identity keys ([`super::resource::ResId::key`]) of the resources accumulated so far, to
+/// refuse duplicates by. A hash stands in for each key's five strings (no copies, a few bytes
+/// per resource); an equal hash is settled by comparing the keys themselves.
+struct Seen {
+    state: std::hash::RandomState,
+    hashes: HashSet<u64>,
+}
 
-/// The identity keys of `acc`'s resources, for [`append_all`] to refuse duplicates against.
-fn id_keys(acc: &Acc) -> HashSet<IdKey> {
-    acc.res.iter().map(|r| r.cur_id().into_key()).collect()
+impl Seen {
+    /// The keys of `acc`'s resources, with room for `more`.
+    fn of(acc: &Acc, more: usize) -> Self {
+        let state = std::hash::RandomState::new();
+        let mut hashes = HashSet::with_capacity(acc.res.len() + more);
+        hashes.extend(acc.res.iter().map(|r| r.key_hash(&state)));
+        Self { state, hashes }
+    }
 }
 
 /// Adds resources, refusing an id that is already there. `seen` holds the keys of `acc`'s
@@ -631,39 +641,44 @@ fn append_all(
     t: &Target,
     field: &'static str,
     acc: &mut Acc,
-    seen: &mut HashSet<IdKey>,
+    seen: &mut Seen,
     new: Vec<Resource>,
 ) -> Result<(), Error> {
-    append_keyed(t, field, acc, seen, keyed(new))
+    let new = keyed(&seen.state, new);
+    append_keyed(t, field, acc, seen, new)
 }
 
-/// Each resource with its identity key.
-fn keyed(res: Vec<Resource>) -> Vec<(Resource, IdKey)> {
+/// Each resource with the hash of its identity key.
+fn keyed(state: &std::hash::RandomState, res: Vec<Resource>) -> Vec<(Resource, u64)> {
     res.into_iter()
         .map(|r| {
-            let key = r.cur_id().into_key();
-            (r, key)
+            let hash = r.key_hash(state);
+            (r, hash)
         })
         .collect()
 }
 
-/// [`append_all`] of resources whose keys are already known.
+/// [`append_all`] of resources whose key hashes are already known.
 fn append_keyed(
     t: &Target,
     field: &'static str,
     acc: &mut Acc,
-    seen: &mut HashSet<IdKey>,
-    new: Vec<(Resource, IdKey)>,
+    seen: &mut Seen,
+    new: Vec<(Resource, u64)>,
 ) -> Result<(), Error> {
-    for (r, key) in new {
-        if !seen.insert(key) {
-            return Err(t.err(
-                field,
-                format!(
-                    "may not add resource with an already registered id: {}",
-                    r.cur_id()
-                ),
-            ));
+    for (r, hash) in new {
+        // A hash seen before is a duplicate only if a resource has the very same key.
+        if !seen.hashes.insert(hash) {
+            let key = r.cur_id().into_key();
+            if acc.res.iter().any(|x| x.cur_id().into_key() == key) {
+                return Err(t.err(
+                    field,
+                    format!(
+                        "may not add resource with an already registered id: {}",
+                        r.cur_id()
+                    ),
+                ));
+            }
         }
         acc.res.push(r);
     }
@@ -828,9 +843,8 @@ fn accumulate_resources(
     entries: &[String],
     field: &'static str,
 ) -> Result<(), Error> {
-    let mut seen = id_keys(acc);
     // Most entries are files of one object each.
-    seen.reserve(entries.len());
+    let mut seen = Seen::of(acc, entries.len());
     acc.res.reserve(entries.len());
     // Every entry is looked at, read and parsed ahead, on several threads when there are many
     // (a repository that keeps one object per file has thousands), then taken in order: the
@@ -841,7 +855,7 @@ fn accumulate_resources(
     let ahead = super::in_chunks(entries, |chunk| {
         chunk
             .iter()
-            .map(|entry| look_ahead(ctx.fs, restrictor, decrypting, t, field, entry))
+            .map(|entry| look_ahead(ctx.fs, restrictor, decrypting, &seen.state, t, field, entry))
             .collect::<Vec<_>>()
     });
     for (entry, ahead) in entries.iter().zip(ahead.into_iter().flatten()) {
@@ -860,12 +874,14 @@ fn accumulate_resources(
                     None => None,
                 };
                 match plain {
-                    Some(plain) => keyed(parse_resources(t, field, entry, &plain)?),
+                    Some(plain) => keyed(&seen.state, parse_resources(t, field, entry, &plain)?),
                     None => parsed?,
                 }
             }
             Ahead::Later => match resource_entry(ctx, t, field, entry)? {
-                ResourceEntry::File(bytes) => keyed(parse_resources(t, field, entry, &bytes)?),
+                ResourceEntry::File(bytes) => {
+                    keyed(&seen.state, parse_resources(t, field, entry, &bytes)?)
+                }
                 ResourceEntry::Dir(path) => {
                     add_base(ctx, t, field, acc, &mut seen, entry, &path)?;
                     continue;
@@ -901,7 +917,7 @@ fn add_base(
     t: &Target,
     field: &'static str,
     acc: &mut Acc,
-    seen: &mut HashSet<IdKey>,
+    seen: &mut Seen,
     entry: &str,
     path: &str,
 ) -> Result<(), Error> {
@@ -937,12 +953,12 @@ fn add_base(
 enum Ahead {
     /// A file: its length, not counted against the byte cap yet, its bytes when they are
     /// still to be decrypted (else they are freed as soon as parsed), and the resources they
-    /// hold with their identity keys.
+    /// hold with the hashes of their identity keys.
     File {
         path: String,
         len: u64,
         bytes: Option<Vec<u8>>,
-        parsed: Result<Vec<(Resource, IdKey)>, Error>,
+        parsed: Result<Vec<(Resource, u64)>, Error>,
     },
     /// A kustomization directory.
     Dir(String),
@@ -956,6 +972,7 @@ fn look_ahead(
     fs: &limits::Limited,
     restrictor: LoadRestrictor,
     decrypting: bool,
+    ids: &std::hash::RandomState,
     t: &Target,
     field: &'static str,
     entry: &str,
@@ -969,7 +986,7 @@ fn look_ahead(
                 return Ok(Ahead::Later);
             };
             let bytes = read.map_err(|source| t.read_error(field, entry, source))?;
-            let parsed = parse_resources(t, field, entry, &bytes).map(keyed);
+            let parsed = parse_resources(t, field, entry, &bytes).map(|res| keyed(ids, res));
             Ok(Ahead::File {
                 path,
                 len: bytes.len() as u64,
