@@ -13,7 +13,7 @@ use super::fs::{self, EntryKind, FileSystem};
 use super::kustomization::{self as kz, Kustomization};
 use super::limits;
 use super::openapi::Schema;
-use super::resource::{Gvk, Resource};
+use super::resource::Resource;
 use super::{LoadRestrictor, Object, Options, Order, generate, nameref, patch, replace, transform};
 use crate::yaml::{self, Reading};
 
@@ -21,7 +21,7 @@ use crate::yaml::{self, Reading};
 const BUILTIN_OPENAPI_VERSION: &str = "v1.21.2";
 
 struct Ctx<'a> {
-    fs: &'a dyn FileSystem,
+    fs: &'a limits::Limited<'a>,
     opts: &'a Options<'a>,
     /// Kustomization directories being built, to refuse cycles.
     stack: std::cell::RefCell<Vec<String>>,
@@ -381,8 +381,15 @@ impl Target {
         })
     }
 
-    fn restricted(&self, ctx: &Ctx, field: &'static str, path: &str) -> Result<(), Error> {
-        if ctx.opts.load_restrictor == LoadRestrictor::None {
+    /// Refuses `path` when the load restrictor keeps this kustomization from reading it.
+    fn restricted(
+        &self,
+        fs: &dyn FileSystem,
+        restrictor: LoadRestrictor,
+        field: &'static str,
+        path: &str,
+    ) -> Result<(), Error> {
+        if restrictor == LoadRestrictor::None {
             return Ok(());
         }
         let inside = |dir: &str, path: &str| {
@@ -403,7 +410,7 @@ impl Target {
         // Symlinks resolved, as kustomize does: a link inside the directory that points out of
         // it would otherwise read another kustomization's (or another environment's) files.
         let real = |p: &str| {
-            ctx.fs.real_path(p).map_err(|source| Error::Read {
+            fs.real_path(p).map_err(|source| Error::Read {
                 file: self.file.clone(),
                 field,
                 entry: p.to_owned(),
@@ -441,26 +448,44 @@ impl Target {
         entry: &str,
         path: &str,
     ) -> Result<Vec<u8>, Error> {
-        self.restricted(ctx, field, path)?;
-        let bytes = ctx.fs.read_file(path).map_err(|source| Error::Read {
+        self.restricted(ctx.fs, ctx.opts.load_restrictor, field, path)?;
+        let bytes = ctx
+            .fs
+            .read_file(path)
+            .map_err(|source| self.read_error(field, entry, source))?;
+        Ok(self
+            .decrypt(ctx, field, entry, path, &bytes)?
+            .unwrap_or(bytes))
+    }
+
+    fn read_error(&self, field: &'static str, entry: &str, source: fs::Error) -> Error {
+        Error::Read {
             file: self.file.clone(),
             field,
             entry: entry.to_owned(),
             source,
-        })?;
-        match ctx.opts.decrypt {
-            Some(d) => match d.decrypt(path, &bytes) {
-                Ok(Some(plain)) => Ok(plain),
-                Ok(None) => Ok(bytes),
-                Err(source) => Err(Error::Decrypt {
-                    file: self.file.clone(),
-                    field,
-                    entry: entry.to_owned(),
-                    source: Box::new(source),
-                }),
-            },
-            None => Ok(bytes),
         }
+    }
+
+    /// The plaintext of `bytes` read from `path`, or `None` when the decryption hook (if any)
+    /// leaves them as they are.
+    fn decrypt(
+        &self,
+        ctx: &Ctx,
+        field: &'static str,
+        entry: &str,
+        path: &str,
+        bytes: &[u8],
+    ) -> Result<Option<Vec<u8>>, Error> {
+        let Some(d) = ctx.opts.decrypt else {
+            return Ok(None);
+        };
+        d.decrypt(path, bytes).map_err(|source| Error::Decrypt {
+            file: self.file.clone(),
+            field,
+            entry: entry.to_owned(),
+            source: Box::new(source),
+        })
     }
 
     pub(super) fn err(&self, field: &'static str, message: impl std::fmt::Display) -> Error {
@@ -537,7 +562,9 @@ fn parse_resources(
         path: path.to_owned(),
         source,
     })?;
-    let mut out = Vec::new();
+    // Nearly every document is one object: the default room for four would hold hundreds of
+    // unused bytes per file until the resources are added to the render's list.
+    let mut out = Vec::with_capacity(docs.len());
     for d in docs {
         collect_objects(t, field, path, d, &mut out)?;
     }
@@ -589,9 +616,22 @@ fn collect_objects(
     Ok(())
 }
 
-/// The identity keys of `acc`'s resources, for [`append_all`] to refuse duplicates against.
-fn id_keys(acc: &Acc) -> HashSet<(Gvk, String, String)> {
-    acc.res.iter().map(|r| r.cur_id().into_key()).collect()
+/// The identity keys ([`super::resource::ResId::key`]) of the resources accumulated so far, to
+/// refuse duplicates by. A hash stands in for each key's five strings (no copies, a few bytes
+/// per resource); an equal hash is settled by comparing the keys themselves.
+struct Seen {
+    state: std::hash::RandomState,
+    hashes: HashSet<u64>,
+}
+
+impl Seen {
+    /// The keys of `acc`'s resources, with room for `more`.
+    fn of(acc: &Acc, more: usize) -> Self {
+        let state = std::hash::RandomState::new();
+        let mut hashes = HashSet::with_capacity(acc.res.len() + more);
+        hashes.extend(acc.res.iter().map(|r| r.key_hash(&state)));
+        Self { state, hashes }
+    }
 }
 
 /// Adds resources, refusing an id that is already there. `seen` holds the keys of `acc`'s
@@ -601,18 +641,44 @@ fn append_all(
     t: &Target,
     field: &'static str,
     acc: &mut Acc,
-    seen: &mut HashSet<(Gvk, String, String)>,
+    seen: &mut Seen,
     new: Vec<Resource>,
 ) -> Result<(), Error> {
-    for r in new {
-        if !seen.insert(r.cur_id().into_key()) {
-            return Err(t.err(
-                field,
-                format!(
-                    "may not add resource with an already registered id: {}",
-                    r.cur_id()
-                ),
-            ));
+    let new = keyed(&seen.state, new);
+    append_keyed(t, field, acc, seen, new)
+}
+
+/// Each resource with the hash of its identity key.
+fn keyed(state: &std::hash::RandomState, res: Vec<Resource>) -> Vec<(Resource, u64)> {
+    res.into_iter()
+        .map(|r| {
+            let hash = r.key_hash(state);
+            (r, hash)
+        })
+        .collect()
+}
+
+/// [`append_all`] of resources whose key hashes are already known.
+fn append_keyed(
+    t: &Target,
+    field: &'static str,
+    acc: &mut Acc,
+    seen: &mut Seen,
+    new: Vec<(Resource, u64)>,
+) -> Result<(), Error> {
+    for (r, hash) in new {
+        // A hash seen before is a duplicate only if a resource has the very same key.
+        if !seen.hashes.insert(hash) {
+            let key = r.cur_id().into_key();
+            if acc.res.iter().any(|x| x.cur_id().into_key() == key) {
+                return Err(t.err(
+                    field,
+                    format!(
+                        "may not add resource with an already registered id: {}",
+                        r.cur_id()
+                    ),
+                ));
+            }
         }
         acc.res.push(r);
     }
@@ -777,77 +843,156 @@ fn accumulate_resources(
     entries: &[String],
     field: &'static str,
 ) -> Result<(), Error> {
-    let mut seen = id_keys(acc);
     // Most entries are files of one object each.
-    seen.reserve(entries.len());
-    let mut next = entries.iter();
-    loop {
-        // The files up to the next directory are read in order, then parsed together (in
-        // parallel when there are many) and added in order, so the first failing entry is
-        // still the one reported.
-        let mut files = Vec::new();
-        let mut stop = None;
-        for entry in next.by_ref() {
-            match resource_entry(ctx, t, field, entry) {
-                Ok(ResourceEntry::File(bytes)) => files.push((entry, bytes)),
-                Ok(ResourceEntry::Dir(path)) => {
-                    stop = Some((entry, Ok(path)));
-                    break;
+    let mut seen = Seen::of(acc, entries.len());
+    acc.res.reserve(entries.len());
+    // Every entry is looked at, read and parsed ahead, on several threads when there are many
+    // (a repository that keeps one object per file has thousands), then taken in order: the
+    // first failing entry is still the one reported, and files count against the byte cap in
+    // the order a sequential render reads them.
+    let restrictor = ctx.opts.load_restrictor;
+    let decrypting = ctx.opts.decrypt.is_some();
+    let ahead = super::in_chunks(entries, |chunk| {
+        chunk
+            .iter()
+            .map(|entry| look_ahead(ctx.fs, restrictor, decrypting, &seen.state, t, field, entry))
+            .collect::<Vec<_>>()
+    });
+    for (entry, ahead) in entries.iter().zip(ahead.into_iter().flatten()) {
+        let mut new = match ahead? {
+            Ahead::File {
+                path,
+                len,
+                bytes,
+                parsed,
+            } => {
+                ctx.fs
+                    .charge(&path, len)
+                    .map_err(|source| t.read_error(field, entry, source))?;
+                let plain = match bytes {
+                    Some(bytes) => t.decrypt(ctx, field, entry, &path, &bytes)?,
+                    None => None,
+                };
+                match plain {
+                    Some(plain) => keyed(&seen.state, parse_resources(t, field, entry, &plain)?),
+                    None => parsed?,
                 }
-                Err(e) => {
-                    stop = Some((entry, Err(e)));
-                    break;
+            }
+            Ahead::Later => match resource_entry(ctx, t, field, entry)? {
+                ResourceEntry::File(bytes) => {
+                    keyed(&seen.state, parse_resources(t, field, entry, &bytes)?)
                 }
+                ResourceEntry::Dir(path) => {
+                    add_base(ctx, t, field, acc, &mut seen, entry, &path)?;
+                    continue;
+                }
+            },
+            Ahead::Dir(path) => {
+                add_base(ctx, t, field, acc, &mut seen, entry, &path)?;
+                continue;
+            }
+        };
+        ctx.objects.set(ctx.objects.get() + new.len());
+        if ctx.objects.get() > limits::MAX_OBJECTS {
+            return Err(Error::TooManyObjects {
+                file: t.file.clone(),
+                field,
+                entry: entry.clone(),
+                max: limits::MAX_OBJECTS,
+            });
+        }
+        if let Some(o) = t.origin_of(entry) {
+            for (r, _) in &mut new {
+                r.origin = Some(Value::String(format!("path: {o}\n")));
             }
         }
-        for ((entry, _), parsed) in files.iter().zip(parse_files(t, field, &files)) {
-            let mut new = parsed?;
-            ctx.objects.set(ctx.objects.get() + new.len());
-            if ctx.objects.get() > limits::MAX_OBJECTS {
-                return Err(Error::TooManyObjects {
-                    file: t.file.clone(),
-                    field,
-                    entry: (*entry).clone(),
-                    max: limits::MAX_OBJECTS,
-                });
-            }
-            if let Some(o) = t.origin_of(entry) {
-                for r in &mut new {
-                    r.origin = Some(Value::String(format!("path: {o}\n")));
-                }
-            }
-            append_all(t, field, acc, &mut seen, new)?;
+        append_keyed(t, field, acc, &mut seen, new)?;
+    }
+    Ok(())
+}
+
+/// Accumulates the kustomization directory `path`, named by `entry`, into `acc`.
+fn add_base(
+    ctx: &Ctx,
+    t: &Target,
+    field: &'static str,
+    acc: &mut Acc,
+    seen: &mut Seen,
+    entry: &str,
+    path: &str,
+) -> Result<(), Error> {
+    let mut sub = load_target(ctx, path).map_err(|e| match e {
+        Error::MissingKustomization { .. } => {
+            t.err(field, format!("accumulating resources: '{entry}': {e}"))
         }
-        match stop {
-            None => return Ok(()),
-            Some((_, Err(e))) => return Err(e),
-            Some((entry, Ok(path))) => {
-                let mut sub = load_target(ctx, &path).map_err(|e| match e {
-                    Error::MissingKustomization { .. } => {
-                        t.err(field, format!("accumulating resources: '{entry}': {e}"))
-                    }
-                    other => other,
-                })?;
-                if sub.k.kind == "Component" {
-                    return Err(t.err(
-                        field,
-                        format!("expected kind != 'Component' for path '/{path}'"),
-                    ));
-                }
-                sub.origin = t.origin_of(entry);
-                sub.build_metadata = t.build_metadata.clone();
-                let sub_acc = accumulate_target(ctx, &sub, Acc::default())?;
-                append_all(t, field, acc, &mut seen, sub_acc.res)?;
-                acc.config
-                    .merge(&sub_acc.config)
-                    .map_err(|m| t.err(field, format!("'{entry}': {m}")))?;
-                for v in sub_acc.vars {
-                    if acc.vars.iter().any(|x| x.name == v.name) {
-                        return Err(t.err("vars", format!("var '{}' already encountered", v.name)));
-                    }
-                    acc.vars.push(v);
-                }
-            }
+        other => other,
+    })?;
+    if sub.k.kind == "Component" {
+        return Err(t.err(
+            field,
+            format!("expected kind != 'Component' for path '/{path}'"),
+        ));
+    }
+    sub.origin = t.origin_of(entry);
+    sub.build_metadata = t.build_metadata.clone();
+    let sub_acc = accumulate_target(ctx, &sub, Acc::default())?;
+    append_all(t, field, acc, seen, sub_acc.res)?;
+    acc.config
+        .merge(&sub_acc.config)
+        .map_err(|m| t.err(field, format!("'{entry}': {m}")))?;
+    for v in sub_acc.vars {
+        if acc.vars.iter().any(|x| x.name == v.name) {
+            return Err(t.err("vars", format!("var '{}' already encountered", v.name)));
+        }
+        acc.vars.push(v);
+    }
+    Ok(())
+}
+
+/// A `resources:` entry as read ahead of its turn.
+enum Ahead {
+    /// A file: its length, not counted against the byte cap yet, its bytes when they are
+    /// still to be decrypted (else they are freed as soon as parsed), and the resources they
+    /// hold with the hashes of their identity keys.
+    File {
+        path: String,
+        len: u64,
+        bytes: Option<Vec<u8>>,
+        parsed: Result<Vec<(Resource, u64)>, Error>,
+    },
+    /// A kustomization directory.
+    Dir(String),
+    /// A file left for its turn: the render had read its fill of bytes.
+    Later,
+}
+
+/// What a sequential render finds for `entry` up to reading its bytes, and the resources they
+/// hold. Safe on any thread: nothing here depends on the entries before it.
+fn look_ahead(
+    fs: &limits::Limited,
+    restrictor: LoadRestrictor,
+    decrypting: bool,
+    ids: &std::hash::RandomState,
+    t: &Target,
+    field: &'static str,
+    entry: &str,
+) -> Result<Ahead, Error> {
+    let path = t.resolve(field, entry)?;
+    match entry_kind(fs, t, field, entry, &path)? {
+        EntryKind::Dir => Ok(Ahead::Dir(path)),
+        EntryKind::File => {
+            t.restricted(fs, restrictor, field, &path)?;
+            let Some(read) = fs.read_ahead(&path) else {
+                return Ok(Ahead::Later);
+            };
+            let bytes = read.map_err(|source| t.read_error(field, entry, source))?;
+            let parsed = parse_resources(t, field, entry, &bytes).map(|res| keyed(ids, res));
+            Ok(Ahead::File {
+                path,
+                len: bytes.len() as u64,
+                bytes: decrypting.then_some(bytes),
+                parsed,
+            })
         }
     }
 }
@@ -866,9 +1011,22 @@ fn resource_entry(
     entry: &str,
 ) -> Result<ResourceEntry, Error> {
     let path = t.resolve(field, entry)?;
-    match ctx.fs.kind(&path) {
-        Ok(Some(EntryKind::File)) => Ok(ResourceEntry::File(t.read_at(ctx, field, entry, &path)?)),
-        Ok(Some(EntryKind::Dir)) => Ok(ResourceEntry::Dir(path)),
+    match entry_kind(ctx.fs, t, field, entry, &path)? {
+        EntryKind::File => Ok(ResourceEntry::File(t.read_at(ctx, field, entry, &path)?)),
+        EntryKind::Dir => Ok(ResourceEntry::Dir(path)),
+    }
+}
+
+/// What the `resources:` entry resolved to `path` is; an error when nothing readable is there.
+fn entry_kind(
+    fs: &dyn FileSystem,
+    t: &Target,
+    field: &'static str,
+    entry: &str,
+    path: &str,
+) -> Result<EntryKind, Error> {
+    match fs.kind(path) {
+        Ok(Some(kind)) => Ok(kind),
         Err(fs::Error::OutsideRoot { .. }) => Err(Error::OutsideRoot {
             file: t.file.clone(),
             field,
@@ -885,47 +1043,6 @@ fn resource_entry(
             format!("accumulating resources: '{entry}': no such file or directory"),
         )),
     }
-}
-
-/// Files a thread parses at least: below that, starting a thread costs more than it saves.
-const FILES_PER_THREAD: usize = 64;
-/// Threads one render parses with at most; the service runs several renders at once.
-const MAX_PARSE_THREADS: usize = 4;
-
-/// Each file's resources, in order. Parsing is most of a render's work when a repository
-/// keeps one object per file, and files parse independently.
-fn parse_files(
-    t: &Target,
-    field: &'static str,
-    files: &[(&String, Vec<u8>)],
-) -> Vec<Result<Vec<Resource>, Error>> {
-    let parse = |(entry, bytes): &(&String, Vec<u8>)| parse_resources(t, field, entry, bytes);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(MAX_PARSE_THREADS)
-        .min(files.len() / FILES_PER_THREAD)
-        .max(1);
-    if threads == 1 {
-        return files.iter().map(parse).collect();
-    }
-    let chunk = files.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let parse = &parse;
-        let mut chunks = files.chunks(chunk);
-        let first = chunks.next().unwrap_or_default();
-        let others: Vec<_> = chunks
-            .map(|c| scope.spawn(move || c.iter().map(parse).collect::<Vec<_>>()))
-            .collect();
-        let mut parsed: Vec<_> = first.iter().map(parse).collect();
-        for handle in others {
-            parsed.extend(
-                handle
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            );
-        }
-        parsed
-    })
 }
 
 /// A generator or transformer named in `generators:`/`transformers:`: inline YAML or a file.

@@ -7,9 +7,11 @@
 //! implementation only has to refuse what it cannot resolve inside its root, such as a symlink
 //! that points outside it.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What is at a path, once symlinks are followed: kustomize treats an entry differently by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,13 +117,22 @@ pub struct DiskFs {
     root: PathBuf,
     /// Real locations of the directories resolved so far, by their path under the root.
     dirs: Mutex<HashMap<String, PathBuf>>,
-    /// The file [`FileSystem::kind`] found last: a render asks what an entry is and then reads
-    /// it, and the second look-up would repeat the first.
-    last_file: Mutex<Option<Found>>,
+    /// Tells this `DiskFs`'s entry in [`LAST_FILE`] from another's.
+    id: u64,
+}
+
+/// Ids of `DiskFs` values, never reused.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The file [`FileSystem::kind`] found last on this thread, with the id of the `DiskFs` it
+    /// belongs to: a render asks what an entry is and then reads it, and the second look-up
+    /// would repeat the first. One per thread, as threads of a render read different files.
+    static LAST_FILE: RefCell<Option<(u64, Found)>> = const { RefCell::new(None) };
 }
 
 /// A file resolved to its real location, with its size when it was looked at.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Found {
     path: String,
     real: PathBuf,
@@ -138,7 +149,18 @@ impl DiskFs {
         Ok(Self {
             root,
             dirs: Mutex::new(HashMap::new()),
-            last_file: Mutex::new(None),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    /// The file this thread's last [`FileSystem::kind`] found, if it is `path`: it is read next,
+    /// so it is remembered no more.
+    fn take_last_file(&self, path: &str) -> Option<Found> {
+        LAST_FILE.with_borrow_mut(|last| match last {
+            Some((id, found)) if *id == self.id && found.path == path => {
+                last.take().map(|(_, found)| found)
+            }
+            _ => None,
         })
     }
 
@@ -273,14 +295,14 @@ impl FileSystem for DiskFs {
         {
             return Ok(Some(self.relative(real)));
         }
-        if let Some(found) = self
-            .last_file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .filter(|f| f.path == path)
-        {
-            return Ok(Some(self.relative(&found.real)));
+        let last = LAST_FILE.with_borrow(|last| match last {
+            Some((id, found)) if *id == self.id && found.path == path => {
+                Some(self.relative(&found.real))
+            }
+            _ => None,
+        });
+        if last.is_some() {
+            return Ok(last);
         }
         Ok(self.resolve(path)?.map(|(real, _)| self.relative(&real)))
     }
@@ -291,13 +313,7 @@ impl FileSystem for DiskFs {
 
     fn read_file_at_most(&self, path: &str, max: u64) -> Result<Vec<u8>, Error> {
         use std::io::Read as _;
-        let remembered = self
-            .last_file
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-            .filter(|f| f.path == path);
-        let (real, len) = match remembered {
+        let (real, len) = match self.take_last_file(path) {
             Some(f) => (f.real, f.len),
             None => match self.resolve_sized(path)? {
                 Some((real, EntryKind::File, len)) => (real, len),
@@ -369,14 +385,12 @@ impl FileSystem for DiskFs {
     fn kind(&self, path: &str) -> Result<Option<EntryKind>, Error> {
         let found = self.resolve_sized(path)?;
         if let Some((real, EntryKind::File, len)) = &found {
-            *self
-                .last_file
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Found {
+            let found = Found {
                 path: path.to_owned(),
                 real: real.clone(),
                 len: *len,
-            });
+            };
+            LAST_FILE.set(Some((self.id, found)));
         }
         Ok(found.map(|(_, kind, _)| kind))
     }

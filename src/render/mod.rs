@@ -95,40 +95,82 @@ impl std::fmt::Debug for Options<'_> {
     }
 }
 
+/// Items a thread takes at least: below that, starting a thread costs more than it saves.
+const ITEMS_PER_THREAD: usize = 64;
+/// Threads one render uses at most; the service runs several renders at once.
+const MAX_THREADS: usize = 4;
+
+/// `f` over consecutive chunks of `items`, on several threads when there are many items; one
+/// result per chunk, in order, so that the first failure in `items` is still the one reported.
+fn in_chunks<'a, T: Sync, R: Send>(items: &'a [T], f: impl Fn(&'a [T]) -> R + Sync) -> Vec<R> {
+    // The answer reads cgroup files: once per process, not once per call.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let cores = *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = cores
+        .min(MAX_THREADS)
+        .min(items.len() / ITEMS_PER_THREAD)
+        .max(1);
+    if threads == 1 {
+        return vec![f(items)];
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let f = &f;
+        let mut chunks = items.chunks(chunk);
+        let first = chunks.next().unwrap_or_default();
+        let others: Vec<_> = chunks.map(|c| scope.spawn(move || f(c))).collect();
+        let mut out = vec![f(first)];
+        for handle in others {
+            out.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        out
+    })
+}
+
 /// Renders the kustomization in `dir` (relative to the root of `fs`; `""` is the root).
 pub fn render(fs: &dyn fs::FileSystem, dir: &str, options: &Options) -> Result<Vec<Object>, Error> {
     let objects = build::run(fs, dir, options)?;
-    for o in &objects {
-        if let Some((path, c)) = yaml::unprintable(o) {
-            let field = |f: &str| {
-                o.get("metadata")
-                    .and_then(|m| m.get(f))
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            let kind = o.get("kind").and_then(Value::as_str).unwrap_or("");
-            return Err(Error::Unprintable {
-                object: match field("namespace").as_str() {
-                    "" => format!("{kind} {}", field("name")),
-                    ns => format!("{kind} {ns}/{}", field("name")),
-                },
-                path,
-                character: c as u32,
-            });
-        }
+    let unprintable = in_chunks(&objects, |chunk| {
+        chunk
+            .iter()
+            .find_map(|o| yaml::unprintable(o).map(|(path, c)| (o, path, c)))
+    });
+    if let Some((o, path, c)) = unprintable.into_iter().flatten().next() {
+        let field = |f: &str| {
+            o.get("metadata")
+                .and_then(|m| m.get(f))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        let kind = o.get("kind").and_then(Value::as_str).unwrap_or("");
+        return Err(Error::Unprintable {
+            object: match field("namespace").as_str() {
+                "" => format!("{kind} {}", field("name")),
+                ns => format!("{kind} {ns}/{}", field("name")),
+            },
+            path,
+            character: c as u32,
+        });
     }
     Ok(objects)
 }
 
 /// The objects as one multi-document YAML stream, as `kubectl kustomize` prints them.
 pub fn to_yaml(objects: &[Object]) -> String {
-    let mut out = String::with_capacity(objects.len() * 512);
-    for (i, o) in objects.iter().enumerate() {
-        if i > 0 {
-            out.push_str("---\n");
+    let parts = in_chunks(objects, |chunk| {
+        let mut out = String::with_capacity(chunk.len() * 512);
+        for (i, o) in chunk.iter().enumerate() {
+            if i > 0 {
+                out.push_str("---\n");
+            }
+            yaml::write_object(&mut out, o);
         }
-        yaml::write_object(&mut out, o);
-    }
-    out
+        out
+    });
+    parts.join("---\n")
 }

@@ -311,6 +311,23 @@ impl Resource {
         }
     }
 
+    /// A hash of [`ResId::key`] of [`Resource::cur_id`], from the object's own strings: equal
+    /// keys hash alike under one `state`.
+    pub fn key_hash(&self, state: &impl std::hash::BuildHasher) -> u64 {
+        let api_version = self.api_version();
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        let kind = self.kind();
+        let namespace = if is_cluster_scoped_kind(group, kind) {
+            "_non_namespaceable_"
+        } else {
+            match self.namespace() {
+                "" => "default",
+                ns => ns,
+            }
+        };
+        state.hash_one((group, version, kind, self.name(), namespace))
+    }
+
     /// The identity the resource was declared with, before any rename.
     pub fn org_id(&self) -> ResId {
         match self.prev.first() {
@@ -404,5 +421,51 @@ impl Resource {
     /// [`Resource::string_map`] of the annotations.
     pub fn annotations(&self) -> Map<String, Value> {
         self.string_map("annotations")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(yaml: &str) -> Resource {
+        let doc = crate::yaml::documents(yaml, crate::yaml::Reading::Resources)
+            .expect("valid YAML")
+            .remove(0);
+        match doc {
+            Value::Object(obj) => Resource::new(obj),
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn ids_equal_as_keys_hash_alike_and_others_apart() {
+        let state = std::hash::RandomState::new();
+        let same = [
+            // An unset namespace is `default`; a cluster-scoped kind has none.
+            (
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: default\n",
+            ),
+            (
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: r\n",
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: r\n  namespace: x\n",
+            ),
+        ];
+        for (a, b) in same {
+            let (a, b) = (resource(a), resource(b));
+            assert_eq!(a.cur_id().into_key(), b.cur_id().into_key());
+            assert_eq!(a.key_hash(&state), b.key_hash(&state));
+        }
+        let apart = [
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n  namespace: other\n",
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: a\n",
+            "apiVersion: example.com/v1\nkind: ConfigMap\nmetadata:\n  name: a\n",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n",
+        ];
+        let first = resource(same[0].0).key_hash(&state);
+        for other in apart {
+            assert_ne!(resource(other).key_hash(&state), first, "{other}");
+        }
     }
 }

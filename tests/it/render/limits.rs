@@ -1,12 +1,12 @@
 //! Hostile input to `stagehand render`: an alias bomb, a list nested 100,000 deep, a file over
-//! the size cap, more objects than a render may hold. Each is refused by the process with an
+//! the size cap, files past the render's byte cap, more objects than a render may hold. Each is refused by the process with an
 //! error naming the file, and the process exits as it does for any bad input (status 1), never
 //! by running out of memory or stack.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-use stagehand::render::limits::{MAX_FILE_BYTES, MAX_OBJECTS};
+use stagehand::render::limits::{MAX_FILE_BYTES, MAX_OBJECTS, MAX_RENDER_BYTES};
 use stagehand::render::{self, Options, fs::DiskFs};
 use stagehand::yaml::events::MAX_DEPTH;
 
@@ -115,4 +115,38 @@ fn a_render_past_the_object_cap_is_refused_by_name() {
         "- {apiVersion: v1, kind: ConfigMap, metadata: {name: c}}\n".repeat(MAX_OBJECTS + 1);
     let list = format!("apiVersion: v1\nkind: List\nitems:\n{items}");
     assert_refused(&render_with(list.as_bytes()), "objects");
+}
+
+#[test]
+fn files_past_the_render_byte_cap_are_refused_at_the_first_in_list_order_that_passes_it() {
+    // Enough entries that files are read on several threads; nine files at the size cap,
+    // spread over the threads' shares, pass the render's cap at the eighth whichever thread
+    // reads first.
+    let root = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(root.path().join("app")).expect("mkdir");
+    let big = [10, 40, 70, 100, 130, 160, 190, 220, 250];
+    assert_eq!(8 * MAX_FILE_BYTES, MAX_RENDER_BYTES);
+    let mut kustomization = String::from("resources:\n");
+    for i in 0..300 {
+        let name = format!("c{i:03}.yaml");
+        let path = root.path().join("app").join(&name);
+        let mut text = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c{i}\n#");
+        if big.contains(&i) {
+            // A comment fills the file to the size cap.
+            text.push_str(
+                &"x".repeat(usize::try_from(MAX_FILE_BYTES).expect("fits") - text.len() - 1),
+            );
+        }
+        text.push('\n');
+        std::fs::write(&path, text).expect("write");
+        kustomization.push_str(&format!("- {name}\n"));
+    }
+    std::fs::write(root.path().join("app/kustomization.yaml"), kustomization).expect("write");
+    let fs = DiskFs::new(root.path()).expect("root exists");
+    let err = render::render(&fs, "app", &Options::default()).expect_err("past the byte cap");
+    let message = stagehand::error_chain::ErrorChain(&err).to_string();
+    assert!(
+        message.contains("app/c220.yaml") && message.contains("one render may read"),
+        "{message}"
+    );
 }
