@@ -3,6 +3,7 @@
 //! hostile file (a billion-laughs bomb, a list nested 100,000 deep) is refused before any tree
 //! is built from it.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use saphyr_parser::{Event, Parser, Span, StrInput};
@@ -165,8 +166,17 @@ impl<'a> Iterator for Events<'a> {
                 column: e.marker().col() + 1,
                 problem: e.info().to_owned(),
             })
-            .and_then(|(event, span)| {
+            .and_then(|(mut event, span)| {
                 self.account(&event, &span)?;
+                // The parser leaves a plain scalar's text 128 bytes of spare room to grow into;
+                // kept in the parsed objects, that room was most of their memory. A copy of the
+                // exact size (rather than shrinking in place) hands the roomy buffer back for the
+                // next scalar instead of leaving a hole beside each kept one.
+                if let Event::Scalar(Cow::Owned(text), ..) = &mut event
+                    && text.capacity() > text.len()
+                {
+                    *text = text.as_str().to_owned();
+                }
                 Ok((event, span))
             }),
         )
@@ -199,6 +209,20 @@ mod tests {
         let items: Vec<String> = (0..2000).map(|i| format!("k{i}: v")).collect();
         let text = format!("base: &b {{{}}}\ncopy: *b\nother: *b\n", items.join(", "));
         assert!(read_all(&text).is_ok());
+    }
+
+    #[test]
+    fn scalar_texts_come_without_spare_room() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-1\n\
+                    data:\n  plain: a longer value with spaces\n  quoted: \"x\"\n  folded: >\n    two\n    lines\n";
+        let mut scalars = 0;
+        for event in Events::new(text) {
+            if let (Event::Scalar(Cow::Owned(s), ..), _) = event.expect("parses") {
+                assert_eq!(s.capacity(), s.len(), "{s:?} keeps spare room");
+                scalars += 1;
+            }
+        }
+        assert!(scalars >= 10, "only {scalars} owned scalars were checked");
     }
 
     #[test]
