@@ -129,6 +129,7 @@ async fn main() {
             .record_sync(SyncRun {
                 environment: format!("env-{}", i % 20),
                 revision: format!("{i:040x}"),
+                content: Some(format!("{:040x}", i / 2)),
                 started_at: SystemTime::now(),
                 finished_at: SystemTime::now(),
                 result: "succeeded".to_owned(),

@@ -442,6 +442,7 @@ struct Loaded {
     /// Of the file's bytes, to tell a real change from a rewrite with the same content.
     digest: [u8; 32],
     by_hash: HashMap<[u8; 32], Arc<Identity>>,
+    by_name: HashMap<String, Arc<Identity>>,
     identities: usize,
 }
 
@@ -476,6 +477,11 @@ impl Tokens {
     pub fn authenticate(&self, token: &str) -> Option<Arc<Identity>> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.read().by_hash.get(&hash).cloned()
+    }
+
+    /// The identity called `name` in the current file.
+    pub fn identity(&self, name: &str) -> Option<Arc<Identity>> {
+        self.read().by_name.get(name).cloned()
     }
 
     /// Reads the file again and, when its content changed and is valid, takes it. On an error
@@ -578,7 +584,7 @@ fn parse_tokens(file: &Path, bytes: &[u8], digest: [u8; 32]) -> Result<Loaded, T
         ));
     }
     let mut by_hash: HashMap<[u8; 32], Arc<Identity>> = HashMap::new();
-    let mut names = HashSet::new();
+    let mut by_name: HashMap<String, Arc<Identity>> = HashMap::new();
     for (i, entry) in parsed.identities.iter().enumerate() {
         if entry.name.trim().is_empty() {
             return Err(invalid(
@@ -586,7 +592,20 @@ fn parse_tokens(file: &Path, bytes: &[u8], digest: [u8; 32]) -> Result<Loaded, T
                 "must not be empty".to_owned(),
             ));
         }
-        if !names.insert(entry.name.as_str()) {
+        if entry
+            .name
+            .trim()
+            .eq_ignore_ascii_case(crate::promotion::SELF)
+        {
+            return Err(invalid(
+                format!("identities[{i}].name"),
+                format!(
+                    "{:?} is reserved: the audit log and promotion commits name Stagehand itself so",
+                    entry.name
+                ),
+            ));
+        }
+        if by_name.contains_key(&entry.name) {
             return Err(invalid(
                 format!("identities[{i}].name"),
                 format!("{:?} is listed twice", entry.name),
@@ -597,6 +616,7 @@ fn parse_tokens(file: &Path, bytes: &[u8], digest: [u8; 32]) -> Result<Loaded, T
             email: entry.email.clone(),
             groups: entry.groups.clone(),
         });
+        by_name.insert(entry.name.clone(), Arc::clone(&identity));
         for (j, hash) in entry.token_sha256.iter().enumerate() {
             let field = format!("identities[{i}].tokenSha256[{j}]");
             let Some(bytes) = parse_sha256(hash) else {
@@ -618,6 +638,7 @@ fn parse_tokens(file: &Path, bytes: &[u8], digest: [u8; 32]) -> Result<Loaded, T
     Ok(Loaded {
         digest,
         by_hash,
+        by_name,
         identities: parsed.identities.len(),
     })
 }
@@ -653,6 +674,16 @@ pub fn allow_anonymous(listen: SocketAddr, insecure: bool) -> Result<(), Unprote
         Ok(())
     } else {
         Err(Unprotected { addr: listen })
+    }
+}
+
+impl crate::promotion::People for Tokens {
+    fn person(&self, name: &str) -> Option<crate::promotion::Actor> {
+        self.identity(name).map(|identity| crate::promotion::Actor {
+            name: identity.name.clone(),
+            email: identity.email.clone(),
+            groups: identity.groups.clone(),
+        })
     }
 }
 

@@ -439,6 +439,7 @@ fn revision_to_proto(entry: &service::HistoryEntry) -> proto::Revision {
         approved_by: git.trailers.approved_by.clone(),
         applied: entry.applied,
         syncs: entry.syncs.iter().map(sync_to_proto).collect(),
+        verified: entry.verified,
     }
 }
 

@@ -82,7 +82,7 @@ fn status_of(error: promotion::Error) -> Status {
     let message = crate::service::describe(&error);
     match error {
         E::Unknown(_) | E::NotFound { .. } => Status::not_found(message),
-        E::UnknownRevision { .. } => Status::invalid_argument(message),
+        E::UnknownRevision { .. } | E::OutsideHistory { .. } => Status::invalid_argument(message),
         E::Refused { .. } => Status::permission_denied(message),
         E::NoSource { .. }
         | E::NothingApplied { .. }
@@ -90,6 +90,7 @@ fn status_of(error: promotion::Error) -> Status {
         | E::SourceUnhealthy { .. }
         | E::NotSoaked { .. }
         | E::AlreadyRuns { .. }
+        | E::AuthorsUnknown { .. }
         | E::WrongState { .. }
         | E::NotFrozen { .. }
         | E::Git { .. }

@@ -108,6 +108,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => api::auth::Authenticator::anonymous(),
     };
     let with_tokens = tokens.is_some();
+    let people = tokens.clone();
     let installation = stagehand::cluster::installation::load_or_create(&args.state_dir)?;
     let store: Arc<dyn stagehand::store::Store> =
         Arc::new(stagehand::store::SqliteStore::open(&args.state_dir).await?);
@@ -148,6 +149,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             store: store.clone(),
             git: git_options.clone(),
+            people: people
+                .clone()
+                .map(|tokens| tokens as Arc<dyn stagehand::promotion::People>),
         })
     });
     let text = std::fs::read(&args.pipeline)

@@ -7,6 +7,9 @@ use super::Repository;
 use super::revision::{Error, Location};
 use crate::pipeline::Pipeline;
 
+/// How many commits of a branch are walked to place a commit in an environment's history.
+pub const WALK_LIMIT: usize = 1000;
+
 /// Trailer carrying the promotion id; finding it on the remote means the promotion is done.
 pub const PROMOTION: &str = "Stagehand-Promotion";
 /// Trailer naming the source environment and commit of a promotion.
@@ -123,15 +126,47 @@ impl Repository {
     }
 }
 
+/// A promoted range with more commits than a caller allows: its authors cannot all be known.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the range from {to} back to {} holds more than {limit} commits; its authors cannot all be \
+     checked",
+    since.map_or_else(|| "the first commit".to_owned(), |c| c.to_string())
+)]
+pub struct RangeTooLong {
+    /// The newest commit of the range.
+    pub to: ObjectId,
+    /// Where the range starts (excluded).
+    pub since: Option<ObjectId>,
+    /// The most commits walked.
+    pub limit: usize,
+}
+
+/// Why the authors of a range are unknown.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)]
+pub enum AuthorsError {
+    #[error(transparent)]
+    Read(#[from] Error),
+    #[error(transparent)]
+    TooLong(#[from] RangeTooLong),
+}
+
+/// Trailer crediting a co-author (`Name <e-mail>`), as GitHub and GitLab write it.
+pub const CO_AUTHORED_BY: &str = "Co-authored-by";
+
 impl Repository {
-    /// The author e-mails of the commits reachable from `to` but not from `since` (every
-    /// ancestor when `since` is `None`, up to `limit` commits): who wrote a promoted range.
+    /// The e-mails of everyone who wrote a commit reachable from `to` but not from `since`
+    /// (every ancestor when `since` is `None`) that changed `path` (every commit when `None`):
+    /// authors, committers and `Co-authored-by` trailers, in first-seen order. A range of more
+    /// than `limit` commits is an error rather than a partial answer.
     pub fn authors(
         &self,
         to: ObjectId,
         since: Option<ObjectId>,
+        path: Option<&Location>,
         limit: usize,
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<Vec<String>, AuthorsError> {
         let repo = self.repo();
         let read = |what: String| {
             move |source| Error::Read {
@@ -144,21 +179,100 @@ impl Repository {
             .with_hidden(since)
             .all()
             .map_err(read(format!("the history of {to}")))?;
-        let mut emails = Vec::new();
-        for info in walk.take(limit) {
+        let mut emails: Vec<String> = Vec::new();
+        let mut add = |email: &str| {
+            let email = email.trim().to_lowercase();
+            if !email.is_empty() && !emails.contains(&email) {
+                emails.push(email);
+            }
+        };
+        for (walked, info) in walk.enumerate() {
+            if walked >= limit {
+                return Err(RangeTooLong { to, since, limit }.into());
+            }
             let info = info.map_err(read(format!("the history of {to}")))?;
             let commit = repo
                 .find_commit(info.id)
                 .map_err(read(format!("commit {}", info.id)))?;
-            let author = commit
-                .author()
-                .map_err(read(format!("the author of commit {}", info.id)))?;
-            let email = author.email.to_string();
-            if !emails.contains(&email) {
-                emails.push(email);
+            if let Some(location) = path {
+                let tree = self.path_tree(location, info.id).ok();
+                let parent = commit.parent_ids().next().map(gix::Id::detach);
+                let parent_tree = parent.and_then(|p| self.path_tree(location, p).ok());
+                if tree == parent_tree {
+                    continue;
+                }
+            }
+            for email in people_of(&commit, info.id)? {
+                add(&email);
             }
         }
         Ok(emails)
+    }
+
+    /// The e-mails of who wrote `commit`: its author, its committer and its `Co-authored-by`
+    /// trailers.
+    pub fn people(&self, commit: ObjectId) -> Result<Vec<String>, Error> {
+        let repo = self.repo();
+        let found = repo.find_commit(commit).map_err(|source| Error::Read {
+            what: format!("commit {commit}"),
+            source: Box::new(source),
+        })?;
+        people_of(&found, commit)
+    }
+
+    /// The revision of `environment` whose files `commit` holds: the newest commit at or before
+    /// `commit` on the first-parent line of the environment's branch that changed its directory.
+    /// `None` when `commit` is not on that line within `limit` commits of the branch tip: it is
+    /// not part of the environment's history.
+    pub fn revision_of(
+        &self,
+        pipeline: &Pipeline,
+        environment: &str,
+        commit: ObjectId,
+        limit: usize,
+    ) -> Result<Option<Entry>, Error> {
+        let location = Location::of(pipeline, environment)?;
+        let repo = self.repo();
+        let read = |what: String| {
+            move |source| Error::Read {
+                what,
+                source: Box::new(source),
+            }
+        };
+        let mut next = Some(self.branch_tip(&location.branch)?);
+        let mut found = false;
+        for _ in 0..limit {
+            let Some(id) = next else { break };
+            found |= id == commit;
+            let current = repo.find_commit(id).map_err(read(format!("commit {id}")))?;
+            let parent = current.parent_ids().next().map(gix::Id::detach);
+            if found {
+                let tree = match self.path_tree(&location, id) {
+                    Ok(tree) => tree,
+                    // From before the environment existed: not one of its revisions.
+                    Err(Error::MissingPath { .. }) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let parent_tree = parent.and_then(|p| self.path_tree(&location, p).ok());
+                if parent_tree != Some(tree) {
+                    let message = current.message_raw_sloppy().to_vec();
+                    return Ok(Some(Entry {
+                        commit: id,
+                        tree,
+                        summary: gix::objs::commit::MessageRef::from_bytes(&message)
+                            .summary()
+                            .to_string(),
+                        time: current
+                            .time()
+                            .map_err(read(format!("commit {id}")))?
+                            .seconds,
+                        trailers: Trailers::of(&message),
+                    }));
+                }
+            }
+            next = parent;
+        }
+        Ok(None)
     }
 
     /// The commit `spec` names (a full or abbreviated hash, a branch of the cache, ...).
@@ -198,4 +312,50 @@ impl Repository {
             })?;
         Ok(base.map(gix::Id::detach) == Some(ancestor))
     }
+}
+
+fn people_of(commit: &gix::Commit<'_>, id: ObjectId) -> Result<Vec<String>, Error> {
+    let read = |what: &str| {
+        let what = format!("the {what} of commit {id}");
+        move |source| Error::Read {
+            what,
+            source: Box::new(source),
+        }
+    };
+    let mut emails = vec![
+        commit.author().map_err(read("author"))?.email.to_string(),
+        commit
+            .committer()
+            .map_err(read("committer"))?
+            .email
+            .to_string(),
+    ];
+    let message = gix::objs::commit::MessageRef::from_bytes(commit.message_raw_sloppy());
+    if let Some(body) = message.body() {
+        for trailer in body.trailers() {
+            if trailer
+                .token
+                .to_string()
+                .eq_ignore_ascii_case(CO_AUTHORED_BY)
+                && let Some(email) = angle_email(&trailer.value.to_string())
+            {
+                emails.push(email.to_owned());
+            }
+        }
+    }
+    let mut people: Vec<String> = Vec::new();
+    for email in emails {
+        let email = email.trim().to_lowercase();
+        if !email.is_empty() && !people.contains(&email) {
+            people.push(email);
+        }
+    }
+    Ok(people)
+}
+
+/// The e-mail of `Name <e-mail>`.
+fn angle_email(value: &str) -> Option<&str> {
+    let start = value.rfind('<')?;
+    let end = start + value[start..].find('>')?;
+    Some(value[start + 1..end].trim()).filter(|e| !e.is_empty())
 }

@@ -142,6 +142,26 @@ impl Candidate {
     }
 }
 
+/// The promotion commits Stagehand itself wrote: only those count as a landed promotion.
+pub trait Ledger {
+    /// Whether `commit` is one this promotion wrote.
+    fn is_ours(&self, commit: ObjectId) -> bool;
+    /// Records `commit` before it is pushed, so that after a crash it is known as ours.
+    fn remember(&mut self, commit: ObjectId) -> Result<(), String>;
+}
+
+/// A ledger in memory, for a promotion carried out within one call.
+impl Ledger for Vec<ObjectId> {
+    fn is_ours(&self, commit: ObjectId) -> bool {
+        self.contains(&commit)
+    }
+
+    fn remember(&mut self, commit: ObjectId) -> Result<(), String> {
+        self.push(commit);
+        Ok(())
+    }
+}
+
 /// Why a promotion commit could not be made.
 #[derive(Debug, thiserror::Error)]
 // Each variant is described by its message, and its fields by the names the message uses.
@@ -202,6 +222,10 @@ pub enum Error {
     },
     #[error(transparent)]
     Push(#[from] push::Error),
+    #[error("the remote declined the push to branch {branch:?}: {reason}")]
+    Declined { branch: String, reason: String },
+    #[error("cannot record commit {commit} before pushing it: {reason}")]
+    Ledger { commit: ObjectId, reason: String },
     #[error("branch {branch:?} moved on every one of {attempts} pushes; giving up")]
     Contended { branch: String, attempts: u32 },
     #[error("cannot {what}")]
@@ -229,14 +253,18 @@ fn write_error(what: impl Into<String>) -> impl FnOnce(gix::Error) -> Error {
 }
 
 impl Repository {
-    /// Carries out `promotion`: fetch, build the commit on the target branch's tip, push with
-    /// that tip as the lease; if someone pushed first, fetch and redo on top of theirs, at most
-    /// `options.max_attempts` times. Blocking: call it from `spawn_blocking` in async code.
+    /// Carries out `promotion`: fetch, build the commit on the target branch's tip, tell
+    /// `ledger` about it, push with that tip as the lease; if someone pushed first, fetch and
+    /// redo on top of theirs, at most `options.max_attempts` times. A commit on the branch that
+    /// carries the promotion's id counts as done only when `ledger` knows it as one of its own:
+    /// anyone can push a commit with that trailer. Blocking: call it from `spawn_blocking` in
+    /// async code.
     pub fn promote(
         &self,
         pipeline: &Pipeline,
         promotion: &PromotionCommit,
         options: &Options,
+        ledger: &mut dyn Ledger,
     ) -> Result<Outcome, Error> {
         check_trailers(promotion)?;
         let location = Location::of(pipeline, &promotion.target)?;
@@ -244,7 +272,7 @@ impl Repository {
         for attempt in 1..=attempts {
             self.fetch()?;
             let tip = self.branch_tip(&location.branch)?;
-            if let Some(commit) = self.find_promotion(tip, &promotion.id)? {
+            if let Some(commit) = self.find_promotion(tip, &promotion.id, &*ledger)? {
                 return Ok(Outcome::AlreadyDone { commit });
             }
             let tree = self.promoted_tree(pipeline, promotion, &location, tip)?;
@@ -253,6 +281,9 @@ impl Repository {
                 return Ok(Outcome::NoChange { commit: tip });
             }
             let commit = write_commit(&repo, promotion, options, tree, tip)?;
+            ledger
+                .remember(commit)
+                .map_err(|reason| Error::Ledger { commit, reason })?;
             let pushed = push::push_with_lease(
                 &self.inner.path,
                 &self.inner.url,
@@ -269,6 +300,12 @@ impl Repository {
                         commit,
                         parent: tip,
                         attempts: attempt,
+                    });
+                }
+                push::Outcome::Declined { reason } => {
+                    return Err(Error::Declined {
+                        branch: location.branch,
+                        reason,
                     });
                 }
                 push::Outcome::Rejected { reason } => {
@@ -297,11 +334,12 @@ impl Repository {
         pipeline: &Pipeline,
         promotion: &PromotionCommit,
         options: &Options,
+        ledger: &dyn Ledger,
     ) -> Result<Candidate, Error> {
         check_trailers(promotion)?;
         let location = Location::of(pipeline, &promotion.target)?;
         let tip = self.branch_tip(&location.branch)?;
-        if let Some(commit) = self.find_promotion(tip, &promotion.id)? {
+        if let Some(commit) = self.find_promotion(tip, &promotion.id, ledger)? {
             return Ok(Candidate::AlreadyDone { commit });
         }
         let tree = self.promoted_tree(pipeline, promotion, &location, tip)?;
@@ -313,8 +351,15 @@ impl Repository {
         Ok(Candidate::Change { tip, commit })
     }
 
-    /// The commit on the first-parent line of `tip` that carries promotion `id`, if any.
-    pub fn find_promotion(&self, tip: ObjectId, id: &str) -> Result<Option<ObjectId>, Error> {
+    /// The commit on the first-parent line of `tip` that carries promotion `id` and that
+    /// `ledger` knows as its own, if any. A commit with the trailer that the ledger does not know
+    /// was written by someone else and is passed over.
+    pub fn find_promotion(
+        &self,
+        tip: ObjectId,
+        id: &str,
+        ledger: &dyn Ledger,
+    ) -> Result<Option<ObjectId>, Error> {
         let repo = self.repo();
         let mut next = Some(tip);
         for _ in 0..IDEMPOTENCE_DEPTH {
@@ -326,6 +371,7 @@ impl Repository {
                 .promotion
                 .as_deref()
                 == Some(id)
+                && ledger.is_ours(current)
             {
                 return Ok(Some(current));
             }

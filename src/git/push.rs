@@ -54,10 +54,15 @@ pub enum Error {
 pub enum Outcome {
     /// The branch now points at the pushed commit.
     Updated,
-    /// The branch was not where we expected (someone pushed first) or the remote refused the
-    /// update; nothing changed there.
+    /// The branch was not where we expected: someone pushed first. Nothing changed there.
     Rejected {
-        /// The remote's words, or that the branch moved.
+        /// git's words (`stale info`, `fetch first`, ...).
+        reason: String,
+    },
+    /// The remote refused the update itself (a protected branch, a hook that declined it);
+    /// trying again on a newer tip would not help. Nothing changed there.
+    Declined {
+        /// The remote's words.
         reason: String,
     },
 }
@@ -139,9 +144,31 @@ pub fn push_with_lease(
         .lines()
         .find(|l| l.split('\t').nth(1).is_some_and(|r| r.ends_with(&refname)));
     match line {
-        Some(line) if line.starts_with('!') => Ok(Outcome::Rejected {
-            reason: line.split('\t').nth(2).unwrap_or("rejected").to_owned(),
-        }),
+        // git marks its own lease and fast-forward refusals `[rejected]`, and what the remote
+        // refused (hooks, protected branches) `[remote rejected]`.
+        Some(line) if line.starts_with('!') => {
+            let summary = line.split('\t').nth(2).unwrap_or("rejected").to_owned();
+            // A ref that moved while the remote held its lock is a lease conflict too.
+            let raced = ["failed to update ref", "failed to lock", "cannot lock ref"]
+                .iter()
+                .any(|needle| summary.contains(needle) || stderr.contains(needle));
+            if summary.starts_with("[remote rejected]") && !raced {
+                let hooks: Vec<&str> = stderr
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("remote: "))
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                let reason = if hooks.is_empty() {
+                    summary
+                } else {
+                    format!("{summary}: {}", hooks.join("; "))
+                };
+                Ok(Outcome::Declined { reason })
+            } else {
+                Ok(Outcome::Rejected { reason: summary })
+            }
+        }
         Some(_) if output.status.success() => Ok(Outcome::Updated),
         _ => {
             let message = stderr

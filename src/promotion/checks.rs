@@ -15,12 +15,14 @@ use crate::reconcile::{self, Plan, Reconciler, source::AtCommit, source::GitSour
 use crate::service::EnvironmentView;
 use crate::store::Store;
 
-/// The source runs `revision`, is Healthy there (when the target's policy demands it) and has
-/// run it for the target's soak time.
+/// The source runs `revision` (`runs`: its applied commit holds the same revision of the
+/// source's own files, whatever other environments committed since), is Healthy there (when
+/// the target's policy demands it) and has run those files for the target's soak time.
 pub(super) async fn source_ready(
     target: &Environment,
     source: &EnvironmentView,
     revision: &str,
+    runs: bool,
     store: &dyn Store,
 ) -> Result<(), Error> {
     let policy = &target.promotion;
@@ -29,7 +31,7 @@ pub(super) async fn source_ready(
     }
     let name = &source.environment.name;
     let running = source.status.applied_revision.clone().unwrap_or_default();
-    if running != revision {
+    if !runs {
         return Err(Error::SourceNotRunning {
             source_env: name.clone(),
             revision: revision.to_owned(),
@@ -50,10 +52,11 @@ pub(super) async fn source_ready(
             });
         }
     }
+    // The store moves applied_at only when the source's files change.
     let applied_at = store
         .environment(name)
         .await?
-        .filter(|record| record.applied_revision.as_deref() == Some(revision))
+        .filter(|record| record.applied_revision.as_deref() == Some(running.as_str()))
         .and_then(|record| record.applied_at);
     if let Some(remaining) = policy::soak_remaining(policy.soak, applied_at, SystemTime::now()) {
         return Err(Error::NotSoaked {

@@ -12,7 +12,7 @@ use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-use super::{Actor, Error, checks, lane, policy};
+use super::{Actor, Error, People, checks, lane, policy};
 use crate::git::{self, promote::Candidate};
 use crate::pipeline::{Environment, Pipeline};
 use crate::reconcile::{self, Plan, source::GitSource};
@@ -23,10 +23,12 @@ use crate::store::{
     TransitionOutcome,
 };
 
-/// How many commits are searched for the authors of a promoted range.
-const AUTHORS_LIMIT: usize = 1000;
-/// How far back the target's history is searched for its last promotion.
-const HISTORY_LIMIT: usize = 1000;
+/// How many commits are walked for the authors of a promoted range; a longer range is refused
+/// where the author rule applies.
+const AUTHORS_LIMIT: usize = 5000;
+/// How far back an environment's history is searched: for a named revision, and for the
+/// promotion a rollback's content came from.
+const HISTORY_LIMIT: usize = git::history::WALK_LIMIT;
 
 /// The promotion engine of one pipeline; part of the running [`Service`].
 pub struct Engine {
@@ -37,6 +39,8 @@ pub struct Engine {
     pub(super) source: Arc<GitSource>,
     pub(super) options: Arc<reconcile::Options>,
     pub(super) git: git::promote::Options,
+    /// The identities as they are now; `None` without a tokens file.
+    people: Option<Arc<dyn People>>,
     /// One wake-up per target environment.
     lanes: HashMap<String, Arc<Notify>>,
     /// The id of every promotion that changed.
@@ -48,9 +52,20 @@ pub struct Engine {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct Detail {
-    /// Git author e-mails of the promoted range (for `allowAuthorApproval: false`).
+    /// E-mails of who wrote the promoted range (authors, committers, co-authors), for
+    /// `allowAuthorApproval: false`.
     #[serde(default)]
     pub authors: Vec<String>,
+    /// The requester's e-mail when they asked: one person may hold several identities.
+    #[serde(default)]
+    pub requester_email: String,
+    /// Every promotion commit Stagehand wrote for this promotion, recorded before its push:
+    /// only these count as the promotion having landed.
+    #[serde(default)]
+    pub commits: Vec<String>,
+    /// Git steps that failed for a reason other than someone pushing first.
+    #[serde(default)]
+    pub git_failures: u32,
     /// The target branch tip the last pre-flight checked the candidate on.
     #[serde(default)]
     pub checked_tip: Option<String>,
@@ -63,6 +78,27 @@ pub(super) struct Detail {
 pub(super) struct Override {
     pub by: String,
     pub reason: String,
+    /// The end of the freeze it was given for; a later freeze holds the promotion again.
+    #[serde(default)]
+    pub until: Option<SystemTime>,
+}
+
+impl Override {
+    /// Whether this override lets the promotion through `frozen`.
+    pub(super) fn covers(&self, frozen: &policy::Frozen) -> bool {
+        self.until
+            .is_some_and(|until| SystemTime::from(frozen.until) <= until)
+    }
+}
+
+/// Whether `detail` lets its promotion through the freeze active now, if any: the freeze that
+/// holds it, else `None`.
+pub(super) fn holding_freeze(env: &Environment, detail: &Detail) -> Option<policy::Frozen> {
+    let frozen = policy::active_freeze(&env.freeze_windows, jiff::Timestamp::now())?;
+    match &detail.freeze_override {
+        Some(given) if given.covers(&frozen) => None,
+        _ => Some(frozen),
+    }
 }
 
 impl Detail {
@@ -162,6 +198,8 @@ pub(super) fn before_git(state: PromotionState) -> bool {
 }
 
 impl Engine {
+    // Each argument is one part of the graph `Service::start` builds.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         pipeline: Arc<Pipeline>,
         repository: git::Repository,
@@ -170,6 +208,7 @@ impl Engine {
         source: Arc<GitSource>,
         options: reconcile::Options,
         git: git::promote::Options,
+        people: Option<Arc<dyn People>>,
     ) -> Self {
         let lanes = pipeline
             .environments
@@ -185,6 +224,7 @@ impl Engine {
             source,
             options: Arc::new(options),
             git,
+            people,
             lanes,
             changes: broadcast::channel(256).0,
             tasks: Mutex::new(Vec::new()),
@@ -269,6 +309,7 @@ impl Engine {
     pub(super) async fn candidate(
         &self,
         promotion: git::promote::PromotionCommit,
+        ours: Vec<ObjectId>,
     ) -> Result<Candidate, Error> {
         let service = self.service()?;
         if let Err(error) = service.fetch_now().await {
@@ -279,13 +320,15 @@ impl Engine {
         let pipeline = self.pipeline.clone();
         let options = self.git.clone();
         let target = promotion.target.clone();
-        tokio::task::spawn_blocking(move || repository.candidate(&pipeline, &promotion, &options))
-            .await
-            .expect("building a candidate returns errors rather than panicking")
-            .map_err(|source| Error::Git {
-                target,
-                source: Box::new(source),
-            })
+        tokio::task::spawn_blocking(move || {
+            repository.candidate(&pipeline, &promotion, &options, &ours)
+        })
+        .await
+        .expect("building a candidate returns errors rather than panicking")
+        .map_err(|source| Error::Git {
+            target,
+            source: Box::new(source),
+        })
     }
 
     /// The Git change of a stored promotion.
@@ -332,15 +375,28 @@ impl Engine {
                 environment: target.to_owned(),
             })?;
         let source_view = service.environment(&source_name)?;
+        let running = source_view
+            .status
+            .applied_revision
+            .as_deref()
+            .and_then(|r| ObjectId::from_hex(r.as_bytes()).ok());
         let revision = match revision.filter(|r| !r.is_empty()) {
-            Some(revision) => self.resolve(revision).await?.to_string(),
-            None => source_view.status.applied_revision.clone().ok_or_else(|| {
-                Error::NothingApplied {
-                    source_env: source_name.clone(),
-                }
+            Some(named) => self.resolve(named).await?,
+            None => running.ok_or_else(|| Error::NothingApplied {
+                source_env: source_name.clone(),
             })?,
         };
-        checks::source_ready(&target_env, &source_view, &revision, &*self.store).await?;
+        // Only what the source environment's history holds moves, whatever the checks below.
+        let entry = self.in_history(&source_name, revision).await?;
+        let runs = match running {
+            Some(running) => self
+                .revision_of(&source_name, running)
+                .await?
+                .is_some_and(|now| now.commit == entry.commit),
+            None => false,
+        };
+        let revision = revision.to_string();
+        checks::source_ready(&target_env, &source_view, &revision, runs, &*self.store).await?;
         let id = store::new_promotion_id();
         let record = PromotionRecord {
             id: id.clone(),
@@ -359,22 +415,61 @@ impl Engine {
             updated_at: SystemTime::now(),
             version: 0,
         };
-        let candidate = self.candidate(Self::git_promotion(&record, &[])?).await?;
+        let candidate = self
+            .candidate(Self::git_promotion(&record, &[])?, Vec::new())
+            .await?;
         if matches!(candidate, Candidate::NoChange { .. }) && !rerun {
             return Err(Error::AlreadyRuns {
                 target: target.to_owned(),
                 revision,
             });
         }
-        let authors = self.authors(&source_name, target, &revision).await?;
+        let authors = self.authors(&source_name, &target_env, &revision).await?;
         self.create(
             record,
             Detail {
                 authors,
+                requester_email: actor.email.clone(),
                 ..Detail::default()
             },
         )
         .await
+    }
+
+    /// Where `commit` stands in `environment`'s history, if it is part of it.
+    async fn revision_of(
+        &self,
+        environment: &str,
+        commit: ObjectId,
+    ) -> Result<Option<git::history::Entry>, Error> {
+        let repository = self.repository.clone();
+        let pipeline = self.pipeline.clone();
+        let environment = environment.to_owned();
+        tokio::task::spawn_blocking(move || {
+            repository.revision_of(&pipeline, &environment, commit, HISTORY_LIMIT)
+        })
+        .await
+        .expect("reading history returns errors rather than panicking")
+        .map_err(Error::Repository)
+    }
+
+    /// The revision of `environment`'s history whose files `commit` holds; refused when
+    /// `commit` is not on that history (another branch, a candidate commit, a commit older
+    /// than the environment).
+    async fn in_history(
+        &self,
+        environment: &str,
+        commit: ObjectId,
+    ) -> Result<git::history::Entry, Error> {
+        self.revision_of(environment, commit)
+            .await?
+            .ok_or_else(|| Error::OutsideHistory {
+                environment: environment.to_owned(),
+                revision: commit.to_string(),
+                why: "only a revision the environment's own branch holds can be promoted or \
+                      restored; a commit of another branch, a preview or candidate commit, or \
+                      one from before the environment existed is refused",
+            })
     }
 
     /// Restores `revision` of `environment`'s own history, through the same gates; holds the
@@ -387,7 +482,10 @@ impl Engine {
         reason: &str,
     ) -> Result<PromotionView, Error> {
         let env = self.environment(environment)?.clone();
-        let commit = self.resolve(revision).await?.to_string();
+        let resolved = self.resolve(revision).await?;
+        let entry = self.in_history(environment, resolved).await?;
+        let commit = resolved.to_string();
+        let authors = self.restored_authors(&env, &entry).await?;
         let record = PromotionRecord {
             id: store::new_promotion_id(),
             kind: PromotionKind::Rollback,
@@ -405,7 +503,9 @@ impl Engine {
             updated_at: SystemTime::now(),
             version: 0,
         };
-        let candidate = self.candidate(Self::git_promotion(&record, &[])?).await?;
+        let candidate = self
+            .candidate(Self::git_promotion(&record, &[])?, Vec::new())
+            .await?;
         if matches!(candidate, Candidate::NoChange { .. }) {
             return Err(Error::AlreadyRuns {
                 target: environment.to_owned(),
@@ -433,7 +533,15 @@ impl Engine {
                 )
                 .await?;
         }
-        self.create(record, Detail::default()).await
+        self.create(
+            record,
+            Detail {
+                authors,
+                requester_email: actor.email.clone(),
+                ..Detail::default()
+            },
+        )
+        .await
     }
 
     /// Lets automatic promotion into `environment` go on after a rollback held it.
@@ -516,39 +624,151 @@ impl Engine {
         self.get(&created.id).await
     }
 
-    /// The author e-mails of what promoting `revision` of `source` into `target` brings: the
-    /// commits since the source revision of the target's last promotion.
+    /// Who wrote what promoting `revision` of `source` into `target` brings: the commits
+    /// since the source revision of the target's last promotion that Stagehand itself landed
+    /// (the store, not trailers anyone can push), that changed what moves: the source's
+    /// directory in the overlay model, the whole tree in the branch model.
     async fn authors(
         &self,
         source: &str,
-        target: &str,
+        target: &Environment,
         revision: &str,
+    ) -> Result<Vec<String>, Error> {
+        let to = ObjectId::from_hex(revision.as_bytes()).map_err(|_| Error::StoredRevision {
+            id: String::new(),
+            revision: revision.to_owned(),
+        })?;
+        let since = self.last_promoted(source, &target.name).await?;
+        let path = match target.source {
+            crate::pipeline::Source::Overlay { .. } => {
+                Some(git::Location::of(&self.pipeline, source).map_err(Error::Repository)?)
+            }
+            crate::pipeline::Source::Branch { .. } => None,
+        };
+        let repository = self.repository.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            repository.authors(to, since, path.as_ref(), AUTHORS_LIMIT)
+        })
+        .await
+        .expect("reading authors returns errors rather than panicking");
+        self.authors_or_refuse(target, found)
+    }
+
+    /// The authors found, or why the promotion is refused when the author rule needs them.
+    fn authors_or_refuse(
+        &self,
+        target: &Environment,
+        found: Result<Vec<String>, git::history::AuthorsError>,
+    ) -> Result<Vec<String>, Error> {
+        match found {
+            Ok(authors) => Ok(authors),
+            Err(git::history::AuthorsError::Read(error)) => Err(Error::Repository(error)),
+            Err(git::history::AuthorsError::TooLong(source)) => {
+                if target.approval.allow_author_approval {
+                    tracing::info!(environment = %target.name, error = %source, "authors not recorded; the author rule does not apply here");
+                    Ok(Vec::new())
+                } else {
+                    Err(Error::AuthorsUnknown {
+                        environment: target.name.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The source revision of the newest promotion from `source` into `target` that landed.
+    async fn last_promoted(&self, source: &str, target: &str) -> Result<Option<ObjectId>, Error> {
+        let mut filter = PromotionFilter {
+            environment: Some(target.to_owned()),
+            states: vec![PromotionState::Succeeded],
+            limit: store::MAX_PAGE_SIZE,
+            ..PromotionFilter::default()
+        };
+        loop {
+            let page = self.store.promotions(&filter).await?;
+            let found = page.items.iter().find(|p| {
+                p.kind == PromotionKind::Promotion
+                    && p.source_environment.as_deref() == Some(source)
+            });
+            if let Some(found) = found {
+                return Ok(ObjectId::from_hex(found.revision.as_bytes()).ok());
+            }
+            match page.next_page_token {
+                Some(token) => filter.page_token = Some(token),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Who wrote the files a rollback to `entry` restores: walking the environment's history
+    /// back from it, the people of each commit that changed its directory, up to a promotion
+    /// Stagehand landed, whose recorded authors stand for what came before.
+    async fn restored_authors(
+        &self,
+        env: &Environment,
+        entry: &git::history::Entry,
     ) -> Result<Vec<String>, Error> {
         let repository = self.repository.clone();
         let pipeline = self.pipeline.clone();
-        let target = target.to_owned();
-        let prefix = format!("{source}@");
-        let to = ObjectId::from_hex(revision.as_bytes()).ok();
-        tokio::task::spawn_blocking(move || {
-            let Some(to) = to else {
-                return Ok(Vec::new());
-            };
-            let since = repository
-                .history(&pipeline, &target, HISTORY_LIMIT)?
-                .into_iter()
-                .find_map(|entry| {
-                    entry
-                        .trailers
-                        .promoted_from
-                        .as_deref()
-                        .and_then(|from| from.strip_prefix(&prefix))
-                        .and_then(|commit| ObjectId::from_hex(commit.as_bytes()).ok())
-                });
-            repository.authors(to, since, AUTHORS_LIMIT)
+        let name = env.name.clone();
+        let from = entry.commit;
+        let walked = tokio::task::spawn_blocking(move || {
+            let history = repository.history(&pipeline, &name, HISTORY_LIMIT)?;
+            let complete = history.len() < HISTORY_LIMIT;
+            let mut revisions = Vec::new();
+            for entry in history.into_iter().skip_while(|e| e.commit != from) {
+                let people = repository.people(entry.commit)?;
+                revisions.push((entry, people));
+            }
+            Ok((revisions, complete))
         })
         .await
-        .expect("reading authors returns errors rather than panicking")
-        .map_err(Error::Repository)
+        .expect("reading history returns errors rather than panicking")
+        .map_err(Error::Repository)?;
+        let (revisions, complete) = walked;
+        let mut authors: Vec<String> = Vec::new();
+        let mut add = |email: &String| {
+            if !authors.contains(email) {
+                authors.push(email.clone());
+            }
+        };
+        for (entry, people) in &revisions {
+            if let Some(landed) = self.landed(&env.name, entry).await? {
+                Detail::of(&landed).authors.iter().for_each(&mut add);
+                return Ok(authors);
+            }
+            people.iter().for_each(&mut add);
+        }
+        if complete {
+            return Ok(authors);
+        }
+        self.authors_or_refuse(
+            env,
+            Err(git::history::RangeTooLong {
+                to: entry.commit,
+                since: None,
+                limit: HISTORY_LIMIT,
+            }
+            .into()),
+        )
+    }
+
+    /// The promotion the store holds as having landed as `entry`'s commit into `environment`.
+    async fn landed(
+        &self,
+        environment: &str,
+        entry: &git::history::Entry,
+    ) -> Result<Option<PromotionRecord>, Error> {
+        let Some(id) = &entry.trailers.promotion else {
+            return Ok(None);
+        };
+        let commit = entry.commit.to_string();
+        Ok(self.store.promotion(id).await?.and_then(|detail| {
+            (detail.promotion.target_environment == environment
+                && detail.promotion.commit.as_deref() == Some(commit.as_str()))
+            .then_some(detail.promotion)
+        }))
     }
 
     /// The open promotions into `target`, oldest first: the queue.
@@ -586,16 +806,18 @@ impl Engine {
     pub async fn get(&self, id: &str) -> Result<PromotionView, Error> {
         let detail = self.detail(id).await?;
         let env = self.environment(&detail.promotion.target_environment)?;
-        let progress = policy::approval_progress(&env.approval, &detail.approvals);
-        let missing = if Self::approvals_required(env, detail.promotion.kind) {
+        let progress = self.progress(env, &detail.promotion, &detail.approvals);
+        let missing = if Self::approvals_required(env, detail.promotion.kind)
+            && !detail.promotion.state.is_terminal()
+        {
             progress.missing
         } else {
             0
         };
-        let blockers = if before_git(detail.promotion.state) {
-            self.blockers(&detail, &progress, missing).await?
-        } else {
+        let blockers = if detail.promotion.state.is_terminal() {
             Vec::new()
+        } else {
+            self.blockers(&detail, &progress, missing).await?
         };
         Ok(PromotionView {
             promotion: detail.promotion,
@@ -639,7 +861,42 @@ impl Engine {
         self.changes.subscribe()
     }
 
-    /// Everything a promotion that has not reached Git waits for now.
+    /// Where `promotion` stands with `approvals` under the policy of `env` as it is now: each
+    /// approver with the groups and e-mail the tokens file gives them today (an identity that
+    /// is gone counts for nothing).
+    pub(super) fn progress(
+        &self,
+        env: &Environment,
+        promotion: &PromotionRecord,
+        approvals: &[Approval],
+    ) -> policy::Progress {
+        let own = Detail::of(promotion);
+        let current: Vec<Approval> = match &self.people {
+            None => approvals.to_vec(),
+            Some(people) => approvals
+                .iter()
+                .filter_map(|approval| {
+                    let person = people.person(&approval.approver)?;
+                    Some(Approval {
+                        email: person.email,
+                        groups: person.groups,
+                        ..approval.clone()
+                    })
+                })
+                .collect(),
+        };
+        policy::approval_progress(
+            &env.approval,
+            &current,
+            &policy::Requester {
+                name: &promotion.requested_by,
+                email: &own.requester_email,
+            },
+            &own.authors,
+        )
+    }
+
+    /// Everything a promotion that has not ended waits for now.
     async fn blockers(
         &self,
         detail: &PromotionDetail,
@@ -650,6 +907,20 @@ impl Engine {
         let env = self.environment(&promotion.target_environment)?;
         let own = Detail::of(promotion);
         let mut blockers = Vec::new();
+        let service = self.service()?;
+        let target = service.environment(&promotion.target_environment)?;
+        if target.status.suspended {
+            blockers.push(Blocker::new(
+                BlockerKind::Suspended,
+                format!(
+                    "environment {:?} is suspended; it goes on once the environment is resumed",
+                    promotion.target_environment
+                ),
+            ));
+        }
+        if !before_git(promotion.state) {
+            return Ok(blockers);
+        }
         if missing > 0 {
             let who = if progress.groups.is_empty() {
                 "any authenticated identity".to_owned()
@@ -670,9 +941,7 @@ impl Engine {
             blocker.groups = progress.groups.clone();
             blockers.push(blocker);
         }
-        if own.freeze_override.is_none()
-            && let Some(frozen) = policy::active_freeze(&env.freeze_windows, jiff::Timestamp::now())
-        {
+        if let Some(frozen) = holding_freeze(env, &own) {
             let until = Some(SystemTime::from(frozen.until));
             let mut blocker = Blocker::new(
                 BlockerKind::Freeze,
@@ -702,17 +971,6 @@ impl Engine {
             );
             blocker.promotion_id = Some(ahead.id.clone());
             blockers.push(blocker);
-        }
-        let service = self.service()?;
-        let target = service.environment(&promotion.target_environment)?;
-        if target.status.suspended {
-            blockers.push(Blocker::new(
-                BlockerKind::Suspended,
-                format!(
-                    "environment {:?} is suspended; it goes on once the environment is resumed",
-                    promotion.target_environment
-                ),
-            ));
         }
         if let Some(blocker) = self.source_blocker(promotion, env)? {
             blockers.push(blocker);
@@ -764,20 +1022,35 @@ impl Engine {
         let promotion = &detail.promotion;
         let env = self.environment(&promotion.target_environment)?;
         let own = Detail::of(promotion);
-        policy::may_approve(
+        let allowed = policy::may_approve(
             &env.approval,
             &policy::Approver {
                 name: &actor.name,
                 email: &actor.email,
                 groups: &actor.groups,
             },
-            &promotion.requested_by,
+            &policy::Requester {
+                name: &promotion.requested_by,
+                email: &own.requester_email,
+            },
             &own.authors,
-        )
-        .map_err(|refusal| Error::Refused {
-            id: id.to_owned(),
-            refusal,
-        })?;
+        );
+        if let Err(refusal) = allowed {
+            self.store
+                .append_audit(audit(
+                    actor,
+                    AuditAction::ApprovalRefused,
+                    &promotion.target_environment,
+                    Some(id),
+                    Some(&promotion.revision),
+                    &refusal.to_string(),
+                ))
+                .await?;
+            return Err(Error::Refused {
+                id: id.to_owned(),
+                refusal,
+            });
+        }
         let outcome = self
             .store
             .add_approval(
@@ -793,6 +1066,13 @@ impl Engine {
             .await?;
         match outcome {
             ApprovalOutcome::NotFound => return Err(Error::NotFound { id: id.to_owned() }),
+            ApprovalOutcome::Closed { state } => {
+                return Err(Error::WrongState {
+                    id: id.to_owned(),
+                    state,
+                    action: "approve",
+                });
+            }
             ApprovalOutcome::AlreadyApproved | ApprovalOutcome::Recorded => {}
         }
         tracing::info!(promotion = %id, by = %actor.name, "approved");
@@ -848,13 +1128,25 @@ impl Engine {
             let detail = self.not_in_git(id, "override the freeze of").await?;
             let promotion = &detail.promotion;
             let env = self.environment(&promotion.target_environment)?;
-            if policy::active_freeze(&env.freeze_windows, jiff::Timestamp::now()).is_none() {
+            let Some(frozen) = policy::active_freeze(&env.freeze_windows, jiff::Timestamp::now())
+            else {
+                self.store
+                    .append_audit(audit(
+                        actor,
+                        AuditAction::OverrideRefused,
+                        &promotion.target_environment,
+                        Some(id),
+                        Some(&promotion.revision),
+                        &format!("no freeze window holds it: {reason}"),
+                    ))
+                    .await?;
                 return Err(Error::NotFrozen { id: id.to_owned() });
-            }
+            };
             let mut own = Detail::of(promotion);
             own.freeze_override = Some(Override {
                 by: actor.name.clone(),
                 reason: reason.to_owned(),
+                until: Some(SystemTime::from(frozen.until)),
             });
             let why = format!("freeze window overridden by {}: {reason}", actor.name);
             match self
@@ -979,7 +1271,9 @@ impl Engine {
             updated_at: SystemTime::now(),
             version: 0,
         };
-        let candidate = self.candidate(Self::git_promotion(&record, &[])?).await?;
+        let candidate = self
+            .candidate(Self::git_promotion(&record, &[])?, Vec::new())
+            .await?;
         let new_commit = match candidate {
             Candidate::Change { commit, .. } => Some(commit),
             _ => None,

@@ -10,8 +10,8 @@ use gix::ObjectId;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::engine::{Detail, Engine};
-use super::{Actor, Error, SELF, checks, policy};
+use super::engine::{Detail, Engine, holding_freeze};
+use super::{Actor, Error, SELF, checks};
 use crate::cluster::health::HealthStatus;
 use crate::git::promote::{Candidate, Outcome};
 use crate::store::{PromotionKind, PromotionRecord, PromotionState};
@@ -23,6 +23,9 @@ const IDLE: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(500);
 /// Added to the environment's health timeout for the pass that applies the promotion.
 const SYNC_GRACE: Duration = Duration::from_secs(60);
+/// Git steps that may fail for a reason other than a lease conflict (the remote declined the
+/// push, could not be reached, refused the credentials) before the promotion fails.
+const GIT_ATTEMPTS: u32 = 5;
 
 /// What one step did.
 enum Step {
@@ -118,7 +121,7 @@ async fn fail(engine: &Engine, promotion: &PromotionRecord, why: String) -> Resu
 /// Pre-flight of the candidate, then on to approvals (or straight to Approved).
 async fn pending(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, Error> {
     let candidate = match engine
-        .candidate(Engine::git_promotion(promotion, &[])?)
+        .candidate(Engine::git_promotion(promotion, &[])?, Vec::new())
         .await
     {
         Ok(candidate) => candidate,
@@ -177,7 +180,7 @@ async fn awaiting_approval(engine: &Engine, promotion: &PromotionRecord) -> Resu
         return Ok(idle());
     };
     let env = engine.environment(&promotion.target_environment)?;
-    let progress = policy::approval_progress(&env.approval, &detail.approvals);
+    let progress = engine.progress(env, promotion, &detail.approvals);
     if progress.missing > 0 {
         return Ok(idle());
     }
@@ -203,14 +206,37 @@ async fn engine_detail(
     Ok(engine.store.promotion(id).await?)
 }
 
-/// At the head of the queue: waits for freeze windows, a suspension and the source's health,
-/// then goes to Git.
+/// At the head of the queue: checks its approvals again against the rules and people of now,
+/// waits for freeze windows, a suspension and the source's health, then goes to Git.
 async fn approved(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, Error> {
     let env = engine.environment(&promotion.target_environment)?;
     let detail = Detail::of(promotion);
-    if detail.freeze_override.is_none()
-        && let Some(frozen) = policy::active_freeze(&env.freeze_windows, jiff::Timestamp::now())
-    {
+    if Engine::approvals_required(env, promotion.kind) {
+        let approvals = engine_detail(engine, &promotion.id)
+            .await?
+            .map(|d| d.approvals)
+            .unwrap_or_default();
+        let progress = engine.progress(env, promotion, &approvals);
+        if progress.missing > 0 {
+            let why = format!(
+                "its approvals no longer suffice under the current rules and groups: {} more needed",
+                progress.missing
+            );
+            engine
+                .move_by(
+                    promotion,
+                    PromotionState::AwaitingApproval,
+                    SELF,
+                    &why,
+                    None,
+                    None,
+                    None,
+                )
+                .await?;
+            return Ok(Step::Moved);
+        }
+    }
+    if let Some(frozen) = holding_freeze(env, &detail) {
         let left = SystemTime::from(frozen.until)
             .duration_since(SystemTime::now())
             .ok()
@@ -246,21 +272,33 @@ async fn approved(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, 
     Ok(Step::Moved)
 }
 
-/// Git errors worth another try: the remote could not be reached or kept moving.
+/// Git errors worth another try: the remote could not be reached, refused this once, or kept
+/// moving.
 fn retryable(error: &crate::git::promote::Error) -> bool {
     use crate::git::promote::Error as E;
-    matches!(error, E::Fetch(_) | E::Push(_) | E::Contended { .. })
+    matches!(
+        error,
+        E::Fetch(_) | E::Push(_) | E::Declined { .. } | E::Contended { .. }
+    )
 }
 
-/// The commit: idempotent by the promotion's trailer, so a run killed here and started again
-/// finds its commit on the remote instead of making a second one.
+/// The commit: idempotent by the commits Stagehand recorded for this promotion before pushing
+/// them, so a run killed here and started again finds its own commit on the remote instead of
+/// making a second one, and a commit someone else pushed with the promotion's trailer is never
+/// taken for it.
 async fn promoting(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, Error> {
     let approvals = engine_detail(engine, &promotion.id)
         .await?
         .map(|d| d.approvals)
         .unwrap_or_default();
     let change = Engine::git_promotion(promotion, &approvals)?;
-    let candidate = match engine.candidate(change.clone()).await {
+    let mut detail = Detail::of(promotion);
+    let ours: Vec<ObjectId> = detail
+        .commits
+        .iter()
+        .filter_map(|c| ObjectId::from_hex(c.as_bytes()).ok())
+        .collect();
+    let candidate = match engine.candidate(change.clone(), ours.clone()).await {
         Ok(candidate) => candidate,
         Err(Error::Git { source, .. }) if !retryable(source.as_ref()) => {
             return fail(
@@ -275,7 +313,6 @@ async fn promoting(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
         }
         Err(error) => return Err(error),
     };
-    let mut detail = Detail::of(promotion);
     if let Candidate::Change { tip, commit } = candidate {
         // The target moved since the pre-flight: check what will really be committed.
         if detail.checked_tip.as_deref() != Some(tip.to_string().as_str()) {
@@ -288,13 +325,27 @@ async fn promoting(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
             detail.checked_tip = Some(tip.to_string());
         }
     }
+    let mut ledger = StoreLedger {
+        runtime: tokio::runtime::Handle::current(),
+        store: engine.store.clone(),
+        promotion: promotion.clone(),
+        detail,
+        ours,
+    };
     let repository = engine.repository.clone();
     let pipeline = engine.pipeline.clone();
     let options = engine.git.clone();
-    let outcome =
-        tokio::task::spawn_blocking(move || repository.promote(&pipeline, &change, &options))
-            .await
-            .expect("promoting returns errors rather than panicking");
+    let (outcome, ledger) = tokio::task::spawn_blocking(move || {
+        let outcome = repository.promote(&pipeline, &change, &options, &mut ledger);
+        (outcome, ledger)
+    })
+    .await
+    .expect("promoting returns errors rather than panicking");
+    let StoreLedger {
+        promotion: current,
+        mut detail,
+        ..
+    } = ledger;
     let (commit, why) = match outcome {
         Ok(Outcome::Pushed { commit, .. }) => (commit, format!("committed {}", short(&commit))),
         Ok(Outcome::AlreadyDone { commit }) => (
@@ -308,14 +359,43 @@ async fn promoting(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
                 short(&commit)
             ),
         ),
-        Err(error) if retryable(&error) => {
+        Err(error @ crate::git::promote::Error::Contended { .. }) => {
+            // Others pushed first every time: not a fault of the remote, so not counted.
             tracing::warn!(promotion = %promotion.id, error = %crate::service::describe(&error), "cannot push the promotion yet");
+            return Ok(Step::Wait(Instant::now() + Duration::from_secs(5)));
+        }
+        Err(error) if retryable(&error) => {
+            let why = crate::service::describe(&error);
+            detail.git_failures += 1;
+            if detail.git_failures >= GIT_ATTEMPTS {
+                return fail(
+                    engine,
+                    &current,
+                    format!("cannot commit the promotion after {GIT_ATTEMPTS} attempts: {why}"),
+                )
+                .await;
+            }
+            tracing::warn!(promotion = %promotion.id, error = %why, "cannot push the promotion yet");
+            engine
+                .move_by(
+                    &current,
+                    PromotionState::Promoting,
+                    SELF,
+                    &format!(
+                        "attempt {} of {GIT_ATTEMPTS} failed: {why}",
+                        detail.git_failures
+                    ),
+                    Some(&detail),
+                    None,
+                    None,
+                )
+                .await?;
             return Ok(Step::Wait(Instant::now() + Duration::from_secs(5)));
         }
         Err(error) => {
             return fail(
                 engine,
-                promotion,
+                &current,
                 format!(
                     "cannot commit the promotion: {}",
                     crate::service::describe(&error)
@@ -326,7 +406,7 @@ async fn promoting(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
     };
     engine
         .move_by(
-            promotion,
+            &current,
             PromotionState::Syncing,
             SELF,
             &why,
@@ -336,6 +416,55 @@ async fn promoting(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
         )
         .await?;
     Ok(Step::Moved)
+}
+
+/// The Git step's ledger: each commit is written into the promotion's stored detail before it
+/// is pushed. Runs on the blocking thread of the Git step, so it waits for the store there.
+struct StoreLedger {
+    runtime: tokio::runtime::Handle,
+    store: Arc<dyn crate::store::Store>,
+    /// The promotion as last written.
+    promotion: PromotionRecord,
+    detail: Detail,
+    ours: Vec<ObjectId>,
+}
+
+impl crate::git::promote::Ledger for StoreLedger {
+    fn is_ours(&self, commit: ObjectId) -> bool {
+        self.ours.contains(&commit)
+    }
+
+    fn remember(&mut self, commit: ObjectId) -> Result<(), String> {
+        let mut detail = self.detail.clone();
+        detail.commits.push(commit.to_string());
+        let transition = crate::store::Transition {
+            promotion_id: self.promotion.id.clone(),
+            from: self.promotion.state,
+            from_version: Some(self.promotion.version),
+            to: self.promotion.state,
+            actor: SELF.to_owned(),
+            reason: format!("pushing commit {}", short(&commit)),
+            at: SystemTime::now(),
+            commit: None,
+            detail: Some(detail.to_value()),
+            audit: None,
+        };
+        match self.runtime.block_on(self.store.transition(transition)) {
+            Ok(crate::store::TransitionOutcome::Applied(record)) => {
+                self.promotion = *record;
+                self.detail = detail;
+                self.ours.push(commit);
+                Ok(())
+            }
+            Ok(crate::store::TransitionOutcome::Conflict { current }) => Err(format!(
+                "the promotion moved meanwhile; it is {current} now"
+            )),
+            Ok(crate::store::TransitionOutcome::NotFound) => {
+                Err("the promotion is no longer in the store".to_owned())
+            }
+            Err(error) => Err(crate::service::describe(&error)),
+        }
+    }
 }
 
 fn short(commit: &ObjectId) -> String {

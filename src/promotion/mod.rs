@@ -52,8 +52,15 @@ impl Actor {
     }
 }
 
-/// The actor name of Stagehand itself in transitions and the audit log.
+/// The actor name of Stagehand itself in transitions and the audit log; no identity may have it.
 pub const SELF: &str = "stagehand";
+
+/// The identities as they are now (the tokens file after its last reload), so that an approval
+/// counts with the approver's groups and e-mail of today, not of the day it was given.
+pub trait People: Send + Sync {
+    /// The identity called `name` now; `None` once it is gone.
+    fn person(&self, name: &str) -> Option<Actor>;
+}
 
 /// Why a promotion call was refused or failed. Messages name the environment, revision or
 /// promotion, and never a Secret value.
@@ -72,6 +79,21 @@ pub enum Error {
         revision: String,
         #[source]
         source: git::revision::Error,
+    },
+    #[error(
+        "revision {revision:?} is not in the history of environment {environment:?} (the \
+         first-parent line of its branch that ListRevisions shows): {why}"
+    )]
+    OutsideHistory {
+        environment: String,
+        revision: String,
+        why: &'static str,
+    },
+    #[error("cannot tell who wrote what promoting into {environment:?} would bring")]
+    AuthorsUnknown {
+        environment: String,
+        #[source]
+        source: git::history::RangeTooLong,
     },
     #[error("environment {source_env:?} has not applied any revision yet; name one to promote")]
     NothingApplied { source_env: String },
@@ -94,8 +116,8 @@ pub enum Error {
     },
     #[error(
         "environment {source_env:?} has run {revision} for less than its soak time of {}; {} to go",
-        humantime::format_duration(*soak),
-        humantime::format_duration(*remaining)
+        humantime::format_duration(whole_seconds(*soak)),
+        humantime::format_duration(whole_seconds(*remaining))
     )]
     NotSoaked {
         source_env: String,
@@ -141,4 +163,9 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error("the service is stopping")]
     Stopping,
+}
+
+/// A duration for people: whole seconds, rounded up so that a wait never reads as zero.
+fn whole_seconds(duration: Duration) -> Duration {
+    Duration::from_secs(duration.as_secs() + u64::from(duration.subsec_nanos() > 0))
 }

@@ -131,6 +131,15 @@ pub struct Approver<'a> {
     pub groups: &'a [String],
 }
 
+/// Who asked for a promotion.
+#[derive(Debug, Clone, Copy)]
+pub struct Requester<'a> {
+    /// The identity's name.
+    pub name: &'a str,
+    /// Its e-mail when it asked; empty when the tokens file gave none.
+    pub email: &'a str,
+}
+
 /// Why an approval is refused. The environment and promotion are named by the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 // Each variant is described by its message, and its fields by the names the message uses.
@@ -151,14 +160,21 @@ pub enum Refusal {
          approvers who did not write the change (allowAuthorApproval is false)"
     )]
     AuthorOfChange { email: String },
+    #[error(
+        "your identity has no e-mail, so it cannot be told apart from the authors of the change, \
+         and this environment needs approvers who did not write it (allowAuthorApproval is \
+         false); give it an e-mail in the tokens file"
+    )]
+    NoEmail,
 }
 
-/// Whether `approver` may approve a promotion requested by the identity `requested_by` that
-/// carries commits by `authors` (their Git author e-mails).
+/// Whether `approver` may approve a promotion that `requester` asked for and that carries
+/// commits by `authors` (their Git e-mails). Persons are compared, not identities: two
+/// identities with the same e-mail are one person.
 pub fn may_approve(
     policy: &ApprovalPolicy,
     approver: &Approver,
-    requested_by: &str,
+    requester: &Requester,
     authors: &[String],
 ) -> Result<(), Refusal> {
     if !in_groups(policy, approver.groups) {
@@ -166,18 +182,25 @@ pub fn may_approve(
             groups: policy.groups.clone(),
         });
     }
-    if !policy.allow_self_approval && approver.name == requested_by {
+    let email = normalized_email(approver.email);
+    if !policy.allow_self_approval
+        && (approver.name == requester.name
+            || email.is_some() && email == normalized_email(requester.email))
+    {
         return Err(Refusal::SelfApproval);
     }
-    if !policy.allow_author_approval
-        && let Some(email) = normalized_email(approver.email)
-        && authors
+    if !policy.allow_author_approval {
+        let Some(email) = email else {
+            return Err(Refusal::NoEmail);
+        };
+        if authors
             .iter()
             .any(|author| normalized_email(author).as_ref() == Some(&email))
-    {
-        return Err(Refusal::AuthorOfChange {
-            email: approver.email.trim().to_owned(),
-        });
+        {
+            return Err(Refusal::AuthorOfChange {
+                email: approver.email.trim().to_owned(),
+            });
+        }
     }
     Ok(())
 }
@@ -193,14 +216,27 @@ pub struct Progress {
     pub groups: Vec<String>,
 }
 
-/// Counts `approvals` against `policy` as it is now: an identity counts once, and so does an
-/// e-mail (one person with two tokens is still one pair of eyes); an approval by someone no
-/// longer in the policy's groups does not count.
-pub fn approval_progress(policy: &ApprovalPolicy, approvals: &[store::Approval]) -> Progress {
+/// Counts `approvals` against `policy` as it is now, each approver with the groups and e-mail
+/// it has now (the caller looks them up): an approval counts only if [`may_approve`] would
+/// allow it today, an identity counts once, and so does an e-mail (one person with two tokens
+/// is still one pair of eyes).
+pub fn approval_progress(
+    policy: &ApprovalPolicy,
+    approvals: &[store::Approval],
+    requester: &Requester,
+    authors: &[String],
+) -> Progress {
     let mut counted: Vec<String> = Vec::new();
     let mut emails = HashSet::new();
     for approval in approvals {
-        if !in_groups(policy, &approval.groups) || counted.contains(&approval.approver) {
+        let approver = Approver {
+            name: &approval.approver,
+            email: &approval.email,
+            groups: &approval.groups,
+        };
+        if may_approve(policy, &approver, requester, authors).is_err()
+            || counted.contains(&approval.approver)
+        {
             continue;
         }
         if let Some(email) = normalized_email(&approval.email)

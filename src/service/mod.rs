@@ -57,6 +57,9 @@ pub struct Config {
     pub access: AccessPolicy,
     /// Who commits promotions to Git.
     pub git: git::promote::Options,
+    /// The identities as they are now, so that approvals count with today's groups; `None`
+    /// without a tokens file (every caller anonymous).
+    pub people: Option<Arc<dyn crate::promotion::People>>,
 }
 
 /// An environment name the pipeline does not have.
@@ -177,6 +180,9 @@ pub struct HistoryEntry {
     pub entry: git::history::Entry,
     /// Whether this is the revision the environment runs now.
     pub applied: bool,
+    /// Whether the commit's promotion trailers are true: the store holds that promotion, and
+    /// this commit as the one it landed. Anyone who can push can write such trailers.
+    pub verified: bool,
     /// The recorded passes that attempted this revision, newest first.
     pub syncs: Vec<store::SyncRecord>,
 }
@@ -221,6 +227,7 @@ impl Service {
             store,
             access,
             git: git_options,
+            people,
         } = config;
         let mut environments = pipeline.environments.clone();
         let mut restored = HashMap::new();
@@ -266,7 +273,15 @@ impl Service {
                 .watch(&env.name)
                 .expect("the controller runs every environment of the pipeline");
             tasks.push(tokio::spawn(count_passes(status.clone(), metrics.clone())));
-            tasks.push(tokio::spawn(record_passes(status.clone(), store.clone())));
+            let content = Content {
+                repository: repository.clone(),
+                location: git::Location::of(&pipeline, &env.name).ok(),
+            };
+            tasks.push(tokio::spawn(record_passes(
+                status.clone(),
+                store.clone(),
+                content,
+            )));
             tasks.push(tokio::spawn(watch_alerts(
                 pipeline.clone(),
                 env.name.clone(),
@@ -295,6 +310,7 @@ impl Service {
                 source.clone(),
                 options.clone(),
                 git_options,
+                people,
             ));
             Self {
                 pipeline,
@@ -587,19 +603,60 @@ impl Service {
                 environment: name.to_owned(),
                 source,
             })?;
-        Ok(entries
-            .into_iter()
-            .map(|entry| {
-                let commit = entry.commit.to_string();
-                let (mine, others) = syncs.drain(..).partition(|s| s.run.revision == commit);
-                syncs = others;
-                HistoryEntry {
-                    applied: applied.as_deref() == Some(commit.as_str()),
-                    syncs: mine,
-                    entry,
-                }
-            })
-            .collect())
+        // The environment runs the files of the newest revision at or before its applied
+        // commit; in the overlay model that commit is often another environment's change.
+        let applied_entry = match applied
+            .as_deref()
+            .and_then(|a| a.parse::<gix::ObjectId>().ok())
+        {
+            Some(commit) => {
+                let repository = self.repository.clone();
+                let pipeline = self.pipeline.clone();
+                let environment = name.to_owned();
+                tokio::task::spawn_blocking(move || {
+                    repository.revision_of(
+                        &pipeline,
+                        &environment,
+                        commit,
+                        git::history::WALK_LIMIT,
+                    )
+                })
+                .await
+                .expect("reading history returns errors rather than panicking")
+                .ok()
+                .flatten()
+                .map(|entry| entry.commit.to_string())
+            }
+            None => None,
+        };
+        let mut history = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let commit = entry.commit.to_string();
+            let (mine, others) = syncs.drain(..).partition(|s| s.run.revision == commit);
+            syncs = others;
+            let verified = match &entry.trailers.promotion {
+                Some(id) => self
+                    .store
+                    .promotion(id)
+                    .await
+                    .map_err(|source| Error::Store {
+                        environment: name.to_owned(),
+                        source,
+                    })?
+                    .is_some_and(|detail| {
+                        detail.promotion.target_environment == name
+                            && detail.promotion.commit.as_deref() == Some(commit.as_str())
+                    }),
+                None => false,
+            };
+            history.push(HistoryEntry {
+                applied: applied_entry.as_deref() == Some(commit.as_str()),
+                verified,
+                syncs: mine,
+                entry,
+            });
+        }
+        Ok(history)
     }
 
     /// A receiver that sees every change of any environment (its status or its desired
@@ -814,8 +871,23 @@ async fn next_pass<T>(
     None
 }
 
+/// What an environment's files are at a revision: the tree of its directory.
+struct Content {
+    repository: git::Repository,
+    location: Option<git::Location>,
+}
+
+impl Content {
+    /// `None` when the cache cannot say; the store then follows the revision alone.
+    fn at(&self, revision: &str) -> Option<String> {
+        let commit = revision.parse::<gix::ObjectId>().ok()?;
+        let tree = self.repository.path_tree(self.location.as_ref()?, commit);
+        tree.ok().map(|tree| tree.to_string())
+    }
+}
+
 /// The sync record of the pass that ended in `s`.
-fn sync_run(s: &EnvironmentStatus) -> store::SyncRun {
+fn sync_run(s: &EnvironmentStatus, content: &Content) -> store::SyncRun {
     let finished_at = SystemTime::now();
     let applied = s.applied_revision.is_some() && s.applied_revision == s.attempted_revision;
     let mut counts = store::SyncCounts::default();
@@ -841,6 +913,7 @@ fn sync_run(s: &EnvironmentStatus) -> store::SyncRun {
     store::SyncRun {
         environment: s.environment.clone(),
         revision: s.attempted_revision.clone().unwrap_or_default(),
+        content: s.attempted_revision.as_deref().and_then(|r| content.at(r)),
         started_at: s.last_attempt.unwrap_or(finished_at),
         finished_at,
         result: s.reason.as_str().to_owned(),
@@ -874,9 +947,13 @@ fn restore(env: &Environment, record: &store::EnvironmentRecord) -> EnvironmentS
 /// Writes each finished pass of one environment to the store: its sync record (which makes a
 /// fully applied revision the environment's applied revision) and its status. A store that
 /// fails is logged; reconciliation goes on.
-async fn record_passes(mut status: watch::Receiver<EnvironmentStatus>, store: Arc<dyn Store>) {
+async fn record_passes(
+    mut status: watch::Receiver<EnvironmentStatus>,
+    store: Arc<dyn Store>,
+    content: Content,
+) {
     let mut passes = status.borrow_and_update().passes;
-    let read = |s: &EnvironmentStatus| (sync_run(s), serde_json::value::to_raw_value(s));
+    let read = |s: &EnvironmentStatus| (sync_run(s, &content), serde_json::value::to_raw_value(s));
     while let Some((run, json)) = next_pass(&mut status, &mut passes, read).await {
         let environment = run.environment.clone();
         if let Err(error) = store.record_sync(run).await {

@@ -219,6 +219,9 @@ pub struct SyncRun {
     pub environment: String,
     /// The revision the pass rendered.
     pub revision: String,
+    /// The tree of the environment's directory at that revision, when known: passes at two
+    /// revisions with the same content ran the same files.
+    pub content: Option<String>,
     /// When the pass began.
     pub started_at: SystemTime,
     /// When the pass ended.
@@ -556,6 +559,11 @@ pub enum ApprovalOutcome {
     AlreadyApproved,
     /// No promotion has that id.
     NotFound,
+    /// The promotion is past approval (in Git, or ended); nothing was written.
+    Closed {
+        /// Its state.
+        state: PromotionState,
+    },
 }
 
 /// What someone did, as the audit log names it.
@@ -565,8 +573,12 @@ pub enum AuditAction {
     Requested,
     /// An approval was given.
     Approved,
-    /// An approval was refused.
+    /// A promotion was rejected by an approver.
     Rejected,
+    /// Someone asked to approve a promotion and the policy refused them.
+    ApprovalRefused,
+    /// Someone asked to let a promotion through a freeze window and was refused.
+    OverrideRefused,
     /// A promotion was withdrawn.
     Aborted,
     /// A newer promotion replaced a waiting one.
@@ -589,10 +601,12 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 12] = [
+    pub const ALL: [AuditAction; 14] = [
         Self::Requested,
         Self::Approved,
         Self::Rejected,
+        Self::ApprovalRefused,
+        Self::OverrideRefused,
         Self::Aborted,
         Self::Superseded,
         Self::Overrode,
@@ -610,6 +624,8 @@ impl AuditAction {
             Self::Requested => "requested",
             Self::Approved => "approved",
             Self::Rejected => "rejected",
+            Self::ApprovalRefused => "approval_refused",
+            Self::OverrideRefused => "override_refused",
             Self::Aborted => "aborted",
             Self::Superseded => "superseded",
             Self::Overrode => "overrode",

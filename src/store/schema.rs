@@ -127,7 +127,14 @@ CREATE INDEX audit_by_promotion ON audit_event (promotion_id, id);
 CREATE INDEX audit_by_time ON audit_event (at, id);
 "#;
 
-const MIGRATIONS: [&str; 1] = [V1];
+/// Version 2: what an environment runs is its content (the tree of its directory), not the
+/// branch tip, so that soak time survives commits that change only other environments.
+const V2: &str = r#"
+ALTER TABLE sync_run ADD COLUMN content TEXT;
+ALTER TABLE environment ADD COLUMN applied_content TEXT;
+"#;
+
+const MIGRATIONS: [&str; 2] = [V1, V2];
 
 /// The schema version this build writes.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -22,8 +22,8 @@ use super::{
     Approval, ApprovalOutcome, AuditAction, AuditEvent, AuditFilter, DEFAULT_PAGE_SIZE,
     EnvironmentRecord, Error, EventRecord, HISTORY_PER_ENVIRONMENT, Hold, MAX_PAGE_SIZE,
     NewAuditEvent, NewEvent, NewPromotion, Page, PromotionDetail, PromotionFilter, PromotionKind,
-    PromotionRecord, Result, Severity, Store, SyncCounts, SyncRecord, SyncRun, Transition,
-    TransitionOutcome, TransitionRecord,
+    PromotionRecord, PromotionState, Result, Severity, Store, SyncCounts, SyncRecord, SyncRun,
+    Transition, TransitionOutcome, TransitionRecord,
 };
 
 /// The database's name inside the state directory.
@@ -257,6 +257,7 @@ fn folds_into(previous: &SyncRun, run: &SyncRun) -> bool {
     previous.counts == quiet
         && run.counts == quiet
         && previous.revision == run.revision
+        && previous.content == run.content
         && previous.result == run.result
         && previous.message == run.message
         && previous.applied == run.applied
@@ -297,7 +298,7 @@ fn environment_row(row: &Row<'_>) -> rusqlite::Result<EnvironmentRecord> {
 }
 
 const SYNC_COLUMNS: &str = "id, environment, revision, started_at, finished_at, result, message, \
-     trigger, applied, created, changed, pruned, drifted, adopted, passes";
+     trigger, applied, created, changed, pruned, drifted, adopted, passes, content";
 
 fn sync_row(row: &Row<'_>) -> rusqlite::Result<SyncRecord> {
     Ok(SyncRecord {
@@ -306,6 +307,7 @@ fn sync_row(row: &Row<'_>) -> rusqlite::Result<SyncRecord> {
         run: SyncRun {
             environment: row.get(1)?,
             revision: row.get(2)?,
+            content: row.get(15)?,
             started_at: from_millis(row.get(3)?),
             finished_at: from_millis(row.get(4)?),
             result: row.get(5)?,
@@ -605,8 +607,8 @@ impl Store for SqliteStore {
                     tx.prepare_cached(
                         "INSERT INTO sync_run (environment, revision, started_at, finished_at,
                              result, message, trigger, applied, passes, created, changed, pruned,
-                             drifted, adopted)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9, ?10, ?11, ?12, ?13)",
+                             drifted, adopted, content)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9, ?10, ?11, ?12, ?13, ?14)",
                     )
                     .and_then(|mut stmt| {
                         stmt.execute(params![
@@ -623,6 +625,7 @@ impl Store for SqliteStore {
                             run.counts.pruned,
                             run.counts.drifted,
                             run.counts.adopted,
+                            run.content,
                         ])
                     })
                     .map_err(sql(path, what))?;
@@ -642,19 +645,27 @@ impl Store for SqliteStore {
                 }
             };
             if run.applied {
-                // applied_at moves only with the revision: it is when this revision arrived.
+                // applied_at moves only with what the environment runs: when its content is
+                // known, a new revision with the same content (another environment's commit)
+                // keeps it; otherwise any new revision moves it.
                 tx.prepare_cached(
-                    "INSERT INTO environment (name, applied_revision, applied_at)
-                     VALUES (?1, ?2, ?3)
+                    "INSERT INTO environment (name, applied_revision, applied_content, applied_at)
+                     VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (name) DO UPDATE SET
-                         applied_at = CASE WHEN applied_revision IS excluded.applied_revision
-                             THEN applied_at ELSE excluded.applied_at END,
-                         applied_revision = excluded.applied_revision",
+                         applied_at = CASE
+                             WHEN excluded.applied_content IS NOT NULL
+                                 AND applied_content IS excluded.applied_content THEN applied_at
+                             WHEN excluded.applied_content IS NULL
+                                 AND applied_revision IS excluded.applied_revision THEN applied_at
+                             ELSE excluded.applied_at END,
+                         applied_revision = excluded.applied_revision,
+                         applied_content = excluded.applied_content",
                 )
                 .and_then(|mut stmt| {
                     stmt.execute(params![
                         run.environment,
                         run.revision,
+                        run.content,
                         to_millis(run.finished_at)
                     ])
                 })
@@ -1028,6 +1039,18 @@ impl Store for SqliteStore {
             else {
                 return Ok(ApprovalOutcome::NotFound);
             };
+            // Checked in the same transaction as the insert: an approval never lands after a
+            // rejection, an abort or the Git step.
+            if !matches!(
+                promotion.state,
+                PromotionState::Pending
+                    | PromotionState::AwaitingApproval
+                    | PromotionState::Approved
+            ) {
+                return Ok(ApprovalOutcome::Closed {
+                    state: promotion.state,
+                });
+            }
             let groups = serde_json::Value::from(approval.groups.clone()).to_string();
             let inserted = tx
                 .prepare_cached(

@@ -20,13 +20,17 @@ fn as_user(server: &str, token: &str, args: &[&str]) -> Run {
     run_with(command)
 }
 
+/// The states a promotion went through; a transition within one state (the Git step records
+/// each commit before pushing it) is not a step of its own.
 fn transitions_to(promotion: &Value) -> Vec<String> {
-    promotion["transitions"]
+    let mut states: Vec<String> = promotion["transitions"]
         .as_array()
         .expect("transitions")
         .iter()
         .map(|t| t["to"].as_str().expect("a state").to_owned())
-        .collect()
+        .collect();
+    states.dedup();
+    states
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -296,6 +296,7 @@ fn promoting_into_an_overlay_edits_only_the_promoted_lines_and_records_trailers(
             &pipeline,
             &promotion("p-1", "staging", "dev", &dev_commit),
             &options(),
+            &mut Vec::new(),
         )
         .expect("the promotion lands");
     let Outcome::Pushed {
@@ -418,6 +419,7 @@ images:
             &pipeline(&fx.url(), false),
             &promotion("p-text", "staging", "dev", &dev_commit),
             &options(),
+            &mut Vec::new(),
         )
         .expect("the promotion lands");
     let Outcome::Pushed { commit, .. } = outcome else {
@@ -461,12 +463,15 @@ fn repeating_a_promotion_that_already_landed_reports_the_existing_commit() {
         "dev: worker 2.1.0",
     );
     let pipeline = pipeline(&fx.url(), false);
+    // What the service records for the promotion before each push, across the crash.
+    let mut ledger = Vec::new();
     let first = fx
         .open("a", &fx.url(), Credentials::None)
         .promote(
             &pipeline,
             &promotion("p-7", "staging", "dev", &dev_commit),
             &options(),
+            &mut ledger,
         )
         .expect("first run");
     let Outcome::Pushed { commit, .. } = first else {
@@ -482,6 +487,7 @@ fn repeating_a_promotion_that_already_landed_reports_the_existing_commit() {
             &pipeline,
             &promotion("p-7", "staging", "dev", &dev_commit),
             &options(),
+            &mut ledger,
         )
         .expect("second run");
     assert_eq!(again, Outcome::AlreadyDone { commit });
@@ -494,6 +500,7 @@ fn repeating_a_promotion_that_already_landed_reports_the_existing_commit() {
             &pipeline,
             &promotion("p-8", "staging", "dev", &dev_commit),
             &options(),
+            &mut Vec::new(),
         )
         .expect("third run");
     assert_eq!(
@@ -533,6 +540,7 @@ fn promotion_over_http_with_a_token_fetches_and_pushes_through_git_http_backend(
             &pipeline(&url, false),
             &promotion("p-http", "staging", "dev", &dev_commit),
             &options(),
+            &mut Vec::new(),
         )
         .expect("promotion over http");
     let Outcome::Pushed { commit, .. } = outcome else {
@@ -672,6 +680,7 @@ fn an_unreachable_remote_is_a_clear_error() {
             &pipeline,
             &promotion("p-x", "staging", "dev", &"0".repeat(40)),
             &options(),
+            &mut Vec::new(),
         )
         .expect_err("cannot promote without the remote");
     assert!(matches!(err, promote::Error::Fetch(_)), "{err:?}");
@@ -726,6 +735,7 @@ fn a_missing_branch_or_path_is_named_in_the_error() {
                 &fx.work.git(&["rev-parse", "HEAD"]),
             ),
             &options(),
+            &mut Vec::new(),
         )
         .expect_err("the target branch is missing");
     assert!(err.to_string().contains("env/prod"), "{err}");
@@ -745,6 +755,7 @@ fn a_missing_branch_or_path_is_named_in_the_error() {
                 &fx.work.git(&["rev-parse", "HEAD"]),
             ),
             &options(),
+            &mut Vec::new(),
         )
         .expect_err("the listed file is missing in dev");
     assert!(
@@ -776,6 +787,7 @@ fn the_branch_model_moves_forward_and_refuses_foreign_commits_unless_merging_is_
             &strict,
             &promotion("p-prod-1", "prod", "staging", &staging_commit),
             &options(),
+            &mut Vec::new(),
         )
         .expect("fast-forward promotion");
     let Outcome::Pushed { commit: first, .. } = outcome else {
@@ -825,6 +837,7 @@ fn the_branch_model_moves_forward_and_refuses_foreign_commits_unless_merging_is_
             &strict,
             &promotion("p-prod-2", "prod", "staging", &staging_next),
             &options(),
+            &mut Vec::new(),
         )
         .expect_err("diverged without merge permission");
     match &err {
@@ -846,6 +859,7 @@ fn the_branch_model_moves_forward_and_refuses_foreign_commits_unless_merging_is_
             &lenient,
             &promotion("p-prod-2", "prod", "staging", &staging_next),
             &options(),
+            &mut Vec::new(),
         )
         .expect("merge allowed");
     let Outcome::Pushed {
@@ -891,6 +905,7 @@ fn history_lists_promotions_and_a_rollback_restores_one_environment() {
                 &pipeline,
                 &promotion(&format!("p-h{i}"), "staging", "dev", &dev),
                 &options(),
+                &mut Vec::new(),
             )
             .expect("promotion");
         let Outcome::Pushed { commit, .. } = outcome else {
@@ -929,7 +944,7 @@ fn history_lists_promotions_and_a_rollback_restores_one_environment() {
         approved_by: vec![],
     };
     let outcome = repo
-        .promote(&pipeline, &rollback, &options())
+        .promote(&pipeline, &rollback, &options(), &mut Vec::new())
         .expect("rollback");
     let Outcome::Pushed { commit, .. } = outcome else {
         panic!("expected a push, got {outcome:?}");
@@ -1012,6 +1027,7 @@ fn two_racing_promotions_and_a_foreign_commit_all_land_on_a_linear_history() {
                 &pipeline,
                 &promotion(id, "staging", "dev", &commit),
                 &options(),
+                &mut Vec::new(),
             )
         })
     })
@@ -1159,6 +1175,7 @@ fn promotion_over_ssh_uses_the_configured_key_and_pinned_host_key() {
             &pipeline(&url, false),
             &promotion("p-ssh", "staging", "dev", &dev_commit),
             &options(),
+            &mut Vec::new(),
         )
         .expect("promotion over ssh");
     let Outcome::Pushed { commit, .. } = outcome else {

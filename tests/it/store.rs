@@ -34,6 +34,7 @@ fn sync_run(environment: &str, revision: &str, applied: bool, started: u64) -> S
     SyncRun {
         environment: environment.to_owned(),
         revision: revision.to_owned(),
+        content: Some(format!("tree-of-{revision}")),
         started_at: at(started),
         finished_at: at(started + 2),
         result: if applied { "succeeded" } else { "apply_failed" }.to_owned(),
@@ -321,7 +322,7 @@ async fn a_missing_state_directory_is_created_with_a_database_at_the_current_sch
     let state = dir.path().join("state").join("nested");
     let store = SqliteStore::open(&state).await?;
     assert_eq!(store.path(), state.join(DATABASE_FILE));
-    assert_eq!(store.schema_version().await?, 1);
+    assert_eq!(store.schema_version().await?, 2);
     assert!(store.environment("dev").await?.is_none());
     Ok(())
 }
@@ -331,7 +332,7 @@ async fn an_empty_file_is_migrated_to_the_current_schema() -> TestResult {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join(DATABASE_FILE), b"")?;
     let store = SqliteStore::open(dir.path()).await?;
-    assert_eq!(store.schema_version().await?, 1);
+    assert_eq!(store.schema_version().await?, 2);
     let id = write_everything(&store).await?;
     assert_everything(&store, &id).await
 }
@@ -410,7 +411,7 @@ async fn a_database_from_a_newer_stagehand_is_refused() -> TestResult {
             error,
             store::Error::NewerSchema {
                 found: 7,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),

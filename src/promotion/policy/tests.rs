@@ -304,7 +304,7 @@ fn who_may_approve_follows_groups_self_approval_and_authorship() {
     let not_in_groups = Err(Refusal::NotInGroups {
         groups: strings(&["release-managers", "sre"]),
     });
-    let cases: [ApprovalCase; 12] = [
+    let cases: [ApprovalCase; 13] = [
         (&strict, "bob", "bob@example.com", &release, "alice", Ok(())),
         (&strict, "bob", "bob@example.com", &both, "alice", Ok(())),
         (
@@ -341,9 +341,25 @@ fn who_may_approve_follows_groups_self_approval_and_authorship() {
                 email: "alice@EXAMPLE.com".into(),
             }),
         ),
-        // An approver without an e-mail is never taken for an author.
-        (&strict, "dave", "", &release, "bob", Ok(())),
-        (&strict, "dave", "  ", &release, "bob", Ok(())),
+        // An approver without an e-mail cannot be told apart from the authors.
+        (&strict, "dave", "", &release, "bob", Err(Refusal::NoEmail)),
+        (
+            &strict,
+            "dave",
+            "  ",
+            &release,
+            "bob",
+            Err(Refusal::NoEmail),
+        ),
+        // Another identity of the requester (the same e-mail) is the same person.
+        (
+            &strict,
+            "bob-ci",
+            "BOB@example.com",
+            &release,
+            "bob",
+            Err(Refusal::SelfApproval),
+        ),
         // Groups empty: anyone; self- and author approval allowed.
         (
             &lenient,
@@ -379,7 +395,15 @@ fn who_may_approve_follows_groups_self_approval_and_authorship() {
             groups,
         };
         assert_eq!(
-            may_approve(policy, &approver, requester, &authors),
+            may_approve(
+                policy,
+                &approver,
+                &Requester {
+                    name: requester,
+                    email: &format!("{requester}@example.com"),
+                },
+                &authors
+            ),
             expected,
             "{name} <{email}> in {groups:?}, requested by {requester}"
         );
@@ -483,7 +507,7 @@ fn approvals_count_once_per_identity_and_only_from_the_groups_of_the_policy_now(
         ),
     ];
     for (approvals, counted, missing) in cases {
-        let progress = approval_progress(&two, &approvals);
+        let progress = approval_progress(&two, &approvals, &nobody(), &[]);
         assert_eq!(
             progress,
             Progress {
@@ -495,10 +519,50 @@ fn approvals_count_once_per_identity_and_only_from_the_groups_of_the_policy_now(
         );
     }
     // Without groups, anyone counts; without required approvals, nothing is missing.
-    let anyone = approval_progress(&policy(1, &[]), &[approval("eve", "", &[])]);
+    let anyone = approval_progress(&policy(1, &[]), &[approval("eve", "", &[])], &nobody(), &[]);
     assert_eq!((anyone.counted, anyone.missing), (strings(&["eve"]), 0));
     assert!(anyone.groups.is_empty());
-    assert_eq!(approval_progress(&policy(0, &["qa"]), &[]).missing, 0);
+    assert_eq!(
+        approval_progress(&policy(0, &["qa"]), &[], &nobody(), &[]).missing,
+        0
+    );
+}
+
+fn nobody() -> Requester<'static> {
+    Requester {
+        name: "stagehand",
+        email: "",
+    }
+}
+
+#[test]
+fn approvals_that_the_rules_would_refuse_now_do_not_count() {
+    let rm = ["release-managers"];
+    let strict = ApprovalPolicy {
+        allow_author_approval: false,
+        ..policy(1, &rm)
+    };
+    let requester = Requester {
+        name: "alice",
+        email: "alice@example.com",
+    };
+    let authors = strings(&["carol@example.com"]);
+    for (approval, why) in [
+        (
+            approval("alice-ci", "Alice@example.com", &rm),
+            "the requester's other identity",
+        ),
+        (approval("carol", "carol@example.com", &rm), "an author"),
+        (approval("dave", "", &rm), "no e-mail"),
+    ] {
+        let progress = approval_progress(&strict, &[approval], &requester, &authors);
+        assert_eq!(progress.missing, 1, "{why}");
+    }
+    let bob = approval("bob", "bob@example.com", &rm);
+    assert_eq!(
+        approval_progress(&strict, &[bob], &requester, &authors).missing,
+        0
+    );
 }
 
 #[test]
