@@ -26,6 +26,8 @@ pub(crate) const BOB: &str = "bob-token-approver-0c9d";
 const CAROL: &str = "carol-token-author-5e11";
 const DAVE: &str = "dave-token-approver-a4f0";
 pub(crate) const VERA: &str = "vera-token-viewer-33aa";
+/// alice's second identity: an approver with alice's e-mail.
+const ALICE_CI: &str = "alice-ci-token-approver-9e02";
 /// The e-mail the test repository's commits are authored with (support::git).
 const AUTHOR_EMAIL: &str = "author@example.test";
 
@@ -137,12 +139,14 @@ identities:
   - {{name: carol, email: {AUTHOR_EMAIL}, groups: [approvers], tokenSha256: [{}]}}
   - {{name: dave, email: dave@example.test, groups: [approvers], tokenSha256: [{}]}}
   - {{name: vera, email: vera@example.test, groups: [viewers], tokenSha256: [{}]}}
+  - {{name: alice-ci, email: ALICE@example.test, groups: [approvers], tokenSha256: [{}]}}
 ",
                 hash(ALICE),
                 hash(BOB),
                 hash(CAROL),
                 hash(DAVE),
-                hash(VERA)
+                hash(VERA),
+                hash(ALICE_CI)
             ),
         )
         .expect("tokens file");
@@ -1099,4 +1103,269 @@ async fn freeze_windows_hold_promotions_until_an_override_or_their_end_and_a_gen
     assert_eq!(overrides.len(), 1);
     assert!(overrides[0].reason.contains("hotfix"), "{overrides:?}");
     assert_eq!(fx.value(&kube, "gated").await.as_deref(), Some("dev-1"));
+}
+
+async fn rollback(
+    api: &mut Promotions,
+    environment: &str,
+    revision: &str,
+) -> Result<proto::Promotion, tonic::Status> {
+    api.rollback_environment(with_token(
+        ALICE,
+        proto::RollbackEnvironmentRequest {
+            environment: environment.into(),
+            revision: revision.into(),
+            reason: "restore".into(),
+        },
+    ))
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+async fn promotion_count(api: &mut Promotions, environment: &str) -> usize {
+    api.list_promotions(with_token(
+        ALICE,
+        proto::ListPromotionsRequest {
+            environment: environment.into(),
+            page_size: 1000,
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("ListPromotions answers")
+    .into_inner()
+    .promotions
+    .len()
+}
+
+async fn audit_actions(api: &mut Promotions, id: &str) -> Vec<String> {
+    api.list_audit_events(with_token(
+        ALICE,
+        proto::ListAuditEventsRequest {
+            promotion_id: id.into(),
+            page_size: 1000,
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("ListAuditEvents answers")
+    .into_inner()
+    .events
+    .into_iter()
+    .map(|e| e.action)
+    .collect()
+}
+
+/// Someone who can push to the repository, or who holds one permission, tries to move content
+/// nobody reviewed, to approve their own change under a second identity, to pass a forged
+/// commit off as a landed promotion, and to approve what was already rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_reviewed_content_moves_and_four_eyes_mean_two_people() {
+    let kube = cluster().client().await;
+    let fx = Fixture::new(&kube).await;
+    let server = fx.start();
+    let channel = Channel::from_shared(server.grpc.clone())
+        .expect("URL")
+        .connect()
+        .await
+        .expect("gRPC reachable");
+    let mut api = PromotionServiceClient::new(channel.clone());
+    let mut envs = EnvironmentServiceClient::new(channel);
+    let dev_revision = until_healthy(&server.grpc, ALICE, "dev").await;
+    until_healthy(&server.grpc, ALICE, "staging").await;
+
+    // A commit on a feature branch, and a candidate commit the service wrote for a preview:
+    // neither is in staging's or dev's history.
+    fx.work.git(&["checkout", "-q", "-b", "feature-x"]);
+    fx.work
+        .write(&[("environments/staging/app.yaml", &app("unreviewed"))]);
+    let feature = fx.work.commit("feature: unreviewed");
+    fx.work.git(&["push", "-q", "origin", "feature-x"]);
+    fx.work.git(&["checkout", "-q", "main"]);
+    let preview = api
+        .preview_promotion(with_token(
+            ALICE,
+            proto::PreviewPromotionRequest {
+                target_environment: "staging".into(),
+                revision: String::new(),
+            },
+        ))
+        .await
+        .expect("preview answers")
+        .into_inner();
+    let main_before = fx.remote_main();
+    let before = promotion_count(&mut api, "staging").await;
+    assert!(!preview.candidate_commit.is_empty(), "{preview:?}");
+    for revision in [feature.as_str(), preview.candidate_commit.as_str()] {
+        let refused = rollback(&mut api, "staging", revision).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::InvalidArgument,
+            "{revision}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains("not in the history"),
+            "{refused:?}"
+        );
+    }
+    let branch = rollback(&mut api, "staging", "origin/feature-x")
+        .await
+        .unwrap_err();
+    assert_eq!(branch.code(), Code::InvalidArgument, "{branch:?}");
+    let named = request(&mut api, ALICE, "staging", &feature)
+        .await
+        .unwrap_err();
+    assert_eq!(named.code(), Code::InvalidArgument, "{named:?}");
+    assert_eq!(fx.remote_main(), main_before, "nothing reached Git");
+    assert_eq!(
+        promotion_count(&mut api, "staging").await,
+        before,
+        "nothing stored"
+    );
+    assert_eq!(
+        fx.value(&kube, "staging").await.as_deref(),
+        Some("staging-1"),
+        "nothing reached the cluster"
+    );
+
+    // A commit that touches only another environment does not change what staging runs:
+    // promoting the revision staging ran before it still works.
+    let staging_ran = applied(&mut envs, "staging").await;
+    fx.work
+        .write(&[("environments/soaked/app.yaml", &app("soaked-2"))]);
+    fx.work.commit("soaked only");
+    push_main(&fx.work);
+    let moved = fx.remote_main();
+    sync_now(&mut envs, "staging").await;
+    eventually("staging applies the moved trunk", || {
+        let mut envs = envs.clone();
+        let moved = moved.clone();
+        async move { applied(&mut envs, "staging").await == moved }
+    })
+    .await;
+    let prod = request(&mut api, ALICE, "prod", &staging_ran)
+        .await
+        .expect("what staging runs may be named by the commit it ran it at");
+    abort(&mut api, &prod.id).await;
+
+    // alice asks; her second identity (same e-mail, in the approvers group) may not approve.
+    fx.work
+        .write(&[("environments/dev/app.yaml", &app("dev-2"))]);
+    fx.work.commit("dev 2");
+    push_main(&fx.work);
+    let dev_now = fx.remote_main();
+    sync_now(&mut envs, "dev").await;
+    eventually("dev runs dev-2", || async {
+        fx.value(&kube, "dev").await.as_deref() == Some("dev-2")
+    })
+    .await;
+    until_healthy(&server.grpc, ALICE, "dev").await;
+    assert_ne!(dev_now, dev_revision);
+    let staging = request(&mut api, ALICE, "staging", "")
+        .await
+        .expect("requested");
+    until_state(
+        &api,
+        ALICE,
+        &staging.id,
+        proto::PromotionState::AwaitingApproval,
+    )
+    .await;
+    let twin = approve(&mut api, ALICE_CI, &staging.id).await.unwrap_err();
+    assert_eq!(twin.code(), Code::PermissionDenied, "{twin:?}");
+    assert!(
+        twin.message().contains("requested this promotion"),
+        "{twin:?}"
+    );
+    assert!(
+        audit_actions(&mut api, &staging.id)
+            .await
+            .contains(&"approval_refused".to_owned()),
+        "the refused approval is audited"
+    );
+    assert_eq!(get(&mut api, ALICE, &staging.id).await.approvals.len(), 0);
+
+    // Someone pushes a commit carrying the promotion's id before it is approved: it is not
+    // taken for the promotion, which lands its own commit.
+    fx.work
+        .write(&[("environments/staging/app.yaml", &app("forged"))]);
+    fx.work.commit(&format!(
+        "Promote dev to staging\n\nStagehand-Promotion: {}\nApproved-By: bob\n",
+        staging.id
+    ));
+    push_main(&fx.work);
+    let forged = fx.work.git(&["rev-parse", "HEAD"]);
+    approve(&mut api, BOB, &staging.id)
+        .await
+        .expect("bob approves");
+    until_state(&api, ALICE, &staging.id, proto::PromotionState::Succeeded).await;
+    let done = get(&mut api, ALICE, &staging.id).await;
+    assert_ne!(
+        done.commit, forged,
+        "the forged commit is not the promotion"
+    );
+    assert_eq!(fx.commits_of(&staging.id).len(), 2, "forged and real");
+    assert_eq!(fx.value(&kube, "staging").await.as_deref(), Some("dev-2"));
+    let revisions = envs
+        .list_revisions(with_token(
+            ALICE,
+            proto::ListRevisionsRequest {
+                name: "staging".into(),
+                limit: 50,
+            },
+        ))
+        .await
+        .expect("ListRevisions answers")
+        .into_inner()
+        .revisions;
+    let real = revisions
+        .iter()
+        .find(|r| r.commit == done.commit)
+        .expect("the promotion commit is a staging revision");
+    assert!(real.verified, "{real:?}");
+    assert!(
+        revisions
+            .iter()
+            .filter(|r| r.promotion_id == staging.id && r.commit != done.commit)
+            .all(|r| !r.verified),
+        "{revisions:?}"
+    );
+
+    // Approving a promotion that has ended is refused and writes nothing.
+    let events = audit_actions(&mut api, &staging.id).await.len();
+    let late = approve(&mut api, DAVE, &staging.id).await.unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
+    assert_eq!(audit_actions(&mut api, &staging.id).await.len(), events);
+}
+
+async fn abort(api: &mut Promotions, id: &str) {
+    api.abort_promotion(with_token(
+        ALICE,
+        proto::AbortPromotionRequest {
+            id: id.into(),
+            reason: "not now".into(),
+        },
+    ))
+    .await
+    .expect("abort answers");
+}
+
+/// Pushes main after taking what the service committed meanwhile (qa promotes by itself).
+fn push_main(work: &Repo) {
+    work.git(&["pull", "-q", "--rebase", "origin", "main"]);
+    work.git(&["push", "-q", "origin", "main"]);
+}
+
+/// Fetches and syncs `name` now, as a person would after pushing.
+async fn sync_now(envs: &mut EnvironmentServiceClient<Channel>, name: &str) {
+    envs.sync_environment(with_token(
+        ALICE,
+        proto::SyncEnvironmentRequest {
+            name: name.into(),
+            fetch: true,
+            wait: true,
+        },
+    ))
+    .await
+    .expect("the environment syncs");
 }
