@@ -194,7 +194,7 @@ spec:
       promotion: {{auto: true}}
       promote: {{files: [app.yaml]}}
   access:
-    - {{groups: [releasers], environments: [\"*\"], permissions: [view, request, rollback, sync]}}
+    - {{groups: [releasers], environments: [\"*\"], permissions: [view, request, rollback, sync, suspend]}}
     - {{groups: [approvers], environments: [\"*\"], permissions: [view, approve]}}
     - {{groups: [viewers], environments: [\"*\"], permissions: [view]}}
 ",
@@ -1368,4 +1368,154 @@ async fn sync_now(envs: &mut EnvironmentServiceClient<Channel>, name: &str) {
     ))
     .await
     .expect("the environment syncs");
+}
+
+/// Installs `script` as the remote's pre-receive hook.
+fn remote_hook(fx: &Fixture, script: &str) {
+    let hook = fx._dir.path().join("remotes/shop.git/hooks/pre-receive");
+    std::fs::write(&hook, script).expect("hook written");
+    let mut permissions = std::fs::metadata(&hook).expect("hook").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&hook, permissions).expect("hook executable");
+}
+
+async fn approved_by_bob(api: &mut Promotions, target: &str) -> proto::Promotion {
+    let promotion = request(api, ALICE, target, "").await.expect("requested");
+    until_state(
+        api,
+        ALICE,
+        &promotion.id,
+        proto::PromotionState::AwaitingApproval,
+    )
+    .await;
+    approve(api, BOB, &promotion.id)
+        .await
+        .expect("bob approves");
+    promotion
+}
+
+/// A remote that keeps declining the push ends the promotion, and the next one into the target
+/// goes on; approvals count with the approver's groups of now; a promotion past Git that waits
+/// on a suspended target says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declining_remote_fails_a_promotion_and_approvals_follow_the_tokens_file() {
+    let kube = cluster().client().await;
+    let fx = Fixture::new(&kube).await;
+    let server = fx.start();
+    let channel = Channel::from_shared(server.grpc.clone())
+        .expect("URL")
+        .connect()
+        .await
+        .expect("gRPC reachable");
+    let mut api = PromotionServiceClient::new(channel.clone());
+    let mut envs = EnvironmentServiceClient::new(channel);
+    until_healthy(&server.grpc, ALICE, "dev").await;
+
+    remote_hook(
+        &fx,
+        "#!/bin/sh\ncat >/dev/null\necho 'main is a protected branch' >&2\nexit 1\n",
+    );
+    let before = fx.remote_main();
+    let declined = approved_by_bob(&mut api, "staging").await;
+    until_state(&api, ALICE, &declined.id, proto::PromotionState::Failed).await;
+    let failed = get(&mut api, ALICE, &declined.id).await;
+    assert!(
+        failed.message.contains("main is a protected branch")
+            && failed.message.contains("after 5 attempts"),
+        "{failed:?}"
+    );
+    assert_eq!(
+        failed.approvals_missing, 0,
+        "an ended promotion misses nothing"
+    );
+    assert!(failed.blockers.is_empty(), "{failed:?}");
+    assert_eq!(fx.remote_main(), before, "nothing reached Git");
+
+    // The remote holds the next push until the test lets it go; meanwhile staging is
+    // suspended, so the promotion waits in Syncing and says why.
+    let gate = fx._dir.path().join("gate");
+    std::fs::create_dir_all(&gate).expect("gate dir");
+    remote_hook(
+        &fx,
+        &format!(
+            "#!/bin/sh\ncat >/dev/null\ntouch '{0}/entered'\nwhile [ ! -e '{0}/open' ]; do sleep 0.05; done\nexit 0\n",
+            gate.display()
+        ),
+    );
+    let next = approved_by_bob(&mut api, "staging").await;
+    eventually("the push reaches the remote", || async {
+        gate.join("entered").exists()
+    })
+    .await;
+    envs.suspend_environment(with_token(
+        ALICE,
+        proto::SuspendEnvironmentRequest {
+            name: "staging".into(),
+            reason: "maintenance".into(),
+        },
+    ))
+    .await
+    .expect("staging suspended");
+    std::fs::write(gate.join("open"), "").expect("open the gate");
+    until_state(&api, ALICE, &next.id, proto::PromotionState::Syncing).await;
+    let waiting = get(&mut api, ALICE, &next.id).await;
+    assert_eq!(
+        waiting
+            .blockers
+            .iter()
+            .map(|b| b.kind.as_str())
+            .collect::<Vec<_>>(),
+        ["suspended"],
+        "{waiting:?}"
+    );
+    envs.resume_environment(with_token(
+        ALICE,
+        proto::ResumeEnvironmentRequest {
+            name: "staging".into(),
+        },
+    ))
+    .await
+    .expect("staging resumed");
+    until_state(&api, ALICE, &next.id, proto::PromotionState::Succeeded).await;
+    until_healthy(&server.grpc, ALICE, "staging").await;
+
+    // prod needs two approvers. bob approves, then leaves the approvers group: his approval
+    // stops counting once the tokens file is read again, and dave's alone is not enough.
+    let prod = request(&mut api, ALICE, "prod", "")
+        .await
+        .expect("requested");
+    until_state(
+        &api,
+        ALICE,
+        &prod.id,
+        proto::PromotionState::AwaitingApproval,
+    )
+    .await;
+    approve(&mut api, BOB, &prod.id)
+        .await
+        .expect("bob approves");
+    assert_eq!(get(&mut api, ALICE, &prod.id).await.approvals_missing, 1);
+    let tokens = std::fs::read_to_string(&fx.tokens).expect("tokens file");
+    let demoted = tokens.replace(
+        "name: bob, email: bob@example.test, groups: [approvers]",
+        "name: bob, email: bob@example.test, groups: [viewers]",
+    );
+    assert_ne!(tokens, demoted);
+    std::fs::write(&fx.tokens, demoted).expect("tokens file rewritten");
+    eventually("bob's approval stops counting", || {
+        let mut api = api.clone();
+        let id = prod.id.clone();
+        async move { get(&mut api, ALICE, &id).await.approvals_missing == 2 }
+    })
+    .await;
+    approve(&mut api, DAVE, &prod.id)
+        .await
+        .expect("dave approves");
+    let after = get(&mut api, ALICE, &prod.id).await;
+    assert_eq!(after.approvals_missing, 1, "{after:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        state_of(&get(&mut api, ALICE, &prod.id).await),
+        proto::PromotionState::AwaitingApproval
+    );
 }
