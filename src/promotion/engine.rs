@@ -1313,3 +1313,39 @@ fn audit(
         reason: reason.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::Override;
+    use crate::promotion::policy::Frozen;
+
+    fn frozen(until: SystemTime) -> Frozen {
+        Frozen {
+            window: 0,
+            until: jiff::Timestamp::try_from(until).expect("a representable time"),
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn an_override_covers_only_the_freeze_it_was_given_for() {
+        let end = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let given = Override {
+            by: "morgan".into(),
+            reason: "hotfix".into(),
+            until: Some(end),
+        };
+        assert!(given.covers(&frozen(end)));
+        assert!(given.covers(&frozen(end - Duration::from_secs(60))));
+        // Next week's window, or the same one extended, holds the promotion again.
+        assert!(!given.covers(&frozen(end + Duration::from_secs(7 * 24 * 3600))));
+        // An override stored before overrides named their freeze covers none.
+        let old = Override {
+            until: None,
+            ..given
+        };
+        assert!(!old.covers(&frozen(end)));
+    }
+}

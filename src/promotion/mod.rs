@@ -169,3 +169,26 @@ pub enum Error {
 fn whole_seconds(duration: Duration) -> Duration {
     Duration::from_secs(duration.as_secs() + u64::from(duration.subsec_nanos() > 0))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Error;
+
+    #[test]
+    fn a_soak_still_to_go_reads_in_whole_seconds() {
+        let error = Error::NotSoaked {
+            source_env: "staging".into(),
+            revision: "abc".into(),
+            soak: Duration::from_secs(1800),
+            remaining: Duration::from_millis(754_321),
+        };
+        assert!(
+            error
+                .to_string()
+                .ends_with("soak time of 30m; 12m 35s to go"),
+            "{error}"
+        );
+    }
+}

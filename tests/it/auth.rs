@@ -345,6 +345,11 @@ fn tokens_file_errors_name_the_field_and_never_the_value() -> TestResult {
             tokens_yaml(&[("alice", &[], ALICE), ("bob", &[], ALICE)]),
             "field identities[1].tokenSha256[0]: the same hash is listed for \"alice\" already",
         ),
+        // The audit log and promotion commits name the service itself so.
+        (
+            tokens_yaml(&[("alice", &[], ALICE), ("Stagehand", &[], BOB)]),
+            "field identities[1].name: \"Stagehand\" is reserved",
+        ),
     ];
     for (yaml, expected) in cases {
         replace(&file, &yaml);

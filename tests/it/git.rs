@@ -1520,3 +1520,118 @@ fn a_damaged_cache_is_detected_and_fetched_again() {
     assert_eq!(third.revision(&pipeline, "dev").expect("dev"), expected);
     assert_cache_matches_remote(&third, &fx.remote);
 }
+
+/// Commits as `author`, committed by `committer`, with `message` (which may carry trailers).
+fn commit_as(
+    work: &Repo,
+    files: &[(&str, &str)],
+    author: &str,
+    committer: &str,
+    message: &str,
+) -> String {
+    work.write(files);
+    work.git(&["add", "-A"]);
+    let out = std::process::Command::new("git")
+        .args(["commit", "-q", "-m", message])
+        .current_dir(&work.dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "A")
+        .env("GIT_AUTHOR_EMAIL", author)
+        .env("GIT_COMMITTER_NAME", "C")
+        .env("GIT_COMMITTER_EMAIL", committer)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    work.git(&["rev-parse", "HEAD"])
+}
+
+#[test]
+fn authors_are_everyone_who_wrote_what_moves_and_a_range_too_long_is_refused() {
+    let fx = Fixture::new();
+    let start = fx.work.git(&["rev-parse", "HEAD"]);
+    commit_as(
+        &fx.work,
+        &[("environments/dev/version.yaml", "version: 2\n")],
+        "Ann@Example.test",
+        "cy@example.test",
+        "dev: version 2\n\nCo-authored-by: Dee <dee@example.test>\n",
+    );
+    // Only the staging directory: not what a promotion from dev brings.
+    commit_as(
+        &fx.work,
+        &[("environments/staging/version.yaml", "version: 9\n")],
+        "stan@example.test",
+        "stan@example.test",
+        "staging: by hand",
+    );
+    let to = commit_as(
+        &fx.work,
+        &[("README.md", "# shop\nnotes\n")],
+        "ed@example.test",
+        "ed@example.test",
+        "docs",
+    );
+    fx.work.git(&["push", "-q", "origin", "main"]);
+    let repo = fx.open("a", &fx.url(), Credentials::None);
+    repo.fetch().expect("fetch");
+    let pipeline = pipeline(&fx.url(), false);
+    let dev = stagehand::git::Location::of(&pipeline, "dev").expect("dev");
+
+    let authors = repo
+        .authors(oid(&to), Some(oid(&start)), Some(&dev), 100)
+        .expect("authors");
+    assert_eq!(
+        authors,
+        ["ann@example.test", "cy@example.test", "dee@example.test"]
+    );
+    let everyone = repo
+        .authors(oid(&to), Some(oid(&start)), None, 100)
+        .expect("authors");
+    assert_eq!(everyone.len(), 5, "{everyone:?}");
+    let too_long = repo
+        .authors(oid(&to), Some(oid(&start)), Some(&dev), 2)
+        .expect_err("three commits do not fit in two");
+    assert!(
+        matches!(too_long, stagehand::git::history::AuthorsError::TooLong(_)),
+        "{too_long:?}"
+    );
+    assert!(
+        too_long.to_string().contains("more than 2 commits"),
+        "{too_long}"
+    );
+}
+
+#[test]
+fn a_revision_belongs_to_an_environment_only_on_the_first_parent_line_of_its_branch() {
+    let fx = Fixture::new();
+    let initial = fx.work.git(&["rev-parse", "HEAD"]);
+    let dev = fx.push_change(
+        &[("environments/dev/version.yaml", "version: 2\n")],
+        "dev: version 2",
+    );
+    let docs = fx.push_change(&[("README.md", "# shop\nmore\n")], "docs");
+    fx.work.git(&["checkout", "-q", "-b", "feature"]);
+    let feature = fx.work.commit("feature: nothing yet");
+    fx.work.git(&["push", "-q", "origin", "feature"]);
+    fx.work.git(&["checkout", "-q", "main"]);
+    let repo = fx.open("a", &fx.url(), Credentials::None);
+    repo.fetch().expect("fetch");
+    let pipeline = pipeline(&fx.url(), false);
+    let revision = |env: &str, commit: &str| {
+        repo.revision_of(&pipeline, env, oid(commit), 100)
+            .expect("history reads")
+            .map(|entry| entry.commit.to_string())
+    };
+    // A commit that left dev's directory as it was holds dev's previous revision.
+    assert_eq!(revision("dev", &docs).as_deref(), Some(dev.as_str()));
+    assert_eq!(revision("dev", &dev).as_deref(), Some(dev.as_str()));
+    assert_eq!(
+        revision("staging", &docs).as_deref(),
+        Some(initial.as_str())
+    );
+    assert_eq!(revision("dev", &feature), None, "another branch");
+}
