@@ -1336,6 +1336,36 @@ async fn only_reviewed_content_moves_and_four_eyes_mean_two_people() {
     let late = approve(&mut api, DAVE, &staging.id).await.unwrap_err();
     assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
     assert_eq!(audit_actions(&mut api, &staging.id).await.len(), events);
+
+    // A rollback records who wrote the content it restores, and the author rule applies:
+    // prod's first files were written by carol's e-mail.
+    let prod_first = applied(&mut envs, "prod").await;
+    fx.work
+        .write(&[("environments/prod/app.yaml", &app("hand-edit"))]);
+    fx.work.commit("prod: by hand");
+    push_main(&fx.work);
+    sync_now(&mut envs, "prod").await;
+    let restore = rollback(&mut api, "prod", &prod_first)
+        .await
+        .expect("prod's own earlier revision may be restored");
+    until_state(
+        &api,
+        ALICE,
+        &restore.id,
+        proto::PromotionState::AwaitingApproval,
+    )
+    .await;
+    let waiting = get(&mut api, ALICE, &restore.id).await;
+    assert!(
+        waiting.blockers[0].message.contains(AUTHOR_EMAIL),
+        "{waiting:?}"
+    );
+    let author = approve(&mut api, CAROL, &restore.id).await.unwrap_err();
+    assert_eq!(author.code(), Code::PermissionDenied, "{author:?}");
+    assert!(author.message().contains("author"), "{author:?}");
+    approve(&mut api, BOB, &restore.id)
+        .await
+        .expect("bob did not write it");
 }
 
 async fn abort(api: &mut Promotions, id: &str) {
