@@ -795,3 +795,68 @@ fn promotion_ids_are_unique_even_within_one_millisecond() {
             .all(|id| id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()))
     );
 }
+
+#[tokio::test]
+async fn soak_time_follows_the_environments_files_not_the_branch_tip() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = SqliteStore::open(dir.path()).await?;
+    let run = |revision: &str, content: &str, started| SyncRun {
+        content: Some(content.to_owned()),
+        ..sync_run("staging", revision, true, started)
+    };
+    store.record_sync(run("aaa111", "tree-1", 0)).await?;
+    // Another environment's commit: a new tip, the same files for staging.
+    store.record_sync(run("bbb222", "tree-1", 10)).await?;
+    let staging = store.environment("staging").await?.expect("stored");
+    assert_eq!(staging.applied_revision.as_deref(), Some("bbb222"));
+    assert_eq!(staging.applied_at, Some(at(2)), "the soak goes on");
+    store.record_sync(run("ccc333", "tree-2", 20)).await?;
+    let staging = store.environment("staging").await?.expect("stored");
+    assert_eq!(staging.applied_at, Some(at(22)), "new files soak anew");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_approval_after_the_promotion_ended_is_refused_and_writes_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let store = SqliteStore::open(dir.path()).await?;
+    let promotion = store
+        .create_promotion(new_promotion("prod", "rev1", 1))
+        .await?;
+    store
+        .transition(transition(
+            &promotion.id,
+            promotion.state,
+            PromotionState::Rejected,
+        ))
+        .await?;
+    let outcome = store
+        .add_approval(
+            &promotion.id,
+            Approval {
+                approver: "erin".to_owned(),
+                email: "erin@example.com".to_owned(),
+                groups: vec!["release-managers".to_owned()],
+                at: at(60),
+                comment: String::new(),
+            },
+        )
+        .await?;
+    assert_eq!(
+        outcome,
+        ApprovalOutcome::Closed {
+            state: PromotionState::Rejected
+        }
+    );
+    let detail = store.promotion(&promotion.id).await?.expect("stored");
+    assert!(detail.approvals.is_empty());
+    let approved = store
+        .audit_events(&AuditFilter {
+            promotion_id: Some(promotion.id.clone()),
+            actions: vec![AuditAction::Approved],
+            ..AuditFilter::default()
+        })
+        .await?;
+    assert!(approved.items.is_empty());
+    Ok(())
+}
