@@ -1548,4 +1548,56 @@ async fn a_declining_remote_fails_a_promotion_and_approvals_follow_the_tokens_fi
         state_of(&get(&mut api, ALICE, &prod.id).await),
         proto::PromotionState::AwaitingApproval
     );
+
+    // An approved promotion held at the head of the queue (staging is suspended) is checked
+    // again before its Git step: dave leaves the group, and it goes back to waiting.
+    envs.suspend_environment(with_token(
+        ALICE,
+        proto::SuspendEnvironmentRequest {
+            name: "staging".into(),
+            reason: "maintenance".into(),
+        },
+    ))
+    .await
+    .expect("staging suspended");
+    fx.work
+        .write(&[("environments/dev/app.yaml", &app("dev-3"))]);
+    fx.work.commit("dev 3");
+    push_main(&fx.work);
+    sync_now(&mut envs, "dev").await;
+    until_healthy(&server.grpc, ALICE, "dev").await;
+    let held = request(&mut api, ALICE, "staging", "")
+        .await
+        .expect("requested");
+    until_state(
+        &api,
+        ALICE,
+        &held.id,
+        proto::PromotionState::AwaitingApproval,
+    )
+    .await;
+    approve(&mut api, DAVE, &held.id)
+        .await
+        .expect("dave approves");
+    until_state(&api, ALICE, &held.id, proto::PromotionState::Approved).await;
+    let tokens = std::fs::read_to_string(&fx.tokens).expect("tokens file");
+    std::fs::write(
+        &fx.tokens,
+        tokens.replace(
+            "name: dave, email: dave@example.test, groups: [approvers]",
+            "name: dave, email: dave@example.test, groups: [viewers]",
+        ),
+    )
+    .expect("tokens file rewritten");
+    until_state(
+        &api,
+        ALICE,
+        &held.id,
+        proto::PromotionState::AwaitingApproval,
+    )
+    .await;
+    let back = get(&mut api, ALICE, &held.id).await;
+    let last = back.transitions.last().expect("transitions");
+    assert!(last.reason.contains("no longer suffice"), "{last:?}");
+    assert_eq!(fx.value(&kube, "staging").await.as_deref(), Some("dev-1"));
 }
