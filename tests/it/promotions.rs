@@ -1601,3 +1601,66 @@ async fn a_declining_remote_fails_a_promotion_and_approvals_follow_the_tokens_fi
     assert!(last.reason.contains("no longer suffice"), "{last:?}");
     assert_eq!(fx.value(&kube, "staging").await.as_deref(), Some("dev-1"));
 }
+
+/// How long a NotSoaked refusal says is left.
+fn soak_left(refused: &tonic::Status) -> Duration {
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let message = refused.message();
+    let left = message
+        .rsplit_once("; ")
+        .and_then(|(_, rest)| rest.strip_suffix(" to go"))
+        .unwrap_or_else(|| panic!("no time left in {message:?}"));
+    assert!(!left.contains('.'), "whole seconds: {message:?}");
+    humantime::parse_duration(left).expect("a duration")
+}
+
+/// A commit that changes only another environment is not a new revision of the source: its
+/// soak goes on, and the revision it ran before can still be named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_follows_the_sources_own_files_not_the_branch_tip() {
+    let kube = cluster().client().await;
+    let fx = Small::new(
+        &kube,
+        &[("soaked", "      promotion: {soak: 1h}\n"), ("other", "")],
+        Duration::ZERO,
+    )
+    .await;
+    let server = fx.start();
+    let mut api = connect(&server).await;
+    let first = until_healthy(&server.grpc, "", "dev").await;
+    let ask = |revision: &str| proto::RequestPromotionRequest {
+        target_environment: "soaked".into(),
+        revision: revision.into(),
+        reason: "release".into(),
+        rerun: false,
+    };
+    let before = soak_left(&api.request_promotion(ask("")).await.unwrap_err());
+
+    fx.work
+        .write(&[("environments/other/app.yaml", &app("other-2"))]);
+    fx.work.commit("other only");
+    fx.work.git(&["push", "-q", "origin", "main"]);
+    let moved = fx.work.git(&["rev-parse", "HEAD"]);
+    let mut envs = EnvironmentServiceClient::connect(server.grpc.clone())
+        .await
+        .expect("gRPC reachable");
+    envs.sync_environment(proto::SyncEnvironmentRequest {
+        name: "dev".into(),
+        fetch: true,
+        wait: true,
+    })
+    .await
+    .expect("dev syncs");
+    assert_eq!(until_healthy(&server.grpc, "", "dev").await, moved);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+
+    for revision in ["", first.as_str()] {
+        let refused = api.request_promotion(ask(revision)).await.unwrap_err();
+        assert!(
+            refused.message().contains("soak time"),
+            "{revision:?} is what dev runs: {refused:?}"
+        );
+        let after = soak_left(&refused);
+        assert!(after < before, "the soak went on: {after:?} < {before:?}");
+    }
+}
