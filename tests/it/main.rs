@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod child_env;
 mod cli_api;
+mod cli_escape;
 mod cli_promote;
 mod cli_sync;
 mod cluster;
