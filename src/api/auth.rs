@@ -656,6 +656,33 @@ pub fn allow_anonymous(listen: SocketAddr, insecure: bool) -> Result<(), Unprote
     }
 }
 
+/// A server that takes bearer tokens over plain HTTP/2 hands them to anyone on the network path,
+/// who can then act as their holders.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to accept bearer tokens over plain HTTP/2 on {addr}: anyone on the network path \
+     could read them and act as their holders; serve TLS with --tls-cert and --tls-key, listen on \
+     loopback, or pass --insecure if something else encrypts the connection (a service mesh)"
+)]
+pub struct PlaintextTokens {
+    /// The address the server would listen on.
+    pub addr: SocketAddr,
+}
+
+/// Whether a server on `listen` may accept bearer tokens: over TLS it may, on loopback too
+/// (the traffic never leaves the host), elsewhere only when the operator said `insecure`.
+pub fn allow_bearer_tokens(
+    listen: SocketAddr,
+    tls: bool,
+    insecure: bool,
+) -> Result<(), PlaintextTokens> {
+    if tls || listen.ip().is_loopback() || insecure {
+        Ok(())
+    } else {
+        Err(PlaintextTokens { addr: listen })
+    }
+}
+
 /// The gRPC interceptor that authenticates every call of the services it wraps.
 #[derive(Clone)]
 pub struct Authenticator {

@@ -155,14 +155,17 @@ impl Command {
 
 /// sops's exit codes when a secrets error is anywhere in the chain (a render or a sync fails
 /// because of it just as `secrets decrypt` does); for a call to a server, the code of its gRPC
-/// status (see [`client::exit_code`]); else 1.
+/// status (see [`client::exit_code`]); 2 for a wrong `--server` setting, as for clap's usage
+/// errors; else 1.
 fn exit_code(error: &(dyn std::error::Error + 'static)) -> ExitCode {
     for cause in ErrorChain(error).causes() {
         if let Some(e) = cause.downcast_ref::<client::RpcError>() {
             return e.exit_code();
         }
-        if let Some(client::Error::Connect { .. }) = cause.downcast_ref::<client::Error>() {
-            return client::unreachable_exit_code();
+        match cause.downcast_ref::<client::Error>() {
+            Some(client::Error::Connect { .. }) => return client::unreachable_exit_code(),
+            Some(e) if e.is_usage() => return ExitCode::from(2),
+            _ => {}
         }
     }
     let secrets_error = ErrorChain(error)

@@ -39,8 +39,9 @@ pub struct ServeArgs {
     /// rendered objects and up to 16 requests to its cluster.
     #[arg(long, env = "STAGEHAND_CONCURRENT_SYNCS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     concurrent_syncs: u16,
-    /// Allow running without a tokens file on an address other than loopback (TLS does not
-    /// replace tokens).
+    /// On an address other than loopback: allow running without a tokens file (TLS does not
+    /// replace tokens), and allow taking tokens over plain HTTP/2 without --tls-cert (only
+    /// where something else encrypts the connection, such as a service mesh).
     #[arg(long)]
     insecure: bool,
     /// Name of the author and committer of promotion commits (the requester and approvers are
@@ -91,6 +92,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (file, state_dir) = (args.pipeline.clone(), args.state_dir.clone());
     let tokens = match &args.tokens_file {
         Some(file) => {
+            api::auth::allow_bearer_tokens(args.listen, tls.is_some(), args.insecure)?;
+            if tls.is_none() && !args.listen.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %args.listen,
+                    "--insecure: bearer tokens arrive over plain HTTP/2; only safe where something else encrypts the connection"
+                );
+            }
             let tokens = Arc::new(api::auth::Tokens::load(file)?);
             tokens.watch(std::time::Duration::from_secs(5));
             Some(tokens)

@@ -180,6 +180,33 @@ fn only_a_loopback_server_runs_without_tokens_unless_told_it_is_insecure() {
 }
 
 #[test]
+fn only_tls_or_loopback_takes_bearer_tokens_unless_told_it_is_insecure() {
+    let cases = [
+        ("127.0.0.1:7420", false, false, true),
+        ("[::1]:7420", false, false, true),
+        ("0.0.0.0:7420", true, false, true),
+        ("10.1.2.3:7420", true, false, true),
+        ("0.0.0.0:7420", false, false, false),
+        ("[::]:7420", false, false, false),
+        ("10.1.2.3:7420", false, false, false),
+        ("0.0.0.0:7420", false, true, true),
+    ];
+    for (addr, tls, insecure, allowed) in cases {
+        let result = auth::allow_bearer_tokens(addr.parse().expect("an address"), tls, insecure);
+        assert_eq!(
+            result.is_ok(),
+            allowed,
+            "{addr} tls={tls} insecure={insecure}"
+        );
+        if let Err(error) = result {
+            for words in [addr, "--tls-cert", "--insecure", "plain HTTP/2"] {
+                assert!(error.to_string().contains(words), "{error}");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_request_that_never_passed_the_authenticator_is_unauthenticated() {
     use tonic::service::Interceptor;
     let status = auth::identity(&Request::new(())).expect_err("no identity was attached");
