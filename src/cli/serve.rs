@@ -31,8 +31,11 @@ pub struct ServeArgs {
     #[arg(long, env = "STAGEHAND_WEBHOOK_SECRET_FILE")]
     webhook_secret_file: Option<PathBuf>,
     /// The tokens file (YAML: identities with their groups and the SHA-256 of their bearer
-    /// tokens; read again when it changes). Without it every caller is `anonymous` and may do
-    /// everything, which is refused unless the server listens on loopback or `--insecure` says so.
+    /// tokens), checked every 5 s and taken when it changed; one that cannot be read or is not
+    /// valid ends every token until it is valid again. Tokens travel in clear without
+    /// --tls-cert, so that needs loopback or --insecure. Without a tokens file every caller is
+    /// `anonymous` and may do everything, which is refused unless the server listens on loopback
+    /// or `--insecure` says so.
     #[arg(long, env = "STAGEHAND_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
     /// Environments synced at once; the others queue in order. Each pass in flight holds its
