@@ -19,7 +19,8 @@ pub struct ServeArgs {
     /// The pipeline file the service runs.
     #[arg(long, env = "STAGEHAND_PIPELINE", default_value = "pipeline.yaml")]
     pipeline: PathBuf,
-    /// Directory for durable state (created if missing).
+    /// Directory for durable state (created if missing); made readable by this user only
+    /// (0700, its files 0600), whatever the umask.
     #[arg(long, env = "STAGEHAND_STATE_DIR", default_value = ".stagehand")]
     state_dir: PathBuf,
     /// Address of the HTTP listener for Git hosts' push webhooks (`POST /api/webhook`);
@@ -74,7 +75,7 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let pipeline = Arc::new(Pipeline::load(&args.pipeline)?);
     let tls = tls(&args)?;
-    std::fs::create_dir_all(&args.state_dir)
+    stagehand::state_dir::private_dir(&args.state_dir)
         .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
     let secret = match &args.webhook_secret_file {
         None => None,
