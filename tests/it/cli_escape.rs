@@ -42,8 +42,9 @@ fn table(server: &str, args: &[&str]) -> String {
     run.stdout
 }
 
+/// Someone with push access writes the summary; `env history` shows it escaped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cli_tables_print_reasons_comments_and_commit_summaries_with_controls_escaped() {
+async fn the_history_table_prints_a_commit_summary_with_its_controls_escaped() {
     let kube = cluster().client().await;
     let fx = Fixture::new(&kube).await;
     fx.work
@@ -54,6 +55,30 @@ async fn cli_tables_print_reasons_comments_and_commit_summaries_with_controls_es
     let url = server.grpc.clone();
     eventually("dev runs dev-2", || async {
         fx.value(&kube, "dev").await.as_deref() == Some("dev-2")
+    })
+    .await;
+
+    let history = table(&url, &["env", "history", "dev", "-o", "table"]);
+    assert!(
+        history.contains(r"dev-2\x1b[1A\x1b[2K\rforged\tsummary"),
+        "{history}"
+    );
+    let json = as_user(&url, ALICE, &["env", "history", "dev", "-o", "json"]).json();
+    assert_eq!(
+        json["revisions"][0]["summary"], SUMMARY,
+        "JSON keeps the text exact"
+    );
+}
+
+/// Reasons and comments sent through the CLI, as stored rows hold them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promotion_and_audit_tables_print_reasons_and_comments_with_controls_escaped() {
+    let kube = cluster().client().await;
+    let fx = Fixture::new(&kube).await;
+    let server = fx.start();
+    let url = server.grpc.clone();
+    eventually("dev runs dev-1", || async {
+        fx.value(&kube, "dev").await.as_deref() == Some("dev-1")
     })
     .await;
     until_healthy(&url, ALICE, "dev").await;
@@ -89,16 +114,9 @@ async fn cli_tables_print_reasons_comments_and_commit_summaries_with_controls_es
         audit.contains(r"release\x1b[2J\r\nforged row  alice  approve  prod"),
         "{audit}"
     );
-    let history = table(&url, &["env", "history", "dev", "-o", "table"]);
-    assert!(
-        history.contains(r"dev-2\x1b[1A\x1b[2K\rforged\tsummary"),
-        "{history}"
-    );
     table(&url, &["promotions", "-o", "table"]);
 
-    let json: Value =
-        serde_json::from_str(&as_user(&url, ALICE, &["promotion", &id, "-o", "json"]).stdout)
-            .expect("JSON");
+    let json = as_user(&url, ALICE, &["promotion", &id, "-o", "json"]).json();
     assert_eq!(json["reason"], REASON);
     assert_eq!(json["approvals"][0]["comment"], COMMENT);
     let yaml = as_user(&url, ALICE, &["promotion", &id, "-o", "yaml"]).stdout;
