@@ -20,6 +20,7 @@ pub mod reconcile;
 pub mod render;
 pub mod secrets;
 pub mod service;
+pub mod state_dir;
 pub mod store;
 pub mod telemetry;
 pub mod yaml;

@@ -4,7 +4,10 @@
 //! reads the `authorization: Bearer <token>` metadata, looks the token's SHA-256 hash up in the
 //! [`Tokens`] file, removes the token from the request and hands the handler an [`Identity`].
 //! Tokens are never stored in clear (the file holds hashes), never logged, and never part of an
-//! error.
+//! error. The file is checked again every few seconds: a changed one is taken, and one that
+//! cannot be read or is not valid ends every token until it is (revocation fails closed). A
+//! server takes tokens over plain HTTP/2 only on loopback unless told otherwise
+//! ([`allow_bearer_tokens`]).
 //!
 //! **Authorisation** is a pure function, [`authorize`], of an identity, an environment and a
 //! [`Permission`], decided by the [`AccessPolicy`] built from the pipeline's `access:` rules.
@@ -439,11 +442,24 @@ pub enum TokensErrorKind {
 }
 
 struct Loaded {
-    /// Of the file's bytes, to tell a real change from a rewrite with the same content.
-    digest: [u8; 32],
+    /// Of the file's bytes, to tell a real change from a rewrite with the same content; `None`
+    /// when the file could not be read.
+    digest: Option<[u8; 32]>,
     by_hash: HashMap<[u8; 32], Arc<Identity>>,
     by_name: HashMap<String, Arc<Identity>>,
     identities: usize,
+}
+
+impl Loaded {
+    /// No token is accepted: what a tokens file that cannot be read or used leaves in force.
+    fn nothing(digest: Option<[u8; 32]>) -> Self {
+        Self {
+            digest,
+            by_hash: HashMap::new(),
+            by_name: HashMap::new(),
+            identities: 0,
+        }
+    }
 }
 
 /// The identities of the tokens file, reloaded when the file changes.
@@ -484,46 +500,84 @@ impl Tokens {
         self.read().by_name.get(name).cloned()
     }
 
-    /// Reads the file again and, when its content changed and is valid, takes it. On an error
-    /// the previous identities stay in force. Blocking file I/O.
+    /// Reads the file again and, when its content changed and is valid, takes it. Blocking
+    /// file I/O.
+    ///
+    /// Fails closed: when the file cannot be read (removed, replaced by a directory, no longer
+    /// readable) or its changed content is not valid, every token stops working until a valid
+    /// file is back, and the error says why. Revoking a token is done by editing this file, so
+    /// keeping the previous identities would keep a revoked token working for as long as the
+    /// edit is broken, unnoticed; refusing everyone is loud and ends with the fix. That holds
+    /// for a syntax error too: the operator was in the middle of changing who may act, and
+    /// nothing tells which of the previous identities they meant to remove. A file written in
+    /// place and caught half-written refuses callers until the next check reads it whole.
     pub fn reload_if_changed(&self) -> Result<bool, TokensError> {
-        let bytes = std::fs::read(&self.file).map_err(|e| self.error(TokensErrorKind::Read(e)))?;
+        let bytes = match std::fs::read(&self.file) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.replace(Loaded::nothing(None));
+                return Err(self.error(TokensErrorKind::Read(e)));
+            }
+        };
         let digest: [u8; 32] = Sha256::digest(&bytes).into();
-        if digest == self.read().digest {
+        if Some(digest) == self.read().digest {
             return Ok(false);
         }
-        let loaded = parse_tokens(&self.file, &bytes, digest)?;
+        let loaded = match parse_tokens(&self.file, &bytes, digest) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                self.replace(Loaded::nothing(Some(digest)));
+                return Err(e);
+            }
+        };
         let identities = loaded.identities;
-        *self
-            .current
-            .write()
-            .expect("the tokens lock is never held across a panic") = loaded;
+        self.replace(loaded);
         tracing::info!(file = %self.file.display(), identities, "reloaded the tokens file");
         Ok(true)
     }
 
-    /// Checks the file every `every` on a background task and takes changes; an invalid
-    /// version is logged and the previous identities stay in force.
+    /// Checks the file every `every` on a background task and takes changes (see
+    /// [`Tokens::reload_if_changed`]). A failure is logged at error level once when it starts
+    /// (and again when it changes), not on every check.
     pub fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
         let tokens = Arc::clone(self);
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing: Option<String> = None;
             loop {
                 ticks.tick().await;
                 let check = Arc::clone(&tokens);
                 match tokio::task::spawn_blocking(move || check.reload_if_changed()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => tracing::warn!(
-                        error = %error,
-                        "keeping the previous tokens: the changed tokens file is not valid"
-                    ),
+                    // An unchanged file that failed before fails still: no news.
+                    Ok(Ok(false)) => {}
+                    Ok(Ok(true)) => failing = None,
+                    Ok(Err(error)) => {
+                        let message = match &error.kind {
+                            TokensErrorKind::Read(io) => format!("{error}: {io}"),
+                            _ => error.to_string(),
+                        };
+                        if failing.as_ref() != Some(&message) {
+                            tracing::error!(
+                                error = %message,
+                                "every bearer token is refused until the tokens file is valid again"
+                            );
+                            failing = Some(message);
+                        }
+                    }
                     Err(join) => {
                         tracing::error!(error = %join, "checking the tokens file panicked")
                     }
                 }
             }
         })
+    }
+
+    fn replace(&self, loaded: Loaded) {
+        *self
+            .current
+            .write()
+            .expect("the tokens lock is never held across a panic") = loaded;
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Loaded> {
@@ -636,7 +690,7 @@ fn parse_tokens(file: &Path, bytes: &[u8], digest: [u8; 32]) -> Result<Loaded, T
         }
     }
     Ok(Loaded {
-        digest,
+        digest: Some(digest),
         by_hash,
         by_name,
         identities: parsed.identities.len(),
@@ -674,6 +728,33 @@ pub fn allow_anonymous(listen: SocketAddr, insecure: bool) -> Result<(), Unprote
         Ok(())
     } else {
         Err(Unprotected { addr: listen })
+    }
+}
+
+/// A server that takes bearer tokens over plain HTTP/2 hands them to anyone on the network path,
+/// who can then act as their holders.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to accept bearer tokens over plain HTTP/2 on {addr}: anyone on the network path \
+     could read them and act as their holders; serve TLS with --tls-cert and --tls-key, listen on \
+     loopback, or pass --insecure if something else encrypts the connection (a service mesh)"
+)]
+pub struct PlaintextTokens {
+    /// The address the server would listen on.
+    pub addr: SocketAddr,
+}
+
+/// Whether a server on `listen` may accept bearer tokens: over TLS it may, on loopback too
+/// (the traffic never leaves the host), elsewhere only when the operator said `insecure`.
+pub fn allow_bearer_tokens(
+    listen: SocketAddr,
+    tls: bool,
+    insecure: bool,
+) -> Result<(), PlaintextTokens> {
+    if tls || listen.ip().is_loopback() || insecure {
+        Ok(())
+    } else {
+        Err(PlaintextTokens { addr: listen })
     }
 }
 

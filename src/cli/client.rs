@@ -12,7 +12,10 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 /// Where the server is and how to prove who we are to it.
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// URL of a running `stagehand serve`; `https://` uses TLS.
+    /// URL of a running `stagehand serve`; `https://` uses TLS. A bearer token is only sent
+    /// over `https://` or to a loopback address (127.0.0.0/8, ::1, localhost): over plain
+    /// `http://` to any other host, anyone on the network path could read it, so the CLI refuses
+    /// (exit code 2, as for other usage errors).
     #[arg(
         long,
         env = "STAGEHAND_SERVER",
@@ -62,6 +65,12 @@ pub enum Error {
     },
     #[error("--ca-file, --client-cert and --client-key need an https:// --server, not {server}")]
     TlsWithoutHttps { server: String },
+    #[error(
+        "refusing to send the bearer token from {origin} over plain http:// to {server}, which is \
+         not a loopback address: anyone on the network path could read it; use an https:// \
+         --server (with --ca-file for a private CA)"
+    )]
+    PlaintextToken { server: String, origin: String },
     #[error("cannot set up TLS for {server}")]
     Tls {
         server: String,
@@ -74,6 +83,17 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+}
+
+impl Error {
+    /// Whether the command line itself is wrong (exit code 2, as clap's own usage errors), rather
+    /// than a file it names or the server it reaches.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidUrl { .. } | Self::TlsWithoutHttps { .. } | Self::PlaintextToken { .. }
+        )
+    }
 }
 
 /// Adds `authorization: Bearer …` to every call when there is a token.
@@ -96,14 +116,18 @@ impl tonic::service::Interceptor for Bearer {
 
 /// Connects to the server (a TLS handshake included), ready for any service's client.
 pub async fn connect(args: &ServerArgs) -> Result<Channel, Error> {
-    let bearer = bearer(args)?;
+    let (bearer, origin) = bearer(args)?;
     let server = args.server.clone();
     let mut endpoint =
         Endpoint::from_shared(server.clone()).map_err(|source| Error::InvalidUrl {
             server: server.clone(),
             source,
         })?;
-    if server.starts_with("https://") {
+    let https = server.starts_with("https://");
+    if let Some(origin) = origin.filter(|_| !https && !is_loopback(endpoint.uri())) {
+        return Err(Error::PlaintextToken { server, origin });
+    }
+    if https {
         endpoint = endpoint
             .tls_config(tls(args)?)
             .map_err(|source| Error::Tls {
@@ -135,7 +159,22 @@ fn tls(args: &ServerArgs) -> Result<ClientTlsConfig, Error> {
     Ok(config)
 }
 
-fn bearer(args: &ServerArgs) -> Result<Bearer, Error> {
+/// Whether `uri` names this host: a loopback address, or `localhost`, which resolves to one
+/// (RFC 6761).
+fn is_loopback(uri: &tonic::transport::Uri) -> bool {
+    let host = uri.host().unwrap_or_default();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// The interceptor, and where its token came from (none without a token).
+fn bearer(args: &ServerArgs) -> Result<(Bearer, Option<String>), Error> {
     let (token, origin) = match &args.token_file {
         Some(file) => (
             String::from_utf8_lossy(&read("token file", file)?).into_owned(),
@@ -143,7 +182,7 @@ fn bearer(args: &ServerArgs) -> Result<Bearer, Error> {
         ),
         None => match std::env::var(TOKEN_VARIABLE) {
             Ok(token) => (token, TOKEN_VARIABLE.to_owned()),
-            Err(_) => return Ok(Bearer(None)),
+            Err(_) => return Ok((Bearer(None), None)),
         },
     };
     let token = token.trim();
@@ -156,7 +195,7 @@ fn bearer(args: &ServerArgs) -> Result<Bearer, Error> {
         })?;
     // Keeps the token out of any debug output of the request.
     value.set_sensitive(true);
-    Ok(Bearer(Some(value)))
+    Ok((Bearer(Some(value)), Some(origin)))
 }
 
 fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
@@ -257,6 +296,26 @@ fn hint(code: tonic::Code, broken_connection: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_servers_are_the_addresses_of_this_host_and_localhost() {
+        for (url, loopback) in [
+            ("http://127.0.0.1:7420", true),
+            ("http://127.8.9.10:7420", true),
+            ("http://[::1]:7420", true),
+            ("http://[::ffff:127.0.0.1]:7420", true),
+            ("http://LocalHost:7420", true),
+            ("http://10.0.0.1:7420", false),
+            ("http://0.0.0.0:7420", false),
+            ("http://[::]:7420", false),
+            ("http://stagehand.example.com:7420", false),
+            ("http://localhost.example.com:7420", false),
+            ("http://127.0.0.1.example.com:7420", false),
+        ] {
+            let uri: tonic::transport::Uri = url.parse().expect("a URI");
+            assert_eq!(is_loopback(&uri), loopback, "{url}");
+        }
+    }
 
     #[test]
     fn a_status_reads_as_call_code_and_message_and_exits_20_plus_its_code() {

@@ -9,7 +9,7 @@ use stagehand::proto::environment_service_client::EnvironmentServiceClient;
 use tokio_stream::StreamExt as _;
 
 use super::client::{self, ServerArgs, rpc_error};
-use super::output::{self, Format, OutputArgs};
+use super::output::{self, Format, OutputArgs, escape};
 use super::wire;
 
 type Client = EnvironmentServiceClient<client::Channel>;
@@ -135,14 +135,14 @@ pub async fn run(command: EnvCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(|status| rpc_error("ListEnvironments", status))?
                 .into_inner();
-            println!("pipeline {}", list.pipeline);
+            println!("pipeline {}", escape(&list.pipeline));
             for env in list.environments {
                 let from = if env.promotes_from.is_empty() {
                     String::new()
                 } else {
-                    format!(" (promoted from {})", env.promotes_from)
+                    format!(" (promoted from {})", escape(&env.promotes_from))
                 };
-                println!("  {}{from}", env.name);
+                println!("  {}{from}", escape(&env.name));
             }
         }
         EnvCommand::Get { name, server } => {
@@ -337,19 +337,27 @@ impl ChangeLines {
 }
 
 fn print_environment(env: &proto::Environment) {
-    println!("name: {}", env.name);
+    println!("name: {}", escape(&env.name));
     if !env.promotes_from.is_empty() {
-        println!("promotes from: {}", env.promotes_from);
+        println!("promotes from: {}", escape(&env.promotes_from));
     }
     match env.source.as_ref().and_then(|s| s.model.as_ref()) {
         Some(proto::source::Model::Overlay(o)) => {
-            println!("source: overlay {} on branch {}", o.path, o.branch)
+            println!(
+                "source: overlay {} on branch {}",
+                escape(&o.path),
+                escape(&o.branch)
+            )
         }
         Some(proto::source::Model::Branch(b)) if b.path.is_empty() => {
-            println!("source: branch {}", b.branch)
+            println!("source: branch {}", escape(&b.branch))
         }
         Some(proto::source::Model::Branch(b)) => {
-            println!("source: branch {}, path {}", b.branch, b.path)
+            println!(
+                "source: branch {}, path {}",
+                escape(&b.branch),
+                escape(&b.path)
+            )
         }
         None => {}
     }
@@ -369,7 +377,7 @@ fn print_environment(env: &proto::Environment) {
             if approval.groups.is_empty() {
                 String::new()
             } else {
-                format!(" from {}", approval.groups.join(", "))
+                format!(" from {}", escape(&approval.groups.join(", ")))
             },
             if approval.allow_self_approval {
                 ", self-approval allowed"
@@ -386,8 +394,9 @@ fn print_environment(env: &proto::Environment) {
             (Some(from), Some(until)) => format!("{} to {}", rfc3339(from), rfc3339(until)),
             _ => format!("{} to {} ({})", w.start, w.end, w.timezone),
         };
+        let when = escape(&when);
         match &w.reason {
-            Some(reason) => println!("freeze: {when}: {reason}"),
+            Some(reason) => println!("freeze: {when}: {}", escape(reason)),
             None => println!("freeze: {when}"),
         }
     }

@@ -117,7 +117,7 @@ impl Cli {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 let error: &(dyn std::error::Error + 'static) = e.as_ref();
-                eprintln!("error: {}", ErrorChain(error));
+                eprintln!("{}", error_line(error));
                 exit_code(error)
             }
         }
@@ -153,16 +153,26 @@ impl Command {
     }
 }
 
+/// How a failed command reads on stderr. Errors quote servers, Git remotes and clusters, whose
+/// text may hold control characters: escaped as in tables, so that they cannot rewrite the
+/// terminal either.
+fn error_line(error: &(dyn std::error::Error + 'static)) -> String {
+    format!("error: {}", output::escape(&ErrorChain(error).to_string()))
+}
+
 /// sops's exit codes when a secrets error is anywhere in the chain (a render or a sync fails
 /// because of it just as `secrets decrypt` does); for a call to a server, the code of its gRPC
-/// status (see [`client::exit_code`]); else 1.
+/// status (see [`client::exit_code`]); 2 for a wrong `--server` setting, as for clap's usage
+/// errors; else 1.
 fn exit_code(error: &(dyn std::error::Error + 'static)) -> ExitCode {
     for cause in ErrorChain(error).causes() {
         if let Some(e) = cause.downcast_ref::<client::RpcError>() {
             return e.exit_code();
         }
-        if let Some(client::Error::Connect { .. }) = cause.downcast_ref::<client::Error>() {
-            return client::unreachable_exit_code();
+        match cause.downcast_ref::<client::Error>() {
+            Some(client::Error::Connect { .. }) => return client::unreachable_exit_code(),
+            Some(e) if e.is_usage() => return ExitCode::from(2),
+            _ => {}
         }
     }
     let secrets_error = ErrorChain(error)
@@ -172,5 +182,22 @@ fn exit_code(error: &(dyn std::error::Error + 'static)) -> ExitCode {
         Some(e) if e.is_mac_mismatch() => ExitCode::from(51),
         Some(e) if e.is_no_matching_key() => ExitCode::from(128),
         _ => ExitCode::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_from_a_server_is_printed_with_its_control_characters_escaped() {
+        let error = client::rpc_error(
+            "WatchPromotion",
+            tonic::Status::failed_precondition("remote: \x1b[2Jrejected\nforged line"),
+        );
+        assert_eq!(
+            error_line(&error),
+            "error: WatchPromotion: FAILED_PRECONDITION: remote: \\x1b[2Jrejected\\nforged line"
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! argocd, a terminal gets the table unless `-o` says otherwise, and a pipe gets JSON. The table
 //! is drawn from the same serialised form as the JSON, so the two cannot disagree.
 
+use std::borrow::Cow;
 use std::io::{IsTerminal as _, Write as _};
 use std::time::SystemTime;
 
@@ -62,7 +63,10 @@ pub fn plan_table(plan: &Value) -> String {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|o| row(o, text(&o["change"]), text(&o["diff"]).replace('\n', ", ")))
+        .map(|o| {
+            let diff: Vec<String> = raw(&o["diff"]).split('\n').map(escape).collect();
+            row(o, text(&o["change"]), diff.join(", "))
+        })
         .collect();
     if rows.is_empty() {
         out.push_str("no changes\n");
@@ -154,13 +158,59 @@ fn row(entry: &Value, action: String, details: String) -> Vec<String> {
     ]
 }
 
-/// A string as itself, null as nothing, anything else as JSON.
+/// A string as a terminal may show it (see [`escape`]), null as nothing, anything else as JSON
+/// (which escapes control characters itself).
 pub fn text(value: &Value) -> String {
+    escape(&raw(value))
+}
+
+/// [`text`] before escaping, for the callers that split it into lines first.
+fn raw(value: &Value) -> Cow<'_, str> {
     match value {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::Null => Cow::Borrowed(""),
+        Value::String(s) => Cow::Borrowed(s),
+        other => Cow::Owned(other.to_string()),
     }
+}
+
+/// `text` with every character that a terminal would act on instead of showing written as an
+/// escape: C0 controls and DEL (`\x1b`, `\n`, `\r`, `\t`), C1 controls (`\x9b`), and the
+/// Unicode line separators and bidirectional overrides (`\u{202e}`). Reasons, comments, names
+/// and commit summaries come from users and from Git; printed as they are, they could clear the
+/// screen, move the cursor or start a new line that looks like another row of the table.
+/// Escaping twice changes nothing, since the result holds none of these characters.
+pub fn escape(text: &str) -> String {
+    if !text.chars().any(acts_on_terminal) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if acts_on_terminal(c) && u32::from(c) < 0x100 => {
+                out.push_str(&format!("\\x{:02x}", u32::from(c)));
+            }
+            c if acts_on_terminal(c) => out.push_str(&format!("\\u{{{:04x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn acts_on_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
 }
 
 /// Colours for words people scan for: green for good, yellow for wait, red for act.
@@ -456,8 +506,9 @@ pub fn short(value: &Value) -> String {
     text(value).chars().take(7).collect()
 }
 
+/// The first line of a multi-line text (a status message), escaped.
 pub fn first_line(value: &Value) -> String {
-    text(value).lines().next().unwrap_or_default().to_owned()
+    escape(raw(value).lines().next().unwrap_or_default())
 }
 
 /// How long ago an RFC 3339 time was, as kubectl prints ages (`45s`, `3m`, `5h`, `2d`).
@@ -483,22 +534,27 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// [`table`], with cells painted by `tone(column, cell)` when `colours` is on (after padding,
-/// so the escape codes do not count as width).
+/// so the escape codes do not count as width). Every cell is [`escape`]d, whichever way it was
+/// built: a control character in a cell would break the columns or forge a row.
 pub fn painted_table(
     header: &[&str],
     rows: &[Vec<String>],
     tone: &dyn Fn(usize, &str) -> Option<Tone>,
     colours: bool,
 ) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escape(cell)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
     let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
-    for (r, row) in std::iter::once(&header).chain(rows).enumerate() {
+    for (r, row) in std::iter::once(&header).chain(&rows).enumerate() {
         let mut line = String::new();
         for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
             let padded = if i + 1 == row.len() {
@@ -522,6 +578,37 @@ pub fn painted_table(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn characters_a_terminal_acts_on_are_printed_as_escapes() {
+        assert_eq!(escape("plain: ünïcödé ✓"), "plain: ünïcödé ✓");
+        assert_eq!(
+            escape("\x1b[2J\r\nforged\trow\x07\x7f\u{9b}31m\u{202e}gpj.exe\u{2028}"),
+            "\\x1b[2J\\r\\nforged\\trow\\x07\\x7f\\x9b31m\\u{202e}gpj.exe\\u{2028}"
+        );
+        let once = escape("a\x1bb\nc");
+        assert_eq!(escape(&once), once, "escaping twice changes nothing");
+    }
+
+    #[test]
+    fn a_text_with_a_newline_cannot_forge_a_table_row() {
+        let forged = "ok\n2026-11-28T00:00:00Z  mallory  approve  prod\x1b[2J";
+        let out = table(
+            &["ACTOR", "REASON"],
+            &[vec![text(&json!("alice")), text(&json!(forged))]],
+        );
+        assert_eq!(
+            out,
+            "ACTOR  REASON\n\
+             alice  ok\\n2026-11-28T00:00:00Z  mallory  approve  prod\\x1b[2J\n"
+        );
+        // Cells built without `text` are escaped by the table itself.
+        assert_eq!(table(&["A"], &[vec!["x\ry".to_owned()]]), "A\nx\\ry\n");
+        assert_eq!(
+            first_line(&json!("first\x1b]0;title\x07\nsecond")),
+            "first\\x1b]0;title\\x07"
+        );
+    }
 
     #[test]
     fn a_table_pads_each_column_to_its_widest_cell_and_names_objects_in_full() {

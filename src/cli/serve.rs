@@ -19,7 +19,8 @@ pub struct ServeArgs {
     /// The pipeline file the service runs.
     #[arg(long, env = "STAGEHAND_PIPELINE", default_value = "pipeline.yaml")]
     pipeline: PathBuf,
-    /// Directory for durable state (created if missing).
+    /// Directory for durable state (created if missing); made readable by this user only
+    /// (0700, its files 0600), whatever the umask.
     #[arg(long, env = "STAGEHAND_STATE_DIR", default_value = ".stagehand")]
     state_dir: PathBuf,
     /// Address of the HTTP listener for Git hosts' push webhooks (`POST /api/webhook`);
@@ -31,16 +32,20 @@ pub struct ServeArgs {
     #[arg(long, env = "STAGEHAND_WEBHOOK_SECRET_FILE")]
     webhook_secret_file: Option<PathBuf>,
     /// The tokens file (YAML: identities with their groups and the SHA-256 of their bearer
-    /// tokens; read again when it changes). Without it every caller is `anonymous` and may do
-    /// everything, which is refused unless the server listens on loopback or `--insecure` says so.
+    /// tokens), checked every 5 s and taken when it changed; one that cannot be read or is not
+    /// valid ends every token until it is valid again. Tokens travel in clear without
+    /// --tls-cert, so that needs loopback or --insecure. Without a tokens file every caller is
+    /// `anonymous` and may do everything, which is refused unless the server listens on loopback
+    /// or `--insecure` says so.
     #[arg(long, env = "STAGEHAND_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
     /// Environments synced at once; the others queue in order. Each pass in flight holds its
     /// rendered objects and up to 16 requests to its cluster.
     #[arg(long, env = "STAGEHAND_CONCURRENT_SYNCS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     concurrent_syncs: u16,
-    /// Allow running without a tokens file on an address other than loopback (TLS does not
-    /// replace tokens).
+    /// On an address other than loopback: allow running without a tokens file (TLS does not
+    /// replace tokens), and allow taking tokens over plain HTTP/2 without --tls-cert (only
+    /// where something else encrypts the connection, such as a service mesh).
     #[arg(long)]
     insecure: bool,
     /// Name of the author and committer of promotion commits (the requester and approvers are
@@ -70,7 +75,7 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let pipeline = Arc::new(Pipeline::load(&args.pipeline)?);
     let tls = tls(&args)?;
-    std::fs::create_dir_all(&args.state_dir)
+    stagehand::state_dir::private_dir(&args.state_dir)
         .with_context(|| format!("cannot create state directory {}", args.state_dir.display()))?;
     let secret = match &args.webhook_secret_file {
         None => None,
@@ -91,6 +96,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (file, state_dir) = (args.pipeline.clone(), args.state_dir.clone());
     let tokens = match &args.tokens_file {
         Some(file) => {
+            api::auth::allow_bearer_tokens(args.listen, tls.is_some(), args.insecure)?;
+            if tls.is_none() && !args.listen.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %args.listen,
+                    "--insecure: bearer tokens arrive over plain HTTP/2; only safe where something else encrypts the connection"
+                );
+            }
             let tokens = Arc::new(api::auth::Tokens::load(file)?);
             tokens.watch(std::time::Duration::from_secs(5));
             Some(tokens)

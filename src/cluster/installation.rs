@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 /// The file in the state directory that holds the ID.
@@ -68,7 +69,7 @@ pub fn load_or_create(state_dir: &Path) -> Result<InstallationId, Error> {
     if let Some(id) = read(&path)? {
         return Ok(id);
     }
-    std::fs::create_dir_all(state_dir).map_err(io("create the state directory"))?;
+    crate::state_dir::private_dir(state_dir).map_err(io("create the state directory"))?;
     let mut bytes = [0u8; LEN / 2];
     rustls::crypto::ring::default_provider()
         .secure_random
@@ -114,6 +115,7 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
         .write(true)
         .create(true)
         .truncate(true)
+        .mode(crate::state_dir::FILE_MODE)
         .open(&path)?;
     Ok((path, file))
 }

@@ -73,7 +73,13 @@ impl Repository {
     /// time (or in place of one that cannot be opened); nothing is fetched yet. Fetches wait at
     /// most [`Timeouts::default`]; see [`Repository::with_timeouts`].
     pub fn open(state_dir: &Path, url: RemoteUrl, credentials: Credentials) -> Result<Self, Error> {
-        let path = state_dir.join("git").join(cache_name(&url));
+        let caches = state_dir.join("git");
+        let path = caches.join(cache_name(&url));
+        // gix writes with the umask's modes; a private directory keeps its files private.
+        crate::state_dir::private_dir(&caches).map_err(|source| Error::CreateCache {
+            path: caches.clone(),
+            source,
+        })?;
         let repo = if path.join("HEAD").exists() {
             open_cache(&path).or_else(|_| recreate_cache(&path))?
         } else {

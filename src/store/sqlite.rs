@@ -71,11 +71,12 @@ impl SqliteStore {
     /// it to the current schema. A corrupt database, another application's, or one with a newer
     /// schema is refused and left untouched.
     pub async fn open(state_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(state_dir).map_err(|source| Error::CreateDir {
+        crate::state_dir::private_dir(state_dir).map_err(|source| Error::CreateDir {
             path: state_dir.to_owned(),
             source,
         })?;
         let path = state_dir.join(DATABASE_FILE);
+        private_files(&path)?;
         let (ready_tx, ready_rx) = oneshot::channel();
         let (jobs, queue) = mpsc::channel::<Job>();
         let worker_path = path.clone();
@@ -171,6 +172,26 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Makes the database 0600 (creating it empty if missing) before SQLite opens it: SQLite gives
+/// its `-wal`, `-shm` and `-journal` files the database's mode, whatever the umask. Those left
+/// by an earlier run get it here.
+fn private_files(path: &Path) -> Result<()> {
+    let private = |file: &Path, result: std::io::Result<()>| {
+        result.map_err(|source| Error::Permissions {
+            path: file.to_owned(),
+            source,
+        })
+    };
+    private(path, crate::state_dir::private_file(path))?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        private(&file, crate::state_dir::restrict_file(&file))?;
+    }
+    Ok(())
 }
 
 fn open_connection(path: &Path) -> Result<Connection> {

@@ -180,6 +180,33 @@ fn only_a_loopback_server_runs_without_tokens_unless_told_it_is_insecure() {
 }
 
 #[test]
+fn only_tls_or_loopback_takes_bearer_tokens_unless_told_it_is_insecure() {
+    let cases = [
+        ("127.0.0.1:7420", false, false, true),
+        ("[::1]:7420", false, false, true),
+        ("0.0.0.0:7420", true, false, true),
+        ("10.1.2.3:7420", true, false, true),
+        ("0.0.0.0:7420", false, false, false),
+        ("[::]:7420", false, false, false),
+        ("10.1.2.3:7420", false, false, false),
+        ("0.0.0.0:7420", false, true, true),
+    ];
+    for (addr, tls, insecure, allowed) in cases {
+        let result = auth::allow_bearer_tokens(addr.parse().expect("an address"), tls, insecure);
+        assert_eq!(
+            result.is_ok(),
+            allowed,
+            "{addr} tls={tls} insecure={insecure}"
+        );
+        if let Err(error) = result {
+            for words in [addr, "--tls-cert", "--insecure", "plain HTTP/2"] {
+                assert!(error.to_string().contains(words), "{error}");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_request_that_never_passed_the_authenticator_is_unauthenticated() {
     use tonic::service::Interceptor;
     let status = auth::identity(&Request::new(())).expect_err("no identity was attached");
@@ -257,14 +284,16 @@ fn the_tokens_file_maps_token_hashes_to_identities() -> TestResult {
 }
 
 #[test]
-fn a_changed_tokens_file_is_reloaded_and_an_invalid_one_keeps_the_previous() -> TestResult {
+fn a_changed_tokens_file_is_reloaded_and_an_invalid_or_missing_one_ends_every_token() -> TestResult
+{
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("tokens.yaml");
+    let valid = tokens_yaml(&[("bob", &["qa"], BOB)]);
     replace(&file, &tokens_yaml(&[("alice", &["qa"], ALICE)]));
     let tokens = Tokens::load(&file)?;
     assert!(!tokens.reload_if_changed()?, "nothing changed yet");
 
-    replace(&file, &tokens_yaml(&[("bob", &["qa"], BOB)]));
+    replace(&file, &valid);
     assert!(tokens.reload_if_changed()?);
     assert!(
         tokens.authenticate(ALICE).is_none(),
@@ -272,6 +301,7 @@ fn a_changed_tokens_file_is_reloaded_and_an_invalid_one_keeps_the_previous() -> 
     );
     assert!(tokens.authenticate(BOB).is_some());
 
+    // A broken edit: nobody is let in until it is fixed, and the error names the field.
     replace(
         &file,
         "apiVersion: stagehand.dev/v1alpha1\nkind: Tokens\nidentities: 7\n",
@@ -280,10 +310,33 @@ fn a_changed_tokens_file_is_reloaded_and_an_invalid_one_keeps_the_previous() -> 
         .reload_if_changed()
         .expect_err("the new file is invalid");
     assert!(error.to_string().contains("identities"), "{error}");
+    assert!(tokens.authenticate(BOB).is_none(), "fails closed");
     assert!(
-        tokens.authenticate(BOB).is_some(),
-        "the previous tokens stay"
+        !tokens.reload_if_changed()?,
+        "the same broken file is no news"
     );
+    assert!(tokens.authenticate(BOB).is_none());
+    replace(&file, &valid);
+    assert!(tokens.reload_if_changed()?, "the fixed file is taken");
+    assert!(tokens.authenticate(BOB).is_some());
+
+    // Gone, or replaced by something that cannot be read: every token ends, on every check.
+    std::fs::remove_file(&file)?;
+    for _ in 0..2 {
+        let error = tokens.reload_if_changed().expect_err("there is no file");
+        assert!(error.to_string().contains("cannot read"), "{error}");
+        assert!(tokens.authenticate(BOB).is_none(), "fails closed");
+    }
+    std::fs::create_dir(&file)?;
+    tokens.reload_if_changed().expect_err("a directory");
+    assert!(tokens.authenticate(BOB).is_none());
+    std::fs::remove_dir(&file)?;
+    replace(&file, &valid);
+    assert!(
+        tokens.reload_if_changed()?,
+        "the same content as before is taken again"
+    );
+    assert!(tokens.authenticate(BOB).is_some());
     Ok(())
 }
 
@@ -308,6 +361,74 @@ async fn the_watcher_takes_a_changed_tokens_file_without_a_restart() -> TestResu
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(tokens.authenticate(ALICE).is_some());
+    watcher.abort();
+    Ok(())
+}
+
+/// The watcher runs on this test's single thread, so the thread-local subscriber sees its logs.
+#[tokio::test]
+async fn the_watcher_logs_a_failing_tokens_file_at_error_level_once_per_failure() -> TestResult {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let logged = || String::from_utf8(captured.0.lock().expect("not poisoned").clone());
+    let refusals = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.contains("ERROR") && l.contains("every bearer token is refused"))
+            .count()
+    };
+
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("tokens.yaml");
+    let valid = tokens_yaml(&[("alice", &["qa"], ALICE)]);
+    replace(&file, &valid);
+    let tokens = Arc::new(Tokens::load(&file)?);
+    let watcher = tokens.watch(Duration::from_millis(10));
+
+    std::fs::remove_file(&file)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokens.authenticate(ALICE).is_some() {
+        assert!(Instant::now() < deadline, "the removal was never noticed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Many more checks of the missing file: still one error.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = logged()?;
+    assert_eq!(refusals(&logs), 1, "{logs}");
+    assert!(logs.contains("No such file"), "{logs}");
+
+    // A different failure is news; the same broken content checked again is not.
+    replace(&file, "kind: [\n");
+    while refusals(&logged()?) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the broken file was never noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = logged()?;
+    assert_eq!(refusals(&logs), 2, "{logs}");
+    assert!(tokens.authenticate(ALICE).is_none(), "fails closed");
+
+    replace(&file, &valid);
+    while tokens.authenticate(ALICE).is_none() {
+        assert!(Instant::now() < deadline, "the fixed file was never taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::remove_file(&file)?;
+    while refusals(&logged()?) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "a failure after a recovery is logged again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     watcher.abort();
     Ok(())
 }

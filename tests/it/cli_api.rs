@@ -362,7 +362,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA, a server certificate for 127.0.0.1 and localhost and a client certificate, both
 /// signed by the CA: `ca.pem`, `server.pem`/`server.key`, `client.pem`/`client.key`.
-fn certificates(dir: &Path) {
+pub(crate) fn certificates(dir: &Path) {
     let p256 = [
         "-newkey",
         "ec",
