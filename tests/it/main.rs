@@ -12,6 +12,7 @@ mod cluster;
 mod foundation;
 mod git;
 mod harness;
+mod in_repository;
 mod promotions;
 mod reconcile;
 mod render;
