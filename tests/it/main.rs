@@ -20,3 +20,4 @@ mod secrets;
 mod serve;
 mod service;
 mod store;
+mod visibility;

@@ -1019,7 +1019,8 @@ identities:
         ))
         .await
         .expect_err("operators hold suspend in dev only");
-    assert_eq!(outside.code(), tonic::Code::PermissionDenied);
+    // Operators may not view prod either: to them it does not exist.
+    assert_eq!(outside.code(), tonic::Code::NotFound);
     let suspended = api
         .suspend_environment(with_token(
             OPERATOR,
