@@ -357,6 +357,40 @@ spec:
     }
 
     #[test]
+    fn the_leave_on_disk_is_validated_naming_the_entry() {
+        let cases = [
+            (
+                "{mayChange: [freezeWindows, approvals]}",
+                "field spec.repository.inRepository.mayChange[1]: unknown setting \"approvals\" (one of metadata,",
+            ),
+            (
+                "{mayChange: [repository]}",
+                "field spec.repository.inRepository.mayChange[0]: the repository (its URL, branch, \
+                 pipelinePath and this list) is only ever taken from the pipeline file on disk",
+            ),
+            (
+                "{mayChange: [sync, sync]}",
+                "field spec.repository.inRepository.mayChange[1]: \"sync\" is listed twice",
+            ),
+        ];
+        for (leave, expected) in cases {
+            let text = DISK.replace("{mayChange: [freezeWindows]}", leave);
+            let error = Pipeline::parse(Path::new("p.yaml"), &text)
+                .expect_err("invalid")
+                .to_string();
+            assert!(error.contains(expected), "{error}");
+        }
+        let without_copy = DISK.replace("    pipelinePath: deploy/pipeline.yaml\n", "");
+        let error = Pipeline::parse(Path::new("p.yaml"), &without_copy)
+            .expect_err("invalid")
+            .to_string();
+        assert!(
+            error.contains("field spec.repository.inRepository: is set, but there is no copy"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn a_comment_or_a_new_interval_changes_nothing_that_matters() {
         assert_eq!(committed("kind: Pipeline", "kind: Pipeline # ours"), Ok(()));
         assert_eq!(
