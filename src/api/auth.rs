@@ -308,7 +308,9 @@ pub fn authorize(
     })
 }
 
-/// A refused permission, with what a person needs to act on it.
+/// A refused permission. Its message, which callers see, names the permission and the
+/// environment; the groups that hold it are for the server's log only, so that a refusal does
+/// not map out whom to ask for (or to phish for) every permission.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct Denied {
     /// Who asked.
@@ -319,7 +321,7 @@ pub struct Denied {
     pub environment: String,
     /// What they asked to do.
     pub permission: Permission,
-    /// The groups that do hold the permission there.
+    /// The groups that do hold the permission there; logged, never sent.
     pub granted_to: Vec<String>,
 }
 
@@ -332,11 +334,7 @@ impl fmt::Display for Denied {
             self.environment,
             self.identity,
             list_or_none(&self.identity_groups),
-        )?;
-        match self.granted_to.as_slice() {
-            [] => write!(f, "; no group holds it"),
-            groups => write!(f, "; groups that hold it: {}", groups.join(", ")),
-        }
+        )
     }
 }
 
@@ -350,19 +348,37 @@ fn list_or_none(items: &[String]) -> String {
 
 impl From<Denied> for Status {
     fn from(denied: Denied) -> Self {
+        tracing::info!(
+            identity = %denied.identity,
+            environment = %denied.environment,
+            permission = %denied.permission,
+            granted_to = %list_or_none(&denied.granted_to),
+            "refused a call: permission not granted"
+        );
         Status::permission_denied(denied.to_string())
     }
 }
 
-/// For handlers: the caller's identity, if it holds `permission` in `environment`; otherwise
-/// PERMISSION_DENIED naming the permission and the environment.
+/// Whether `identity` may know that `environment` exists: whoever may not view it is answered
+/// as if it did not.
+pub fn visible(policy: &AccessPolicy, identity: &Identity, environment: &str) -> bool {
+    authorize(policy, identity, environment, Permission::View).is_ok()
+}
+
+/// For handlers: the caller's identity, if it holds `permission` in `environment`. A caller who
+/// may not view the environment gets `unknown()`, the answer for an environment that does not
+/// exist; one who may view it but lacks `permission` gets PERMISSION_DENIED naming both.
 pub fn require<T>(
     request: &Request<T>,
     policy: &AccessPolicy,
     environment: &str,
     permission: Permission,
+    unknown: impl FnOnce() -> Status,
 ) -> Result<Arc<Identity>, Status> {
     let identity = identity(request)?;
+    if !visible(policy, &identity, environment) {
+        return Err(unknown());
+    }
     authorize(policy, &identity, environment, permission)?;
     Ok(identity)
 }

@@ -113,13 +113,13 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         &self,
         request: Request<proto::SyncEnvironmentRequest>,
     ) -> Result<Response<proto::SyncEnvironmentResponse>, Status> {
-        self.allowed(&request, &request.get_ref().name, Permission::Sync)?;
+        let identity = self.allowed(&request, &request.get_ref().name, Permission::Sync)?;
         let request = request.into_inner();
         let name = required(&request.name)?;
         let view = self
             .supervisor
             .service()
-            .sync(name, request.fetch, request.wait)
+            .sync_by_hand(name, request.fetch, request.wait, &identity.name)
             .await
             .map_err(status_of)?;
         Ok(Response::new(proto::SyncEnvironmentResponse {
@@ -245,7 +245,8 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
 
 impl EnvironmentApi {
     /// The caller, when `environment` exists and they hold `permission` in it: NOT_FOUND
-    /// naming an unknown environment, PERMISSION_DENIED naming the permission otherwise.
+    /// naming an environment that is unknown or that the caller may not view (alike, so that
+    /// names give nothing away), PERMISSION_DENIED naming the permission otherwise.
     fn allowed<T>(
         &self,
         request: &Request<T>,
@@ -256,7 +257,12 @@ impl EnvironmentApi {
         service
             .environment(required(environment)?)
             .map_err(unknown)?;
-        auth::require(request, service.access(), environment, permission)
+        auth::require(request, service.access(), environment, permission, || {
+            unknown(service::UnknownEnvironment {
+                environment: environment.to_owned(),
+                pipeline: service.pipeline().name.clone(),
+            })
+        })
     }
 
     fn to_proto(&self, view: &EnvironmentView) -> proto::Environment {

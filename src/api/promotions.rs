@@ -42,11 +42,23 @@ impl PromotionApi {
         service
             .environment(environment)
             .map_err(|e| Status::not_found(e.to_string()))?;
-        let identity = auth::require(request, service.access(), environment, permission)?;
+        // An environment the caller may not view answers as one that does not exist.
+        let unknown = || {
+            Status::not_found(
+                crate::service::UnknownEnvironment {
+                    environment: environment.to_owned(),
+                    pipeline: service.pipeline().name.clone(),
+                }
+                .to_string(),
+            )
+        };
+        let identity = auth::require(request, service.access(), environment, permission, unknown)?;
         Ok(actor(&identity))
     }
 
-    /// The promotion `id` and the caller, when they hold `permission` in its target.
+    /// The promotion `id` and the caller, when they hold `permission` in its target. A
+    /// promotion into an environment the caller may not view answers as one that does not
+    /// exist.
     async fn promotion_for<T>(
         &self,
         request: &Request<T>,
@@ -56,15 +68,70 @@ impl PromotionApi {
         if id.is_empty() {
             return Err(Status::invalid_argument("id: a promotion id is required"));
         }
-        let view = self
-            .supervisor
-            .service()
-            .promotions()
-            .get(id)
-            .await
-            .map_err(status_of)?;
-        let actor = self.allowed(request, &view.promotion.target_environment, permission)?;
+        let service = self.supervisor.service();
+        let view = service.promotions().get(id).await.map_err(status_of)?;
+        let target = &view.promotion.target_environment;
+        let identity = auth::identity(request)?;
+        if !auth::visible(service.access(), &identity, target) {
+            return Err(status_of(promotion::Error::NotFound { id: id.to_owned() }));
+        }
+        let actor = self.allowed(request, target, permission)?;
         Ok((view, actor))
+    }
+
+    /// The environments of the pipeline the caller may view, for listings to stay within;
+    /// `None` when that is every one.
+    fn visible_environments(&self, identity: &auth::Identity) -> Option<Vec<String>> {
+        let service = self.supervisor.service();
+        let environments = &service.pipeline().environments;
+        let visible: Vec<String> = environments
+            .iter()
+            .filter(|env| auth::visible(service.access(), identity, &env.name))
+            .map(|env| env.name.clone())
+            .collect();
+        (visible.len() < environments.len()).then_some(visible)
+    }
+
+    /// A promotion as the caller of `request` may see it.
+    fn to_proto_for<T>(
+        &self,
+        request: &Request<T>,
+        view: &PromotionView,
+    ) -> Result<proto::Promotion, Status> {
+        let identity = auth::identity(request)?;
+        Ok(seen_by(self.supervisor.service().access(), &identity, view))
+    }
+}
+
+/// A promotion as `identity` may see it: which objects of its source environment are unhealthy
+/// only for those who may view that environment.
+fn seen_by(
+    access: &auth::AccessPolicy,
+    identity: &auth::Identity,
+    view: &PromotionView,
+) -> proto::Promotion {
+    let sees_source = view
+        .promotion
+        .source_environment
+        .as_deref()
+        .is_none_or(|source| auth::visible(access, identity, source));
+    let mut promotion = promotion_to_proto(view);
+    if !sees_source {
+        redact_source_health(&mut promotion);
+    }
+    promotion
+}
+
+/// Keeps that the source is unhealthy and drops which of its objects are.
+fn redact_source_health(promotion: &mut proto::Promotion) {
+    for blocker in &mut promotion.blockers {
+        if blocker.kind == promotion::BlockerKind::SourceHealth.as_str() {
+            blocker.objects.clear();
+            blocker.message = format!(
+                "environment {:?} is not Healthy at {}",
+                promotion.source_environment, promotion.revision
+            );
+        }
     }
 }
 
@@ -231,9 +298,9 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
     ) -> Result<Response<proto::Promotion>, Status> {
         let r = request.get_ref();
         let actor = self.allowed(&request, &r.target_environment, Permission::Request)?;
-        let view = self
-            .supervisor
-            .service()
+        let identity = auth::identity(&request)?;
+        let service = self.supervisor.service();
+        let view = service
             .promotions()
             .request(
                 &actor,
@@ -243,8 +310,20 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
                 r.rerun,
             )
             .await
-            .map_err(status_of)?;
-        Ok(Response::new(promotion_to_proto(&view)))
+            .map_err(|error| match error {
+                // Which objects of the source are unhealthy only for those who may view it.
+                promotion::Error::SourceUnhealthy {
+                    source_env,
+                    revision,
+                    ..
+                } if !auth::visible(service.access(), &identity, &source_env) => {
+                    Status::failed_precondition(format!(
+                        "environment {source_env:?} is not Healthy at {revision}"
+                    ))
+                }
+                error => status_of(error),
+            })?;
+        Ok(Response::new(self.to_proto_for(&request, &view)?))
     }
 
     async fn get_promotion(
@@ -254,7 +333,7 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
         let (view, _) = self
             .promotion_for(&request, &request.get_ref().id, Permission::View)
             .await?;
-        Ok(Response::new(promotion_to_proto(&view)))
+        Ok(Response::new(self.to_proto_for(&request, &view)?))
     }
 
     async fn list_promotions(
@@ -278,6 +357,9 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
             until: time_from_proto(r.until)?,
             limit: r.page_size.min(store::MAX_PAGE_SIZE),
             page_token: non_empty(&r.page_token),
+            // Only promotions into environments the caller may see, chosen by the store so
+            // that pages are full and their tokens only point at those.
+            environments: self.visible_environments(&identity),
         };
         let page = service
             .promotions()
@@ -286,20 +368,10 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
             .map_err(status_of)?;
         let access = service.access();
         Ok(Response::new(proto::ListPromotionsResponse {
-            // Only promotions into environments the caller may see.
             promotions: page
                 .items
                 .iter()
-                .filter(|v| {
-                    auth::authorize(
-                        access,
-                        &identity,
-                        &v.promotion.target_environment,
-                        Permission::View,
-                    )
-                    .is_ok()
-                })
-                .map(promotion_to_proto)
+                .map(|view| seen_by(access, &identity, view))
                 .collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
@@ -340,7 +412,7 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
             .approve(&actor, &r.id, &r.comment)
             .await
             .map_err(status_of)?;
-        Ok(Response::new(promotion_to_proto(&view)))
+        Ok(Response::new(self.to_proto_for(&request, &view)?))
     }
 
     async fn reject_promotion(
@@ -358,7 +430,7 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
             .end(&actor, &r.id, &r.reason, true)
             .await
             .map_err(status_of)?;
-        Ok(Response::new(promotion_to_proto(&view)))
+        Ok(Response::new(self.to_proto_for(&request, &view)?))
     }
 
     async fn abort_promotion(
@@ -384,7 +456,7 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
             .end(&actor, &r.id, &r.reason, false)
             .await
             .map_err(status_of)?;
-        Ok(Response::new(promotion_to_proto(&view)))
+        Ok(Response::new(self.to_proto_for(&request, &view)?))
     }
 
     async fn override_freeze(
@@ -407,7 +479,7 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
             .override_freeze(&actor, &r.id, &r.reason)
             .await
             .map_err(status_of)?;
-        Ok(Response::new(promotion_to_proto(&view)))
+        Ok(Response::new(self.to_proto_for(&request, &view)?))
     }
 
     async fn rollback_environment(
@@ -428,7 +500,7 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
             .rollback(&actor, &r.environment, &r.revision, &r.reason)
             .await
             .map_err(status_of)?;
-        Ok(Response::new(promotion_to_proto(&view)))
+        Ok(Response::new(self.to_proto_for(&request, &view)?))
     }
 
     async fn resume_auto_promotion(
@@ -454,6 +526,8 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
     ) -> Result<Response<Self::WatchPromotionStream>, Status> {
         let id = request.get_ref().id.clone();
         let (first, _) = self.promotion_for(&request, &id, Permission::View).await?;
+        let identity = auth::identity(&request)?;
+        let access = self.supervisor.service().access().clone();
         let engine = self.supervisor.service().promotions().clone();
         let mut changes = engine.changes();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -463,7 +537,12 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
             let mut view = first;
             loop {
                 let done = view.promotion.state.is_terminal();
-                if tx.send(Ok(promotion_to_proto(&view))).await.is_err() || done {
+                if tx
+                    .send(Ok(seen_by(&access, &identity, &view)))
+                    .await
+                    .is_err()
+                    || done
+                {
                     return;
                 }
                 loop {
@@ -514,23 +593,15 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
             until: time_from_proto(r.until)?,
             limit: r.page_size.min(store::MAX_PAGE_SIZE),
             page_token: non_empty(&r.page_token),
+            environments: self.visible_environments(&identity),
         };
         let page = service
             .promotions()
             .audit_events(&filter)
             .await
             .map_err(status_of)?;
-        let access = service.access();
         Ok(Response::new(proto::ListAuditEventsResponse {
-            events: page
-                .items
-                .iter()
-                .filter(|e| match &e.event.environment {
-                    Some(env) => auth::authorize(access, &identity, env, Permission::View).is_ok(),
-                    None => true,
-                })
-                .map(audit_to_proto)
-                .collect(),
+            events: page.items.iter().map(audit_to_proto).collect(),
             next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }

@@ -74,6 +74,15 @@ pub struct Repository {
     pub branch: Option<String>,
     #[serde(default)]
     pub pipeline_path: Option<String>,
+    #[serde(default)]
+    pub in_repository: Option<InRepository>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InRepository {
+    #[serde(default)]
+    pub may_change: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

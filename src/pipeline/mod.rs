@@ -7,6 +7,7 @@
 //! and freeze windows.
 
 mod file;
+pub mod in_repository;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -110,6 +111,9 @@ pub struct Repository {
     /// follows the version on `branch` as it is fetched, the file on disk being only how it
     /// starts.
     pub pipeline_path: Option<String>,
+    /// The settings that the copy at `pipeline_path` may set otherwise than the file on disk
+    /// (`inRepository.mayChange`); every other setting must stay as the file on disk has it.
+    pub may_change: std::collections::BTreeSet<in_repository::Setting>,
 }
 
 /// One environment: where its manifests are, where they go, and how changes reach it.
@@ -428,9 +432,16 @@ impl Pipeline {
         Self::parse(path, &text)
     }
 
-    /// Validates pipeline text; `file` is only used to name the file in errors.
+    /// Validates pipeline text; `file` names the file in errors, and relative paths in it are
+    /// resolved against its directory.
     pub fn parse(file: &Path, text: &str) -> Result<Self, Error> {
         validate::parse(file, text)
+    }
+
+    /// Validates pipeline text that was not read from `file` but stands in for it (the copy in
+    /// the repository): errors name `name`, and relative paths resolve as they do in `file`.
+    pub fn parse_for(file: &Path, name: &Path, text: &str) -> Result<Self, Error> {
+        validate::parse_in(name, file.parent().unwrap_or(Path::new(".")), text)
     }
 
     /// The environment named `name`.
@@ -455,6 +466,7 @@ mod tests {
             url: url.into(),
             branch: "main".into(),
             pipeline_path: None,
+            may_change: Default::default(),
         }
     }
 

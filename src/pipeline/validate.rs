@@ -1,10 +1,11 @@
 //! Turns the raw file into a [`Pipeline`], naming the field of every problem.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::file;
+use super::in_repository::Setting;
 use super::{
     API_VERSION, Alerts, ApprovalPolicy, Cluster, Decryption, Environment, FreezeSchedule,
     FreezeWindow, ImageSelection, KIND, NOTIFICATION_EVENTS, Notification, Pipeline, PromotePolicy,
@@ -66,14 +67,18 @@ fn field(field: impl Into<String>, problem: impl Into<String>) -> ErrorKind {
 }
 
 pub(super) fn parse(path: &Path, text: &str) -> Result<Pipeline, Error> {
+    parse_in(path, path.parent().unwrap_or(Path::new(".")), text)
+}
+
+/// `base`: the directory relative key paths are resolved against, that of the pipeline file
+/// on disk (as the repository path is).
+pub(super) fn parse_in(path: &Path, base: &Path, text: &str) -> Result<Pipeline, Error> {
     let wrap = |kind| Error {
         file: path.to_owned(),
         kind,
     };
     let raw: file::PipelineFile =
         serde_yaml_ng::from_str(text).map_err(|e| wrap(ErrorKind::Syntax(e)))?;
-    // Key paths are relative to the pipeline file, as the repository path is.
-    let base = path.parent().unwrap_or(Path::new("."));
     validate(raw, base).map_err(wrap)
 }
 
@@ -104,16 +109,28 @@ fn validate(raw: file::PipelineFile, base: &Path) -> Result<Pipeline, ErrorKind>
                 .pipeline_path
                 .map(|path| relative_path("spec.repository.pipelinePath", &path))
                 .transpose()?;
+            let may_change = match repo.in_repository {
+                None => Default::default(),
+                Some(_) if pipeline_path.is_none() => {
+                    return Err(field(
+                        "spec.repository.inRepository",
+                        "is set, but there is no copy in the repository (no pipelinePath)",
+                    ));
+                }
+                Some(in_repository) => may_change(in_repository.may_change)?,
+            };
             Repository {
                 url: repo.url,
                 branch,
                 pipeline_path,
+                may_change,
             }
         }
         None => Repository {
             url: ".".to_owned(),
             branch: DEFAULT_BRANCH.to_owned(),
             pipeline_path: None,
+            may_change: Default::default(),
         },
     };
 
@@ -217,6 +234,28 @@ fn validate(raw: file::PipelineFile, base: &Path) -> Result<Pipeline, ErrorKind>
         alerts,
         access: raw.spec.access,
     })
+}
+
+/// The settings listed in `spec.repository.inRepository.mayChange`.
+fn may_change(names: Vec<String>) -> Result<BTreeSet<Setting>, ErrorKind> {
+    let mut settings = BTreeSet::new();
+    for (i, name) in names.iter().enumerate() {
+        let at = format!("spec.repository.inRepository.mayChange[{i}]");
+        if name == "repository" {
+            return Err(field(
+                at,
+                "the repository (its URL, branch, pipelinePath and this list) is only ever \
+                 taken from the pipeline file on disk",
+            ));
+        }
+        let setting = name
+            .parse::<Setting>()
+            .map_err(|problem| field(&at, problem))?;
+        if !settings.insert(setting) {
+            return Err(field(at, format!("{name:?} is listed twice")));
+        }
+    }
+    Ok(settings)
 }
 
 /// Gives every environment without a key file of its own the `<env>.agekey` of the keys

@@ -469,6 +469,28 @@ impl Service {
         fetch: bool,
         wait: bool,
     ) -> Result<EnvironmentView, Error> {
+        self.sync_as(name, fetch, wait, None).await
+    }
+
+    /// [`Service::sync`] asked for by a person, `by`: the audit log records who and the
+    /// revision to apply before the pass starts (in manual sync mode this is the deployment).
+    pub async fn sync_by_hand(
+        &self,
+        name: &str,
+        fetch: bool,
+        wait: bool,
+        by: &str,
+    ) -> Result<EnvironmentView, Error> {
+        self.sync_as(name, fetch, wait, Some(by)).await
+    }
+
+    async fn sync_as(
+        &self,
+        name: &str,
+        fetch: bool,
+        wait: bool,
+        by: Option<&str>,
+    ) -> Result<EnvironmentView, Error> {
         let env = self.environment_of(name)?.clone();
         let mut status = self
             .controller
@@ -487,6 +509,28 @@ impl Service {
             self.fetch_now().await?;
         }
         let passes = status.borrow_and_update().passes;
+        if let Some(by) = by {
+            let revision = match self.desired.borrow().get(name) {
+                Some(Ok(desired)) => Some(desired.commit.clone()),
+                _ => None,
+            };
+            let audit = store::NewAuditEvent {
+                at: SystemTime::now(),
+                actor: by.to_owned(),
+                action: store::AuditAction::Synced,
+                environment: Some(name.to_owned()),
+                promotion_id: None,
+                revision,
+                reason: String::new(),
+            };
+            self.store
+                .append_audit(audit)
+                .await
+                .map_err(|source| Error::Store {
+                    environment: name.to_owned(),
+                    source,
+                })?;
+        }
         self.controller
             .trigger(name)
             .expect("the controller runs every environment of the pipeline");

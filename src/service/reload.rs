@@ -3,7 +3,9 @@
 //! fetch from the tip of the repository's branch; the version that changed last wins. A new
 //! valid version replaces the running service (its loops stop, new ones start from the new
 //! file), while an invalid one is refused: its error is reported and the last valid version
-//! keeps running.
+//! keeps running. The copy in the repository is also refused when it changes a setting that
+//! only the file on disk may change (see [`crate::pipeline::in_repository`]); its relative paths
+//! resolve as those of the file on disk do.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -12,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{Config, Service};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, in_repository};
 
 /// Turns a validated pipeline into what [`Service::start`] needs (opening its repository,
 /// reading its notification files, ...).
@@ -36,6 +38,7 @@ impl Supervisor {
         build: Builder,
         every: Duration,
     ) -> Arc<Self> {
+        let disk = service.pipeline.clone();
         let (current, _) = watch::channel(service);
         let supervisor = Arc::new(Self {
             current,
@@ -44,7 +47,7 @@ impl Supervisor {
         tokio::spawn(follow(
             Arc::downgrade(&supervisor),
             file,
-            text,
+            (text, disk),
             build,
             every,
         ));
@@ -72,15 +75,19 @@ struct Version {
     text: Vec<u8>,
     /// How errors name it: the file on disk, or its path in the repository at a commit.
     name: PathBuf,
+    /// Read from the repository rather than from the file on disk.
+    in_repository: bool,
 }
 
+/// `first`: the text of the file on disk that started the service, and its pipeline.
 async fn follow(
     supervisor: std::sync::Weak<Supervisor>,
     file: PathBuf,
-    text: Vec<u8>,
+    first: (Vec<u8>, Arc<Pipeline>),
     build: Builder,
     every: Duration,
 ) {
+    let (text, mut disk) = first;
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut on_disk = text.clone();
@@ -118,6 +125,7 @@ async fn follow(
                 candidate = Some(Version {
                     text,
                     name: file.clone(),
+                    in_repository: false,
                 });
             }
             Ok(_) => {}
@@ -129,7 +137,13 @@ async fn follow(
             }
         }
         let service = supervisor.service();
-        if let Some(path) = service.pipeline.repository.pipeline_path.clone() {
+        // A new file on disk goes first, so that the copy in the repository is then checked
+        // against it rather than against the version it replaces.
+        let pipeline_path = match candidate {
+            None => service.pipeline.repository.pipeline_path.clone(),
+            Some(_) => None,
+        };
+        if let Some(path) = pipeline_path {
             let repository = service.repository.clone();
             let branch = service.pipeline.repository.branch.clone();
             let last = read_at.clone();
@@ -168,7 +182,14 @@ async fn follow(
         let name = version.name;
         let parsed = std::str::from_utf8(&version.text)
             .map_err(|e| format!("{}: not UTF-8: {e}", name.display()))
-            .and_then(|t| Pipeline::parse(&name, t).map_err(|e| super::describe(&e)));
+            .and_then(|t| Pipeline::parse_for(&file, &name, t).map_err(|e| super::describe(&e)))
+            .and_then(|pipeline| {
+                if version.in_repository {
+                    in_repository::check(&disk, &pipeline)
+                        .map_err(|e| format!("pipeline file {}: {e}", name.display()))?;
+                }
+                Ok(pipeline)
+            });
         let pipeline = match parsed {
             Ok(pipeline) => Arc::new(pipeline),
             Err(message) => {
@@ -191,6 +212,9 @@ async fn follow(
                 supervisor.current.send_replace(service);
                 running = version.text;
                 refused = None;
+                if !version.in_repository {
+                    disk = pipeline;
+                }
                 // The repository may be another one now, its copy not read yet.
                 read_at = None;
             }
@@ -238,6 +262,7 @@ fn read_in_repository(
             Version {
                 text,
                 name: PathBuf::from(format!("{path} at {tip}")),
+                in_repository: true,
             },
         ))),
         Err(message) => Err((

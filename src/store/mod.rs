@@ -705,6 +705,8 @@ pub struct PromotionFilter {
     pub limit: u32,
     /// From a previous page's `next_page_token`.
     pub page_token: Option<String>,
+    /// Only promotions into these environments (those the caller may see); `None` for all.
+    pub environments: Option<Vec<String>>,
 }
 
 /// Which audit events to list. Empty fields match everything.
@@ -724,6 +726,9 @@ pub struct AuditFilter {
     pub limit: u32,
     /// From a previous page's `next_page_token`.
     pub page_token: Option<String>,
+    /// Only events about these environments (those the caller may see) or about none; `None`
+    /// for all.
+    pub environments: Option<Vec<String>>,
 }
 
 /// The page size when a listing asks for none.

@@ -466,6 +466,28 @@ fn push_in(sql: &mut String, args: &mut Vec<Value>, column: &str, values: Vec<&'
     args.extend(values.into_iter().map(|v| Value::Text(v.to_owned())));
 }
 
+/// Keeps rows whose `column` is one of `within` (or, with `or_null`, empty); nothing to add
+/// for `None`.
+fn push_within(
+    sql: &mut String,
+    args: &mut Vec<Value>,
+    column: &str,
+    within: Option<Vec<String>>,
+    or_null: bool,
+) {
+    let Some(within) = within else {
+        return;
+    };
+    let marks = vec!["?"; within.len()].join(", ");
+    let null = if or_null {
+        format!("{column} IS NULL OR ")
+    } else {
+        String::new()
+    };
+    sql.push_str(&format!(" AND ({null}{column} IN ({marks}))"));
+    args.extend(within.into_iter().map(Value::Text));
+}
+
 fn push_time_range(
     sql: &mut String,
     args: &mut Vec<Value>,
@@ -940,6 +962,13 @@ impl Store for SqliteStore {
                 query.push_str(" AND target_environment = ?");
                 args.push(Value::Text(env));
             }
+            push_within(
+                &mut query,
+                &mut args,
+                "target_environment",
+                filter.environments,
+                false,
+            );
             push_in(
                 &mut query,
                 &mut args,
@@ -1138,6 +1167,13 @@ impl Store for SqliteStore {
                 query.push_str(" AND promotion_id = ?");
                 args.push(Value::Text(id));
             }
+            push_within(
+                &mut query,
+                &mut args,
+                "environment",
+                filter.environments,
+                true,
+            );
             push_in(
                 &mut query,
                 &mut args,

@@ -110,7 +110,7 @@ fn without_rules_nothing_is_allowed_and_allow_all_allows_everything() {
 }
 
 #[test]
-fn a_denial_names_the_permission_the_environment_and_who_holds_it() {
+fn a_denial_names_the_permission_and_the_environment_and_only_the_log_hears_who_holds_it() {
     let viewer = identity("vic", &["developers"]);
     let denied = auth::authorize(&policy(), &viewer, "prod", Permission::Sync)
         .expect_err("a developer may not sync prod");
@@ -121,8 +121,30 @@ fn a_denial_names_the_permission_the_environment_and_who_holds_it() {
     assert_eq!(
         status.message(),
         "permission \"sync\" on environment \"prod\" is not granted to \"vic\" \
-         (groups: developers); groups that hold it: release-managers"
+         (groups: developers)"
     );
+}
+
+#[test]
+fn only_those_who_may_view_an_environment_may_know_it_exists() {
+    let policy = policy();
+    assert!(auth::visible(
+        &policy,
+        &identity("dana", &["developers"]),
+        "prod"
+    ));
+    assert!(auth::visible(
+        &policy,
+        &identity("quinn", &["qa"]),
+        "staging"
+    ));
+    assert!(!auth::visible(&policy, &identity("quinn", &["qa"]), "prod"));
+    assert!(!auth::visible(&policy, &identity("nick", &[]), "dev"));
+    assert!(auth::visible(
+        &AccessPolicy::allow_all(),
+        &Identity::anonymous(),
+        "prod"
+    ));
 }
 
 #[test]
@@ -512,7 +534,9 @@ impl EnvironmentService for Guarded {
         request: Request<proto::GetEnvironmentRequest>,
     ) -> Result<Response<proto::Environment>, Status> {
         let name = request.get_ref().name.clone();
-        let who = auth::require(&request, &self.policy, &name, Permission::View)?;
+        let who = auth::require(&request, &self.policy, &name, Permission::View, || {
+            Status::not_found("no such environment")
+        })?;
         // The handler sees the identity, and no longer the token.
         assert!(request.metadata().get("authorization").is_none());
         Ok(Response::new(proto::Environment {
@@ -531,6 +555,7 @@ impl EnvironmentService for Guarded {
             &self.policy,
             &request.get_ref().name,
             Permission::Sync,
+            || Status::not_found("no such environment"),
         )?;
         Ok(Response::new(proto::SyncEnvironmentResponse::default()))
     }

@@ -820,12 +820,13 @@ async fn a_pipeline_file_kept_in_the_repository_is_followed_as_its_commits_are_f
     let kube = cluster().client().await;
     let fx = Fixture::new(&kube).await;
     let dev_ns = fx.namespaces[0].clone();
-    // The file on disk starts the service and names its own copy in the repository.
+    // The file on disk starts the service, names its own copy in the repository, and lets that
+    // copy change which environments there are.
     let on_disk = std::fs::read_to_string(&fx.pipeline)
         .expect("pipeline file")
         .replace(
             "branch: main}",
-            "branch: main, pipelinePath: deploy/pipeline.yaml}",
+            "branch: main, pipelinePath: deploy/pipeline.yaml, inRepository: {mayChange: [environments]}}",
         );
     std::fs::write(&fx.pipeline, &on_disk).expect("write");
     fx.push_pipeline(&on_disk, "the pipeline itself");
@@ -1019,7 +1020,8 @@ identities:
         ))
         .await
         .expect_err("operators hold suspend in dev only");
-    assert_eq!(outside.code(), tonic::Code::PermissionDenied);
+    // Operators may not view prod either: to them it does not exist.
+    assert_eq!(outside.code(), tonic::Code::NotFound);
     let suspended = api
         .suspend_environment(with_token(
             OPERATOR,
