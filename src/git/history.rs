@@ -70,9 +70,15 @@ pub struct Entry {
     pub trailers: Trailers,
 }
 
+/// The most commits one [`Repository::history`] reads: on a long trunk where an environment's
+/// directory rarely changes, a request must not walk the whole history. Revisions older than
+/// that many first-parent commits are not listed.
+pub const WALK_LIMIT: usize = 10_000;
+
 impl Repository {
     /// Up to `limit` revisions of `environment`, newest first, following the first parents of
-    /// its branch: the commits that changed its directory (every commit for a whole branch).
+    /// its branch: the commits that changed its directory (every commit for a whole branch),
+    /// among the last [`WALK_LIMIT`] commits.
     pub fn history(
         &self,
         pipeline: &Pipeline,
@@ -89,10 +95,12 @@ impl Repository {
             }
         };
         let mut entries = Vec::new();
+        let mut walked = 0;
         while let Some(id) = next {
-            if entries.len() >= limit {
+            if entries.len() >= limit || walked >= WALK_LIMIT {
                 break;
             }
+            walked += 1;
             let commit = repo.find_commit(id).map_err(read(format!("commit {id}")))?;
             let parent = commit.parent_ids().next().map(gix::Id::detach);
             let tree = match self.path_tree(&location, id) {
