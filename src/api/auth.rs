@@ -478,6 +478,16 @@ impl Tokens {
         self.read().by_hash.get(&hash).cloned()
     }
 
+    /// The identity named `name` in the current file, if it still lists it: for calls that
+    /// outlive their authentication (watch streams).
+    pub fn identity(&self, name: &str) -> Option<Arc<Identity>> {
+        self.read()
+            .by_hash
+            .values()
+            .find(|identity| identity.name == name)
+            .cloned()
+    }
+
     /// Reads the file again and, when its content changed and is valid, takes it. On an error
     /// the previous identities stay in force. Blocking file I/O.
     pub fn reload_if_changed(&self) -> Result<bool, TokensError> {
@@ -677,6 +687,15 @@ impl Authenticator {
         Self { tokens: None }
     }
 
+    /// The identity named `name` as the tokens file lists it now; `None` when the file no
+    /// longer does.
+    pub fn current(&self, name: &str) -> Option<Arc<Identity>> {
+        match &self.tokens {
+            None => Some(Arc::new(Identity::anonymous())),
+            Some(tokens) => tokens.identity(name),
+        }
+    }
+
     /// The identity the request's bearer token belongs to, or UNAUTHENTICATED.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Arc<Identity>, Status> {
         let Some(tokens) = &self.tokens else {
@@ -710,21 +729,11 @@ impl Interceptor for Authenticator {
         let result = self.authenticate(request.metadata());
         // Nothing after the edge needs the token, so nothing after it can leak it.
         request.metadata_mut().remove("authorization");
-        match result {
-            Ok(identity) => {
-                tracing::debug!(identity = %identity.name, "authenticated a call");
-                request.extensions_mut().insert(Authenticated(identity));
-                Ok(request)
-            }
-            Err(status) => {
-                tracing::info!(
-                    peer = ?request.remote_addr(),
-                    reason = status.message(),
-                    "refused an unauthenticated call"
-                );
-                Err(status)
-            }
-        }
+        // A refusal is logged, rate-limited per peer, where every refused call is (`api::serve`).
+        let identity = result?;
+        tracing::debug!(identity = %identity.name, "authenticated a call");
+        request.extensions_mut().insert(Authenticated(identity));
+        Ok(request)
     }
 }
 
