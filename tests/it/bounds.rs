@@ -322,8 +322,7 @@ async fn calls_to_random_paths_count_under_one_unknown_method_and_do_not_grow_me
 }
 
 #[test]
-fn the_grpc_listener_advertises_a_stream_limit_and_closes_a_connection_that_never_completes_a_request()
- {
+fn the_grpc_listener_advertises_a_limit_on_concurrent_streams() {
     let server = Served::start(&[]);
     let mut probe = TcpStream::connect(server.grpc).expect("gRPC listener reachable");
     let settings = server_settings(&mut probe).expect("the server answers the preface");
@@ -333,18 +332,24 @@ fn the_grpc_listener_advertises_a_stream_limit_and_closes_a_connection_that_neve
         Some(stagehand::api::limits::MAX_CONCURRENT_STREAMS),
         "SETTINGS_MAX_CONCURRENT_STREAMS in {settings:?}"
     );
-    let rss_before = server.rss_kib();
+}
 
+#[test]
+fn the_grpc_listener_closes_connections_that_never_complete_a_request() {
+    let server = Served::start(&[]);
+    let rss_before = server.rss_kib();
     // Slowloris: half a preface, then nothing.
     let mut slow = TcpStream::connect(server.grpc).expect("gRPC listener reachable");
     slow.write_all(&PREFACE[..10]).expect("half a preface sent");
+    // The preface and the settings, but never a request.
+    let mut idle = TcpStream::connect(server.grpc).expect("gRPC listener reachable");
+    server_settings(&mut idle).expect("the server answers the preface");
     assert!(
         closed_within(&mut slow, Duration::from_secs(30)),
         "a connection that never sent a whole preface is still open after 30 s"
     );
-    // The preface and the settings, but never a request.
     assert!(
-        closed_within(&mut probe, Duration::from_secs(30)),
+        closed_within(&mut idle, Duration::from_secs(30)),
         "a connection that never sent a request is still open after 30 s"
     );
     eprintln!(
