@@ -729,8 +729,11 @@ impl Interceptor for Authenticator {
         let result = self.authenticate(request.metadata());
         // Nothing after the edge needs the token, so nothing after it can leak it.
         request.metadata_mut().remove("authorization");
-        // A refusal is logged, rate-limited per peer, where every refused call is (`api::serve`).
-        let identity = result?;
+        // At info level a refusal is logged, rate-limited per peer, where every refused call is
+        // (`api::serve`); one line per call only at debug.
+        let identity = result.inspect_err(|status| {
+            tracing::debug!(reason = status.message(), "refused an unauthenticated call");
+        })?;
         tracing::debug!(identity = %identity.name, "authenticated a call");
         request.extensions_mut().insert(Authenticated(identity));
         Ok(request)

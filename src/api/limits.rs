@@ -150,11 +150,6 @@ impl Peer {
     }
 }
 
-/// The peer of a request that came through [`incoming`].
-pub fn peer_of(extensions: &axum::http::Extensions) -> Option<IpAddr> {
-    extensions.get::<Peer>().map(|peer| peer.addr.ip())
-}
-
 /// An accepted TCP connection that holds its peer's slot and fails its reads once its
 /// first-request deadline passes without a complete request.
 pub struct Connection {
