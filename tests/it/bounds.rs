@@ -382,16 +382,23 @@ fn connections_past_the_per_peer_limit_are_closed_on_both_listeners_until_one_en
     let limit = stagehand::api::limits::CONNECTIONS_PER_PEER;
     assert_eq!(limit, 64, "the documented default");
 
-    let mut held: Vec<TcpStream> = (0..limit)
-        .map(|i| {
-            let mut stream = TcpStream::connect(server.grpc).expect("gRPC listener reachable");
-            assert!(
-                server_settings(&mut stream).is_some(),
-                "connection {i} is served"
-            );
-            stream
-        })
-        .collect();
+    // Clients that made a call: the header timeout does not close their connections.
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let mut held: Vec<Channel> = runtime.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..limit {
+            let channel = server.channel().await;
+            EnvironmentServiceClient::new(channel.clone())
+                .get_environment(with_token(
+                    VERA,
+                    proto::GetEnvironmentRequest { name: "dev".into() },
+                ))
+                .await
+                .expect("a connection within the limit is served");
+            held.push(channel);
+        }
+        held
+    });
     for _ in 0..50 {
         let mut extra = TcpStream::connect(server.grpc).expect("the port accepts");
         assert_eq!(
