@@ -17,6 +17,7 @@ pub mod pipeline;
 mod process;
 pub mod promotion;
 pub mod reconcile;
+pub mod remark;
 pub mod render;
 pub mod secrets;
 pub mod service;

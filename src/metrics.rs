@@ -45,7 +45,8 @@ pub struct WebhookLabels {
 /// Labels of a gRPC call.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RpcLabels {
-    /// `/stagehand.v1.EnvironmentService/GetEnvironment`.
+    /// `/stagehand.v1.EnvironmentService/GetEnvironment`, or `unknown` for a path the server
+    /// does not serve: never taken from the request unchecked.
     pub method: String,
     /// The gRPC status code name (`OK`, `NOT_FOUND`, ...).
     pub code: String,
@@ -66,6 +67,11 @@ pub struct Metrics {
     pub webhooks: Family<WebhookLabels, Counter>,
     /// `stagehand_grpc_request_duration_seconds`: calls by method and code.
     pub rpc_duration: Family<RpcLabels, Histogram>,
+    /// `stagehand_sync_turns_in_use`: turns of `--concurrent-syncs` held now (sync passes,
+    /// diffs, previews, comparisons, pre-flight checks).
+    pub turns_in_use: Gauge,
+    /// `stagehand_sync_turns_waiting`: work waiting for such a turn now.
+    pub turns_waiting: Gauge,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -115,6 +121,18 @@ impl Default for Metrics {
             "gRPC requests per method and status code, until the response headers",
             rpc_duration.clone(),
         );
+        let turns_in_use = Gauge::default();
+        registry.register(
+            "sync_turns_in_use",
+            "Turns of --concurrent-syncs held now by sync passes, diffs, previews, comparisons and pre-flight checks",
+            turns_in_use.clone(),
+        );
+        let turns_waiting = Gauge::default();
+        registry.register(
+            "sync_turns_waiting",
+            "Sync passes, diffs, previews, comparisons and pre-flight checks waiting for a turn now",
+            turns_waiting.clone(),
+        );
         Self {
             registry,
             reconcile_duration,
@@ -123,6 +141,8 @@ impl Default for Metrics {
             fetch_duration,
             webhooks,
             rpc_duration,
+            turns_in_use,
+            turns_waiting,
         }
     }
 }

@@ -511,7 +511,8 @@ impl Tokens {
         self.read().by_hash.get(&hash).cloned()
     }
 
-    /// The identity called `name` in the current file.
+    /// The identity called `name` in the current file, if it still lists it: for approvals
+    /// counted with today's groups and calls that outlive their authentication (watches).
     pub fn identity(&self, name: &str) -> Option<Arc<Identity>> {
         self.read().by_name.get(name).cloned()
     }
@@ -805,6 +806,15 @@ impl Authenticator {
         Self { tokens: None }
     }
 
+    /// The identity named `name` as the tokens file lists it now; `None` when the file no
+    /// longer does.
+    pub fn current(&self, name: &str) -> Option<Arc<Identity>> {
+        match &self.tokens {
+            None => Some(Arc::new(Identity::anonymous())),
+            Some(tokens) => tokens.identity(name),
+        }
+    }
+
     /// The identity the request's bearer token belongs to, or UNAUTHENTICATED.
     pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Arc<Identity>, Status> {
         let Some(tokens) = &self.tokens else {
@@ -838,21 +848,14 @@ impl Interceptor for Authenticator {
         let result = self.authenticate(request.metadata());
         // Nothing after the edge needs the token, so nothing after it can leak it.
         request.metadata_mut().remove("authorization");
-        match result {
-            Ok(identity) => {
-                tracing::debug!(identity = %identity.name, "authenticated a call");
-                request.extensions_mut().insert(Authenticated(identity));
-                Ok(request)
-            }
-            Err(status) => {
-                tracing::info!(
-                    peer = ?request.remote_addr(),
-                    reason = status.message(),
-                    "refused an unauthenticated call"
-                );
-                Err(status)
-            }
-        }
+        // At info level a refusal is logged, rate-limited per peer, where every refused call is
+        // (`api::serve`); one line per call only at debug.
+        let identity = result.inspect_err(|status| {
+            tracing::debug!(reason = status.message(), "refused an unauthenticated call");
+        })?;
+        tracing::debug!(identity = %identity.name, "authenticated a call");
+        request.extensions_mut().insert(Authenticated(identity));
+        Ok(request)
     }
 }
 

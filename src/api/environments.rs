@@ -1,14 +1,15 @@
 //! `stagehand.v1.EnvironmentService`: the environments of the pipeline as clients see them.
 
-use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::api::auth::{self, Permission};
+use crate::api::auth::{self, Authenticator, Permission};
+use crate::api::watch::{self, WatchSlot, Watcher, Watches};
 use crate::cluster::ObjectRef;
 use crate::cluster::apply::Change;
 use crate::cluster::health::HealthStatus;
@@ -23,12 +24,23 @@ use crate::store;
 /// Each call goes to the service of the pipeline file as it is now (see [`Supervisor`]).
 pub struct EnvironmentApi {
     supervisor: Arc<Supervisor>,
+    authenticator: Authenticator,
+    watches: Watches,
 }
 
 impl EnvironmentApi {
-    /// Serves the environments of whatever pipeline `supervisor` runs now.
-    pub fn new(supervisor: Arc<Supervisor>) -> Self {
-        Self { supervisor }
+    /// Serves the environments of whatever pipeline `supervisor` runs now; open watches count
+    /// against `watches` and look their caller up again through `authenticator`.
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        authenticator: Authenticator,
+        watches: Watches,
+    ) -> Self {
+        Self {
+            supervisor,
+            authenticator,
+            watches,
+        }
     }
 }
 
@@ -155,6 +167,7 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         let name = required(&request.get_ref().name)?;
         let identity = self.allowed(&request, name, Permission::Suspend)?;
         let reason = &request.get_ref().reason;
+        crate::remark::check("reason", reason)?;
         let view = self
             .supervisor
             .service()
@@ -187,8 +200,8 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         let request = request.into_inner();
         let name = required(&request.name)?;
         let limit = match request.limit {
-            0 => 50,
-            n => n.min(1000) as usize,
+            0 => service::HISTORY_DEFAULT,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
         };
         let entries = self
             .supervisor
@@ -207,39 +220,90 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         &self,
         request: Request<proto::WatchEnvironmentsRequest>,
     ) -> Result<Response<Self::WatchEnvironmentsStream>, Status> {
-        let names = &request.get_ref().names;
-        for name in names {
+        let names = request.get_ref().names.clone();
+        for name in &names {
             self.allowed(&request, name, Permission::View)?;
         }
         let identity = auth::identity(&request)?;
-        let access = self.supervisor.service().access().clone();
-        let wanted: HashSet<String> = names.iter().cloned().collect();
-        // An unnamed watch sees every environment the caller may view.
-        let wants = move |name: &str| {
-            (wanted.is_empty() || wanted.contains(name))
-                && auth::authorize(&access, &identity, name, Permission::View).is_ok()
+        let watcher = Watcher {
+            name: identity.name.clone(),
+            authenticator: self.authenticator.clone(),
+            supervisor: self.supervisor.clone(),
         };
-        // A snapshot of every watched environment first, then each change as it happens.
-        let snapshot: Vec<_> = self
-            .supervisor
-            .service()
-            .environments()
-            .into_iter()
-            .filter(|view| wants(&view.environment.name))
-            .map(|view| Ok(self.to_proto(&view)))
-            .collect();
-        let service = self.supervisor.service().clone();
-        let branch = service.pipeline().repository.branch.clone();
-        let changes = tokio_stream::wrappers::UnboundedReceiverStream::new(service.changes());
-        let updates = tokio_stream::StreamExt::filter_map(changes, move |name| {
-            if !wants(&name) {
-                return None;
-            }
-            let view = service.environment(&name).ok()?;
-            Some(Ok(view_to_proto(&view, &branch)))
-        });
-        let stream = tokio_stream::StreamExt::chain(tokio_stream::iter(snapshot), updates);
-        Ok(Response::new(Box::pin(stream)))
+        if names.is_empty() {
+            // Someone who may see nothing has nothing to watch: refused, not an empty stream.
+            watcher.views_any()?;
+        }
+        let slot = self.watches.open(&identity.name)?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(follow_environments(watcher, names, slot, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// Feeds a `WatchEnvironments` stream: a snapshot of every watched environment the caller may
+/// view, then each change, until the caller goes away, the service is replaced (the client
+/// watches again) or the caller loses `view` (PERMISSION_DENIED). `names` empty: every
+/// environment the caller may view, as long as it may view one.
+async fn follow_environments(
+    watcher: Watcher,
+    names: Vec<String>,
+    _slot: WatchSlot,
+    tx: mpsc::Sender<Result<proto::Environment, Status>>,
+) {
+    let service = watcher.supervisor.service();
+    let branch = service.pipeline().repository.branch.clone();
+    let wanted = |name: &str| names.is_empty() || names.iter().any(|n| n == name);
+    let may_watch = || {
+        if names.is_empty() {
+            watcher.views_any()
+        } else {
+            names.iter().try_for_each(|name| watcher.may_view(name))
+        }
+    };
+    let mut changes = service.changes();
+    for view in service.environments() {
+        let name = &view.environment.name;
+        if wanted(name)
+            && watcher.may_view(name).is_ok()
+            && tx.send(Ok(view_to_proto(&view, &branch))).await.is_err()
+        {
+            return;
+        }
+    }
+    let mut recheck = tokio::time::interval(watch::RECHECK);
+    loop {
+        let changed = tokio::select! {
+            changed = changes.recv() => match changed {
+                Some(name) => Some(name),
+                None => {
+                    // This service stopped: a reload replaced it, or the server stops. The
+                    // caller is judged by the new rules before the stream ends.
+                    watch::until_replaced(&watcher.supervisor, &service, &mut recheck).await;
+                    if let Err(status) = may_watch() {
+                        let _ = tx.send(Err(status)).await;
+                    }
+                    return;
+                }
+            },
+            _ = recheck.tick() => None,
+            () = tx.closed() => return,
+        };
+        if let Err(status) = may_watch() {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+        let Some(name) = changed.filter(|name| wanted(name) && watcher.may_view(name).is_ok())
+        else {
+            continue;
+        };
+        if let Ok(view) = service.environment(&name)
+            && tx.send(Ok(view_to_proto(&view, &branch))).await.is_err()
+        {
+            return;
+        }
     }
 }
 

@@ -2,14 +2,20 @@
 //! only translates: a verified webhook becomes [`Service::fetch_now`].
 
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio_stream::StreamExt as _;
+use tower::Service as _;
 
+use super::limits::{self, Peer, RefusalLog};
 use super::{Error, Listener};
 use crate::service::reload::Supervisor;
 use crate::service::webhook::WebhookSecret;
@@ -22,38 +28,95 @@ pub const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
 struct Hooks {
     service: Arc<Supervisor>,
     secret: Option<WebhookSecret>,
+    refusals: Arc<RefusalLog>,
 }
 
-/// Serves `/api/webhook`, `/metrics` and `/healthz` until `shutdown` completes. Without a secret every
-/// webhook is refused: an unauthenticated fetch trigger would let anyone make the service
-/// fetch in a loop.
+/// Serves `/api/webhook`, `/metrics` and `/healthz` over HTTP/1.1 until `shutdown` completes.
+/// Without a secret every webhook is refused: an unauthenticated fetch trigger would let anyone
+/// make the service fetch in a loop. A peer may have `connections_per_peer` connections open,
+/// and each request's headers must arrive within [`limits::HEADER_TIMEOUT`].
 pub async fn serve(
     listener: Listener,
     service: Arc<Supervisor>,
     secret: Option<WebhookSecret>,
+    connections_per_peer: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    let refusals = Arc::new(RefusalLog::default());
     let app = Router::new()
         .route("/api/webhook", post(webhook))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
-        .with_state(Arc::new(Hooks { service, secret }));
+        .with_state(Arc::new(Hooks {
+            service,
+            secret,
+            refusals: refusals.clone(),
+        }));
     let addr = listener.local_addr();
     tracing::info!(%addr, "serving HTTP (webhooks)");
-    axum::serve(listener.inner, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(Error::Http)
+    let incoming = limits::incoming(
+        listener.inner,
+        limits::ConnectionLimits {
+            per_peer: connections_per_peer,
+            // hyper's header read timeout bounds every request's headers, not only the first.
+            first_request: None,
+        },
+        refusals,
+    );
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits::HEADER_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut incoming = pin!(incoming);
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let connection = tokio::select! {
+            next = incoming.next() => match next {
+                Some(Ok(connection)) => connection,
+                Some(Err(error)) => {
+                    // Such as too many open files: wait for some to close rather than spin.
+                    tracing::warn!(error = %error, "cannot accept an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                None => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let peer = connection.peer().clone();
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request| {
+            request.extensions_mut().insert(peer.clone());
+            app.clone().call(request)
+        });
+        let served = graceful.watch(http.serve_connection(TokioIo::new(connection), service));
+        tokio::spawn(async move {
+            if let Err(error) = served.await {
+                tracing::debug!(error = %error, "HTTP connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Logs a refused webhook at most once per peer and [`limits::REFUSAL_LOG_INTERVAL`].
+fn refused(hooks: &Hooks, peer: &Peer, reason: &str) {
+    let ip = peer.addr().ip();
+    if let Some(suppressed) = hooks.refusals.admit(Some(ip), Instant::now()) {
+        tracing::warn!(peer = %ip, reason, suppressed, "webhook refused");
+    }
 }
 
 async fn webhook(
     State(hooks): State<Arc<Hooks>>,
+    Extension(peer): Extension<Peer>,
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, &'static str) {
     let Some(secret) = &hooks.secret else {
-        tracing::warn!("webhook refused: the service has no webhook secret file");
+        refused(&hooks, &peer, "the service has no webhook secret file");
         hooks.service.service().metrics().webhook(None, false);
         return (StatusCode::UNAUTHORIZED, "webhooks are not enabled\n");
     };
@@ -76,7 +139,7 @@ async fn webhook(
             (StatusCode::ACCEPTED, "fetch queued\n")
         }
         Err(rejection) => {
-            tracing::warn!(reason = %rejection, "webhook refused");
+            refused(&hooks, &peer, &rejection.to_string());
             hooks.service.service().metrics().webhook(None, false);
             (StatusCode::UNAUTHORIZED, "signature missing or invalid\n")
         }

@@ -4,14 +4,18 @@
 pub mod auth;
 mod environments;
 pub mod http;
+pub mod limits;
 mod promotions;
+pub mod watch;
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use prost::Message as _;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::metrics::Metrics;
@@ -46,7 +50,39 @@ pub enum Error {
     /// `--tls-cert`, `--tls-key` or `--tls-client-ca` cannot be used.
     #[error("cannot use the TLS certificate, key or client CA")]
     Tls(#[source] tonic::transport::Error),
+    /// The embedded descriptors do not decode (a build problem).
+    #[error("cannot read the embedded service descriptors")]
+    Descriptors(#[source] prost::DecodeError),
 }
+
+impl From<crate::remark::Invalid> for tonic::Status {
+    fn from(invalid: crate::remark::Invalid) -> Self {
+        tonic::Status::invalid_argument(invalid.to_string())
+    }
+}
+
+/// What one client may hold of the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once from one IP address.
+    pub connections_per_peer: usize,
+    /// Watch streams open at once per identity.
+    pub watches_per_identity: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connections_per_peer: limits::CONNECTIONS_PER_PEER,
+            watches_per_identity: watch::WATCHES_PER_IDENTITY,
+        }
+    }
+}
+
+/// How often the server pings an idle connection, and how long it waits for the answer before
+/// closing it: a peer that vanished must not keep its connection slot.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The server's TLS settings: its certificate and key, and optionally the CA whose client
 /// certificates it requires (mTLS). Checked when built, so `serve` refuses bad files before it
@@ -100,6 +136,7 @@ pub async fn serve(
     service: Arc<Supervisor>,
     authenticator: auth::Authenticator,
     tls: Option<Tls>,
+    limits: Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -129,32 +166,89 @@ pub async fn serve(
             .set_not_serving::<PromotionServiceServer<PromotionApi>>()
             .await;
     };
-    let mut builder = Server::builder();
+    let mut builder = Server::builder()
+        .max_concurrent_streams(limits::MAX_CONCURRENT_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     if let Some(Tls(config)) = tls {
         builder = builder.tls_config(config).map_err(Error::Tls)?;
     }
+    let refusals = Arc::new(limits::RefusalLog::default());
+    let incoming = limits::incoming(
+        listener.inner,
+        limits::ConnectionLimits {
+            per_peer: limits.connections_per_peer,
+            first_request: Some(limits::HEADER_TIMEOUT),
+        },
+        refusals.clone(),
+    );
+    let watches = watch::Watches::new(limits.watches_per_identity);
     builder
-        .layer(RpcMetricsLayer(service.service().metrics().clone()))
+        .layer(RpcMetricsLayer {
+            metrics: service.service().metrics().clone(),
+            methods: Arc::new(served_methods()?),
+            refusals,
+        })
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(EnvironmentServiceServer::with_interceptor(
-            EnvironmentApi::new(service.clone()),
+            EnvironmentApi::new(service.clone(), authenticator.clone(), watches.clone()),
             authenticator.clone(),
         ))
         .add_service(PromotionServiceServer::with_interceptor(
-            PromotionApi::new(service),
+            PromotionApi::new(service, authenticator.clone(), watches),
             authenticator,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener.inner), draining)
+        .serve_with_incoming_shutdown(incoming, draining)
         .await
         .map_err(Error::Serve)
 }
 
-/// Times every RPC until its response headers and counts it by method and status code (from
-/// the headers: tonic answers a handler's error there, as a trailers-only response).
+/// The method label of calls to anything [`served_methods`] does not list: the label's values
+/// never come from the request, so random paths cannot grow `/metrics`.
+const UNKNOWN_METHOD: &str = "unknown";
+
+/// Every method this server answers, as `/package.Service/Method`, from the embedded
+/// descriptors of the services in [`SERVED`].
+fn served_methods() -> Result<HashSet<String>, Error> {
+    let sets = [
+        crate::proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ];
+    let mut methods = HashSet::new();
+    for set in sets {
+        let set = prost_types::FileDescriptorSet::decode(set).map_err(Error::Descriptors)?;
+        for file in set.file {
+            for service in &file.service {
+                let name = format!("{}.{}", file.package(), service.name());
+                if !SERVED.contains(&name.as_str()) {
+                    continue;
+                }
+                methods.extend(
+                    service
+                        .method
+                        .iter()
+                        .map(|method| format!("/{name}/{}", method.name())),
+                );
+            }
+        }
+    }
+    Ok(methods)
+}
+
+/// The edge every call passes: times it until its response headers and counts it by method
+/// and status code (from the headers: tonic answers a handler's error there, as a
+/// trailers-only response), logs refused calls at most once per peer and
+/// [`limits::REFUSAL_LOG_INTERVAL`], and tells the connection a complete request arrived.
 #[derive(Clone)]
-struct RpcMetricsLayer(Arc<Metrics>);
+struct RpcMetricsLayer {
+    metrics: Arc<Metrics>,
+    methods: Arc<HashSet<String>>,
+    refusals: Arc<limits::RefusalLog>,
+}
 
 impl<S> tower::Layer<S> for RpcMetricsLayer {
     type Service = RpcMetrics<S>;
@@ -162,7 +256,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
     fn layer(&self, inner: S) -> Self::Service {
         RpcMetrics {
             inner,
-            metrics: self.0.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -170,7 +264,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
 #[derive(Clone)]
 struct RpcMetrics<S> {
     inner: S,
-    metrics: Arc<Metrics>,
+    layer: RpcMetricsLayer,
 }
 
 impl<S, B, R> tower::Service<axum::http::Request<B>> for RpcMetrics<S>
@@ -192,23 +286,58 @@ where
     }
 
     fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
-        let method = request.uri().path().to_owned();
-        let started = std::time::Instant::now();
-        let metrics = self.metrics.clone();
+        let path = request.uri().path();
+        let method = if self.layer.methods.contains(path) {
+            path.to_owned()
+        } else {
+            UNKNOWN_METHOD.to_owned()
+        };
+        let peer = request.extensions().get::<limits::Peer>().cloned();
+        if let Some(peer) = &peer {
+            peer.requested();
+        }
+        let started = Instant::now();
+        let layer = self.layer.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await;
             if let Ok(response) = &response {
-                let code = response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or(tonic::Code::Ok, tonic::Code::from);
-                metrics.rpc(&method, &format!("{code:?}"), started.elapsed());
+                let status = tonic::Status::from_header_map(response.headers());
+                let code = status.as_ref().map_or(tonic::Code::Ok, |s| s.code());
+                layer
+                    .metrics
+                    .rpc(&method, &format!("{code:?}"), started.elapsed());
+                if let Some(status) = status {
+                    refused(&layer.refusals, peer.as_ref(), &method, &status);
+                }
             }
             response
         })
+    }
+}
+
+/// Logs a call refused for want of a token or a permission, at most once per peer and
+/// [`limits::REFUSAL_LOG_INTERVAL`].
+fn refused(
+    refusals: &limits::RefusalLog,
+    peer: Option<&limits::Peer>,
+    method: &str,
+    status: &tonic::Status,
+) {
+    let what = match status.code() {
+        tonic::Code::Unauthenticated => "refused an unauthenticated call",
+        tonic::Code::PermissionDenied => "refused a call without the permission",
+        _ => return,
+    };
+    let ip = peer.map(|p| p.addr().ip());
+    if let Some(suppressed) = refusals.admit(ip, Instant::now()) {
+        tracing::info!(
+            peer = ?ip,
+            method,
+            reason = status.message(),
+            suppressed,
+            "{what}"
+        );
     }
 }
 

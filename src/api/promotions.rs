@@ -9,7 +9,8 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::environments::{plan_to_proto, timestamp};
-use crate::api::auth::{self, Permission};
+use crate::api::auth::{self, Authenticator, Permission};
+use crate::api::watch::{self, Watcher, Watches};
 use crate::promotion::{self, Actor, PromotionView, compare};
 use crate::proto;
 use crate::service::reload::Supervisor;
@@ -18,12 +19,23 @@ use crate::store::{self, PromotionKind, PromotionState};
 /// The handlers of `stagehand.v1.PromotionService`.
 pub struct PromotionApi {
     supervisor: Arc<Supervisor>,
+    authenticator: Authenticator,
+    watches: Watches,
 }
 
 impl PromotionApi {
-    /// Serves the promotions of whatever pipeline `supervisor` runs now.
-    pub fn new(supervisor: Arc<Supervisor>) -> Self {
-        Self { supervisor }
+    /// Serves the promotions of whatever pipeline `supervisor` runs now; open watches count
+    /// against `watches` and look their caller up again through `authenticator`.
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        authenticator: Authenticator,
+        watches: Watches,
+    ) -> Self {
+        Self {
+            supervisor,
+            authenticator,
+            watches,
+        }
     }
 
     /// The caller, when `environment` exists and they hold `permission` in it.
@@ -298,6 +310,7 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
     ) -> Result<Response<proto::Promotion>, Status> {
         let r = request.get_ref();
         let actor = self.allowed(&request, &r.target_environment, Permission::Request)?;
+        crate::remark::check("reason", &r.reason)?;
         let identity = auth::identity(&request)?;
         let service = self.supervisor.service();
         let view = service
@@ -405,6 +418,7 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
         let (_, actor) = self
             .promotion_for(&request, &r.id, Permission::Approve)
             .await?;
+        crate::remark::check("comment", &r.comment)?;
         let view = self
             .supervisor
             .service()
@@ -423,6 +437,7 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
         let (_, actor) = self
             .promotion_for(&request, &r.id, Permission::Approve)
             .await?;
+        crate::remark::check("reason", &r.reason)?;
         let view = self
             .supervisor
             .service()
@@ -449,6 +464,7 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
                 Permission::Request,
             )?;
         }
+        crate::remark::check("reason", &r.reason)?;
         let view = self
             .supervisor
             .service()
@@ -472,6 +488,7 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
         let (_, actor) = self
             .promotion_for(&request, &r.id, Permission::Override)
             .await?;
+        crate::remark::check("reason", &r.reason)?;
         let view = self
             .supervisor
             .service()
@@ -493,6 +510,7 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
                 "revision: the revision to roll back to is required (see ListRevisions)",
             ));
         }
+        crate::remark::check("reason", &r.reason)?;
         let view = self
             .supervisor
             .service()
@@ -527,13 +545,24 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
         let id = request.get_ref().id.clone();
         let (first, _) = self.promotion_for(&request, &id, Permission::View).await?;
         let identity = auth::identity(&request)?;
-        let access = self.supervisor.service().access().clone();
-        let engine = self.supervisor.service().promotions().clone();
+        let slot = self.watches.open(&identity.name)?;
+        let watcher = Watcher {
+            name: identity.name.clone(),
+            authenticator: self.authenticator.clone(),
+            supervisor: self.supervisor.clone(),
+        };
+        let service = self.supervisor.service();
+        let access = service.access().clone();
+        let engine = service.promotions().clone();
         let mut changes = engine.changes();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        // The promotion now, then once per change, ending after its terminal state is sent.
+        // The promotion now, then once per change, ending after its terminal state is sent, or
+        // when the caller loses `view` on its target (PERMISSION_DENIED).
         tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
+            let _slot = slot;
+            let target = first.promotion.target_environment.clone();
+            let mut recheck = tokio::time::interval(watch::RECHECK);
             let mut view = first;
             loop {
                 let done = view.promotion.state.is_terminal();
@@ -548,12 +577,29 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
                 loop {
                     tokio::select! {
                         changed = changes.recv() => match changed {
-                            Ok(changed) if changed != id => continue,
+                            Ok(changed) if changed != id => {}
                             Ok(_) | Err(RecvError::Lagged(_)) => break,
-                            Err(RecvError::Closed) => return,
+                            Err(RecvError::Closed) => {
+                                // The engine stopped: judged by the reloaded service's rules.
+                                watch::until_replaced(&watcher.supervisor, &service, &mut recheck)
+                                    .await;
+                                if let Err(status) = watcher.may_view(&target) {
+                                    let _ = tx.send(Err(status)).await;
+                                }
+                                return;
+                            }
                         },
+                        _ = recheck.tick() => {}
                         () = tx.closed() => return,
                     }
+                    if let Err(status) = watcher.may_view(&target) {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                }
+                if let Err(status) = watcher.may_view(&target) {
+                    let _ = tx.send(Err(status)).await;
+                    return;
                 }
                 match engine.get(&id).await {
                     Ok(next) => view = next,

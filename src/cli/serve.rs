@@ -40,9 +40,17 @@ pub struct ServeArgs {
     #[arg(long, env = "STAGEHAND_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
     /// Environments synced at once; the others queue in order. Each pass in flight holds its
-    /// rendered objects and up to 16 requests to its cluster.
+    /// rendered objects and up to 16 requests to its cluster. Diffs, previews, comparisons and
+    /// pre-flight checks count against the same limit.
     #[arg(long, env = "STAGEHAND_CONCURRENT_SYNCS", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
     concurrent_syncs: u16,
+    /// Connections one IP address may have open at once, to each listener; further ones are
+    /// closed as they arrive. Raise it behind a proxy that connects from one address.
+    #[arg(long, env = "STAGEHAND_MAX_CONNECTIONS_PER_PEER", default_value_t = api::limits::CONNECTIONS_PER_PEER as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_peer: u32,
+    /// Watch streams (`env watch`, `promote --watch`) one identity may have open at once.
+    #[arg(long, env = "STAGEHAND_MAX_WATCHES_PER_IDENTITY", default_value_t = api::watch::WATCHES_PER_IDENTITY as u32, value_parser = clap::value_parser!(u32).range(1..))]
+    max_watches_per_identity: u32,
     /// On an address other than loopback: allow running without a tokens file (TLS does not
     /// replace tokens), and allow taking tokens over plain HTTP/2 without --tls-cert (only
     /// where something else encrypts the connection, such as a service mesh).
@@ -133,7 +141,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         committer,
         max_attempts: 5,
     };
-    let concurrent_syncs = args.concurrent_syncs;
+    // One set of turns for the process: a reloaded pipeline shares them with the one it replaces.
+    let turns = reconcile::Turns::new(usize::from(args.concurrent_syncs))
+        .counted(metrics.turns_in_use.clone(), metrics.turns_waiting.clone());
     let build: service::reload::Builder = Box::new(move |pipeline: Arc<Pipeline>| {
         let url = git::RemoteUrl::new(pipeline.repository.resolved_url(&file));
         let access = if with_tokens {
@@ -153,7 +163,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             reconcile: reconcile::Options {
                 owner_prefix: format!("{}.", pipeline.name),
                 installation: Some(installation.clone()),
-                concurrent_passes: usize::from(concurrent_syncs),
+                passes: turns.clone(),
                 ..reconcile::Options::default()
             },
             pipeline,
@@ -193,14 +203,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 listener,
                 service.clone(),
                 secret,
+                args.max_connections_per_peer as usize,
                 shutdown,
             )))
         }
     };
-    let grpc = api::serve(listener, service.clone(), authenticator, tls, async move {
-        shutdown_signal().await;
-        stop.send_replace(true);
-    })
+    let limits = api::Limits {
+        connections_per_peer: args.max_connections_per_peer as usize,
+        watches_per_identity: args.max_watches_per_identity as usize,
+    };
+    let grpc = api::serve(
+        listener,
+        service.clone(),
+        authenticator,
+        tls,
+        limits,
+        async move {
+            shutdown_signal().await;
+            stop.send_replace(true);
+        },
+    )
     .await;
     if let Some(http) = http {
         http.await.context("the HTTP task panicked")??;

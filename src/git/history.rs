@@ -7,9 +7,6 @@ use super::Repository;
 use super::revision::{Error, Location};
 use crate::pipeline::Pipeline;
 
-/// How many commits of a branch are walked to place a commit in an environment's history.
-pub const WALK_LIMIT: usize = 1000;
-
 /// Trailer carrying the promotion id; finding it on the remote means the promotion is done.
 pub const PROMOTION: &str = "Stagehand-Promotion";
 /// Trailer naming the source environment and commit of a promotion.
@@ -73,9 +70,15 @@ pub struct Entry {
     pub trailers: Trailers,
 }
 
+/// The most commits one [`Repository::history`] reads: on a long trunk where an environment's
+/// directory rarely changes, a request must not walk the whole history. Revisions older than
+/// that many first-parent commits are not listed.
+pub const WALK_LIMIT: usize = 10_000;
+
 impl Repository {
     /// Up to `limit` revisions of `environment`, newest first, following the first parents of
-    /// its branch: the commits that changed its directory (every commit for a whole branch).
+    /// its branch: the commits that changed its directory (every commit for a whole branch),
+    /// among the last [`WALK_LIMIT`] commits.
     pub fn history(
         &self,
         pipeline: &Pipeline,
@@ -92,10 +95,12 @@ impl Repository {
             }
         };
         let mut entries = Vec::new();
+        let mut walked = 0;
         while let Some(id) = next {
-            if entries.len() >= limit {
+            if entries.len() >= limit || walked >= WALK_LIMIT {
                 break;
             }
+            walked += 1;
             let commit = repo.find_commit(id).map_err(read(format!("commit {id}")))?;
             let parent = commit.parent_ids().next().map(gix::Id::detach);
             let tree = match self.path_tree(&location, id) {

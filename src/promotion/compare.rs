@@ -91,6 +91,8 @@ impl Engine {
                     }),
                 })
         };
+        // Rendering both holds their objects: it takes a turn as a sync pass does.
+        let _turn = self.options.passes.take().await;
         let a = render(from_env).await?;
         let b = render(to_env).await?;
         Ok(compare(a, b))

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{Notify, Semaphore, broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::{
@@ -66,7 +66,6 @@ impl Controller {
         first: FirstPass,
         mut restored: HashMap<String, EnvironmentStatus>,
     ) -> Self {
-        let passes = Arc::new(Semaphore::new(options.concurrent_passes.max(1)));
         let options = Arc::new(options);
         let (shutdown, _) = watch::channel(false);
         let (events, _) = broadcast::channel(1024);
@@ -90,7 +89,6 @@ impl Controller {
                 status: status_tx,
                 shutdown: shutdown.subscribe(),
                 options: options.clone(),
-                passes: passes.clone(),
                 first,
             };
             tasks.push(tokio::spawn(steered.run()));
@@ -181,8 +179,6 @@ struct Steered<S: DesiredState> {
     status: watch::Sender<EnvironmentStatus>,
     shutdown: watch::Receiver<bool>,
     options: Arc<Options>,
-    /// Turns shared by every environment: a pass runs only while it holds one.
-    passes: Arc<Semaphore>,
     first: FirstPass,
 }
 
@@ -195,7 +191,6 @@ impl<S: DesiredState> Steered<S> {
             status,
             mut shutdown,
             options,
-            passes,
             first,
         } = self;
         let mut failures = 0u32;
@@ -231,7 +226,8 @@ impl<S: DesiredState> Steered<S> {
             await_trigger = manual;
             let result = tokio::select! {
                 result = async {
-                    let _turn = passes.acquire().await.expect("the semaphore is never closed");
+                    // Turns shared by every environment: a pass runs only while it holds one.
+                    let _turn = options.passes.take().await;
                     reconciler.reconcile().await
                 } => result,
                 _ = shutdown.changed() => return,

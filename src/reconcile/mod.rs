@@ -23,6 +23,7 @@
 mod controller;
 pub mod source;
 mod status;
+mod turns;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -41,6 +42,7 @@ use crate::pipeline::Environment;
 
 pub use controller::{Controller, FirstPass, UnknownEnvironment};
 pub use status::{Drift, EnvironmentStatus, Event, EventKind, ObjectDiff, ObjectStatus, Reason};
+pub use turns::{Turn, Turns};
 
 /// What Git says an environment should run: a revision and its objects (Secrets decrypted).
 #[derive(Clone)]
@@ -237,7 +239,8 @@ pub struct Options {
     /// Passes run at once over all environments (Flux's `--concurrent`); the others wait their
     /// turn in order. A pass holds its rendered objects and its requests until it ends, so this
     /// bounds the memory and connections of a commit that wakes every environment at once.
-    pub concurrent_passes: usize,
+    /// Diffs, previews, comparisons and pre-flight checks take the same turns.
+    pub passes: Turns,
     /// First retry delay after a failure; doubles per consecutive failure.
     pub backoff_base: Duration,
     /// Longest retry delay; the environment's interval when that is shorter.
@@ -268,7 +271,7 @@ impl Default for Options {
             installation: None,
             inventory_namespace: "stagehand-system".into(),
             concurrency: 16,
-            concurrent_passes: 8,
+            passes: Turns::new(8),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             progress_poll: Duration::from_secs(5),
@@ -531,7 +534,9 @@ impl<S: DesiredState> Reconciler<S> {
     /// What a pass would do now, asked of the apiserver with server-side dry-run; changes
     /// nothing (`stagehand diff`). Secret values appear nowhere in the plan: changes are
     /// field paths, so key names show and values do not.
+    /// Waits for one of [`Options::passes`] first, as a pass does.
     pub async fn plan(&mut self) -> Result<Plan, Error> {
+        let _turn = self.options.passes.take().await;
         let Loaded {
             conn,
             revision,

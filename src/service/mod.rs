@@ -620,8 +620,10 @@ impl Service {
         })
     }
 
-    /// Up to `limit` revisions of `name`, newest first, marking the one it runs now.
+    /// Up to `limit` revisions of `name` (at most [`HISTORY_MAX`]), newest first, marking the
+    /// one it runs now. The walk behind it is bounded too (see [`git::history::WALK_LIMIT`]).
     pub async fn history(&self, name: &str, limit: usize) -> Result<Vec<HistoryEntry>, Error> {
+        let limit = limit.min(HISTORY_MAX);
         self.environment_of(name)?;
         let applied = self
             .controller
@@ -1019,6 +1021,11 @@ async fn record_passes(
 /// How many of the newest sync records [`Service::history`] spreads over the revisions it lists;
 /// quiet passes are folded into one record, so this reaches far back.
 const SYNCS_IN_HISTORY: u32 = 1_000;
+
+/// Revisions [`Service::history`] returns when the caller names no number.
+pub const HISTORY_DEFAULT: usize = 50;
+/// The most revisions [`Service::history`] returns, whatever the caller asks.
+pub const HISTORY_MAX: usize = 1_000;
 
 /// The shortest sync interval of the pipeline: how often the repository is fetched.
 fn fetch_interval(pipeline: &Pipeline) -> Duration {

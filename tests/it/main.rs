@@ -4,6 +4,7 @@
 mod support;
 
 mod auth;
+mod bounds;
 mod child_env;
 mod cli_api;
 mod cli_escape;

@@ -68,7 +68,7 @@ pub(crate) struct Fixture {
     pipeline: PathBuf,
     state: PathBuf,
     secret: PathBuf,
-    tokens: PathBuf,
+    pub(crate) tokens: PathBuf,
     pub(crate) key: PathBuf,
     namespaces: std::collections::HashMap<&'static str, String>,
     _http: GitHttpServer,

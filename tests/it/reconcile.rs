@@ -1408,7 +1408,7 @@ async fn no_more_passes_run_at_once_than_the_limit_and_every_environment_gets_it
         most: Default::default(),
     });
     let options = Options {
-        concurrent_passes: 2,
+        passes: stagehand::reconcile::Turns::new(2),
         ..(*s.options).clone()
     };
     let environments = names.iter().map(|n| s.env(n)).collect();
