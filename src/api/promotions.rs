@@ -91,6 +91,28 @@ impl PromotionApi {
         Ok((view, actor))
     }
 
+    /// [`Self::promotion_for`], with a refused permission written to the audit log as
+    /// `action`: who tried to approve or override without the right is part of the record.
+    async fn refusals_audited<T>(
+        &self,
+        request: &Request<T>,
+        id: &str,
+        permission: Permission,
+        action: store::AuditAction,
+    ) -> Result<(PromotionView, Actor), Status> {
+        let result = self.promotion_for(request, id, permission).await;
+        if let Err(status) = &result
+            && status.code() == tonic::Code::PermissionDenied
+        {
+            let caller = actor(&*auth::identity(request)?);
+            let engine = self.supervisor.service().promotions().clone();
+            if let Err(error) = engine.refused(&caller, id, action, status.message()).await {
+                tracing::warn!(promotion = %id, error = %crate::service::describe(&error), "cannot audit a refused call");
+            }
+        }
+        result
+    }
+
     /// The environments of the pipeline the caller may view, for listings to stay within;
     /// `None` when that is every one.
     fn visible_environments(&self, identity: &auth::Identity) -> Option<Vec<String>> {
@@ -416,7 +438,12 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
     ) -> Result<Response<proto::Promotion>, Status> {
         let r = request.get_ref();
         let (_, actor) = self
-            .promotion_for(&request, &r.id, Permission::Approve)
+            .refusals_audited(
+                &request,
+                &r.id,
+                Permission::Approve,
+                store::AuditAction::ApprovalRefused,
+            )
             .await?;
         crate::remark::check("comment", &r.comment)?;
         let view = self
@@ -486,7 +513,12 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
             ));
         }
         let (_, actor) = self
-            .promotion_for(&request, &r.id, Permission::Override)
+            .refusals_audited(
+                &request,
+                &r.id,
+                Permission::Override,
+                store::AuditAction::OverrideRefused,
+            )
             .await?;
         crate::remark::check("reason", &r.reason)?;
         let view = self

@@ -1081,6 +1081,28 @@ impl Engine {
         self.get(id).await
     }
 
+    /// Records that `actor` asked to act on promotion `id` and was refused, saying `why`.
+    pub async fn refused(
+        &self,
+        actor: &Actor,
+        id: &str,
+        action: AuditAction,
+        why: &str,
+    ) -> Result<(), Error> {
+        let promotion = self.detail(id).await?.promotion;
+        self.store
+            .append_audit(audit(
+                actor,
+                action,
+                &promotion.target_environment,
+                Some(id),
+                Some(&promotion.revision),
+                why,
+            ))
+            .await?;
+        Ok(())
+    }
+
     /// Ends a promotion that has not reached Git: `Rejected` (an approver said no) or
     /// `Aborted` (someone withdrew it).
     pub async fn end(

@@ -1277,12 +1277,15 @@ async fn only_reviewed_content_moves_and_four_eyes_mean_two_people() {
         twin.message().contains("requested this promotion"),
         "{twin:?}"
     );
-    assert!(
-        audit_actions(&mut api, &staging.id)
-            .await
-            .contains(&"approval_refused".to_owned()),
-        "the refused approval is audited"
-    );
+    // So is a viewer's attempt, refused for want of the permission.
+    let viewer = approve(&mut api, VERA, &staging.id).await.unwrap_err();
+    assert_eq!(viewer.code(), Code::PermissionDenied, "{viewer:?}");
+    let refusals = audit_actions(&mut api, &staging.id)
+        .await
+        .into_iter()
+        .filter(|action| action == "approval_refused")
+        .count();
+    assert_eq!(refusals, 2, "both refused approvals are audited");
     assert_eq!(get(&mut api, ALICE, &staging.id).await.approvals.len(), 0);
 
     // Someone pushes a commit carrying the promotion's id before it is approved: it is not
