@@ -28,6 +28,8 @@ const DAVE: &str = "dave-token-approver-a4f0";
 pub(crate) const VERA: &str = "vera-token-viewer-33aa";
 /// alice's second identity: an approver with alice's e-mail.
 const ALICE_CI: &str = "alice-ci-token-approver-9e02";
+/// An approver whose identity has no e-mail.
+const NEMO: &str = "nemo-token-approver-71c3";
 /// The e-mail the test repository's commits are authored with (support::git).
 const AUTHOR_EMAIL: &str = "author@example.test";
 
@@ -140,13 +142,15 @@ identities:
   - {{name: dave, email: dave@example.test, groups: [approvers], tokenSha256: [{}]}}
   - {{name: vera, email: vera@example.test, groups: [viewers], tokenSha256: [{}]}}
   - {{name: alice-ci, email: ALICE@example.test, groups: [approvers], tokenSha256: [{}]}}
+  - {{name: nemo, groups: [approvers], tokenSha256: [{}]}}
 ",
                 hash(ALICE),
                 hash(BOB),
                 hash(CAROL),
                 hash(DAVE),
                 hash(VERA),
-                hash(ALICE_CI)
+                hash(ALICE_CI),
+                hash(NEMO)
             ),
         )
         .expect("tokens file");
@@ -1366,6 +1370,10 @@ async fn only_reviewed_content_moves_and_four_eyes_mean_two_people() {
     let author = approve(&mut api, CAROL, &restore.id).await.unwrap_err();
     assert_eq!(author.code(), Code::PermissionDenied, "{author:?}");
     assert!(author.message().contains("author"), "{author:?}");
+    // Without an e-mail nobody can tell whether nemo wrote it.
+    let unknown = approve(&mut api, NEMO, &restore.id).await.unwrap_err();
+    assert_eq!(unknown.code(), Code::PermissionDenied, "{unknown:?}");
+    assert!(unknown.message().contains("no e-mail"), "{unknown:?}");
     approve(&mut api, BOB, &restore.id)
         .await
         .expect("bob did not write it");
