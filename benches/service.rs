@@ -165,6 +165,9 @@ impl Server {
             .arg("--webhook-secret-file")
             .arg(secret)
             .args(["--log-level", "warn"])
+            // The 100 concurrent clients of `rps` and `promotions` all connect from loopback, where
+            // clients in production come from many addresses.
+            .args(["--max-connections-per-peer", "1000"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
