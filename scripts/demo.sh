@@ -217,8 +217,10 @@ as "$morgan" override "$id" --reason "rollback" -o table >/dev/null
 "$STAGEHAND_KUBECTL" get deployment web -n shop-prod \
   -o jsonpath='  prod runs {.spec.template.spec.containers[0].image} again{"\n"}'
 
-echo "== who did what: stagehand audit prod"
-"$stagehand" audit prod -o table
+echo "== who did what: stagehand audit prod (riley's refused override is in it)"
+audit=$("$stagehand" audit prod -o table)
+echo "$audit"
+grep -q "riley .*override_refused" <<<"$audit" || { echo "riley's refused override is not audited" >&2; exit 1; }
 echo "== each environment's revision and health"
 "$stagehand" status -o table
 git -C "$work/gitops" log --oneline -4
