@@ -1680,3 +1680,71 @@ async fn soak_follows_the_sources_own_files_not_the_branch_tip() {
         );
     }
 }
+
+/// An override lets a promotion through the freeze it was given for, not through the next
+/// window: a promotion that could not go on before the first window ended (its target was
+/// suspended) is held again by the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_does_not_carry_over_to_the_next_freeze_window() {
+    use proto::PromotionState as S;
+    let now = jiff::Timestamp::now();
+    let at = |seconds: i64| now + jiff::SignedDuration::from_secs(seconds);
+    let windows = format!(
+        "      freezeWindows:\n        - {{from: \"{}\", until: \"{}\", reason: first}}\n        - {{from: \"{}\", until: \"{}\", reason: second}}\n",
+        at(-60),
+        at(45),
+        at(55),
+        at(3600)
+    );
+    let kube = cluster().client().await;
+    let fx = Small::new(&kube, &[("windowed", &windows)], Duration::ZERO).await;
+    let server = fx.start();
+    let mut api = connect(&server).await;
+    let mut envs = EnvironmentServiceClient::connect(server.grpc.clone())
+        .await
+        .expect("gRPC reachable");
+    until_healthy(&server.grpc, "", "dev").await;
+    envs.suspend_environment(proto::SuspendEnvironmentRequest {
+        name: "windowed".into(),
+        reason: "maintenance".into(),
+    })
+    .await
+    .expect("suspended");
+
+    let promotion = request_anonymous(&mut api, "windowed").await;
+    until_state(&api, "", &promotion.id, S::Approved).await;
+    api.override_freeze(proto::OverrideFreezeRequest {
+        id: promotion.id.clone(),
+        reason: "hotfix".into(),
+    })
+    .await
+    .expect("overridden during the first window");
+    let kinds = |p: &proto::Promotion| -> Vec<String> {
+        p.blockers.iter().map(|b| b.kind.clone()).collect()
+    };
+    let held = get(&mut api, "", &promotion.id).await;
+    assert_eq!(kinds(&held), ["suspended"], "{held:?}");
+
+    let second = std::time::SystemTime::from(at(55));
+    while std::time::SystemTime::now() < second + Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    envs.resume_environment(proto::ResumeEnvironmentRequest {
+        name: "windowed".into(),
+    })
+    .await
+    .expect("resumed");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let again = get(&mut api, "", &promotion.id).await;
+    assert_eq!(state_of(&again), S::Approved, "{again:?}");
+    let freeze = again
+        .blockers
+        .iter()
+        .find(|b| b.kind == "freeze")
+        .unwrap_or_else(|| panic!("held by the second window: {again:?}"));
+    assert!(freeze.message.contains("second"), "{freeze:?}");
+    assert!(
+        fx.commits_of(&promotion.id).is_empty(),
+        "nothing reached Git"
+    );
+}
