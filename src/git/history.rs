@@ -214,6 +214,30 @@ impl Repository {
         Ok(emails)
     }
 
+    /// Whether `commit` created `environment`'s directory: it has no parent, or its first
+    /// parent does not hold the directory.
+    pub fn creates(
+        &self,
+        pipeline: &Pipeline,
+        environment: &str,
+        commit: ObjectId,
+    ) -> Result<bool, Error> {
+        let location = Location::of(pipeline, environment)?;
+        let repo = self.repo();
+        let found = repo.find_commit(commit).map_err(|source| Error::Read {
+            what: format!("commit {commit}"),
+            source: Box::new(source),
+        })?;
+        let Some(parent) = found.parent_ids().next().map(gix::Id::detach) else {
+            return Ok(true);
+        };
+        match self.path_tree(&location, parent) {
+            Ok(_) => Ok(false),
+            Err(Error::MissingPath { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The e-mails of who wrote `commit`: its author, its committer and its `Co-authored-by`
     /// trailers.
     pub fn people(&self, commit: ObjectId) -> Result<Vec<String>, Error> {

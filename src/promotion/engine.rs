@@ -715,7 +715,12 @@ impl Engine {
         let from = entry.commit;
         let walked = tokio::task::spawn_blocking(move || {
             let history = repository.history(&pipeline, &name, HISTORY_LIMIT)?;
-            let complete = history.len() < HISTORY_LIMIT;
+            // The walk has a bound: the history is whole only if its oldest revision is the one
+            // that created the environment's directory.
+            let complete = match history.last() {
+                Some(oldest) => repository.creates(&pipeline, &name, oldest.commit)?,
+                None => true,
+            };
             let mut revisions = Vec::new();
             for entry in history.into_iter().skip_while(|e| e.commit != from) {
                 let people = repository.people(entry.commit)?;

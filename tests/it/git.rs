@@ -1634,4 +1634,9 @@ fn a_revision_belongs_to_an_environment_only_on_the_first_parent_line_of_its_bra
         Some(initial.as_str())
     );
     assert_eq!(revision("dev", &feature), None, "another branch");
+    assert!(
+        repo.creates(&pipeline, "dev", oid(&initial))
+            .expect("reads")
+    );
+    assert!(!repo.creates(&pipeline, "dev", oid(&dev)).expect("reads"));
 }
