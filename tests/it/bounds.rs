@@ -940,6 +940,25 @@ async fn reasons_and_comments_that_could_forge_a_line_are_refused_and_the_promot
         .expect("a plain reason")
         .into_inner();
     let id = promotion.id.clone();
+    // The promotion settles in AwaitingApproval after its pre-flight; compare with it there.
+    let promotion = loop {
+        let now = api
+            .get_promotion(with_token(
+                ALICE,
+                proto::GetPromotionRequest { id: id.clone() },
+            ))
+            .await
+            .expect("GetPromotion answers")
+            .into_inner();
+        if now.state == proto::PromotionState::AwaitingApproval as i32 {
+            break now;
+        }
+        assert!(
+            now.state == proto::PromotionState::Pending as i32,
+            "the promotion ended: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let long = "x".repeat(stagehand::remark::MAX_LEN + 1);
     let attempts: Vec<(&str, tonic::Status)> = vec![
         (
