@@ -157,21 +157,33 @@ pub enum AuthorsError {
     TooLong(#[from] RangeTooLong),
 }
 
+/// One commit of a range and who wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authored {
+    /// The commit.
+    pub commit: ObjectId,
+    /// Its `Stagehand-Promotion` trailer, which anyone can write.
+    pub promotion: Option<String>,
+    /// The e-mails of its author, committer and co-authors, lowercased.
+    pub people: Vec<String>,
+}
+
 /// Trailer crediting a co-author (`Name <e-mail>`), as GitHub and GitLab write it.
 pub const CO_AUTHORED_BY: &str = "Co-authored-by";
 
 impl Repository {
-    /// The e-mails of everyone who wrote a commit reachable from `to` but not from `since`
-    /// (every ancestor when `since` is `None`) that changed `path` (every commit when `None`):
-    /// authors, committers and `Co-authored-by` trailers, in first-seen order. A range of more
-    /// than `limit` commits is an error rather than a partial answer.
-    pub fn authors(
+    /// Who wrote each commit reachable from `to` but not from `since` (every ancestor when
+    /// `since` is `None`) that changed `path` (every commit when `None`): authors, committers
+    /// and `Co-authored-by` trailers, with the commit's promotion trailer so that the caller can
+    /// tell a promotion it landed (whose content others wrote) from a commit by hand. A range of
+    /// more than `limit` commits is an error rather than a partial answer.
+    pub fn authored(
         &self,
         to: ObjectId,
         since: Option<ObjectId>,
         path: Option<&Location>,
         limit: usize,
-    ) -> Result<Vec<String>, AuthorsError> {
+    ) -> Result<Vec<Authored>, AuthorsError> {
         let repo = self.repo();
         let read = |what: String| {
             move |source| Error::Read {
@@ -184,13 +196,7 @@ impl Repository {
             .with_hidden(since)
             .all()
             .map_err(read(format!("the history of {to}")))?;
-        let mut emails: Vec<String> = Vec::new();
-        let mut add = |email: &str| {
-            let email = email.trim().to_lowercase();
-            if !email.is_empty() && !emails.contains(&email) {
-                emails.push(email);
-            }
-        };
+        let mut authored = Vec::new();
         for (walked, info) in walk.enumerate() {
             if walked >= limit {
                 return Err(RangeTooLong { to, since, limit }.into());
@@ -207,11 +213,13 @@ impl Repository {
                     continue;
                 }
             }
-            for email in people_of(&commit, info.id)? {
-                add(&email);
-            }
+            authored.push(Authored {
+                commit: info.id,
+                promotion: Trailers::of(commit.message_raw_sloppy()).promotion,
+                people: people_of(&commit, info.id)?,
+            });
         }
-        Ok(emails)
+        Ok(authored)
     }
 
     /// Whether `commit` created `environment`'s directory: it has no parent, or its first

@@ -627,7 +627,9 @@ impl Engine {
     /// Who wrote what promoting `revision` of `source` into `target` brings: the commits
     /// since the source revision of the target's last promotion that Stagehand itself landed
     /// (the store, not trailers anyone can push), that changed what moves: the source's
-    /// directory in the overlay model, the whole tree in the branch model.
+    /// directory in the overlay model, the whole tree in the branch model. A commit that is a
+    /// promotion Stagehand landed into the source stands for the authors it recorded, who wrote
+    /// its content further up the pipeline.
     async fn authors(
         &self,
         source: &str,
@@ -647,11 +649,30 @@ impl Engine {
         };
         let repository = self.repository.clone();
         let found = tokio::task::spawn_blocking(move || {
-            repository.authors(to, since, path.as_ref(), AUTHORS_LIMIT)
+            repository.authored(to, since, path.as_ref(), AUTHORS_LIMIT)
         })
         .await
         .expect("reading authors returns errors rather than panicking");
-        self.authors_or_refuse(target, found)
+        let authored = match found {
+            Ok(authored) => authored,
+            Err(error) => return self.authors_or_refuse(target, Err(error)),
+        };
+        let mut authors: Vec<String> = Vec::new();
+        for commit in &authored {
+            let people = match self
+                .landed(source, commit.commit, commit.promotion.as_deref())
+                .await?
+            {
+                Some(landed) => Detail::of(&landed).authors,
+                None => commit.people.clone(),
+            };
+            for email in people {
+                if !authors.contains(&email) {
+                    authors.push(email);
+                }
+            }
+        }
+        Ok(authors)
     }
 
     /// The authors found, or why the promotion is refused when the author rule needs them.
@@ -739,7 +760,10 @@ impl Engine {
             }
         };
         for (entry, people) in &revisions {
-            if let Some(landed) = self.landed(&env.name, entry).await? {
+            if let Some(landed) = self
+                .landed(&env.name, entry.commit, entry.trailers.promotion.as_deref())
+                .await?
+            {
                 Detail::of(&landed).authors.iter().for_each(&mut add);
                 return Ok(authors);
             }
@@ -759,16 +783,18 @@ impl Engine {
         )
     }
 
-    /// The promotion the store holds as having landed as `entry`'s commit into `environment`.
+    /// The promotion `id` (a commit's trailer) if the store holds it as having landed as
+    /// `commit` into `environment`.
     async fn landed(
         &self,
         environment: &str,
-        entry: &git::history::Entry,
+        commit: ObjectId,
+        id: Option<&str>,
     ) -> Result<Option<PromotionRecord>, Error> {
-        let Some(id) = &entry.trailers.promotion else {
+        let Some(id) = id else {
             return Ok(None);
         };
-        let commit = entry.commit.to_string();
+        let commit = commit.to_string();
         Ok(self.store.promotion(id).await?.and_then(|detail| {
             (detail.promotion.target_environment == environment
                 && detail.promotion.commit.as_deref() == Some(commit.as_str()))

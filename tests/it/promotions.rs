@@ -1253,9 +1253,18 @@ async fn only_reviewed_content_moves_and_four_eyes_mean_two_people() {
     abort(&mut api, &prod.id).await;
 
     // alice asks; her second identity (same e-mail, in the approvers group) may not approve.
+    // bob writes dev's change (staging lets authors approve; prod does not).
     fx.work
         .write(&[("environments/dev/app.yaml", &app("dev-2"))]);
-    fx.work.commit("dev 2");
+    fx.work.git(&["add", "-A"]);
+    fx.work.git(&[
+        "commit",
+        "-q",
+        "--author",
+        "Bob <bob@example.test>",
+        "-m",
+        "dev 2",
+    ]);
     push_main(&fx.work);
     let dev_now = fx.remote_main();
     sync_now(&mut envs, "dev").await;
@@ -1377,6 +1386,25 @@ async fn only_reviewed_content_moves_and_four_eyes_mean_two_people() {
     approve(&mut api, BOB, &restore.id)
         .await
         .expect("bob did not write it");
+
+    // bob's dev change reached staging in a promotion commit that Stagehand wrote; promoting it
+    // on into prod still counts bob among its authors.
+    let onward = request(&mut api, ALICE, "prod", "")
+        .await
+        .expect("requested");
+    until_state(
+        &api,
+        ALICE,
+        &onward.id,
+        proto::PromotionState::AwaitingApproval,
+    )
+    .await;
+    let own = approve(&mut api, BOB, &onward.id).await.unwrap_err();
+    assert_eq!(own.code(), Code::PermissionDenied, "{own:?}");
+    assert!(own.message().contains("bob@example.test"), "{own:?}");
+    approve(&mut api, DAVE, &onward.id)
+        .await
+        .expect("dave wrote none of it");
 }
 
 async fn abort(api: &mut Promotions, id: &str) {
@@ -1393,8 +1421,19 @@ async fn abort(api: &mut Promotions, id: &str) {
 
 /// Pushes main after taking what the service committed meanwhile (qa promotes by itself).
 fn push_main(work: &Repo) {
-    work.git(&["pull", "-q", "--rebase", "origin", "main"]);
-    work.git(&["push", "-q", "origin", "main"]);
+    for _ in 0..10 {
+        work.git(&["pull", "-q", "--rebase", "origin", "main"]);
+        let pushed = Command::new("git")
+            .args(["push", "-q", "origin", "main"])
+            .current_dir(&work.dir)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .status()
+            .expect("git runs");
+        if pushed.success() {
+            return;
+        }
+    }
+    panic!("main kept moving under ten pushes");
 }
 
 /// Fetches and syncs `name` now, as a person would after pushing.
