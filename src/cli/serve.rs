@@ -76,8 +76,74 @@ pub struct ServeArgs {
     /// PEM certificate of a CA: clients must then present a certificate it signed (mTLS).
     #[arg(long, env = "STAGEHAND_CLIENT_CA", requires = "tls_cert")]
     client_ca: Option<PathBuf>,
+    /// A Secret holding the age identities, as NAMESPACE/NAME (or NAME in --namespace), read
+    /// through the API with the service's own cluster access (in a pod its service account,
+    /// else KUBECONFIG) and read again every 5 s. Its entries ending in `.agekey` hold
+    /// identities: `<environment>.agekey` that environment's own, the others global (see the
+    /// README). Replaces the identities sops would find (SOPS_AGE_KEY_FILE...).
+    #[arg(
+        long,
+        env = "STAGEHAND_AGE_KEYS_SECRET",
+        conflicts_with = "age_keys_dir"
+    )]
+    age_keys_secret: Option<String>,
+    /// A directory holding the age identities as files, such as a Secret mounted by the
+    /// kubelet: read again every 2 s and when its `..data` link is swapped; dotfiles are
+    /// ignored. Entries as for --age-keys-secret.
+    #[arg(long, env = "STAGEHAND_AGE_KEYS_DIR")]
+    age_keys_dir: Option<PathBuf>,
+    /// Namespace of the service's own Secrets (kubeconfigSecret clusters, a --age-keys-secret
+    /// without one); by default the pod's namespace, or the kubeconfig context's.
+    #[arg(long, env = "STAGEHAND_NAMESPACE")]
+    namespace: Option<String>,
     #[command(flatten)]
     credentials: GitCredentialArgs,
+}
+
+/// How often a key Secret is read through the API.
+const KEY_SECRET_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often a key directory is looked at (a few `stat`s unless it changed).
+const KEY_DIR_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The age identities the service decrypts with: from --age-keys-secret or --age-keys-dir,
+/// reloaded in the background, else those sops would find, fixed.
+async fn keyring(
+    args: &ServeArgs,
+    home: &stagehand::cluster::secret::Home,
+) -> anyhow::Result<Arc<secrets::Keyring>> {
+    if let Some(dir) = &args.age_keys_dir {
+        let source = secrets::KeyDirectory::new(dir);
+        let ring = Arc::new(
+            secrets::Keyring::load(&source)
+                .await
+                .context("--age-keys-dir")?,
+        );
+        tracing::info!(source = ring.origin(), entries = ?ring.entry_names(), "loaded the age identities");
+        ring.watch(source, KEY_DIR_EVERY);
+        return Ok(ring);
+    }
+    let Some(secret) = &args.age_keys_secret else {
+        return Ok(Arc::new(secrets::Keyring::fixed(
+            secrets::Identities::from_sops_environment()?,
+        )));
+    };
+    let (client, namespace) = home.get().await.context("--age-keys-secret")?;
+    let (namespace, name) = match secret.split_once('/') {
+        Some((namespace, name)) => (namespace.to_owned(), name.to_owned()),
+        None => (namespace.clone(), secret.clone()),
+    };
+    if namespace.is_empty() || name.is_empty() {
+        anyhow::bail!("--age-keys-secret {secret:?}: expected NAMESPACE/NAME");
+    }
+    let source = stagehand::cluster::secret::SecretKeys::new(client.clone(), namespace, name);
+    let ring = Arc::new(
+        secrets::Keyring::load(&source)
+            .await
+            .context("--age-keys-secret")?,
+    );
+    tracing::info!(source = ring.origin(), entries = ?ring.entry_names(), "loaded the age identities");
+    ring.watch(source, KEY_SECRET_EVERY);
+    Ok(ring)
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -98,7 +164,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             )
         }
     };
-    let identities = Arc::new(secrets::Identities::from_sops_environment()?);
+    let home = Arc::new(stagehand::cluster::secret::Home::new(
+        args.namespace.clone(),
+    ));
+    let keys = keyring(&args, &home).await?;
+    let connections = stagehand::cluster::Connections::with_home(home);
     let metrics: Arc<stagehand::metrics::Metrics> = Arc::default();
     let credentials = args.credentials.load()?;
     let (file, state_dir) = (args.pipeline.clone(), args.state_dir.clone());
@@ -164,10 +234,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 owner_prefix: format!("{}.", pipeline.name),
                 installation: Some(installation.clone()),
                 passes: turns.clone(),
+                connections: connections.clone(),
                 ..reconcile::Options::default()
             },
             pipeline,
-            identities: identities.clone(),
+            keys: keys.clone(),
             metrics: metrics.clone(),
             store: store.clone(),
             git: git_options.clone(),

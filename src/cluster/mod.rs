@@ -20,6 +20,8 @@
 //!   without our [`INVENTORY_LABEL`], objects annotated [`PRUNE_ANNOTATION`]`: disabled`, and
 //!   (unless [`prune::Policy`] allows them) Namespaces, CRDs and adopted objects; a pass that
 //!   would delete more than the policy's share deletes nothing. Deletes carry the UID read.
+//! - [`secret`]: Secrets the service reads through the API (age identities, and the
+//!   kubeconfigs of clusters given as `kubeconfigSecret`), in memory only.
 //! - [`installation`]: the per-installation ID that is part of every owner.
 //! - [`health::assess`]: kstatus-style health of a live object.
 //! - [`normalize::normalize`]: defaults older apiservers need under server-side apply.
@@ -37,6 +39,7 @@ pub mod normalize;
 mod object;
 pub mod prune;
 pub mod redact;
+pub mod secret;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -192,6 +195,19 @@ pub enum ConnectError {
         #[source]
         source: kube::config::InClusterError,
     },
+    #[error("the service's own cluster (in-cluster, or KUBECONFIG), where it reads its Secrets")]
+    Home {
+        #[source]
+        source: kube::config::InferConfigError,
+    },
+    #[error("kubeconfig Secret {secret}: {problem}")]
+    KubeconfigSecret { secret: String, problem: String },
+    #[error("kubeconfig Secret {secret}")]
+    ReadSecret {
+        secret: String,
+        #[source]
+        source: Error,
+    },
     #[error("cluster {server}: cannot build a client")]
     Client {
         server: String,
@@ -215,6 +231,8 @@ type GroupVersionKinds = Arc<Vec<(ApiResource, ApiCapabilities)>>;
 pub struct Connection {
     client: kube::Client,
     server: String,
+    /// The `resourceVersion` of the kubeconfig Secret it was made from.
+    secret_version: Option<String>,
     kinds: tokio::sync::RwLock<HashMap<String, GroupVersionKinds>>,
 }
 
@@ -230,7 +248,11 @@ impl std::fmt::Debug for Connection {
 /// and TLS configuration) and one cache of discovered kinds per cluster, however many
 /// environments deploy there. Clones share the connections.
 #[derive(Clone, Default)]
-pub struct Connections(Arc<tokio::sync::Mutex<HashMap<pipeline::Cluster, Arc<Connection>>>>);
+pub struct Connections {
+    open: Arc<tokio::sync::Mutex<HashMap<pipeline::Cluster, Arc<Connection>>>>,
+    /// Where kubeconfig Secrets are read; without it a `kubeconfigSecret` cluster fails.
+    home: Option<Arc<secret::Home>>,
+}
 
 impl std::fmt::Debug for Connections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -239,9 +261,24 @@ impl std::fmt::Debug for Connections {
 }
 
 impl Connections {
-    /// The connection to `cluster`, made on first use (see [`Connection::connect`]).
+    /// Connections that read kubeconfig Secrets from `home`.
+    pub fn with_home(home: Arc<secret::Home>) -> Self {
+        Self {
+            open: Arc::default(),
+            home: Some(home),
+        }
+    }
+
+    /// The connection to `cluster`, made on first use (see [`Connection::connect`]). A
+    /// cluster given by a kubeconfig Secret reads the Secret on every call and connects again
+    /// when it changed, so the next pass after a change uses the new kubeconfig.
     pub async fn get(&self, cluster: &pipeline::Cluster) -> Result<Arc<Connection>, ConnectError> {
-        let mut connections = self.0.lock().await;
+        if let pipeline::Cluster::KubeconfigSecret { name, key, context } = cluster {
+            return self
+                .from_secret(cluster, name, key, context.as_deref())
+                .await;
+        }
+        let mut connections = self.open.lock().await;
         if let Some(connection) = connections.get(cluster) {
             return Ok(connection.clone());
         }
@@ -253,13 +290,88 @@ impl Connections {
     /// Drops `connection` so that the next [`get`](Self::get) reads the configuration again
     /// (it may have been fixed or rotated); a newer connection made meanwhile stays.
     pub async fn forget(&self, cluster: &pipeline::Cluster, connection: &Arc<Connection>) {
-        let mut connections = self.0.lock().await;
+        let mut connections = self.open.lock().await;
         if connections
             .get(cluster)
             .is_some_and(|c| Arc::ptr_eq(c, connection))
         {
             connections.remove(cluster);
         }
+    }
+}
+
+impl Connections {
+    async fn from_secret(
+        &self,
+        cluster: &pipeline::Cluster,
+        name: &str,
+        key: &str,
+        context: Option<&str>,
+    ) -> Result<Arc<Connection>, ConnectError> {
+        let home = self
+            .home
+            .as_ref()
+            .ok_or_else(|| ConnectError::KubeconfigSecret {
+                secret: name.to_owned(),
+                problem: "this command reads no Secrets; only `stagehand serve` does".into(),
+            })?;
+        let (client, namespace) = home.get().await?;
+        let secret = format!("{namespace}/{name}");
+        let data = secret::read(client, namespace, name)
+            .await
+            .map_err(|source| ConnectError::ReadSecret {
+                secret: secret.clone(),
+                source,
+            })?
+            .ok_or_else(|| ConnectError::KubeconfigSecret {
+                secret: secret.clone(),
+                problem: "not found".into(),
+            })?;
+        if let Some(open) = self.open.lock().await.get(cluster)
+            && open.secret_version.as_deref() == Some(data.version.as_str())
+        {
+            return Ok(open.clone());
+        }
+        let problem = |problem: String| ConnectError::KubeconfigSecret {
+            secret: secret.clone(),
+            problem,
+        };
+        let bytes = data.entries.get(key).ok_or_else(|| {
+            let keys: Vec<&str> = data.entries.keys().map(String::as_str).collect();
+            problem(format!("has no key {key:?} (its keys: {keys:?})"))
+        })?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| problem(format!("key {key:?}: not UTF-8 text")))?;
+        let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| match e {
+            // The parser's message may quote the text, tokens included.
+            kube::config::KubeconfigError::Parse(_) => {
+                problem(format!("key {key:?}: not kubeconfig YAML"))
+            }
+            other => problem(format!("key {key:?}: {other}")),
+        })?;
+        let options = KubeConfigOptions {
+            context: context.map(str::to_owned),
+            ..KubeConfigOptions::default()
+        };
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|e| {
+                problem(format!(
+                    "key {key:?}, context {}: {}",
+                    context.unwrap_or("(current)"),
+                    crate::error_chain::ErrorChain(&e)
+                ))
+            })?;
+        let (client, server) = client_of(config)?;
+        let mut connection = Connection::with_server(client, server);
+        connection.secret_version = Some(data.version);
+        let connection = Arc::new(connection);
+        tracing::info!(secret = %secret, key, server = %connection.server, "connecting with the kubeconfig Secret");
+        self.open
+            .lock()
+            .await
+            .insert(cluster.clone(), connection.clone());
+        Ok(connection)
     }
 }
 
@@ -274,11 +386,28 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// few dozen requests at once no slower than thousands.
 const MAX_REQUESTS_IN_FLIGHT: usize = 32;
 
+/// A client for `config` (with the connect timeout and the cap on requests in flight), and
+/// its server's URL.
+fn client_of(mut config: kube::Config) -> Result<(kube::Client, String), ConnectError> {
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    let server = config.cluster_url.to_string();
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(|source| ConnectError::Client {
+            server: server.clone(),
+            source,
+        })?
+        .with_layer(&tower::limit::ConcurrencyLimitLayer::new(
+            MAX_REQUESTS_IN_FLIGHT,
+        ))
+        .build();
+    Ok((client, server))
+}
+
 impl Connection {
     /// Connects as `cluster` says. Only the configuration is read here; the first request
     /// finds out whether the apiserver answers.
     pub async fn connect(cluster: &pipeline::Cluster) -> Result<Self, ConnectError> {
-        let mut config = match cluster {
+        let config = match cluster {
             pipeline::Cluster::InCluster => {
                 kube::Config::incluster().map_err(|source| ConnectError::InCluster { source })?
             }
@@ -300,6 +429,12 @@ impl Connection {
                         source,
                     })?
             }
+            pipeline::Cluster::KubeconfigSecret { name, .. } => {
+                return Err(ConnectError::KubeconfigSecret {
+                    secret: name.clone(),
+                    problem: "read through the service's connections (Connections::get)".into(),
+                });
+            }
             pipeline::Cluster::Default { context } => {
                 let options = KubeConfigOptions {
                     context: context.clone(),
@@ -314,17 +449,7 @@ impl Connection {
                     })?
             }
         };
-        config.connect_timeout = Some(CONNECT_TIMEOUT);
-        let server = config.cluster_url.to_string();
-        let client = kube::client::ClientBuilder::try_from(config)
-            .map_err(|source| ConnectError::Client {
-                server: server.clone(),
-                source,
-            })?
-            .with_layer(&tower::limit::ConcurrencyLimitLayer::new(
-                MAX_REQUESTS_IN_FLIGHT,
-            ))
-            .build();
+        let (client, server) = client_of(config)?;
         Ok(Self::with_server(client, server))
     }
 
@@ -337,6 +462,7 @@ impl Connection {
         Self {
             client,
             server,
+            secret_version: None,
             kinds: tokio::sync::RwLock::new(HashMap::new()),
         }
     }

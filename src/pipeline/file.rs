@@ -166,9 +166,19 @@ pub struct Cluster {
     #[serde(default)]
     pub kubeconfig: Option<String>,
     #[serde(default)]
+    pub kubeconfig_secret: Option<KubeconfigSecret>,
+    #[serde(default)]
     pub context: Option<String>,
     #[serde(default)]
     pub in_cluster: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KubeconfigSecret {
+    pub name: String,
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -277,6 +277,17 @@ pub enum Cluster {
         /// A context other than the file's current one.
         context: Option<String>,
     },
+    /// A kubeconfig in an entry of a Secret in the service's own namespace, read through the
+    /// API (never written to disk) and read again each pass (`kubeconfigSecret`), as Flux's
+    /// `kubeConfig.secretRef` and Argo CD's cluster Secrets hold them.
+    KubeconfigSecret {
+        /// The Secret's name.
+        name: String,
+        /// The entry holding the kubeconfig (`value` unless the file says otherwise).
+        key: String,
+        /// A context other than the kubeconfig's current one.
+        context: Option<String>,
+    },
     /// The default kubeconfig (`KUBECONFIG` or `~/.kube/config`) with an optional context.
     Default {
         /// A context other than the current one.

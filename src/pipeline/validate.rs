@@ -258,6 +258,31 @@ fn may_change(names: Vec<String>) -> Result<BTreeSet<Setting>, ErrorKind> {
     Ok(settings)
 }
 
+/// A Kubernetes object name that is a DNS subdomain, as Secret names are.
+fn valid_secret_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A key of a Secret's `data`, as the apiserver accepts it.
+fn valid_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key != "."
+        && key != ".."
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// Gives every environment without a key file of its own the `<env>.agekey` of the keys
 /// directory; once any environment has keys of its own, the others get none rather than the
 /// process's, so no environment decrypts with another's keys.
@@ -339,6 +364,7 @@ fn validate_environment(
         Some(file::Cluster {
             in_cluster: true,
             kubeconfig: None,
+            kubeconfig_secret: None,
             context: None,
         }) => Cluster::InCluster,
         Some(file::Cluster {
@@ -346,8 +372,46 @@ fn validate_environment(
         }) => {
             return Err(field(
                 format!("{at}.cluster.inCluster"),
-                "cannot be combined with kubeconfig or context",
+                "cannot be combined with kubeconfig, kubeconfigSecret or context",
             ));
+        }
+        Some(file::Cluster {
+            kubeconfig: Some(_),
+            kubeconfig_secret: Some(_),
+            ..
+        }) => {
+            return Err(field(
+                format!("{at}.cluster.kubeconfigSecret"),
+                "give either kubeconfig (a file) or kubeconfigSecret, not both",
+            ));
+        }
+        Some(file::Cluster {
+            kubeconfig_secret: Some(secret),
+            context,
+            ..
+        }) => {
+            let name_at = format!("{at}.cluster.kubeconfigSecret.name");
+            if !valid_secret_name(&secret.name) {
+                return Err(field(
+                    name_at,
+                    format!(
+                        "{:?} is not a Secret name (lower-case DNS subdomain)",
+                        secret.name
+                    ),
+                ));
+            }
+            let key = secret.key.unwrap_or_else(|| "value".to_owned());
+            if !valid_secret_key(&key) {
+                return Err(field(
+                    format!("{at}.cluster.kubeconfigSecret.key"),
+                    format!("{key:?} is not a Secret key (letters, digits, '-', '_', '.')"),
+                ));
+            }
+            Cluster::KubeconfigSecret {
+                name: secret.name,
+                key,
+                context,
+            }
         }
         Some(file::Cluster {
             kubeconfig: Some(path),

@@ -473,7 +473,13 @@ impl<S: DesiredState> Reconciler<S> {
         if !inventory::valid_owner(&owner) {
             return Err(Error::Owner { env, owner });
         }
-        if self.connection.is_none() {
+        // A kubeconfig Secret is read again every pass: the next pass after a change uses it.
+        if self.connection.is_none()
+            || matches!(
+                self.env.cluster,
+                crate::pipeline::Cluster::KubeconfigSecret { .. }
+            )
+        {
             let conn = self
                 .options
                 .connections

@@ -13,7 +13,7 @@ use crate::git;
 use crate::pipeline::{Decryption, Environment, Pipeline};
 use crate::render::fs::{DirEntry, EntryKind, FileSystem};
 use crate::render::{self, sops::SopsDecrypt};
-use crate::secrets::{self, Identities};
+use crate::secrets::{self, Identities, Keyring};
 
 /// Whether a [`GitSource`] fetches the repository before reading an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +28,7 @@ pub enum Fetch {
 pub struct GitSource {
     pipeline: Arc<Pipeline>,
     repository: git::Repository,
-    identities: Arc<Identities>,
+    keys: Arc<Keyring>,
     fetch: Fetch,
     renders: Arc<Renders>,
 }
@@ -48,17 +48,18 @@ struct Rendered {
 }
 
 impl GitSource {
-    /// Environments of `pipeline`, read from `repository` and decrypted with `identities`.
+    /// Environments of `pipeline`, read from `repository` and decrypted with the identities
+    /// of `keys` as each environment's `decryption:` allows.
     pub fn new(
         pipeline: Arc<Pipeline>,
         repository: git::Repository,
-        identities: Arc<Identities>,
+        keys: Arc<Keyring>,
         fetch: Fetch,
     ) -> Self {
         Self {
             pipeline,
             repository,
-            identities,
+            keys,
             fetch,
             renders: Arc::default(),
         }
@@ -133,7 +134,12 @@ impl GitSource {
         let pipeline = self.pipeline.clone();
         let repository = self.repository.clone();
         let decryption = env.decryption.clone();
-        let shared = self.identities.clone();
+        // The key ring as it is now: identities added or removed since the last pass count.
+        let selected = self.keys.select(
+            &env.name,
+            self.pipeline.environments.iter().map(|e| e.name.as_str()),
+        );
+        let key_problem = self.keys.problem();
         let fetch = self.fetch;
         let name = env.name.clone();
         let renders = self.renders.clone();
@@ -173,7 +179,8 @@ impl GitSource {
             let commit_id = commit;
             let commit = commit.to_string();
             // Read on every pass, so a rotated key file takes effect without a restart.
-            let identities = identities_of(&decryption, shared)
+            let own = selected.own.is_some();
+            let identities = identities_of(&decryption, selected)
                 .map_err(|e| failed(SourceStage::Decrypt, Some(commit.clone()), e))?;
             let decrypt = SopsDecrypt::new(&identities);
             let options = render::Options {
@@ -186,15 +193,23 @@ impl GitSource {
             };
             let objects =
                 render::render(&tree, &path, &options).map_err(|e| match e.decryption() {
-                    Some(_) if decryption != Decryption::Shared => failed(
+                    Some(_) if decryption != Decryption::Shared || own => failed(
                         SourceStage::Decrypt,
                         Some(commit.clone()),
                         OwnKeysOnly {
-                            keys: own_keys(&decryption),
+                            keys: own_keys(&decryption, &name, own),
+                            stale: key_problem.clone(),
                             source: e,
                         },
                     ),
-                    Some(_) => failed(SourceStage::Decrypt, Some(commit.clone()), e),
+                    Some(_) => match key_problem.clone() {
+                        Some(problem) => failed(
+                            SourceStage::Decrypt,
+                            Some(commit.clone()),
+                            StaleKeys { problem, source: e },
+                        ),
+                        None => failed(SourceStage::Decrypt, Some(commit.clone()), e),
+                    },
                     None => failed(SourceStage::Render, Some(commit.clone()), e),
                 })?;
             let objects: Vec<Value> = objects.into_iter().map(Value::Object).collect();
@@ -218,25 +233,39 @@ impl GitSource {
     }
 }
 
-/// The identities an environment decrypts with: its own key file, none, or the process's.
+/// The identities an environment decrypts with. Keys of its own (its key file from the
+/// pipeline, its `<env>.agekey` entry of the key source, or both) exclude every other key;
+/// without them it takes the global ones, unless the pipeline gives it none because other
+/// environments have key files ([`Decryption::Nothing`]).
 fn identities_of(
     decryption: &Decryption,
-    shared: Arc<Identities>,
+    selected: secrets::keyring::Selected,
 ) -> Result<Arc<Identities>, secrets::Error> {
-    match decryption {
-        Decryption::Shared => Ok(shared),
-        Decryption::Nothing => Ok(Arc::new(Identities::new())),
-        Decryption::AgeKeyFile(file) => {
-            let mut own = Identities::new();
-            own.add_file(file)?;
-            Ok(Arc::new(own))
+    match (decryption, selected.own) {
+        (Decryption::AgeKeyFile(file), own) => {
+            let mut from_file = Identities::new();
+            from_file.add_file(file)?;
+            Ok(Arc::new(Identities::merged(
+                std::iter::once(&from_file).chain(own.as_deref()),
+            )))
         }
+        (_, Some(own)) => Ok(own),
+        (Decryption::Shared, None) => Ok(selected.global),
+        (Decryption::Nothing, None) => Ok(Arc::new(Identities::new())),
     }
 }
 
-fn own_keys(decryption: &Decryption) -> String {
-    match decryption {
-        Decryption::AgeKeyFile(file) => format!("only its own age identities ({})", file.display()),
+fn own_keys(decryption: &Decryption, env: &str, own_entry: bool) -> String {
+    let entry = format!("{env}{}", secrets::keyring::KEY_SUFFIX);
+    match (decryption, own_entry) {
+        (Decryption::AgeKeyFile(file), false) => {
+            format!("only its own age identities ({})", file.display())
+        }
+        (Decryption::AgeKeyFile(file), true) => format!(
+            "only its own age identities ({} and the key entry {entry})",
+            file.display()
+        ),
+        (_, true) => format!("only its own age identities (the key entry {entry})"),
         _ => "no age identities (other environments have keys of their own, this one has none)"
             .to_owned(),
     }
@@ -245,9 +274,20 @@ fn own_keys(decryption: &Decryption) -> String {
 /// A SOPS file the environment cannot decrypt with its own keys: most likely another
 /// environment's, reached by a path, a symlink or a copy.
 #[derive(Debug, thiserror::Error)]
-#[error("this environment decrypts with {keys}")]
+#[error("this environment decrypts with {keys}{}", stale.as_ref().map(|p| format!("; {p}")).unwrap_or_default())]
 struct OwnKeysOnly {
     keys: String,
+    stale: Option<String>,
+    #[source]
+    source: render::Error,
+}
+
+/// A SOPS file that did not decrypt while the key source could not be reloaded: the key it
+/// needs may be in the version that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{problem}")]
+struct StaleKeys {
+    problem: String,
     #[source]
     source: render::Error,
 }
@@ -323,7 +363,7 @@ pub fn one_environment(
     let source = GitSource::new(
         Arc::new(pipeline),
         repository,
-        Arc::new(identities),
+        Arc::new(Keyring::fixed(identities)),
         Fetch::BeforeEachRead,
     );
     // Nobody subscribes to a one-off reconciler's events; they are logged as well.
@@ -529,7 +569,7 @@ mod tests {
         let source = GitSource::new(
             pipeline,
             repository,
-            Arc::new(Identities::new()),
+            Arc::new(Keyring::fixed(Identities::new())),
             Fetch::BeforeEachRead,
         );
         let repo = dir.path().join("repo");

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
+use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
@@ -39,9 +40,13 @@ impl Key {
 }
 
 /// A set of age identities; decryption tries each in turn.
+///
+/// Keys are shared, not copied, between sets ([`Identities::merged`]): a key's memory is
+/// zeroized once the last set holding it is dropped (age's X25519 and our post-quantum keys
+/// zeroize on drop).
 #[derive(Default)]
 pub struct Identities {
-    keys: Vec<Key>,
+    keys: Vec<Arc<Key>>,
 }
 
 /// Where sops looks, in its order, for identities.
@@ -94,7 +99,7 @@ impl Identities {
             for word in words {
                 match Key::parse(word) {
                     Some(key) => {
-                        self.keys.push(key);
+                        self.keys.push(Arc::new(key));
                         added += 1;
                     }
                     None => {
@@ -138,13 +143,48 @@ impl Identities {
         })?;
         match key {
             age::ssh::Identity::Unencrypted(_) => {
-                self.keys.push(Key::Ssh(key));
+                self.keys.push(Arc::new(Key::Ssh(key)));
                 Ok(())
             }
             _ => Err(Error::KeySource {
                 source_name: source.to_owned(),
                 problem: "passphrase-protected or unsupported SSH keys cannot be used".into(),
             }),
+        }
+    }
+
+    /// The identities of an age identity file's text, every identity line usable: what a key
+    /// entry of a Kubernetes Secret must hold. Unlike [`Identities::add_text`], one line
+    /// Stagehand cannot use is an error naming it (by number), because whoever edited the
+    /// Secret should hear of it rather than find one key silently missing. A text without
+    /// identity lines holds no identities.
+    pub fn from_key_text(source: &str, text: &str) -> Result<Self, Error> {
+        let mut ids = Self::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            match Key::parse(line) {
+                Some(key) => ids.keys.push(Arc::new(key)),
+                None => {
+                    return Err(Error::Identity {
+                        source_name: source.to_owned(),
+                        line: n + 1,
+                    });
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Every identity of `sets`, shared with them rather than copied.
+    pub fn merged<'a>(sets: impl IntoIterator<Item = &'a Identities>) -> Self {
+        Self {
+            keys: sets
+                .into_iter()
+                .flat_map(|s| s.keys.iter().cloned())
+                .collect(),
         }
     }
 
@@ -231,7 +271,7 @@ impl Identities {
         use std::io::Read as _;
         let reader = age::armor::ArmoredReader::new(armored.as_bytes());
         let decryptor = age::Decryptor::new(reader).map_err(|_| UnwrapError::Damaged)?;
-        match decryptor.decrypt(self.keys.iter().map(Key::as_dyn)) {
+        match decryptor.decrypt(self.keys.iter().map(|k| k.as_dyn())) {
             Ok(mut stream) => {
                 let mut out = Zeroizing::new(Vec::new());
                 stream
@@ -249,7 +289,7 @@ impl Identities {
     pub fn recipients(&self) -> Vec<String> {
         self.keys
             .iter()
-            .filter_map(|k| match k {
+            .filter_map(|k| match k.as_ref() {
                 Key::X25519(k) => Some(k.to_public().to_string()),
                 Key::PostQuantum(k) => Some(k.to_public().to_string()),
                 Key::Ssh(_) => None,

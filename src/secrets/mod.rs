@@ -18,6 +18,9 @@
 //! - [`Identities`]: age identities (x25519 and OpenSSH ed25519/RSA). Load them as sops does
 //!   ([`Identities::from_sops_environment`]), from a key file ([`Identities::add_file`]) or from
 //!   a Kubernetes Secret's `*.agekey` entries ([`Identities::from_secret_data`]).
+//! - [`Keyring`]: the identities a running service decrypts with, reloaded from a
+//!   [`KeySource`] (a mounted Secret directory, [`KeyDirectory`], or a Secret read through the
+//!   API) without a restart: global entries and `<environment>.agekey` entries.
 //! - [`decrypt`] / [`decrypt_with`]: bytes of a sops file to a [`Plaintext`] (the decrypted
 //!   document in the same, or another, [`Format`]). Nothing is returned unless every value
 //!   decrypted and the MAC matched (unless [`DecryptOptions::ignore_mac`]).
@@ -34,6 +37,7 @@ mod error;
 mod files;
 mod ini;
 mod json;
+pub mod keyring;
 mod keys;
 mod metadata;
 mod pq;
@@ -52,6 +56,7 @@ use zeroize::Zeroizing;
 pub use config::Stores;
 pub use error::{Error, KeyPath};
 pub use files::{KeyType, NewKey, keygen, write_atomic, write_new_key_file};
+pub use keyring::{KeyDirectory, KeySource, Keyring};
 pub use keys::{Identities, valid_recipient};
 pub use metadata::RuleText;
 pub use taint::{MIN_TAINTED_LEN, Tainted};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::events::{Recorded, Series, Type};
-use crate::cluster::{Connection, ObjectRef, inventory};
+use crate::cluster::{Connections, ObjectRef, inventory};
 use crate::pipeline::{self, Environment};
 use crate::reconcile;
 
@@ -23,11 +23,11 @@ pub const RECOVERED: &str = "AlertRecovered";
 pub struct AlertEvents {
     environment: String,
     cluster: pipeline::Cluster,
+    connections: Connections,
     state: Arc<tokio::sync::Mutex<State>>,
 }
 
 struct State {
-    connection: Option<Connection>,
     series: Series,
 }
 
@@ -48,8 +48,8 @@ impl AlertEvents {
         Self {
             environment: env.name.clone(),
             cluster: env.cluster.clone(),
+            connections: options.connections.clone(),
             state: Arc::new(tokio::sync::Mutex::new(State {
-                connection: None,
                 series: Series::new(regarding),
             })),
         }
@@ -60,14 +60,17 @@ impl AlertEvents {
     pub fn record(&self, kind: Type, reason: &'static str, note: String) {
         let state = self.state.clone();
         let cluster = self.cluster.clone();
+        let connections = self.connections.clone();
         let environment = self.environment.clone();
         tokio::spawn(async move {
             // One at a time per environment, in order, so that a series counts right.
             let mut state = state.lock().await;
-            let recorded =
-                tokio::time::timeout(TIMEOUT, state.record(&cluster, kind, reason, &note))
-                    .await
-                    .unwrap_or_else(|_| Err(format!("no answer within {}s", TIMEOUT.as_secs())));
+            let recorded = tokio::time::timeout(
+                TIMEOUT,
+                state.record(&connections, &cluster, kind, reason, &note),
+            )
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {}s", TIMEOUT.as_secs())));
             match recorded {
                 Ok(Recorded::Throttled) => {
                     tracing::debug!(environment = %environment, reason, "too many events lately: not recorded");
@@ -86,26 +89,23 @@ impl AlertEvents {
 impl State {
     async fn record(
         &mut self,
+        connections: &Connections,
         cluster: &pipeline::Cluster,
         kind: Type,
         reason: &str,
         note: &str,
     ) -> Result<Recorded, String> {
-        let client = match &self.connection {
-            Some(connection) => connection.client().clone(),
-            None => {
-                let connection = Connection::connect(cluster)
-                    .await
-                    .map_err(|e| super::describe(&e))?;
-                let client = connection.client().clone();
-                self.connection = Some(connection);
-                client
-            }
-        };
-        let recorded = self.series.record(&client, kind, reason, note).await;
+        let connection = connections
+            .get(cluster)
+            .await
+            .map_err(|e| super::describe(&e))?;
+        let recorded = self
+            .series
+            .record(connection.client(), kind, reason, note)
+            .await;
         if recorded.is_err() {
             // Read the kubeconfig again next time: it may have been fixed or rotated.
-            self.connection = None;
+            connections.forget(cluster, &connection).await;
         }
         recorded.map_err(|e| super::describe(&e))
     }

@@ -33,7 +33,7 @@ use crate::reconcile::{
     self, Controller, EnvironmentStatus, FirstPass, Plan, Reconciler,
     source::{Fetch, GitSource},
 };
-use crate::secrets::Identities;
+use crate::secrets::Keyring;
 use crate::store::{self, Store};
 use notify::{Message, Notifier};
 
@@ -43,8 +43,8 @@ pub struct Config {
     pub pipeline: Arc<Pipeline>,
     /// The cache of the pipeline's repository (not fetched yet is fine).
     pub repository: git::Repository,
-    /// The age identities SOPS files are decrypted with.
-    pub identities: Arc<Identities>,
+    /// The age identities SOPS files are decrypted with, as they are at each pass.
+    pub keys: Arc<Keyring>,
     /// How reconcile passes apply and prune.
     pub reconcile: reconcile::Options,
     /// Where passes, fetches and calls are counted.
@@ -220,7 +220,7 @@ impl Service {
         let Config {
             pipeline,
             repository,
-            identities,
+            keys,
             reconcile: options,
             metrics,
             notifier,
@@ -242,7 +242,7 @@ impl Service {
         let source = Arc::new(GitSource::new(
             pipeline.clone(),
             repository.clone(),
-            identities,
+            keys,
             Fetch::Never,
         ));
         let controller = Controller::start_with(

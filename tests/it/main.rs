@@ -15,6 +15,7 @@ mod foundation;
 mod git;
 mod harness;
 mod in_repository;
+mod keys;
 mod promotions;
 mod reconcile;
 mod render;
