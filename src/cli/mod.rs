@@ -46,7 +46,7 @@ const EXIT_CODES: &str = "Exit codes: 0 success, 51 MAC mismatch (a SOPS file wa
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the service: the gRPC API with health checking and server reflection.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Work with a pipeline file locally, without a server.
     #[command(subcommand)]
     Pipeline(pipeline::PipelineCommand),
@@ -127,7 +127,7 @@ impl Cli {
 impl Command {
     async fn run(self) -> anyhow::Result<()> {
         match self {
-            Self::Serve(args) => serve::run(args).await,
+            Self::Serve(args) => serve::run(*args).await,
             Self::Pipeline(command) => pipeline::run(command),
             Self::Status(args) => env::status(args).await,
             Self::Env(command) => env::run(command).await,

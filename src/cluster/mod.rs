@@ -275,7 +275,7 @@ impl Connections {
     pub async fn get(&self, cluster: &pipeline::Cluster) -> Result<Arc<Connection>, ConnectError> {
         if let pipeline::Cluster::KubeconfigSecret { name, key, context } = cluster {
             return self
-                .from_secret(cluster, name, key, context.as_deref())
+                .connect_with_secret(cluster, name, key, context.as_deref())
                 .await;
         }
         let mut connections = self.open.lock().await;
@@ -301,7 +301,7 @@ impl Connections {
 }
 
 impl Connections {
-    async fn from_secret(
+    async fn connect_with_secret(
         &self,
         cluster: &pipeline::Cluster,
         name: &str,

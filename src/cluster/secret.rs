@@ -86,7 +86,7 @@ pub async fn read(
     for (key, Wiped(encoded)) in raw.data {
         let mut bytes = Zeroizing::new(Vec::new());
         base64::engine::general_purpose::STANDARD
-            .decode_vec(encoded.as_bytes(), &mut *bytes)
+            .decode_vec(encoded.as_bytes(), &mut bytes)
             .map_err(|_| invalid(&format!("entry {key} is not base64")))?;
         entries.insert(key, bytes);
     }

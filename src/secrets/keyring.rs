@@ -392,7 +392,10 @@ mod tests {
             selected.own.expect("dev has its own").recipients(),
             [dev_public]
         );
-        assert_eq!(selected.global.recipients(), [shared_public.clone()]);
+        assert_eq!(
+            selected.global.recipients(),
+            std::slice::from_ref(&shared_public)
+        );
         let prod = ring.select("prod", ["dev", "prod"]);
         assert!(prod.own.is_none());
         assert_eq!(prod.global.recipients(), [shared_public]);

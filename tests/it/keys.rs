@@ -134,7 +134,10 @@ fn sealed_secret(
 
 /// A repository with one overlay per `(environment, files)`, each overlay listing its files,
 /// and a pipeline over them synced every second. Returns the pipeline file.
-fn repository(dir: &Path, name: &str, envs: &[(&str, &str, &[(&str, String)])]) -> PathBuf {
+/// An environment's name, its `cluster:` lines and its overlay's files.
+type Overlay<'a> = (&'a str, &'a str, &'a [(&'a str, String)]);
+
+fn repository(dir: &Path, name: &str, envs: &[Overlay<'_>]) -> PathBuf {
     let repo = Repo::init(&dir.join("gitops"));
     let mut pipeline = format!(
         "apiVersion: stagehand.dev/v1alpha1\nkind: Pipeline\nmetadata: {{name: {name}}}\nspec:\n  environments:\n"
