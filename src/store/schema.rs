@@ -1,18 +1,30 @@
-//! The database schema and its migrations, versioned by SQLite's `user_version`.
+//! The database schema and its migrations, in SQLite's dialect and PostgreSQL's side by side.
 //!
 //! `MIGRATIONS[i]` takes a database from version `i` to `i + 1`; a release that changes the schema
 //! appends one and never edits those before it. Each runs in its own transaction together with
 //! the version bump, so a crash leaves the database at one version or the next, never between.
+//! SQLite keeps the version in its header's `user_version`, PostgreSQL in the one row of
+//! `stagehand_schema` (see the postgres module). Both dialects hold the same tables and columns,
+//! so a version number means the same data model on either engine.
 
 use std::path::Path;
 
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
-use super::{Error, Result};
+use super::{Database, Error, Result};
 
 /// `application_id` in the database header ("STGH"), so that another program's SQLite file in
 /// the state directory is refused rather than migrated.
 pub const APPLICATION_ID: i64 = 0x5354_4748;
+
+/// One schema version, in each engine's dialect.
+pub struct Migration {
+    /// For SQLite.
+    pub sqlite: &'static str,
+    /// For PostgreSQL: integers are `BIGINT` (counts are `u32`, beyond `INTEGER`), flags
+    /// `BOOLEAN`, row ids identity columns; JSON stays text, written and read back verbatim.
+    pub postgres: &'static str,
+}
 
 /// Version 1 holds what the service (issue 14) and the promotion engine (issue 15) need.
 /// Times are milliseconds since the Unix epoch; JSON columns hold data the owning module
@@ -127,6 +139,114 @@ CREATE INDEX audit_by_promotion ON audit_event (promotion_id, id);
 CREATE INDEX audit_by_time ON audit_event (at, id);
 "#;
 
+/// [`V1`] for PostgreSQL. `approval.given` stands for SQLite's implicit rowid, which orders the
+/// approvals of one instant as they were given.
+const V1_POSTGRES: &str = r#"
+CREATE TABLE environment (
+    name                TEXT PRIMARY KEY,
+    applied_revision    TEXT,
+    applied_at          BIGINT,
+    suspended_reason    TEXT,
+    suspended_by        TEXT,
+    suspended_at        BIGINT,
+    auto_hold_reason    TEXT,
+    auto_hold_by        TEXT,
+    auto_hold_at        BIGINT,
+    status              TEXT
+);
+
+CREATE TABLE sync_run (
+    id                  BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    environment         TEXT NOT NULL,
+    revision            TEXT NOT NULL,
+    started_at          BIGINT NOT NULL,
+    finished_at         BIGINT NOT NULL,
+    result              TEXT NOT NULL,
+    message             TEXT NOT NULL,
+    trigger             TEXT NOT NULL,
+    applied             BOOLEAN NOT NULL,
+    passes              BIGINT NOT NULL,
+    created             BIGINT NOT NULL,
+    changed             BIGINT NOT NULL,
+    pruned              BIGINT NOT NULL,
+    drifted             BIGINT NOT NULL,
+    adopted             BIGINT NOT NULL
+);
+CREATE INDEX sync_run_by_environment ON sync_run (environment, id);
+CREATE INDEX sync_run_by_revision ON sync_run (environment, revision, applied);
+
+CREATE TABLE event (
+    id                  BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    environment         TEXT,
+    at                  BIGINT NOT NULL,
+    severity            TEXT NOT NULL,
+    kind                TEXT NOT NULL,
+    message             TEXT NOT NULL,
+    revision            TEXT
+);
+CREATE INDEX event_by_environment ON event (environment, id);
+
+CREATE TABLE promotion (
+    seq                 BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id                  TEXT NOT NULL UNIQUE,
+    kind                TEXT NOT NULL,
+    source_environment  TEXT,
+    target_environment  TEXT NOT NULL,
+    revision            TEXT NOT NULL,
+    rerun               BOOLEAN NOT NULL,
+    requested_by        TEXT NOT NULL,
+    reason              TEXT NOT NULL,
+    state               TEXT NOT NULL,
+    message             TEXT NOT NULL,
+    promotion_commit    TEXT,
+    detail              TEXT,
+    created_at          BIGINT NOT NULL,
+    updated_at          BIGINT NOT NULL,
+    version             BIGINT NOT NULL
+);
+CREATE INDEX promotion_by_target ON promotion (target_environment, seq);
+CREATE INDEX promotion_by_target_state ON promotion (target_environment, state, seq);
+CREATE INDEX promotion_by_state ON promotion (state, seq);
+CREATE INDEX promotion_by_source ON promotion (source_environment, seq);
+
+CREATE TABLE promotion_transition (
+    promotion_seq       BIGINT NOT NULL REFERENCES promotion (seq),
+    seq                 BIGINT NOT NULL,
+    from_state          TEXT,
+    to_state            TEXT NOT NULL,
+    actor               TEXT NOT NULL,
+    reason              TEXT NOT NULL,
+    at                  BIGINT NOT NULL,
+    detail              TEXT,
+    PRIMARY KEY (promotion_seq, seq)
+);
+
+CREATE TABLE approval (
+    promotion_seq       BIGINT NOT NULL REFERENCES promotion (seq),
+    approver            TEXT NOT NULL,
+    email               TEXT NOT NULL,
+    groups              TEXT NOT NULL,
+    at                  BIGINT NOT NULL,
+    comment             TEXT NOT NULL,
+    given               BIGINT GENERATED ALWAYS AS IDENTITY,
+    PRIMARY KEY (promotion_seq, approver)
+);
+
+CREATE TABLE audit_event (
+    id                  BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at                  BIGINT NOT NULL,
+    actor               TEXT NOT NULL,
+    action              TEXT NOT NULL,
+    environment         TEXT,
+    promotion_id        TEXT,
+    revision            TEXT,
+    reason              TEXT NOT NULL
+);
+CREATE INDEX audit_by_environment ON audit_event (environment, id);
+CREATE INDEX audit_by_promotion ON audit_event (promotion_id, id);
+CREATE INDEX audit_by_time ON audit_event (at, id);
+"#;
+
 /// Version 2: what an environment runs is its content (the tree of its directory), not the
 /// branch tip, so that soak time survives commits that change only other environments.
 const V2: &str = r#"
@@ -134,7 +254,26 @@ ALTER TABLE sync_run ADD COLUMN content TEXT;
 ALTER TABLE environment ADD COLUMN applied_content TEXT;
 "#;
 
-const MIGRATIONS: [&str; 2] = [V1, V2];
+const MIGRATIONS: [Migration; 2] = [
+    Migration {
+        sqlite: V1,
+        postgres: V1_POSTGRES,
+    },
+    // The same statements in both dialects.
+    Migration {
+        sqlite: V2,
+        postgres: V2,
+    },
+];
+
+/// The migrations to run on a database at `version`, each with the version it reaches.
+pub fn migrations_from(version: i64) -> impl Iterator<Item = (i64, &'static Migration)> {
+    MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+        .map(|(from, migration)| (from as i64 + 1, migration))
+}
 
 /// The schema version this build writes.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -151,29 +290,28 @@ pub fn check_and_migrate(conn: &mut Connection, path: &Path) -> Result<()> {
         let empty = application_id == 0 && version == 0 && !has_tables(conn, path)?;
         if !empty {
             return Err(Error::ForeignDatabase {
-                path: path.to_owned(),
+                database: Database::File(path.to_owned()),
                 found: application_id,
             });
         }
     }
     if version > CURRENT_VERSION {
         return Err(Error::NewerSchema {
-            path: path.to_owned(),
+            database: Database::File(path.to_owned()),
             found: version,
             supported: CURRENT_VERSION,
         });
     }
-    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        let to = from as i64 + 1;
-        let migrate_error = |source| Error::Migrate {
-            path: path.to_owned(),
+    for (to, migration) in migrations_from(version) {
+        let migrate_error = |source: rusqlite::Error| Error::Migrate {
+            database: Database::File(path.to_owned()),
             version: to,
-            source,
+            source: source.into(),
         };
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Exclusive)
             .map_err(migrate_error)?;
-        tx.execute_batch(sql).map_err(migrate_error)?;
+        tx.execute_batch(migration.sqlite).map_err(migrate_error)?;
         tx.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(migrate_error)?;
         tx.pragma_update(None, "user_version", to)
@@ -207,7 +345,7 @@ fn quick_check(conn: &Connection, path: &Path) -> Result<()> {
         return Ok(());
     }
     Err(Error::Corrupt {
-        path: path.to_owned(),
+        database: Database::File(path.to_owned()),
         detail: problems.join("; "),
     })
 }
@@ -225,13 +363,13 @@ fn has_tables(conn: &Connection, path: &Path) -> Result<bool> {
 pub fn classify(path: &Path, what: &'static str, source: rusqlite::Error) -> Error {
     match source.sqlite_error_code() {
         Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => Error::Corrupt {
-            path: path.to_owned(),
+            database: Database::File(path.to_owned()),
             detail: source.to_string(),
         },
         _ => Error::Query {
-            path: path.to_owned(),
+            database: Database::File(path.to_owned()),
             what,
-            source,
+            source: source.into(),
         },
     }
 }

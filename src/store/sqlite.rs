@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use rusqlite::types::{Type, Value};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
@@ -19,11 +19,11 @@ use tokio::sync::oneshot;
 
 use super::schema::{self, classify};
 use super::{
-    Approval, ApprovalOutcome, AuditAction, AuditEvent, AuditFilter, DEFAULT_PAGE_SIZE,
-    EnvironmentRecord, Error, EventRecord, HISTORY_PER_ENVIRONMENT, Hold, MAX_PAGE_SIZE,
-    NewAuditEvent, NewEvent, NewPromotion, Page, PromotionDetail, PromotionFilter, PromotionKind,
-    PromotionRecord, PromotionState, Result, Severity, Store, SyncCounts, SyncRecord, SyncRun,
-    Transition, TransitionOutcome, TransitionRecord,
+    Approval, ApprovalOutcome, AuditAction, AuditEvent, AuditFilter, Database, EnvironmentRecord,
+    Error, EventRecord, HISTORY_PER_ENVIRONMENT, Hold, NewAuditEvent, NewEvent, NewPromotion, Page,
+    PromotionDetail, PromotionFilter, PromotionKind, PromotionRecord, PromotionState, Result,
+    Store, SyncCounts, SyncRecord, SyncRun, TRIM_EVERY, Transition, TransitionOutcome,
+    TransitionRecord, folds_into, from_millis, page_size, paginate, to_millis,
 };
 
 /// The database's name inside the state directory.
@@ -102,12 +102,12 @@ impl SqliteStore {
                 }
             })
             .map_err(|source| Error::Thread {
-                path: path.clone(),
+                database: Database::File(path.clone()),
                 source,
             })?;
-        ready_rx
-            .await
-            .map_err(|_| Error::Closed { path: path.clone() })??;
+        ready_rx.await.map_err(|_| Error::Closed {
+            database: Database::File(path.clone()),
+        })??;
         Ok(Self { path, jobs, worker })
     }
 
@@ -129,7 +129,9 @@ impl SqliteStore {
             .await
             .ok()
             .and_then(|joined| joined.ok())
-            .ok_or(Error::Closed { path })
+            .ok_or(Error::Closed {
+                database: Database::File(path),
+            })
     }
 
     /// Runs `f` on the store's thread and waits for its answer; writes are synced to disk.
@@ -155,7 +157,7 @@ impl SqliteStore {
             let _ = answer_tx.send(answer);
         });
         let closed = || Error::Closed {
-            path: self.path.clone(),
+            database: Database::File(self.path.clone()),
         };
         self.jobs.send(job).map_err(|_| closed())?;
         answer_rx.await.map_err(|_| closed())?
@@ -196,8 +198,8 @@ fn private_files(path: &Path) -> Result<()> {
 
 fn open_connection(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path).map_err(|source| Error::Open {
-        path: path.to_owned(),
-        source,
+        database: Database::File(path.to_owned()),
+        source: source.into(),
     })?;
     schema::check_and_migrate(&mut conn, path)?;
     let setup = |source| classify(path, "configuring the connection", source);
@@ -216,17 +218,6 @@ fn open_connection(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(setup)?;
     Ok(conn)
-}
-
-/// Times are stored as milliseconds since the Unix epoch; earlier times do not occur.
-pub(super) fn to_millis(time: SystemTime) -> i64 {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_millis())
-        .expect("milliseconds since 1970 fit in 63 bits until the year 292 million")
-}
-
-fn from_millis(millis: i64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(millis.max(0).unsigned_abs())
 }
 
 fn sql<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(rusqlite::Error) -> Error + 'a {
@@ -267,37 +258,13 @@ fn hold_columns(row: &Row<'_>, first: usize) -> rusqlite::Result<Option<Hold>> {
     .transpose()
 }
 
-/// Trimming walks the environment's newest records, so it runs on every 64th insert rather
-/// than on each; an environment holds at most 63 records over the limit.
-const TRIM_EVERY: i64 = 64;
-
-/// A pass that changed nothing and ended as the previous record did, which changed nothing
-/// either, adds nothing to the history but its time.
-fn folds_into(previous: &SyncRun, run: &SyncRun) -> bool {
-    let quiet = SyncCounts::default();
-    previous.counts == quiet
-        && run.counts == quiet
-        && previous.revision == run.revision
-        && previous.content == run.content
-        && previous.result == run.result
-        && previous.message == run.message
-        && previous.applied == run.applied
-}
-
-fn page_size(limit: u32) -> u32 {
-    match limit {
-        0 => DEFAULT_PAGE_SIZE,
-        n => n.min(MAX_PAGE_SIZE),
-    }
-}
-
 /// Page tokens are the last row's key; they are opaque to clients.
 fn page_after(path: &Path, token: &Option<String>) -> Result<Option<i64>> {
     token
         .as_deref()
         .map(|token| {
             token.parse::<i64>().map_err(|_| Error::PageToken {
-                path: path.to_owned(),
+                database: Database::File(path.to_owned()),
                 token: token.to_owned(),
             })
         })
@@ -347,27 +314,6 @@ fn sync_row(row: &Row<'_>) -> rusqlite::Result<SyncRecord> {
 }
 
 const EVENT_COLUMNS: &str = "id, environment, at, severity, kind, message, revision";
-
-impl Severity {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Normal => "Normal",
-            Self::Warning => "Warning",
-        }
-    }
-}
-
-impl FromStr for Severity {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "Normal" => Ok(Self::Normal),
-            "Warning" => Ok(Self::Warning),
-            other => Err(format!("unknown event severity {other:?}")),
-        }
-    }
-}
 
 fn event_row(row: &Row<'_>) -> rusqlite::Result<EventRecord> {
     Ok(EventRecord {
@@ -502,21 +448,6 @@ fn push_time_range(
     if let Some(until) = until {
         sql.push_str(&format!(" AND {column} < ?"));
         args.push(Value::Integer(to_millis(until)));
-    }
-}
-
-/// Takes one row more than the page holds, to learn whether another page follows.
-fn paginate<T>(mut items: Vec<(i64, T)>, size: u32) -> Page<T> {
-    let size = size as usize;
-    let next_page_token = if items.len() > size {
-        items.truncate(size);
-        items.last().map(|(key, _)| key.to_string())
-    } else {
-        None
-    };
-    Page {
-        items: items.into_iter().map(|(_, item)| item).collect(),
-        next_page_token,
     }
 }
 

@@ -1,17 +1,140 @@
-//! The embedded store on real SQLite files: what is written reads back, survives a restart, and
-//! a database that cannot be trusted is refused and left as it was.
+//! The store on both engines, real SQLite files and a real PostgreSQL server: what is written
+//! reads back, survives a restart, and behaves the same on either (each behaviour test is one
+//! body run on both, as `<test>::sqlite` and `<test>::postgres`). Then what only one engine
+//! has: a damaged SQLite file is refused and left as it was; replicas sharing one PostgreSQL
+//! database race a compare-and-swap, migrate at once and share one installation ID.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use stagehand::store::{
     self, Approval, ApprovalOutcome, AuditAction, AuditFilter, DATABASE_FILE,
-    HISTORY_PER_ENVIRONMENT, Hold, NewAuditEvent, NewEvent, NewPromotion, PromotionFilter,
-    PromotionKind, PromotionState, Severity, SqliteStore, Store, SyncCounts, SyncRun, Transition,
-    TransitionOutcome,
+    HISTORY_PER_ENVIRONMENT, Hold, NewAuditEvent, NewEvent, NewPromotion, PostgresStore,
+    PostgresUrl, PromotionFilter, PromotionKind, PromotionState, Severity, SqliteStore, Store,
+    SyncCounts, SyncRun, Transition, TransitionOutcome,
 };
 
+use crate::support::postgres;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The engine a behaviour test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where one test keeps its store: a fresh state directory, or a fresh PostgreSQL database.
+enum Place {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+/// A store opened on a [`Place`], either engine, used through the trait as the service does.
+enum Opened {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl Place {
+    async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => Self::Sqlite(tempfile::tempdir().expect("a temporary directory")),
+            Backend::Postgres => Self::Postgres(postgres::fresh_database("store").await),
+        }
+    }
+
+    async fn open(&self) -> Result<Opened, store::Error> {
+        Ok(match self {
+            Self::Sqlite(dir) => Opened::Sqlite(SqliteStore::open(dir.path()).await?),
+            Self::Postgres(url) => {
+                Opened::Postgres(PostgresStore::connect(&PostgresUrl::parse(url)?).await?)
+            }
+        })
+    }
+
+    /// How many sync records an environment has, and the newest one's revision, read past the
+    /// store.
+    async fn sync_records(
+        &self,
+        environment: &str,
+    ) -> Result<(i64, String), Box<dyn std::error::Error>> {
+        let count = "SELECT count(*) FROM sync_run WHERE environment = $1";
+        let newest =
+            "SELECT revision FROM sync_run WHERE environment = $1 ORDER BY id DESC LIMIT 1";
+        match self {
+            Self::Sqlite(dir) => {
+                let conn = rusqlite::Connection::open(dir.path().join(DATABASE_FILE))?;
+                Ok((
+                    conn.query_row(count, [environment], |row| row.get(0))?,
+                    conn.query_row(newest, [environment], |row| row.get(0))?,
+                ))
+            }
+            Self::Postgres(url) => {
+                let client = postgres::connect(url).await;
+                Ok((
+                    client.query_one(count, &[&environment]).await?.get(0),
+                    client.query_one(newest, &[&environment]).await?.get(0),
+                ))
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Opened {
+    type Target = dyn Store;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Self::Sqlite(store) => store,
+            Self::Postgres(store) => store,
+        }
+    }
+}
+
+impl Opened {
+    async fn close(self) -> Result<(), store::Error> {
+        match self {
+            Self::Sqlite(store) => store.close().await,
+            Self::Postgres(store) => store.close().await,
+        }
+    }
+}
+
+/// Runs a behaviour test, `async fn name(backend: Backend) -> TestResult`, once per engine:
+/// as `name::sqlite` and `name::postgres`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn sqlite() -> super::TestResult {
+                super::$name(super::Backend::Sqlite).await
+            }
+
+            #[tokio::test]
+            async fn postgres() -> super::TestResult {
+                super::$name(super::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    everything_written_reads_back_the_same,
+    state_survives_closing_and_opening_the_store_again,
+    nothing_acknowledged_is_lost_when_the_process_is_killed,
+    a_database_from_a_newer_stagehand_is_refused,
+    quiet_passes_fold_into_one_history_record_and_applied_at_keeps_the_first,
+    history_keeps_the_newest_records_of_each_environment,
+    a_transition_from_a_state_the_promotion_has_left_writes_nothing,
+    a_transition_from_a_version_the_promotion_has_left_writes_nothing,
+    the_same_approver_twice_counts_once,
+    promotions_list_newest_first_in_pages_and_by_filter,
+    audit_events_list_newest_first_in_pages_and_by_filter,
+    soak_time_follows_the_environments_files_not_the_branch_tip,
+    an_approval_after_the_promotion_ended_is_refused_and_writes_nothing,
+);
 
 /// Whole milliseconds, as the store keeps them.
 fn at(seconds: u64) -> SystemTime {
@@ -248,23 +371,21 @@ async fn assert_everything(store: &dyn Store, id: &str) -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn everything_written_reads_back_the_same() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let store = SqliteStore::open(dir.path()).await?;
-    let id = write_everything(&store).await?;
-    assert_everything(&store, &id).await
+async fn everything_written_reads_back_the_same(backend: Backend) -> TestResult {
+    let place = Place::new(backend).await;
+    let store = place.open().await?;
+    let id = write_everything(&*store).await?;
+    assert_everything(&*store, &id).await
 }
 
-#[tokio::test]
-async fn state_survives_closing_and_opening_the_store_again() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let store = SqliteStore::open(dir.path()).await?;
-    let id = write_everything(&store).await?;
+async fn state_survives_closing_and_opening_the_store_again(backend: Backend) -> TestResult {
+    let place = Place::new(backend).await;
+    let store = place.open().await?;
+    let id = write_everything(&*store).await?;
     store.close().await?;
 
-    let reopened = SqliteStore::open(dir.path()).await?;
-    assert_everything(&reopened, &id).await?;
+    let reopened = place.open().await?;
+    assert_everything(&*reopened, &id).await?;
     // And it keeps working where it left off.
     reopened
         .record_sync(sync_run("dev", "ddd444", true, 60))
@@ -274,29 +395,42 @@ async fn state_survives_closing_and_opening_the_store_again() -> TestResult {
     Ok(())
 }
 
-/// Set in the child process of [`nothing_acknowledged_is_lost_when_the_process_is_killed`].
-const CRASH_DIR: &str = "STAGEHAND_TEST_STORE_CRASH_DIR";
+/// Set in the child process of [`nothing_acknowledged_is_lost_when_the_process_is_killed`]:
+/// the state directory or the database URL it writes to.
+const CRASH_PLACE: &str = "STAGEHAND_TEST_STORE_CRASH_PLACE";
 
 /// The child writes everything, says so, and waits to be killed with SIGKILL (no close, no
-/// checkpoint); the parent then opens the same directory.
-#[tokio::test]
-async fn nothing_acknowledged_is_lost_when_the_process_is_killed() -> TestResult {
-    if let Some(dir) = std::env::var_os(CRASH_DIR) {
-        let store = SqliteStore::open(Path::new(&dir)).await?;
-        let id = write_everything(&store).await?;
+/// checkpoint, connections cut); the parent then opens the same place.
+async fn nothing_acknowledged_is_lost_when_the_process_is_killed(backend: Backend) -> TestResult {
+    let test = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    if let Ok(at) = std::env::var(CRASH_PLACE) {
+        let store = match backend {
+            Backend::Sqlite => Opened::Sqlite(SqliteStore::open(Path::new(&at)).await?),
+            Backend::Postgres => {
+                Opened::Postgres(PostgresStore::connect(&PostgresUrl::parse(&at)?).await?)
+            }
+        };
+        let id = write_everything(&*store).await?;
         println!("written {id}");
         std::io::Write::flush(&mut std::io::stdout())?;
         std::thread::sleep(Duration::from_secs(600));
         return Err("the child was not killed".into());
     }
-    let dir = tempfile::tempdir()?;
+    let place = Place::new(backend).await;
+    let at = match &place {
+        Place::Sqlite(dir) => dir.path().display().to_string(),
+        Place::Postgres(url) => url.clone(),
+    };
     let mut child = std::process::Command::new(std::env::current_exe()?)
         .args([
             "--exact",
-            "store::nothing_acknowledged_is_lost_when_the_process_is_killed",
+            &format!("store::nothing_acknowledged_is_lost_when_the_process_is_killed::{test}"),
             "--nocapture",
         ])
-        .env(CRASH_DIR, dir.path())
+        .env(CRASH_PLACE, at)
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().expect("stdout is piped");
@@ -306,13 +440,15 @@ async fn nothing_acknowledged_is_lost_when_the_process_is_killed() -> TestResult
         .ok_or("the child never wrote")?;
     child.kill()?;
     child.wait()?;
-    assert!(
-        dir.path().join(format!("{DATABASE_FILE}-wal")).exists(),
-        "the killed process left its write-ahead log behind"
-    );
+    if let Place::Sqlite(dir) = &place {
+        assert!(
+            dir.path().join(format!("{DATABASE_FILE}-wal")).exists(),
+            "the killed process left its write-ahead log behind"
+        );
+    }
 
-    let reopened = SqliteStore::open(dir.path()).await?;
-    assert_everything(&reopened, &id).await
+    let reopened = place.open().await?;
+    assert_everything(&*reopened, &id).await
 }
 
 #[tokio::test]
@@ -396,16 +532,37 @@ async fn a_database_with_damaged_pages_is_refused() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_database_from_a_newer_stagehand_is_refused() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    SqliteStore::open(dir.path()).await?.close().await?;
-    let file = dir.path().join(DATABASE_FILE);
-    let conn = rusqlite::Connection::open(&file)?;
-    conn.pragma_update(None, "user_version", 7)?;
-    drop(conn);
-
-    let error = refused(dir.path()).await;
+async fn a_database_from_a_newer_stagehand_is_refused(backend: Backend) -> TestResult {
+    let place = Place::new(backend).await;
+    place.open().await?.close().await?;
+    let error = match &place {
+        Place::Sqlite(dir) => {
+            let conn = rusqlite::Connection::open(dir.path().join(DATABASE_FILE))?;
+            conn.pragma_update(None, "user_version", 7)?;
+            drop(conn);
+            refused(dir.path()).await
+        }
+        Place::Postgres(url) => {
+            let client = postgres::connect(url).await;
+            client
+                .execute("UPDATE stagehand_schema SET version = 7", &[])
+                .await?;
+            let Err(error) = place.open().await else {
+                panic!("the store opened a database of schema version 7");
+            };
+            let version: i64 = client
+                .query_one("SELECT version FROM stagehand_schema", &[])
+                .await?
+                .get(0);
+            assert_eq!(version, 7, "the refused database was left as it was");
+            let shown = PostgresUrl::parse(url)?.to_string();
+            assert!(
+                error.to_string().contains(&shown),
+                "the error names the database: {error}"
+            );
+            error
+        }
+    };
     assert!(
         matches!(
             error,
@@ -442,10 +599,11 @@ fn quiet(mut run: SyncRun) -> SyncRun {
     run
 }
 
-#[tokio::test]
-async fn quiet_passes_fold_into_one_history_record_and_applied_at_keeps_the_first() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let store = SqliteStore::open(dir.path()).await?;
+async fn quiet_passes_fold_into_one_history_record_and_applied_at_keeps_the_first(
+    backend: Backend,
+) -> TestResult {
+    let place = Place::new(backend).await;
+    let store = place.open().await?;
     let first = store
         .record_sync(sync_run("dev", "aaa111", true, 0))
         .await?;
@@ -496,10 +654,9 @@ async fn quiet_passes_fold_into_one_history_record_and_applied_at_keeps_the_firs
     Ok(())
 }
 
-#[tokio::test]
-async fn history_keeps_the_newest_records_of_each_environment() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let store = SqliteStore::open(dir.path()).await?;
+async fn history_keeps_the_newest_records_of_each_environment(backend: Backend) -> TestResult {
+    let place = Place::new(backend).await;
+    let store = place.open().await?;
     store.record_sync(sync_run("prod", "p0", true, 0)).await?;
     let total = HISTORY_PER_ENVIRONMENT + 200;
     for i in 0..total {
@@ -509,33 +666,26 @@ async fn history_keeps_the_newest_records_of_each_environment() -> TestResult {
     }
     store.close().await?;
 
-    let conn = rusqlite::Connection::open(dir.path().join(DATABASE_FILE))?;
-    let count = |env: &str| -> rusqlite::Result<u32> {
-        conn.query_row(
-            "SELECT count(*) FROM sync_run WHERE environment = ?1",
-            [env],
-            |row| row.get(0),
-        )
-    };
-    let dev = count("dev")?;
+    let (dev, newest) = place.sync_records("dev").await?;
     assert!(
-        (HISTORY_PER_ENVIRONMENT..HISTORY_PER_ENVIRONMENT + 64).contains(&dev),
+        (i64::from(HISTORY_PER_ENVIRONMENT)..i64::from(HISTORY_PER_ENVIRONMENT) + 64)
+            .contains(&dev),
         "dev keeps about {HISTORY_PER_ENVIRONMENT} records, not {dev}"
     );
-    assert_eq!(count("prod")?, 1, "other environments keep theirs");
-    let newest: String = conn.query_row(
-        "SELECT revision FROM sync_run WHERE environment = 'dev' ORDER BY id DESC LIMIT 1",
-        [],
-        |row| row.get(0),
-    )?;
     assert_eq!(newest, format!("d{}", total - 1));
+    assert_eq!(
+        place.sync_records("prod").await?,
+        (1, "p0".to_owned()),
+        "other environments keep theirs"
+    );
     Ok(())
 }
 
-#[tokio::test]
-async fn a_transition_from_a_state_the_promotion_has_left_writes_nothing() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let store = SqliteStore::open(dir.path()).await?;
+async fn a_transition_from_a_state_the_promotion_has_left_writes_nothing(
+    backend: Backend,
+) -> TestResult {
+    let place = Place::new(backend).await;
+    let store = place.open().await?;
     let promotion = store
         .create_promotion(new_promotion("staging", "aaa111", 1))
         .await?;
@@ -606,10 +756,11 @@ async fn a_transition_from_a_state_the_promotion_has_left_writes_nothing() -> Te
     Ok(())
 }
 
-#[tokio::test]
-async fn a_transition_from_a_version_the_promotion_has_left_writes_nothing() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let store = SqliteStore::open(dir.path()).await?;
+async fn a_transition_from_a_version_the_promotion_has_left_writes_nothing(
+    backend: Backend,
+) -> TestResult {
+    let place = Place::new(backend).await;
+    let store = place.open().await?;
     let read = store
         .create_promotion(new_promotion("staging", "aaa111", 1))
         .await?;
@@ -651,10 +802,9 @@ async fn a_transition_from_a_version_the_promotion_has_left_writes_nothing() -> 
     Ok(())
 }
 
-#[tokio::test]
-async fn the_same_approver_twice_counts_once() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let store = SqliteStore::open(dir.path()).await?;
+async fn the_same_approver_twice_counts_once(backend: Backend) -> TestResult {
+    let place = Place::new(backend).await;
+    let store = place.open().await?;
     let promotion = store
         .create_promotion(new_promotion("prod", "aaa111", 1))
         .await?;
@@ -708,10 +858,9 @@ async fn the_same_approver_twice_counts_once() -> TestResult {
     Ok(())
 }
 
-#[tokio::test]
-async fn promotions_list_newest_first_in_pages_and_by_filter() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let store = SqliteStore::open(dir.path()).await?;
+async fn promotions_list_newest_first_in_pages_and_by_filter(backend: Backend) -> TestResult {
+    let place = Place::new(backend).await;
+    let store = place.open().await?;
     let mut ids = Vec::new();
     for i in 0..25 {
         let target = if i % 2 == 0 { "staging" } else { "prod" };
@@ -785,6 +934,81 @@ async fn promotions_list_newest_first_in_pages_and_by_filter() -> TestResult {
     Ok(())
 }
 
+async fn audit_events_list_newest_first_in_pages_and_by_filter(backend: Backend) -> TestResult {
+    let place = Place::new(backend).await;
+    let store = place.open().await?;
+    let mut ids = Vec::new();
+    for i in 0..30u64 {
+        let environment = ["dev", "staging", "prod"][i as usize % 3];
+        let mut event = audit("erin", AuditAction::Synced, environment, "by hand");
+        event.at = at(i);
+        if i % 5 == 0 {
+            event.environment = None;
+            event.action = AuditAction::Overrode;
+        }
+        ids.push(store.append_audit(event).await?.id);
+    }
+
+    let mut seen = Vec::new();
+    let mut filter = AuditFilter {
+        limit: 7,
+        ..AuditFilter::default()
+    };
+    loop {
+        let page = store.audit_events(&filter).await?;
+        assert!(page.items.len() <= 7);
+        seen.extend(page.items.into_iter().map(|e| e.id));
+        match page.next_page_token {
+            Some(token) => filter.page_token = Some(token),
+            None => break,
+        }
+    }
+    let newest_first: Vec<_> = ids.iter().rev().copied().collect();
+    assert_eq!(seen, newest_first);
+
+    let staging = store
+        .audit_events(&AuditFilter {
+            environment: Some("staging".to_owned()),
+            ..AuditFilter::default()
+        })
+        .await?;
+    // 1, 4, 7, …, 28, less 10 and 25, which concern no environment.
+    assert_eq!(staging.items.len(), 8);
+    // What a caller who may see prod only is shown: prod's events and those of no environment.
+    let visible = store
+        .audit_events(&AuditFilter {
+            environments: Some(vec!["prod".to_owned()]),
+            ..AuditFilter::default()
+        })
+        .await?;
+    assert_eq!(visible.items.len(), 8 + 6);
+    assert!(
+        visible
+            .items
+            .iter()
+            .all(|e| matches!(e.event.environment.as_deref(), None | Some("prod")))
+    );
+    let overrides = store
+        .audit_events(&AuditFilter {
+            actions: vec![AuditAction::Overrode, AuditAction::Rejected],
+            since: Some(at(5)),
+            until: Some(at(20)),
+            ..AuditFilter::default()
+        })
+        .await?;
+    let seconds: Vec<_> = overrides.items.iter().map(|e| e.event.at).collect();
+    assert_eq!(seconds, [at(15), at(10), at(5)]);
+
+    let bad = store
+        .audit_events(&AuditFilter {
+            page_token: Some("not-a-token".to_owned()),
+            ..AuditFilter::default()
+        })
+        .await;
+    assert!(matches!(bad, Err(store::Error::PageToken { .. })));
+    Ok(())
+}
+
 #[test]
 fn promotion_ids_are_unique_even_within_one_millisecond() {
     let ids: std::collections::HashSet<String> =
@@ -796,10 +1020,11 @@ fn promotion_ids_are_unique_even_within_one_millisecond() {
     );
 }
 
-#[tokio::test]
-async fn soak_time_follows_the_environments_files_not_the_branch_tip() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let store = SqliteStore::open(dir.path()).await?;
+async fn soak_time_follows_the_environments_files_not_the_branch_tip(
+    backend: Backend,
+) -> TestResult {
+    let place = Place::new(backend).await;
+    let store = place.open().await?;
     let run = |revision: &str, content: &str, started| SyncRun {
         content: Some(content.to_owned()),
         ..sync_run("staging", revision, true, started)
@@ -816,10 +1041,11 @@ async fn soak_time_follows_the_environments_files_not_the_branch_tip() -> TestRe
     Ok(())
 }
 
-#[tokio::test]
-async fn an_approval_after_the_promotion_ended_is_refused_and_writes_nothing() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let store = SqliteStore::open(dir.path()).await?;
+async fn an_approval_after_the_promotion_ended_is_refused_and_writes_nothing(
+    backend: Backend,
+) -> TestResult {
+    let place = Place::new(backend).await;
+    let store = place.open().await?;
     let promotion = store
         .create_promotion(new_promotion("prod", "rev1", 1))
         .await?;
@@ -859,4 +1085,270 @@ async fn an_approval_after_the_promotion_ended_is_refused_and_writes_nothing() -
         .await?;
     assert!(approved.items.is_empty());
     Ok(())
+}
+
+/// An error with all its sources, as `anyhow` prints it at the command line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// `url` with its password replaced (the URL form, as `scripts/postgres.sh` prints it).
+fn with_password(url: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (credentials, server) = rest.split_once('@').expect("the URL names a user");
+    let user = credentials.split(':').next().expect("a user");
+    format!("{scheme}://{user}:{password}@{server}")
+}
+
+async fn shared_store(url: &str) -> PostgresStore {
+    PostgresStore::connect(&PostgresUrl::parse(url).expect("the test URL parses"))
+        .await
+        .expect("the store connects")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_racing_one_transition_apply_it_exactly_once() -> TestResult {
+    let url = postgres::fresh_database("race").await;
+    let replicas = [shared_store(&url).await, shared_store(&url).await];
+    let promotion = replicas[0]
+        .create_promotion(new_promotion("prod", "aaa111", 1))
+        .await?;
+    let replicas = std::sync::Arc::new(replicas);
+    let attempts = 16;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(attempts));
+    let tasks: Vec<_> = (0..attempts)
+        .map(|i| {
+            let (replicas, start, id) = (replicas.clone(), start.clone(), promotion.id.clone());
+            tokio::spawn(async move {
+                let mut approve = transition(
+                    &id,
+                    PromotionState::AwaitingApproval,
+                    PromotionState::Approved,
+                );
+                approve.actor = format!("replica-{}", i % 2);
+                approve.audit = Some(AuditAction::Overrode);
+                start.wait().await;
+                replicas[i % 2].transition(approve).await
+            })
+        })
+        .collect();
+    let mut applied = 0;
+    for task in tasks {
+        match task.await?? {
+            TransitionOutcome::Applied(record) => {
+                applied += 1;
+                assert_eq!(record.state, PromotionState::Approved);
+            }
+            TransitionOutcome::Conflict { current } => {
+                assert_eq!(current, PromotionState::Approved)
+            }
+            TransitionOutcome::NotFound => panic!("the promotion was not found"),
+        }
+    }
+    assert_eq!(applied, 1, "exactly one of {attempts} attempts applied");
+    let detail = replicas[1].promotion(&promotion.id).await?.expect("stored");
+    assert_eq!(detail.promotion.version, 2);
+    assert_eq!(detail.transitions.len(), 2);
+    let audited = replicas[1]
+        .audit_events(&AuditFilter {
+            actions: vec![AuditAction::Overrode],
+            ..AuditFilter::default()
+        })
+        .await?;
+    assert_eq!(
+        audited.items.len(),
+        1,
+        "one audit event, with the one transition"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_recording_one_approver_count_it_once() -> TestResult {
+    let url = postgres::fresh_database("approve").await;
+    let replicas = std::sync::Arc::new([shared_store(&url).await, shared_store(&url).await]);
+    let promotion = replicas[0]
+        .create_promotion(new_promotion("prod", "aaa111", 1))
+        .await?;
+    let attempts = 8;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(attempts));
+    let tasks: Vec<_> = (0..attempts)
+        .map(|i| {
+            let (replicas, start, id) = (replicas.clone(), start.clone(), promotion.id.clone());
+            tokio::spawn(async move {
+                let approval = Approval {
+                    approver: "erin".to_owned(),
+                    email: "erin@example.com".to_owned(),
+                    groups: vec!["release-managers".to_owned()],
+                    at: at(2),
+                    comment: format!("attempt {i}"),
+                };
+                start.wait().await;
+                replicas[i % 2].add_approval(&id, approval).await
+            })
+        })
+        .collect();
+    let mut recorded = 0;
+    for task in tasks {
+        match task.await?? {
+            ApprovalOutcome::Recorded => recorded += 1,
+            ApprovalOutcome::AlreadyApproved => {}
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!(recorded, 1);
+    let approved = replicas[0]
+        .audit_events(&AuditFilter {
+            actions: vec![AuditAction::Approved],
+            ..AuditFilter::default()
+        })
+        .await?;
+    assert_eq!(approved.items.len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_starting_together_migrate_once_and_share_one_installation_id() -> TestResult {
+    let url = postgres::fresh_database("start").await;
+    let replicas = 6;
+    let starts: Vec<_> = (0..replicas)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { PostgresStore::connect(&PostgresUrl::parse(&url)?).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for start in starts {
+        // Without the migration lock, all but one would fail creating tables that exist.
+        stores.push(start.await??);
+    }
+    for store in &stores {
+        assert_eq!(store.schema_version().await?, 2);
+    }
+    let stores = std::sync::Arc::new(stores);
+    let asks: Vec<_> = (0..replicas)
+        .map(|i| {
+            let stores = stores.clone();
+            tokio::spawn(async move { stores[i].installation_id(&format!("0000000{i}")).await })
+        })
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for ask in asks {
+        ids.insert(ask.await??);
+    }
+    assert_eq!(
+        ids.len(),
+        1,
+        "one installation ID for every replica: {ids:?}"
+    );
+    let id = ids.pop_first().expect("one ID");
+    assert!(id.starts_with("0000000"), "one of the candidates: {id}");
+    let later = shared_store(&url).await;
+    assert_eq!(later.installation_id("ffffffff").await?, id);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_refused_naming_the_database_and_not_the_password() -> TestResult {
+    let url = postgres::fresh_database("auth").await;
+    let real = PostgresUrl::parse(&url)?;
+    let wrong = with_password(&url, "wrong-password-sentinel");
+    let Err(error) = PostgresStore::connect(&PostgresUrl::parse(&wrong)?).await else {
+        panic!("the store connected with a wrong password");
+    };
+    let text = chain(&error);
+    assert!(
+        text.contains("password authentication failed"),
+        "says why: {text}"
+    );
+    assert!(
+        text.contains(&real.to_string()),
+        "names the database: {text}"
+    );
+    let debug = format!("{error:?}");
+    let real_password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(credentials, _)| credentials.split_once(':'))
+        .map(|(_, password)| password.to_owned())
+        .expect("the test URL has a password");
+    for shown in [&text, &debug] {
+        assert!(!shown.contains("wrong-password-sentinel"), "{shown}");
+        assert!(!shown.contains(&real_password), "{shown}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_named_without_the_password() -> TestResult {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("postgresql://stagehand:unreachable-sentinel@127.0.0.1:{port}/stagehand");
+    let Err(error) = PostgresStore::connect(&PostgresUrl::parse(&url)?).await else {
+        panic!("the store connected to a port nothing listens on");
+    };
+    let text = chain(&error);
+    assert!(
+        text.contains("error connecting to server"),
+        "says why: {text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "postgresql://stagehand@127.0.0.1:{port}/stagehand"
+        )),
+        "names the database: {text}"
+    );
+    assert!(!text.contains("unreachable-sentinel"), "{text}");
+    assert!(!format!("{error:?}").contains("unreachable-sentinel"));
+    Ok(())
+}
+
+#[test]
+fn a_connection_string_shows_without_its_password_in_every_form() {
+    for (text, shown) in [
+        (
+            "postgresql://app:s3cret-sentinel@db.example:6432/stagehand?sslmode=require",
+            "postgresql://app@db.example:6432/stagehand",
+        ),
+        (
+            "postgres://app@db.example/stagehand?password=s3cret-sentinel",
+            "postgresql://app@db.example:5432/stagehand",
+        ),
+        (
+            "host=db.example port=6432 user=app password='s3cret-sentinel' dbname=stagehand",
+            "postgresql://app@db.example:6432/stagehand",
+        ),
+        (
+            "host=/run/postgresql user=app password=s3cret-sentinel dbname=stagehand",
+            "postgresql://app@/stagehand?host=/run/postgresql",
+        ),
+    ] {
+        let url = PostgresUrl::parse(text).expect("parses");
+        assert_eq!(url.to_string(), shown);
+        assert!(!format!("{url:?}").contains("s3cret-sentinel"));
+    }
+    for bad in [
+        "postgresql://app:s3cret-sentinel@db.example:port/stagehand",
+        "host=db.example password=s3cret-sentinel frobnicate=yes",
+        "host=db.example password='s3cret-sentinel",
+    ] {
+        let error = PostgresUrl::parse(bad).expect_err("refused");
+        let text = chain(&error);
+        assert!(text.contains("not valid"), "{text}");
+        assert!(!text.contains("s3cret-sentinel"), "{text}");
+        assert!(
+            !format!("{error:?}").contains("s3cret-sentinel"),
+            "{error:?}"
+        );
+    }
+    let unknown = PostgresUrl::parse("host=db.example frobnicate=yes").expect_err("refused");
+    assert!(unknown.to_string().contains("frobnicate"), "{unknown}");
 }

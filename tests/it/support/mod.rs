@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod git;
 pub mod git_http;
+pub mod postgres;
 pub mod reconcile;
 pub mod sshd;
 pub mod tools;
