@@ -13,3 +13,18 @@ load_tools() {
   [ -f "$stagehand_cache/env.sh" ] && . "$stagehand_cache/env.sh"
   eval "$saved"
 }
+
+# The Debian mirror this machine's own apt sources name (deb822 files, then one-line lists),
+# skipping security and third-party archives; the public one if none is named.
+debian_mirror() {
+  local uri
+  uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '
+    /^[[:space:]]*$/ { if (deb && uri != "" && suites !~ /-security/) { print uri; exit } deb=0; uri=""; suites=""; next }
+    /^Types:/ && / deb( |$)/ { deb=1 }
+    /^URIs:/ && $2 ~ /\/debian\/?$/ { uri=$2 }
+    /^Suites:/ { suites=$0 }
+    END { if (deb && uri != "" && suites !~ /-security/) print uri }' | head -n1)
+  [ -n "$uri" ] || uri=$(awk '$1 == "deb" && $2 ~ /\/debian\/?$/ && $3 !~ /-security/ { print $2; exit }' \
+    /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n1)
+  printf '%s\n' "${uri:-http://deb.debian.org/debian}"
+}

@@ -12,21 +12,6 @@ cache=$stagehand_cache
 mkdir -p "$cache"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-# The Debian mirror this machine's own apt sources name (deb822 files, then one-line lists),
-# skipping security and third-party archives; the public one if none is named.
-debian_mirror() {
-  local uri
-  uri=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '
-    /^[[:space:]]*$/ { if (deb && uri != "" && suites !~ /-security/) { print uri; exit } deb=0; uri=""; suites=""; next }
-    /^Types:/ && / deb( |$)/ { deb=1 }
-    /^URIs:/ && $2 ~ /\/debian\/?$/ { uri=$2 }
-    /^Suites:/ { suites=$0 }
-    END { if (deb && uri != "" && suites !~ /-security/) print uri }' | head -n1)
-  [ -n "$uri" ] || uri=$(awk '$1 == "deb" && $2 ~ /\/debian\/?$/ && $3 !~ /-security/ { print $2; exit }' \
-    /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n1)
-  printf '%s\n' "${uri:-http://deb.debian.org/debian}"
-}
-
 # Downloads bookworm's kubernetes source package (the 1.20 the build below patches) into DIR
 # through a private sources list and package lists, so /etc/apt is left as it is.
 fetch_kubernetes_source() {
@@ -42,7 +27,7 @@ fetch_kubernetes_source() {
 
 need_apt=()
 for pair in age:age etcd:etcd-server rsync:rsync jq:jq openssl:openssl git:git \
-            python3:python3 gcc:gcc sshd:openssh-server; do
+            python3:python3 gcc:gcc sshd:openssh-server debootstrap:debootstrap; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -109,6 +94,11 @@ if ! have_apiserver; then
   install -m 0755 "$src/_output/bin/kube-apiserver" "$apiserver_bin.tmp"
   mv "$apiserver_bin.tmp" "$apiserver_bin"
   log "kube-apiserver cached at $apiserver_bin"
+fi
+
+# The Debian base of the image the tests build (scripts/image.sh), made once and cached.
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+  "$(dirname "$0")/image.sh" --base
 fi
 
 # Resolve the apiserver the tests will use, in the documented order of preference.

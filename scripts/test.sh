@@ -28,6 +28,16 @@ echo "== starting a throwaway PostgreSQL server"
 export STAGEHAND_TEST_DATABASE_URL
 STAGEHAND_TEST_DATABASE_URL=$(scripts/postgres.sh up "$postgres_dir" --watch $$)
 
+# The image the container tests run (tests/it/image.rs), from the binary the tests use.
+if docker info >/dev/null 2>&1; then
+  echo "== building the image from target/debug/stagehand (scripts/image.sh)"
+  cargo build --quiet --bin stagehand
+  export STAGEHAND_TEST_IMAGE
+  STAGEHAND_TEST_IMAGE=$(scripts/image.sh target/debug/stagehand stagehand:test)
+else
+  echo "== no Docker engine answers: the image tests will fail and say so"
+fi
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --no-fail-fast "$@"

@@ -130,9 +130,12 @@ impl Listener {
 }
 
 /// Serves the Stagehand API, gRPC health and server reflection until `shutdown` completes, then
-/// reports NOT_SERVING and drains in-flight calls.
+/// reports NOT_SERVING and drains in-flight calls. With `health_listener`, gRPC health alone
+/// is also served there in plain HTTP/2 without tokens, for probes that can use neither TLS
+/// nor tokens (the kubelet's); it reports the same status and stops with the API.
 pub async fn serve(
     listener: Listener,
+    health_listener: Option<Listener>,
     service: Arc<Supervisor>,
     authenticator: auth::Authenticator,
     tls: Option<Tls>,
@@ -174,21 +177,31 @@ pub async fn serve(
         builder = builder.tls_config(config).map_err(Error::Tls)?;
     }
     let refusals = Arc::new(limits::RefusalLog::default());
-    let incoming = limits::incoming(
-        listener.inner,
-        limits::ConnectionLimits {
-            per_peer: limits.connections_per_peer,
-            first_request: Some(limits::HEADER_TIMEOUT),
-        },
-        refusals.clone(),
-    );
+    let connection_limits = limits::ConnectionLimits {
+        per_peer: limits.connections_per_peer,
+        first_request: Some(limits::HEADER_TIMEOUT),
+    };
+    let incoming = limits::incoming(listener.inner, connection_limits, refusals.clone());
+    let metrics_layer = RpcMetricsLayer {
+        metrics: service.service().metrics().clone(),
+        methods: Arc::new(served_methods()?),
+        refusals: refusals.clone(),
+    };
+    let health_only = health_listener.map(|listener| {
+        tracing::info!(addr = %listener.local_addr(), "serving gRPC health checking alone, without TLS or tokens");
+        let incoming = limits::incoming(listener.inner, connection_limits, refusals);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .layer(metrics_layer.clone())
+            .add_service(health_service.clone())
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            });
+        (stop, tokio::spawn(server))
+    });
     let watches = watch::Watches::new(limits.watches_per_identity);
-    builder
-        .layer(RpcMetricsLayer {
-            metrics: service.service().metrics().clone(),
-            methods: Arc::new(served_methods()?),
-            refusals,
-        })
+    let served = builder
+        .layer(metrics_layer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -202,7 +215,15 @@ pub async fn serve(
         ))
         .serve_with_incoming_shutdown(incoming, draining)
         .await
-        .map_err(Error::Serve)
+        .map_err(Error::Serve);
+    if let Some((stop, server)) = health_only {
+        let _ = stop.send(());
+        server
+            .await
+            .expect("the health server does not panic")
+            .map_err(Error::Serve)?;
+    }
+    served
 }
 
 /// The method label of calls to anything [`served_methods`] does not list: the label's values

@@ -27,6 +27,15 @@ pub struct ServeArgs {
     /// none without it.
     #[arg(long, env = "STAGEHAND_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
+    /// Address of a listener that serves gRPC health checking (`grpc.health.v1`) alone, in
+    /// plain HTTP/2 without tokens, for probes that can use neither TLS nor tokens, such as
+    /// the kubelet's gRPC probes; none without it. It says only whether the service is up.
+    #[arg(long, env = "STAGEHAND_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
+    /// After SIGTERM or SIGINT: how long the sync passes in flight may take to finish before
+    /// the service stops (no pass starts meanwhile); those still running then are abandoned.
+    #[arg(long, env = "STAGEHAND_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: std::time::Duration,
     /// A file holding the secret webhooks are signed with (GitHub, Gitea/Forgejo, generic
     /// HMAC-SHA256) or carry (GitLab's X-Gitlab-Token). Without it every webhook is refused.
     #[arg(long, env = "STAGEHAND_WEBHOOK_SECRET_FILE")]
@@ -214,6 +223,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // One set of turns for the process: a reloaded pipeline shares them with the one it replaces.
     let turns = reconcile::Turns::new(usize::from(args.concurrent_syncs))
         .counted(metrics.turns_in_use.clone(), metrics.turns_waiting.clone());
+    let draining = turns.clone();
     let build: service::reload::Builder = Box::new(move |pipeline: Arc<Pipeline>| {
         let url = git::RemoteUrl::new(pipeline.repository.resolved_url(&file));
         let access = if with_tokens {
@@ -260,6 +270,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = api::Listener::bind(args.listen).await?;
     // Scripts and tests that pass port 0 read the chosen addresses from these lines on stdout.
     println!("listening on {}", listener.local_addr());
+    let health_listener = match args.health_listen {
+        None => None,
+        Some(addr) => {
+            let listener = api::Listener::bind(addr).await?;
+            println!("health listening on {}", listener.local_addr());
+            Some(listener)
+        }
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let http = match args.http_listen {
         None => None,
@@ -285,6 +303,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let grpc = api::serve(
         listener,
+        health_listener,
         service.clone(),
         authenticator,
         tls,
@@ -299,6 +318,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         http.await.context("the HTTP task panicked")??;
     }
     grpc?;
+    // Passes in flight finish (their objects applied and their inventory stored) unless they
+    // outlast the timeout; none starts meanwhile.
+    if tokio::time::timeout(args.shutdown_timeout, draining.drain())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?args.shutdown_timeout, "stopping with sync passes still running: they are abandoned");
+    }
     service.stop();
     tracing::info!("stopped");
     Ok(())

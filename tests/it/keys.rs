@@ -19,9 +19,9 @@ use crate::support::tools::age_keygen;
 use crate::support::{Tool, cluster::cluster, tool};
 
 /// A running `stagehand serve`, killed when dropped; its log goes to a file.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     log: PathBuf,
 }
 
@@ -34,6 +34,11 @@ impl Drop for Serve {
 
 impl Serve {
     fn start(dir: &Path, pipeline: &Path, args: &[&str]) -> Self {
+        Self::start_as(dir, pipeline, args, &cluster().kubeconfig)
+    }
+
+    /// As [`Serve::start`], with the cluster access of `kubeconfig`.
+    pub(crate) fn start_as(dir: &Path, pipeline: &Path, args: &[&str], kubeconfig: &Path) -> Self {
         let log = dir.join("serve.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_stagehand"))
             .args(["serve", "--listen", "127.0.0.1:0", "--log-level", "info"])
@@ -42,7 +47,7 @@ impl Serve {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .args(args)
-            .env("KUBECONFIG", &cluster().kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env_remove("SOPS_AGE_KEY")
             .env_remove("SOPS_AGE_KEY_FILE")
             .env_remove("SOPS_AGE_KEY_CMD")
@@ -72,7 +77,7 @@ impl Serve {
     }
 
     /// `status.reason` and `status.message` of `env`.
-    fn status(&self, env: &str) -> (String, String) {
+    pub(crate) fn status(&self, env: &str) -> (String, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_stagehand"))
             .args(["status", env, "-o", "json", "--server", &self.url])
             .output()
@@ -85,13 +90,13 @@ impl Serve {
         )
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
 /// A new age identity made by the real `age-keygen`: (its key file's text, its recipient).
-fn identity(dir: &Path, name: &str) -> (String, String) {
+pub(crate) fn identity(dir: &Path, name: &str) -> (String, String) {
     let file = dir.join(format!("{name}.key"));
     let recipient = age_keygen(&file);
     let text = std::fs::read_to_string(&file).expect("key file");
@@ -101,7 +106,7 @@ fn identity(dir: &Path, name: &str) -> (String, String) {
 
 /// A Secret manifest named `name` in `namespace` holding `password`, encrypted by the real
 /// sops to `recipient`.
-fn sealed_secret(
+pub(crate) fn sealed_secret(
     dir: &Path,
     namespace: &str,
     name: &str,
@@ -135,9 +140,9 @@ fn sealed_secret(
 /// A repository with one overlay per `(environment, files)`, each overlay listing its files,
 /// and a pipeline over them synced every second. Returns the pipeline file.
 /// An environment's name, its `cluster:` lines and its overlay's files.
-type Overlay<'a> = (&'a str, &'a str, &'a [(&'a str, String)]);
+pub(crate) type Overlay<'a> = (&'a str, &'a str, &'a [(&'a str, String)]);
 
-fn repository(dir: &Path, name: &str, envs: &[Overlay<'_>]) -> PathBuf {
+pub(crate) fn repository(dir: &Path, name: &str, envs: &[Overlay<'_>]) -> PathBuf {
     let repo = Repo::init(&dir.join("gitops"));
     let mut pipeline = format!(
         "apiVersion: stagehand.dev/v1alpha1\nkind: Pipeline\nmetadata: {{name: {name}}}\nspec:\n  environments:\n"
@@ -197,7 +202,7 @@ async fn put_secret(kube: &kube::Client, namespace: &str, name: &str, entries: &
         .expect("the Secret is written");
 }
 
-async fn password(kube: &kube::Client, namespace: &str, name: &str) -> Option<String> {
+pub(crate) async fn password(kube: &kube::Client, namespace: &str, name: &str) -> Option<String> {
     let secret = Api::<Secret>::namespaced(kube.clone(), namespace)
         .get_opt(name)
         .await
