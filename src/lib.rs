@@ -21,6 +21,7 @@ pub mod remark;
 pub mod render;
 pub mod secrets;
 pub mod service;
+pub mod shard;
 pub mod state_dir;
 pub mod store;
 pub mod telemetry;

@@ -72,6 +72,11 @@ pub struct Metrics {
     pub turns_in_use: Gauge,
     /// `stagehand_sync_turns_waiting`: work waiting for such a turn now.
     pub turns_waiting: Gauge,
+    /// `stagehand_environment_held`: 1 while this replica holds the environment's Lease
+    /// (several replicas only).
+    pub environment_held: Family<EnvironmentLabels, Gauge>,
+    /// `stagehand_leader`: 1 while this replica holds the leader Lease (several replicas only).
+    pub leader: Gauge,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -133,6 +138,18 @@ impl Default for Metrics {
             "Sync passes, diffs, previews, comparisons and pre-flight checks waiting for a turn now",
             turns_waiting.clone(),
         );
+        let environment_held = Family::<EnvironmentLabels, Gauge>::default();
+        registry.register(
+            "environment_held",
+            "1 while this replica holds the environment's Lease and reconciles it (with --lease-namespace)",
+            environment_held.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and drives promotions (with --lease-namespace)",
+            leader.clone(),
+        );
         Self {
             registry,
             reconcile_duration,
@@ -143,6 +160,8 @@ impl Default for Metrics {
             rpc_duration,
             turns_in_use,
             turns_waiting,
+            environment_held,
+            leader,
         }
     }
 }

@@ -23,6 +23,8 @@
 //! - [`secret`]: Secrets the service reads through the API (age identities, and the
 //!   kubeconfigs of clusters given as `kubeconfigSecret`), in memory only.
 //! - [`installation`]: the per-installation ID that is part of every owner.
+//! - [`lease`]: `coordination.k8s.io` Leases, each write a compare-and-swap on its
+//!   `resourceVersion`, and the expiry rule from this process's own clock.
 //! - [`health::assess`]: kstatus-style health of a live object.
 //! - [`normalize::normalize`]: defaults older apiservers need under server-side apply.
 //! - [`diff`]: field containment and changed field paths (no values).
@@ -35,6 +37,7 @@ pub mod events;
 pub mod health;
 pub mod installation;
 pub mod inventory;
+pub mod lease;
 pub mod normalize;
 mod object;
 pub mod prune;
@@ -233,7 +236,15 @@ pub struct Connection {
     server: String,
     /// The `resourceVersion` of the kubeconfig Secret it was made from.
     secret_version: Option<String>,
-    kinds: tokio::sync::RwLock<HashMap<String, GroupVersionKinds>>,
+    /// Shared with the fenced copies of this connection (see [`Connection::fenced`]).
+    kinds: Arc<tokio::sync::RwLock<HashMap<String, GroupVersionKinds>>>,
+}
+
+/// Says whether this process may still write an environment's cluster; asked right before each
+/// request that writes (see `crate::shard`).
+pub trait WriteGuard: Send + Sync + 'static {
+    /// `Err` with why, once writing is no longer allowed.
+    fn may_write(&self) -> Result<(), String>;
 }
 
 impl std::fmt::Debug for Connection {
@@ -403,6 +414,45 @@ fn client_of(mut config: kube::Config) -> Result<(kube::Client, String), Connect
     Ok((client, server))
 }
 
+/// The service under a fenced client: checks, then sends through the real client.
+#[derive(Clone)]
+struct Fenced {
+    client: kube::Client,
+    guard: Arc<dyn WriteGuard>,
+}
+
+impl tower::Service<http::Request<kube::client::Body>> for Fenced {
+    type Response = http::Response<kube::client::Body>;
+    type Error = kube::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
+        let reads = matches!(*request.method(), http::Method::GET | http::Method::HEAD)
+            || request
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "dryRun=All"));
+        let client = self.client.clone();
+        let guard = self.guard.clone();
+        Box::pin(async move {
+            // Checked when the request is about to go, not when it was queued.
+            if !reads {
+                guard
+                    .may_write()
+                    .map_err(|reason| kube::Error::Service(reason.into()))?;
+            }
+            client.send(request).await
+        })
+    }
+}
+
 impl Connection {
     /// Connects as `cluster` says. Only the configuration is read here; the first request
     /// finds out whether the apiserver answers.
@@ -463,7 +513,24 @@ impl Connection {
             client,
             server,
             secret_version: None,
-            kinds: tokio::sync::RwLock::new(HashMap::new()),
+            kinds: Arc::default(),
+        }
+    }
+
+    /// This connection with every writing request (anything but GET, HEAD and dry runs) asked of
+    /// `guard` right before it is sent, and refused without being sent once `guard` says no:
+    /// whatever a pass writes (applies, prunes, the inventory, Events) goes through this one
+    /// check. Shares the client and the cache of kinds.
+    pub fn fenced(&self, guard: Arc<dyn WriteGuard>) -> Self {
+        let service = Fenced {
+            client: self.client.clone(),
+            guard,
+        };
+        Self {
+            client: kube::Client::new(service, self.client.default_namespace().to_owned()),
+            server: self.server.clone(),
+            secret_version: self.secret_version.clone(),
+            kinds: self.kinds.clone(),
         }
     }
 

@@ -18,6 +18,7 @@ mod harness;
 mod image;
 mod in_repository;
 mod keys;
+mod lease;
 mod promotions;
 mod reconcile;
 mod render;
