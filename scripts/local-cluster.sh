@@ -26,6 +26,8 @@ free_port() {
 
 down() {
   local dir=$1
+  # A node started by scripts/local-node.sh goes first: its kubelet would spin on a gone apiserver.
+  [ -f "$dir/node-pids" ] && "$here/local-node.sh" down "$dir"
   [ -f "$dir/pids" ] || return 0
   # apiserver first, so it does not spin on a vanished etcd.
   for pid in $(tac "$dir/pids"); do kill "$pid" 2>/dev/null || true; done
