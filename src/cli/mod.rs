@@ -2,6 +2,7 @@
 //! beside the code that runs it; [`output`] prints results as a table, JSON or YAML.
 
 mod client;
+mod database;
 mod env;
 mod git;
 mod output;

@@ -9,6 +9,7 @@ use clap::Args;
 use stagehand::pipeline::Pipeline;
 use stagehand::{api, git, reconcile, secrets, service};
 
+use super::database::DatabaseArgs;
 use super::git::GitCredentialArgs;
 
 #[derive(Debug, Args)]
@@ -19,8 +20,9 @@ pub struct ServeArgs {
     /// The pipeline file the service runs.
     #[arg(long, env = "STAGEHAND_PIPELINE", default_value = "pipeline.yaml")]
     pipeline: PathBuf,
-    /// Directory for durable state (created if missing); made readable by this user only
-    /// (0700, its files 0600), whatever the umask.
+    /// Directory for durable state (created if missing): the Git cache, and the store unless
+    /// --database-url names a shared one; made readable by this user only (0700, its files
+    /// 0600), whatever the umask.
     #[arg(long, env = "STAGEHAND_STATE_DIR", default_value = ".stagehand")]
     state_dir: PathBuf,
     /// Address of the HTTP listener for Git hosts' push webhooks (`POST /api/webhook`);
@@ -105,6 +107,8 @@ pub struct ServeArgs {
     /// without one); by default the pod's namespace, or the kubeconfig context's.
     #[arg(long, env = "STAGEHAND_NAMESPACE")]
     namespace: Option<String>,
+    #[command(flatten)]
+    database: DatabaseArgs,
     #[command(flatten)]
     credentials: GitCredentialArgs,
 }
@@ -208,9 +212,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let with_tokens = tokens.is_some();
     let people = tokens.clone();
-    let installation = stagehand::cluster::installation::load_or_create(&args.state_dir)?;
-    let store: Arc<dyn stagehand::store::Store> =
-        Arc::new(stagehand::store::SqliteStore::open(&args.state_dir).await?);
+    let (store, installation) = args.database.open(&args.state_dir).await?;
     let committer = git::promote::Identity {
         name: args.commit_name.clone(),
         email: args.commit_email.clone(),

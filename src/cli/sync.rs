@@ -7,6 +7,7 @@ use stagehand::pipeline::Pipeline;
 use stagehand::reconcile::{Reconciler, source};
 use stagehand::secrets;
 
+use super::database::DatabaseArgs;
 use super::git::GitCredentialArgs;
 use super::output::{self, OutputArgs};
 
@@ -24,6 +25,9 @@ pub struct OneEnvArgs {
     /// Directory for durable state; the repository cache lives under `git/` in it.
     #[arg(long, env = "STAGEHAND_STATE_DIR", default_value = ".stagehand")]
     state_dir: PathBuf,
+    /// The installation to act as: with a shared store, the replicas' (see `serve`).
+    #[command(flatten)]
+    database: DatabaseArgs,
     #[command(flatten)]
     credentials: GitCredentialArgs,
     #[command(flatten)]
@@ -31,14 +35,16 @@ pub struct OneEnvArgs {
 }
 
 impl OneEnvArgs {
-    fn reconciler(&self) -> anyhow::Result<Reconciler<source::GitSource>> {
+    async fn reconciler(&self) -> anyhow::Result<Reconciler<source::GitSource>> {
         let pipeline = Pipeline::load(&self.pipeline)?;
         let identities = secrets::Identities::from_sops_environment()?;
+        let installation = self.database.installation(&self.state_dir).await?;
         Ok(source::one_environment(
             pipeline,
             &self.pipeline,
             &self.env,
             &self.state_dir,
+            installation,
             self.credentials.load()?,
             identities,
         )?)
@@ -47,13 +53,13 @@ impl OneEnvArgs {
 
 pub async fn diff(args: OneEnvArgs) -> anyhow::Result<()> {
     let format = args.output.format();
-    let plan = args.reconciler()?.plan().await?;
+    let plan = args.reconciler().await?.plan().await?;
     output::print(&plan, format, output::plan_table)
 }
 
 pub async fn sync(args: OneEnvArgs) -> anyhow::Result<()> {
     let format = args.output.format();
-    let mut reconciler = args.reconciler()?;
+    let mut reconciler = args.reconciler().await?;
     let outcome = reconciler.reconcile().await;
     // The status is printed either way: it says which stage failed and what was applied.
     output::print(reconciler.status(), format, output::status_table)?;

@@ -4,7 +4,11 @@
 //! pipeline `shop` with an environment `dev` against one cluster. Without something that tells
 //! their installations apart, each would take the other's objects for its own and prune them.
 //! The ID is generated once, at random, and kept in the state directory, so that the service
-//! and `stagehand sync` run over the same state directory act as one installation.
+//! and `stagehand sync` run over the same state directory act as one installation. Replicas
+//! that share a PostgreSQL store keep it in the store instead (see
+//! [`crate::store::PostgresStore::installation_id`]), proposing the one from their state
+//! directory if it has one, so that an installation moving from SQLite to PostgreSQL keeps
+//! owning its objects.
 
 use std::fmt;
 use std::io::Write as _;
@@ -70,12 +74,7 @@ pub fn load_or_create(state_dir: &Path) -> Result<InstallationId, Error> {
         return Ok(id);
     }
     crate::state_dir::private_dir(state_dir).map_err(io("create the state directory"))?;
-    let mut bytes = [0u8; LEN / 2];
-    rustls::crypto::ring::default_provider()
-        .secure_random
-        .fill(&mut bytes)
-        .map_err(|_| Error::Random)?;
-    let id = hex::encode(bytes);
+    let id = generate()?.0;
     let mut aside = tempfile_in(state_dir).map_err(io("write"))?;
     aside
         .1
@@ -92,6 +91,21 @@ pub fn load_or_create(state_dir: &Path) -> Result<InstallationId, Error> {
         }
         Err(e) => Err(io("store")(e)),
     }
+}
+
+/// The ID kept in `state_dir`, if it holds one; nothing is created.
+pub fn existing(state_dir: &Path) -> Result<Option<InstallationId>, Error> {
+    read(&state_dir.join(FILE_NAME))
+}
+
+/// A new ID, at random.
+pub fn generate() -> Result<InstallationId, Error> {
+    let mut bytes = [0u8; LEN / 2];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| Error::Random)?;
+    Ok(InstallationId(hex::encode(bytes)))
 }
 
 fn read(path: &Path) -> Result<Option<InstallationId>, Error> {

@@ -312,25 +312,17 @@ pub enum SetupError {
         #[source]
         source: git::fetch::Error,
     },
-    /// The installation ID in the state directory could not be read or created.
-    #[error("environment {env}: the installation ID")]
-    Installation {
-        /// The environment's name.
-        env: String,
-        /// Why.
-        #[source]
-        source: crate::cluster::installation::Error,
-    },
 }
 
 /// A reconciler for one environment of `pipeline` (loaded from `pipeline_file`), reading Git
-/// through the repository cache in `state_dir` and fetching before each pass: what `stagehand
-/// diff` and `stagehand sync` run.
+/// through the repository cache in `state_dir` and fetching before each pass, as
+/// `installation`: what `stagehand diff` and `stagehand sync` run.
 pub fn one_environment(
     pipeline: Pipeline,
     pipeline_file: &std::path::Path,
     env: &str,
     state_dir: &std::path::Path,
+    installation: crate::cluster::installation::InstallationId,
     credentials: git::Credentials,
     identities: Identities,
 ) -> Result<super::Reconciler<GitSource>, SetupError> {
@@ -348,13 +340,6 @@ pub fn one_environment(
             source,
         }
     })?;
-    let installation =
-        crate::cluster::installation::load_or_create(state_dir).map_err(|source| {
-            SetupError::Installation {
-                env: env.to_owned(),
-                source,
-            }
-        })?;
     let options = super::Options {
         owner_prefix: format!("{}.", pipeline.name),
         installation: Some(installation),

@@ -580,3 +580,57 @@ async fn a_decrypted_secret_value_copied_into_a_configmap_by_a_replacement_is_ne
         );
     }
 }
+
+/// With a shared store, `sync` acts as the replicas' installation: its objects carry the
+/// installation ID kept in the database, not one of its state directory's own.
+#[tokio::test]
+async fn sync_with_a_shared_database_applies_as_the_replicas_installation() {
+    let url = crate::support::postgres::fresh_database("sync").await;
+    let store = stagehand::store::PostgresStore::connect(
+        &stagehand::store::PostgresUrl::parse(&url).expect("the URL parses"),
+    )
+    .await
+    .expect("the store connects");
+    assert_eq!(
+        store.installation_id("0123abcd").await.expect("stored"),
+        "0123abcd"
+    );
+    let client = cluster().client().await;
+    let namespace = format!("shop-shared-{}", std::process::id());
+    let work = tempfile::tempdir().expect("temp dir");
+    let repo = demo_repo(&work.path().join("gitops"), &namespace);
+    let state = work.path().join("state");
+    let key = repo.dir.join("keys/dev.agekey");
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stagehand"));
+    command
+        .args(["sync", "--env", "dev", "--log-level", "error", "--pipeline"])
+        .arg(repo.dir.join("pipeline.yaml"))
+        .arg("--state-dir")
+        .arg(&state)
+        .env("STAGEHAND_DATABASE_URL", &url)
+        .env("KUBECONFIG", &cluster().kubeconfig)
+        .env("SOPS_AGE_KEY_FILE", &key);
+    let sync = command.output().expect("stagehand runs");
+    assert!(
+        sync.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sync.stderr)
+    );
+    let live = Api::<Secret>::namespaced(client, &namespace)
+        .get("shop-db")
+        .await
+        .expect("the Secret is applied");
+    let owner = live
+        .metadata
+        .labels
+        .expect("labels")
+        .get(stagehand::cluster::INVENTORY_LABEL)
+        .cloned()
+        .expect("the inventory label");
+    assert!(owner.starts_with("0123abcd."), "owner {owner}");
+    assert!(
+        !state.join("installation-id").exists(),
+        "no installation ID of its own"
+    );
+}

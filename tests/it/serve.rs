@@ -228,3 +228,128 @@ fn an_invalid_pipeline_stops_serve_with_the_field_named() {
         "{err}"
     );
 }
+
+/// The fields of the first JSON log line whose message starts with `message`, once it is there.
+fn log_event(log: &Path, message: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|event| {
+                event["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(message))
+            });
+        if let Some(event) = found {
+            return event;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line {message:?} in {}:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `stagehand serve` on a shared database; `how` adds the flag or variable naming it.
+fn start_shared_server(dir: &Path, how: impl FnOnce(&mut Command)) -> Server {
+    let pipeline = dir.join("pipeline.yaml");
+    std::fs::write(&pipeline, PIPELINE).expect("write pipeline");
+    let log = std::fs::File::create(dir.join("serve.log")).expect("log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stagehand"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--pipeline")
+        .arg(&pipeline)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .stdout(Stdio::piped())
+        .stderr(log);
+    how(&mut command);
+    let mut child = command.spawn().expect("stagehand starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("stagehand prints its address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| {
+            panic!(
+                "unexpected first line {line:?}; log:\n{}",
+                std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+            )
+        })
+        .to_owned();
+    Server { child, addr }
+}
+
+#[tokio::test]
+async fn two_servers_on_one_shared_database_act_as_one_installation() {
+    let url = crate::support::postgres::fresh_database("serve").await;
+    // The first replica was a single SQLite installation until now: its objects carry this ID.
+    let first = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(first.path().join("state")).expect("state dir");
+    std::fs::write(first.path().join("state/installation-id"), "abcdef12\n").expect("write");
+    let url_file = first.path().join("database-url");
+    std::fs::write(&url_file, format!("{url}\n")).expect("write the URL file");
+    let _first_server = start_shared_server(first.path(), |command| {
+        command.arg("--database-url-file").arg(&url_file);
+    });
+    let second = tempfile::tempdir().expect("temp dir");
+    let second_server = start_shared_server(second.path(), |command| {
+        command.env("STAGEHAND_DATABASE_URL", &url);
+    });
+    assert_eq!(probe(&second_server.addr, "")["health"], "SERVING");
+
+    let shown = stagehand::store::PostgresUrl::parse(&url)
+        .expect("the URL parses")
+        .to_string();
+    for dir in [first.path(), second.path()] {
+        let event = log_event(&dir.join("serve.log"), "the store is a shared PostgreSQL");
+        assert_eq!(event["installation"], "abcdef12", "{event}");
+        assert_eq!(event["database"], shown.as_str(), "{event}");
+    }
+    assert!(
+        !second.path().join("state/installation-id").exists(),
+        "a replica on a shared store keeps no installation ID of its own"
+    );
+    let client = crate::support::postgres::connect(&url).await;
+    let row = client
+        .query_one("SELECT version, installation_id FROM stagehand_schema", &[])
+        .await
+        .expect("the schema row is there");
+    assert_eq!(row.get::<_, i64>(0), 2);
+    assert_eq!(row.get::<_, String>(1), "abcdef12");
+}
+
+#[tokio::test]
+async fn a_shared_database_that_refuses_the_password_stops_serve_without_showing_it() {
+    let url = crate::support::postgres::fresh_database("serve_auth").await;
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (_, server) = rest.split_once('@').expect("the URL names a user");
+    let wrong = format!("{scheme}://stagehand:sentinel-password-42@{server}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(&pipeline, PIPELINE).expect("write pipeline");
+    let out = Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--pipeline")
+        .arg(&pipeline)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("STAGEHAND_DATABASE_URL", &wrong)
+        .output()
+        .expect("stagehand runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let shown = format!("postgresql://stagehand@{server}");
+    assert!(err.contains(&shown), "names the database: {err}");
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(!err.contains("sentinel-password-42"), "{err}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("sentinel-password-42"));
+}
