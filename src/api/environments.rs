@@ -61,6 +61,10 @@ fn status_of(error: service::Error) -> Status {
         service::Error::Unknown(e) => Status::not_found(e.to_string()),
         service::Error::Suspended { .. } => Status::failed_precondition(error.to_string()),
         service::Error::Stopping => Status::unavailable(error.to_string()),
+        // Several replicas: another one takes this write; the message names it.
+        service::Error::NotLeader(_) | service::Error::NotHolder(_) | service::Error::Fenced(_) => {
+            Status::unavailable(error.to_string())
+        }
         service::Error::Fetch(_)
         | service::Error::History { .. }
         | service::Error::Plan { .. }
@@ -474,6 +478,7 @@ fn status_to_proto(view: &EnvironmentView) -> proto::EnvironmentStatus {
         passes: status.passes,
         fetched_time: view.desired.as_ref().map(|d| timestamp(d.fetched)),
         alerts: view.alerts.clone(),
+        replica: view.holder.clone().unwrap_or_default(),
     }
 }
 

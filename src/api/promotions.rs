@@ -196,6 +196,8 @@ fn status_of(error: promotion::Error) -> Status {
         | E::NotFrozen { .. }
         | E::Git { .. }
         | E::Check { .. } => Status::failed_precondition(message),
+        // Another replica takes writes: a client may try there (or here again later).
+        E::NotLeader(_) => Status::unavailable(message),
         E::Repository(_) | E::StoredRevision { .. } | E::Store(_) | E::Stopping => {
             tracing::warn!(error = %message, "promotion request failed");
             Status::unavailable(message)

@@ -107,10 +107,67 @@ pub struct ServeArgs {
     /// without one); by default the pod's namespace, or the kubeconfig context's.
     #[arg(long, env = "STAGEHAND_NAMESPACE")]
     namespace: Option<String>,
+    /// Several replicas: the namespace of the Leases through which they share the environments
+    /// and elect the one that drives promotions, in the service's own cluster (in a pod its
+    /// service account, else KUBECONFIG). Without it this replica does everything alone.
+    #[arg(long, env = "STAGEHAND_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// This replica's name in the Leases: unique among the replicas (in a pod, its name).
+    /// Default: the host name.
+    #[arg(long, env = "POD_NAME")]
+    replica_id: Option<String>,
+    /// How long a Lease lasts unless renewed; renewed every third of it. A replica that dies
+    /// or is cut off from the apiserver stops writing within this, and its environments move
+    /// after it (plus up to a third of it). At least 3s.
+    #[arg(long, env = "STAGEHAND_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: std::time::Duration,
     #[command(flatten)]
     database: DatabaseArgs,
     #[command(flatten)]
     credentials: GitCredentialArgs,
+}
+
+/// The replica's identity: --replica-id, else the host name.
+fn replica_id(args: &ServeArgs) -> String {
+    if let Some(id) = args.replica_id.as_ref().filter(|id| !id.is_empty()) {
+        return id.clone();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| format!("stagehand-{}", std::process::id()))
+}
+
+/// One replica alone, or several sharing the work through Leases.
+async fn ownership(
+    args: &ServeArgs,
+    home: &stagehand::cluster::secret::Home,
+    metrics: &Arc<stagehand::metrics::Metrics>,
+) -> anyhow::Result<stagehand::shard::Ownership> {
+    use stagehand::shard::{self, Ownership};
+    let replica = replica_id(args);
+    let Some(namespace) = &args.lease_namespace else {
+        return Ok(Ownership::single(&replica));
+    };
+    if args.lease_duration < shard::MIN_DURATION {
+        anyhow::bail!(
+            "--lease-duration {}: at least {} (renewals every third of it must fit round trips)",
+            humantime::format_duration(args.lease_duration),
+            humantime::format_duration(shard::MIN_DURATION)
+        );
+    }
+    let (client, _) = home.get().await.context("--lease-namespace")?;
+    tracing::info!(%replica, %namespace, duration = ?args.lease_duration, "sharing the environments with the other replicas through Leases");
+    Ok(Ownership::leased(
+        shard::Config {
+            client: client.clone(),
+            namespace: namespace.clone(),
+            replica,
+            duration: args.lease_duration,
+        },
+        metrics.clone(),
+    ))
 }
 
 /// How often a key Secret is read through the API.
@@ -181,8 +238,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.namespace.clone(),
     ));
     let keys = keyring(&args, &home).await?;
-    let connections = stagehand::cluster::Connections::with_home(home);
     let metrics: Arc<stagehand::metrics::Metrics> = Arc::default();
+    let ownership = ownership(&args, &home, &metrics).await?;
+    let connections = stagehand::cluster::Connections::with_home(home);
     let credentials = args.credentials.load()?;
     let (file, state_dir) = (args.pipeline.clone(), args.state_dir.clone());
     let tokens = match &args.tokens_file {
@@ -226,6 +284,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let turns = reconcile::Turns::new(usize::from(args.concurrent_syncs))
         .counted(metrics.turns_in_use.clone(), metrics.turns_waiting.clone());
     let draining = turns.clone();
+    let leases = ownership.clone();
     let build: service::reload::Builder = Box::new(move |pipeline: Arc<Pipeline>| {
         let url = git::RemoteUrl::new(pipeline.repository.resolved_url(&file));
         let access = if with_tokens {
@@ -257,6 +316,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             people: people
                 .clone()
                 .map(|tokens| tokens as Arc<dyn stagehand::promotion::People>),
+            ownership: leases.clone(),
         })
     });
     let text = std::fs::read(&args.pipeline)
@@ -329,6 +389,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(timeout = ?args.shutdown_timeout, "stopping with sync passes still running: they are abandoned");
     }
     service.stop();
+    // Every loop has stopped: the Leases go, so that the other replicas take over at once.
+    ownership.shutdown().await;
     tracing::info!("stopped");
     Ok(())
 }

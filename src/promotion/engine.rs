@@ -41,6 +41,8 @@ pub struct Engine {
     pub(super) git: git::promote::Options,
     /// The identities as they are now; `None` without a tokens file.
     people: Option<Arc<dyn People>>,
+    /// Only the leader drives promotions and writes them.
+    pub(super) ownership: crate::shard::Ownership,
     /// One wake-up per target environment.
     lanes: HashMap<String, Arc<Notify>>,
     /// The id of every promotion that changed.
@@ -209,6 +211,7 @@ impl Engine {
         options: reconcile::Options,
         git: git::promote::Options,
         people: Option<Arc<dyn People>>,
+        ownership: crate::shard::Ownership,
     ) -> Self {
         let lanes = pipeline
             .environments
@@ -225,6 +228,7 @@ impl Engine {
             options: Arc::new(options),
             git,
             people,
+            ownership,
             lanes,
             changes: broadcast::channel(256).0,
             tasks: Mutex::new(Vec::new()),
@@ -261,6 +265,12 @@ impl Engine {
                 task.abort();
             }
         }
+    }
+
+    /// The store, for a write: only while this replica leads, checked right before the write.
+    pub(super) fn writer(&self) -> Result<&dyn Store, Error> {
+        self.ownership.lead()?;
+        Ok(&*self.store)
     }
 
     pub(super) fn service(&self) -> Result<Arc<Service>, Error> {
@@ -366,6 +376,7 @@ impl Engine {
         reason: &str,
         rerun: bool,
     ) -> Result<PromotionView, Error> {
+        self.ownership.lead()?;
         let service = self.service()?;
         let target_env = self.environment(target)?.clone();
         let source_name = target_env
@@ -481,6 +492,7 @@ impl Engine {
         revision: &str,
         reason: &str,
     ) -> Result<PromotionView, Error> {
+        self.ownership.lead()?;
         let env = self.environment(environment)?.clone();
         let resolved = self.resolve(revision).await?;
         let entry = self.in_history(environment, resolved).await?;
@@ -514,7 +526,7 @@ impl Engine {
         }
         if env.promotion.auto {
             let why = format!("rolled back to {commit} by {}", actor.name);
-            self.store
+            self.writer()?
                 .set_auto_promotion_hold(
                     environment,
                     Some(store::Hold {
@@ -550,8 +562,9 @@ impl Engine {
         actor: &Actor,
         environment: &str,
     ) -> Result<(), Error> {
+        self.ownership.lead()?;
         self.environment(environment)?;
-        self.store
+        self.writer()?
             .set_auto_promotion_hold(
                 environment,
                 None,
@@ -582,7 +595,7 @@ impl Engine {
             Vec::new()
         };
         let created = self
-            .store
+            .writer()?
             .create_promotion(NewPromotion {
                 id: record.id.clone(),
                 kind: record.kind,
@@ -600,7 +613,7 @@ impl Engine {
         for older in superseded.iter().filter(|p| before_git(p.state)) {
             let why = format!("superseded by promotion {}", created.id);
             let outcome = self
-                .store
+                .writer()?
                 .transition(Transition {
                     promotion_id: older.id.clone(),
                     from: older.state,
@@ -1049,6 +1062,7 @@ impl Engine {
         id: &str,
         comment: &str,
     ) -> Result<PromotionView, Error> {
+        self.ownership.lead()?;
         let detail = self.not_in_git(id, "approve").await?;
         let promotion = &detail.promotion;
         let env = self.environment(&promotion.target_environment)?;
@@ -1067,7 +1081,7 @@ impl Engine {
             &own.authors,
         );
         if let Err(refusal) = allowed {
-            self.store
+            self.writer()?
                 .append_audit(audit(
                     actor,
                     AuditAction::ApprovalRefused,
@@ -1083,7 +1097,7 @@ impl Engine {
             });
         }
         let outcome = self
-            .store
+            .writer()?
             .add_approval(
                 id,
                 Approval {
@@ -1121,7 +1135,7 @@ impl Engine {
         why: &str,
     ) -> Result<(), Error> {
         let promotion = self.detail(id).await?.promotion;
-        self.store
+        self.writer()?
             .append_audit(audit(
                 actor,
                 action,
@@ -1143,6 +1157,7 @@ impl Engine {
         reason: &str,
         rejected: bool,
     ) -> Result<PromotionView, Error> {
+        self.ownership.lead()?;
         let (to, action, verb) = if rejected {
             (PromotionState::Rejected, AuditAction::Rejected, "reject")
         } else {
@@ -1175,6 +1190,7 @@ impl Engine {
         id: &str,
         reason: &str,
     ) -> Result<PromotionView, Error> {
+        self.ownership.lead()?;
         // The lane may move the promotion between our read and our write; the override is
         // written onto the state the promotion is in then, as long as Git is not yet touched.
         loop {
@@ -1183,7 +1199,7 @@ impl Engine {
             let env = self.environment(&promotion.target_environment)?;
             let Some(frozen) = policy::active_freeze(&env.freeze_windows, jiff::Timestamp::now())
             else {
-                self.store
+                self.writer()?
                     .append_audit(audit(
                         actor,
                         AuditAction::OverrideRefused,
@@ -1248,7 +1264,7 @@ impl Engine {
         audit: Option<AuditAction>,
     ) -> Result<PromotionRecord, Error> {
         let outcome = self
-            .store
+            .writer()?
             .transition(Transition {
                 promotion_id: promotion.id.clone(),
                 from: promotion.state,

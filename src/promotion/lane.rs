@@ -36,10 +36,23 @@ enum Step {
 }
 
 pub(super) async fn run(engine: Weak<Engine>, target: String, wake: Arc<Notify>) {
+    let Some(mut leadership) = engine.upgrade().map(|e| e.ownership.leadership()) else {
+        return;
+    };
     loop {
         let Some(strong) = engine.upgrade() else {
             return;
         };
+        if strong.ownership.lead().is_err() {
+            drop(strong);
+            // Only the leader moves promotions on. A replica that becomes leader reads every
+            // queue from the store again, as after a restart, and resumes what is in flight.
+            tokio::select! {
+                changed = leadership.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
         let next = turn(&strong, &target).await;
         drop(strong);
         match next {
@@ -327,6 +340,7 @@ async fn promoting(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
     }
     let mut ledger = StoreLedger {
         runtime: tokio::runtime::Handle::current(),
+        ownership: engine.ownership.clone(),
         store: engine.store.clone(),
         promotion: promotion.clone(),
         detail,
@@ -422,6 +436,8 @@ async fn promoting(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
 /// is pushed. Runs on the blocking thread of the Git step, so it waits for the store there.
 struct StoreLedger {
     runtime: tokio::runtime::Handle,
+    /// Checked before the commit is recorded, which comes right before its push.
+    ownership: crate::shard::Ownership,
     store: Arc<dyn crate::store::Store>,
     /// The promotion as last written.
     promotion: PromotionRecord,
@@ -435,6 +451,7 @@ impl crate::git::promote::Ledger for StoreLedger {
     }
 
     fn remember(&mut self, commit: ObjectId) -> Result<(), String> {
+        self.ownership.lead().map_err(|e| e.to_string())?;
         let mut detail = self.detail.clone();
         detail.commits.push(commit.to_string());
         let transition = crate::store::Transition {
@@ -511,6 +528,9 @@ async fn syncing(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, E
     let view = match service.sync(target, true, true).await {
         Ok(view) => view,
         Err(crate::service::Error::Suspended { .. }) => return Ok(idle()),
+        // Another replica reconciles the target: it applies the commit after its own next
+        // fetch; what it reports comes through the store.
+        Err(crate::service::Error::NotHolder(_)) => service.environment(target)?,
         Err(error) => {
             tracing::warn!(promotion = %promotion.id, error = %crate::service::describe(&error), "cannot sync the target yet");
             return Ok(Step::Wait(Instant::now() + Duration::from_secs(2)));
@@ -679,6 +699,9 @@ pub(super) async fn auto_promote(engine: Weak<Engine>, target: String) {
 
 async fn auto_turn(engine: &Engine, target: &str, done: &mut Option<String>) -> Duration {
     const AGAIN: Duration = Duration::from_secs(1);
+    if engine.ownership.lead().is_err() {
+        return AGAIN;
+    }
     let Ok(env) = engine.environment(target) else {
         return IDLE;
     };

@@ -163,6 +163,8 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error("the service is stopping")]
     Stopping,
+    #[error(transparent)]
+    NotLeader(#[from] crate::shard::NotLeader),
 }
 
 /// A duration for people: whole seconds, rounded up so that a wait never reads as zero.

@@ -10,6 +10,7 @@ use super::{
     Action, DesiredState, EnvironmentStatus, Event, Options, Reason, Reconciler, error_policy,
 };
 use crate::pipeline::Environment;
+use crate::shard::{Claim, Ownership};
 
 /// An environment name the controller does not run.
 #[derive(Debug, thiserror::Error)]
@@ -46,25 +47,32 @@ impl Controller {
         source: Arc<S>,
         options: Options,
     ) -> Self {
+        let ownership = Ownership::single("local");
+        let names: Vec<String> = environments.iter().map(|e| e.name.clone()).collect();
+        ownership.set_pipeline("local", &names);
         Self::start_with(
             environments,
             source,
             options,
             FirstPass::Immediately,
             HashMap::new(),
+            ownership,
         )
     }
 
     /// Starts one task per environment, each running its first pass as `first` says. An
     /// environment in manual sync mode (`sync.auto` false) only ever runs a pass when
     /// triggered. `restored` holds statuses remembered from before a restart, answered until
-    /// each environment's first pass.
+    /// each environment's first pass. A loop runs passes only while `ownership` gives this
+    /// replica a claim on its environment (set by [`Ownership::set_pipeline`] beforehand), and
+    /// every cluster write of a pass checks that claim first.
     pub fn start_with<S: DesiredState>(
         environments: Vec<Environment>,
         source: Arc<S>,
         options: Options,
         first: FirstPass,
         mut restored: HashMap<String, EnvironmentStatus>,
+        ownership: Ownership,
     ) -> Self {
         let options = Arc::new(options);
         let (shutdown, _) = watch::channel(false);
@@ -82,7 +90,14 @@ impl Controller {
             let (status_tx, status_rx) = watch::channel(reconciler.status().clone());
             let (suspended, suspended_rx) = watch::channel(suspended_at_start);
             let trigger = Arc::new(Notify::new());
+            let claims = ownership
+                .watch(&name)
+                .expect("the service sets the pipeline's environments before starting their loops");
             let steered = Steered {
+                claims,
+                replica: ownership
+                    .is_leased()
+                    .then(|| ownership.replica().to_owned()),
                 reconciler,
                 trigger: trigger.clone(),
                 suspended: suspended_rx,
@@ -174,6 +189,10 @@ impl Controller {
 /// One environment's loop and what steers it.
 struct Steered<S: DesiredState> {
     reconciler: Reconciler<S>,
+    /// This replica's claim on the environment: passes run only while it holds one.
+    claims: watch::Receiver<Option<Claim>>,
+    /// This replica's identity, when several share the work: recorded in each pass's status.
+    replica: Option<String>,
     trigger: Arc<Notify>,
     suspended: watch::Receiver<bool>,
     status: watch::Sender<EnvironmentStatus>,
@@ -186,6 +205,8 @@ impl<S: DesiredState> Steered<S> {
     async fn run(self) {
         let Self {
             mut reconciler,
+            mut claims,
+            replica,
             trigger,
             mut suspended,
             status,
@@ -216,22 +237,42 @@ impl<S: DesiredState> Steered<S> {
                 s.reason = Reason::Pending;
                 status.send_replace(s.clone());
             }
+            let held = claims.borrow_and_update().clone().filter(Claim::is_valid);
+            let Some(claim) = held else {
+                // Another replica reconciles it; wait until this one holds it. A trigger that
+                // came meanwhile (the first fetch) stays stored for then.
+                tokio::select! {
+                    changed = claims.changed() => if changed.is_err() { return },
+                    _ = suspended.changed() => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            };
             if await_trigger {
                 tokio::select! {
                     _ = trigger.notified() => {}
+                    _ = claims.changed() => continue,
                     _ = suspended.changed() => continue,
                     _ = shutdown.changed() => return,
                 }
             }
             await_trigger = manual;
+            reconciler.set_fence(claim.deadline().map(|_| Arc::new(claim.clone()) as _));
             let result = tokio::select! {
                 result = async {
                     // Turns shared by every environment: a pass runs only while it holds one.
                     let _turn = options.passes.take().await;
                     reconciler.reconcile().await
                 } => result,
+                // Given up or lapsed: the pass stops here; its writes were refused from then on.
+                _ = lost(&mut claims, &claim) => continue,
                 _ = shutdown.changed() => return,
             };
+            if !claim.is_valid() {
+                // The environment moved during the pass: what it found is not this replica's
+                // to report any more.
+                continue;
+            }
             let interval = reconciler.environment().sync.interval;
             let action = match result {
                 Ok(action) => {
@@ -252,6 +293,7 @@ impl<S: DesiredState> Steered<S> {
             s.failures = failures;
             s.passes += 1;
             s.next_attempt_in = wait;
+            s.replica.clone_from(&replica);
             status.send_replace(s.clone());
             if manual {
                 continue;
@@ -266,8 +308,33 @@ impl<S: DesiredState> Steered<S> {
                 _ = sleep => {}
                 _ = trigger.notified() => {}
                 _ = suspended.changed() => {}
+                _ = lost(&mut claims, &claim) => {}
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+}
+
+/// Completes once `claim` no longer holds: given up, taken over, or past its deadline. Never
+/// completes for a claim without a deadline that nobody revokes.
+async fn lost(claims: &mut watch::Receiver<Option<Claim>>, claim: &Claim) {
+    loop {
+        if !claim.is_valid() {
+            return;
+        }
+        let deadline = async {
+            match claim.deadline() {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            changed = claims.changed() => {
+                if changed.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+            () = deadline => {}
         }
     }
 }

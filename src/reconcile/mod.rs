@@ -332,6 +332,8 @@ pub struct Reconciler<S> {
     last_change: Option<Instant>,
     status: EnvironmentStatus,
     events: tokio::sync::broadcast::Sender<Event>,
+    /// Asked before every cluster write of a pass, when several replicas share the work.
+    fence: Option<Arc<dyn cluster::WriteGuard>>,
 }
 
 impl<S: DesiredState> Reconciler<S> {
@@ -351,7 +353,13 @@ impl<S: DesiredState> Reconciler<S> {
             last_change: None,
             status,
             events,
+            fence: None,
         }
+    }
+
+    /// Makes every cluster write of the next passes ask `fence` first (`None`: write freely).
+    pub fn set_fence(&mut self, fence: Option<Arc<dyn cluster::WriteGuard>>) {
+        self.fence = fence;
     }
 
     /// The environment it reconciles.
@@ -491,10 +499,14 @@ impl<S: DesiredState> Reconciler<S> {
                 })?;
             self.connection = Some(conn);
         }
-        let conn = self
+        let raw = self
             .connection
             .clone()
             .expect("the connection was set just above");
+        let conn = match &self.fence {
+            Some(fence) => Arc::new(raw.fenced(fence.clone())),
+            None => raw.clone(),
+        };
 
         let location = Location::for_owner(&self.options.inventory_namespace, &owner);
         let (previous, version) = match inventory::load(conn.client(), &location).await {
@@ -504,7 +516,7 @@ impl<S: DesiredState> Reconciler<S> {
                 if source.is_unreachable() {
                     self.options
                         .connections
-                        .forget(&self.env.cluster, &conn)
+                        .forget(&self.env.cluster, &raw)
                         .await;
                     self.connection = None;
                 }

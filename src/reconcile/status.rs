@@ -150,6 +150,9 @@ pub struct EnvironmentStatus {
     pub drift: Vec<Drift>,
     /// The worst health of the last pass's objects.
     pub health: Option<HealthStatus>,
+    /// The replica that ran the last pass, when several share the work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// An object's full Kubernetes name, as people and the gRPC `ObjectRef` spell it; the inventory
@@ -356,7 +359,66 @@ impl EnvironmentStatus {
             pruned: Vec::new(),
             drift: Vec::new(),
             health: None,
+            replica: None,
         }
+    }
+
+    /// A status as [`EnvironmentStatus`] serialises it, read back: how a replica shows an
+    /// environment another replica reconciles, from what that one saved in the store. What
+    /// pruning did is not read back (it is in the sync history); fields that do not parse are
+    /// left as before the first pass.
+    pub fn from_saved(environment: &str, saved: &serde_json::Value) -> Self {
+        let text = |field: &str| saved.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+        let time = |field: &str| {
+            saved
+                .get(field)
+                .and_then(|v| v.as_str())
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+        };
+        let number = |field: &str| saved.get(field).and_then(serde_json::Value::as_u64);
+        let mut status = Self::new(
+            environment,
+            saved
+                .get("suspended")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+        );
+        if let Some(reason) = text("reason").and_then(|r| Reason::parse(&r)) {
+            status.reason = reason;
+        }
+        status.message = text("message").unwrap_or_default();
+        status.attempted_revision = text("attemptedRevision");
+        status.applied_revision = text("appliedRevision");
+        status.last_attempt = time("lastSyncTime");
+        status.last_applied = time("lastAppliedTime");
+        status.last_error = text("lastError");
+        status.failures = number("failures")
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(0);
+        status.passes = number("passes").unwrap_or(0);
+        status.next_attempt_in =
+            text("nextAttemptIn").and_then(|d| humantime::parse_duration(&d).ok());
+        status.health = text("health").and_then(|h| health_status(&h));
+        status.replica = text("replica");
+        let list = |field: &str| {
+            saved
+                .get(field)
+                .and_then(|v| v.as_array())
+                .cloned()
+                .unwrap_or_default()
+        };
+        status.objects = list("objects").iter().filter_map(saved_object).collect();
+        status.drift = list("drift")
+            .iter()
+            .filter_map(|d| {
+                Some(Drift {
+                    reference: saved_reference(d.get("object")?)?,
+                    fields: strings(d.get("fields")),
+                    healed: d.get("healed").and_then(|v| v.as_bool()).unwrap_or(false),
+                })
+            })
+            .collect();
+        status
     }
 
     /// The status of one object of the last pass.
@@ -365,6 +427,113 @@ impl EnvironmentStatus {
             .iter()
             .find(|o| o.reference.kind == kind && o.reference.name == name)
     }
+}
+
+impl Reason {
+    /// The reason [`Reason::as_str`] names.
+    pub fn parse(name: &str) -> Option<Self> {
+        use Reason::*;
+        [
+            Pending,
+            Succeeded,
+            Progressing,
+            Suspended,
+            SourceFailed,
+            DecryptionFailed,
+            InvalidObjects,
+            EmptySource,
+            ConnectFailed,
+            ClusterUnreachable,
+            InventoryFailed,
+            InventoryConflict,
+            ApplyFailed,
+            PruneFailed,
+            PruneWithheld,
+            HealthCheckFailed,
+            TimedOut,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == name)
+    }
+}
+
+fn health_status(name: &str) -> Option<HealthStatus> {
+    [
+        HealthStatus::Healthy,
+        HealthStatus::Progressing,
+        HealthStatus::Failed,
+    ]
+    .into_iter()
+    .find(|h| h.to_string() == name)
+}
+
+fn strings(value: Option<&serde_json::Value>) -> Vec<String> {
+    value
+        .and_then(|v| v.as_array())
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An object's reference from its full name (see [`FullName`]).
+fn saved_reference(value: &serde_json::Value) -> Option<ObjectRef> {
+    let api_version = value.get("apiVersion")?.as_str()?;
+    let (group, version) = match api_version.split_once('/') {
+        Some((group, version)) => (group, version),
+        None => ("", api_version),
+    };
+    Some(ObjectRef {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        kind: value.get("kind")?.as_str()?.to_owned(),
+        namespace: value
+            .get("namespace")
+            .and_then(|n| n.as_str())
+            .map(str::to_owned),
+        name: value.get("name")?.as_str()?.to_owned(),
+    })
+}
+
+/// An object of a saved status (see the `Serialize` impl of [`ObjectStatus`]).
+fn saved_object(value: &serde_json::Value) -> Option<ObjectStatus> {
+    let message = value
+        .get("message")
+        .and_then(|m| m.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let change = match value.get("action")?.as_str()? {
+        "created" => Change::Created,
+        "adopted" => Change::Adopted,
+        "configured" => Change::Configured {
+            fields: strings(value.get("changedFields")),
+        },
+        "unchanged" => Change::Unchanged,
+        "drifted" => Change::Drifted {
+            fields: strings(value.get("driftedFields")),
+        },
+        "healed" => Change::Healed {
+            fields: strings(value.get("driftedFields")),
+        },
+        "recreated" => Change::Recreated,
+        "failed" => Change::Failed {
+            error: message.clone(),
+        },
+        _ => return None,
+    };
+    let health = value
+        .get("health")
+        .and_then(|h| h.as_str())
+        .and_then(health_status)
+        .map(|status| Health { status, message });
+    Some(ObjectStatus {
+        reference: saved_reference(value.get("object")?)?,
+        change,
+        health,
+    })
 }
 
 /// Something worth telling about an environment.
@@ -477,6 +646,67 @@ mod tests {
             json!([{"object": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": "shop",
                                "name": "old"}, "outcome": "failed", "error": "forbidden"}])
         );
+    }
+}
+
+#[cfg(test)]
+mod saved_tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_status_reads_back_as_it_was_but_for_what_pruning_did() {
+        let mut status = EnvironmentStatus::new("prod", false);
+        status.reason = Reason::HealthCheckFailed;
+        status.message = "1 object unhealthy".into();
+        status.attempted_revision = Some("abc".into());
+        status.applied_revision = Some("abc".into());
+        status.last_attempt =
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_338_709_123));
+        status.last_error = Some("Job shop/verify failed".into());
+        status.failures = 2;
+        status.passes = 7;
+        status.next_attempt_in = Some(Duration::from_secs(4));
+        status.health = Some(HealthStatus::Failed);
+        status.replica = Some("stagehand-1".into());
+        let web = ObjectRef {
+            group: "apps".into(),
+            version: "v1".into(),
+            kind: "Deployment".into(),
+            namespace: Some("shop".into()),
+            name: "web".into(),
+        };
+        status.objects = vec![
+            ObjectStatus {
+                reference: web.clone(),
+                change: Change::Healed {
+                    fields: vec![".spec.replicas".into()],
+                },
+                health: Some(Health {
+                    status: HealthStatus::Healthy,
+                    message: "rolled out".into(),
+                }),
+            },
+            ObjectStatus {
+                reference: ObjectRef {
+                    group: "batch".into(),
+                    version: "v1".into(),
+                    kind: "Job".into(),
+                    namespace: Some("shop".into()),
+                    name: "verify".into(),
+                },
+                change: Change::Failed {
+                    error: "forbidden".into(),
+                },
+                health: None,
+            },
+        ];
+        status.drift = vec![Drift {
+            reference: web,
+            fields: vec![".spec.replicas".into()],
+            healed: true,
+        }];
+        let saved = serde_json::to_value(&status).expect("a status serialises");
+        assert_eq!(EnvironmentStatus::from_saved("prod", &saved), status);
     }
 }
 

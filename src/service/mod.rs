@@ -34,6 +34,7 @@ use crate::reconcile::{
     source::{Fetch, GitSource},
 };
 use crate::secrets::Keyring;
+use crate::shard::{self, Ownership};
 use crate::store::{self, Store};
 use notify::{Message, Notifier};
 
@@ -60,6 +61,9 @@ pub struct Config {
     /// The identities as they are now, so that approvals count with today's groups; `None`
     /// without a tokens file (every caller anonymous).
     pub people: Option<Arc<dyn crate::promotion::People>>,
+    /// Which environments this replica reconciles and whether it drives promotions; one per
+    /// process, shared by the services of every pipeline version.
+    pub ownership: Ownership,
 }
 
 /// An environment name the pipeline does not have.
@@ -108,6 +112,15 @@ pub enum Error {
     /// The service is shutting down.
     #[error("the service is stopping")]
     Stopping,
+    /// Several replicas: this one does not take writes; the leader does.
+    #[error(transparent)]
+    NotLeader(#[from] shard::NotLeader),
+    /// Several replicas: another one reconciles the environment.
+    #[error(transparent)]
+    NotHolder(#[from] shard::NotHolder),
+    /// Several replicas: this one stopped holding what it was about to write.
+    #[error(transparent)]
+    Fenced(#[from] shard::Fenced),
     /// The durable state could not be read or written; nothing took effect.
     #[error("cannot record the change of environment {environment:?}")]
     Store {
@@ -157,6 +170,8 @@ pub struct EnvironmentView {
     pub applied_tree: Option<String>,
     /// Conditions past the pipeline's alert thresholds, for people.
     pub alerts: Vec<String>,
+    /// The replica that reconciles it, when several share the work (as last listed).
+    pub holder: Option<String>,
 }
 
 impl EnvironmentView {
@@ -207,6 +222,10 @@ pub struct Service {
     access: AccessPolicy,
     promotions: Arc<Engine>,
     tasks: Vec<JoinHandle<()>>,
+    ownership: Ownership,
+    /// Several replicas: the statuses other replicas saved, for the environments this one does
+    /// not reconcile (read from the store every [`REMOTE_EVERY`]).
+    remote: watch::Sender<Arc<HashMap<String, EnvironmentStatus>>>,
     /// Per environment, its applied revision and that revision's directory tree, read from the
     /// repository once per revision.
     applied_trees: Mutex<HashMap<String, (String, Option<String>)>>,
@@ -228,6 +247,7 @@ impl Service {
             access,
             git: git_options,
             people,
+            ownership,
         } = config;
         let mut environments = pipeline.environments.clone();
         let mut restored = HashMap::new();
@@ -245,12 +265,15 @@ impl Service {
             keys,
             Fetch::Never,
         ));
+        let names: Vec<String> = environments.iter().map(|e| e.name.clone()).collect();
+        ownership.set_pipeline(&pipeline.name, &names);
         let controller = Controller::start_with(
             environments,
             source.clone(),
             options.clone(),
             FirstPass::OnTrigger,
             restored,
+            ownership.clone(),
         );
         let poller = Arc::new(Poller::spawn(
             fetch_interval(&pipeline),
@@ -281,6 +304,7 @@ impl Service {
                 status.clone(),
                 store.clone(),
                 content,
+                ownership.clone(),
             )));
             tasks.push(tokio::spawn(watch_alerts(
                 pipeline.clone(),
@@ -302,6 +326,9 @@ impl Service {
                 service.clone(),
                 poller.subscribe(),
             )));
+            if ownership.is_leased() {
+                tasks.push(tokio::spawn(follow_store(service.clone())));
+            }
             let promotions = Arc::new(Engine::new(
                 pipeline.clone(),
                 repository.clone(),
@@ -311,6 +338,7 @@ impl Service {
                 options.clone(),
                 git_options,
                 people,
+                ownership.clone(),
             ));
             Self {
                 pipeline,
@@ -328,6 +356,8 @@ impl Service {
                 promotions,
                 tasks,
                 applied_trees: Mutex::default(),
+                ownership,
+                remote: watch::channel(Arc::default()).0,
             }
         });
         service.promotions.start();
@@ -390,10 +420,18 @@ impl Service {
     }
 
     fn view(&self, env: &Environment) -> EnvironmentView {
-        let mut status = self
-            .controller
-            .status(&env.name)
-            .expect("the controller runs every environment of the pipeline");
+        let local = !self.ownership.is_leased() || self.ownership.claim(&env.name).is_some();
+        let remote = match local {
+            true => None,
+            false => self.remote.borrow().get(&env.name).cloned(),
+        };
+        let mut status = match remote {
+            Some(status) => status,
+            None => self
+                .controller
+                .status(&env.name)
+                .expect("the controller runs every environment of the pipeline"),
+        };
         // The loop reports a suspension or resumption only when it next wakes; the answer to
         // SuspendEnvironment/ResumeEnvironment (and every read after it) already says it.
         status.suspended = self
@@ -430,7 +468,17 @@ impl Service {
                 .ok()
                 .and_then(|a| a.get(&env.name).cloned())
                 .unwrap_or_default(),
+            holder: self
+                .ownership
+                .is_leased()
+                .then(|| self.ownership.holder(&env.name))
+                .flatten(),
         }
+    }
+
+    /// Which environments this replica reconciles, and whether it leads.
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
     }
 
     /// The tree of `name`'s directory at `commit`; `None` when the repository cache cannot say
@@ -492,6 +540,8 @@ impl Service {
         by: Option<&str>,
     ) -> Result<EnvironmentView, Error> {
         let env = self.environment_of(name)?.clone();
+        // Only the replica that reconciles it can run its pass.
+        let claim = self.ownership.hold(name)?;
         let mut status = self
             .controller
             .watch(name)
@@ -523,6 +573,7 @@ impl Service {
                 revision,
                 reason: String::new(),
             };
+            claim.check()?;
             self.store
                 .append_audit(audit)
                 .await
@@ -552,12 +603,14 @@ impl Service {
         by: &str,
     ) -> Result<EnvironmentView, Error> {
         let env = self.environment_of(name)?;
+        let claim = self.ownership.lead()?;
         let hold = store::Hold {
             reason: reason.to_owned(),
             by: by.to_owned(),
             at: SystemTime::now(),
         };
-        self.record_suspension(name, Some(hold), reason, by).await?;
+        self.record_suspension(&claim, name, Some(hold), reason, by)
+            .await?;
         self.controller
             .suspend(name)
             .expect("the controller runs every environment of the pipeline");
@@ -567,7 +620,8 @@ impl Service {
     /// Resumes `name` with a pass at once; written to the store first, as a suspension is.
     pub async fn resume(&self, name: &str, by: &str) -> Result<EnvironmentView, Error> {
         let env = self.environment_of(name)?;
-        self.record_suspension(name, None, "", by).await?;
+        let claim = self.ownership.lead()?;
+        self.record_suspension(&claim, name, None, "", by).await?;
         self.controller
             .resume(name)
             .expect("the controller runs every environment of the pipeline");
@@ -576,6 +630,7 @@ impl Service {
 
     async fn record_suspension(
         &self,
+        claim: &shard::Claim,
         name: &str,
         hold: Option<store::Hold>,
         reason: &str,
@@ -595,6 +650,7 @@ impl Service {
             revision: None,
             reason: reason.to_owned(),
         };
+        claim.check()?;
         self.store
             .set_suspension(name, hold, audit)
             .await
@@ -624,11 +680,9 @@ impl Service {
     /// one it runs now. The walk behind it is bounded too (see [`git::history::WALK_LIMIT`]).
     pub async fn history(&self, name: &str, limit: usize) -> Result<Vec<HistoryEntry>, Error> {
         let limit = limit.min(HISTORY_MAX);
-        self.environment_of(name)?;
         let applied = self
-            .controller
-            .status(name)
-            .expect("the controller runs every environment of the pipeline")
+            .view(self.environment_of(name)?)
+            .status
             .applied_revision;
         let repository = self.repository.clone();
         let pipeline = self.pipeline.clone();
@@ -716,13 +770,21 @@ impl Service {
                 .watch(&env.name)
                 .expect("the controller runs every environment of the pipeline");
             let mut desired = self.desired.subscribe();
+            let mut remote = self.remote.subscribe();
             let tx = tx.clone();
             let name = env.name.clone();
             tokio::spawn(async move {
                 let mut last_desired = desired.borrow_and_update().get(&name).cloned();
+                let mut last_remote = remote.borrow_and_update().get(&name).cloned();
                 loop {
                     tokio::select! {
                         changed = status.changed() => if changed.is_err() { return },
+                        changed = remote.changed() => {
+                            if changed.is_err() { return }
+                            let now = remote.borrow_and_update().get(&name).cloned();
+                            if now == last_remote { continue }
+                            last_remote = now;
+                        }
                         changed = desired.changed() => {
                             if changed.is_err() { return }
                             let now = desired.borrow_and_update().get(&name).cloned();
@@ -997,16 +1059,26 @@ async fn record_passes(
     mut status: watch::Receiver<EnvironmentStatus>,
     store: Arc<dyn Store>,
     content: Content,
+    ownership: Ownership,
 ) {
     let mut passes = status.borrow_and_update().passes;
     let read = |s: &EnvironmentStatus| (sync_run(s, &content), serde_json::value::to_raw_value(s));
     while let Some((run, json)) = next_pass(&mut status, &mut passes, read).await {
         let environment = run.environment.clone();
+        // The environment may have moved since its pass: the replica holding it now writes.
+        if let Err(fenced) = ownership.hold(&environment) {
+            tracing::info!(%environment, reason = %fenced, "the pass is not recorded");
+            continue;
+        }
         if let Err(error) = store.record_sync(run).await {
             tracing::warn!(%environment, error = %describe(&error), "cannot record the pass");
         }
         match json {
             Ok(json) => {
+                if let Err(fenced) = ownership.hold(&environment) {
+                    tracing::info!(%environment, reason = %fenced, "the status is not saved");
+                    continue;
+                }
                 if let Err(error) = store.save_status(&environment, json).await {
                     tracing::warn!(%environment, error = %describe(&error), "cannot save the status");
                 }
@@ -1015,6 +1087,58 @@ async fn record_passes(
                 tracing::warn!(%environment, %error, "cannot serialise the status")
             }
         }
+    }
+}
+
+/// How often a replica reads what the others saved (several replicas only).
+const REMOTE_EVERY: Duration = Duration::from_secs(2);
+
+/// Several replicas: reads every environment's record from the store every [`REMOTE_EVERY`],
+/// for the statuses of environments other replicas reconcile and for suspensions the leader
+/// wrote (a replica applies a change of the stored suspension to its own loop).
+async fn follow_store(service: std::sync::Weak<Service>) {
+    let mut suspensions: HashMap<String, bool> = HashMap::new();
+    loop {
+        tokio::time::sleep(REMOTE_EVERY).await;
+        let Some(service) = service.upgrade() else {
+            return;
+        };
+        let records = match service.store.environments().await {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::warn!(error = %describe(&error), "cannot read the environments other replicas reconcile");
+                continue;
+            }
+        };
+        let mut table = HashMap::new();
+        for record in records {
+            if service.pipeline.environment(&record.name).is_none() {
+                continue;
+            }
+            if let Some(saved) = &record.status {
+                let mut status = EnvironmentStatus::from_saved(&record.name, saved);
+                status.applied_revision = record.applied_revision.clone();
+                status.last_applied = record.applied_at;
+                table.insert(record.name.clone(), status);
+            }
+            let suspended = record.suspended.is_some();
+            if suspensions.insert(record.name.clone(), suspended) == Some(suspended) {
+                continue;
+            }
+            let local = service.controller.is_suspended(&record.name).ok();
+            match (suspended, local) {
+                (true, Some(false)) => {
+                    tracing::info!(environment = %record.name, "suspended by the leader");
+                    let _ = service.controller.suspend(&record.name);
+                }
+                (false, Some(true)) => {
+                    tracing::info!(environment = %record.name, "resumed by the leader");
+                    let _ = service.controller.resume(&record.name);
+                }
+                _ => {}
+            }
+        }
+        service.remote.send_replace(Arc::new(table));
     }
 }
 

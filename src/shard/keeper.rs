@@ -227,7 +227,7 @@ impl Keeper {
                 .ok()
                 .map(|r| r.map(|_| ()))
             {
-                tracing::debug!(lease = %lease.name, error = %crate::service::describe(&error), "cannot delete the membership Lease of a replica that is gone");
+                tracing::debug!(lease = %lease.name, error = %crate::error_chain::ErrorChain(&error).to_string(), "cannot delete the membership Lease of a replica that is gone");
             }
         }
         let holder = match self.kept.get(&leader) {
@@ -306,7 +306,7 @@ impl Keeper {
         match tokio::time::timeout(self.tick, request).await {
             Ok(Ok(value)) => Some(value),
             Ok(Err(error)) => {
-                tracing::warn!(error = %crate::service::describe(&error), "Lease request failed");
+                tracing::warn!(error = %crate::error_chain::ErrorChain(&error).to_string(), "Lease request failed");
                 None
             }
             Err(_) => {
@@ -373,7 +373,9 @@ impl Keeper {
                 Box::pin(async move {
                     let result = match tokio::time::timeout(tick, request).await {
                         Ok(Ok(result)) => result,
-                        Ok(Err(error)) => WriteResult::Failed(crate::service::describe(&error)),
+                        Ok(Err(error)) => {
+                            WriteResult::Failed(crate::error_chain::ErrorChain(&error).to_string())
+                        }
                         Err(_) => WriteResult::Failed(format!("no answer within {tick:?}")),
                     };
                     (what, name, result)

@@ -56,6 +56,40 @@ pub struct Config {
     pub duration: Duration,
 }
 
+/// Refused: this replica does not drive promotions; send writes to the leader.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "replica {replica} is not the leader; {}",
+    match leader {
+        Some(leader) => format!("replica {leader} drives promotions and takes writes: send them there"),
+        None => "no replica leads right now: try again in a few seconds".to_owned(),
+    }
+)]
+pub struct NotLeader {
+    /// This replica.
+    pub replica: String,
+    /// The leader, as last seen.
+    pub leader: Option<String>,
+}
+
+/// Refused: another replica reconciles the environment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "environment {environment:?} is reconciled by {}, not by replica {replica}: send this there",
+    match holder {
+        Some(holder) => format!("replica {holder}"),
+        None => "no replica right now (it is moving)".to_owned(),
+    }
+)]
+pub struct NotHolder {
+    /// The environment.
+    pub environment: String,
+    /// This replica.
+    pub replica: String,
+    /// The replica that holds it, as last listed.
+    pub holder: Option<String>,
+}
+
 /// Who holds the leadership, as this replica last saw it.
 #[derive(Debug, Clone, Default)]
 pub struct Leadership {
@@ -230,6 +264,23 @@ impl Ownership {
     pub fn leader(&self) -> Option<Claim> {
         let leadership = self.0.leadership.borrow();
         leadership.claim.clone().filter(Claim::is_valid)
+    }
+
+    /// This replica's claim on the leadership, or why it has none.
+    pub fn lead(&self) -> Result<Claim, NotLeader> {
+        self.leader().ok_or_else(|| NotLeader {
+            replica: self.0.replica.clone(),
+            leader: self.0.leadership.borrow().holder.clone(),
+        })
+    }
+
+    /// This replica's claim on `environment`, or who holds it instead.
+    pub fn hold(&self, environment: &str) -> Result<Claim, NotHolder> {
+        self.claim(environment).ok_or_else(|| NotHolder {
+            environment: environment.to_owned(),
+            replica: self.0.replica.clone(),
+            holder: self.holder(environment),
+        })
     }
 
     /// A receiver of the leadership as this replica sees it.
