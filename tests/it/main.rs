@@ -22,6 +22,7 @@ mod lease;
 mod promotions;
 mod reconcile;
 mod render;
+mod replicas;
 mod secrets;
 mod serve;
 mod service;

@@ -21,7 +21,7 @@ use crate::support::git_http::GitHttpServer;
 use crate::support::reconcile::apiserver_addr;
 use crate::support::{Tool, tool};
 
-const SECRET: &str = "webhook-secret";
+pub(crate) const SECRET: &str = "webhook-secret";
 
 /// Runs tests/it/support/generic_client.py and returns what it prints.
 pub(crate) fn generic_client(args: &[&str]) -> serde_json::Value {
@@ -124,7 +124,7 @@ pub(crate) fn start_server_env(
 }
 
 /// Posts a webhook body with the given headers; returns the HTTP status code.
-fn post_webhook(addr: SocketAddr, headers: &[(&str, String)], body: &[u8]) -> u16 {
+pub(crate) fn post_webhook(addr: SocketAddr, headers: &[(&str, String)], body: &[u8]) -> u16 {
     let mut stream = TcpStream::connect(addr).expect("webhook listener reachable");
     let mut request = format!(
         "POST /api/webhook HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -145,7 +145,7 @@ fn post_webhook(addr: SocketAddr, headers: &[(&str, String)], body: &[u8]) -> u1
         .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
 }
 
-fn github_signature(body: &[u8]) -> String {
+pub(crate) fn github_signature(body: &[u8]) -> String {
     WebhookSecret::from_file_contents(SECRET.as_bytes().to_vec())
         .expect("not empty")
         .sign(body)
