@@ -496,7 +496,12 @@ impl Keeper {
             .map(|kept| kept.lease.clone())
             .collect();
         for lease in member {
-            let _ = tokio::time::timeout(self.tick, leases.delete(&lease)).await;
+            // Deleted, or at least released where the role may not delete Leases: either way
+            // the others stop counting this replica at once.
+            let deleted = tokio::time::timeout(self.tick, leases.delete(&lease)).await;
+            if !matches!(deleted, Ok(Ok(_))) {
+                let _ = tokio::time::timeout(self.tick, leases.release(&lease)).await;
+            }
         }
         tracing::info!("released every Lease");
     }
