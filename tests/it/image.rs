@@ -445,6 +445,12 @@ async fn the_image_runs_as_the_deployment_says_non_root_on_a_read_only_root_and_
         &container.name,
     ]);
     assert_eq!(config.trim(), "65532:65532 true");
+    let default_user = docker_ok(&["image", "inspect", "-f", "{{.Config.User}}", image]);
+    assert_eq!(
+        default_user.trim(),
+        "65532:65532",
+        "the image itself runs as non-root"
+    );
     let out = container.exec(&["cat", "/proc/1/status"]);
     let proc_status = String::from_utf8_lossy(&out.stdout).into_owned();
     let field = |name: &str| {
