@@ -193,6 +193,11 @@ pub enum ConnectError {
         #[source]
         source: kube::config::KubeconfigError,
     },
+    #[error("the default cluster (KUBECONFIG, ~/.kube/config, or the pod's service account)")]
+    Default {
+        #[source]
+        source: kube::config::InferConfigError,
+    },
     #[error("in-cluster configuration")]
     InCluster {
         #[source]
@@ -485,6 +490,11 @@ impl Connection {
                     problem: "read through the service's connections (Connections::get)".into(),
                 });
             }
+            // What kubectl and client-go do: the default kubeconfig, else the pod's service
+            // account, so that a pipeline without `cluster:` works in and out of a cluster.
+            pipeline::Cluster::Default { context: None } => kube::Config::infer()
+                .await
+                .map_err(|source| ConnectError::Default { source })?,
             pipeline::Cluster::Default { context } => {
                 let options = KubeConfigOptions {
                     context: context.clone(),

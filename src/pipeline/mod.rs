@@ -288,7 +288,8 @@ pub enum Cluster {
         /// A context other than the kubeconfig's current one.
         context: Option<String>,
     },
-    /// The default kubeconfig (`KUBECONFIG` or `~/.kube/config`) with an optional context.
+    /// The default kubeconfig (`KUBECONFIG` or `~/.kube/config`) with an optional context;
+    /// without a context and without a kubeconfig, the service account of the pod.
     Default {
         /// A context other than the current one.
         context: Option<String>,
