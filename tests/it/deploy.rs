@@ -92,7 +92,7 @@ fn the_example_pipeline_in_deploy_is_valid() {
 /// probes came in 1.24 (beta) and PodDisruptionBudget `policy/v1` in 1.21, so on older
 /// servers the probes become TCP probes of the same port and the budget `policy/v1beta1`.
 /// Nothing else is changed.
-fn for_apiserver(mut objects: Vec<Value>, minor: u32) -> Vec<Value> {
+pub(crate) fn for_apiserver(mut objects: Vec<Value>, minor: u32) -> Vec<Value> {
     for object in &mut objects {
         if minor < 21 && object["kind"] == "PodDisruptionBudget" {
             object["apiVersion"] = json!("policy/v1beta1");
@@ -126,7 +126,7 @@ async fn minor_version(kube: &kube::Client) -> u32 {
         .expect("a numeric minor version")
 }
 
-fn kubectl(args: &[&str], kubeconfig: &Path) -> String {
+pub(crate) fn kubectl(args: &[&str], kubeconfig: &Path) -> String {
     let out = Command::new(tool(Tool::Kubectl))
         .arg("--kubeconfig")
         .arg(kubeconfig)
@@ -180,7 +180,7 @@ fn kubeconfig_with_token(token: &str, dir: &Path) -> PathBuf {
     file
 }
 
-async fn client_of(kubeconfig: &Path) -> kube::Client {
+pub(crate) async fn client_of(kubeconfig: &Path) -> kube::Client {
     crate::support::cluster::install_crypto_provider();
     let config = kube::Config::from_custom_kubeconfig(
         kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig"),

@@ -19,6 +19,7 @@ mod image;
 mod in_repository;
 mod keys;
 mod lease;
+mod node;
 mod promotions;
 mod reconcile;
 mod render;
