@@ -18,7 +18,7 @@ use sha2::{Digest as _, Sha256};
 use crate::cli_api::certificates;
 use crate::deploy::{NAMESPACE, client_of, for_apiserver, kubectl, rendered};
 use crate::image::image;
-use crate::keys::{identity, password, repository, sealed_secret};
+use crate::keys::{Overlay, identity, password, repository, sealed_secret};
 use crate::support::git::git;
 use crate::support::git_http::GitHttpServer;
 use crate::support::postgres::fresh_database;
@@ -266,7 +266,7 @@ async fn the_ha_deployment_runs_as_pods_from_the_local_image_and_a_deleted_pods_
             ]
         })
         .collect();
-    let overlays: Vec<(&str, &str, &[(&str, String)])> = envs
+    let overlays: Vec<Overlay<'_>> = envs
         .iter()
         .zip(&files)
         .map(|(env, files)| (env.as_str(), "", files.as_slice()))
