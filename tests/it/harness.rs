@@ -54,3 +54,43 @@ fn the_local_cluster_stops_when_the_watched_process_is_killed() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn the_throwaway_postgres_server_stops_and_is_deleted_when_the_watched_process_is_killed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut owner = Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("sleep starts");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/postgres.sh");
+    let out = Command::new(&script)
+        .arg("up")
+        .arg(dir.path())
+        .arg("--watch")
+        .arg(owner.id().to_string())
+        .output()
+        .expect("postgres.sh runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(url.starts_with("postgresql://stagehand:"), "{url}");
+    let data = std::fs::read_to_string(dir.path().join("data")).expect("the data dir is recorded");
+    let data = Path::new(data.trim()).to_owned();
+    let pid = std::fs::read_to_string(data.join("pgdata/postmaster.pid")).expect("running");
+    let pid = pid.lines().next().expect("the pid line").to_owned();
+    assert!(alive(&pid), "the server runs while the owner lives");
+
+    owner.kill().expect("owner can be killed");
+    owner.wait().expect("owner reaped");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(&pid) || data.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "30 s after its owner died: the server still runs, or its data remains"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
