@@ -124,7 +124,20 @@ impl Keeper {
 
         let listed = match self.bounded(leases.list(&selector(pipeline))).await {
             Some(listed) => listed,
-            None => return,
+            None => {
+                // Without a listing nothing new is taken, but what is held is still renewed:
+                // a listing that failed once must not cost the claims.
+                let renewals = self
+                    .kept
+                    .iter()
+                    .filter(|(name, kept)| {
+                        kept.what != What::Member && !self.releasing.contains(*name)
+                    })
+                    .map(|(_, kept)| Write::Renew(kept.lease.clone()))
+                    .collect();
+                self.write_all(shared, leases, renewals).await;
+                return;
+            }
         };
         let now = Instant::now();
         for lease in &listed {
