@@ -1,7 +1,9 @@
 //! What the service counts, served on `/metrics` in the OpenMetrics text format (which
 //! Prometheus scrapes). One registry per service; the parts that count hold an `Arc<Metrics>`.
 
-use std::time::Duration;
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +27,22 @@ pub struct EnvironmentLabels {
     /// The environment.
     pub environment: String,
 }
+
+/// Labels of a per-environment quantile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuantileLabels {
+    /// The environment.
+    pub environment: String,
+    /// `0.5` or `0.9`.
+    pub quantile: String,
+}
+
+/// A gauge that holds fractions and seconds.
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// How long delivery metrics computed for one scrape serve the next ones: a scraper polling
+/// often costs one store query per this period, and the figures move slowly anyway.
+pub const DELIVERY_REFRESH: Duration = Duration::from_secs(15);
 
 /// Labels of a Git fetch.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,6 +95,19 @@ pub struct Metrics {
     pub environment_held: Family<EnvironmentLabels, Gauge>,
     /// `stagehand_leader`: 1 while this replica holds the leader Lease (several replicas only).
     pub leader: Gauge,
+    /// `stagehand_delivery_*`: the delivery metrics of the last [`DELIVERY_REFRESH`].
+    delivery: Delivery,
+}
+
+/// The delivery metrics over [`crate::store::DEFAULT_DELIVERY_WINDOW`], refreshed on scrape.
+struct Delivery {
+    deployments: Family<EnvironmentLabels, FloatGauge>,
+    deployments_per_day: Family<EnvironmentLabels, FloatGauge>,
+    lead_time: Family<QuantileLabels, FloatGauge>,
+    change_failure_ratio: Family<EnvironmentLabels, FloatGauge>,
+    time_to_restore: Family<QuantileLabels, FloatGauge>,
+    /// When the gauges were last set; one scrape at a time refreshes them.
+    refreshed: tokio::sync::Mutex<Option<Instant>>,
 }
 
 fn seconds_histogram() -> Histogram {
@@ -150,8 +181,10 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease and drives promotions (with --lease-namespace)",
             leader.clone(),
         );
+        let delivery = Delivery::register(&mut registry);
         Self {
             registry,
+            delivery,
             reconcile_duration,
             reconcile_passes,
             drifted_objects,
@@ -166,7 +199,107 @@ impl Default for Metrics {
     }
 }
 
+impl Delivery {
+    fn register(registry: &mut Registry) -> Self {
+        let deployments = Family::<EnvironmentLabels, FloatGauge>::default();
+        registry.register(
+            "delivery_deployments",
+            "Promotions and rollbacks into the environment that Succeeded in the last 30 days",
+            deployments.clone(),
+        );
+        let deployments_per_day = Family::<EnvironmentLabels, FloatGauge>::default();
+        registry.register(
+            "delivery_deployments_per_day",
+            "Deployments per day over the last 30 days",
+            deployments_per_day.clone(),
+        );
+        let lead_time = Family::<QuantileLabels, FloatGauge>::default();
+        registry.register(
+            "delivery_lead_time_seconds",
+            "From the first commit of a change to its promotion's success, over the promotions that Succeeded in the last 30 days (median and 90th percentile)",
+            lead_time.clone(),
+        );
+        let change_failure_ratio = Family::<EnvironmentLabels, FloatGauge>::default();
+        registry.register(
+            "delivery_change_failure_ratio",
+            "Of the promotions and rollbacks that reached the cluster in the last 30 days, the share that failed verification or were followed by a rollback",
+            change_failure_ratio.clone(),
+        );
+        let time_to_restore = Family::<QuantileLabels, FloatGauge>::default();
+        registry.register(
+            "delivery_time_to_restore_seconds",
+            "From a failed change of the last 30 days to the next success in the environment (median and 90th percentile)",
+            time_to_restore.clone(),
+        );
+        Self {
+            deployments,
+            deployments_per_day,
+            lead_time,
+            change_failure_ratio,
+            time_to_restore,
+            refreshed: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Replaces every gauge: environments that left the pipeline, and figures that have no
+    /// value now (no lead time measured), disappear rather than keep an old value.
+    fn set(&self, figures: &[crate::store::DeliveryMetrics]) {
+        self.deployments.clear();
+        self.deployments_per_day.clear();
+        self.lead_time.clear();
+        self.change_failure_ratio.clear();
+        self.time_to_restore.clear();
+        for m in figures {
+            let env = EnvironmentLabels {
+                environment: m.environment.clone(),
+            };
+            self.deployments
+                .get_or_create(&env)
+                .set(f64::from(m.deployments));
+            self.deployments_per_day
+                .get_or_create(&env)
+                .set(m.deployments_per_day);
+            if let Some(ratio) = m.change_failure_ratio {
+                self.change_failure_ratio.get_or_create(&env).set(ratio);
+            }
+            for (family, spread) in [
+                (&self.lead_time, &m.lead_time),
+                (&self.time_to_restore, &m.time_to_restore),
+            ] {
+                for (quantile, value) in [("0.5", spread.median), ("0.9", spread.p90)] {
+                    if let Some(value) = value {
+                        family
+                            .get_or_create(&QuantileLabels {
+                                environment: m.environment.clone(),
+                                quantile: quantile.to_owned(),
+                            })
+                            .set(value.as_secs_f64());
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Metrics {
+    /// Sets the delivery gauges from `compute` unless they were set less than
+    /// [`DELIVERY_REFRESH`] ago; concurrent scrapes wait for one computation. When `compute`
+    /// fails (`None`), the gauges keep their values and the next scrape tries again.
+    pub async fn refresh_delivery<F, Fut>(&self, compute: F)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Option<Vec<crate::store::DeliveryMetrics>>>,
+    {
+        let mut refreshed = self.delivery.refreshed.lock().await;
+        if refreshed.is_some_and(|at| at.elapsed() < DELIVERY_REFRESH) {
+            return;
+        }
+        if let Some(figures) = compute().await {
+            self.delivery.set(&figures);
+            *refreshed = Some(Instant::now());
+        }
+    }
+
     /// The registry in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();

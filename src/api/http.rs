@@ -147,11 +147,36 @@ async fn webhook(
 }
 
 async fn metrics(State(hooks): State<Arc<Hooks>>) -> impl axum::response::IntoResponse {
+    let service = hooks.service.service();
+    service
+        .metrics()
+        .refresh_delivery(|| async {
+            let environments = service
+                .pipeline()
+                .environments
+                .iter()
+                .map(|env| env.name.clone())
+                .collect();
+            let until = std::time::SystemTime::now();
+            let since = until - crate::store::DEFAULT_DELIVERY_WINDOW;
+            match service
+                .promotions()
+                .delivery_metrics(environments, since, until)
+                .await
+            {
+                Ok(figures) => Some(figures),
+                Err(error) => {
+                    tracing::warn!(error = %crate::service::describe(&error), "cannot compute delivery metrics for /metrics");
+                    None
+                }
+            }
+        })
+        .await;
     (
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        hooks.service.service().metrics().encode(),
+        service.metrics().encode(),
     )
 }

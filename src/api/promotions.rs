@@ -702,6 +702,73 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
             .map_err(status_of)?;
         Ok(Response::new(compare_to_proto(comparison)))
     }
+
+    async fn get_delivery_metrics(
+        &self,
+        request: Request<proto::GetDeliveryMetricsRequest>,
+    ) -> Result<Response<proto::GetDeliveryMetricsResponse>, Status> {
+        let r = request.get_ref();
+        let service = self.supervisor.service();
+        let environments = if r.environment.is_empty() {
+            let identity = auth::identity(&request)?;
+            service
+                .pipeline()
+                .environments
+                .iter()
+                .filter(|env| auth::visible(service.access(), &identity, &env.name))
+                .map(|env| env.name.clone())
+                .collect()
+        } else {
+            self.allowed(&request, &r.environment, Permission::View)?;
+            vec![r.environment.clone()]
+        };
+        let window = match r.window {
+            None => store::DEFAULT_DELIVERY_WINDOW,
+            Some(window) => std::time::Duration::try_from(window)
+                .ok()
+                .filter(|w| !w.is_zero() && *w <= store::MAX_DELIVERY_WINDOW)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "window: must be positive and at most {}",
+                        humantime::format_duration(store::MAX_DELIVERY_WINDOW)
+                    ))
+                })?,
+        };
+        let until = time_from_proto(r.end_time)?.unwrap_or_else(SystemTime::now);
+        let since = until.checked_sub(window).ok_or_else(|| {
+            Status::invalid_argument("end_time: the window would start before 1970")
+        })?;
+        let metrics = service
+            .promotions()
+            .delivery_metrics(environments, since, until)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(proto::GetDeliveryMetricsResponse {
+            start_time: Some(timestamp(since)),
+            end_time: Some(timestamp(until)),
+            environments: metrics.iter().map(delivery_to_proto).collect(),
+        }))
+    }
+}
+
+fn delivery_to_proto(m: &store::DeliveryMetrics) -> proto::DeliveryMetrics {
+    let duration =
+        |d: Option<std::time::Duration>| d.and_then(|d| prost_types::Duration::try_from(d).ok());
+    proto::DeliveryMetrics {
+        environment: m.environment.clone(),
+        deployments: m.deployments,
+        deployments_per_day: m.deployments_per_day,
+        lead_time_count: m.lead_time.count,
+        lead_time_median: duration(m.lead_time.median),
+        lead_time_p90: duration(m.lead_time.p90),
+        changes: m.changes,
+        failed_changes: m.failed_changes,
+        change_failure_ratio: m.change_failure_ratio,
+        restored: m.time_to_restore.count,
+        time_to_restore_median: duration(m.time_to_restore.median),
+        time_to_restore_p90: duration(m.time_to_restore.p90),
+        unrestored: m.unrestored,
+    }
 }
 
 fn compare_to_proto(comparison: compare::Comparison) -> proto::CompareEnvironmentsResponse {

@@ -5,6 +5,7 @@ mod client;
 mod database;
 mod env;
 mod git;
+mod metrics;
 mod output;
 mod pipeline;
 mod promote;
@@ -103,6 +104,9 @@ enum Command {
     /// What differs between two environments' rendered objects, field by field (Secret values
     /// masked).
     Compare(promote::CompareArgs),
+    /// Delivery metrics per environment over a window: deployments, lead time for changes,
+    /// change failure rate, time to restore.
+    Metrics(metrics::MetricsArgs),
 }
 
 impl Cli {
@@ -150,6 +154,7 @@ impl Command {
             Self::Audit(args) => promote::audit(args).await,
             Self::Preview(args) => promote::preview(args).await,
             Self::Compare(args) => promote::compare(args).await,
+            Self::Metrics(args) => metrics::run(args).await,
         }
     }
 }

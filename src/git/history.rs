@@ -166,6 +166,9 @@ pub struct Authored {
     pub promotion: Option<String>,
     /// The e-mails of its author, committer and co-authors, lowercased.
     pub people: Vec<String>,
+    /// Committer time, seconds since the Unix epoch: when the commit entered the history as
+    /// it is (a rebased or cherry-picked commit counts from then, not from its first draft).
+    pub time: i64,
 }
 
 /// Trailer crediting a co-author (`Name <e-mail>`), as GitHub and GitLab write it.
@@ -173,10 +176,11 @@ pub const CO_AUTHORED_BY: &str = "Co-authored-by";
 
 impl Repository {
     /// Who wrote each commit reachable from `to` but not from `since` (every ancestor when
-    /// `since` is `None`) that changed `path` (every commit when `None`): authors, committers
-    /// and `Co-authored-by` trailers, with the commit's promotion trailer so that the caller can
-    /// tell a promotion it landed (whose content others wrote) from a commit by hand. A range of
-    /// more than `limit` commits is an error rather than a partial answer.
+    /// `since` is `None`) that changed `path` (every commit when `None`), and when: authors,
+    /// committers and `Co-authored-by` trailers, the committer time, and the commit's
+    /// promotion trailer so that the caller can tell a promotion it landed (whose content others
+    /// wrote) from a commit by hand. A range of more than `limit` commits is an error rather
+    /// than a partial answer.
     pub fn authored(
         &self,
         to: ObjectId,
@@ -217,6 +221,10 @@ impl Repository {
                 commit: info.id,
                 promotion: Trailers::of(commit.message_raw_sloppy()).promotion,
                 people: people_of(&commit, info.id)?,
+                time: commit
+                    .time()
+                    .map_err(read(format!("commit {}", info.id)))?
+                    .seconds,
             });
         }
         Ok(authored)

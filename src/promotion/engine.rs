@@ -74,6 +74,12 @@ pub(super) struct Detail {
     /// Who let it through a freeze window, and why.
     #[serde(default)]
     pub freeze_override: Option<Override>,
+    /// When the change it brings began: the oldest committer time (milliseconds since the
+    /// Unix epoch) of the promoted range, recorded at request so that delivery metrics never
+    /// read Git. Stored under [`store::FIRST_COMMIT_AT`]; `None` for rollbacks, for a range
+    /// with no commits, and for one too long to walk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_commit_at: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -435,12 +441,13 @@ impl Engine {
                 revision,
             });
         }
-        let authors = self.authors(&source_name, &target_env, &revision).await?;
+        let (authors, first_commit_at) = self.authors(&source_name, &target_env, &revision).await?;
         self.create(
             record,
             Detail {
                 authors,
                 requester_email: actor.email.clone(),
+                first_commit_at,
                 ..Detail::default()
             },
         )
@@ -637,18 +644,19 @@ impl Engine {
         self.get(&created.id).await
     }
 
-    /// Who wrote what promoting `revision` of `source` into `target` brings: the commits
-    /// since the source revision of the target's last promotion that Stagehand itself landed
-    /// (the store, not trailers anyone can push), that changed what moves: the source's
-    /// directory in the overlay model, the whole tree in the branch model. A commit that is a
-    /// promotion Stagehand landed into the source stands for the authors it recorded, who wrote
-    /// its content further up the pipeline.
+    /// Who wrote what promoting `revision` of `source` into `target` brings, and when the
+    /// oldest of it was committed: the commits since the source revision of the target's last
+    /// promotion that Stagehand itself landed (the store, not trailers anyone can push), that
+    /// changed what moves: the source's directory in the overlay model, the whole tree in the
+    /// branch model. A commit that is a promotion Stagehand landed into the source stands for
+    /// the authors and first commit time it recorded, which come from further up the
+    /// pipeline. No time when the range has no commits or is too long to walk.
     async fn authors(
         &self,
         source: &str,
         target: &Environment,
         revision: &str,
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<(Vec<String>, Option<i64>), Error> {
         let to = ObjectId::from_hex(revision.as_bytes()).map_err(|_| Error::StoredRevision {
             id: String::new(),
             revision: revision.to_owned(),
@@ -668,24 +676,36 @@ impl Engine {
         .expect("reading authors returns errors rather than panicking");
         let authored = match found {
             Ok(authored) => authored,
-            Err(error) => return self.authors_or_refuse(target, Err(error)),
+            Err(error) => {
+                return self
+                    .authors_or_refuse(target, Err(error))
+                    .map(|authors| (authors, None));
+            }
         };
         let mut authors: Vec<String> = Vec::new();
+        let mut first_commit_at: Option<i64> = None;
         for commit in &authored {
-            let people = match self
+            let own_time = commit.time.saturating_mul(1000);
+            let (people, time) = match self
                 .landed(source, commit.commit, commit.promotion.as_deref())
                 .await?
             {
-                Some(landed) => Detail::of(&landed).authors,
-                None => commit.people.clone(),
+                // A promotion recorded before first commit times were kept counts from its
+                // own commit: later than the change began, but never earlier.
+                Some(landed) => {
+                    let detail = Detail::of(&landed);
+                    (detail.authors, detail.first_commit_at.unwrap_or(own_time))
+                }
+                None => (commit.people.clone(), own_time),
             };
             for email in people {
                 if !authors.contains(&email) {
                     authors.push(email);
                 }
             }
+            first_commit_at = Some(first_commit_at.map_or(time, |first| first.min(time)));
         }
-        Ok(authors)
+        Ok((authors, first_commit_at))
     }
 
     /// The authors found, or why the promotion is refused when the author rule needs them.
@@ -898,6 +918,25 @@ impl Engine {
         filter: &store::AuditFilter,
     ) -> Result<Page<store::AuditEvent>, Error> {
         Ok(self.store.audit_events(filter).await?)
+    }
+
+    /// The delivery metrics of `environments` (each must be the pipeline's) over `[since,
+    /// until)`, from the store alone; any replica answers them.
+    pub async fn delivery_metrics(
+        &self,
+        environments: Vec<String>,
+        since: SystemTime,
+        until: SystemTime,
+    ) -> Result<Vec<store::DeliveryMetrics>, Error> {
+        for environment in &environments {
+            self.environment(environment)?;
+        }
+        let query = store::DeliveryQuery {
+            environments,
+            since,
+            until,
+        };
+        Ok(self.store.delivery_metrics(&query).await?)
     }
 
     /// The ids of promotions as they change.
@@ -1396,6 +1435,24 @@ mod tests {
             until: jiff::Timestamp::try_from(until).expect("a representable time"),
             reason: None,
         }
+    }
+
+    #[test]
+    fn the_first_commit_time_is_stored_under_the_key_delivery_metrics_read() {
+        let detail = super::Detail {
+            first_commit_at: Some(1_700_000_000_000),
+            ..super::Detail::default()
+        };
+        assert_eq!(
+            detail.to_value()[crate::store::FIRST_COMMIT_AT],
+            serde_json::json!(1_700_000_000_000i64)
+        );
+        // Unknown stays absent rather than null, as in promotions stored before it existed.
+        let value = super::Detail::default().to_value();
+        assert!(
+            value.get(crate::store::FIRST_COMMIT_AT).is_none(),
+            "{value}"
+        );
     }
 
     #[test]

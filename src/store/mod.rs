@@ -11,6 +11,7 @@
 //! and the same behaviour (the tests run one body on both). The store holds no Secret values: statuses and events are written by modules that
 //! already redact them.
 
+mod delivery;
 mod postgres;
 mod schema;
 mod sqlite;
@@ -20,6 +21,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use delivery::{
+    DEFAULT_WINDOW as DEFAULT_DELIVERY_WINDOW, DeliveryMetrics, DeliveryQuery, FIRST_COMMIT_AT,
+    MAX_WINDOW as MAX_DELIVERY_WINDOW, Spread,
+};
 pub use postgres::{PostgresStore, PostgresUrl};
 pub use sqlite::{DATABASE_FILE, SqliteStore};
 
@@ -222,6 +227,11 @@ pub trait Store: Send + Sync {
 
     /// Audit events, newest first, one page at a time.
     async fn audit_events(&self, filter: &AuditFilter) -> Result<Page<AuditEvent>>;
+
+    /// Deployment frequency, lead time, change failure rate and time to restore of each
+    /// environment of `query` over its window (defined in the `delivery` module), from one
+    /// read of the promotions that moved since the window's start or have not ended.
+    async fn delivery_metrics(&self, query: &DeliveryQuery) -> Result<Vec<DeliveryMetrics>>;
 }
 
 /// A deliberate state set by someone: a suspension, or a hold on automatic promotion.

@@ -31,13 +31,15 @@ use tokio_postgres::Row;
 use tokio_postgres::config::Host;
 use tokio_postgres::types::ToSql;
 
+use super::delivery::{self, Attempt};
 use super::schema::{CURRENT_VERSION, migrations_from};
 use super::{
     Approval, ApprovalOutcome, AuditAction, AuditEvent, AuditFilter, BackendError, Database,
-    EnvironmentRecord, Error, EventRecord, HISTORY_PER_ENVIRONMENT, Hold, NewAuditEvent, NewEvent,
-    NewPromotion, Page, PromotionDetail, PromotionFilter, PromotionKind, PromotionRecord,
-    PromotionState, Result, Store, SyncCounts, SyncRecord, SyncRun, TRIM_EVERY, Transition,
-    TransitionOutcome, TransitionRecord, folds_into, from_millis, page_size, paginate, to_millis,
+    DeliveryMetrics, DeliveryQuery, EnvironmentRecord, Error, EventRecord, FIRST_COMMIT_AT,
+    HISTORY_PER_ENVIRONMENT, Hold, NewAuditEvent, NewEvent, NewPromotion, Page, PromotionDetail,
+    PromotionFilter, PromotionKind, PromotionRecord, PromotionState, Result, Store, SyncCounts,
+    SyncRecord, SyncRun, TRIM_EVERY, Transition, TransitionOutcome, TransitionRecord, folds_into,
+    from_millis, page_size, paginate, to_millis,
 };
 
 /// Connections one store keeps open at most. Calls are short transactions, so a few serve a
@@ -1349,6 +1351,41 @@ impl Store for PostgresStore {
             .await?;
         Ok(paginate(rows, size))
     }
+
+    async fn delivery_metrics(&self, query: &DeliveryQuery) -> Result<Vec<DeliveryMetrics>> {
+        let what = "reading promotions for delivery metrics";
+        let text = delivery::attempts_query(
+            &format!("(t.detail::jsonb ->> '{FIRST_COMMIT_AT}')::bigint"),
+            "= ANY($1)",
+            "$2",
+        );
+        let since = to_millis(query.since);
+        let client = self.client(what).await?;
+        let attempts = self
+            .rows(
+                &client,
+                what,
+                &text,
+                &[&query.environments, &since],
+                attempt_row,
+            )
+            .await?;
+        Ok(delivery::compute(query, &attempts))
+    }
+}
+
+fn attempt_row(row: &Row) -> Result<Attempt, Decode> {
+    Ok(Attempt {
+        environment: row.try_get(0)?,
+        kind: parse(row, 1)?,
+        state: parse(row, 2)?,
+        requested_at: row.try_get(3)?,
+        first_commit_at: row.try_get(4)?,
+        syncing_at: row.try_get(5)?,
+        verifying_at: row.try_get(6)?,
+        verification_failed_at: row.try_get(7)?,
+        succeeded_at: row.try_get(8)?,
+    })
 }
 
 /// Makes the transaction's commit return before its WAL reaches the disk (see the module docs).

@@ -254,7 +254,12 @@ ALTER TABLE sync_run ADD COLUMN content TEXT;
 ALTER TABLE environment ADD COLUMN applied_content TEXT;
 "#;
 
-const MIGRATIONS: [Migration; 2] = [
+/// Version 3: delivery metrics read a target's promotions that moved since a window's start.
+const V3: &str = r#"
+CREATE INDEX promotion_by_target_updated ON promotion (target_environment, updated_at);
+"#;
+
+const MIGRATIONS: [Migration; 3] = [
     Migration {
         sqlite: V1,
         postgres: V1_POSTGRES,
@@ -263,6 +268,10 @@ const MIGRATIONS: [Migration; 2] = [
     Migration {
         sqlite: V2,
         postgres: V2,
+    },
+    Migration {
+        sqlite: V3,
+        postgres: V3,
     },
 ];
 

@@ -17,13 +17,15 @@ use rusqlite::types::{Type, Value};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+use super::delivery::{self, Attempt};
 use super::schema::{self, classify};
 use super::{
-    Approval, ApprovalOutcome, AuditAction, AuditEvent, AuditFilter, Database, EnvironmentRecord,
-    Error, EventRecord, HISTORY_PER_ENVIRONMENT, Hold, NewAuditEvent, NewEvent, NewPromotion, Page,
-    PromotionDetail, PromotionFilter, PromotionKind, PromotionRecord, PromotionState, Result,
-    Store, SyncCounts, SyncRecord, SyncRun, TRIM_EVERY, Transition, TransitionOutcome,
-    TransitionRecord, folds_into, from_millis, page_size, paginate, to_millis,
+    Approval, ApprovalOutcome, AuditAction, AuditEvent, AuditFilter, Database, DeliveryMetrics,
+    DeliveryQuery, EnvironmentRecord, Error, EventRecord, FIRST_COMMIT_AT, HISTORY_PER_ENVIRONMENT,
+    Hold, NewAuditEvent, NewEvent, NewPromotion, Page, PromotionDetail, PromotionFilter,
+    PromotionKind, PromotionRecord, PromotionState, Result, Store, SyncCounts, SyncRecord, SyncRun,
+    TRIM_EVERY, Transition, TransitionOutcome, TransitionRecord, folds_into, from_millis,
+    page_size, paginate, to_millis,
 };
 
 /// The database's name inside the state directory.
@@ -1125,6 +1127,45 @@ impl Store for SqliteStore {
                 })
                 .map_err(sql(path, "listing audit events"))?;
             Ok(paginate(rows, size))
+        })
+        .await
+    }
+
+    async fn delivery_metrics(&self, query: &DeliveryQuery) -> Result<Vec<DeliveryMetrics>> {
+        let query = query.clone();
+        self.call(move |conn, path| {
+            let marks = vec!["?"; query.environments.len()].join(", ");
+            let text = delivery::attempts_query(
+                &format!("json_extract(t.detail, '$.{FIRST_COMMIT_AT}')"),
+                &format!("IN ({marks})"),
+                "?",
+            );
+            let mut args: Vec<Value> = query
+                .environments
+                .iter()
+                .map(|env| Value::Text(env.clone()))
+                .collect();
+            args.push(Value::Integer(to_millis(query.since)));
+            let attempts = conn
+                .prepare_cached(&text)
+                .and_then(|mut stmt| {
+                    stmt.query_map(rusqlite::params_from_iter(args), |row| {
+                        Ok(Attempt {
+                            environment: row.get(0)?,
+                            kind: parse_column(row, 1)?,
+                            state: parse_column(row, 2)?,
+                            requested_at: row.get(3)?,
+                            first_commit_at: row.get(4)?,
+                            syncing_at: row.get(5)?,
+                            verifying_at: row.get(6)?,
+                            verification_failed_at: row.get(7)?,
+                            succeeded_at: row.get(8)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(sql(path, "reading promotions for delivery metrics"))?;
+            Ok(delivery::compute(&query, &attempts))
         })
         .await
     }

@@ -11,6 +11,7 @@ mod cli_escape;
 mod cli_promote;
 mod cli_sync;
 mod cluster;
+mod delivery;
 mod deploy;
 mod foundation;
 mod git;

@@ -24,7 +24,7 @@ use crate::support::{Tool, tool};
 pub(crate) const ALICE: &str = "alice-token-releaser-71b2";
 pub(crate) const BOB: &str = "bob-token-approver-0c9d";
 const CAROL: &str = "carol-token-author-5e11";
-const DAVE: &str = "dave-token-approver-a4f0";
+pub(crate) const DAVE: &str = "dave-token-approver-a4f0";
 pub(crate) const VERA: &str = "vera-token-viewer-33aa";
 /// alice's second identity: an approver with alice's e-mail.
 const ALICE_CI: &str = "alice-ci-token-approver-9e02";

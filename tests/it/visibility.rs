@@ -468,6 +468,9 @@ async fn whoever_may_not_view_an_environment_cannot_tell_it_exists_nor_page_past
         (compare_environments, $r:expr) => {
             promotions.compare_environments($r).await
         };
+        (get_delivery_metrics, $r:expr) => {
+            promotions.get_delivery_metrics($r).await
+        };
     }
     macro_rules! alike {
         ($call:ident, $make:expr) => {{
@@ -560,6 +563,27 @@ async fn whoever_may_not_view_an_environment_cannot_tell_it_exists_nor_page_past
             to_environment: "staging".into(),
         }
     });
+    alike!(get_delivery_metrics, |n: &str| {
+        proto::GetDeliveryMetricsRequest {
+            environment: n.into(),
+            ..Default::default()
+        }
+    });
+    // Asked for every environment, carol gets those she may view.
+    let all = promotions
+        .get_delivery_metrics(with_token(
+            CAROL,
+            proto::GetDeliveryMetricsRequest::default(),
+        ))
+        .await
+        .expect("carol may ask for metrics")
+        .into_inner();
+    let reported: Vec<&str> = all
+        .environments
+        .iter()
+        .map(|m| m.environment.as_str())
+        .collect();
+    assert_eq!(reported, ["staging"]);
 
     // A promotion into prod is, to carol, no promotion at all.
     let hidden_id = into_prod.id.clone();

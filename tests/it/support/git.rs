@@ -64,6 +64,32 @@ impl Repo {
     pub fn git(&self, args: &[&str]) -> String {
         git(&self.dir, args)
     }
+
+    /// Stages everything and commits with the given author and committer times (seconds since
+    /// the Unix epoch, UTC); returns the commit id.
+    pub fn commit_at(&self, message: &str, author_time: u64, committer_time: u64) -> String {
+        git(&self.dir, &["add", "-A"]);
+        let out = Command::new("git")
+            .args(["commit", "-q", "--allow-empty", "-m", message])
+            .current_dir(&self.dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "Test Author")
+            .env("GIT_AUTHOR_EMAIL", "author@example.test")
+            .env("GIT_COMMITTER_NAME", "Test Committer")
+            .env("GIT_COMMITTER_EMAIL", "committer@example.test")
+            .env("GIT_AUTHOR_DATE", format!("@{author_time} +0000"))
+            .env("GIT_COMMITTER_DATE", format!("@{committer_time} +0000"))
+            .output()
+            .expect("git runs");
+        assert!(
+            out.status.success(),
+            "git commit in {} failed: {}",
+            self.dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        git(&self.dir, &["rev-parse", "HEAD"])
+    }
 }
 
 /// A bare repository to push to, standing for the remote.
