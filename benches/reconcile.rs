@@ -90,6 +90,7 @@ fn environment(name: &str, kubeconfig: &Path) -> Environment {
         promotion: PromotionPolicy::default(),
         verify: None,
         decryption: Default::default(),
+        ignore_differences: Vec::new(),
     }
 }
 

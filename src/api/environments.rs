@@ -13,6 +13,7 @@ use crate::api::watch::{self, WatchSlot, Watcher, Watches};
 use crate::cluster::ObjectRef;
 use crate::cluster::apply::Change;
 use crate::cluster::health::HealthStatus;
+use crate::cluster::ignore::Ignored;
 use crate::pipeline;
 use crate::proto;
 use crate::reconcile::{EnvironmentStatus, Plan};
@@ -438,6 +439,7 @@ fn status_to_proto(view: &EnvironmentView) -> proto::EnvironmentStatus {
                 health: health(object.health.as_ref().map(|h| h.status)),
                 message,
                 drifted_fields: drifted,
+                ignored_fields: ignored_to_proto(&object.ignored),
             }
         })
         .collect();
@@ -447,6 +449,7 @@ fn status_to_proto(view: &EnvironmentView) -> proto::EnvironmentStatus {
         health: health(None),
         message: pruned.outcome.to_string(),
         drifted_fields: Vec::new(),
+        ignored_fields: Vec::new(),
     }));
     let next_sync_time = status
         .next_attempt_in
@@ -494,9 +497,21 @@ pub(super) fn plan_to_proto(plan: &Plan) -> proto::DiffEnvironmentResponse {
                 change: d.change.to_owned(),
                 diff: d.diff,
                 changed_secret_keys: d.changed_secret_keys,
+                ignored_fields: ignored_to_proto(&d.ignored_fields),
             })
             .collect(),
     }
+}
+
+fn ignored_to_proto(ignored: &[Ignored]) -> Vec<proto::IgnoredField> {
+    ignored
+        .iter()
+        .map(|i| proto::IgnoredField {
+            field: i.field.clone(),
+            rule: u32::try_from(i.rule)
+                .expect("a pipeline file holds far fewer rules than u32::MAX"),
+        })
+        .collect()
 }
 
 fn revision_to_proto(entry: &service::HistoryEntry) -> proto::Revision {

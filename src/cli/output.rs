@@ -64,7 +64,12 @@ pub fn plan_table(plan: &Value) -> String {
         .into_iter()
         .flatten()
         .map(|o| {
-            let diff: Vec<String> = raw(&o["diff"]).split('\n').map(escape).collect();
+            let diff: Vec<String> = raw(&o["diff"])
+                .split('\n')
+                .filter(|line| !line.is_empty())
+                .map(escape)
+                .chain(ignored_fields(o))
+                .collect();
             row(o, text(&o["change"]), diff.join(", "))
         })
         .collect();
@@ -111,6 +116,7 @@ fn objects_table(objects: &Value, pruned: &Value) -> String {
             .iter()
             .filter_map(|k| o[*k].as_array())
             .map(|fields| fields.iter().map(text).collect::<Vec<_>>().join(", "))
+            .chain([ignored_fields(o).join(", ")])
             .chain([text(&o["message"])])
             .filter(|d| !d.is_empty())
             .collect();
@@ -143,6 +149,22 @@ fn objects_table(objects: &Value, pruned: &Value) -> String {
         "DETAILS",
     ];
     table(&header, &rows)
+}
+
+/// `ignored .spec.replicas (ignoreDifferences[0])` for each field `ignoreDifferences` left alone.
+fn ignored_fields(entry: &Value) -> Vec<String> {
+    entry["ignoredFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            format!(
+                "ignored {} (ignoreDifferences[{}])",
+                text(&i["field"]),
+                text(&i["rule"])
+            )
+        })
+        .collect()
 }
 
 /// The object's four names, then `action` and `details`.
@@ -621,7 +643,10 @@ mod tests {
                 {"object": {"apiVersion": "v1", "kind": "Namespace", "name": "shop"},
                  "change": "create", "diff": ""},
                 {"object": {"apiVersion": "v1", "kind": "ConfigMap", "namespace": "shop",
-                            "name": "old"}, "change": "prune", "diff": "deleted"}
+                            "name": "old"}, "change": "prune", "diff": "deleted"},
+                {"object": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "shop",
+                            "name": "api"}, "change": "ignore", "diff": "",
+                 "ignoredFields": [{"field": ".spec.replicas", "rule": 0}]}
             ]
         });
         assert_eq!(
@@ -630,7 +655,8 @@ mod tests {
              APIVERSION  KIND        NAMESPACE  NAME  CHANGE  DIFF\n\
              apps/v1     Deployment  shop       web   update  .spec.replicas, .spec.template\n\
              v1          Namespace              shop  create\n\
-             v1          ConfigMap   shop       old   prune   deleted\n"
+             v1          ConfigMap   shop       old   prune   deleted\n\
+             apps/v1     Deployment  shop       api   ignore  ignored .spec.replicas (ignoreDifferences[0])\n"
         );
     }
 

@@ -63,6 +63,7 @@ pub fn status(status: &proto::EnvironmentStatus) -> Value {
             "health": health(o.health),
             "message": o.message,
             "driftedFields": o.drifted_fields,
+            "ignoredFields": o.ignored_fields.iter().map(ignored).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "reason": status.reason,
         "message": status.message,
@@ -111,6 +112,11 @@ pub fn revisions(list: &proto::ListRevisionsResponse) -> Value {
         })
         .collect();
     json!({ "revisions": revisions })
+}
+
+/// A field `ignoreDifferences` left alone, as `sync -o json` writes it.
+fn ignored(i: &proto::IgnoredField) -> Value {
+    json!({"field": i.field, "rule": i.rule})
 }
 
 /// The object's names; `namespace` is absent for cluster-scoped objects, as in `diff -o json`.

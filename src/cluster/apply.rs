@@ -1,5 +1,6 @@
 //! Staged server-side apply that returns what happened to each object.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
 use super::health::{self, Health};
+use super::ignore::{self, Ignored};
 use super::inventory::Inventory;
 use super::object::at;
 use super::redact::Redactor;
@@ -45,6 +47,8 @@ pub struct Options {
     pub wait_timeout: Duration,
     /// The namespace of namespaced objects that name none.
     pub default_namespace: String,
+    /// Fields of existing objects left to other controllers (`ignoreDifferences`).
+    pub ignore: Vec<crate::pipeline::IgnoreRule>,
 }
 
 impl Options {
@@ -60,6 +64,7 @@ impl Options {
             dry_run: false,
             wait_timeout: Duration::from_secs(30),
             default_namespace: "default".into(),
+            ignore: Vec::new(),
         }
     }
 }
@@ -121,6 +126,8 @@ pub struct Entry {
     pub reference: ObjectRef,
     /// What happened to it.
     pub change: Change,
+    /// Fields whose value in Git the cluster does not hold, left alone by `ignoreDifferences`.
+    pub ignored: Vec<Ignored>,
     live: Option<Value>,
 }
 
@@ -129,6 +136,7 @@ impl fmt::Debug for Entry {
         f.debug_struct("Entry")
             .field("reference", &self.reference)
             .field("change", &self.change)
+            .field("ignored", &self.ignored)
             .finish_non_exhaustive()
     }
 }
@@ -138,6 +146,7 @@ impl Entry {
         Self {
             reference,
             change,
+            ignored: Vec::new(),
             live,
         }
     }
@@ -349,8 +358,7 @@ async fn apply_stage(
     }
 
     assign_list_keys(&mut prepared);
-    let (mut live, failures, complete) =
-        list_live(conn, &prepared, &options.owner, ctx.previous).await;
+    let (mut live, failures, complete) = list_live(conn, &prepared, options, ctx.previous).await;
     if !failures.is_empty() {
         // Without the live objects nothing can be compared: objects of a kind that could not
         // be listed fail, the others go on.
@@ -503,31 +511,47 @@ type Listed = (
 /// Lists our live objects with one request per kind and namespace. A kind in one namespace
 /// that holds objects new to the inventory is listed whole, without the owner selector, so
 /// that an object someone else made is found without a request per object; kinds listed
-/// across namespaces or cluster-wide are not, as they can be large.
+/// across namespaces or cluster-wide are not, as they can be large. Objects keep their
+/// `managedFields` only where an `ignoreDifferences` rule selects one of the list.
 async fn list_live(
     conn: &Connection,
     prepared: &[Prepared],
-    owner: &str,
+    options: &Options,
     previous: &HashSet<KeyRef<'_>>,
 ) -> Listed {
-    let mut groups: HashMap<ListKey, (&Resolved, bool)> = HashMap::new();
-    for p in prepared {
-        let new = !previous.contains(&p.object.reference().key_ref());
-        let group = groups.entry(list_key(p)).or_insert((&p.resolved, false));
-        group.1 |= new && p.list_key.2.is_some();
+    struct Group<'a> {
+        resolved: &'a Resolved,
+        whole: bool,
+        managed_fields: bool,
     }
-    let ours = format!("{INVENTORY_LABEL}={owner}");
+    let mut groups: HashMap<ListKey, Group<'_>> = HashMap::new();
+    for p in prepared {
+        let reference = p.object.reference();
+        let new = !previous.contains(&reference.key_ref());
+        let group = groups.entry(list_key(p)).or_insert(Group {
+            resolved: &p.resolved,
+            whole: false,
+            managed_fields: false,
+        });
+        group.whole |= new && p.list_key.2.is_some();
+        group.managed_fields |= ignore::selects(&options.ignore, reference);
+    }
+    let ours = format!("{INVENTORY_LABEL}={}", options.owner);
     let complete: HashSet<ListKey> = groups
         .iter()
-        .filter(|(_, (_, whole))| *whole)
+        .filter(|(_, group)| group.whole)
         .map(|(key, _)| key.clone())
         .collect();
-    let lists = groups.into_iter().map(|(key, (resolved, whole))| {
-        let selector = if whole { "" } else { ours.as_str() };
+    let lists = groups.into_iter().map(|(key, group)| {
+        let selector = if group.whole { "" } else { ours.as_str() };
         async move {
-            let api = conn.api(resolved, key.2.as_deref());
-            let result = list(&api, selector).await;
-            (key, resolved, result)
+            let api = conn.api(group.resolved, key.2.as_deref());
+            let result = if group.managed_fields {
+                list::<Value>(&api, selector).await
+            } else {
+                list::<ListedObject>(&api, selector).await
+            };
+            (key, group.resolved, result)
         }
     });
     let results = futures::future::join_all(lists).await;
@@ -555,8 +579,12 @@ async fn list_live(
     (live, failures, complete)
 }
 
-/// Lists objects carrying `selector` as plain JSON, page by page.
-async fn list(api: &Api<DynamicObject>, selector: &str) -> Result<Vec<Value>, kube::Error> {
+/// Lists objects carrying `selector` as plain JSON, page by page; `T` says whether to keep
+/// their `managedFields`.
+async fn list<T: serde::de::DeserializeOwned + Into<Value>>(
+    api: &Api<DynamicObject>,
+    selector: &str,
+) -> Result<Vec<Value>, kube::Error> {
     let mut items = Vec::new();
     let mut params = ListParams::default().limit(500);
     if !selector.is_empty() {
@@ -566,8 +594,8 @@ async fn list(api: &Api<DynamicObject>, selector: &str) -> Result<Vec<Value>, ku
         let request = kube::core::Request::new(api.resource_url())
             .list(&params)
             .map_err(kube::Error::BuildRequest)?;
-        let page: Page = api.clone().into_client().request(request).await?;
-        items.extend(page.items.into_iter().map(|item| item.0));
+        let page: Page<T> = api.clone().into_client().request(request).await?;
+        items.extend(page.items.into_iter().map(Into::into));
         match page.metadata.continue_token {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
             _ => return Ok(items),
@@ -577,9 +605,10 @@ async fn list(api: &Api<DynamicObject>, selector: &str) -> Result<Vec<Value>, ku
 
 /// One page of a list answer.
 #[derive(serde::Deserialize)]
-struct Page {
-    #[serde(default)]
-    items: Vec<ListedObject>,
+#[serde(bound = "T: serde::de::DeserializeOwned")]
+struct Page<T> {
+    #[serde(default = "Vec::new")]
+    items: Vec<T>,
     #[serde(default)]
     metadata: PageMetadata,
 }
@@ -593,6 +622,12 @@ struct PageMetadata {
 /// A listed object without `metadata.managedFields`: nothing here reads them (drift compares
 /// the fields we declared), and they are often half of the object, parsed again on every pass.
 struct ListedObject(Value);
+
+impl From<ListedObject> for Value {
+    fn from(object: ListedObject) -> Self {
+        object.0
+    }
+}
 
 impl<'de> serde::Deserialize<'de> for ListedObject {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -760,13 +795,30 @@ async fn apply_one(ctx: &Context<'_>, p: Prepared, mut live: Option<Value>, abse
             Err(e) => return fail("read", e),
         };
     }
+    // Fields another controller owns: an existing object is applied without them (or with
+    // the values it runs), and they are no drift (see `ignore`).
+    let (config, ignored, releases) = match &live {
+        Some(existing) if ignore::selects(&options.ignore, &reference) => {
+            let fields = ignore::Fields::of(&options.ignore, &reference, existing);
+            (
+                Cow::Owned(fields.apply_config(desired, existing)),
+                fields.differences(desired, existing),
+                fields.releases(desired, existing),
+            )
+        }
+        _ => (Cow::Borrowed(desired), Vec::new(), false),
+    };
+    let entry = |change, live| Entry {
+        ignored: ignored.clone(),
+        ..Entry::new(reference.clone(), change, live)
+    };
     if let Some(existing) = &live {
         match ownership(ctx, &reference, existing) {
             Ok(true) => {}
             Ok(false) => {
                 // Taking it over means taking its fields, whoever set them.
-                return match patch(&api, &p.resolved, name, desired, true, options.dry_run).await {
-                    Ok(applied) => Entry::new(reference.clone(), Change::Adopted, Some(applied)),
+                return match patch(&api, &p.resolved, name, &config, true, options.dry_run).await {
+                    Ok(applied) => entry(Change::Adopted, Some(applied)),
                     Err(e) => fail("adopt", e),
                 };
             }
@@ -790,29 +842,29 @@ async fn apply_one(ctx: &Context<'_>, p: Prepared, mut live: Option<Value>, abse
         };
     };
 
-    if hash_of(&live) == Some(p.hash.as_str()) {
+    if hash_of(&live) == Some(p.hash.as_str()) && !releases {
         // Git has not changed this object since we applied it.
-        if diff::contains(&live, desired) {
-            return Entry::new(reference.clone(), Change::Unchanged, Some(live));
+        if diff::contains(&live, &config) {
+            return entry(Change::Unchanged, Some(live));
         }
-        let preview = match patch(&api, &p.resolved, name, desired, true, true).await {
+        let preview = match patch(&api, &p.resolved, name, &config, true, true).await {
             Ok(preview) => preview,
             Err(e) => return fail("dry-run apply", e),
         };
         let fields = diff::changed_paths(&live, &preview);
         if fields.is_empty() {
-            return Entry::new(reference.clone(), Change::Unchanged, Some(live));
+            return entry(Change::Unchanged, Some(live));
         }
         if !options.self_heal || options.dry_run {
-            return Entry::new(reference.clone(), Change::Drifted { fields }, Some(live));
+            return entry(Change::Drifted { fields }, Some(live));
         }
-        return match patch(&api, &p.resolved, name, desired, true, false).await {
-            Ok(applied) => Entry::new(reference.clone(), Change::Healed { fields }, Some(applied)),
+        return match patch(&api, &p.resolved, name, &config, true, false).await {
+            Ok(applied) => entry(Change::Healed { fields }, Some(applied)),
             Err(e) => fail("apply", e),
         };
     }
 
-    match patch(&api, &p.resolved, name, desired, force, options.dry_run).await {
+    match patch(&api, &p.resolved, name, &config, force, options.dry_run).await {
         Ok(applied) => {
             let fields: Vec<String> = diff::changed_paths(&live, &applied)
                 .into_iter()
@@ -823,7 +875,7 @@ async fn apply_one(ctx: &Context<'_>, p: Prepared, mut live: Option<Value>, abse
             } else {
                 Change::Configured { fields }
             };
-            Entry::new(reference.clone(), change, Some(applied))
+            entry(change, Some(applied))
         }
         Err(e) if is_immutable(&e) && options.recreate && !options.dry_run => {
             let uid = at(&live, &["metadata", "uid"]).and_then(Value::as_str);
@@ -973,7 +1025,7 @@ mod tests {
                 "spec": {"replicas": 2, "ratio": 0.5, "list": [1, "x", null, true]}
             }]
         });
-        let page: Page = serde_json::from_value(page).expect("a list page");
+        let page: Page<ListedObject> = serde_json::from_value(page).expect("a list page");
         assert_eq!(page.metadata.continue_token.as_deref(), Some("next"));
         let objects: Vec<Value> = page.items.into_iter().map(|o| o.0).collect();
         assert_eq!(

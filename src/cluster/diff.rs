@@ -75,7 +75,8 @@ fn walk(before: &Value, after: &Value, path: String, out: &mut Vec<String>) {
     }
 }
 
-fn child_path(path: &str, key: &str) -> String {
+/// `path` and then `key`: `.key`, or `["key"]` for a key with other characters.
+pub(crate) fn child_path(path: &str, key: &str) -> String {
     if key
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')

@@ -28,6 +28,8 @@
 //! - [`health::assess`]: kstatus-style health of a live object.
 //! - [`normalize::normalize`]: defaults older apiservers need under server-side apply.
 //! - [`diff`]: field containment and changed field paths (no values).
+//! - [`ignore`]: the fields `ignoreDifferences` leaves to other controllers: left out of what is
+//!   applied to existing objects and of drift, reported as ignored.
 //! - [`redact`]: Secret-safe copies of manifests and scrubbing of free text.
 //! - [`events::record`]: a Kubernetes Event on an object (drift, heal, prune).
 
@@ -35,6 +37,7 @@ pub mod apply;
 pub mod diff;
 pub mod events;
 pub mod health;
+pub mod ignore;
 pub mod installation;
 pub mod inventory;
 pub mod lease;

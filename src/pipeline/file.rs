@@ -108,6 +108,28 @@ pub struct Environment {
     pub verify: Option<Verify>,
     #[serde(default)]
     pub decryption: Option<EnvDecryption>,
+    #[serde(default)]
+    pub ignore_differences: Vec<IgnoreDifference>,
+}
+
+/// Every field optional here so that validation, not serde, names what is missing.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IgnoreDifference {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub json_pointers: Vec<String>,
+    #[serde(default)]
+    pub field_paths: Vec<String>,
+    #[serde(default)]
+    pub managed_fields_managers: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

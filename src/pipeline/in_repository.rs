@@ -58,11 +58,14 @@ pub enum Setting {
     Verify,
     /// `decryption` and `environments[].decryption`: which keys decrypt which environment.
     Decryption,
+    /// `environments[].ignoreDifferences`: fields Stagehand leaves to other controllers, so it
+    /// neither heals nor reports them; a rule weakens what Git enforces.
+    IgnoreDifferences,
 }
 
 impl Setting {
     /// Every setting, in the order errors list them.
-    pub const ALL: [Setting; 14] = [
+    pub const ALL: [Setting; 15] = [
         Self::Metadata,
         Self::Access,
         Self::Notifications,
@@ -77,6 +80,7 @@ impl Setting {
         Self::Promotion,
         Self::Verify,
         Self::Decryption,
+        Self::IgnoreDifferences,
     ];
 
     /// The name `mayChange` uses: the field's own name in the file.
@@ -96,11 +100,12 @@ impl Setting {
             Self::Promotion => "promotion",
             Self::Verify => "verify",
             Self::Decryption => "decryption",
+            Self::IgnoreDifferences => "ignoreDifferences",
         }
     }
 
     /// The settings of one environment, compared environment by environment.
-    const OF_ENVIRONMENT: [Setting; 9] = [
+    const OF_ENVIRONMENT: [Setting; 10] = [
         Self::Source,
         Self::Cluster,
         Self::Sync,
@@ -110,6 +115,7 @@ impl Setting {
         Self::Promotion,
         Self::Verify,
         Self::Decryption,
+        Self::IgnoreDifferences,
     ];
 }
 
@@ -258,6 +264,7 @@ fn same_setting(setting: Setting, a: &Environment, b: &Environment) -> bool {
         Setting::Promotion => a.promotion == b.promotion,
         Setting::Verify => a.verify == b.verify,
         Setting::Decryption => a.decryption == b.decryption,
+        Setting::IgnoreDifferences => a.ignore_differences == b.ignore_differences,
         Setting::Metadata
         | Setting::Access
         | Setting::Notifications
@@ -455,6 +462,11 @@ spec:
                 "environments/prod}\n      promote: {files: [secret.yaml]}",
                 "spec.environments[1].promote",
             ),
+            (
+                "environments/prod}",
+                "environments/prod}\n      ignoreDifferences: [{kind: Deployment, jsonPointers: [/spec]}]",
+                "spec.environments[1].ignoreDifferences",
+            ),
         ];
         for (from, to, field) in cases {
             assert_eq!(refused_field(committed(from, to)), field, "{from} -> {to}");
@@ -499,7 +511,7 @@ spec:
     fn a_new_environment_needs_leave_for_every_setting_of_an_environment() {
         let disk = DISK.replace(
             "[freezeWindows]",
-            "[environments, source, sync, approval, freezeWindows, promote, promotion, verify, decryption]",
+            "[environments, source, sync, approval, freezeWindows, promote, promotion, verify, decryption, ignoreDifferences]",
         );
         let parse = |text: &str| Pipeline::parse(Path::new("/x/p.yaml"), text).expect("valid");
         let with_qa = disk.replace(

@@ -7,12 +7,14 @@
 //! and freeze windows.
 
 mod file;
+pub mod ignore;
 pub mod in_repository;
 mod validate;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use ignore::{FieldPath, IgnoreRule};
 pub use validate::{Error, ErrorKind};
 
 /// The `apiVersion` this build understands.
@@ -141,6 +143,9 @@ pub struct Environment {
     pub verify: Option<Verify>,
     /// Which age identities decrypt this environment's SOPS files (`decryption:`).
     pub decryption: Decryption,
+    /// Fields of its objects that other controllers own (`ignoreDifferences:`), in file order:
+    /// a rule is named by its index.
+    pub ignore_differences: Vec<IgnoreRule>,
 }
 
 /// Which age identities an environment decrypts with. An environment with keys of its own

@@ -7,9 +7,10 @@ use std::time::Duration;
 use super::file;
 use super::in_repository::Setting;
 use super::{
-    API_VERSION, Alerts, ApprovalPolicy, Cluster, Decryption, Environment, FreezeSchedule,
-    FreezeWindow, ImageSelection, KIND, NOTIFICATION_EVENTS, Notification, Pipeline, PromotePolicy,
-    PromotedField, PromotionPolicy, Repository, Source, SyncPolicy, Verify, WeeklyTime,
+    API_VERSION, Alerts, ApprovalPolicy, Cluster, Decryption, Environment, FieldPath,
+    FreezeSchedule, FreezeWindow, IgnoreRule, ImageSelection, KIND, NOTIFICATION_EVENTS,
+    Notification, Pipeline, PromotePolicy, PromotedField, PromotionPolicy, Repository, Source,
+    SyncPolicy, Verify, WeeklyTime,
 };
 
 /// A pass may prune at most half of an environment's objects unless the file says otherwise: a
@@ -568,6 +569,22 @@ fn validate_environment(
         Some(d) => Decryption::AgeKeyFile(base.join(d.age_key_file)),
     };
 
+    let ignore_differences = env
+        .ignore_differences
+        .into_iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            ignore_rule(&format!("{at}.ignoreDifferences[{i}]"), rule).map_err(|e| match e {
+                // The index alone is hard to count in a long file: name the environment too.
+                ErrorKind::Field { field, problem } => ErrorKind::Field {
+                    field,
+                    problem: format!("{problem} (environment {:?})", env.name),
+                },
+                other => other,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+
     Ok(Environment {
         name: env.name,
         promotes_from: env.promotes_from,
@@ -580,6 +597,82 @@ fn validate_environment(
         promotion,
         verify,
         decryption,
+        ignore_differences,
+    })
+}
+
+/// One `ignoreDifferences` rule: which objects (a kind is required, so that a rule never
+/// reaches every object by accident) and at least one field or field manager.
+fn ignore_rule(at: &str, raw: file::IgnoreDifference) -> Result<IgnoreRule, ErrorKind> {
+    let kind = match raw.kind {
+        None => {
+            return Err(field(
+                format!("{at}.kind"),
+                "is missing: a rule names the kind of the objects it selects, such as Deployment",
+            ));
+        }
+        Some(kind) => kind,
+    };
+    let is_kind = kind.starts_with(|c: char| c.is_ascii_alphabetic())
+        && kind.chars().all(|c| c.is_ascii_alphanumeric());
+    if !is_kind {
+        return Err(field(
+            format!("{at}.kind"),
+            format!("{kind:?} is not a Kubernetes kind such as Deployment (letters and digits)"),
+        ));
+    }
+    if let Some(group) = &raw.group {
+        // The core group is the empty one, as in an apiVersion without a slash.
+        if !group.is_empty() && !valid_secret_name(group) {
+            return Err(field(
+                format!("{at}.group"),
+                format!(
+                    "{group:?} is not an API group such as apps (\"\" for the core group of \
+                     ConfigMaps and Services)"
+                ),
+            ));
+        }
+    }
+    if let Some(name) = &raw.name
+        && (name.is_empty() || name.contains('/') || name.chars().any(char::is_whitespace))
+    {
+        return Err(field(
+            format!("{at}.name"),
+            format!("{name:?} is not an object name"),
+        ));
+    }
+    if let Some(namespace) = &raw.namespace {
+        check_name(&format!("{at}.namespace"), namespace)?;
+    }
+    let mut fields = Vec::new();
+    for (i, text) in raw.json_pointers.iter().enumerate() {
+        fields.push(
+            FieldPath::from_pointer(text)
+                .map_err(|p| field(format!("{at}.jsonPointers[{i}]"), p))?,
+        );
+    }
+    for (i, text) in raw.field_paths.iter().enumerate() {
+        fields.push(
+            FieldPath::from_dotted(text).map_err(|p| field(format!("{at}.fieldPaths[{i}]"), p))?,
+        );
+    }
+    for (i, manager) in raw.managed_fields_managers.iter().enumerate() {
+        super::ignore::check_manager(manager)
+            .map_err(|p| field(format!("{at}.managedFieldsManagers[{i}]"), p))?;
+    }
+    if fields.is_empty() && raw.managed_fields_managers.is_empty() {
+        return Err(field(
+            at,
+            "ignores nothing: give jsonPointers, fieldPaths or managedFieldsManagers",
+        ));
+    }
+    Ok(IgnoreRule {
+        group: raw.group,
+        kind,
+        name: raw.name,
+        namespace: raw.namespace,
+        fields,
+        managers: raw.managed_fields_managers,
     })
 }
 

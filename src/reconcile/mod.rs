@@ -535,6 +535,7 @@ impl<S: DesiredState> Reconciler<S> {
         options.self_heal = self.env.sync.self_heal;
         options.recreate = self.env.sync.recreate;
         options.adopt = self.env.sync.adopt;
+        options.ignore = self.env.ignore_differences.clone();
         options.concurrency = self.options.concurrency;
         Ok(Loaded {
             conn,
@@ -583,6 +584,7 @@ impl<S: DesiredState> Reconciler<S> {
                     reference: e.reference.clone(),
                     change: e.change.clone(),
                     health: None,
+                    ignored: e.ignored.clone(),
                 })
                 .collect(),
             prune,
@@ -692,6 +694,7 @@ impl<S: DesiredState> Reconciler<S> {
                     reference: e.reference.clone(),
                     change: e.change.clone(),
                     health,
+                    ignored: e.ignored.clone(),
                 }
             })
             .collect();

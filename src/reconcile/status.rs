@@ -8,6 +8,7 @@ use serde::{Serialize, Serializer};
 use crate::cluster::ObjectRef;
 use crate::cluster::apply::Change;
 use crate::cluster::health::{Health, HealthStatus};
+use crate::cluster::ignore::Ignored;
 use crate::cluster::prune::{Outcome, Pruned};
 
 /// Why an environment is in the state it is in; one reason per failing stage, as Flux has.
@@ -83,8 +84,8 @@ impl fmt::Display for Reason {
 }
 
 /// One object of the last pass. Serialised as the gRPC `ObjectStatus`: `object` (full name),
-/// `action`, `health`, `message` (the error of a failed apply, else the health message) and
-/// `driftedFields`, plus `changedFields`.
+/// `action`, `health`, `message` (the error of a failed apply, else the health message),
+/// `driftedFields` and `ignoredFields`, plus `changedFields`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectStatus {
     /// The object.
@@ -93,6 +94,8 @@ pub struct ObjectStatus {
     pub change: Change,
     /// Its health after the apply; `None` in a plan.
     pub health: Option<Health>,
+    /// Fields that differ from Git but that `ignoreDifferences` leaves alone.
+    pub ignored: Vec<Ignored>,
 }
 
 /// Fields someone changed in the cluster.
@@ -239,6 +242,9 @@ impl Serialize for ObjectStatus {
             Change::Failed { .. } => "failed",
         };
         map.serialize_entry("action", action)?;
+        if !self.ignored.is_empty() {
+            map.serialize_entry("ignoredFields", &self.ignored)?;
+        }
         if let Some(health) = &self.health {
             map.serialize_entry("health", &health.status)?;
         }
@@ -258,13 +264,16 @@ pub struct ObjectDiff {
     /// The object.
     #[serde(rename = "object", serialize_with = "full_name")]
     pub reference: ObjectRef,
-    /// `create`, `update`, `recreate`, `failed`, `prune`, or `skip` for an object that left Git
-    /// but is not pruned (not ours, or annotated to be kept).
+    /// `create`, `update`, `recreate`, `failed`, `prune`, `skip` for an object that left Git
+    /// but is not pruned (not ours, or annotated to be kept), or `ignore` for an object that
+    /// differs from Git only in fields `ignoreDifferences` leaves alone.
     pub change: &'static str,
     /// The changed field paths, one a line; a failure's error; what pruning would do.
     pub diff: String,
     /// For a Secret: the keys under `data` or `stringData` whose value changes (never a value).
     pub changed_secret_keys: Vec<String>,
+    /// Fields that differ from Git but that `ignoreDifferences` leaves alone.
+    pub ignored_fields: Vec<Ignored>,
 }
 
 /// The data key a field path of a Secret names: `.data.password`, `.stringData["tls.crt"]`.
@@ -281,11 +290,12 @@ fn secret_key(path: &str) -> Option<String> {
 
 impl super::Plan {
     /// What would change, object by object: the objects a sync would write (unchanged ones
-    /// left out), then those that left Git.
+    /// left out, unless they differ in ignored fields: `ignore`), then those that left Git.
     pub fn diffs(&self) -> Vec<ObjectDiff> {
         let applied = self.objects.iter().filter_map(|o| {
             let (change, diff) = match &o.change {
-                Change::Unchanged => return None,
+                Change::Unchanged if o.ignored.is_empty() => return None,
+                Change::Unchanged => ("ignore", Vec::new()),
                 Change::Created => ("create", Vec::new()),
                 Change::Adopted => ("adopt", Vec::new()),
                 Change::Configured { fields }
@@ -304,6 +314,7 @@ impl super::Plan {
                 change,
                 diff: diff.join("\n"),
                 changed_secret_keys,
+                ignored_fields: o.ignored.clone(),
             })
         });
         let pruned = self.prune.iter().map(|p| ObjectDiff {
@@ -320,6 +331,7 @@ impl super::Plan {
             },
             diff: p.outcome.to_string(),
             changed_secret_keys: Vec::new(),
+            ignored_fields: Vec::new(),
         });
         applied.chain(pruned).collect()
     }
@@ -529,10 +541,23 @@ fn saved_object(value: &serde_json::Value) -> Option<ObjectStatus> {
         .and_then(|h| h.as_str())
         .and_then(health_status)
         .map(|status| Health { status, message });
+    let ignored = value
+        .get("ignoredFields")
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            Some(Ignored {
+                field: i.get("field")?.as_str()?.to_owned(),
+                rule: usize::try_from(i.get("rule")?.as_u64()?).ok()?,
+            })
+        })
+        .collect();
     Some(ObjectStatus {
         reference: saved_reference(value.get("object")?)?,
         change,
         health,
+        ignored,
     })
 }
 
@@ -610,6 +635,7 @@ mod tests {
                     status: HealthStatus::Progressing,
                     message: "1 of 3 replicas updated".into(),
                 }),
+                ignored: Vec::new(),
             },
             ObjectStatus {
                 reference: reference("Namespace", None, "shop"),
@@ -617,6 +643,7 @@ mod tests {
                     fields: vec![".metadata.labels".into()],
                 },
                 health: None,
+                ignored: Vec::new(),
             },
         ];
         status.pruned = vec![Pruned {
@@ -685,6 +712,10 @@ mod saved_tests {
                     status: HealthStatus::Healthy,
                     message: "rolled out".into(),
                 }),
+                ignored: vec![Ignored {
+                    field: ".spec.template.metadata.annotations[\"example.com/at\"]".into(),
+                    rule: 1,
+                }],
             },
             ObjectStatus {
                 reference: ObjectRef {
@@ -698,6 +729,7 @@ mod saved_tests {
                     error: "forbidden".into(),
                 },
                 health: None,
+                ignored: Vec::new(),
             },
         ];
         status.drift = vec![Drift {
@@ -727,7 +759,8 @@ mod plan_tests {
     }
 
     #[test]
-    fn a_plan_serialises_as_object_diffs_naming_changed_secret_keys_and_never_unchanged_objects() {
+    fn a_plan_serialises_as_object_diffs_naming_changed_secret_keys_and_ignored_fields_and_never_unchanged_objects()
+     {
         let plan = Plan {
             revision: "abc".into(),
             objects: vec![
@@ -737,11 +770,22 @@ mod plan_tests {
                         fields: vec![".data.password".into(), ".data[\"tls.crt\"]".into()],
                     },
                     health: None,
+                    ignored: Vec::new(),
                 },
                 ObjectStatus {
                     reference: secret("same"),
                     change: Change::Unchanged,
                     health: None,
+                    ignored: Vec::new(),
+                },
+                ObjectStatus {
+                    reference: secret("scaled"),
+                    change: Change::Unchanged,
+                    health: None,
+                    ignored: vec![Ignored {
+                        field: ".data.rotated".into(),
+                        rule: 0,
+                    }],
                 },
             ],
             prune: vec![
@@ -761,11 +805,15 @@ mod plan_tests {
             json!({"revision": "abc", "objects": [
                 {"object": object("db"), "change": "update",
                  "diff": ".data.password\n.data[\"tls.crt\"]",
-                 "changedSecretKeys": ["password", "tls.crt"]},
+                 "changedSecretKeys": ["password", "tls.crt"], "ignoredFields": []},
+                {"object": object("scaled"), "change": "ignore", "diff": "",
+                 "changedSecretKeys": [],
+                 "ignoredFields": [{"field": ".data.rotated", "rule": 0}]},
                 {"object": object("old"), "change": "prune", "diff": "deleted",
-                 "changedSecretKeys": []},
+                 "changedSecretKeys": [], "ignoredFields": []},
                 {"object": object("kept"), "change": "skip",
-                 "diff": "kept: stagehand.dev/prune is disabled", "changedSecretKeys": []}
+                 "diff": "kept: stagehand.dev/prune is disabled", "changedSecretKeys": [],
+                 "ignoredFields": []}
             ]})
         );
     }

@@ -16,6 +16,7 @@ mod deploy;
 mod foundation;
 mod git;
 mod harness;
+mod ignore_differences;
 mod image;
 mod in_repository;
 mod keys;

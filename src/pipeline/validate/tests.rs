@@ -475,3 +475,103 @@ fn decryption_keys_follow_their_precedence_and_never_fall_back_to_the_process() 
     let empty = DEMO.replace("spec:\n", "spec:\n  decryption: {ageKeysDir: \" \"}\n");
     assert!(parse_err(&empty).contains("spec.decryption.ageKeysDir"));
 }
+
+#[test]
+fn ignore_differences_rules_are_read_from_pointers_and_dotted_paths() {
+    let text = DEMO.replace(
+        "      sync: {interval: 30s}\n",
+        "      sync: {interval: 30s}
+      ignoreDifferences:
+        - {group: apps, kind: Deployment, name: web, jsonPointers: [/spec/replicas]}
+        - kind: ConfigMap
+          group: \"\"
+          namespace: shop
+          fieldPaths: ['data[\"a.b\"]', 'spec.template.spec.containers[0].image']
+          managedFieldsManagers: [kube-controller-manager]
+",
+    );
+    let p = parse(Path::new("pipeline.yaml"), &text).expect("valid");
+    let rules = &p.environment("dev").expect("dev").ignore_differences;
+    assert_eq!(rules.len(), 2);
+    assert!(rules[0].selects("apps", "Deployment", Some("x"), "web"));
+    assert!(!rules[0].selects("apps", "Deployment", Some("x"), "api"));
+    assert!(!rules[0].selects("extensions", "Deployment", Some("x"), "web"));
+    assert_eq!(rules[0].fields[0].tokens, ["spec", "replicas"]);
+    assert!(rules[1].selects("", "ConfigMap", Some("shop"), "any"));
+    assert!(!rules[1].selects("", "ConfigMap", Some("other"), "any"));
+    assert_eq!(rules[1].fields[0].tokens, ["data", "a.b"]);
+    assert_eq!(rules[1].fields[1].tokens[4], "0");
+    assert_eq!(rules[1].managers, ["kube-controller-manager"]);
+    assert!(
+        p.environment("prod")
+            .expect("prod")
+            .ignore_differences
+            .is_empty()
+    );
+}
+
+#[test]
+fn invalid_ignore_differences_rules_name_the_environment_the_rule_and_the_field() {
+    let with = |rule: &str| {
+        parse_err(&DEMO.replace(
+            "      approval: {required: 2, groups: [release-managers]}\n",
+            &format!(
+                "      approval: {{required: 2, groups: [release-managers]}}\n      \
+                 ignoreDifferences:\n        - {{kind: Service, jsonPointers: [/spec/x]}}\n        - {rule}\n"
+            ),
+        ))
+    };
+    let cases = [
+        (
+            "{jsonPointers: [/spec/replicas]}",
+            "field spec.environments[2].ignoreDifferences[1].kind: is missing: a rule names the \
+             kind of the objects it selects, such as Deployment (environment \"prod\")",
+        ),
+        (
+            "{kind: apps/Deployment, jsonPointers: [/spec/replicas]}",
+            "field spec.environments[2].ignoreDifferences[1].kind: \"apps/Deployment\" is not a \
+             Kubernetes kind",
+        ),
+        (
+            "{kind: Deployment, group: Apps, jsonPointers: [/spec/replicas]}",
+            "field spec.environments[2].ignoreDifferences[1].group: \"Apps\" is not an API group",
+        ),
+        (
+            "{kind: Deployment, namespace: Shop, jsonPointers: [/spec/replicas]}",
+            "field spec.environments[2].ignoreDifferences[1].namespace: \"Shop\" is not a valid name",
+        ),
+        (
+            "{kind: Deployment, jsonPointers: [/spec/replicas, spec/replicas]}",
+            "field spec.environments[2].ignoreDifferences[1].jsonPointers[1]: \"spec/replicas\" \
+             is not a JSON Pointer: it must start with '/', as in /spec/replicas (environment \"prod\")",
+        ),
+        (
+            "{kind: Deployment, fieldPaths: [spec..replicas]}",
+            "field spec.environments[2].ignoreDifferences[1].fieldPaths[0]: \"spec..replicas\" is \
+             not a field path such as spec.replicas",
+        ),
+        (
+            "{kind: Deployment, fieldPaths: [metadata.labels]}",
+            "field spec.environments[2].ignoreDifferences[1].fieldPaths[0]: \"metadata.labels\" \
+             names a field Stagehand needs to identify the object",
+        ),
+        (
+            "{kind: Deployment, managedFieldsManagers: [stagehand]}",
+            "field spec.environments[2].ignoreDifferences[1].managedFieldsManagers[0]: \
+             \"stagehand\" is Stagehand's own field manager",
+        ),
+        (
+            "{kind: Deployment, name: web}",
+            "field spec.environments[2].ignoreDifferences[1]: ignores nothing: give jsonPointers, \
+             fieldPaths or managedFieldsManagers (environment \"prod\")",
+        ),
+        (
+            "{kind: Deployment, jqPathExpressions: [.spec]}",
+            "unknown field `jqPathExpressions`",
+        ),
+    ];
+    for (rule, expected) in cases {
+        let error = with(rule);
+        assert!(error.contains(expected), "{rule}:\n{error}");
+    }
+}

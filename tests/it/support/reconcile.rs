@@ -49,6 +49,7 @@ pub fn environment(name: &str, kubeconfig: &Path) -> Environment {
         promotion: PromotionPolicy::default(),
         verify: None,
         decryption: Default::default(),
+        ignore_differences: Vec::new(),
     }
 }
 
