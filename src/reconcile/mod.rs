@@ -634,6 +634,10 @@ impl<S: DesiredState> Reconciler<S> {
     ) -> ChangeSet {
         let changes = apply::apply(conn, objects, options, redactor, previous).await;
         for entry in &changes.entries {
+            for ignored in &entry.ignored {
+                // Every pass would say it again: the status carries it for people.
+                tracing::debug!(environment = %self.env.name, object = %entry.reference, "ignored: {ignored}");
+            }
             match &entry.change {
                 Change::Unchanged | Change::Drifted { .. } | Change::Healed { .. } => {}
                 change => {

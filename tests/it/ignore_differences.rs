@@ -10,9 +10,13 @@ use serde_json::{Value, json};
 use stagehand::cluster::apply::Change;
 use stagehand::cluster::ignore::Ignored;
 use stagehand::pipeline::{Environment, FieldPath, IgnoreRule};
+use stagehand::proto;
+use stagehand::proto::environment_service_client::EnvironmentServiceClient;
 use stagehand::reconcile::{EventKind, Options, Reconciler};
 
+use crate::service::{eventually, start_server_with};
 use crate::support::cluster::cluster;
+use crate::support::git::Repo;
 use crate::support::reconcile::{FedSource, deployment, environment};
 
 struct Setup {
@@ -330,4 +334,194 @@ async fn a_field_shared_with_another_manager_is_let_go_so_that_managers_apply_ne
         .expect("the other manager's apply no longer conflicts with Stagehand");
     rec.reconcile().await.expect("a pass");
     assert_eq!(s.live().await.0, 7);
+}
+
+/// A kustomization putting `web` (two replicas) into `namespace`.
+fn overlay(namespace: &str) -> [(String, String); 2] {
+    let web = serde_json::to_string(&{
+        let mut web = deployment(namespace, "web", "web:1");
+        web["spec"]["replicas"] = json!(2);
+        web
+    })
+    .expect("serialises");
+    [
+        (
+            "kustomization.yaml".to_owned(),
+            format!("namespace: {namespace}\nresources: [web.yaml]\n"),
+        ),
+        ("web.yaml".to_owned(), web),
+    ]
+}
+
+/// Scales `web` in `namespace` as an autoscaler does.
+async fn autoscale(client: &kube::Client, namespace: &str, replicas: i64) {
+    let params = PatchParams {
+        field_manager: Some("autoscaler".into()),
+        ..PatchParams::default()
+    };
+    Api::<Deployment>::namespaced(client.clone(), namespace)
+        .patch(
+            "web",
+            &params,
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .expect("scaled");
+}
+
+async fn status_of(
+    api: &mut EnvironmentServiceClient<tonic::transport::Channel>,
+    name: &str,
+) -> proto::EnvironmentStatus {
+    api.get_environment(proto::GetEnvironmentRequest { name: name.into() })
+        .await
+        .expect("GetEnvironment answers")
+        .into_inner()
+        .status
+        .expect("a status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_raises_no_drift_alert_for_an_ignored_field_and_names_it_in_status_and_diff() {
+    let client = cluster().client().await;
+    let scaled_ns = cluster().namespace(&client, "ig-svc-scaled").await;
+    let control_ns = cluster().namespace(&client, "ig-svc-control").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = Repo::init(&dir.path().join("gitops"));
+    let files: Vec<(String, String)> = [("scaled", &scaled_ns), ("control", &control_ns)]
+        .into_iter()
+        .flat_map(|(env, ns)| overlay(ns).map(|(f, text)| (format!("{env}/{f}"), text)))
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(f, t)| (f.as_str(), t.as_str()))
+        .collect();
+    repo.write(&files);
+    // Both report drift without healing it, and alert once it lasts a second; only `scaled`
+    // leaves replicas to the autoscaler.
+    repo.write(&[(
+        "pipeline.yaml",
+        "apiVersion: stagehand.dev/v1alpha1
+kind: Pipeline
+metadata: {name: ignoring}
+spec:
+  alerts: {driftAfter: 1s}
+  environments:
+    - name: scaled
+      source: {overlay: scaled}
+      sync: {interval: 1s, selfHeal: false}
+      ignoreDifferences:
+        - {group: apps, kind: Deployment, name: web, jsonPointers: [/spec/replicas]}
+    - name: control
+      source: {overlay: control}
+      sync: {interval: 1s, selfHeal: false}
+",
+    )]);
+    repo.commit("two environments");
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let secret = dir.path().join("webhook-secret");
+    std::fs::write(&secret, "secret\n").expect("secret file");
+    let server = start_server_with(&repo.dir.join("pipeline.yaml"), &state, &secret, &[]);
+    let mut api = EnvironmentServiceClient::connect(server.grpc.clone())
+        .await
+        .expect("the service answers");
+
+    for name in ["scaled", "control"] {
+        eventually(&format!("{name} is applied"), || {
+            let mut api = api.clone();
+            async move { !status_of(&mut api, name).await.applied_revision.is_empty() }
+        })
+        .await;
+    }
+    autoscale(&client, &scaled_ns, 5).await;
+    autoscale(&client, &control_ns, 5).await;
+
+    // The control environment shows the alert would fire within this time.
+    eventually("the control environment raises a drift alert", || {
+        let mut api = api.clone();
+        async move {
+            status_of(&mut api, "control")
+                .await
+                .alerts
+                .iter()
+                .any(|a| a.contains("drifted from Git"))
+        }
+    })
+    .await;
+    let passes = status_of(&mut api, "scaled").await.passes;
+    eventually("scaled runs three more passes", || {
+        let mut api = api.clone();
+        async move { status_of(&mut api, "scaled").await.passes >= passes + 3 }
+    })
+    .await;
+
+    let status = status_of(&mut api, "scaled").await;
+    assert!(status.alerts.is_empty(), "{:?}", status.alerts);
+    let web = status
+        .objects
+        .iter()
+        .find(|o| o.object.as_ref().is_some_and(|r| r.name == "web"))
+        .expect("web is in the status");
+    assert_eq!(web.action, "unchanged");
+    assert!(web.drifted_fields.is_empty(), "{web:?}");
+    assert_eq!(
+        web.ignored_fields,
+        [proto::IgnoredField {
+            field: ".spec.replicas".into(),
+            rule: 0
+        }]
+    );
+    let live = Api::<Deployment>::namespaced(client.clone(), &scaled_ns)
+        .get("web")
+        .await
+        .expect("web exists");
+    assert_eq!(live.spec.replicas, Some(5));
+    let drifted_events: Vec<_> =
+        Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &scaled_ns)
+            .list(&ListParams::default())
+            .await
+            .expect("events listed")
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("Drifted"))
+            .collect();
+    assert!(drifted_events.is_empty(), "{drifted_events:?}");
+
+    let diff = api
+        .diff_environment(proto::DiffEnvironmentRequest {
+            name: "scaled".into(),
+            revision: String::new(),
+        })
+        .await
+        .expect("DiffEnvironment answers")
+        .into_inner();
+    let objects: Vec<(String, String, Vec<proto::IgnoredField>)> = diff
+        .objects
+        .into_iter()
+        .map(|o| (o.object.expect("object").name, o.change, o.ignored_fields))
+        .collect();
+    assert_eq!(
+        objects,
+        [(
+            "web".to_owned(),
+            "ignore".to_owned(),
+            web.ignored_fields.clone()
+        )]
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
+        .args(["status", "scaled", "-o", "table", "--server", &server.grpc])
+        .env_remove("STAGEHAND_TOKEN")
+        .env_remove("STAGEHAND_TOKEN_FILE")
+        .output()
+        .expect("stagehand runs");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.lines().any(|l| l.contains("Deployment")
+            && l.contains("web")
+            && l.contains("ignored .spec.replicas (ignoreDifferences[0])")),
+        "{table}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
