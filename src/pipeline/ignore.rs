@@ -8,7 +8,7 @@
 //!     kind: Deployment
 //!     name: web                        # optional, as is namespace
 //!     jsonPointers: [/spec/replicas]   # RFC 6901
-//!     fieldPaths: [spec.template.metadata.annotations["example.com/restartedAt"]]
+//!     fieldPaths: ['spec.template.metadata.annotations["example.com/restartedAt"]']
 //!     managedFieldsManagers: [rollout-controller]   # whatever that field manager owns
 //! ```
 //!

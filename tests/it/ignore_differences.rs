@@ -336,6 +336,61 @@ async fn a_field_shared_with_another_manager_is_let_go_so_that_managers_apply_ne
     assert_eq!(s.live().await.0, 7);
 }
 
+#[tokio::test]
+async fn the_fields_a_named_manager_holds_are_left_to_it_down_to_a_container_matched_by_name() {
+    let s = setup("ig-manager").await;
+    s.git("rev1", 2, "web:1");
+    let mut env = s.env(false);
+    env.ignore_differences = vec![IgnoreRule {
+        group: Some("apps".into()),
+        kind: "Deployment".into(),
+        name: None,
+        namespace: Some(s.ns.clone()),
+        fields: Vec::new(),
+        managers: vec!["injector".into()],
+    }];
+    let mut rec = s.reconciler(env);
+    rec.reconcile().await.expect("first pass");
+    // Another controller rewrites the container's image, as an image-pinning webhook would.
+    let params = PatchParams {
+        field_manager: Some("injector".into()),
+        ..PatchParams::default()
+    };
+    let pinned = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "image": "web:1@sha256:pinned"}]}}}});
+    s.deployments()
+        .patch("web", &params, &Patch::Strategic(pinned))
+        .await
+        .expect("pinned");
+    let image = ".spec.template.spec.containers[name=\"app\"].image";
+    for pass in 0..2 {
+        rec.reconcile().await.expect("a pass");
+        assert_eq!(
+            web_of(&rec),
+            (
+                Change::Unchanged,
+                vec![Ignored {
+                    field: image.into(),
+                    rule: 0
+                }]
+            ),
+            "pass {pass}"
+        );
+        assert_eq!(s.live().await.1, "web:1@sha256:pinned", "pass {pass}");
+    }
+    // Fields the manager does not hold still follow Git.
+    s.git("rev2", 3, "web:2");
+    rec.reconcile().await.expect("a pass with new replicas");
+    assert_eq!(
+        web_of(&rec).0,
+        Change::Configured {
+            fields: vec![".spec.replicas".into()]
+        }
+    );
+    let (replicas, image_now, _) = s.live().await;
+    assert_eq!((replicas, image_now.as_str()), (3, "web:1@sha256:pinned"));
+}
+
 /// A kustomization putting `web` (two replicas) into `namespace`.
 fn overlay(namespace: &str) -> [(String, String); 2] {
     let web = serde_json::to_string(&{
