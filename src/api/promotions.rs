@@ -729,8 +729,8 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
                 .filter(|w| !w.is_zero() && *w <= store::MAX_DELIVERY_WINDOW)
                 .ok_or_else(|| {
                     Status::invalid_argument(format!(
-                        "window: must be positive and at most {}",
-                        humantime::format_duration(store::MAX_DELIVERY_WINDOW)
+                        "window: must be positive and at most {} days",
+                        store::MAX_DELIVERY_WINDOW.as_secs() / 86_400
                     ))
                 })?,
         };

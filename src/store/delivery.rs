@@ -19,9 +19,10 @@
 //!   median and the 90th percentile.
 //! - **Change failure rate**: of the promotions and rollbacks into E that entered Verifying
 //!   (reached E's cluster) within the window, the share that failed: left Verifying for
-//!   Failed, or were followed by a rollback, meaning that the next promotion into E, in the
-//!   order they were requested, that did not end before reaching Git (Rejected, Aborted, or
-//!   Failed before its commit landed) is a rollback.
+//!   Failed, or were followed by a rollback, meaning that the next promotion into E whose
+//!   commit landed (entered Syncing), in the order they were requested, is a rollback. Those
+//!   that never landed (Rejected, Aborted, failed in pre-flight or at the push, or still
+//!   waiting) changed nothing and are passed over.
 //! - **Time to restore**: for each failure counted above, from the failure (the Failed
 //!   transition, or else the rollback's request) to the Succeeded time of the first promotion or
 //!   rollback into E requested after the failed one that Succeeded. Failures with no such
@@ -36,7 +37,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use super::{PromotionKind, PromotionState, to_millis};
+use super::{PromotionKind, to_millis};
 
 /// The key of a promotion's detail (JSON) that holds the first commit time of its change, in
 /// milliseconds since the Unix epoch, as the promotion engine writes it at request time.
@@ -99,7 +100,6 @@ pub struct DeliveryMetrics {
 pub(super) struct Attempt {
     pub environment: String,
     pub kind: PromotionKind,
-    pub state: PromotionState,
     pub requested_at: i64,
     pub first_commit_at: Option<i64>,
     /// When it first entered Syncing: its commit had landed.
@@ -110,54 +110,34 @@ pub(super) struct Attempt {
     pub succeeded_at: Option<i64>,
 }
 
-impl Attempt {
-    /// Ended without its commit landing: it changed nothing, so it is not "the next
-    /// promotion" after another.
-    fn ended_before_git(&self) -> bool {
-        self.state.is_terminal() && self.syncing_at.is_none()
-    }
-}
-
-/// The promotion states that have not ended, as stored: the rows fetched for a window are
-/// those that moved since its start or have not ended (an open promotion may be the one that
-/// follows a change of the window).
-fn open_states() -> Vec<&'static str> {
-    PromotionState::ALL
-        .into_iter()
-        .filter(|s| !s.is_terminal())
-        .map(PromotionState::as_str)
-        .collect()
-}
-
 /// The one query both engines run, one row per promotion as [`Attempt`] reads it, with each
 /// engine's way of reading [`FIRST_COMMIT_AT`] from the JSON of `t.detail` (`first_commit`), of
 /// matching a list of environments (`in_environments`, one parameter) and of naming the
 /// window's start (`since`, the other). Ordered by environment, then request. The first commit
 /// time comes from the detail the promotion was created with (its first transition), which no
 /// later transition replaces.
+///
+/// Only promotions that moved at or after the window's start are read: whatever the figures
+/// of the window look at did. A change that reached the cluster in the window moved then; the
+/// promotions after it land (one at a time per environment) and succeed after it, so later
+/// still.
 pub(super) fn attempts_query(first_commit: &str, in_environments: &str, since: &str) -> String {
-    let open = open_states()
-        .iter()
-        .map(|state| format!("'{state}'"))
-        .collect::<Vec<_>>()
-        .join(", ");
     format!(
-        "SELECT p.target_environment, p.kind, p.state, p.created_at,
+        "SELECT p.target_environment, p.kind, p.created_at,
              MIN(CASE WHEN t.seq = 1 THEN {first_commit} END),
              MIN(CASE WHEN t.to_state = 'Syncing' THEN t.at END),
              MIN(CASE WHEN t.to_state = 'Verifying' THEN t.at END),
              MIN(CASE WHEN t.from_state = 'Verifying' AND t.to_state = 'Failed' THEN t.at END),
              MIN(CASE WHEN t.to_state = 'Succeeded' THEN t.at END)
          FROM promotion p JOIN promotion_transition t ON t.promotion_seq = p.seq
-         WHERE p.target_environment {in_environments}
-             AND (p.updated_at >= {since} OR p.state IN ({open}))
+         WHERE p.target_environment {in_environments} AND p.updated_at >= {since}
          GROUP BY p.seq
          ORDER BY p.target_environment, p.seq"
     )
 }
 
 /// The figures of `query` from `attempts`, which must hold, per environment in request order,
-/// every promotion into it that moved at or after `query.since` or has not ended.
+/// every promotion into it that moved at or after `query.since`.
 pub(super) fn compute(query: &DeliveryQuery, attempts: &[Attempt]) -> Vec<DeliveryMetrics> {
     let since = to_millis(query.since);
     let until = to_millis(query.until);
@@ -206,7 +186,7 @@ fn one(environment: &str, attempts: &[&Attempt], since: i64, until: i64) -> Deli
         let failed_at = attempt.verification_failed_at.or_else(|| {
             later
                 .iter()
-                .find(|next| !next.ended_before_git())
+                .find(|next| next.syncing_at.is_some())
                 .filter(|next| next.kind == PromotionKind::Rollback)
                 .map(|rollback| rollback.requested_at)
         });
@@ -266,6 +246,70 @@ fn percentile(sorted: &[i64], p: f64) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HOUR: i64 = 3_600_000;
+
+    fn attempt(kind: PromotionKind, requested: i64) -> Attempt {
+        Attempt {
+            environment: "prod".to_owned(),
+            kind,
+            requested_at: requested * HOUR,
+            first_commit_at: None,
+            syncing_at: None,
+            verifying_at: None,
+            verification_failed_at: None,
+            succeeded_at: None,
+        }
+    }
+
+    /// Landed and reached the cluster at `hour`, succeeded an hour later.
+    fn deployed(kind: PromotionKind, hour: i64) -> Attempt {
+        Attempt {
+            syncing_at: Some(hour * HOUR),
+            verifying_at: Some(hour * HOUR),
+            succeeded_at: Some((hour + 1) * HOUR),
+            ..attempt(kind, hour - 1)
+        }
+    }
+
+    fn failed_changes(attempts: &[Attempt]) -> (u32, u32) {
+        let query = DeliveryQuery {
+            environments: vec!["prod".to_owned()],
+            since: SystemTime::UNIX_EPOCH,
+            until: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 * 3_600),
+        };
+        let m = &compute(&query, attempts)[0];
+        (m.changes, m.failed_changes)
+    }
+
+    #[test]
+    fn only_a_rollback_that_is_the_next_promotion_to_land_marks_a_change_failed() {
+        use PromotionKind::{Promotion, Rollback};
+        let change = deployed(Promotion, 10);
+        let rollback = deployed(Rollback, 20);
+        // Directly followed by a rollback: failed.
+        assert_eq!(failed_changes(&[change.clone(), rollback.clone()]), (2, 1));
+        // Promotions that never landed (rejected, failed in pre-flight, still waiting for
+        // approval) changed nothing: the rollback is still the next change.
+        let never_landed = attempt(Promotion, 12);
+        assert_eq!(
+            failed_changes(&[change.clone(), never_landed, rollback.clone()]),
+            (2, 1)
+        );
+        // One that landed and then failed to sync is the next change, which the rollback
+        // undid: the first change does not count as failed.
+        let landed_then_failed = Attempt {
+            syncing_at: Some(13 * HOUR),
+            ..attempt(Promotion, 12)
+        };
+        assert_eq!(
+            failed_changes(&[change.clone(), landed_then_failed, rollback]),
+            (2, 0)
+        );
+        // A rollback that has not landed yet does not count yet.
+        let asked = attempt(Rollback, 12);
+        assert_eq!(failed_changes(&[change, asked]), (1, 0));
+    }
 
     #[test]
     fn percentiles_interpolate_between_the_nearest_ranks() {

@@ -230,7 +230,7 @@ pub trait Store: Send + Sync {
 
     /// Deployment frequency, lead time, change failure rate and time to restore of each
     /// environment of `query` over its window (defined in the `delivery` module), from one
-    /// read of the promotions that moved since the window's start or have not ended.
+    /// read of the promotions that moved since the window's start.
     async fn delivery_metrics(&self, query: &DeliveryQuery) -> Result<Vec<DeliveryMetrics>>;
 }
 

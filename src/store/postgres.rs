@@ -1378,13 +1378,12 @@ fn attempt_row(row: &Row) -> Result<Attempt, Decode> {
     Ok(Attempt {
         environment: row.try_get(0)?,
         kind: parse(row, 1)?,
-        state: parse(row, 2)?,
-        requested_at: row.try_get(3)?,
-        first_commit_at: row.try_get(4)?,
-        syncing_at: row.try_get(5)?,
-        verifying_at: row.try_get(6)?,
-        verification_failed_at: row.try_get(7)?,
-        succeeded_at: row.try_get(8)?,
+        requested_at: row.try_get(2)?,
+        first_commit_at: row.try_get(3)?,
+        syncing_at: row.try_get(4)?,
+        verifying_at: row.try_get(5)?,
+        verification_failed_at: row.try_get(6)?,
+        succeeded_at: row.try_get(7)?,
     })
 }
 

@@ -1153,13 +1153,12 @@ impl Store for SqliteStore {
                         Ok(Attempt {
                             environment: row.get(0)?,
                             kind: parse_column(row, 1)?,
-                            state: parse_column(row, 2)?,
-                            requested_at: row.get(3)?,
-                            first_commit_at: row.get(4)?,
-                            syncing_at: row.get(5)?,
-                            verifying_at: row.get(6)?,
-                            verification_failed_at: row.get(7)?,
-                            succeeded_at: row.get(8)?,
+                            requested_at: row.get(2)?,
+                            first_commit_at: row.get(3)?,
+                            syncing_at: row.get(4)?,
+                            verifying_at: row.get(5)?,
+                            verification_failed_at: row.get(6)?,
+                            succeeded_at: row.get(7)?,
                         })
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()

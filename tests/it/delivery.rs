@@ -555,6 +555,22 @@ async fn a_served_stagehand_reports_its_promotions_and_rollback_in_metrics_and_o
         table.stdout
     );
 
+    // Bad input names the field, or the environment.
+    let refused = as_user(&url, ALICE, &["metrics", "--window", "0s"]);
+    assert_eq!(
+        refused.code, 23,
+        "INVALID_ARGUMENT is 20 + 3: {}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("window: must be positive"),
+        "{}",
+        refused.stderr
+    );
+    let unknown = as_user(&url, ALICE, &["metrics", "--environment", "nowhere"]);
+    assert_eq!(unknown.code, 25, "NOT_FOUND is 20 + 5: {}", unknown.stderr);
+    assert!(unknown.stderr.contains("nowhere"), "{}", unknown.stderr);
+
     // /metrics, read by the Prometheus client library's parser.
     let scraped = generic_client(&[&format!("http://{}/metrics", server.http), "metrics"]);
     let sample = |family: &str, labels: serde_json::Value| -> Option<f64> {
