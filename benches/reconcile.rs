@@ -88,6 +88,7 @@ fn environment(name: &str, kubeconfig: &Path) -> Environment {
         freeze_windows: Vec::new(),
         promote: PromotePolicy::default(),
         promotion: PromotionPolicy::default(),
+        require_signed_commits: None,
         verify: None,
         decryption: Default::default(),
         ignore_differences: Vec::new(),

@@ -192,6 +192,8 @@ fn status_of(error: promotion::Error) -> Status {
         | E::NotSoaked { .. }
         | E::AlreadyRuns { .. }
         | E::AuthorsUnknown { .. }
+        | E::UnsignedCommits { .. }
+        | E::AllowedSigners { .. }
         | E::WrongState { .. }
         | E::NotFrozen { .. }
         | E::Git { .. }

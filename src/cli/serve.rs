@@ -78,6 +78,20 @@ pub struct ServeArgs {
         default_value = "stagehand@localhost"
     )]
     commit_email: String,
+    /// An OpenSSH private key file (ed25519, ecdsa or rsa, without a passphrase) that signs
+    /// every promotion and rollback commit, as `git commit -S` does with `gpg.format = ssh`;
+    /// commits are unsigned without it (or --signing-key-secret). Read once at start.
+    #[arg(
+        long,
+        env = "STAGEHAND_SIGNING_KEY",
+        conflicts_with = "signing_key_secret"
+    )]
+    signing_key: Option<PathBuf>,
+    /// The commit signing key from a Secret, as NAMESPACE/NAME (or NAME in --namespace): its
+    /// `ssh-privatekey` entry (the key of a `kubernetes.io/ssh-auth` Secret), read through the
+    /// API once at start; nothing of it is written to disk.
+    #[arg(long, env = "STAGEHAND_SIGNING_KEY_SECRET")]
+    signing_key_secret: Option<String>,
     /// PEM certificate chain the gRPC API serves TLS with; plain HTTP/2 without it.
     #[arg(long, env = "STAGEHAND_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -216,6 +230,49 @@ async fn keyring(
     Ok(ring)
 }
 
+/// The entry of a signing key Secret that holds the key, as in a `kubernetes.io/ssh-auth` Secret.
+const SIGNING_KEY_ENTRY: &str = "ssh-privatekey";
+
+/// The key promotion commits are signed with: --signing-key or --signing-key-secret, or none.
+async fn signer(
+    args: &ServeArgs,
+    home: &stagehand::cluster::secret::Home,
+) -> anyhow::Result<Option<Arc<git::sign::Signer>>> {
+    let signer = if let Some(file) = &args.signing_key {
+        git::sign::Signer::from_file(file).context("--signing-key")?
+    } else if let Some(secret) = &args.signing_key_secret {
+        let (client, namespace) = home.get().await.context("--signing-key-secret")?;
+        let (namespace, name) = match secret.split_once('/') {
+            Some((namespace, name)) => (namespace.to_owned(), name.to_owned()),
+            None => (namespace.clone(), secret.clone()),
+        };
+        if namespace.is_empty() || name.is_empty() {
+            anyhow::bail!("--signing-key-secret {secret:?}: expected NAMESPACE/NAME");
+        }
+        let data = stagehand::cluster::secret::read(client, &namespace, &name)
+            .await
+            .context("--signing-key-secret")?
+            .with_context(|| {
+                format!("--signing-key-secret: Secret {namespace}/{name} not found")
+            })?;
+        let bytes = data.entries.get(SIGNING_KEY_ENTRY).with_context(|| {
+            format!(
+                "--signing-key-secret: Secret {namespace}/{name} has no entry {SIGNING_KEY_ENTRY:?}"
+            )
+        })?;
+        git::sign::Signer::from_bytes(
+            format!("Secret {namespace}/{name} entry {SIGNING_KEY_ENTRY}"),
+            bytes,
+        )
+        .context("--signing-key-secret")?
+    } else {
+        return Ok(None);
+    };
+    // The public key is what operators put into allowed_signers files, so it is logged.
+    tracing::info!(key = signer.origin(), fingerprint = %signer.fingerprint(), public_key = %signer.public_key(), "promotion commits are signed");
+    Ok(Some(Arc::new(signer)))
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let pipeline = Arc::new(Pipeline::load(&args.pipeline)?);
     let tls = tls(&args)?;
@@ -238,6 +295,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.namespace.clone(),
     ));
     let keys = keyring(&args, &home).await?;
+    let signer = signer(&args, &home).await?;
     let metrics: Arc<stagehand::metrics::Metrics> = Arc::default();
     let ownership = ownership(&args, &home, &metrics).await?;
     let connections = stagehand::cluster::Connections::with_home(home);
@@ -278,6 +336,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let git_options = git::promote::Options {
         author: committer.clone(),
         committer,
+        signer,
         max_attempts: 5,
     };
     // One set of turns for the process: a reloaded pipeline shares them with the one it replaces.

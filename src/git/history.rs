@@ -4,6 +4,7 @@
 use gix::ObjectId;
 
 use super::Repository;
+use super::allowed_signers::{AllowedSigners, Verdict};
 use super::revision::{Error, Location};
 use crate::pipeline::Pipeline;
 
@@ -164,11 +165,17 @@ pub struct Authored {
     pub commit: ObjectId,
     /// Its `Stagehand-Promotion` trailer, which anyone can write.
     pub promotion: Option<String>,
-    /// The e-mails of its author, committer and co-authors, lowercased.
+    /// Who wrote it, lowercased: the principals of its signer when it carries a good signature
+    /// by an allowed key that names any (see [`Verdict::Good`]), else the e-mails of its author
+    /// and committer; and its co-authors either way.
     pub people: Vec<String>,
     /// Committer time, seconds since the Unix epoch: when the commit entered the history as
     /// it is (a rebased or cherry-picked commit counts from then, not from its first draft).
     pub time: i64,
+    /// The first line of its message.
+    pub summary: String,
+    /// Its signature checked against the allowed signers the caller gave; `None` without.
+    pub signature: Option<Verdict>,
 }
 
 /// Trailer crediting a co-author (`Name <e-mail>`), as GitHub and GitLab write it.
@@ -179,14 +186,17 @@ impl Repository {
     /// `since` is `None`) that changed `path` (every commit when `None`), and when: authors,
     /// committers and `Co-authored-by` trailers, the committer time, and the commit's
     /// promotion trailer so that the caller can tell a promotion it landed (whose content others
-    /// wrote) from a commit by hand. A range of more than `limit` commits is an error rather
-    /// than a partial answer.
+    /// wrote) from a commit by hand. With `signers`, each commit's SSH signature is checked
+    /// against them, and a commit signed by an allowed key is credited to its signer's
+    /// principals rather than to the author and committer it claims. A range of more than
+    /// `limit` commits is an error rather than a partial answer.
     pub fn authored(
         &self,
         to: ObjectId,
         since: Option<ObjectId>,
         path: Option<&Location>,
         limit: usize,
+        signers: Option<&AllowedSigners>,
     ) -> Result<Vec<Authored>, AuthorsError> {
         let repo = self.repo();
         let read = |what: String| {
@@ -217,14 +227,33 @@ impl Repository {
                     continue;
                 }
             }
+            let signature = signers
+                .map(|signers| verdict(&commit, info.id, signers))
+                .transpose()?;
+            let people = match &signature {
+                Some(Verdict::Good { principals, .. }) if !principals.is_empty() => {
+                    let mut people = principals.clone();
+                    for email in co_authors(&commit) {
+                        if !people.contains(&email) {
+                            people.push(email);
+                        }
+                    }
+                    people
+                }
+                _ => people_of(&commit, info.id)?,
+            };
             authored.push(Authored {
                 commit: info.id,
                 promotion: Trailers::of(commit.message_raw_sloppy()).promotion,
-                people: people_of(&commit, info.id)?,
+                people,
                 time: commit
                     .time()
                     .map_err(read(format!("commit {}", info.id)))?
                     .seconds,
+                summary: gix::objs::commit::MessageRef::from_bytes(commit.message_raw_sloppy())
+                    .summary()
+                    .to_string(),
+                signature,
             });
         }
         Ok(authored)
@@ -367,7 +396,7 @@ fn people_of(commit: &gix::Commit<'_>, id: ObjectId) -> Result<Vec<String>, Erro
             source: Box::new(source),
         }
     };
-    let mut emails = vec![
+    let emails = [
         commit.author().map_err(read("author"))?.email.to_string(),
         commit
             .committer()
@@ -375,6 +404,19 @@ fn people_of(commit: &gix::Commit<'_>, id: ObjectId) -> Result<Vec<String>, Erro
             .email
             .to_string(),
     ];
+    let mut people: Vec<String> = Vec::new();
+    for email in emails.into_iter().chain(co_authors(commit)) {
+        let email = email.trim().to_lowercase();
+        if !email.is_empty() && !people.contains(&email) {
+            people.push(email);
+        }
+    }
+    Ok(people)
+}
+
+/// The e-mails of the `Co-authored-by` trailers of `commit`, lowercased.
+fn co_authors(commit: &gix::Commit<'_>) -> Vec<String> {
+    let mut emails = Vec::new();
     let message = gix::objs::commit::MessageRef::from_bytes(commit.message_raw_sloppy());
     if let Some(body) = message.body() {
         for trailer in body.trailers() {
@@ -384,18 +426,31 @@ fn people_of(commit: &gix::Commit<'_>, id: ObjectId) -> Result<Vec<String>, Erro
                 .eq_ignore_ascii_case(CO_AUTHORED_BY)
                 && let Some(email) = angle_email(&trailer.value.to_string())
             {
-                emails.push(email.to_owned());
+                emails.push(email.trim().to_lowercase());
             }
         }
     }
-    let mut people: Vec<String> = Vec::new();
-    for email in emails {
-        let email = email.trim().to_lowercase();
-        if !email.is_empty() && !people.contains(&email) {
-            people.push(email);
+    emails
+}
+
+/// How `commit`'s signature checks out against `signers`, at its committer time as git asks
+/// ssh-keygen to check it.
+fn verdict(
+    commit: &gix::Commit<'_>,
+    id: ObjectId,
+    signers: &AllowedSigners,
+) -> Result<Verdict, Error> {
+    let read = |source| Error::Read {
+        what: format!("the signature of commit {id}"),
+        source: Box::new(source),
+    };
+    let time = commit.time().map_err(read)?.seconds;
+    Ok(match commit.signature().map_err(read)? {
+        Some((signature, signed)) => {
+            signers.check(Some(signature.as_ref()), &signed.to_bstring(), time)
         }
-    }
-    Ok(people)
+        None => signers.check(None, &[], time),
+    })
 }
 
 /// The e-mail of `Name <e-mail>`.

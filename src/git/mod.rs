@@ -44,10 +44,15 @@
 //!   with a clean environment, the token in the child's environment only and `--` before the
 //!   remote and refs.
 //! - [`yaml_edit`]: the comment-keeping line edits promotions use.
+//! - [`sign::Signer`]: the SSH key promotion and rollback commits are signed with (in
+//!   [`promote::Options::signer`]), as `git commit -S` with `gpg.format = ssh` signs;
+//!   [`allowed_signers::AllowedSigners`] checks a commit's signature as `git verify-commit`
+//!   does, both in-process.
 //!
 //! Nothing half-written: the cache's refs only ever hold what the remote holds (fetched, or
 //! pushed and accepted); commits built for a push that failed stay unreferenced objects.
 
+pub mod allowed_signers;
 pub mod fetch;
 pub mod history;
 pub mod poll;
@@ -55,6 +60,7 @@ pub mod promote;
 pub mod push;
 mod remote;
 pub mod revision;
+pub mod sign;
 mod tree;
 pub mod yaml_edit;
 

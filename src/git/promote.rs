@@ -76,12 +76,14 @@ pub enum Change {
 }
 
 /// How promotion commits are made.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Options {
     /// The commit's author.
     pub author: Identity,
     /// The commit's committer.
     pub committer: Identity,
+    /// The key every commit is signed with (`gpgsig`, SSH format); unsigned without one.
+    pub signer: Option<std::sync::Arc<super::sign::Signer>>,
     /// Pushes tried before giving up when others keep pushing first.
     pub max_attempts: u32,
 }
@@ -228,6 +230,8 @@ pub enum Error {
     Ledger { commit: ObjectId, reason: String },
     #[error("branch {branch:?} moved on every one of {attempts} pushes; giving up")]
     Contended { branch: String, attempts: u32 },
+    #[error(transparent)]
+    Sign(#[from] super::sign::SignError),
     #[error("cannot {what}")]
     Write {
         what: String,
@@ -775,7 +779,7 @@ fn write_commit(
         email: who.email.as_str().into(),
         time: now,
     };
-    let commit = gix::objs::Commit {
+    let mut commit = gix::objs::Commit {
         message: message(promotion).into(),
         tree,
         author: signature(&options.author),
@@ -784,6 +788,9 @@ fn write_commit(
         parents: [parent].into_iter().collect(),
         extra_headers: Vec::new(),
     };
+    if let Some(signer) = &options.signer {
+        signer.sign_commit(&mut commit)?;
+    }
     Ok(repo
         .write_object(&commit)
         .map_err(write_error("write the promotion commit"))?

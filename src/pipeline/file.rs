@@ -110,6 +110,8 @@ pub struct Environment {
     pub decryption: Option<EnvDecryption>,
     #[serde(default)]
     pub ignore_differences: Vec<IgnoreDifference>,
+    #[serde(default)]
+    pub require_signed_commits: Option<RequireSignedCommits>,
 }
 
 /// Every field optional here so that validation, not serde, names what is missing.
@@ -130,6 +132,12 @@ pub struct IgnoreDifference {
     pub field_paths: Vec<String>,
     #[serde(default)]
     pub managed_fields_managers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RequireSignedCommits {
+    pub allowed_signers_file: String,
 }
 
 #[derive(Debug, Deserialize)]

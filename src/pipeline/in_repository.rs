@@ -61,6 +61,10 @@ pub enum Setting {
     /// `environments[].ignoreDifferences`: fields Stagehand leaves to other controllers, so it
     /// neither heals nor reports them; a rule weakens what Git enforces.
     IgnoreDifferences,
+    /// `environments[].requireSignedCommits`: whether promoted commits must be signed, and
+    /// whose keys count. The allowed signers judge the repository's commits, so the repository
+    /// must neither drop the rule nor point it at another file.
+    RequireSignedCommits,
 }
 
 impl Setting {
@@ -81,6 +85,7 @@ impl Setting {
         Self::Verify,
         Self::Decryption,
         Self::IgnoreDifferences,
+        Self::RequireSignedCommits,
     ];
 
     /// The name `mayChange` uses: the field's own name in the file.
@@ -101,6 +106,7 @@ impl Setting {
             Self::Verify => "verify",
             Self::Decryption => "decryption",
             Self::IgnoreDifferences => "ignoreDifferences",
+            Self::RequireSignedCommits => "requireSignedCommits",
         }
     }
 
@@ -116,6 +122,7 @@ impl Setting {
         Self::Verify,
         Self::Decryption,
         Self::IgnoreDifferences,
+        Self::RequireSignedCommits,
     ];
 }
 
@@ -265,6 +272,7 @@ fn same_setting(setting: Setting, a: &Environment, b: &Environment) -> bool {
         Setting::Verify => a.verify == b.verify,
         Setting::Decryption => a.decryption == b.decryption,
         Setting::IgnoreDifferences => a.ignore_differences == b.ignore_differences,
+        Setting::RequireSignedCommits => a.require_signed_commits == b.require_signed_commits,
         Setting::Metadata
         | Setting::Access
         | Setting::Notifications
@@ -336,6 +344,7 @@ spec:
       promotesFrom: dev
       source: {overlay: environments/prod}
       approval: {required: 2, groups: [release-managers]}
+      requireSignedCommits: {allowedSignersFile: /etc/stagehand/allowed_signers}
 "#;
 
     fn disk() -> Pipeline {
@@ -467,6 +476,16 @@ spec:
                 "environments/prod}\n      ignoreDifferences: [{kind: Deployment, jsonPointers: [/spec]}]",
                 "spec.environments[1].ignoreDifferences",
             ),
+            (
+                "      requireSignedCommits: {allowedSignersFile: /etc/stagehand/allowed_signers}\n",
+                "",
+                "spec.environments[1].requireSignedCommits",
+            ),
+            (
+                "/etc/stagehand/allowed_signers",
+                "/tmp/mine",
+                "spec.environments[1].requireSignedCommits",
+            ),
         ];
         for (from, to, field) in cases {
             assert_eq!(refused_field(committed(from, to)), field, "{from} -> {to}");
@@ -511,7 +530,7 @@ spec:
     fn a_new_environment_needs_leave_for_every_setting_of_an_environment() {
         let disk = DISK.replace(
             "[freezeWindows]",
-            "[environments, source, sync, approval, freezeWindows, promote, promotion, verify, decryption, ignoreDifferences]",
+            "[environments, source, sync, approval, freezeWindows, promote, promotion, verify, decryption, ignoreDifferences, requireSignedCommits]",
         );
         let parse = |text: &str| Pipeline::parse(Path::new("/x/p.yaml"), text).expect("valid");
         let with_qa = disk.replace(

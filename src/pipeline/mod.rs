@@ -146,6 +146,18 @@ pub struct Environment {
     /// Fields of its objects that other controllers own (`ignoreDifferences:`), in file order:
     /// a rule is named by its index.
     pub ignore_differences: Vec<IgnoreRule>,
+    /// Every commit a promotion into this environment brings must carry a good SSH signature
+    /// by an allowed key (`requireSignedCommits:`).
+    pub require_signed_commits: Option<SignedCommits>,
+}
+
+/// `requireSignedCommits`: whose SSH signatures the commits of a promoted range must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCommits {
+    /// An OpenSSH `allowed_signers` file on the service's side (never from the repository,
+    /// whose commits it judges), read again at every check; relative to the pipeline file on
+    /// disk.
+    pub allowed_signers_file: PathBuf,
 }
 
 /// Which age identities an environment decrypts with. An environment with keys of its own

@@ -9,8 +9,8 @@ use super::in_repository::Setting;
 use super::{
     API_VERSION, Alerts, ApprovalPolicy, Cluster, Decryption, Environment, FieldPath,
     FreezeSchedule, FreezeWindow, IgnoreRule, ImageSelection, KIND, NOTIFICATION_EVENTS,
-    Notification, Pipeline, PromotePolicy, PromotedField, PromotionPolicy, Repository, Source,
-    SyncPolicy, Verify, WeeklyTime,
+    Notification, Pipeline, PromotePolicy, PromotedField, PromotionPolicy, Repository,
+    SignedCommits, Source, SyncPolicy, Verify, WeeklyTime,
 };
 
 /// A pass may prune at most half of an environment's objects unless the file says otherwise: a
@@ -584,6 +584,24 @@ fn validate_environment(
             })
         })
         .collect::<Result<_, _>>()?;
+    let require_signed_commits = match env.require_signed_commits {
+        None => None,
+        Some(_) if env.promotes_from.is_none() => {
+            return Err(field(
+                format!("{at}.requireSignedCommits"),
+                "is set, but nothing is promoted into this environment (it has no promotesFrom)",
+            ));
+        }
+        Some(r) if r.allowed_signers_file.trim().is_empty() => {
+            return Err(field(
+                format!("{at}.requireSignedCommits.allowedSignersFile"),
+                "must not be empty",
+            ));
+        }
+        Some(r) => Some(SignedCommits {
+            allowed_signers_file: base.join(r.allowed_signers_file),
+        }),
+    };
 
     Ok(Environment {
         name: env.name,
@@ -598,6 +616,7 @@ fn validate_environment(
         verify,
         decryption,
         ignore_differences,
+        require_signed_commits,
     })
 }
 

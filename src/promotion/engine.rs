@@ -650,7 +650,10 @@ impl Engine {
     /// changed what moves: the source's directory in the overlay model, the whole tree in the
     /// branch model. A commit that is a promotion Stagehand landed into the source stands for
     /// the authors and first commit time it recorded, which come from further up the
-    /// pipeline. No time when the range has no commits or is too long to walk.
+    /// pipeline. No time when the range has no commits or is too long to walk. With
+    /// `requireSignedCommits`, every commit of that range must carry a good SSH signature by a
+    /// key of the target's allowed signers, else the promotion is refused naming them; a signed
+    /// commit is credited to its signer.
     async fn authors(
         &self,
         source: &str,
@@ -668,20 +671,63 @@ impl Engine {
             }
             crate::pipeline::Source::Branch { .. } => None,
         };
+        let signers = match &target.require_signed_commits {
+            None => None,
+            Some(rule) => {
+                let file = rule.allowed_signers_file.clone();
+                let loaded = tokio::task::spawn_blocking(move || {
+                    git::allowed_signers::AllowedSigners::load(&file)
+                })
+                .await
+                .expect("reading the allowed signers returns errors rather than panicking");
+                Some(loaded.map_err(|source| Error::AllowedSigners {
+                    environment: target.name.clone(),
+                    source,
+                })?)
+            }
+        };
         let repository = self.repository.clone();
         let found = tokio::task::spawn_blocking(move || {
-            repository.authored(to, since, path.as_ref(), AUTHORS_LIMIT)
+            repository.authored(to, since, path.as_ref(), AUTHORS_LIMIT, signers.as_ref())
         })
         .await
         .expect("reading authors returns errors rather than panicking");
         let authored = match found {
             Ok(authored) => authored,
+            // Signatures cannot be checked on a range that is not read whole.
+            Err(git::history::AuthorsError::TooLong(source))
+                if target.require_signed_commits.is_some() =>
+            {
+                return Err(Error::AuthorsUnknown {
+                    environment: target.name.clone(),
+                    source,
+                });
+            }
             Err(error) => {
                 return self
                     .authors_or_refuse(target, Err(error))
                     .map(|authors| (authors, None));
             }
         };
+        let unsigned: Vec<String> = authored
+            .iter()
+            .filter_map(|commit| {
+                let verdict = commit.signature.as_ref()?;
+                (!verdict.is_good()).then(|| {
+                    format!(
+                        "{} {:?}: {verdict}",
+                        &commit.commit.to_string()[..12],
+                        commit.summary
+                    )
+                })
+            })
+            .collect();
+        if !unsigned.is_empty() {
+            return Err(Error::UnsignedCommits {
+                environment: target.name.clone(),
+                commits: unsigned,
+            });
+        }
         let mut authors: Vec<String> = Vec::new();
         let mut first_commit_at: Option<i64> = None;
         for commit in &authored {
@@ -706,6 +752,21 @@ impl Engine {
             first_commit_at = Some(first_commit_at.map_or(time, |first| first.min(time)));
         }
         Ok((authors, first_commit_at))
+    }
+
+    /// Checks again, right before the Git step, that what a promotion brings is signed as its
+    /// target requires (the allowed signers may have changed since the request).
+    pub(super) async fn check_signatures(&self, record: &PromotionRecord) -> Result<(), Error> {
+        let target = self.environment(&record.target_environment)?;
+        let (Some(source), Some(_)) = (&record.source_environment, &target.require_signed_commits)
+        else {
+            return Ok(());
+        };
+        if record.kind != PromotionKind::Promotion {
+            return Ok(());
+        }
+        self.authors(source, target, &record.revision).await?;
+        Ok(())
     }
 
     /// The authors found, or why the promotion is refused when the author rule needs them.

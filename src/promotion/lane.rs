@@ -271,6 +271,18 @@ async fn approved(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, 
     {
         return Ok(Step::Wait(Instant::now() + Duration::from_secs(2)));
     }
+    // The second guard of requireSignedCommits, against the allowed signers of now.
+    match engine.check_signatures(promotion).await {
+        Ok(()) => {}
+        Err(
+            error @ (Error::UnsignedCommits { .. }
+            | Error::AllowedSigners { .. }
+            | Error::AuthorsUnknown { .. }),
+        ) => {
+            return fail(engine, promotion, crate::service::describe(&error)).await;
+        }
+        Err(error) => return Err(error),
+    }
     engine
         .move_by(
             promotion,

@@ -89,11 +89,29 @@ pub enum Error {
         revision: String,
         why: &'static str,
     },
-    #[error("cannot tell who wrote what promoting into {environment:?} would bring")]
+    #[error("cannot tell who wrote (or signed) what promoting into {environment:?} would bring")]
     AuthorsUnknown {
         environment: String,
         #[source]
         source: git::history::RangeTooLong,
+    },
+    #[error(
+        "environment {environment:?} requires signed commits (requireSignedCommits), and {} of \
+         the commits this promotion would bring {}: {}",
+        commits.len(),
+        if commits.len() == 1 { "is not signed by an allowed key" } else { "are not signed by an allowed key" },
+        commits.join("; ")
+    )]
+    UnsignedCommits {
+        environment: String,
+        /// Each as `<short id> "<subject>": <why>`.
+        commits: Vec<String>,
+    },
+    #[error("environment {environment:?}: cannot check signed commits (requireSignedCommits)")]
+    AllowedSigners {
+        environment: String,
+        #[source]
+        source: git::allowed_signers::Error,
     },
     #[error("environment {source_env:?} has not applied any revision yet; name one to promote")]
     NothingApplied { source_env: String },

@@ -155,6 +155,7 @@ fn options() -> Options {
             name: "Stagehand Bot".into(),
             email: "bot@example.test".into(),
         },
+        signer: None,
         max_attempts: 8,
     }
 }
@@ -1584,7 +1585,7 @@ fn authors_are_everyone_who_wrote_what_moves_and_a_range_too_long_is_refused() {
     let people = |path: Option<&stagehand::git::Location>| -> Vec<String> {
         let mut people: Vec<String> = Vec::new();
         for commit in repo
-            .authored(oid(&to), Some(oid(&start)), path, 100)
+            .authored(oid(&to), Some(oid(&start)), path, 100, None)
             .expect("authors")
         {
             assert_eq!(commit.promotion, None, "written by hand");
@@ -1600,7 +1601,7 @@ fn authors_are_everyone_who_wrote_what_moves_and_a_range_too_long_is_refused() {
     let everyone = people(None);
     assert_eq!(everyone.len(), 5, "{everyone:?}");
     let too_long = repo
-        .authored(oid(&to), Some(oid(&start)), Some(&dev), 2)
+        .authored(oid(&to), Some(oid(&start)), Some(&dev), 2, None)
         .expect_err("three commits do not fit in two");
     assert!(
         matches!(too_long, stagehand::git::history::AuthorsError::TooLong(_)),

@@ -29,6 +29,7 @@ mod replicas;
 mod secrets;
 mod serve;
 mod service;
+mod signing;
 mod store;
 mod transport;
 mod visibility;

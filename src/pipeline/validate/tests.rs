@@ -575,3 +575,51 @@ fn invalid_ignore_differences_rules_name_the_environment_the_rule_and_the_field(
         assert!(error.contains(expected), "{rule}:\n{error}");
     }
 }
+
+#[test]
+fn require_signed_commits_names_a_file_beside_the_pipeline_and_is_validated_by_field() {
+    let with = |env: &str, section: &str| {
+        DEMO.replace(
+            &format!("source: {{overlay: environments/{env}}}"),
+            &format!("source: {{overlay: environments/{env}}}\n      {section}"),
+        )
+    };
+    let text = with(
+        "staging",
+        "requireSignedCommits: {allowedSignersFile: keys/allowed_signers}",
+    );
+    let p = parse(Path::new("/etc/stagehand/pipeline.yaml"), &text).expect("valid");
+    assert_eq!(
+        p.environment("staging")
+            .expect("staging")
+            .require_signed_commits,
+        Some(SignedCommits {
+            allowed_signers_file: PathBuf::from("/etc/stagehand/keys/allowed_signers"),
+        })
+    );
+    assert_eq!(
+        p.environment("dev").expect("dev").require_signed_commits,
+        None
+    );
+    let cases = [
+        (
+            with("dev", "requireSignedCommits: {allowedSignersFile: s}"),
+            "field spec.environments[0].requireSignedCommits: is set, but nothing is promoted",
+        ),
+        (
+            with(
+                "staging",
+                "requireSignedCommits: {allowedSignersFile: \" \"}",
+            ),
+            "field spec.environments[1].requireSignedCommits.allowedSignersFile: must not be empty",
+        ),
+        (
+            with("staging", "requireSignedCommits: {allowedSigners: s}"),
+            "allowedSigners",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = parse_err(&text);
+        assert!(err.contains(expected), "{err}");
+    }
+}

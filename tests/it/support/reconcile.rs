@@ -47,6 +47,7 @@ pub fn environment(name: &str, kubeconfig: &Path) -> Environment {
         freeze_windows: Vec::new(),
         promote: PromotePolicy::default(),
         promotion: PromotionPolicy::default(),
+        require_signed_commits: None,
         verify: None,
         decryption: Default::default(),
         ignore_differences: Vec::new(),
