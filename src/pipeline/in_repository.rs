@@ -69,7 +69,7 @@ pub enum Setting {
 
 impl Setting {
     /// Every setting, in the order errors list them.
-    pub const ALL: [Setting; 15] = [
+    pub const ALL: [Setting; 16] = [
         Self::Metadata,
         Self::Access,
         Self::Notifications,
@@ -111,7 +111,7 @@ impl Setting {
     }
 
     /// The settings of one environment, compared environment by environment.
-    const OF_ENVIRONMENT: [Setting; 10] = [
+    const OF_ENVIRONMENT: [Setting; 11] = [
         Self::Source,
         Self::Cluster,
         Self::Sync,

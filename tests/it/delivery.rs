@@ -39,7 +39,7 @@ fn hours(h: f64) -> Duration {
 fn first_commit_at(repo: &Repository, to: &str, since: Option<&str>) -> i64 {
     let id = |hex: &str| ObjectId::from_hex(hex.as_bytes()).expect("a commit id");
     let range = repo
-        .authored(id(to), since.map(id), None, 100)
+        .authored(id(to), since.map(id), None, 100, None)
         .expect("the range is read");
     range
         .iter()
