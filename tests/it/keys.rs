@@ -180,7 +180,12 @@ pub(crate) fn repository(dir: &Path, name: &str, envs: &[Overlay<'_>]) -> PathBu
     file
 }
 
-async fn put_secret(kube: &kube::Client, namespace: &str, name: &str, entries: &[(&str, &str)]) {
+pub(crate) async fn put_secret(
+    kube: &kube::Client,
+    namespace: &str,
+    name: &str,
+    entries: &[(&str, &str)],
+) {
     let data: BTreeMap<String, ByteString> = entries
         .iter()
         .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))

@@ -428,6 +428,7 @@ mod served {
     use tonic::transport::Channel;
 
     use super::{allowed_signers, signed_commit, ssh_keygen, verify_commit};
+    use crate::keys::put_secret;
     use crate::promotions::until_healthy;
     use crate::service::{Server, app, overlay, start_server_with, with_token};
     use crate::support::cluster::cluster;
@@ -572,15 +573,12 @@ spec:
             }
         }
 
-        fn start(&self) -> Server {
+        /// The service, signing with `key` (`--signing-key FILE` or `--signing-key-secret NS/NAME`).
+        fn start(&self, key: &[&str]) -> Server {
             let tokens = self.tokens.display().to_string();
-            let key = self.stagehand.display().to_string();
-            start_server_with(
-                &self.pipeline,
-                &self.state,
-                &self.webhook,
-                &["--tokens-file", &tokens, "--signing-key", &key],
-            )
+            let mut args = vec!["--tokens-file", tokens.as_str()];
+            args.extend_from_slice(key);
+            start_server_with(&self.pipeline, &self.state, &self.webhook, &args)
         }
 
         fn push(&self) {
@@ -694,7 +692,8 @@ spec:
      {
         let kube = cluster().client().await;
         let fx = Fixture::new(&kube).await;
-        let server = fx.start();
+        let key = fx.stagehand.display().to_string();
+        let server = fx.start(&["--signing-key", &key]);
         let mut api = PromotionServiceClient::connect(server.grpc.clone())
             .await
             .expect("gRPC reachable");
@@ -799,5 +798,54 @@ spec:
         allowed_signers(&wrong, &[("carol@example.test", &fx.carol)]);
         let (ok, said) = verify_commit(&fx.work.dir, &wrong, &commit);
         assert!(!ok, "{said}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_signing_key_can_come_from_a_secret_read_through_the_api() {
+        let kube = cluster().client().await;
+        let fx = Fixture::new(&kube).await;
+        let ns = cluster().namespace(&kube, "sg-key").await;
+        let key = std::fs::read_to_string(&fx.stagehand).expect("the key");
+        put_secret(&kube, &ns, "no-key", &[("identity", &key)]).await;
+        // Refused at start, naming the Secret and what is wrong with it.
+        for (secret, expected) in [
+            ("missing", format!("Secret {ns}/missing not found")),
+            (
+                "no-key",
+                format!("Secret {ns}/no-key has no entry \"ssh-privatekey\""),
+            ),
+        ] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_stagehand"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--pipeline"])
+                .arg(&fx.pipeline)
+                .arg("--state-dir")
+                .arg(&fx.state)
+                .args(["--signing-key-secret", &format!("{ns}/{secret}")])
+                .env("KUBECONFIG", &cluster().kubeconfig)
+                .env_remove("SOPS_AGE_KEY_FILE")
+                .output()
+                .expect("stagehand runs");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{stderr}");
+            assert!(stderr.contains(&expected), "{expected:?} in {stderr}");
+        }
+        put_secret(&kube, &ns, "signing", &[("ssh-privatekey", &key)]).await;
+        // The key file is gone: only the Secret holds it now.
+        std::fs::remove_file(&fx.stagehand).expect("key removed");
+        let server = fx.start(&["--signing-key-secret", &format!("{ns}/signing")]);
+        let mut api = PromotionServiceClient::connect(server.grpc.clone())
+            .await
+            .expect("gRPC reachable");
+        until_healthy(&server.grpc, ALICE, "dev").await;
+        let promoted = request(&mut api, "prod").await.expect("a signed range");
+        until_state(&api, &promoted.id, proto::PromotionState::AwaitingApproval).await;
+        approve(&mut api, BOB, &promoted.id)
+            .await
+            .expect("bob approves");
+        let done = until_state(&api, &promoted.id, proto::PromotionState::Succeeded).await;
+        let commit = remote_commit(&fx.work, &done.commit);
+        let (ok, said) = verify_commit(&fx.work.dir, &fx.allowed, &commit);
+        assert!(ok, "{said}");
+        assert!(said.contains("stagehand@example.test"), "{said}");
     }
 }
