@@ -27,7 +27,8 @@ fetch_kubernetes_source() {
 
 need_apt=()
 for pair in age:age etcd:etcd-server rsync:rsync jq:jq openssl:openssl git:git \
-            python3:python3 gcc:gcc sshd:openssh-server debootstrap:debootstrap; do
+            python3:python3 gcc:gcc sshd:openssh-server debootstrap:debootstrap \
+            prometheus:prometheus; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -164,6 +165,7 @@ export STAGEHAND_KUBECTL="$kubectl_bin"
 export STAGEHAND_AGE="$(command -v age)"
 export STAGEHAND_AGE_KEYGEN="$(command -v age-keygen)"
 export STAGEHAND_PYTHON="$venv/bin/python"
+export STAGEHAND_PROMETHEUS="$(command -v prometheus)"
 ENV
 if $want_node; then
   cat >> "$cache/env.sh" <<ENV

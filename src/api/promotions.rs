@@ -196,6 +196,8 @@ fn status_of(error: promotion::Error) -> Status {
         | E::AllowedSigners { .. }
         | E::WrongState { .. }
         | E::NotFrozen { .. }
+        | E::SourceVerificationFailed { .. }
+        | E::NoVerifiedRevision { .. }
         | E::Git { .. }
         | E::Check { .. } => Status::failed_precondition(message),
         // Another replica takes writes: a client may try there (or here again later).
@@ -309,6 +311,22 @@ fn promotion_to_proto(view: &PromotionView) -> proto::Promotion {
             .collect(),
         create_time: Some(timestamp(p.created_at)),
         update_time: Some(timestamp(p.updated_at)),
+        verification: view
+            .verification
+            .iter()
+            .map(|c| proto::VerificationCheck {
+                name: c.name.clone(),
+                kind: c.kind.clone(),
+                status: c.status.as_str().to_owned(),
+                value: c.value.clone().unwrap_or_default(),
+                message: c.message.clone(),
+                successes: c.successes,
+                failures: c.failures,
+                runs: c.runs,
+                start_time: Some(timestamp(c.started_at)),
+                last_run_time: c.last_run_at.map(timestamp),
+            })
+            .collect(),
     }
 }
 

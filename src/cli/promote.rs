@@ -622,6 +622,18 @@ pub fn promotion_json(p: &proto::Promotion) -> Value {
         })).collect::<Vec<_>>(),
         "createTime": wire::time(&p.create_time),
         "updateTime": wire::time(&p.update_time),
+        "verification": p.verification.iter().map(|c| json!({
+            "name": c.name,
+            "kind": c.kind,
+            "status": c.status,
+            "value": c.value,
+            "message": c.message,
+            "successes": c.successes,
+            "failures": c.failures,
+            "runs": c.runs,
+            "startTime": wire::time(&c.start_time),
+            "lastRunTime": wire::time(&c.last_run_time),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -760,6 +772,34 @@ fn promotion_detail(p: &Value, colours: bool) -> String {
         for line in blockers {
             out.push_str(&format!("  - {line}\n"));
         }
+    }
+    let checks: Vec<Vec<String>> = p["verification"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            vec![
+                text(&c["name"]),
+                text(&c["kind"]),
+                text(&c["status"]),
+                text(&c["value"]),
+                text(&c["message"]),
+            ]
+        })
+        .collect();
+    if !checks.is_empty() {
+        out.push_str("\nverification:\n");
+        out.push_str(&output::painted_table(
+            &["CHECK", "KIND", "STATUS", "VALUE", "MESSAGE"],
+            &checks,
+            &|column, cell| match (column, cell) {
+                (2, "passed") => Some(Tone::Good),
+                (2, "failed") => Some(Tone::Bad),
+                (2, _) => Some(Tone::Waiting),
+                _ => None,
+            },
+            colours,
+        ));
     }
     let rows: Vec<Vec<String>> = p["transitions"]
         .as_array()

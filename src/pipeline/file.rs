@@ -156,7 +156,57 @@ pub struct Promotion {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Verify {
-    pub job: String,
+    #[serde(default)]
+    pub job: Option<String>,
+    #[serde(default)]
+    pub checks: Vec<Check>,
+    #[serde(default)]
+    pub on_failure: Option<String>,
+    #[serde(default)]
+    pub every: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Check {
+    pub name: String,
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub successes: Option<u32>,
+    #[serde(default)]
+    pub failures: Option<u32>,
+    #[serde(default)]
+    pub prometheus: Option<PrometheusCheck>,
+    #[serde(default)]
+    pub http: Option<HttpCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrometheusCheck {
+    pub url: String,
+    pub query: String,
+    #[serde(default)]
+    pub below: Option<f64>,
+    #[serde(default)]
+    pub above: Option<f64>,
+    #[serde(default)]
+    pub bearer_token_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpCheck {
+    pub url: String,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub condition: Option<String>,
+    #[serde(default)]
+    pub bearer_token_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

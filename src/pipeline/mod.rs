@@ -10,12 +10,14 @@ mod file;
 pub mod ignore;
 pub mod in_repository;
 mod validate;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use ignore::{FieldPath, IgnoreRule};
 pub use validate::{Error, ErrorKind};
+pub use verify::Verify;
 
 /// The `apiVersion` this build understands.
 pub const API_VERSION: &str = "stagehand.dev/v1alpha1";
@@ -139,7 +141,7 @@ pub struct Environment {
     pub promote: PromotePolicy,
     /// When a promotion into this environment may start (`promotion:`).
     pub promotion: PromotionPolicy,
-    /// A Job of this environment's manifests that must succeed after a promotion (`verify:`).
+    /// What must hold after a promotion before it is Succeeded (`verify:`).
     pub verify: Option<Verify>,
     /// Which age identities decrypt this environment's SOPS files (`decryption:`).
     pub decryption: Decryption,
@@ -201,14 +203,6 @@ impl Default for PromotionPolicy {
             supersede: false,
         }
     }
-}
-
-/// A Job in the environment's rendered manifests; a promotion is Succeeded only once the Job
-/// has succeeded at the promoted revision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verify {
-    /// The Job's `metadata.name`.
-    pub job: String,
 }
 
 /// What a promotion copies from the source environment into this one (`promote:` in the file).

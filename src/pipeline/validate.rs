@@ -10,7 +10,7 @@ use super::{
     API_VERSION, Alerts, ApprovalPolicy, Cluster, Decryption, Environment, FieldPath,
     FreezeSchedule, FreezeWindow, IgnoreRule, ImageSelection, KIND, NOTIFICATION_EVENTS,
     Notification, Pipeline, PromotePolicy, PromotedField, PromotionPolicy, Repository,
-    SignedCommits, Source, SyncPolicy, Verify, WeeklyTime,
+    SignedCommits, Source, SyncPolicy, WeeklyTime,
 };
 
 /// A pass may prune at most half of an environment's objects unless the file says otherwise: a
@@ -541,10 +541,7 @@ fn validate_environment(
 
     let verify = match env.verify {
         None => None,
-        Some(v) => {
-            check_object_name(&format!("{at}.verify.job"), &v.job)?;
-            Some(Verify { job: v.job })
-        }
+        Some(v) => Some(verify::verify(&format!("{at}.verify"), v, base)?),
     };
 
     let promote = match env.promote {
@@ -958,6 +955,8 @@ fn weekly_time(at: &str, text: &str) -> Result<WeeklyTime, ErrorKind> {
         minute,
     })
 }
+
+mod verify;
 
 #[cfg(test)]
 mod tests;

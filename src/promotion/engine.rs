@@ -47,6 +47,8 @@ pub struct Engine {
     lanes: HashMap<String, Arc<Notify>>,
     /// The id of every promotion that changed.
     changes: broadcast::Sender<String>,
+    /// The client of the verification checks.
+    pub(super) http: reqwest::Client,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -80,6 +82,10 @@ pub(super) struct Detail {
     /// with no commits, and for one too long to walk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_commit_at: Option<i64>,
+    /// The verification's checks, once the target is Healthy: each with its counts and the
+    /// value its last run saw.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<super::verify::CheckResult>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +142,8 @@ pub enum BlockerKind {
     SourceHealth,
     /// The target is suspended.
     Suspended,
+    /// The source runs a revision that failed verification.
+    SourceVerification,
 }
 
 impl BlockerKind {
@@ -147,6 +155,7 @@ impl BlockerKind {
             Self::Queue => "queue",
             Self::SourceHealth => "source_health",
             Self::Suspended => "suspended",
+            Self::SourceVerification => "source_verification",
         }
     }
 }
@@ -169,7 +178,7 @@ pub struct Blocker {
 }
 
 impl Blocker {
-    fn new(kind: BlockerKind, message: String) -> Self {
+    pub(super) fn new(kind: BlockerKind, message: String) -> Self {
         Self {
             kind,
             message,
@@ -194,6 +203,8 @@ pub struct PromotionView {
     pub approvals_missing: u32,
     /// Empty in listings and once the promotion moves or has ended.
     pub blockers: Vec<Blocker>,
+    /// The verification's checks and where each stands; empty before Verifying.
+    pub verification: Vec<super::verify::CheckResult>,
 }
 
 /// States in which a promotion has not reached Git and can still be approved, rejected,
@@ -237,6 +248,7 @@ impl Engine {
             ownership,
             lanes,
             changes: broadcast::channel(256).0,
+            http: super::verify::client(),
             tasks: Mutex::new(Vec::new()),
         }
     }
@@ -252,6 +264,13 @@ impl Engine {
             ));
         }
         for env in &self.pipeline.environments {
+            if env.verify.as_ref().is_some_and(|v| v.every.is_some()) {
+                let span = tracing::info_span!("reverify", environment = %env.name);
+                tasks.push(tokio::spawn(
+                    super::verifying::reverify(Arc::downgrade(self), env.name.clone())
+                        .instrument(span),
+                ));
+            }
             if env.promotion.auto {
                 let span = tracing::info_span!("auto_promotion", environment = %env.name);
                 tasks.push(tokio::spawn(
@@ -414,6 +433,11 @@ impl Engine {
         };
         let revision = revision.to_string();
         checks::source_ready(&target_env, &source_view, &revision, runs, &*self.store).await?;
+        if let Some(blocker) = super::verifying::source_verification(self, &source_name).await? {
+            return Err(Error::SourceVerificationFailed {
+                message: blocker.message,
+            });
+        }
         let id = store::new_promotion_id();
         let record = PromotionRecord {
             id: id.clone(),
@@ -944,12 +968,14 @@ impl Engine {
         } else {
             self.blockers(&detail, &progress, missing).await?
         };
+        let verification = Detail::of(&detail.promotion).checks;
         Ok(PromotionView {
             promotion: detail.promotion,
             approvals: detail.approvals,
             transitions: detail.transitions,
             approvals_missing: missing,
             blockers,
+            verification,
         })
     }
 
@@ -962,6 +988,7 @@ impl Engine {
                 .items
                 .into_iter()
                 .map(|promotion| PromotionView {
+                    verification: Detail::of(&promotion).checks,
                     promotion,
                     approvals: Vec::new(),
                     transitions: Vec::new(),
@@ -1119,6 +1146,9 @@ impl Engine {
         if let Some(blocker) = self.source_blocker(promotion, env)? {
             blockers.push(blocker);
         }
+        if let Some(blocker) = self.verification_blocker(promotion).await? {
+            blockers.push(blocker);
+        }
         Ok(blockers)
     }
 
@@ -1153,6 +1183,31 @@ impl Engine {
         );
         blocker.objects = objects;
         Ok(Some(blocker))
+    }
+
+    /// The source's failed verification, for a promotion out of it.
+    pub(super) async fn verification_blocker(
+        &self,
+        promotion: &PromotionRecord,
+    ) -> Result<Option<Blocker>, Error> {
+        match (&promotion.source_environment, promotion.kind) {
+            (Some(source), PromotionKind::Promotion) => {
+                super::verifying::source_verification(self, source).await
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The commit of the entry of `environment`'s history that `commit` holds, if any.
+    pub(super) async fn history_entry(
+        &self,
+        environment: &str,
+        commit: ObjectId,
+    ) -> Result<Option<ObjectId>, Error> {
+        Ok(self
+            .revision_of(environment, commit)
+            .await?
+            .map(|entry| entry.commit))
     }
 
     /// Approves a promotion for `actor`; the same identity twice counts once.

@@ -28,7 +28,7 @@ const SYNC_GRACE: Duration = Duration::from_secs(60);
 const GIT_ATTEMPTS: u32 = 5;
 
 /// What one step did.
-enum Step {
+pub(super) enum Step {
     /// The promotion changed state; read the queue again.
     Moved,
     /// Nothing to do before this moment (or a wake-up).
@@ -107,7 +107,7 @@ async fn step(engine: &Engine, promotion: &PromotionRecord, head: bool) -> Resul
         PromotionState::Approved => Ok(idle()),
         PromotionState::Promoting => promoting(engine, promotion).await,
         PromotionState::Syncing => syncing(engine, promotion).await,
-        PromotionState::Verifying => verifying(engine, promotion).await,
+        PromotionState::Verifying => super::verifying::verifying(engine, promotion).await,
         PromotionState::Succeeded
         | PromotionState::Rejected
         | PromotionState::Failed
@@ -115,7 +115,11 @@ async fn step(engine: &Engine, promotion: &PromotionRecord, head: bool) -> Resul
     }
 }
 
-async fn fail(engine: &Engine, promotion: &PromotionRecord, why: String) -> Result<Step, Error> {
+pub(super) async fn fail(
+    engine: &Engine,
+    promotion: &PromotionRecord,
+    why: String,
+) -> Result<Step, Error> {
     tracing::warn!(promotion = %promotion.id, reason = %why, "promotion failed");
     engine
         .move_by(
@@ -267,7 +271,8 @@ async fn approved(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, 
         return Ok(idle());
     }
     if promotion.kind == PromotionKind::Promotion
-        && engine.source_blocker(promotion, env)?.is_some()
+        && (engine.source_blocker(promotion, env)?.is_some()
+            || engine.verification_blocker(promotion).await?.is_some())
     {
         return Ok(Step::Wait(Instant::now() + Duration::from_secs(2)));
     }
@@ -496,11 +501,11 @@ impl crate::git::promote::Ledger for StoreLedger {
     }
 }
 
-fn short(commit: &ObjectId) -> String {
+pub(super) fn short(commit: &ObjectId) -> String {
     commit.to_string()[..12].to_owned()
 }
 
-fn commit_of(promotion: &PromotionRecord) -> Option<ObjectId> {
+pub(super) fn commit_of(promotion: &PromotionRecord) -> Option<ObjectId> {
     promotion
         .commit
         .as_deref()
@@ -508,7 +513,7 @@ fn commit_of(promotion: &PromotionRecord) -> Option<ObjectId> {
 }
 
 /// Whether `revision` (an environment's applied or attempted revision) holds `commit`.
-async fn holds(engine: &Engine, revision: Option<&str>, commit: ObjectId) -> bool {
+pub(super) async fn holds(engine: &Engine, revision: Option<&str>, commit: ObjectId) -> bool {
     let Some(revision) = revision.and_then(|r| ObjectId::from_hex(r.as_bytes()).ok()) else {
         return false;
     };
@@ -589,110 +594,6 @@ async fn syncing(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, E
         .await;
     }
     Ok(soon())
-}
-
-/// Healthy within the environment's timeout, and the verification Job succeeded.
-async fn verifying(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, Error> {
-    let Some(commit) = commit_of(promotion) else {
-        return fail(
-            engine,
-            promotion,
-            "no promotion commit was recorded".to_owned(),
-        )
-        .await;
-    };
-    let target = &promotion.target_environment;
-    let env = engine.environment(target)?;
-    let service = engine.service()?;
-    let view = service.environment(target)?;
-    // A status restored after a restart names the applied revision but no objects: only a
-    // pass of this process can say whether the Job is there and how it is.
-    let at_commit = view.status.passes > 0
-        && holds(engine, view.status.applied_revision.as_deref(), commit).await;
-    let job = match &env.verify {
-        None => Some(HealthStatus::Healthy),
-        Some(verify) => view
-            .status
-            .objects
-            .iter()
-            .find(|o| o.reference.kind == "Job" && o.reference.name == verify.job)
-            .map(|o| {
-                o.health
-                    .as_ref()
-                    .map_or(HealthStatus::Progressing, |h| h.status)
-            }),
-    };
-    let health = view.status.health;
-    if at_commit && health == Some(HealthStatus::Healthy) && job == Some(HealthStatus::Healthy) {
-        let why = match &env.verify {
-            Some(verify) => format!("{target} is Healthy and Job {} succeeded", verify.job),
-            None => format!("{target} is Healthy"),
-        };
-        engine
-            .move_by(
-                promotion,
-                PromotionState::Succeeded,
-                SELF,
-                &why,
-                None,
-                None,
-                None,
-            )
-            .await?;
-        return Ok(Step::Moved);
-    }
-    if let Some(verify) = &env.verify {
-        match job {
-            None if at_commit => {
-                return fail(
-                    engine,
-                    promotion,
-                    format!(
-                        "verification Job {:?} is not among the objects of {target}",
-                        verify.job
-                    ),
-                )
-                .await;
-            }
-            Some(HealthStatus::Failed) => {
-                return fail(
-                    engine,
-                    promotion,
-                    format!("verification Job {:?} failed", verify.job),
-                )
-                .await;
-            }
-            _ => {}
-        }
-    }
-    if health == Some(HealthStatus::Failed) {
-        return fail(
-            engine,
-            promotion,
-            format!(
-                "{target} is not Healthy: {}",
-                checks::unhealthy_objects(&view).join(", ")
-            ),
-        )
-        .await;
-    }
-    if SystemTime::now() > deadline(promotion, env.sync.timeout) {
-        return fail(
-            engine,
-            promotion,
-            format!(
-                "{target} was not Healthy within {}: {}",
-                humantime::format_duration(env.sync.timeout),
-                checks::unhealthy_objects(&view).join(", ")
-            ),
-        )
-        .await;
-    }
-    // Health is read by passes: ask for one rather than wait for the interval.
-    if let Err(error) = service.sync(target, false, false).await {
-        tracing::debug!(error = %crate::service::describe(&error), "cannot start a verification pass");
-    }
-    Ok(Step::Wait(Instant::now() + Duration::from_secs(1)))
 }
 
 /// Requests a promotion into `target` whenever its source runs a new revision Healthy and

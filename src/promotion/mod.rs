@@ -7,7 +7,7 @@
 //!     │                          │                            │                          │ commit
 //!     └──────► Failed            └──► Rejected | Aborted ◄────┘              Syncing ◄───┘
 //!                                                                               │ applied
-//!                                     Succeeded ◄──Healthy (and the verify Job)── Verifying
+//!                               Succeeded ◄──Healthy, Job and checks passed── Verifying
 //! ```
 //!
 //! Every transition is written to the store (compare-and-swap on the state the engine saw)
@@ -21,6 +21,8 @@ pub mod compare;
 mod engine;
 mod lane;
 pub mod policy;
+pub mod verify;
+mod verifying;
 
 use std::time::Duration;
 
@@ -115,6 +117,12 @@ pub enum Error {
     },
     #[error("environment {source_env:?} has not applied any revision yet; name one to promote")]
     NothingApplied { source_env: String },
+    #[error("{message}")]
+    SourceVerificationFailed { message: String },
+    #[error(
+        "environment {environment:?} has no verified revision to roll back to: no promotion into it passed verification, and the one that failed recorded no earlier revision"
+    )]
+    NoVerifiedRevision { environment: String },
     #[error(
         "environment {source_env:?} runs {running}, not {revision}; only the revision it runs can be checked for health and soak"
     )]

@@ -218,6 +218,9 @@ pub struct Service {
     metrics: Arc<Metrics>,
     /// Raised alerts per environment.
     alerts: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    /// A failed re-verification per environment, raised as an alert until it passes again.
+    verification_alerts: Mutex<HashMap<String, String>>,
+    notifier: Arc<Notifier>,
     store: Arc<dyn Store>,
     access: AccessPolicy,
     promotions: Arc<Engine>,
@@ -318,7 +321,7 @@ impl Service {
         tasks.push(tokio::spawn(forward_events(
             pipeline.name.clone(),
             controller.events(),
-            notifier,
+            notifier.clone(),
         )));
         let (desired, _) = watch::channel(Arc::new(DesiredTable::new()));
         let service = Arc::new_cyclic(|service: &std::sync::Weak<Service>| {
@@ -351,6 +354,8 @@ impl Service {
                 last_fetch_error: Mutex::new(None),
                 metrics,
                 alerts,
+                verification_alerts: Mutex::default(),
+                notifier,
                 store,
                 access,
                 promotions,
@@ -467,13 +472,67 @@ impl Service {
                 .lock()
                 .ok()
                 .and_then(|a| a.get(&env.name).cloned())
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into_iter()
+                .chain(
+                    self.verification_alerts
+                        .lock()
+                        .ok()
+                        .and_then(|a| a.get(&env.name).cloned()),
+                )
+                .collect(),
             holder: self
                 .ownership
                 .is_leased()
                 .then(|| self.ownership.holder(&env.name))
                 .flatten(),
         }
+    }
+
+    /// Raises (`Some`) or clears (`None`) the alert of a failed re-verification of `environment`:
+    /// in its status, the log, a Kubernetes Event in its cluster and an `alert` notification, as
+    /// reconcile's alerts are.
+    pub(crate) fn verification_alert(&self, environment: &str, alert: Option<String>) {
+        let Some(env) = self.pipeline.environment(environment) else {
+            return;
+        };
+        let previous = match self.verification_alerts.lock() {
+            Ok(mut table) => match &alert {
+                Some(text) => table.insert(environment.to_owned(), text.clone()),
+                None => table.remove(environment),
+            },
+            Err(_) => return,
+        };
+        let (kind, reason, event, message) = match (&alert, &previous) {
+            (Some(text), None) => {
+                tracing::warn!(environment, "alert: {text}");
+                (
+                    crate::cluster::events::Type::Warning,
+                    events::RAISED,
+                    "alert",
+                    text.clone(),
+                )
+            }
+            (None, Some(_)) => {
+                tracing::info!(environment, "verification passes again");
+                (
+                    crate::cluster::events::Type::Normal,
+                    events::RECOVERED,
+                    "recovered",
+                    "verification passes again".to_owned(),
+                )
+            }
+            // Still failing, or still fine: said already.
+            _ => return,
+        };
+        events::AlertEvents::new(env, &self.options).record(kind, reason, message.clone());
+        self.notifier.send(&Message {
+            pipeline: self.pipeline.name.clone(),
+            environment: environment.to_owned(),
+            event: event.to_owned(),
+            message,
+            time: now_rfc3339(),
+        });
     }
 
     /// Which environments this replica reconciles, and whether it leads.

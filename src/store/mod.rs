@@ -174,6 +174,15 @@ pub trait Store: Send + Sync {
         audit: NewAuditEvent,
     ) -> Result<()>;
 
+    /// Replaces where an environment's verification stands, with an audit event (a failure, a
+    /// recovery) written in the same transaction when there is one.
+    async fn set_verification(
+        &self,
+        environment: &str,
+        verification: &VerificationRecord,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<()>;
+
     /// Replaces an environment's last reported status (JSON, no Secret values), so that after a
     /// restart the service answers it at once.
     ///
@@ -261,6 +270,47 @@ pub struct EnvironmentRecord {
     pub auto_promotion_hold: Option<Hold>,
     /// The last status reconcile reported, as it serialised it.
     pub status: Option<serde_json::Value>,
+    /// Where the environment's verification stands.
+    pub verification: VerificationRecord,
+}
+
+/// Where an environment's verification (`verify:`) stands: the last revision that passed it, and
+/// a failure that has not been made good since.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationRecord {
+    /// The last revision (commit) that passed verification in the environment.
+    #[serde(default)]
+    pub verified: Option<VerifiedRevision>,
+    /// The revision that failed verification and is still what the environment runs, as far
+    /// as the last verification knows.
+    #[serde(default)]
+    pub failed: Option<FailedVerification>,
+}
+
+/// A revision that passed verification.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedRevision {
+    /// The commit.
+    pub revision: String,
+    /// When it passed.
+    pub at: SystemTime,
+}
+
+/// A revision that failed verification: in a promotion, or when it ran again later.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedVerification {
+    /// The commit.
+    pub revision: String,
+    /// When it failed.
+    pub at: SystemTime,
+    /// Which checks failed and why.
+    pub reason: String,
+    /// The promotion whose verification failed; `None` for a re-verification.
+    #[serde(default)]
+    pub promotion_id: Option<String>,
 }
 
 /// Objects a sync pass touched, by what happened to them.
@@ -663,11 +713,15 @@ pub enum AuditAction {
     AutoPromotionHeld,
     /// Automatic promotion into an environment was released.
     AutoPromotionResumed,
+    /// An environment's revision failed verification.
+    VerificationFailed,
+    /// An environment that had failed verification passed it again.
+    VerificationRecovered,
 }
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 14] = [
+    pub const ALL: [AuditAction; 16] = [
         Self::Requested,
         Self::Approved,
         Self::Rejected,
@@ -682,6 +736,8 @@ impl AuditAction {
         Self::Resumed,
         Self::AutoPromotionHeld,
         Self::AutoPromotionResumed,
+        Self::VerificationFailed,
+        Self::VerificationRecovered,
     ];
 
     /// The action's name as stored and shown.
@@ -701,6 +757,8 @@ impl AuditAction {
             Self::Resumed => "resumed",
             Self::AutoPromotionHeld => "auto_promotion_held",
             Self::AutoPromotionResumed => "auto_promotion_resumed",
+            Self::VerificationFailed => "verification_failed",
+            Self::VerificationRecovered => "verification_recovered",
         }
     }
 }

@@ -38,7 +38,7 @@ use super::{
     DeliveryMetrics, DeliveryQuery, EnvironmentRecord, Error, EventRecord, FIRST_COMMIT_AT,
     HISTORY_PER_ENVIRONMENT, Hold, NewAuditEvent, NewEvent, NewPromotion, Page, PromotionDetail,
     PromotionFilter, PromotionKind, PromotionRecord, PromotionState, Result, Store, SyncCounts,
-    SyncRecord, SyncRun, TRIM_EVERY, Transition, TransitionOutcome, TransitionRecord, folds_into,
+    SyncRecord, SyncRun, TRIM_EVERY, Transition, TransitionOutcome, TransitionRecord, VerificationRecord, folds_into,
     from_millis, page_size, paginate, to_millis,
 };
 
@@ -520,7 +520,8 @@ fn page_after(database: &Database, token: &Option<String>) -> Result<Option<i64>
 }
 
 const ENVIRONMENT_COLUMNS: &str = "name, applied_revision, applied_at, suspended_reason, \
-     suspended_by, suspended_at, auto_hold_reason, auto_hold_by, auto_hold_at, status";
+     suspended_by, suspended_at, auto_hold_reason, auto_hold_by, auto_hold_at, status, \
+     verification";
 
 fn environment_row(row: &Row) -> Result<EnvironmentRecord, Decode> {
     Ok(EnvironmentRecord {
@@ -530,6 +531,11 @@ fn environment_row(row: &Row) -> Result<EnvironmentRecord, Decode> {
         suspended: hold_columns(row, 3)?,
         auto_promotion_hold: hold_columns(row, 6)?,
         status: json(row, 9)?,
+        verification: json(row, 10)?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| Decode::Value(format!("column 10 is not a verification record: {e}")))?
+            .unwrap_or_default(),
     })
 }
 
@@ -762,6 +768,30 @@ impl Store for PostgresStore {
             audit,
         )
         .await
+    }
+
+    async fn set_verification(
+        &self,
+        environment: &str,
+        verification: &VerificationRecord,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<()> {
+        let what = "recording an environment's verification";
+        let text = serde_json::to_string(verification).expect("a verification record is JSON");
+        let mut client = self.client(what).await?;
+        let tx = client.transaction().await.map_err(self.sql(what))?;
+        self.execute(
+            &tx,
+            what,
+            "INSERT INTO environment (name, verification) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET verification = excluded.verification",
+            &[&environment, &text],
+        )
+        .await?;
+        if let Some(audit) = &audit {
+            self.insert_audit(&tx, what, audit).await?;
+        }
+        tx.commit().await.map_err(self.sql(what))
     }
 
     async fn save_status(

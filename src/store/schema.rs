@@ -259,7 +259,13 @@ const V3: &str = r#"
 CREATE INDEX promotion_by_target_updated ON promotion (target_environment, updated_at);
 "#;
 
-const MIGRATIONS: [Migration; 3] = [
+/// Version 4: where each environment's verification stands (JSON), so a failed verification
+/// keeps blocking promotions out of it after a restart.
+const V4: &str = r#"
+ALTER TABLE environment ADD COLUMN verification TEXT;
+"#;
+
+const MIGRATIONS: [Migration; 4] = [
     Migration {
         sqlite: V1,
         postgres: V1_POSTGRES,
@@ -272,6 +278,10 @@ const MIGRATIONS: [Migration; 3] = [
     Migration {
         sqlite: V3,
         postgres: V3,
+    },
+    Migration {
+        sqlite: V4,
+        postgres: V4,
     },
 ];
 

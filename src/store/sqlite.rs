@@ -24,7 +24,7 @@ use super::{
     DeliveryQuery, EnvironmentRecord, Error, EventRecord, FIRST_COMMIT_AT, HISTORY_PER_ENVIRONMENT,
     Hold, NewAuditEvent, NewEvent, NewPromotion, Page, PromotionDetail, PromotionFilter,
     PromotionKind, PromotionRecord, PromotionState, Result, Store, SyncCounts, SyncRecord, SyncRun,
-    TRIM_EVERY, Transition, TransitionOutcome, TransitionRecord, folds_into, from_millis,
+    TRIM_EVERY, Transition, TransitionOutcome, TransitionRecord, VerificationRecord, folds_into, from_millis,
     page_size, paginate, to_millis,
 };
 
@@ -274,7 +274,8 @@ fn page_after(path: &Path, token: &Option<String>) -> Result<Option<i64>> {
 }
 
 const ENVIRONMENT_COLUMNS: &str = "name, applied_revision, applied_at, suspended_reason, \
-     suspended_by, suspended_at, auto_hold_reason, auto_hold_by, auto_hold_at, status";
+     suspended_by, suspended_at, auto_hold_reason, auto_hold_by, auto_hold_at, status, \
+     verification";
 
 fn environment_row(row: &Row<'_>) -> rusqlite::Result<EnvironmentRecord> {
     Ok(EnvironmentRecord {
@@ -284,6 +285,11 @@ fn environment_row(row: &Row<'_>) -> rusqlite::Result<EnvironmentRecord> {
         suspended: hold_columns(row, 3)?,
         auto_promotion_hold: hold_columns(row, 6)?,
         status: json_column(row, 9)?,
+        verification: json_column(row, 10)?
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(10, Type::Text, Box::new(e)))?
+            .unwrap_or_default(),
     })
 }
 
@@ -534,6 +540,32 @@ impl Store for SqliteStore {
             .and_then(|_| insert_audit(&tx, &audit))
             .and_then(|_| tx.commit())
             .map_err(sql(path, "holding auto-promotion"))
+        })
+        .await
+    }
+
+    async fn set_verification(
+        &self,
+        environment: &str,
+        verification: &VerificationRecord,
+        audit: Option<NewAuditEvent>,
+    ) -> Result<()> {
+        let environment = environment.to_owned();
+        let text = serde_json::to_string(verification).expect("a verification record is JSON");
+        self.call(move |conn, path| {
+            let what = "recording an environment's verification";
+            let tx = immediate(conn).map_err(sql(path, what))?;
+            tx.prepare_cached(
+                "INSERT INTO environment (name, verification) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET verification = excluded.verification",
+            )
+            .and_then(|mut stmt| stmt.execute(params![environment, text]))
+            .and_then(|_| match &audit {
+                Some(audit) => insert_audit(&tx, audit).map(|_| ()),
+                None => Ok(()),
+            })
+            .and_then(|_| tx.commit())
+            .map_err(sql(path, what))
         })
         .await
     }

@@ -32,4 +32,5 @@ mod service;
 mod signing;
 mod store;
 mod transport;
+mod verification;
 mod visibility;

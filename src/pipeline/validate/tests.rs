@@ -334,8 +334,11 @@ fn a_verify_job_must_be_a_kubernetes_object_name() {
     let p = parse(Path::new("pipeline.yaml"), &with("smoke-test.v2")).expect("valid");
     assert_eq!(
         p.environment("staging").expect("staging").verify,
-        Some(Verify {
-            job: "smoke-test.v2".into()
+        Some(crate::pipeline::Verify {
+            job: Some("smoke-test.v2".into()),
+            checks: Vec::new(),
+            on_failure: crate::pipeline::verify::OnFailure::Nothing,
+            every: None,
         })
     );
     for bad in ["Smoke", "\"-smoke\"", "\"smoke test\"", "\"\""] {
@@ -621,5 +624,118 @@ fn require_signed_commits_names_a_file_beside_the_pipeline_and_is_validated_by_f
     for (text, expected) in cases {
         let err = parse_err(&text);
         assert!(err.contains(expected), "{err}");
+fn verification_checks_are_read_with_their_defaults() {
+    use crate::pipeline::verify::{OnFailure, Probe};
+    let text = DEMO.replace(
+        "approval: {required: 1, groups: [qa]}",
+        r#"approval: {required: 1, groups: [qa]}
+      verify:
+        onFailure: rollback
+        every: 15m
+        checks:
+          - name: error-rate
+            prometheus: {url: "http://prometheus:9090", query: "sum(errors)", below: 0.05, bearerTokenFile: token}
+            interval: 30s
+            successes: 3
+          - name: ready
+            http: {url: "https://shop.example.com/healthz", condition: '$.status == "ok"'}"#,
+    );
+    let p = parse(Path::new("/etc/stagehand/pipeline.yaml"), &text).expect("valid");
+    let verify = p
+        .environment("staging")
+        .expect("staging")
+        .verify
+        .clone()
+        .expect("verify");
+    assert_eq!(verify.on_failure, OnFailure::Rollback);
+    assert_eq!(verify.every, Some(Duration::from_secs(900)));
+    assert_eq!(verify.checks.len(), 2);
+    let rate = &verify.checks[0];
+    assert_eq!(
+        (rate.interval, rate.timeout, rate.successes, rate.failures),
+        (Duration::from_secs(30), Duration::from_secs(300), 3, 1)
+    );
+    let Probe::Prometheus(query) = &rate.probe else {
+        panic!("{rate:?}")
+    };
+    assert_eq!(query.below, Some(0.05));
+    assert_eq!(
+        query.bearer_token_file.as_deref(),
+        Some(Path::new("/etc/stagehand/token"))
+    );
+    let Probe::Http(http) = &verify.checks[1].probe else {
+        panic!("{verify:?}")
+    };
+    assert_eq!(http.status, 200);
+    assert_eq!(
+        http.condition.as_ref().map(ToString::to_string).as_deref(),
+        Some(r#"$.status == "ok""#)
+    );
+}
+
+#[test]
+fn a_bad_verification_check_names_its_field() {
+    let with = |verify: &str| {
+        DEMO.replace(
+            "approval: {required: 1, groups: [qa]}",
+            &format!("approval: {{required: 1, groups: [qa]}}\n      verify: {verify}"),
+        )
+    };
+    for (verify, expected) in [
+        (
+            "{}",
+            "spec.environments[1].verify: names neither a job nor checks",
+        ),
+        (
+            "{job: smoke, onFailure: retry}",
+            "spec.environments[1].verify.onFailure",
+        ),
+        (
+            "{job: smoke, every: 5m}",
+            "spec.environments[1].verify.every",
+        ),
+        (
+            "{checks: [{name: a}]}",
+            "spec.environments[1].verify.checks[0]: needs exactly one of prometheus or http",
+        ),
+        (
+            "{checks: [{name: a, http: {url: x}}]}",
+            "spec.environments[1].verify.checks[0].http.url",
+        ),
+        (
+            "{checks: [{name: a, http: {url: 'http://x', status: 42}}]}",
+            "checks[0].http.status",
+        ),
+        (
+            "{checks: [{name: a, http: {url: 'http://x', condition: '$.a = 1'}}]}",
+            "checks[0].http.condition",
+        ),
+        (
+            "{checks: [{name: a, prometheus: {url: 'http://x', query: up, below: 1, above: 2}}]}",
+            "checks[0].prometheus.below",
+        ),
+        (
+            "{checks: [{name: a, prometheus: {url: 'http://x', query: ''}}]}",
+            "checks[0].prometheus.query",
+        ),
+        (
+            "{checks: [{name: a, interval: 0s, http: {url: 'http://x'}}]}",
+            "checks[0].interval",
+        ),
+        (
+            "{checks: [{name: a, failures: 0, http: {url: 'http://x'}}]}",
+            "checks[0].failures",
+        ),
+        (
+            "{checks: [{name: a, http: {url: 'http://x'}}, {name: a, http: {url: 'http://y'}}]}",
+            "checks[1].name",
+        ),
+        (
+            "{checks: [{name: 'a b', http: {url: 'http://x'}}]}",
+            "checks[0].name",
+        ),
+    ] {
+        let err = parse_err(&with(verify));
+        assert!(err.contains(expected), "{verify}: {err}");
     }
 }

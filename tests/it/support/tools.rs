@@ -15,6 +15,7 @@ pub enum Tool {
     Etcd,
     KubeApiserver,
     Python,
+    Prometheus,
 }
 
 impl Tool {
@@ -27,6 +28,7 @@ impl Tool {
             Tool::Etcd => "STAGEHAND_ETCD",
             Tool::KubeApiserver => "STAGEHAND_KUBE_APISERVER",
             Tool::Python => "STAGEHAND_PYTHON",
+            Tool::Prometheus => "STAGEHAND_PROMETHEUS",
         }
     }
 }
