@@ -456,6 +456,41 @@ async fn a_failed_verification_rolls_back_holds_auto_promotion_and_blocks_promot
     assert_eq!(c1.verification[0].kind, "http");
     assert_eq!(c1.verification[0].value, "status 200");
 
+    // Re-verification: canary degrades with no release. An alert is raised and nothing is
+    // promoted out of canary until it passes again.
+    fx.value(&kube, "canary").await.expect("canary runs");
+    oracle
+        .outage
+        .lock()
+        .expect("outage")
+        .insert("canary".into());
+    eventually("canary's re-verification raises an alert", || {
+        let mut envs = envs.clone();
+        async move {
+            alerts(&mut envs, "canary")
+                .await
+                .iter()
+                .any(|a| a.contains("re-verification") && a.contains("degraded"))
+        }
+    })
+    .await;
+    let refused = request(&mut api, "prod", "").await.expect_err("blocked");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("failed its re-verification"),
+        "{refused:?}"
+    );
+    oracle.outage.lock().expect("outage").remove("canary");
+    eventually("canary's alert clears", || {
+        let mut envs = envs.clone();
+        async move { alerts(&mut envs, "canary").await.is_empty() }
+    })
+    .await;
+    let p = request(&mut api, "prod", "")
+        .await
+        .expect("no longer blocked");
+    assert_eq!(state(&ended(&api, &p.id).await), S::Succeeded);
+
     // A bad release reaches dev; staging takes it by itself and its error rate is 50%.
     let bad = fx.push_dev("bad-2");
     sync_dev(&mut envs).await;
@@ -505,67 +540,6 @@ async fn a_failed_verification_rolls_back_holds_auto_promotion_and_blocks_promot
     assert_eq!(fx.commits_of(&rollback.id).len(), 1);
     assert_eq!(fx.value(&kube, "staging").await.as_deref(), Some("dev-1"));
 
-    // Automatic promotion into staging is held: a good release in dev does not move it.
-    let good = fx.push_dev("good-3");
-    sync_dev(&mut envs).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(
-        promotions_into(&mut api, "staging")
-            .await
-            .iter()
-            .all(|p| p.revision != good),
-        "held"
-    );
-    let audit = api
-        .list_audit_events(with_token(ALICE, proto::ListAuditEventsRequest::default()))
-        .await
-        .expect("audit")
-        .into_inner()
-        .events;
-    let did = |actor: &str, action: &str| {
-        audit
-            .iter()
-            .any(|e| e.actor == actor && e.action == action && e.environment == "staging")
-    };
-    assert!(did("stagehand", "verification_failed"), "{audit:?}");
-    assert!(did("stagehand", "auto_promotion_held"), "{audit:?}");
-    assert!(did("stagehand", "rolled_back"), "{audit:?}");
-
-    // Re-verification: canary degrades with no release. An alert is raised and nothing is
-    // promoted out of canary until it passes again.
-    fx.value(&kube, "canary").await.expect("canary runs");
-    oracle
-        .outage
-        .lock()
-        .expect("outage")
-        .insert("canary".into());
-    eventually("canary's re-verification raises an alert", || {
-        let mut envs = envs.clone();
-        async move {
-            alerts(&mut envs, "canary")
-                .await
-                .iter()
-                .any(|a| a.contains("re-verification") && a.contains("degraded"))
-        }
-    })
-    .await;
-    let refused = request(&mut api, "prod", "").await.expect_err("blocked");
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
-    assert!(
-        refused.message().contains("failed its re-verification"),
-        "{refused:?}"
-    );
-    oracle.outage.lock().expect("outage").remove("canary");
-    eventually("canary's alert clears", || {
-        let mut envs = envs.clone();
-        async move { alerts(&mut envs, "canary").await.is_empty() }
-    })
-    .await;
-    let p = request(&mut api, "prod", "")
-        .await
-        .expect("no longer blocked");
-    assert_eq!(state(&ended(&api, &p.id).await), S::Succeeded);
-
     // The bad release into canary, which does not roll back: Failed, canary stays on it, and
     // a promotion out of canary names the failed verification.
     let c2 = request(&mut api, "canary", &bad).await.expect("requested");
@@ -592,6 +566,32 @@ async fn a_failed_verification_rolls_back_holds_auto_promotion_and_blocks_promot
             .contains(&format!("failed the verification of promotion {}", c2.id)),
         "{refused:?}"
     );
+    // Automatic promotion into staging is held: a good release in dev does not move it.
+    let good = fx.push_dev("good-3");
+    sync_dev(&mut envs).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        promotions_into(&mut api, "staging")
+            .await
+            .iter()
+            .all(|p| p.revision != good),
+        "held"
+    );
+    let audit = api
+        .list_audit_events(with_token(ALICE, proto::ListAuditEventsRequest::default()))
+        .await
+        .expect("audit")
+        .into_inner()
+        .events;
+    let did = |actor: &str, action: &str| {
+        audit
+            .iter()
+            .any(|e| e.actor == actor && e.action == action && e.environment == "staging")
+    };
+    assert!(did("stagehand", "verification_failed"), "{audit:?}");
+    assert!(did("stagehand", "auto_promotion_held"), "{audit:?}");
+    assert!(did("stagehand", "rolled_back"), "{audit:?}");
+
     drop(server);
     drop(prometheus);
 }
