@@ -25,8 +25,10 @@ stagehand="$repo_root/target/debug/stagehand"
 work=$(mktemp -d -t stagehand-demo.XXXXXX)
 server_pid=
 rollout_pid=
+prometheus_pid=
 cleanup() {
   [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  [ -n "$prometheus_pid" ] && kill "$prometheus_pid" 2>/dev/null && { wait "$prometheus_pid" 2>/dev/null || true; }
   # It ends by the signal, which is no failure of the demo.
   [ -n "$rollout_pid" ] && kill "$rollout_pid" 2>/dev/null && { wait "$rollout_pid" 2>/dev/null || true; }
   [ -d "$work/cluster" ] && scripts/local-cluster.sh down "$work/cluster"
@@ -38,16 +40,33 @@ echo "== demo GitOps repository in $work/gitops"
 cp -r environments "$work/gitops"
 # prod is frozen from a minute ago for an hour (besides the weekly window), so that the demo's
 # promotion into prod is held until a release manager overrides the freeze.
-"$STAGEHAND_PYTHON" - "$work/gitops/pipeline.yaml" <<'PY'
+# staging's verification queries a Prometheus the demo starts, scraping the service's /metrics;
+# both on free loopback ports. Without Prometheus, staging checks that /metrics answers instead.
+free_port() { "$STAGEHAND_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+http_port=$(free_port)
+prometheus_port=$(free_port)
+prometheus=$(command -v prometheus || true)
+"$STAGEHAND_PYTHON" - "$work/gitops/pipeline.yaml" "$http_port" "$prometheus_port" "$prometheus" <<'PY'
 import datetime, sys
-path = sys.argv[1]
+path, http_port, prometheus_port, prometheus = sys.argv[1:5]
 now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
 weekly = '        - {start: "Fri 16:00", end: "Mon 08:00", timezone: Europe/Berlin}\n'
 window = (f'        - {{from: "{(now - datetime.timedelta(minutes=1)).isoformat()}", '
           f'until: "{(now + datetime.timedelta(hours=1)).isoformat()}"}}\n')
 text = open(path).read()
 assert weekly in text, "prod's weekly freeze window moved"
-open(path, "w").write(text.replace(weekly, weekly + window))
+text = text.replace(weekly, weekly + window)
+check = """            prometheus:
+              url: http://127.0.0.1:9090
+              query: stagehand_drifted_objects{environment="staging"}
+              below: 1
+"""
+assert check in text, "staging's verification moved"
+if prometheus:
+    text = text.replace("127.0.0.1:9090", f"127.0.0.1:{prometheus_port}")
+else:
+    text = text.replace(check, f"            http: {{url: 'http://127.0.0.1:{http_port}/metrics'}}\n")
+open(path, "w").write(text)
 PY
 git -C "$work/gitops" init -q -b main
 # Promotions push to this repository; its work tree follows.
@@ -110,7 +129,7 @@ echo "== starting stagehand serve: every environment reconciled continuously"
 # The service holds every environment's age identity; plaintext stays inside it.
 cat "$work"/gitops/keys/*.agekey > "$work/service.agekeys"
 SOPS_AGE_KEY_FILE="$work/service.agekeys" "$stagehand" serve --listen 127.0.0.1:0 \
-  --http-listen 127.0.0.1:0 --pipeline "$work/gitops/pipeline.yaml" \
+  --http-listen "127.0.0.1:$http_port" --pipeline "$work/gitops/pipeline.yaml" \
   --tokens-file "$work/tokens.yaml" \
   --state-dir "$work/state" > "$work/serve.out" 2> "$work/serve.log" &
 server_pid=$!
@@ -123,6 +142,25 @@ for _ in $(seq 100); do
 done
 [ -n "$addr" ] || { echo "stagehand did not start" >&2; cat "$work/serve.log" >&2; exit 1; }
 echo "stagehand listens on $addr"
+if [ -n "$prometheus" ]; then
+  echo "== Prometheus on 127.0.0.1:$prometheus_port, scraping stagehand's /metrics (staging's verification asks it)"
+  cat > "$work/prometheus.yml" <<PROM
+global: {scrape_interval: 1s}
+scrape_configs:
+  - job_name: stagehand
+    static_configs: [{targets: ['127.0.0.1:$http_port']}]
+PROM
+  "$prometheus" --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prometheus" \
+    --web.listen-address="127.0.0.1:$prometheus_port" > "$work/prometheus.log" 2>&1 &
+  prometheus_pid=$!
+  for _ in $(seq 100); do
+    "$STAGEHAND_PYTHON" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1])' \
+      "http://127.0.0.1:$prometheus_port/-/ready" 2>/dev/null && break
+    sleep 0.2
+  done
+else
+  echo "== no Prometheus installed: staging's verification is an HTTP check of /metrics"
+fi
 # Every call below is riley's unless `as` names another identity.
 export STAGEHAND_TOKEN=$riley STAGEHAND_SERVER="http://$addr"
 as() { local token=$1; shift; STAGEHAND_TOKEN=$token "$stagehand" "$@"; }
@@ -193,6 +231,16 @@ id=$("$stagehand" promote --to staging --reason "shop 1.1.0" -o json | field id)
 "$stagehand" promotion "$id" -o table
 as "$quinn" approve "$id" --comment "tested in dev" -o table >/dev/null
 "$stagehand" watch "$id" -o table
+echo "== staging's verification: each check, the value its last run saw"
+"$stagehand" promotion "$id" -o json > "$work/staging-promotion.json"
+"$STAGEHAND_PYTHON" - "$work/staging-promotion.json" <<'PY'
+import json, sys
+p = json.load(open(sys.argv[1]))
+for c in p["verification"]:
+    print(f"  {c['name']} ({c['kind']}): {c['status']}, value {c['value']}: {c['message']}")
+if p["state"] != "Succeeded" or not p["verification"] or any(c["status"] != "passed" for c in p["verification"]):
+    sys.exit(f"staging was not verified: {p['message']}")
+PY
 
 echo "== riley: stagehand promote --to prod; quinn and morgan approve; a freeze window holds it"
 prod_before=$(applied prod)

@@ -38,8 +38,8 @@ use super::{
     DeliveryMetrics, DeliveryQuery, EnvironmentRecord, Error, EventRecord, FIRST_COMMIT_AT,
     HISTORY_PER_ENVIRONMENT, Hold, NewAuditEvent, NewEvent, NewPromotion, Page, PromotionDetail,
     PromotionFilter, PromotionKind, PromotionRecord, PromotionState, Result, Store, SyncCounts,
-    SyncRecord, SyncRun, TRIM_EVERY, Transition, TransitionOutcome, TransitionRecord, VerificationRecord, folds_into,
-    from_millis, page_size, paginate, to_millis,
+    SyncRecord, SyncRun, TRIM_EVERY, Transition, TransitionOutcome, TransitionRecord,
+    VerificationRecord, folds_into, from_millis, page_size, paginate, to_millis,
 };
 
 /// Connections one store keeps open at most. Calls are short transactions, so a few serve a

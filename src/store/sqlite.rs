@@ -24,8 +24,8 @@ use super::{
     DeliveryQuery, EnvironmentRecord, Error, EventRecord, FIRST_COMMIT_AT, HISTORY_PER_ENVIRONMENT,
     Hold, NewAuditEvent, NewEvent, NewPromotion, Page, PromotionDetail, PromotionFilter,
     PromotionKind, PromotionRecord, PromotionState, Result, Store, SyncCounts, SyncRecord, SyncRun,
-    TRIM_EVERY, Transition, TransitionOutcome, TransitionRecord, VerificationRecord, folds_into, from_millis,
-    page_size, paginate, to_millis,
+    TRIM_EVERY, Transition, TransitionOutcome, TransitionRecord, VerificationRecord, folds_into,
+    from_millis, page_size, paginate, to_millis,
 };
 
 /// The database's name inside the state directory.

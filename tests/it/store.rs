@@ -458,7 +458,7 @@ async fn a_missing_state_directory_is_created_with_a_database_at_the_current_sch
     let state = dir.path().join("state").join("nested");
     let store = SqliteStore::open(&state).await?;
     assert_eq!(store.path(), state.join(DATABASE_FILE));
-    assert_eq!(store.schema_version().await?, 3);
+    assert_eq!(store.schema_version().await?, 4);
     assert!(store.environment("dev").await?.is_none());
     Ok(())
 }
@@ -468,7 +468,7 @@ async fn an_empty_file_is_migrated_to_the_current_schema() -> TestResult {
     let dir = tempfile::tempdir()?;
     std::fs::write(dir.path().join(DATABASE_FILE), b"")?;
     let store = SqliteStore::open(dir.path()).await?;
-    assert_eq!(store.schema_version().await?, 3);
+    assert_eq!(store.schema_version().await?, 4);
     let id = write_everything(&store).await?;
     assert_everything(&store, &id).await
 }
@@ -568,7 +568,7 @@ async fn a_database_from_a_newer_stagehand_is_refused(backend: Backend) -> TestR
             error,
             store::Error::NewerSchema {
                 found: 7,
-                supported: 3,
+                supported: 4,
                 ..
             }
         ),
@@ -1229,7 +1229,7 @@ async fn replicas_starting_together_migrate_once_and_share_one_installation_id()
         stores.push(start.await??);
     }
     for store in &stores {
-        assert_eq!(store.schema_version().await?, 3);
+        assert_eq!(store.schema_version().await?, 4);
     }
     let stores = std::sync::Arc::new(stores);
     let asks: Vec<_> = (0..replicas)

@@ -624,6 +624,10 @@ fn require_signed_commits_names_a_file_beside_the_pipeline_and_is_validated_by_f
     for (text, expected) in cases {
         let err = parse_err(&text);
         assert!(err.contains(expected), "{err}");
+    }
+}
+
+#[test]
 fn verification_checks_are_read_with_their_defaults() {
     use crate::pipeline::verify::{OnFailure, Probe};
     let text = DEMO.replace(
