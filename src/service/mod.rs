@@ -324,10 +324,14 @@ impl Service {
             notifier.clone(),
         )));
         let (desired, _) = watch::channel(Arc::new(DesiredTable::new()));
+        // The first fetch may end before the service is built; until then the loop's weak
+        // reference cannot be upgraded, which it would take for the service being gone.
+        let (built, service_built) = tokio::sync::oneshot::channel();
         let service = Arc::new_cyclic(|service: &std::sync::Weak<Service>| {
             tasks.push(tokio::spawn(follow_fetches(
                 service.clone(),
                 poller.subscribe(),
+                service_built,
             )));
             if ownership.is_leased() {
                 tasks.push(tokio::spawn(follow_store(service.clone())));
@@ -365,6 +369,7 @@ impl Service {
                 remote: watch::channel(Arc::default()).0,
             }
         });
+        let _ = built.send(());
         service.promotions.start();
         Ok(service)
     }
@@ -1226,7 +1231,11 @@ fn fetch_interval(pipeline: &Pipeline) -> Duration {
 async fn follow_fetches(
     service: std::sync::Weak<Service>,
     mut fetches: watch::Receiver<Option<git::poll::Completed<git::poll::FetchResult>>>,
+    built: tokio::sync::oneshot::Receiver<()>,
 ) {
+    if built.await.is_err() {
+        return;
+    }
     let mut seen: HashMap<String, String> = HashMap::new();
     while fetches.changed().await.is_ok() {
         let Some(completed) = fetches.borrow_and_update().clone() else {
