@@ -227,6 +227,22 @@ pub enum ConnectError {
     },
 }
 
+/// Why an entry of one of the service's own Secrets cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[allow(missing_docs)]
+pub enum SecretEntryError {
+    #[error(transparent)]
+    Home(ConnectError),
+    #[error("Secret {secret}: {problem}")]
+    Problem { secret: String, problem: String },
+    #[error("Secret {secret}")]
+    Read {
+        secret: String,
+        #[source]
+        source: Error,
+    },
+}
+
 /// What a kind resolves to.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -320,6 +336,42 @@ impl Connections {
 }
 
 impl Connections {
+    /// Entry `key` of Secret `name` in the service's own namespace, read through the API now,
+    /// with the Secret's `namespace/name` for messages.
+    pub async fn secret_entry(
+        &self,
+        name: &str,
+        key: &str,
+    ) -> Result<(String, zeroize::Zeroizing<Vec<u8>>), SecretEntryError> {
+        let home = self
+            .home
+            .as_ref()
+            .ok_or_else(|| SecretEntryError::Problem {
+                secret: name.to_owned(),
+                problem: "this command reads no Secrets; only `stagehand serve` does".into(),
+            })?;
+        let (client, namespace) = home.get().await.map_err(SecretEntryError::Home)?;
+        let secret = format!("{namespace}/{name}");
+        let mut data = secret::read(client, namespace, name)
+            .await
+            .map_err(|source| SecretEntryError::Read {
+                secret: secret.clone(),
+                source,
+            })?
+            .ok_or_else(|| SecretEntryError::Problem {
+                secret: secret.clone(),
+                problem: "not found".into(),
+            })?;
+        let entry = data.entries.remove(key).ok_or_else(|| {
+            let keys: Vec<&str> = data.entries.keys().map(String::as_str).collect();
+            SecretEntryError::Problem {
+                secret: secret.clone(),
+                problem: format!("has no key {key:?} (its keys: {keys:?})"),
+            }
+        })?;
+        Ok((secret, entry))
+    }
+
     async fn connect_with_secret(
         &self,
         cluster: &pipeline::Cluster,

@@ -55,6 +55,8 @@ pub enum Error {
     TooLarge { origin: String },
     #[error("allowed signers file {origin}: not UTF-8 text")]
     NotText { origin: String },
+    #[error("allowed signers {origin}: {problem}")]
+    Unavailable { origin: String, problem: String },
     #[error("allowed signers file {origin}, line {line}: {problem}")]
     Line {
         origin: String,

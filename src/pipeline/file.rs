@@ -137,7 +137,18 @@ pub struct IgnoreDifference {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RequireSignedCommits {
-    pub allowed_signers_file: String,
+    #[serde(default)]
+    pub allowed_signers_file: Option<String>,
+    #[serde(default)]
+    pub allowed_signers_secret: Option<SecretEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretEntry {
+    pub name: String,
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

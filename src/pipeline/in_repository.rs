@@ -63,7 +63,7 @@ pub enum Setting {
     IgnoreDifferences,
     /// `environments[].requireSignedCommits`: whether promoted commits must be signed, and
     /// whose keys count. The allowed signers judge the repository's commits, so the repository
-    /// must neither drop the rule nor point it at another file.
+    /// must neither drop the rule nor point it at another file or Secret.
     RequireSignedCommits,
 }
 

@@ -156,10 +156,24 @@ pub struct Environment {
 /// `requireSignedCommits`: whose SSH signatures the commits of a promoted range must carry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedCommits {
-    /// An OpenSSH `allowed_signers` file on the service's side (never from the repository,
-    /// whose commits it judges), read again at every check; relative to the pipeline file on
-    /// disk.
-    pub allowed_signers_file: PathBuf,
+    /// Where the OpenSSH `allowed_signers` list is: on the service's side, never in the
+    /// repository, whose commits it judges. Read again at every check.
+    pub allowed_signers: AllowedSignersSource,
+}
+
+/// Where an environment's allowed signers are read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedSignersSource {
+    /// A file (`allowedSignersFile`), relative to the pipeline file on disk.
+    File(PathBuf),
+    /// An entry of a Secret in the service's own namespace (`allowedSignersSecret`), read
+    /// through the API.
+    Secret {
+        /// The Secret's name.
+        name: String,
+        /// The entry (`allowed_signers` unless the file says otherwise).
+        key: String,
+    },
 }
 
 /// Which age identities an environment decrypts with. An environment with keys of its own

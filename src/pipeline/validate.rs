@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::file;
 use super::in_repository::Setting;
 use super::{
-    API_VERSION, Alerts, ApprovalPolicy, Cluster, Decryption, Environment, FieldPath,
-    FreezeSchedule, FreezeWindow, IgnoreRule, ImageSelection, KIND, NOTIFICATION_EVENTS,
+    API_VERSION, Alerts, AllowedSignersSource, ApprovalPolicy, Cluster, Decryption, Environment,
+    FieldPath, FreezeSchedule, FreezeWindow, IgnoreRule, ImageSelection, KIND, NOTIFICATION_EVENTS,
     Notification, Pipeline, PromotePolicy, PromotedField, PromotionPolicy, Repository,
     SignedCommits, Source, SyncPolicy, WeeklyTime,
 };
@@ -589,15 +589,54 @@ fn validate_environment(
                 "is set, but nothing is promoted into this environment (it has no promotesFrom)",
             ));
         }
-        Some(r) if r.allowed_signers_file.trim().is_empty() => {
-            return Err(field(
-                format!("{at}.requireSignedCommits.allowedSignersFile"),
-                "must not be empty",
-            ));
+        Some(r) => {
+            let at = format!("{at}.requireSignedCommits");
+            let allowed_signers = match (r.allowed_signers_file, r.allowed_signers_secret) {
+                (Some(_), Some(_)) => {
+                    return Err(field(
+                        format!("{at}.allowedSignersSecret"),
+                        "give either allowedSignersFile or allowedSignersSecret, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(field(
+                        at,
+                        "needs allowedSignersFile (a file on the service's side) or \
+                         allowedSignersSecret (a Secret of the service's namespace)",
+                    ));
+                }
+                (Some(file), None) if file.trim().is_empty() => {
+                    return Err(field(
+                        format!("{at}.allowedSignersFile"),
+                        "must not be empty",
+                    ));
+                }
+                (Some(file), None) => AllowedSignersSource::File(base.join(file)),
+                (None, Some(secret)) => {
+                    if !valid_secret_name(&secret.name) {
+                        return Err(field(
+                            format!("{at}.allowedSignersSecret.name"),
+                            format!(
+                                "{:?} is not a Secret name (lower-case DNS subdomain)",
+                                secret.name
+                            ),
+                        ));
+                    }
+                    let key = secret.key.unwrap_or_else(|| "allowed_signers".to_owned());
+                    if !valid_secret_key(&key) {
+                        return Err(field(
+                            format!("{at}.allowedSignersSecret.key"),
+                            format!("{key:?} is not a Secret key (letters, digits, '-', '_', '.')"),
+                        ));
+                    }
+                    AllowedSignersSource::Secret {
+                        name: secret.name,
+                        key,
+                    }
+                }
+            };
+            Some(SignedCommits { allowed_signers })
         }
-        Some(r) => Some(SignedCommits {
-            allowed_signers_file: base.join(r.allowed_signers_file),
-        }),
     };
 
     Ok(Environment {

@@ -697,18 +697,7 @@ impl Engine {
         };
         let signers = match &target.require_signed_commits {
             None => None,
-            Some(rule) => {
-                let file = rule.allowed_signers_file.clone();
-                let loaded = tokio::task::spawn_blocking(move || {
-                    git::allowed_signers::AllowedSigners::load(&file)
-                })
-                .await
-                .expect("reading the allowed signers returns errors rather than panicking");
-                Some(loaded.map_err(|source| Error::AllowedSigners {
-                    environment: target.name.clone(),
-                    source,
-                })?)
-            }
+            Some(rule) => Some(self.allowed_signers(target, rule).await?),
         };
         let repository = self.repository.clone();
         let found = tokio::task::spawn_blocking(move || {
@@ -776,6 +765,39 @@ impl Engine {
             first_commit_at = Some(first_commit_at.map_or(time, |first| first.min(time)));
         }
         Ok((authors, first_commit_at))
+    }
+
+    /// The allowed signers of `target` as they are now: its file read, or its Secret read
+    /// through the API.
+    async fn allowed_signers(
+        &self,
+        target: &Environment,
+        rule: &crate::pipeline::SignedCommits,
+    ) -> Result<git::allowed_signers::AllowedSigners, Error> {
+        use git::allowed_signers::{AllowedSigners, Error as SignersError};
+        let loaded = match &rule.allowed_signers {
+            crate::pipeline::AllowedSignersSource::File(file) => {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || AllowedSigners::load(&file))
+                    .await
+                    .expect("reading the allowed signers returns errors rather than panicking")
+            }
+            crate::pipeline::AllowedSignersSource::Secret { name, key } => {
+                match self.options.connections.secret_entry(name, key).await {
+                    Ok((secret, bytes)) => {
+                        AllowedSigners::parse(format!("Secret {secret} entry {key}"), &bytes)
+                    }
+                    Err(error) => Err(SignersError::Unavailable {
+                        origin: format!("Secret {name} entry {key}"),
+                        problem: crate::service::describe(&error),
+                    }),
+                }
+            }
+        };
+        loaded.map_err(|source| Error::AllowedSigners {
+            environment: target.name.clone(),
+            source,
+        })
     }
 
     /// Checks again, right before the Git step, that what a promotion brings is signed as its

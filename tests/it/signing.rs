@@ -452,6 +452,8 @@ mod served {
         carol: PathBuf,
         mallory: PathBuf,
         stagehand: PathBuf,
+        /// The namespace of the service's own Secrets (edge-prod's allowed signers).
+        namespace: String,
         _http: GitHttpServer,
     }
 
@@ -472,6 +474,15 @@ mod served {
                     ("stagehand@example.test", &stagehand),
                 ],
             );
+            // edge-prod reads the same list from a Secret of the service's namespace.
+            let own = cluster().namespace(client, "sg-own").await;
+            put_secret(
+                client,
+                &own,
+                "allowed-signers",
+                &[("allowed_signers", &file_at(&allowed))],
+            )
+            .await;
             let remotes = dir.path().join("remotes");
             bare_remote(&remotes.join("shop.git"));
             let http = GitHttpServer::start(&remotes, None);
@@ -547,14 +558,13 @@ spec:
       source: {{overlay: environments/edge-prod}}
       sync: {{interval: 1h}}
       promote: {{files: [app.yaml]}}
-      requireSignedCommits: {{allowedSignersFile: {allowed}}}
+      requireSignedCommits: {{allowedSignersSecret: {{name: allowed-signers}}}}
   access:
     - {{groups: [releasers], environments: [\"*\"], permissions: [view, request, sync]}}
     - {{groups: [approvers], environments: [\"*\"], permissions: [view, approve]}}
 ",
                     name = &suffix[suffix.len() - 6..],
                     url = http.url("shop.git"),
-                    allowed = allowed.display(),
                 ),
             )
             .expect("pipeline file");
@@ -569,6 +579,7 @@ spec:
                 carol,
                 mallory,
                 stagehand,
+                namespace: own,
                 _http: http,
             }
         }
@@ -576,7 +587,12 @@ spec:
         /// The service, signing with `key` (`--signing-key FILE` or `--signing-key-secret NS/NAME`).
         fn start(&self, key: &[&str]) -> Server {
             let tokens = self.tokens.display().to_string();
-            let mut args = vec!["--tokens-file", tokens.as_str()];
+            let mut args = vec![
+                "--tokens-file",
+                tokens.as_str(),
+                "--namespace",
+                self.namespace.as_str(),
+            ];
             args.extend_from_slice(key);
             start_server_with(&self.pipeline, &self.state, &self.webhook, &args)
         }
@@ -713,6 +729,8 @@ spec:
         let refused = request(&mut api, "edge-prod").await.unwrap_err();
         assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
         let message = refused.message();
+        // The first commit, which carol signed, passes: her key came from the Secret.
+        assert!(!message.contains("four environments"), "{message}");
         for expected in [
             "requires signed commits",
             &format!(
@@ -738,6 +756,21 @@ spec:
             .expect("ListPromotions answers")
             .into_inner();
         assert!(stored.promotions.is_empty(), "nothing stored: {stored:?}");
+        // A Secret that lost its entry refuses the promotion, naming the Secret and entry.
+        put_secret(&kube, &fx.namespace, "allowed-signers", &[("other", "x")]).await;
+        let unreadable = request(&mut api, "edge-prod").await.unwrap_err();
+        assert_eq!(
+            unreadable.code(),
+            Code::FailedPrecondition,
+            "{unreadable:?}"
+        );
+        assert!(
+            unreadable.message().contains(&format!(
+                "Secret {}/allowed-signers: has no key \"allowed_signers\"",
+                fx.namespace
+            )),
+            "{unreadable:?}"
+        );
 
         // dev gets a commit signed by carol that claims bob wrote it.
         fx.work

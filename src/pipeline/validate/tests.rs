@@ -597,12 +597,30 @@ fn require_signed_commits_names_a_file_beside_the_pipeline_and_is_validated_by_f
             .expect("staging")
             .require_signed_commits,
         Some(SignedCommits {
-            allowed_signers_file: PathBuf::from("/etc/stagehand/keys/allowed_signers"),
+            allowed_signers: AllowedSignersSource::File(PathBuf::from(
+                "/etc/stagehand/keys/allowed_signers"
+            )),
         })
     );
     assert_eq!(
         p.environment("dev").expect("dev").require_signed_commits,
         None
+    );
+    let secret = with(
+        "staging",
+        "requireSignedCommits: {allowedSignersSecret: {name: signers}}",
+    );
+    let p = parse(Path::new("pipeline.yaml"), &secret).expect("valid");
+    assert_eq!(
+        p.environment("staging")
+            .expect("staging")
+            .require_signed_commits,
+        Some(SignedCommits {
+            allowed_signers: AllowedSignersSource::Secret {
+                name: "signers".into(),
+                key: "allowed_signers".into(),
+            },
+        })
     );
     let cases = [
         (
@@ -619,6 +637,24 @@ fn require_signed_commits_names_a_file_beside_the_pipeline_and_is_validated_by_f
         (
             with("staging", "requireSignedCommits: {allowedSigners: s}"),
             "allowedSigners",
+        ),
+        (
+            with("staging", "requireSignedCommits: {}"),
+            "field spec.environments[1].requireSignedCommits: needs allowedSignersFile",
+        ),
+        (
+            with(
+                "staging",
+                "requireSignedCommits: {allowedSignersFile: s, allowedSignersSecret: {name: s}}",
+            ),
+            "field spec.environments[1].requireSignedCommits.allowedSignersSecret: give either",
+        ),
+        (
+            with(
+                "staging",
+                "requireSignedCommits: {allowedSignersSecret: {name: Signers}}",
+            ),
+            "field spec.environments[1].requireSignedCommits.allowedSignersSecret.name: \"Signers\"",
         ),
     ];
     for (text, expected) in cases {
