@@ -6,10 +6,11 @@
 //!   time, peak RSS), the shape of Flux's published benchmark.
 //!
 //! - promote: the last approval of a promotion → the target (50 objects) reported Healthy;
+//! - verify: the same with and without a verification check, side by side;
 //! - promotions: ListPromotions over 10,000 stored promotions from 100 concurrent clients, and
 //!   the server's RSS with them.
 //!
-//! `cargo bench --bench service [latency|idle|rps|fleet|promote|promotions ...]` (all by default). Uses
+//! `cargo bench --bench service [latency|idle|rps|fleet|promote|verify|promotions ...]` (all by default). Uses
 //! `STAGEHAND_TEST_KUBECONFIG` when set, else starts a private apiserver.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -120,11 +121,18 @@ impl Repo {
 
     /// A pipeline of `envs[0]` promoted into `envs[1]` with one approval (self-approval allowed,
     /// as the bench's client is anonymous), copying its objects.
-    fn promotion_pipeline(&self, name: &str, envs: &[String], kubeconfig: &Path) -> PathBuf {
+    /// `target`: more settings of the target environment, each line indented as one.
+    fn promotion_pipeline(
+        &self,
+        name: &str,
+        envs: &[String],
+        kubeconfig: &Path,
+        target: &str,
+    ) -> PathBuf {
         let file = self.pipeline(name, &envs[..1], "1h", kubeconfig);
         let mut text = std::fs::read_to_string(&file).expect("pipeline");
         text.push_str(&format!(
-            "    - name: {}\n      promotesFrom: {}\n      source: {{overlay: envs/{}}}\n      cluster: {{kubeconfig: {}}}\n      sync: {{interval: 1h}}\n      approval: {{required: 1, allowSelfApproval: true}}\n      promote: {{files: [objects.yaml]}}\n",
+            "    - name: {}\n      promotesFrom: {}\n      source: {{overlay: envs/{}}}\n      cluster: {{kubeconfig: {}}}\n      sync: {{interval: 1h}}\n      approval: {{required: 1, allowSelfApproval: true}}\n      promote: {{files: [objects.yaml]}}\n{target}",
             envs[1],
             envs[0],
             envs[1],
@@ -412,13 +420,57 @@ impl Bench {
 
 impl Bench {
     async fn promote(&self) {
-        let dir = self.scenario("promote");
+        let times = self.promote_rounds("promote", "").await;
+        println!(
+            "promote: last approval -> target (50 objects) committed, applied and Healthy: median {:?}, min {:?}, max {:?} (5 promotions)",
+            times[2], times[0], times[4]
+        );
+    }
+
+    /// The same promotions with and without a verification check (an HTTP check of a local
+    /// endpoint that always passes, every second, 3 passes in a row): what verification adds
+    /// beyond its own configured waits, 2 intervals.
+    async fn verify(&self) {
+        let app = axum::Router::new().route(
+            "/healthz",
+            axum::routing::get(|| async { r#"{"status": "ok"}"# }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let check = format!(
+            "      verify:\n        checks:\n          - name: ready\n            http: {{url: 'http://{addr}/healthz', condition: '$.status == \"ok\"'}}\n            interval: 1s\n            successes: 3\n"
+        );
+        let plain = self.promote_rounds("vplain", "").await;
+        let verified = self.promote_rounds("vcheck", &check).await;
+        let waits = Duration::from_secs(2);
+        let extra = verified[2].saturating_sub(plain[2]);
+        println!(
+            "verify: last approval -> Succeeded, median of 5: {:?} without verification, {:?} with an HTTP check (1 s interval, 3 passes: {:?} of configured waits); verification added {:?}, {:?} beyond its waits",
+            plain[2],
+            verified[2],
+            waits,
+            extra,
+            extra.saturating_sub(waits)
+        );
+    }
+
+    /// Five promotions of a 50-object environment; the time from each last approval to
+    /// Succeeded, sorted.
+    async fn promote_rounds(&self, scenario: &str, target: &str) -> Vec<Duration> {
+        let dir = self.scenario(scenario);
         let repo = Repo::new(&dir);
-        let envs = self.envs("prom", 2);
+        let envs = self.envs(&scenario[..scenario.len().min(5)], 2);
         repo.write(&envs, 50, "r0");
         let first = repo.commit_and_push("r0");
-        let pipeline =
-            repo.promotion_pipeline(&format!("prom{}", self.run), &envs, &self.kubeconfig);
+        let pipeline = repo.promotion_pipeline(
+            &format!("{scenario}{}", self.run),
+            &envs,
+            &self.kubeconfig,
+            target,
+        );
         let server = Server::start(&pipeline, &dir.join("state"), &self.secret_file);
         until_applied(&server.grpc, &envs, &first, Duration::from_secs(120)).await;
         let mut environments = EnvironmentServiceClient::connect(server.grpc.clone())
@@ -488,10 +540,7 @@ impl Bench {
             times.push(started.elapsed());
         }
         times.sort();
-        println!(
-            "promote: last approval -> target (50 objects) committed, applied and Healthy: median {:?}, min {:?}, max {:?} (5 promotions)",
-            times[2], times[0], times[4]
-        );
+        times
     }
 
     async fn promotions(&self) {
@@ -501,7 +550,7 @@ impl Bench {
         repo.write(&envs, 10, "r0");
         let first = repo.commit_and_push("r0");
         let pipeline =
-            repo.promotion_pipeline(&format!("plist{}", self.run), &envs, &self.kubeconfig);
+            repo.promotion_pipeline(&format!("plist{}", self.run), &envs, &self.kubeconfig, "");
         let state = dir.join("state");
         {
             // 10,000 finished promotions written through the store, as the engine writes them.
@@ -600,6 +649,9 @@ fn main() {
         }
         if wants("promote") {
             bench.promote().await;
+        }
+        if wants("verify") {
+            bench.verify().await;
         }
         if wants("promotions") {
             bench.promotions().await;

@@ -967,6 +967,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_failed_verification_prints_each_check_with_its_value() {
+        let check = |name: &str, kind: &str, status: &str, value: &str, message: &str| {
+            proto::VerificationCheck {
+                name: name.into(),
+                kind: kind.into(),
+                status: status.into(),
+                value: value.into(),
+                message: message.into(),
+                failures: u32::from(status == "failed") * 3,
+                ..Default::default()
+            }
+        };
+        let p = proto::Promotion {
+            id: "p2".into(),
+            target_environment: "staging".into(),
+            state: proto::PromotionState::Failed as i32,
+            verification: vec![
+                check("smoke", "job", "passed", "", "Job smoke succeeded"),
+                check(
+                    "error-rate",
+                    "prometheus",
+                    "failed",
+                    "0.5",
+                    "failed: value 0.5 is not below 0.05",
+                ),
+            ],
+            ..Default::default()
+        };
+        let value = promotion_json(&p);
+        assert_eq!(value["verification"][1]["value"], "0.5");
+        assert_eq!(value["verification"][1]["failures"], 3);
+        let detail = promotion_detail(&value, false);
+        let row = detail
+            .lines()
+            .find(|l| l.starts_with("error-rate"))
+            .unwrap_or_else(|| panic!("a row for the check: {detail}"));
+        for cell in ["prometheus", "failed", "0.5", "value 0.5 is not below 0.05"] {
+            assert!(row.contains(cell), "{row}");
+        }
+        assert!(detail.contains("verification:\nCHECK"), "{detail}");
+    }
+
+    #[test]
     fn a_waiting_promotion_prints_every_blocker_and_its_state_in_camel_case_json() {
         let p = proto::Promotion {
             id: "p1".into(),

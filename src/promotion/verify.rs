@@ -452,6 +452,41 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_unreachable_server_fails_the_run_naming_it() {
+        // The binary installs the process's crypto provider; a test process has to itself.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a port");
+        let mut c = check(1, 1);
+        c.probe = Probe::Prometheus(PrometheusProbe {
+            url: format!("http://{closed}"),
+            ..probe(Some(1.0), None)
+        });
+        let run = run(&client(), &c).await;
+        assert!(!run.passed);
+        assert!(
+            run.message
+                .starts_with(&format!("cannot reach http://{closed}/api/v1/query")),
+            "{}",
+            run.message
+        );
+        c.probe = Probe::Http(HttpProbe {
+            url: format!("http://{closed}/healthz"),
+            status: 200,
+            condition: None,
+            bearer_token_file: Some(PathBuf::from("/nonexistent/token")),
+        });
+        let run = super::run(&client(), &c).await;
+        assert!(
+            run.message
+                .starts_with("cannot read the bearer token file /nonexistent/token"),
+            "{}",
+            run.message
+        );
+    }
+
     #[test]
     fn a_vector_and_a_scalar_give_their_samples() {
         let vector = br#"{"status":"success","data":{"resultType":"vector","result":[
