@@ -323,7 +323,7 @@ async fn two_servers_on_one_shared_database_act_as_one_installation() {
         .query_one("SELECT version, installation_id FROM stagehand_schema", &[])
         .await
         .expect("the schema row is there");
-    assert_eq!(row.get::<_, i64>(0), 2);
+    assert_eq!(row.get::<_, i64>(0), 4);
     assert_eq!(row.get::<_, String>(1), "abcdef12");
 }
 
