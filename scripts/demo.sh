@@ -153,9 +153,13 @@ PROM
   "$prometheus" --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prometheus" \
     --web.listen-address="127.0.0.1:$prometheus_port" > "$work/prometheus.log" 2>&1 &
   prometheus_pid=$!
-  for _ in $(seq 100); do
-    "$STAGEHAND_PYTHON" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1])' \
-      "http://127.0.0.1:$prometheus_port/-/ready" 2>/dev/null && break
+  # Ready, and staging's series scraped once: the verification below has data to judge.
+  for _ in $(seq 150); do
+    "$STAGEHAND_PYTHON" -c '
+import json, sys, urllib.parse, urllib.request
+query = urllib.parse.quote("stagehand_drifted_objects{environment=\"staging\"}")
+answer = json.load(urllib.request.urlopen(f"{sys.argv[1]}/api/v1/query?query={query}"))
+sys.exit(not answer["data"]["result"])' "http://127.0.0.1:$prometheus_port" 2>/dev/null && break
     sleep 0.2
   done
 else
