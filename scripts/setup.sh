@@ -28,10 +28,13 @@ fetch_kubernetes_source() {
 need_apt=()
 for pair in age:age etcd:etcd-server rsync:rsync jq:jq openssl:openssl git:git \
             python3:python3 gcc:gcc sshd:openssh-server debootstrap:debootstrap \
-            prometheus:prometheus; do
+            prometheus:prometheus curl:curl docker-registry:docker-registry \
+            htpasswd:apache2-utils skopeo:skopeo; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
+# The image tests push with skopeo into a throwaway docker-registry with htpasswd (bcrypt)
+# auth (scripts/registry.sh); the package's own service is not started outside systemd.
 # The shared store's tests start a throwaway server from Debian's PostgreSQL binaries
 # (scripts/postgres.sh); the package also creates the `postgres` user the server runs as.
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then need_apt+=(postgresql); fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need (scripts/setup.sh) and runs every check and test:
-# formatting, clippy, then the whole test suite against one shared local kube-apiserver and
-# one throwaway PostgreSQL server.
+# formatting, clippy, then the whole test suite against one shared local kube-apiserver, one
+# throwaway PostgreSQL server and one throwaway container registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +19,8 @@ cargo clippy --all-targets --quiet -- -D warnings
 # stops it when this script ends, however it ends.
 cluster_dir=$(mktemp -d -t stagehand-test-cluster.XXXXXX)
 postgres_dir=$(mktemp -d -t stagehand-test-postgres.XXXXXX)
-trap 'scripts/local-cluster.sh down "$cluster_dir"; scripts/postgres.sh down "$postgres_dir"; rm -rf "$cluster_dir" "$postgres_dir"' EXIT
+registry_dir=$(mktemp -d -t stagehand-test-registry.XXXXXX)
+trap 'scripts/local-cluster.sh down "$cluster_dir"; scripts/postgres.sh down "$postgres_dir"; scripts/registry.sh down "$registry_dir"; rm -rf "$cluster_dir" "$postgres_dir" "$registry_dir"' EXIT
 echo "== starting a local kube-apiserver"
 export STAGEHAND_TEST_KUBECONFIG
 STAGEHAND_TEST_KUBECONFIG=$(scripts/local-cluster.sh up "$cluster_dir" --watch $$)
@@ -27,6 +28,10 @@ STAGEHAND_TEST_KUBECONFIG=$(scripts/local-cluster.sh up "$cluster_dir" --watch $
 echo "== starting a throwaway PostgreSQL server"
 export STAGEHAND_TEST_DATABASE_URL
 STAGEHAND_TEST_DATABASE_URL=$(scripts/postgres.sh up "$postgres_dir" --watch $$)
+# The image tests push into one registry (htpasswd auth), each under repositories of its own.
+echo "== starting a throwaway container registry"
+export STAGEHAND_TEST_REGISTRY
+STAGEHAND_TEST_REGISTRY=$(scripts/registry.sh up "$registry_dir" --watch $$)
 
 # The image the container tests run (tests/it/image.rs), from the binary the tests use.
 if docker info >/dev/null 2>&1; then

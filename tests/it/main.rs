@@ -24,6 +24,7 @@ mod lease;
 mod node;
 mod promotions;
 mod reconcile;
+mod registry;
 mod render;
 mod replicas;
 mod secrets;

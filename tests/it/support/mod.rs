@@ -6,6 +6,7 @@ pub mod git;
 pub mod git_http;
 pub mod postgres;
 pub mod reconcile;
+pub mod registry;
 pub mod sshd;
 pub mod tools;
 
