@@ -26,16 +26,26 @@ fn pushes_give_each_tag_its_own_digest_as_the_registry_reports_it() {
 #[test]
 fn the_shared_registry_refuses_a_wrong_password() {
     let registry = registry();
-    let (user, _) = registry.credentials.as_ref().expect("the shared registry asks for a password");
+    let (user, _) = registry
+        .credentials
+        .as_ref()
+        .expect("the shared registry asks for a password");
     let out = std::process::Command::new("skopeo")
         .args(["list-tags", "--tls-verify=false", "--creds"])
         .arg(format!("{user}:not-the-password"))
-        .arg(format!("docker://{}/{}", registry.address, repository("refused")))
+        .arg(format!(
+            "docker://{}/{}",
+            registry.address,
+            repository("refused")
+        ))
         .output()
         .expect("skopeo runs");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("unauthorized") || stderr.contains("authentication required"), "{stderr}");
+    assert!(
+        stderr.contains("unauthorized") || stderr.contains("authentication required"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -238,7 +238,11 @@ impl TestRegistry {
             .send()
             .await
             .expect("the registry answers");
-        assert!(response.status().is_success(), "GET {repository}:{from}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "GET {repository}:{from}: {}",
+            response.status()
+        );
         let media_type = response
             .headers()
             .get("content-type")
@@ -337,8 +341,11 @@ fn write_layout(dir: &Path, tag: &str, created: &str) {
             "size": manifest_size,
         }],
     });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("JSON"))
-        .expect("index.json");
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("JSON"),
+    )
+    .expect("index.json");
 }
 
 /// A ustar archive of one regular file (mode 0644, owned by root, mtime 0).
