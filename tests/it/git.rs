@@ -433,7 +433,7 @@ images:
             "newTag: 1.10   # set by promotion",
         )
         .replace("newTag: 1.9.0", "newTag: \"1.10\"")
-        + &[
+        + [
             "  - name: shop/cron",
             "    newTag: 1.0",
             "  - name: shop/batch",
@@ -445,7 +445,8 @@ images:
             "    newName: registry.example.test/db",
             &format!("    digest: {digest}"),
         ]
-        .join("\n");
+        .join("\n")
+        .as_str();
     assert_eq!(show("environments/staging/kustomization.yaml"), expected);
     assert_eq!(
         show("environments/staging/version.yaml"),

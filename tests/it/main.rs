@@ -1,5 +1,5 @@
-//! Integration tests against real parts: git, sops, age, kubectl, a kube-apiserver. One binary,
-//! one module per feature, so the heavy dependencies are linked once.
+//! Integration tests against real parts: git, sops, age, kubectl, a kube-apiserver, Chromium.
+//! One binary, one module per feature, so the heavy dependencies are linked once.
 
 mod support;
 
@@ -35,3 +35,4 @@ mod store;
 mod transport;
 mod verification;
 mod visibility;
+mod web;

@@ -1,6 +1,7 @@
-//! Shared test support: real tools, real git repositories, a real kube-apiserver.
+//! Shared test support: real tools, real git repositories, a real kube-apiserver, a real browser.
 #![allow(dead_code)] // each test module uses a different part of the support
 
+pub mod browser;
 pub mod cluster;
 pub mod git;
 pub mod git_http;

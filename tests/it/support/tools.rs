@@ -1,6 +1,7 @@
 //! Locates the external tools the tests compare against or drive: the real `sops`, `age`,
-//! `kubectl`, `etcd` and `kube-apiserver`. `scripts/setup.sh` installs them and records where
-//! in `env.sh` under the cache directory; the `STAGEHAND_*` variables override it.
+//! `kubectl`, `etcd`, `kube-apiserver`, `chromium` and `chromedriver`. `scripts/setup.sh`
+//! installs them and records where in `env.sh` under the cache directory; the `STAGEHAND_*`
+//! variables override it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,6 +17,8 @@ pub enum Tool {
     KubeApiserver,
     Python,
     Prometheus,
+    Chromium,
+    Chromedriver,
 }
 
 impl Tool {
@@ -29,6 +32,8 @@ impl Tool {
             Tool::KubeApiserver => "STAGEHAND_KUBE_APISERVER",
             Tool::Python => "STAGEHAND_PYTHON",
             Tool::Prometheus => "STAGEHAND_PROMETHEUS",
+            Tool::Chromium => "STAGEHAND_CHROMIUM",
+            Tool::Chromedriver => "STAGEHAND_CHROMEDRIVER",
         }
     }
 }
