@@ -43,6 +43,12 @@
 //! - [`push::push_with_lease`]: the one place that runs the `git` CLI (gix cannot push yet),
 //!   with a clean environment, the token in the child's environment only and `--` before the
 //!   remote and refs.
+//! - [`Repository::set_images`]`(pipeline, `[`images::ImageUpdate`]`, options, fence)` →
+//!   [`images::Outcome`] `Pushed | NoChange`, or [`images::Error`]: one commit setting `newTag`
+//!   (and `digest`) of `images:` entries of an environment's kustomization, with a
+//!   `Stagehand-Image-Source` trailer per image, pushed as promotions are.
+//!   [`Repository::image_references`] reads the `name:tag@digest` of an environment's images at
+//!   a commit.
 //! - [`yaml_edit`]: the comment-keeping line edits promotions use.
 //! - [`sign::Signer`]: the SSH key promotion and rollback commits are signed with (in
 //!   [`promote::Options::signer`]), as `git commit -S` with `gpg.format = ssh` signs;
@@ -55,6 +61,7 @@
 pub mod allowed_signers;
 pub mod fetch;
 pub mod history;
+pub mod images;
 pub mod poll;
 pub mod promote;
 pub mod push;

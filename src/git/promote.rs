@@ -248,7 +248,7 @@ fn list(commits: &[ObjectId]) -> String {
         .join(", ")
 }
 
-fn write_error(what: impl Into<String>) -> impl FnOnce(gix::Error) -> Error {
+pub(super) fn write_error(what: impl Into<String>) -> impl FnOnce(gix::Error) -> Error {
     let what = what.into();
     move |source| Error::Write {
         what,
@@ -385,7 +385,7 @@ impl Repository {
     }
 
     /// After the remote accepted `commit`, the cache records it like a fetch would have.
-    fn record_pushed(&self, branch: &str, commit: ObjectId) -> Result<(), Error> {
+    pub(super) fn record_pushed(&self, branch: &str, commit: ObjectId) -> Result<(), Error> {
         use gix::refs::transaction::{Change as RefChange, LogChange, PreviousValue, RefEdit};
         let _guard = self.lock_refs();
         let repo = self.repo();
@@ -798,7 +798,7 @@ fn write_commit(
 }
 
 /// A short, growing, jittered pause so that racing writers stop colliding.
-fn backoff(attempt: u32) {
+pub(super) fn backoff(attempt: u32) {
     let jitter = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::from(d.subsec_nanos() % 50))

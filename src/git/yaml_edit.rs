@@ -168,6 +168,25 @@ fn get_mut<'a>(node: &'a mut Node, key: &str) -> Option<&'a mut Node> {
     }
 }
 
+/// A scalar that is the string `text`, as a tag or digest must be: plain when that reads back as
+/// the same string, else double-quoted (a plain `1.10` would be the number 1.1).
+pub fn string(text: &str) -> Scalar {
+    let source = render_new(text);
+    let style = if source.starts_with('"') {
+        ScalarStyle::DoubleQuoted
+    } else {
+        ScalarStyle::Plain
+    };
+    Scalar {
+        text: text.to_owned(),
+        style,
+        tag: None,
+        anchored: false,
+        source,
+        line: 0,
+    }
+}
+
 /// A plain scalar standing for `text`, as the edits write keys and names.
 fn plain_key(text: &str) -> Scalar {
     Scalar {

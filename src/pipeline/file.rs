@@ -32,6 +32,34 @@ pub struct Spec {
     pub access: Vec<super::AccessRule>,
     #[serde(default)]
     pub decryption: Option<SpecDecryption>,
+    #[serde(default)]
+    pub images: Vec<ImageSource>,
+}
+
+/// Every field but the name optional here so that validation, not serde, names what is
+/// missing.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageSource {
+    pub name: String,
+    #[serde(default)]
+    pub repository: Option<String>,
+    #[serde(default)]
+    pub policy: Option<super::images::TagPolicy>,
+    #[serde(default)]
+    pub pin_digest: bool,
+    #[serde(default)]
+    pub credentials_file: Option<String>,
+    #[serde(default)]
+    pub credentials_secret: Option<SecretEntry>,
+    #[serde(default)]
+    pub interval: Option<String>,
+    #[serde(default)]
+    pub environment: Option<String>,
+    #[serde(default)]
+    pub kustomize_name: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,14 +15,16 @@
 //! ```
 //!
 //! Only `sync.interval` and `sync.timeout` (how often environments are read, how long objects
-//! may stay Progressing) change freely: they decide no permission, key, destination or content.
-//! `repository` itself can never be changed from the repository, so Git credentials only ever
-//! go to the URL on disk; notifications, when they may change, still only use the URL and
-//! secret files the file on disk pairs.
+//! may stay Progressing) and `images[].interval` change freely: they decide no permission, key,
+//! destination or content. `repository` itself can never be changed from the repository, so
+//! Git credentials only ever go to the URL on disk; notifications, when they may change, still
+//! only use the URL and secret files the file on disk pairs; image sources, when they may
+//! change, still only send registry credentials to the registry the file on disk pairs them
+//! with.
 
 use std::str::FromStr;
 
-use super::{Environment, Notification, Pipeline};
+use super::{Environment, ImageSource, Notification, Pipeline, RegistryCredentials};
 
 /// A setting the copy in the repository may change only when `mayChange` lists it. Settings of
 /// environments (`source`, `cluster`, ...) are named once for every environment.
@@ -65,11 +67,14 @@ pub enum Setting {
     /// whose keys count. The allowed signers judge the repository's commits, so the repository
     /// must neither drop the rule nor point it at another file or Secret.
     RequireSignedCommits,
+    /// `images`: which image tags Stagehand commits into an environment by itself, and which
+    /// registry credentials it sends where.
+    Images,
 }
 
 impl Setting {
     /// Every setting, in the order errors list them.
-    pub const ALL: [Setting; 16] = [
+    pub const ALL: [Setting; 17] = [
         Self::Metadata,
         Self::Access,
         Self::Notifications,
@@ -86,6 +91,7 @@ impl Setting {
         Self::Decryption,
         Self::IgnoreDifferences,
         Self::RequireSignedCommits,
+        Self::Images,
     ];
 
     /// The name `mayChange` uses: the field's own name in the file.
@@ -107,6 +113,7 @@ impl Setting {
             Self::Decryption => "decryption",
             Self::IgnoreDifferences => "ignoreDifferences",
             Self::RequireSignedCommits => "requireSignedCommits",
+            Self::Images => "images",
         }
     }
 
@@ -171,6 +178,16 @@ pub enum Refused {
         /// The name `mayChange` would need.
         setting: &'static str,
     },
+    /// An image source that sends registry credentials to a registry the file on disk does not
+    /// pair them with.
+    #[error(
+        "field {field}: image sources from the repository may only send the credentials of the \
+         pipeline file on disk to the registry it sends them to"
+    )]
+    Credentials {
+        /// Such as `spec.images[0].credentialsSecret`.
+        field: String,
+    },
     /// A notification that sends to a URL file, or signs with a secret file, the file on disk
     /// does not pair.
     #[error(
@@ -220,6 +237,7 @@ pub fn check(disk: &Pipeline, candidate: &Pipeline) -> Result<(), Refused> {
         &candidate.notifications,
         may(Setting::Notifications),
     )?;
+    check_images(&disk.images, &candidate.images, may(Setting::Images))?;
     let names = |p: &Pipeline| -> Vec<(String, Option<String>)> {
         p.environments
             .iter()
@@ -277,8 +295,53 @@ fn same_setting(setting: Setting, a: &Environment, b: &Environment) -> bool {
         | Setting::Access
         | Setting::Notifications
         | Setting::Alerts
-        | Setting::Environments => true,
+        | Setting::Environments
+        | Setting::Images => true,
     }
+}
+
+/// Without leave, image sources stay as on disk but for their intervals; with it, each source
+/// with credentials must use them with the registry the file on disk uses them with.
+fn check_images(
+    disk: &[ImageSource],
+    candidate: &[ImageSource],
+    may_change: bool,
+) -> Result<(), Refused> {
+    if !may_change {
+        let same = disk.len() == candidate.len()
+            && disk.iter().zip(candidate).all(|(a, b)| {
+                let mut b = b.clone();
+                b.interval = a.interval;
+                *a == b
+            });
+        return if same {
+            Ok(())
+        } else {
+            Err(Refused::Setting {
+                field: "spec.images".to_owned(),
+                setting: Setting::Images.as_str(),
+            })
+        };
+    }
+    for (i, source) in candidate.iter().enumerate() {
+        let Some(credentials) = &source.credentials else {
+            continue;
+        };
+        let paired = disk.iter().any(|d| {
+            d.credentials.as_ref() == Some(credentials)
+                && d.repository.registry == source.repository.registry
+        });
+        if !paired {
+            let field = match credentials {
+                RegistryCredentials::File(_) => "credentialsFile",
+                RegistryCredentials::Secret { .. } => "credentialsSecret",
+            };
+            return Err(Refused::Credentials {
+                field: format!("spec.images[{i}].{field}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Without leave, notifications stay as on disk; with it, each may still only send to a URL
@@ -368,7 +431,8 @@ spec:
         match result.expect_err("refused") {
             Refused::Repository { field }
             | Refused::Setting { field, .. }
-            | Refused::Webhook { field } => field,
+            | Refused::Webhook { field }
+            | Refused::Credentials { field } => field,
         }
     }
 
@@ -523,6 +587,47 @@ spec:
         assert_eq!(
             refused_field(check_with("/etc/stagehand/chat-secret", "/tmp/s")),
             "spec.notifications[0].secretFile"
+        );
+    }
+
+    #[test]
+    fn image_sources_change_their_interval_freely_and_send_credentials_only_where_the_disk_does() {
+        let images = "  images:\n    - {name: web, repository: registry.example.com/shop/web, policy: {semver: \">=1\"}, credentialsSecret: {name: pull}, interval: 5m}\n  environments:\n";
+        let with = |leave: &str| {
+            DISK.replace("  environments:\n", images)
+                .replace("[freezeWindows]", leave)
+        };
+        let check_with = |leave: &str, from: &str, to: &str| {
+            let disk = with(leave);
+            let parse = |text: &str| Pipeline::parse(Path::new("/x/p.yaml"), text).expect("valid");
+            assert_ne!(disk.replace(from, to), disk, "{from:?} is in the file");
+            check(&parse(&disk), &parse(&disk.replace(from, to)))
+        };
+        assert_eq!(
+            check_with("[freezeWindows]", "interval: 5m}", "interval: 1m}"),
+            Ok(())
+        );
+        assert_eq!(
+            refused_field(check_with("[freezeWindows]", ">=1", ">=2")),
+            "spec.images"
+        );
+        assert_eq!(check_with("[images]", ">=1", ">=2"), Ok(()));
+        assert_eq!(
+            check_with("[images]", "shop/web", "shop/api"),
+            Ok(()),
+            "the same registry may get the credentials for another repository"
+        );
+        assert_eq!(
+            refused_field(check_with(
+                "[images]",
+                "registry.example.com",
+                "evil.example.com"
+            )),
+            "spec.images[0].credentialsSecret"
+        );
+        assert_eq!(
+            refused_field(check_with("[images]", "{name: pull}", "{name: other}")),
+            "spec.images[0].credentialsSecret"
         );
     }
 

@@ -8,6 +8,7 @@
 
 mod file;
 pub mod ignore;
+pub mod images;
 pub mod in_repository;
 mod validate;
 pub mod verify;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use ignore::{FieldPath, IgnoreRule};
+pub use images::{ImageRepository, ImageSource, RegistryCredentials};
 pub use validate::{Error, ErrorKind};
 pub use verify::Verify;
 
@@ -40,6 +42,8 @@ pub struct Pipeline {
     pub alerts: Alerts,
     /// Who may do what, as written (`access:`); validated by [`crate::api::auth::AccessPolicy`].
     pub access: Vec<AccessRule>,
+    /// Container image repositories whose new tags enter the pipeline (`images:`).
+    pub images: Vec<ImageSource>,
 }
 
 /// One rule of the `access:` section: these groups hold these permissions in these

@@ -226,6 +226,7 @@ fn validate(raw: file::PipelineFile, base: &Path) -> Result<Pipeline, ErrorKind>
     }
 
     decryption(raw.spec.decryption, base, &mut environments)?;
+    let images = images::images(raw.spec.images, &environments, base)?;
 
     Ok(Pipeline {
         name: raw.metadata.name,
@@ -234,6 +235,7 @@ fn validate(raw: file::PipelineFile, base: &Path) -> Result<Pipeline, ErrorKind>
         notifications,
         alerts,
         access: raw.spec.access,
+        images,
     })
 }
 
@@ -995,6 +997,7 @@ fn weekly_time(at: &str, text: &str) -> Result<WeeklyTime, ErrorKind> {
     })
 }
 
+mod images;
 mod verify;
 
 #[cfg(test)]

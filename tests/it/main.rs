@@ -18,6 +18,7 @@ mod git;
 mod harness;
 mod ignore_differences;
 mod image;
+mod images;
 mod in_repository;
 mod keys;
 mod lease;

@@ -779,3 +779,146 @@ fn a_bad_verification_check_names_its_field() {
         assert!(err.contains(expected), "{verify}: {err}");
     }
 }
+
+/// DEMO with `images` (YAML list items at the indentation of `spec`'s fields) before its
+/// environments.
+fn with_images(images: &str) -> String {
+    DEMO.replace(
+        "  environments:\n",
+        &format!("  images:\n{images}  environments:\n"),
+    )
+}
+
+#[test]
+fn an_image_source_enters_the_first_environment_and_sets_its_repository_by_default() {
+    let text = with_images(
+        "    - name: web\n      repository: registry.example.com:5000/shop/web\n      policy: {semver: \">=1.0.0\"}\n    - name: nginx\n      repository: nginx\n      policy: {semver: \">=1.25\"}\n      pinDigest: true\n      credentialsSecret: {name: hub-pull}\n      interval: 1m\n      kustomizeName: proxy\n      group: edge\n",
+    );
+    let p = parse(Path::new("/etc/stagehand/pipeline.yaml"), &text).expect("valid");
+    let [web, nginx] = &p.images[..] else {
+        panic!("two sources: {:?}", p.images)
+    };
+    assert_eq!(web.repository.registry, "registry.example.com:5000");
+    assert_eq!(web.repository.path, "shop/web");
+    assert_eq!(web.environment, "dev");
+    assert_eq!(web.kustomize_name, "registry.example.com:5000/shop/web");
+    assert_eq!(web.interval, Duration::from_secs(300));
+    assert!(!web.pin_digest && web.credentials.is_none() && web.group.is_none());
+    assert_eq!(web.unit(), "web");
+    assert_eq!(nginx.repository.to_string(), "docker.io/library/nginx");
+    assert_eq!(nginx.kustomize_name, "proxy");
+    assert_eq!(nginx.interval, Duration::from_secs(60));
+    assert!(nginx.pin_digest);
+    assert_eq!(
+        nginx.credentials,
+        Some(crate::pipeline::RegistryCredentials::Secret {
+            name: "hub-pull".into(),
+            key: ".dockerconfigjson".into()
+        })
+    );
+    assert_eq!(nginx.unit(), "edge");
+}
+
+#[test]
+fn image_sources_are_validated_naming_the_field() {
+    let source =
+        "    - {name: web, repository: registry.example.com/shop/web, policy: {semver: \">=1\"}}\n";
+    assert!(parse(Path::new("p.yaml"), &with_images(source)).is_ok());
+    let cases = [
+        (
+            "repository: registry.example.com/shop/web, ",
+            "",
+            "spec.images[0].repository: is missing",
+        ),
+        (
+            ", policy: {semver: \">=1\"}",
+            "",
+            "spec.images[0].policy: is missing",
+        ),
+        (
+            "shop/web",
+            "shop/web:1.2",
+            "spec.images[0].repository: \"registry.example.com/shop/web:1.2\" names a tag",
+        ),
+        (
+            "shop/web",
+            "shop/web@sha256:abc",
+            "spec.images[0].repository: ",
+        ),
+        (
+            "registry.example.com/",
+            "https://registry.example.com/",
+            "is a URL",
+        ),
+        (
+            "shop/web",
+            "Shop/web",
+            "spec.images[0].repository: \"Shop/web\" is not a repository path",
+        ),
+        ("{name: web,", "{name: Web,", "spec.images[0].name"),
+        (
+            "{name: web,",
+            "{name: web, interval: 0s,",
+            "spec.images[0].interval: must be at least 1s",
+        ),
+        (
+            "{name: web,",
+            "{name: web, interval: soon,",
+            "spec.images[0].interval: \"soon\" is not a duration",
+        ),
+        (
+            "{name: web,",
+            "{name: web, environment: staging,",
+            "spec.images[0].environment: \"staging\" is promoted from \"dev\"",
+        ),
+        (
+            "{name: web,",
+            "{name: web, environment: qa,",
+            "spec.images[0].environment: names \"qa\"",
+        ),
+        (
+            "{name: web,",
+            "{name: web, credentialsFile: a.json, credentialsSecret: {name: b},",
+            "spec.images[0].credentialsSecret: give either",
+        ),
+        (
+            "{name: web,",
+            "{name: web, credentialsSecret: {name: Pull},",
+            "spec.images[0].credentialsSecret.name",
+        ),
+        (
+            "{name: web,",
+            "{name: web, group: Shop,",
+            "spec.images[0].group",
+        ),
+        ("{name: web,", "{name: web, pinDigest: maybe,", "pinDigest"),
+    ];
+    for (from, to, expected) in cases {
+        let text = with_images(&source.replace(from, to));
+        let err = parse_err(&text);
+        assert!(err.contains(expected), "{from} -> {to}: {err}");
+    }
+}
+
+#[test]
+fn image_sources_must_not_collide_and_a_group_enters_one_environment() {
+    let two = |a: &str, b: &str| {
+        with_images(&format!(
+            "    - {{name: web, repository: r.example.com/web, policy: {{semver: \">=1\"}}{a}}}\n    - {{name: api, repository: r.example.com/api, policy: {{semver: \">=1\"}}{b}}}\n"
+        ))
+    };
+    assert!(parse(Path::new("p.yaml"), &two(", group: shop", ", group: shop")).is_ok());
+    let err = parse_err(&two("", "").replace("name: api", "name: web"));
+    assert!(
+        err.contains("spec.images[1].name: \"web\" is listed twice (also spec.images[0])"),
+        "{err}"
+    );
+    let err = parse_err(&two(", kustomizeName: app", ", kustomizeName: app"));
+    assert!(err.contains("spec.images[1].kustomizeName: \"app\" in environment \"dev\" is already set by spec.images[0]"), "{err}");
+    let text = two(", group: shop", ", group: shop").replace(
+        "    - name: prod\n",
+        "    - name: lab\n      source: {overlay: environments/lab}\n    - name: prod\n",
+    );
+    let err = parse_err(&text.replace("api, policy", "api, environment: lab, policy"));
+    assert!(err.contains("spec.images[1].group: group \"shop\" enters environment \"dev\" (spec.images[0]), this source enters \"lab\""), "{err}");
+}
