@@ -397,6 +397,15 @@ pub fn identity<T>(request: &Request<T>) -> Result<Arc<Identity>, Status> {
 #[derive(Clone)]
 struct Authenticated(Arc<Identity>);
 
+/// A request marked as coming from `identity`, for the web view, which authenticates people
+/// by their session (itself opened with a bearer token) and then calls the API's own handlers,
+/// so that both answer and refuse alike.
+pub(crate) fn authenticated<T>(identity: Arc<Identity>, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.extensions_mut().insert(Authenticated(identity));
+    request
+}
+
 /// The SHA-256 of a token, as the tokens file lists it (64 lowercase hex digits).
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -507,8 +516,12 @@ impl Tokens {
     /// The identity a presented token belongs to. The lookup is by the token's hash, so the
     /// time it takes tells nothing about which stored hashes resemble the token.
     pub fn authenticate(&self, token: &str) -> Option<Arc<Identity>> {
-        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.read().by_hash.get(&hash).cloned()
+        self.by_hash(&Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// The identity whose token has this SHA-256, as the current file lists it.
+    pub fn by_hash(&self, hash: &[u8; 32]) -> Option<Arc<Identity>> {
+        self.read().by_hash.get(hash).cloned()
     }
 
     /// The identity called `name` in the current file, if it still lists it: for approvals
@@ -812,6 +825,30 @@ impl Authenticator {
         match &self.tokens {
             None => Some(Arc::new(Identity::anonymous())),
             Some(tokens) => tokens.identity(name),
+        }
+    }
+
+    /// Whether callers present tokens at all (without a tokens file everyone is anonymous).
+    pub fn requires_tokens(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// The identity `token` belongs to and the token's SHA-256, by which a web session finds
+    /// the identity again at every request without holding the token itself.
+    pub fn authenticate_token(&self, token: &str) -> Option<(Arc<Identity>, [u8; 32])> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        match &self.tokens {
+            None => Some((Arc::new(Identity::anonymous()), hash)),
+            Some(tokens) => tokens.by_hash(&hash).map(|identity| (identity, hash)),
+        }
+    }
+
+    /// The identity of the token with this SHA-256 as the tokens file lists it now: a token
+    /// removed from the file ends the sessions opened with it at their next request.
+    pub fn by_token_hash(&self, hash: &[u8; 32]) -> Option<Arc<Identity>> {
+        match &self.tokens {
+            None => Some(Arc::new(Identity::anonymous())),
+            Some(tokens) => tokens.by_hash(hash),
         }
     }
 

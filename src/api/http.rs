@@ -1,5 +1,6 @@
-//! The HTTP listener beside gRPC: Git hosts' push webhooks, `/metrics` and a liveness probe. It
-//! only translates: a verified webhook becomes [`Service::fetch_now`].
+//! The HTTP listener beside gRPC: Git hosts' push webhooks, `/metrics`, a liveness probe and
+//! the web view (`/ui`, see [`super::web`]). It only translates: a verified webhook becomes
+//! [`Service::fetch_now`].
 
 use std::future::Future;
 use std::pin::pin;
@@ -31,7 +32,8 @@ struct Hooks {
     refusals: Arc<RefusalLog>,
 }
 
-/// Serves `/api/webhook`, `/metrics` and `/healthz` over HTTP/1.1 until `shutdown` completes.
+/// Serves `/api/webhook`, `/metrics`, `/healthz` and, with `web`, the web view over HTTP/1.1
+/// until `shutdown` completes.
 /// Without a secret every webhook is refused: an unauthenticated fetch trigger would let anyone
 /// make the service fetch in a loop. A peer may have `connections_per_peer` connections open,
 /// and each request's headers must arrive within [`limits::HEADER_TIMEOUT`].
@@ -39,20 +41,24 @@ pub async fn serve(
     listener: Listener,
     service: Arc<Supervisor>,
     secret: Option<WebhookSecret>,
+    web: Option<Arc<super::web::Web>>,
     connections_per_peer: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let refusals = Arc::new(RefusalLog::default());
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/api/webhook", post(webhook))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT))
         .with_state(Arc::new(Hooks {
             service,
             secret,
             refusals: refusals.clone(),
         }));
+    if let Some(web) = web {
+        app = app.merge(super::web::router(web));
+    }
+    let app = app.layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT));
     let addr = listener.local_addr();
     tracing::info!(%addr, "serving HTTP (webhooks)");
     let incoming = limits::incoming(

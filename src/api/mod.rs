@@ -7,6 +7,7 @@ pub mod http;
 pub mod limits;
 mod promotions;
 pub mod watch;
+pub mod web;
 
 use std::collections::HashSet;
 use std::future::Future;

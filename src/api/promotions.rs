@@ -681,6 +681,7 @@ impl proto::promotion_service_server::PromotionService for PromotionApi {
         let filter = store::AuditFilter {
             environment: non_empty(&r.environment),
             promotion_id: non_empty(&r.promotion_id),
+            actor: non_empty(&r.actor),
             actions: r
                 .actions
                 .iter()

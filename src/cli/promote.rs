@@ -149,6 +149,9 @@ pub struct AuditArgs {
     /// Only events of this promotion.
     #[arg(long)]
     promotion: Option<String>,
+    /// Only events of this actor (an identity, or `stagehand` for the service's own).
+    #[arg(long)]
+    actor: Option<String>,
     /// At most this many, newest first.
     #[arg(long, default_value_t = 50)]
     limit: usize,
@@ -383,6 +386,7 @@ pub async fn audit(args: AuditArgs) -> anyhow::Result<()> {
             .list_audit_events(proto::ListAuditEventsRequest {
                 environment: args.environment.clone().unwrap_or_default(),
                 promotion_id: args.promotion.clone().unwrap_or_default(),
+                actor: args.actor.clone().unwrap_or_default(),
                 page_size: page_size(args.limit - events.len()),
                 page_token,
                 ..Default::default()

@@ -42,6 +42,17 @@ pub struct ServeArgs {
     /// HMAC-SHA256) or carry (GitLab's X-Gitlab-Token). Without it every webhook is refused.
     #[arg(long, env = "STAGEHAND_WEBHOOK_SECRET_FILE")]
     webhook_secret_file: Option<PathBuf>,
+    /// Browsers reach the HTTP listener's web view (`/ui`) through HTTPS, a proxy or ingress
+    /// terminating TLS: session cookies are marked Secure, and sign-in is allowed on an address
+    /// other than loopback (where a token would otherwise cross the network in clear).
+    #[arg(long, env = "STAGEHAND_WEB_BEHIND_HTTPS")]
+    web_behind_https: bool,
+    /// How long a web session lasts from sign-in.
+    #[arg(long, env = "STAGEHAND_WEB_SESSION_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
+    web_session_ttl: std::time::Duration,
+    /// Serve no web view on the HTTP listener.
+    #[arg(long, env = "STAGEHAND_NO_WEB")]
+    no_web: bool,
     /// The tokens file (YAML: identities with their groups and the SHA-256 of their bearer
     /// tokens), checked every 5 s and taken when it changed; one that cannot be read or is not
     /// valid ends every token until it is valid again. Tokens travel in clear without
@@ -405,6 +416,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(addr) => {
             let listener = api::Listener::bind(addr).await?;
             println!("http listening on {}", listener.local_addr());
+            let web = (!args.no_web).then(|| {
+                let sign_in_refused = (with_tokens
+                    && !addr.ip().is_loopback()
+                    && !args.web_behind_https
+                    && !args.insecure)
+                    .then(|| {
+                        format!(
+                            "Sign-in is off: this server's HTTP listener ({addr}) is not on loopback and it was \
+                             not started with --web-behind-https, so a token would cross the network in clear."
+                        )
+                    });
+                Arc::new(api::web::Web::new(
+                    service.clone(),
+                    authenticator.clone(),
+                    api::web::Options {
+                        secure_cookies: args.web_behind_https,
+                        session_ttl: args.web_session_ttl,
+                        sign_in_refused,
+                        streams_per_identity: args.max_watches_per_identity as usize,
+                    },
+                ))
+            });
             let mut stopped = stopped.clone();
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
@@ -413,6 +446,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 listener,
                 service.clone(),
                 secret,
+                web,
                 args.max_connections_per_peer as usize,
                 shutdown,
             )))

@@ -283,6 +283,23 @@ impl Repository {
         }
     }
 
+    /// The first line of `commit`'s message and its committer time (seconds since the epoch).
+    pub fn subject(&self, commit: ObjectId) -> Result<(String, i64), Error> {
+        let repo = self.repo();
+        let found = repo.find_commit(commit).map_err(|source| Error::Read {
+            what: format!("commit {commit}"),
+            source: Box::new(source),
+        })?;
+        let time = found.time().map_err(|source| Error::Read {
+            what: format!("commit {commit}"),
+            source: Box::new(source),
+        })?;
+        let summary = gix::objs::commit::MessageRef::from_bytes(found.message_raw_sloppy())
+            .summary()
+            .to_string();
+        Ok((summary, time.seconds))
+    }
+
     /// The e-mails of who wrote `commit`: its author, its committer and its `Co-authored-by`
     /// trailers.
     pub fn people(&self, commit: ObjectId) -> Result<Vec<String>, Error> {

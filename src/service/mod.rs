@@ -823,6 +823,24 @@ impl Service {
         Ok(history)
     }
 
+    /// The subject line and committer time of each of `commits` that the fetched repository
+    /// holds, for showing revisions by more than their hash; the others are left out.
+    pub async fn commit_subjects(&self, commits: Vec<String>) -> HashMap<String, (String, i64)> {
+        let repository = self.repository.clone();
+        tokio::task::spawn_blocking(move || {
+            commits
+                .into_iter()
+                .filter_map(|commit| {
+                    let id = commit.parse::<gix::ObjectId>().ok()?;
+                    let subject = repository.subject(id).ok()?;
+                    Some((commit, subject))
+                })
+                .collect()
+        })
+        .await
+        .expect("reading commits returns errors rather than panicking")
+    }
+
     /// A receiver that sees every change of any environment (its status or its desired
     /// revision): the name of the environment that changed. Callers read
     /// [`Service::environment`] for the new state, so a slow reader skips to the latest.

@@ -834,6 +834,8 @@ pub struct AuditFilter {
     pub environment: Option<String>,
     /// Only events about this promotion.
     pub promotion_id: Option<String>,
+    /// Only events of this actor (an identity's name, or `stagehand`).
+    pub actor: Option<String>,
     /// Only these actions; empty for all.
     pub actions: Vec<AuditAction>,
     /// At or after.

@@ -1363,6 +1363,9 @@ impl Store for PostgresStore {
         if let Some(id) = &filter.promotion_id {
             query.and("promotion_id = $", id.clone());
         }
+        if let Some(actor) = &filter.actor {
+            query.and("actor = $", actor.clone());
+        }
         if let Some(within) = &filter.environments {
             query.and(
                 "(environment IS NULL OR environment = ANY($))",

@@ -1132,6 +1132,10 @@ impl Store for SqliteStore {
                 query.push_str(" AND promotion_id = ?");
                 args.push(Value::Text(id));
             }
+            if let Some(actor) = filter.actor {
+                query.push_str(" AND actor = ?");
+                args.push(Value::Text(actor));
+            }
             push_within(
                 &mut query,
                 &mut args,

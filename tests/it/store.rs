@@ -946,6 +946,9 @@ async fn audit_events_list_newest_first_in_pages_and_by_filter(backend: Backend)
             event.environment = None;
             event.action = AuditAction::Overrode;
         }
+        if i % 4 == 0 {
+            event.actor = "frank".to_owned();
+        }
         ids.push(store.append_audit(event).await?.id);
     }
 
@@ -998,6 +1001,22 @@ async fn audit_events_list_newest_first_in_pages_and_by_filter(backend: Backend)
         .await?;
     let seconds: Vec<_> = overrides.items.iter().map(|e| e.event.at).collect();
     assert_eq!(seconds, [at(15), at(10), at(5)]);
+
+    let franks = store
+        .audit_events(&AuditFilter {
+            actor: Some("frank".to_owned()),
+            ..AuditFilter::default()
+        })
+        .await?;
+    let seconds: Vec<_> = franks.items.iter().map(|e| e.event.at).collect();
+    assert_eq!(
+        seconds,
+        (0..30)
+            .rev()
+            .filter(|i| i % 4 == 0)
+            .map(at)
+            .collect::<Vec<_>>()
+    );
 
     let bad = store
         .audit_events(&AuditFilter {

@@ -1,0 +1,28 @@
+//! One module per page. Each handler asks the API as the viewer, then renders.
+
+pub mod audit;
+pub mod compare;
+pub mod delivery;
+pub mod environment;
+pub mod pipeline;
+pub mod promotion;
+
+use std::sync::Arc;
+
+use crate::api::auth;
+use crate::api::auth::Identity;
+
+/// A request to the API handlers as `identity`.
+fn ask<T>(identity: &Arc<Identity>, message: T) -> tonic::Request<T> {
+    auth::authenticated(identity.clone(), message)
+}
+
+/// The promotion states that have not ended.
+pub const OPEN_STATES: [crate::proto::PromotionState; 6] = [
+    crate::proto::PromotionState::Pending,
+    crate::proto::PromotionState::AwaitingApproval,
+    crate::proto::PromotionState::Approved,
+    crate::proto::PromotionState::Promoting,
+    crate::proto::PromotionState::Syncing,
+    crate::proto::PromotionState::Verifying,
+];

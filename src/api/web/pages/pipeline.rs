@@ -1,0 +1,247 @@
+//! The pipeline page: the environments left to right in promotion order, what each runs, and
+//! the promotions between them with what each waits for.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use maud::{Markup, html};
+use serde::Deserialize;
+
+use super::{OPEN_STATES, ask};
+use crate::api::auth::Permission;
+use crate::api::web::layout::{self, Page};
+use crate::api::web::session::Viewer;
+use crate::api::web::{Failure, Web, is_partial};
+use crate::proto;
+use crate::proto::environment_service_server::EnvironmentService as _;
+use crate::proto::promotion_service_server::PromotionService as _;
+
+/// Environments per page: a pipeline of a thousand stays quick to serve and to read.
+pub const ENVIRONMENTS_PER_PAGE: usize = 24;
+
+#[derive(Deserialize)]
+pub struct Paging {
+    #[serde(default)]
+    page: usize,
+}
+
+pub async fn page(
+    State(web): State<Arc<Web>>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Query(paging): Query<Paging>,
+) -> Result<Page, Failure> {
+    let id = &viewer.identity;
+    let list = web
+        .environments
+        .list_environments(ask(id, proto::ListEnvironmentsRequest {}))
+        .await?
+        .into_inner();
+    let pages = list
+        .environments
+        .len()
+        .div_ceil(ENVIRONMENTS_PER_PAGE)
+        .max(1);
+    let current = paging.page.min(pages - 1);
+    let shown: Vec<&proto::Environment> = list
+        .environments
+        .iter()
+        .skip(current * ENVIRONMENTS_PER_PAGE)
+        .take(ENVIRONMENTS_PER_PAGE)
+        .collect();
+    let mut open: HashMap<String, Vec<proto::Promotion>> = HashMap::new();
+    for environment in &shown {
+        open.entry(environment.name.clone()).or_default();
+    }
+    // Open promotions of every environment shown; those of other pages are not fetched.
+    let open_list = web
+        .promotions
+        .list_promotions(ask(
+            id,
+            proto::ListPromotionsRequest {
+                states: OPEN_STATES.iter().map(|s| *s as i32).collect(),
+                page_size: 1000,
+                ..Default::default()
+            },
+        ))
+        .await?
+        .into_inner();
+    for promotion in open_list.promotions {
+        if let Some(into) = open.get_mut(&promotion.target_environment) {
+            into.push(promotion);
+        }
+    }
+    let commits: Vec<String> = shown
+        .iter()
+        .filter_map(|e| e.status.as_ref())
+        .flat_map(|s| [s.applied_revision.clone(), s.desired_revision.clone()])
+        .filter(|c| !c.is_empty())
+        .collect();
+    let service = web.supervisor.service();
+    let subjects = service.commit_subjects(commits).await;
+    let pipeline = service.pipeline();
+    let now = jiff::Timestamp::now();
+    let body = html! {
+        h1 { "Pipeline " (list.pipeline) }
+        @if !list.rejected_pipeline.is_empty() {
+            p.error role="alert" { "The pipeline file was changed and refused; the last valid one runs. " (list.rejected_pipeline) }
+        }
+        @if pages > 1 { (pager(current, pages, list.environments.len())) }
+        ol.pipeline {
+            @for environment in &shown {
+                @let freeze = pipeline
+                    .environments
+                    .iter()
+                    .find(|e| e.name == environment.name)
+                    .and_then(|e| crate::promotion::policy::active_freeze(&e.freeze_windows, now));
+                (environment_card(&web, &viewer, environment, &subjects, freeze.as_ref(), &open[&environment.name]))
+            }
+        }
+        @if pages > 1 { (pager(current, pages, list.environments.len())) }
+    };
+    Ok(Page {
+        title: "Pipeline".to_owned(),
+        viewer,
+        body,
+        partial: is_partial(&headers),
+    })
+}
+
+fn pager(current: usize, pages: usize, total: usize) -> Markup {
+    html! {
+        nav.pager aria-label="Environment pages" {
+            @if current > 0 { a rel="prev" href={ "/ui/?page=" (current - 1) } { "← Previous" } }
+            span { "Environments " (current * ENVIRONMENTS_PER_PAGE + 1) "–" (((current + 1) * ENVIRONMENTS_PER_PAGE).min(total)) " of " (total) }
+            @if current + 1 < pages { a rel="next" href={ "/ui/?page=" (current + 1) } { "Next →" } }
+        }
+    }
+}
+
+fn environment_card(
+    web: &Web,
+    viewer: &Viewer,
+    environment: &proto::Environment,
+    subjects: &HashMap<String, (String, i64)>,
+    freeze: Option<&crate::promotion::policy::Frozen>,
+    promotions: &[proto::Promotion],
+) -> Markup {
+    let status = environment.status.clone().unwrap_or_default();
+    let name = &environment.name;
+    let runs = if status.applied_revision.is_empty() {
+        &status.desired_revision
+    } else {
+        &status.applied_revision
+    };
+    let drifted = status
+        .objects
+        .iter()
+        .filter(|o| !o.drifted_fields.is_empty())
+        .count();
+    let may_request = web.may(&viewer.identity, name, Permission::Request);
+    html! {
+        li.environment-slot {
+        section.environment data-environment=(name) aria-labelledby={ "env-" (name) } {
+            h2 #{ "env-" (name) } { a href={ "/ui/environments/" (name) } { (name) } }
+            @if !environment.promotes_from.is_empty() {
+                p.from { "promoted from " a href={ "/ui/environments/" (environment.promotes_from) } { (environment.promotes_from) } }
+            }
+            dl.facts {
+                dt { "Runs" }
+                dd {
+                    @if runs.is_empty() {
+                        span.revision data-revision="" { "nothing yet" }
+                    } @else {
+                        span.revision data-revision=(runs) { (layout::commit(runs)) }
+                        @if let Some((subject, time)) = subjects.get(runs) {
+                            " " span.subject { (subject) }
+                            " " span.age { (layout::ago_seconds(*time)) }
+                        }
+                    }
+                }
+                @if !status.desired_revision.is_empty() && status.desired_revision != *runs {
+                    dt { "Git has" }
+                    dd.desired data-revision=(status.desired_revision) {
+                        (layout::commit(&status.desired_revision))
+                        @if let Some((subject, _)) = subjects.get(&status.desired_revision) {
+                            " " span.subject { (subject) }
+                        }
+                    }
+                }
+                dt { "Health" }
+                dd { (layout::health(status.health)) }
+                dt { "Sync" }
+                dd.sync { (sync_words(&status)) }
+                dt { "Drift" }
+                dd.drift data-count=(drifted) {
+                    @if drifted == 0 { "none" } @else { (drifted) " object" @if drifted > 1 { "s" } " drifted" }
+                }
+                dt { "Freeze" }
+                dd.freeze {
+                    @match freeze {
+                        Some(frozen) => {
+                            span.frozen { "❄ frozen until " (frozen.until.strftime("%Y-%m-%d %H:%M UTC")) }
+                            @if let Some(reason) = &frozen.reason { " — " (reason) }
+                        }
+                        None => {
+                            @if environment.freeze_windows.is_empty() { "no windows" } @else { "open" }
+                        }
+                    }
+                }
+            }
+            @for alert in &status.alerts { p.alert role="alert" { "⚠ " (alert) } }
+            @if !status.last_error.is_empty() { p.error { (status.last_error) } }
+            @if !promotions.is_empty() {
+                h3 { "Promotions into " (name) }
+                ul.promotions {
+                    @for promotion in promotions { (promotion_item(promotion)) }
+                }
+            }
+            @if may_request && !environment.promotes_from.is_empty() {
+                details.dialog #{ "promote-" (name) } {
+                    summary { "Promote " (environment.promotes_from) " → " (name) "…" }
+                    form.promote method="post" action={ "/ui/environments/" (name) "/promote" } {
+                        (layout::csrf(viewer))
+                        p { "Requests a promotion of what " b { (environment.promotes_from) } " runs now into " b { (name) } "; its approvals follow." }
+                        label for={ "reason-" (name) } { "Reason" }
+                        input #{ "reason-" (name) } name="reason" type="text" maxlength="500";
+                        button type="submit" { "Request promotion" }
+                    }
+                }
+            }
+        }
+        }
+    }
+}
+
+fn sync_words(status: &proto::EnvironmentStatus) -> Markup {
+    html! {
+        @if status.suspended { "⏸ suspended" }
+        @else if status.out_of_sync { "↻ out of sync" }
+        @else if status.applied_revision.is_empty() { "not synced yet" }
+        @else { "✓ in sync" }
+        @if !status.reason.is_empty() { " (" (status.reason) ")" }
+        @if let Some(time) = &status.last_sync_time { ", " (layout::ago(Some(time))) }
+    }
+}
+
+/// A promotion as one line: its state, what it promotes, and what it waits for.
+pub fn promotion_item(promotion: &proto::Promotion) -> Markup {
+    let (state, _) = layout::state(promotion.state);
+    html! {
+        li.promotion data-promotion=(promotion.id) data-state=(state) {
+            a href={ "/ui/promotions/" (promotion.id) } {
+                (layout::state_badge(promotion.state)) " "
+                @if promotion.rollback { "rollback to " } @else { "promote " }
+                (layout::commit(&promotion.revision))
+                @if !promotion.source_environment.is_empty() { " from " (promotion.source_environment) }
+            }
+            " by " (promotion.requested_by)
+            @if promotion.approvals_missing > 0 {
+                " · " (promotion.approvals_missing) " approval" @if promotion.approvals_missing > 1 { "s" } " missing"
+            }
+            (layout::blockers(&promotion.blockers))
+        }
+    }
+}
