@@ -37,3 +37,4 @@ mod transport;
 mod verification;
 mod visibility;
 mod web;
+mod web_http;

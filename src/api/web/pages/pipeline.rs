@@ -68,7 +68,24 @@ pub async fn page(
         ))
         .await?
         .into_inner();
-    for promotion in open_list.promotions {
+    // Listings carry no blockers or approvals; each open promotion shown is read whole.
+    let details = futures::future::join_all(
+        open_list
+            .promotions
+            .iter()
+            .filter(|p| open.contains_key(&p.target_environment))
+            .map(|p| {
+                web.promotions
+                    .get_promotion(ask(id, proto::GetPromotionRequest { id: p.id.clone() }))
+            }),
+    )
+    .await;
+    // One that ended or was hidden since the listing is left out.
+    for promotion in details
+        .into_iter()
+        .flatten()
+        .map(tonic::Response::into_inner)
+    {
         if let Some(into) = open.get_mut(&promotion.target_environment) {
             into.push(promotion);
         }
