@@ -12,6 +12,7 @@ pub mod api;
 pub mod cluster;
 pub mod error_chain;
 pub mod git;
+pub mod image;
 pub mod metrics;
 pub mod pipeline;
 mod process;

@@ -223,6 +223,8 @@ impl TestRegistry {
     /// tests and benchmarks. The tags share `from`'s digest.
     pub async fn retag(&self, repository: &str, from: &str, tags: &[String]) {
         use futures::StreamExt as _;
+        // reqwest is built without a crypto provider of its own; the binary installs ring's.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::new();
         let with_auth = |request: reqwest::RequestBuilder| match &self.credentials {
             Some((user, password)) => request.basic_auth(user, Some(password)),
@@ -264,6 +266,129 @@ impl TestRegistry {
         });
         puts.buffer_unordered(16).collect::<Vec<()>>().await;
     }
+}
+
+/// A front for a registry that pages tag lists as the distribution spec describes (`n`,
+/// `last`, a `Link` to the next page) and passes every other request through unchanged, auth
+/// challenges included. Debian's docker-registry (distribution 2.8) ignores `n` on tag lists and
+/// answers every tag at once; distribution 3, Docker Hub, GHCR and others page them, so
+/// pagination is tested against the real registry's answers cut into pages here.
+pub struct PagingFront {
+    /// `127.0.0.1:PORT` of the front; image names use it in place of the registry's.
+    pub address: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PagingFront {
+    /// Starts a front for `registry` on a free loopback port (needs a tokio runtime).
+    pub async fn start(registry: &TestRegistry) -> Self {
+        let upstream = registry.base_url();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let address = listener.local_addr().expect("an address").to_string();
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::new();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let (client, upstream) = (client.clone(), upstream.clone());
+            async move { page(&client, &upstream, request).await }
+        });
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("the front serves");
+        });
+        PagingFront { address, task }
+    }
+}
+
+impl Drop for PagingFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn page(
+    client: &reqwest::Client,
+    upstream: &str,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    let query: Vec<(String, String)> = parts
+        .uri
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let paging = path.ends_with("/tags/list") && param("n").is_some();
+    let target = if paging {
+        format!("{upstream}{path}")
+    } else {
+        format!("{upstream}{}", parts.uri)
+    };
+    let body = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .expect("a request body");
+    let mut forward = client.request(parts.method.clone(), target).body(body);
+    for (name, value) in &parts.headers {
+        if name != "host" {
+            forward = forward.header(name, value);
+        }
+    }
+    let answer = forward.send().await.expect("the registry answers");
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let bytes = answer.bytes().await.expect("the registry's body");
+    let mut response = axum::http::Response::builder().status(status);
+    for (name, value) in &headers {
+        if name != "content-length" && name != "transfer-encoding" {
+            response = response.header(name, value);
+        }
+    }
+    if !paging || !status.is_success() {
+        return response
+            .body(axum::body::Body::from(bytes))
+            .expect("a response");
+    }
+    let listed: serde_json::Value = serde_json::from_slice(&bytes).expect("a tag list");
+    let mut tags: Vec<String> = listed["tags"]
+        .as_array()
+        .map(|tags| {
+            tags.iter()
+                .filter_map(|t| t.as_str())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    tags.sort();
+    let n: usize = param("n")
+        .and_then(|n| n.parse().ok())
+        .expect("n is a number");
+    let last = param("last");
+    let rest: Vec<String> = tags
+        .into_iter()
+        .filter(|t| last.as_ref().is_none_or(|last| t > last))
+        .collect();
+    let page: Vec<&String> = rest.iter().take(n).collect();
+    if rest.len() > n {
+        let next = format!("<{path}?n={n}&last={}>; rel=\"next\"", page[n - 1]);
+        response = response.header("link", next);
+    }
+    let body = serde_json::json!({"name": listed["name"], "tags": page});
+    response
+        .body(axum::body::Body::from(
+            serde_json::to_vec(&body).expect("JSON"),
+        ))
+        .expect("a response")
 }
 
 impl Drop for TestRegistry {
