@@ -276,8 +276,36 @@ grep -q "riley .*override_refused" <<<"$audit" || { echo "riley's refused overri
 echo "== each environment's revision and health"
 "$stagehand" status -o table
 git -C "$work/gitops" log --oneline -4
+echo "== the web view: http://127.0.0.1:$http_port/ui/ (sign in with a token above)"
+"$STAGEHAND_KUBECTL" get secret shop-db -n shop-prod -o json > "$work/secret.json"
+"$STAGEHAND_PYTHON" - "http://127.0.0.1:$http_port" "$riley" "$work/secret.json" <<'PY'
+import base64, json, sys, urllib.parse, urllib.request
+base, token, secret_file = sys.argv[1:4]
+values = [base64.b64decode(v).decode() for v in json.load(open(secret_file))["data"].values()]
+class Keep(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args):
+        return None
+opener = urllib.request.build_opener(Keep)
+try:
+    opener.open(urllib.request.Request(base + "/ui/sign-in", urllib.parse.urlencode({"token": token}).encode()))
+    sys.exit("sign-in did not answer with a redirect")
+except urllib.error.HTTPError as answer:
+    if answer.code != 303:
+        sys.exit(f"sign-in answered {answer.code}")
+    cookie = answer.headers["Set-Cookie"].split(";")[0]
+for path in ["/ui/", "/ui/environments/prod", "/ui/compare?from=staging&to=prod", "/ui/audit", "/ui/delivery"]:
+    page = opener.open(urllib.request.Request(base + path, headers={"Cookie": cookie})).read().decode()
+    if path == "/ui/":
+        missing = [e for e in ("dev", "staging", "prod") if f'data-environment="{e}"' not in page]
+        if missing:
+            sys.exit(f"the pipeline page lacks {missing}")
+    if any(v and v in page for v in values):
+        sys.exit(f"{path} shows a value of the Secret shop-db")
+    print(f"  {path}: {len(page)} bytes, no Secret value")
+PY
 cat <<NEXT
 == where to look next
+  http://127.0.0.1:$http_port/ui/       the web view (sign in with riley's, quinn's or morgan's token)
   stagehand promotions                  every promotion, newest first (STAGEHAND_SERVER=$STAGEHAND_SERVER)
   stagehand promotion ID, watch ID      what one waits for; its stages, live
   stagehand audit                       who requested, approved, overrode, rolled back
