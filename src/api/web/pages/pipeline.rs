@@ -21,6 +21,64 @@ use crate::proto::promotion_service_server::PromotionService as _;
 /// Environments per page: a pipeline of a thousand stays quick to serve and to read.
 pub const ENVIRONMENTS_PER_PAGE: usize = 24;
 
+/// Promotions listed under "Recently": what ran where, newest first.
+const RECENT: u32 = 12;
+
+/// The environments shown, in columns by their distance from the start of the pipeline: those
+/// promoted from the same stage stand one above the other, so a fork reads as one.
+fn stages<'a>(
+    all: &[proto::Environment],
+    shown: &[&'a proto::Environment],
+) -> Vec<Vec<&'a proto::Environment>> {
+    let from: HashMap<&str, &str> = all
+        .iter()
+        .map(|e| (e.name.as_str(), e.promotes_from.as_str()))
+        .collect();
+    let depth = |name: &str| {
+        let mut depth = 0;
+        let mut at = name;
+        // The pipeline has no cycles (validated); the bound only keeps a bad answer finite.
+        while let Some(parent) = from.get(at).filter(|p| !p.is_empty()) {
+            depth += 1;
+            at = parent;
+            if depth > all.len() {
+                break;
+            }
+        }
+        depth
+    };
+    let mut stages: Vec<Vec<&proto::Environment>> = Vec::new();
+    for environment in shown {
+        let at = depth(&environment.name);
+        if stages.len() <= at {
+            stages.resize_with(at + 1, Vec::new);
+        }
+        stages[at].push(environment);
+    }
+    stages.retain(|stage| !stage.is_empty());
+    stages
+}
+
+fn recent_list(promotions: &[proto::Promotion]) -> Markup {
+    html! {
+        @if promotions.is_empty() { p { "No promotions yet." } }
+        ol.recent {
+            @for promotion in promotions {
+                @let (state, _) = layout::state(promotion.state);
+                li.recent-promotion data-promotion=(promotion.id) data-state=(state) {
+                    (layout::ago(promotion.update_time.as_ref())) " "
+                    (layout::state_badge(promotion.state)) " "
+                    a href={ "/ui/promotions/" (promotion.id) } {
+                        @if promotion.rollback { "rollback of " (promotion.target_environment) }
+                        @else { (promotion.source_environment) " → " (promotion.target_environment) }
+                    }
+                    " " (layout::commit(&promotion.revision)) " by " (promotion.requested_by)
+                }
+            }
+        }
+    }
+}
+
 #[derive(Deserialize)]
 pub struct Paging {
     #[serde(default)]
@@ -90,6 +148,18 @@ pub async fn page(
             into.push(promotion);
         }
     }
+    let recent = web
+        .promotions
+        .list_promotions(ask(
+            id,
+            proto::ListPromotionsRequest {
+                page_size: RECENT,
+                ..Default::default()
+            },
+        ))
+        .await?
+        .into_inner()
+        .promotions;
     let commits: Vec<String> = shown
         .iter()
         .filter_map(|e| e.status.as_ref())
@@ -107,16 +177,22 @@ pub async fn page(
         }
         @if pages > 1 { (pager(current, pages, list.environments.len())) }
         ol.pipeline {
-            @for environment in &shown {
-                @let freeze = pipeline
-                    .environments
-                    .iter()
-                    .find(|e| e.name == environment.name)
-                    .and_then(|e| crate::promotion::policy::active_freeze(&e.freeze_windows, now));
-                (environment_card(&web, &viewer, environment, &subjects, freeze.as_ref(), &open[&environment.name]))
+            @for (depth, stage) in stages(&list.environments, &shown).iter().enumerate() {
+                li.stage aria-label={ "Stage " (depth + 1) } {
+                    @for environment in stage {
+                        @let freeze = pipeline
+                            .environments
+                            .iter()
+                            .find(|e| e.name == environment.name)
+                            .and_then(|e| crate::promotion::policy::active_freeze(&e.freeze_windows, now));
+                        (environment_card(&web, &viewer, environment, &subjects, freeze.as_ref(), &open[&environment.name]))
+                    }
+                }
             }
         }
         @if pages > 1 { (pager(current, pages, list.environments.len())) }
+        h2 { "Recently" }
+        (recent_list(&recent))
     };
     Ok(Page {
         title: "Pipeline".to_owned(),
@@ -158,7 +234,6 @@ fn environment_card(
         .count();
     let may_request = web.may(&viewer.identity, name, Permission::Request);
     html! {
-        li.environment-slot {
         section.environment data-environment=(name) aria-labelledby={ "env-" (name) } {
             h2 #{ "env-" (name) } { a href={ "/ui/environments/" (name) } { (name) } }
             @if !environment.promotes_from.is_empty() {
@@ -228,7 +303,6 @@ fn environment_card(
                 }
             }
         }
-        }
     }
 }
 
@@ -260,5 +334,41 @@ pub fn promotion_item(promotion: &proto::Promotion) -> Markup {
             }
             (layout::blockers(&promotion.blockers))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn environment(name: &str, from: &str) -> proto::Environment {
+        proto::Environment {
+            name: name.to_owned(),
+            promotes_from: from.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn environments_promoted_from_the_same_stage_share_a_column() {
+        let all = [
+            environment("dev", ""),
+            environment("staging", "dev"),
+            environment("prod", "staging"),
+            environment("qa", "dev"),
+        ];
+        let shown: Vec<&proto::Environment> = all.iter().collect();
+        let names: Vec<Vec<&str>> = stages(&all, &shown)
+            .iter()
+            .map(|stage| stage.iter().map(|e| e.name.as_str()).collect())
+            .collect();
+        assert_eq!(names, [vec!["dev"], vec!["staging", "qa"], vec!["prod"]]);
+        // A page that starts past the first stage has no empty column.
+        let later: Vec<&proto::Environment> = all[2..].iter().collect();
+        let names: Vec<Vec<&str>> = stages(&all, &later)
+            .iter()
+            .map(|stage| stage.iter().map(|e| e.name.as_str()).collect())
+            .collect();
+        assert_eq!(names, [vec!["qa"], vec!["prod"]]);
     }
 }
