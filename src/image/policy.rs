@@ -4,6 +4,7 @@
 //!
 //! ```yaml
 //! semver: { range: ">=1.2.0, <2" }                       # the highest version in the range
+//! semver: ">=1.2.0, <2"                                   # the same
 //! regex: { pattern: '^main-(?P<ts>\d+)$', extract: ts,   # the highest (order: asc) or lowest
 //!          sort: numerical, order: asc }                  # (desc) sort key the pattern extracts
 //! newest: { pattern: '^main-' }                           # the latest build time (image config `created`)
@@ -495,9 +496,38 @@ struct RawPolicy {
     newest: Option<RawNewest>,
 }
 
+/// `semver: ">=1.2 <2"` or `semver: {range: ">=1.2 <2"}`.
+enum RawSemver {
+    Range(String),
+    Map(RawSemverMap),
+}
+
+impl<'de> Deserialize<'de> for RawSemver {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawSemver;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a version range, or a map with `range`")
+            }
+            fn visit_str<E: serde::de::Error>(self, range: &str) -> Result<RawSemver, E> {
+                Ok(RawSemver::Range(range.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawSemver, A::Error> {
+                RawSemverMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawSemver::Map)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RawSemver {
+struct RawSemverMap {
     range: String,
 }
 
@@ -552,7 +582,8 @@ impl TryFrom<RawPolicy> for TagPolicy {
 
     fn try_from(raw: RawPolicy) -> Result<Self, PolicyError> {
         match (raw.semver, raw.regex, raw.newest) {
-            (Some(raw), None, None) => TagPolicy::semver(&raw.range),
+            (Some(RawSemver::Range(range)), None, None) => TagPolicy::semver(&range),
+            (Some(RawSemver::Map(raw)), None, None) => TagPolicy::semver(&raw.range),
             (None, Some(raw), None) => {
                 let pattern = compile("regex.pattern", &raw.pattern)?;
                 let extract = match raw.extract {
@@ -652,6 +683,14 @@ mod tests {
         assert_eq!(choice.skipped.len(), 5, "every other tag is reported");
         let order: Vec<&str> = choice.skipped.iter().map(|s| s.tag.as_str()).collect();
         assert_eq!(order, ["1.0.0", "1.9.3", "2.0.0", "latest", "1.2"]);
+    }
+
+    #[test]
+    fn a_semver_range_may_be_written_alone() {
+        let p = policy("semver: '>=1.2 <2'");
+        let choice = p.choose(&tags(&["1.1.0", "1.9.0", "2.0.0"]));
+        assert_eq!(choice.chosen.as_deref(), Some("1.9.0"));
+        assert_eq!(p.to_string(), "semver >=1.2 <2");
     }
 
     #[test]
@@ -839,6 +878,8 @@ mod tests {
         assert!(e.contains("sideways"), "{e}");
         let e = refused("semver: {range: '*', prereleases: true}");
         assert!(e.contains("prereleases"), "{e}");
+        let e = refused("semver: [1]");
+        assert!(e.contains("a version range, or a map with `range`"), "{e}");
         let e = refused("latest: {}");
         assert!(e.contains("latest"), "{e}");
         let e = refused("{}");
