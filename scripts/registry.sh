@@ -54,7 +54,9 @@ up() {
   if $auth; then
     command -v htpasswd >/dev/null 2>&1 || { echo "htpasswd not found: run scripts/setup.sh" >&2; exit 1; }
     password=$(openssl rand -hex 16)
-    (umask 077 && htpasswd -Bbn stagehand "$password" > "$dir/htpasswd")
+    # bcrypt's lowest cost: the registry checks the password on every request, and tests and
+    # benchmarks make thousands.
+    (umask 077 && htpasswd -Bbn -C 4 stagehand "$password" > "$dir/htpasswd")
     printf 'auth:\n  htpasswd: {realm: stagehand-test, path: %s}\n' "$dir/htpasswd" >> "$dir/config.yml"
     (umask 077 && printf '{"auths":{"127.0.0.1:%s":{"auth":"%s"}}}\n' "$port" \
       "$(printf 'stagehand:%s' "$password" | base64 -w0)" > "$dir/config.json")
