@@ -21,7 +21,7 @@ use crate::proto::promotion_service_server::PromotionService as _;
 /// Environments per page: a pipeline of a thousand stays quick to serve and to read.
 pub const ENVIRONMENTS_PER_PAGE: usize = 24;
 
-/// Promotions listed under "Recently": what ran where, newest first.
+/// Promotions listed under "Recently": what ran where (or failed to), newest first.
 const RECENT: u32 = 12;
 
 /// The environments shown, in columns by their distance from the start of the pipeline: those
@@ -153,6 +153,16 @@ pub async fn page(
         .list_promotions(ask(
             id,
             proto::ListPromotionsRequest {
+                // Open ones are shown with their blockers in their environment's card.
+                states: [
+                    proto::PromotionState::Succeeded,
+                    proto::PromotionState::Failed,
+                    proto::PromotionState::Rejected,
+                    proto::PromotionState::Aborted,
+                ]
+                .iter()
+                .map(|s| *s as i32)
+                .collect(),
                 page_size: RECENT,
                 ..Default::default()
             },
