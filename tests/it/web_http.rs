@@ -203,6 +203,8 @@ async fn the_web_view_serves_signed_in_people_what_the_api_allows_them_and_refus
         "{csp}"
     );
     assert_eq!(headers["x-frame-options"], "DENY");
+    // Stricter, no-referrer, would make browsers send `Origin: null` on the page's own posts.
+    assert_eq!(headers["referrer-policy"], "same-origin");
     assert_eq!(headers["x-content-type-options"], "nosniff");
     assert_eq!(headers["cache-control"], "no-store");
     assert!(page.contains(r#"<b id="identity">alice</b>"#), "{page}");
