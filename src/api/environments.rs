@@ -219,6 +219,31 @@ impl proto::environment_service_server::EnvironmentService for EnvironmentApi {
         }))
     }
 
+    async fn list_image_sources(
+        &self,
+        request: Request<proto::ListImageSourcesRequest>,
+    ) -> Result<Response<proto::ListImageSourcesResponse>, Status> {
+        let service = self.supervisor.service();
+        let identity = auth::identity(&request)?;
+        let views = service.image_sources().map_err(|e| status_of(e.into()))?;
+        Ok(Response::new(proto::ListImageSourcesResponse {
+            // Only the sources entering an environment the caller may see.
+            sources: views
+                .iter()
+                .filter(|view| {
+                    auth::authorize(
+                        service.access(),
+                        &identity,
+                        &view.source.environment,
+                        Permission::View,
+                    )
+                    .is_ok()
+                })
+                .map(image_source_to_proto)
+                .collect(),
+        }))
+    }
+
     type WatchEnvironmentsStream = EnvironmentStream;
 
     async fn watch_environments(
@@ -530,6 +555,42 @@ fn revision_to_proto(entry: &service::HistoryEntry) -> proto::Revision {
         applied: entry.applied,
         syncs: entry.syncs.iter().map(sync_to_proto).collect(),
         verified: entry.verified,
+        images: entry.images.clone(),
+    }
+}
+
+fn image_source_to_proto(view: &service::images::ImageSourceView) -> proto::ImageSource {
+    let (source, status) = (&view.source, &view.status);
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    proto::ImageSource {
+        name: source.name.clone(),
+        repository: source.repository.to_string(),
+        environment: source.environment.clone(),
+        kustomize_name: source.kustomize_name.clone(),
+        group: source.group.clone().unwrap_or_default(),
+        policy: source.policy.to_string(),
+        pin_digest: source.pin_digest,
+        interval: prost_types::Duration::try_from(source.interval).ok(),
+        status: Some(proto::ImageSourceStatus {
+            last_check_time: status.last_check.map(timestamp),
+            tags: status.tags.map_or(0, count),
+            chosen_tag: status.chosen.clone().unwrap_or_default(),
+            digest: status.digest.clone().unwrap_or_default(),
+            skipped: status
+                .skipped
+                .iter()
+                .map(|s| proto::SkippedTag {
+                    tag: s.tag.clone(),
+                    reason: s.reason.clone(),
+                })
+                .collect(),
+            skipped_total: count(status.skipped_total),
+            error: status.error.clone().unwrap_or_default(),
+            last_commit: status.last_commit.clone().unwrap_or_default(),
+            last_commit_time: status.last_commit_time.map(timestamp),
+            current: status.current.clone().unwrap_or_default(),
+            checks: status.checks,
+        }),
     }
 }
 

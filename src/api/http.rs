@@ -1,6 +1,7 @@
-//! The HTTP listener beside gRPC: Git hosts' push webhooks, `/metrics`, a liveness probe and
-//! the web view (`/ui`, see [`super::web`]). It only translates: a verified webhook becomes
-//! [`Service::fetch_now`].
+//! The HTTP listener beside gRPC: Git hosts' push webhooks, registries' push notifications,
+//! `/metrics`, a liveness probe and the web view (`/ui`, see [`super::web`]). It only
+//! translates: a verified webhook becomes [`Service::fetch_now`], a verified registry
+//! notification [`Service::check_images`].
 
 use std::future::Future;
 use std::pin::pin;
@@ -18,6 +19,7 @@ use tower::Service as _;
 
 use super::limits::{self, Peer, RefusalLog};
 use super::{Error, Listener};
+use crate::service::registry_webhook::{self, RegistryToken};
 use crate::service::reload::Supervisor;
 use crate::service::webhook::WebhookSecret;
 
@@ -29,18 +31,20 @@ pub const WEBHOOK_BODY_LIMIT: usize = 1024 * 1024;
 struct Hooks {
     service: Arc<Supervisor>,
     secret: Option<WebhookSecret>,
+    registry_token: Option<RegistryToken>,
     refusals: Arc<RefusalLog>,
 }
 
-/// Serves `/api/webhook`, `/metrics`, `/healthz` and, with `web`, the web view over HTTP/1.1
-/// until `shutdown` completes.
-/// Without a secret every webhook is refused: an unauthenticated fetch trigger would let anyone
-/// make the service fetch in a loop. A peer may have `connections_per_peer` connections open,
+/// Serves `/api/webhook`, `/api/registry-webhook`, `/metrics`, `/healthz` and, with `web`, the
+/// web view over HTTP/1.1 until `shutdown` completes. Without a secret (a token) every webhook
+/// (registry notification) is refused: an unauthenticated trigger would let anyone make the
+/// service fetch (ask registries) in a loop. A peer may have `connections_per_peer` connections open,
 /// and each request's headers must arrive within [`limits::HEADER_TIMEOUT`].
 pub async fn serve(
     listener: Listener,
     service: Arc<Supervisor>,
     secret: Option<WebhookSecret>,
+    registry_token: Option<RegistryToken>,
     web: Option<Arc<super::web::Web>>,
     connections_per_peer: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -48,11 +52,13 @@ pub async fn serve(
     let refusals = Arc::new(RefusalLog::default());
     let mut app = Router::new()
         .route("/api/webhook", post(webhook))
+        .route("/api/registry-webhook", post(registry_webhook))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .with_state(Arc::new(Hooks {
             service,
             secret,
+            registry_token,
             refusals: refusals.clone(),
         }));
     if let Some(web) = web {
@@ -150,6 +156,59 @@ async fn webhook(
             (StatusCode::UNAUTHORIZED, "signature missing or invalid\n")
         }
     }
+}
+
+async fn registry_webhook(
+    State(hooks): State<Arc<Hooks>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let service = hooks.service.service();
+    let Some(token) = &hooks.registry_token else {
+        refused(
+            &hooks,
+            &peer,
+            "the service has no registry webhook token file",
+        );
+        service.metrics().webhook(None, false);
+        return (
+            StatusCode::UNAUTHORIZED,
+            "registry webhooks are not enabled\n".to_owned(),
+        );
+    };
+    let authorization = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if let Err(rejection) = token.verify(authorization) {
+        refused(&hooks, &peer, &rejection.to_string());
+        service.metrics().webhook(None, false);
+        return (
+            StatusCode::UNAUTHORIZED,
+            "bearer token missing or invalid\n".to_owned(),
+        );
+    }
+    let repositories = match registry_webhook::pushed_repositories(&body) {
+        Ok(repositories) => repositories,
+        Err(error) => return (StatusCode::BAD_REQUEST, format!("{error}\n")),
+    };
+    service.metrics().webhook(Some("registry"), true);
+    let mut woken = Vec::new();
+    for repository in &repositories {
+        match service.check_images(repository) {
+            Ok(names) => woken.extend(names),
+            // Several replicas: the registry retries, and may reach the leader then.
+            Err(error) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")),
+        }
+    }
+    tracing::info!(?repositories, sources = ?woken, "registry webhook: looking now");
+    // Every push is answered 2xx, followed or not: the registry would resend it otherwise.
+    let text = if woken.is_empty() {
+        "no image source follows these repositories\n".to_owned()
+    } else {
+        format!("looking now: {}\n", woken.join(", "))
+    };
+    (StatusCode::ACCEPTED, text)
 }
 
 async fn metrics(State(hooks): State<Arc<Hooks>>) -> impl axum::response::IntoResponse {

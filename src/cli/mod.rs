@@ -5,6 +5,7 @@ mod client;
 mod database;
 mod env;
 mod git;
+mod images;
 mod metrics;
 mod output;
 mod pipeline;
@@ -107,6 +108,9 @@ enum Command {
     /// Delivery metrics per environment over a window: deployments, lead time for changes,
     /// change failure rate, time to restore.
     Metrics(metrics::MetricsArgs),
+    /// The pipeline's image sources: what each last saw in its registry, the tag its policy
+    /// chose (and why others were skipped), and the commit it made.
+    Images(images::ImagesArgs),
 }
 
 impl Cli {
@@ -155,6 +159,7 @@ impl Command {
             Self::Preview(args) => promote::preview(args).await,
             Self::Compare(args) => promote::compare(args).await,
             Self::Metrics(args) => metrics::run(args).await,
+            Self::Images(args) => images::run(args).await,
         }
     }
 }

@@ -42,6 +42,11 @@ pub struct ServeArgs {
     /// HMAC-SHA256) or carry (GitLab's X-Gitlab-Token). Without it every webhook is refused.
     #[arg(long, env = "STAGEHAND_WEBHOOK_SECRET_FILE")]
     webhook_secret_file: Option<PathBuf>,
+    /// A file holding the token container registries send as `Authorization: Bearer <token>`
+    /// with their push notifications (`POST /api/registry-webhook`; docker-registry's
+    /// `notifications.endpoints[].headers`). Without it every registry notification is refused.
+    #[arg(long, env = "STAGEHAND_REGISTRY_WEBHOOK_TOKEN_FILE")]
+    registry_webhook_token_file: Option<PathBuf>,
     /// Browsers reach the HTTP listener's web view (`/ui`) through HTTPS, a proxy or ingress
     /// terminating TLS: session cookies are marked Secure, and sign-in is allowed on an address
     /// other than loopback (where a token would otherwise cross the network in clear).
@@ -302,6 +307,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             )
         }
     };
+    let registry_token = match &args.registry_webhook_token_file {
+        None => None,
+        Some(file) => {
+            let bytes = std::fs::read(file).with_context(|| {
+                format!(
+                    "cannot read the registry webhook token file {}",
+                    file.display()
+                )
+            })?;
+            Some(
+                service::registry_webhook::RegistryToken::from_file_contents(bytes).with_context(
+                    || {
+                        format!(
+                            "the registry webhook token file {} is empty",
+                            file.display()
+                        )
+                    },
+                )?,
+            )
+        }
+    };
     let home = Arc::new(stagehand::cluster::secret::Home::new(
         args.namespace.clone(),
     ));
@@ -446,6 +472,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 listener,
                 service.clone(),
                 secret,
+                registry_token,
                 web,
                 args.max_connections_per_peer as usize,
                 shutdown,

@@ -96,6 +96,7 @@ pub fn revisions(list: &proto::ListRevisionsResponse) -> Value {
                 "requestedBy": r.requested_by,
                 "approvedBy": r.approved_by,
                 "applied": r.applied,
+                "images": r.images,
                 "syncs": r.syncs.iter().map(|s| json!({
                     "startTime": time(&s.start_time),
                     "endTime": time(&s.end_time),

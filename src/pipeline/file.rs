@@ -44,8 +44,9 @@ pub struct ImageSource {
     pub name: String,
     #[serde(default)]
     pub repository: Option<String>,
+    /// Read by validation, so that a bad range or pattern is named by its field.
     #[serde(default)]
-    pub policy: Option<super::images::TagPolicy>,
+    pub policy: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     pub pin_digest: bool,
     #[serde(default)]

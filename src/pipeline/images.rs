@@ -5,7 +5,7 @@
 //!   images:
 //!     - name: web                                  # names the source in trailers, API and CLI
 //!       repository: registry.example.com/shop/web  # registry host, then the repository path
-//!       policy: {semver: ">=1.4.0 <2"}             # which tag is wanted (src/image/policy)
+//!       policy: {semver: {range: ">=1.4.0 <2"}}    # which tag is wanted (src/image/policy)
 //!       pinDigest: true                            # also write the manifest digest
 //!       credentialsSecret: {name: registry-pull}   # docker config.json; or credentialsFile
 //!       interval: 5m                               # between two looks at the registry
@@ -21,18 +21,30 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Stand-in for the tag policy of `src/image/policy.rs` until it lands.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TagPolicy {
-    /// A semver range.
-    #[serde(default)]
-    pub semver: Option<String>,
+use crate::image::policy::TagPolicy;
+
+/// A source's tag policy. Policies compare by what they say (their `Display`: the range, the
+/// pattern and its sort), as compiled patterns do not compare.
+#[derive(Debug, Clone)]
+pub struct Policy(pub TagPolicy);
+
+impl PartialEq for Policy {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_string() == other.0.to_string()
+    }
 }
 
-impl std::fmt::Display for TagPolicy {
+impl std::ops::Deref for Policy {
+    type Target = TagPolicy;
+
+    fn deref(&self) -> &TagPolicy {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Policy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "semver {}", self.semver.as_deref().unwrap_or("*"))
+        self.0.fmt(f)
     }
 }
 
@@ -44,7 +56,7 @@ pub struct ImageSource {
     /// Where the image lives.
     pub repository: ImageRepository,
     /// Which tag is wanted.
-    pub policy: TagPolicy,
+    pub policy: Policy,
     /// Also write the chosen tag's manifest digest (`images[].digest`), so that a tag pushed
     /// again over an old one does not change what runs unseen.
     pub pin_digest: bool,

@@ -592,7 +592,7 @@ spec:
 
     #[test]
     fn image_sources_change_their_interval_freely_and_send_credentials_only_where_the_disk_does() {
-        let images = "  images:\n    - {name: web, repository: registry.example.com/shop/web, policy: {semver: \">=1\"}, credentialsSecret: {name: pull}, interval: 5m}\n  environments:\n";
+        let images = "  images:\n    - {name: web, repository: registry.example.com/shop/web, policy: {semver: {range: \">=1\"}}, credentialsSecret: {name: pull}, interval: 5m}\n  environments:\n";
         let with = |leave: &str| {
             DISK.replace("  environments:\n", images)
                 .replace("[freezeWindows]", leave)

@@ -13,7 +13,9 @@
 //! [`Service::sync`]. Handlers receive an `Arc<Service>` and only translate.
 
 pub mod events;
+pub mod images;
 pub mod notify;
+pub mod registry_webhook;
 pub mod reload;
 pub mod webhook;
 
@@ -200,6 +202,8 @@ pub struct HistoryEntry {
     pub verified: bool,
     /// The recorded passes that attempted this revision, newest first.
     pub syncs: Vec<store::SyncRecord>,
+    /// The images the environment's kustomization sets at this revision (`name:tag@digest`).
+    pub images: Vec<String>,
 }
 
 /// What Git says per environment, shared between the fetch loop and readers.
@@ -232,6 +236,8 @@ pub struct Service {
     /// Per environment, its applied revision and that revision's directory tree, read from the
     /// repository once per revision.
     applied_trees: Mutex<HashMap<String, (String, Option<String>)>>,
+    /// The loops of the image sources (`spec.images`).
+    images: images::Images,
 }
 
 impl Service {
@@ -292,6 +298,14 @@ impl Service {
             },
             repository.panicked_fetch(),
         ));
+        let images = images::Images::start(images::Context {
+            pipeline: pipeline.clone(),
+            repository: repository.clone(),
+            git: git_options.clone(),
+            ownership: ownership.clone(),
+            connections: options.connections.clone(),
+            poller: poller.clone(),
+        });
         let alerts = Arc::new(Mutex::new(HashMap::new()));
         let mut tasks = Vec::new();
         for env in &pipeline.environments {
@@ -367,6 +381,7 @@ impl Service {
                 applied_trees: Mutex::default(),
                 ownership,
                 remote: watch::channel(Arc::default()).0,
+                images,
             }
         });
         let _ = built.send(());
@@ -751,14 +766,27 @@ impl Service {
         let repository = self.repository.clone();
         let pipeline = self.pipeline.clone();
         let environment = name.to_owned();
-        let entries =
-            tokio::task::spawn_blocking(move || repository.history(&pipeline, &environment, limit))
-                .await
-                .expect("reading history returns errors rather than panicking")
-                .map_err(|source| Error::History {
-                    environment: name.to_owned(),
-                    source,
-                })?;
+        let entries = tokio::task::spawn_blocking(move || {
+            let entries = repository.history(&pipeline, &environment, limit)?;
+            let location = git::Location::of(&pipeline, &environment)?;
+            // A kustomization that cannot be read shows no images; its revision still lists.
+            Ok(entries
+                .into_iter()
+                .map(|entry| {
+                    let images = repository
+                        .image_references(&location, entry.commit)
+                        .map(|found| found.into_iter().map(|(_, reference)| reference).collect())
+                        .unwrap_or_default();
+                    (entry, images)
+                })
+                .collect::<Vec<_>>())
+        })
+        .await
+        .expect("reading history returns errors rather than panicking")
+        .map_err(|source| Error::History {
+            environment: name.to_owned(),
+            source,
+        })?;
         let mut syncs = self
             .store
             .sync_history(name, SYNCS_IN_HISTORY)
@@ -794,7 +822,7 @@ impl Service {
             None => None,
         };
         let mut history = Vec::with_capacity(entries.len());
-        for entry in entries {
+        for (entry, images) in entries {
             let commit = entry.commit.to_string();
             let (mine, others) = syncs.drain(..).partition(|s| s.run.revision == commit);
             syncs = others;
@@ -818,6 +846,7 @@ impl Service {
                 verified,
                 syncs: mine,
                 entry,
+                images,
             });
         }
         Ok(history)
@@ -884,8 +913,22 @@ impl Service {
         rx
     }
 
+    /// Every image source with what it last saw; several replicas: only the leader looks, so
+    /// the others refuse naming it.
+    pub fn image_sources(&self) -> Result<Vec<images::ImageSourceView>, shard::NotLeader> {
+        self.ownership.lead()?;
+        Ok(self.images.views(&self.pipeline))
+    }
+
+    /// Makes the image sources of `repository` (a path in a registry, such as `shop/web`)
+    /// look now, as a registry webhook asks; their names.
+    pub fn check_images(&self, repository: &str) -> Result<Vec<String>, shard::NotLeader> {
+        self.images.check_now(repository)
+    }
+
     /// Stops the fetch loop and every reconcile loop; a pass in flight is abandoned.
     pub fn stop(&self) {
+        self.images.stop();
         self.promotions.stop();
         self.poller.stop();
         for task in &self.tasks {

@@ -596,6 +596,13 @@ impl EnvironmentService for Guarded {
     ) -> Result<Response<Self::WatchEnvironmentsStream>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn list_image_sources(
+        &self,
+        _: Request<proto::ListImageSourcesRequest>,
+    ) -> Result<Response<proto::ListImageSourcesResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 /// Serves [`Guarded`] behind the authenticator over an in-process duplex pipe.

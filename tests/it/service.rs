@@ -73,14 +73,21 @@ pub(crate) fn start_server_env(
     extra: &[&str],
     env: &[(&str, &Path)],
 ) -> Server {
+    start_server_at(pipeline, state, secret_file, "127.0.0.1:0", extra, env)
+}
+
+/// As [`start_server_env`], with the HTTP listener on `http` (for senders that must know the
+/// address before the server starts, such as a registry's notification endpoint).
+pub(crate) fn start_server_at(
+    pipeline: &Path,
+    state: &Path,
+    secret_file: &Path,
+    http: &str,
+    extra: &[&str],
+    env: &[(&str, &Path)],
+) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_stagehand"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", http])
         .arg("--pipeline")
         .arg(pipeline)
         .arg("--state-dir")

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use super::{ErrorKind, check_name, field, file, valid_secret_key, valid_secret_name};
 use crate::pipeline::Environment;
-use crate::pipeline::images::{ImageRepository, ImageSource, RegistryCredentials};
+use serde::Deserialize as _;
+
+use crate::image::policy::TagPolicy;
+use crate::pipeline::images::{ImageRepository, ImageSource, Policy, RegistryCredentials};
 
 /// A registry is asked every five minutes unless the file says otherwise, as environments are
 /// synced.
@@ -90,9 +93,12 @@ fn image(
     let policy = raw.policy.ok_or_else(|| {
         field(
             format!("{at}.policy"),
-            "is missing: say which tags are wanted, such as {semver: \">=1.0.0\"}",
+            "is missing: say which tags are wanted, such as {semver: {range: \">=1.0.0\"}}",
         )
     })?;
+    let policy = TagPolicy::deserialize(policy)
+        .map(Policy)
+        .map_err(|e| field(format!("{at}.policy"), e.to_string()))?;
     let credentials = match (raw.credentials_file, raw.credentials_secret) {
         (Some(_), Some(_)) => {
             return Err(field(

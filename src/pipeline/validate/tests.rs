@@ -792,7 +792,7 @@ fn with_images(images: &str) -> String {
 #[test]
 fn an_image_source_enters_the_first_environment_and_sets_its_repository_by_default() {
     let text = with_images(
-        "    - name: web\n      repository: registry.example.com:5000/shop/web\n      policy: {semver: \">=1.0.0\"}\n    - name: nginx\n      repository: nginx\n      policy: {semver: \">=1.25\"}\n      pinDigest: true\n      credentialsSecret: {name: hub-pull}\n      interval: 1m\n      kustomizeName: proxy\n      group: edge\n",
+        "    - name: web\n      repository: registry.example.com:5000/shop/web\n      policy: {semver: {range: \">=1.0.0\"}}\n    - name: nginx\n      repository: nginx\n      policy: {semver: {range: \">=1.25\"}}\n      pinDigest: true\n      credentialsSecret: {name: hub-pull}\n      interval: 1m\n      kustomizeName: proxy\n      group: edge\n",
     );
     let p = parse(Path::new("/etc/stagehand/pipeline.yaml"), &text).expect("valid");
     let [web, nginx] = &p.images[..] else {
@@ -821,8 +821,7 @@ fn an_image_source_enters_the_first_environment_and_sets_its_repository_by_defau
 
 #[test]
 fn image_sources_are_validated_naming_the_field() {
-    let source =
-        "    - {name: web, repository: registry.example.com/shop/web, policy: {semver: \">=1\"}}\n";
+    let source = "    - {name: web, repository: registry.example.com/shop/web, policy: {semver: {range: \">=1\"}}}\n";
     assert!(parse(Path::new("p.yaml"), &with_images(source)).is_ok());
     let cases = [
         (
@@ -831,7 +830,7 @@ fn image_sources_are_validated_naming_the_field() {
             "spec.images[0].repository: is missing",
         ),
         (
-            ", policy: {semver: \">=1\"}",
+            ", policy: {semver: {range: \">=1\"}}",
             "",
             "spec.images[0].policy: is missing",
         ),
@@ -892,6 +891,16 @@ fn image_sources_are_validated_naming_the_field() {
             "spec.images[0].group",
         ),
         ("{name: web,", "{name: web, pinDigest: maybe,", "pinDigest"),
+        (
+            "\">=1\"",
+            "\">=x\"",
+            "field spec.images[0].policy: semver.range: \">=x\" is not a version range",
+        ),
+        (
+            "{range: \">=1\"}",
+            "{rang: \">=1\"}",
+            "spec.images[0].policy",
+        ),
     ];
     for (from, to, expected) in cases {
         let text = with_images(&source.replace(from, to));
@@ -904,7 +913,7 @@ fn image_sources_are_validated_naming_the_field() {
 fn image_sources_must_not_collide_and_a_group_enters_one_environment() {
     let two = |a: &str, b: &str| {
         with_images(&format!(
-            "    - {{name: web, repository: r.example.com/web, policy: {{semver: \">=1\"}}{a}}}\n    - {{name: api, repository: r.example.com/api, policy: {{semver: \">=1\"}}{b}}}\n"
+            "    - {{name: web, repository: r.example.com/web, policy: {{semver: {{range: \">=1\"}}}}{a}}}\n    - {{name: api, repository: r.example.com/api, policy: {{semver: {{range: \">=1\"}}}}{b}}}\n"
         ))
     };
     assert!(parse(Path::new("p.yaml"), &two(", group: shop", ", group: shop")).is_ok());
