@@ -5,12 +5,15 @@
 //! - fleet: 1,000 environments of 10 objects, a commit touching all → every one applied (wall
 //!   time, peak RSS), the shape of Flux's published benchmark.
 //!
+//! - images: a tag pushed to a registry (skopeo) → the commit an image source makes for it
+//!   applied in the first environment, via the registry's notification and via a 1 s poll; and
+//!   the registry requests one poll of 100 image sources makes (counted by a proxy);
 //! - promote: the last approval of a promotion → the target (50 objects) reported Healthy;
 //! - verify: the same with and without a verification check, side by side;
 //! - promotions: ListPromotions over 10,000 stored promotions from 100 concurrent clients, and
 //!   the server's RSS with them.
 //!
-//! `cargo bench --bench service [latency|idle|rps|fleet|promote|verify|promotions ...]` (all by default). Uses
+//! `cargo bench --bench service [latency|idle|rps|fleet|images|promote|verify|promotions ...]` (all by default). Uses
 //! `STAGEHAND_TEST_KUBECONFIG` when set, else starts a private apiserver.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -26,6 +29,9 @@ use stagehand::service::webhook::WebhookSecret;
 
 #[path = "support/cluster.rs"]
 mod cluster;
+#[path = "../tests/it/support/registry.rs"]
+#[allow(dead_code)]
+mod registry;
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -158,14 +164,20 @@ impl Drop for Server {
 
 impl Server {
     fn start(pipeline: &Path, state: &Path, secret: &Path) -> Self {
+        Self::start_with(pipeline, state, secret, "127.0.0.1:0", &[])
+    }
+
+    /// With the HTTP listener on `http` and `extra` arguments.
+    fn start_with(
+        pipeline: &Path,
+        state: &Path,
+        secret: &Path,
+        http: &str,
+        extra: &[&str],
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_stagehand"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0", "--http-listen", http])
+            .args(extra)
             .arg("--pipeline")
             .arg(pipeline)
             .arg("--state-dir")
@@ -325,6 +337,235 @@ impl Bench {
                 times[2], times[0], times[4]
             );
         }
+    }
+
+    /// A tag pushed → its image commit applied in the first environment, via the registry's
+    /// notification and via a 1 s poll; then the registry requests of polls of 100 sources.
+    async fn images(&self) {
+        const TOKEN: &str = "bench-registry-token";
+        let token_file = self.dir.join("registry-token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token file");
+        let token_arg = token_file.display().to_string();
+        for (mode, interval) in [("webhook", "1h"), ("poll", "1s")] {
+            let dir = self.scenario(&format!("images-{mode}"));
+            let http = free_address();
+            let registry = registry::TestRegistry::start(
+                &dir.join("registry"),
+                registry::Options {
+                    notify: (mode == "webhook")
+                        .then(|| format!("http://{http}/api/registry-webhook")),
+                    notify_token: Some(TOKEN.to_owned()),
+                    ..Default::default()
+                },
+            );
+            let image = format!("{}/shop/web", registry.address);
+            registry.push("shop/web", "1.0.0");
+            let repo = Repo::new(&dir);
+            let env = format!("b{}-img{mode}", self.run);
+            let overlay = repo.work.join("envs").join(&env);
+            std::fs::create_dir_all(&overlay).expect("overlay");
+            std::fs::write(
+                overlay.join("kustomization.yaml"),
+                format!(
+                    "namespace: {env}\nresources: [app.yaml]\nimages:\n  - name: web\n    newName: {image}\n    newTag: 1.0.0\n"
+                ),
+            )
+            .expect("kustomization");
+            std::fs::write(
+                overlay.join("app.yaml"),
+                format!(
+                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {env}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers: [{{name: web, image: web}}]\n"
+                ),
+            )
+            .expect("app");
+            let first = repo.commit_and_push("1.0.0");
+            let config = dir.join("config.json");
+            std::fs::write(&config, registry.docker_config()).expect("config");
+            let pipeline = repo.pipeline(
+                &format!("img{mode}{}", self.run),
+                std::slice::from_ref(&env),
+                "1h",
+                &self.kubeconfig,
+            );
+            let text = std::fs::read_to_string(&pipeline).expect("pipeline");
+            std::fs::write(
+                &pipeline,
+                text.replace(
+                    "  environments:\n",
+                    &format!(
+                        "  images:\n    - {{name: web, repository: {image}, kustomizeName: web, pinDigest: true, interval: {interval}, credentialsFile: {}, policy: {{semver: {{range: \">=1\"}}}}}}\n  environments:\n",
+                        config.display()
+                    ),
+                ),
+            )
+            .expect("pipeline");
+            let server = Server::start_with(
+                &pipeline,
+                &dir.join("state"),
+                &self.secret_file,
+                &http.to_string(),
+                &["--registry-webhook-token-file", &token_arg],
+            );
+            until_applied(
+                &server.grpc,
+                std::slice::from_ref(&env),
+                &first,
+                Duration::from_secs(120),
+            )
+            .await;
+            let mut client = EnvironmentServiceClient::connect(server.grpc.clone())
+                .await
+                .expect("gRPC");
+            let (mut times, mut pushes) = (Vec::new(), Vec::new());
+            let mut last = String::new();
+            for round in 1..=5 {
+                let started = Instant::now();
+                registry.push("shop/web", &format!("1.0.{round}"));
+                pushes.push(started.elapsed());
+                let commit = loop {
+                    let sources = client
+                        .list_image_sources(proto::ListImageSourcesRequest {})
+                        .await
+                        .expect("ListImageSources")
+                        .into_inner()
+                        .sources;
+                    let status = sources[0].status.clone().unwrap_or_default();
+                    if !status.last_commit.is_empty() && status.last_commit != last {
+                        break status.last_commit;
+                    }
+                    assert!(
+                        started.elapsed() < Duration::from_secs(60),
+                        "no commit for 1.0.{round}: {status:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                };
+                until_applied(
+                    &server.grpc,
+                    std::slice::from_ref(&env),
+                    &commit,
+                    Duration::from_secs(60),
+                )
+                .await;
+                times.push(started.elapsed());
+                last = commit;
+            }
+            times.sort();
+            pushes.sort();
+            println!(
+                "images via {mode:<7}: skopeo push -> new tag applied in the first environment: median {:?}, min {:?}, max {:?} (5 tags; the push itself median {:?})",
+                times[2], times[0], times[4], pushes[2]
+            );
+        }
+        for pin in [false, true] {
+            self.image_requests(100, pin).await;
+        }
+    }
+
+    /// Polls of `sources` image sources (one repository each, 2 s interval) through a proxy
+    /// that counts the HTTP requests reaching the registry.
+    async fn image_requests(&self, sources: usize, pin: bool) {
+        let dir = self.scenario(&format!("images-requests-{pin}"));
+        let registry =
+            registry::TestRegistry::start(&dir.join("registry"), registry::Options::default());
+        let proxy = CountingProxy::start(&registry.address);
+        let mut digests = Vec::new();
+        for i in 0..sources {
+            digests.push(registry.push(&format!("app{i:03}/web"), "1.0.0"));
+        }
+        let repo = Repo::new(&dir);
+        let env = format!("b{}-imgreq{pin}", self.run);
+        let overlay = repo.work.join("envs").join(&env);
+        std::fs::create_dir_all(&overlay).expect("overlay");
+        let mut kustomization = format!("namespace: {env}\nresources: [ns.yaml]\nimages:\n");
+        let mut images = String::from("  images:\n");
+        for (i, digest) in digests.iter().enumerate() {
+            let image = format!("{}/app{i:03}/web", proxy.address);
+            kustomization.push_str(&format!("  - name: {image}\n    newTag: 1.0.0\n"));
+            if pin {
+                kustomization.push_str(&format!("    digest: {digest}\n"));
+            }
+            images.push_str(&format!(
+                "    - {{name: app{i:03}, repository: {image}, pinDigest: {pin}, interval: 2s, credentialsFile: {}, policy: {{semver: {{range: \">=1\"}}}}}}\n",
+                dir.join("config.json").display()
+            ));
+        }
+        std::fs::write(overlay.join("kustomization.yaml"), kustomization).expect("kustomization");
+        std::fs::write(
+            overlay.join("ns.yaml"),
+            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {env}\n"),
+        )
+        .expect("ns");
+        let first = repo.commit_and_push("100 images");
+        let (user, password) = registry
+            .credentials
+            .clone()
+            .expect("the registry asks for a login");
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        std::fs::write(
+            dir.join("config.json"),
+            format!(
+                "{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}",
+                proxy.address
+            ),
+        )
+        .expect("config");
+        let pipeline = repo.pipeline(
+            &format!("imgreq{pin}{}", self.run),
+            std::slice::from_ref(&env),
+            "1h",
+            &self.kubeconfig,
+        );
+        let text = std::fs::read_to_string(&pipeline).expect("pipeline");
+        std::fs::write(
+            &pipeline,
+            text.replace("  environments:\n", &format!("{images}  environments:\n")),
+        )
+        .expect("pipeline");
+        let server = Server::start(&pipeline, &dir.join("state"), &self.secret_file);
+        until_applied(
+            &server.grpc,
+            std::slice::from_ref(&env),
+            &first,
+            Duration::from_secs(120),
+        )
+        .await;
+        let mut client = EnvironmentServiceClient::connect(server.grpc.clone())
+            .await
+            .expect("gRPC");
+        let looks = async |client: &mut EnvironmentServiceClient<tonic::transport::Channel>| {
+            let sources = client
+                .list_image_sources(proto::ListImageSourcesRequest {})
+                .await
+                .expect("ListImageSources")
+                .into_inner()
+                .sources;
+            for s in &sources {
+                let status = s.status.clone().unwrap_or_default();
+                assert!(status.error.is_empty(), "{}: {}", s.name, status.error);
+                assert!(status.last_commit.is_empty(), "{} committed", s.name);
+            }
+            sources
+                .iter()
+                .map(|s| s.status.clone().unwrap_or_default().checks)
+                .collect::<Vec<u64>>()
+        };
+        // The first look of each source learns how its registry authenticates.
+        while looks(&mut client).await.iter().any(|c| *c < 2) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (requests_before, checks_before) = (proxy.requests(), looks(&mut client).await);
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let (requests_after, checks_after) = (proxy.requests(), looks(&mut client).await);
+        let checks: u64 = checks_after.iter().sum::<u64>() - checks_before.iter().sum::<u64>();
+        let requests = requests_after - requests_before;
+        println!(
+            "images: {sources} sources (pinDigest: {pin}), 2 s interval, over {:?}: {checks} looks, {requests} registry requests: {:.2} per look, {:.0} per poll of all {sources}",
+            started.elapsed(),
+            requests as f64 / checks as f64,
+            requests as f64 / checks as f64 * sources as f64,
+        );
     }
 
     async fn idle(&self) {
@@ -647,6 +888,9 @@ fn main() {
         if wants("idle") {
             bench.idle().await;
         }
+        if wants("images") {
+            bench.images().await;
+        }
         if wants("promote") {
             bench.promote().await;
         }
@@ -661,4 +905,71 @@ fn main() {
         }
     });
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A free loopback address, for a listener whose address must be known before it starts.
+fn free_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("bound")
+}
+
+/// A TCP proxy on loopback in front of `upstream` that counts the HTTP requests passing it
+/// (their header blocks: the requests a registry client sends have no body).
+struct CountingProxy {
+    address: String,
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CountingProxy {
+    fn start(upstream: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("bound").to_string();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = count.clone();
+        let upstream = upstream.to_owned();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (mut client_read, mut server_write) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                let (mut server_read, mut client_write) = (server, client);
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let mut buffer = [0u8; 16 * 1024];
+                    let mut tail: Vec<u8> = Vec::new();
+                    loop {
+                        let n = match client_read.read(&mut buffer) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        tail.extend_from_slice(&buffer[..n]);
+                        let ends = tail.windows(4).filter(|w| *w == b"\r\n\r\n").count();
+                        counter.fetch_add(ends as u64, Ordering::Relaxed);
+                        // Three bytes carry a terminator split between two reads; no
+                        // counted one fits in them again.
+                        let keep = tail.len().saturating_sub(3);
+                        tail.drain(..keep);
+                        if server_write.write_all(&buffer[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server_write.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut server_read, &mut client_write);
+                    let _ = client_write.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Self { address, count }
+    }
+
+    fn requests(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }

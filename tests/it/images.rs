@@ -22,7 +22,7 @@ use crate::service::{Server, eventually, start_server_at};
 use crate::support::cluster::{cluster, unique_suffix};
 use crate::support::git::{Repo, bare_remote, git};
 use crate::support::git_http::GitHttpServer;
-use crate::support::registry::{TestRegistry, registry};
+use crate::support::registry::{self, TestRegistry, registry};
 
 const DEV: &str = "\
 # dev: the tags the image sources move
@@ -946,4 +946,61 @@ async fn a_forged_registry_notification_is_refused_and_a_true_one_looks_at_once(
     );
     assert_eq!(looked.last_commit, served.tip());
     assert_ne!(served.tip(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_the_registry_notifies_is_committed_without_waiting_for_the_poll() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The registry must know the webhook's address before the server starts.
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let own = TestRegistry::start(
+        dir.path(),
+        registry::Options {
+            notify: Some(format!("http://{http}/api/registry-webhook")),
+            notify_token: Some(REGISTRY_TOKEN.to_owned()),
+            ..Default::default()
+        },
+    );
+    let web = Image {
+        registry: &own,
+        path: "shop/web".into(),
+    };
+    web.push("1.0.0");
+    let served = Served::new(
+        &format!("  - name: web\n    newName: {}\n    newTag: 1.0.0\n", web.reference()),
+        &format!(
+            "    - name: web\n      repository: {reference}\n      policy: {{semver: {{range: \">=1\"}}}}\n      \
+             credentialsFile: CONFIG\n      interval: 1h\n      kustomizeName: web\n",
+            reference = web.reference(),
+        ),
+    )
+    .await;
+    let config = served.file("config.json", &own.docker_config());
+    let text = std::fs::read_to_string(&served.pipeline).expect("pipeline");
+    std::fs::write(
+        &served.pipeline,
+        text.replace("CONFIG", config.to_str().expect("UTF-8")),
+    )
+    .expect("pipeline");
+    let server = served.start_at(&http.to_string());
+    until_source(&server, "web", "the look at start", |s| s.checks >= 1).await;
+
+    let digest = web.push("1.1.0");
+    let looked = until_source(
+        &server,
+        "web",
+        "1.1.0 committed after the registry's notification",
+        |s| !s.last_commit.is_empty(),
+    )
+    .await;
+    assert_eq!(
+        (looked.chosen_tag.as_str(), looked.digest.as_str()),
+        ("1.1.0", digest.as_str())
+    );
+    eventually("1.1.0 runs in dev", || async {
+        served.running("web").await == Some(format!("{}:1.1.0", web.reference()))
+    })
+    .await;
 }

@@ -41,6 +41,9 @@ pub struct Options {
     pub no_auth: bool,
     /// Where the registry POSTs its notification envelopes (pushes), e.g. a webhook URL.
     pub notify: Option<String>,
+    /// With `notify`: the token the registry sends as `Authorization: Bearer <token>` with each
+    /// envelope (its endpoint's `headers`).
+    pub notify_token: Option<String>,
 }
 
 fn script() -> PathBuf {
@@ -70,6 +73,17 @@ fn up(dir: &Path, options: &Options, watch: bool) -> String {
     }
     if let Some(url) = &options.notify {
         command.arg("--notify").arg(url);
+        if let Some(token) = &options.notify_token {
+            // docker-registry takes a whole setting from REGISTRY_<PATH> in its environment,
+            // which registry.sh passes on: this endpoint, with its header, replaces the file's.
+            command.env(
+                "REGISTRY_NOTIFICATIONS_ENDPOINTS",
+                format!(
+                    "[{{name: stagehand, url: {url:?}, headers: {{Authorization: [\"Bearer {token}\"]}}, \
+                     timeout: 2s, threshold: 3, backoff: 200ms}}]"
+                ),
+            );
+        }
     }
     if watch {
         command.arg("--watch").arg(std::process::id().to_string());
