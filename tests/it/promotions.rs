@@ -35,7 +35,7 @@ const AUTHOR_EMAIL: &str = "author@example.test";
 
 type Promotions = PromotionServiceClient<Channel>;
 
-fn state_of(p: &proto::Promotion) -> proto::PromotionState {
+pub(crate) fn state_of(p: &proto::Promotion) -> proto::PromotionState {
     proto::PromotionState::try_from(p.state).expect("a known state")
 }
 
@@ -257,7 +257,7 @@ spec:
     }
 }
 
-async fn get(api: &mut Promotions, token: &str, id: &str) -> proto::Promotion {
+pub(crate) async fn get(api: &mut Promotions, token: &str, id: &str) -> proto::Promotion {
     api.get_promotion(with_token(
         token,
         proto::GetPromotionRequest { id: id.into() },
@@ -268,7 +268,12 @@ async fn get(api: &mut Promotions, token: &str, id: &str) -> proto::Promotion {
 }
 
 /// Waits until promotion `id` reaches `state` (or fails the test when it ends elsewhere).
-async fn until_state(api: &Promotions, token: &str, id: &str, state: proto::PromotionState) {
+pub(crate) async fn until_state(
+    api: &Promotions,
+    token: &str,
+    id: &str,
+    state: proto::PromotionState,
+) {
     eventually(&format!("promotion {id} reaches {state:?}"), || {
         let mut api = api.clone();
         async move {
@@ -292,7 +297,7 @@ async fn until_state(api: &Promotions, token: &str, id: &str, state: proto::Prom
     .await;
 }
 
-async fn request(
+pub(crate) async fn request(
     api: &mut Promotions,
     token: &str,
     target: &str,
