@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use thirtyfour::error::WebDriverErrorInner;
 use thirtyfour::prelude::*;
 
 use crate::support::cluster::install_crypto_provider;
@@ -260,13 +261,19 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{}: the page source is readable: {e}", self.name))
     }
 
-    /// Clicks the first element matching `css` (waiting for it).
+    /// Clicks the first element matching `css` (waiting for it). A live update may replace
+    /// the element between finding and clicking it; the click then goes to its replacement.
     pub async fn click(&self, css: &str) {
-        self.wait_for(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("{}: {css} is clicked: {e}", self.name));
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self.wait_for(css).await.click().await {
+                Ok(()) => return,
+                Err(e)
+                    if matches!(e.as_inner(), WebDriverErrorInner::StaleElementReference(_))
+                        && Instant::now() < deadline => {}
+                Err(e) => panic!("{}: {css} is clicked: {e}", self.name),
+            }
+        }
     }
 
     /// Types `text` into the first element matching `css` (waiting for it).
