@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
 use serde_json::json;
 use stagehand::proto;
 use stagehand::proto::environment_service_client::EnvironmentServiceClient;
@@ -782,6 +784,16 @@ async fn two_approvers_approve_in_their_browsers_and_the_pages_follow_the_promot
     assert_eq!(
         fx.value_of(&kube, "staging").await.as_deref(),
         Some("dev-1")
+    );
+    // The value the pages must never show is live in the cluster: the promotion carried dev's
+    // Secret into staging, decrypted.
+    let db = Api::<Secret>::namespaced(kube.clone(), &fx.namespaces[1])
+        .get("db")
+        .await
+        .expect("staging's Secret");
+    assert_eq!(
+        db.data.expect("data")["password"].0,
+        DEV_PASSWORD.as_bytes()
     );
     bob.screenshot("promotion-succeeded").await;
     alice.screenshot("pipeline-succeeded").await;
