@@ -756,8 +756,8 @@ async fn two_approvers_approve_in_their_browsers_and_the_pages_follow_the_promot
     mark(&bob).await;
 
     // dave approves: two of two. It runs to Succeeded, and the pages follow: bob's promotion
-    // page shows it succeeded; alice's pipeline page shows staging running its commit, the
-    // promotion no longer open.
+    // page shows it succeeded; alice's pipeline page shows staging running its commit and the
+    // promotion among those that ended recently, no longer open.
     dave.click("form.approve button[type=submit]").await;
     bob.wait_for("#state[data-state=succeeded]").await;
     assert_not_reloaded(&bob).await;
@@ -780,6 +780,11 @@ async fn two_approvers_approve_in_their_browsers_and_the_pages_follow_the_promot
         ))
         .await;
     assert_eq!(alice.count(&promotion).await, 0, "still shown as open");
+    alice
+        .wait_for(&format!(
+            ".recent-promotion[data-promotion=\"{id}\"][data-state=succeeded]"
+        ))
+        .await;
     assert_not_reloaded(&alice).await;
     assert_eq!(
         fx.value_of(&kube, "staging").await.as_deref(),
