@@ -75,6 +75,12 @@ pub fn incoming(
                     drop(stream);
                     continue;
                 };
+                // An answer goes out in several writes (HTTP/2 headers, data, trailers); with
+                // Nagle's algorithm the later ones wait for the client's delayed ACK, 40 ms on
+                // Linux, on every call. tonic's own listener sets this; ours must too.
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%error, peer = %addr, "could not set TCP_NODELAY");
+                }
                 let connection = Connection {
                     stream,
                     peer: Peer {
@@ -316,6 +322,26 @@ mod tests {
         assert!(
             remembered <= REMEMBERED_PEERS + 1,
             "{remembered} peers remembered"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_accepted_connection_sends_small_writes_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        let limits = ConnectionLimits {
+            per_peer: 4,
+            first_request: None,
+        };
+        let mut accepted = Box::pin(incoming(listener, limits, Arc::default()));
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let connection = futures::StreamExt::next(&mut accepted)
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        assert!(
+            connection.stream.nodelay().expect("readable option"),
+            "Nagle's algorithm holds the second write of an answer for the client's delayed ACK"
         );
     }
 }
