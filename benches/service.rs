@@ -11,9 +11,11 @@
 //! - promote: the last approval of a promotion → the target (50 objects) reported Healthy;
 //! - verify: the same with and without a verification check, side by side;
 //! - promotions: ListPromotions over 10,000 stored promotions from 100 concurrent clients, and
-//!   the server's RSS with them.
+//!   the server's RSS with them;
+//! - web: the web view's pipeline page at 20 environments and 1,000 stored promotions, and at
+//!   1,000 and 100,000: server time per page and its size, beside ListEnvironments over gRPC.
 //!
-//! `cargo bench --bench service [latency|idle|rps|fleet|images|promote|verify|promotions ...]` (all by default). Uses
+//! `cargo bench --bench service [latency|idle|rps|fleet|images|promote|verify|promotions|web ...]` (all by default). Uses
 //! `STAGEHAND_TEST_KUBECONFIG` when set, else starts a private apiserver.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -859,6 +861,217 @@ impl Bench {
     }
 }
 
+/// The median and 90th percentile of `times` (sorted here).
+fn median_p90(times: &mut [Duration]) -> (Duration, Duration) {
+    times.sort();
+    (times[times.len() / 2], times[times.len() * 9 / 10])
+}
+
+impl Bench {
+    /// The web view's pipeline page at 20 environments and 1,000 stored promotions, then at
+    /// 1,000 environments and 100,000: the time the server takes to answer a page (one client,
+    /// one request at a time, over a kept-alive connection) and its size, side by side with
+    /// ListEnvironments over gRPC in the same run.
+    async fn web(&self) {
+        self.web_at(20, 1_000).await;
+        self.web_at(1_000, 100_000).await;
+    }
+
+    /// `environments` in chains of 4 (a start and three stages promoted one from the next),
+    /// `stored` finished promotions written through the store as the engine writes them, and an
+    /// open promotion awaiting 2 approvals into the second stage of every chain, requested over
+    /// gRPC so that the page shows its blockers.
+    async fn web_at(&self, environments: usize, stored: u32) {
+        const CHAIN: usize = 4;
+        const ROUNDS: usize = 30;
+        let dir = self.scenario(&format!("web-{environments}"));
+        let repo = Repo::new(&dir);
+        let envs = self.envs(&format!("web{environments}"), environments);
+        let (starts, rest): (Vec<_>, Vec<_>) = envs
+            .iter()
+            .cloned()
+            .enumerate()
+            .partition(|(i, _)| i % CHAIN == 0);
+        let starts: Vec<String> = starts.into_iter().map(|(_, e)| e).collect();
+        let rest: Vec<String> = rest.into_iter().map(|(_, e)| e).collect();
+        // The starts run a revision the next stage does not, so that a promotion has something
+        // to bring.
+        repo.write(&starts, 1, "r1");
+        repo.write(&rest, 1, "r0");
+        let first = repo.commit_and_push("r0");
+        let file = repo.pipeline(
+            &format!("web{environments}{}", self.run),
+            &envs,
+            "1h",
+            &self.kubeconfig,
+        );
+        let mut text = std::fs::read_to_string(&file).expect("pipeline");
+        for (at, env) in envs.iter().enumerate().filter(|(at, _)| at % CHAIN != 0) {
+            let entry = format!("    - name: {env}\n");
+            text = text.replace(
+                &entry,
+                &format!(
+                    "{entry}      promotesFrom: {}\n      approval: {{required: 2}}\n      promote: {{files: [objects.yaml]}}\n",
+                    envs[at - 1]
+                ),
+            );
+        }
+        std::fs::write(&file, text).expect("pipeline");
+        let state = dir.join("state");
+        let filled = Instant::now();
+        {
+            use stagehand::store::{self, PromotionState, Store as _};
+            let store = store::SqliteStore::open(&state).await.expect("store");
+            let now = std::time::SystemTime::now();
+            for i in 0..stored {
+                let target = i as usize % rest.len();
+                let at = (target / (CHAIN - 1)) * CHAIN + target % (CHAIN - 1) + 1;
+                let fate = match i % 20 {
+                    0 => PromotionState::Failed,
+                    1 => PromotionState::Rejected,
+                    _ => PromotionState::Succeeded,
+                };
+                store
+                    .create_promotion(store::NewPromotion {
+                        id: store::new_promotion_id(),
+                        kind: store::PromotionKind::Promotion,
+                        source_environment: Some(envs[at - 1].clone()),
+                        target_environment: envs[at].clone(),
+                        revision: first.clone(),
+                        rerun: false,
+                        requested_by: format!("user-{}", i % 50),
+                        reason: "bench".into(),
+                        state: fate,
+                        at: now - Duration::from_secs(u64::from(stored - i)),
+                        detail: None,
+                    })
+                    .await
+                    .expect("stored");
+            }
+        }
+        let filled = filled.elapsed();
+        let server = Server::start(&file, &state, &self.secret_file);
+        until_applied(&server.grpc, &envs, &first, Duration::from_secs(1800)).await;
+        let mut promotions = PromotionServiceClient::connect(server.grpc.clone())
+            .await
+            .expect("gRPC");
+        let second: Vec<&String> = envs.iter().skip(1).step_by(CHAIN).collect();
+        for target in &second {
+            promotions
+                .request_promotion(proto::RequestPromotionRequest {
+                    target_environment: (*target).clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("requested");
+        }
+        let started = Instant::now();
+        loop {
+            let waiting = promotions
+                .list_promotions(proto::ListPromotionsRequest {
+                    states: vec![proto::PromotionState::AwaitingApproval as i32],
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await
+                .expect("ListPromotions")
+                .into_inner()
+                .promotions
+                .len();
+            if waiting == second.len() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "{waiting} of {} promotions awaiting approval",
+                second.len()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("HTTP client");
+        let base = format!("http://{}", server.http);
+        // Without a tokens file everyone is anonymous; signing in still makes the session.
+        let signed_in = http
+            .post(format!("{base}/ui/sign-in"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", &base)
+            .body("token=")
+            .send()
+            .await
+            .expect("sign-in");
+        assert_eq!(signed_in.status(), reqwest::StatusCode::SEE_OTHER);
+        let cookie = signed_in
+            .headers()
+            .get(reqwest::header::SET_COOKIE)
+            .and_then(|c| c.to_str().ok())
+            .and_then(|c| c.split(';').next())
+            .expect("a session cookie")
+            .to_owned();
+        let pages = environments.div_ceil(24);
+        let mut shown = vec![(0, "first")];
+        if pages > 1 {
+            shown.push((pages - 1, "last"));
+        }
+        let mut environments_client = EnvironmentServiceClient::connect(server.grpc.clone())
+            .await
+            .expect("gRPC");
+        let mut list_times = Vec::new();
+        let mut page_times: Vec<Vec<Duration>> = vec![Vec::new(); shown.len()];
+        let mut sizes = vec![0; shown.len()];
+        let mut list_size = 0;
+        // In turns, so that a slow spell of the machine lands on both alike.
+        for _ in 0..ROUNDS {
+            let t = Instant::now();
+            let list = environments_client
+                .list_environments(proto::ListEnvironmentsRequest {})
+                .await
+                .expect("ListEnvironments")
+                .into_inner();
+            list_times.push(t.elapsed());
+            assert_eq!(list.environments.len(), environments);
+            list_size = prost::Message::encoded_len(&list);
+            for (k, (page, _)) in shown.iter().enumerate() {
+                let t = Instant::now();
+                let response = http
+                    .get(format!("{base}/ui/?page={page}"))
+                    .header("cookie", &cookie)
+                    .send()
+                    .await
+                    .expect("the pipeline page");
+                assert_eq!(response.status(), reqwest::StatusCode::OK);
+                let body = response.text().await.expect("a body");
+                page_times[k].push(t.elapsed());
+                // The page shows its open promotions with their blockers.
+                assert!(
+                    body.contains("awaiting_approval"),
+                    "page {page} shows no waiting promotion"
+                );
+                sizes[k] = body.len();
+            }
+        }
+        let (list_median, list_p90) = median_p90(&mut list_times);
+        println!(
+            "web, {environments} environments, {stored} stored promotions ({} open, filled in {filled:.1?}): ListEnvironments {:.0} kB, median {list_median:?}, p90 {list_p90:?}",
+            second.len(),
+            list_size as f64 / 1024.0
+        );
+        for (k, (page, name)) in shown.iter().enumerate() {
+            let (median, p90) = median_p90(&mut page_times[k]);
+            println!(
+                "web, {environments} environments: pipeline page {} of {pages} ({name}) {:.0} kB, median {median:?}, p90 {p90:?}: {:.1}x ListEnvironments' median",
+                page + 1,
+                sizes[k] as f64 / 1024.0,
+                median.as_secs_f64() / list_median.as_secs_f64()
+            );
+        }
+        let (rss, _) = server.usage();
+        println!("web, {environments} environments: server peak RSS {rss:.0} MiB");
+    }
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let chosen: Vec<String> = std::env::args()
@@ -902,6 +1115,9 @@ fn main() {
         }
         if wants("fleet") {
             bench.fleet().await;
+        }
+        if wants("web") {
+            bench.web().await;
         }
     });
     let _ = std::fs::remove_dir_all(dir);
