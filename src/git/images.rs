@@ -16,10 +16,10 @@
 //! says what the update would write gets no commit ([`Outcome::NoChange`]).
 
 use gix::ObjectId;
-use gix::objs::tree::EntryKind;
 
-use super::promote::{Identity, Options, backoff, write_error};
-use super::revision::{self, Location, commit_tree};
+use super::promote::Options;
+use super::revision::{self, Location};
+use super::write::{self, Attempt, Pushed, Refused, WriteError};
 use super::{Repository, fetch, push, yaml_edit};
 use crate::pipeline::Pipeline;
 use crate::render::fs::FileSystem;
@@ -90,6 +90,21 @@ pub enum Outcome {
     },
 }
 
+impl From<Pushed> for Outcome {
+    fn from(pushed: Pushed) -> Self {
+        let Pushed {
+            commit,
+            parent,
+            attempts,
+        } = pushed;
+        Self::Pushed {
+            commit,
+            parent,
+            attempts,
+        }
+    }
+}
+
 /// Why an image update could not be committed.
 #[derive(Debug, thiserror::Error)]
 // Each variant is described by its message, and its fields by the names the message uses.
@@ -131,14 +146,13 @@ pub enum Error {
     Fenced { reason: String },
     #[error(transparent)]
     Push(#[from] push::Error),
-    #[error("the remote declined the push to branch {branch:?}: {reason}")]
-    Declined { branch: String, reason: String },
-    #[error("branch {branch:?} moved on every one of {attempts} pushes; giving up")]
-    Contended { branch: String, attempts: u32 },
+    /// Declined by the remote, or others kept pushing first.
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error(transparent)]
     Sign(#[from] super::sign::SignError),
     #[error(transparent)]
-    Write(#[from] super::promote::Error),
+    Write(#[from] WriteError),
 }
 
 impl Repository {
@@ -192,10 +206,8 @@ impl Repository {
     ) -> Result<Outcome, Error> {
         check_values(update)?;
         let location = Location::of(pipeline, &update.environment)?;
-        let attempts = options.max_attempts.max(1);
-        for attempt in 1..=attempts {
-            self.fetch()?;
-            let tip = self.branch_tip(&location.branch)?;
+        let what = format!("the image update of {}", update.environment);
+        self.land(&location.branch, options.max_attempts, &what, |tip| {
             let (path, text) = self.kustomization(&update.environment, &location, tip)?;
             let edited = edit(&text, &update.images).map_err(|source| Error::Edit {
                 path: path.clone(),
@@ -203,49 +215,20 @@ impl Repository {
                 source,
             })?;
             if edited == text {
-                return Ok(Outcome::NoChange { commit: tip });
+                return Ok(Attempt::Done(Outcome::NoChange { commit: tip }));
             }
-            let commit = self.write_update(update, options, tip, &path, &edited)?;
-            fence().map_err(|reason| Error::Fenced { reason })?;
-            let pushed = push::push_with_lease(
-                &self.inner.path,
-                &self.inner.url,
-                &self.inner.credentials,
-                &self.inner.timeouts,
-                &location.branch,
-                Some(tip),
-                commit,
+            let repo = self.repo();
+            let tree = write::tree_with::<Error>(&repo, tip, [(&path, &edited)])?;
+            let commit = write::commit::<Error>(
+                &repo,
+                options,
+                message(update),
+                tree,
+                tip,
+                "the image commit",
             )?;
-            match pushed {
-                push::Outcome::Updated => {
-                    self.record_pushed(&location.branch, commit)?;
-                    return Ok(Outcome::Pushed {
-                        commit,
-                        parent: tip,
-                        attempts: attempt,
-                    });
-                }
-                push::Outcome::Declined { reason } => {
-                    return Err(Error::Declined {
-                        branch: location.branch,
-                        reason,
-                    });
-                }
-                push::Outcome::Rejected { reason } => {
-                    tracing::info!(
-                        environment = %update.environment,
-                        branch = %location.branch,
-                        attempt,
-                        %reason,
-                        "push rejected, redoing the image update on the new tip"
-                    );
-                    backoff(attempt);
-                }
-            }
-        }
-        Err(Error::Contended {
-            branch: location.branch,
-            attempts,
+            fence().map_err(|reason| Error::Fenced { reason })?;
+            Ok(Attempt::Push(commit))
         })
     }
 
@@ -260,66 +243,8 @@ impl Repository {
         find_kustomization(&tree, location, tip)?.ok_or_else(|| Error::MissingKustomization {
             environment: environment.to_owned(),
             commit: tip,
-            path: join(&location.path, KUSTOMIZATION_FILES[0]),
+            path: location.file(KUSTOMIZATION_FILES[0]),
         })
-    }
-
-    fn write_update(
-        &self,
-        update: &ImageUpdate,
-        options: &Options,
-        tip: ObjectId,
-        path: &str,
-        edited: &str,
-    ) -> Result<ObjectId, Error> {
-        let repo = self.repo();
-        let mut editor = repo
-            .edit_tree(commit_tree(&repo, tip)?)
-            .map_err(write_error("edit the tree"))?;
-        let blob = repo
-            .write_blob(edited.as_bytes())
-            .map_err(write_error(format!("write {path}")))?;
-        let kind = match editor.get(path).map(|e| e.mode().kind()) {
-            Some(EntryKind::BlobExecutable) => EntryKind::BlobExecutable,
-            _ => EntryKind::Blob,
-        };
-        editor
-            .upsert(path, kind, blob.detach())
-            .map_err(write_error(format!("write {path}")))?;
-        let tree = editor
-            .write()
-            .map_err(write_error("write the tree"))?
-            .detach();
-        let now = gix::date::Time::now_utc();
-        let signature = |who: &Identity| gix::actor::Signature {
-            name: who.name.as_str().into(),
-            email: who.email.as_str().into(),
-            time: now,
-        };
-        let mut commit = gix::objs::Commit {
-            message: message(update).into(),
-            tree,
-            author: signature(&options.author),
-            committer: signature(&options.committer),
-            encoding: None,
-            parents: [tip].into_iter().collect(),
-            extra_headers: Vec::new(),
-        };
-        if let Some(signer) = &options.signer {
-            signer.sign_commit(&mut commit)?;
-        }
-        Ok(repo
-            .write_object(&commit)
-            .map_err(write_error("write the image commit"))?
-            .detach())
-    }
-}
-
-fn join(dir: &str, file: &str) -> String {
-    if dir.is_empty() {
-        file.to_owned()
-    } else {
-        format!("{dir}/{file}")
     }
 }
 
@@ -330,7 +255,7 @@ fn find_kustomization(
     commit: ObjectId,
 ) -> Result<Option<(String, String)>, Error> {
     for name in KUSTOMIZATION_FILES {
-        let path = join(&location.path, name);
+        let path = location.file(name);
         let bytes = match tree.read_file(&path) {
             Ok(bytes) => bytes,
             Err(crate::render::fs::Error::NotFound { .. }) => continue,

@@ -29,7 +29,8 @@
 //! - [`Repository::promote`]`(pipeline, `[`promote::PromotionCommit`]`, `[`promote::Options`]`)` →
 //!   [`promote::Outcome`] `Pushed { commit, parent, attempts } | AlreadyDone { commit } |
 //!   NoChange { commit }`, or [`promote::Error`] (`Diverged` naming the commits,
-//!   `MergeConflict`, `MissingFile`, `Edit` naming file and field, `Contended`, `Push`, ...).
+//!   `MergeConflict`, `MissingFile`, `Edit` naming file and field, `Refused` with
+//!   [`write::Refused`] `Declined | Contended`, `Push`, ...).
 //!   A [`promote::Change`] is `Promote { source, commit }` or `Rollback { commit }`. The commit
 //!   is built in the object database with trailers `Stagehand-Promotion`, `Promoted-From` (or
 //!   `Rolled-Back-To`), `Requested-By` and one `Approved-By` per approver, then pushed with the
@@ -49,8 +50,11 @@
 //!   `Stagehand-Image-Source` trailer per image, pushed as promotions are.
 //!   [`Repository::image_references`] reads the `name:tag@digest` of an environment's images at
 //!   a commit.
+//! - [`write`]: what promotion and image commits share: files written over a tree, the commit
+//!   object (author, committer, signature) and the bounded fetch, build, push-with-lease loop
+//!   ([`write::Refused`], [`write::WriteError`]).
 //! - [`yaml_edit`]: the comment-keeping line edits promotions use.
-//! - [`sign::Signer`]: the SSH key promotion and rollback commits are signed with (in
+//! - [`sign::Signer`]: the SSH key promotion, rollback and image commits are signed with (in
 //!   [`promote::Options::signer`]), as `git commit -S` with `gpg.format = ssh` signs;
 //!   [`allowed_signers::AllowedSigners`] checks a commit's signature as `git verify-commit`
 //!   does, both in-process.
@@ -69,6 +73,7 @@ mod remote;
 pub mod revision;
 pub mod sign;
 mod tree;
+pub mod write;
 pub mod yaml_edit;
 
 use std::path::PathBuf;

@@ -23,7 +23,8 @@ use super::history::{
     APPROVED_BY, PROMOTED_FROM, PROMOTION, REQUESTED_BY, ROLLED_BACK_TO, Trailers,
 };
 use super::revision::{self, Location, commit_tree};
-use super::{Repository, TRACKING_PREFIX, TreeFs, fetch, push, yaml_edit};
+use super::write::{self, Attempt, Pushed, Refused, WriteError, write_error};
+use super::{Repository, TreeFs, fetch, push, yaml_edit};
 use crate::pipeline::{Pipeline, Source};
 use crate::render::fs::FileSystem;
 use crate::render::kustomization::FILE_NAMES as KUSTOMIZATION_FILES;
@@ -110,6 +111,21 @@ pub enum Outcome {
         /// The target's tip.
         commit: ObjectId,
     },
+}
+
+impl From<Pushed> for Outcome {
+    fn from(pushed: Pushed) -> Self {
+        let Pushed {
+            commit,
+            parent,
+            attempts,
+        } = pushed;
+        Self::Pushed {
+            commit,
+            parent,
+            attempts,
+        }
+    }
 }
 
 /// What a promotion would do to the target branch as the cache has it now.
@@ -224,20 +240,15 @@ pub enum Error {
     },
     #[error(transparent)]
     Push(#[from] push::Error),
-    #[error("the remote declined the push to branch {branch:?}: {reason}")]
-    Declined { branch: String, reason: String },
+    /// Declined by the remote, or others kept pushing first.
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("cannot record commit {commit} before pushing it: {reason}")]
     Ledger { commit: ObjectId, reason: String },
-    #[error("branch {branch:?} moved on every one of {attempts} pushes; giving up")]
-    Contended { branch: String, attempts: u32 },
     #[error(transparent)]
     Sign(#[from] super::sign::SignError),
-    #[error("cannot {what}")]
-    Write {
-        what: String,
-        #[source]
-        source: Box<gix::Error>,
-    },
+    #[error(transparent)]
+    Write(#[from] WriteError),
 }
 
 fn list(commits: &[ObjectId]) -> String {
@@ -246,14 +257,6 @@ fn list(commits: &[ObjectId]) -> String {
         .map(ObjectId::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-pub(super) fn write_error(what: impl Into<String>) -> impl FnOnce(gix::Error) -> Error {
-    let what = what.into();
-    move |source| Error::Write {
-        what,
-        source: Box::new(source),
-    }
 }
 
 impl Repository {
@@ -272,61 +275,21 @@ impl Repository {
     ) -> Result<Outcome, Error> {
         check_trailers(promotion)?;
         let location = Location::of(pipeline, &promotion.target)?;
-        let attempts = options.max_attempts.max(1);
-        for attempt in 1..=attempts {
-            self.fetch()?;
-            let tip = self.branch_tip(&location.branch)?;
+        let what = format!("promotion {}", promotion.id);
+        self.land(&location.branch, options.max_attempts, &what, |tip| {
             if let Some(commit) = self.find_promotion(tip, &promotion.id, &*ledger)? {
-                return Ok(Outcome::AlreadyDone { commit });
+                return Ok(Attempt::Done(Outcome::AlreadyDone { commit }));
             }
             let tree = self.promoted_tree(pipeline, promotion, &location, tip)?;
             let repo = self.repo();
             if tree == commit_tree(&repo, tip)? {
-                return Ok(Outcome::NoChange { commit: tip });
+                return Ok(Attempt::Done(Outcome::NoChange { commit: tip }));
             }
             let commit = write_commit(&repo, promotion, options, tree, tip)?;
             ledger
                 .remember(commit)
                 .map_err(|reason| Error::Ledger { commit, reason })?;
-            let pushed = push::push_with_lease(
-                &self.inner.path,
-                &self.inner.url,
-                &self.inner.credentials,
-                &self.inner.timeouts,
-                &location.branch,
-                Some(tip),
-                commit,
-            )?;
-            match pushed {
-                push::Outcome::Updated => {
-                    self.record_pushed(&location.branch, commit)?;
-                    return Ok(Outcome::Pushed {
-                        commit,
-                        parent: tip,
-                        attempts: attempt,
-                    });
-                }
-                push::Outcome::Declined { reason } => {
-                    return Err(Error::Declined {
-                        branch: location.branch,
-                        reason,
-                    });
-                }
-                push::Outcome::Rejected { reason } => {
-                    tracing::info!(
-                        promotion = %promotion.id,
-                        branch = %location.branch,
-                        attempt,
-                        %reason,
-                        "push rejected, redoing the promotion on the new tip"
-                    );
-                    backoff(attempt);
-                }
-            }
-        }
-        Err(Error::Contended {
-            branch: location.branch,
-            attempts,
+            Ok(Attempt::Push(commit))
         })
     }
 
@@ -382,28 +345,6 @@ impl Repository {
             next = commit.parent_ids().next().map(gix::Id::detach);
         }
         Ok(None)
-    }
-
-    /// After the remote accepted `commit`, the cache records it like a fetch would have.
-    pub(super) fn record_pushed(&self, branch: &str, commit: ObjectId) -> Result<(), Error> {
-        use gix::refs::transaction::{Change as RefChange, LogChange, PreviousValue, RefEdit};
-        let _guard = self.lock_refs();
-        let repo = self.repo();
-        let name = format!("{TRACKING_PREFIX}{branch}");
-        repo.edit_reference(RefEdit {
-            change: RefChange::Update {
-                log: LogChange::default(),
-                expected: PreviousValue::Any,
-                new: gix::refs::Target::Object(commit),
-            },
-            name: name
-                .as_str()
-                .try_into()
-                .expect("branch names from the pipeline are valid ref names"),
-            deref: false,
-        })
-        .map_err(write_error(format!("update {name}")))?;
-        Ok(())
     }
 
     /// The tree the target branch should have after `promotion`, on top of `tip`.
@@ -489,13 +430,6 @@ impl Repository {
             .promote;
         let source = self.tree(promoted)?;
         let target = self.tree(tip)?;
-        let join = |dir: &str, file: &str| {
-            if dir.is_empty() {
-                file.to_owned()
-            } else {
-                format!("{dir}/{file}")
-            }
-        };
         let read_bytes =
             |fs: &TreeFs, commit: ObjectId, path: &str| -> Result<Option<Vec<u8>>, Error> {
                 match fs.read_file(path) {
@@ -545,7 +479,7 @@ impl Repository {
             !matches!(&policy.images, crate::pipeline::ImageSelection::Named(n) if n.is_empty());
         if wants_images {
             let found = KUSTOMIZATION_FILES.iter().find_map(|name| {
-                let path = join(&from.path, name);
+                let path = from.file(name);
                 read(&source, promoted, &path)
                     .transpose()
                     .map(|r| r.map(|t| (path, t)))
@@ -560,12 +494,12 @@ impl Repository {
                 if !images.is_empty() {
                     let target_path = KUSTOMIZATION_FILES
                         .iter()
-                        .map(|name| join(&to.path, name))
+                        .map(|name| to.file(name))
                         .find(|p| matches!(target.kind(p), Ok(Some(_))))
                         .ok_or_else(|| Error::MissingFile {
                             environment: target_env.to_owned(),
                             commit: tip,
-                            path: join(&to.path, KUSTOMIZATION_FILES[0]),
+                            path: to.file(KUSTOMIZATION_FILES[0]),
                         })?;
                     let text = current(&changes, &target_path)?.unwrap_or_default();
                     let edited = yaml_edit::set_images(&text, &images)
@@ -575,17 +509,17 @@ impl Repository {
             }
         }
         for file in &policy.files {
-            let source_path = join(&from.path, file);
+            let source_path = from.file(file);
             let bytes =
                 read_bytes(&source, promoted, &source_path)?.ok_or_else(|| Error::MissingFile {
                     environment: target_env.to_owned(),
                     commit: promoted,
                     path: source_path.clone(),
                 })?;
-            changes.push((join(&to.path, file), bytes));
+            changes.push((to.file(file), bytes));
         }
         for field in &policy.fields {
-            let source_path = join(&from.path, &field.file);
+            let source_path = from.file(&field.file);
             let text =
                 read(&source, promoted, &source_path)?.ok_or_else(|| Error::MissingFile {
                     environment: target_env.to_owned(),
@@ -594,7 +528,7 @@ impl Repository {
                 })?;
             let value = yaml_edit::scalar(&text, &field.path)
                 .map_err(edit_error(&source_path, promoted))?;
-            let target_path = join(&to.path, &field.file);
+            let target_path = to.file(&field.file);
             let text = current(&changes, &target_path)?.ok_or_else(|| Error::MissingFile {
                 environment: target_env.to_owned(),
                 commit: tip,
@@ -605,26 +539,7 @@ impl Repository {
             changes.push((target_path, edited.into_bytes()));
         }
 
-        let repo = self.repo();
-        let mut editor = repo
-            .edit_tree(commit_tree(&repo, tip)?)
-            .map_err(write_error("edit the tree"))?;
-        for (path, bytes) in changes {
-            let blob = repo
-                .write_blob(&bytes)
-                .map_err(write_error(format!("write {path}")))?;
-            let kind = match editor.get(path.as_str()).map(|e| e.mode().kind()) {
-                Some(EntryKind::BlobExecutable) => EntryKind::BlobExecutable,
-                _ => EntryKind::Blob,
-            };
-            editor
-                .upsert(path.as_str(), kind, blob.detach())
-                .map_err(write_error(format!("write {path}")))?;
-        }
-        Ok(editor
-            .write()
-            .map_err(write_error("write the tree"))?
-            .detach())
+        write::tree_with(&self.repo(), tip, changes)
     }
 
     fn branch_tree(
@@ -773,39 +688,14 @@ fn write_commit(
     tree: ObjectId,
     parent: ObjectId,
 ) -> Result<ObjectId, Error> {
-    let now = gix::date::Time::now_utc();
-    let signature = |who: &Identity| gix::actor::Signature {
-        name: who.name.as_str().into(),
-        email: who.email.as_str().into(),
-        time: now,
-    };
-    let mut commit = gix::objs::Commit {
-        message: message(promotion).into(),
+    write::commit(
+        repo,
+        options,
+        message(promotion),
         tree,
-        author: signature(&options.author),
-        committer: signature(&options.committer),
-        encoding: None,
-        parents: [parent].into_iter().collect(),
-        extra_headers: Vec::new(),
-    };
-    if let Some(signer) = &options.signer {
-        signer.sign_commit(&mut commit)?;
-    }
-    Ok(repo
-        .write_object(&commit)
-        .map_err(write_error("write the promotion commit"))?
-        .detach())
-}
-
-/// A short, growing, jittered pause so that racing writers stop colliding.
-pub(super) fn backoff(attempt: u32) {
-    let jitter = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::from(d.subsec_nanos() % 50))
-        .unwrap_or(0);
-    std::thread::sleep(std::time::Duration::from_millis(
-        20 * u64::from(attempt) + jitter,
-    ));
+        parent,
+        "the promotion commit",
+    )
 }
 
 #[cfg(test)]

@@ -69,6 +69,15 @@ impl Location {
             },
         })
     }
+
+    /// The repository path of `file`, relative to this directory.
+    pub fn file(&self, file: &str) -> String {
+        if self.path.is_empty() {
+            file.to_owned()
+        } else {
+            format!("{}/{file}", self.path)
+        }
+    }
 }
 
 /// The revision an environment should run.

@@ -306,10 +306,7 @@ async fn approved(engine: &Engine, promotion: &PromotionRecord) -> Result<Step, 
 /// moving.
 fn retryable(error: &crate::git::promote::Error) -> bool {
     use crate::git::promote::Error as E;
-    matches!(
-        error,
-        E::Fetch(_) | E::Push(_) | E::Declined { .. } | E::Contended { .. }
-    )
+    matches!(error, E::Fetch(_) | E::Push(_) | E::Refused(_))
 }
 
 /// The commit: idempotent by the commits Stagehand recorded for this promotion before pushing
@@ -390,7 +387,11 @@ async fn promoting(engine: &Engine, promotion: &PromotionRecord) -> Result<Step,
                 short(&commit)
             ),
         ),
-        Err(error @ crate::git::promote::Error::Contended { .. }) => {
+        Err(
+            error @ crate::git::promote::Error::Refused(crate::git::write::Refused::Contended {
+                ..
+            }),
+        ) => {
             // Others pushed first every time: not a fault of the remote, so not counted.
             tracing::warn!(promotion = %promotion.id, error = %crate::service::describe(&error), "cannot push the promotion yet");
             return Ok(Step::Wait(Instant::now() + Duration::from_secs(5)));
