@@ -11,14 +11,14 @@ mod session;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::FormRejection;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::{FromRequest, FromRequestParts, RawForm, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::api::auth::{self, Authenticator, Identity, Permission};
 use crate::api::watch::Watches;
@@ -177,6 +177,15 @@ pub enum Failure {
     Api(tonic::Status),
 }
 
+impl Failure {
+    /// A POST to an action that `what` (`environments`, `promotions`) do not have.
+    fn no_action(action: &str, what: &str) -> Self {
+        Self::Api(tonic::Status::not_found(format!(
+            "no action {action:?} on {what}"
+        )))
+    }
+}
+
 impl From<tonic::Status> for Failure {
     fn from(status: tonic::Status) -> Self {
         Self::Api(status)
@@ -239,6 +248,37 @@ impl FromRequestParts<Arc<Web>> for Viewer {
             .ok_or(Failure::SignIn {
                 partial: is_partial(&parts.headers),
             })
+    }
+}
+
+/// A state-changing form that a page of this server sent, with its fields `T`, and who sent it.
+/// Every POST of a signed-in page takes its form through this extractor, which refuses as
+/// [`Failure::Forged`] a body that is not such a form or one that [`check_origin`] refuses.
+struct Posted<T> {
+    viewer: Viewer,
+    form: T,
+}
+
+impl<T: DeserializeOwned> FromRequest<Arc<Web>> for Posted<T> {
+    type Rejection = Failure;
+
+    async fn from_request(request: Request, web: &Arc<Web>) -> Result<Self, Failure> {
+        let (mut parts, body) = request.into_parts();
+        let viewer = Viewer::from_request_parts(&mut parts, web).await?;
+        let headers = parts.headers.clone();
+        // Read as axum's `Form` reads a body, twice: the token every form carries, then `T`.
+        let Ok(RawForm(bytes)) = RawForm::from_request(Request::from_parts(parts, body), web).await
+        else {
+            return Err(Failure::Forged);
+        };
+        let (Ok(CsrfForm { csrf }), Ok(form)) = (
+            serde_urlencoded::from_bytes(&bytes),
+            serde_urlencoded::from_bytes(&bytes),
+        ) else {
+            return Err(Failure::Forged);
+        };
+        check_origin(&viewer, &csrf, &headers)?;
+        Ok(Self { viewer, form })
     }
 }
 
@@ -348,14 +388,10 @@ struct CsrfForm {
 
 async fn sign_out(
     State(web): State<Arc<Web>>,
-    viewer: Viewer,
     headers: HeaderMap,
-    form: Result<Form<CsrfForm>, FormRejection>,
+    // The token alone: refuses a sign-out that another site asks for.
+    _: Posted<CsrfForm>,
 ) -> Result<Response, Failure> {
-    let Ok(Form(form)) = form else {
-        return Err(Failure::Forged);
-    };
-    check_origin(&viewer, &form.csrf, &headers)?;
     if let Some(id) = session::from_cookies(&headers) {
         web.sessions.close(&id);
     }

@@ -13,7 +13,6 @@ use crate::api::web::layout::{self, Page};
 use crate::api::web::session::Viewer;
 use crate::api::web::{Failure, Web, is_partial};
 use crate::proto;
-use crate::proto::environment_service_server::EnvironmentService as _;
 use crate::proto::promotion_service_server::PromotionService as _;
 use crate::store::AuditAction;
 
@@ -38,12 +37,7 @@ pub async fn page(
     Query(filter): Query<Filter>,
 ) -> Result<Page, Failure> {
     let who = &viewer.identity;
-    let environments = web
-        .environments
-        .list_environments(ask(who, proto::ListEnvironmentsRequest {}))
-        .await?
-        .into_inner()
-        .environments;
+    let environments = super::environments(&web, who).await?;
     let events = web
         .promotions
         .list_audit_events(ask(

@@ -13,7 +13,6 @@ use crate::api::web::layout::{self, Page};
 use crate::api::web::session::Viewer;
 use crate::api::web::{Failure, Web, is_partial};
 use crate::proto;
-use crate::proto::environment_service_server::EnvironmentService as _;
 use crate::proto::promotion_service_server::PromotionService as _;
 
 #[derive(Deserialize, Default)]
@@ -31,12 +30,7 @@ pub async fn page(
     Query(pair): Query<Pair>,
 ) -> Result<Page, Failure> {
     let who = &viewer.identity;
-    let environments = web
-        .environments
-        .list_environments(ask(who, proto::ListEnvironmentsRequest {}))
-        .await?
-        .into_inner()
-        .environments;
+    let environments = super::environments(&web, who).await?;
     // By default the first promotion of the pipeline: what the second environment lacks.
     let default_to = environments.iter().find(|e| !e.promotes_from.is_empty());
     let to = if pair.to.is_empty() {

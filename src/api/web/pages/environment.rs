@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::Form;
-use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -15,7 +13,7 @@ use super::ask;
 use crate::api::auth::Permission;
 use crate::api::web::layout::{self, Page};
 use crate::api::web::session::Viewer;
-use crate::api::web::{Failure, Web, check_origin, is_partial};
+use crate::api::web::{Failure, Posted, Web, is_partial};
 use crate::proto;
 use crate::proto::environment_service_server::EnvironmentService as _;
 use crate::proto::promotion_service_server::PromotionService as _;
@@ -156,22 +154,14 @@ pub async fn page(
 #[derive(Deserialize)]
 pub struct ActionForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     reason: String,
 }
 
 pub async fn act(
     State(web): State<Arc<Web>>,
-    viewer: Viewer,
-    headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
-    form: Result<Form<ActionForm>, FormRejection>,
+    Posted { viewer, form }: Posted<ActionForm>,
 ) -> Result<Response, Failure> {
-    let Ok(Form(form)) = form else {
-        return Err(Failure::Forged);
-    };
-    check_origin(&viewer, &form.csrf, &headers)?;
     let id = &viewer.identity;
     let back = format!("/ui/environments/{name}");
     match action.as_str() {
@@ -218,11 +208,7 @@ pub async fn act(
                 .into_inner();
             return Ok(Redirect::to(&format!("/ui/promotions/{}", promotion.id)).into_response());
         }
-        _ => {
-            return Err(Failure::Api(tonic::Status::not_found(format!(
-                "no action {action:?} on environments"
-            ))));
-        }
+        _ => return Err(Failure::no_action(&action, "environments")),
     }
     Ok(Redirect::to(&back).into_response())
 }

@@ -11,10 +11,26 @@ use std::sync::Arc;
 
 use crate::api::auth;
 use crate::api::auth::Identity;
+use crate::api::web::{Failure, Web};
+use crate::proto;
+use crate::proto::environment_service_server::EnvironmentService as _;
 
 /// A request to the API handlers as `identity`.
 fn ask<T>(identity: &Arc<Identity>, message: T) -> tonic::Request<T> {
     auth::authenticated(identity.clone(), message)
+}
+
+/// The pipeline's environments, as `identity` may list them.
+async fn environments(
+    web: &Web,
+    identity: &Arc<Identity>,
+) -> Result<Vec<proto::Environment>, Failure> {
+    Ok(web
+        .environments
+        .list_environments(ask(identity, proto::ListEnvironmentsRequest {}))
+        .await?
+        .into_inner()
+        .environments)
 }
 
 /// The promotion states that have not ended.

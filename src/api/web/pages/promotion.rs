@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use axum::Form;
-use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -15,7 +13,7 @@ use super::ask;
 use crate::api::auth::Permission;
 use crate::api::web::layout::{self, Page};
 use crate::api::web::session::Viewer;
-use crate::api::web::{Failure, Web, check_origin, is_partial};
+use crate::api::web::{Failure, Posted, Web, is_partial};
 use crate::proto;
 use crate::proto::promotion_service_server::PromotionService as _;
 
@@ -186,8 +184,6 @@ pub fn diff(objects: &[proto::ObjectDiff]) -> Markup {
 #[derive(Deserialize)]
 pub struct ActionForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     comment: String,
     #[serde(default)]
     reason: String,
@@ -195,15 +191,9 @@ pub struct ActionForm {
 
 pub async fn act(
     State(web): State<Arc<Web>>,
-    viewer: Viewer,
-    headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
-    form: Result<Form<ActionForm>, FormRejection>,
+    Posted { viewer, form }: Posted<ActionForm>,
 ) -> Result<Response, Failure> {
-    let Ok(Form(form)) = form else {
-        return Err(Failure::Forged);
-    };
-    check_origin(&viewer, &form.csrf, &headers)?;
     let who = &viewer.identity;
     let api = &web.promotions;
     let id_ = id.clone();
@@ -248,11 +238,7 @@ pub async fn act(
             ))
             .await?
         }
-        _ => {
-            return Err(Failure::Api(tonic::Status::not_found(format!(
-                "no action {action:?} on promotions"
-            ))));
-        }
+        _ => return Err(Failure::no_action(&action, "promotions")),
     };
     Ok(Redirect::to(&format!("/ui/promotions/{id}")).into_response())
 }
