@@ -436,6 +436,15 @@ impl Name {
         format!("{}://{}", self.scheme(), self.api_host())
     }
 
+    /// A request to the registry or its token service that failed on the way.
+    fn transport_error(&self, source: reqwest::Error) -> Error {
+        self.error(|registry, repository| Error::Transport {
+            registry,
+            repository,
+            source,
+        })
+    }
+
     fn error(&self, make: impl FnOnce(String, String) -> Error) -> Error {
         make(self.registry.clone(), self.repository.clone())
     }
@@ -578,28 +587,13 @@ impl Client {
         check_tag(&name, tag)?;
         let path = format!("/v2/{}/manifests/{tag}", name.repository);
         let target = Target::Manifest(tag);
-        let response = self
-            .send(
-                &name,
-                reqwest::Method::HEAD,
-                &path,
-                Some(MANIFEST_TYPES),
-                target,
-            )
-            .await?;
+        let send = |method| self.send(&name, method, &path, Some(MANIFEST_TYPES), target);
+        let response = send(reqwest::Method::HEAD).await?;
         if let Some(digest) = content_digest(response.headers()) {
             return checked_digest(&name, digest);
         }
         // A registry that leaves the header out of HEAD: the digest of the manifest's bytes.
-        let response = self
-            .send(
-                &name,
-                reqwest::Method::GET,
-                &path,
-                Some(MANIFEST_TYPES),
-                target,
-            )
-            .await?;
+        let response = send(reqwest::Method::GET).await?;
         let header = content_digest(response.headers());
         let body = read_limited(&name, response, MAX_DOCUMENT).await?;
         match header {
@@ -719,14 +713,7 @@ impl Client {
                 request = request.header(AUTHORIZATION, header.as_str());
             }
             let sent_credentials = header.is_some();
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let response = request.send().await.map_err(|source| {
-                name.error(|registry, repository| Error::Transport {
-                    registry,
-                    repository,
-                    source,
-                })
-            })?;
+            let response = self.execute(name, request).await?;
             let status = response.status();
             if status.is_success() {
                 return Ok(response);
@@ -813,6 +800,19 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Sends `request`, one more in the count of requests made.
+    async fn execute(
+        &self,
+        name: &Name,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, Error> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        request
+            .send()
+            .await
+            .map_err(|source| name.transport_error(source))
     }
 
     /// The `Authorization` header for `name` as its registry last asked, if any.
@@ -906,14 +906,7 @@ impl Client {
             if let Some(login) = login {
                 request = request.header(AUTHORIZATION, basic(login).as_str());
             }
-            self.requests.fetch_add(1, Ordering::Relaxed);
-            let response = request.send().await.map_err(|source| {
-                name.error(|registry, repository| Error::Transport {
-                    registry,
-                    repository,
-                    source,
-                })
-            })?;
+            let response = self.execute(name, request).await?;
             let status = response.status().as_u16();
             match status {
                 200..=299 => break response,
@@ -1209,13 +1202,11 @@ async fn read_limited(
     limit: usize,
 ) -> Result<Vec<u8>, Error> {
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|source| {
-        name.error(|registry, repository| Error::Transport {
-            registry,
-            repository,
-            source,
-        })
-    })? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|source| name.transport_error(source))?
+    {
         if body.len() + chunk.len() > limit {
             return Err(name.error(|registry, repository| Error::InvalidResponse {
                 registry,
