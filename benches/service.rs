@@ -252,6 +252,19 @@ fn webhook(addr: SocketAddr, secret: &WebhookSecret) {
     assert!(response.contains(" 202 "), "{response}");
 }
 
+/// A client of the service at `grpc`, once every environment in `envs` reports `commit` applied
+/// (at most 2 minutes).
+async fn client_once_applied(
+    grpc: &str,
+    envs: &[String],
+    commit: &str,
+) -> EnvironmentServiceClient<tonic::transport::Channel> {
+    until_applied(grpc, envs, commit, Duration::from_secs(120)).await;
+    EnvironmentServiceClient::connect(grpc.to_owned())
+        .await
+        .expect("gRPC")
+}
+
 /// Waits until every environment in `envs` reports `commit` applied; returns how long it took.
 async fn until_applied(grpc: &str, envs: &[String], commit: &str, limit: Duration) -> Duration {
     let started = Instant::now();
@@ -408,16 +421,8 @@ impl Bench {
                 &http.to_string(),
                 &["--registry-webhook-token-file", &token_arg],
             );
-            until_applied(
-                &server.grpc,
-                std::slice::from_ref(&env),
-                &first,
-                Duration::from_secs(120),
-            )
-            .await;
-            let mut client = EnvironmentServiceClient::connect(server.grpc.clone())
-                .await
-                .expect("gRPC");
+            let mut client =
+                client_once_applied(&server.grpc, std::slice::from_ref(&env), &first).await;
             let (mut times, mut pushes) = (Vec::new(), Vec::new());
             let mut last = String::new();
             for round in 1..=5 {
@@ -525,16 +530,8 @@ impl Bench {
         )
         .expect("pipeline");
         let server = Server::start(&pipeline, &dir.join("state"), &self.secret_file);
-        until_applied(
-            &server.grpc,
-            std::slice::from_ref(&env),
-            &first,
-            Duration::from_secs(120),
-        )
-        .await;
-        let mut client = EnvironmentServiceClient::connect(server.grpc.clone())
-            .await
-            .expect("gRPC");
+        let mut client =
+            client_once_applied(&server.grpc, std::slice::from_ref(&env), &first).await;
         let looks = async |client: &mut EnvironmentServiceClient<tonic::transport::Channel>| {
             let sources = client
                 .list_image_sources(proto::ListImageSourcesRequest {})
@@ -715,10 +712,7 @@ impl Bench {
             target,
         );
         let server = Server::start(&pipeline, &dir.join("state"), &self.secret_file);
-        until_applied(&server.grpc, &envs, &first, Duration::from_secs(120)).await;
-        let mut environments = EnvironmentServiceClient::connect(server.grpc.clone())
-            .await
-            .expect("gRPC");
+        let mut environments = client_once_applied(&server.grpc, &envs, &first).await;
         let mut promotions = PromotionServiceClient::connect(server.grpc.clone())
             .await
             .expect("gRPC");
