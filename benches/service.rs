@@ -252,6 +252,17 @@ fn webhook(addr: SocketAddr, secret: &WebhookSecret) {
     assert!(response.contains(" 202 "), "{response}");
 }
 
+/// Writes `images` (the `images:` of the pipeline's spec) into the pipeline file, before its
+/// environments.
+fn add_images(pipeline: &Path, images: &str) {
+    let text = std::fs::read_to_string(pipeline).expect("pipeline");
+    std::fs::write(
+        pipeline,
+        text.replace("  environments:\n", &format!("{images}  environments:\n")),
+    )
+    .expect("pipeline");
+}
+
 /// A client of the service at `grpc`, once every environment in `envs` reports `commit` applied
 /// (at most 2 minutes).
 async fn client_once_applied(
@@ -402,18 +413,13 @@ impl Bench {
                 "1h",
                 &self.kubeconfig,
             );
-            let text = std::fs::read_to_string(&pipeline).expect("pipeline");
-            std::fs::write(
+            add_images(
                 &pipeline,
-                text.replace(
-                    "  environments:\n",
-                    &format!(
-                        "  images:\n    - {{name: web, repository: {image}, kustomizeName: web, pinDigest: true, interval: {interval}, credentialsFile: {}, policy: {{semver: {{range: \">=1\"}}}}}}\n  environments:\n",
-                        config.display()
-                    ),
+                &format!(
+                    "  images:\n    - {{name: web, repository: {image}, kustomizeName: web, pinDigest: true, interval: {interval}, credentialsFile: {}, policy: {{semver: {{range: \">=1\"}}}}}}\n",
+                    config.display()
                 ),
-            )
-            .expect("pipeline");
+            );
             let server = Server::start_with(
                 &pipeline,
                 &dir.join("state"),
@@ -523,12 +529,7 @@ impl Bench {
             "1h",
             &self.kubeconfig,
         );
-        let text = std::fs::read_to_string(&pipeline).expect("pipeline");
-        std::fs::write(
-            &pipeline,
-            text.replace("  environments:\n", &format!("{images}  environments:\n")),
-        )
-        .expect("pipeline");
+        add_images(&pipeline, &images);
         let server = Server::start(&pipeline, &dir.join("state"), &self.secret_file);
         let mut client =
             client_once_applied(&server.grpc, std::slice::from_ref(&env), &first).await;
