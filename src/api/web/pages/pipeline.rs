@@ -24,6 +24,15 @@ pub const ENVIRONMENTS_PER_PAGE: usize = 24;
 /// Promotions listed under "Recently": what ran where (or failed to), newest first.
 const RECENT: u32 = 12;
 
+/// Open promotions shown in an environment's card; a longer queue says there are more.
+const OPEN_PER_ENVIRONMENT: u32 = 20;
+
+/// The open promotions into one environment, and whether its queue holds more than shown.
+struct OpenPromotions {
+    promotions: Vec<proto::Promotion>,
+    more: bool,
+}
+
 /// The environments shown, in columns by their distance from the start of the pipeline: those
 /// promoted from the same stage stand one above the other, so a fork reads as one.
 fn stages<'a>(
@@ -109,29 +118,35 @@ pub async fn page(
         .skip(current * ENVIRONMENTS_PER_PAGE)
         .take(ENVIRONMENTS_PER_PAGE)
         .collect();
-    let mut open: HashMap<String, Vec<proto::Promotion>> = HashMap::new();
-    for environment in &shown {
-        open.entry(environment.name.clone()).or_default();
-    }
-    // Open promotions of every environment shown; those of other pages are not fetched.
-    let open_list = web
-        .promotions
-        .list_promotions(ask(
+    // The open promotions into each environment shown, listed by environment so that none is
+    // missed however many the pipeline has, and read whole, as listings carry no blockers or
+    // approvals. Those of other pages are not fetched: a page costs the same at any size.
+    let listings = futures::future::try_join_all(shown.iter().map(|environment| {
+        web.promotions.list_promotions(ask(
             id,
             proto::ListPromotionsRequest {
+                environment: environment.name.clone(),
                 states: OPEN_STATES.iter().map(|s| *s as i32).collect(),
-                page_size: 1000,
+                page_size: OPEN_PER_ENVIRONMENT,
                 ..Default::default()
             },
         ))
-        .await?
-        .into_inner();
-    // Listings carry no blockers or approvals; each open promotion shown is read whole.
+    }))
+    .await?;
+    let mut open: HashMap<String, OpenPromotions> = HashMap::new();
+    for (environment, listing) in shown.iter().zip(&listings) {
+        open.insert(
+            environment.name.clone(),
+            OpenPromotions {
+                promotions: Vec::new(),
+                more: !listing.get_ref().next_page_token.is_empty(),
+            },
+        );
+    }
     let details = futures::future::join_all(
-        open_list
-            .promotions
+        listings
             .iter()
-            .filter(|p| open.contains_key(&p.target_environment))
+            .flat_map(|listing| &listing.get_ref().promotions)
             .map(|p| {
                 web.promotions
                     .get_promotion(ask(id, proto::GetPromotionRequest { id: p.id.clone() }))
@@ -145,7 +160,7 @@ pub async fn page(
         .map(tonic::Response::into_inner)
     {
         if let Some(into) = open.get_mut(&promotion.target_environment) {
-            into.push(promotion);
+            into.promotions.push(promotion);
         }
     }
     let recent = web
@@ -228,7 +243,7 @@ fn environment_card(
     environment: &proto::Environment,
     subjects: &HashMap<String, (String, i64)>,
     freeze: Option<&crate::promotion::policy::Frozen>,
-    promotions: &[proto::Promotion],
+    open: &OpenPromotions,
 ) -> Markup {
     let status = environment.status.clone().unwrap_or_default();
     let name = &environment.name;
@@ -294,10 +309,13 @@ fn environment_card(
             }
             @for alert in &status.alerts { p.alert role="alert" { "⚠ " (alert) } }
             @if !status.last_error.is_empty() { p.error { (status.last_error) } }
-            @if !promotions.is_empty() {
+            @if !open.promotions.is_empty() {
                 h3 { "Promotions into " (name) }
                 ul.promotions {
-                    @for promotion in promotions { (promotion_item(promotion)) }
+                    @for promotion in &open.promotions { (promotion_item(promotion)) }
+                }
+                @if open.more {
+                    p.more { "More than " (OPEN_PER_ENVIRONMENT) " are open; " code { "stagehand promotions " (name) } " lists them." }
                 }
             }
             @if may_request && !environment.promotes_from.is_empty() {
