@@ -34,21 +34,42 @@ pub struct Chromedriver {
 
 impl Chromedriver {
     pub fn start() -> Self {
-        use std::os::unix::process::CommandExt;
         let profiles = tempfile::tempdir().expect("temp dir");
-        // Port 0: chromedriver binds a free port itself and prints it, so no probe can race.
+        // Even with port 0, chromedriver can exit with "bind() failed: Address already in use"
+        // (seen in a full run, other tests binding ports at the same time); a new try picks anew.
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            match Self::try_start(&profiles) {
+                Ok((child, watchdog, port)) => {
+                    return Self {
+                        child,
+                        watchdog,
+                        url: format!("http://127.0.0.1:{port}"),
+                        profiles,
+                        sessions: Default::default(),
+                    };
+                }
+                Err(log) => failures.push(log),
+            }
+        }
+        panic!("chromedriver exited before listening, 5 times: {failures:#?}");
+    }
+
+    /// Starts chromedriver with a watchdog that ends its process group once this test process
+    /// is gone; the port it listens on, or its log when it exited before listening.
+    fn try_start(profiles: &tempfile::TempDir) -> Result<(Child, Child, u16), String> {
+        use std::os::unix::process::CommandExt;
+        let log = profiles.path().join("chromedriver.log");
         let mut child = Command::new(tool(Tool::Chromedriver))
             .args(["--port=0", "--log-level=WARNING"])
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(
-                std::fs::File::create(profiles.path().join("chromedriver.log")).expect("log file"),
-            )
+            .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("chromedriver starts");
         let group = child.id();
-        let watchdog = Command::new("bash")
+        let mut watchdog = Command::new("bash")
             .args([
                 "-c",
                 "while kill -0 \"$1\" 2>/dev/null; do sleep 1; done; kill -KILL -- \"-$2\"",
@@ -66,12 +87,12 @@ impl Chromedriver {
         let port = loop {
             let mut line = String::new();
             let read = stdout.read_line(&mut line).expect("stdout readable");
-            assert!(
-                read > 0,
-                "chromedriver exited before listening: {}",
-                std::fs::read_to_string(profiles.path().join("chromedriver.log"))
-                    .unwrap_or_default()
-            );
+            if read == 0 {
+                let _ = child.wait();
+                let _ = watchdog.kill();
+                let _ = watchdog.wait();
+                return Err(std::fs::read_to_string(&log).unwrap_or_default());
+            }
             if let Some(rest) = line.split("started successfully on port ").nth(1) {
                 break rest
                     .trim()
@@ -82,13 +103,7 @@ impl Chromedriver {
         };
         // Nothing more is read from it; a closed pipe would end chromedriver at its next line.
         std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        Self {
-            child,
-            watchdog,
-            url: format!("http://127.0.0.1:{port}"),
-            profiles,
-            sessions: Default::default(),
-        }
+        Ok((child, watchdog, port))
     }
 
     /// Opens a headless Chromium of its own (its own profile, so its own cookies): one
