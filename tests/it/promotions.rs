@@ -1516,14 +1516,16 @@ async fn a_declining_remote_fails_a_promotion_and_approvals_follow_the_tokens_fi
     assert!(failed.blockers.is_empty(), "{failed:?}");
     assert_eq!(fx.remote_main(), before, "nothing reached Git");
 
-    // The remote holds the next push until the test lets it go; meanwhile staging is
-    // suspended, so the promotion waits in Syncing and says why.
+    // The remote holds the next push into staging until the test lets it go; meanwhile
+    // staging is suspended, so the promotion waits in Syncing and says why. Other pushes
+    // (qa's automatic promotion, retrying) pass: one of them entering the gate would suspend
+    // staging before its promotion commits, and it would wait in Approved instead.
     let gate = fx._dir.path().join("gate");
     std::fs::create_dir_all(&gate).expect("gate dir");
     remote_hook(
         &fx,
         &format!(
-            "#!/bin/sh\ncat >/dev/null\ntouch '{0}/entered'\nwhile [ ! -e '{0}/open' ]; do sleep 0.05; done\nexit 0\n",
+            "#!/bin/sh\nwhile read old new ref; do\n  if git log -1 --format=%s \"$new\" | grep -q ' to staging$'; then\n    touch '{0}/entered'\n    while [ ! -e '{0}/open' ]; do sleep 0.05; done\n  fi\ndone\nexit 0\n",
             gate.display()
         ),
     );
