@@ -494,8 +494,45 @@ async fn until_source(
     what: &str,
     wanted: impl Fn(&proto::ImageSourceStatus) -> bool,
 ) -> proto::ImageSourceStatus {
-    eventually(what, || async { wanted(&source(server, name).await) }).await;
-    source(server, name).await
+    until_source_or_show(server, name, what, wanted, &[]).await
+}
+
+/// As [`until_source`]; when it never happens, the failure shows the source's last status and
+/// the end of each of `logs` (the server's, the registry's), as the temporary directory holding
+/// them is gone once the test ends.
+async fn until_source_or_show(
+    server: &Server,
+    name: &str,
+    what: &str,
+    wanted: impl Fn(&proto::ImageSourceStatus) -> bool,
+    logs: &[&Path],
+) -> proto::ImageSourceStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let seen = source(server, name).await;
+        if wanted(&seen) {
+            return seen;
+        }
+        if std::time::Instant::now() > deadline {
+            let tails: Vec<String> = logs
+                .iter()
+                .map(|log| {
+                    let text = std::fs::read_to_string(log).unwrap_or_default();
+                    let lines: Vec<&str> = text.lines().collect();
+                    format!(
+                        "--- {}:\n{}",
+                        log.display(),
+                        lines[lines.len().saturating_sub(60)..].join("\n")
+                    )
+                })
+                .collect();
+            panic!(
+                "never happened: {what}; the source's last status: {seen:#?}\n{}",
+                tails.join("\n")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// A docker config.json for `registry` whose password is `password`.
@@ -988,11 +1025,15 @@ async fn a_push_the_registry_notifies_is_committed_without_waiting_for_the_poll(
     until_source(&server, "web", "the look at start", |s| s.checks >= 1).await;
 
     let digest = web.push("1.1.0");
-    let looked = until_source(
+    let looked = until_source_or_show(
         &server,
         "web",
         "1.1.0 committed after the registry's notification",
         |s| !s.last_commit.is_empty(),
+        &[
+            &served.state.join("server.log"),
+            &dir.path().join("registry.log"),
+        ],
     )
     .await;
     assert_eq!(
