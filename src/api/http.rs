@@ -188,19 +188,20 @@ async fn registry_webhook(
             "bearer token missing or invalid\n".to_owned(),
         );
     }
-    let repositories = match registry_webhook::pushed_repositories(&body) {
-        Ok(repositories) => repositories,
+    let pushes = match registry_webhook::pushes(&body) {
+        Ok(pushes) => pushes,
         Err(error) => return (StatusCode::BAD_REQUEST, format!("{error}\n")),
     };
     service.metrics().webhook(Some("registry"), true);
     let mut woken = Vec::new();
-    for repository in &repositories {
-        match service.check_images(repository) {
+    for pushed in &pushes {
+        match service.check_images(pushed) {
             Ok(names) => woken.extend(names),
             // Several replicas: the registry retries, and may reach the leader then.
             Err(error) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")),
         }
     }
+    let repositories: Vec<&str> = pushes.iter().map(|p| p.repository.as_str()).collect();
     tracing::info!(?repositories, sources = ?woken, "registry webhook: looking now");
     // Every push is answered 2xx, followed or not: the registry would resend it otherwise.
     let text = if woken.is_empty() {

@@ -31,10 +31,19 @@ use crate::git::images::{ImageUpdate, Outcome, SetImage};
 use crate::git::{self, poll::Poller};
 use crate::image::{policy, registry};
 use crate::pipeline::{ImageSource, Pipeline, RegistryCredentials};
+use crate::service::registry_webhook::Pushed;
 use crate::shard::{self, Ownership};
 
 /// How many skipped tags a status keeps, with their reasons.
 pub const SKIPPED_SHOWN: usize = 5;
+
+/// A registry notifies a push of a tag before the tag is listed (distribution links the tag
+/// after the manifest is stored, and notifies in between): a unit looks again this soon while a
+/// tag a notification named is not listed yet, ...
+const AWAITED_AGAIN: Duration = Duration::from_millis(500);
+
+/// ... at most this many times; the next interval finds a tag that takes longer.
+const AWAITED_LOOKS: u32 = 10;
 
 /// What a source's last look found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,6 +111,9 @@ struct Unit {
     name: String,
     sources: Vec<ImageSource>,
     wake: Arc<Notify>,
+    /// Tags notifications named that no look has listed yet, by repository path and tag, with
+    /// the looks left before giving up on them.
+    awaited: Mutex<HashMap<(String, String), u32>>,
 }
 
 /// The loops of every unit of the pipeline, and what they found.
@@ -125,6 +137,7 @@ impl Images {
                     name: source.unit().to_owned(),
                     sources: vec![source.clone()],
                     wake: Arc::new(Notify::new()),
+                    awaited: Mutex::default(),
                 }),
             }
         }
@@ -157,19 +170,24 @@ impl Images {
             .collect()
     }
 
-    /// Wakes the units with a source in `repository` (a registry's repository path, such as
-    /// `shop/web`), so they look now; the names of those sources. A look already running is
-    /// followed by one more.
-    pub fn check_now(&self, repository: &str) -> Result<Vec<String>, shard::NotLeader> {
+    /// Wakes the units with a source in the pushed repository (a registry's repository path,
+    /// such as `shop/web`), so they look now, and again shortly while a pushed tag is not listed
+    /// yet; the names of those sources. A look already running is followed by one more.
+    pub fn check_now(&self, pushed: &Pushed) -> Result<Vec<String>, shard::NotLeader> {
         self.ownership.lead()?;
         let mut woken = Vec::new();
         for unit in &self.units {
             let named: Vec<&ImageSource> = unit
                 .sources
                 .iter()
-                .filter(|s| s.repository.path == repository)
+                .filter(|s| s.repository.path == pushed.repository)
                 .collect();
             if !named.is_empty() {
+                if let Ok(mut awaited) = unit.awaited.lock() {
+                    for tag in &pushed.tags {
+                        awaited.insert((pushed.repository.clone(), tag.clone()), AWAITED_LOOKS);
+                    }
+                }
                 unit.wake.notify_one();
                 woken.extend(named.iter().map(|s| s.name.clone()));
             }
@@ -209,11 +227,15 @@ async fn run(
     }
     let mut registries: HashMap<String, Registry> = HashMap::new();
     loop {
+        let mut next = jittered(interval);
         if context.ownership.lead().is_ok() {
             check(&context, &unit, &status, &mut registries).await;
+            if unit.awaited.lock().is_ok_and(|a| !a.is_empty()) {
+                next = AWAITED_AGAIN;
+            }
         }
         tokio::select! {
-            () = tokio::time::sleep(jittered(interval)) => {}
+            () = tokio::time::sleep(next) => {}
             () = unit.wake.notified() => {}
         }
     }
@@ -232,6 +254,8 @@ fn jittered(interval: Duration) -> Duration {
 /// What one look at one source found.
 struct Look {
     tags: usize,
+    /// Of the tags notifications named, those the registry did not list.
+    unlisted: Vec<String>,
     chosen: Option<String>,
     digest: Option<String>,
     skipped: Vec<Skipped>,
@@ -253,7 +277,25 @@ async fn check(
     let now = SystemTime::now();
     let mut looks = Vec::with_capacity(unit.sources.len());
     for source in &unit.sources {
-        let result = look(context, source, registries).await;
+        let awaited: Vec<String> = unit
+            .awaited
+            .lock()
+            .map(|a| {
+                a.keys()
+                    .filter(|(repository, _)| *repository == source.repository.path)
+                    .map(|(_, tag)| tag.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let result = look(context, source, registries, &awaited).await;
+        if let Ok(mut table) = unit.awaited.lock() {
+            settle_awaited(
+                &mut table,
+                &source.repository.path,
+                &awaited,
+                result.as_ref().map_or(&awaited[..], |l| &l.unlisted[..]),
+            );
+        }
         let previous = status
             .lock()
             .ok()
@@ -357,6 +399,28 @@ async fn check(
     }
 }
 
+/// After a look at `repository` that was awaiting `asked`, of which `unlisted` were not listed:
+/// the listed ones are no longer awaited, the others have one look less.
+fn settle_awaited(
+    awaited: &mut HashMap<(String, String), u32>,
+    repository: &str,
+    asked: &[String],
+    unlisted: &[String],
+) {
+    for tag in asked {
+        let key = (repository.to_owned(), tag.clone());
+        if !unlisted.contains(tag) {
+            awaited.remove(&key);
+        } else if let Some(left) = awaited.get_mut(&key) {
+            *left = left.saturating_sub(1);
+            if *left == 0 {
+                awaited.remove(&key);
+                tracing::info!(%repository, %tag, looks = AWAITED_LOOKS, "a tag a registry notification named is still not listed; the next interval looks again");
+            }
+        }
+    }
+}
+
 /// Commits `update` unless the cached kustomization already says it; the new commit's id.
 async fn commit(context: &Context, update: &ImageUpdate) -> Result<Option<String>, String> {
     let repository = context.repository.clone();
@@ -453,6 +517,7 @@ async fn look(
     context: &Context,
     source: &ImageSource,
     registries: &mut HashMap<String, Registry>,
+    awaited: &[String],
 ) -> Result<Look, String> {
     let config = match &source.credentials {
         Some(c) => Some(credentials(context, c).await?),
@@ -479,7 +544,7 @@ async fn look(
             }
         }
     };
-    let result = ask(source, &state).await;
+    let result = ask(source, &state, awaited).await;
     let state = match &result {
         Ok((look, created)) => Registry {
             chosen: look.chosen.clone().zip(look.digest.clone()),
@@ -496,6 +561,7 @@ async fn look(
 async fn ask(
     source: &ImageSource,
     state: &Registry,
+    awaited: &[String],
 ) -> Result<(Look, HashMap<String, Option<jiff::Timestamp>>), String> {
     let client = &state.client;
     let repository = source.repository.to_string();
@@ -528,6 +594,11 @@ async fn ask(
     skipped.sort_by_key(|s| matches!(s.reason, policy::SkipReason::Superseded { .. }));
     let look = Look {
         tags: tags.len(),
+        unlisted: awaited
+            .iter()
+            .filter(|tag| !tags.contains(tag))
+            .cloned()
+            .collect(),
         chosen: choice.chosen.clone(),
         digest,
         skipped: skipped

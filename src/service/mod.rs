@@ -920,10 +920,13 @@ impl Service {
         Ok(self.images.views(&self.pipeline))
     }
 
-    /// Makes the image sources of `repository` (a path in a registry, such as `shop/web`)
-    /// look now, as a registry webhook asks; their names.
-    pub fn check_images(&self, repository: &str) -> Result<Vec<String>, shard::NotLeader> {
-        self.images.check_now(repository)
+    /// Makes the image sources of a pushed repository look now, as a registry webhook asks,
+    /// and again shortly while a tag it names is not listed yet; their names.
+    pub fn check_images(
+        &self,
+        pushed: &registry_webhook::Pushed,
+    ) -> Result<Vec<String>, shard::NotLeader> {
+        self.images.check_now(pushed)
     }
 
     /// Stops the fetch loop and every reconcile loop; a pass in flight is abandoned.

@@ -75,22 +75,49 @@ struct Event {
 struct Target {
     #[serde(default)]
     repository: String,
+    #[serde(default)]
+    tag: String,
+}
+
+/// A repository that pushes in an envelope named, with the tags they named in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// The repository's path in the registry, such as `shop/web`.
+    pub repository: String,
+    /// Tags pushed (a blob or a manifest pushed by digest names none).
+    pub tags: Vec<String>,
 }
 
 /// The repositories that pushes in `body` named, each once, in the order they came.
-pub fn pushed_repositories(body: &[u8]) -> Result<Vec<String>, NotAnEnvelope> {
+pub fn pushes(body: &[u8]) -> Result<Vec<Pushed>, NotAnEnvelope> {
     let envelope: Envelope = serde_json::from_slice(body).map_err(|_| NotAnEnvelope)?;
-    let mut repositories: Vec<String> = Vec::new();
+    let mut pushes: Vec<Pushed> = Vec::new();
     for event in envelope.events {
         if event.action != "push" {
             continue;
         }
         let Some(target) = event.target else { continue };
-        if !target.repository.is_empty() && !repositories.contains(&target.repository) {
-            repositories.push(target.repository);
+        if target.repository.is_empty() {
+            continue;
+        }
+        let at = match pushes
+            .iter()
+            .position(|p| p.repository == target.repository)
+        {
+            Some(at) => at,
+            None => {
+                pushes.push(Pushed {
+                    repository: target.repository,
+                    tags: Vec::new(),
+                });
+                pushes.len() - 1
+            }
+        };
+        if !target.tag.is_empty() && !pushes[at].tags.contains(&target.tag) {
+            pushes[at].tags.push(target.tag);
         }
     }
-    Ok(repositories)
+    Ok(pushes)
 }
 
 #[cfg(test)]
@@ -117,18 +144,25 @@ mod tests {
     }
 
     #[test]
-    fn pushes_name_their_repositories_once_and_pulls_name_none() {
+    fn pushes_name_their_repositories_once_with_their_tags_and_pulls_name_none() {
         let body = br#"{"events": [
             {"id": "1", "action": "push", "target": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "repository": "shop/web", "tag": "1.4.2", "digest": "sha256:aa"}, "request": {"host": "127.0.0.1:5000", "method": "PUT"}},
             {"id": "2", "action": "pull", "target": {"repository": "shop/api", "tag": "2.0.0"}},
             {"id": "3", "action": "push", "target": {"repository": "shop/web", "digest": "sha256:bb"}},
             {"id": "4", "action": "push", "target": {"repository": "shop/worker"}}
         ]}"#;
+        let pushed = |repository: &str, tags: &[&str]| Pushed {
+            repository: repository.to_owned(),
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        };
         assert_eq!(
-            pushed_repositories(body),
-            Ok(vec!["shop/web".to_owned(), "shop/worker".to_owned()])
+            pushes(body),
+            Ok(vec![
+                pushed("shop/web", &["1.4.2"]),
+                pushed("shop/worker", &[])
+            ])
         );
-        assert_eq!(pushed_repositories(b"{}"), Err(NotAnEnvelope));
-        assert_eq!(pushed_repositories(b"not json"), Err(NotAnEnvelope));
+        assert_eq!(pushes(b"{}"), Err(NotAnEnvelope));
+        assert_eq!(pushes(b"not json"), Err(NotAnEnvelope));
     }
 }

@@ -983,6 +983,34 @@ async fn a_forged_registry_notification_is_refused_and_a_true_one_looks_at_once(
     );
     assert_eq!(looked.last_commit, served.tip());
     assert_ne!(served.tip(), before);
+
+    // docker-registry notifies a push before the tag is listed (it links the tag after storing
+    // the manifest, and notifies in between). The test sends the notification first on purpose,
+    // the only part here not done by the registry itself, to make that window long: the source
+    // looks again until the tag is listed, with the poll an hour away.
+    let early = push_envelope(&web.path, "1.2.0");
+    assert_eq!(
+        post_registry_webhook(
+            server.http,
+            Some(&format!("Bearer {REGISTRY_TOKEN}")),
+            &early
+        ),
+        202
+    );
+    until_source(&server, "web", "the look the notification asked for", |s| {
+        s.checks >= 3
+    })
+    .await;
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let digest = web.push("1.2.0");
+    let looked = until_source(&server, "web", "1.2.0 committed", |s| {
+        s.chosen_tag == "1.2.0"
+            && s.last_commit == served.tip()
+            && s.last_commit != looked.last_commit
+    })
+    .await;
+    assert_eq!(looked.digest, digest);
+    assert!(looked.checks > 3, "{looked:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
